@@ -1,0 +1,136 @@
+/**
+ * External-data files: checking the ranges a model points at, and writing one data file that
+ * one or several models reference. Bytes move in bounded chunks; nothing holds a whole tensor.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { HollowcError } from './errors';
+import { Tensor } from './ir';
+
+export interface ExternalRange {
+  file: string;
+  offset: number;
+  length: number;
+}
+
+/**
+ * Returns a resolver for external-data locations of a model in `baseDir`. Locations are
+ * refused when they could read outside the model's folder (absolute paths, `..`, links
+ * leading out): loading an untrusted model must not read arbitrary files.
+ */
+export function externalRangeChecker(baseDir: string, label: string) {
+  const realBase = fs.realpathSync(baseDir);
+  const sizes = new Map<string, number>();
+  return (tensor: string, location: string, offset: number, length: number | undefined): ExternalRange => {
+    const refuse = (why: string) =>
+      new HollowcError(`tensor ${tensor}: external data location ${JSON.stringify(location)} ${why}; refusing to read it`, label);
+    if (path.isAbsolute(location) || path.win32.isAbsolute(location)) throw refuse('is an absolute path');
+    const normalized = path.normalize(location.replace(/\\/g, '/'));
+    if (normalized === '..' || normalized.startsWith(`..${path.sep}`) || normalized.startsWith('../')) {
+      throw refuse("escapes the model's folder");
+    }
+    const file = path.join(realBase, normalized);
+    let size = sizes.get(file);
+    if (size === undefined) {
+      let real: string;
+      try {
+        real = fs.realpathSync(file);
+      } catch {
+        throw new HollowcError(`tensor ${tensor}: external data file ${file} does not exist`, label);
+      }
+      if (real !== realBase && !real.startsWith(realBase + path.sep)) throw refuse("leads outside the model's folder through a link");
+      size = fs.statSync(real).size;
+      sizes.set(file, size);
+    }
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new HollowcError(`tensor ${tensor}: bad external data offset ${offset}`, label);
+    const len = length ?? size - offset;
+    if (!Number.isSafeInteger(len) || len < 0 || offset + len > size) {
+      throw new HollowcError(`tensor ${tensor}: external data range ${offset}+${len} lies beyond the end of ${file} (${size} bytes)`, label);
+    }
+    return { file, offset, length: len };
+  };
+}
+
+const CHUNK = 16 * 2 ** 20;
+/** Tensor offsets are aligned so that runtimes can memory-map them. */
+const ALIGN = 64;
+
+/**
+ * Writes tensors into one data file, each at most once: a tensor already placed (the same
+ * source range, or the same inline buffer) gets its earlier location back. The file is written
+ * under a temporary name and appears under its own name only on `commit()`.
+ */
+export class ExternalDataWriter {
+  readonly dir: string;
+  readonly location: string;
+  private readonly tmp: string;
+  private fd: number | undefined;
+  private offset = 0;
+  private readonly placedRanges = new Map<string, { offset: number; length: number }>();
+  private readonly placedInline = new Map<Uint8Array, { offset: number; length: number }>();
+  private buffer: Buffer | undefined;
+
+  constructor(readonly file: string) {
+    this.dir = path.dirname(path.resolve(file));
+    this.location = path.basename(file);
+    this.tmp = `${path.resolve(file)}.tmp-${process.pid}-${Date.now()}`;
+  }
+
+  /** Bytes written so far. */
+  get size(): number {
+    return this.offset;
+  }
+
+  place(t: Tensor): { location: string; offset: number; length: number } {
+    if (t.data.kind === 'strings') throw new Error(`tensor ${t.name}: string tensors cannot go to external data`);
+    const key = t.data.kind === 'external' ? `${t.data.file}\0${t.data.offset}\0${t.data.length}` : undefined;
+    const seen = key !== undefined ? this.placedRanges.get(key) : this.placedInline.get((t.data as { bytes: Uint8Array }).bytes);
+    if (seen) return { location: this.location, ...seen };
+    if (this.fd === undefined) this.fd = fs.openSync(this.tmp, 'w');
+    const pad = (ALIGN - (this.offset % ALIGN)) % ALIGN;
+    if (pad) this.write(new Uint8Array(pad));
+    const start = this.offset;
+    if (t.data.kind === 'inline') this.write(t.data.bytes);
+    else this.copyRange(t.data.file, t.data.offset, t.data.length);
+    const placed = { offset: start, length: this.offset - start };
+    if (key !== undefined) this.placedRanges.set(key, placed);
+    else this.placedInline.set((t.data as { bytes: Uint8Array }).bytes, placed);
+    return { location: this.location, ...placed };
+  }
+
+  private write(bytes: Uint8Array): void {
+    let done = 0;
+    while (done < bytes.byteLength) done += fs.writeSync(this.fd!, bytes, done, bytes.byteLength - done, this.offset + done);
+    this.offset += bytes.byteLength;
+  }
+
+  private copyRange(file: string, offset: number, length: number): void {
+    this.buffer ??= Buffer.allocUnsafe(CHUNK);
+    const src = fs.openSync(file, 'r');
+    try {
+      let done = 0;
+      while (done < length) {
+        const n = fs.readSync(src, this.buffer, 0, Math.min(CHUNK, length - done), offset + done);
+        if (n === 0) throw new HollowcError(`external data ends early (wanted ${offset}+${length})`, file);
+        this.write(this.buffer.subarray(0, n));
+        done += n;
+      }
+    } finally {
+      fs.closeSync(src);
+    }
+  }
+
+  commit(): void {
+    if (this.fd === undefined) this.fd = fs.openSync(this.tmp, 'w');
+    fs.fsyncSync(this.fd);
+    fs.closeSync(this.fd);
+    this.fd = undefined;
+    fs.renameSync(this.tmp, this.file);
+  }
+
+  abort(): void {
+    if (this.fd !== undefined) fs.closeSync(this.fd);
+    this.fd = undefined;
+    fs.rmSync(this.tmp, { force: true });
+  }
+}

@@ -1,0 +1,437 @@
+/**
+ * The graph IR every pass works on.
+ *
+ * Values know their producer and their uses (use-def chains), so a rewrite can ask "who reads
+ * this?" without scanning the graph. Uses change only through `Graph` methods (`setInput`,
+ * `replaceAllUsesWith`, `removeNode`), which keeps the chains consistent. Weights are `Tensor`s
+ * whose bytes stay where they were (an external-data file range, or the decoded model buffer):
+ * nothing here reads them.
+ */
+import { DataTypeCode, elementSize } from './dtype';
+
+/** A dimension: a fixed size, a symbolic name (`batch`), or unknown. */
+export type Dim = number | string | null;
+
+export interface TensorType {
+  elemType: DataTypeCode;
+  /** undefined = rank unknown. */
+  shape?: Dim[];
+}
+
+export interface StringPair {
+  key: string;
+  value: string;
+}
+
+/** Where a tensor's bytes live. External ranges are read or copied on demand, never eagerly. */
+export type TensorData =
+  | { kind: 'inline'; bytes: Uint8Array }
+  | { kind: 'external'; file: string; offset: number; length: number }
+  | { kind: 'strings'; strings: Uint8Array[] };
+
+export interface Tensor {
+  name: string;
+  dataType: DataTypeCode;
+  dims: number[];
+  data: TensorData;
+  docString?: string;
+  metadataProps?: StringPair[];
+}
+
+export function tensorElementCount(t: { dims: number[] }): number {
+  return t.dims.reduce((a, b) => a * b, 1);
+}
+
+export function tensorByteLength(t: Tensor): number {
+  if (t.data.kind === 'external') return t.data.length;
+  if (t.data.kind === 'inline') return t.data.bytes.byteLength;
+  return t.data.strings.reduce((a, s) => a + s.byteLength, 0);
+}
+
+export function inlineTensor(name: string, dataType: DataTypeCode, dims: number[], bytes: Uint8Array): Tensor {
+  const size = elementSize(dataType);
+  if (size !== undefined && size * tensorElementCount({ dims }) !== bytes.byteLength) {
+    throw new Error(`tensor ${name}: ${bytes.byteLength} bytes do not fit dims [${dims}]`);
+  }
+  return { name, dataType, dims, data: { kind: 'inline', bytes } };
+}
+
+/** Attribute values, by ONNX AttributeType. Graph-valued attributes are kept opaque. */
+export type Attribute =
+  | { name: string; type: 'float'; value: number }
+  | { name: string; type: 'int'; value: number }
+  | { name: string; type: 'string'; value: string }
+  | { name: string; type: 'tensor'; value: Tensor }
+  | { name: string; type: 'floats'; value: number[] }
+  | { name: string; type: 'ints'; value: number[] }
+  | { name: string; type: 'strings'; value: string[] }
+  | { name: string; type: 'tensors'; value: Tensor[] }
+  | { name: string; type: 'opaque'; value: unknown };
+
+export interface Use {
+  node: Node;
+  index: number;
+}
+
+export class Value {
+  /** @internal maintained by Graph */
+  _uses: Use[] = [];
+  /** @internal maintained by Graph */
+  _producer: Node | null = null;
+  /** Set when the value is a graph initializer. */
+  initializer: Tensor | undefined;
+  /** Doc string and metadata of a value_info entry, kept for round trips. */
+  docString?: string;
+  metadataProps?: StringPair[];
+  /** True when the source model listed this value in value_info. */
+  hasValueInfo = false;
+
+  constructor(
+    readonly name: string,
+    public type: TensorType | undefined,
+  ) {}
+
+  get producer(): Node | null {
+    return this._producer;
+  }
+
+  get uses(): readonly Use[] {
+    return this._uses;
+  }
+
+  get isInitializer(): boolean {
+    return this.initializer !== undefined;
+  }
+}
+
+export class Node {
+  /** @internal maintained by Graph */
+  _inputs: (Value | null)[] = [];
+  /** @internal maintained by Graph */
+  _outputs: Value[] = [];
+  docString?: string;
+  overload?: string;
+  metadataProps?: StringPair[];
+  /** Passed through untouched (device sharding annotations). */
+  deviceConfigurations?: unknown[];
+
+  constructor(
+    public name: string,
+    readonly opType: string,
+    readonly domain: string,
+    public attributes: Attribute[],
+  ) {}
+
+  get inputs(): readonly (Value | null)[] {
+    return this._inputs;
+  }
+
+  get outputs(): readonly Value[] {
+    return this._outputs;
+  }
+
+  input(i: number): Value {
+    const v = this._inputs[i];
+    if (!v) throw new Error(`node ${this.name} (${this.opType}) has no input ${i}`);
+    return v;
+  }
+
+  attr(name: string): Attribute | undefined {
+    return this.attributes.find((a) => a.name === name);
+  }
+
+  attrInt(name: string, fallback?: number): number {
+    const a = this.attr(name);
+    if (a && a.type === 'int') return a.value;
+    if (fallback !== undefined) return fallback;
+    throw new Error(`node ${this.name} (${this.opType}) lacks int attribute ${name}`);
+  }
+
+  attrInts(name: string, fallback?: number[]): number[] {
+    const a = this.attr(name);
+    if (a && a.type === 'ints') return a.value;
+    if (fallback !== undefined) return fallback;
+    throw new Error(`node ${this.name} (${this.opType}) lacks ints attribute ${name}`);
+  }
+
+  attrFloat(name: string, fallback?: number): number {
+    const a = this.attr(name);
+    if (a && a.type === 'float') return a.value;
+    if (fallback !== undefined) return fallback;
+    throw new Error(`node ${this.name} (${this.opType}) lacks float attribute ${name}`);
+  }
+
+  attrString(name: string, fallback?: string): string {
+    const a = this.attr(name);
+    if (a && a.type === 'string') return a.value;
+    if (fallback !== undefined) return fallback;
+    throw new Error(`node ${this.name} (${this.opType}) lacks string attribute ${name}`);
+  }
+}
+
+export interface NodeSpec {
+  opType: string;
+  inputs: (Value | null)[];
+  /** Output value names; or a count, to get fresh names derived from the node name. */
+  outputs: string[] | number;
+  name?: string;
+  domain?: string;
+  attributes?: Attribute[];
+}
+
+export class Graph {
+  name = '';
+  docString?: string;
+  metadataProps?: StringPair[];
+  inputs: Value[] = [];
+  outputs: Value[] = [];
+  /** Passed through untouched. */
+  sparseInitializers: unknown[] = [];
+  quantizationAnnotation: unknown[] = [];
+
+  private _nodes: Node[] = [];
+  private readonly _values = new Map<string, Value>();
+  private readonly _nodeNames = new Set<string>();
+  private nameCounter = 0;
+
+  get nodes(): readonly Node[] {
+    return this._nodes;
+  }
+
+  get values(): ReadonlyMap<string, Value> {
+    return this._values;
+  }
+
+  /** Initializers in insertion order. */
+  initializers(): Value[] {
+    return [...this._values.values()].filter((v) => v.initializer !== undefined);
+  }
+
+  value(name: string): Value {
+    const v = this._values.get(name);
+    if (!v) throw new Error(`graph has no value named ${JSON.stringify(name)}`);
+    return v;
+  }
+
+  tryValue(name: string): Value | undefined {
+    return this._values.get(name);
+  }
+
+  /** A value name not yet used in this graph, based on `base`. */
+  freshName(base: string): string {
+    if (!this._values.has(base)) return base;
+    for (;;) {
+      const candidate = `${base}_${++this.nameCounter}`;
+      if (!this._values.has(candidate)) return candidate;
+    }
+  }
+
+  private freshNodeName(base: string): string {
+    if (!this._nodeNames.has(base)) return base;
+    for (;;) {
+      const candidate = `${base}_${++this.nameCounter}`;
+      if (!this._nodeNames.has(candidate)) return candidate;
+    }
+  }
+
+  /** Declares a value (graph input, or a name a node will produce). Names are unique. */
+  createValue(name: string, type?: TensorType): Value {
+    if (this._values.has(name)) throw new Error(`value ${JSON.stringify(name)} already exists`);
+    const v = new Value(name, type);
+    this._values.set(name, v);
+    return v;
+  }
+
+  addInput(name: string, type: TensorType): Value {
+    const v = this.createValue(name, type);
+    this.inputs.push(v);
+    return v;
+  }
+
+  addInitializer(tensor: Tensor): Value {
+    const v = this.createValue(tensor.name, { elemType: tensor.dataType, shape: [...tensor.dims] });
+    v.initializer = tensor;
+    return v;
+  }
+
+  /** Removes a value that nothing produces or uses (an unused initializer or input). */
+  deleteValue(v: Value): void {
+    if (v._uses.length > 0 || v._producer) throw new Error(`value ${v.name} is still in use`);
+    this._values.delete(v.name);
+    this.inputs = this.inputs.filter((x) => x !== v);
+    this.outputs = this.outputs.filter((x) => x !== v);
+  }
+
+  /**
+   * Creates a node and appends it (or inserts it before `before`). Output values are created
+   * here: a node is the only producer of its outputs.
+   */
+  addNode(spec: NodeSpec, before?: Node): Node {
+    const name = this.freshNodeName(spec.name ?? `/${spec.opType}`);
+    const node = new Node(name, spec.opType, spec.domain ?? '', spec.attributes ?? []);
+    const outNames =
+      typeof spec.outputs === 'number'
+        ? Array.from({ length: spec.outputs }, (_, i) => this.freshName(`${name}_output_${i}`))
+        : spec.outputs;
+    node._outputs = outNames.map((n) => {
+      const existing = this._values.get(n);
+      if (existing) {
+        if (existing._producer || existing.initializer || this.inputs.includes(existing)) {
+          throw new Error(`value ${JSON.stringify(n)} already has a definition; node ${name} cannot produce it`);
+        }
+        existing._producer = node;
+        return existing;
+      }
+      const v = this.createValue(n);
+      v._producer = node;
+      return v;
+    });
+    spec.inputs.forEach((v, i) => {
+      node._inputs.push(v);
+      if (v) v._uses.push({ node, index: i });
+    });
+    this._nodeNames.add(name);
+    if (before) {
+      const at = this._nodes.indexOf(before);
+      if (at < 0) throw new Error(`node ${before.name} is not in the graph`);
+      this._nodes.splice(at, 0, node);
+    } else {
+      this._nodes.push(node);
+    }
+    return node;
+  }
+
+  setInput(node: Node, index: number, value: Value | null): void {
+    const old = node._inputs[index];
+    if (old) {
+      const k = old._uses.findIndex((u) => u.node === node && u.index === index);
+      if (k >= 0) old._uses.splice(k, 1);
+    }
+    while (node._inputs.length <= index) node._inputs.push(null);
+    node._inputs[index] = value;
+    if (value) value._uses.push({ node, index });
+  }
+
+  /** Every reader of `from` (nodes and graph outputs) reads `to` instead. */
+  replaceAllUsesWith(from: Value, to: Value): void {
+    for (const u of [...from._uses]) this.setInput(u.node, u.index, to);
+    this.outputs = this.outputs.map((o) => (o === from ? to : o));
+  }
+
+  /** Removes a node whose outputs nobody reads; its output values disappear with it. */
+  removeNode(node: Node): void {
+    for (const out of node._outputs) {
+      if (out._uses.length > 0) throw new Error(`cannot remove ${node.name}: ${out.name} is still used by ${out._uses[0].node.name}`);
+      if (this.outputs.includes(out)) throw new Error(`cannot remove ${node.name}: ${out.name} is a graph output`);
+    }
+    node._inputs.forEach((_, i) => this.setInput(node, i, null));
+    for (const out of node._outputs) {
+      out._producer = null;
+      this._values.delete(out.name);
+    }
+    this._nodes = this._nodes.filter((n) => n !== node);
+    this._nodeNames.delete(node.name);
+  }
+
+  /** Orders nodes so each comes after its producers; keeps the existing order where it can. */
+  topologicalSort(): void {
+    const position = new Map(this._nodes.map((n, i) => [n, i]));
+    const pending = new Map<Node, number>();
+    const ready: Node[] = [];
+    for (const n of this._nodes) {
+      const deps = new Set(n._inputs.filter((v): v is Value => !!v && !!v._producer).map((v) => v._producer!));
+      pending.set(n, deps.size);
+      if (deps.size === 0) ready.push(n);
+    }
+    const order: Node[] = [];
+    // A min-heap would be faster; this stays linear enough because ready lists are short.
+    const byPosition = (a: Node, b: Node) => position.get(a)! - position.get(b)!;
+    ready.sort(byPosition);
+    while (ready.length > 0) {
+      const n = ready.shift()!;
+      order.push(n);
+      const consumers = new Set(n._outputs.flatMap((o) => o._uses.map((u) => u.node)));
+      const newly: Node[] = [];
+      for (const c of consumers) {
+        const left = pending.get(c)! - 1;
+        pending.set(c, left);
+        if (left === 0) newly.push(c);
+      }
+      if (newly.length) {
+        ready.push(...newly);
+        ready.sort(byPosition);
+      }
+    }
+    if (order.length !== this._nodes.length) {
+      const stuck = this._nodes.find((n) => pending.get(n)! > 0)!;
+      throw new Error(`graph has a cycle through node ${stuck.name}`);
+    }
+    this._nodes = order;
+  }
+
+  /**
+   * Removes nodes that no graph output depends on, then initializers nobody reads. Graph inputs
+   * stay (they are the model's interface). Returns how many nodes went.
+   */
+  eliminateDeadNodes(): number {
+    const live = new Set<Node>();
+    const stack = this.outputs.map((o) => o._producer).filter((n): n is Node => !!n);
+    while (stack.length) {
+      const n = stack.pop()!;
+      if (live.has(n)) continue;
+      live.add(n);
+      for (const v of n._inputs) if (v?._producer && !live.has(v._producer)) stack.push(v._producer);
+    }
+    const dead = this._nodes.filter((n) => !live.has(n));
+    for (const n of dead) {
+      n._inputs.forEach((_, i) => this.setInput(n, i, null));
+    }
+    for (const n of dead) {
+      for (const out of n._outputs) {
+        out._producer = null;
+        this._values.delete(out.name);
+      }
+      this._nodeNames.delete(n.name);
+    }
+    this._nodes = this._nodes.filter((n) => live.has(n));
+    for (const v of [...this._values.values()]) {
+      if (v.initializer && v._uses.length === 0 && !this.outputs.includes(v)) this._values.delete(v.name);
+    }
+    return dead.length;
+  }
+
+  /** Registers a node name read from a file (names need not be unique in ONNX, but we keep them). */
+  /** @internal */
+  _adoptNode(node: Node): void {
+    this._nodes.push(node);
+    this._nodeNames.add(node.name);
+  }
+}
+
+export interface OpsetImport {
+  domain: string;
+  version: number;
+}
+
+export class Model {
+  irVersion = 10;
+  opsetImports: OpsetImport[] = [{ domain: '', version: 17 }];
+  producerName = 'hollowc';
+  producerVersion = '';
+  domain = '';
+  modelVersion = 0;
+  docString = '';
+  metadataProps: StringPair[] = [];
+  /** Passed through untouched. */
+  functions: unknown[] = [];
+  trainingInfo: unknown[] = [];
+  configuration: unknown[] = [];
+
+  constructor(public graph: Graph) {}
+
+  opsetVersion(domain = ''): number {
+    const found = this.opsetImports.find((o) => o.domain === domain || (domain === '' && o.domain === 'ai.onnx'));
+    if (!found) throw new Error(`model imports no opset for domain ${JSON.stringify(domain)}`);
+    return found.version;
+  }
+}

@@ -1,0 +1,48 @@
+/**
+ * Structural checks run after every pass in tests: a pass that leaves a dangling reference or
+ * a cycle is caught where it happened, not when onnxruntime refuses the model later.
+ */
+import { Graph, Value } from './ir';
+
+export function verifyGraph(g: Graph): string[] {
+  const problems: string[] = [];
+  const defined = new Set<Value>([...g.inputs, ...g.initializers()]);
+  const seenNodes = new Set<string>();
+  for (const n of g.nodes) {
+    n.inputs.forEach((v, i) => {
+      if (!v) return;
+      if (g.tryValue(v.name) !== v) problems.push(`node ${n.name} input ${i} (${v.name}) is not a value of this graph`);
+      else if (!defined.has(v)) {
+        problems.push(
+          v.producer
+            ? `node ${n.name} reads ${v.name} before its producer ${v.producer.name} (order or cycle)`
+            : `node ${n.name} reads ${v.name}, which nothing defines`,
+        );
+      }
+      if (!v.uses.some((u) => u.node === n && u.index === i)) problems.push(`use list of ${v.name} misses node ${n.name} input ${i}`);
+    });
+    for (const out of n.outputs) {
+      if (out.producer !== n) problems.push(`output ${out.name} of ${n.name} names another producer`);
+      if (defined.has(out)) problems.push(`value ${out.name} is defined more than once`);
+      defined.add(out);
+    }
+    if (n.name && seenNodes.has(n.name)) problems.push(`node name ${n.name} is used twice`);
+    seenNodes.add(n.name);
+  }
+  for (const o of g.outputs) if (!defined.has(o)) problems.push(`graph output ${o.name} is not defined`);
+  for (const v of g.values.values()) {
+    for (const u of v.uses) {
+      if (u.node.inputs[u.index] !== v) problems.push(`use list of ${v.name} names ${u.node.name} input ${u.index}, which reads something else`);
+    }
+  }
+  return problems;
+}
+
+/** Throws with every problem listed; `context` says which pass produced the graph. */
+export function assertValidGraph(g: Graph, context: string): void {
+  const problems = verifyGraph(g);
+  if (problems.length) {
+    const shown = problems.slice(0, 20).join('\n  ');
+    throw new Error(`invalid graph after ${context}:\n  ${shown}${problems.length > 20 ? `\n  ... and ${problems.length - 20} more` : ''}`);
+  }
+}
