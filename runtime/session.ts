@@ -1,0 +1,58 @@
+/**
+ * onnxruntime-node sessions for hollowc artifacts. Asking for a provider the installed binary
+ * lacks throws deep inside onnxruntime; this turns that into one clear message, or a warned
+ * fallback to the CPU when the caller allows it.
+ */
+import * as ort from 'onnxruntime-node';
+import { HollowcError } from '../compiler/errors';
+
+export type ExecutionProvider = 'cpu' | 'cuda' | 'webgpu' | 'tensorrt' | 'dml' | 'coreml';
+
+export interface SessionOptions {
+  ep?: ExecutionProvider;
+  /** On a provider failure, run on the CPU with a warning instead of failing (default false). */
+  fallbackToCpu?: boolean;
+  /** Keep the CPU arena off: peak memory then reflects what the graph needs (default true). */
+  disableArena?: boolean;
+  intraOpThreads?: number;
+  log?: (message: string) => void;
+}
+
+export function installedProviders(): string[] {
+  return ort.listSupportedBackends().filter((b) => b.bundled).map((b) => b.name);
+}
+
+function baseOptions(options: SessionOptions): ort.InferenceSession.SessionOptions {
+  return {
+    enableCpuMemArena: !(options.disableArena ?? true),
+    // Prepacking copies every weight into a second layout: it doubled peak RSS in our checks.
+    extra: { session: { disable_prepacking: '1' } },
+    graphOptimizationLevel: 'all',
+    ...(options.intraOpThreads ? { intraOpNumThreads: options.intraOpThreads } : {}),
+  };
+}
+
+export async function createSession(modelFile: string, options: SessionOptions = {}): Promise<ort.InferenceSession> {
+  const ep = options.ep ?? 'cpu';
+  const base = baseOptions(options);
+  if (ep === 'cpu') return ort.InferenceSession.create(modelFile, { ...base, executionProviders: ['cpu'] });
+  const listed = ort.listSupportedBackends().find((b) => b.name === ep);
+  const problem = !listed
+    ? `this onnxruntime-node build has no ${ep} execution provider (it has: ${installedProviders().join(', ')})`
+    : !listed.bundled
+      ? `the ${ep} execution provider is not installed (run ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node on a machine with internet access)`
+      : undefined;
+  if (!problem) {
+    try {
+      return await ort.InferenceSession.create(modelFile, { ...base, executionProviders: [ep] });
+    } catch (e) {
+      const why = `the ${ep} execution provider failed to start: ${(e as Error).message.split('\n')[0]}`;
+      if (!options.fallbackToCpu) throw new HollowcError(why, modelFile);
+      (options.log ?? console.warn)(`warning: ${why}; running on the CPU instead`);
+    }
+  } else {
+    if (!options.fallbackToCpu) throw new HollowcError(problem);
+    (options.log ?? console.warn)(`warning: ${problem}; running on the CPU instead`);
+  }
+  return ort.InferenceSession.create(modelFile, { ...base, executionProviders: ['cpu'] });
+}
