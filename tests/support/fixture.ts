@@ -1,0 +1,52 @@
+/** Paths and loaders for the PyTorch reference fixture copied into tests/fixtures. */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import * as ort from 'onnxruntime-node';
+import { readNpy } from '../../runtime/npy';
+
+export const FIXTURE_DIR = path.join(__dirname, '..', 'fixtures', 'diffusers', 'sd15-tiny');
+export const FIXTURE_MODEL = path.join(FIXTURE_DIR, 'model.onnx');
+export const FIXTURE_MODEL_OPSET14 = path.join(FIXTURE_DIR, 'model-opset14.onnx');
+
+export function fixtureManifest(): any {
+  return JSON.parse(fs.readFileSync(path.join(FIXTURE_DIR, 'manifest.json'), 'utf8'));
+}
+
+export function fixtureTensor(rel: string): ort.Tensor {
+  const a = readNpy(path.join(FIXTURE_DIR, rel));
+  return new ort.Tensor(a.dtype === 'float32' ? 'float32' : (a.dtype as 'int64'), a.data as Float32Array, a.shape);
+}
+
+/** UNet inputs of case 1 (`inputs/`, batch 1) or case 2 (`inputs2/`, batch 2). */
+export function fixtureInputs(batch: 1 | 2 = 1): Record<string, ort.Tensor> {
+  const dir = batch === 1 ? 'inputs' : 'inputs2';
+  return {
+    sample: fixtureTensor(`${dir}/sample.npy`),
+    timestep: fixtureTensor(`${dir}/timestep.npy`),
+    encoder_hidden_states: fixtureTensor(`${dir}/encoder_hidden_states.npy`),
+  };
+}
+
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i] - b[i]);
+    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
+  }
+  return m;
+}
+
+export function tempDir(prefix = 'hollowc-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export async function runModel(file: string, feeds: Record<string, ort.Tensor>, outputs?: string[]): Promise<Record<string, ort.Tensor>> {
+  const session = await ort.InferenceSession.create(file, { executionProviders: ['cpu'], enableCpuMemArena: false });
+  try {
+    return await session.run(feeds, outputs);
+  } finally {
+    await session.release();
+  }
+}
