@@ -168,14 +168,18 @@ class ConfigReader {
   typeList<T extends string>(field: string, allowed: readonly T[], fallback: readonly T[]): readonly T[] {
     const v = this.obj[field];
     if (v === undefined) return fallback;
-    if (!Array.isArray(v) || v.length === 0) this.fail(field, `expected a non-empty array of block type names, got ${show(v)}`);
+    if (!Array.isArray(v) || v.length === 0) {
+      this.fail(field, `expected a non-empty array of block type names, got ${show(v)}`);
+    }
     return v.map((item, i) => this.oneOf(`${field}[${i}]`, allowed, allowed[0], item === undefined ? null : item));
   }
 
   intList(field: string, fallback: readonly number[]): readonly number[] {
     const v = this.obj[field];
     if (v === undefined) return fallback;
-    if (!Array.isArray(v) || v.length === 0) this.fail(field, `expected a non-empty array of positive integers, got ${show(v)}`);
+    if (!Array.isArray(v) || v.length === 0) {
+      this.fail(field, `expected a non-empty array of positive integers, got ${show(v)}`);
+    }
     return v.map((item, i) => this.checkInt(`${field}[${i}]`, item));
   }
 
@@ -241,7 +245,8 @@ export function parseUNetConfig(json: unknown, source: string): UNetConfig {
     block_out_channels: r.intList('block_out_channels', d.block_out_channels),
     layers_per_block: r.perBlock('layers_per_block', d.layers_per_block),
     transformer_layers_per_block: r.perBlock('transformer_layers_per_block', d.transformer_layers_per_block),
-    attention_head_dim: obj['attention_head_dim'] === null ? d.attention_head_dim : r.perBlock('attention_head_dim', d.attention_head_dim),
+    attention_head_dim:
+      obj['attention_head_dim'] === null ? d.attention_head_dim : r.perBlock('attention_head_dim', d.attention_head_dim),
     num_attention_heads: obj['num_attention_heads'] == null ? null : r.perBlock('num_attention_heads', 1),
     cross_attention_dim: r.perBlock('cross_attention_dim', d.cross_attention_dim),
     use_linear_projection: r.bool('use_linear_projection', d.use_linear_projection, false),
