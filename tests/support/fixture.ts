@@ -45,7 +45,7 @@ export function tempDir(prefix = 'hollowc-test-'): string {
 export async function runModel(file: string, feeds: Record<string, ort.Tensor>, outputs?: string[]): Promise<Record<string, ort.Tensor>> {
   const session = await ort.InferenceSession.create(file, { executionProviders: ['cpu'], enableCpuMemArena: false });
   try {
-    return await session.run(feeds, outputs);
+    return outputs ? await session.run(feeds, outputs) : await session.run(feeds);
   } finally {
     await session.release();
   }

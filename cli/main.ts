@@ -1,0 +1,50 @@
+#!/usr/bin/env node
+/**
+ * The `hollowc` command. Bad input (HollowcError and the Errors our layers throw for it) prints
+ * one line and exits 1; an unexpected failure prints its stack only with HOLLOWC_DEBUG=1.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { Command, CommanderError } from 'commander';
+import { registerInspect } from './inspect';
+
+/** Found upwards from here: the same code runs from dist/cli and from cli/ under jest. */
+function packageVersion(): string {
+  for (let dir = __dirname; dir !== path.dirname(dir); dir = path.dirname(dir)) {
+    const file = path.join(dir, 'package.json');
+    if (fs.existsSync(file)) return (JSON.parse(fs.readFileSync(file, 'utf8')) as { version: string }).version;
+  }
+  return 'unknown';
+}
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('hollowc')
+    .description('Hollowed-Net compiler and runtime: personalize Stable Diffusion UNets (ONNX) with little memory')
+    .version(packageVersion())
+    .showHelpAfterError()
+    .exitOverride();
+  registerInspect(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode;
+    const err = e as Error;
+    process.stderr.write(`hollowc: error: ${err.message}\n`);
+    if (process.env.HOLLOWC_DEBUG) process.stderr.write(`${err.stack}\n`);
+    return 1;
+  }
+}
+
+if (require.main === module) {
+  main(process.argv).then((code) => {
+    process.exitCode = code;
+  });
+}
