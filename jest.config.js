@@ -5,4 +5,5 @@ module.exports = {
   testMatch: ['<rootDir>/tests/**/*.test.ts'],
   modulePathIgnorePatterns: ['<rootDir>/dist/'],
   testTimeout: 120000,
+  reporters: ['default', '<rootDir>/tests/support/summary-reporter.js'],
 };
