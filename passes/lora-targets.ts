@@ -1,0 +1,62 @@
+/**
+ * Layers LoRA can attach to, found in the graph: Linear layers (exported as MatMul with a weight
+ * initializer, plus an Add for the bias; or Gemm) and convolutions. Each is named by its diffusers
+ * module path, the name peft and kohya use for the LoRA of that layer.
+ */
+import { Graph, Node, Value } from '../compiler/ir';
+import { moduleOfNode } from './module-scope';
+
+export interface LoraSite {
+  module: string;
+  kind: 'linear' | 'conv';
+  /** The node computing the layer (MatMul, Gemm or Conv). */
+  node: Node;
+  /** The layer's input activation. */
+  input: Value;
+  /** The layer's output (after the bias Add, where the export split it off). */
+  output: Value;
+  inFeatures: number;
+  outFeatures: number;
+  /** Conv kernel [kh, kw]; [1, 1] for linear layers. */
+  kernel: number[];
+}
+
+function biasAddAfter(g: Graph, matmulOut: Value): Node | undefined {
+  if (matmulOut.uses.length !== 1) return undefined;
+  const add = matmulOut.uses[0].node;
+  if (add.opType !== 'Add') return undefined;
+  const other = add.inputs[matmulOut.uses[0].index === 0 ? 1 : 0];
+  return other?.initializer && other.initializer.dims.length === 1 ? add : undefined;
+}
+
+/** Every LoRA-able layer, by module path, in graph order. */
+export function findLoraSites(g: Graph): LoraSite[] {
+  const sites: LoraSite[] = [];
+  for (const n of g.nodes) {
+    const module = moduleOfNode(n);
+    if (!module) continue;
+    if (n.opType === 'MatMul') {
+      const w = n.inputs[1];
+      const x = n.inputs[0];
+      if (!x || !w?.initializer || w.initializer.dims.length !== 2) continue;
+      const [inF, outF] = w.initializer.dims;
+      const bias = biasAddAfter(g, n.outputs[0]);
+      sites.push({ module, kind: 'linear', node: n, input: x, output: bias ? bias.outputs[0] : n.outputs[0], inFeatures: inF, outFeatures: outF, kernel: [1, 1] });
+    } else if (n.opType === 'Gemm') {
+      const w = n.inputs[1];
+      const x = n.inputs[0];
+      if (!x || !w?.initializer || n.attrInt('transA', 0) !== 0) continue;
+      const [a, b] = w.initializer.dims;
+      const transB = n.attrInt('transB', 0) === 1;
+      sites.push({ module, kind: 'linear', node: n, input: x, output: n.outputs[0], inFeatures: transB ? b : a, outFeatures: transB ? a : b, kernel: [1, 1] });
+    } else if (n.opType === 'Conv') {
+      const w = n.inputs[1];
+      const x = n.inputs[0];
+      if (!x || !w?.initializer || w.initializer.dims.length !== 4 || n.attrInt('group', 1) !== 1) continue;
+      const [outC, inC, kh, kw] = w.initializer.dims;
+      sites.push({ module, kind: 'conv', node: n, input: x, output: n.outputs[0], inFeatures: inC, outFeatures: outC, kernel: [kh, kw] });
+    }
+  }
+  const seen = new Set<string>();
+  return sites.filter((s) => (seen.has(s.module) ? false : (seen.add(s.module), true)));
+}
