@@ -1,0 +1,87 @@
+/**
+ * `hollowc model build (<family> [--tiny|--full] | --config unet/config.json) -o dir/ [--seed N]`:
+ * writes an SD-shaped ONNX UNet with seeded random weights (model.onnx + model.onnx_data).
+ */
+import * as fs from 'fs';
+import { Command, InvalidArgumentError } from 'commander';
+import { HollowcError } from '../compiler/errors';
+import { parseUNetConfig, UNetConfig } from '../models/config';
+import { FAMILIES, FAMILY_NAMES, isFamilyName } from '../models/families';
+import { buildUNet, normalizeSeed } from '../models/builder/unet';
+
+export interface ModelBuildOptions {
+  tiny?: boolean;
+  full?: boolean;
+  config?: string;
+  out: string;
+  seed?: number;
+}
+
+function parseSeed(text: string): number {
+  const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n) || n > 0xffffffff) throw new InvalidArgumentError(`expected an integer in 0..4294967295, got ${JSON.stringify(text)}`);
+  return normalizeSeed(n);
+}
+
+/** The config a `model build` invocation names, with a label for messages. */
+export function resolveBuildConfig(family: string | undefined, opts: ModelBuildOptions): { config: UNetConfig; label: string } {
+  if (opts.config !== undefined) {
+    if (family !== undefined) throw new HollowcError(`give either a family (${family}) or --config, not both`);
+    if (opts.tiny || opts.full) throw new HollowcError('--tiny/--full choose a family preset; they do not apply to --config');
+    let text: string;
+    try {
+      text = fs.readFileSync(opts.config, 'utf8');
+    } catch (e) {
+      throw new HollowcError(`cannot read config: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, opts.config);
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch (e) {
+      throw new HollowcError(`not valid JSON: ${(e as Error).message}`, opts.config);
+    }
+    return { config: parseUNetConfig(json, opts.config), label: opts.config };
+  }
+  if (family === undefined) {
+    throw new HollowcError(`name a family (${FAMILY_NAMES.join(', ')}) with --tiny or --full, or give --config unet/config.json`);
+  }
+  if (!isFamilyName(family)) throw new HollowcError(`unknown model family "${family}" (expected one of: ${FAMILY_NAMES.join(', ')})`);
+  if (opts.tiny === opts.full) {
+    throw new HollowcError(
+      opts.tiny ? 'give only one of --tiny and --full' : `say which size: --tiny (test widths, a few MB) or --full (the real ${family} architecture)`,
+    );
+  }
+  const variant = opts.tiny ? FAMILIES[family].tiny : FAMILIES[family].full;
+  return { config: variant.config, label: variant.name };
+}
+
+const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+
+export async function runModelBuild(family: string | undefined, opts: ModelBuildOptions, log: (line: string) => void = console.log): Promise<void> {
+  const { config, label } = resolveBuildConfig(family, opts);
+  const result = await buildUNet(config, { outDir: opts.out, seed: opts.seed });
+  const peakRss = process.resourceUsage().maxRSS * 1024;
+  log(`built ${label} UNet (seed ${opts.seed ?? 0})`);
+  log(`  ${result.file}  (${mib(fs.statSync(result.file).size)})`);
+  log(`  ${result.dataFile}  (${mib(fs.statSync(result.dataFile).size)})`);
+  log(`  parameters: ${result.parameterCount.toLocaleString('en-US')}`);
+  log(`  time: ${result.seconds.toFixed(1)} s, peak RSS: ${mib(peakRss)}`);
+}
+
+export function registerModelBuild(program: Command): Command {
+  const model =
+    program.commands.find((c) => c.name() === 'model') ??
+    program.command('model').description('SD-family UNet architectures: build models with seeded random weights');
+  return model
+    .command('build')
+    .description('write an ONNX UNet shaped like a diffusers torch.onnx.export, with seeded random weights')
+    .argument('[family]', `model family: ${FAMILY_NAMES.join(', ')} (with --tiny or --full)`)
+    .option('--tiny', 'the family structure at test widths (seconds to build, a few MB)')
+    .option('--full', 'the real architecture (SD 1.5: 3.4 GB, SDXL: 10.3 GB of weights)')
+    .option('--config <file>', 'a diffusers unet/config.json (UNet2DConditionModel) instead of a family')
+    .requiredOption('-o, --out <dir>', 'output folder (model.onnx + model.onnx_data)')
+    .option('--seed <n>', 'weight seed (default 0)', parseSeed)
+    .action(async (family: string | undefined, opts: ModelBuildOptions) => {
+      await runModelBuild(family, opts);
+    });
+}
