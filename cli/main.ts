@@ -6,7 +6,10 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { Command, CommanderError } from 'commander';
+import { SpecError } from '../dsl/diagnostics';
+import { registerCompile } from './compile';
 import { registerInspect } from './inspect';
+import { registerModelBuild } from './model-build';
 
 /** Found upwards from here: the same code runs from dist/cli and from cli/ under jest. */
 function packageVersion(): string {
@@ -26,6 +29,8 @@ export function buildProgram(): Command {
     .showHelpAfterError()
     .exitOverride();
   registerInspect(program);
+  registerCompile(program);
+  registerModelBuild(program);
   return program;
 }
 
@@ -37,7 +42,9 @@ export async function main(argv: string[]): Promise<number> {
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode;
     const err = e as Error;
-    process.stderr.write(`hollowc: error: ${err.message}\n`);
+    // Spec errors render themselves: file:line:col, the source line and a caret.
+    if (err instanceof SpecError) process.stderr.write(`${err.formatAll()}\n`);
+    else process.stderr.write(`hollowc: error: ${err.message}\n`);
     if (process.env.HOLLOWC_DEBUG) process.stderr.write(`${err.stack}\n`);
     return 1;
   }

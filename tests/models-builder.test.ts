@@ -18,7 +18,7 @@ import { FAMILIES, FamilyName } from '../models/families';
 import { buildLayout, ownerOfModulePath } from '../models/layout';
 import { paramCounts, unetParameters } from '../models/param-count';
 import { buildUNet, BuildUNetResult, describeUNet, unetSignature } from '../models/builder/unet';
-import { hashString, Rng } from '../models/builder/random';
+import { hashString, Rng } from '../models/random';
 import { timestepFrequencies } from '../models/builder/embeddings';
 import { registerModelBuild, resolveBuildConfig } from '../cli/model-build';
 import { inspectJson } from '../cli/inspect';

@@ -3,5 +3,5 @@ export { buildUNet, buildUNetGraph, describeUNet, unetSignature, textEmbedsDim, 
 export type { BuildUNetOptions, BuildUNetResult, BuiltGraph, UNetSignature } from './unet';
 export type { ParameterRecord, ParameterLayout, WeightSink } from './weights';
 export { StreamingWeightSink, VirtualWeightSink } from './weights';
-export { Rng, hashString } from './random';
+export { Rng, hashString } from '../random';
 export { timestepFrequencies } from './embeddings';

@@ -13,7 +13,7 @@
 import { DataType } from '../../compiler/dtype';
 import { GraphBuilder, toAttributes } from '../../compiler/builder';
 import { Graph, Value } from '../../compiler/ir';
-import { fanInUniform, NORM_BIAS, NORM_WEIGHT, WeightInit } from './random';
+import { fanInUniform, NORM_BIAS, NORM_WEIGHT, WeightInit } from '../random';
 import { ParameterLayout, ParameterRecord, WeightSink } from './weights';
 
 /** State shared by every module of one build. */

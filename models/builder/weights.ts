@@ -9,7 +9,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { DataType } from '../../compiler/dtype';
 import { Tensor } from '../../compiler/ir';
-import { Rng, WeightInit } from './random';
+import { Rng, WeightInit } from '../random';
 
 /** How an ONNX initializer holds a PyTorch parameter. */
 export type ParameterLayout =

@@ -91,6 +91,21 @@ export class Rng {
   }
 }
 
+/** A uniform float in (0, 1): 32 random bits, never exactly 0 (Box-Muller takes its log). */
+export function uniformOpen(rng: Rng): number {
+  return (rng.next() + 0.5) / 2 ** 32;
+}
+
+/** Fills `out` with N(0, std²) values (Box-Muller), reproducible for a given stream. */
+export function fillNormal(rng: Rng, out: Float32Array, std: number): void {
+  for (let i = 0; i < out.length; i += 2) {
+    const r = Math.sqrt(-2 * Math.log(uniformOpen(rng)));
+    const theta = 2 * Math.PI * uniformOpen(rng);
+    out[i] = std * r * Math.cos(theta);
+    if (i + 1 < out.length) out[i + 1] = std * r * Math.sin(theta);
+  }
+}
+
 function rotl(x: number, k: number): number {
   return (x << k) | (x >>> (32 - k));
 }

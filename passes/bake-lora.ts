@@ -1,0 +1,93 @@
+/**
+ * Folds trained LoRA tensors into infer.onnx. Where only path 2 (the personalized hollowed net)
+ * uses a layer's weight, W' = W + (alpha/r)·ΔW replaces it and the low-rank branch disappears;
+ * where path 1 (the base path) shares the weight, the branch stays with A and B as initializers,
+ * so the base path keeps computing the base model. Only the weights of folded layers are read.
+ */
+import { HollowcError } from '../compiler/errors';
+import { Graph, Node, Value, inlineTensor } from '../compiler/ir';
+import { readTensorBytes } from '../compiler/serde';
+import { DataType } from '../compiler/dtype';
+import { tensorFromTyped } from '../compiler/builder';
+import { findLoraSites, LoraSite } from './lora-targets';
+import { loraParamNames } from './insert-lora';
+
+export interface BakeResult {
+  folded: string[];
+  kept: string[];
+}
+
+function isBasePath(n: Node): boolean {
+  return n.name.startsWith('/base/');
+}
+
+function float32Of(v: Value): Float32Array {
+  const t = v.initializer!;
+  if (t.dataType !== DataType.FLOAT) throw new HollowcError(`cannot fold LoRA into ${t.name}: it is not float32`);
+  const bytes = readTensorBytes(t);
+  return new Float32Array(new Uint8Array(bytes).buffer);
+}
+
+/** ΔW in the layout the node stores its weight in, times `scale`, added to `w`. */
+function foldInto(site: LoraSite, w: Float32Array, a: Float32Array, b: Float32Array, rank: number, scale: number): Float32Array {
+  const out = Float32Array.from(w);
+  const inF = site.inFeatures;
+  const outF = site.outFeatures;
+  const k = site.kernel[0] * site.kernel[1];
+  // MatMul stores [in, out]; Gemm with transB and Conv store [out, in(, kh, kw)].
+  const transposed = site.node.opType === 'MatMul' || (site.node.opType === 'Gemm' && site.node.attrInt('transB', 0) === 0);
+  for (let o = 0; o < outF; o++) {
+    for (let i = 0; i < inF; i++) {
+      for (let p = 0; p < k; p++) {
+        let sum = 0;
+        for (let r = 0; r < rank; r++) sum += b[o * rank + r] * a[(r * inF + i) * k + p];
+        const index = transposed ? i * outF + o : (o * inF + i) * k + p;
+        out[index] += scale * sum;
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * Bakes `values` (LoRA tensor name -> values) into `g`, an infer graph with LoRA inputs.
+ * Every LoRA input of the graph must have a value.
+ */
+export function bakeLora(g: Graph, values: Map<string, Float32Array>, rank: number, scale: number): BakeResult {
+  const result: BakeResult = { folded: [], kept: [] };
+  const loraInputs = g.inputs.filter((v) => /\.lora_[AB]\.weight$/.test(v.name));
+  const missing = loraInputs.filter((v) => !values.has(v.name)).map((v) => v.name);
+  if (missing.length) throw new HollowcError(`the LoRA file lacks ${missing.length} tensor(s) the graph needs, e.g. ${missing.slice(0, 3).join(', ')}`);
+  const sites = findLoraSites(g).filter((s) => !isBasePath(s.node));
+  for (const site of sites) {
+    const names = loraParamNames(site.module);
+    const aIn = g.tryValue(names.a);
+    const bIn = g.tryValue(names.b);
+    if (!aIn || !bIn || !g.inputs.includes(aIn)) continue;
+    const a = values.get(names.a)!;
+    const b = values.get(names.b)!;
+    const weight = site.node.inputs[1]!;
+    const shared = weight.uses.some((u) => isBasePath(u.node));
+    if (shared) {
+      // The base path reads this weight too: keep the branch, its tensors become constants.
+      for (const [input, data] of [[aIn, a], [bIn, b]] as const) {
+        const shape = input.type!.shape as number[];
+        g.inputs = g.inputs.filter((v) => v !== input);
+        input.initializer = tensorFromTyped(input.name, data, shape);
+      }
+      result.kept.push(site.module);
+      continue;
+    }
+    const folded = foldInto(site, float32Of(weight), a, b, rank, scale);
+    const baked = g.addInitializer(inlineTensor(g.freshName(`${weight.name}.baked`), DataType.FLOAT, [...weight.initializer!.dims], new Uint8Array(folded.buffer)));
+    g.setInput(site.node, 1, baked);
+    // The branch ends in Add(site output, scaled delta): its readers read the layer output again.
+    const branchAdd = site.output.uses.find((u) => u.node.opType === 'Add' && u.node.name.includes('/lora/'))?.node;
+    if (!branchAdd) throw new Error(`internal: no LoRA branch after ${site.module}`);
+    g.replaceAllUsesWith(branchAdd.outputs[0], site.output);
+    result.folded.push(site.module);
+  }
+  g.eliminateDeadNodes();
+  for (const v of [...g.inputs]) if (v.uses.length === 0 && /\.lora_[AB]\.weight$/.test(v.name)) g.deleteValue(v);
+  return result;
+}

@@ -1,0 +1,103 @@
+/**
+ * LoRA safetensors in the two layouts other tools load for the original UNet:
+ * - peft / diffusers: `unet.<module path>.lora_A.weight` [r, in], `.lora_B.weight` [out, r];
+ *   alpha lives in metadata (diffusers reads `lora_alpha` from the adapter config);
+ * - kohya (A1111, ComfyUI): `lora_unet_<module path with _>.lora_down.weight`, `.lora_up.weight`
+ *   and a scalar `.alpha` per module.
+ * Hollowed-Net LoRA has the shapes of plain UNet LoRA, so no conversion of values is needed.
+ */
+import { HollowcError } from '../compiler/errors';
+import { SafeTensor, float32Tensor, readSafetensors, toFloat32, writeSafetensors } from './safetensors';
+
+export type LoraFormat = 'peft' | 'kohya';
+
+export interface LoraModuleValues {
+  module: string;
+  a: { shape: number[]; data: Float32Array };
+  b: { shape: number[]; data: Float32Array };
+}
+
+export interface LoraSet {
+  rank: number;
+  alpha: number;
+  modules: LoraModuleValues[];
+}
+
+export function kohyaName(module: string): string {
+  return `lora_unet_${module.replace(/\./g, '_')}`;
+}
+
+export function writeLoraFile(file: string, format: LoraFormat, set: LoraSet, extraMetadata: Record<string, string> = {}): void {
+  const tensors = new Map<string, SafeTensor>();
+  const metadata: Record<string, string> = { ...extraMetadata };
+  for (const m of set.modules) {
+    if (format === 'peft') {
+      tensors.set(`unet.${m.module}.lora_A.weight`, float32Tensor(m.a.shape, m.a.data));
+      tensors.set(`unet.${m.module}.lora_B.weight`, float32Tensor(m.b.shape, m.b.data));
+    } else {
+      const base = kohyaName(m.module);
+      tensors.set(`${base}.lora_down.weight`, float32Tensor(m.a.shape, m.a.data));
+      tensors.set(`${base}.lora_up.weight`, float32Tensor(m.b.shape, m.b.data));
+      tensors.set(`${base}.alpha`, float32Tensor([], Float32Array.of(set.alpha)));
+    }
+  }
+  if (format === 'peft') {
+    metadata.format = 'pt';
+    metadata.lora_rank = String(set.rank);
+    metadata.lora_alpha = String(set.alpha);
+    metadata.target_modules = JSON.stringify([...new Set(set.modules.map((m) => m.module))]);
+  } else {
+    metadata.ss_network_module = 'networks.lora';
+    metadata.ss_network_dim = String(set.rank);
+    metadata.ss_network_alpha = String(set.alpha);
+  }
+  writeSafetensors(file, tensors, metadata);
+}
+
+/**
+ * Reads a LoRA for `modules` in either layout, detected from its keys, and rescales it to
+ * `alpha` (the compiled graph's alpha/r is fixed): kohya files may carry another alpha.
+ */
+export function readLoraFile(file: string, modules: readonly string[], rank: number, alpha: number): Map<string, LoraModuleValues> {
+  const { tensors, metadata } = readSafetensors(file);
+  const keys = [...tensors.keys()];
+  const kohya = keys.some((k) => k.startsWith('lora_unet_'));
+  const out = new Map<string, LoraModuleValues>();
+  const missing: string[] = [];
+  for (const module of modules) {
+    let aKey: string | undefined;
+    let bKey: string | undefined;
+    let fileAlpha = Number(metadata.lora_alpha ?? alpha);
+    if (kohya) {
+      const base = kohyaName(module);
+      aKey = `${base}.lora_down.weight`;
+      bKey = `${base}.lora_up.weight`;
+      const alphaTensor = tensors.get(`${base}.alpha`);
+      fileAlpha = alphaTensor ? toFloat32(alphaTensor, `${base}.alpha`)[0] : Number(metadata.ss_network_alpha ?? alpha);
+    } else {
+      const prefix = [`unet.${module}`, module, `base_model.model.${module}`].find((p) => tensors.has(`${p}.lora_A.weight`));
+      if (prefix) {
+        aKey = `${prefix}.lora_A.weight`;
+        bKey = `${prefix}.lora_B.weight`;
+      }
+    }
+    const a = aKey ? tensors.get(aKey) : undefined;
+    const b = bKey ? tensors.get(bKey) : undefined;
+    if (!a || !b) {
+      missing.push(module);
+      continue;
+    }
+    if (a.shape[0] !== rank || b.shape[1] !== rank) throw new HollowcError(`${module}: LoRA rank ${a.shape[0]} in the file, the compiled graph has rank ${rank}`, file);
+    const bValues = toFloat32(b, bKey);
+    const ratio = fileAlpha / alpha;
+    out.set(module, {
+      module,
+      a: { shape: a.shape, data: toFloat32(a, aKey) },
+      b: { shape: b.shape, data: ratio === 1 ? bValues : bValues.map((x) => x * ratio) },
+    });
+  }
+  if (missing.length) {
+    throw new HollowcError(`no LoRA tensors for ${missing.length} module(s), e.g. ${missing.slice(0, 3).join(', ')} (file has keys like ${keys.slice(0, 2).join(', ')})`, file);
+  }
+  return out;
+}
