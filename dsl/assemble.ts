@@ -1,0 +1,191 @@
+// Statements -> Spec: rejects duplicates, fills defaults, and checks what involves several
+// statements (a preset against an explicit `model`, `emit precompute` under `hollow none`).
+import { Artifact, ARTIFACTS, DEFAULTS, DEFAULT_TARGETS, ModelFamily, presetListText, presetsFor } from './presets';
+import { Hollow, LoraInit, Num, Option, ShapeDecl, Spec, Statement, Valued } from './ast';
+import { SourcePos, SourceText, SpecError, specErrorAt } from './diagnostics';
+
+type Of<K extends Statement['kind']> = Extract<Statement, { kind: K }>;
+
+export function assemble(
+  source: SourceText,
+  statements: readonly Statement[],
+  /** Whether earlier stages already failed: then a missing `hollow` is likely a broken line, and
+   * saying it is missing would be noise. */
+  hadErrors: boolean,
+): { spec?: Spec; errors: SpecError[] } {
+  const errors: SpecError[] = [];
+  const fail = (at: SourcePos | undefined, message: string, suggestion?: string) =>
+    errors.push(specErrorAt(source, at, message, suggestion));
+
+  // The first statement of each kind wins; later ones are reported at their own line.
+  const first = new Map<string, SourcePos>();
+  const once = (key: string, pos: SourcePos): boolean => {
+    const prev = first.get(key);
+    if (prev !== undefined) {
+      fail(pos, `duplicate "${key}" statement; the first is on line ${prev.line}`, 'each statement may appear once');
+      return false;
+    }
+    first.set(key, pos);
+    return true;
+  };
+  const single = <K extends Statement['kind']>(kind: K): Of<K> | undefined => {
+    let found: Of<K> | undefined;
+    for (const s of statements) {
+      if (s.kind === kind && once(kind, s.pos) && found === undefined) found = s as Of<K>;
+    }
+    return found;
+  };
+
+  const model = single('model');
+  const hollow = single('hollow');
+  const rank = single('lora rank');
+  const init = single('lora init');
+  const lossMse = single('loss mse');
+  const prior = single('loss prior_weight');
+  const optimizer = single('optimizer');
+  const emit = single('emit');
+  const seed = single('seed');
+  const train = single('train');
+  const alpha = loraAlpha(statements, rank, fail);
+  const shapes = accumulateShapes(statements, fail);
+  const targets = accumulateTargets(statements, fail);
+
+  if (hollow === undefined) {
+    if (!hadErrors) {
+      fail(
+        undefined,
+        'missing "hollow" statement: the spec must say what to hollow',
+        'add one of: hollow preset "39.2%" (SD 1.x/2.x), hollow preset "sdxl-mid" (SDXL), hollow none (plain LoRA)',
+      );
+    }
+    return { errors };
+  }
+  if (model !== undefined && model.family.value !== 'auto') checkPresetFamily(hollow.hollow, model.family.value, fail);
+
+  const rankValue: Num = rank?.rank ?? { value: DEFAULTS.rank };
+  const trainOpts = options(train?.options);
+  const steps = trainOpts.get('steps')?.[0] ?? { value: DEFAULTS.steps };
+  const optOpts = options(optimizer?.options);
+  const betas = optOpts.get('betas');
+
+  const spec: Spec = {
+    file: source.file,
+    text: source.text,
+    model: model?.family ?? { value: 'auto' },
+    hollow: hollow.hollow,
+    shapes,
+    lora: {
+      rank: rankValue,
+      // Unset alpha follows rank, making the LoRA scale alpha/rank exactly 1.
+      alpha: alpha ?? { value: rankValue.value },
+      targets: targets.length > 0 ? targets : DEFAULT_TARGETS.map((value) => ({ value })),
+      init: loraInit(init, rankValue.value),
+    },
+    loss: {
+      kind: 'mse',
+      prediction: lossMse?.prediction ?? { value: undefined },
+      priorWeight: prior?.priorWeight ?? { value: DEFAULTS.priorWeight },
+    },
+    optimizer: {
+      kind: 'adamw',
+      ...(optimizer === undefined ? {} : { pos: optimizer.pos }),
+      lr: optOpts.get('lr')?.[0] ?? { value: DEFAULTS.lr },
+      betas: betas !== undefined ? [betas[0]!, betas[1]!] : [{ value: DEFAULTS.beta1 }, { value: DEFAULTS.beta2 }],
+      eps: optOpts.get('eps')?.[0] ?? { value: DEFAULTS.eps },
+      weightDecay: optOpts.get('weight_decay')?.[0] ?? { value: DEFAULTS.weightDecay },
+    },
+    emit: emitList(emit, hollow.hollow, fail),
+    seed: seed?.seed ?? { value: DEFAULTS.seed },
+    train: {
+      steps,
+      batch: trainOpts.get('batch')?.[0] ?? { value: DEFAULTS.batch },
+      // Unset: one checkpoint, at the end.
+      checkpointEvery: trainOpts.get('checkpoint_every')?.[0] ?? { value: steps.value },
+    },
+  };
+  return { spec, errors };
+}
+
+type Fail = (at: SourcePos | undefined, message: string, suggestion?: string) => void;
+
+/** Alpha may come from `lora rank r alpha a` or from its own `lora alpha a` line, not both. */
+function loraAlpha(statements: readonly Statement[], rank: Of<'lora rank'> | undefined, fail: Fail): Num | undefined {
+  let found: Num | undefined;
+  for (const s of statements) {
+    const a = s.kind === 'lora alpha' ? s.alpha : s.kind === 'lora rank' && s === rank ? s.alpha : undefined;
+    if (a === undefined) continue;
+    if (found !== undefined) fail(a.pos, `duplicate "lora alpha"; the first is on line ${found.pos!.line}`, 'each statement may appear once');
+    else found = a;
+  }
+  return found;
+}
+
+function accumulateShapes(statements: readonly Statement[], fail: Fail): ShapeDecl[] {
+  const byInput = new Map<string, ShapeDecl>();
+  for (const s of statements) {
+    if (s.kind !== 'shape') continue;
+    const prev = byInput.get(s.shape.input.value);
+    if (prev !== undefined) {
+      fail(s.shape.input.pos, `duplicate "shape ${s.shape.input.value}"; the first is on line ${prev.pos.line}`);
+    } else byInput.set(s.shape.input.value, s.shape);
+  }
+  return [...byInput.values()];
+}
+
+function accumulateTargets(statements: readonly Statement[], fail: Fail): Valued<string>[] {
+  const byGlob = new Map<string, Valued<string>>();
+  for (const s of statements) {
+    if (s.kind !== 'lora targets') continue;
+    for (const g of s.globs) {
+      const prev = byGlob.get(g.value);
+      if (prev !== undefined) fail(g.pos, `duplicate target "${g.value}"; the first is on line ${prev.pos!.line}`);
+      else byGlob.set(g.value, g);
+    }
+  }
+  return [...byGlob.values()];
+}
+
+function loraInit(init: Of<'lora init'> | undefined, rank: number): LoraInit {
+  const std = { value: 1 / rank };
+  if (init === undefined) return { kind: 'gaussian', std };
+  if (init.init.kind === 'file') return { kind: 'file', path: init.init.path, pos: init.pos };
+  return { kind: 'gaussian', std: init.init.std ?? std, pos: init.pos };
+}
+
+function options(list: readonly Option[] | undefined): Map<string, readonly Num[]> {
+  // Duplicates were reported by the statement builder; the first occurrence wins.
+  const out = new Map<string, readonly Num[]>();
+  for (const o of list ?? []) if (!out.has(o.name)) out.set(o.name, o.values);
+  return out;
+}
+
+function emitList(emit: Of<'emit'> | undefined, hollow: Hollow, fail: Fail): Valued<readonly Artifact[]> {
+  if (emit === undefined) {
+    // Without a hollow activation there is nothing to precompute.
+    const value = hollow.kind === 'none' ? ARTIFACTS.filter((a) => a !== 'precompute') : ARTIFACTS;
+    return { value };
+  }
+  const asked = new Set(emit.artifacts.map((a) => a.value));
+  const pre = emit.artifacts.find((a) => a.value === 'precompute');
+  if (pre !== undefined && hollow.kind === 'none') {
+    fail(
+      pre.pos,
+      'cannot emit "precompute" with "hollow none": nothing is hollowed, so there is no hollow activation to precompute',
+      'drop "precompute" from emit, or hollow some blocks',
+    );
+  }
+  return { value: ARTIFACTS.filter((a) => asked.has(a)), pos: emit.pos };
+}
+
+function checkPresetFamily(hollow: Hollow, family: ModelFamily, fail: Fail): void {
+  if (hollow.kind !== 'preset') return;
+  const valid = presetsFor(family);
+  if (valid.includes(hollow.preset.value)) return;
+  // Unknown names were already reported by the statement builder.
+  if (!presetsFor('sd15').includes(hollow.preset.value) && !presetsFor('sdxl').includes(hollow.preset.value)) return;
+  fail(
+    hollow.preset.pos,
+    `preset "${hollow.preset.value}" is not for ${family} models`,
+    `${family} presets: ${presetListText(valid)}`,
+  );
+}
