@@ -1,6 +1,8 @@
 // Names the language knows without a model: families, paper presets, artifacts, defaults.
 // Which blocks a preset hollows depends on the graph and is answered by ModelFacts.resolveHollow
-// (check.ts); the DSL only needs the names to reject typos early.
+// (check.ts); the DSL only needs the names to reject typos early. models/presets.ts is their
+// one source.
+import { PRESETS } from '../models/presets';
 
 export type ModelFamily = 'sd15' | 'sd21' | 'sdxl';
 export type ModelChoice = ModelFamily | 'auto';
@@ -10,9 +12,9 @@ export type Artifact = 'precompute' | 'train' | 'grads' | 'infer';
 export const ARTIFACTS: readonly Artifact[] = ['precompute', 'train', 'grads', 'infer'];
 
 /** The paper's SD 1.x / 2.x presets (Table in DESIGN.md), by share of parameters hollowed. */
-export const SD_PRESETS: readonly string[] = ['11.5%', '20.8%', '30.1%', '39.2%', '56.6%', '73.3%', '84.3%'];
+export const SD_PRESETS: readonly string[] = PRESETS.filter((p) => p.families.includes('sd15')).map((p) => p.name);
 /** SDXL: the paper hollows the whole mid block. */
-export const SDXL_PRESETS: readonly string[] = ['sdxl-mid'];
+export const SDXL_PRESETS: readonly string[] = PRESETS.filter((p) => p.families.includes('sdxl')).map((p) => p.name);
 export const ALL_PRESETS: readonly string[] = [...SD_PRESETS, ...SDXL_PRESETS];
 
 export function presetsFor(family: ModelFamily): readonly string[] {
