@@ -7,6 +7,8 @@ import { printGraph } from '../compiler/printer';
 import { verifyGraph } from '../compiler/verify';
 import { GraphBuilder, tensorFromTyped } from '../compiler/builder';
 import { DataType } from '../compiler/dtype';
+import { buildUNet } from '../models/builder';
+import { FAMILIES } from '../models/families';
 import { FIXTURE_MODEL, FIXTURE_MODEL_OPSET14, fixtureInputs, maxAbsDiff, runModel, tempDir } from './support/fixture';
 
 function modelSummary(m: Model) {
@@ -34,6 +36,16 @@ describe('ONNX round trip', () => {
     const feeds = fixtureInputs(1);
     const [a, b] = [await runModel(file, feeds), await runModel(copy, feeds)];
     expect(maxAbsDiff(a.out_sample.data as Float32Array, b.out_sample.data as Float32Array)).toBe(0);
+  });
+
+  test('a model the builder writes (external data, SDXL structure) round-trips exactly', async () => {
+    const dir = tempDir();
+    const built = await buildUNet(FAMILIES.sdxl.tiny.config, { outDir: dir, seed: 3 });
+    const original = loadModel(built.file);
+    expect(verifyGraph(original.graph)).toEqual([]);
+    const copy = path.join(tempDir(), 'copy.onnx');
+    saveModel(original, copy);
+    expect(modelSummary(loadModel(copy))).toEqual(modelSummary(original));
   });
 
   test('external data: weights go to one file, load by reference, run in onnxruntime', async () => {
