@@ -86,16 +86,25 @@ export class ExternalDataWriter {
     const key = t.data.kind === 'external' ? `${t.data.file}\0${t.data.offset}\0${t.data.length}` : undefined;
     const seen = key !== undefined ? this.placedRanges.get(key) : this.placedInline.get((t.data as { bytes: Uint8Array }).bytes);
     if (seen) return { location: this.location, ...seen };
+    const data = t.data;
+    const loc = this.appendStream((write) => (data.kind === 'inline' ? write(data.bytes) : this.copyRange(data.file, data.offset, data.length, write)));
+    const placed = { offset: loc.offset, length: loc.length };
+    if (key !== undefined) this.placedRanges.set(key, placed);
+    else this.placedInline.set((t.data as { bytes: Uint8Array }).bytes, placed);
+    return loc;
+  }
+
+  /**
+   * Appends bytes that `produce` hands over chunk by chunk (generated weights, copied ranges) at
+   * the next aligned offset, and returns where they landed.
+   */
+  appendStream(produce: (write: (chunk: Uint8Array) => void) => void): { location: string; offset: number; length: number } {
     if (this.fd === undefined) this.fd = fs.openSync(this.tmp, 'w');
     const pad = (ALIGN - (this.offset % ALIGN)) % ALIGN;
     if (pad) this.write(new Uint8Array(pad));
     const start = this.offset;
-    if (t.data.kind === 'inline') this.write(t.data.bytes);
-    else this.copyRange(t.data.file, t.data.offset, t.data.length);
-    const placed = { offset: start, length: this.offset - start };
-    if (key !== undefined) this.placedRanges.set(key, placed);
-    else this.placedInline.set((t.data as { bytes: Uint8Array }).bytes, placed);
-    return { location: this.location, ...placed };
+    produce((chunk) => this.write(chunk));
+    return { location: this.location, offset: start, length: this.offset - start };
   }
 
   private write(bytes: Uint8Array): void {
@@ -104,7 +113,7 @@ export class ExternalDataWriter {
     this.offset += bytes.byteLength;
   }
 
-  private copyRange(file: string, offset: number, length: number): void {
+  private copyRange(file: string, offset: number, length: number, write: (chunk: Uint8Array) => void): void {
     this.buffer ??= Buffer.allocUnsafe(CHUNK);
     const src = fs.openSync(file, 'r');
     try {
@@ -112,7 +121,7 @@ export class ExternalDataWriter {
       while (done < length) {
         const n = fs.readSync(src, this.buffer, 0, Math.min(CHUNK, length - done), offset + done);
         if (n === 0) throw new HollowcError(`external data ends early (wanted ${offset}+${length})`, file);
-        this.write(this.buffer.subarray(0, n));
+        write(this.buffer.subarray(0, n));
         done += n;
       }
     } finally {

@@ -2,17 +2,11 @@
  * ResnetBlock2D, Downsample2D and Upsample2D (diffusers 0.21), as exported.
  */
 import { Value } from '../../compiler/ir';
+import { ModuleSpec } from '../layout';
 import { BuildContext, CallCounter, conv2d, groupNorm, int64Const, linear2d, moduleBuilder, silu } from './nn';
 
-export interface ResnetSpec {
-  readonly path: string;
-  readonly inChannels: number;
-  readonly outChannels: number;
-  readonly tembChannels: number;
-  readonly groups: number;
-  readonly eps: number;
-  readonly convShortcut: boolean;
-}
+/** The layout's description of a ResnetBlock2D (models/layout.ts is its one source). */
+export type ResnetSpec = Omit<Extract<ModuleSpec, { kind: 'resnet' }>, 'kind'>;
 
 /**
  * The time embedding after SiLU. Every resnet applies `nonlinearity(temb)`; torch's tracer

@@ -9,18 +9,11 @@
  */
 import { GraphBuilder } from '../../compiler/builder';
 import { Value } from '../../compiler/ir';
+import { ModuleSpec } from '../layout';
 import { BuildContext, conv2d, floatScalar, groupNorm, int64Const, layerNorm, linear3d, moduleBuilder } from './nn';
 
-export interface TransformerSpec {
-  readonly path: string;
-  readonly channels: number;
-  readonly heads: number;
-  readonly headDim: number;
-  readonly layers: number;
-  readonly crossAttentionDim: number;
-  readonly linearProjection: boolean;
-  readonly groups: number;
-}
+/** The layout's description of a Transformer2DModel (models/layout.ts is its one source). */
+export type TransformerSpec = Omit<Extract<ModuleSpec, { kind: 'transformer' }>, 'kind'>;
 
 /** Transformer2DModel's GroupNorm uses eps 1e-6, whatever the UNet's norm_eps. */
 const TRANSFORMER_NORM_EPS = 1e-6;

@@ -5,9 +5,9 @@
  * virtual sink writes nothing: it lets tests and `describeUNet` look at full-size graphs and
  * count their parameters without 10 GB of disk.
  */
-import * as fs from 'fs';
 import * as path from 'path';
 import { DataType } from '../../compiler/dtype';
+import { ExternalDataWriter } from '../../compiler/external-data';
 import { Tensor } from '../../compiler/ir';
 import { Rng, WeightInit } from '../random';
 
@@ -41,7 +41,6 @@ export interface WeightSink {
 }
 
 const CHUNK_ELEMENTS = 1 << 20; // 4 MiB of float32 per write
-const ALIGN = 64;
 
 function count(dims: readonly number[]): number {
   return dims.reduce((a, b) => a * b, 1);
@@ -52,20 +51,18 @@ function count(dims: readonly number[]): number {
  * place). Tensors smaller than `inlineBelow` bytes stay inline in the graph, as in exports.
  */
 export class StreamingWeightSink implements WeightSink {
-  private fd: number | undefined;
-  private offset = 0;
-  private readonly tmp: string;
+  readonly file: string;
+  private readonly writer: ExternalDataWriter;
   private readonly chunk = new Float32Array(CHUNK_ELEMENTS);
-  private readonly pad = new Uint8Array(ALIGN);
   private written = 0;
 
   constructor(
-    readonly file: string,
+    file: string,
     readonly seed: number,
     readonly inlineBelow = 1024,
   ) {
     this.file = path.resolve(file);
-    this.tmp = `${this.file}.tmp-${process.pid}-${Date.now()}`;
+    this.writer = new ExternalDataWriter(this.file);
   }
 
   get bytes(): number {
@@ -75,45 +72,31 @@ export class StreamingWeightSink implements WeightSink {
   tensor(name: string, dims: readonly number[], init: WeightInit, stream: string): Tensor {
     const n = count(dims);
     const rng = new Rng(this.seed, stream);
-    const length = n * 4;
-    this.written += length;
-    if (length < this.inlineBelow) {
+    this.written += n * 4;
+    if (n * 4 < this.inlineBelow) {
       const values = new Float32Array(n);
       rng.fillUniform(values, init.center, init.spread);
       return { name, dataType: DataType.FLOAT, dims: [...dims], data: { kind: 'inline', bytes: new Uint8Array(values.buffer) } };
     }
-    if (this.fd === undefined) this.fd = fs.openSync(this.tmp, 'w');
-    const padding = (ALIGN - (this.offset % ALIGN)) % ALIGN;
-    if (padding) this.write(this.pad.subarray(0, padding));
-    const start = this.offset;
-    for (let done = 0; done < n; ) {
-      const k = Math.min(CHUNK_ELEMENTS, n - done);
-      const view = this.chunk.subarray(0, k);
-      rng.fillUniform(view, init.center, init.spread);
-      this.write(new Uint8Array(view.buffer, 0, k * 4));
-      done += k;
-    }
-    return { name, dataType: DataType.FLOAT, dims: [...dims], data: { kind: 'external', file: this.file, offset: start, length } };
+    const placed = this.writer.appendStream((write) => {
+      for (let done = 0; done < n; ) {
+        const k = Math.min(CHUNK_ELEMENTS, n - done);
+        const view = this.chunk.subarray(0, k);
+        rng.fillUniform(view, init.center, init.spread);
+        write(new Uint8Array(view.buffer, 0, k * 4));
+        done += k;
+      }
+    });
+    return { name, dataType: DataType.FLOAT, dims: [...dims], data: { kind: 'external', file: this.file, offset: placed.offset, length: placed.length } };
   }
 
-  private write(bytes: Uint8Array): void {
-    let done = 0;
-    while (done < bytes.byteLength) done += fs.writeSync(this.fd!, bytes, done, bytes.byteLength - done, this.offset + done);
-    this.offset += bytes.byteLength;
-  }
-
-  /** Closes the data file and moves it to its final name (an empty file when every tensor was inline). */
+  /** Moves the data file to its final name (an empty file when every tensor was inline). */
   finish(): void {
-    if (this.fd === undefined) this.fd = fs.openSync(this.tmp, 'w');
-    fs.closeSync(this.fd);
-    this.fd = undefined;
-    fs.renameSync(this.tmp, this.file);
+    this.writer.commit();
   }
 
   abort(): void {
-    if (this.fd !== undefined) fs.closeSync(this.fd);
-    this.fd = undefined;
-    fs.rmSync(this.tmp, { force: true });
+    this.writer.abort();
   }
 }
 
