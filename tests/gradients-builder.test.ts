@@ -1,0 +1,139 @@
+/**
+ * The training pipeline of issue 5 on builder-made tiny UNets of every family (SD 1.5, SD 2.1
+ * with linear projections, SDXL with text_time conditioning and multi-layer transformers):
+ * specialize, loss, gradients of the attention LoRA tensors, AdamW. The gradient is checked
+ * along a direction mixing it with a random one against a central difference of the graph's
+ * own loss (batch 2, unequal loss weights), and the first AdamW step against its closed form.
+ */
+import * as path from 'path';
+import * as ort from 'onnxruntime-node';
+import { loadModel, saveModel } from '../compiler/serde';
+import { assertValidGraph } from '../compiler/verify';
+import { buildUNet } from '../models/builder';
+import { FAMILIES, FamilyName } from '../models/families';
+import { presetsFor } from '../models/presets';
+import { addAdamW } from '../passes/add-adamw';
+import { addLoss } from '../passes/add-loss';
+import { analyzeUNet } from '../passes/analyze-unet';
+import { buildHollowedForward } from '../passes/compile';
+import { addGradientOutputs, differentiate } from '../passes/differentiate';
+import { findLoraSites } from '../passes/lora-targets';
+import { specializeShapes } from '../passes/specialize-shapes';
+import { normal, rng } from './support/gradient-check';
+import { tempDir } from './support/fixture';
+
+const ATTENTION = /\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$/;
+const BATCH = 2;
+const ADAMW = { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 1e-2 };
+
+// sd15 at 39.2% is checked against torch on the exported fixture (gradients-fixture.test.ts).
+const CASES: [string, FamilyName, string | null][] = [
+  ['sd21-tiny, hollow none', 'sd21', null],
+  ['sdxl-tiny, sdxl-mid cut', 'sdxl', 'sdxl-mid'],
+];
+
+describe.each(CASES)('training graph on %s', (_label, family, preset) => {
+  it('differentiates, steps AdamW, and its gradient matches a central difference of its loss', async () => {
+    const dir = tempDir(`hollowc-train-${family}-`);
+    const modelFile = (await buildUNet(FAMILIES[family].tiny.config, { outDir: dir, seed: 11 })).file;
+    const source = loadModel(modelFile);
+    const analysis = analyzeUNet(source.graph, modelFile);
+    const lastKept = preset ? presetsFor(family).find((p) => p.name === preset)!.lastKeptDown : null;
+    const cut = lastKept ? analysis.cuts.find((c) => c.after === lastKept)! : null;
+    const targets = findLoraSites(source.graph).map((s) => s.module).filter((m) => ATTENTION.test(m));
+    const { model, params } = buildHollowedForward(source, analysis, cut, targets, { rank: 2, alpha: 4 }, modelFile);
+
+    const tiny = FAMILIES[family].tiny.shapes as unknown as Record<string, number[] | undefined>;
+    const shapes: Record<string, number[]> = { timestep: [BATCH] };
+    for (const v of model.graph.inputs) {
+      const s = tiny[v.name];
+      if (s) shapes[v.name] = [BATCH, ...s.slice(1)];
+    }
+    if (cut) {
+      // Symbolic dims of the activation: batch, height/k, width/k (k = the cut's downsampling).
+      const [, , hh, ww] = shapes.sample;
+      const resolve = (d: string | number | null): number => {
+        if (typeof d === 'number') return d;
+        const [name, k] = String(d).split('/');
+        return name === 'batch' ? BATCH : (name === 'height' ? hh : ww) / Number(k ?? 1);
+      };
+      shapes.hollow_activation = cut.shape.map(resolve);
+    }
+    const spec = specializeShapes(model, shapes);
+    const { loss } = addLoss(model, model.graph.outputs[0]);
+    const wrt = params.map((p) => model.graph.value(p.name));
+    const { gradients, nodesAdded } = differentiate(model, loss, wrt, { unreachable: 'error' });
+    addGradientOutputs(model.graph, gradients);
+    addAdamW(model, wrt, gradients, ADAMW);
+    assertValidGraph(model.graph, 'training graph');
+    expect(model.graph.nodes.every((n) => n.domain === '')).toBe(true);
+    const file = path.join(dir, 'train.onnx');
+    saveModel(model, file);
+
+    const gauss = normal(rng(99));
+    const tensor = (dims: number[], std = 1) => new ort.Tensor('float32', Float32Array.from({ length: dims.reduce((a, b) => a * b, 1) }, () => std * gauss()), dims);
+    const feeds: Record<string, ort.Tensor> = {};
+    for (const v of model.graph.inputs) {
+      const dims = v.type!.shape as number[];
+      if (v.name === 'timestep') feeds[v.name] = new ort.Tensor('float32', Float32Array.of(211, 808), dims);
+      else if (v.name === 'time_ids') feeds[v.name] = new ort.Tensor('float32', Float32Array.from({ length: 12 }, (_, i) => [128, 128, 0, 0, 128, 128][i % 6]), dims);
+      else if (v.name === 'loss_weight') feeds[v.name] = new ort.Tensor('float32', Float32Array.of(1, 0.5), dims);
+      else if (v.name === 'lr') feeds[v.name] = new ort.Tensor('float32', Float32Array.of(1e-3), dims);
+      else if (v.name === 'step') feeds[v.name] = new ort.Tensor('int64', BigInt64Array.of(1n), dims);
+      else if (v.name.endsWith('.exp_avg') || v.name.endsWith('.exp_avg_sq')) feeds[v.name] = new ort.Tensor('float32', new Float32Array(dims.reduce((a, b) => a * b, 1)), dims);
+      else feeds[v.name] = tensor(dims, v.name.includes('.lora_') ? 0.1 : 1);
+    }
+    // 'basic' optimizations: 'all' takes ~2x longer to set up on these 10k-node graphs.
+    const session = await ort.InferenceSession.create(file, { executionProviders: ['cpu'], graphOptimizationLevel: 'basic' });
+    try {
+      const out = await session.run(feeds);
+      // Directional derivative along a random unit direction u over all LoRA tensors:
+      // <∇L, u> vs (L(θ + h·u) − L(θ − h·u)) / 2h.
+      const h = 1e-2;
+      // u = normalize(ĝ + r̂) for a random r: a wrong gradient shows unless its error is orthogonal to both.
+      const norm2 = (xs: Float32Array[]) => Math.sqrt(xs.reduce((a, u) => a + u.reduce((b, x) => b + x * x, 0), 0));
+      const grads = params.map((p) => out[`${p.name}.grad`].data as Float32Array);
+      const random = params.map((p) => Float32Array.from(feeds[p.name].data as Float32Array, () => gauss()));
+      const [gn, rn] = [norm2(grads), norm2(random)];
+      const directions = grads.map((g, k) => g.map((x, i) => x / gn + random[k][i] / rn));
+      const norm = norm2(directions);
+      let analytic = 0;
+      const plus = { ...feeds };
+      const minus = { ...feeds };
+      params.forEach((p, k) => {
+        const theta = feeds[p.name].data as Float32Array;
+        const g = out[`${p.name}.grad`].data as Float32Array;
+        const u = directions[k].map((x) => x / norm);
+        for (let i = 0; i < u.length; i++) analytic += g[i] * u[i];
+        plus[p.name] = new ort.Tensor('float32', Float32Array.from(theta, (t, i) => t + h * u[i]), feeds[p.name].dims);
+        minus[p.name] = new ort.Tensor('float32', Float32Array.from(theta, (t, i) => t - h * u[i]), feeds[p.name].dims);
+      });
+      const lossAt = async (f: Record<string, ort.Tensor>) => (await session.run(f, ['loss'])).loss.data[0] as number;
+      const numeric = ((await lossAt(plus)) - (await lossAt(minus))) / (2 * h);
+      const relative = Math.abs(numeric - analytic) / Math.abs(analytic);
+
+      // AdamW at step 1: m = (1−β1)·g, v = (1−β2)·g², bias corrections 1−β1 and 1−β2.
+      let adamErr = 0;
+      for (const p of params) {
+        const theta = feeds[p.name].data as Float32Array;
+        const g = out[`${p.name}.grad`].data as Float32Array;
+        const updated = out[`${p.name}.updated`].data as Float32Array;
+        for (let i = 0; i < g.length; i++) {
+          const m = (1 - ADAMW.beta1) * g[i];
+          const v = (1 - ADAMW.beta2) * g[i] * g[i];
+          const want = theta[i] * (1 - 1e-3 * ADAMW.weightDecay) - ((1e-3 / (1 - ADAMW.beta1)) * m) / (Math.sqrt(v) / Math.sqrt(1 - ADAMW.beta2) + ADAMW.eps);
+          adamErr = Math.max(adamErr, Math.abs(updated[i] - want));
+        }
+      }
+      // eslint-disable-next-line no-console
+      console.log(
+        `${_label}: ${spec.nodesBefore} -> ${spec.nodesAfter} forward nodes, ${nodesAdded} backward nodes, ${params.length} LoRA tensors; ` +
+          `loss ${out.loss.data[0]}; directional derivative ${analytic.toPrecision(6)} vs central difference ${numeric.toPrecision(6)} (rel err ${relative.toExponential(2)}); AdamW step-1 max abs err ${adamErr.toExponential(2)}`,
+      );
+      expect(relative).toBeLessThan(2e-3);
+      expect(adamErr).toBeLessThan(1e-6);
+    } finally {
+      await session.release();
+    }
+  });
+});
