@@ -10,6 +10,7 @@ import { SpecError } from '../dsl/diagnostics';
 import { registerCompile } from './compile';
 import { registerInspect } from './inspect';
 import { registerModelBuild } from './model-build';
+import { registerRuntimeCommands } from './run-commands';
 
 /** Found upwards from here: the same code runs from dist/cli and from cli/ under jest. */
 function packageVersion(): string {
@@ -31,6 +32,7 @@ export function buildProgram(): Command {
   registerInspect(program);
   registerCompile(program);
   registerModelBuild(program);
+  registerRuntimeCommands(program);
   return program;
 }
 

@@ -1,0 +1,131 @@
+/**
+ * What the runtime needs from a compiled folder: the manifest, the training settings the spec
+ * fixed (prediction type, prior weight, seed, learning rate, steps, checkpoint interval), and
+ * onnxruntime tensors built to the dtypes and shapes the manifest describes.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import * as ort from 'onnxruntime-node';
+import { HollowcError } from '../compiler/errors';
+import { DEFAULTS, DEFAULT_PREDICTION, parseSpec } from '../dsl';
+import type { ModelFamily } from '../dsl';
+import type { ArtifactDescription, CompileManifest, TensorDescription } from '../passes/compile';
+import type { Prediction } from './noise-schedule';
+import { FAMILIES, FamilyName } from '../models/families';
+
+export function loadManifest(out: string): CompileManifest {
+  const file = path.join(out, 'manifest.json');
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new HollowcError(`not a compiled hollowc folder (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); run hollowc compile first`, file);
+  }
+  try {
+    return JSON.parse(text) as CompileManifest;
+  } catch (e) {
+    throw new HollowcError(`manifest is not JSON: ${(e as Error).message}`, file);
+  }
+}
+
+export function requireArtifact(out: string, manifest: CompileManifest, name: keyof CompileManifest['artifacts'], why: string): ArtifactDescription & { path: string } {
+  const a = manifest.artifacts[name];
+  if (!a) throw new HollowcError(`this folder has no ${name}.onnx, which ${why} needs (add \`${name}\` to the spec's emit line and compile again)`, out);
+  return { ...a, path: path.join(out, a.file) };
+}
+
+export interface TrainingSettings {
+  prediction: Prediction;
+  priorWeight: number;
+  seed: number;
+  lr: number;
+  steps: number;
+  batch: number;
+  checkpointEvery: number;
+}
+
+/**
+ * The spec's training settings. A manifest may carry them as `training` (preferred when present);
+ * otherwise they are read from the spec text the manifest embeds, and the language's defaults
+ * fill in what is missing (also when the folder was compiled without a spec).
+ */
+export function trainingSettings(manifest: CompileManifest): TrainingSettings {
+  const family = manifest.family as ModelFamily;
+  const settings: TrainingSettings = {
+    prediction: DEFAULT_PREDICTION[family] ?? 'epsilon',
+    priorWeight: DEFAULTS.priorWeight,
+    seed: DEFAULTS.seed,
+    lr: DEFAULTS.lr,
+    steps: DEFAULTS.steps,
+    batch: DEFAULTS.batch,
+    checkpointEvery: DEFAULTS.steps,
+  };
+  if (manifest.spec?.text) {
+    const spec = parseSpec(manifest.spec.text, manifest.spec.file);
+    settings.prediction = spec.loss.prediction.value ?? settings.prediction;
+    settings.priorWeight = spec.loss.priorWeight.value;
+    settings.seed = spec.seed.value;
+    settings.lr = spec.optimizer.lr.value;
+    settings.steps = spec.train.steps.value;
+    settings.batch = spec.train.batch.value;
+    settings.checkpointEvery = spec.train.checkpointEvery.value;
+  }
+  const given = (manifest as CompileManifest & { training?: Partial<TrainingSettings> }).training;
+  if (given) Object.assign(settings, Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)));
+  return settings;
+}
+
+export type TensorValues = Float32Array | number[];
+
+/** An onnxruntime tensor of the described input's dtype (float32, float64, int64, int32). */
+export function tensorFor(desc: TensorDescription | undefined, values: TensorValues, dims: readonly number[]): ort.Tensor {
+  const dtype = desc?.dtype ?? 'float32';
+  const count = dims.reduce((a, b) => a * b, 1);
+  if (values.length !== count) throw new Error(`${desc?.name ?? 'tensor'}: ${values.length} values for shape [${dims}]`);
+  switch (dtype) {
+    case 'float32':
+      return new ort.Tensor('float32', values instanceof Float32Array ? values : Float32Array.from(values), dims);
+    case 'float64':
+      return new ort.Tensor('float64', Float64Array.from(values), dims);
+    case 'int64':
+      return new ort.Tensor('int64', BigInt64Array.from(values as ArrayLike<number>, (v) => BigInt(Math.round(v))), dims);
+    case 'int32':
+      return new ort.Tensor('int32', Int32Array.from(values as ArrayLike<number>, (v) => Math.round(v)), dims);
+    default:
+      throw new HollowcError(`input ${desc?.name} has dtype ${dtype}; hollowc's runtime feeds float32, float64, int32 or int64`);
+  }
+}
+
+/** A scalar input (`lr`, `step`) in the rank the graph declares: [] or [1]. */
+export function scalarFor(desc: TensorDescription | undefined, value: number): ort.Tensor {
+  const dims = desc && desc.shape.length === 1 ? [1] : [];
+  return tensorFor(desc, [value], dims);
+}
+
+/** Static dims of a described tensor, or an error naming the dynamic one. */
+export function staticShape(desc: TensorDescription, label: string): number[] {
+  const bad = desc.shape.find((d) => typeof d !== 'number');
+  if (bad !== undefined) throw new HollowcError(`${desc.name} has a dynamic dimension (${String(bad)}); train.onnx needs static shapes (spec \`shape\` lines)`, label);
+  return desc.shape as number[];
+}
+
+export function float32Data(t: ort.Tensor, name: string): Float32Array {
+  if (t.type !== 'float32') throw new HollowcError(`output ${name} is ${t.type}, expected float32`);
+  return t.data as Float32Array;
+}
+
+/**
+ * Latent shape [C, h, w] to sample at when none is given: train.onnx's static sample shape, else
+ * the spec's `shape sample` line, else the family's default training shape.
+ */
+export function defaultLatentShape(manifest: CompileManifest): number[] {
+  const fromTrain = manifest.artifacts.train?.inputs.find((i) => i.name === 'sample')?.shape.slice(1);
+  if (fromTrain && fromTrain.length === 3 && fromTrain.every((d) => typeof d === 'number')) return fromTrain as number[];
+  if (manifest.spec?.text) {
+    const decl = parseSpec(manifest.spec.text, manifest.spec.file).shapes.find((s) => s.input.value === 'sample');
+    if (decl && decl.dims.length === 4) return decl.dims.slice(1).map((d) => d.value);
+  }
+  const family = FAMILIES[manifest.family as FamilyName];
+  if (!family) throw new HollowcError(`unknown family ${manifest.family}: give the latent size`);
+  return family.full.shapes.sample.slice(1);
+}

@@ -1,0 +1,145 @@
+/**
+ * `hollowc demo` end to end, then the runtime commands through the CLI on the demo's folder:
+ * what they print, the files they write, and one-line errors for bad input.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { main } from '../cli/main';
+import { DemoSummary, runDemo } from '../cli/demo';
+import { readNpy } from '../runtime/npy';
+import { readSafetensors } from '../runtime/safetensors';
+import { ProgressLine, formatDuration } from '../runtime/progress';
+import { tempDir } from './support/fixture';
+import { tinyCompiled, writeData } from './runtime-fake-train';
+
+async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  const o = jest.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => ((stdout += String(s)), true));
+  const e = jest.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => ((stderr += String(s)), true));
+  try {
+    const code = await main(['node', 'hollowc', ...args]);
+    return { code, stdout, stderr };
+  } finally {
+    o.mockRestore();
+    e.mockRestore();
+  }
+}
+
+let demo: DemoSummary;
+const lines: string[] = [];
+
+beforeAll(async () => {
+  demo = await runDemo({ out: path.join(tempDir('hollowc-demo-'), 'demo'), steps: 12, samples: 8, log: (l) => lines.push(l) });
+});
+
+test('hollowc demo builds, compiles, precomputes, trains (when train.onnx can be built), samples and reports', () => {
+  const text = lines.join('\n');
+  expect(text).toContain('1. built a tiny SD 1.5 UNet (1,390,804 parameters, random weights)');
+  expect(text).toContain('2. compiled the 39.2% cut (hollows 3-3 4-1 4-2 5-1 5-2 6-1 6-2 6-3 6-4)');
+  expect(text).toContain('parameters held during training: 908,452 of 1,390,804 (65.3%), + 30,720 LoRA');
+  expect(text).toContain('3. precomputed 8 samples (4 subject latents, 4 class latents)');
+  // [4,16,16] z_t and target + [48,4,4] activation + 28 bytes of ids, flags and checksum
+  expect(demo.storeRecordBytes).toBe(4 * (2 * 1024 + 768) + 28);
+  expect(text).toContain('store: 11.0 KiB per sample');
+  if (demo.trained) {
+    expect(text).toMatch(/4\. trained 12 steps/);
+    expect(Number.isFinite(demo.lossBefore!) && Number.isFinite(demo.lossAfter!)).toBe(true);
+  } else {
+    expect(text).toContain('4. training skipped: this build of hollowc cannot emit train.onnx yet');
+  }
+  expect(text).toMatch(/5\. sampled \[1, 4, 16, 16\] latents, DDIM 15 steps, guidance 5/);
+  expect(text).toMatch(/peak RSS \d+\.\d\d MiB, total \d+\.\d s/);
+  expect(demo.peakRssBytes).toBeGreaterThan(50 * 2 ** 20);
+  const latents = readNpy(demo.latentsFile);
+  expect(latents.shape).toEqual([1, 4, 16, 16]);
+  expect(Array.from(latents.data as Float32Array).every(Number.isFinite)).toBe(true);
+  expect(demo.parameters).toEqual({ full: 1390804, heldDuringTraining: 908452, lora: 30720 });
+});
+
+describe('CLI', () => {
+  const compiled = () => path.join(demo.out, 'compiled');
+  const samples = () => path.join(demo.out, 'samples');
+
+  test('precompute continues the store to --count and prints its size', async () => {
+    const r = await cli('precompute', compiled(), '--data', samples(), '--count', '10');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('precomputed 2 samples in');
+    expect(r.stdout).toContain('(continuing from 8 on disk)');
+    expect(r.stdout).toContain('data: 4 instance + 4 class latents [4, 16, 16]');
+    expect(r.stdout).toContain('10 records x 11.0 KiB per sample = 110.3 KiB');
+    const again = await cli('precompute', compiled(), '--data', samples(), '--count', '10');
+    expect(again.stdout).toContain('the store already holds 10 samples (>= --count 10); nothing to do');
+  });
+
+  test('generate writes latents; the class prompt defaults to the store\'s', async () => {
+    const file = path.join(demo.out, 'gen', 'a.npy');
+    const r = await cli('generate', compiled(), '--prompt-embeds', path.join(samples(), 'instance_prompt.npy'), '--steps', '3', '--scheduler', 'dpmpp_2m', '--seed', '4', '--latents-out', file);
+    expect(r.stderr).not.toContain('error');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('generated [1, 4, 16, 16] latents with dpmpp_2m, 3 steps, guidance 7.5, seed 4');
+    expect(readNpy(file).shape).toEqual([1, 4, 16, 16]);
+    const explicit = path.join(demo.out, 'gen', 'b.npy');
+    await cli('generate', compiled(), '--prompt-embeds', path.join(samples(), 'instance_prompt.npy'), '--class-embeds', path.join(samples(), 'class_prompt.npy'), '--steps', '3', '--scheduler', 'dpmpp_2m', '--seed', '4', '--latents-out', explicit);
+    expect(fs.readFileSync(explicit).equals(fs.readFileSync(file))).toBe(true);
+  });
+
+  test('export-lora writes kohya keys', async () => {
+    const file = path.join(demo.out, 'kohya.safetensors');
+    const from = demo.trained ? [] : ['--from', path.join(compiled(), 'lora-init.safetensors')];
+    const r = await cli('export-lora', compiled(), '--format', 'kohya', '-o', file, ...from);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^wrote .*kohya\.safetensors \(kohya\): 120 modules, 30,720 parameters/);
+    expect(readSafetensors(file).tensors.has('lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight')).toBe(true);
+  });
+
+  test('bad input: one line, exit 1', async () => {
+    const r = await cli('generate', compiled(), '--prompt-embeds', path.join(samples(), 'instance_prompt.npy'), '--latents-out', 'x.npy', '--lora', 'a', '--baked', 'b');
+    expect([r.code, r.stderr]).toEqual([1, 'hollowc: error: give --lora or --baked, not both (a baked model has its LoRA folded in)\n']);
+    const t = await cli('train', path.join(demo.out, 'nowhere'));
+    expect([t.code, t.stderr]).toEqual([1, `hollowc: error: ${path.join(demo.out, 'nowhere', 'manifest.json')}: not a compiled hollowc folder (ENOENT); run hollowc compile first\n`]);
+    const c = await cli('precompute', compiled(), '--data', samples(), '--count', '0');
+    expect(c.code).toBe(1);
+    expect(c.stderr).toContain("error: option '--count <n>' argument '0' is invalid. expected a positive integer, got \"0\"");
+    if (!demo.trained) {
+      const n = await cli('train', compiled());
+      expect(n.stderr).toBe(`hollowc: error: ${compiled()}: this folder has no train.onnx, which training needs (add \`train\` to the spec's emit line and compile again)\n`);
+    }
+  });
+});
+
+test('train through the CLI (stand-in train.onnx): progress, checkpoints, resume, export', async () => {
+  const dir = tempDir('hollowc-cli-train-');
+  const f = await tinyCompiled(dir, 'sd15', { batch: 2, preset: '39.2%', extraSpec: 'lora targets "attn1.to_q"\nseed 3' });
+  const data = writeData(path.join(dir, 'samples'), 'sd15', { instances: 2, classes: 2 });
+  expect((await cli('precompute', f.out, '--data', data, '--count', '6', '--threads', '1', '--graph-opt', 'basic')).code).toBe(0);
+  const a = await cli('train', f.out, '--steps', '6', '--checkpoint-every', '4', '--lr', '0.01');
+  expect(a.stderr).toMatch(/step 6\/6  \[=+\]  loss \d\.\d{5}  [\d.]+ it\/s  ETA 0:00\n$/);
+  expect(a.stdout).toMatch(/^trained steps 1\.\.6 \(batch 2\) in 0:\d\d \([\d.]+ it\/s\): loss \d\.\d{5} -> \d\.\d{5}\n/);
+  expect(a.stdout).toContain(`LoRA (peft): ${path.join(f.out, 'lora.safetensors')}`);
+  const again = await cli('train', f.out, '--steps', '6');
+  expect([again.code, again.stderr]).toEqual([1, `hollowc: error: ${path.join(f.out, 'train')}: a training run is checkpointed here at step 6: pass --resume to continue it or --restart to discard it\n`]);
+  const b = await cli('train', f.out, '--steps', '9', '--resume');
+  expect(b.stdout).toMatch(/^trained steps 7\.\.9 \(batch 2\)/);
+  const lines = fs.readFileSync(path.join(f.out, 'train', 'loss.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  expect(lines.map((l) => [l.step, l.lr])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9].map((s) => [s, 0.01]));
+  const e = await cli('export-lora', f.out, '--format', 'peft', '-o', path.join(dir, 'x.safetensors'), '--from', 'checkpoint');
+  expect(e.stdout).toMatch(/^wrote .*x\.safetensors \(peft\): 15 modules, 3,840 parameters, from .*checkpoint\.safetensors\n$/);
+});
+
+test('progress line: in place on a terminal, every 5% otherwise', () => {
+  const tty = { text: '', isTTY: true, write(s: string) { this.text += s; } };
+  const p = new ProgressLine('step', 4, tty);
+  p.update(1, { loss: '0.5' });
+  p.update(4, { loss: '0.25' });
+  p.finish();
+  expect(tty.text.startsWith('\rstep 1/4  [=====>                  ]  loss 0.5  ')).toBe(true);
+  expect(tty.text).toContain('\rstep 4/4  [========================]  loss 0.25  ');
+  expect(tty.text.endsWith('\n')).toBe(true);
+  const log = { text: '', write(s: string) { this.text += s; } };
+  const q = new ProgressLine('precompute', 100, log);
+  for (let i = 1; i <= 100; i++) q.update(i);
+  expect(log.text.trim().split('\n')).toHaveLength(20);
+  expect(formatDuration(3725)).toBe('1:02:05');
+  expect(formatDuration(65)).toBe('1:05');
+});
