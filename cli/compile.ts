@@ -48,6 +48,16 @@ export function compileFromSpec(modelFile: string, specFile: string, options: Co
     lora: { rank: resolved.lora.rank, alpha: resolved.lora.alpha },
     emit,
     spec: { file: specFile, text },
+    training: {
+      prediction: resolved.loss.prediction,
+      priorWeight: resolved.loss.priorWeight,
+      seed: resolved.seed,
+      lr: resolved.optimizer.lr,
+      steps: resolved.train.steps,
+      batch: resolved.train.batch,
+      checkpointEvery: resolved.train.checkpointEvery,
+      shapes: Object.fromEntries(Object.entries(resolved.shapes).map(([k, v]) => [k, [...v]])),
+    },
     builders: trainingGraphBuilders(resolved),
     log: options.verbose ? (m) => process.stderr.write(`${m}\n`) : undefined,
   });

@@ -51,11 +51,11 @@ const epOption = () => new Option('--ep <provider>', 'onnxruntime execution prov
 const fallbackOption = () => new Option('--cpu-fallback', 'run on the CPU (with a warning) when the provider cannot start');
 
 const threadsOption = () => new Option('--threads <n>', 'onnxruntime intra-op threads (default: onnxruntime\'s choice)').argParser(parseCount);
-const graphOptOption = () => new Option('--graph-opt <level>', 'onnxruntime graph optimization (basic starts large graphs faster)').choices(['disabled', 'basic', 'extended', 'all']).default('all');
+const graphOptOption = () => new Option('--graph-opt <level>', 'onnxruntime graph optimization (default: basic for training graphs, all otherwise)').choices(['disabled', 'basic', 'extended', 'all']);
 
 interface TuningCli {
   threads?: number;
-  graphOpt: SessionTuning['optimization'];
+  graphOpt?: SessionTuning['optimization'];
 }
 
 const tuning = (o: TuningCli): SessionTuning => ({ intraOpThreads: o.threads, optimization: o.graphOpt });

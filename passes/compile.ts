@@ -34,6 +34,8 @@ export interface CompileRequest {
   lora: LoraConfig;
   emit: ArtifactName[];
   spec?: { file: string; text: string };
+  /** The spec's training settings, recorded in the manifest for the runtime. */
+  training?: TrainingSettings;
   /** Extra artifact builders (the training graphs), keyed by artifact name. */
   builders?: Partial<Record<ArtifactName, (forward: Model, ctx: BuildContext) => Model>>;
   /** Verify every graph after building it (tests). */
@@ -71,6 +73,19 @@ export interface LoraTargetDescription {
   lora_B: { name: string; shape: number[] };
 }
 
+/** What `hollowc train` and `precompute` need from the spec, resolved at compile time. */
+export interface TrainingSettings {
+  prediction: 'epsilon' | 'v_prediction';
+  priorWeight: number;
+  seed: number;
+  lr: number;
+  steps: number;
+  batch: number;
+  checkpointEvery: number;
+  /** The spec's `shape` lines. */
+  shapes?: Record<string, number[]>;
+}
+
 export interface CompileManifest {
   hollowc: string;
   family: string;
@@ -88,6 +103,7 @@ export interface CompileManifest {
   lora: { rank: number; alpha: number; scale: number; targets: LoraTargetDescription[] };
   weights: string[];
   artifacts: Partial<Record<ArtifactName, ArtifactDescription>>;
+  training?: TrainingSettings;
   spec?: { file: string; sha256: string; text: string };
 }
 
@@ -266,6 +282,7 @@ export function compile(request: CompileRequest): CompileManifest {
       },
       weights: [WEIGHTS_FILE, ...linked],
       artifacts,
+      ...(request.training ? { training: request.training } : {}),
       ...(request.spec ? { spec: { file: request.spec.file, sha256: crypto.createHash('sha256').update(request.spec.text).digest('hex'), text: request.spec.text } } : {}),
     };
     writeFileAtomic(path.join(tmp, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');

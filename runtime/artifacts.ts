@@ -7,9 +7,9 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../compiler/errors';
-import { DEFAULTS, DEFAULT_PREDICTION, parseSpec } from '../dsl';
+import { DEFAULTS, DEFAULT_PREDICTION } from '../dsl';
 import type { ModelFamily } from '../dsl';
-import type { ArtifactDescription, CompileManifest, TensorDescription } from '../passes/compile';
+import type { ArtifactDescription, CompileManifest, TensorDescription, TrainingSettings } from '../passes/compile';
 import type { Prediction } from './noise-schedule';
 import { FAMILIES, FamilyName } from '../models/families';
 
@@ -34,24 +34,15 @@ export function requireArtifact(out: string, manifest: CompileManifest, name: ke
   return { ...a, path: path.join(out, a.file) };
 }
 
-export interface TrainingSettings {
-  prediction: Prediction;
-  priorWeight: number;
-  seed: number;
-  lr: number;
-  steps: number;
-  batch: number;
-  checkpointEvery: number;
-}
+export type { TrainingSettings };
 
 /**
- * The spec's training settings. A manifest may carry them as `training` (preferred when present);
- * otherwise they are read from the spec text the manifest embeds, and the language's defaults
- * fill in what is missing (also when the folder was compiled without a spec).
+ * The spec's training settings, as compile recorded them in the manifest; a manifest written by
+ * `compile()` without a spec gets the language's defaults for its family.
  */
 export function trainingSettings(manifest: CompileManifest): TrainingSettings {
   const family = manifest.family as ModelFamily;
-  const settings: TrainingSettings = {
+  return {
     prediction: DEFAULT_PREDICTION[family] ?? 'epsilon',
     priorWeight: DEFAULTS.priorWeight,
     seed: DEFAULTS.seed,
@@ -59,20 +50,8 @@ export function trainingSettings(manifest: CompileManifest): TrainingSettings {
     steps: DEFAULTS.steps,
     batch: DEFAULTS.batch,
     checkpointEvery: DEFAULTS.steps,
+    ...manifest.training,
   };
-  if (manifest.spec?.text) {
-    const spec = parseSpec(manifest.spec.text, manifest.spec.file);
-    settings.prediction = spec.loss.prediction.value ?? settings.prediction;
-    settings.priorWeight = spec.loss.priorWeight.value;
-    settings.seed = spec.seed.value;
-    settings.lr = spec.optimizer.lr.value;
-    settings.steps = spec.train.steps.value;
-    settings.batch = spec.train.batch.value;
-    settings.checkpointEvery = spec.train.checkpointEvery.value;
-  }
-  const given = (manifest as CompileManifest & { training?: Partial<TrainingSettings> }).training;
-  if (given) Object.assign(settings, Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)));
-  return settings;
 }
 
 export type TensorValues = Float32Array | number[];
@@ -121,10 +100,8 @@ export function float32Data(t: ort.Tensor, name: string): Float32Array {
 export function defaultLatentShape(manifest: CompileManifest): number[] {
   const fromTrain = manifest.artifacts.train?.inputs.find((i) => i.name === 'sample')?.shape.slice(1);
   if (fromTrain && fromTrain.length === 3 && fromTrain.every((d) => typeof d === 'number')) return fromTrain as number[];
-  if (manifest.spec?.text) {
-    const decl = parseSpec(manifest.spec.text, manifest.spec.file).shapes.find((s) => s.input.value === 'sample');
-    if (decl && decl.dims.length === 4) return decl.dims.slice(1).map((d) => d.value);
-  }
+  const declared = manifest.training?.shapes?.sample;
+  if (declared && declared.length === 4) return declared.slice(1);
   const family = FAMILIES[manifest.family as FamilyName];
   if (!family) throw new HollowcError(`unknown family ${manifest.family}: give the latent size`);
   return family.full.shapes.sample.slice(1);
