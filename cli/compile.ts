@@ -9,8 +9,8 @@ import { analyzeUNet } from '../passes/analyze-unet';
 import { bakeLora } from '../passes/bake-lora';
 import { ArtifactName, CompileManifest, compile } from '../passes/compile';
 import { cutAfterFor, modelFacts } from '../passes/spec-facts';
-import { trainingGraphBuilders } from '../passes/training-graphs';
-import { readLoraFile } from '../runtime/lora-file';
+import { trainingGraphBuilders, trainingSettingsOf } from '../passes/training-graphs';
+import { readLoraForManifest } from '../runtime/lora-file';
 import { writeInitialLora } from '../runtime/lora-init';
 
 export interface CompileCliOptions {
@@ -48,16 +48,7 @@ export function compileFromSpec(modelFile: string, specFile: string, options: Co
     lora: { rank: resolved.lora.rank, alpha: resolved.lora.alpha },
     emit,
     spec: { file: specFile, text },
-    training: {
-      prediction: resolved.loss.prediction,
-      priorWeight: resolved.loss.priorWeight,
-      seed: resolved.seed,
-      lr: resolved.optimizer.lr,
-      steps: resolved.train.steps,
-      batch: resolved.train.batch,
-      checkpointEvery: resolved.train.checkpointEvery,
-      shapes: Object.fromEntries(Object.entries(resolved.shapes).map(([k, v]) => [k, [...v]])),
-    },
+    training: trainingSettingsOf(resolved),
     builders: trainingGraphBuilders(resolved),
     log: options.verbose ? (m) => process.stderr.write(`${m}\n`) : undefined,
   });
@@ -111,14 +102,7 @@ export function readManifest(out: string): CompileManifest {
 export function bakeCompiled(out: string, loraFile: string, output?: string): { file: string; folded: number; kept: number } {
   const manifest = readManifest(out);
   if (!manifest.artifacts.infer) throw new HollowcError('this folder has no infer.onnx to bake into (add `infer` to the spec\'s emit line)', out);
-  const trained = manifest.lora.targets.filter((t) => t.trained);
-  const modules = readLoraFile(loraFile, trained.map((t) => t.module), manifest.lora.rank, manifest.lora.alpha);
-  const values = new Map<string, Float32Array>();
-  for (const t of trained) {
-    const m = modules.get(t.module)!;
-    values.set(t.lora_A.name, m.a.data);
-    values.set(t.lora_B.name, m.b.data);
-  }
+  const values = readLoraForManifest(loraFile, manifest);
   const model = loadModel(path.join(out, manifest.artifacts.infer.file));
   const result = bakeLora(model.graph, values, manifest.lora.rank, manifest.lora.scale);
   const file = output ?? path.join(out, 'infer-baked.onnx');

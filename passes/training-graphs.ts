@@ -11,7 +11,7 @@ import type { ResolvedSpec } from '../dsl';
 import { FAMILIES, FamilyName } from '../models/families';
 import { addAdamW } from './add-adamw';
 import { addLoss } from './add-loss';
-import type { ArtifactName, BuildContext } from './compile';
+import type { ArtifactName, BuildContext, TrainingSettings } from './compile';
 import { addGradientOutputs, differentiate } from './differentiate';
 import { HOLLOW_ACTIVATION } from './extract-precompute';
 import { specializeShapes } from './specialize-shapes';
@@ -96,6 +96,20 @@ export function buildTrain(forward: Model, ctx: BuildContext, options: TrainingO
     weightDecay: options.optimizer.weightDecay,
   });
   return d.model;
+}
+
+/** The settings `hollowc train` reads from the manifest. */
+export function trainingSettingsOf(spec: ResolvedSpec): TrainingSettings {
+  return {
+    prediction: spec.loss.prediction,
+    priorWeight: spec.loss.priorWeight,
+    seed: spec.seed,
+    lr: spec.optimizer.lr,
+    steps: spec.train.steps,
+    batch: spec.train.batch,
+    checkpointEvery: spec.train.checkpointEvery,
+    shapes: Object.fromEntries(Object.entries(spec.shapes).map(([k, v]) => [k, [...v]])),
+  };
 }
 
 export function trainingOptionsOf(spec: ResolvedSpec): TrainingOptions {

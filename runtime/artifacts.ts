@@ -10,7 +10,6 @@ import { HollowcError } from '../compiler/errors';
 import { DEFAULTS, DEFAULT_PREDICTION } from '../dsl';
 import type { ModelFamily } from '../dsl';
 import type { ArtifactDescription, CompileManifest, TensorDescription, TrainingSettings } from '../passes/compile';
-import type { Prediction } from './noise-schedule';
 import { FAMILIES, FamilyName } from '../models/families';
 
 export function loadManifest(out: string): CompileManifest {

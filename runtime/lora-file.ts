@@ -7,6 +7,7 @@
  * Hollowed-Net LoRA has the shapes of plain UNet LoRA, so no conversion of values is needed.
  */
 import { HollowcError } from '../compiler/errors';
+import type { CompileManifest } from '../passes/compile';
 import { SafeTensor, float32Tensor, readSafetensors, toFloat32, writeSafetensors } from './safetensors';
 
 export type LoraFormat = 'peft' | 'kohya';
@@ -100,4 +101,23 @@ export function readLoraFile(file: string, modules: readonly string[], rank: num
     throw new HollowcError(`no LoRA tensors for ${missing.length} module(s), e.g. ${missing.slice(0, 3).join(', ')} (file has keys like ${keys.slice(0, 2).join(', ')})`, file);
   }
   return out;
+}
+
+/**
+ * A LoRA file's values for a compiled folder's trained targets, keyed by graph input name
+ * (`<module>.lora_A.weight`), with the shapes checked against what was compiled.
+ */
+export function readLoraForManifest(file: string, manifest: CompileManifest): Map<string, Float32Array> {
+  const trained = manifest.lora.targets.filter((t) => t.trained);
+  const modules = readLoraFile(file, trained.map((t) => t.module), manifest.lora.rank, manifest.lora.alpha);
+  const values = new Map<string, Float32Array>();
+  for (const t of trained) {
+    const m = modules.get(t.module)!;
+    if (m.a.shape.join() !== t.lora_A.shape.join() || m.b.shape.join() !== t.lora_B.shape.join()) {
+      throw new HollowcError(`${t.module}: LoRA shapes [${m.a.shape}] / [${m.b.shape}] do not match the compiled [${t.lora_A.shape}] / [${t.lora_B.shape}]`, file);
+    }
+    values.set(t.lora_A.name, m.a.data);
+    values.set(t.lora_B.name, m.b.data);
+  }
+  return values;
 }

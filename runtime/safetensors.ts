@@ -3,9 +3,9 @@
  * `{name: {dtype, shape, data_offsets: [begin, end]}, __metadata__?: {string: string}}`, then
  * the tensor bytes. This is the format diffusers, peft, kohya, ComfyUI and A1111 load LoRAs from.
  */
+import * as crypto from 'crypto';
 import * as fs from 'fs';
 import { HollowcError } from '../compiler/errors';
-import { writeFileAtomic } from '../compiler/serde';
 
 export type SafetensorsDtype = 'F32' | 'F16' | 'BF16' | 'F64' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 
@@ -102,7 +102,8 @@ export function readSafetensors(file: string): SafetensorsFile {
   return parseSafetensors(bytes, file);
 }
 
-export function encodeSafetensors(tensors: Map<string, SafeTensor>, metadata: Record<string, string> = {}): Buffer {
+/** The 8-byte length and the JSON header (names sorted, padded to 8 bytes) of a file. */
+function encodeHeader(tensors: Map<string, SafeTensor>, metadata: Record<string, string>): { head: Buffer; names: string[] } {
   const header: Record<string, unknown> = {};
   if (Object.keys(metadata).length) header.__metadata__ = metadata;
   let offset = 0;
@@ -117,11 +118,43 @@ export function encodeSafetensors(tensors: Map<string, SafeTensor>, metadata: Re
   let json = JSON.stringify(header);
   // The format pads the header with spaces so the data starts 8-byte aligned.
   json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
-  const head = Buffer.alloc(8);
-  head.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
-  return Buffer.concat([head, Buffer.from(json, 'utf8'), ...names.map((n) => Buffer.from(tensors.get(n)!.data))]);
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
+  return { head: Buffer.concat([length, Buffer.from(json, 'utf8')]), names };
 }
 
-export function writeSafetensors(file: string, tensors: Map<string, SafeTensor>, metadata: Record<string, string> = {}): void {
-  writeFileAtomic(file, encodeSafetensors(tensors, metadata));
+export function encodeSafetensors(tensors: Map<string, SafeTensor>, metadata: Record<string, string> = {}): Buffer {
+  const { head, names } = encodeHeader(tensors, metadata);
+  return Buffer.concat([head, ...names.map((n) => Buffer.from(tensors.get(n)!.data))]);
+}
+
+/**
+ * Writes the file tensor by tensor (no in-memory copy of the whole file: training checkpoints
+ * are ~290 MB at rank 128) to a temporary sibling, fsyncs and renames it, so a reader sees the
+ * old file or the new one. Returns the file's sha256.
+ */
+export function writeSafetensors(file: string, tensors: Map<string, SafeTensor>, metadata: Record<string, string> = {}): string {
+  const { head, names } = encodeHeader(tensors, metadata);
+  const hash = crypto.createHash('sha256');
+  const tmp = `${file}.tmp-${process.pid}-${Date.now()}`;
+  const fd = fs.openSync(tmp, 'w');
+  let open = true;
+  try {
+    const write = (bytes: Uint8Array) => {
+      hash.update(bytes);
+      let done = 0;
+      while (done < bytes.byteLength) done += fs.writeSync(fd, bytes, done, bytes.byteLength - done);
+    };
+    write(head);
+    for (const name of names) write(tensors.get(name)!.data);
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    open = false;
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    if (open) fs.closeSync(fd);
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+  return hash.digest('hex');
 }

@@ -22,7 +22,7 @@ import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../compiler/errors';
 import { Rng, fillNormal } from '../models/random';
 import { defaultLatentShape, float32Data, loadManifest, requireArtifact, tensorFor, trainingSettings } from './artifacts';
-import { readLoraFile } from './lora-file';
+import { readLoraForManifest } from './lora-file';
 import { LORA_INIT_FILE } from './lora-init';
 import { NoiseSchedule } from './noise-schedule';
 import { defaultTimeIds } from './precompute';
@@ -100,14 +100,10 @@ function loraFeeds(out: string, manifest: CompileManifest, file: string | undefi
   if (!trained.length) return { feeds, source: 'none (the model takes no LoRA inputs)' };
   let source = file;
   if (!source) source = fs.existsSync(path.join(out, LORA_FILE)) ? path.join(out, LORA_FILE) : path.join(out, LORA_INIT_FILE);
-  const values = readLoraFile(source, trained.map((t) => t.module), manifest.lora.rank, manifest.lora.alpha);
+  const values = readLoraForManifest(source, manifest);
   for (const t of trained) {
-    const m = values.get(t.module)!;
-    if (m.a.shape.join() !== t.lora_A.shape.join() || m.b.shape.join() !== t.lora_B.shape.join()) {
-      throw new HollowcError(`${t.module}: LoRA shapes [${m.a.shape}] / [${m.b.shape}] do not match the compiled [${t.lora_A.shape}] / [${t.lora_B.shape}]`, source);
-    }
-    feeds[t.lora_A.name] = new ort.Tensor('float32', m.a.data, t.lora_A.shape);
-    feeds[t.lora_B.name] = new ort.Tensor('float32', m.b.data, t.lora_B.shape);
+    feeds[t.lora_A.name] = new ort.Tensor('float32', values.get(t.lora_A.name)!, t.lora_A.shape);
+    feeds[t.lora_B.name] = new ort.Tensor('float32', values.get(t.lora_B.name)!, t.lora_B.shape);
   }
   return { feeds, source };
 }

@@ -34,10 +34,9 @@ import { writeFileAtomic } from '../compiler/serde';
 import { Rng } from '../models/random';
 import type { CompileManifest, TensorDescription } from '../passes/compile';
 import { float32Data, loadManifest, requireArtifact, scalarFor, staticShape, tensorFor, trainingSettings } from './artifacts';
-import { LoraModuleValues, readLoraFile, writeLoraFile } from './lora-file';
+import { LoraModuleValues, readLoraForManifest, writeLoraFile } from './lora-file';
 import { LORA_INIT_FILE } from './lora-init';
-import { float32Tensor, readSafetensors, SafeTensor, toFloat32 } from './safetensors';
-import { writeSafetensorsStreaming } from './safetensors-stream';
+import { float32Tensor, readSafetensors, SafeTensor, toFloat32, writeSafetensors } from './safetensors';
 import { ExecutionProvider, SessionTuning, createSession } from './session';
 import { Store, StoreRecord } from './store';
 
@@ -288,14 +287,7 @@ async function lossAtRest(session: ort.InferenceSession, graph: TrainGraph, stor
 export function initialParams(out: string, manifest: CompileManifest, graph: TrainGraph): Param[] {
   const file = path.join(out, LORA_INIT_FILE);
   if (!fs.existsSync(file)) throw new HollowcError(`no ${LORA_INIT_FILE}: compile with hollowc compile (it writes the initial LoRA)`, out);
-  const trained = manifest.lora.targets.filter((t) => t.trained);
-  const values = readLoraFile(file, trained.map((t) => t.module), manifest.lora.rank, manifest.lora.alpha);
-  const byName = new Map<string, Float32Array>();
-  for (const t of trained) {
-    const m = values.get(t.module)!;
-    byName.set(t.lora_A.name, m.a.data);
-    byName.set(t.lora_B.name, m.b.data);
-  }
+  const byName = readLoraForManifest(file, manifest);
   return graph.params.map((p) => {
     const v = byName.get(p.name);
     if (!v) throw new HollowcError(`${LORA_INIT_FILE} has no values for ${p.name}`, file);
@@ -314,7 +306,7 @@ export function writeCheckpoint(dir: string, state: TrainState, params: Param[])
     tensors.set(`${p.name}.exp_avg`, float32Tensor(p.shape, p.expAvg));
     tensors.set(`${p.name}.exp_avg_sq`, float32Tensor(p.shape, p.expAvgSq));
   }
-  const digest = writeSafetensorsStreaming(file, tensors, { [STATE_KEY]: JSON.stringify(state), format: 'pt' });
+  const digest = writeSafetensors(file, tensors, { [STATE_KEY]: JSON.stringify(state), format: 'pt' });
   writeFileAtomic(path.join(dir, CHECKPOINT_STATE_FILE), JSON.stringify({ ...state, checkpoint: CHECKPOINT_FILE, sha256: digest }, null, 2) + '\n');
   return file;
 }

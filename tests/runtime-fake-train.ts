@@ -17,6 +17,7 @@
  * defaults of passes/add-adamw.ts. `nanAfterStep` adds 0·sqrt(n + 0.5 - step)
  * to the loss, which turns it NaN after step n.
  */
+import { trainingSettingsOf } from '../passes/training-graphs';
 import * as fs from 'fs';
 import * as path from 'path';
 import { GraphBuilder } from '../compiler/builder';
@@ -215,6 +216,7 @@ export async function tinyCompiled(dir: string, family: FamilyName, opts: { batc
     lora: { rank: resolved.lora.rank, alpha: resolved.lora.alpha },
     emit: [...resolved.emit],
     spec: { file: specFile, text },
+    training: trainingSettingsOf(resolved),
     builders: { train: fakeTrainBuilder({ dims: { batch: B, height: latent, width: latent, sequence: v.shapes.encoder_hidden_states[1] }, nanAfterStep: opts.nanAfterStep }) },
   });
   writeInitialLora(out, manifest, resolved);

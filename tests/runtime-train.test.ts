@@ -14,8 +14,7 @@ import { NoiseSchedule } from '../runtime/noise-schedule';
 import { Store, recordLayout } from '../runtime/store';
 import { createSession } from '../runtime/session';
 import { CHECKPOINT_FILE, SampleOrder, epochPermutation, evaluateLoss, paramsFromCheckpoint, readCheckpoint, train } from '../runtime/train';
-import { encodeSafetensors, float32Tensor, readSafetensors } from '../runtime/safetensors';
-import { writeSafetensorsStreaming } from '../runtime/safetensors-stream';
+import { encodeSafetensors, float32Tensor, readSafetensors, writeSafetensors } from '../runtime/safetensors';
 import { createHash } from 'crypto';
 import { ADAMW, TinyFolder, fakeLoss, tinyCompiled, writeData } from './runtime-fake-train';
 import { tempDir } from './support/fixture';
@@ -334,14 +333,14 @@ test('store size per sample for full-size SD 2.1 at 64x64 latents, each preset (
   expect((200 * (65536 + 1310720)) / 2 ** 30).toBeCloseTo(0.256, 3);
 });
 
-test('the streaming safetensors writer writes the bytes of encodeSafetensors and returns their sha256', () => {
+test('writeSafetensors streams the bytes of encodeSafetensors and returns their sha256', () => {
   const dir = tempDir('hollowc-st-');
   const tensors = new Map([
     ['b.weight', float32Tensor([2, 3], Float32Array.of(1, 2, 3, 4, 5, 6))],
     ['a.exp_avg', float32Tensor([1], Float32Array.of(-0.5))],
   ]);
   const file = path.join(dir, 'x.safetensors');
-  const digest = writeSafetensorsStreaming(file, tensors, { hollowc_checkpoint: '{"step":3}' });
+  const digest = writeSafetensors(file, tensors, { hollowc_checkpoint: '{"step":3}' });
   const want = encodeSafetensors(tensors, { hollowc_checkpoint: '{"step":3}' });
   expect(fs.readFileSync(file).equals(want)).toBe(true);
   expect(digest).toBe(createHash('sha256').update(want).digest('hex'));
