@@ -17,6 +17,12 @@ export interface SessionOptions {
   intraOpThreads?: number;
   /** onnxruntime graph optimization level (default 'all'); 'basic' starts big graphs ~2x faster. */
   optimization?: 'disabled' | 'basic' | 'extended' | 'all';
+  /**
+   * Let onnxruntime plan one block for all intermediate tensors (default true). Off, tensors are
+   * allocated as they come and freed as they die, which lowered a full SD 2.1 train step's peak
+   * RSS by ~290 MiB (3586 vs 3874) at the same step time.
+   */
+  memPattern?: boolean;
   log?: (message: string) => void;
 }
 
@@ -33,6 +39,7 @@ function baseOptions(options: SessionOptions): ort.InferenceSession.SessionOptio
     // Prepacking copies every weight into a second layout: it doubled peak RSS in our checks.
     extra: { session: { disable_prepacking: '1' } },
     graphOptimizationLevel: options.optimization ?? 'all',
+    enableMemPattern: options.memPattern ?? true,
     ...(options.intraOpThreads ? { intraOpNumThreads: options.intraOpThreads } : {}),
   };
 }

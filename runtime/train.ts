@@ -361,10 +361,11 @@ function truncateLossLog(file: string, lastStep: number): void {
  * Session options for train.onnx. Graph optimization defaults to 'basic': at 'all' onnxruntime
  * also rewrites convolutions to its blocked NCHWc layout, which keeps reordered copies of the
  * frozen conv weights for the forward and the backward convolutions; on full SD 2.1 that cost
- * 1.2 GiB of peak RSS (5078 vs 3843 MiB) and made steps slower.
+ * 1.2 GiB of peak RSS (5078 vs 3843 MiB) and made steps slower. The memory pattern is off too
+ * (see SessionOptions.memPattern).
  */
 function trainingSession(options: { session?: SessionTuning; ep?: ExecutionProvider; fallbackToCpu?: boolean }) {
-  return { ...options.session, optimization: options.session?.optimization ?? 'basic', ep: options.ep, fallbackToCpu: options.fallbackToCpu };
+  return { ...options.session, optimization: options.session?.optimization ?? 'basic', memPattern: false, ep: options.ep, fallbackToCpu: options.fallbackToCpu };
 }
 
 export async function train(options: TrainOptions): Promise<TrainResult> {

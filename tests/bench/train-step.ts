@@ -33,7 +33,10 @@ async function child(kind: string, file: string, steps: number, threads: number)
   const ort = await import('onnxruntime-node');
   const { createSession } = await import('../../runtime/session');
   const t0 = Date.now();
-  const session = await createSession(file, { intraOpThreads: threads });
+  // The runtime's defaults: 'basic' graph optimization and no memory pattern for training
+  // graphs (runtime/train.ts), 'all' for inference.
+  const training = kind !== 'inference';
+  const session = await createSession(file, { intraOpThreads: threads, optimization: training ? 'basic' : 'all', memPattern: !training });
   const loadSeconds = (Date.now() - t0) / 1000;
   const rssAfterLoad = peakMiB();
   const metaFile = path.join(path.dirname(file), 'manifest.json');
