@@ -8,7 +8,7 @@ import { HollowcError } from '../compiler/errors';
 import { Dim, Graph, Node, Value } from '../compiler/ir';
 import { DIFFUSERS_DEFAULTS, DownBlockType, UNetConfig, UpBlockType } from '../models/config';
 import { FamilyName } from '../models/families';
-import { Cut, LayoutLayer, UNetLayout, buildLayout, ownerOfModulePath, validCuts } from '../models/layout';
+import { Cut, UNetLayout, buildLayout, ownerOfModulePath, validCuts } from '../models/layout';
 import { ParameterInfo, findParameters, isWithin, moduleOfNode, moduleTree } from './module-scope';
 
 export interface BlockInfo {
@@ -258,12 +258,3 @@ export function analyzeUNet(g: Graph, label = 'model'): UNetAnalysis {
 
   return { family: familyOf(config), config, layout, totalParams, blocks, stem, skips, cuts, parameters, paramsByModule };
 }
-
-/** The cut hollowing exactly `hollowed`, from an analysis. */
-export function cutInfoFor(analysis: UNetAnalysis, cut: Cut): CutInfo {
-  const found = analysis.cuts.find((c) => c.after === cut.lastKeptDown);
-  if (!found) throw new Error(`internal: no analysed cut after ${cut.lastKeptDown}`);
-  return found;
-}
-
-export type { LayoutLayer };

@@ -5,20 +5,17 @@
  * so the base path keeps computing the base model. Only the weights of folded layers are read.
  */
 import { HollowcError } from '../compiler/errors';
-import { Graph, Node, Value, inlineTensor } from '../compiler/ir';
+import { Graph, Value, inlineTensor } from '../compiler/ir';
 import { readTensorBytes } from '../compiler/serde';
 import { DataType } from '../compiler/dtype';
 import { tensorFromTyped } from '../compiler/builder';
 import { findLoraSites, LoraSite } from './lora-targets';
 import { loraParamNames } from './insert-lora';
+import { isBasePath } from './merge-two-path';
 
 export interface BakeResult {
   folded: string[];
   kept: string[];
-}
-
-function isBasePath(n: Node): boolean {
-  return n.name.startsWith('/base/');
 }
 
 function float32Of(v: Value): Float32Array {

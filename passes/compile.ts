@@ -19,7 +19,7 @@ import { extractPrecompute } from './extract-precompute';
 import { HollowPoint, hollowOut } from './hollow-net';
 import { LoraConfig, LoraParam, insertLora, loraShapes } from './insert-lora';
 import { LoraSite, findLoraSites } from './lora-targets';
-import { addBasePath } from './merge-two-path';
+import { addBasePath, isBasePath } from './merge-two-path';
 import { isWithin } from './module-scope';
 
 export type ArtifactName = 'precompute' | 'infer' | 'forward' | 'grads' | 'train';
@@ -191,9 +191,9 @@ export function buildInfer(source: Model, analysis: UNetAnalysis, cut: CutInfo |
   const trained = cut ? targets.filter((t) => !cut.hollowedModules.some((m) => isWithin(t, m))) : [...targets];
   const point = cut ? hollowPoint(analysis, cut) : undefined;
   const baseActivation = point ? addBasePath(model.graph, point) : undefined;
-  // Sites are looked up after the base path exists: the copies carry `/base` names, so only
-  // path 2's layers match the targets' module paths.
-  const sites = selectSites(model, trained, label).filter((s) => !s.node.name.startsWith('/base/'));
+  // Sites are looked up after the base path exists; its copies are skipped, so LoRA goes on
+  // path 2's layers only.
+  const sites = selectSites(model, trained, label).filter((s) => !isBasePath(s.node));
   insertLora(model.graph, sites, lora);
   if (point && baseActivation) {
     hollowOut(model.graph, point, baseActivation);

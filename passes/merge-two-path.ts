@@ -5,8 +5,15 @@
  * nodes that read the same initializers, so every weight is stored once.
  */
 import { copyNodes, nodesFeeding } from '../compiler/clone';
-import { Graph, Value } from '../compiler/ir';
+import { Graph, Node, Value } from '../compiler/ir';
 import { HollowPoint, findNode, hollowOut } from './hollow-net';
+
+/** Node-name prefix of path 1's copies: how later passes (bake) tell the two paths apart. */
+export const BASE_PATH_PREFIX = '/base';
+
+export function isBasePath(n: Node): boolean {
+  return n.name.startsWith(`${BASE_PATH_PREFIX}/`);
+}
 
 /** Conditioning inputs that path 1 takes under a `base_` name. */
 export const BASE_CONDITIONING = ['encoder_hidden_states', 'text_embeds'] as const;
@@ -23,7 +30,7 @@ export function addBasePath(g: Graph, point: HollowPoint): Value {
     const original = g.inputs.find((v) => v.name === name);
     if (original) substitute.set(original, g.addInput(`base_${name}`, original.type ?? { elemType: 1 }));
   }
-  const copies = copyNodes(g, nodesFeeding(g, [activation]), '/base', substitute);
+  const copies = copyNodes(g, nodesFeeding(g, [activation]), BASE_PATH_PREFIX, substitute);
   return copies.get(activation)!;
 }
 

@@ -13,16 +13,10 @@ import { loadModel } from '../compiler/serde';
 import { buildUNet } from '../models/builder';
 import { FAMILIES, FamilyName } from '../models/families';
 import { presetsFor } from '../models/presets';
-import { Rng, fillNormal } from '../models/random';
 import { maxAbsDiff, tempDir } from './support/fixture';
+import { randomTensor, zeros } from './support/tensors';
 
 const ATTENTION = /\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$/;
-
-function randomTensor(seed: number, name: string, dims: number[], std = 1): ort.Tensor {
-  const data = new Float32Array(dims.reduce((a, b) => a * b, 1));
-  fillNormal(new Rng(seed, name), data, std);
-  return new ort.Tensor('float32', data, dims);
-}
 
 function unetInputs(family: FamilyName, batch: number, seed: number): Record<string, ort.Tensor> {
   const shapes = FAMILIES[family].tiny.shapes;
@@ -41,7 +35,7 @@ function loraFeeds(m: CompileManifest, seed: number, zeroB: boolean): Record<str
   const feeds: Record<string, ort.Tensor> = {};
   for (const t of m.lora.targets.filter((x) => x.trained)) {
     feeds[t.lora_A.name] = randomTensor(seed, t.lora_A.name, t.lora_A.shape, 0.5);
-    feeds[t.lora_B.name] = zeroB ? new ort.Tensor('float32', new Float32Array(t.lora_B.shape.reduce((a, b) => a * b, 1)), t.lora_B.shape) : randomTensor(seed, t.lora_B.name, t.lora_B.shape, 0.5);
+    feeds[t.lora_B.name] = zeroB ? zeros(t.lora_B.shape) : randomTensor(seed, t.lora_B.name, t.lora_B.shape, 0.5);
   }
   return feeds;
 }

@@ -10,7 +10,7 @@ import { bakeCompiled } from '../cli/compile';
 import { compile } from '../passes/compile';
 import { buildUNet } from '../models/builder';
 import { FAMILIES } from '../models/families';
-import { Rng, fillNormal } from '../models/random';
+import { randomTensor } from './support/tensors';
 import { writeLoraFile } from '../runtime/lora-file';
 import { maxAbsDiff, runModel, tempDir } from './support/fixture';
 
@@ -22,10 +22,8 @@ const TARGETS = [
   'up_blocks.3.attentions.2.proj_out', // 1x1 conv proj (SD 1.x), folded
 ];
 
-function random(seed: string, dims: number[], std: number): Float32Array {
-  const data = new Float32Array(dims.reduce((a, b) => a * b, 1));
-  fillNormal(new Rng(5, seed), data, std);
-  return data;
+function random(name: string, dims: number[], std: number): Float32Array {
+  return randomTensor(5, name, dims, std).data as Float32Array;
 }
 
 test('conv and Gemm LoRA: B = 0 is the base UNet; baking equals the low-rank branch', async () => {

@@ -14,20 +14,10 @@ import { loadModel } from '../compiler/serde';
 import { buildUNet } from '../models/builder';
 import { FAMILIES, FamilyName } from '../models/families';
 import { presetsFor } from '../models/presets';
-import { Rng, fillNormal } from '../models/random';
 import { FIXTURE_MODEL, fixtureInputs, fixtureManifest, fixtureTensor, tempDir } from './support/fixture';
+import { randomTensor, zeros } from './support/tensors';
 
 const OPT = { betas: [0.9, 0.999] as const, eps: 1e-8, weightDecay: 0.01 };
-
-function randomTensor(seed: number, name: string, dims: number[], std = 1): ort.Tensor {
-  const data = new Float32Array(dims.reduce((a, b) => a * b, 1));
-  fillNormal(new Rng(seed, name), data, std);
-  return new ort.Tensor('float32', data, dims);
-}
-
-function zeros(dims: number[]): ort.Tensor {
-  return new ort.Tensor('float32', new Float32Array(dims.reduce((a, b) => a * b, 1)), dims);
-}
 
 function session(file: string) {
   return ort.InferenceSession.create(file, { executionProviders: ['cpu'], graphOptimizationLevel: 'basic' });
@@ -46,11 +36,10 @@ function adamwStep(p: Float64Array, g: Float32Array, m: Float64Array, v: Float64
   }
 }
 
-function trainFeeds(m: CompileManifest, params: Map<string, ort.Tensor>, moments: Map<string, ort.Tensor>, step: number, lr: number): Record<string, ort.Tensor> {
+function trainFeeds(params: Map<string, ort.Tensor>, moments: Map<string, ort.Tensor>, step: number, lr: number): Record<string, ort.Tensor> {
   const feeds: Record<string, ort.Tensor> = { lr: new ort.Tensor('float32', Float32Array.of(lr), [1]), step: new ort.Tensor('int64', BigInt64Array.of(BigInt(step)), [1]) };
   for (const [name, t] of params) feeds[name] = t;
   for (const [name, t] of moments) feeds[name] = t;
-  void m;
   return feeds;
 }
 
@@ -80,7 +69,7 @@ describe('fixture (39.2% cut): train.onnx steps = reference AdamW on grads.onnx 
     let worst = 0;
     for (let step = 1; step <= 4; step++) {
       const g = await grads.run({ ...data, ...Object.fromEntries(params) });
-      const r = await train.run({ ...data, ...trainFeeds(m, params, moments, step, lr) });
+      const r = await train.run({ ...data, ...trainFeeds(params, moments, step, lr) });
       expect((r.loss.data as Float32Array)[0]).toBeCloseTo((g.loss.data as Float32Array)[0], 6);
       for (const p of names) {
         const s = ref.get(p.name)!;
@@ -129,7 +118,7 @@ async function trainSteps(m: CompileManifest, file: string, data: Record<string,
   const { params, moments } = initialState(m, 3);
   const losses: number[] = [];
   for (let step = 1; step <= steps; step++) {
-    const r = await s.run({ ...data, ...trainFeeds(m, params, moments, step, lr) });
+    const r = await s.run({ ...data, ...trainFeeds(params, moments, step, lr) });
     losses.push((r.loss.data as Float32Array)[0]);
     for (const name of params.keys()) {
       params.set(name, r[`${name}.updated`]);
@@ -176,11 +165,11 @@ describe.each(['sd15', 'sd21', 'sdxl'] as FamilyName[])('%s tiny: train.onnx for
     const s = await session(path.join(out, 'train.onnx'));
     const { params, moments } = initialState(m, 4);
     // B starts at 0, so the first step moves B only (dL/dA = 0): take two steps.
-    let r = await s.run({ ...data, ...trainFeeds(m, params, moments, 1, 1e-3) });
+    let r = await s.run({ ...data, ...trainFeeds(params, moments, 1, 1e-3) });
     const first = new Map(params);
     for (const k of params.keys()) params.set(k, r[`${k}.updated`]);
     for (const k of moments.keys()) moments.set(k, r[`${k}.updated`]);
-    r = await s.run({ ...data, ...trainFeeds(m, params, moments, 2, 1e-3) });
+    r = await s.run({ ...data, ...trainFeeds(params, moments, 2, 1e-3) });
     await s.release();
     expect(Number.isFinite((r.loss.data as Float32Array)[0])).toBe(true);
     let unmoved = 0;
