@@ -1,17 +1,21 @@
-/** `hollowc compile` and `hollowc bake`. */
+/**
+ * `hollowc compile` and `hollowc bake`, and their library entries: a spec is parsed and checked
+ * against the model's analysis, and the model is loaded and analysed once.
+ */
 import * as fs from 'fs';
 import * as path from 'path';
 import { Command } from 'commander';
 import { HollowcError } from '../compiler/errors';
+import { Model } from '../compiler/ir';
+import { CompileManifest, readManifest } from '../compiler/manifest';
 import { loadModel, saveModel } from '../compiler/serde';
 import { checkSpec, parseSpec, ResolvedSpec } from '../dsl';
-import { analyzeUNet } from '../passes/analyze-unet';
 import { bakeLora } from '../passes/bake-lora';
-import { ArtifactName, CompileManifest, compile } from '../passes/compile';
-import { cutAfterFor, modelFacts } from '../passes/spec-facts';
-import { trainingGraphBuilders, trainingSettingsOf } from '../passes/training-graphs';
+import { compile } from '../passes/compile';
+import { UNetAnalysis, analyzeUNet } from '../passes/lib/analyze-unet';
 import { readLoraForManifest } from '../runtime/lora-file';
-import { writeInitialLora } from '../runtime/lora-init';
+import { LoraInit, writeInitialLora } from '../runtime/lora-init';
+import { lastKeptDownFor, modelFacts, trainingSettingsOf } from './spec-facts';
 
 export interface CompileCliOptions {
   out: string;
@@ -27,33 +31,60 @@ function readSpecFile(file: string): string {
   }
 }
 
-/** Parses and checks a spec against a model; the library entry behind `hollowc compile`. */
-export function resolveSpecForModel(modelFile: string, specFile: string): { resolved: ResolvedSpec; text: string } {
-  const text = readSpecFile(specFile);
-  const spec = parseSpec(text, specFile);
-  const model = loadModel(modelFile);
-  const analysis = analyzeUNet(model.graph, modelFile);
-  return { resolved: checkSpec(spec, modelFacts(model.graph, analysis)), text };
+/** A UNet loaded (graph only: weights stay in their files) and analysed. */
+export interface LoadedUNet {
+  file: string;
+  model: Model;
+  analysis: UNetAnalysis;
 }
 
-export function compileFromSpec(modelFile: string, specFile: string, options: CompileCliOptions): CompileManifest {
-  const { resolved, text } = resolveSpecForModel(modelFile, specFile);
-  const analysis = analyzeUNet(loadModel(modelFile).graph, modelFile);
-  const emit: ArtifactName[] = [...resolved.emit];
+export function loadUNet(file: string): LoadedUNet {
+  const model = loadModel(file);
+  return { file, model, analysis: analyzeUNet(model.graph, file) };
+}
+
+export interface CheckedSpec {
+  resolved: ResolvedSpec;
+  file: string;
+  text: string;
+}
+
+/** Parses a spec file and checks it against the model. */
+export function checkSpecFile(unet: LoadedUNet, specFile: string): CheckedSpec {
+  const text = readSpecFile(specFile);
+  return { resolved: checkSpec(parseSpec(text, specFile), modelFacts(unet.model.graph, unet.analysis)), file: specFile, text };
+}
+
+function loraInitOf(spec: CheckedSpec, overrideFile?: string): LoraInit {
+  if (overrideFile) return { kind: 'file', file: overrideFile };
+  const init = spec.resolved.lora.init;
+  return init.kind === 'file' ? { kind: 'file', file: path.resolve(path.dirname(spec.file), init.path) } : { kind: 'gaussian', std: init.std, seed: spec.resolved.seed };
+}
+
+/** Compiles a loaded UNet with a checked spec into `options.out`; the library's compile entry. */
+export function compileSpec(unet: LoadedUNet, spec: CheckedSpec, options: CompileCliOptions): CompileManifest {
+  const r = spec.resolved;
   const manifest = compile({
-    modelFile,
+    model: unet.model,
+    modelFile: unet.file,
+    analysis: unet.analysis,
     outDir: options.out,
-    cutAfter: cutAfterFor(analysis, resolved.hollow.hollowed),
-    targets: resolved.lora.targets.map((t) => t.module),
-    lora: { rank: resolved.lora.rank, alpha: resolved.lora.alpha },
-    emit,
-    spec: { file: specFile, text },
-    training: trainingSettingsOf(resolved),
-    builders: trainingGraphBuilders(resolved),
+    lastKeptDown: lastKeptDownFor(unet.analysis, r.hollow.hollowed),
+    targets: r.lora.targets.map((t) => t.module),
+    lora: { rank: r.lora.rank, alpha: r.lora.alpha },
+    emit: [...r.emit],
+    spec: { file: spec.file, text: spec.text },
+    training: trainingSettingsOf(r),
     log: options.verbose ? (m) => process.stderr.write(`${m}\n`) : undefined,
   });
-  writeInitialLora(options.out, manifest, resolved, options.loraInit);
+  writeInitialLora(options.out, manifest, loraInitOf(spec, options.loraInit));
   return manifest;
+}
+
+/** `hollowc compile <unet> <spec> -o out/` as a function. */
+export function compileFromSpec(modelFile: string, specFile: string, options: CompileCliOptions): CompileManifest {
+  const unet = loadUNet(modelFile);
+  return compileSpec(unet, checkSpecFile(unet, specFile), options);
 }
 
 export function registerCompile(program: Command): void {
@@ -88,15 +119,6 @@ export function registerCompile(program: Command): void {
       const result = bakeCompiled(out, opts.lora, opts.output);
       process.stdout.write(`baked ${opts.lora} into ${result.file}: ${result.folded} layers folded into their weights, ${result.kept} kept as low-rank branches (weights shared with the base path)\n`);
     });
-}
-
-export function readManifest(out: string): CompileManifest {
-  const file = path.join(out, 'manifest.json');
-  try {
-    return JSON.parse(fs.readFileSync(file, 'utf8')) as CompileManifest;
-  } catch (e) {
-    throw new HollowcError(`not a compiled hollowc folder (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, file);
-  }
 }
 
 export function bakeCompiled(out: string, loraFile: string, output?: string): { file: string; folded: number; kept: number } {

@@ -9,18 +9,18 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command } from 'commander';
+import { parseCount } from './options';
 import { buildUNet } from '../models/builder';
 import { FAMILIES } from '../models/families';
 import { Rng, fillNormal } from '../models/random';
-import { trainingGraphBuilders } from '../passes/training-graphs';
 import { writeNpy } from '../runtime/npy';
 import { precompute } from '../runtime/precompute';
 import { formatBytes } from '../runtime/progress';
 import { Sampler } from '../runtime/sample';
 import { train } from '../runtime/train';
 import { loadTrainingData, readConditioning } from '../runtime/training-data';
-import { compileFromSpec, resolveSpecForModel } from './compile';
+import { compileFromSpec } from './compile';
 
 export interface DemoOptions {
   /** Folder to work in (default: a new temporary folder, kept). */
@@ -32,9 +32,8 @@ export interface DemoOptions {
 
 export interface DemoSummary {
   out: string;
-  trained: boolean;
-  lossBefore?: number;
-  lossAfter?: number;
+  lossBefore: number;
+  lossAfter: number;
   parameters: { full: number; heldDuringTraining: number; lora: number };
   storeBytes: number;
   storeRecordBytes: number;
@@ -97,8 +96,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoSummary> {
   log(`1. built a tiny SD 1.5 UNet (${built.parameterCount.toLocaleString('en-US')} parameters, random weights): ${lap('build')}`);
 
   const specFile = path.join(out, 'demo.hollow');
-  const specText = (withTrain: boolean) =>
-    [
+  const specText = [
       '# hollowc demo: the paper\'s main cut on a tiny SD 1.5',
       'model sd15',
       'hollow preset "39.2%"',
@@ -109,12 +107,10 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoSummary> {
       'loss prior_weight 1.0',
       'optimizer adamw lr 1e-3',
       `train steps ${steps} batch 1 checkpoint_every ${Math.max(1, Math.ceil(steps / 4))}`,
-      `emit precompute ${withTrain ? 'train ' : ''}infer`,
+      'emit precompute train infer',
       '',
     ].join('\n');
-  fs.writeFileSync(specFile, specText(true));
-  const canTrain = !!trainingGraphBuilders(resolveSpecForModel(built.file, specFile).resolved).train;
-  if (!canTrain) fs.writeFileSync(specFile, specText(false));
+  fs.writeFileSync(specFile, specText);
   const compiled = path.join(out, 'compiled');
   const manifest = compileFromSpec(built.file, specFile, { out: compiled });
   const p = manifest.parameters;
@@ -127,19 +123,12 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoSummary> {
   log(`3. precomputed ${pc.records} samples (${INSTANCES} subject latents, ${CLASSES} class latents): ${lap('precompute')}`);
   log(`   store: ${formatBytes(pc.recordBytes)} per sample, ${formatBytes(pc.totalBytes)} in all`);
 
-  let lossBefore: number | undefined;
-  let lossAfter: number | undefined;
-  if (canTrain) {
-    // One session for the loss before, the steps and the loss after: creating it is the slow part.
-    const r = await train({ out: compiled, steps, restart: true, evaluate: { batches: samples }, session: SESSION });
-    lossBefore = r.evaluation!.before;
-    lossAfter = r.evaluation!.after;
-    log(`4. trained ${steps} steps (${(steps / r.stepSeconds).toFixed(1)} it/s; the rest is starting train.onnx): ${lap('train')}`);
-    log(`   loss over the store: ${lossBefore.toFixed(5)} before, ${lossAfter.toFixed(5)} after`);
-  } else {
-    lap('train');
-    log('4. training skipped: this build of hollowc cannot emit train.onnx yet (passes/training-graphs.ts registers no builder)');
-  }
+  // One session for the loss before, the steps and the loss after: creating it is the slow part.
+  const r = await train({ out: compiled, steps, restart: true, evaluate: { batches: samples }, session: SESSION });
+  const lossBefore = r.evaluation!.before;
+  const lossAfter = r.evaluation!.after;
+  log(`4. trained ${steps} steps (${(steps / r.stepSeconds).toFixed(1)} it/s; the rest is starting train.onnx): ${lap('train')}`);
+  log(`   loss over the store: ${lossBefore.toFixed(5)} before, ${lossAfter.toFixed(5)} after`);
 
   const sampler = await Sampler.open({ out: compiled, session: SESSION });
   const latentsFile = path.join(out, 'latents.npy');
@@ -159,7 +148,6 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoSummary> {
   log(`peak RSS ${formatBytes(peak)}, total ${total.toFixed(1)} s`);
   return {
     out,
-    trained: canTrain,
     lossBefore,
     lossAfter,
     parameters: p,
@@ -169,12 +157,6 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoSummary> {
     seconds,
     latentsFile,
   };
-}
-
-function parseCount(text: string): number {
-  const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
-  if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError(`expected a positive integer, got ${JSON.stringify(text)}`);
-  return n;
 }
 
 export function registerDemo(program: Command): void {

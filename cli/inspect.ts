@@ -1,7 +1,7 @@
 /** `hollowc inspect`: the block table and valid cuts of a UNet graph. */
 import { Command } from 'commander';
 import { loadModel } from '../compiler/serde';
-import { UNetAnalysis, analyzeUNet } from '../passes/analyze-unet';
+import { UNetAnalysis, analyzeUNet } from '../passes/lib/analyze-unet';
 import { describeIds } from '../models/layout';
 import { presetsFor } from '../models/presets';
 
@@ -13,12 +13,12 @@ export function inspectJson(a: UNetAnalysis) {
     skips: a.skips.length,
     blocks: a.blocks.map((b) => ({ id: b.id, modules: b.modules, params: b.params })),
     cuts: a.cuts.map((c) => ({
-      after: c.after,
+      after: c.lastKeptDown,
       hollowed: c.hollowed,
       removedParams: c.removedParams,
       fraction: Number(c.fraction.toFixed(6)),
-      hollowActivation: c.hollowActivation,
-      shape: c.shape,
+      hollowActivation: c.activation.tensor,
+      shape: c.activation.shape,
     })),
   };
 }
@@ -42,9 +42,9 @@ export function inspectText(a: UNetAnalysis, file: string): string {
   lines.push('valid cuts (keep the down path through "after", hollow the rest of the middle):');
   lines.push(`${'after'.padEnd(idWidth)}  ${'removed'.padStart(13)}  ${'share'.padStart(6)}  preset    hollowed            hollow activation`);
   for (const c of a.cuts) {
-    const preset = presetOf.get(c.after) ?? '';
+    const preset = presetOf.get(c.lastKeptDown) ?? '';
     lines.push(
-      `${c.after.padEnd(idWidth)}  ${fmt(c.removedParams).padStart(13)}  ${pct(c.fraction).padStart(6)}  ${preset.padEnd(8)}  ${describeIds(a.layout, c.hollowed).padEnd(18)}  ${c.hollowActivation} [${c.shape.join(', ')}]`,
+      `${c.lastKeptDown.padEnd(idWidth)}  ${fmt(c.removedParams).padStart(13)}  ${pct(c.fraction).padStart(6)}  ${preset.padEnd(8)}  ${describeIds(a.layout, c.hollowed).padEnd(18)}  ${c.activation.tensor} [${c.activation.shape.join(', ')}]`,
     );
   }
   return lines.join('\n') + '\n';

@@ -1,9 +1,12 @@
 /**
  * A compact, stable text form of a graph for golden tests and debugging. Weights print as
- * type and shape only; small inline constants print their values.
+ * type and shape only; small constants (up to SMALL_CONSTANT elements, a few bytes read) print their values.
  */
+import { constFromTensor } from './constant-eval';
 import { dataTypeName } from './dtype';
-import { Attribute, Graph, Tensor, TensorType } from './ir';
+import { Attribute, Graph, Tensor, TensorType, tensorElementCount } from './ir';
+
+const SMALL_CONSTANT = 8;
 
 function typeText(t: TensorType | undefined): string {
   if (!t) return '?';
@@ -12,8 +15,9 @@ function typeText(t: TensorType | undefined): string {
 }
 
 function tensorText(t: Tensor): string {
-  const where = t.data.kind === 'external' ? ' external' : '';
-  return `${dataTypeName(t.dataType)}[${t.dims.join(',')}]${where}`;
+  const values = tensorElementCount(t) <= SMALL_CONSTANT ? constFromTensor(t)?.data : undefined;
+  const shown = values ? ` {${values.map((x) => String(Number.isInteger(x) ? x : Number(x.toPrecision(7)))).join(', ')}}` : '';
+  return `${dataTypeName(t.dataType)}[${t.dims.join(',')}]${shown}${t.data.kind === 'external' ? ' external' : ''}`;
 }
 
 function attrText(a: Attribute): string {

@@ -1,6 +1,7 @@
 // Statements -> Spec: rejects duplicates, fills defaults, and checks what involves several
 // statements (a preset against an explicit `model`, `emit precompute` under `hollow none`).
-import { Artifact, ARTIFACTS, DEFAULTS, DEFAULT_TARGETS, ModelFamily, presetListText, presetsFor } from './presets';
+import { DEFAULTS, DEFAULT_TARGETS } from '../models/training-defaults';
+import { EmitArtifact, EMIT_ARTIFACTS, FamilyName, presetListText, presetsFor } from './presets';
 import { Hollow, LoraInit, Num, Option, ShapeDecl, Spec, Statement, Valued } from './ast';
 import { SourcePos, SourceText, SpecError, specErrorAt } from './diagnostics';
 
@@ -159,10 +160,10 @@ function options(list: readonly Option[] | undefined): Map<string, readonly Num[
   return out;
 }
 
-function emitList(emit: Of<'emit'> | undefined, hollow: Hollow, fail: Fail): Valued<readonly Artifact[]> {
+function emitList(emit: Of<'emit'> | undefined, hollow: Hollow, fail: Fail): Valued<readonly EmitArtifact[]> {
   if (emit === undefined) {
     // Without a hollow activation there is nothing to precompute.
-    const value = hollow.kind === 'none' ? ARTIFACTS.filter((a) => a !== 'precompute') : ARTIFACTS;
+    const value = hollow.kind === 'none' ? EMIT_ARTIFACTS.filter((a) => a !== 'precompute') : EMIT_ARTIFACTS;
     return { value };
   }
   const asked = new Set(emit.artifacts.map((a) => a.value));
@@ -174,10 +175,10 @@ function emitList(emit: Of<'emit'> | undefined, hollow: Hollow, fail: Fail): Val
       'drop "precompute" from emit, or hollow some blocks',
     );
   }
-  return { value: ARTIFACTS.filter((a) => asked.has(a)), pos: emit.pos };
+  return { value: EMIT_ARTIFACTS.filter((a) => asked.has(a)), pos: emit.pos };
 }
 
-function checkPresetFamily(hollow: Hollow, family: ModelFamily, fail: Fail): void {
+function checkPresetFamily(hollow: Hollow, family: FamilyName, fail: Fail): void {
   if (hollow.kind !== 'preset') return;
   const valid = presetsFor(family);
   if (valid.includes(hollow.preset.value)) return;

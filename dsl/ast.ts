@@ -40,12 +40,12 @@
 import { CstChildrenDictionary, CstNode, IToken } from 'chevrotain';
 import { Located, SourcePos, SourceText, SpecError, specErrorAt } from './diagnostics';
 import { parser } from './parser';
-import { ALL_PRESETS, Artifact, ModelChoice, Prediction, SD_PRESETS, presetListText } from './presets';
+import { ALL_PRESETS, EmitArtifact, ModelChoice, Prediction, SD_PRESETS, presetListText } from './presets';
 import { didYouMean } from './suggest';
 import { globProblem } from './glob';
 
 export type { SourcePos, Located } from './diagnostics';
-export type { ModelFamily, ModelChoice, Prediction, Artifact } from './presets';
+export type { FamilyName, ModelChoice, Prediction, EmitArtifact } from './presets';
 
 /** A value with the position of the token(s) it was written as. */
 export interface Valued<T> extends Located {
@@ -95,7 +95,7 @@ export interface Spec extends SourceText {
   };
   readonly loss: {
     readonly kind: 'mse';
-    /** undefined: the family's default (presets.ts DEFAULT_PREDICTION). */
+    /** undefined: the family's default (FAMILIES[family].predictionType). */
     readonly prediction: Valued<Prediction | undefined>;
     readonly priorWeight: Num;
   };
@@ -108,7 +108,7 @@ export interface Spec extends SourceText {
     readonly weightDecay: Num;
   };
   /** Canonical order (precompute, train, grads, infer), whatever order they were written in. */
-  readonly emit: Valued<readonly Artifact[]>;
+  readonly emit: Valued<readonly EmitArtifact[]>;
   readonly seed: Num;
   readonly train: { readonly steps: Num; readonly batch: Num; readonly checkpointEvery: Num };
 }
@@ -126,7 +126,7 @@ export type Statement =
   | { readonly kind: 'loss mse'; readonly pos: SourcePos; readonly prediction?: Valued<Prediction> }
   | { readonly kind: 'loss prior_weight'; readonly pos: SourcePos; readonly priorWeight: Num }
   | { readonly kind: 'optimizer'; readonly pos: SourcePos; readonly options: readonly Option[] }
-  | { readonly kind: 'emit'; readonly pos: SourcePos; readonly artifacts: readonly Valued<Artifact>[] }
+  | { readonly kind: 'emit'; readonly pos: SourcePos; readonly artifacts: readonly Valued<EmitArtifact>[] }
   | { readonly kind: 'seed'; readonly pos: SourcePos; readonly seed: Num }
   | { readonly kind: 'train'; readonly pos: SourcePos; readonly options: readonly Option[] };
 
@@ -433,11 +433,11 @@ export class StatementBuilder extends BaseVisitor {
       .flatMap(([, v]) => v as IToken[])
       .sort((a, b) => a.startOffset - b.startOffset);
     const seen = new Set<string>();
-    const artifacts: Valued<Artifact>[] = [];
+    const artifacts: Valued<EmitArtifact>[] = [];
     for (const t of toks) {
       if (seen.has(t.image)) this.fail(posOf(t), `"${t.image}" is listed twice`);
       seen.add(t.image);
-      artifacts.push({ value: t.image as Artifact, pos: posOf(t) });
+      artifacts.push({ value: t.image as EmitArtifact, pos: posOf(t) });
     }
     return { kind: 'emit', pos: posOf(head), artifacts };
   }

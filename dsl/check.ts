@@ -6,7 +6,8 @@
 import { Hollow, Spec, Valued } from './ast';
 import { SourcePos, SpecError, specErrorAt, throwIfAny } from './diagnostics';
 import { matchesGlob } from './glob';
-import { Artifact, DEFAULT_PREDICTION, ModelFamily, Prediction, presetListText, presetsFor } from './presets';
+import { FAMILIES } from '../models/families';
+import { EmitArtifact, FamilyName, Prediction, presetListText, presetsFor } from './presets';
 import { closestFirst } from './suggest';
 
 /** One paper-numbered layer (`3-2`), in graph order: down layers, then mid, then up. */
@@ -40,7 +41,7 @@ export type HollowRequest =
   | { readonly none: true };
 
 export interface ModelFacts {
-  readonly family: ModelFamily;
+  readonly family: FamilyName;
   readonly layers: readonly LayerFacts[];
   /** The hollowed layer ids (graph order). Throws an Error whose message explains why the
    * request is invalid (non-contiguous, asymmetric, ...) and which blocks would make it valid. */
@@ -59,7 +60,7 @@ export interface ResolvedTarget extends LoraCandidate {
 /** The spec with every choice made concrete for one model. `spec` keeps positions for errors. */
 export interface ResolvedSpec {
   readonly spec: Spec;
-  readonly family: ModelFamily;
+  readonly family: FamilyName;
   readonly hollow: { readonly kind: Hollow['kind']; readonly hollowed: readonly string[] };
   /** Only the inputs the spec gives shapes for, in spec order. */
   readonly shapes: Readonly<Record<string, readonly number[]>>;
@@ -80,7 +81,7 @@ export interface ResolvedSpec {
     readonly eps: number;
     readonly weightDecay: number;
   };
-  readonly emit: readonly Artifact[];
+  readonly emit: readonly EmitArtifact[];
   readonly seed: number;
   readonly train: { readonly steps: number; readonly batch: number; readonly checkpointEvery: number };
 }
@@ -117,7 +118,7 @@ export function checkSpec(spec: Spec, facts: ModelFacts): ResolvedSpec {
     },
     loss: {
       kind: 'mse',
-      prediction: spec.loss.prediction.value ?? DEFAULT_PREDICTION[family],
+      prediction: spec.loss.prediction.value ?? FAMILIES[family].predictionType,
       priorWeight: spec.loss.priorWeight.value,
     },
     optimizer: {

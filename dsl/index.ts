@@ -11,16 +11,13 @@ export type { Spec, Hollow, BlockItem, ShapeDecl, LoraInit, Valued, Num } from '
 export { compareBlockIds } from './ast';
 export { SpecError, specErrorAt } from './diagnostics';
 export type { SourcePos, Located, SourceText } from './diagnostics';
-export type { ModelFamily, ModelChoice, Prediction, Artifact } from './presets';
+export type { ModelChoice, EmitArtifact } from './presets';
 export {
-  ARTIFACTS,
+  EMIT_ARTIFACTS,
   SD_PRESETS,
   SDXL_PRESETS,
   ALL_PRESETS,
   presetsFor,
-  DEFAULT_PREDICTION,
-  DEFAULT_TARGETS,
-  DEFAULTS,
 } from './presets';
 export { matchesGlob, globProblem, globRegex } from './glob';
 export { checkSpec } from './check';

@@ -2,6 +2,7 @@
 // `unet/config.json` files, tiny test configs with the same structure, and the few facts outside
 // the UNet config that training needs (VAE scaling, noise schedule, prediction type, shapes).
 
+import type { Prediction } from '../compiler/manifest';
 import { DIFFUSERS_DEFAULTS, UNetConfig } from './config';
 
 export type FamilyName = 'sd15' | 'sd21' | 'sdxl';
@@ -9,8 +10,6 @@ export type ModelName = FamilyName | 'sd15-tiny' | 'sd21-tiny' | 'sdxl-tiny';
 
 export const FAMILY_NAMES: readonly FamilyName[] = ['sd15', 'sd21', 'sdxl'];
 export const MODEL_NAMES: readonly ModelName[] = ['sd15', 'sd15-tiny', 'sd21', 'sd21-tiny', 'sdxl', 'sdxl-tiny'];
-
-export type PredictionType = 'epsilon' | 'v_prediction';
 
 /** diffusers scheduler config fields that define the forward process (DDPM/DDIM/PNDM alike). */
 export interface NoiseSchedule {
@@ -47,7 +46,7 @@ export interface Family {
   /** latents = VAE.encode(image) * vaeScalingFactor */
   readonly vaeScalingFactor: number;
   readonly noiseSchedule: NoiseSchedule;
-  readonly predictionType: PredictionType;
+  readonly predictionType: Prediction;
 }
 
 const SD_SCHEDULE: NoiseSchedule = {

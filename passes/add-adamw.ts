@@ -14,7 +14,10 @@ import { GraphBuilder } from '../compiler/builder';
 import { DataType } from '../compiler/dtype';
 import { HollowcError } from '../compiler/errors';
 import { Graph, Model, Value } from '../compiler/ir';
-import { OpEmitter, staticShapeOf } from './opset-emit';
+import { LEARNING_RATE, STEP, expAvgName, expAvgSqName, updatedName } from '../compiler/manifest';
+import { OpEmitter, staticShapeOf } from '../compiler/op-emitter';
+import { Pass } from '../compiler/pass';
+import { ArtifactState, loraValues } from './lib/artifact-state';
 
 export interface AdamWOptions {
   beta1?: number;
@@ -63,9 +66,9 @@ export function addAdamW(model: Model, params: readonly Value[], gradients: Read
     if (p.type?.elemType !== elemType) throw new HollowcError(`addAdamW: parameter ${p.name} has another element type than ${params[0].name}`);
     if (!gradients.has(p)) throw new HollowcError(`addAdamW: no gradient for parameter ${p.name}`);
   }
-  const lr = g.addInput(options.lrName ?? 'lr', { elemType, shape: [...(options.lrShape ?? [1])] });
+  const lr = g.addInput(options.lrName ?? LEARNING_RATE, { elemType, shape: [...(options.lrShape ?? [1])] });
   const stepIsInt = (options.stepType ?? 'int64') === 'int64';
-  const step = g.addInput(options.stepName ?? 'step', { elemType: stepIsInt ? DataType.INT64 : elemType, shape: [1] });
+  const step = g.addInput(options.stepName ?? STEP, { elemType: stepIsInt ? DataType.INT64 : elemType, shape: [1] });
 
   const e = new OpEmitter(new GraphBuilder(g, '/adamw'), model.opsetVersion(''));
   const constants = new Map<number, Value>();
@@ -84,17 +87,28 @@ export function addAdamW(model: Model, params: readonly Value[], gradients: Read
     const pe = e.within(param.name);
     const grad = gradients.get(param)!;
     const type = { elemType, shape: [...staticShapeOf(param)] };
-    const expAvg = g.addInput(`${param.name}.exp_avg`, { ...type, shape: [...type.shape] });
-    const expAvgSq = g.addInput(`${param.name}.exp_avg_sq`, { ...type, shape: [...type.shape] });
+    const expAvg = g.addInput(expAvgName(param.name), { ...type, shape: [...type.shape] });
+    const expAvgSq = g.addInput(expAvgSqName(param.name), { ...type, shape: [...type.shape] });
     const m = pe.op('Add', [pe.op('Mul', [expAvg, c(beta1)]), pe.op('Mul', [grad, c(1 - beta1)])]);
     const v = pe.op('Add', [pe.op('Mul', [expAvgSq, c(beta2)]), pe.op('Mul', [pe.op('Mul', [grad, grad]), c(1 - beta2)])]);
-    const expAvgUpdated = namedOutput(g, 'Identity', [m], `${param.name}.exp_avg.updated`, param);
-    const expAvgSqUpdated = namedOutput(g, 'Identity', [v], `${param.name}.exp_avg_sq.updated`, param);
+    const expAvgUpdated = namedOutput(g, 'Identity', [m], updatedName(expAvgName(param.name)), param);
+    const expAvgSqUpdated = namedOutput(g, 'Identity', [v], updatedName(expAvgSqName(param.name)), param);
     const denom = pe.op('Add', [pe.op('Div', [pe.op('Sqrt', [v]), biasCorrection2Sqrt]), c(eps)]);
     const delta = pe.op('Mul', [pe.op('Div', [m, denom]), stepSize]);
     const decayed = decay ? pe.op('Mul', [param, decay]) : param;
-    const updated = namedOutput(g, 'Sub', [decayed, delta], `${param.name}.updated`, param);
+    const updated = namedOutput(g, 'Sub', [decayed, delta], updatedName(param.name), param);
     return { param, grad, expAvg, expAvgSq, updated, expAvgUpdated, expAvgSqUpdated };
   });
   return { lr, step, states };
 }
+
+/** train.onnx: the step updates every LoRA parameter with the spec's AdamW constants. */
+export const addAdamWPass: Pass<ArtifactState> = {
+  name: 'add-adamw',
+  requires: ['loraParams', 'gradients'],
+  run(model, state) {
+    const { betas, eps, weightDecay } = state.training.optimizer;
+    const r = addAdamW(model, loraValues(model, state), state.gradients!, { beta1: betas[0], beta2: betas[1], eps, weightDecay });
+    return { changed: true, summary: `AdamW on ${r.states.length} tensors` };
+  },
+};

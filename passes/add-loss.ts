@@ -8,7 +8,10 @@
 import { GraphBuilder } from '../compiler/builder';
 import { HollowcError } from '../compiler/errors';
 import { Model, Value } from '../compiler/ir';
-import { OpEmitter, staticShapeOf } from './opset-emit';
+import { LOSS, LOSS_WEIGHT, OUT_SAMPLE, TARGET } from '../compiler/manifest';
+import { OpEmitter, staticShapeOf } from '../compiler/op-emitter';
+import { Pass } from '../compiler/pass';
+import { ArtifactState } from './lib/artifact-state';
 
 export interface LossOptions {
   targetName?: string;
@@ -24,7 +27,7 @@ export interface LossResult {
 
 export function addLoss(model: Model, prediction: Value, options: LossOptions = {}): LossResult {
   const g = model.graph;
-  const names = { target: options.targetName ?? 'target', weight: options.weightName ?? 'loss_weight', loss: options.lossName ?? 'loss' };
+  const names = { target: options.targetName ?? TARGET, weight: options.weightName ?? LOSS_WEIGHT, loss: options.lossName ?? LOSS };
   for (const name of Object.values(names)) {
     if (g.tryValue(name)) throw new HollowcError(`addLoss: the graph already has a value named ${JSON.stringify(name)}`);
   }
@@ -43,3 +46,16 @@ export function addLoss(model: Model, prediction: Value, options: LossOptions = 
   g.outputs.push(loss);
   return { loss, target, lossWeight };
 }
+
+/** The UNet's prediction goes into the loss, which becomes the graph's only output. */
+export const addLossPass: Pass<ArtifactState> = {
+  name: 'add-loss',
+  ensures: ['loss'],
+  run(model, state) {
+    const g = model.graph;
+    const prediction = g.outputs.find((o) => o.name === OUT_SAMPLE) ?? g.outputs[0];
+    state.loss = addLoss(model, prediction).loss;
+    g.outputs = [state.loss];
+    return { changed: true, summary: `mse(${prediction.name}, ${TARGET}) weighted by ${LOSS_WEIGHT}` };
+  },
+};

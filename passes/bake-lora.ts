@@ -4,14 +4,14 @@
  * where path 1 (the base path) shares the weight, the branch stays with A and B as initializers,
  * so the base path keeps computing the base model. Only the weights of folded layers are read.
  */
-import { HollowcError } from '../compiler/errors';
-import { Graph, Value, inlineTensor } from '../compiler/ir';
-import { readTensorBytes } from '../compiler/serde';
-import { DataType } from '../compiler/dtype';
 import { tensorFromTyped } from '../compiler/builder';
-import { findLoraSites, LoraSite } from './lora-targets';
-import { loraParamNames } from './insert-lora';
-import { isBasePath } from './merge-two-path';
+import { DataType } from '../compiler/dtype';
+import { HollowcError } from '../compiler/errors';
+import { Graph, Node, Value, inlineTensor } from '../compiler/ir';
+import { isLoraParam, loraParamNames } from '../compiler/manifest';
+import { readTensorBytes } from '../compiler/serde';
+import { isBasePath } from './add-base-path';
+import { findLoraSites, LoraSite } from './lib/lora-sites';
 
 export interface BakeResult {
   folded: string[];
@@ -47,12 +47,28 @@ function foldInto(site: LoraSite, w: Float32Array, a: Float32Array, b: Float32Ar
 }
 
 /**
+ * The Add that joins a LoRA branch to its layer: insert-lora's `layer output + scale · up(down(x))`,
+ * found from the B tensor forwards (the branch is the only thing that reads B).
+ */
+function branchJoin(site: LoraSite, b: Value): Node | undefined {
+  const seen = new Set<Value>([b]);
+  const stack = [b];
+  while (stack.length) {
+    for (const u of stack.pop()!.uses) {
+      if (u.node.opType === 'Add' && u.node.inputs.includes(site.output)) return u.node;
+      for (const out of u.node.outputs) if (!seen.has(out)) seen.add(out), stack.push(out);
+    }
+  }
+  return undefined;
+}
+
+/**
  * Bakes `values` (LoRA tensor name -> values) into `g`, an infer graph with LoRA inputs.
  * Every LoRA input of the graph must have a value.
  */
 export function bakeLora(g: Graph, values: Map<string, Float32Array>, rank: number, scale: number): BakeResult {
   const result: BakeResult = { folded: [], kept: [] };
-  const loraInputs = g.inputs.filter((v) => /\.lora_[AB]\.weight$/.test(v.name));
+  const loraInputs = g.inputs.filter((v) => isLoraParam(v.name));
   const missing = loraInputs.filter((v) => !values.has(v.name)).map((v) => v.name);
   if (missing.length) throw new HollowcError(`the LoRA file lacks ${missing.length} tensor(s) the graph needs, e.g. ${missing.slice(0, 3).join(', ')}`);
   const sites = findLoraSites(g).filter((s) => !isBasePath(s.node));
@@ -64,6 +80,8 @@ export function bakeLora(g: Graph, values: Map<string, Float32Array>, rank: numb
     const a = values.get(names.a)!;
     const b = values.get(names.b)!;
     const weight = site.node.inputs[1]!;
+    const join = branchJoin(site, bIn);
+    if (!join) throw new Error(`internal: no LoRA branch after ${site.module}`);
     const shared = weight.uses.some((u) => isBasePath(u.node));
     if (shared) {
       // The base path reads this weight too: keep the branch, its tensors become constants.
@@ -78,13 +96,11 @@ export function bakeLora(g: Graph, values: Map<string, Float32Array>, rank: numb
     const folded = foldInto(site, float32Of(weight), a, b, rank, scale);
     const baked = g.addInitializer(inlineTensor(g.freshName(`${weight.name}.baked`), DataType.FLOAT, [...weight.initializer!.dims], new Uint8Array(folded.buffer)));
     g.setInput(site.node, 1, baked);
-    // The branch ends in Add(site output, scaled delta): its readers read the layer output again.
-    const branchAdd = site.output.uses.find((u) => u.node.opType === 'Add' && u.node.name.includes('/lora/'))?.node;
-    if (!branchAdd) throw new Error(`internal: no LoRA branch after ${site.module}`);
-    g.replaceAllUsesWith(branchAdd.outputs[0], site.output);
+    // The layer's readers read the layer output again; the branch is then dead.
+    g.replaceAllUsesWith(join.outputs[0], site.output);
     result.folded.push(site.module);
   }
   g.eliminateDeadNodes();
-  for (const v of [...g.inputs]) if (v.uses.length === 0 && /\.lora_[AB]\.weight$/.test(v.name)) g.deleteValue(v);
+  for (const v of [...g.inputs]) if (v.uses.length === 0 && isLoraParam(v.name)) g.deleteValue(v);
   return result;
 }

@@ -11,10 +11,12 @@
 import { GraphBuilder } from '../compiler/builder';
 import { HollowcError } from '../compiler/errors';
 import { Graph, Model, Node, Value } from '../compiler/ir';
-import { isFloatType, mergeEqualConstants } from './fold-constants';
-import { GRADIENT_RULES, GradContext, NO_GRADIENT_OPS, constantInts } from './gradient-rules';
-import { OpEmitter, staticShapeOf } from './opset-emit';
-import { inferShapes } from './shape-inference';
+import { Pass } from '../compiler/pass';
+import { ArtifactState, loraValues } from './lib/artifact-state';
+import { isFloatType, mergeEqualConstants } from '../compiler/constant-eval';
+import { GRADIENT_RULES, GradContext, NO_GRADIENT_OPS, constantInts } from './lib/gradient-rules';
+import { OpEmitter, staticShapeOf } from '../compiler/op-emitter';
+import { inferShapes } from '../compiler/shape-inference';
 
 export interface DifferentiateOptions {
   /** Gradient of the loss itself (default: ones shaped like the loss). */
@@ -204,20 +206,14 @@ function removeUnreadNodes(g: Graph, added: readonly Node[], keep: ReadonlySet<V
   }
 }
 
-/**
- * Exposes gradients as graph outputs named `<wrt name><suffix>` (Identity nodes, so the
- * names are exact). Returns the output values by wrt.
- */
-export function addGradientOutputs(graph: Graph, gradients: ReadonlyMap<Value, Value>, suffix = '.grad'): Map<Value, Value> {
-  const out = new Map<Value, Value>();
-  for (const [w, gw] of gradients) {
-    const name = `${w.name}${suffix}`;
-    if (graph.tryValue(name)) throw new HollowcError(`cannot name the gradient of ${w.name} ${JSON.stringify(name)}: the name is taken`);
-    const node: Node = graph.addNode({ opType: 'Identity', name: `/grad_outputs/${name}`, inputs: [gw], outputs: [name] });
-    const v = node.outputs[0];
-    v.type = { elemType: w.type!.elemType, shape: [...staticShapeOf(w)] };
-    graph.outputs.push(v);
-    out.set(w, v);
-  }
-  return out;
-}
+/** Gradients of the loss w.r.t. the LoRA parameters only: the base stays frozen. */
+export const differentiatePass: Pass<ArtifactState> = {
+  name: 'differentiate',
+  requires: ['loss', 'loraParams'],
+  ensures: ['gradients'],
+  run(model, state) {
+    const r = differentiate(model, state.loss!, loraValues(model, state));
+    state.gradients = r.gradients;
+    return { changed: true, summary: `${r.nodesDifferentiated} nodes differentiated, ${r.nodesAdded} added` };
+  },
+};

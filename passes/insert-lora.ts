@@ -5,35 +5,16 @@
  * B [out, r, 1, 1]. These are the peft/kohya shapes, so trained tensors export unchanged.
  * A and B become graph inputs named `<module path>.lora_A.weight` / `.lora_B.weight`.
  */
-import { GraphBuilder } from '../compiler/builder';
+import { Attrs, GraphBuilder } from '../compiler/builder';
 import { DataType } from '../compiler/dtype';
 import { HollowcError } from '../compiler/errors';
-import { Attrs } from '../compiler/builder';
 import { Graph, Value } from '../compiler/ir';
-import { LoraSite } from './lora-targets';
-
-export interface LoraConfig {
-  rank: number;
-  alpha: number;
-}
-
-export interface LoraParam {
-  /** Graph input name: `<module>.lora_A.weight` or `<module>.lora_B.weight`. */
-  name: string;
-  module: string;
-  role: 'A' | 'B';
-  shape: number[];
-}
-
-export function loraParamNames(module: string): { a: string; b: string } {
-  return { a: `${module}.lora_A.weight`, b: `${module}.lora_B.weight` };
-}
-
-export function loraShapes(site: Pick<LoraSite, 'kind' | 'inFeatures' | 'outFeatures' | 'kernel'>, rank: number): { a: number[]; b: number[] } {
-  return site.kind === 'conv'
-    ? { a: [rank, site.inFeatures, ...site.kernel], b: [site.outFeatures, rank, 1, 1] }
-    : { a: [rank, site.inFeatures], b: [site.outFeatures, rank] };
-}
+import { loraParamNames } from '../compiler/manifest';
+import { isWithin } from '../compiler/module-scope';
+import { Pass } from '../compiler/pass';
+import { isBasePath } from './add-base-path';
+import { ArtifactState, LoraConfig, LoraParam } from './lib/artifact-state';
+import { LoraSite, loraShapes, selectSites } from './lib/lora-sites';
 
 function scopeOf(nodeName: string): string {
   const cut = nodeName.lastIndexOf('/');
@@ -81,3 +62,19 @@ function convDelta(builder: GraphBuilder, site: LoraSite, a: Value, b: Value): V
   const down = builder.op('Conv', [site.input, a], attrs);
   return builder.op('Conv', [down, b]);
 }
+
+/**
+ * LoRA on the targets outside the hollow (inside it they never run with LoRA). In infer.onnx the
+ * base path's copies of a target are skipped: path 1 stays the base model.
+ */
+export const insertLoraPass: Pass<ArtifactState> = {
+  name: 'insert-lora',
+  ensures: ['loraParams'],
+  run(model, state) {
+    const cut = state.cut;
+    const trained = cut ? state.targets.filter((t) => !cut.hollowedModules.some((m) => isWithin(t, m))) : [...state.targets];
+    const sites = selectSites(model.graph, trained, state.label).filter((s) => !isBasePath(s.node));
+    state.loraParams = insertLora(model.graph, sites, state.lora);
+    return { changed: sites.length > 0, summary: `LoRA rank ${state.lora.rank} on ${sites.length} layers` };
+  },
+};

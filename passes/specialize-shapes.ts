@@ -8,9 +8,13 @@
  */
 import { DataType } from '../compiler/dtype';
 import { HollowcError } from '../compiler/errors';
-import { Graph, Model, Node, Value } from '../compiler/ir';
-import { ConstTensor, mergeEqualConstants, resolveSlice, sizeOf, tensorFromConst } from './fold-constants';
-import { ShapeAnalysis, inferShapes } from './shape-inference';
+import { Dim, Graph, Model, Node, Value } from '../compiler/ir';
+import { HOLLOW_ACTIVATION, isLoraParam } from '../compiler/manifest';
+import { Pass } from '../compiler/pass';
+import { FAMILIES, FamilyName } from '../models/families';
+import { ArtifactState } from './lib/artifact-state';
+import { ConstTensor, mergeEqualConstants, resolveSlice, sizeOf, tensorFromConst } from '../compiler/constant-eval';
+import { ShapeAnalysis, inferShapes } from '../compiler/shape-inference';
 
 export interface SpecializeOptions {
   /** Write every value's shape into value_info (default true; onnxruntime checks them). */
@@ -183,8 +187,50 @@ export function specializeShapes(model: Model, shapes: Record<string, number[]>,
   return { model, changed: g.nodes.length !== nodesBefore || folded > 0, nodesBefore, nodesAfter: g.nodes.length, folded, simplified };
 }
 
-/** The pass as a pipeline entry: `specializeShapesPass(shapes)(model)`. */
-export function specializeShapesPass(shapes: Record<string, number[]>, options?: SpecializeOptions): (model: Model) => SpecializeResult {
-  return (model) => specializeShapes(model, shapes, options);
+/** Family default latent side and text length, used for dims a spec leaves open. */
+function defaultDims(family: FamilyName, batch: number): Record<string, number> {
+  const sample = FAMILIES[family].full.shapes.sample;
+  return { batch, height: sample[2], width: sample[3], sequence: FAMILIES[family].full.shapes.encoder_hidden_states[1] };
 }
 
+/** `height/4` with height = 64 -> 16. */
+function resolveDim(d: Dim, dims: Record<string, number>, input: string): number {
+  if (typeof d === 'number') return d;
+  if (typeof d === 'string') {
+    const m = /^([A-Za-z_]\w*)(?:\/(\d+))?$/.exec(d);
+    if (m && dims[m[1]] !== undefined) return m[2] ? dims[m[1]] / Number(m[2]) : dims[m[1]];
+  }
+  throw new HollowcError(`no static size for dimension ${JSON.stringify(d)} of ${input}: give it with a "shape ${input} [...]" line in the spec`);
+}
+
+/** Static shapes for every input of the hollowed forward graph (LoRA tensors are static already). */
+export function trainingShapes(forward: Model, family: FamilyName, options: { shapes: Readonly<Record<string, readonly number[]>>; batch: number }): Record<string, number[]> {
+  const dims = defaultDims(family, options.batch);
+  // Dims the spec fixes through the UNet's inputs (e.g. sample [1, 4, 32, 32] -> height 32).
+  for (const v of forward.graph.inputs) {
+    const given = options.shapes[v.name];
+    v.type?.shape?.forEach((d, i) => {
+      if (typeof d === 'string' && given?.[i] !== undefined) dims[d] = given[i];
+    });
+  }
+  const shapes: Record<string, number[]> = {};
+  for (const v of forward.graph.inputs) {
+    if (isLoraParam(v.name)) continue;
+    const given = options.shapes[v.name];
+    shapes[v.name] = given ? [...given] : (v.type?.shape ?? []).map((d) => resolveDim(d, dims, v.name));
+  }
+  const h = shapes[HOLLOW_ACTIVATION];
+  if (h && !h.every((x) => Number.isInteger(x) && x > 0)) {
+    throw new HollowcError(`the hollow activation would be [${h}]: the latent size must be divisible by the UNet's downsampling`);
+  }
+  return shapes;
+}
+
+/** The training graphs are built for static shapes: the spec's, else the family's defaults. */
+export const specializeShapesPass: Pass<ArtifactState> = {
+  name: 'specialize-shapes',
+  run(model, state) {
+    const r = specializeShapes(model, trainingShapes(model, state.analysis.family, state.training));
+    return { changed: r.changed, summary: `${r.nodesBefore} -> ${r.nodesAfter} nodes, ${r.folded} folded, ${r.simplified} no-ops bypassed` };
+  },
+};

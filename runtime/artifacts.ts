@@ -7,50 +7,24 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../compiler/errors';
-import { DEFAULTS, DEFAULT_PREDICTION } from '../dsl';
-import type { ModelFamily } from '../dsl';
-import type { ArtifactDescription, CompileManifest, TensorDescription, TrainingSettings } from '../passes/compile';
-import { FAMILIES, FamilyName } from '../models/families';
+import { ArtifactDescription, ArtifactName, CompileManifest, SAMPLE, TensorDescription, readManifest } from '../compiler/manifest';
+import { FAMILIES, FamilyName, isFamilyName } from '../models/families';
 
+/** The manifest of a compiled folder, validated, with a family this hollowc knows. */
 export function loadManifest(out: string): CompileManifest {
-  const file = path.join(out, 'manifest.json');
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new HollowcError(`not a compiled hollowc folder (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); run hollowc compile first`, file);
-  }
-  try {
-    return JSON.parse(text) as CompileManifest;
-  } catch (e) {
-    throw new HollowcError(`manifest is not JSON: ${(e as Error).message}`, file);
-  }
+  const manifest = readManifest(out);
+  if (!isFamilyName(manifest.family)) throw new HollowcError(`unknown model family ${JSON.stringify(manifest.family)} in the manifest`, out);
+  return manifest;
 }
 
-export function requireArtifact(out: string, manifest: CompileManifest, name: keyof CompileManifest['artifacts'], why: string): ArtifactDescription & { path: string } {
+export function familyOf(manifest: CompileManifest): FamilyName {
+  return manifest.family as FamilyName;
+}
+
+export function requireArtifact(out: string, manifest: CompileManifest, name: ArtifactName, why: string): ArtifactDescription & { path: string } {
   const a = manifest.artifacts[name];
   if (!a) throw new HollowcError(`this folder has no ${name}.onnx, which ${why} needs (add \`${name}\` to the spec's emit line and compile again)`, out);
   return { ...a, path: path.join(out, a.file) };
-}
-
-export type { TrainingSettings };
-
-/**
- * The spec's training settings, as compile recorded them in the manifest; a manifest written by
- * `compile()` without a spec gets the language's defaults for its family.
- */
-export function trainingSettings(manifest: CompileManifest): TrainingSettings {
-  const family = manifest.family as ModelFamily;
-  return {
-    prediction: DEFAULT_PREDICTION[family] ?? 'epsilon',
-    priorWeight: DEFAULTS.priorWeight,
-    seed: DEFAULTS.seed,
-    lr: DEFAULTS.lr,
-    steps: DEFAULTS.steps,
-    batch: DEFAULTS.batch,
-    checkpointEvery: DEFAULTS.steps,
-    ...manifest.training,
-  };
 }
 
 export type TensorValues = Float32Array | number[];
@@ -97,11 +71,9 @@ export function float32Data(t: ort.Tensor, name: string): Float32Array {
  * the spec's `shape sample` line, else the family's default training shape.
  */
 export function defaultLatentShape(manifest: CompileManifest): number[] {
-  const fromTrain = manifest.artifacts.train?.inputs.find((i) => i.name === 'sample')?.shape.slice(1);
+  const fromTrain = manifest.artifacts.train?.inputs.find((i) => i.name === SAMPLE)?.shape.slice(1);
   if (fromTrain && fromTrain.length === 3 && fromTrain.every((d) => typeof d === 'number')) return fromTrain as number[];
-  const declared = manifest.training?.shapes?.sample;
+  const declared = manifest.training.shapes[SAMPLE];
   if (declared && declared.length === 4) return declared.slice(1);
-  const family = FAMILIES[manifest.family as FamilyName];
-  if (!family) throw new HollowcError(`unknown family ${manifest.family}: give the latent size`);
-  return family.full.shapes.sample.slice(1);
+  return FAMILIES[familyOf(manifest)].full.shapes.sample.slice(1);
 }

@@ -12,7 +12,8 @@ import { HollowcError } from '../compiler/errors';
 import { loadManifest } from './artifacts';
 import { LoraFormat, LoraModuleValues, readLoraFile, writeLoraFile } from './lora-file';
 import { readSafetensors } from './safetensors';
-import { CHECKPOINT_FILE, LORA_FILE, TRAIN_DIR, loraModules, paramsFromCheckpoint } from './train';
+import { CHECKPOINT_FILE, TRAIN_DIR, paramsFromCheckpoint } from './checkpoint';
+import { LORA_FILE, loraModules } from './train';
 
 export interface ExportOptions {
   out: string;

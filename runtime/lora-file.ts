@@ -7,7 +7,7 @@
  * Hollowed-Net LoRA has the shapes of plain UNet LoRA, so no conversion of values is needed.
  */
 import { HollowcError } from '../compiler/errors';
-import type { CompileManifest } from '../passes/compile';
+import { CompileManifest, loraParamNames } from '../compiler/manifest';
 import { SafeTensor, float32Tensor, readSafetensors, toFloat32, writeSafetensors } from './safetensors';
 
 export type LoraFormat = 'peft' | 'kohya';
@@ -33,8 +33,9 @@ export function writeLoraFile(file: string, format: LoraFormat, set: LoraSet, ex
   const metadata: Record<string, string> = { ...extraMetadata };
   for (const m of set.modules) {
     if (format === 'peft') {
-      tensors.set(`unet.${m.module}.lora_A.weight`, float32Tensor(m.a.shape, m.a.data));
-      tensors.set(`unet.${m.module}.lora_B.weight`, float32Tensor(m.b.shape, m.b.data));
+      const names = loraParamNames(`unet.${m.module}`);
+      tensors.set(names.a, float32Tensor(m.a.shape, m.a.data));
+      tensors.set(names.b, float32Tensor(m.b.shape, m.b.data));
     } else {
       const base = kohyaName(m.module);
       tensors.set(`${base}.lora_down.weight`, float32Tensor(m.a.shape, m.a.data));
@@ -76,11 +77,9 @@ export function readLoraFile(file: string, modules: readonly string[], rank: num
       const alphaTensor = tensors.get(`${base}.alpha`);
       fileAlpha = alphaTensor ? toFloat32(alphaTensor, `${base}.alpha`)[0] : Number(metadata.ss_network_alpha ?? alpha);
     } else {
-      const prefix = [`unet.${module}`, module, `base_model.model.${module}`].find((p) => tensors.has(`${p}.lora_A.weight`));
-      if (prefix) {
-        aKey = `${prefix}.lora_A.weight`;
-        bKey = `${prefix}.lora_B.weight`;
-      }
+      const names = [`unet.${module}`, module, `base_model.model.${module}`].map(loraParamNames).find((n) => tensors.has(n.a));
+      aKey = names?.a;
+      bKey = names?.b;
     }
     const a = aKey ? tensors.get(aKey) : undefined;
     const b = bKey ? tensors.get(bKey) : undefined;

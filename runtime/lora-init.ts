@@ -5,9 +5,8 @@
  */
 import * as path from 'path';
 import { HollowcError } from '../compiler/errors';
-import type { ResolvedSpec } from '../dsl';
+import type { CompileManifest } from '../compiler/manifest';
 import { Rng, fillNormal } from '../models/random';
-import type { CompileManifest } from '../passes/compile';
 import { LoraModuleValues, readLoraFile, writeLoraFile } from './lora-file';
 
 export const LORA_INIT_FILE = 'lora-init.safetensors';
@@ -23,11 +22,14 @@ export function initialLora(manifest: CompileManifest, std: number, seed: number
     });
 }
 
-export function writeInitialLora(outDir: string, manifest: CompileManifest, spec: ResolvedSpec, overrideFile?: string): string {
+/** Where training starts: A ~ N(0, std²) from `seed` and B = 0, or a LoRA file. */
+export type LoraInit = { kind: 'gaussian'; std: number; seed: number } | { kind: 'file'; file: string };
+
+export function writeInitialLora(outDir: string, manifest: CompileManifest, init: LoraInit): string {
   const file = path.join(outDir, LORA_INIT_FILE);
-  const source = overrideFile ?? (spec.lora.init.kind === 'file' ? path.resolve(path.dirname(spec.spec.file), spec.lora.init.path) : undefined);
   let modules: LoraModuleValues[];
-  if (source) {
+  if (init.kind === 'file') {
+    const source = init.file;
     const trained = manifest.lora.targets.filter((t) => t.trained);
     const read = readLoraFile(source, trained.map((t) => t.module), manifest.lora.rank, manifest.lora.alpha);
     modules = trained.map((t) => {
@@ -38,9 +40,8 @@ export function writeInitialLora(outDir: string, manifest: CompileManifest, spec
       return m;
     });
   } else {
-    const std = spec.lora.init.kind === 'gaussian' ? spec.lora.init.std : 0;
-    modules = initialLora(manifest, std, spec.seed);
+    modules = initialLora(manifest, init.std, init.seed);
   }
-  writeLoraFile(file, 'peft', { rank: manifest.lora.rank, alpha: manifest.lora.alpha, modules }, { hollowc_init: source ? `from ${source}` : `gaussian seed ${spec.seed}` });
+  writeLoraFile(file, 'peft', { rank: manifest.lora.rank, alpha: manifest.lora.alpha, modules }, { hollowc_init: init.kind === 'file' ? `from ${init.file}` : `gaussian seed ${init.seed}` });
   return file;
 }

@@ -16,8 +16,8 @@ import * as path from 'path';
 import type * as ort from 'onnxruntime-node';
 import { HollowcError } from '../compiler/errors';
 import { Rng, fillNormal, uniformOpen } from '../models/random';
-import type { CompileManifest, TensorDescription } from '../passes/compile';
-import { float32Data, loadManifest, requireArtifact, tensorFor, trainingSettings } from './artifacts';
+import { CompileManifest, HOLLOW_ACTIVATION, TensorDescription } from '../compiler/manifest';
+import { float32Data, loadManifest, requireArtifact, tensorFor } from './artifacts';
 import { NoiseSchedule, Prediction } from './noise-schedule';
 import { ExecutionProvider, SessionTuning, createSession } from './session';
 import { Conditioning, Store } from './store';
@@ -85,7 +85,7 @@ export function defaultTimeIds(latentShape: readonly number[]): Float32Array {
 function storeFingerprint(manifest: CompileManifest, data: TrainingData, seed: number, prediction: Prediction): string {
   return crypto
     .createHash('sha256')
-    .update(JSON.stringify({ data: data.fingerprint, seed, prediction, model: manifest.model.sha256, cut: manifest.cut?.after ?? null, family: manifest.family }))
+    .update(JSON.stringify({ data: data.fingerprint, seed, prediction, model: manifest.model.sha256, cut: manifest.cut?.lastKeptDown ?? null, family: manifest.family }))
     .digest('hex');
 }
 
@@ -122,7 +122,7 @@ export async function precompute(options: PrecomputeOptions): Promise<Precompute
   const started = Date.now();
   const manifest = loadManifest(options.out);
   const artifact = requireArtifact(options.out, manifest, 'precompute', 'precompute');
-  const settings = trainingSettings(manifest);
+  const settings = manifest.training;
   const seed = options.seed ?? settings.seed;
   const data = options.data;
   if (!(Number.isInteger(options.count) && options.count > 0)) throw new HollowcError(`--count must be a positive integer, got ${options.count}`);
@@ -167,9 +167,9 @@ export async function precompute(options: PrecomputeOptions): Promise<Precompute
         sample: tensorFor(sampleDesc, zt, [1, ...latentShape]),
         timestep: tensorFor(timestepDesc, [t], timestepDesc?.shape.length === 0 ? [] : [1]),
       });
-      const activationTensor = result.hollow_activation;
-      if (!activationTensor) throw new HollowcError('precompute.onnx has no output named hollow_activation', artifact.path);
-      const activation = float32Data(activationTensor, 'hollow_activation');
+      const activationTensor = result[HOLLOW_ACTIVATION];
+      if (!activationTensor) throw new HollowcError(`precompute.onnx has no output named ${HOLLOW_ACTIVATION}`, artifact.path);
+      const activation = float32Data(activationTensor, HOLLOW_ACTIVATION);
       if (!store) {
         store = Store.create(
           storeDir,
@@ -187,7 +187,7 @@ export async function precompute(options: PrecomputeOptions): Promise<Precompute
             instanceSamples: data.instanceLatents.map((l) => l.name),
             classSamples: data.classLatents.map((l) => l.name),
             ...(timeIds ? { timeIds: [...timeIds] } : {}),
-            extra: { precompute: manifest.artifacts.precompute?.file, cut: manifest.cut?.after ?? null },
+            extra: { precompute: manifest.artifacts.precompute?.file, cut: manifest.cut?.lastKeptDown ?? null },
           },
           new Map([
             [INSTANCE_COND, data.instance],

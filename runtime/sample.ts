@@ -21,7 +21,7 @@ import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../compiler/errors';
 import { Rng, fillNormal } from '../models/random';
-import { defaultLatentShape, float32Data, loadManifest, requireArtifact, tensorFor, trainingSettings } from './artifacts';
+import { defaultLatentShape, float32Data, loadManifest, requireArtifact, tensorFor } from './artifacts';
 import { readLoraForManifest } from './lora-file';
 import { LORA_INIT_FILE } from './lora-init';
 import { NoiseSchedule } from './noise-schedule';
@@ -29,7 +29,7 @@ import { defaultTimeIds } from './precompute';
 import { Scheduler, SchedulerName, TimestepSpacing, makeScheduler } from './schedulers';
 import { ExecutionProvider, SessionTuning, createSession } from './session';
 import type { Conditioning } from './store';
-import type { ArtifactDescription, CompileManifest } from '../passes/compile';
+import { ArtifactDescription, CompileManifest, ENCODER_HIDDEN_STATES, OUT_SAMPLE, TEXT_EMBEDS, baseInputName } from '../compiler/manifest';
 import { LORA_FILE } from './train';
 
 export interface GenerateOptions {
@@ -158,7 +158,7 @@ export class Sampler {
     const started = Date.now();
     const manifest = this.manifest;
     const session = this.session;
-    const settings = trainingSettings(manifest);
+    const settings = manifest.training;
     const schedule = NoiseSchedule.forFamily(manifest.family);
     const modelFile = this.source.baked ?? this.infer!.file;
     checkGuidance(options.guidance);
@@ -191,11 +191,11 @@ export class Sampler {
     const put = (name: string, data: () => Float32Array, dims: number[]) => {
       if (names.has(name)) fixed[name] = tensorFor(describe(name), data(), dims);
     };
-    put('encoder_hidden_states', () => ehs(pathTwo), [B, T, D]);
-    put('base_encoder_hidden_states', () => ehs(pathOne), [B, T, D]);
+    put(ENCODER_HIDDEN_STATES, () => ehs(pathTwo), [B, T, D]);
+    put(baseInputName(ENCODER_HIDDEN_STATES), () => ehs(pathOne), [B, T, D]);
     const P = options.prompt.textEmbeds?.data.length ?? 0;
-    put('text_embeds', () => te(pathTwo), [B, P]);
-    put('base_text_embeds', () => te(pathOne), [B, P]);
+    put(TEXT_EMBEDS, () => te(pathTwo), [B, P]);
+    put(baseInputName(TEXT_EMBEDS), () => te(pathOne), [B, P]);
     if (names.has('time_ids')) {
       const ids = options.timeIds ?? defaultTimeIds(latentShape);
       put('time_ids', () => rows(() => ids, pathTwo, 'time_ids'), [B, ids.length]);
@@ -203,7 +203,7 @@ export class Sampler {
     const missing = [...names].filter((n) => !(n in fixed) && n !== 'sample' && n !== 'timestep');
     if (missing.length) throw new HollowcError(`cannot feed input${missing.length > 1 ? 's' : ''} ${missing.slice(0, 3).join(', ')}`, modelFile);
 
-    const outputName = session.outputNames.includes('out_sample') ? 'out_sample' : session.outputNames[0];
+    const outputName = session.outputNames.includes(OUT_SAMPLE) ? OUT_SAMPLE : session.outputNames[0];
     for (let i = 0; i < scheduler.timesteps.length; i++) {
       const t = scheduler.timesteps[i];
       const input = scheduler.scaleModelInput(latents, i);

@@ -34,6 +34,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as zlib from 'zlib';
 import { HollowcError } from '../compiler/errors';
+import { HOLLOW_ACTIVATION, TARGET } from '../compiler/manifest';
 import { writeFileAtomic } from '../compiler/serde';
 import { float32Tensor, readSafetensors, SafeTensor, toFloat32, writeSafetensors } from './safetensors';
 
@@ -42,11 +43,13 @@ export const STORE_VERSION = 1;
 export const HEADER_FILE = 'store.json';
 export const CONDITIONING_FILE = 'conditioning.safetensors';
 export const RECORDS_FILE = 'records.bin';
+/** The noised latent a record holds (the store's own field; the others are artifact names). */
+const Z_T = 'z_t';
 const MAGIC = 0x31524348;
 const FIXED_BYTES = 24;
 
 export interface StoreField {
-  name: 'z_t' | 'target' | 'hollow_activation';
+  name: typeof Z_T | typeof TARGET | typeof HOLLOW_ACTIVATION;
   dtype: 'float32';
   shape: number[];
   offset: number;
@@ -103,7 +106,7 @@ const size = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
 export function recordLayout(latentShape: readonly number[], activationShape: readonly number[]): { fields: StoreField[]; recordBytes: number } {
   const fields: StoreField[] = [];
   let offset = FIXED_BYTES;
-  for (const [name, shape] of [['z_t', latentShape], ['target', latentShape], ['hollow_activation', activationShape]] as const) {
+  for (const [name, shape] of [[Z_T, latentShape], [TARGET, latentShape], [HOLLOW_ACTIVATION, activationShape]] as const) {
     fields.push({ name, dtype: 'float32', shape: [...shape], offset });
     offset += 4 * size(shape);
   }
@@ -254,7 +257,7 @@ export class Store {
     buf.writeUInt32LE(r.isClass ? 1 : 0, 16);
     buf.writeInt32LE(r.timestep, 20);
     for (const f of h.fields) {
-      const values = f.name === 'z_t' ? r.zt : f.name === 'target' ? r.target : r.activation;
+      const values = f.name === Z_T ? r.zt : f.name === TARGET ? r.target : r.activation;
       if (values.length !== size(f.shape)) throw new Error(`record field ${f.name}: ${values.length} values for shape [${f.shape}]`);
       Buffer.from(values.buffer, values.byteOffset, values.byteLength).copy(buf, f.offset);
     }
@@ -290,7 +293,7 @@ export class Store {
     out.isClass = (buf.readUInt32LE(16) & 1) === 1;
     out.timestep = buf.readInt32LE(20);
     for (const f of h.fields) {
-      const dst = f.name === 'z_t' ? out.zt : f.name === 'target' ? out.target : out.activation;
+      const dst = f.name === Z_T ? out.zt : f.name === TARGET ? out.target : out.activation;
       new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength).set(buf.subarray(f.offset, f.offset + dst.byteLength));
     }
     return out;

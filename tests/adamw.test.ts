@@ -12,8 +12,9 @@ import { saveModel } from '../compiler/serde';
 import { assertValidGraph } from '../compiler/verify';
 import { addAdamW, AdamWOptions } from '../passes/add-adamw';
 import { addLoss } from '../passes/add-loss';
-import { addGradientOutputs, differentiate } from '../passes/differentiate';
-import { inferShapes } from '../passes/shape-inference';
+import { differentiate } from '../passes/differentiate';
+import { addGradientOutputs } from '../passes/expose-gradients';
+import { inferShapes } from '../compiler/shape-inference';
 import { normal, rng } from './support/gradient-check';
 import { tempDir } from './support/fixture';
 

@@ -5,7 +5,7 @@
 import { describeUNet } from '../models/builder';
 import { FAMILIES } from '../models/families';
 import { presetsFor } from '../models/presets';
-import { analyzeUNet } from '../passes/analyze-unet';
+import { analyzeUNet } from '../passes/lib/analyze-unet';
 
 const SD21_PRESET_ROWS: Record<string, number> = {
   '11.5%': 97_693_440,
@@ -22,7 +22,7 @@ test('full SD 2.1: 865,910,724 parameters and every preset row of DESIGN.md', ()
   expect(a.family).toBe('sd21');
   expect(a.totalParams).toBe(865_910_724);
   expect(a.skips).toHaveLength(12);
-  const rows = Object.fromEntries(presetsFor('sd21').map((p) => [p.name, a.cuts.find((c) => c.after === p.lastKeptDown)!.removedParams]));
+  const rows = Object.fromEntries(presetsFor('sd21').map((p) => [p.name, a.cuts.find((c) => c.lastKeptDown === p.lastKeptDown)!.removedParams]));
   expect(rows).toEqual(SD21_PRESET_ROWS);
 });
 
@@ -32,8 +32,8 @@ test('full SD 1.5 and SDXL totals; SDXL has 9 skips and its mid-block preset', (
   const xl = analyzeUNet(describeUNet(FAMILIES.sdxl.full.config).model.graph, 'sdxl-full');
   expect([xl.family, xl.totalParams, xl.skips.length]).toEqual(['sdxl', 2_567_463_684, 9]);
   const mid = xl.cuts.find((c) => c.hollowed.join(' ') === '4-1 4-2')!;
-  expect(mid.after).toBe('3-2');
+  expect(mid.lastKeptDown).toBe('3-2');
   expect(mid.removedParams).toBe(413_117_440);
   expect(mid.firstKeptUp).toBe('5-1');
-  expect(mid.shape).toEqual(['batch', 1280, 'height/4', 'width/4']);
+  expect(mid.activation.shape).toEqual(['batch', 1280, 'height/4', 'width/4']);
 });

@@ -4,7 +4,7 @@ import { loadModel, saveModel } from '../compiler/serde';
 import { Graph, Model } from '../compiler/ir';
 import { GraphBuilder } from '../compiler/builder';
 import { DataType } from '../compiler/dtype';
-import { analyzeUNet } from '../passes/analyze-unet';
+import { analyzeUNet } from '../passes/lib/analyze-unet';
 import { paramCounts } from '../models/param-count';
 import { readNpy } from '../runtime/npy';
 import { FIXTURE_DIR, FIXTURE_MODEL, FIXTURE_MODEL_OPSET14, fixtureInputs, fixtureManifest, maxAbsDiff, runModel, tempDir } from './support/fixture';
@@ -39,25 +39,25 @@ describe('UNet structure analysis of the real diffusers export', () => {
   });
 
   test("the fixture's 39.2% cut is reported, with its hollowed modules and parameter count", () => {
-    const cut = analysis.cuts.find((c) => c.after === '3-2')!;
+    const cut = analysis.cuts.find((c) => c.lastKeptDown === '3-2')!;
     expect(cut.hollowed).toEqual(['3-3', '4-1', '4-2', '5-1', '5-2', '6-1', '6-2', '6-3', '6-4']);
-    expect(cut.cut.hollowedBlocks).toEqual(manifest.hollow.hollowed_modules);
+    expect(cut.hollowedBlocks).toEqual(manifest.hollow.hollowed_modules);
     expect(cut.removedParams).toBe(manifest.hollow.hollowed_parameter_count);
     expect(cut.fraction).toBeCloseTo(manifest.hollow.hollowed_parameter_fraction, 12);
     expect(cut.firstKeptUp).toBe('7-1');
-    expect(cut.hollowActivation).toBe('/up_blocks.0/upsamplers.0/conv/Conv_output_0');
-    expect(cut.shape).toEqual(['batch', 48, 'height/4', 'width/4']);
+    expect(cut.activation.tensor).toBe('/up_blocks.0/upsamplers.0/conv/Conv_output_0');
+    expect(cut.activation.shape).toEqual(['batch', 48, 'height/4', 'width/4']);
   });
 
   test.each([1, 2] as const)('the hollow activation tensor equals the PyTorch capture (batch %i)', async (batch) => {
-    const cut = analysis.cuts.find((c) => c.after === '3-2')!;
+    const cut = analysis.cuts.find((c) => c.lastKeptDown === '3-2')!;
     const model = loadModel(FIXTURE_MODEL);
-    model.graph.outputs.push(model.graph.value(cut.hollowActivation));
+    model.graph.outputs.push(model.graph.value(cut.activation.tensor));
     const file = path.join(tempDir(), 'exposed.onnx');
     saveModel(model, file);
     const out = await runModel(file, fixtureInputs(batch));
     const ref = readNpy(path.join(FIXTURE_DIR, batch === 1 ? 'ref' : 'ref2', 'hollow_activation.npy'));
-    const got = out[cut.hollowActivation];
+    const got = out[cut.activation.tensor];
     expect(got.dims).toEqual(ref.shape);
     expect(maxAbsDiff(got.data as Float32Array, ref.data as Float32Array)).toBeLessThan(1e-4);
   });
@@ -66,7 +66,7 @@ describe('UNet structure analysis of the real diffusers export', () => {
     const a14 = analyzeUNet(loadModel(FIXTURE_MODEL_OPSET14).graph);
     expect(a14.totalParams).toBe(analysis.totalParams);
     expect(a14.blocks.map((b) => [b.id, b.params])).toEqual(analysis.blocks.map((b) => [b.id, b.params]));
-    expect(a14.cuts.map((c) => c.hollowActivation)).toEqual(analysis.cuts.map((c) => c.hollowActivation));
+    expect(a14.cuts.map((c) => c.activation.tensor)).toEqual(analysis.cuts.map((c) => c.activation.tensor));
   });
 });
 

@@ -39,7 +39,7 @@ describe('compile from a spec, then bake', () => {
 
   test('the spec resolves to the fixture targets and the 39.2% cut', () => {
     expect(m.lora.targets.map((t) => t.module).sort()).toEqual([...manifest.lora.targets].sort());
-    expect(m.cut!.after).toBe('3-2');
+    expect(m.cut!.lastKeptDown).toBe('3-2');
     expect(m.spec!.text).toBe(SPEC);
   });
 

@@ -7,8 +7,9 @@
  */
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
-import { compile, CompileManifest } from '../passes/compile';
-import { findLoraSites } from '../passes/lora-targets';
+import { CompileManifest } from '../compiler/manifest';
+import { compile } from '../passes/compile';
+import { findLoraSites } from '../passes/lib/lora-sites';
 import { loadModel } from '../compiler/serde';
 import { buildUNet } from '../models/builder';
 import { FAMILIES, FamilyName } from '../models/families';
@@ -62,7 +63,7 @@ describe.each(CASES)('%s tiny', (family, presets) => {
   test.each(presets)('preset %s', async (preset) => {
     const lastKept = presetsFor(family).find((p) => p.name === preset)!.lastKeptDown;
     const out = path.join(dir, `out-${preset.replace('%', '')}`);
-    const m = compile({ modelFile, outDir: out, cutAfter: lastKept, targets, lora: { rank: 2, alpha: 2 }, emit: ['precompute', 'infer', 'forward'], verify: true });
+    const m = compile({ modelFile, outDir: out, lastKeptDown: lastKept, targets, lora: { rank: 2, alpha: 2 }, emit: ['precompute', 'infer', 'forward'] });
     expect(m.family).toBe(family);
     expect(m.cut!.hollowed).toEqual(presetsFor(family).find((p) => p.name === preset)!.hollowed);
 

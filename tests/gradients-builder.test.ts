@@ -1,24 +1,21 @@
 /**
  * The training pipeline of issue 5 on builder-made tiny UNets of every family (SD 1.5, SD 2.1
  * with linear projections, SDXL with text_time conditioning and multi-layer transformers):
- * specialize, loss, gradients of the attention LoRA tensors, AdamW. The gradient is checked
+ * the grads and train pipelines (specialize, loss, gradients of the attention LoRA tensors, AdamW). The gradient is checked
  * along a direction mixing it with a random one against a central difference of the graph's
  * own loss (batch 2, unequal loss weights), and the first AdamW step against its closed form.
  */
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { loadModel, saveModel } from '../compiler/serde';
-import { assertValidGraph } from '../compiler/verify';
 import { buildUNet } from '../models/builder';
 import { FAMILIES, FamilyName } from '../models/families';
 import { presetsFor } from '../models/presets';
-import { addAdamW } from '../passes/add-adamw';
-import { addLoss } from '../passes/add-loss';
-import { analyzeUNet } from '../passes/analyze-unet';
-import { buildHollowedForward } from '../passes/compile';
-import { addGradientOutputs, differentiate } from '../passes/differentiate';
-import { findLoraSites } from '../passes/lora-targets';
-import { specializeShapes } from '../passes/specialize-shapes';
+import { analyzeUNet } from '../passes/lib/analyze-unet';
+import { ArtifactState } from '../passes/lib/artifact-state';
+import { buildArtifact } from '../passes/pipeline';
+import { findLoraSites } from '../passes/lib/lora-sites';
+import { defaultTrainingSettings } from '../models/training-defaults';
 import { normal, rng } from './support/gradient-check';
 import { tempDir } from './support/fixture';
 
@@ -39,41 +36,31 @@ describe.each(CASES)('training graph on %s', (_label, family, preset) => {
     const source = loadModel(modelFile);
     const analysis = analyzeUNet(source.graph, modelFile);
     const lastKept = preset ? presetsFor(family).find((p) => p.name === preset)!.lastKeptDown : null;
-    const cut = lastKept ? analysis.cuts.find((c) => c.after === lastKept)! : null;
+    const cut = lastKept ? analysis.cuts.find((c) => c.lastKeptDown === lastKept)! : null;
     const targets = findLoraSites(source.graph).map((s) => s.module).filter((m) => ATTENTION.test(m));
-    const { model, params } = buildHollowedForward(source, analysis, cut, targets, { rank: 2, alpha: 4 }, modelFile);
-
-    const tiny = FAMILIES[family].tiny.shapes as unknown as Record<string, number[] | undefined>;
+    const tiny = FAMILIES[family].tiny.shapes as unknown as Record<string, readonly number[] | undefined>;
     const shapes: Record<string, number[]> = { timestep: [BATCH] };
-    for (const v of model.graph.inputs) {
-      const s = tiny[v.name];
-      if (s) shapes[v.name] = [BATCH, ...s.slice(1)];
-    }
-    if (cut) {
-      // Symbolic dims of the activation: batch, height/k, width/k (k = the cut's downsampling).
-      const [, , hh, ww] = shapes.sample;
-      const resolve = (d: string | number | null): number => {
-        if (typeof d === 'number') return d;
-        const [name, k] = String(d).split('/');
-        return name === 'batch' ? BATCH : (name === 'height' ? hh : ww) / Number(k ?? 1);
-      };
-      shapes.hollow_activation = cut.shape.map(resolve);
-    }
-    const spec = specializeShapes(model, shapes);
-    const { loss } = addLoss(model, model.graph.outputs[0]);
-    const wrt = params.map((p) => model.graph.value(p.name));
-    const { gradients, nodesAdded } = differentiate(model, loss, wrt, { unreachable: 'error' });
-    addGradientOutputs(model.graph, gradients);
-    addAdamW(model, wrt, gradients, ADAMW);
-    assertValidGraph(model.graph, 'training graph');
+    for (const [name, s] of Object.entries(tiny)) if (s) shapes[name] = [BATCH, ...s.slice(1)];
+    const training = { ...defaultTrainingSettings(family), batch: BATCH, shapes, optimizer: { betas: [ADAMW.beta1, ADAMW.beta2] as [number, number], eps: ADAMW.eps, weightDecay: ADAMW.weightDecay } };
+    const inputs: ArtifactState = { analysis, cut, targets, lora: { rank: 2, alpha: 4 }, training, label: modelFile };
+    // The gradients come from grads.onnx, the AdamW step from train.onnx: both through their pipelines.
+    const grads = buildArtifact('grads', source, inputs);
+    const trainStep = buildArtifact('train', source, inputs);
+    const model = grads.model;
+    const params = grads.state.loraParams!;
+    const specialized = grads.passes.find((r) => r.pass === 'specialize-shapes')!;
+    const differentiated = grads.passes.find((r) => r.pass === 'differentiate')!;
     expect(model.graph.nodes.every((n) => n.domain === '')).toBe(true);
-    const file = path.join(dir, 'train.onnx');
+    expect(trainStep.model.graph.nodes.every((n) => n.domain === '')).toBe(true);
+    const file = path.join(dir, 'grads.onnx');
     saveModel(model, file);
+    const trainFile = path.join(dir, 'train.onnx');
+    saveModel(trainStep.model, trainFile);
 
     const gauss = normal(rng(99));
     const tensor = (dims: number[], std = 1) => new ort.Tensor('float32', Float32Array.from({ length: dims.reduce((a, b) => a * b, 1) }, () => std * gauss()), dims);
     const feeds: Record<string, ort.Tensor> = {};
-    for (const v of model.graph.inputs) {
+    for (const v of trainStep.model.graph.inputs) {
       const dims = v.type!.shape as number[];
       if (v.name === 'timestep') feeds[v.name] = new ort.Tensor('float32', Float32Array.of(211, 808), dims);
       else if (v.name === 'time_ids') feeds[v.name] = new ort.Tensor('float32', Float32Array.from({ length: 12 }, (_, i) => [128, 128, 0, 0, 128, 128][i % 6]), dims);
@@ -85,8 +72,10 @@ describe.each(CASES)('training graph on %s', (_label, family, preset) => {
     }
     // 'basic' optimizations: 'all' takes ~2x longer to set up on these 10k-node graphs.
     const session = await ort.InferenceSession.create(file, { executionProviders: ['cpu'], graphOptimizationLevel: 'basic' });
+    const trainSession = await ort.InferenceSession.create(trainFile, { executionProviders: ['cpu'], graphOptimizationLevel: 'basic' });
     try {
-      const out = await session.run(feeds);
+      const out = await session.run(Object.fromEntries(session.inputNames.map((n) => [n, feeds[n]])));
+      const stepped = await trainSession.run(Object.fromEntries(trainSession.inputNames.map((n) => [n, feeds[n]])));
       // Directional derivative along a random unit direction u over all LoRA tensors:
       // <∇L, u> vs (L(θ + h·u) − L(θ − h·u)) / 2h.
       const h = 1e-2;
@@ -117,7 +106,7 @@ describe.each(CASES)('training graph on %s', (_label, family, preset) => {
       for (const p of params) {
         const theta = feeds[p.name].data as Float32Array;
         const g = out[`${p.name}.grad`].data as Float32Array;
-        const updated = out[`${p.name}.updated`].data as Float32Array;
+        const updated = stepped[`${p.name}.updated`].data as Float32Array;
         for (let i = 0; i < g.length; i++) {
           const m = (1 - ADAMW.beta1) * g[i];
           const v = (1 - ADAMW.beta2) * g[i] * g[i];
@@ -127,13 +116,14 @@ describe.each(CASES)('training graph on %s', (_label, family, preset) => {
       }
       // eslint-disable-next-line no-console
       console.log(
-        `${_label}: ${spec.nodesBefore} -> ${spec.nodesAfter} forward nodes, ${nodesAdded} backward nodes, ${params.length} LoRA tensors; ` +
+        `${_label}: ${specialized.summary}; ${differentiated.summary}; ${params.length} LoRA tensors; ` +
           `loss ${out.loss.data[0]}; directional derivative ${analytic.toPrecision(6)} vs central difference ${numeric.toPrecision(6)} (rel err ${relative.toExponential(2)}); AdamW step-1 max abs err ${adamErr.toExponential(2)}`,
       );
       expect(relative).toBeLessThan(2e-3);
       expect(adamErr).toBeLessThan(1e-6);
     } finally {
       await session.release();
+      await trainSession.release();
     }
   });
 });

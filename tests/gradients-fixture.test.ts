@@ -10,8 +10,7 @@ import { Model } from '../compiler/ir';
 import { loadModel } from '../compiler/serde';
 import { readNpy } from '../runtime/npy';
 import { compile } from '../passes/compile';
-import { buildGrads, TrainingOptions } from '../passes/training-graphs';
-import { FIXTURE_DIR, FIXTURE_MODEL, FIXTURE_MODEL_OPSET14, fixtureInputs, fixtureManifest, fixtureTensor, tempDir } from './support/fixture';
+import { FIXTURE_DIR, FIXTURE_MODEL, FIXTURE_MODEL_OPSET14, fixtureInputs, fixtureManifest, fixtureTensor, tempDir, trainingFor } from './support/fixture';
 
 const manifest = fixtureManifest();
 const TARGETS: string[] = manifest.lora.targets;
@@ -34,15 +33,15 @@ function countOps(m: Model, op: string): number {
 interface Case {
   label: string;
   file: string;
-  cutAfter: string | null;
+  lastKeptDown: string | null;
   grads: 'grads' | 'grads_full';
   loss: string;
 }
 
 const CASES: Case[] = [
-  { label: 'hollow none, opset 17', file: FIXTURE_MODEL, cutAfter: null, grads: 'grads_full', loss: 'ref/full_lora_loss.npy' },
-  { label: 'hollow none, opset 14 (LayerNorm as ReduceMean/Pow/Sqrt)', file: FIXTURE_MODEL_OPSET14, cutAfter: null, grads: 'grads_full', loss: 'ref/full_lora_loss.npy' },
-  { label: '39.2% cut (after 3-2), opset 17', file: FIXTURE_MODEL, cutAfter: '3-2', grads: 'grads', loss: 'ref/loss.npy' },
+  { label: 'hollow none, opset 17', file: FIXTURE_MODEL, lastKeptDown: null, grads: 'grads_full', loss: 'ref/full_lora_loss.npy' },
+  { label: 'hollow none, opset 14 (LayerNorm as ReduceMean/Pow/Sqrt)', file: FIXTURE_MODEL_OPSET14, lastKeptDown: null, grads: 'grads_full', loss: 'ref/full_lora_loss.npy' },
+  { label: '39.2% cut (after 3-2), opset 17', file: FIXTURE_MODEL, lastKeptDown: '3-2', grads: 'grads', loss: 'ref/loss.npy' },
 ];
 
 describe.each(CASES.map((c) => [c.label, c] as const))('LoRA gradients of sd15-tiny vs torch autograd: %s', (_label, c) => {
@@ -50,8 +49,7 @@ describe.each(CASES.map((c) => [c.label, c] as const))('LoRA gradients of sd15-t
     // The artifact as `hollowc compile` writes it: forward.onnx and grads.onnx sharing weights.
     const out = tempDir();
     const shapes: Record<string, number[]> = { sample: [1, 4, 16, 16], timestep: [1], encoder_hidden_states: [1, 7, 32] };
-    const options: TrainingOptions = { shapes, batch: 1, optimizer: { betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0.01 } };
-    const m = compile({ modelFile: c.file, outDir: out, cutAfter: c.cutAfter, targets: TARGETS, lora: LORA, emit: ['forward', 'grads'], builders: { grads: (f, ctx) => buildGrads(f, ctx, options) }, verify: true });
+    const m = compile({ modelFile: c.file, outDir: out, lastKeptDown: c.lastKeptDown, targets: TARGETS, lora: LORA, emit: ['forward', 'grads'], training: trainingFor('sd15', shapes) });
     const cut = m.cut;
     const grads = loadModel(path.join(out, 'grads.onnx'));
     // Frozen base weights get no gradient: not one weight-gradient convolution is added.

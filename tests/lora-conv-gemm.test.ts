@@ -30,7 +30,7 @@ test('conv and Gemm LoRA: B = 0 is the base UNet; baking equals the low-rank bra
   const dir = tempDir();
   const model = (await buildUNet(FAMILIES.sd15.tiny.config, { outDir: path.join(dir, 'unet'), seed: 2 })).file;
   const out = path.join(dir, 'out');
-  const m = compile({ modelFile: model, outDir: out, cutAfter: '3-2', targets: TARGETS, lora: { rank: 2, alpha: 4 }, emit: ['infer'], verify: true });
+  const m = compile({ modelFile: model, outDir: out, lastKeptDown: '3-2', targets: TARGETS, lora: { rank: 2, alpha: 4 }, emit: ['infer'] });
   expect(m.lora.targets.map((t) => [t.module, t.kind, t.lora_A.shape, t.lora_B.shape]).sort()).toEqual([
     ['down_blocks.0.resnets.0.conv1', 'conv', [2, 16, 3, 3], [16, 2, 1, 1]],
     ['time_embedding.linear_1', 'linear', [2, 16], [64, 2]],

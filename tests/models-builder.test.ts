@@ -22,7 +22,7 @@ import { hashString, Rng } from '../models/random';
 import { timestepFrequencies } from '../models/builder/embeddings';
 import { registerModelBuild, resolveBuildConfig } from '../cli/model-build';
 import { inspectJson } from '../cli/inspect';
-import { analyzeUNet } from '../passes/analyze-unet';
+import { analyzeUNet } from '../passes/lib/analyze-unet';
 import { FIXTURE_MODEL, fixtureInputs, fixtureManifest, fixtureTensor, maxAbsDiff, tempDir } from './support/fixture';
 
 const fixtureConfig = (): UNetConfig => parseUNetConfig(fixtureManifest().model.config_args, 'manifest.json model.config_args');

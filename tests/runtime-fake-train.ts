@@ -17,21 +17,18 @@
  * defaults of passes/add-adamw.ts. `nanAfterStep` adds 0·sqrt(n + 0.5 - step)
  * to the loss, which turns it NaN after step n.
  */
-import { trainingSettingsOf } from '../passes/training-graphs';
 import * as fs from 'fs';
 import * as path from 'path';
 import { GraphBuilder } from '../compiler/builder';
 import { DataType } from '../compiler/dtype';
 import { Graph, Model, Value } from '../compiler/ir';
-import { resolveSpecForModel } from '../cli/compile';
+import { compileSpec, checkSpecFile, loadUNet } from '../cli/compile';
+import { CompileManifest, MANIFEST_FILE, TensorDescription, isLoraParam, readManifest } from '../compiler/manifest';
+import { saveModel, writeFileAtomic } from '../compiler/serde';
+import { describeArtifact } from '../passes/compile';
 import { buildUNet } from '../models/builder';
 import { FAMILIES, FamilyName } from '../models/families';
 import { Rng, fillNormal } from '../models/random';
-import { cutAfterFor } from '../passes/spec-facts';
-import { analyzeUNet } from '../passes/analyze-unet';
-import { loadModel } from '../compiler/serde';
-import { BuildContext, CompileManifest, compile } from '../passes/compile';
-import { writeInitialLora } from '../runtime/lora-init';
 import { writeNpy } from '../runtime/npy';
 import type { Conditioning, StoreRecord } from '../runtime/store';
 
@@ -50,15 +47,16 @@ function resolveDim(d: number | string | null, dims: Record<string, number>): nu
   return m[2] ? dims[m[1]] / Number(m[2]) : dims[m[1]];
 }
 
-export function fakeTrainBuilder(options: FakeTrainOptions) {
-  return (forward: Model, _ctx: BuildContext): Model => {
+/** The stand-in train.onnx for a hollowed net whose inputs (UNet inputs, activation, LoRA) are `forward`. */
+export function fakeTrainModel(forward: readonly TensorDescription[], options: FakeTrainOptions): Model {
+  {
     const g = new Graph();
     g.name = 'fake_train';
     const b = new GraphBuilder(g);
     const F = DataType.FLOAT;
     const input = (name: string, shape: number[]) => g.addInput(name, { elemType: F, shape });
-    const shapeOf = (name: string) => forward.graph.inputs.find((v) => v.name === name)!.type!.shape!.map((d) => resolveDim(d, options.dims));
-    const has = (name: string) => forward.graph.inputs.some((v) => v.name === name);
+    const shapeOf = (name: string) => forward.find((v) => v.name === name)!.shape.map((d) => resolveDim(d, options.dims));
+    const has = (name: string) => forward.some((v) => v.name === name);
     const B = options.dims.batch;
 
     const sample = input('sample', shapeOf('sample'));
@@ -69,8 +67,8 @@ export function fakeTrainBuilder(options: FakeTrainOptions) {
     const hollow = input('hollow_activation', shapeOf('hollow_activation'));
     const target = input('target', shapeOf('sample'));
     const weight = input('loss_weight', [B]);
-    const loraInputs = forward.graph.inputs.filter((v) => /\.lora_[AB]\.weight$/.test(v.name));
-    const params = loraInputs.map((v) => ({ name: v.name, shape: v.type!.shape! as number[], value: input(v.name, v.type!.shape! as number[]) }));
+    const loraInputs = forward.filter((v) => isLoraParam(v.name));
+    const params = loraInputs.map((v) => ({ name: v.name, shape: v.shape as number[], value: input(v.name, v.shape as number[]) }));
     // As passes/add-adamw.ts declares them by default: lr float [1], step int64 [1].
     const lr = input('lr', [1]);
     const stepInt = g.addInput('step', { elemType: DataType.INT64, shape: [1] });
@@ -121,7 +119,7 @@ export function fakeTrainBuilder(options: FakeTrainOptions) {
     model.irVersion = 8;
     model.opsetImports = [{ domain: '', version: 17 }];
     return model;
-  };
+  }
 }
 
 const mean = (a: Float32Array) => a.reduce((x, y) => x + y, 0) / a.length;
@@ -189,7 +187,7 @@ export interface TinyFolder {
 
 /**
  * Builds a tiny model of `family`, compiles it with the spec lines given (shapes filled in for
- * batch `batch`) and the stand-in train.onnx, and writes lora-init like `hollowc compile`.
+ * batch `batch`) like `hollowc compile`, and puts the stand-in train.onnx in place of the real one.
  */
 export async function tinyCompiled(dir: string, family: FamilyName, opts: { batch: number; preset: string; extraSpec?: string; nanAfterStep?: number; train?: boolean }): Promise<TinyFolder> {
   const v = FAMILIES[family].tiny;
@@ -201,24 +199,25 @@ export async function tinyCompiled(dir: string, family: FamilyName, opts: { batc
     `shape encoder_hidden_states [${B}, ${v.shapes.encoder_hidden_states.slice(1).join(', ')}]`,
     ...(v.shapes.text_embeds ? [`shape text_embeds [${B}, ${v.shapes.text_embeds[1]}]`, `shape time_ids [${B}, 6]`] : []),
   ];
-  const text = [`model ${family}`, `hollow preset "${opts.preset}"`, ...shapeLines, 'lora rank 4', opts.extraSpec ?? '', `emit precompute ${opts.train === false ? '' : 'train '}infer`, ''].join('\n');
+  const text = [`model ${family}`, `hollow preset "${opts.preset}"`, ...shapeLines, 'lora rank 4', opts.extraSpec ?? '', 'emit precompute infer', ''].join('\n');
   const specFile = path.join(dir, 'spec.hollow');
   fs.writeFileSync(specFile, text);
-  const { resolved } = resolveSpecForModel(file, specFile);
-  const analysis = analyzeUNet(loadModel(file).graph, file);
   const out = path.join(dir, 'out');
   const latent = v.shapes.sample[2];
-  const manifest = compile({
-    modelFile: file,
-    outDir: out,
-    cutAfter: cutAfterFor(analysis, resolved.hollow.hollowed),
-    targets: resolved.lora.targets.map((t) => t.module),
-    lora: { rank: resolved.lora.rank, alpha: resolved.lora.alpha },
-    emit: [...resolved.emit],
-    spec: { file: specFile, text },
-    training: trainingSettingsOf(resolved),
-    builders: { train: fakeTrainBuilder({ dims: { batch: B, height: latent, width: latent, sequence: v.shapes.encoder_hidden_states[1] }, nanAfterStep: opts.nanAfterStep }) },
-  });
-  writeInitialLora(out, manifest, resolved);
+  const unet = loadUNet(file);
+  let manifest = compileSpec(unet, checkSpecFile(unet, specFile), { out });
+  if (opts.train !== false) {
+    // The hollowed net's inputs: the UNet's (as precompute.onnx reads them), the activation, the LoRA.
+    const forward: TensorDescription[] = [
+      ...manifest.artifacts.precompute!.inputs,
+      { name: 'hollow_activation', dtype: 'float32', shape: manifest.cut!.hollowActivation.shape },
+      ...manifest.lora.targets.filter((t) => t.trained).flatMap((t) => [t.lora_A, t.lora_B].map((p) => ({ name: p.name, dtype: 'float32', shape: p.shape }))),
+    ];
+    const model = fakeTrainModel(forward, { dims: { batch: B, height: latent, width: latent, sequence: v.shapes.encoder_hidden_states[1] }, nanAfterStep: opts.nanAfterStep });
+    saveModel(model, path.join(out, 'train.onnx'));
+    manifest = { ...manifest, artifacts: { ...manifest.artifacts, train: describeArtifact('train.onnx', model) } };
+    writeFileAtomic(path.join(out, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
+    manifest = readManifest(out);
+  }
   return { dir, out, manifest, modelFile: file };
 }

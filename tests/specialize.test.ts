@@ -10,7 +10,7 @@ import { Graph, Model } from '../compiler/ir';
 import { loadModel, saveModel } from '../compiler/serde';
 import { assertValidGraph } from '../compiler/verify';
 import { specializeShapes } from '../passes/specialize-shapes';
-import { inferShapes } from '../passes/shape-inference';
+import { inferShapes } from '../compiler/shape-inference';
 import { FIXTURE_MODEL, FIXTURE_MODEL_OPSET14, fixtureInputs, maxAbsDiff, runModel, tempDir } from './support/fixture';
 
 const SHAPES = {

@@ -7,14 +7,15 @@
  */
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
-import { compile, CompileManifest } from '../passes/compile';
-import { buildGrads, buildTrain, TrainingOptions } from '../passes/training-graphs';
-import { findLoraSites } from '../passes/lora-targets';
+import { CompileManifest } from '../compiler/manifest';
+import { compile } from '../passes/compile';
+import type { TrainingSettings } from '../compiler/manifest';
+import { findLoraSites } from '../passes/lib/lora-sites';
 import { loadModel } from '../compiler/serde';
 import { buildUNet } from '../models/builder';
 import { FAMILIES, FamilyName } from '../models/families';
 import { presetsFor } from '../models/presets';
-import { FIXTURE_MODEL, fixtureInputs, fixtureManifest, fixtureTensor, tempDir } from './support/fixture';
+import { FIXTURE_MODEL, fixtureInputs, fixtureManifest, fixtureTensor, tempDir, trainingFor } from './support/fixture';
 import { randomTensor, zeros } from './support/tensors';
 
 const OPT = { betas: [0.9, 0.999] as const, eps: 1e-8, weightDecay: 0.01 };
@@ -47,15 +48,15 @@ describe('fixture (39.2% cut): train.onnx steps = reference AdamW on grads.onnx 
   test('4 steps, lr 1e-2', async () => {
     const fixture = fixtureManifest();
     const out = tempDir();
-    const options: TrainingOptions = { shapes: { sample: [1, 4, 16, 16], timestep: [1], encoder_hidden_states: [1, 7, 32] }, batch: 1, optimizer: OPT };
+    const training = trainingFor('sd15', { sample: [1, 4, 16, 16], timestep: [1], encoder_hidden_states: [1, 7, 32] }, 1, OPT);
     const m = compile({
       modelFile: FIXTURE_MODEL,
       outDir: out,
-      cutAfter: '3-2',
+      lastKeptDown: '3-2',
       targets: fixture.lora.targets,
       lora: { rank: 4, alpha: 4 },
       emit: ['grads', 'train'],
-      builders: { grads: (f, c) => buildGrads(f, c, options), train: (f, c) => buildTrain(f, c, options) },
+      training,
     });
     const data = { ...fixtureInputs(1), hollow_activation: fixtureTensor('ref/hollow_activation.npy'), target: fixtureTensor('ref/target.npy'), loss_weight: new ort.Tensor('float32', Float32Array.of(1), [1]) };
     const names = m.lora.targets.filter((t) => t.trained).flatMap((t) => [t.lora_A, t.lora_B]);
@@ -138,12 +139,12 @@ describe.each(['sd15', 'sd21', 'sdxl'] as FamilyName[])('%s tiny: train.onnx for
   let targets: string[];
   const shapes = FAMILIES[family].tiny.shapes;
   const batch = 2;
-  const options: TrainingOptions = {
-    shapes: Object.fromEntries(Object.entries(shapes).map(([k, v]) => [k, [batch, ...(v as number[]).slice(1)]])),
+  const options: TrainingSettings = trainingFor(
+    family,
+    { ...Object.fromEntries(Object.entries(shapes).map(([k, v]) => [k, [batch, ...(v as number[]).slice(1)]])), timestep: [batch] },
     batch,
-    optimizer: OPT,
-  };
-  options.shapes = { ...options.shapes, timestep: [batch] };
+    OPT,
+  );
 
   beforeAll(async () => {
     modelFile = (await buildUNet(FAMILIES[family].tiny.config, { outDir: dir, seed: 11 })).file;
@@ -153,7 +154,7 @@ describe.each(['sd15', 'sd21', 'sdxl'] as FamilyName[])('%s tiny: train.onnx for
   const cuts: [string, string | null][] = [...presetsFor(family).map((p) => [p.name, p.lastKeptDown] as [string, string]), ['none', null]];
   test.each(cuts)('%s: one step runs, loss finite, every LoRA tensor moves', async (name, after) => {
     const out = path.join(dir, `out-${name.replace('%', '')}`);
-    const m = compile({ modelFile, outDir: out, cutAfter: after, targets, lora: { rank: 2, alpha: 2 }, emit: ['precompute', 'train'].filter((a) => after !== null || a !== 'precompute') as ('precompute' | 'train')[], builders: { train: (f, c) => buildTrain(f, c, options) }, verify: true });
+    const m = compile({ modelFile, outDir: out, lastKeptDown: after, targets, lora: { rank: 2, alpha: 2 }, emit: ['precompute', 'train'].filter((a) => after !== null || a !== 'precompute') as ('precompute' | 'train')[], training: options });
     const data = unetFeeds(family, batch, 21);
     if (after !== null) {
       const pre = await session(path.join(out, 'precompute.onnx'));
@@ -184,7 +185,7 @@ describe.each(['sd15', 'sd21', 'sdxl'] as FamilyName[])('%s tiny: train.onnx for
   if (family === 'sd15') {
     test('learning: on a target a LoRA can reach, 200 steps cut the 39.2% hollowed-net loss tenfold', async () => {
       const out = path.join(dir, 'learn');
-      const m = compile({ modelFile, outDir: out, cutAfter: '3-2', targets, lora: { rank: 4, alpha: 4 }, emit: ['precompute', 'forward', 'train'], builders: { train: (f, c) => buildTrain(f, c, options) } });
+      const m = compile({ modelFile, outDir: out, lastKeptDown: '3-2', targets, lora: { rank: 4, alpha: 4 }, emit: ['precompute', 'forward', 'train'], training: options });
       const data = unetFeeds(family, batch, 31);
       const pre = await session(path.join(out, 'precompute.onnx'));
       data.hollow_activation = (await pre.run(unetFeeds(family, batch, 31))).hollow_activation;

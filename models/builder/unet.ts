@@ -7,6 +7,7 @@
  * The module structure comes from models/layout (one source of truth with parameter counting
  * and cuts): the builder walks `layout.stem` and `layout.layers` in execution order.
  */
+import { OUT_SAMPLE } from '../../compiler/manifest';
 import * as fs from 'fs';
 import * as path from 'path';
 import { GraphBuilder } from '../../compiler/builder';
@@ -71,7 +72,7 @@ export function unetSignature(config: UNetConfig, layout: UNetLayout = buildLayo
   if (text !== undefined) {
     inputs.push({ name: 'text_embeds', shape: ['batch', text] }, { name: 'time_ids', shape: ['batch', TIME_IDS] });
   }
-  return { inputs, outputs: [{ name: 'out_sample', shape: ['batch', config.out_channels, 'height', 'width'] }] };
+  return { inputs, outputs: [{ name: OUT_SAMPLE, shape: ['batch', config.out_channels, 'height', 'width'] }] };
 }
 
 function emitModule(ctx: BuildContext, spec: ModuleSpec, x: Value, temb: TembState, context: Value): Value {
@@ -156,7 +157,7 @@ export function buildUNetGraph(config: UNetConfig, weights: WeightSink): BuiltGr
   h = groupNorm(ctx, normOut.path, h, normOut.channels, normOut.groups, normOut.eps);
   h = silu(moduleBuilder(ctx, 'conv_act'), h);
   const convOut = stemSpec(layout, 'conv_out', 'conv');
-  const out = conv2d(ctx, convOut.path, h, convOut.inChannels, convOut.outChannels, convOut.kernel, { output: 'out_sample' });
+  const out = conv2d(ctx, convOut.path, h, convOut.inChannels, convOut.outChannels, convOut.kernel, { output: OUT_SAMPLE });
   out.type = { elemType: DataType.FLOAT, shape: signature.outputs[0].shape };
   graph.outputs = [out];
 

@@ -31,9 +31,9 @@ async function child(step: string, args: string[]): Promise<void> {
   const report: Record<string, unknown> = { step };
   if (step === 'inspect') {
     const { loadModel } = await import('../../compiler/serde');
-    const { analyzeUNet } = await import('../../passes/analyze-unet');
+    const { analyzeUNet } = await import('../../passes/lib/analyze-unet');
     const a = analyzeUNet(loadModel(args[0]).graph, args[0]);
-    const cut = a.cuts.find((c) => c.after === '3-2')!;
+    const cut = a.cuts.find((c) => c.lastKeptDown === '3-2')!;
     Object.assign(report, { family: a.family, totalParams: a.totalParams, cut392: cut.removedParams });
   } else if (step === 'compile') {
     const { compileFromSpec } = await import('../../cli/compile');

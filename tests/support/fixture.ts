@@ -3,6 +3,9 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
+import type { TrainingSettings } from '../../compiler/manifest';
+import type { FamilyName } from '../../models/families';
+import { defaultTrainingSettings } from '../../models/training-defaults';
 import { readNpy } from '../../runtime/npy';
 
 export const FIXTURE_DIR = path.join(__dirname, '..', 'fixtures', 'diffusers', 'sd15-tiny');
@@ -49,4 +52,10 @@ export async function runModel(file: string, feeds: Record<string, ort.Tensor>, 
   } finally {
     await session.release();
   }
+}
+
+/** Training settings for tests: the family defaults with the given static shapes, batch and AdamW constants. */
+export function trainingFor(family: FamilyName, shapes: Record<string, number[]>, batch = 1, optimizer?: { betas: readonly [number, number]; eps: number; weightDecay: number }): TrainingSettings {
+  const d = defaultTrainingSettings(family);
+  return { ...d, shapes, batch, optimizer: optimizer ? { betas: [optimizer.betas[0], optimizer.betas[1]], eps: optimizer.eps, weightDecay: optimizer.weightDecay } : d.optimizer };
 }

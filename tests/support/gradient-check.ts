@@ -8,12 +8,13 @@ import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { GraphBuilder } from '../../compiler/builder';
 import { DataType, DataTypeCode } from '../../compiler/dtype';
-import { Graph, Model, Value } from '../../compiler/ir';
+import { Graph, Model, Node, Value } from '../../compiler/ir';
 import { saveModel } from '../../compiler/serde';
 import { assertValidGraph } from '../../compiler/verify';
-import { addGradientOutputs, differentiate } from '../../passes/differentiate';
-import { OpEmitter } from '../../passes/opset-emit';
-import { inferShapes } from '../../passes/shape-inference';
+import { differentiate } from '../../passes/differentiate';
+import { addGradientOutputs } from '../../passes/expose-gradients';
+import { OpEmitter } from '../../compiler/op-emitter';
+import { inferShapes } from '../../compiler/shape-inference';
 import { tempDir } from './fixture';
 
 export type FloatKind = 'float32' | 'float64';
@@ -50,6 +51,17 @@ export interface GradientReport {
   elements: number;
   nodesAdded: number;
   opsAdded: string[];
+  /** Op types of the forward nodes on a path from a checked input to the loss: the rules exercised. */
+  opsDifferentiated: string[];
+}
+
+function opsOnPath(nodes: Iterable<Node>, wrt: readonly Value[], loss: Value): string[] {
+  const fromWrt = new Set<Value>(wrt);
+  const toLoss = new Set<Value>([loss]);
+  const list = [...nodes];
+  for (const n of list) if (n.inputs.some((v) => v && fromWrt.has(v))) n.outputs.forEach((o) => fromWrt.add(o));
+  for (const n of [...list].reverse()) if (n.outputs.some((o) => toLoss.has(o))) n.inputs.forEach((v) => v && toLoss.add(v));
+  return [...new Set(list.filter((n) => n.outputs.some((o) => fromWrt.has(o) && toLoss.has(o))).map((n) => n.opType))].sort();
 }
 
 export function rng(seed: number): () => number {
@@ -134,6 +146,7 @@ export async function checkGradient(c: GradientCase): Promise<GradientReport> {
   const forward = buildModel(c, undefined);
   const withGrad = buildModel(c, forward.outputShape);
   const forwardNodes = new Set(withGrad.model.graph.nodes);
+  const differentiated = opsOnPath(forwardNodes, withGrad.wrt, withGrad.loss);
   const result = differentiate(withGrad.model, withGrad.loss, withGrad.wrt);
   const outputs = addGradientOutputs(withGrad.model.graph, result.gradients);
   assertValidGraph(withGrad.model.graph, `differentiate (${c.name})`);
@@ -184,7 +197,7 @@ export async function checkGradient(c: GradientCase): Promise<GradientReport> {
     if (!(relative <= tolerance)) {
       throw new Error(`gradient check "${c.name}" (${c.dtype}, opset ${c.opset ?? 17}) failed with seed ${c.seed}: max |numeric − analytic| / scale = ${relative.toExponential(3)} > ${tolerance} (worst ${worst})`);
     }
-    return { maxError: relative, scale, elements, nodesAdded: result.nodesAdded, opsAdded: [...new Set(added.map((n) => n.opType))].sort() };
+    return { maxError: relative, scale, elements, nodesAdded: result.nodesAdded, opsAdded: [...new Set(added.map((n) => n.opType))].sort(), opsDifferentiated: differentiated };
   } finally {
     await fwd.release();
     await grad.release();

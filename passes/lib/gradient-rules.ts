@@ -6,11 +6,11 @@
  * them). Rules only emit nodes through `c.e`; the driver (differentiate.ts) walks the graph and
  * accumulates. Static shapes come from the specialization pass.
  */
-import { DataType } from '../compiler/dtype';
-import { Node, Value } from '../compiler/ir';
-import { intList, isFloatType, normalizeAxis, resolveSlice } from './fold-constants';
-import { OpEmitter, elemTypeOf } from './opset-emit';
-import { constantOfValue, parseEinsum } from './shape-inference';
+import { DataType } from '../../compiler/dtype';
+import { Node, Value } from '../../compiler/ir';
+import { intList, isFloatType, normalizeAxis, resolveSlice } from '../../compiler/constant-eval';
+import { OpEmitter, elemTypeOf } from '../../compiler/op-emitter';
+import { constantOfValue, parseEinsum } from '../../compiler/shape-inference';
 
 export interface GradContext {
   readonly node: Node;

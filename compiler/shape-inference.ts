@@ -6,9 +6,9 @@
  * (fold-constants.ts), and records `value.type` on every value. An op without a rule is an
  * error that names the op and the node.
  */
-import { HollowcError } from '../compiler/errors';
-import { DataType, DataTypeCode } from '../compiler/dtype';
-import { Model, Node, Value } from '../compiler/ir';
+import { HollowcError } from './errors';
+import { DataType, DataTypeCode } from './dtype';
+import { Model, Node, Value } from './ir';
 import {
   ConstTensor,
   FOLD_LIMIT,
@@ -23,7 +23,7 @@ import {
   normalizeAxis,
   resolveSlice,
   sizeOf,
-} from './fold-constants';
+} from './constant-eval';
 
 export type StaticType = OutputType;
 

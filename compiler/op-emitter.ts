@@ -3,10 +3,10 @@
  * bounds as inputs), typed constants, and the broadcast-undoing reduction every gradient rule
  * needs. Used by the gradient rules, the loss and the optimizer passes.
  */
-import { DataType, DataTypeCode } from '../compiler/dtype';
-import { Attrs, GraphBuilder } from '../compiler/builder';
-import { Value } from '../compiler/ir';
-import { sizeOf, tensorFromConst } from './fold-constants';
+import { DataType, DataTypeCode } from './dtype';
+import { Attrs, GraphBuilder } from './builder';
+import { Value } from './ir';
+import { sizeOf, tensorFromConst } from './constant-eval';
 import { constantOfValue, inferNodeTypes } from './shape-inference';
 
 /** The opset at which each op's `axes` moved from attribute to input. */

@@ -7,8 +7,8 @@
  * initializer is a parameter at all is read off how it is used: exporters also store constants
  * (InstanceNormalization's ones and zeros, folded shapes and scalars) as initializers.
  */
-import { Graph, Node, Value, tensorElementCount } from '../compiler/ir';
-import { DataType } from '../compiler/dtype';
+import { Graph, Node, Value, tensorElementCount } from './ir';
+import { DataType } from './dtype';
 
 /** `/down_blocks.0/resnets.0/conv1/Conv` -> `down_blocks.0.resnets.0.conv1`; `/Shape` -> ''. */
 export function moduleOfNode(node: Node): string {

@@ -3,8 +3,9 @@
  * initializer, plus an Add for the bias; or Gemm) and convolutions. Each is named by its diffusers
  * module path, the name peft and kohya use for the LoRA of that layer.
  */
-import { Graph, Node, Value } from '../compiler/ir';
-import { moduleOfNode } from './module-scope';
+import { HollowcError } from '../../compiler/errors';
+import { Graph, Node, Value } from '../../compiler/ir';
+import { moduleOfNode } from '../../compiler/module-scope';
 
 export interface LoraSite {
   module: string;
@@ -59,4 +60,21 @@ export function findLoraSites(g: Graph): LoraSite[] {
   }
   const seen = new Set<string>();
   return sites.filter((s) => (seen.has(s.module) ? false : (seen.add(s.module), true)));
+}
+
+/** LoRA sites for the requested targets, in graph order; unknown targets are an error. */
+export function selectSites(g: Graph, targets: readonly string[], label: string): LoraSite[] {
+  const sites = findLoraSites(g);
+  const byModule = new Map(sites.map((s) => [s.module, s]));
+  const missing = targets.filter((t) => !byModule.has(t));
+  if (missing.length) throw new HollowcError(`no Linear or Conv layer for LoRA target${missing.length > 1 ? 's' : ''} ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', ...' : ''}`, label);
+  const wanted = new Set(targets);
+  return sites.filter((s) => wanted.has(s.module));
+}
+
+/** peft/kohya shapes of a site's LoRA: A [r, in(, kh, kw)], B [out, r(, 1, 1)]. */
+export function loraShapes(site: Pick<LoraSite, 'kind' | 'inFeatures' | 'outFeatures' | 'kernel'>, rank: number): { a: number[]; b: number[] } {
+  return site.kind === 'conv'
+    ? { a: [rank, site.inFeatures, ...site.kernel], b: [site.outFeatures, rank, 1, 1] }
+    : { a: [rank, site.inFeatures], b: [site.outFeatures, rank] };
 }

@@ -7,9 +7,9 @@
  * A value is either dense (`data`, row-major, int64 as JS numbers) or a splat (one value
  * everywhere: a zero-filled `ConstantOfShape` of any size costs nothing to know).
  */
-import { DataType, DataTypeCode, elementSize } from '../compiler/dtype';
-import { Graph, Node, Tensor, Value, inlineTensor, tensorElementCount } from '../compiler/ir';
-import { readTensorBytes } from '../compiler/serde';
+import { DataType, DataTypeCode, elementSize } from './dtype';
+import { Graph, Node, Tensor, Value, inlineTensor, tensorElementCount } from './ir';
+import { readTensorBytes } from './serde';
 
 export interface ConstTensor {
   dataType: DataTypeCode;

@@ -4,12 +4,12 @@
  * parameters of every block counted from initializer shapes, the skip tensors, and every valid
  * cut with its hollow activation. No weight bytes are read.
  */
-import { HollowcError } from '../compiler/errors';
-import { Dim, Graph, Node, Value } from '../compiler/ir';
-import { DIFFUSERS_DEFAULTS, DownBlockType, UNetConfig, UpBlockType } from '../models/config';
-import { FamilyName } from '../models/families';
-import { Cut, UNetLayout, buildLayout, ownerOfModulePath, validCuts } from '../models/layout';
-import { ParameterInfo, findParameters, isWithin, moduleOfNode, moduleTree } from './module-scope';
+import { HollowcError } from '../../compiler/errors';
+import { Dim, Graph, Node, Value } from '../../compiler/ir';
+import { DIFFUSERS_DEFAULTS, DownBlockType, UNetConfig, UpBlockType } from '../../models/config';
+import { FamilyName } from '../../models/families';
+import { Cut, UNetLayout, buildLayout, ownerOfModulePath, validCuts } from '../../models/layout';
+import { ParameterInfo, findParameters, isWithin, moduleOfNode, moduleTree } from '../../compiler/module-scope';
 
 export interface BlockInfo {
   id: string;
@@ -30,17 +30,12 @@ export interface SkipInfo {
   concat: string;
 }
 
-export interface CutInfo {
-  after: string;
-  hollowed: string[];
-  hollowedModules: string[];
-  firstKeptUp: string;
+/** A valid cut of this graph: the layout's cut plus what the graph says about it. */
+export interface CutInfo extends Cut {
   removedParams: number;
   fraction: number;
-  /** The hidden-state input of the first kept up layer's skip Concat. */
-  hollowActivation: string;
-  shape: Dim[];
-  cut: Cut;
+  /** The hollow activation: the hidden-state input of the first kept up layer's skip Concat. */
+  activation: { tensor: string; concat: string; shape: Dim[] };
 }
 
 export interface UNetAnalysis {
@@ -244,15 +239,10 @@ export function analyzeUNet(g: Graph, label = 'model'): UNetAnalysis {
     const removed = cut.hollowed.reduce((a, id) => a + (paramsByOwner.get(id) ?? 0), 0);
     const concat = g.nodes.find((n) => n.name === skips.find((s) => s.consumer === cut.firstKeptUp)!.concat)!;
     return {
-      after: cut.lastKeptDown,
-      hollowed: [...cut.hollowed],
-      hollowedModules: [...cut.hollowedModules],
-      firstKeptUp: cut.firstKeptUp,
+      ...cut,
       removedParams: removed,
       fraction: removed / totalParams,
-      hollowActivation: concat.input(0).name,
-      shape: activationShape(g, cut.hollowChannels, cut.hollowScale),
-      cut,
+      activation: { tensor: concat.input(0).name, concat: concat.name, shape: activationShape(g, cut.hollowChannels, cut.hollowScale) },
     };
   });
 

@@ -1,0 +1,208 @@
+/**
+ * The artifact contract: the one thing compiling and running share. `compile` writes a folder
+ * of ONNX artifacts and `manifest.json`; the runtime reads the folder through this module only.
+ * Every input/output name that crosses that boundary, the LoRA and optimizer-state naming, the
+ * manifest's types and its validation live here, so neither side spells them on its own.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { HollowcError } from './errors';
+import { Dim } from './ir';
+
+/** Written as the manifest's `hollowc` field; bumped when a field changes meaning. */
+export const MANIFEST_FORMAT = '2';
+export const MANIFEST_FILE = 'manifest.json';
+export const WEIGHTS_FILE = 'weights.onnx_data';
+
+export const ARTIFACT_NAMES = ['precompute', 'forward', 'infer', 'grads', 'train'] as const;
+export type ArtifactName = (typeof ARTIFACT_NAMES)[number];
+
+/** The UNet's own inputs and output (as torch.onnx.export of diffusers names them). */
+export const SAMPLE = 'sample';
+export const TIMESTEP = 'timestep';
+export const ENCODER_HIDDEN_STATES = 'encoder_hidden_states';
+export const TEXT_EMBEDS = 'text_embeds';
+export const TIME_IDS = 'time_ids';
+export const OUT_SAMPLE = 'out_sample';
+
+/** precompute.onnx's output and the hollowed net's extra input. */
+export const HOLLOW_ACTIVATION = 'hollow_activation';
+
+/** Training inputs and outputs added by the loss and the optimizer. */
+export const TARGET = 'target';
+export const LOSS_WEIGHT = 'loss_weight';
+export const LOSS = 'loss';
+export const LEARNING_RATE = 'lr';
+export const STEP = 'step';
+
+/** infer.onnx: path 1 (the base path) takes the conditioning inputs under this prefix. */
+export const BASE_CONDITIONING = [ENCODER_HIDDEN_STATES, TEXT_EMBEDS] as const;
+export function baseInputName(name: string): string {
+  return `base_${name}`;
+}
+
+/** peft names: `<module path>.lora_A.weight` [r, in] and `.lora_B.weight` [out, r]. */
+export function loraParamNames(module: string): { a: string; b: string } {
+  return { a: `${module}.lora_A.weight`, b: `${module}.lora_B.weight` };
+}
+const LORA_PARAM = /^(.+)\.lora_([AB])\.weight$/;
+export function isLoraParam(name: string): boolean {
+  return LORA_PARAM.test(name);
+}
+/** The module a LoRA tensor name belongs to, or undefined for other names. */
+export function loraModuleOf(name: string): string | undefined {
+  return LORA_PARAM.exec(name)?.[1];
+}
+
+/** AdamW state inputs of a parameter, and the `.updated` outputs train.onnx returns for them. */
+export function expAvgName(param: string): string {
+  return `${param}.exp_avg`;
+}
+export function expAvgSqName(param: string): string {
+  return `${param}.exp_avg_sq`;
+}
+export function updatedName(name: string): string {
+  return `${name}.updated`;
+}
+export function gradientName(param: string): string {
+  return `${param}.grad`;
+}
+/** The parameter whose optimizer state `name` is, if it is one of `params`'s states. */
+export function optimizerStateOwner(name: string, params: ReadonlySet<string>): string | undefined {
+  for (const suffix of ['.exp_avg', '.exp_avg_sq']) {
+    if (name.endsWith(suffix) && params.has(name.slice(0, -suffix.length))) return name.slice(0, -suffix.length);
+  }
+  return undefined;
+}
+
+/**
+ * Node metadata key that marks the nodes a LoRA branch adds, with the module as value: later
+ * rewrites (bake) find branches by this mark, not by node names.
+ */
+export const LORA_BRANCH_KEY = 'hollowc.lora_branch';
+
+export type Prediction = 'epsilon' | 'v_prediction';
+
+export interface TensorDescription {
+  name: string;
+  dtype: string;
+  shape: Dim[];
+}
+
+export interface ArtifactDescription {
+  file: string;
+  inputs: TensorDescription[];
+  outputs: TensorDescription[];
+  nodes: number;
+}
+
+export interface LoraTargetDescription {
+  module: string;
+  kind: 'linear' | 'conv';
+  inFeatures: number;
+  outFeatures: number;
+  /** False for targets inside the hollow: they get no LoRA (they never run with it). */
+  trained: boolean;
+  lora_A: { name: string; shape: number[] };
+  lora_B: { name: string; shape: number[] };
+}
+
+/** Everything `precompute` and `train` need from the spec, resolved at compile time. */
+export interface TrainingSettings {
+  prediction: Prediction;
+  priorWeight: number;
+  seed: number;
+  lr: number;
+  steps: number;
+  batch: number;
+  checkpointEvery: number;
+  /** The spec's `shape` lines. */
+  shapes: Record<string, number[]>;
+  /** AdamW constants (train.onnx has them built in; a host-side optimizer reads them here). */
+  optimizer: { betas: [number, number]; eps: number; weightDecay: number };
+}
+
+export interface ManifestCut {
+  /** The deepest down layer (paper id) the hollowed net keeps. */
+  lastKeptDown: string;
+  /** Hollowed layer ids, in layout order. */
+  hollowed: string[];
+  /** The hollowed module paths with whole blocks collapsed (e.g. `down_blocks.3`, `mid_block`). */
+  hollowedBlocks: string[];
+  firstKeptUp: string;
+  hollowActivation: { tensor: string; shape: Dim[] };
+  removedParameters: number;
+  fraction: number;
+}
+
+export interface CompileManifest {
+  /** The manifest format, MANIFEST_FORMAT. */
+  hollowc: string;
+  family: string;
+  model: { file: string; sha256: string; parameters: number };
+  cut: ManifestCut | null;
+  parameters: { full: number; heldDuringTraining: number; lora: number };
+  lora: { rank: number; alpha: number; scale: number; targets: LoraTargetDescription[] };
+  weights: string[];
+  artifacts: Partial<Record<ArtifactName, ArtifactDescription>>;
+  training: TrainingSettings;
+  spec?: { file: string; sha256: string; text: string };
+}
+
+function shapeProblem(where: string, v: unknown): string | undefined {
+  if (v === null || typeof v !== 'object') return `${where} is missing`;
+  return undefined;
+}
+
+/** The first structural problem of a parsed manifest, or undefined. */
+function manifestProblem(m: Record<string, unknown>): string | undefined {
+  if (m.hollowc !== MANIFEST_FORMAT) {
+    return m.hollowc === undefined
+      ? 'it has no format version (field "hollowc")'
+      : `it is format ${JSON.stringify(m.hollowc)} and this hollowc reads format ${MANIFEST_FORMAT}: compile again`;
+  }
+  if (typeof m.family !== 'string') return 'field "family" is missing';
+  for (const key of ['model', 'parameters', 'lora', 'artifacts', 'training'] as const) {
+    const p = shapeProblem(`field "${key}"`, m[key]);
+    if (p) return p;
+  }
+  const lora = m.lora as Record<string, unknown>;
+  if (typeof lora.rank !== 'number' || typeof lora.alpha !== 'number' || typeof lora.scale !== 'number' || !Array.isArray(lora.targets)) return 'field "lora" lacks rank, alpha, scale or targets';
+  if (!Array.isArray(m.weights)) return 'field "weights" is missing';
+  for (const [name, a] of Object.entries(m.artifacts as Record<string, unknown>)) {
+    if (!(ARTIFACT_NAMES as readonly string[]).includes(name)) return `unknown artifact ${JSON.stringify(name)}`;
+    const d = a as Partial<ArtifactDescription>;
+    if (typeof d?.file !== 'string' || !Array.isArray(d.inputs) || !Array.isArray(d.outputs)) return `artifact ${name} lacks file, inputs or outputs`;
+    if (path.isAbsolute(d.file) || d.file.split(/[\\/]/).includes('..')) return `artifact ${name} points outside the folder (${d.file})`;
+  }
+  const t = m.training as Record<string, unknown>;
+  for (const key of ['priorWeight', 'seed', 'lr', 'steps', 'batch', 'checkpointEvery'] as const) {
+    if (typeof t[key] !== 'number') return `training setting "${key}" is missing`;
+  }
+  const o = t.optimizer as Record<string, unknown> | undefined;
+  if (!o || !Array.isArray(o.betas) || typeof o.eps !== 'number' || typeof o.weightDecay !== 'number') return 'training setting "optimizer" is missing';
+  if (t.prediction !== 'epsilon' && t.prediction !== 'v_prediction') return `training prediction ${JSON.stringify(t.prediction)} is neither epsilon nor v_prediction`;
+  if (m.cut !== null && shapeProblem('field "cut"', m.cut)) return 'field "cut" is missing (null for hollow none)';
+  return undefined;
+}
+
+/** Reads and validates `<dir>/manifest.json`; every problem is a HollowcError naming the file. */
+export function readManifest(dir: string): CompileManifest {
+  const file = path.join(dir, MANIFEST_FILE);
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new HollowcError(`not a compiled hollowc folder (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); run hollowc compile first`, file);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (e) {
+    throw new HollowcError(`manifest is not JSON: ${(e as Error).message}`, file);
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new HollowcError('manifest is not a JSON object', file);
+  const problem = manifestProblem(parsed as Record<string, unknown>);
+  if (problem) throw new HollowcError(`not a manifest this hollowc can read: ${problem}`, file);
+  return parsed as CompileManifest;
+}

@@ -1,0 +1,56 @@
+/**
+ * One shape for every graph rewrite, and the driver that runs an ordered list of them.
+ *
+ * A pass reads and writes a shared state object `S` (the facts earlier passes produced, such as
+ * the LoRA parameters or the loss value); `requires` and `ensures` name the state fields it reads
+ * and writes, and the driver checks both, so a list in the wrong order fails with the pass's name
+ * instead of an undefined deep inside it. The verifier runs after every pass.
+ */
+import { Model } from './ir';
+import { assertValidGraph } from './verify';
+
+export interface PassResult {
+  changed: boolean;
+  /** One line for logs: what the pass did (counts). */
+  summary?: string;
+}
+
+export interface Pass<S> {
+  readonly name: string;
+  readonly requires?: readonly (keyof S)[];
+  readonly ensures?: readonly (keyof S)[];
+  run(model: Model, state: S): PassResult;
+}
+
+export interface PassRecord {
+  pass: string;
+  changed: boolean;
+  summary?: string;
+  nodes: number;
+}
+
+export interface RunPassesOptions {
+  /** Names the graph in error messages, e.g. "building train.onnx". */
+  label?: string;
+  log?: (message: string) => void;
+}
+
+function missing<S>(state: S, keys: readonly (keyof S)[] | undefined): string[] {
+  return (keys ?? []).filter((k) => state[k] === undefined).map(String);
+}
+
+export function runPasses<S>(model: Model, passes: readonly Pass<S>[], state: S, options: RunPassesOptions = {}): PassRecord[] {
+  const label = options.label ?? model.graph.name;
+  const records: PassRecord[] = [];
+  for (const pass of passes) {
+    const before = missing(state, pass.requires);
+    if (before.length) throw new Error(`internal: pass ${pass.name} (${label}) needs ${before.join(', ')}, which no earlier pass provided`);
+    const result = pass.run(model, state);
+    const after = missing(state, pass.ensures);
+    if (after.length) throw new Error(`internal: pass ${pass.name} (${label}) did not provide ${after.join(', ')}`);
+    assertValidGraph(model.graph, `pass ${pass.name} (${label})`);
+    records.push({ pass: pass.name, changed: result.changed, summary: result.summary, nodes: model.graph.nodes.length });
+    options.log?.(`  ${pass.name}: ${result.summary ?? (result.changed ? 'changed' : 'no change')} (${model.graph.nodes.length} nodes)`);
+  }
+  return records;
+}

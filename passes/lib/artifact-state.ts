@@ -1,0 +1,47 @@
+/**
+ * What the passes of one artifact's pipeline share: the compile's fixed inputs, and the facts
+ * earlier passes produce for later ones (each pass names the fields it requires and ensures).
+ */
+import { Model, Value } from '../../compiler/ir';
+import type { TrainingSettings } from '../../compiler/manifest';
+import { CutInfo, UNetAnalysis } from './analyze-unet';
+
+export interface LoraConfig {
+  rank: number;
+  alpha: number;
+}
+
+export interface LoraParam {
+  /** Graph input name: `<module>.lora_A.weight` or `<module>.lora_B.weight`. */
+  name: string;
+  module: string;
+  role: 'A' | 'B';
+  shape: number[];
+}
+
+export interface ArtifactState {
+  readonly analysis: UNetAnalysis;
+  /** null for `hollow none`. */
+  readonly cut: CutInfo | null;
+  /** Module paths that get LoRA (targets inside the hollow are skipped by the pass). */
+  readonly targets: readonly string[];
+  readonly lora: LoraConfig;
+  /** Static shapes, batch and optimizer constants for the training graphs. */
+  readonly training: TrainingSettings;
+  /** Names the model in error messages. */
+  readonly label: string;
+
+  /** add-base-path: path 1's copy of the hollow activation (infer.onnx). */
+  baseActivation?: Value;
+  /** insert-lora: the LoRA parameter inputs, in site order. */
+  loraParams?: LoraParam[];
+  /** add-loss: the scalar loss. */
+  loss?: Value;
+  /** differentiate: d loss / d each LoRA parameter. */
+  gradients?: Map<Value, Value>;
+}
+
+/** The graph values of the LoRA parameters insert-lora added. */
+export function loraValues(model: Model, state: ArtifactState): Value[] {
+  return state.loraParams!.map((p) => model.graph.value(p.name));
+}

@@ -1,0 +1,49 @@
+/**
+ * Which passes make each artifact, in order. Every artifact starts from a fresh copy of the
+ * source UNet; `runPasses` checks each pass's requires/ensures and verifies the graph after it.
+ *
+ *   precompute  base UNet -> hollow activation
+ *   forward     the hollowed net with LoRA (what training differentiates)
+ *   infer       path 1 (base, up to the activation) + path 2 (hollowed net with LoRA)
+ *   grads       forward + static shapes + loss + d loss / d LoRA as outputs
+ *   train       forward + static shapes + loss + gradients + in-graph AdamW
+ */
+import { cloneModel } from '../compiler/clone';
+import { Model } from '../compiler/ir';
+import { ArtifactName } from '../compiler/manifest';
+import { Pass, PassRecord, runPasses } from '../compiler/pass';
+import { addAdamWPass } from './add-adamw';
+import { addBasePathPass } from './add-base-path';
+import { addLossPass } from './add-loss';
+import { differentiatePass } from './differentiate';
+import { exposeGradientsPass } from './expose-gradients';
+import { extractPrecomputePass } from './extract-precompute';
+import { hollowOutPass } from './hollow-out';
+import { insertLoraPass } from './insert-lora';
+import { ArtifactState } from './lib/artifact-state';
+import { specializeShapesPass } from './specialize-shapes';
+
+const HOLLOWED_WITH_LORA = [insertLoraPass, hollowOutPass];
+const TRAINING_LOSS = [...HOLLOWED_WITH_LORA, specializeShapesPass, addLossPass, differentiatePass];
+
+export const PIPELINES: Readonly<Record<ArtifactName, readonly Pass<ArtifactState>[]>> = {
+  precompute: [extractPrecomputePass],
+  forward: HOLLOWED_WITH_LORA,
+  infer: [addBasePathPass, ...HOLLOWED_WITH_LORA],
+  grads: [...TRAINING_LOSS, exposeGradientsPass],
+  train: [...TRAINING_LOSS, addAdamWPass],
+};
+
+export interface BuiltArtifact {
+  model: Model;
+  state: ArtifactState;
+  passes: PassRecord[];
+}
+
+/** Builds one artifact from `source` (left untouched). */
+export function buildArtifact(name: ArtifactName, source: Model, inputs: ArtifactState, log?: (m: string) => void): BuiltArtifact {
+  const model = cloneModel(source);
+  const state: ArtifactState = { ...inputs };
+  const passes = runPasses(model, PIPELINES[name], state, { label: `building ${name}.onnx`, log });
+  return { model, state, passes };
+}

@@ -1,0 +1,192 @@
+/**
+ * train.onnx as the trainer sees it. Its interface: inputs = the hollowed net's (`sample`,
+ * `timestep`, `encoder_hidden_states` [+ SDXL `text_embeds`, `time_ids`], `hollow_activation`) +
+ * `target` + `loss_weight` [B] + every LoRA tensor + `lr` + `step` (1-based) + each LoRA tensor's
+ * AdamW moments; outputs `loss` and the `.updated` value of every LoRA tensor and moment. Its
+ * static input shapes fix the batch. Names come from the artifact contract (compiler/manifest).
+ */
+import * as ort from 'onnxruntime-node';
+import * as fs from 'fs';
+import * as path from 'path';
+import { HollowcError } from '../compiler/errors';
+import {
+  CompileManifest,
+  ENCODER_HIDDEN_STATES,
+  HOLLOW_ACTIVATION,
+  LEARNING_RATE,
+  LOSS,
+  LOSS_WEIGHT,
+  SAMPLE,
+  STEP,
+  TARGET,
+  TensorDescription,
+  TEXT_EMBEDS,
+  TIMESTEP,
+  TIME_IDS,
+  expAvgName,
+  expAvgSqName,
+  isLoraParam,
+  optimizerStateOwner,
+  updatedName,
+} from '../compiler/manifest';
+import { float32Data, requireArtifact, scalarFor, staticShape, tensorFor } from './artifacts';
+import type { ParamState } from './checkpoint';
+import { readLoraForManifest } from './lora-file';
+import { LORA_INIT_FILE } from './lora-init';
+import { ExecutionProvider, SessionOptions, SessionTuning } from './session';
+import { Store, StoreRecord } from './store';
+
+const DATA_INPUTS = new Set([SAMPLE, TIMESTEP, ENCODER_HIDDEN_STATES, TEXT_EMBEDS, TIME_IDS, HOLLOW_ACTIVATION, TARGET, LOSS_WEIGHT]);
+
+export interface TrainGraph {
+  file: string;
+  batch: number;
+  inputs: Map<string, TensorDescription>;
+  params: { name: string; shape: number[] }[];
+  outputs: string[];
+}
+
+/** The outputs one step reads back for a parameter: its value and both moments, updated. */
+function updatedOutputs(param: string): [string, string, string] {
+  return [updatedName(param), updatedName(expAvgName(param)), updatedName(expAvgSqName(param))];
+}
+
+/** train.onnx's interface from the manifest, checked against the store when one is given. */
+export function describeTrainGraph(out: string, manifest: CompileManifest, store?: Store): TrainGraph {
+  const artifact = requireArtifact(out, manifest, 'train', 'training');
+  const inputs = new Map(artifact.inputs.map((i) => [i.name, i]));
+  const params = artifact.inputs.filter((i) => isLoraParam(i.name)).map((i) => ({ name: i.name, shape: staticShape(i, artifact.path) }));
+  const paramNames = new Set(params.map((p) => p.name));
+  for (const i of artifact.inputs) {
+    const known = DATA_INPUTS.has(i.name) || i.name === LEARNING_RATE || i.name === STEP || paramNames.has(i.name) || optimizerStateOwner(i.name, paramNames) !== undefined;
+    if (!known) throw new HollowcError(`train.onnx input ${i.name} is not one the trainer knows how to feed`, artifact.path);
+  }
+  for (const required of [SAMPLE, HOLLOW_ACTIVATION, TARGET, LOSS_WEIGHT, LEARNING_RATE, STEP]) {
+    if (!inputs.has(required)) throw new HollowcError(`train.onnx has no input ${required}`, artifact.path);
+  }
+  if (!params.length) throw new HollowcError('train.onnx has no LoRA inputs', artifact.path);
+  const outputs = [LOSS, ...params.flatMap((p) => updatedOutputs(p.name))];
+  const declared = new Set(artifact.outputs.map((o) => o.name));
+  const missing = outputs.filter((o) => !declared.has(o));
+  if (missing.length) throw new HollowcError(`train.onnx lacks output${missing.length > 1 ? 's' : ''} ${missing.slice(0, 3).join(', ')}`, artifact.path);
+  const batch = staticShape(inputs.get(SAMPLE)!, artifact.path)[0];
+  if (store) checkStoreShapes(inputs, batch, store, artifact.path);
+  return { file: artifact.path, batch, inputs, params, outputs };
+}
+
+function checkStoreShapes(inputs: Map<string, TensorDescription>, batch: number, store: Store, label: string): void {
+  const expect = (name: string, shape: readonly number[], what: string) => {
+    const d = inputs.get(name);
+    if (!d) return;
+    const s = staticShape(d, label);
+    if (s.join() !== [batch, ...shape].join()) throw new HollowcError(`train.onnx takes ${name} [${s}] but the store holds ${what} [${shape}] per sample: precompute with data of the compiled shapes`, store.dir);
+  };
+  expect(SAMPLE, store.header.latentShape, 'latents');
+  expect(TARGET, store.header.latentShape, 'targets');
+  expect(HOLLOW_ACTIVATION, store.header.activationShape, 'hollow activations');
+  const c = store.conditioning(0);
+  expect(ENCODER_HIDDEN_STATES, c.encoderHiddenStates.shape, ENCODER_HIDDEN_STATES);
+  if (c.textEmbeds) expect(TEXT_EMBEDS, c.textEmbeds.shape, TEXT_EMBEDS);
+}
+
+/** Feeds for one step's data inputs (everything but parameters, moments, lr and step). */
+export function dataFeeds(graph: TrainGraph, store: Store, records: StoreRecord[], priorWeight: number): Record<string, ort.Tensor> {
+  const B = records.length;
+  const h = store.header;
+  const feeds: Record<string, ort.Tensor> = {};
+  const stack = (name: string, per: number, get: (r: StoreRecord) => Float32Array, shape: readonly number[]) => {
+    const d = graph.inputs.get(name);
+    if (!d) return;
+    const data = new Float32Array(B * per);
+    records.forEach((r, b) => data.set(get(r), b * per));
+    feeds[name] = tensorFor(d, data, [B, ...shape]);
+  };
+  const latentSize = h.latentShape.reduce((a, b) => a * b, 1);
+  stack(SAMPLE, latentSize, (r) => r.zt, h.latentShape);
+  stack(TARGET, latentSize, (r) => r.target, h.latentShape);
+  stack(HOLLOW_ACTIVATION, h.activationShape.reduce((a, b) => a * b, 1), (r) => r.activation, h.activationShape);
+  const c0 = store.conditioning(0);
+  stack(ENCODER_HIDDEN_STATES, c0.encoderHiddenStates.data.length, (r) => store.conditioning(r.condId).encoderHiddenStates.data, c0.encoderHiddenStates.shape);
+  if (graph.inputs.has(TEXT_EMBEDS)) {
+    if (!c0.textEmbeds) throw new HollowcError('train.onnx takes text_embeds but the store has none (SDXL prompts need pooled embeddings)', store.dir);
+    stack(TEXT_EMBEDS, c0.textEmbeds.data.length, (r) => store.conditioning(r.condId).textEmbeds!.data, c0.textEmbeds.shape);
+  }
+  if (graph.inputs.has(TIME_IDS)) {
+    const ids = Float32Array.from(h.timeIds ?? []);
+    if (ids.length === 0) throw new HollowcError('train.onnx takes time_ids but the store has none', store.dir);
+    stack(TIME_IDS, ids.length, () => ids, [ids.length]);
+  }
+  const ts = graph.inputs.get(TIMESTEP);
+  if (ts) feeds[TIMESTEP] = tensorFor(ts, records.map((r) => r.timestep), [B]);
+  feeds[LOSS_WEIGHT] = tensorFor(graph.inputs.get(LOSS_WEIGHT), records.map((r) => (r.isClass ? priorWeight : 1)), [B]);
+  return feeds;
+}
+
+export function paramFeeds(graph: TrainGraph, params: readonly ParamState[], lr: number, step: number): Record<string, ort.Tensor> {
+  const feeds: Record<string, ort.Tensor> = {};
+  for (const p of params) {
+    feeds[p.name] = new ort.Tensor('float32', p.value, p.shape);
+    feeds[expAvgName(p.name)] = new ort.Tensor('float32', p.expAvg, p.shape);
+    feeds[expAvgSqName(p.name)] = new ort.Tensor('float32', p.expAvgSq, p.shape);
+  }
+  feeds[LEARNING_RATE] = scalarFor(graph.inputs.get(LEARNING_RATE), lr);
+  feeds[STEP] = scalarFor(graph.inputs.get(STEP), step);
+  return feeds;
+}
+
+/** Takes one step's updated values and moments from its outputs. */
+export function applyUpdates(params: ParamState[], result: ort.InferenceSession.OnnxValueMapType): void {
+  for (const p of params) {
+    const [value, expAvg, expAvgSq] = updatedOutputs(p.name);
+    p.value = float32Data(result[value], value);
+    p.expAvg = float32Data(result[expAvg], expAvg);
+    p.expAvgSq = float32Data(result[expAvgSq], expAvgSq);
+  }
+}
+
+export function readLoss(result: ort.InferenceSession.OnnxValueMapType): number {
+  const t = result[LOSS];
+  if (!t) throw new HollowcError('train.onnx returned no loss');
+  return Number((t.data as Float32Array | Float64Array)[0]);
+}
+
+/** Mean loss over the first `batches` batches in store order, at lr = 0 (AdamW then changes nothing). */
+export async function lossAtRest(session: ort.InferenceSession, graph: TrainGraph, store: Store, params: readonly ParamState[], batches: number, priorWeight: number): Promise<number> {
+  const n = evaluationBatches(graph, store, batches);
+  let sum = 0;
+  for (let b = 0; b < n; b++) {
+    const records = Array.from({ length: graph.batch }, (_, k) => store.read((b * graph.batch + k) % store.count));
+    sum += readLoss(await session.run({ ...dataFeeds(graph, store, records, priorWeight), ...paramFeeds(graph, params, 0, 1) }, [LOSS]));
+  }
+  return sum / n;
+}
+
+/** How many batches an evaluation over `asked` batches averages: at least one, at most the store. */
+export function evaluationBatches(graph: TrainGraph, store: Store, asked: number): number {
+  return Math.max(1, Math.min(asked, Math.ceil(store.count / graph.batch)));
+}
+
+/** The LoRA a fresh run starts from: `<out>/lora-init.safetensors` (written by compile). */
+export function initialParams(out: string, manifest: CompileManifest, graph: TrainGraph): ParamState[] {
+  const file = path.join(out, LORA_INIT_FILE);
+  if (!fs.existsSync(file)) throw new HollowcError(`no ${LORA_INIT_FILE}: compile with hollowc compile (it writes the initial LoRA)`, out);
+  const byName = readLoraForManifest(file, manifest);
+  return graph.params.map((p) => {
+    const v = byName.get(p.name);
+    if (!v) throw new HollowcError(`${LORA_INIT_FILE} has no values for ${p.name}`, file);
+    const n = p.shape.reduce((a, b) => a * b, 1);
+    if (v.length !== n) throw new HollowcError(`${p.name}: ${v.length} values, train.onnx expects [${p.shape}]`, file);
+    return { name: p.name, shape: p.shape, value: Float32Array.from(v), expAvg: new Float32Array(n), expAvgSq: new Float32Array(n) };
+  });
+}
+
+/**
+ * Session options for train.onnx. Graph optimization defaults to 'basic': at 'all' onnxruntime
+ * also rewrites convolutions to its blocked NCHWc layout, which keeps reordered copies of the
+ * frozen conv weights for the forward and the backward convolutions; on full SD 2.1 that cost
+ * 1.2 GiB of peak RSS (5078 vs 3843 MiB) and made steps slower. The memory pattern is off too
+ * (see SessionOptions.memPattern).
+ */
+export function trainingSession(options: { session?: SessionTuning; ep?: ExecutionProvider; fallbackToCpu?: boolean }): SessionOptions {
+  return { ...options.session, optimization: options.session?.optimization ?? 'basic', memPattern: false, ep: options.ep, fallbackToCpu: options.fallbackToCpu };
+}
