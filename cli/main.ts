@@ -10,7 +10,11 @@ import { SpecError } from '../dsl/diagnostics';
 import { registerCompile } from './compile';
 import { registerInspect } from './inspect';
 import { registerModelBuild } from './model-build';
-import { registerRuntimeCommands } from './run-commands';
+import { registerDemo } from './demo';
+import { registerExportLora } from './export-lora';
+import { registerGenerate } from './generate';
+import { registerPrecompute } from './precompute';
+import { registerTrain } from './train';
 
 /** Found upwards from here: the same code runs from dist/cli and from cli/ under jest. */
 function packageVersion(): string {
@@ -32,7 +36,11 @@ export function buildProgram(): Command {
   registerInspect(program);
   registerCompile(program);
   registerModelBuild(program);
-  registerRuntimeCommands(program);
+  registerPrecompute(program);
+  registerTrain(program);
+  registerGenerate(program);
+  registerExportLora(program);
+  registerDemo(program);
   return program;
 }
 

@@ -3,7 +3,8 @@
  * writes an SD-shaped ONNX UNet with seeded random weights (model.onnx + model.onnx_data).
  */
 import * as fs from 'fs';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command } from 'commander';
+import { parseSeed } from './options';
 import { HollowcError } from '../compiler/errors';
 import { parseUNetConfig, UNetConfig } from '../models/config';
 import { FAMILIES, FAMILY_NAMES, isFamilyName } from '../models/families';
@@ -17,10 +18,9 @@ export interface ModelBuildOptions {
   seed?: number;
 }
 
-function parseSeed(text: string): number {
-  const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
-  if (!Number.isSafeInteger(n) || n > 0xffffffff) throw new InvalidArgumentError(`expected an integer in 0..4294967295, got ${JSON.stringify(text)}`);
-  return normalizeSeed(n);
+/** A weight seed as `hollowc model build --seed` takes it. */
+function parseWeightSeed(text: string): number {
+  return normalizeSeed(parseSeed(text));
 }
 
 /** The config a `model build` invocation names, with a label for messages. */
@@ -80,7 +80,7 @@ export function registerModelBuild(program: Command): Command {
     .option('--full', 'the real architecture (SD 1.5: 3.4 GB, SDXL: 10.3 GB of weights)')
     .option('--config <file>', 'a diffusers unet/config.json (UNet2DConditionModel) instead of a family')
     .requiredOption('-o, --out <dir>', 'output folder (model.onnx + model.onnx_data)')
-    .option('--seed <n>', 'weight seed (default 0)', parseSeed)
+    .option('--seed <n>', 'weight seed (default 0)', parseWeightSeed)
     .action(async (family: string | undefined, opts: ModelBuildOptions) => {
       await runModelBuild(family, opts);
     });

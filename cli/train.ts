@@ -1,0 +1,62 @@
+/** `hollowc train`: train.onnx over the store, with checkpoints and resume. */
+import * as path from 'path';
+import { Command } from 'commander';
+import { HollowcError } from '../compiler/errors';
+import { ExecutionProvider } from '../runtime/session';
+import { ProgressLine, formatDuration } from '../runtime/progress';
+import { train } from '../runtime/train';
+import { TuningCli, out, parseCount, parseNumber, parseSeed, sessionOptions, tuning } from './options';
+
+interface TrainCli extends TuningCli {
+  steps?: number;
+  resume?: boolean;
+  restart?: boolean;
+  checkpointEvery?: number;
+  lr?: number;
+  seed?: number;
+  store?: string;
+  ep: ExecutionProvider;
+  cpuFallback?: boolean;
+}
+
+export function registerTrain(program: Command): void {
+  const command = program
+    .command('train')
+    .description('run train.onnx over the store: LoRA training with AdamW, checkpoints, resume')
+    .argument('<out>', 'a compiled folder with a precomputed store')
+    .option('--steps <n>', "total steps to reach (default: the spec's train steps)", parseCount)
+    .option('--resume', 'continue from <out>/train/checkpoint.safetensors, bit for bit')
+    .option('--restart', 'discard an existing checkpoint and start over')
+    .option('--checkpoint-every <n>', "steps between checkpoints (default: the spec's checkpoint_every)", parseCount)
+    .option('--lr <x>', "learning rate (default: the spec's; on --resume the checkpoint's)", parseNumber)
+    .option('--seed <n>', "sample-order seed (default: the spec's)", parseSeed)
+    .option('--store <dir>', 'store folder (default <out>/store)');
+  sessionOptions(command).action(async (dir: string, o: TrainCli) => {
+      if (o.resume && o.restart) throw new HollowcError('give --resume or --restart, not both');
+      let progress: ProgressLine | undefined;
+      const r = await train({
+        out: dir,
+        steps: o.steps,
+        resume: o.resume,
+        restart: o.restart,
+        checkpointEvery: o.checkpointEvery,
+        lr: o.lr,
+        seed: o.seed,
+        storeDir: o.store,
+        ep: o.ep,
+        fallbackToCpu: o.cpuFallback,
+        session: tuning(o),
+        onStep: (s) => {
+          progress ??= new ProgressLine('step', s.steps, process.stderr, undefined, s.step - 1);
+          progress.update(s.step, { loss: s.loss.toFixed(5) });
+        },
+      }).finally(() => progress?.finish());
+      const first = r.losses[0];
+      const last = r.losses[r.losses.length - 1];
+      if (!r.losses.length) out(`already at step ${r.step}; nothing to train`);
+      else out(`trained steps ${first.step}..${last.step} (batch ${r.batch}) in ${formatDuration(r.seconds)} (${(r.losses.length / r.stepSeconds).toFixed(1)} it/s): loss ${first.loss.toFixed(5)} -> ${last.loss.toFixed(5)}`);
+      out(`  loss log: ${path.join(dir, 'train', 'loss.jsonl')}`);
+      out(`  checkpoint: ${r.checkpointFile}`);
+      out(`  LoRA (peft): ${r.loraFile}`);
+    });
+}
