@@ -1,0 +1,73 @@
+/**
+ * Golden printed graphs: every rewrite of passes/ run on the toy UNet (tests/support/toy-unet.ts)
+ * through its artifact's pipeline, printed with compiler/printer and compared with
+ * tests/golden/<case>.txt. A pass change shows up as a readable diff of those files; accept it
+ * with `npm run accept-golden` (HOLLOWC_ACCEPT_GOLDEN=1), then review the diff before committing.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { cloneModel } from '../compiler/clone';
+import { ArtifactName } from '../compiler/manifest';
+import { runPasses } from '../compiler/pass';
+import { printGraph } from '../compiler/printer';
+import { bakeLora } from '../passes/bake-lora';
+import { PIPELINES } from '../passes/pipeline';
+import { toyState, toyUNet } from './support/toy-unet';
+
+const GOLDEN_DIR = path.join(__dirname, 'golden');
+const ACCEPT = process.env.HOLLOWC_ACCEPT_GOLDEN === '1';
+
+function expectGolden(name: string, text: string): void {
+  const file = path.join(GOLDEN_DIR, `${name}.txt`);
+  if (ACCEPT) {
+    fs.writeFileSync(file, text);
+    return;
+  }
+  if (!fs.existsSync(file)) throw new Error(`no baseline ${path.relative(process.cwd(), file)}: run npm run accept-golden and review it`);
+  expect(text).toBe(fs.readFileSync(file, 'utf8'));
+}
+
+/** The toy after the first `count` passes of `artifact`'s pipeline (the verifier runs after each). */
+function after(artifact: ArtifactName, count: number, hollow = true) {
+  const model = cloneModel(toyUNet());
+  const state = toyState(hollow);
+  const passes = PIPELINES[artifact].slice(0, count);
+  runPasses(model, passes, state);
+  return { model, state, last: passes[passes.length - 1].name };
+}
+
+// [golden file, artifact, passes run, hollowed]: each rewrite once, where its pipeline first runs it.
+const CASES: [string, ArtifactName, number, boolean][] = [
+  ['extract-precompute', 'precompute', 1, true],
+  ['insert-lora', 'forward', 1, true],
+  ['hollow-out', 'forward', 2, true],
+  ['forward.hollow-none', 'forward', 2, false],
+  ['add-base-path', 'infer', 1, true],
+  ['infer', 'infer', 3, true],
+  ['specialize-shapes', 'train', 3, true],
+  ['add-loss', 'train', 4, true],
+  ['differentiate', 'train', 5, true],
+  ['add-adamw', 'train', 6, true],
+  ['expose-gradients', 'grads', 6, true],
+];
+
+test('every pipeline is covered: each pass of PIPELINES has a golden case', () => {
+  const covered = new Set(CASES.map(([, artifact, count]) => PIPELINES[artifact][count - 1].name));
+  const all = new Set(Object.values(PIPELINES).flatMap((ps) => ps.map((p) => p.name)));
+  expect([...all].filter((p) => !covered.has(p))).toEqual([]);
+});
+
+test.each(CASES)('%s', (name, artifact, count, hollow) => {
+  const { model, last } = after(artifact, count, hollow);
+  if (!name.includes('.') && name !== artifact) expect(last).toBe(name);
+  expectGolden(name, printGraph(model.graph, { nodeNames: false }));
+});
+
+test('bake-lora: folds where only path 2 reads the weight, keeps the branch where path 1 shares it', () => {
+  const { model, state } = after('infer', 3);
+  const values = new Map(state.loraParams!.map((p, i) => [p.name, Float32Array.from({ length: p.shape.reduce((a, b) => a * b, 1) }, (_, j) => (i + 1) * 0.01 * ((j % 3) - 1))]));
+  const result = bakeLora(model.graph, values, state.lora.rank, state.lora.alpha / state.lora.rank);
+  // to_q and to_k feed the hollow activation, so the base path shares their weights; to_v is path 2's alone.
+  expect(result).toEqual({ folded: ['up_blocks.0.attentions.0.transformer_blocks.0.attn1.to_v'], kept: ['down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q', 'down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k'] });
+  expectGolden('bake-lora', printGraph(model.graph, { nodeNames: false }));
+});
