@@ -1,7 +1,8 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
-import { compile, CompileManifest } from '../passes/compile';
+import { CompileManifest } from '../compiler/manifest';
+import { compile } from '../passes/compile';
 import { loadModel } from '../compiler/serde';
 import { readNpy } from '../runtime/npy';
 import { FIXTURE_DIR, FIXTURE_MODEL, fixtureInputs, fixtureManifest, fixtureTensor, maxAbsDiff, runModel, tempDir } from './support/fixture';
@@ -28,17 +29,19 @@ describe('compile the fixture at the 39.2% cut with the fixture LoRA (rank 4, al
   const out = tempDir();
   let m: CompileManifest;
   beforeAll(() => {
-    m = compile({ modelFile: FIXTURE_MODEL, outDir: out, cutAfter: '3-2', targets: TARGETS, lora: { rank: 4, alpha: 4 }, emit: ['precompute', 'infer', 'forward'], verify: true });
+    m = compile({ modelFile: FIXTURE_MODEL, outDir: out, lastKeptDown: '3-2', targets: TARGETS, lora: { rank: 4, alpha: 4 }, emit: ['precompute', 'infer', 'forward'] });
   });
 
   test('writes the artifacts, one weights file and a manifest', () => {
     expect(fs.readdirSync(out).sort()).toEqual(['forward.onnx', 'infer.onnx', 'manifest.json', 'precompute.onnx', 'weights.onnx_data']);
     const onDisk = JSON.parse(fs.readFileSync(path.join(out, 'manifest.json'), 'utf8'));
     expect(onDisk).toEqual(JSON.parse(JSON.stringify(m)));
-    expect(m.cut!.hollowedModules).toEqual(manifest.hollow.hollowed_modules);
-    const loraCount = m.lora.targets.filter((t) => t.trained).reduce((a, t) => a + 4 * (t.inFeatures + t.outFeatures), 0);
+    expect(m.cut!.hollowedBlocks).toEqual(manifest.hollow.hollowed_modules);
+    // The LoRA outside the hollow, counted from the fixture's own tensors (torch's lora/ files).
+    const hollowedRef = manifest.reference.grad_summary as Record<string, { hollowed: boolean }>;
+    const loraCount = TARGETS.filter((t) => !hollowedRef[t]?.hollowed).reduce((a, t) => a + fixtureTensor(`lora/${t}.lora_A.npy`).size + fixtureTensor(`lora/${t}.lora_B.npy`).size, 0);
+    expect(loraCount).toBe(30720);
     expect(m.parameters).toEqual({ full: 1390804, heldDuringTraining: 1390804 - 482352, lora: loraCount });
-    expect(loraCount).toBeGreaterThan(0);
     expect(m.lora.targets).toHaveLength(TARGETS.length);
     const hollowed = m.lora.targets.filter((t) => !t.trained).map((t) => t.module);
     expect(hollowed.every((t) => /^(down_blocks\.3|mid_block|up_blocks\.0)\./.test(t))).toBe(true);
@@ -95,7 +98,7 @@ describe('compile the fixture at the 39.2% cut with the fixture LoRA (rank 4, al
 describe('compile with hollow none', () => {
   test('infer.onnx is the UNet with LoRA everywhere = PyTorch full_lora_out', async () => {
     const out = tempDir();
-    const m = compile({ modelFile: FIXTURE_MODEL, outDir: out, cutAfter: null, targets: TARGETS, lora: { rank: 4, alpha: 4 }, emit: ['infer'], verify: true });
+    const m = compile({ modelFile: FIXTURE_MODEL, outDir: out, lastKeptDown: null, targets: TARGETS, lora: { rank: 4, alpha: 4 }, emit: ['infer'] });
     expect(m.cut).toBeNull();
     expect(m.parameters.heldDuringTraining).toBe(m.parameters.full);
     const names = m.artifacts.infer!.inputs.map((i) => i.name);
@@ -108,10 +111,10 @@ describe('compile with hollow none', () => {
 describe('a failed compile leaves the output folder as it was', () => {
   test('bad target after a good compile', () => {
     const out = tempDir();
-    compile({ modelFile: FIXTURE_MODEL, outDir: out, cutAfter: '3-2', targets: TARGETS.slice(0, 2), lora: { rank: 4, alpha: 4 }, emit: ['precompute'] });
+    compile({ modelFile: FIXTURE_MODEL, outDir: out, lastKeptDown: '3-2', targets: TARGETS.slice(0, 2), lora: { rank: 4, alpha: 4 }, emit: ['precompute'] });
     const before = fs.readdirSync(out).map((f) => [f, fs.readFileSync(path.join(out, f)).toString('base64')]);
     expect(() =>
-      compile({ modelFile: FIXTURE_MODEL, outDir: out, cutAfter: '3-2', targets: ['up_blocks.7.attentions.0.proj_in'], lora: { rank: 4, alpha: 4 }, emit: ['precompute', 'infer'] }),
+      compile({ modelFile: FIXTURE_MODEL, outDir: out, lastKeptDown: '3-2', targets: ['up_blocks.7.attentions.0.proj_in'], lora: { rank: 4, alpha: 4 }, emit: ['precompute', 'infer'] }),
     ).toThrow(`${FIXTURE_MODEL}: no Linear or Conv layer for LoRA target up_blocks.7.attentions.0.proj_in`);
     const after = fs.readdirSync(out).map((f) => [f, fs.readFileSync(path.join(out, f)).toString('base64')]);
     expect(after).toEqual(before);
@@ -119,7 +122,7 @@ describe('a failed compile leaves the output folder as it was', () => {
 
   test('a cut that does not exist', () => {
     const out = tempDir();
-    expect(() => compile({ modelFile: FIXTURE_MODEL, outDir: out, cutAfter: '5-1', targets: [], lora: { rank: 4, alpha: 4 }, emit: ['precompute'] })).toThrow(
+    expect(() => compile({ modelFile: FIXTURE_MODEL, outDir: out, lastKeptDown: '5-1', targets: [], lora: { rank: 4, alpha: 4 }, emit: ['precompute'] })).toThrow(
       'no valid cut keeps the down path through 5-1 (valid: 4-2 4-1 3-3 3-2 3-1 2-3 2-2 2-1 1-3 1-2 1-1)',
     );
     expect(fs.readdirSync(out)).toEqual([]);
