@@ -11,3 +11,5 @@ export { buildVae, buildVaeGraph, describeVae, VAE_PARTS } from './vae';
 export type { BuiltVae, VaePart } from './vae';
 export { writeBuiltModel } from './write-model';
 export type { WriteModelOptions, WrittenModel } from './write-model';
+export { buildPipeline } from './pipeline';
+export type { BuildPipelineOptions, BuildPipelineResult, PipelineComponentResult } from './pipeline';
