@@ -33,6 +33,7 @@ export function buildProgram(): Command {
   registerCompile(program);
   registerModelBuild(program);
   registerRuntimeCommands(program);
+  (require('./pipeline-commands') as typeof import('./pipeline-commands')).registerPipelineCommands(program);
   return program;
 }
 
