@@ -10,6 +10,7 @@ import { SpecError } from '../dsl/diagnostics';
 import { registerCompile } from './compile';
 import { registerInspect } from './inspect';
 import { registerModelBuild } from './model-build';
+import { registerTokenize } from './tokenize';
 import { registerDemo } from './demo';
 import { registerExportLora } from './export-lora';
 import { registerGenerate } from './generate';
@@ -41,6 +42,7 @@ export function buildProgram(): Command {
   registerGenerate(program);
   registerExportLora(program);
   registerDemo(program);
+  registerTokenize(program);
   return program;
 }
 

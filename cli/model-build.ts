@@ -8,6 +8,7 @@ import { parseSeed } from './options';
 import { HollowcError } from '../compiler/errors';
 import { parseUNetConfig, UNetConfig } from '../models/config';
 import { FAMILIES, FAMILY_NAMES, isFamilyName } from '../models/families';
+import { buildPipeline } from '../models/builder/pipeline';
 import { buildUNet, normalizeSeed } from '../models/builder/unet';
 
 export interface ModelBuildOptions {
@@ -16,6 +17,7 @@ export interface ModelBuildOptions {
   config?: string;
   out: string;
   seed?: number;
+  pipeline?: boolean;
 }
 
 /** A weight seed as `hollowc model build --seed` takes it. */
@@ -57,6 +59,20 @@ export function resolveBuildConfig(family: string | undefined, opts: ModelBuildO
 
 const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 
+/** `model build <family> --pipeline`: the whole optimum-layout folder around the UNet. */
+export async function runPipelineBuild(family: string | undefined, opts: ModelBuildOptions, log: (line: string) => void = console.log): Promise<void> {
+  if (family === undefined || !isFamilyName(family)) {
+    throw new HollowcError(`${family === undefined ? 'name a model family' : `unknown model family "${family}"`} (expected one of: ${FAMILY_NAMES.join(', ')})`);
+  }
+  if (opts.tiny === opts.full) {
+    throw new HollowcError(opts.tiny ? 'give only one of --tiny and --full' : `say which size: --tiny (test widths, a few MB) or --full (the real ${family} pipeline)`);
+  }
+  const result = await buildPipeline(family, opts.tiny ? 'tiny' : 'full', opts.out, { seed: opts.seed });
+  log(`built ${family}${opts.tiny ? '-tiny' : ''} pipeline (seed ${opts.seed ?? 0}) in ${result.outDir}`);
+  for (const c of result.components) log(`  ${c.name.padEnd(15)} ${c.parameterCount.toLocaleString('en-US').padStart(14)} parameters  ${mib(c.weightBytes)}`);
+  log(`  total           ${result.parameterCount.toLocaleString('en-US').padStart(14)} parameters, ${result.seconds.toFixed(1)} s`);
+}
+
 export async function runModelBuild(family: string | undefined, opts: ModelBuildOptions, log: (line: string) => void = console.log): Promise<void> {
   const { config, label } = resolveBuildConfig(family, opts);
   const result = await buildUNet(config, { outDir: opts.out, seed: opts.seed });
@@ -80,8 +96,9 @@ export function registerModelBuild(program: Command): Command {
     .option('--full', 'the real architecture (SD 1.5: 3.4 GB, SDXL: 10.3 GB of weights)')
     .option('--config <file>', 'a diffusers unet/config.json (UNet2DConditionModel) instead of a family')
     .requiredOption('-o, --out <dir>', 'output folder (model.onnx + model.onnx_data)')
+    .option('--pipeline', 'write a whole pipeline folder (unet, text encoders, VAE, tokenizers, scheduler) in the optimum ONNX layout')
     .option('--seed <n>', 'weight seed (default 0)', parseWeightSeed)
     .action(async (family: string | undefined, opts: ModelBuildOptions) => {
-      await runModelBuild(family, opts);
+      await (opts.pipeline ? runPipelineBuild(family, opts) : runModelBuild(family, opts));
     });
 }
