@@ -1,6 +1,7 @@
 // Public entry of the `.hollow` language. See SPEC.md for the language, ast.ts for the types.
 import { IToken } from 'chevrotain';
-import { Spec, Statement, StatementBuilder } from './ast';
+import { Spec, Statement } from './ast';
+import { StatementBuilder } from './cst-to-ast';
 import { assemble } from './assemble';
 import { lineOf, SourceText, SpecError, throwIfAny } from './diagnostics';
 import { hollowLexer, Newline } from './lexer';
@@ -8,7 +9,7 @@ import { parseStatement } from './parser';
 import { lexingError, syntaxError } from './syntax-errors';
 
 export type { Spec, Hollow, BlockItem, ShapeDecl, LoraInit, Valued, Num } from './ast';
-export { compareBlockIds } from './ast';
+export { compareBlockIds } from './cst-to-ast';
 export { SpecError, specErrorAt } from './diagnostics';
 export type { SourcePos, Located, SourceText } from './diagnostics';
 export type { ModelChoice, EmitArtifact } from './presets';

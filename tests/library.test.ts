@@ -1,0 +1,30 @@
+/**
+ * The library entry (package.json "main" -> dist/index.js): inspect, compile, precompute, train
+ * and export from code, without the CLI, on a tiny builder model.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import * as hollowc from '../index';
+import { tempDir } from './support/fixture';
+import { writeData } from './runtime-fake-train';
+
+test('a library user drives inspect -> compile -> precompute -> train -> export-lora', async () => {
+  const dir = tempDir('hollowc-lib-');
+  const built = await hollowc.buildUNet(hollowc.FAMILIES.sd15.tiny.config, { outDir: path.join(dir, 'unet'), seed: 1 });
+  const unet = hollowc.loadUNet(built.file);
+  expect(hollowc.inspectJson(unet.analysis).totalParams).toBe(1390804);
+  const specFile = path.join(dir, 'spec.hollow');
+  fs.writeFileSync(specFile, ['model sd15', 'hollow preset "39.2%"', 'shape sample [1, 4, 16, 16]', 'shape timestep [1]', 'shape encoder_hidden_states [1, 7, 32]', 'lora rank 2', 'lora targets "attn2.to_q"', 'train steps 3', 'emit precompute train', ''].join('\n'));
+  const out = path.join(dir, 'out');
+  const manifest = hollowc.compileSpec(unet, hollowc.checkSpecFile(unet, specFile), { out });
+  expect(manifest.hollowc).toBe(hollowc.MANIFEST_FORMAT);
+  expect(Object.keys(manifest.artifacts).sort()).toEqual(['precompute', 'train']);
+  const data = hollowc.loadTrainingData(writeData(path.join(dir, 'data'), 'sd15', { instances: 2, classes: 0, latent: 16 }));
+  const pre = await hollowc.precompute({ out, data, count: 3 });
+  expect(pre.records).toBe(3);
+  const trained = await hollowc.train({ out });
+  expect(trained.step).toBe(3);
+  expect(trained.losses.every((l) => Number.isFinite(l.loss))).toBe(true);
+  const exported = hollowc.exportLora({ out, format: 'kohya', output: path.join(dir, 'lora.safetensors') });
+  expect(exported.modules).toBe(manifest.lora.targets.filter((t) => t.trained).length);
+});
