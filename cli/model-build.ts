@@ -9,7 +9,8 @@ import { HollowcError } from '../compiler/errors';
 import { parseUNetConfig, UNetConfig } from '../models/config';
 import { FAMILIES, FAMILY_NAMES, isFamilyName } from '../models/families';
 import { buildPipeline } from '../models/builder/pipeline';
-import { buildUNet, normalizeSeed } from '../models/builder/unet';
+import { buildUNet } from '../models/builder/unet';
+import { normalizeSeed } from '../models/builder/weights';
 
 export interface ModelBuildOptions {
   tiny?: boolean;

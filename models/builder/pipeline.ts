@@ -20,7 +20,8 @@ import { DIFFUSERS_VERSION, pipelineVariant, PipelineSize, PipelineVariant } fro
 import { hashString } from '../random';
 import { writeTokenizerFolder } from '../tokenizer-folder';
 import { buildClipText } from './clip-text';
-import { buildUNet, normalizeSeed } from './unet';
+import { buildUNet } from './unet';
+import { normalizeSeed } from './weights';
 import { buildVae } from './vae';
 
 export interface PipelineComponentResult {

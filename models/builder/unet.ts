@@ -8,19 +8,17 @@
  * and cuts): the builder walks `layout.stem` and `layout.layers` in execution order.
  */
 import { OUT_SAMPLE } from '../../compiler/manifest';
-import * as fs from 'fs';
-import * as path from 'path';
 import { GraphBuilder } from '../../compiler/builder';
 import { DataType } from '../../compiler/dtype';
 import { Graph, Model, Value } from '../../compiler/ir';
-import { saveModel } from '../../compiler/serde';
 import { UNetConfig } from '../config';
 import { buildLayout, ModuleSpec, UNetLayout } from '../layout';
 import { textTimeEmbedding, timestepEmbedding, timesteps, TIME_IDS } from './embeddings';
 import { BuildContext, conv2d, groupNorm, moduleBuilder, scopeSegments, silu } from './nn';
 import { downsample, resnetBlock, TembState, upsample } from './resnet';
 import { transformer2d } from './transformer';
-import { ParameterRecord, StreamingWeightSink, VirtualWeightSink, WeightSink } from './weights';
+import { ParameterRecord, VirtualWeightSink, WeightSink } from './weights';
+import { writeBuiltModel } from './write-model';
 
 export const OPSET = 17;
 /** IR version of torch 1.13's opset-17 exports (the fixture's). */
@@ -196,36 +194,17 @@ export interface BuildUNetResult {
   parameters: readonly ParameterRecord[];
 }
 
-export function normalizeSeed(seed: number | undefined): number {
-  const s = seed ?? 0;
-  if (!Number.isSafeInteger(s) || s < 0 || s > 0xffffffff) throw new Error(`seed must be an integer in 0..4294967295, got ${seed}`);
-  return s;
-}
 
 /**
  * Writes `<outDir>/model.onnx` + `model.onnx_data`. Weights are generated chunk by chunk into
  * the data file while the graph is built; the graph file then references those ranges in place.
  */
 export async function buildUNet(config: UNetConfig, options: BuildUNetOptions): Promise<BuildUNetResult> {
-  const started = process.hrtime.bigint();
-  const seed = normalizeSeed(options.seed);
-  fs.mkdirSync(options.outDir, { recursive: true });
-  const file = path.resolve(options.outDir, options.fileName ?? 'model.onnx');
-  const dataFile = `${file}_data`;
-  const sink = new StreamingWeightSink(dataFile, seed);
-  let built: BuiltGraph;
-  try {
-    built = buildUNetGraph(config, sink);
-    sink.finish();
-  } catch (e) {
-    sink.abort();
-    throw e;
-  }
-  built.model.metadataProps = [
-    { key: 'hollowc.builder', value: JSON.stringify({ seed, weights: 'xoshiro128** uniform, per-parameter streams' }) },
-    { key: 'hollowc.unet_config', value: JSON.stringify(config) },
-  ];
-  saveModel(built.model, file, { externalData: 'inline', referenceInPlace: true });
-  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-  return { file, dataFile, parameterCount: built.parameterCount, weightBytes: sink.bytes, seconds, parameters: built.parameters };
+  let parameters: readonly ParameterRecord[] = [];
+  const written = writeBuiltModel({ outDir: options.outDir, seed: options.seed, fileName: options.fileName, metadata: { 'hollowc.unet_config': JSON.stringify(config) } }, (sink) => {
+    const built = buildUNetGraph(config, sink);
+    parameters = built.parameters;
+    return built;
+  });
+  return { ...written, parameters };
 }

@@ -121,3 +121,9 @@ export class VirtualWeightSink implements WeightSink {
     return t;
   }
 }
+
+export function normalizeSeed(seed: number | undefined): number {
+  const s = seed ?? 0;
+  if (!Number.isSafeInteger(s) || s < 0 || s > 0xffffffff) throw new Error(`seed must be an integer in 0..4294967295, got ${seed}`);
+  return s;
+}

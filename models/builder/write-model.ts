@@ -1,14 +1,13 @@
 /**
  * Writes one built model as `<dir>/model.onnx` + `model.onnx_data`: weights are streamed into
  * the data file while the graph is built (StreamingWeightSink), then the graph file references
- * those ranges in place, as buildUNet does. Shared by the text encoder, VAE and pipeline builders.
+ * those ranges in place. Shared by the UNet, text encoder, VAE and pipeline builders.
  */
 import * as fs from 'fs';
 import * as path from 'path';
 import { Model } from '../../compiler/ir';
 import { saveModel } from '../../compiler/serde';
-import { normalizeSeed } from './unet';
-import { StreamingWeightSink, WeightSink } from './weights';
+import { StreamingWeightSink, WeightSink, normalizeSeed } from './weights';
 
 export interface WrittenModel {
   readonly file: string;
