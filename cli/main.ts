@@ -32,7 +32,8 @@ export function buildProgram(): Command {
     .name('hollowc')
     .description('Hollowed-Net compiler and runtime: personalize Stable Diffusion UNets (ONNX) with little memory')
     .version(packageVersion())
-    .showHelpAfterError()
+    // Usage errors are one line like every other error, with where to look for the usage.
+    .configureOutput({ outputError: (text, write) => write(`hollowc: ${text.trim().replace(/\s*\n\s*/g, ' ')} (see hollowc --help)\n`) })
     .exitOverride();
   registerInspect(program);
   registerCompile(program);

@@ -19,11 +19,19 @@ export interface LoadOptions {
   baseDir?: string;
 }
 
+/** The newest ONNX IR version and default-domain opset onnxruntime 1.30 runs. */
+export const MAX_IR_VERSION = 13;
+export const MAX_OPSET = 26;
+
 export function loadModel(file: string, options: LoadOptions = {}): Model {
   let bytes: Buffer;
   try {
+    // Refused unread: protobuf cannot decode 2 GiB, and reading it would hold it all in memory.
+    const size = fs.statSync(file).size;
+    if (size > MAX_GRAPH_FILE_BYTES) throw new HollowcError(`graph file is ${size} bytes, over protobuf's 2 GiB limit: export the model with external data (weights in a separate file)`, file);
     bytes = fs.readFileSync(file);
   } catch (e) {
+    if (e instanceof HollowcError) throw e;
     throw new HollowcError(`cannot read model: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, file);
   }
   return loadModelFromBytes(bytes, file, options.baseDir ?? path.dirname(path.resolve(file)));
@@ -40,7 +48,28 @@ export function loadModelFromBytes(bytes: Uint8Array, label: string, baseDir: st
   if (!proto.graph || !proto.opset_import?.length) {
     throw new HollowcError('not a valid ONNX model (no graph or no opset import)', label);
   }
-  return modelFromProto(proto, label, baseDir);
+  if ((proto.ir_version ?? 0) > MAX_IR_VERSION) throw new HollowcError(`ONNX IR version ${proto.ir_version} is newer than onnxruntime 1.30 reads (at most ${MAX_IR_VERSION}): export with an older onnx`, label);
+  const opset = proto.opset_import.find((o) => (o.domain ?? '') === '' || o.domain === 'ai.onnx')?.version ?? 0;
+  if (opset > MAX_OPSET) throw new HollowcError(`opset ${opset} is newer than onnxruntime 1.30 supports (at most ${MAX_OPSET}): export with a lower opset`, label);
+  const model = modelFromProto(proto, label, baseDir);
+  sortIfNeeded(model.graph, label);
+  return model;
+}
+
+/** ONNX wants nodes in topological order; an unordered graph is sorted, a cyclic one refused. */
+function sortIfNeeded(g: Graph, label: string): void {
+  const seen = new Set<Node>();
+  const ordered = g.nodes.every((n) => {
+    const ready = n.inputs.every((v) => !v?.producer || seen.has(v.producer));
+    seen.add(n);
+    return ready;
+  });
+  if (ordered) return;
+  try {
+    g.topologicalSort();
+  } catch (e) {
+    throw new HollowcError((e as Error).message.replace(/^graph has/, 'the graph has'), label);
+  }
 }
 
 function pairs(p?: PStringPair[]): { key: string; value: string }[] | undefined {

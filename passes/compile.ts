@@ -154,6 +154,7 @@ export function compile(request: CompileRequest): CompileManifest {
   const training = request.training ?? defaultTrainingSettings(analysis.family);
   const inputs: ArtifactState = { analysis, cut, targets: request.targets, lora: request.lora, training, label };
 
+  if (fs.existsSync(request.outDir) && !fs.statSync(request.outDir).isDirectory()) throw new HollowcError('the output is a file, not a folder: give -o a folder for the artifacts', request.outDir);
   fs.mkdirSync(request.outDir, { recursive: true });
   const tmp = fs.mkdtempSync(path.join(request.outDir, '.hollowc-compile-'));
   const writer = new ExternalDataWriter(path.join(tmp, WEIGHTS_FILE));

@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../compiler/errors';
-import { ArtifactDescription, ArtifactName, CompileManifest, SAMPLE, TensorDescription, readManifest } from '../compiler/manifest';
+import { ArtifactDescription, ArtifactName, CompileManifest, MANIFEST_FILE, SAMPLE, TensorDescription, readManifest } from '../compiler/manifest';
 import { FAMILIES, FamilyName, isFamilyName } from '../models/families';
 
 /** The manifest of a compiled folder, validated, with a family this hollowc knows. */
@@ -15,6 +15,14 @@ export function loadManifest(out: string): CompileManifest {
   const manifest = readManifest(out);
   if (!isFamilyName(manifest.family)) throw new HollowcError(`unknown model family ${JSON.stringify(manifest.family)} in the manifest`, out);
   return manifest;
+}
+
+/** Refuses an output path that is one of the files compile wrote into `out` (manifest, artifacts, weights). */
+export function refuseOverwrite(out: string, manifest: CompileManifest, output: string, extra: readonly string[] = []): void {
+  const own = [MANIFEST_FILE, ...manifest.weights, ...Object.values(manifest.artifacts).map((a) => a!.file), ...extra];
+  const target = path.resolve(output);
+  const hit = own.find((f) => path.resolve(out, f) === target);
+  if (hit) throw new HollowcError(`would overwrite ${hit}, a file of the compiled folder ${out}: write somewhere else`, output);
 }
 
 export function familyOf(manifest: CompileManifest): FamilyName {

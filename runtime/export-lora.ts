@@ -9,10 +9,11 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { HollowcError } from '../compiler/errors';
-import { loadManifest } from './artifacts';
+import { loadManifest, refuseOverwrite } from './artifacts';
 import { LoraFormat, LoraModuleValues, readLoraFile, writeLoraFile } from './lora-file';
 import { readSafetensors } from './safetensors';
 import { CHECKPOINT_FILE, TRAIN_DIR, paramsFromCheckpoint } from './checkpoint';
+import { LORA_INIT_FILE } from './lora-init';
 import { LORA_FILE, loraModules } from './train';
 
 export interface ExportOptions {
@@ -33,6 +34,7 @@ export interface ExportResult {
 export function exportLora(options: ExportOptions): ExportResult {
   if (options.format !== 'peft' && options.format !== 'kohya') throw new HollowcError(`--format must be peft or kohya, got ${options.format as string}`);
   const manifest = loadManifest(options.out);
+  refuseOverwrite(options.out, manifest, options.output, [LORA_INIT_FILE]);
   const trained = manifest.lora.targets.filter((t) => t.trained);
   let source = options.from === 'checkpoint' ? path.join(options.out, TRAIN_DIR, CHECKPOINT_FILE) : options.from ?? path.join(options.out, LORA_FILE);
   if (!fs.existsSync(source)) {

@@ -88,11 +88,13 @@ export function readLoraFile(file: string, modules: readonly string[], rank: num
       continue;
     }
     if (a.shape[0] !== rank || b.shape[1] !== rank) throw new HollowcError(`${module}: LoRA rank ${a.shape[0]} in the file, the compiled graph has rank ${rank}`, file);
-    const bValues = toFloat32(b, bKey);
+    const aValues = finiteValues(toFloat32(a, aKey), aKey!, file);
+    const bValues = finiteValues(toFloat32(b, bKey), bKey!, file);
+    if (!Number.isFinite(fileAlpha) || fileAlpha <= 0) throw new HollowcError(`${module}: LoRA alpha ${fileAlpha} is not a positive number`, file);
     const ratio = fileAlpha / alpha;
     out.set(module, {
       module,
-      a: { shape: a.shape, data: toFloat32(a, aKey) },
+      a: { shape: a.shape, data: aValues },
       b: { shape: b.shape, data: ratio === 1 ? bValues : bValues.map((x) => x * ratio) },
     });
   }
@@ -100,6 +102,13 @@ export function readLoraFile(file: string, modules: readonly string[], rank: num
     throw new HollowcError(`no LoRA tensors for ${missing.length} module(s), e.g. ${missing.slice(0, 3).join(', ')} (file has keys like ${keys.slice(0, 2).join(', ')})`, file);
   }
   return out;
+}
+
+/** A LoRA with a NaN or an infinity would poison every image it touches: refuse it by name. */
+function finiteValues(values: Float32Array, key: string, file: string): Float32Array {
+  const bad = values.findIndex((x) => !Number.isFinite(x));
+  if (bad >= 0) throw new HollowcError(`${key} holds ${values[bad]} at element ${bad}: the LoRA is broken (a diverged training run?)`, file);
+  return values;
 }
 
 /**

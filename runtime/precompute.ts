@@ -76,6 +76,11 @@ export function drawNoise(seed: number, i: number, timesteps: number, latentSize
 }
 
 /** SDXL's time_ids when none are given: original size = target size = the image size, no crop. */
+/** What a store remembers of the compile it was precomputed for; training checks it. */
+export function storeCompileStamp(manifest: CompileManifest): { precompute?: string; cut: string | null; model: string } {
+  return { precompute: manifest.artifacts.precompute?.file, cut: manifest.cut?.lastKeptDown ?? null, model: manifest.model.sha256 };
+}
+
 export function defaultTimeIds(latentShape: readonly number[]): Float32Array {
   const h = 8 * latentShape[1];
   const w = 8 * latentShape[2];
@@ -187,7 +192,7 @@ export async function precompute(options: PrecomputeOptions): Promise<Precompute
             instanceSamples: data.instanceLatents.map((l) => l.name),
             classSamples: data.classLatents.map((l) => l.name),
             ...(timeIds ? { timeIds: [...timeIds] } : {}),
-            extra: { precompute: manifest.artifacts.precompute?.file, cut: manifest.cut?.lastKeptDown ?? null },
+            extra: storeCompileStamp(manifest),
           },
           new Map([
             [INSTANCE_COND, data.instance],

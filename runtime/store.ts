@@ -185,6 +185,10 @@ export class Store {
     if (header.format !== STORE_FORMAT || header.version !== STORE_VERSION) throw new HollowcError(`not a ${STORE_FORMAT} v${STORE_VERSION} header`, headerFile);
     const expected = recordLayout(header.latentShape, header.activationShape);
     if (expected.recordBytes !== header.recordBytes) throw new HollowcError(`recordBytes ${header.recordBytes} does not match the layout (${expected.recordBytes})`, headerFile);
+    const badField = (header.fields ?? []).find((f, i) => f.dtype !== 'float32' || f.name !== expected.fields[i]?.name || f.offset !== expected.fields[i]?.offset);
+    if (badField || header.fields?.length !== expected.fields.length) {
+      throw new HollowcError(`record field ${badField ? `${badField.name} (${badField.dtype})` : 'list'} is not the layout this hollowc writes (float32 z_t, target, hollow_activation)`, headerFile);
+    }
 
     const condFile = readSafetensors(path.join(dir, CONDITIONING_FILE));
     const conds = new Map<number, Conditioning>();
@@ -269,6 +273,20 @@ export class Store {
     return index;
   }
 
+  /**
+   * Checks every record's magic, index and checksum (a damaged record in the middle, not only a
+   * torn tail); throws naming the first bad one. Reads the store once.
+   */
+  verify(): void {
+    const h = this.header;
+    const buf = Buffer.allocUnsafe(h.recordBytes);
+    for (let i = 0; i < this._count; i++) {
+      readExactly(this.fd, buf, i * h.recordBytes);
+      const problem = checkRecord(buf, h, i);
+      if (problem) throw new HollowcError(`record ${i} of ${this._count} is corrupt (${problem}); rebuild the store with hollowc precompute`, path.join(this.dir, RECORDS_FILE));
+    }
+  }
+
   /** Reads record `index`, checking its checksum. Pass `into` to reuse buffers. */
   read(index: number, into?: StoreRecord): StoreRecord {
     if (!(index >= 0 && index < this._count)) throw new Error(`record ${index} is outside 0..${this._count - 1}`);
@@ -297,13 +315,6 @@ export class Store {
       new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength).set(buf.subarray(f.offset, f.offset + dst.byteLength));
     }
     return out;
-  }
-
-  /** Checks every record; returns the indices that fail. */
-  verify(): number[] {
-    const bad: number[] = [];
-    for (let i = 0; i < this._count; i++) if (!recordIsValid(this.fd, this.header, i)) bad.push(i);
-    return bad;
   }
 
   sync(): void {

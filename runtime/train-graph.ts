@@ -33,6 +33,7 @@ import { float32Data, requireArtifact, scalarFor, staticShape, tensorFor } from 
 import type { ParamState } from './checkpoint';
 import { readLoraForManifest } from './lora-file';
 import { LORA_INIT_FILE } from './lora-init';
+import { storeCompileStamp } from './precompute';
 import { ExecutionProvider, SessionOptions, SessionTuning } from './session';
 import { Store, StoreRecord } from './store';
 
@@ -70,8 +71,20 @@ export function describeTrainGraph(out: string, manifest: CompileManifest, store
   const missing = outputs.filter((o) => !declared.has(o));
   if (missing.length) throw new HollowcError(`train.onnx lacks output${missing.length > 1 ? 's' : ''} ${missing.slice(0, 3).join(', ')}`, artifact.path);
   const batch = staticShape(inputs.get(SAMPLE)!, artifact.path)[0];
-  if (store) checkStoreShapes(inputs, batch, store, artifact.path);
+  if (store) {
+    checkStoreCompile(manifest, store);
+    checkStoreShapes(inputs, batch, store, artifact.path);
+  }
   return { file: artifact.path, batch, inputs, params, outputs };
+}
+
+/** A store precomputed for another compile (model or cut) would train on the wrong activations. */
+function checkStoreCompile(manifest: CompileManifest, store: Store): void {
+  const stamp = store.header.extra as Partial<ReturnType<typeof storeCompileStamp>> | undefined;
+  const want = storeCompileStamp(manifest);
+  if (stamp?.model !== undefined && (stamp.model !== want.model || stamp.cut !== want.cut)) {
+    throw new HollowcError(`the store was precomputed for another compile (model ${stamp.model.slice(0, 12)}, cut after ${stamp.cut}; this folder: model ${want.model.slice(0, 12)}, cut after ${want.cut}): precompute a new store`, store.dir);
+  }
 }
 
 function checkStoreShapes(inputs: Map<string, TensorDescription>, batch: number, store: Store, label: string): void {

@@ -181,10 +181,11 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
   let session: ort.InferenceSession | undefined;
   try {
     const graph = describeTrainGraph(out, manifest, store);
+    store.verify();
     const steps = positiveInteger(options.steps ?? settings.steps, '--steps');
     const every = positiveInteger(options.checkpointEvery ?? settings.checkpointEvery, '--checkpoint-every');
     const start = startingPoint(options, manifest, graph, store);
-    if (!(start.lr >= 0 && Number.isFinite(start.lr))) throw new HollowcError(`--lr must be a finite number >= 0, got ${start.lr}`);
+    if (!(start.lr > 0 && Number.isFinite(start.lr))) throw new HollowcError(`--lr must be a finite number > 0, got ${start.lr}`);
     const startStep = start.step;
 
     if (startStep < steps || options.evaluate) session = await createSession(graph.file, trainingSession(options));
