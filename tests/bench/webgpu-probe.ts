@@ -16,9 +16,11 @@ import { buildUNet } from '../../models/builder';
 import { FAMILIES, FamilyName } from '../../models/families';
 import { compileFromSpec } from '../../cli/compile';
 import { feedsFor, worstRelative } from '../support/webgpu';
+import { useSoftwareVulkan } from '../../runtime/vulkan';
 import { createSession, describePlacement, SessionOptions } from '../../runtime/session';
 
 async function main() {
+  useSoftwareVulkan();
   const family = (process.argv[2] ?? 'sd15') as FamilyName;
   const latent = Number(process.argv[3] ?? 8);
   const only = process.argv.slice(4);
