@@ -39,12 +39,9 @@ export interface SessionOptions {
   placement?: boolean;
   /**
    * Op types to keep on the CPU when the provider is webgpu (onnxruntime's `forceCpuNodeNames`;
-   * default WEBGPU_CPU_OPS = Pow). WebGPU's Pow (exp2(y log2 x)) was off by 1.2e-5 absolute on
-   * SwiftShader, which AdamW's bias correction 1 - beta2^t turns into a relative error of the
-   * whole update; in train.onnx Pow reads the CPU-side Cast of `step`, so keeping it there costs
-   * one scalar copy. Sin/Cos (the timestep embedding) are 2e-4 off absolute on SwiftShader but
-   * moved outputs by < 2e-5 relative; add them for tighter agreement at 2-3 host copies per run.
-   * [] keeps everything on the GPU.
+   * default none). Sin/Cos (the timestep embedding) are 2e-4 off absolute on SwiftShader but
+   * moved outputs by < 2e-5 relative; name them for tighter agreement at 2-3 host copies per run.
+   * (AdamW's bias correction computes beta^t with Exp, not WebGPU's less precise Pow.)
    */
   webgpuCpuOps?: readonly string[];
   /** onnxruntime's log level for this session (0 verbose: prints node placements to stderr). */
@@ -88,7 +85,7 @@ export function startFailure(ep: ExecutionProvider, error: unknown): string {
 }
 
 /** Op types `createSession` pins to the CPU under webgpu by default (see SessionOptions.webgpuCpuOps). */
-export const WEBGPU_CPU_OPS: readonly string[] = ['Pow'];
+export const WEBGPU_CPU_OPS: readonly string[] = [];
 
 /** Names of the nodes of `modelFile` whose op type is in `opTypes` (the graph file only; weights are not read). */
 export function nodeNamesOf(modelFile: string, opTypes: readonly string[]): string[] {

@@ -66,7 +66,7 @@ describe.each(CASES)('training graph on %s', (_label, family, preset) => {
       else if (v.name === 'time_ids') feeds[v.name] = new ort.Tensor('float32', Float32Array.from({ length: 12 }, (_, i) => [128, 128, 0, 0, 128, 128][i % 6]), dims);
       else if (v.name === 'loss_weight') feeds[v.name] = new ort.Tensor('float32', Float32Array.of(1, 0.5), dims);
       else if (v.name === 'lr') feeds[v.name] = new ort.Tensor('float32', Float32Array.of(1e-3), dims);
-      else if (v.name === 'step') feeds[v.name] = new ort.Tensor('int64', BigInt64Array.of(1n), dims);
+      else if (v.name === 'step') feeds[v.name] = new ort.Tensor('float32', Float32Array.of(1), dims);
       else if (v.name.endsWith('.exp_avg') || v.name.endsWith('.exp_avg_sq')) feeds[v.name] = new ort.Tensor('float32', new Float32Array(dims.reduce((a, b) => a * b, 1)), dims);
       else feeds[v.name] = tensor(dims, v.name.includes('.lora_') ? 0.1 : 1);
     }

@@ -373,7 +373,7 @@ describe("on the compiler's own train.onnx (passes/training-graphs.ts)", () => {
     );
     const straight = path.join(dir, 'a');
     const manifest = compileFromSpec(file, spec, { out: straight });
-    expect(manifest.artifacts.train!.inputs.find((i) => i.name === 'step')).toMatchObject({ dtype: 'int64' });
+    expect(manifest.artifacts.train!.inputs.find((i) => i.name === 'step')).toMatchObject({ dtype: 'float32' });
     await precompute({ out: straight, data: loadTrainingData(writeData(path.join(dir, 'samples'), 'sd15', { instances: 2, classes: 2 })), count: 6 });
     const killed = path.join(dir, 'b');
     fs.cpSync(straight, killed, { recursive: true });

@@ -38,7 +38,7 @@ function adamwStep(p: Float64Array, g: Float32Array, m: Float64Array, v: Float64
 }
 
 function trainFeeds(params: Map<string, ort.Tensor>, moments: Map<string, ort.Tensor>, step: number, lr: number): Record<string, ort.Tensor> {
-  const feeds: Record<string, ort.Tensor> = { lr: new ort.Tensor('float32', Float32Array.of(lr), [1]), step: new ort.Tensor('int64', BigInt64Array.of(BigInt(step)), [1]) };
+  const feeds: Record<string, ort.Tensor> = { lr: new ort.Tensor('float32', Float32Array.of(lr), [1]), step: new ort.Tensor('float32', Float32Array.of(step), [1]) };
   for (const [name, t] of params) feeds[name] = t;
   for (const [name, t] of moments) feeds[name] = t;
   return feeds;
