@@ -71,23 +71,35 @@ export function parseSafetensors(bytes: Uint8Array, label: string): SafetensorsF
   } catch (e) {
     throw new HollowcError(`not a safetensors file (header is not JSON: ${(e as Error).message})`, label);
   }
+  if (header === null || typeof header !== 'object' || Array.isArray(header)) throw new HollowcError('not a safetensors file (header is not a JSON object)', label);
   const dataStart = 8 + headerLength;
   const tensors = new Map<string, SafeTensor>();
+  const ranges: { name: string; begin: number; end: number }[] = [];
   let metadata: Record<string, string> = {};
   for (const [name, entry] of Object.entries(header)) {
     if (name === '__metadata__') {
+      if (entry === null || typeof entry !== 'object' || Object.values(entry).some((v) => typeof v !== 'string')) throw new HollowcError('__metadata__ is not a map of strings', label);
       metadata = entry as Record<string, string>;
       continue;
     }
-    const e = entry as { dtype: SafetensorsDtype; shape: number[]; data_offsets: [number, number] };
-    const size = DTYPE_BYTES[e.dtype];
-    if (!size) throw new HollowcError(`tensor ${name}: unsupported dtype ${e.dtype}`, label);
-    const [begin, end] = e.data_offsets ?? [];
-    const expected = e.shape.reduce((a, b) => a * b, 1) * size;
+    const e = entry as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+    const size = typeof e?.dtype === 'string' ? DTYPE_BYTES[e.dtype as SafetensorsDtype] : undefined;
+    if (!size) throw new HollowcError(`tensor ${name}: unsupported dtype ${JSON.stringify(e?.dtype)}`, label);
+    const shape = e.shape;
+    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw new HollowcError(`tensor ${name}: shape ${JSON.stringify(shape)} is not a list of sizes`, label);
+    const offsets = e.data_offsets;
+    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o))) throw new HollowcError(`tensor ${name}: data_offsets ${JSON.stringify(offsets)} are not two integers`, label);
+    const [begin, end] = offsets as [number, number];
+    const expected = (shape as number[]).reduce((a, b) => a * b, 1) * size;
     if (!(begin >= 0 && end - begin === expected && dataStart + end <= buf.byteLength)) {
-      throw new HollowcError(`tensor ${name}: data_offsets [${begin}, ${end}] do not match shape [${e.shape}] ${e.dtype} or the file size`, label);
+      throw new HollowcError(`tensor ${name}: data_offsets [${begin}, ${end}] do not match shape [${shape}] ${e.dtype} or the file size`, label);
     }
-    tensors.set(name, { dtype: e.dtype, shape: e.shape, data: buf.subarray(dataStart + begin, dataStart + end) });
+    ranges.push({ name, begin, end });
+    tensors.set(name, { dtype: e.dtype as SafetensorsDtype, shape: shape as number[], data: buf.subarray(dataStart + begin, dataStart + end) });
+  }
+  ranges.sort((a, b) => a.begin - b.begin);
+  for (let i = 1; i < ranges.length; i++) {
+    if (ranges[i].begin < ranges[i - 1].end) throw new HollowcError(`tensors ${ranges[i - 1].name} and ${ranges[i].name} overlap in the data (bytes ${ranges[i].begin}..${ranges[i - 1].end})`, label);
   }
   return { tensors, metadata };
 }

@@ -182,7 +182,9 @@ export class Store {
     } catch (e) {
       throw new HollowcError(`not a hollowc store (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); run hollowc precompute first`, headerFile);
     }
-    if (header.format !== STORE_FORMAT || header.version !== STORE_VERSION) throw new HollowcError(`not a ${STORE_FORMAT} v${STORE_VERSION} header`, headerFile);
+    if (header?.format !== STORE_FORMAT || header.version !== STORE_VERSION) throw new HollowcError(`not a ${STORE_FORMAT} v${STORE_VERSION} header`, headerFile);
+    const problem = headerProblem(header);
+    if (problem) throw new HollowcError(`damaged store header: ${problem}`, headerFile);
     const expected = recordLayout(header.latentShape, header.activationShape);
     if (expected.recordBytes !== header.recordBytes) throw new HollowcError(`recordBytes ${header.recordBytes} does not match the layout (${expected.recordBytes})`, headerFile);
     const badField = (header.fields ?? []).find((f, i) => f.dtype !== 'float32' || f.name !== expected.fields[i]?.name || f.offset !== expected.fields[i]?.offset);
@@ -332,6 +334,19 @@ export class Store {
     fs.closeSync(this.fd);
     this.fd = -1;
   }
+}
+
+const isShape = (v: unknown): v is number[] => Array.isArray(v) && v.length > 0 && v.every((d) => Number.isSafeInteger(d) && d > 0);
+
+/** What a hand-edited or damaged store.json gets wrong, checked before anything is sized from it. */
+function headerProblem(h: StoreHeader): string | undefined {
+  if (!isShape(h.latentShape) || !isShape(h.activationShape)) return 'latentShape / activationShape are not lists of sizes';
+  if (!Number.isSafeInteger(h.recordBytes) || h.recordBytes <= 0) return 'recordBytes is not a positive integer';
+  if (!Array.isArray(h.fields)) return 'fields is not a list';
+  if (!Array.isArray(h.conditionings) || !h.conditionings.every((c) => Number.isInteger(c?.id) && (c.role === 'instance' || c.role === 'class'))) return 'conditionings is not a list of {id, role}';
+  if (typeof h.fingerprint !== 'string') return 'fingerprint is missing';
+  if (h.timeIds !== undefined && !(Array.isArray(h.timeIds) && h.timeIds.every((x) => typeof x === 'number'))) return 'timeIds is not a list of numbers';
+  return undefined;
 }
 
 function readExactly(fd: number, buf: Buffer, position: number): void {
