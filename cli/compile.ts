@@ -8,6 +8,7 @@ import { Command } from 'commander';
 import { HollowcError } from '../compiler/errors';
 import { Model } from '../compiler/ir';
 import { CompileManifest, readManifest } from '../compiler/manifest';
+import { withFolderLock } from '../compiler/folder-lock';
 import { loadModel, saveModel } from '../compiler/serde';
 import { checkSpec, parseSpec, ResolvedSpec } from '../dsl';
 import { bakeLora } from '../passes/bake-lora';
@@ -122,6 +123,10 @@ export function registerCompile(program: Command): void {
 }
 
 export function bakeCompiled(out: string, loraFile: string, output?: string): { file: string; folded: number; kept: number } {
+  return withFolderLock(out, 'hollowc bake', () => bakeUnlocked(out, loraFile, output));
+}
+
+function bakeUnlocked(out: string, loraFile: string, output?: string): { file: string; folded: number; kept: number } {
   const manifest = readManifest(out);
   if (!manifest.artifacts.infer) throw new HollowcError('this folder has no infer.onnx to bake into (add `infer` to the spec\'s emit line)', out);
   const values = readLoraForManifest(loraFile, manifest);

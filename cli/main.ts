@@ -47,6 +47,18 @@ export function buildProgram(): Command {
   return program;
 }
 
+/**
+ * Out of space (or over a file-size limit) while writing: what the user should know is that
+ * every write is atomic, so what was there before is intact and a rerun continues.
+ */
+function diskFullMessage(err: Error): string | undefined {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code !== 'ENOSPC' && code !== 'EFBIG' && code !== 'EDQUOT') return undefined;
+  const file = (err as NodeJS.ErrnoException).path;
+  const why = code === 'EFBIG' ? 'over the file size limit' : 'no space left on the device';
+  return `${file ? `${file}: ` : ''}${why} (${code}) while writing; what was written before is intact: free space and run the command again`;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
   try {
@@ -57,7 +69,7 @@ export async function main(argv: string[]): Promise<number> {
     const err = e as Error;
     // Spec errors render themselves: file:line:col, the source line and a caret.
     if (err instanceof SpecError) process.stderr.write(`${err.formatAll()}\n`);
-    else process.stderr.write(`hollowc: error: ${err.message}\n`);
+    else process.stderr.write(`hollowc: error: ${diskFullMessage(err) ?? err.message.split('\n')[0]}\n`);
     if (process.env.HOLLOWC_DEBUG) process.stderr.write(`${err.stack}\n`);
     return 1;
   }

@@ -35,9 +35,14 @@ function readLock(file: string): LockInfo | undefined {
   }
 }
 
-/** Takes the lock of `dir` (created if needed) for `command`; returns the release function. */
-export function lockFolder(dir: string, command: string): () => void {
-  fs.mkdirSync(dir, { recursive: true });
+/**
+ * Takes the lock of `dir` for `command`; returns the release function. With `create` the folder
+ * is made first; without, a folder that does not exist has nothing to protect (the command then
+ * fails on its own terms) and the lock is a no-op.
+ */
+export function lockFolder(dir: string, command: string, options: { create?: boolean } = {}): () => void {
+  if (options.create) fs.mkdirSync(dir, { recursive: true });
+  else if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) return () => {};
   const file = path.join(dir, LOCK_FILE);
   const mine: LockInfo = { pid: process.pid, command, started: new Date().toISOString() };
   for (let attempt = 0; attempt < 3; attempt++) {

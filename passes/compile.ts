@@ -23,6 +23,7 @@ import {
   WEIGHTS_FILE,
   loraParamNames,
 } from '../compiler/manifest';
+import { lockFolder } from '../compiler/folder-lock';
 import { loadModel, saveModel, writeFileAtomic } from '../compiler/serde';
 import { defaultTrainingSettings } from '../models/training-defaults';
 import { CutInfo, UNetAnalysis, analyzeUNet } from './lib/analyze-unet';
@@ -155,7 +156,10 @@ export function compile(request: CompileRequest): CompileManifest {
   const inputs: ArtifactState = { analysis, cut, targets: request.targets, lora: request.lora, training, label };
 
   if (fs.existsSync(request.outDir) && !fs.statSync(request.outDir).isDirectory()) throw new HollowcError('the output is a file, not a folder: give -o a folder for the artifacts', request.outDir);
-  fs.mkdirSync(request.outDir, { recursive: true });
+  const existed = fs.existsSync(request.outDir);
+  // One writer per folder (compiler/folder-lock.ts); the lock also creates the folder.
+  const release = lockFolder(request.outDir, 'hollowc compile', { create: true });
+  let done = false;
   const tmp = fs.mkdtempSync(path.join(request.outDir, '.hollowc-compile-'));
   const writer = new ExternalDataWriter(path.join(tmp, WEIGHTS_FILE));
   try {
@@ -195,11 +199,15 @@ export function compile(request: CompileRequest): CompileManifest {
     for (const file of [...manifest.weights, ...Object.values(artifacts).map((a) => a!.file), MANIFEST_FILE]) {
       fs.renameSync(path.join(tmp, file), path.join(request.outDir, file));
     }
+    done = true;
     return manifest;
   } catch (e) {
     writer.abort();
     throw e;
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
+    release();
+    // A failed compile into a new folder leaves no folder behind.
+    if (!done && !existed) fs.rmSync(request.outDir, { recursive: true, force: true });
   }
 }

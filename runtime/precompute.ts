@@ -15,6 +15,7 @@ import * as crypto from 'crypto';
 import * as path from 'path';
 import type * as ort from 'onnxruntime-node';
 import { HollowcError } from '../compiler/errors';
+import { withFolderLockAsync } from '../compiler/folder-lock';
 import { Rng, fillNormal, uniformOpen } from '../models/random';
 import { CompileManifest, HOLLOW_ACTIVATION, TensorDescription } from '../compiler/manifest';
 import { float32Data, loadManifest, requireArtifact, tensorFor } from './artifacts';
@@ -123,7 +124,12 @@ function conditioningFeeds(family: string, inputs: readonly TensorDescription[],
   return feeds;
 }
 
-export async function precompute(options: PrecomputeOptions): Promise<PrecomputeResult> {
+/** Holds the folder's writer lock (compiler/folder-lock.ts) for the whole run. */
+export function precompute(options: PrecomputeOptions): Promise<PrecomputeResult> {
+  return withFolderLockAsync(options.out, 'hollowc precompute', () => precomputeUnlocked(options));
+}
+
+async function precomputeUnlocked(options: PrecomputeOptions): Promise<PrecomputeResult> {
   const started = Date.now();
   const manifest = loadManifest(options.out);
   const artifact = requireArtifact(options.out, manifest, 'precompute', 'precompute');

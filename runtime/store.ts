@@ -269,7 +269,9 @@ export class Store {
     }
     buf.writeUInt32LE(crc32(buf.subarray(0, h.recordBytes - 4)), h.recordBytes - 4);
     const written = fs.writeSync(this.fd, buf, 0, h.recordBytes, index * h.recordBytes);
-    if (written !== h.recordBytes) throw new HollowcError(`short write (${written} of ${h.recordBytes} bytes)`, path.join(this.dir, RECORDS_FILE));
+    if (written !== h.recordBytes) {
+      throw new HollowcError(`short write (${written} of ${h.recordBytes} bytes): out of space or over the file size limit; the store keeps its ${index} complete records and a rerun continues from there`, path.join(this.dir, RECORDS_FILE));
+    }
     this._count += 1;
     if (++this.unsynced >= 16) this.sync();
     return index;

@@ -9,6 +9,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../compiler/errors';
+import { withFolderLockAsync } from '../compiler/folder-lock';
 import type { CompileManifest } from '../compiler/manifest';
 import { loadManifest, requireArtifact } from './artifacts';
 import { CHECKPOINT_FILE, CHECKPOINT_STATE_FILE, LOSS_LOG_FILE, ParamState, TRAIN_DIR, TrainState, readCheckpoint, truncateLossLog, writeCheckpoint } from './checkpoint';
@@ -170,7 +171,12 @@ async function runSteps(session: ort.InferenceSession, run: { options: TrainOpti
   return { losses, seconds: (Date.now() - runStart) / 1000 };
 }
 
-export async function train(options: TrainOptions): Promise<TrainResult> {
+/** Holds the folder's writer lock (compiler/folder-lock.ts) for the whole run. */
+export function train(options: TrainOptions): Promise<TrainResult> {
+  return withFolderLockAsync(options.out, 'hollowc train', () => trainUnlocked(options));
+}
+
+async function trainUnlocked(options: TrainOptions): Promise<TrainResult> {
   const started = Date.now();
   const out = options.out;
   const manifest = loadManifest(out);

@@ -46,7 +46,7 @@ test('hollowc demo builds, compiles, precomputes, trains, samples and reports', 
   expect(text).toContain(`loss over the store: ${demo.lossBefore.toFixed(5)} before, ${demo.lossAfter.toFixed(5)} after`);
   expect(demo.lossAfter).toBeLessThan(demo.lossBefore);
   expect(text).toMatch(/5\. sampled \[1, 4, 16, 16\] latents, DDIM 15 steps, guidance 5/);
-  expect(text).toMatch(/peak RSS \d+\.\d\d MiB, total \d+\.\d s/);
+  expect(text).toMatch(/peak RSS \d+\.\d\d [MG]iB, total \d+\.\d s/);
   expect(demo.peakRssBytes).toBeGreaterThan(50 * 2 ** 20);
   const latents = readNpy(demo.latentsFile);
   expect(latents.shape).toEqual([1, 4, 16, 16]);

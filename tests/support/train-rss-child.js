@@ -1,0 +1,30 @@
+// Trains in a child process started with --expose-gc and prints RSS (after a full GC) at the
+// steps given, so a test can tell a leak from garbage not yet collected.
+const fs = require('fs');
+const swc = require('@swc/core');
+
+require.extensions['.ts'] = (module, filename) => {
+  const { code } = swc.transformSync(fs.readFileSync(filename, 'utf8'), {
+    filename,
+    jsc: { target: 'es2022', parser: { syntax: 'typescript' } },
+    module: { type: 'commonjs' },
+  });
+  module._compile(code, filename);
+};
+
+const { train } = require('../../runtime/train.ts');
+const [out, steps, ...at] = process.argv.slice(2);
+const marks = new Set(at.map(Number));
+train({
+  out,
+  steps: Number(steps),
+  checkpointEvery: 1000,
+  onStep: ({ step }) => {
+    if (!marks.has(step)) return;
+    global.gc();
+    process.stdout.write(`${JSON.stringify({ step, rss: process.memoryUsage().rss })}\n`);
+  },
+}).catch((e) => {
+  process.stderr.write(`${e.stack}\n`);
+  process.exitCode = 1;
+});
