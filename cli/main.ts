@@ -12,6 +12,7 @@ import { registerInspect } from './inspect';
 import { registerModelBuild } from './model-build';
 import { registerTokenize } from './tokenize';
 import { registerDemo } from './demo';
+import { registerEmbed } from './embed';
 import { registerExportLora } from './export-lora';
 import { registerGenerate } from './generate';
 import { registerPrecompute } from './precompute';
@@ -44,6 +45,7 @@ export function buildProgram(): Command {
   registerExportLora(program);
   registerDemo(program);
   registerTokenize(program);
+  registerEmbed(program);
   return program;
 }
 

@@ -26,7 +26,7 @@ function float32Of(v: Value): Float32Array {
 }
 
 /** ΔW in the layout the node stores its weight in, times `scale`, added to `w`. */
-function foldInto(site: LoraSite, w: Float32Array, a: Float32Array, b: Float32Array, rank: number, scale: number): Float32Array {
+export function foldInto(site: Pick<LoraSite, 'node' | 'inFeatures' | 'outFeatures' | 'kernel'>, w: Float32Array, a: Float32Array, b: Float32Array, rank: number, scale: number): Float32Array {
   const out = Float32Array.from(w);
   const inF = site.inFeatures;
   const outF = site.outFeatures;

@@ -9,6 +9,7 @@ import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../compiler/errors';
 import { ArtifactDescription, ArtifactName, CompileManifest, MANIFEST_FILE, SAMPLE, TensorDescription, readManifest } from '../compiler/manifest';
 import { FAMILIES, FamilyName, isFamilyName } from '../models/families';
+import { fromFloat16, toFloat16 } from './float16';
 
 /** The manifest of a compiled folder, validated, with a family this hollowc knows. */
 export function loadManifest(out: string): CompileManifest {
@@ -37,8 +38,8 @@ export function requireArtifact(out: string, manifest: CompileManifest, name: Ar
 
 export type TensorValues = Float32Array | number[];
 
-/** An onnxruntime tensor of the described input's dtype (float32, float64, int64, int32). */
-export function tensorFor(desc: TensorDescription | undefined, values: TensorValues, dims: readonly number[]): ort.Tensor {
+/** An onnxruntime tensor of the described input's dtype (float32, float64, float16, int64, int32). */
+export function tensorFor(desc: Pick<Readonly<TensorDescription>, 'name' | 'dtype'> | undefined, values: TensorValues, dims: readonly number[]): ort.Tensor {
   const dtype = desc?.dtype ?? 'float32';
   const count = dims.reduce((a, b) => a * b, 1);
   if (values.length !== count) throw new Error(`${desc?.name ?? 'tensor'}: ${values.length} values for shape [${dims}]`);
@@ -47,12 +48,14 @@ export function tensorFor(desc: TensorDescription | undefined, values: TensorVal
       return new ort.Tensor('float32', values instanceof Float32Array ? values : Float32Array.from(values), dims);
     case 'float64':
       return new ort.Tensor('float64', Float64Array.from(values), dims);
+    case 'float16':
+      return new ort.Tensor('float16', toFloat16(values), dims);
     case 'int64':
       return new ort.Tensor('int64', BigInt64Array.from(values as ArrayLike<number>, (v) => BigInt(Math.round(v))), dims);
     case 'int32':
       return new ort.Tensor('int32', Int32Array.from(values as ArrayLike<number>, (v) => Math.round(v)), dims);
     default:
-      throw new HollowcError(`input ${desc?.name} has dtype ${dtype}; hollowc's runtime feeds float32, float64, int32 or int64`);
+      throw new HollowcError(`input ${desc?.name} has dtype ${dtype}; hollowc's runtime feeds float32, float64, float16, int32 or int64`);
   }
 }
 
@@ -72,6 +75,14 @@ export function staticShape(desc: TensorDescription, label: string): number[] {
 export function float32Data(t: ort.Tensor, name: string): Float32Array {
   if (t.type !== 'float32') throw new HollowcError(`output ${name} is ${t.type}, expected float32`);
   return t.data as Float32Array;
+}
+
+/** An output's values as float32, converting float16 (fp16 exports) and float64. */
+export function floatValues(t: ort.Tensor, name: string): Float32Array {
+  if (t.type === 'float32') return t.data as Float32Array;
+  if (t.type === 'float16') return t.data instanceof Uint16Array ? fromFloat16(t.data) : Float32Array.from(t.data as ArrayLike<number>);
+  if (t.type === 'float64') return Float32Array.from(t.data as Float64Array);
+  throw new HollowcError(`output ${name} is ${t.type}, expected a float tensor`);
 }
 
 /**

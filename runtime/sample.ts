@@ -58,6 +58,8 @@ export interface GenerateOptions {
   fallbackToCpu?: boolean;
   session?: SessionTuning;
   onStep?: (i: number, steps: number, timestep: number) => void;
+  /** A configured sampler (e.g. from a pipeline folder's scheduler_config.json) instead of the family's. */
+  makeScheduler?: () => Scheduler;
 }
 
 export interface GenerateResult {
@@ -162,7 +164,7 @@ export class Sampler {
     const schedule = NoiseSchedule.forFamily(manifest.family);
     const modelFile = this.source.baked ?? this.infer!.file;
     checkGuidance(options.guidance);
-    const scheduler: Scheduler = makeScheduler(options.scheduler, schedule, options.steps, { prediction: settings.prediction, spacing: options.spacing });
+    const scheduler: Scheduler = options.makeScheduler?.() ?? makeScheduler(options.scheduler, schedule, options.steps, { prediction: settings.prediction, spacing: options.spacing });
     const latentShape = options.latentShape ?? defaultLatentShape(manifest);
     const shape = [1, ...latentShape];
     const size = latentShape.reduce((a, b) => a * b, 1);

@@ -30,6 +30,10 @@ export interface SchedulerOptions {
   spacing?: TimestepSpacing;
   /** Default 1 (the SD scheduler configs); used by 'leading' spacing. */
   stepsOffset?: number;
+  /** DDIM: abar past the last step is 1 (true) or abar[0] (false, the SD configs; the default here). */
+  setAlphaToOne?: boolean;
+  /** DDIM `clip_sample`: clamp the predicted x0 to [-range, range] (default: no clipping). */
+  clipSampleRange?: number;
 }
 
 export interface Scheduler {
@@ -145,16 +149,19 @@ class Ddim implements Scheduler {
     const ac = this.schedule.alphasCumprod;
     const a = ac[t];
     // set_alpha_to_one=False: past the end, abar[0]
-    const aPrev = prev >= 0 ? ac[prev] : ac[0];
+    const aPrev = prev >= 0 ? ac[prev] : this.options.setAlphaToOne ? 1 : ac[0];
     const sa = sqrt(a);
     const sb = sqrt(1 - a);
     const sap = sqrt(aPrev);
     const sbp = sqrt(1 - aPrev);
     const result = new Float32Array(x.length);
     const v = this.options.prediction === 'v_prediction';
+    const clip = this.options.clipSampleRange;
     for (let k = 0; k < x.length; k++) {
-      const x0 = v ? sa * x[k] - sb * out[k] : (x[k] - sb * out[k]) / sa;
+      let x0 = v ? sa * x[k] - sb * out[k] : (x[k] - sb * out[k]) / sa;
       const eps = v ? sa * out[k] + sb * x[k] : out[k];
+      // clip_sample clamps x0 only (eps stays: use_clipped_model_output is off in the pipelines)
+      if (clip !== undefined) x0 = Math.min(clip, Math.max(-clip, x0));
       result[k] = sap * x0 + sbp * eps;
     }
     return result;

@@ -11,8 +11,9 @@ import { ArtifactName } from '../compiler/manifest';
 import { runPasses } from '../compiler/pass';
 import { printGraph } from '../compiler/printer';
 import { bakeLora } from '../passes/bake-lora';
+import { foldLoraWeights } from '../passes/fold-lora';
 import { PIPELINES } from '../passes/pipeline';
-import { toyState, toyUNet } from './support/toy-unet';
+import { TOY_TARGETS, toyState, toyUNet } from './support/toy-unet';
 
 const GOLDEN_DIR = path.join(__dirname, 'golden');
 const ACCEPT = process.env.HOLLOWC_ACCEPT_GOLDEN === '1';
@@ -70,4 +71,21 @@ test('bake-lora: folds where only path 2 reads the weight, keeps the branch wher
   // to_q and to_k feed the hollow activation, so the base path shares their weights; to_v is path 2's alone.
   expect(result).toEqual({ folded: ['up_blocks.0.attentions.0.transformer_blocks.0.attn1.to_v'], kept: ['down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q', 'down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k'] });
   expectGolden('bake-lora', printGraph(model.graph, { nodeNames: false }));
+});
+
+test('fold-lora: the plain UNet keeps its structure, the targeted weights become W + scale·B·A', () => {
+  const model = toyUNet();
+  const [q, , , v] = TOY_TARGETS;
+  const lora = (seed: number, inF: number) => ({
+    a: { shape: [1, inF], data: Float32Array.from({ length: inF }, (_, i) => ((i + seed) % 3) - 1) },
+    b: { shape: [4, 1], data: Float32Array.of(0.5, 0, -0.5, 1) },
+    scale: 0.5,
+  });
+  const result = foldLoraWeights(model.graph, (m) => (m === q ? lora(0, 4) : m === v ? lora(1, 8) : undefined));
+  expect(result.folded).toEqual([q, v]);
+  // to_q's weight [in 4, out 4]: W[i][o] + 0.5 · b[o] · a[i]; row 0 of sin-seeded W (seed 1) is sin(1..4) rounded
+  const w = model.graph.nodes.find((n) => n.name.includes('to_q'))!.inputs[1]!.initializer!;
+  const folded = new Float32Array(new Uint8Array((w.data as { bytes: Uint8Array }).bytes).buffer.slice(0));
+  expect(folded[3]).toBeCloseTo(Math.round(100 * Math.sin(1 + 3)) / 100 + 0.5 * 1 * -1, 6);
+  expectGolden('fold-lora', printGraph(model.graph, { nodeNames: false }));
 });

@@ -1,0 +1,127 @@
+/**
+ * Issue 10 part 5: peak memory of `generate --model` on a full-size SD 2.1 pipeline folder
+ * (builder weights, ~5 GB) at 512x512 (64x64 latents), CPU EP, next to the UNet alone (one run
+ * of unet/model.onnx at batch 2, the guided step's shape). Each configuration runs in its own
+ * process; RSS (peak from process.resourceUsage().maxRSS, and RssAnon / RssFile from
+ * /proc/self/status sampled every 50 ms) is the child's own. Not run by jest.
+ *
+ *   npx tsc -p . && node dist/tests/bench/generate-full.js [--dir /tmp/hollowc-sd21-full] [--steps 2] [--threads 2]
+ *
+ * The pipeline is built once into --dir (minutes) and reused by later runs.
+ */
+import { spawn, spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+
+const MiB = 2 ** 20;
+const CLI = path.join(__dirname, '..', '..', 'cli', 'main.js');
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : fallback;
+}
+
+/** Samples RssAnon / RssFile (kB in /proc/self/status) and keeps their maxima. */
+function startSampler(): () => { anon: number; file: number; peak: number } {
+  let anon = 0;
+  let file = 0;
+  const read = () => {
+    const text = fs.readFileSync('/proc/self/status', 'utf8');
+    const kb = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+)`, 'm').exec(text)?.[1] ?? 0);
+    anon = Math.max(anon, kb('RssAnon'));
+    file = Math.max(file, kb('RssFile'));
+  };
+  const timer = setInterval(read, 50);
+  return () => {
+    read();
+    clearInterval(timer);
+    return { anon: Math.round(anon / 1024), file: Math.round(file / 1024), peak: Math.round((process.resourceUsage().maxRSS * 1024) / MiB) };
+  };
+}
+
+async function child(kind: string, dir: string, steps: number, threads: number): Promise<void> {
+  const stop = startSampler();
+  const t0 = Date.now();
+  const stages: Record<string, number> = {};
+  if (kind === 'unet') {
+    const ort = await import('onnxruntime-node');
+    const { createSession } = await import('../../runtime/session');
+    const session = await createSession(path.join(dir, 'unet', 'model.onnx'), { intraOpThreads: threads });
+    stages.load = (Date.now() - t0) / 1000;
+    const t1 = Date.now();
+    const fill = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i) * 0.5);
+    await session.run({
+      sample: new ort.Tensor('float32', fill(2 * 4 * 64 * 64), [2, 4, 64, 64]),
+      timestep: new ort.Tensor('float32', Float32Array.of(500, 500), [2]),
+      encoder_hidden_states: new ort.Tensor('float32', fill(2 * 77 * 1024), [2, 77, 1024]),
+    });
+    stages.run = (Date.now() - t1) / 1000;
+    await session.release();
+  } else {
+    const { openPipelineFolder } = await import('../../runtime/pipeline-folder');
+    const { textToImage } = await import('../../runtime/text-to-image');
+    let mark = Date.now();
+    const r = await textToImage({
+      folder: openPipelineFolder(dir),
+      prompt: 'a photo of a dog',
+      width: 512,
+      height: 512,
+      steps,
+      guidance: 7.5,
+      scheduler: 'ddim',
+      seed: 1,
+      numImages: 1,
+      session: { intraOpThreads: threads },
+      onStage: (stage, state) => {
+        if (state === 'end') stages[stage] = (Date.now() - mark) / 1000;
+        mark = Date.now();
+      },
+    });
+    if (!r.images || r.images.dims.join() !== '1,3,512,512') throw new Error(`unexpected image ${r.images?.dims}`);
+  }
+  const m = stop();
+  process.stdout.write(`${JSON.stringify({ kind, seconds: (Date.now() - t0) / 1000, stages, peakMiB: m.peak, rssAnonMaxMiB: m.anon, rssFileMaxMiB: m.file })}\n`);
+}
+
+async function main(): Promise<void> {
+  const kind = arg('--child', '');
+  const dir = arg('--dir', '/tmp/hollowc-sd21-full');
+  const steps = Number(arg('--steps', '2'));
+  const threads = Number(arg('--threads', '2'));
+  if (kind) return child(kind, dir, steps, threads);
+  if (!fs.existsSync(path.join(dir, 'model_index.json'))) {
+    const t = Date.now();
+    const b = spawnSync(process.execPath, [CLI, 'model', 'build', 'sd21', '--full', '--pipeline', '-o', dir], { stdio: 'inherit' });
+    if (b.status !== 0) throw new Error('build failed');
+    process.stdout.write(`built ${dir} in ${((Date.now() - t) / 1000).toFixed(0)} s\n`);
+  }
+  for (const k of ['unet', 'generate']) {
+    const p = spawn(process.execPath, [__filename, '--child', k, '--dir', dir, '--steps', String(steps), '--threads', String(threads)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d) => (stdout += d));
+    p.stderr.on('data', (d) => (stderr += d));
+    let anon = 0;
+    let file = 0;
+    const timer = setInterval(() => {
+      try {
+        const text = fs.readFileSync(`/proc/${p.pid}/status`, 'utf8');
+        const kb = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+)`, 'm').exec(text)?.[1] ?? 0);
+        anon = Math.max(anon, kb('RssAnon'));
+        file = Math.max(file, kb('RssFile'));
+      } catch {
+        // exited
+      }
+    }, 50);
+    const code = await new Promise<number>((resolve) => p.on('close', (c) => resolve(c ?? 1)));
+    clearInterval(timer);
+    if (code !== 0) throw new Error(`${k} failed: ${stderr}`);
+    const r = JSON.parse(stdout.trim().split('\n').pop()!);
+    process.stdout.write(`${JSON.stringify({ ...r, sampledByParent: { rssAnonMaxMiB: Math.round(anon / 1024), rssFileMaxMiB: Math.round(file / 1024) } })}\n`);
+  }
+}
+
+main().catch((e) => {
+  process.stderr.write(`${(e as Error).stack}\n`);
+  process.exit(1);
+});
