@@ -1,8 +1,7 @@
 /** Option parsers and the options every command that runs a session shares. */
 import { InvalidArgumentError, Option } from 'commander';
-import { ExecutionProvider, SessionTuning } from '../runtime/session';
+import { EXECUTION_PROVIDERS, ExecutionProvider, SessionTuning } from '../runtime/session';
 
-const EPS: ExecutionProvider[] = ['cpu', 'cuda', 'webgpu', 'tensorrt', 'dml', 'coreml'];
 
 export function parseCount(text: string): number {
   const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
@@ -28,7 +27,7 @@ export function parseSize(text: string): number[] {
   return [Number(m[1]), Number(m[2])];
 }
 
-export const epOption = () => new Option('--ep <provider>', 'onnxruntime execution provider').choices(EPS).default('cpu');
+export const epOption = () => new Option('--ep <provider>', 'onnxruntime execution provider').choices(EXECUTION_PROVIDERS).default('cpu');
 export const fallbackOption = () => new Option('--cpu-fallback', 'run on the CPU (with a warning) when the provider cannot start');
 
 export const threadsOption = () => new Option('--threads <n>', 'onnxruntime intra-op threads (default: onnxruntime\'s choice)').argParser(parseCount);
@@ -39,7 +38,8 @@ export interface TuningCli {
   graphOpt?: SessionTuning['optimization'];
 }
 
-export const tuning = (o: TuningCli): SessionTuning => ({ intraOpThreads: o.threads, optimization: o.graphOpt });
+/** A command's session settings; each session reports once, on stderr, which provider ran it. */
+export const tuning = (o: TuningCli): SessionTuning => ({ intraOpThreads: o.threads, optimization: o.graphOpt, report: (line) => process.stderr.write(`execution provider: ${line}\n`), log: (line) => process.stderr.write(`${line}\n`) });
 
 /** One line of a command's report on stdout. */
 export const out = (line: string) => process.stdout.write(`${line}\n`);

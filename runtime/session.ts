@@ -44,13 +44,21 @@ export interface SessionOptions {
    * (AdamW's bias correction computes beta^t with Exp, not WebGPU's less precise Pow.)
    */
   webgpuCpuOps?: readonly string[];
-  /** onnxruntime's log level for this session (0 verbose: prints node placements to stderr). */
+  /**
+   * onnxruntime's log level for this session (default 3, errors only: its placement warnings are
+   * replaced by `report`; 0 is verbose and prints node placements to stderr).
+   */
   logSeverityLevel?: 0 | 1 | 2 | 3 | 4;
+  /**
+   * Told once, after the session's first run, which provider ran it: `cpu`, or for a GPU
+   * provider the placement summary (nodes on the device, CPU fallbacks by op, host copies).
+   */
+  report?: (line: string) => void;
   log?: (message: string) => void;
 }
 
 /** The per-run knobs the runtime commands pass through to their sessions. */
-export type SessionTuning = Pick<SessionOptions, 'intraOpThreads' | 'optimization'>;
+export type SessionTuning = Pick<SessionOptions, 'intraOpThreads' | 'optimization' | 'report' | 'log'>;
 
 export function installedProviders(): string[] {
   return ort.listSupportedBackends().filter((b) => b.bundled).map((b) => b.name);
@@ -118,13 +126,14 @@ function baseOptions(options: SessionOptions): ort.InferenceSession.SessionOptio
     graphOptimizationLevel: options.optimization ?? 'all',
     enableMemPattern: options.memPattern ?? true,
     ...(options.intraOpThreads ? { intraOpNumThreads: options.intraOpThreads } : {}),
-    ...(options.logSeverityLevel !== undefined ? { logSeverityLevel: options.logSeverityLevel } : {}),
+    logSeverityLevel: options.logSeverityLevel ?? 3,
   };
 }
 
 async function open(modelFile: string, options: SessionOptions, provider: ExecutionProvider): Promise<ort.InferenceSession> {
   const base = baseOptions(options);
-  const profilePrefix = options.placement ? path.join(os.tmpdir(), `hollowc-placement-${process.pid}-${++profileCounter}`) : undefined;
+  // GPU providers profile their first run by default, so the placement can be reported.
+  const profilePrefix = options.placement ?? (provider !== 'cpu' && !!options.report) ? path.join(os.tmpdir(), `hollowc-placement-${process.pid}-${++profileCounter}`) : undefined;
   let forced = provider === 'webgpu' ? nodeNamesOf(modelFile, options.webgpuCpuOps ?? WEBGPU_CPU_OPS) : [];
   if (forced.join(',').length > FORCE_CPU_LIMIT) {
     // onnxruntime refuses provider option values over 8192 characters.
@@ -137,7 +146,24 @@ async function open(modelFile: string, options: SessionOptions, provider: Execut
     ...(profilePrefix ? { enableProfiling: true, profileFilePrefix: profilePrefix } : {}),
   });
   INFO.set(session, { provider, modelFile, profilePrefix, pinned: forced });
+  if (options.report) reportAfterFirstRun(session, options.report);
   return session;
+}
+
+/** Wraps `session.run` so that `report` hears, once, which provider ran the session and how. */
+function reportAfterFirstRun(session: ort.InferenceSession, report: (line: string) => void): void {
+  const run = session.run.bind(session) as (...args: unknown[]) => Promise<ort.InferenceSession.OnnxValueMapType>;
+  let reported = false;
+  session.run = (async (...args: unknown[]) => {
+    const result = await run(...args);
+    if (!reported) {
+      reported = true;
+      const info = INFO.get(session)!;
+      const name = path.basename(info.modelFile);
+      report(info.provider === 'cpu' ? `${name}: cpu` : `${name}: ${describePlacement(session)?.summary ?? info.provider}`);
+    }
+    return result;
+  }) as typeof session.run;
 }
 
 export async function createSession(modelFile: string, options: SessionOptions = {}): Promise<ort.InferenceSession> {

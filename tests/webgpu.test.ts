@@ -12,6 +12,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { compileFromSpec } from '../cli/compile';
+import { main } from '../cli/main';
 import { HollowcError } from '../compiler/errors';
 import { buildUNet } from '../models/builder';
 import { FAMILIES, FamilyName } from '../models/families';
@@ -220,5 +221,52 @@ describe.each(['sd15', 'sdxl'] as FamilyName[])('tiny %s on webgpu (SwiftShader)
       expect(placement.cpuOps).toEqual({});
       expect(placement.copies).toBe(0);
     });
+  });
+});
+
+gpuDescribe('the CLI on --ep webgpu', () => {
+  async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    let stdout = '';
+    let stderr = '';
+    const o = jest.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => ((stdout += String(s)), true));
+    const e = jest.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => ((stderr += String(s)), true));
+    try {
+      return { code: await main(['node', 'hollowc', ...args]), stdout, stderr };
+    } finally {
+      o.mockRestore();
+      e.mockRestore();
+    }
+  }
+
+  test('generate --model writes an image and says which provider ran each component', async () => {
+    const dir = tempDir('hollowc-webgpu-cli-');
+    const folder = path.join(dir, 'pipe');
+    expect((await cli(['model', 'build', 'sd15', '--tiny', '--pipeline', '-o', folder])).code).toBe(0);
+    const png = path.join(dir, 'a.png');
+    const r = await cli(['generate', '--model', folder, '--prompt', 'a photo of a dog', '--width', '64', '--height', '64', '--steps', '2', '--seed', '1', '-o', png, '--ep', 'webgpu']);
+    expect([r.code, r.stderr.match(/^hollowc: error.*$/m)?.[0]]).toEqual([0, undefined]);
+    expect(fs.existsSync(png)).toBe(true);
+    // One placement line per session: text encoder, UNet, VAE decoder. The UNet and the VAE run
+    // wholly on the GPU; CLIP's pooling casts input_ids int64 -> int32 for ArgMax (as the
+    // transformers export does), which WebGPU's Cast does not take: that one op falls back.
+    const lines = r.stderr.split('\n').filter((l) => l.startsWith('execution provider: '));
+    expect(lines).toHaveLength(3);
+    expect(lines[0]).toMatch(/: webgpu: \d+ nodes, cpu fallback: 1 \(Cast 1\)/);
+    for (const l of lines.slice(1)) expect(l).toMatch(/: webgpu: \d+ nodes, cpu fallback: 0/);
+  });
+
+  test('the missing-provider line for --ep cuda on this machine, and --cpu-fallback runs anyway', async () => {
+    const dir = tempDir('hollowc-webgpu-cuda-');
+    const folder = path.join(dir, 'pipe');
+    expect((await cli(['model', 'build', 'sd15', '--tiny', '--pipeline', '-o', folder])).code).toBe(0);
+    const args = ['generate', '--model', folder, '--prompt', 'a dog', '--width', '64', '--height', '64', '--steps', '1', '-o', path.join(dir, 'b.png')];
+    const refused = await cli([...args, '--ep', 'cuda']);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr.trim().split('\n')).toHaveLength(1);
+    expect(refused.stderr).toContain('ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node');
+    const fallback = await cli([...args, '--ep', 'cuda', '--cpu-fallback']);
+    expect(fallback.code).toBe(0);
+    expect(fallback.stderr).toContain('running on the CPU instead');
+    expect(fallback.stderr).toMatch(/execution provider: model\.onnx: cpu/);
   });
 });
