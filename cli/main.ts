@@ -10,6 +10,7 @@ import { SpecError } from '../dsl/diagnostics';
 import { registerCompile } from './compile';
 import { registerInspect } from './inspect';
 import { registerModelBuild } from './model-build';
+import { registerPlan } from './plan';
 import { registerTokenize } from './tokenize';
 import { registerDemo } from './demo';
 import { registerEmbed } from './embed';
@@ -45,6 +46,7 @@ export function buildProgram(): Command {
   registerExportLora(program);
   registerDemo(program);
   registerTokenize(program);
+  registerPlan(program);
   registerEmbed(program);
   return program;
 }

@@ -116,11 +116,17 @@ export class VirtualWeightSink implements WeightSink {
 
   tensor(name: string, dims: readonly number[]): Tensor {
     const length = count(dims) * 4;
+    // Small tensors (biases, norms) are zeros in memory: passes that fold constants read them,
+    // and a weightless graph still specializes and differentiates (hollowc plan, tests).
+    if (count(dims) <= VIRTUAL_INLINE_LIMIT) return { name, dataType: DataType.FLOAT, dims: [...dims], data: { kind: 'inline', bytes: new Uint8Array(length) } };
     const t: Tensor = { name, dataType: DataType.FLOAT, dims: [...dims], data: { kind: 'external', file: VIRTUAL_WEIGHTS_FILE, offset: this.offset, length } };
     this.offset += length;
     return t;
   }
 }
+
+/** Elements up to which a virtual weight is an inline zero tensor (the constant folder's limit). */
+const VIRTUAL_INLINE_LIMIT = 1 << 14;
 
 export function normalizeSeed(seed: number | undefined): number {
   const s = seed ?? 0;

@@ -1,0 +1,348 @@
+/**
+ * `hollowc plan`: the paper's resource tables (Tables 1, 3, 6, Fig. 5a) for any UNet, shape, rank
+ * and LoRA targets, before anything is trained: one row per valid cut and `hollow none`. Every
+ * figure comes from the graphs hollowc would emit (built in memory, never written), reading no
+ * weights: parameters, store bytes, FLOPs (compiler/flops.ts; the paper's convention: layers with
+ * weights only), and a predicted training-step peak.
+ *
+ * The memory model (CPU provider, fp32, in-graph AdamW as train.onnx runs it):
+ *   peak = weights the train graph holds + ACTIVATION_FACTOR × activations live at the peak of the
+ *          graph's node order (each value from its producer to its last reader) + LORA_COPIES ×
+ *          LoRA bytes (the tensors, two moments, their gradients, updated outputs and the host
+ *          copies of those) + RUNTIME_BYTES (Node + onnxruntime + the session's graph).
+ * The constants were fitted to the measured train-step peaks of full SD 2.1 in the README's
+ * table (hollow none and 39.2% at 32×32, r128): see tests/bench/plan-vs-measured.ts.
+ */
+import * as fs from 'fs';
+import sharp from 'sharp';
+import { Command, Option } from 'commander';
+import { cloneModel } from '../compiler/clone';
+import { elementSize } from '../compiler/dtype';
+import { HollowcError } from '../compiler/errors';
+import { countFlops } from '../compiler/flops';
+import { Graph, Model, tensorElementCount } from '../compiler/ir';
+import { ArtifactName, TrainingSettings } from '../compiler/manifest';
+import { presetsFor } from '../models/presets';
+import { CutInfo } from '../passes/lib/analyze-unet';
+import { ArtifactState, LoraConfig } from '../passes/lib/artifact-state';
+import { findLoraSites } from '../passes/lib/lora-sites';
+import { buildArtifact } from '../passes/pipeline';
+import { specializeShapes, trainingShapes } from '../passes/specialize-shapes';
+import { recordLayout } from '../runtime/store';
+import { LoadedUNet, checkSpecFile, loadUNet } from './compile';
+import { out, parseCount } from './options';
+import { trainingSettingsOf } from './spec-facts';
+import { openPipelineFolder } from '../runtime/pipeline-folder';
+import { DEFAULT_TARGETS, defaultTrainingSettings } from '../models/training-defaults';
+import { matchesGlob } from '../dsl';
+
+const MiB = 2 ** 20;
+export const ACTIVATION_FACTOR = 1.0;
+export const LORA_COPIES = 10;
+export const RUNTIME_BYTES = 120 * MiB;
+
+export interface PlanRequest {
+  unet: LoadedUNet;
+  targets: readonly string[];
+  lora: LoraConfig;
+  training: TrainingSettings;
+  samples: number;
+  steps: number;
+}
+
+export interface PlanRow {
+  /** 'none' or the last kept down layer. */
+  cut: string;
+  preset?: string;
+  hollowed: string[];
+  fraction: number;
+  baseParameters: number;
+  loraParameters: number;
+  storeBytesPerSample: number;
+  flops: {
+    plainForward: number;
+    precompute: number;
+    hollowedForward: number;
+    /** The paper's convention: forward + backward = 3 × the trained net's forward. */
+    trainStepPaper: number;
+    /** Counted on train.onnx: no weight gradients for frozen layers, so below 3 × forward. */
+    trainStepCounted: number;
+    inferTwoPath: number;
+  };
+  totals: { precompute: number; train: number; all: number };
+  inferenceOverhead: number;
+  memory: { weightBytes: number; activationPeakBytes: number; loraStateBytes: number; predictedPeakBytes: number };
+  fitsBudget?: boolean;
+}
+
+export interface Plan {
+  family: string;
+  model: string;
+  shapes: Record<string, number[]>;
+  rank: number;
+  samples: number;
+  steps: number;
+  conventions: { flops: string; memory: string };
+  rows: PlanRow[];
+  budgetBytes?: number;
+  /** The row --budget picks: the fewest hollowed layers whose predicted peak fits. */
+  chosen?: string;
+}
+
+/** Static copy of `model` at the training shapes (symbolic dims resolved), for FLOP counting. */
+function specialized(model: Model, req: PlanRequest): Model {
+  const copy = cloneModel(model);
+  specializeShapes(copy, trainingShapes(copy, req.unet.analysis.family, req.training), { recordValueInfo: false });
+  return copy;
+}
+
+/**
+ * The paper's convention (it reproduces Table 3's 0.238T precompute exactly): layers with weights
+ * (Conv, Linear) at 2 x multiply-adds; attention's activation-by-activation products are not in it.
+ */
+const flopsOf = (model: Model) => {
+  const c = countFlops(model.graph);
+  return c.matrix - c.activationMatrix;
+};
+
+/** Bytes of the weights a graph holds (its initializers, inline or external). */
+function weightBytes(g: Graph): number {
+  return g.initializers().reduce((a, v) => a + tensorElementCount(v.initializer!) * (elementSize(v.initializer!.dataType) ?? 4), 0);
+}
+
+/** Peak bytes of intermediate values alive at once, walking the nodes in graph order. */
+export function activationPeakBytes(g: Graph): number {
+  const lastUse = new Map<unknown, number>();
+  g.nodes.forEach((n, i) => n.inputs.forEach((v) => v && lastUse.set(v, i)));
+  const outputs = new Set(g.outputs);
+  const bytes = (v: { type?: { elemType: number; shape?: unknown[] } }) => (v.type?.shape?.every((d) => typeof d === 'number') ? (v.type.shape as number[]).reduce((a, b) => a * b, 1) * (elementSize(v.type.elemType) ?? 4) : 0);
+  let live = g.inputs.reduce((a, v) => a + bytes(v), 0);
+  let peak = live;
+  const dying: number[][] = g.nodes.map(() => []);
+  g.nodes.forEach((n, i) => {
+    for (const o of n.outputs) {
+      live += bytes(o);
+      const last = lastUse.get(o);
+      if (last !== undefined && !outputs.has(o)) dying[last].push(bytes(o));
+      else if (last === undefined && !outputs.has(o)) dying[i].push(bytes(o));
+    }
+    peak = Math.max(peak, live);
+    for (const b of dying[i]) live -= b;
+  });
+  return peak;
+}
+
+function row(req: PlanRequest, cut: CutInfo | null, plain: number): PlanRow {
+  const { analysis } = req.unet;
+  const inputs: ArtifactState = { analysis, cut, targets: req.targets, lora: req.lora, training: req.training, label: req.unet.file };
+  const build = (name: ArtifactName) => buildArtifact(name, req.unet.model, inputs);
+  const train = build('train');
+  const forward = flopsOf(specialized(build('forward').model, req));
+  const precompute = cut ? flopsOf(specialized(build('precompute').model, req)) : 0;
+  const infer = flopsOf(specialized(build('infer').model, req));
+  const loraParameters = train.state.loraParams!.reduce((a, p) => a + p.shape.reduce((x, y) => x * y, 1), 0);
+  const latent = req.training.shapes.sample.slice(1);
+  const activation = cut ? trainingShapes(train.model, analysis.family, req.training).hollow_activation?.slice(1) ?? [] : [];
+  const memory = {
+    weightBytes: weightBytes(train.model.graph),
+    activationPeakBytes: activationPeakBytes(train.model.graph),
+    loraStateBytes: LORA_COPIES * 4 * loraParameters,
+    predictedPeakBytes: 0,
+  };
+  memory.predictedPeakBytes = memory.weightBytes + ACTIVATION_FACTOR * memory.activationPeakBytes + memory.loraStateBytes + RUNTIME_BYTES;
+  const trainStepPaper = 3 * forward;
+  const preset = cut ? presetsFor(analysis.family).find((p) => p.lastKeptDown === cut.lastKeptDown)?.name : undefined;
+  return {
+    cut: cut?.lastKeptDown ?? 'none',
+    ...(preset ? { preset } : {}),
+    hollowed: cut ? [...cut.hollowed] : [],
+    fraction: cut?.fraction ?? 0,
+    baseParameters: analysis.totalParams - (cut?.removedParams ?? 0),
+    loraParameters,
+    storeBytesPerSample: cut ? recordLayout(latent, activation).recordBytes : 0,
+    flops: { plainForward: plain, precompute, hollowedForward: forward, trainStepPaper, trainStepCounted: flopsOf(train.model), inferTwoPath: infer },
+    totals: { precompute: precompute * req.samples, train: trainStepPaper * req.steps, all: precompute * req.samples + trainStepPaper * req.steps },
+    inferenceOverhead: infer / plain - 1,
+    memory,
+  };
+}
+
+export function planUNet(req: PlanRequest, budgetBytes?: number, only?: readonly string[]): Plan {
+  const { analysis } = req.unet;
+  if (!req.training.shapes.sample) throw new HollowcError('give the training latent shape (--shape sample=1,4,64,64 or a spec with a `shape sample` line)');
+  const plain = flopsOf(specialized(req.unet.model, req));
+  const wanted = (cut: string) => !only || only.includes(cut);
+  // Smallest hollow first, as the paper's tables go; `hollow none` is the LoRA-FT baseline.
+  const rows = [...(wanted('none') ? [row(req, null, plain)] : []), ...analysis.cuts.filter((c) => wanted(c.lastKeptDown)).map((c) => row(req, c, plain))];
+  const plan: Plan = {
+    family: analysis.family,
+    model: req.unet.file,
+    shapes: req.training.shapes,
+    rank: req.lora.rank,
+    samples: req.samples,
+    steps: req.steps,
+    conventions: {
+      flops: 'FLOPs = 2 x multiply-adds of the layers with weights (Conv, Linear as MatMul/Gemm) on the emitted graphs at the training shapes, attention products left out as in the paper; training "paper" = 3 x the trained net\'s forward, "counted" = train.onnx as emitted',
+      memory: `predicted CPU peak = weights held + ${ACTIVATION_FACTOR} x activations live at the peak + ${LORA_COPIES} x LoRA bytes + ${RUNTIME_BYTES / MiB} MiB runtime`,
+    },
+    rows,
+  };
+  if (budgetBytes !== undefined) {
+    plan.budgetBytes = budgetBytes;
+    for (const r of rows) r.fitsBudget = r.memory.predictedPeakBytes <= budgetBytes;
+    // Fewest hollowed layers that fit: hollow none first, then the cuts from the smallest hollow.
+    plan.chosen = [...rows].sort((a, b) => a.hollowed.length - b.hollowed.length).find((r) => r.fitsBudget)?.cut;
+  }
+  return plan;
+}
+
+const T = (x: number) => `${(x / 1e12).toFixed(3)}T`;
+const G = (x: number) => `${(x / 1e9).toFixed(2)}G`;
+const mib = (x: number) => `${Math.round(x / MiB)} MiB`;
+
+export function planText(p: Plan): string {
+  const flop = p.rows.some((r) => r.flops.plainForward >= 1e11) ? T : G;
+  const lines = [
+    `${p.family} UNet ${p.model}: sample [${p.shapes.sample.join(', ')}], LoRA rank ${p.rank}, ${p.samples} samples, ${p.steps} steps`,
+    '',
+    ['cut', 'preset', 'hollowed', 'share', 'base held', 'LoRA', 'peak (pred.)', 'store/sample', 'precompute', 'train step', 'train.onnx', 'infer 2-path', 'overhead', 'total'].join('  '),
+  ];
+  for (const r of p.rows) {
+    lines.push(
+      [
+        `${r.cut === p.chosen ? '*' : ' '}${r.cut.padEnd(5)}`,
+        (r.preset ?? '').padEnd(8),
+        (r.hollowed.length ? `${r.hollowed[0]}..${r.hollowed[r.hollowed.length - 1]}` : '-').padEnd(9),
+        `${(100 * r.fraction).toFixed(1)}%`.padStart(6),
+        r.baseParameters.toLocaleString('en-US').padStart(12),
+        r.loraParameters.toLocaleString('en-US').padStart(11),
+        `${mib(r.memory.predictedPeakBytes)}${r.fitsBudget === false ? ' (over)' : ''}`.padStart(12),
+        (r.storeBytesPerSample ? `${(r.storeBytesPerSample / 1024).toFixed(1)} KiB` : '-').padStart(12),
+        flop(r.flops.precompute).padStart(10),
+        flop(r.flops.trainStepPaper).padStart(10),
+        flop(r.flops.trainStepCounted).padStart(10),
+        flop(r.flops.inferTwoPath).padStart(12),
+        `${(100 * r.inferenceOverhead).toFixed(1)}%`.padStart(8),
+        flop(r.totals.all).padStart(10),
+      ].join('  '),
+    );
+  }
+  lines.push('', p.conventions.flops, p.conventions.memory);
+  if (p.budgetBytes !== undefined) lines.push(p.chosen ? `* fits the ${mib(p.budgetBytes)} budget with the fewest hollowed layers` : `no configuration fits ${mib(p.budgetBytes)}`);
+  return lines.join('\n') + '\n';
+}
+
+/** Fig. 5a: predicted peak memory and training FLOPs against the hollowed fraction. */
+export function planSvg(p: Plan): string {
+  const W = 640;
+  const H = 400;
+  const m = { l: 70, r: 70, t: 40, b: 50 };
+  const xs = p.rows.map((r) => 100 * r.fraction);
+  const mem = p.rows.map((r) => r.memory.predictedPeakBytes / MiB);
+  const giga = Math.max(...p.rows.map((r) => r.flops.trainStepPaper)) < 1e11;
+  const unit = giga ? 'G' : 'T';
+  const fl = p.rows.map((r) => r.flops.trainStepPaper / (giga ? 1e9 : 1e12));
+  const xMax = Math.max(1, ...xs);
+  const scale = (v: number, max: number) => m.t + (H - m.t - m.b) * (1 - v / (max * 1.1 || 1));
+  const X = (x: number) => m.l + ((W - m.l - m.r) * x) / xMax;
+  const path = (ys: number[], max: number) => xs.map((x, i) => `${i ? 'L' : 'M'}${X(x).toFixed(1)},${scale(ys[i], max).toFixed(1)}`).join(' ');
+  const [memMax, flMax] = [Math.max(...mem), Math.max(...fl)];
+  const dots = (ys: number[], max: number, color: string) => xs.map((x, i) => `<circle cx="${X(x).toFixed(1)}" cy="${scale(ys[i], max).toFixed(1)}" r="3" fill="${color}"/>`).join('');
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">
+<rect width="${W}" height="${H}" fill="white"/>
+<text x="${W / 2}" y="20" text-anchor="middle" font-size="14">${p.family}: training memory and FLOPs vs hollowed fraction (rank ${p.rank}, sample ${p.shapes.sample.join('x')})</text>
+<line x1="${m.l}" y1="${H - m.b}" x2="${W - m.r}" y2="${H - m.b}" stroke="black"/>
+<line x1="${m.l}" y1="${m.t}" x2="${m.l}" y2="${H - m.b}" stroke="#1f77b4"/>
+<line x1="${W - m.r}" y1="${m.t}" x2="${W - m.r}" y2="${H - m.b}" stroke="#d62728"/>
+<text x="${W / 2}" y="${H - 12}" text-anchor="middle" class="x-label">hollowed fraction of parameters (%)</text>
+<text transform="translate(18 ${H / 2}) rotate(-90)" text-anchor="middle" fill="#1f77b4" class="y-label">predicted peak memory (MiB)</text>
+<text transform="translate(${W - 16} ${H / 2}) rotate(90)" text-anchor="middle" fill="#d62728" class="y-label">training FLOPs per step (${unit}, 3 x forward)</text>
+${[0, 0.5, 1].map((f) => `<text x="${m.l - 6}" y="${scale(memMax * f * 1.1, memMax).toFixed(1)}" text-anchor="end">${Math.round(memMax * f * 1.1)}</text><text x="${W - m.r + 6}" y="${scale(flMax * f * 1.1, flMax).toFixed(1)}">${(flMax * f * 1.1).toFixed(2)}</text>`).join('')}
+${[0, xMax / 2, xMax].map((x) => `<text x="${X(x).toFixed(1)}" y="${H - m.b + 16}" text-anchor="middle">${x.toFixed(0)}</text>`).join('')}
+<path d="${path(mem, memMax)}" fill="none" stroke="#1f77b4" stroke-width="2" class="series-memory"/>${dots(mem, memMax, '#1f77b4')}
+<path d="${path(fl, flMax)}" fill="none" stroke="#d62728" stroke-width="2" stroke-dasharray="5 3" class="series-flops"/>${dots(fl, flMax, '#d62728')}
+</svg>
+`;
+}
+
+/** `1GB`, `512MiB`, `4g`, `3000000000` -> bytes. */
+export function parseBytes(text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$/i.exec(text);
+  if (!m) throw new HollowcError(`expected a size such as 4GB or 3500MiB, got ${JSON.stringify(text)}`);
+  const unit = (m[2] ?? 'b').toLowerCase();
+  const power = { b: 0, k: 1, kb: 1, kib: 1, m: 2, mb: 2, mib: 2, g: 3, gb: 3, gib: 3 }[unit]!;
+  // Binary units throughout: memory is counted in MiB/GiB everywhere in hollowc.
+  return Math.round(Number(m[1]) * 1024 ** power);
+}
+
+interface PlanCli {
+  spec?: string;
+  shape?: string[];
+  rank: number;
+  alpha?: number;
+  targets?: string[];
+  samples: number;
+  steps: number;
+  budget?: string;
+  json?: boolean;
+  plot?: string;
+}
+
+function parseShape(text: string, previous: string[] = []): string[] {
+  if (!/^[\w.]+=\d+(,\d+)*$/.test(text.trim())) throw new HollowcError(`--shape takes name=d0,d1,... (e.g. sample=1,4,64,64), got ${JSON.stringify(text)}`);
+  return [...previous, text.trim()];
+}
+
+function requestOf(unet: LoadedUNet, o: PlanCli): PlanRequest {
+  if (o.spec) {
+    const spec = checkSpecFile(unet, o.spec).resolved;
+    return { unet, targets: spec.lora.targets.map((t) => t.module), lora: { rank: spec.lora.rank, alpha: spec.lora.alpha }, training: trainingSettingsOf(spec), samples: o.samples, steps: o.steps };
+  }
+  const family = unet.analysis.family;
+  const shapes: Record<string, number[]> = {};
+  for (const s of o.shape ?? []) {
+    const [name, dims] = s.split('=');
+    shapes[name] = dims.split(',').map(Number);
+  }
+  if (!shapes.sample) shapes.sample = [1, 4, 64, 64];
+  if (!shapes.timestep) shapes.timestep = [shapes.sample[0]];
+  const globs = o.targets ?? DEFAULT_TARGETS;
+  const targets = findLoraSites(unet.model.graph).map((s) => s.module).filter((m) => globs.some((g) => matchesGlob(g, m)));
+  if (!targets.length) throw new HollowcError(`no layer matches --targets ${globs.join(' ')}`);
+  const site = findLoraSites(unet.model.graph).find((s) => s.module === targets[0])!;
+  if (o.rank > Math.min(site.inFeatures, site.outFeatures)) throw new HollowcError(`rank ${o.rank} exceeds the width of ${site.module}`);
+  return { unet, targets, lora: { rank: o.rank, alpha: o.alpha ?? o.rank }, training: { ...defaultTrainingSettings(family), shapes, batch: shapes.sample[0] }, samples: o.samples, steps: o.steps };
+}
+
+/** The UNet of a pipeline folder, or a UNet file. */
+function unetFile(path: string): string {
+  return fs.existsSync(path) && fs.statSync(path).isDirectory() ? openPipelineFolder(path).unet.model : path;
+}
+
+export function registerPlan(program: Command): void {
+  program
+    .command('plan')
+    .description('the resource tables of the paper for this UNet: per cut, parameters, store size, FLOPs and predicted training memory')
+    .argument('<unet>', 'a UNet .onnx or a pipeline folder')
+    .option('--spec <file>', 'take shapes, rank and targets from a .hollow spec')
+    .option('--shape <name=dims>', 'a static training shape, e.g. sample=1,4,64,64 (repeatable)', parseShape)
+    .option('--rank <r>', 'LoRA rank', parseCount, 128)
+    .option('--targets <globs...>', 'LoRA target globs (default: attn1/attn2 to_q to_k to_v to_out.0)')
+    .option('--samples <n>', 'precomputed samples', parseCount, 200)
+    .option('--steps <n>', 'training steps', parseCount, 1000)
+    .addOption(new Option('--base <dtype>', 'frozen base precision').choices(['fp32']).default('fp32'))
+    .option('--budget <size>', 'memory budget (e.g. 4GB): marks the cut with the fewest hollowed layers that fits')
+    .option('--json', 'print one JSON object')
+    .option('--plot <file>', 'draw memory and FLOPs against the hollowed fraction (.svg, or .png)')
+    .action(async (unetPath: string, o: PlanCli) => {
+      const unet = loadUNet(unetFile(unetPath));
+      const plan = planUNet(requestOf(unet, o), o.budget !== undefined ? parseBytes(o.budget) : undefined);
+      if (o.plot) {
+        const svg = planSvg(plan);
+        if (o.plot.toLowerCase().endsWith('.png')) await sharp(Buffer.from(svg)).png().toFile(o.plot);
+        else fs.writeFileSync(o.plot, svg);
+      }
+      if (o.json) out(JSON.stringify(plan));
+      else process.stdout.write(planText(plan));
+    });
+}

@@ -1,0 +1,116 @@
+/**
+ * `hollowc plan`: FLOPs against the paper's Table 3 (full SD 2.1 at 64x64, counted on the
+ * weightless graph), store bytes against what precompute writes, --budget, --json and the plot.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import sharp from 'sharp';
+import { main } from '../cli/main';
+import { PlanRequest, planSvg, planUNet, parseBytes } from '../cli/plan';
+import { describeUNet } from '../models/builder/unet';
+import { FAMILIES } from '../models/families';
+import { defaultTrainingSettings } from '../models/training-defaults';
+import { analyzeUNet } from '../passes/lib/analyze-unet';
+import { findLoraSites } from '../passes/lib/lora-sites';
+import { precompute } from '../runtime/precompute';
+import { Store } from '../runtime/store';
+import { loadTrainingData } from '../runtime/training-data';
+import { tempDir } from './support/fixture';
+import { tinyCompiled, writeData } from './runtime-fake-train';
+
+const ATTENTION = /\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$/;
+
+async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  const o = jest.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => ((stdout += String(s)), true));
+  const e = jest.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => ((stderr += String(s)), true));
+  try {
+    return { code: await main(['node', 'hollowc', ...args]), stdout, stderr };
+  } finally {
+    o.mockRestore();
+    e.mockRestore();
+  }
+}
+
+test("full SD 2.1 at 64x64 against the paper's Table 3", () => {
+  const model = describeUNet(FAMILIES.sd21.full.config).model;
+  const unet = { file: 'sd21-full', model, analysis: analyzeUNet(model.graph, 'sd21-full') };
+  const targets = findLoraSites(model.graph).map((s) => s.module).filter((m) => ATTENTION.test(m));
+  const req: PlanRequest = { unet, targets, lora: { rank: 128, alpha: 128 }, training: { ...defaultTrainingSettings('sd21'), shapes: { sample: [1, 4, 64, 64], timestep: [1], encoder_hidden_states: [1, 77, 1024] } }, samples: 200, steps: 1000 };
+  const plan = planUNet(req, undefined, ['none', '3-2']);
+  const [none, hollowed] = plan.rows;
+  const f = hollowed.flops;
+  const ratios = { precomputeOverPlain: f.precompute / f.plainForward, twoPathOverPlain: f.inferTwoPath / f.plainForward, hollowedOverLoraFt: f.trainStepPaper / none.flops.trainStepPaper };
+  console.log(`Table 3 check: plain forward ${(f.plainForward / 1e12).toFixed(3)}T (paper 0.716T); precompute ${(f.precompute / 1e12).toFixed(3)}T; two-path ${(f.inferTwoPath / 1e12).toFixed(3)}T; train step ${(f.trainStepPaper / 1e12).toFixed(3)}T vs LoRA FT ${(none.flops.trainStepPaper / 1e12).toFixed(3)}T (train.onnx counted: ${(f.trainStepCounted / 1e12).toFixed(3)}T); ratios ${JSON.stringify(ratios)}`);
+  // Precompute is 0.237T against the paper's 0.238T; our plain forward is 0.678T against its
+  // 0.716T (a difference we could not attribute), which puts this ratio 5.4% above the paper's.
+  expect(Math.abs(f.precompute / 0.238e12 - 1)).toBeLessThan(0.01);
+  expect(Math.abs(ratios.precomputeOverPlain / 0.332 - 1)).toBeLessThan(0.06);
+  expect(Math.abs(ratios.twoPathOverPlain / 1.285 - 1)).toBeLessThan(0.05);
+  expect(Math.abs(ratios.hollowedOverLoraFt / 0.933 - 1)).toBeLessThan(0.05);
+  // train.onnx differentiates only towards the LoRA tensors: less than 3 x its forward.
+  expect(f.trainStepCounted).toBeLessThan(f.trainStepPaper);
+  expect(f.trainStepCounted).toBeGreaterThan(f.hollowedForward);
+  // Paper Table 6 store: 39.2% at 64x64 is 1,441,820 bytes per sample (our store also keeps z_t).
+  expect(hollowed.storeBytesPerSample).toBe(1441820);
+});
+
+describe('on a tiny sd15', () => {
+  let dir: string;
+  let modelFile: string;
+  beforeAll(async () => {
+    dir = tempDir('hollowc-plan-');
+    const f = await tinyCompiled(path.join(dir, 'tiny'), 'sd15', { batch: 1, preset: '39.2%', extraSpec: 'lora targets "attn1.to_q"', train: false });
+    modelFile = f.modelFile;
+    await precompute({ out: f.out, data: loadTrainingData(writeData(path.join(dir, 'data'), 'sd15', { instances: 2, classes: 0 })), count: 2 });
+    const { store } = Store.open(path.join(f.out, 'store'), { readOnly: true });
+    (globalThis as { storeRecordBytes?: number }).storeRecordBytes = store.recordBytes;
+    store.close();
+  });
+  const base = () => ['plan', modelFile, '--shape', 'sample=1,4,16,16', '--shape', 'encoder_hidden_states=1,7,32', '--rank', '4', '--targets', 'attn1.to_q'];
+
+  test('--json prints one object; store bytes equal what precompute wrote', async () => {
+    const r = await cli([...base(), '--json']);
+    expect(r.code).toBe(0);
+    const plan = JSON.parse(r.stdout);
+    expect(plan.rows.map((x: { cut: string }) => x.cut)[0]).toBe('none');
+    const row = plan.rows.find((x: { preset?: string }) => x.preset === '39.2%');
+    expect(row.storeBytesPerSample).toBe((globalThis as { storeRecordBytes?: number }).storeRecordBytes);
+    expect(row.baseParameters).toBe(908452);
+    expect(r.stdout.trim().split('\n')).toHaveLength(1);
+  });
+
+  test('--budget between two presets picks the one with fewer hollowed layers that fits', async () => {
+    const plan = JSON.parse((await cli([...base(), '--json'])).stdout);
+    const byPreset = (name: string) => plan.rows.find((x: { preset?: string }) => x.preset === name);
+    const [a, b] = [byPreset('11.5%'), byPreset('39.2%')];
+    expect(b.memory.predictedPeakBytes).toBeLessThan(a.memory.predictedPeakBytes);
+    const budget = Math.round((a.memory.predictedPeakBytes + b.memory.predictedPeakBytes) / 2);
+    const picked = JSON.parse((await cli([...base(), '--json', '--budget', String(budget)])).stdout);
+    const fits = picked.rows.filter((x: { fitsBudget: boolean }) => x.fitsBudget);
+    expect(fits.length).toBeGreaterThan(0);
+    expect(picked.rows.find((x: { cut: string }) => x.cut === picked.chosen).memory.predictedPeakBytes).toBeLessThanOrEqual(budget);
+    // Nothing with fewer hollowed layers fits.
+    const chosen = picked.rows.find((x: { cut: string }) => x.cut === picked.chosen);
+    expect(picked.rows.filter((x: { hollowed: string[]; fitsBudget: boolean }) => x.hollowed.length < chosen.hollowed.length && x.fitsBudget)).toEqual([]);
+    expect(parseBytes('4GB')).toBe(4 * 2 ** 30);
+    expect(parseBytes('3500MiB')).toBe(3500 * 2 ** 20);
+  });
+
+  test('--plot draws both series with labelled axes, as SVG and as PNG', async () => {
+    const pngFile = path.join(dir, 'plan.png');
+    const r = await cli([...base(), '--json', '--plot', pngFile]);
+    expect(r.code).toBe(0);
+    const meta = await sharp(pngFile).metadata();
+    expect([meta.format, meta.width, meta.height]).toEqual(['png', 640, 400]);
+    const plan = JSON.parse(r.stdout);
+    const svg = planSvg(plan);
+    expect(svg).toContain('class="series-memory"');
+    expect(svg).toContain('class="series-flops"');
+    expect(svg).toContain('hollowed fraction of parameters (%)');
+    expect(svg).toContain('predicted peak memory (MiB)');
+    expect(svg).toContain('training FLOPs per step');
+    expect((svg.match(/<circle /g) ?? []).length).toBe(2 * plan.rows.length);
+  });
+});
