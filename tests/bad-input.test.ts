@@ -8,34 +8,17 @@ import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import sharp from 'sharp';
-import { main } from '../cli/main';
 import { MANIFEST_FILE } from '../compiler/manifest';
 import { decodeModelProto, encodeModelProto, PModel } from '../compiler/proto';
 import { buildUNet } from '../models/builder';
 import { FAMILIES } from '../models/families';
 import { loadImage } from '../runtime/images';
 import { float32Tensor, writeSafetensors } from '../runtime/safetensors';
+import { runCli } from './support/cli';
 import { tempDir } from './support/fixture';
 import { TinyFolder, tinyCompiled, writeData } from './runtime-fake-train';
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function cli(args: string[]): Promise<Run> {
-  let stdout = '';
-  let stderr = '';
-  const o = jest.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => ((stdout += String(s)), true));
-  const e = jest.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => ((stderr += String(s)), true));
-  try {
-    return { code: await main(['node', 'hollowc', ...args]), stdout, stderr };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-  }
-}
+const cli = runCli;
 
 /** Every file under `dir` with its sha256, or null when `dir` does not exist. */
 function snapshot(dir: string): Record<string, string> | null {

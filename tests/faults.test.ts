@@ -266,7 +266,7 @@ describe('two writers of one folder', () => {
     await precompute({ out: dir, data: loadTrainingData(data), count: 6 });
     const first = start(['train', dir, '--steps', '200000', '--checkpoint-every', '100000']);
     const lock = path.join(dir, LOCK_FILE);
-    for (let i = 0; i < 200 && !fs.existsSync(lock); i++) await new Promise((r) => setTimeout(r, 50));
+    for (let i = 0; i < 1200 && !fs.existsSync(lock); i++) await new Promise((r) => setTimeout(r, 50));
     expect(fs.existsSync(lock)).toBe(true);
     const second = await run(['precompute', dir, '--data', data, '--count', '8']);
     expectOneLineError(second, `another hollowc (pid ${first.child.pid}, hollowc train`);
@@ -306,7 +306,13 @@ describe('load', () => {
   test('the loss log is valid JSONL with every step once after a kill and resume', async () => {
     const dir = copyOfFolder('load-kill');
     await precompute({ out: dir, data: loadTrainingData(data), count: 50 });
-    const killed = await killedAfter(['train', dir, '--steps', '3000', '--checkpoint-every', '250'], 2500);
+    // Killed mid-run, after its first checkpoint (however slow the machine is today).
+    const { child, done } = start(['train', dir, '--steps', '3000', '--checkpoint-every', '250']);
+    const checkpoint = path.join(dir, 'train', 'checkpoint.json');
+    for (let i = 0; i < 1200 && !fs.existsSync(checkpoint); i++) await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 300));
+    child.kill('SIGKILL');
+    const killed = await done;
     expect(killed.signal).toBe('SIGKILL');
     const resumed = await run(['train', dir, '--steps', '3000', '--resume']);
     expect(resumed.code).toBe(0);

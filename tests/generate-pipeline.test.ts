@@ -7,6 +7,7 @@
  * DDIMScheduler.step (timesteps, alphas_cumprod from the config, CFG, v-prediction, VAE
  * scaling), running the same ONNX components directly through onnxruntime.
  */
+import { runCli } from './support/cli';
 import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
@@ -46,18 +47,8 @@ beforeAll(async () => {
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
 
 async function cli(...args: string[]): Promise<{ out: string; err: string; code: number }> {
-  let out = '';
-  let err = '';
-  const o = jest.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => ((out += String(s)), true));
-  const e = jest.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => ((err += String(s)), true));
-  try {
-    const { main } = await import('../cli/main');
-    const code = await main(['node', 'hollowc', ...args]);
-    return { out, err, code };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-  }
+  const r = await runCli(args);
+  return { out: r.stdout, err: r.stderr, code: r.code };
 }
 
 const noise = (seed: number, n: number) => {

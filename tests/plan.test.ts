@@ -5,7 +5,6 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import sharp from 'sharp';
-import { main } from '../cli/main';
 import { PlanRequest, planSvg, planUNet, parseBytes } from '../cli/plan';
 import { describeUNet } from '../models/builder/unet';
 import { FAMILIES } from '../models/families';
@@ -15,23 +14,13 @@ import { findLoraSites } from '../passes/lib/lora-sites';
 import { precompute } from '../runtime/precompute';
 import { Store } from '../runtime/store';
 import { loadTrainingData } from '../runtime/training-data';
+import { runCli } from './support/cli';
 import { tempDir } from './support/fixture';
 import { tinyCompiled, writeData } from './runtime-fake-train';
 
 const ATTENTION = /\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$/;
 
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const o = jest.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => ((stdout += String(s)), true));
-  const e = jest.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => ((stderr += String(s)), true));
-  try {
-    return { code: await main(['node', 'hollowc', ...args]), stdout, stderr };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-  }
-}
+const cli = runCli;
 
 test("full SD 2.1 at 64x64 against the paper's Table 3", () => {
   const model = describeUNet(FAMILIES.sd21.full.config).model;

@@ -4,27 +4,15 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { main } from '../cli/main';
 import { DemoSummary, runDemo } from '../cli/demo';
 import { readNpy } from '../runtime/npy';
 import { readSafetensors } from '../runtime/safetensors';
 import { ProgressLine, formatDuration } from '../runtime/progress';
+import { runCli } from './support/cli';
 import { tempDir } from './support/fixture';
 import { tinyCompiled, writeData } from './runtime-fake-train';
 
-async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const o = jest.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => ((stdout += String(s)), true));
-  const e = jest.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => ((stderr += String(s)), true));
-  try {
-    const code = await main(['node', 'hollowc', ...args]);
-    return { code, stdout, stderr };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-  }
-}
+const cli = (...args: string[]) => runCli(args);
 
 let demo: DemoSummary;
 const lines: string[] = [];

@@ -1,16 +1,6 @@
 // Runs runtime/train.ts's train() in a child process, so a test can SIGKILL it mid-run.
 // TypeScript is compiled on load with @swc/core (the transform jest uses). Prints each step.
-const fs = require('fs');
-const swc = require('@swc/core');
-
-require.extensions['.ts'] = (module, filename) => {
-  const { code } = swc.transformSync(fs.readFileSync(filename, 'utf8'), {
-    filename,
-    jsc: { target: 'es2022', parser: { syntax: 'typescript' } },
-    module: { type: 'commonjs' },
-  });
-  module._compile(code, filename);
-};
+require('./support/register-ts');
 
 const { train } = require('../runtime/train.ts');
 const [out, steps] = process.argv.slice(2);

@@ -12,12 +12,12 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { compileFromSpec } from '../cli/compile';
-import { main } from '../cli/main';
 import { HollowcError } from '../compiler/errors';
 import { buildUNet } from '../models/builder';
 import { FAMILIES, FamilyName } from '../models/families';
 import { createSession, describePlacement, missingProvider, sessionProvider, SessionOptions } from '../runtime/session';
 import { findVulkanLoader, noAdapterMessage, useSoftwareVulkan, vulkanDrivers } from '../runtime/vulkan';
+import { runCli } from './support/cli';
 import { tempDir } from './support/fixture';
 import { compareOutputs, feedsFor } from './support/webgpu';
 
@@ -225,18 +225,7 @@ describe.each(['sd15', 'sdxl'] as FamilyName[])('tiny %s on webgpu (SwiftShader)
 });
 
 gpuDescribe('the CLI on --ep webgpu', () => {
-  async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    let stdout = '';
-    let stderr = '';
-    const o = jest.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => ((stdout += String(s)), true));
-    const e = jest.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => ((stderr += String(s)), true));
-    try {
-      return { code: await main(['node', 'hollowc', ...args]), stdout, stderr };
-    } finally {
-      o.mockRestore();
-      e.mockRestore();
-    }
-  }
+  const cli = runCli;
 
   test('generate --model writes an image and says which provider ran each component', async () => {
     const dir = tempDir('hollowc-webgpu-cli-');

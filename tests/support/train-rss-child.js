@@ -1,16 +1,6 @@
 // Trains in a child process started with --expose-gc and prints RSS (after a full GC) at the
 // steps given, so a test can tell a leak from garbage not yet collected.
-const fs = require('fs');
-const swc = require('@swc/core');
-
-require.extensions['.ts'] = (module, filename) => {
-  const { code } = swc.transformSync(fs.readFileSync(filename, 'utf8'), {
-    filename,
-    jsc: { target: 'es2022', parser: { syntax: 'typescript' } },
-    module: { type: 'commonjs' },
-  });
-  module._compile(code, filename);
-};
+require('./register-ts');
 
 const { train } = require('../../runtime/train.ts');
 const [out, steps, ...at] = process.argv.slice(2);
