@@ -18,6 +18,7 @@ import { registerExportLora } from './export-lora';
 import { registerGenerate } from './generate';
 import { registerPrecompute } from './precompute';
 import { registerTrain } from './train';
+import { registerWeb } from './web';
 
 /** Found upwards from here: the same code runs from dist/cli and from cli/ under jest. */
 function packageVersion(): string {
@@ -48,6 +49,7 @@ export function buildProgram(): Command {
   registerTokenize(program);
   registerPlan(program);
   registerEmbed(program);
+  registerWeb(program);
   return program;
 }
 

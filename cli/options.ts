@@ -15,6 +15,12 @@ export function parseSeed(text: string): number {
   return n;
 }
 
+export function parsePort(text: string): number {
+  const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n) || n > 65535) throw new InvalidArgumentError(`expected a port in 0..65535, got ${JSON.stringify(text)}`);
+  return n;
+}
+
 export function parseNumber(text: string): number {
   const n = Number(text);
   if (text.trim() === '' || !Number.isFinite(n)) throw new InvalidArgumentError(`expected a number, got ${JSON.stringify(text)}`);

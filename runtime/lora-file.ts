@@ -8,51 +8,14 @@
  */
 import { HollowcError } from '../compiler/errors';
 import { CompileManifest, loraParamNames } from '../compiler/manifest';
-import { SafeTensor, float32Tensor, readSafetensors, toFloat32, writeSafetensors } from './safetensors';
+import { LoraFormat, LoraModuleValues, LoraSet, kohyaName, loraFileTensors, loraValues, loraValuesForManifest } from './lora-format';
+import { readSafetensors, toFloat32, writeSafetensors } from './safetensors';
 
-export type LoraFormat = 'peft' | 'kohya';
-
-export interface LoraModuleValues {
-  module: string;
-  a: { shape: number[]; data: Float32Array };
-  b: { shape: number[]; data: Float32Array };
-}
-
-export interface LoraSet {
-  rank: number;
-  alpha: number;
-  modules: LoraModuleValues[];
-}
-
-export function kohyaName(module: string): string {
-  return `lora_unet_${module.replace(/\./g, '_')}`;
-}
+export type { LoraFormat, LoraModuleValues, LoraSet } from './lora-format';
+export { kohyaName } from './lora-format';
 
 export function writeLoraFile(file: string, format: LoraFormat, set: LoraSet, extraMetadata: Record<string, string> = {}): void {
-  const tensors = new Map<string, SafeTensor>();
-  const metadata: Record<string, string> = { ...extraMetadata };
-  for (const m of set.modules) {
-    if (format === 'peft') {
-      const names = loraParamNames(`unet.${m.module}`);
-      tensors.set(names.a, float32Tensor(m.a.shape, m.a.data));
-      tensors.set(names.b, float32Tensor(m.b.shape, m.b.data));
-    } else {
-      const base = kohyaName(m.module);
-      tensors.set(`${base}.lora_down.weight`, float32Tensor(m.a.shape, m.a.data));
-      tensors.set(`${base}.lora_up.weight`, float32Tensor(m.b.shape, m.b.data));
-      tensors.set(`${base}.alpha`, float32Tensor([], Float32Array.of(set.alpha)));
-    }
-  }
-  if (format === 'peft') {
-    metadata.format = 'pt';
-    metadata.lora_rank = String(set.rank);
-    metadata.lora_alpha = String(set.alpha);
-    metadata.target_modules = JSON.stringify([...new Set(set.modules.map((m) => m.module))]);
-  } else {
-    metadata.ss_network_module = 'networks.lora';
-    metadata.ss_network_dim = String(set.rank);
-    metadata.ss_network_alpha = String(set.alpha);
-  }
+  const { tensors, metadata } = loraFileTensors(format, set, extraMetadata);
   writeSafetensors(file, tensors, metadata);
 }
 
@@ -61,54 +24,7 @@ export function writeLoraFile(file: string, format: LoraFormat, set: LoraSet, ex
  * `alpha` (the compiled graph's alpha/r is fixed): kohya files may carry another alpha.
  */
 export function readLoraFile(file: string, modules: readonly string[], rank: number, alpha: number): Map<string, LoraModuleValues> {
-  const { tensors, metadata } = readSafetensors(file);
-  const keys = [...tensors.keys()];
-  const kohya = keys.some((k) => k.startsWith('lora_unet_'));
-  const out = new Map<string, LoraModuleValues>();
-  const missing: string[] = [];
-  for (const module of modules) {
-    let aKey: string | undefined;
-    let bKey: string | undefined;
-    let fileAlpha = Number(metadata.lora_alpha ?? alpha);
-    if (kohya) {
-      const base = kohyaName(module);
-      aKey = `${base}.lora_down.weight`;
-      bKey = `${base}.lora_up.weight`;
-      const alphaTensor = tensors.get(`${base}.alpha`);
-      fileAlpha = alphaTensor ? toFloat32(alphaTensor, `${base}.alpha`)[0] : Number(metadata.ss_network_alpha ?? alpha);
-    } else {
-      const names = [`unet.${module}`, module, `base_model.model.${module}`].map(loraParamNames).find((n) => tensors.has(n.a));
-      aKey = names?.a;
-      bKey = names?.b;
-    }
-    const a = aKey ? tensors.get(aKey) : undefined;
-    const b = bKey ? tensors.get(bKey) : undefined;
-    if (!a || !b) {
-      missing.push(module);
-      continue;
-    }
-    if (a.shape[0] !== rank || b.shape[1] !== rank) throw new HollowcError(`${module}: LoRA rank ${a.shape[0]} in the file, the compiled graph has rank ${rank}`, file);
-    const aValues = finiteValues(toFloat32(a, aKey), aKey!, file);
-    const bValues = finiteValues(toFloat32(b, bKey), bKey!, file);
-    if (!Number.isFinite(fileAlpha) || fileAlpha <= 0) throw new HollowcError(`${module}: LoRA alpha ${fileAlpha} is not a positive number`, file);
-    const ratio = fileAlpha / alpha;
-    out.set(module, {
-      module,
-      a: { shape: a.shape, data: aValues },
-      b: { shape: b.shape, data: ratio === 1 ? bValues : bValues.map((x) => x * ratio) },
-    });
-  }
-  if (missing.length) {
-    throw new HollowcError(`no LoRA tensors for ${missing.length} module(s), e.g. ${missing.slice(0, 3).join(', ')} (file has keys like ${keys.slice(0, 2).join(', ')})`, file);
-  }
-  return out;
-}
-
-/** A LoRA with a NaN or an infinity would poison every image it touches: refuse it by name. */
-function finiteValues(values: Float32Array, key: string, file: string): Float32Array {
-  const bad = values.findIndex((x) => !Number.isFinite(x));
-  if (bad >= 0) throw new HollowcError(`${key} holds ${values[bad]} at element ${bad}: the LoRA is broken (a diverged training run?)`, file);
-  return values;
+  return loraValues(readSafetensors(file), file, modules, rank, alpha);
 }
 
 /**
@@ -116,18 +32,7 @@ function finiteValues(values: Float32Array, key: string, file: string): Float32A
  * (`<module>.lora_A.weight`), with the shapes checked against what was compiled.
  */
 export function readLoraForManifest(file: string, manifest: CompileManifest): Map<string, Float32Array> {
-  const trained = manifest.lora.targets.filter((t) => t.trained);
-  const modules = readLoraFile(file, trained.map((t) => t.module), manifest.lora.rank, manifest.lora.alpha);
-  const values = new Map<string, Float32Array>();
-  for (const t of trained) {
-    const m = modules.get(t.module)!;
-    if (m.a.shape.join() !== t.lora_A.shape.join() || m.b.shape.join() !== t.lora_B.shape.join()) {
-      throw new HollowcError(`${t.module}: LoRA shapes [${m.a.shape}] / [${m.b.shape}] do not match the compiled [${t.lora_A.shape}] / [${t.lora_B.shape}]`, file);
-    }
-    values.set(t.lora_A.name, m.a.data);
-    values.set(t.lora_B.name, m.b.data);
-  }
-  return values;
+  return loraValuesForManifest(readSafetensors(file), file, manifest);
 }
 
 /** One layer's LoRA update: W' = W + scale · B·A. */

@@ -8,8 +8,9 @@ import { HollowcError } from '../compiler/errors';
 import type { CompileManifest } from '../compiler/manifest';
 import { Rng, fillNormal } from '../models/random';
 import { LoraModuleValues, readLoraFile, writeLoraFile } from './lora-file';
+import { LORA_INIT_FILE } from './lora-format';
 
-export const LORA_INIT_FILE = 'lora-init.safetensors';
+export { LORA_INIT_FILE } from './lora-format';
 
 export function initialLora(manifest: CompileManifest, std: number, seed: number): LoraModuleValues[] {
   return manifest.lora.targets

@@ -37,16 +37,13 @@ import { HollowcError } from '../compiler/errors';
 import { HOLLOW_ACTIVATION, TARGET } from '../compiler/manifest';
 import { writeFileAtomic } from '../compiler/serde';
 import { float32Tensor, readSafetensors, SafeTensor, toFloat32, writeSafetensors } from './safetensors';
+import { RECORD_MAGIC, Z_T, crc32Table, recordLayout, recordProblem } from './store-format';
 
-export const STORE_FORMAT = 'hollowc-store';
-export const STORE_VERSION = 1;
-export const HEADER_FILE = 'store.json';
-export const CONDITIONING_FILE = 'conditioning.safetensors';
-export const RECORDS_FILE = 'records.bin';
-/** The noised latent a record holds (the store's own field; the others are artifact names). */
-const Z_T = 'z_t';
-const MAGIC = 0x31524348;
-const FIXED_BYTES = 24;
+export { recordLayout } from './store-format';
+
+import { CONDITIONING_FILE, HEADER_FILE, RECORDS_FILE, STORE_FORMAT, STORE_VERSION } from './store-format';
+
+export { CONDITIONING_FILE, HEADER_FILE, RECORDS_FILE, STORE_FORMAT, STORE_VERSION } from './store-format';
 
 export interface StoreField {
   name: typeof Z_T | typeof TARGET | typeof HOLLOW_ACTIVATION;
@@ -102,33 +99,11 @@ export interface OpenResult {
 
 const size = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
 
-/** The record layout for a latent and activation shape (per sample, no batch dimension). */
-export function recordLayout(latentShape: readonly number[], activationShape: readonly number[]): { fields: StoreField[]; recordBytes: number } {
-  const fields: StoreField[] = [];
-  let offset = FIXED_BYTES;
-  for (const [name, shape] of [[Z_T, latentShape], [TARGET, latentShape], [HOLLOW_ACTIVATION, activationShape]] as const) {
-    fields.push({ name, dtype: 'float32', shape: [...shape], offset });
-    offset += 4 * size(shape);
-  }
-  return { fields, recordBytes: offset + 4 };
-}
-
 // Node >= 20.15 has zlib.crc32 (native); older 20.x gets the table version.
-let crcTable: Uint32Array | undefined;
 export function crc32(data: Uint8Array, value = 0): number {
   const native = (zlib as { crc32?: (d: Uint8Array, v?: number) => number }).crc32;
   if (native) return native(data, value);
-  if (!crcTable) {
-    crcTable = new Uint32Array(256);
-    for (let n = 0; n < 256; n++) {
-      let c = n;
-      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-      crcTable[n] = c >>> 0;
-    }
-  }
-  let c = ~value >>> 0;
-  for (let i = 0; i < data.length; i++) c = crcTable[(c ^ data[i]) & 0xff] ^ (c >>> 8);
-  return ~c >>> 0;
+  return crc32Table(data, value);
 }
 
 export class Store {
@@ -256,7 +231,7 @@ export class Store {
     const h = this.header;
     const buf = this.writeBuf;
     const index = this._count;
-    buf.writeUInt32LE(MAGIC, 0);
+    buf.writeUInt32LE(RECORD_MAGIC, 0);
     buf.writeUInt32LE(index, 4);
     buf.writeUInt32LE(r.sampleId, 8);
     buf.writeUInt32LE(r.condId, 12);
@@ -361,11 +336,7 @@ function readExactly(fd: number, buf: Buffer, position: number): void {
 }
 
 function checkRecord(buf: Buffer, h: StoreHeader, index: number): string | undefined {
-  if (buf.readUInt32LE(0) !== MAGIC) return 'bad magic';
-  const stored = buf.readUInt32LE(h.recordBytes - 4);
-  if (crc32(buf.subarray(0, h.recordBytes - 4)) !== stored) return 'checksum mismatch';
-  if (buf.readUInt32LE(4) !== index) return `holds index ${buf.readUInt32LE(4)}`;
-  return undefined;
+  return recordProblem(buf, h.recordBytes, index, crc32);
 }
 
 function recordIsValid(fd: number, h: StoreHeader, index: number): boolean {

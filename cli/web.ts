@@ -1,0 +1,25 @@
+/** `hollowc web`: serve the browser page with a compiled folder and its store. */
+import { Command } from 'commander';
+import { startWebServer } from '../runtime/web/server';
+import { out, parsePort } from './options';
+
+export function registerWeb(program: Command): void {
+  program
+    .command('web')
+    .description('serve a page that trains the LoRA in the browser (onnxruntime-web, WebGPU or WASM) on a compiled folder and its store')
+    .argument('<out>', 'a compiled folder with a precomputed store')
+    .option('--port <n>', 'port (0: any free one)', parsePort, 8080)
+    .option('--host <address>', 'address to listen on (127.0.0.1: this machine only)', '127.0.0.1')
+    .option('--store <dir>', 'store folder (default <out>/store)')
+    .action(async (dir: string, o: { port: number; host: string; store?: string }) => {
+      const server = await startWebServer({ out: dir, port: o.port, host: o.host, storeDir: o.store });
+      if (!['127.0.0.1', 'localhost', '::1'].includes(o.host)) process.stderr.write(`hollowc: warning: listening on ${o.host}: other machines can fetch the folder's weights and store\n`);
+      out(`serving ${dir} at ${server.url}  (the page trains in the browser; Ctrl-C stops the server)`);
+      out(`  static files only: the page takes ?folder=<URL of a compiled folder>, ?ep=webgpu|wasm, ?steps=N, ?autorun=1`);
+      await new Promise<void>((resolve) => {
+        const stop = () => void server.close().then(resolve);
+        process.once('SIGINT', stop);
+        process.once('SIGTERM', stop);
+      });
+    });
+}

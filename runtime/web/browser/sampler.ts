@@ -1,0 +1,129 @@
+/**
+ * Two-path sampling with infer.onnx in the page, as runtime/sample.ts does it for `hollowc
+ * generate`: path 1 (base UNet down to the hollow activation) sees the class prompt, path 2 (the
+ * hollowed net with the LoRA) the personalized prompt; with guidance > 1 a second row with zero
+ * prompts on both paths is the unconditional one. Same schedulers, same seeded noise streams.
+ */
+import type * as Ort from 'onnxruntime-web';
+import { CompileManifest, ENCODER_HIDDEN_STATES, OUT_SAMPLE, SAMPLE, TEXT_EMBEDS, TIMESTEP, TIME_IDS, baseInputName } from '../../../compiler/manifest';
+import { Rng, fillNormal } from '../../../models/random';
+import { NoiseSchedule } from '../../noise-schedule';
+import { SchedulerName, makeScheduler } from '../../schedulers';
+import type { Conditioning } from '../../store';
+import { OrtModule, floatOutput, webTensor } from './tensors';
+
+export interface SampleRequest {
+  prompt: Conditioning;
+  classPrompt: Conditioning;
+  steps: number;
+  guidance: number;
+  scheduler: SchedulerName;
+  seed: number;
+  latentShape: number[];
+  timeIds?: Float32Array;
+  lora: Map<string, Float32Array>;
+  onStep?: (i: number, steps: number) => void;
+}
+
+function zerosLike(c: Conditioning): Conditioning {
+  return {
+    encoderHiddenStates: { shape: c.encoderHiddenStates.shape, data: new Float32Array(c.encoderHiddenStates.data.length) },
+    ...(c.textEmbeds ? { textEmbeds: { shape: c.textEmbeds.shape, data: new Float32Array(c.textEmbeds.data.length) } } : {}),
+  };
+}
+
+function rows(parts: (Float32Array | undefined)[], what: string): Float32Array {
+  if (parts.some((p) => !p)) throw new Error(`the model needs ${what} for every prompt`);
+  const n = parts[0]!.length;
+  const out = new Float32Array(parts.length * n);
+  parts.forEach((p, i) => out.set(p!, i * n));
+  return out;
+}
+
+export async function sampleLatents(ort: OrtModule, session: Ort.InferenceSession, manifest: CompileManifest, o: SampleRequest): Promise<Float32Array> {
+  const infer = manifest.artifacts.infer!;
+  const describe = (name: string) => infer.inputs.find((i) => i.name === name);
+  const schedule = NoiseSchedule.forFamily(manifest.family);
+  const scheduler = makeScheduler(o.scheduler, schedule, o.steps, { prediction: manifest.training.prediction });
+  const size = o.latentShape.reduce((a, b) => a * b, 1);
+  let latents: Float32Array = new Float32Array(size);
+  fillNormal(new Rng(o.seed, 'generate/latents'), latents, 1);
+  if (scheduler.initNoiseSigma !== 1) latents = latents.map((x) => x * scheduler.initNoiseSigma);
+
+  const names = new Set(session.inputNames);
+  const guided = o.guidance !== 1;
+  const negative = zerosLike(o.prompt);
+  const pathTwo = guided ? [negative, o.prompt] : [o.prompt];
+  const pathOne = guided ? [negative, o.classPrompt] : [o.classPrompt];
+  const B = pathTwo.length;
+  const [T, D] = o.prompt.encoderHiddenStates.shape;
+  const fixed: Record<string, Ort.Tensor> = {};
+  const put = (name: string, data: () => Float32Array, dims: number[]) => {
+    if (names.has(name)) fixed[name] = webTensor(ort, describe(name), data(), dims);
+  };
+  put(ENCODER_HIDDEN_STATES, () => rows(pathTwo.map((c) => c.encoderHiddenStates.data), ENCODER_HIDDEN_STATES), [B, T, D]);
+  put(baseInputName(ENCODER_HIDDEN_STATES), () => rows(pathOne.map((c) => c.encoderHiddenStates.data), ENCODER_HIDDEN_STATES), [B, T, D]);
+  const P = o.prompt.textEmbeds?.data.length ?? 0;
+  put(TEXT_EMBEDS, () => rows(pathTwo.map((c) => c.textEmbeds?.data), TEXT_EMBEDS), [B, P]);
+  put(baseInputName(TEXT_EMBEDS), () => rows(pathOne.map((c) => c.textEmbeds?.data), TEXT_EMBEDS), [B, P]);
+  if (names.has(TIME_IDS)) {
+    const ids = o.timeIds ?? Float32Array.of(8 * o.latentShape[1], 8 * o.latentShape[2], 0, 0, 8 * o.latentShape[1], 8 * o.latentShape[2]);
+    put(TIME_IDS, () => rows(pathTwo.map(() => ids), TIME_IDS), [B, ids.length]);
+  }
+  for (const t of manifest.lora.targets) {
+    for (const p of [t.lora_A, t.lora_B]) {
+      if (!names.has(p.name)) continue;
+      const v = o.lora.get(p.name);
+      if (!v) throw new Error(`no LoRA values for ${p.name}`);
+      fixed[p.name] = new ort.Tensor('float32', v, p.shape);
+    }
+  }
+  const missing = [...names].filter((n) => !(n in fixed) && n !== SAMPLE && n !== TIMESTEP);
+  if (missing.length) throw new Error(`cannot feed infer.onnx input${missing.length > 1 ? 's' : ''} ${missing.slice(0, 3).join(', ')}`);
+
+  const outputName = session.outputNames.includes(OUT_SAMPLE) ? OUT_SAMPLE : session.outputNames[0];
+  for (let i = 0; i < scheduler.timesteps.length; i++) {
+    const t = scheduler.timesteps[i];
+    const input = scheduler.scaleModelInput(latents, i);
+    const batch = new Float32Array(B * size);
+    for (let b = 0; b < B; b++) batch.set(input, b * size);
+    const result = await session.run({ ...fixed, [SAMPLE]: webTensor(ort, describe(SAMPLE), batch, [B, ...o.latentShape]), [TIMESTEP]: webTensor(ort, describe(TIMESTEP), new Array(B).fill(t), [B]) });
+    const pred = floatOutput(result[outputName], outputName);
+    let output: Float32Array;
+    if (guided) {
+      output = new Float32Array(size);
+      for (let k = 0; k < size; k++) output[k] = pred[k] + o.guidance * (pred[size + k] - pred[k]);
+    } else output = pred;
+    latents = scheduler.step(output, i, latents, () => {
+      const n = new Float32Array(size);
+      fillNormal(new Rng(o.seed, `generate/noise/${i}`), n, 1);
+      return n;
+    });
+    o.onStep?.(i + 1, scheduler.timesteps.length);
+  }
+  return latents;
+}
+
+/**
+ * A preview of SD latents without a VAE: the linear latent-to-RGB map commonly used for SD 1.x/2.x
+ * previews (4 channels to RGB), scaled to 0..255. RGBA, [h, w].
+ */
+export function latentPreview(latents: Float32Array, shape: readonly number[]): { rgba: Uint8ClampedArray; width: number; height: number } {
+  const [C, h, w] = shape;
+  const M = [
+    [0.298, 0.207, 0.208],
+    [0.187, 0.286, 0.173],
+    [-0.158, 0.189, 0.264],
+    [-0.184, -0.271, -0.473],
+  ];
+  const rgba = new Uint8ClampedArray(4 * h * w);
+  for (let p = 0; p < h * w; p++) {
+    for (let k = 0; k < 3; k++) {
+      let v = 0;
+      for (let c = 0; c < Math.min(C, 4); c++) v += M[c][k] * latents[c * h * w + p];
+      rgba[4 * p + k] = Math.round(((v + 1) / 2) * 255);
+    }
+    rgba[4 * p + 3] = 255;
+  }
+  return { rgba, width: w, height: h };
+}

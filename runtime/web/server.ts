@@ -1,0 +1,135 @@
+/**
+ * `hollowc web`: a static file server (node:http, nothing else) for the page, onnxruntime-web's
+ * dist files and one compiled folder with its store. It computes nothing: the page does all the
+ * work in the tab, so any static host serving the same files works as well.
+ *
+ *   /                  the page (runtime/web/browser/index.html)
+ *   /page.js           the page's script (bundled with esbuild when the server starts)
+ *   /ort/<file>        node_modules/onnxruntime-web/dist/<file>
+ *   /folder/<file>     the compiled folder: manifest.json, the artifacts, the weights, lora-init;
+ *   /folder/store/...  the store's store.json, records.bin, conditioning.safetensors
+ *
+ * Only those files: not the folder's checkpoints or anything else. Responses carry COOP/COEP so
+ * the page is cross-origin isolated and onnxruntime-web may use WASM threads.
+ */
+import * as fs from 'fs';
+import * as http from 'http';
+import * as path from 'path';
+import { AddressInfo } from 'net';
+import { HollowcError } from '../../compiler/errors';
+import { MANIFEST_FILE, readManifest } from '../../compiler/manifest';
+import { LORA_INIT_FILE } from '../lora-format';
+import { CONDITIONING_FILE, HEADER_FILE, RECORDS_FILE } from '../store-format';
+import { bundlePage } from './bundle';
+
+export interface WebServerOptions {
+  out: string;
+  /** Default <out>/store. */
+  storeDir?: string;
+  /** 0: any free port. */
+  port?: number;
+  /** Default 127.0.0.1. */
+  host?: string;
+}
+
+export interface WebServer {
+  url: string;
+  host: string;
+  port: number;
+  close(): Promise<void>;
+}
+
+const TYPES: Record<string, string> = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8',
+  '.wasm': 'application/wasm',
+  '.json': 'application/json',
+  '.map': 'application/json',
+};
+
+export function ortDistDir(): string {
+  // Resolving the package from Node gives its node build, which lives in dist/ too.
+  return path.dirname(require.resolve('onnxruntime-web'));
+}
+
+/** The folder's files the page may read, by URL path under /folder/. */
+function folderFiles(out: string, storeDir: string): Map<string, string> {
+  const manifest = readManifest(out);
+  const files = new Map<string, string>();
+  const add = (url: string, file: string) => {
+    if (fs.existsSync(file) && fs.statSync(file).isFile()) files.set(url, file);
+  };
+  add(MANIFEST_FILE, path.join(out, MANIFEST_FILE));
+  for (const a of Object.values(manifest.artifacts)) add(a!.file, path.join(out, a!.file));
+  for (const w of manifest.weights) add(w, path.join(out, w));
+  add(LORA_INIT_FILE, path.join(out, LORA_INIT_FILE));
+  for (const f of [HEADER_FILE, RECORDS_FILE, CONDITIONING_FILE]) add(`store/${f}`, path.join(storeDir, f));
+  if (!files.has(`store/${HEADER_FILE}`)) throw new HollowcError(`no store here (${HEADER_FILE} is missing): run hollowc precompute first, the page trains on the store`, storeDir);
+  if (!manifest.artifacts.train) throw new HollowcError('this folder has no train.onnx, which the page needs (add `train` to the spec\'s emit line and compile again)', out);
+  return files;
+}
+
+export async function startWebServer(options: WebServerOptions): Promise<WebServer> {
+  const out = path.resolve(options.out);
+  const files = folderFiles(out, path.resolve(options.storeDir ?? path.join(out, 'store')));
+  const page = await bundlePage();
+  const ort = ortDistDir();
+  const host = options.host ?? '127.0.0.1';
+
+  const server = http.createServer((req, res) => {
+    const headers = {
+      'Cache-Control': 'no-store',
+      'Cross-Origin-Opener-Policy': 'same-origin',
+      'Cross-Origin-Embedder-Policy': 'require-corp',
+      'Cross-Origin-Resource-Policy': 'same-origin',
+      'X-Content-Type-Options': 'nosniff',
+    };
+    const fail = (code: number, text: string) => {
+      res.writeHead(code, { ...headers, 'Content-Type': 'text/plain; charset=utf-8' });
+      res.end(`${text}\n`);
+    };
+    if (req.method !== 'GET' && req.method !== 'HEAD') return fail(405, 'only GET and HEAD');
+    let url: string;
+    try {
+      url = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
+    } catch {
+      return fail(400, 'bad URL');
+    }
+    const send = (body: string, type: string) => {
+      res.writeHead(200, { ...headers, 'Content-Type': type, 'Content-Length': Buffer.byteLength(body) });
+      res.end(req.method === 'HEAD' ? undefined : body);
+    };
+    const sendFile = (file: string) => {
+      const size = fs.statSync(file).size;
+      res.writeHead(200, { ...headers, 'Content-Type': TYPES[path.extname(file)] ?? 'application/octet-stream', 'Content-Length': size });
+      if (req.method === 'HEAD') return res.end();
+      fs.createReadStream(file).on('error', () => res.destroy()).pipe(res);
+    };
+    if (url === '/' || url === '/index.html') return send(page.html, TYPES['.html']);
+    if (url === '/page.js') return send(page.js, TYPES['.js']);
+    const ortFile = /^\/ort\/([\w.-]+)$/.exec(url)?.[1];
+    if (ortFile && !ortFile.startsWith('.')) {
+      const file = path.join(ort, ortFile);
+      return fs.existsSync(file) && fs.statSync(file).isFile() ? sendFile(file) : fail(404, 'not found');
+    }
+    const folderFile = url.startsWith('/folder/') ? files.get(url.slice('/folder/'.length)) : undefined;
+    if (folderFile) return sendFile(folderFile);
+    return fail(404, 'not found');
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (e: NodeJS.ErrnoException) => reject(e.code === 'EADDRINUSE' ? new HollowcError(`port ${options.port} on ${host} is in use: pick another with --port`) : e));
+    server.listen(options.port ?? 8080, host, () => resolve());
+  });
+  const port = (server.address() as AddressInfo).port;
+  const shown = host.includes(':') ? `[${host}]` : host;
+  return {
+    url: `http://${shown}:${port}/`,
+    host,
+    port,
+    close: () => new Promise<void>((resolve) => {
+      server.closeAllConnections();
+      server.close(() => resolve());
+    }),
+  };
+}
