@@ -15,6 +15,7 @@ import { registerDemo } from './demo';
 import { registerEmbed } from './embed';
 import { registerExportLora } from './export-lora';
 import { registerGenerate } from './generate';
+import { registerPersonalize } from './personalize';
 import { registerPrecompute } from './precompute';
 import { registerTrain } from './train';
 
@@ -43,6 +44,7 @@ export function buildProgram(): Command {
   registerTrain(program);
   registerGenerate(program);
   registerExportLora(program);
+  registerPersonalize(program);
   registerDemo(program);
   registerTokenize(program);
   registerEmbed(program);

@@ -1,16 +1,35 @@
 /**
- * LoRA safetensors in the two layouts other tools load for the original UNet:
- * - peft / diffusers: `unet.<module path>.lora_A.weight` [r, in], `.lora_B.weight` [out, r];
- *   alpha lives in metadata (diffusers reads `lora_alpha` from the adapter config);
- * - kohya (A1111, ComfyUI): `lora_unet_<module path with _>.lora_down.weight`, `.lora_up.weight`
- *   and a scalar `.alpha` per module.
+ * LoRA safetensors in the layouts other tools load for the original UNet:
+ * - diffusers (what `pipe.load_lora_weights` reads in every diffusers version since 0.17):
+ *   `unet.<module path>.lora.down.weight` [r, in], `.lora.up.weight` [out, r], with the scale
+ *   alpha/r folded into `up`. diffusers 0.21's loader (`load_attn_procs`) takes alpha only from
+ *   kohya files and otherwise uses scale 1; current diffusers converts these keys to peft's and
+ *   takes the LoraConfig from the `lora_adapter_metadata` JSON (keys prefixed `unet.`), else
+ *   assumes alpha = r. Folding the scale in makes the file mean the same in all of them, and the
+ *   metadata says so: `unet.r` = `unet.lora_alpha` = r (the trained alpha is in `hollowc_alpha`).
+ * - peft: `unet.<module path>.lora_A.weight` [r, in], `.lora_B.weight` [out, r], unscaled, with
+ *   the trained alpha in `lora_adapter_metadata` (`unet.lora_alpha`: current diffusers loads it
+ *   right; diffusers 0.21 cannot read these keys at all) and in `lora_alpha`;
+ * - kohya (A1111, ComfyUI, and diffusers through its kohya conversion): `lora_unet_<module path
+ *   with _>.lora_down.weight`, `.lora_up.weight` and a scalar `.alpha` per module.
  * Hollowed-Net LoRA has the shapes of plain UNet LoRA, so no conversion of values is needed.
  */
 import { HollowcError } from '../compiler/errors';
 import { CompileManifest, loraParamNames } from '../compiler/manifest';
 import { SafeTensor, float32Tensor, readSafetensors, toFloat32, writeSafetensors } from './safetensors';
 
-export type LoraFormat = 'peft' | 'kohya';
+export type LoraFormat = 'diffusers' | 'peft' | 'kohya';
+export const LORA_FORMATS: readonly LoraFormat[] = ['diffusers', 'peft', 'kohya'];
+
+/** diffusers' safetensors metadata key for the JSON of peft's LoraConfig (diffusers LORA_ADAPTER_METADATA_KEY). */
+export const LORA_ADAPTER_METADATA = 'lora_adapter_metadata';
+const DIFFUSERS_DOWN_SUFFIX = '.lora.down.weight';
+const DIFFUSERS_UP_SUFFIX = '.lora.up.weight';
+
+/** The `lora_adapter_metadata` JSON diffusers reads: LoraConfig fields, each prefixed with the component (`unet.`). */
+export function adapterMetadata(rank: number, alpha: number, modules: readonly string[]): string {
+  return JSON.stringify({ 'unet.r': rank, 'unet.lora_alpha': alpha, 'unet.target_modules': [...new Set(modules)], 'unet.init_lora_weights': true, 'unet.use_dora': false, 'unet.lora_bias': false });
+}
 
 export interface LoraModuleValues {
   module: string;
@@ -31,11 +50,15 @@ export function kohyaName(module: string): string {
 export function writeLoraFile(file: string, format: LoraFormat, set: LoraSet, extraMetadata: Record<string, string> = {}): void {
   const tensors = new Map<string, SafeTensor>();
   const metadata: Record<string, string> = { ...extraMetadata };
+  const scale = set.alpha / set.rank;
   for (const m of set.modules) {
     if (format === 'peft') {
       const names = loraParamNames(`unet.${m.module}`);
       tensors.set(names.a, float32Tensor(m.a.shape, m.a.data));
       tensors.set(names.b, float32Tensor(m.b.shape, m.b.data));
+    } else if (format === 'diffusers') {
+      tensors.set(`unet.${m.module}${DIFFUSERS_DOWN_SUFFIX}`, float32Tensor(m.a.shape, m.a.data));
+      tensors.set(`unet.${m.module}${DIFFUSERS_UP_SUFFIX}`, float32Tensor(m.b.shape, scale === 1 ? m.b.data : m.b.data.map((x) => x * scale)));
     } else {
       const base = kohyaName(m.module);
       tensors.set(`${base}.lora_down.weight`, float32Tensor(m.a.shape, m.a.data));
@@ -43,11 +66,18 @@ export function writeLoraFile(file: string, format: LoraFormat, set: LoraSet, ex
       tensors.set(`${base}.alpha`, float32Tensor([], Float32Array.of(set.alpha)));
     }
   }
+  const modules = set.modules.map((m) => m.module);
   if (format === 'peft') {
     metadata.format = 'pt';
     metadata.lora_rank = String(set.rank);
     metadata.lora_alpha = String(set.alpha);
-    metadata.target_modules = JSON.stringify([...new Set(set.modules.map((m) => m.module))]);
+    metadata.target_modules = JSON.stringify([...new Set(modules)]);
+    metadata[LORA_ADAPTER_METADATA] = adapterMetadata(set.rank, set.alpha, modules);
+  } else if (format === 'diffusers') {
+    metadata.format = 'pt';
+    metadata[LORA_ADAPTER_METADATA] = adapterMetadata(set.rank, set.rank, modules);
+    metadata.hollowc_alpha = String(set.alpha);
+    metadata.hollowc_scale_folded = String(scale);
   } else {
     metadata.ss_network_module = 'networks.lora';
     metadata.ss_network_dim = String(set.rank);
@@ -76,10 +106,17 @@ export function readLoraFile(file: string, modules: readonly string[], rank: num
       bKey = `${base}.lora_up.weight`;
       const alphaTensor = tensors.get(`${base}.alpha`);
       fileAlpha = alphaTensor ? toFloat32(alphaTensor, `${base}.alpha`)[0] : Number(metadata.ss_network_alpha ?? alpha);
+    } else if (tensors.has(`unet.${module}${DIFFUSERS_DOWN_SUFFIX}`) || tensors.has(`${module}${DIFFUSERS_DOWN_SUFFIX}`)) {
+      const base = tensors.has(`unet.${module}${DIFFUSERS_DOWN_SUFFIX}`) ? `unet.${module}` : module;
+      aKey = `${base}${DIFFUSERS_DOWN_SUFFIX}`;
+      bKey = `${base}${DIFFUSERS_UP_SUFFIX}`;
+      // the scale is folded into up: the file's own alpha is its rank
+      fileAlpha = adapterAlphaOf(metadata) ?? rank;
     } else {
       const names = [`unet.${module}`, module, `base_model.model.${module}`].map(loraParamNames).find((n) => tensors.has(n.a));
       aKey = names?.a;
       bKey = names?.b;
+      fileAlpha = Number(metadata.lora_alpha ?? adapterAlphaOf(metadata) ?? alpha);
     }
     const a = aKey ? tensors.get(aKey) : undefined;
     const b = bKey ? tensors.get(bKey) : undefined;
@@ -102,6 +139,17 @@ export function readLoraFile(file: string, modules: readonly string[], rank: num
     throw new HollowcError(`no LoRA tensors for ${missing.length} module(s), e.g. ${missing.slice(0, 3).join(', ')} (file has keys like ${keys.slice(0, 2).join(', ')})`, file);
   }
   return out;
+}
+
+/** `lora_alpha` of the `lora_adapter_metadata` JSON (`unet.lora_alpha`, or unprefixed), when there. */
+export function adapterAlphaOf(metadata: Record<string, string>): number | undefined {
+  try {
+    const m = metadata[LORA_ADAPTER_METADATA] ? (JSON.parse(metadata[LORA_ADAPTER_METADATA]) as Record<string, unknown>) : undefined;
+    const v = m?.['unet.lora_alpha'] ?? m?.lora_alpha;
+    return typeof v === 'number' && Number.isFinite(v) ? v : undefined;
+  } catch {
+    return undefined; // not JSON: no alpha from it
+  }
 }
 
 /** A LoRA with a NaN or an infinity would poison every image it touches: refuse it by name. */
@@ -169,13 +217,7 @@ export function readUnetLora(file: string): UnetLora {
   const { tensors, metadata } = readSafetensors(file);
   const keys = [...tensors.keys()];
   const kohya = keys.some((k) => k.startsWith('lora_unet_'));
-  let adapterAlpha: number | undefined;
-  try {
-    const m = metadata.lora_adapter_metadata ? (JSON.parse(metadata.lora_adapter_metadata) as Record<string, unknown>) : undefined;
-    if (typeof m?.lora_alpha === 'number') adapterAlpha = m.lora_alpha;
-  } catch {
-    // not JSON: no alpha from it
-  }
+  const adapterAlpha = adapterAlphaOf(metadata);
   const metaAlpha = Number(metadata.lora_alpha ?? metadata.ss_network_alpha ?? adapterAlpha ?? NaN);
   // layer entry (file-side base name) -> down/up keys
   const layers = new Map<string, { down: string; up: string; alpha?: string }>();
