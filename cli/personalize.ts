@@ -454,7 +454,7 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
           const batches = Math.min(records, 16);
           // the loss before: on the training session when starting fresh; once more on a resume
           let before = typeof record.data?.lossBefore === 'number' ? (record.data.lossBefore as number) : undefined;
-          if (resume && before === undefined) before = await evaluateLoss({ out: compiled, batches, ep: options.ep, session: trainTuning });
+          if (resume && before === undefined) before = await evaluateLoss({ out: compiled, batches, ep: options.ep, session: trainTuning, instanceOnly: true });
           const bar = new ProgressLine('step', steps, progress, undefined, 0);
           const r = await train({
             out: compiled,
@@ -466,14 +466,14 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
             ep: options.ep,
             fallbackToCpu: options.fallbackToCpu,
             session: trainTuning,
-            evaluate: { batches },
+            evaluate: { batches, instanceOnly: true },
             onStep: (s) => bar.update(s.step, { loss: s.loss.toFixed(4) }),
           });
           bar.finish();
           before = resume ? before! : r.evaluation!.before;
           lossInfo = { before, after: r.evaluation!.after, records: r.evaluation!.batches };
           return {
-            summary: `${resume ? `resumed at step ${r.startStep}, ` : ''}trained to step ${r.step} at lr ${lr} (${r.stepSeconds > 0 ? ((r.step - r.startStep) / r.stepSeconds).toFixed(2) : '-'} it/s); loss over the first ${lossInfo.records} store records ${before.toFixed(5)} -> ${lossInfo.after.toFixed(5)}`,
+            summary: `${resume ? `resumed at step ${r.startStep}, ` : ''}trained to step ${r.step} at lr ${lr} (${r.stepSeconds > 0 ? ((r.step - r.startStep) / r.stepSeconds).toFixed(2) : '-'} it/s); loss on ${lossInfo.records} instance samples ${before.toFixed(5)} -> ${lossInfo.after.toFixed(5)}`,
             data: { lossBefore: before, lossAfter: lossInfo.after, lossRecords: lossInfo.records },
           };
         },
@@ -582,7 +582,7 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
     images.splice(0, images.length, ...validation.flatMap((v) => v.images.map((im) => path.join(out, im.src))));
     const classImages: ReportImage[] = classMode === 'generate' ? fs.readdirSync(classDir).filter((f) => f.endsWith('.png')).sort().slice(0, 8).map((f) => ({ src: rel(path.join(classDir, f)), caption: f })) : [];
     const notes: string[] = [];
-    if (lossInfo) notes.push(`Loss over the first ${lossInfo.records} precomputed samples, same noise and timesteps: ${lossInfo.before.toFixed(5)} with the initial LoRA (B = 0, the base model), ${lossInfo.after.toFixed(5)} after training (${(100 * (1 - lossInfo.after / lossInfo.before)).toFixed(1)}% lower).`);
+    if (lossInfo) notes.push(`Loss on ${lossInfo.records} precomputed instance samples (the photos), same noise and timesteps: ${lossInfo.before.toFixed(5)} with the initial LoRA (B = 0, the base model), ${lossInfo.after.toFixed(5)} after training (${(100 * (1 - lossInfo.after / lossInfo.before)).toFixed(1)}% lower).`);
     if (subject) notes.push(`RMS distance of the first validation prompt's final latents to the subject (the mean latent of the photos), same seed: base model ${subject.base.toFixed(4)}, personalized ${subject.personalized.toFixed(4)} (${(100 * (1 - subject.personalized / subject.base)).toFixed(1)}% closer).`);
     const reportStage: ReportStage = { name: 'report', status: 'ran', summary: `${LOSS_SVG} and ${REPORT_FILE}` };
     const allStages: ReportStage[] = [...results, reportStage];
