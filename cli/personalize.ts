@@ -232,6 +232,14 @@ export function personalizeSpec(folder: PipelineFolder, o: { preset: string; ran
   return lines.join('\n');
 }
 
+/**
+ * Fault injection for the kill tests: HOLLOWC_KILL_IN=<stage> SIGKILLs this process in the middle
+ * of that stage (after some of its work is on disk, before it is recorded as done).
+ */
+function killPoint(stage: string): void {
+  if (process.env.HOLLOWC_KILL_IN === stage) process.kill(process.pid, 'SIGKILL');
+}
+
 interface Stage {
   name: string;
   key: string;
@@ -349,6 +357,7 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
           const unet = loadUNet(folder.unet.model);
           const m = compileSpec(unet, checkSpecFile(unet, specFile), { out: compiled });
           manifest = m;
+          killPoint('compile');
           const cut = m.cut ? `hollowed ${m.cut.hollowed.join(' ')} (${(100 * m.cut.fraction).toFixed(1)}% of the UNet)` : 'no hollow';
           return { summary: `${cut}; training holds ${m.parameters.heldDuringTraining.toLocaleString('en-US')} of ${m.parameters.full.toLocaleString('en-US')} parameters + ${m.parameters.lora.toLocaleString('en-US')} LoRA (rank ${m.lora.rank}, alpha ${m.lora.alpha})` };
         },
@@ -362,6 +371,7 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
           const [inst, cls] = await encodePrompts(folder, [options.prompt, options.classPrompt], session);
           fs.mkdirSync(dataDir, { recursive: true });
           writeConditioning(path.join(dataDir, 'instance_prompt.safetensors'), inst);
+          killPoint('prompts');
           writeConditioning(path.join(dataDir, 'class_prompt.safetensors'), cls);
           return { summary: `encoded the prompt and the class prompt with ${folder.textEncoders.length} text encoder(s): [${inst.encoderHiddenStates.shape.join(', ')}]${inst.textEmbeds ? ` + pooled [${inst.textEmbeds.shape}]` : ''}` };
         },
@@ -375,6 +385,7 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
           const batch = stack(flip ? photos.flatMap((p) => [p, mirror(p)]) : photos);
           const z = await encodeImages(folder, batch, { session, seed });
           writeLatents(path.join(dataDir, 'latents'), z);
+          killPoint('photos');
           return { summary: `VAE-encoded ${photos.length} photo(s)${flip ? ' and their mirror images' : ''} at ${resolution}x${resolution} into ${z.shape[0]} latents [${z.shape.slice(1).join(', ')}]` };
         },
       },
@@ -393,11 +404,13 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
             const files = Array.from({ length: n }, (_, i) => path.join(classDir, `${String(i).padStart(4, '0')}.png`));
             if (!resuming) rmAll(classDir);
             fs.mkdirSync(classDir, { recursive: true });
-            const missing = files.map((f, i) => (fs.existsSync(f) ? -1 : i)).filter((i) => i >= 0);
+            // fixed chunks of CLASS_CHUNK images: a chunk is made whole (its batch decides its values), and kept once all its images are on disk
             const per = latent.reduce((a, b) => a * b, 1);
-            const bar = missing.length ? new ProgressLine('class images', n, progress, undefined, n - missing.length) : undefined;
-            for (let c = 0; c < missing.length; c += CLASS_CHUNK) {
-              const chunk = missing.slice(c, c + CLASS_CHUNK);
+            const chunks = Array.from({ length: Math.ceil(n / CLASS_CHUNK) }, (_, c) => files.slice(c * CLASS_CHUNK, (c + 1) * CLASS_CHUNK).map((_, k) => c * CLASS_CHUNK + k));
+            const todo = chunks.filter((chunk) => chunk.some((i) => !fs.existsSync(files[i])));
+            const already = n - todo.reduce((a, c) => a + c.length, 0);
+            const bar = todo.length ? new ProgressLine('class images', n, progress, undefined, already) : undefined;
+            for (const chunk of todo) {
               const init = new Float32Array(chunk.length * per);
               chunk.forEach((i, k) => {
                 const noise = new Float32Array(per);
@@ -407,7 +420,8 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
               const r = await textToImage({ folder, prompt: options.classPrompt, width: resolution, height: resolution, steps: classSteps, guidance, seed, numImages: chunk.length, initLatents: init, session });
               for (let k = 0; k < chunk.length; k++) await savePng(files[chunk[k]], r.images!.data, r.images!.dims, k);
               made += chunk.length;
-              bar?.update(n - missing.length + made);
+              bar?.update(already + made);
+              killPoint('class images');
             }
             bar?.finish();
             tensors = [];
@@ -435,7 +449,10 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
         run: async () => {
           const data = loadTrainingData(dataDir);
           const bar = new ProgressLine('precompute', samples, progress);
-          const r = await precompute({ out: compiled, data, count: samples, seed, ep: options.ep, fallbackToCpu: options.fallbackToCpu, session: { intraOpThreads: options.threads }, onRecord: (done) => bar.update(done) });
+          const r = await precompute({ out: compiled, data, count: samples, seed, ep: options.ep, fallbackToCpu: options.fallbackToCpu, session: { intraOpThreads: options.threads }, onRecord: (done) => {
+            bar.update(done);
+            if (done === Math.ceil(samples / 2)) killPoint('store');
+          } });
           bar.finish();
           const kinds = data.classLatents.length ? `${data.instanceLatents.length} instance and ${data.classLatents.length} class latents, alternating` : `${data.instanceLatents.length} instance latents`;
           return { summary: `precomputed ${r.added} sample(s) (${r.existing} already there; ${kinds}): ${formatBytes(r.recordBytes)} each, ${formatBytes(r.totalBytes)} in all` };
@@ -467,7 +484,10 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
             fallbackToCpu: options.fallbackToCpu,
             session: trainTuning,
             evaluate: { batches, instanceOnly: true },
-            onStep: (s) => bar.update(s.step, { loss: s.loss.toFixed(4) }),
+            onStep: (s) => {
+              bar.update(s.step, { loss: s.loss.toFixed(4) });
+              if (s.step === Math.ceil(steps / 2) + 1) killPoint('train');
+            },
           });
           bar.finish();
           before = resume ? before! : r.evaluation!.before;
@@ -485,6 +505,7 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
         clean: () => rmAll(path.join(out, DIFFUSERS_LORA), path.join(out, KOHYA_LORA)),
         run: async () => {
           const d = exportLora({ out: compiled, format: 'diffusers', output: path.join(out, DIFFUSERS_LORA) });
+          killPoint('export');
           exportLora({ out: compiled, format: 'kohya', output: path.join(out, KOHYA_LORA) });
           const m = manifestNow();
           return { summary: `${DIFFUSERS_LORA} (diffusers, scale ${m.lora.alpha}/${m.lora.rank} folded in) and ${KOHYA_LORA} (kohya): ${d.modules} modules, ${d.parameters.toLocaleString('en-US')} parameters` };
@@ -504,6 +525,7 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
             bar.finish();
             await savePng(file, r.images!.data, r.images!.dims, 0);
             images.push(file);
+            killPoint('validation');
             return r.latents.data;
           };
           const personalized: Float32Array[] = [];
