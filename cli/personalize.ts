@@ -468,7 +468,8 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
           const { store } = Store.open(storeDir, { readOnly: true });
           const records = store.count;
           store.close();
-          const batches = Math.min(records, 16);
+          // the evaluation costs a training step per batch, twice: about a quarter of the run, at most 16
+          const batches = Math.min(records, Math.max(2, Math.min(16, Math.floor(steps / 4))));
           // the loss before: on the training session when starting fresh; once more on a resume
           let before = typeof record.data?.lossBefore === 'number' ? (record.data.lossBefore as number) : undefined;
           if (resume && before === undefined) before = await evaluateLoss({ out: compiled, batches, ep: options.ep, session: trainTuning, instanceOnly: true });
