@@ -1,15 +1,15 @@
-/** `hollowc export-lora`: the trained LoRA as a peft or kohya file for the original UNet. */
+/** `hollowc export-lora`: the trained LoRA as a diffusers, peft or kohya file for the original UNet. */
 import { Command, Option } from 'commander';
 import { exportLora } from '../runtime/export-lora';
-import { LoraFormat } from '../runtime/lora-file';
+import { LORA_FORMATS, LoraFormat } from '../runtime/lora-file';
 import { out } from './options';
 
 export function registerExportLora(program: Command): void {
   program
     .command('export-lora')
-    .description('write the trained LoRA for the original UNet in peft (diffusers) or kohya (A1111, ComfyUI) layout')
+    .description('write the trained LoRA for the original UNet in diffusers (load_lora_weights, any version), peft or kohya (A1111, ComfyUI) layout')
     .argument('<out>', 'a compiled folder')
-    .addOption(new Option('--format <format>', 'key layout').choices(['peft', 'kohya']).default('peft'))
+    .addOption(new Option('--format <format>', 'key layout').choices([...LORA_FORMATS]).default('peft'))
     .requiredOption('-o, --output <file>', 'LoRA file to write (.safetensors)')
     .option('--from <source>', '"checkpoint" (the last training checkpoint), a checkpoint file, or a LoRA file (default <out>/lora.safetensors)')
     .action((dir: string, o: { format: LoraFormat; output: string; from?: string }) => {

@@ -16,6 +16,7 @@ import { registerDemo } from './demo';
 import { registerEmbed } from './embed';
 import { registerExportLora } from './export-lora';
 import { registerGenerate } from './generate';
+import { registerPersonalize } from './personalize';
 import { registerPrecompute } from './precompute';
 import { registerTrain } from './train';
 import { registerWeb } from './web';
@@ -45,6 +46,7 @@ export function buildProgram(): Command {
   registerTrain(program);
   registerGenerate(program);
   registerExportLora(program);
+  registerPersonalize(program);
   registerDemo(program);
   registerTokenize(program);
   registerPlan(program);

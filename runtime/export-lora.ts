@@ -1,7 +1,7 @@
 /**
  * `hollowc export-lora`: the trained LoRA as a file other tools load with the original UNet
- * (Hollowed-Net LoRA has plain UNet LoRA shapes): peft/diffusers keys
- * `unet.<module>.lora_A.weight` / `.lora_B.weight`, or kohya keys
+ * (Hollowed-Net LoRA has plain UNet LoRA shapes): diffusers keys `unet.<module>.lora.down.weight` /
+ * `.lora.up.weight` (scale folded in), peft keys `unet.<module>.lora_A.weight` / `.lora_B.weight`, or kohya keys
  * `lora_unet_<module with _>.lora_down.weight` / `.lora_up.weight` / `.alpha` (lora-file.ts).
  * Only trained modules are written; LoRA targets inside the hollow never trained and are left
  * out, which loaders accept (a module without LoRA keeps its base weights).
@@ -10,7 +10,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { HollowcError } from '../compiler/errors';
 import { loadManifest, refuseOverwrite } from './artifacts';
-import { LoraFormat, LoraModuleValues, readLoraFile, writeLoraFile } from './lora-file';
+import { LORA_FORMATS, LoraFormat, LoraModuleValues, readLoraFile, writeLoraFile } from './lora-file';
 import { readSafetensors } from './safetensors';
 import { CHECKPOINT_FILE, TRAIN_DIR, paramsFromCheckpoint } from './checkpoint';
 import { LORA_INIT_FILE } from './lora-init';
@@ -32,7 +32,7 @@ export interface ExportResult {
 }
 
 export function exportLora(options: ExportOptions): ExportResult {
-  if (options.format !== 'peft' && options.format !== 'kohya') throw new HollowcError(`--format must be peft or kohya, got ${options.format as string}`);
+  if (!LORA_FORMATS.includes(options.format)) throw new HollowcError(`--format must be one of ${LORA_FORMATS.join(', ')}, got ${options.format as string}`);
   const manifest = loadManifest(options.out);
   refuseOverwrite(options.out, manifest, options.output, [LORA_INIT_FILE]);
   const trained = manifest.lora.targets.filter((t) => t.trained);

@@ -1,18 +1,26 @@
 /**
- * LoRA safetensors in the two layouts other tools load for the original UNet:
- * - peft / diffusers: `unet.<module path>.lora_A.weight` [r, in], `.lora_B.weight` [out, r];
- *   alpha lives in metadata (diffusers reads `lora_alpha` from the adapter config);
- * - kohya (A1111, ComfyUI): `lora_unet_<module path with _>.lora_down.weight`, `.lora_up.weight`
- *   and a scalar `.alpha` per module.
+ * LoRA safetensors in the layouts other tools load for the original UNet:
+ * - diffusers (what `pipe.load_lora_weights` reads in every diffusers version since 0.17):
+ *   `unet.<module path>.lora.down.weight` [r, in], `.lora.up.weight` [out, r], with the scale
+ *   alpha/r folded into `up`. diffusers 0.21's loader (`load_attn_procs`) takes alpha only from
+ *   kohya files and otherwise uses scale 1; current diffusers converts these keys to peft's and
+ *   takes the LoraConfig from the `lora_adapter_metadata` JSON (keys prefixed `unet.`), else
+ *   assumes alpha = r. Folding the scale in makes the file mean the same in all of them, and the
+ *   metadata says so: `unet.r` = `unet.lora_alpha` = r (the trained alpha is in `hollowc_alpha`).
+ * - peft: `unet.<module path>.lora_A.weight` [r, in], `.lora_B.weight` [out, r], unscaled, with
+ *   the trained alpha in `lora_adapter_metadata` (`unet.lora_alpha`: current diffusers loads it
+ *   right; diffusers 0.21 cannot read these keys at all) and in `lora_alpha`;
+ * - kohya (A1111, ComfyUI, and diffusers through its kohya conversion): `lora_unet_<module path
+ *   with _>.lora_down.weight`, `.lora_up.weight` and a scalar `.alpha` per module.
  * Hollowed-Net LoRA has the shapes of plain UNet LoRA, so no conversion of values is needed.
  */
 import { HollowcError } from '../compiler/errors';
 import { CompileManifest, loraParamNames } from '../compiler/manifest';
-import { LoraFormat, LoraModuleValues, LoraSet, kohyaName, loraFileTensors, loraValues, loraValuesForManifest } from './lora-format';
+import { LoraFormat, LoraModuleValues, LoraSet, adapterAlphaOf, kohyaName, loraFileTensors, loraValues, loraValuesForManifest } from './lora-format';
 import { readSafetensors, toFloat32, writeSafetensors } from './safetensors';
 
 export type { LoraFormat, LoraModuleValues, LoraSet } from './lora-format';
-export { kohyaName } from './lora-format';
+export { LORA_ADAPTER_METADATA, LORA_FORMATS, adapterAlphaOf, adapterMetadata, kohyaName } from './lora-format';
 
 export function writeLoraFile(file: string, format: LoraFormat, set: LoraSet, extraMetadata: Record<string, string> = {}): void {
   const { tensors, metadata } = loraFileTensors(format, set, extraMetadata);
@@ -74,13 +82,7 @@ export function readUnetLora(file: string): UnetLora {
   const { tensors, metadata } = readSafetensors(file);
   const keys = [...tensors.keys()];
   const kohya = keys.some((k) => k.startsWith('lora_unet_'));
-  let adapterAlpha: number | undefined;
-  try {
-    const m = metadata.lora_adapter_metadata ? (JSON.parse(metadata.lora_adapter_metadata) as Record<string, unknown>) : undefined;
-    if (typeof m?.lora_alpha === 'number') adapterAlpha = m.lora_alpha;
-  } catch {
-    // not JSON: no alpha from it
-  }
+  const adapterAlpha = adapterAlphaOf(metadata);
   const metaAlpha = Number(metadata.lora_alpha ?? metadata.ss_network_alpha ?? adapterAlpha ?? NaN);
   // layer entry (file-side base name) -> down/up keys
   const layers = new Map<string, { down: string; up: string; alpha?: string }>();

@@ -1,6 +1,6 @@
 /**
  * LoRA safetensors contents without the file system (lora-file.ts reads and writes the files):
- * the peft / kohya key layouts, the values for a set of modules rescaled to the compiled alpha,
+ * the diffusers / peft / kohya key layouts (see lora-file.ts for which loader reads which), the values for a set of modules rescaled to the compiled alpha,
  * and the values for a compiled folder's trained targets. Pure, shared with the browser page.
  */
 import { HollowcError } from '../compiler/errors';
@@ -10,7 +10,29 @@ import { SafeTensor, SafetensorsFile, float32Tensor, toFloat32 } from './safeten
 /** The LoRA training starts from, written by `hollowc compile` (A gaussian, B zero, peft keys). */
 export const LORA_INIT_FILE = 'lora-init.safetensors';
 
-export type LoraFormat = 'peft' | 'kohya';
+export type LoraFormat = 'diffusers' | 'peft' | 'kohya';
+export const LORA_FORMATS: readonly LoraFormat[] = ['diffusers', 'peft', 'kohya'];
+
+/** diffusers' safetensors metadata key for the JSON of peft's LoraConfig (diffusers LORA_ADAPTER_METADATA_KEY). */
+export const LORA_ADAPTER_METADATA = 'lora_adapter_metadata';
+const DIFFUSERS_DOWN_SUFFIX = '.lora.down.weight';
+const DIFFUSERS_UP_SUFFIX = '.lora.up.weight';
+
+/** The `lora_adapter_metadata` JSON diffusers reads: LoraConfig fields, each prefixed with the component (`unet.`). */
+export function adapterMetadata(rank: number, alpha: number, modules: readonly string[]): string {
+  return JSON.stringify({ 'unet.r': rank, 'unet.lora_alpha': alpha, 'unet.target_modules': [...new Set(modules)], 'unet.init_lora_weights': true, 'unet.use_dora': false, 'unet.lora_bias': false });
+}
+
+/** `lora_alpha` of the `lora_adapter_metadata` JSON (`unet.lora_alpha`, or unprefixed), when there. */
+export function adapterAlphaOf(metadata: Record<string, string>): number | undefined {
+  try {
+    const m = metadata[LORA_ADAPTER_METADATA] ? (JSON.parse(metadata[LORA_ADAPTER_METADATA]) as Record<string, unknown>) : undefined;
+    const v = m?.['unet.lora_alpha'] ?? m?.lora_alpha;
+    return typeof v === 'number' && Number.isFinite(v) ? v : undefined;
+  } catch {
+    return undefined; // not JSON: no alpha from it
+  }
+}
 
 export interface LoraModuleValues {
   module: string;
@@ -32,11 +54,15 @@ export function kohyaName(module: string): string {
 export function loraFileTensors(format: LoraFormat, set: LoraSet, extraMetadata: Record<string, string> = {}): SafetensorsFile {
   const tensors = new Map<string, SafeTensor>();
   const metadata: Record<string, string> = { ...extraMetadata };
+  const scale = set.alpha / set.rank;
   for (const m of set.modules) {
     if (format === 'peft') {
       const names = loraParamNames(`unet.${m.module}`);
       tensors.set(names.a, float32Tensor(m.a.shape, m.a.data));
       tensors.set(names.b, float32Tensor(m.b.shape, m.b.data));
+    } else if (format === 'diffusers') {
+      tensors.set(`unet.${m.module}${DIFFUSERS_DOWN_SUFFIX}`, float32Tensor(m.a.shape, m.a.data));
+      tensors.set(`unet.${m.module}${DIFFUSERS_UP_SUFFIX}`, float32Tensor(m.b.shape, scale === 1 ? m.b.data : m.b.data.map((x) => x * scale)));
     } else {
       const base = kohyaName(m.module);
       tensors.set(`${base}.lora_down.weight`, float32Tensor(m.a.shape, m.a.data));
@@ -44,11 +70,18 @@ export function loraFileTensors(format: LoraFormat, set: LoraSet, extraMetadata:
       tensors.set(`${base}.alpha`, float32Tensor([], Float32Array.of(set.alpha)));
     }
   }
+  const modules = set.modules.map((m) => m.module);
   if (format === 'peft') {
     metadata.format = 'pt';
     metadata.lora_rank = String(set.rank);
     metadata.lora_alpha = String(set.alpha);
-    metadata.target_modules = JSON.stringify([...new Set(set.modules.map((m) => m.module))]);
+    metadata.target_modules = JSON.stringify([...new Set(modules)]);
+    metadata[LORA_ADAPTER_METADATA] = adapterMetadata(set.rank, set.alpha, modules);
+  } else if (format === 'diffusers') {
+    metadata.format = 'pt';
+    metadata[LORA_ADAPTER_METADATA] = adapterMetadata(set.rank, set.rank, modules);
+    metadata.hollowc_alpha = String(set.alpha);
+    metadata.hollowc_scale_folded = String(scale);
   } else {
     metadata.ss_network_module = 'networks.lora';
     metadata.ss_network_dim = String(set.rank);
@@ -78,10 +111,17 @@ export function loraValues(parsed: SafetensorsFile, file: string, modules: reado
       bKey = `${base}.lora_up.weight`;
       const alphaTensor = tensors.get(`${base}.alpha`);
       fileAlpha = alphaTensor ? toFloat32(alphaTensor, `${base}.alpha`)[0] : Number(metadata.ss_network_alpha ?? alpha);
+    } else if (tensors.has(`unet.${module}${DIFFUSERS_DOWN_SUFFIX}`) || tensors.has(`${module}${DIFFUSERS_DOWN_SUFFIX}`)) {
+      const base = tensors.has(`unet.${module}${DIFFUSERS_DOWN_SUFFIX}`) ? `unet.${module}` : module;
+      aKey = `${base}${DIFFUSERS_DOWN_SUFFIX}`;
+      bKey = `${base}${DIFFUSERS_UP_SUFFIX}`;
+      // the scale is folded into up: the file's own alpha is its rank
+      fileAlpha = adapterAlphaOf(metadata) ?? rank;
     } else {
       const names = [`unet.${module}`, module, `base_model.model.${module}`].map(loraParamNames).find((n) => tensors.has(n.a));
       aKey = names?.a;
       bKey = names?.b;
+      fileAlpha = Number(metadata.lora_alpha ?? adapterAlphaOf(metadata) ?? alpha);
     }
     const a = aKey ? tensors.get(aKey) : undefined;
     const b = bKey ? tensors.get(bKey) : undefined;

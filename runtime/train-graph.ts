@@ -164,11 +164,12 @@ export function readLoss(result: ort.InferenceSession.OnnxValueMapType): number 
 }
 
 /** Mean loss over the first `batches` batches in store order, at lr = 0 (AdamW then changes nothing). */
-export async function lossAtRest(session: ort.InferenceSession, graph: TrainGraph, store: Store, params: readonly ParamState[], batches: number, priorWeight: number): Promise<number> {
-  const n = evaluationBatches(graph, store, batches);
+export async function lossAtRest(session: ort.InferenceSession, graph: TrainGraph, store: Store, params: readonly ParamState[], batches: number, priorWeight: number, indices?: readonly number[]): Promise<number> {
+  const pool = indices ?? Array.from({ length: store.count }, (_, i) => i);
+  const n = Math.max(1, Math.min(batches, Math.ceil(pool.length / graph.batch)));
   let sum = 0;
   for (let b = 0; b < n; b++) {
-    const records = Array.from({ length: graph.batch }, (_, k) => store.read((b * graph.batch + k) % store.count));
+    const records = Array.from({ length: graph.batch }, (_, k) => store.read(pool[(b * graph.batch + k) % pool.length]));
     sum += readLoss(await session.run({ ...dataFeeds(graph, store, records, priorWeight), ...paramFeeds(graph, params, 0, 1) }, [LOSS]));
   }
   return sum / n;

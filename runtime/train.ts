@@ -16,6 +16,7 @@ import { CHECKPOINT_FILE, CHECKPOINT_STATE_FILE, LOSS_LOG_FILE, ParamState, TRAI
 import { LoraModuleValues, writeLoraFile } from './lora-file';
 import { SampleOrder } from './sample-order';
 import { ExecutionProvider, SessionTuning, createSession } from './session';
+import { planRecord } from './precompute';
 import { Store } from './store';
 import { TrainGraph, applyUpdates, dataFeeds, describeTrainGraph, evaluationBatches, initialParams, lossAtRest, paramFeeds, readLoss, trainingSession } from './train-graph';
 
@@ -47,7 +48,7 @@ export interface TrainOptions {
    * Also measure the loss over the first `batches` batches of the store (in store order, lr = 0)
    * before the first step and after the last, on the training session itself.
    */
-  evaluate?: { batches: number };
+  evaluate?: { batches: number; instanceOnly?: boolean };
 }
 
 export interface StepInfo {
@@ -195,11 +196,12 @@ async function trainUnlocked(options: TrainOptions): Promise<TrainResult> {
     const startStep = start.step;
 
     if (startStep < steps || options.evaluate) session = await createSession(graph.file, trainingSession(options));
-    const evaluate = async () => (options.evaluate ? lossAtRest(session!, graph, store, start.params, options.evaluate.batches, settings.priorWeight) : undefined);
+    const indices = options.evaluate?.instanceOnly ? instanceRecords(store) : undefined;
+    const evaluate = async () => (options.evaluate ? lossAtRest(session!, graph, store, start.params, options.evaluate.batches, settings.priorWeight, indices) : undefined);
     const before = await evaluate();
     const ran = startStep < steps ? await runSteps(session!, { options, graph, store, start, steps, every, priorWeight: settings.priorWeight }) : { losses: [], seconds: 0 };
     const after = await evaluate();
-    const evaluation = before !== undefined && after !== undefined ? { before, after, batches: evaluationBatches(graph, store, options.evaluate!.batches) } : undefined;
+    const evaluation = before !== undefined && after !== undefined ? { before, after, batches: indices ? Math.max(1, Math.min(options.evaluate!.batches, Math.ceil(indices.length / graph.batch))) : evaluationBatches(graph, store, options.evaluate!.batches) } : undefined;
 
     // The LoRA of where the run stands: its last step, or the checkpoint's when it was there already.
     const step = Math.max(steps, startStep);
@@ -214,6 +216,13 @@ async function trainUnlocked(options: TrainOptions): Promise<TrainResult> {
   }
 }
 
+/** The store's instance records (not prior-preservation ones), in store order, from precompute's plan. */
+export function instanceRecords(store: Store): number[] {
+  const classes = store.header.classSamples.length;
+  const instances = store.header.instanceSamples.length;
+  return Array.from({ length: store.count }, (_, i) => i).filter((i) => !planRecord(i, instances, classes).isClass);
+}
+
 export interface EvaluateOptions {
   out: string;
   /** LoRA values by train.onnx parameter name; default: lora-init. */
@@ -223,6 +232,8 @@ export interface EvaluateOptions {
   storeDir?: string;
   ep?: ExecutionProvider;
   session?: SessionTuning;
+  /** only the instance records */
+  instanceOnly?: boolean;
 }
 
 /**
@@ -238,7 +249,7 @@ export async function evaluateLoss(options: EvaluateOptions): Promise<number> {
     const params = initialParams(options.out, manifest, graph);
     if (options.params) for (const p of params) p.value = Float32Array.from(options.params.get(p.name) ?? p.value);
     session = await createSession(graph.file, trainingSession(options));
-    return await lossAtRest(session, graph, store, params, options.batches ?? Math.ceil(store.count / graph.batch), manifest.training.priorWeight);
+    return await lossAtRest(session, graph, store, params, options.batches ?? Math.ceil(store.count / graph.batch), manifest.training.priorWeight, options.instanceOnly ? instanceRecords(store) : undefined);
   } finally {
     store.close();
     await session?.release();

@@ -21,30 +21,35 @@ beforeAll(async () => {
   demo = await runDemo({ out: path.join(tempDir('hollowc-demo-'), 'demo'), steps: 12, samples: 8, log: (l) => lines.push(l) });
 });
 
-test('hollowc demo builds, compiles, precomputes, trains, samples and reports', () => {
+test('hollowc demo personalizes a tiny pipeline from drawn photos and shows training worked', () => {
   const text = lines.join('\n');
-  expect(text).toContain('1. built a tiny SD 1.5 UNet (1,390,804 parameters, random weights)');
-  expect(text).toContain('2. compiled the 39.2% cut (hollows 3-3 4-1 4-2 5-1 5-2 6-1 6-2 6-3 6-4)');
+  expect(text).toContain('built a tiny SD 1.5 pipeline (3,081,011 parameters, random weights)');
+  expect(text).toContain('drew 4 photos of the subject (128x128)');
+  expect(text).toContain('[1/9] compile: hollowed 3-3 4-1 4-2 5-1 5-2 6-1 6-2 6-3 6-4');
   expect(text).toContain('parameters held during training: 908,452 of 1,390,804 (65.3%), + 30,720 LoRA');
-  expect(text).toContain('3. precomputed 8 samples (4 subject latents, 4 class latents)');
-  // [4,16,16] z_t and target + [48,4,4] activation + 28 bytes of ids, flags and checksum
-  expect(demo.storeRecordBytes).toBe(4 * (2 * 1024 + 768) + 28);
-  expect(text).toContain('store: 11.0 KiB per sample');
-  expect(text).toMatch(/4\. trained 12 steps/);
-  expect(text).toContain(`loss over the store: ${demo.lossBefore.toFixed(5)} before, ${demo.lossAfter.toFixed(5)} after`);
+  expect(text).toContain('[4/9] class images: generated 4 class image(s) with the base pipeline on "a photo of a face"');
+  // [4,16,16] z_t and target + [48,4,4] activation + 28 bytes of ids, flags and checksum = 11.0 KiB
+  expect(text).toContain('[5/9] store: precomputed 8 sample(s) (0 already there; 4 instance and 4 class latents, alternating): 11.0 KiB each');
+  expect(text).toMatch(/\[6\/9\] train: trained to step 12 at lr 0\.001/);
+  expect(text).toContain(`training worked: loss on the instance samples ${demo.lossBefore.toFixed(5)} before, ${demo.lossAfter.toFixed(5)} after`);
   expect(demo.lossAfter).toBeLessThan(demo.lossBefore);
-  expect(text).toMatch(/5\. sampled \[1, 4, 16, 16\] latents, DDIM 15 steps, guidance 5/);
+  expect(text).toMatch(/the personalized samples end -?\d+\.\d% closer to the subject than the base model's/);
+  expect(demo.subject.base).toBeGreaterThan(0);
+  expect(demo.subject.personalized).not.toBe(demo.subject.base);
   expect(text).toMatch(/peak RSS \d+\.\d\d [MG]iB, total \d+\.\d s/);
+  expect(text).toContain(`report: ${path.join(demo.run, 'report.html')}`);
   expect(demo.peakRssBytes).toBeGreaterThan(50 * 2 ** 20);
-  const latents = readNpy(demo.latentsFile);
-  expect(latents.shape).toEqual([1, 4, 16, 16]);
-  expect(Array.from(latents.data as Float32Array).every(Number.isFinite)).toBe(true);
+  for (const f of ['report.html', 'loss.svg', 'lora.safetensors', 'lora-kohya.safetensors', 'images/0-a-photo-of-sks-face.png', 'images/0-a-photo-of-sks-face-base.png']) expect(fs.existsSync(path.join(demo.run, f))).toBe(true);
+  const html = fs.readFileSync(path.join(demo.run, 'report.html'), 'utf8');
+  expect(html).toContain('src="images/0-a-photo-of-sks-face.png"');
+  expect(html.match(/data:image\/png;base64,/g)?.length).toBe(4); // the 4 photos
+  expect(readSafetensors(path.join(demo.run, 'lora.safetensors')).tensors.has('unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight')).toBe(true);
   expect(demo.parameters).toEqual({ full: 1390804, heldDuringTraining: 908452, lora: 30720 });
 });
 
 describe('CLI', () => {
-  const compiled = () => path.join(demo.out, 'compiled');
-  const samples = () => path.join(demo.out, 'samples');
+  const compiled = () => path.join(demo.run, 'compiled');
+  const samples = () => path.join(demo.run, 'data');
 
   test('precompute continues the store to --count and prints its size', async () => {
     const r = await cli('precompute', compiled(), '--data', samples(), '--count', '10');
@@ -59,15 +64,15 @@ describe('CLI', () => {
 
   test('generate writes latents; the class prompt defaults to the store\'s', async () => {
     const file = path.join(demo.out, 'gen', 'a.npy');
-    const r = await cli('generate', compiled(), '--prompt-embeds', path.join(samples(), 'instance_prompt.npy'), '--steps', '3', '--scheduler', 'dpmpp_2m', '--seed', '4', '--latents-out', file);
+    const r = await cli('generate', compiled(), '--prompt-embeds', path.join(samples(), 'instance_prompt.safetensors'), '--steps', '3', '--scheduler', 'dpmpp_2m', '--seed', '4', '--latents-out', file);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain('generated [1, 4, 16, 16] latents with dpmpp_2m, 3 steps, guidance 7.5, seed 4');
     expect(readNpy(file).shape).toEqual([1, 4, 16, 16]);
     const explicit = path.join(demo.out, 'gen', 'b.npy');
-    await cli('generate', compiled(), '--prompt-embeds', path.join(samples(), 'instance_prompt.npy'), '--class-embeds', path.join(samples(), 'class_prompt.npy'), '--steps', '3', '--scheduler', 'dpmpp_2m', '--seed', '4', '--latents-out', explicit);
+    await cli('generate', compiled(), '--prompt-embeds', path.join(samples(), 'instance_prompt.safetensors'), '--class-embeds', path.join(samples(), 'class_prompt.safetensors'), '--steps', '3', '--scheduler', 'dpmpp_2m', '--seed', '4', '--latents-out', explicit);
     expect(fs.readFileSync(explicit).equals(fs.readFileSync(file))).toBe(true);
     const otherSeed = path.join(demo.out, 'gen', 'c.npy');
-    await cli('generate', compiled(), '--prompt-embeds', path.join(samples(), 'instance_prompt.npy'), '--steps', '3', '--scheduler', 'dpmpp_2m', '--seed', '5', '--latents-out', otherSeed);
+    await cli('generate', compiled(), '--prompt-embeds', path.join(samples(), 'instance_prompt.safetensors'), '--steps', '3', '--scheduler', 'dpmpp_2m', '--seed', '5', '--latents-out', otherSeed);
     expect(fs.readFileSync(otherSeed).equals(fs.readFileSync(file))).toBe(false);
   });
 
@@ -80,7 +85,7 @@ describe('CLI', () => {
   });
 
   test('bad input: one line, exit 1', async () => {
-    const r = await cli('generate', compiled(), '--prompt-embeds', path.join(samples(), 'instance_prompt.npy'), '--latents-out', 'x.npy', '--lora', 'a', '--baked', 'b');
+    const r = await cli('generate', compiled(), '--prompt-embeds', path.join(samples(), 'instance_prompt.safetensors'), '--latents-out', 'x.npy', '--lora', 'a', '--baked', 'b');
     expect([r.code, r.stderr]).toEqual([1, 'hollowc: error: give --lora or --baked, not both (a baked model has its LoRA folded in)\n']);
     const t = await cli('train', path.join(demo.out, 'nowhere'));
     expect([t.code, t.stderr]).toEqual([1, `hollowc: error: ${path.join(demo.out, 'nowhere', 'manifest.json')}: not a compiled hollowc folder (ENOENT); run hollowc compile first\n`]);
