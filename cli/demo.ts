@@ -15,7 +15,8 @@ import { Command } from 'commander';
 import sharp from 'sharp';
 import { buildPipeline } from '../models/builder/pipeline';
 import { formatBytes } from '../runtime/progress';
-import { parseCount } from './options';
+import { ExecutionProvider } from '../runtime/session';
+import { epOption, fallbackOption, parseCount } from './options';
 import { PersonalizeResult, personalize } from './personalize';
 
 export interface DemoOptions {
@@ -23,6 +24,9 @@ export interface DemoOptions {
   out?: string;
   steps?: number;
   samples?: number;
+  /** Execution provider for every session (default cpu). */
+  ep?: ExecutionProvider;
+  fallbackToCpu?: boolean;
   log?: (line: string) => void;
 }
 
@@ -99,6 +103,8 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoSummary> {
     guidance: 5,
     resolution: RESOLUTION,
     seed: 0,
+    ep: options.ep,
+    fallbackToCpu: options.fallbackToCpu,
     log: (l) => log(`  ${l}`),
     progress: { write: () => true },
   });
@@ -122,7 +128,9 @@ export function registerDemo(program: Command): void {
     .option('--out <dir>', 'folder to work in (default: a new temporary folder)')
     .option('--steps <n>', 'training steps', parseCount, DEFAULT_STEPS)
     .option('--samples <n>', 'precomputed samples', parseCount, DEFAULT_SAMPLES)
-    .action(async (o: { out?: string; steps: number; samples: number }) => {
-      await runDemo({ out: o.out, steps: o.steps, samples: o.samples });
+    .addOption(epOption())
+    .addOption(fallbackOption())
+    .action(async (o: { out?: string; steps: number; samples: number; ep: ExecutionProvider; cpuFallback?: boolean }) => {
+      await runDemo({ out: o.out, steps: o.steps, samples: o.samples, ep: o.ep, fallbackToCpu: o.cpuFallback });
     });
 }

@@ -12,7 +12,7 @@ import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../compiler/errors';
 import { loadModel } from '../compiler/serde';
-import { noAdapterMessage } from './vulkan';
+import { noAdapterMessage, softwareVulkanIfNoGpu } from './vulkan';
 
 export const EXECUTION_PROVIDERS = ['cpu', 'cuda', 'webgpu', 'tensorrt', 'dml', 'coreml', 'qnn'] as const;
 export type ExecutionProvider = (typeof EXECUTION_PROVIDERS)[number];
@@ -166,10 +166,18 @@ function reportAfterFirstRun(session: ort.InferenceSession, report: (line: strin
   }) as typeof session.run;
 }
 
+// The Vulkan driver choice happens once per process, before Dawn loads.
+let softwareChecked = false;
+
 export async function createSession(modelFile: string, options: SessionOptions = {}): Promise<ort.InferenceSession> {
   const ep = options.ep ?? 'cpu';
   if (ep === 'cpu') return open(modelFile, options, 'cpu');
   const problem = missingProvider(ep);
+  if (!problem && ep === 'webgpu' && !softwareChecked) {
+    softwareChecked = true;
+    const note = softwareVulkanIfNoGpu();
+    if (note) (options.log ?? console.warn)(`note: ${note}`);
+  }
   if (!problem) {
     try {
       return await open(modelFile, options, ep);

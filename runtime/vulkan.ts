@@ -79,3 +79,20 @@ export function useSoftwareVulkan(): SoftwareVulkan | undefined {
   }
   return { icd, preloadedLoader: CHROMIUM_LOADER };
 }
+
+/** Whether the machine shows a GPU to Vulkan at all: a DRM render node or an NVIDIA device. */
+export function hasGpuDevice(): boolean {
+  const list = (dir: string) => (fs.existsSync(dir) ? fs.readdirSync(dir) : []);
+  return list('/dev/dri').some((f) => f.startsWith('renderD')) || list('/dev').some((f) => /^nvidia\d+$/.test(f));
+}
+
+/**
+ * Before the first WebGPU session on Linux: with no GPU device and no driver chosen by the user,
+ * point the Vulkan loader at SwiftShader when it is installed (Mesa's lavapipe, which Debian
+ * installs with it, is refused by Dawn). Returns a line saying so, or undefined when nothing changed.
+ */
+export function softwareVulkanIfNoGpu(): string | undefined {
+  if (process.platform !== 'linux' || process.env.VK_ICD_FILENAMES || process.env.VK_DRIVER_FILES || hasGpuDevice()) return undefined;
+  const sw = useSoftwareVulkan();
+  return sw ? `no GPU device on this machine: WebGPU runs on SwiftShader (${sw.icd}), a CPU Vulkan driver, slowly` : undefined;
+}
