@@ -23,6 +23,10 @@ export interface SessionOptions {
    * RSS by ~290 MiB (3586 vs 3874) at the same step time.
    */
   memPattern?: boolean;
+  /** More onnxruntime session config entries (`extra.session`), e.g. for experiments. */
+  config?: Record<string, string>;
+  /** Write the optimized graph here (to look for weight-sized initializers the optimizer made). */
+  optimizedModelFile?: string;
   log?: (message: string) => void;
 }
 
@@ -37,7 +41,8 @@ function baseOptions(options: SessionOptions): ort.InferenceSession.SessionOptio
   return {
     enableCpuMemArena: !(options.disableArena ?? true),
     // Prepacking copies every weight into a second layout: it doubled peak RSS in our checks.
-    extra: { session: { disable_prepacking: '1' } },
+    extra: { session: { disable_prepacking: '1', ...options.config } },
+    ...(options.optimizedModelFile ? { optimizedModelFilePath: options.optimizedModelFile } : {}),
     graphOptimizationLevel: options.optimization ?? 'all',
     enableMemPattern: options.memPattern ?? true,
     ...(options.intraOpThreads ? { intraOpNumThreads: options.intraOpThreads } : {}),
