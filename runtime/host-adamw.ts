@@ -54,22 +54,27 @@ export class HostAdamW {
     const bc2Sqrt = f(Math.sqrt(f(1 - f(Math.pow(this.beta2, t32)))));
     const stepSize = f(lr32 / bc1);
     const decay = this.weightDecay !== 0 ? f(1 - f(lr32 * this.weightDecay)) : 1;
-    const { beta1, beta2, oneMinusBeta1, oneMinusBeta2, eps } = this;
-    params.forEach((p, k) => {
+    for (let k = 0; k < params.length; k++) {
+      const p = params[k];
       const g = grads[k];
-      const { value, expAvg, expAvgSq } = p;
-      if (g.length !== value.length) throw new Error(`AdamW: gradient of ${p.name} has ${g.length} values, the parameter ${value.length}`);
-      for (let i = 0; i < value.length; i++) {
-        const gi = g[i];
-        const m = f(f(expAvg[i] * beta1) + f(gi * oneMinusBeta1));
-        const v = f(f(expAvgSq[i] * beta2) + f(f(gi * gi) * oneMinusBeta2));
-        expAvg[i] = m;
-        expAvgSq[i] = v;
-        const denom = f(f(f(Math.sqrt(v)) / bc2Sqrt) + eps);
-        const delta = f(f(m / denom) * stepSize);
-        // decay = 1 when there is no weight decay: p·1 is p exactly, as the graph skips the Mul.
-        value[i] = f(value[i] * decay) - delta;
-      }
-    });
+      if (g.length !== p.value.length) throw new Error(`AdamW: gradient of ${p.name} has ${g.length} values, the parameter ${p.value.length}`);
+      adamwKernel(p.value, p.expAvg, p.expAvgSq, g, this.beta1, this.beta2, this.oneMinusBeta1, this.oneMinusBeta2, this.eps, bc2Sqrt, stepSize, decay);
+    }
+  }
+}
+
+/** One tensor's update; a plain monomorphic loop (it runs over every LoRA value each step). */
+function adamwKernel(value: Float32Array, expAvg: Float32Array, expAvgSq: Float32Array, g: Float32Array, beta1: number, beta2: number, oneMinusBeta1: number, oneMinusBeta2: number, eps: number, bc2Sqrt: number, stepSize: number, decay: number): void {
+  const n = value.length;
+  for (let i = 0; i < n; i++) {
+    const gi = g[i];
+    const m = f(f(expAvg[i] * beta1) + f(gi * oneMinusBeta1));
+    const v = f(f(expAvgSq[i] * beta2) + f(f(gi * gi) * oneMinusBeta2));
+    expAvg[i] = m;
+    expAvgSq[i] = v;
+    const denom = f(f(f(Math.sqrt(v)) / bc2Sqrt) + eps);
+    const delta = f(f(m / denom) * stepSize);
+    // decay = 1 when there is no weight decay: p·1 is p exactly, as the graph skips the Mul.
+    value[i] = f(value[i] * decay) - delta;
   }
 }

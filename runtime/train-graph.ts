@@ -253,12 +253,19 @@ export function initialParams(out: string, manifest: CompileManifest, graph: Tra
 }
 
 /**
- * Session options for train.onnx. Graph optimization defaults to 'basic': at 'all' onnxruntime
+ * The compiler recomputes cheap activations in the backward with clones of forward nodes
+ * (passes/rematerialize.ts); onnxruntime's common-subexpression elimination would merge each clone
+ * back into its original and keep the activation alive again.
+ */
+export const TRAINING_SESSION_CONFIG: Readonly<Record<string, string>> = { 'optimization.disable_specified_optimizers': 'CommonSubexpressionElimination' };
+
+/**
+ * Session options for train.onnx and grads.onnx. Graph optimization defaults to 'basic': at 'all' onnxruntime
  * also rewrites convolutions to its blocked NCHWc layout, which keeps reordered copies of the
  * frozen conv weights for the forward and the backward convolutions; on full SD 2.1 that cost
  * 1.2 GiB of peak RSS (5078 vs 3843 MiB) and made steps slower. The memory pattern is off too
- * (see SessionOptions.memPattern).
+ * (see SessionOptions.memPattern), and CSE (TRAINING_SESSION_CONFIG).
  */
 export function trainingSession(options: { session?: SessionTuning; ep?: ExecutionProvider; fallbackToCpu?: boolean }): SessionOptions {
-  return { ...options.session, optimization: options.session?.optimization ?? 'basic', memPattern: false, ep: options.ep, fallbackToCpu: options.fallbackToCpu };
+  return { ...options.session, optimization: options.session?.optimization ?? 'basic', memPattern: false, config: TRAINING_SESSION_CONFIG, ep: options.ep, fallbackToCpu: options.fallbackToCpu };
 }

@@ -11,6 +11,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { loadModel } from '../../compiler/serde';
+import { sessionExtra } from '../../runtime/session';
 
 async function main(argv: string[]): Promise<void> {
   const [file, level = 'basic', config = '{}'] = argv;
@@ -22,14 +23,11 @@ async function main(argv: string[]): Promise<void> {
       enableCpuMemArena: false,
       enableMemPattern: false,
       optimizedModelFilePath: optimized,
-      extra: {
-        session: {
-          disable_prepacking: '1',
-          'session.optimized_model_external_initializers_file_name': `${path.basename(optimized)}_data`,
-          'session.optimized_model_external_initializers_min_size_in_bytes': String(1 << 20),
-          ...(JSON.parse(config) as Record<string, string>),
-        },
-      },
+      extra: sessionExtra({
+        'session.optimized_model_external_initializers_file_name': `${path.basename(optimized)}_data`,
+        'session.optimized_model_external_initializers_min_size_in_bytes': String(1 << 20),
+        ...(JSON.parse(config) as Record<string, string>),
+      }),
     });
     await session.release();
     const before = new Set(loadModel(file).graph.initializers().map((v) => v.name));

@@ -9,7 +9,7 @@
  * are what the graph and the runtime allocate. Not run by jest.
  *
  *   npx tsc -p . && node dist/tests/bench/train-step.js [--dir /tmp/x] [--keep] [--steps 3] [--threads 2]
- *       [--only hollowed-host,inference] [--config '{"session.key":"value"}'] [--dump-optimized]
+ *       [--only hollowed-host,inference] [--config '{"session.key":"value"}'] [--dump-optimized] [--malloc default]
  */
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
@@ -17,6 +17,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { ENCODER_HIDDEN_STATES, LEARNING_RATE, LOSS_WEIGHT, SAMPLE, STEP, TIMESTEP, isLoraParam, optimizerStateOwner, readManifest } from '../../compiler/manifest';
+import { MALLOC_ENV } from '../../cli/allocator';
 import type { ParamState } from '../../runtime/checkpoint';
 import { OptimizerMode, StepRunner, describeTrainGraph, trainingSession } from '../../runtime/train-graph';
 
@@ -111,7 +112,7 @@ async function child(a: ChildArgs): Promise<void> {
   const file = graph?.file ?? a.file;
   // The runtime's options: training graphs as runtime/train-graph.ts trainingSession sets them.
   const base = graph ? trainingSession({ session: { intraOpThreads: a.threads } }) : { intraOpThreads: a.threads, optimization: 'all' as const };
-  const session = await createSession(file, { ...base, config: a.config, ...(a.dump ? { optimizedModelFile: `${file}.optimized.onnx` } : {}) });
+  const session = await createSession(file, { ...base, config: { ...('config' in base ? base.config : {}), ...a.config }, ...(a.dump ? { optimizedModelFile: `${file}.optimized.onnx` } : {}) });
   const loadSeconds = (Date.now() - t0) / 1000;
   const dims: Record<string, number> = { batch: 1, height: 32, width: 32, sequence: 77 };
   const inputs: { name: string; shape: (number | string | null)[]; dtype: string }[] = graph
@@ -157,8 +158,9 @@ async function child(a: ChildArgs): Promise<void> {
   );
 }
 
-function spawnJson(args: string[]): Record<string, unknown> {
-  const r = spawnSync(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8', maxBuffer: 2 ** 26 });
+/** Each row's process starts as `hollowc train` starts itself (cli/allocator.ts), unless --malloc default. */
+function spawnJson(args: string[], env: NodeJS.ProcessEnv): Record<string, unknown> {
+  const r = spawnSync(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8', maxBuffer: 2 ** 26, env });
   if (r.status !== 0) throw new Error(`${args.join(' ')} failed with exit ${r.status}`);
   const line = r.stdout.trim().split('\n').pop()!;
   return JSON.parse(line);
@@ -190,6 +192,7 @@ async function main(argv: string[]): Promise<void> {
   const config = JSON.parse(opt('--config', '{}')) as Record<string, string>;
   const only = opt('--only', '').split(',').filter(Boolean);
   const rows = ROWS.filter((r) => !only.length || only.includes(r.id));
+  const env = opt('--malloc', 'hollowc') === 'default' ? process.env : { ...process.env, ...MALLOC_ENV };
   const unet = path.join(dir, 'unet', 'model.onnx');
   if (!fs.existsSync(unet)) {
     const b = spawnSync(process.execPath, [CLI, 'model', 'build', 'sd21', '--full', '-o', path.dirname(unet)], { stdio: 'inherit' });
@@ -218,12 +221,12 @@ async function main(argv: string[]): Promise<void> {
   for (const row of rows) {
     const target = row.kind === 'inference' ? { out: unet } : compile(row.hollow!);
     const args: ChildArgs = { kind: row.kind, file: target.out, mode: row.mode, steps, threads, config, dump: argv.includes('--dump-optimized') };
-    const r = { ...row, ...target, ...spawnJson([__filename, '--child', JSON.stringify(args)]) } as unknown as (typeof results)[number];
+    const r = { ...row, ...target, ...spawnJson([__filename, '--child', JSON.stringify(args)], env) } as unknown as (typeof results)[number];
     console.log(JSON.stringify(r));
     results.push(r);
   }
   const date = new Date().toISOString().slice(0, 10);
-  console.log(`\n${date}, ${threads} threads, ${steps} steps per row (median), one process per row${Object.keys(config).length ? `, session config ${JSON.stringify(config)}` : ''}\n`);
+  console.log(`\n${date}, ${threads} threads, ${steps} steps per row (median), one process per row, malloc ${env === process.env ? 'as started' : JSON.stringify(MALLOC_ENV)}${Object.keys(config).length ? `, session config ${JSON.stringify(config)}` : ''}\n`);
   console.log('| configuration | peak RSS (step) | file-backed | anonymous | peak anonymous | VmHWM | step |');
   console.log('|---|---|---|---|---|---|---|');
   for (const r of results) {
