@@ -10,6 +10,7 @@
  *                     halves x and a they come from (three of five saved tensors)
  *   attention         softmax(q·kᵀ·s) is saved next to q and kᵀ (the largest tensors at 64x64)
  *   SiLU              sigmoid(x) is saved next to x
+ *   LoRA inputs       LayerNorm(x) (read by the LoRA gradients) is saved next to x (read by its backward)
  *
  * For each such value the pass clones its producer chain (at most MAX_CHAIN nodes, ops in
  * RECOMPUTABLE) into the backward, rooted only at values the backward keeps anyway (saved values it
@@ -26,8 +27,8 @@ import { Graph, Node, Value } from '../compiler/ir';
 import { Pass } from '../compiler/pass';
 import { ArtifactState } from './lib/artifact-state';
 
-/** Elementwise ops, Softmax and layout ops: O(n) to recompute. */
-const CHEAP = new Set(['Add', 'Sub', 'Mul', 'Div', 'Neg', 'Sigmoid', 'Erf', 'Tanh', 'Exp', 'Sqrt', 'Reciprocal', 'Relu', 'Softmax', 'Transpose', 'Reshape']);
+/** Elementwise ops, Softmax, LayerNormalization and layout ops: O(n) to recompute. */
+const CHEAP = new Set(['Add', 'Sub', 'Mul', 'Div', 'Neg', 'Sigmoid', 'Erf', 'Tanh', 'Exp', 'Sqrt', 'Reciprocal', 'Relu', 'Softmax', 'LayerNormalization', 'Transpose', 'Reshape']);
 /** Nodes cloned to recompute one value at most (softmax(q·kᵀ·s) from q and k: Softmax, Mul, MatMul, Transpose). */
 export const MAX_CHAIN = 4;
 

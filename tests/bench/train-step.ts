@@ -43,6 +43,8 @@ interface Peaks {
   /** Highest RssAnon and RssFile samples (not necessarily at the same moment). */
   anonMiB: number;
   fileMiB: number;
+  /** When the highest total was sampled, in ms since the phase began. */
+  atMs: number;
 }
 
 const SAMPLER = `
@@ -54,8 +56,8 @@ const field = (s, k) => Number(new RegExp(k + ':\\\\s+(\\\\d+)').exec(s)[1]) / 1
 function tick() {
   const s = fs.readFileSync('/proc/self/status', 'utf8');
   const anon = field(s, 'RssAnon'), file = field(s, 'RssFile'), total = anon + file + field(s, 'RssShmem');
-  const p = (peaks[Atomics.load(phase, 0)] ??= { totalMiB: 0, anonAtTotalMiB: 0, fileAtTotalMiB: 0, anonMiB: 0, fileMiB: 0 });
-  if (total > p.totalMiB) Object.assign(p, { totalMiB: total, anonAtTotalMiB: anon, fileAtTotalMiB: file });
+  const p = (peaks[Atomics.load(phase, 0)] ??= { totalMiB: 0, anonAtTotalMiB: 0, fileAtTotalMiB: 0, anonMiB: 0, fileMiB: 0, atMs: 0, since: Date.now() });
+  if (total > p.totalMiB) Object.assign(p, { totalMiB: total, anonAtTotalMiB: anon, fileAtTotalMiB: file, atMs: Date.now() - p.since });
   p.anonMiB = Math.max(p.anonMiB, anon);
   p.fileMiB = Math.max(p.fileMiB, file);
 }
@@ -76,7 +78,7 @@ class Sampler {
     this.worker.postMessage('stop');
     const raw = await done;
     await this.worker.terminate();
-    const round = (p: Peaks) => Object.fromEntries(Object.entries(p).map(([k, v]) => [k, Math.round(v)])) as unknown as Peaks;
+    const round = (p: Peaks) => Object.fromEntries(Object.entries(p).filter(([k]) => k !== 'since').map(([k, v]) => [k, Math.round(v)])) as unknown as Peaks;
     return Object.fromEntries(Object.entries(raw).map(([i, p]) => [PHASES[Number(i)], round(p)]));
   }
 }
