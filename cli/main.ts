@@ -7,6 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Command, CommanderError } from 'commander';
 import { SpecError } from '../dsl/diagnostics';
+import { rerunWithAllocatorSettings } from './allocator';
 import { registerCompile } from './compile';
 import { registerInspect } from './inspect';
 import { registerModelBuild } from './model-build';
@@ -84,7 +85,10 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 if (require.main === module) {
-  main(process.argv).then((code) => {
-    process.exitCode = code;
-  });
+  const rerun = rerunWithAllocatorSettings(process.argv);
+  if (rerun !== undefined) process.exitCode = rerun;
+  else
+    main(process.argv).then((code) => {
+      process.exitCode = code;
+    });
 }

@@ -1,10 +1,11 @@
 /** `hollowc train`: train.onnx over the store, with checkpoints and resume. */
 import * as path from 'path';
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import { HollowcError } from '../compiler/errors';
 import { ExecutionProvider } from '../runtime/session';
 import { ProgressLine, formatDuration } from '../runtime/progress';
 import { train } from '../runtime/train';
+import { OPTIMIZER_MODES, OptimizerMode } from '../runtime/train-graph';
 import { TuningCli, out, parseCount, parseNumber, parseSeed, sessionOptions, tuning } from './options';
 
 interface TrainCli extends TuningCli {
@@ -15,6 +16,7 @@ interface TrainCli extends TuningCli {
   lr?: number;
   seed?: number;
   store?: string;
+  optimizer?: OptimizerMode;
   ep: ExecutionProvider;
   cpuFallback?: boolean;
 }
@@ -30,7 +32,8 @@ export function registerTrain(program: Command): void {
     .option('--checkpoint-every <n>', "steps between checkpoints (default: the spec's checkpoint_every)", parseCount)
     .option('--lr <x>', "learning rate (default: the spec's; on --resume the checkpoint's)", parseNumber)
     .option('--seed <n>', "sample-order seed (default: the spec's)", parseSeed)
-    .option('--store <dir>', 'store folder (default <out>/store)');
+    .option('--store <dir>', 'store folder (default <out>/store)')
+    .addOption(new Option('--optimizer <where>', 'AdamW in train.onnx (graph) or on the host after grads.onnx (host: less memory); default host when the folder has grads.onnx').choices([...OPTIMIZER_MODES]));
   sessionOptions(command).action(async (dir: string, o: TrainCli) => {
       if (o.resume && o.restart) throw new HollowcError('give --resume or --restart, not both');
       let progress: ProgressLine | undefined;
@@ -43,6 +46,7 @@ export function registerTrain(program: Command): void {
         lr: o.lr,
         seed: o.seed,
         storeDir: o.store,
+        optimizer: o.optimizer,
         ep: o.ep,
         fallbackToCpu: o.cpuFallback,
         session: tuning(o),
@@ -55,6 +59,7 @@ export function registerTrain(program: Command): void {
       const last = r.losses[r.losses.length - 1];
       if (!r.losses.length) out(`already at step ${r.step}; nothing to train`);
       else out(`trained steps ${first.step}..${last.step} (batch ${r.batch}) in ${formatDuration(r.seconds)} (${(r.losses.length / r.stepSeconds).toFixed(1)} it/s): loss ${first.loss.toFixed(5)} -> ${last.loss.toFixed(5)}`);
+      out(`  optimizer: ${r.optimizer === 'host' ? 'host (grads.onnx, AdamW on the host)' : 'graph (train.onnx, AdamW in the graph)'}`);
       out(`  loss log: ${path.join(dir, 'train', 'loss.jsonl')}`);
       out(`  checkpoint: ${r.checkpointFile}`);
       out(`  LoRA (peft): ${r.loraFile}`);

@@ -333,6 +333,17 @@ export class Graph {
     this._nodeNames.delete(node.name);
   }
 
+  /**
+   * Puts the nodes in the order given (a permutation of the graph's nodes), then restores a
+   * topological order, keeping the given one where it can.
+   */
+  reorderNodes(order: readonly Node[]): void {
+    const set = new Set(order);
+    if (set.size !== this._nodes.length || this._nodes.some((n) => !set.has(n))) throw new Error('reorderNodes: not a permutation of the graph\'s nodes');
+    this._nodes = [...order];
+    this.topologicalSort();
+  }
+
   /** Orders nodes so each comes after its producers; keeps the existing order where it can. */
   topologicalSort(): void {
     const position = new Map(this._nodes.map((n, i) => [n, i]));

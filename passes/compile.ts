@@ -48,6 +48,8 @@ export interface CompileRequest {
   /** Training shapes, optimizer and loop settings; the family's defaults when omitted. */
   training?: TrainingSettings;
   log?: (message: string) => void;
+  /** Passes (by name) to leave out of every pipeline: for measuring what a pass buys, and tests. */
+  skipPasses?: readonly string[];
 }
 
 function describeValues(values: readonly Value[]): TensorDescription[] {
@@ -168,7 +170,7 @@ export function compile(request: CompileRequest): CompileManifest {
     let trained: LoraParam[] | undefined;
     for (const name of request.emit) {
       request.log?.(`${name}.onnx:`);
-      const { model, state } = buildArtifact(name, source, inputs, request.log);
+      const { model, state } = buildArtifact(name, source, inputs, request.log, request.skipPasses);
       trained ??= state.loraParams;
       saveModel(model, path.join(tmp, `${name}.onnx`), { externalData: writer, referenceInPlace: true });
       artifacts[name] = describeArtifact(`${name}.onnx`, model);

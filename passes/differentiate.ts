@@ -28,6 +28,8 @@ export interface DifferentiateOptions {
 export interface DifferentiateResult {
   /** The gradient value of each `wrt`, typed like it. */
   gradients: Map<Value, Value>;
+  /** d loss / d loss: every node that carries a gradient depends on it. */
+  seed: Value;
   /** Forward nodes that got a backward, and nodes added. */
   nodesDifferentiated: number;
   nodesAdded: number;
@@ -122,7 +124,8 @@ export function differentiate(model: Model, loss: Value, wrt: readonly Value[], 
 
   const root = new OpEmitter(new GraphBuilder(g), opset);
   const acc = new Accumulator(root.within('grad_accumulate'));
-  acc.add(loss, options.seed ?? root.within('grad_seed').scalar(1, loss.type!.elemType, staticShapeOf(loss)));
+  const seed = options.seed ?? root.within('grad_seed').scalar(1, loss.type!.elemType, staticShapeOf(loss));
+  acc.add(loss, seed);
 
   for (const node of [...nodes].reverse()) {
     if (NO_GRADIENT_OPS.has(node.opType)) continue;
@@ -177,9 +180,10 @@ export function differentiate(model: Model, loss: Value, wrt: readonly Value[], 
   }
   const results = new Set(gradients.values());
   removeUnreadNodes(g, added(), results);
-  mergeEqualConstants(g, results);
+  // The seed stays its own constant: later passes find the gradient-carrying nodes from it.
+  mergeEqualConstants(g, new Set([...results, seed]));
   mergeDuplicateNodes(g, added(), results);
-  return { gradients, nodesDifferentiated: nodes.length, nodesAdded: g.nodes.length - before };
+  return { gradients, seed, nodesDifferentiated: nodes.length, nodesAdded: g.nodes.length - before };
 }
 
 /** Common subexpressions among `added` (rules reshape the same gradient the same way twice). */
@@ -210,10 +214,11 @@ function removeUnreadNodes(g: Graph, added: readonly Node[], keep: ReadonlySet<V
 export const differentiatePass: Pass<ArtifactState> = {
   name: 'differentiate',
   requires: ['loss', 'loraParams'],
-  ensures: ['gradients'],
+  ensures: ['gradients', 'gradientSeed'],
   run(model, state) {
     const r = differentiate(model, state.loss!, loraValues(model, state));
     state.gradients = r.gradients;
+    state.gradientSeed = r.seed;
     return { changed: true, summary: `${r.nodesDifferentiated} nodes differentiated, ${r.nodesAdded} added` };
   },
 };

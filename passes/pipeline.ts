@@ -5,8 +5,8 @@
  *   precompute  base UNet -> hollow activation
  *   forward     the hollowed net with LoRA (what training differentiates)
  *   infer       path 1 (base, up to the activation) + path 2 (hollowed net with LoRA)
- *   grads       forward + static shapes + loss + d loss / d LoRA as outputs
- *   train       forward + static shapes + loss + gradients + in-graph AdamW
+ *   grads       forward + static shapes + loss + d loss / d LoRA (cheap activations recomputed) as outputs
+ *   train       forward + static shapes + loss + gradients (the same) + in-graph AdamW
  */
 import { cloneModel } from '../compiler/clone';
 import { Model } from '../compiler/ir';
@@ -20,18 +20,19 @@ import { exposeGradientsPass } from './expose-gradients';
 import { extractPrecomputePass } from './extract-precompute';
 import { hollowOutPass } from './hollow-out';
 import { insertLoraPass } from './insert-lora';
+import { orderSinksPass, rematerializePass } from './rematerialize';
 import { ArtifactState } from './lib/artifact-state';
 import { specializeShapesPass } from './specialize-shapes';
 
 const HOLLOWED_WITH_LORA = [insertLoraPass, hollowOutPass];
-const TRAINING_LOSS = [...HOLLOWED_WITH_LORA, specializeShapesPass, addLossPass, differentiatePass];
+const TRAINING_LOSS = [...HOLLOWED_WITH_LORA, specializeShapesPass, addLossPass, differentiatePass, rematerializePass];
 
 export const PIPELINES: Readonly<Record<ArtifactName, readonly Pass<ArtifactState>[]>> = {
   precompute: [extractPrecomputePass],
   forward: HOLLOWED_WITH_LORA,
   infer: [addBasePathPass, ...HOLLOWED_WITH_LORA],
-  grads: [...TRAINING_LOSS, exposeGradientsPass],
-  train: [...TRAINING_LOSS, addAdamWPass],
+  grads: [...TRAINING_LOSS, exposeGradientsPass, orderSinksPass],
+  train: [...TRAINING_LOSS, addAdamWPass, orderSinksPass],
 };
 
 export interface BuiltArtifact {
@@ -40,10 +41,10 @@ export interface BuiltArtifact {
   passes: PassRecord[];
 }
 
-/** Builds one artifact from `source` (left untouched). */
-export function buildArtifact(name: ArtifactName, source: Model, inputs: ArtifactState, log?: (m: string) => void): BuiltArtifact {
+/** Builds one artifact from `source` (left untouched), without the passes named in `skip`. */
+export function buildArtifact(name: ArtifactName, source: Model, inputs: ArtifactState, log?: (m: string) => void, skip: readonly string[] = []): BuiltArtifact {
   const model = cloneModel(source);
   const state: ArtifactState = { ...inputs };
-  const passes = runPasses(model, PIPELINES[name], state, { label: `building ${name}.onnx`, log });
+  const passes = runPasses(model, PIPELINES[name].filter((p) => !skip.includes(p.name)), state, { label: `building ${name}.onnx`, log });
   return { model, state, passes };
 }

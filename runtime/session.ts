@@ -54,6 +54,10 @@ export interface SessionOptions {
    * provider the placement summary (nodes on the device, CPU fallbacks by op, host copies).
    */
   report?: (line: string) => void;
+  /** More onnxruntime session config entries by full key (`optimization.disable_specified_optimizers`). */
+  config?: Readonly<Record<string, string>>;
+  /** Write the optimized graph here (to look for weight-sized initializers the optimizer made). */
+  optimizedModelFile?: string;
   log?: (message: string) => void;
 }
 
@@ -118,11 +122,26 @@ interface SessionInfo {
 
 const INFO = new WeakMap<ort.InferenceSession, SessionInfo>();
 
+/**
+ * onnxruntime-node's `extra` option for config entries given by full key: the binding joins
+ * nested keys with dots, so `session.disable_prepacking` is `{ session: { disable_prepacking } }`.
+ * Prepacking is off: it copies every weight into a second layout (it doubled peak RSS in our checks).
+ */
+export function sessionExtra(config: Readonly<Record<string, string>> = {}): Record<string, Record<string, string>> {
+  const extra: Record<string, Record<string, string>> = { session: { disable_prepacking: '1' } };
+  for (const [key, value] of Object.entries(config)) {
+    const dot = key.indexOf('.');
+    if (dot <= 0) throw new Error(`session config key ${JSON.stringify(key)} has no section (e.g. session.x, optimization.x)`);
+    (extra[key.slice(0, dot)] ??= {})[key.slice(dot + 1)] = value;
+  }
+  return extra;
+}
+
 function baseOptions(options: SessionOptions): ort.InferenceSession.SessionOptions {
   return {
     enableCpuMemArena: !(options.disableArena ?? true),
-    // Prepacking copies every weight into a second layout: it doubled peak RSS in our checks.
-    extra: { session: { disable_prepacking: '1' } },
+    extra: sessionExtra(options.config),
+    ...(options.optimizedModelFile ? { optimizedModelFilePath: options.optimizedModelFile } : {}),
     graphOptimizationLevel: options.optimization ?? 'all',
     enableMemPattern: options.memPattern ?? true,
     ...(options.intraOpThreads ? { intraOpNumThreads: options.intraOpThreads } : {}),

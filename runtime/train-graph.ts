@@ -1,9 +1,15 @@
 /**
- * train.onnx as the trainer sees it. Its interface: inputs = the hollowed net's (`sample`,
- * `timestep`, `encoder_hidden_states` [+ SDXL `text_embeds`, `time_ids`], `hollow_activation`) +
- * `target` + `loss_weight` [B] + every LoRA tensor + `lr` + `step` (1-based) + each LoRA tensor's
- * AdamW moments; outputs `loss` and the `.updated` value of every LoRA tensor and moment. Its
- * static input shapes fix the batch. Names come from the artifact contract (compiler/manifest).
+ * The training step as the trainer sees it, in one of two optimizer modes:
+ *
+ * - graph: train.onnx. Inputs = the hollowed net's (`sample`, `timestep`, `encoder_hidden_states`
+ *   [+ SDXL `text_embeds`, `time_ids`], `hollow_activation`) + `target` + `loss_weight` [B] + every
+ *   LoRA tensor + `lr` + `step` (1-based) + each LoRA tensor's AdamW moments; outputs `loss` and the
+ *   `.updated` value of every LoRA tensor and moment. One `session.run` per step, nothing else.
+ * - host: grads.onnx. The same data inputs and LoRA tensors; outputs `loss` and `<param>.grad`,
+ *   written into gradient buffers the runtime allocates once; AdamW then updates the LoRA tensors
+ *   and moments in place on the host (host-adamw.ts). No new parameter or moment tensors per step.
+ *
+ * Static input shapes fix the batch. Names come from the artifact contract (compiler/manifest).
  */
 import * as ort from 'onnxruntime-node';
 import * as fs from 'fs';
@@ -25,12 +31,14 @@ import {
   TIME_IDS,
   expAvgName,
   expAvgSqName,
+  gradientName,
   isLoraParam,
   optimizerStateOwner,
   updatedName,
 } from '../compiler/manifest';
 import { float32Data, requireArtifact, scalarFor, staticShape, tensorFor } from './artifacts';
 import type { ParamState } from './checkpoint';
+import { HostAdamW } from './host-adamw';
 import { readLoraForManifest } from './lora-file';
 import { LORA_INIT_FILE } from './lora-init';
 import { storeCompileStamp } from './precompute';
@@ -39,7 +47,12 @@ import { Store, StoreRecord } from './store';
 
 const DATA_INPUTS = new Set([SAMPLE, TIMESTEP, ENCODER_HIDDEN_STATES, TEXT_EMBEDS, TIME_IDS, HOLLOW_ACTIVATION, TARGET, LOSS_WEIGHT]);
 
+/** Where the AdamW step runs: in train.onnx, or on the host after grads.onnx. */
+export type OptimizerMode = 'graph' | 'host';
+export const OPTIMIZER_MODES: readonly OptimizerMode[] = ['graph', 'host'];
+
 export interface TrainGraph {
+  mode: OptimizerMode;
   file: string;
   batch: number;
   inputs: Map<string, TensorDescription>;
@@ -52,30 +65,46 @@ function updatedOutputs(param: string): [string, string, string] {
   return [updatedName(param), updatedName(expAvgName(param)), updatedName(expAvgSqName(param))];
 }
 
-/** train.onnx's interface from the manifest, checked against the store when one is given. */
-export function describeTrainGraph(out: string, manifest: CompileManifest, store?: Store): TrainGraph {
-  const artifact = requireArtifact(out, manifest, 'train', 'training');
+/**
+ * The optimizer mode a run uses: the one asked for, else host when the folder has grads.onnx (it
+ * needs less memory per step), else graph.
+ */
+export function chooseOptimizer(out: string, manifest: CompileManifest, asked?: OptimizerMode): OptimizerMode {
+  if (asked === 'host') requireArtifact(out, manifest, 'grads', 'the host-side optimizer (--optimizer host)');
+  if (asked === 'graph') requireArtifact(out, manifest, 'train', 'the in-graph optimizer (--optimizer graph)');
+  if (asked) return asked;
+  if (manifest.artifacts.grads) return 'host';
+  requireArtifact(out, manifest, 'train', 'training');
+  return 'graph';
+}
+
+/** The step graph's interface from the manifest (train.onnx or grads.onnx), checked against the store when one is given. */
+export function describeTrainGraph(out: string, manifest: CompileManifest, store?: Store, mode: OptimizerMode = 'graph'): TrainGraph {
+  const artifact = requireArtifact(out, manifest, mode === 'host' ? 'grads' : 'train', 'training');
+  const label = path.basename(artifact.path);
   const inputs = new Map(artifact.inputs.map((i) => [i.name, i]));
   const params = artifact.inputs.filter((i) => isLoraParam(i.name)).map((i) => ({ name: i.name, shape: staticShape(i, artifact.path) }));
   const paramNames = new Set(params.map((p) => p.name));
+  const optimizerInput = (name: string) => mode === 'graph' && (name === LEARNING_RATE || name === STEP || optimizerStateOwner(name, paramNames) !== undefined);
   for (const i of artifact.inputs) {
-    const known = DATA_INPUTS.has(i.name) || i.name === LEARNING_RATE || i.name === STEP || paramNames.has(i.name) || optimizerStateOwner(i.name, paramNames) !== undefined;
-    if (!known) throw new HollowcError(`train.onnx input ${i.name} is not one the trainer knows how to feed`, artifact.path);
+    const known = DATA_INPUTS.has(i.name) || paramNames.has(i.name) || optimizerInput(i.name);
+    if (!known) throw new HollowcError(`${label} input ${i.name} is not one the trainer knows how to feed`, artifact.path);
   }
-  for (const required of [SAMPLE, HOLLOW_ACTIVATION, TARGET, LOSS_WEIGHT, LEARNING_RATE, STEP]) {
-    if (!inputs.has(required)) throw new HollowcError(`train.onnx has no input ${required}`, artifact.path);
+  // `hollow none` (plain LoRA fine-tuning, no precompute) has no hollow activation.
+  for (const required of [SAMPLE, ...(manifest.cut ? [HOLLOW_ACTIVATION] : []), TARGET, LOSS_WEIGHT, ...(mode === 'graph' ? [LEARNING_RATE, STEP] : [])]) {
+    if (!inputs.has(required)) throw new HollowcError(`${label} has no input ${required}`, artifact.path);
   }
-  if (!params.length) throw new HollowcError('train.onnx has no LoRA inputs', artifact.path);
-  const outputs = [LOSS, ...params.flatMap((p) => updatedOutputs(p.name))];
+  if (!params.length) throw new HollowcError(`${label} has no LoRA inputs`, artifact.path);
+  const outputs = [LOSS, ...params.flatMap((p) => (mode === 'graph' ? updatedOutputs(p.name) : [gradientName(p.name)]))];
   const declared = new Set(artifact.outputs.map((o) => o.name));
   const missing = outputs.filter((o) => !declared.has(o));
-  if (missing.length) throw new HollowcError(`train.onnx lacks output${missing.length > 1 ? 's' : ''} ${missing.slice(0, 3).join(', ')}`, artifact.path);
+  if (missing.length) throw new HollowcError(`${label} lacks output${missing.length > 1 ? 's' : ''} ${missing.slice(0, 3).join(', ')}`, artifact.path);
   const batch = staticShape(inputs.get(SAMPLE)!, artifact.path)[0];
   if (store) {
     checkStoreCompile(manifest, store);
     checkStoreShapes(inputs, batch, store, artifact.path);
   }
-  return { file: artifact.path, batch, inputs, params, outputs };
+  return { mode, file: artifact.path, batch, inputs, params, outputs };
 }
 
 /** A store precomputed for another compile (model or cut) would train on the wrong activations. */
@@ -139,12 +168,55 @@ export function paramFeeds(graph: TrainGraph, params: readonly ParamState[], lr:
   const feeds: Record<string, ort.Tensor> = {};
   for (const p of params) {
     feeds[p.name] = new ort.Tensor('float32', p.value, p.shape);
+    if (graph.mode === 'host') continue;
     feeds[expAvgName(p.name)] = new ort.Tensor('float32', p.expAvg, p.shape);
     feeds[expAvgSqName(p.name)] = new ort.Tensor('float32', p.expAvgSq, p.shape);
   }
+  if (graph.mode === 'host') return feeds;
   feeds[LEARNING_RATE] = scalarFor(graph.inputs.get(LEARNING_RATE), lr);
   feeds[STEP] = scalarFor(graph.inputs.get(STEP), step);
   return feeds;
+}
+
+/**
+ * Runs training steps on one session in either mode. Host mode allocates the gradient buffers
+ * once and passes them as pre-allocated fetches (onnxruntime fills them in place, no copy into
+ * new JS arrays), then applies AdamW in place.
+ */
+export class StepRunner {
+  private readonly grads: Float32Array[] = [];
+  private readonly fetches: string[] | Record<string, ort.Tensor | null>;
+  private readonly adamw?: HostAdamW;
+
+  constructor(
+    private readonly session: ort.InferenceSession,
+    private readonly graph: TrainGraph,
+    optimizer: CompileManifest['training']['optimizer'],
+  ) {
+    if (graph.mode === 'graph') {
+      this.fetches = graph.outputs;
+      return;
+    }
+    this.adamw = new HostAdamW(optimizer);
+    const fetches: Record<string, ort.Tensor | null> = { [LOSS]: null };
+    for (const p of graph.params) {
+      const g = new Float32Array(p.shape.reduce((a, b) => a * b, 1));
+      this.grads.push(g);
+      fetches[gradientName(p.name)] = new ort.Tensor('float32', g, p.shape);
+    }
+    this.fetches = fetches;
+  }
+
+  /** One step `step` (1-based) on `data`: updates `params` (values and moments) and returns the loss. */
+  async step(data: Record<string, ort.Tensor>, params: ParamState[], lr: number, step: number, accept: (loss: number) => void = () => {}): Promise<number> {
+    const result = await this.session.run({ ...data, ...paramFeeds(this.graph, params, lr, step) }, this.fetches);
+    const loss = readLoss(result);
+    // The caller may refuse the step (a NaN loss) before any parameter changes.
+    accept(loss);
+    if (this.graph.mode === 'graph') applyUpdates(params, result);
+    else this.adamw!.step(params, this.grads, lr, step);
+    return loss;
+  }
 }
 
 /** Takes one step's updated values and moments from its outputs. */
@@ -159,11 +231,11 @@ export function applyUpdates(params: ParamState[], result: ort.InferenceSession.
 
 export function readLoss(result: ort.InferenceSession.OnnxValueMapType): number {
   const t = result[LOSS];
-  if (!t) throw new HollowcError('train.onnx returned no loss');
+  if (!t) throw new HollowcError('the training step returned no loss');
   return Number((t.data as Float32Array | Float64Array)[0]);
 }
 
-/** Mean loss over the first `batches` batches in store order, at lr = 0 (AdamW then changes nothing). */
+/** Mean loss over the first `batches` batches (of `indices`, default every record) in store order, at lr = 0 (in graph mode AdamW then changes nothing; host mode runs no optimizer). */
 export async function lossAtRest(session: ort.InferenceSession, graph: TrainGraph, store: Store, params: readonly ParamState[], batches: number, priorWeight: number, indices?: readonly number[]): Promise<number> {
   const pool = indices ?? Array.from({ length: store.count }, (_, i) => i);
   const n = Math.max(1, Math.min(batches, Math.ceil(pool.length / graph.batch)));
@@ -195,12 +267,19 @@ export function initialParams(out: string, manifest: CompileManifest, graph: Tra
 }
 
 /**
- * Session options for train.onnx. Graph optimization defaults to 'basic': at 'all' onnxruntime
+ * The compiler recomputes cheap activations in the backward with clones of forward nodes
+ * (passes/rematerialize.ts); onnxruntime's common-subexpression elimination would merge each clone
+ * back into its original and keep the activation alive again.
+ */
+export const TRAINING_SESSION_CONFIG: Readonly<Record<string, string>> = { 'optimization.disable_specified_optimizers': 'CommonSubexpressionElimination' };
+
+/**
+ * Session options for train.onnx and grads.onnx. Graph optimization defaults to 'basic': at 'all' onnxruntime
  * also rewrites convolutions to its blocked NCHWc layout, which keeps reordered copies of the
  * frozen conv weights for the forward and the backward convolutions; on full SD 2.1 that cost
  * 1.2 GiB of peak RSS (5078 vs 3843 MiB) and made steps slower. The memory pattern is off too
- * (see SessionOptions.memPattern).
+ * (see SessionOptions.memPattern), and CSE (TRAINING_SESSION_CONFIG).
  */
 export function trainingSession(options: { session?: SessionTuning; ep?: ExecutionProvider; fallbackToCpu?: boolean }): SessionOptions {
-  return { ...options.session, optimization: options.session?.optimization ?? 'basic', memPattern: false, ep: options.ep, fallbackToCpu: options.fallbackToCpu };
+  return { ...options.session, optimization: options.session?.optimization ?? 'basic', memPattern: false, config: TRAINING_SESSION_CONFIG, ep: options.ep, fallbackToCpu: options.fallbackToCpu };
 }

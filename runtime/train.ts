@@ -1,6 +1,7 @@
 /**
- * `hollowc train`: runs train.onnx (train-graph.ts) — one AdamW step of the hollowed net with
- * LoRA per `session.run` — over the precompute store, in the order of sample-order.ts, writing
+ * `hollowc train`: runs the training step (train-graph.ts) — train.onnx with AdamW in the graph,
+ * or grads.onnx with AdamW on the host (the default when the folder has grads.onnx) — over the
+ * precompute store, in the order of sample-order.ts, writing
  * checkpoints and the loss log (checkpoint.ts) and, at the end, `<out>/lora.safetensors` (peft
  * keys). Class (prior-preservation) records get loss_weight = prior_weight. A checkpoint holds
  * all a resume needs to continue bit for bit.
@@ -11,14 +12,14 @@ import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../compiler/errors';
 import { withFolderLockAsync } from '../compiler/folder-lock';
 import type { CompileManifest } from '../compiler/manifest';
-import { loadManifest, requireArtifact } from './artifacts';
+import { loadManifest } from './artifacts';
 import { CHECKPOINT_FILE, CHECKPOINT_STATE_FILE, LOSS_LOG_FILE, ParamState, TRAIN_DIR, TrainState, readCheckpoint, truncateLossLog, writeCheckpoint } from './checkpoint';
 import { LoraModuleValues, writeLoraFile } from './lora-file';
 import { SampleOrder } from './sample-order';
 import { ExecutionProvider, SessionTuning, createSession } from './session';
 import { planRecord } from './precompute';
 import { Store } from './store';
-import { TrainGraph, applyUpdates, dataFeeds, describeTrainGraph, evaluationBatches, initialParams, lossAtRest, paramFeeds, readLoss, trainingSession } from './train-graph';
+import { OptimizerMode, StepRunner, TrainGraph, chooseOptimizer, dataFeeds, describeTrainGraph, evaluationBatches, initialParams, lossAtRest, trainingSession } from './train-graph';
 
 export const LORA_FILE = 'lora.safetensors';
 
@@ -40,6 +41,11 @@ export interface TrainOptions {
   ep?: ExecutionProvider;
   fallbackToCpu?: boolean;
   session?: SessionTuning;
+  /**
+   * Where AdamW runs: 'graph' (train.onnx, one session.run per step) or 'host' (grads.onnx, then
+   * AdamW in place on the host: less memory). Default: host when the folder has grads.onnx.
+   */
+  optimizer?: OptimizerMode;
   /** After every step; throwing from it stops the run right there (tests simulate a kill so). */
   onStep?: (info: StepInfo) => void;
   /** After every checkpoint write. */
@@ -70,6 +76,8 @@ export interface TrainResult {
   /** Seconds spent in the steps themselves (no session start, no evaluation). */
   stepSeconds: number;
   batch: number;
+  /** The optimizer mode the run used. */
+  optimizer: OptimizerMode;
   evaluation?: { before: number; after: number; batches: number };
 }
 
@@ -108,7 +116,7 @@ function startingPoint(options: TrainOptions, manifest: CompileManifest, graph: 
   if (s.storeRecords !== store.count || s.storeFingerprint !== store.header.fingerprint) {
     throw new HollowcError(`the store changed since this checkpoint (${s.storeRecords} records then, ${store.count} now): resume needs the same store, or start over with --restart`, checkpointFile);
   }
-  if (s.batch !== graph.batch) throw new HollowcError(`the checkpoint was trained with batch ${s.batch}, train.onnx now takes ${graph.batch}`, checkpointFile);
+  if (s.batch !== graph.batch) throw new HollowcError(`the checkpoint was trained with batch ${s.batch}, ${path.basename(graph.file)} now takes ${graph.batch}`, checkpointFile);
   const params = graph.params.map((p) => {
     const v = cp.params.get(p.name);
     if (!v || v.shape.join() !== p.shape.join()) throw new HollowcError(`the checkpoint has no ${p.name} of shape [${p.shape}]: it belongs to another compile`, checkpointFile);
@@ -124,8 +132,9 @@ function positiveInteger(value: number, flag: string): number {
 }
 
 /** Steps start.step+1 .. steps on `session`, appending to the loss log and checkpointing every `every` steps. */
-async function runSteps(session: ort.InferenceSession, run: { options: TrainOptions; graph: TrainGraph; store: Store; start: StartingPoint; steps: number; every: number; priorWeight: number }): Promise<{ losses: TrainResult['losses']; seconds: number }> {
+async function runSteps(session: ort.InferenceSession, run: { options: TrainOptions; graph: TrainGraph; store: Store; start: StartingPoint; steps: number; every: number; priorWeight: number; optimizer: CompileManifest['training']['optimizer'] }): Promise<{ losses: TrainResult['losses']; seconds: number }> {
   const { options, graph, store, start, steps, every } = run;
+  const runner = new StepRunner(session, graph, run.optimizer);
   const trainDir = path.join(options.out, TRAIN_DIR);
   const checkpointFile = path.join(trainDir, CHECKPOINT_FILE);
   const order = new SampleOrder(start.seed, store.count, graph.batch);
@@ -148,13 +157,11 @@ async function runSteps(session: ort.InferenceSession, run: { options: TrainOpti
   try {
     for (let step = start.step + 1; step <= steps; step++) {
       const records = order.batchFor(step).map((i) => store.read(i));
-      const result = await session.run({ ...dataFeeds(graph, store, records, run.priorWeight), ...paramFeeds(graph, start.params, start.lr, step) }, graph.outputs);
-      const loss = readLoss(result);
-      if (!Number.isFinite(loss)) {
+      const loss = await runner.step(dataFeeds(graph, store, records, run.priorWeight), start.params, start.lr, step, (l) => {
+        if (Number.isFinite(l)) return;
         const kept = lastCheckpoint > 0 ? `the last good checkpoint (step ${lastCheckpoint}) is kept in ${checkpointFile}` : 'no checkpoint was written yet';
-        throw new HollowcError(`step ${step}: the loss is ${loss} (records ${records.map((r) => r.index).join(', ')}); training stopped and ${kept}. Lower --lr or check the data`);
-      }
-      applyUpdates(start.params, result);
+        throw new HollowcError(`step ${step}: the loss is ${l} (records ${records.map((r) => r.index).join(', ')}); training stopped and ${kept}. Lower --lr or check the data`);
+      });
       losses.push({ step, loss });
       const runSeconds = (Date.now() - runStart) / 1000;
       fs.writeSync(lossFd, JSON.stringify({ step, loss, lr: start.lr, elapsed_s: Number(runSeconds.toFixed(3)) }) + '\n');
@@ -182,12 +189,12 @@ async function trainUnlocked(options: TrainOptions): Promise<TrainResult> {
   const out = options.out;
   const manifest = loadManifest(out);
   const settings = manifest.training;
-  // A folder compiled without train.onnx needs a new compile before anything else.
-  requireArtifact(out, manifest, 'train', 'training');
+  // A folder compiled without train.onnx or grads.onnx needs a new compile before anything else.
+  const optimizer = chooseOptimizer(out, manifest, options.optimizer);
   const { store } = Store.open(options.storeDir ?? path.join(out, 'store'), { readOnly: true });
   let session: ort.InferenceSession | undefined;
   try {
-    const graph = describeTrainGraph(out, manifest, store);
+    const graph = describeTrainGraph(out, manifest, store, optimizer);
     store.verify();
     const steps = positiveInteger(options.steps ?? settings.steps, '--steps');
     const every = positiveInteger(options.checkpointEvery ?? settings.checkpointEvery, '--checkpoint-every');
@@ -199,7 +206,7 @@ async function trainUnlocked(options: TrainOptions): Promise<TrainResult> {
     const indices = options.evaluate?.instanceOnly ? instanceRecords(store) : undefined;
     const evaluate = async () => (options.evaluate ? lossAtRest(session!, graph, store, start.params, options.evaluate.batches, settings.priorWeight, indices) : undefined);
     const before = await evaluate();
-    const ran = startStep < steps ? await runSteps(session!, { options, graph, store, start, steps, every, priorWeight: settings.priorWeight }) : { losses: [], seconds: 0 };
+    const ran = startStep < steps ? await runSteps(session!, { options, graph, store, start, steps, every, priorWeight: settings.priorWeight, optimizer: settings.optimizer }) : { losses: [], seconds: 0 };
     const after = await evaluate();
     const evaluation = before !== undefined && after !== undefined ? { before, after, batches: indices ? Math.max(1, Math.min(options.evaluate!.batches, Math.ceil(indices.length / graph.batch))) : evaluationBatches(graph, store, options.evaluate!.batches) } : undefined;
 
@@ -209,7 +216,7 @@ async function trainUnlocked(options: TrainOptions): Promise<TrainResult> {
     const values = new Map(start.params.map((p) => [p.name, p.value]));
     writeLoraFile(loraFile, 'peft', { rank: manifest.lora.rank, alpha: manifest.lora.alpha, modules: loraModules(manifest, values) }, { hollowc_steps: String(step), hollowc_seed: String(start.seed) });
     const checkpointFile = path.join(out, TRAIN_DIR, CHECKPOINT_FILE);
-    return { startStep, step, losses: ran.losses, checkpointFile, loraFile, seconds: (Date.now() - started) / 1000, stepSeconds: ran.seconds, batch: graph.batch, evaluation };
+    return { startStep, step, losses: ran.losses, checkpointFile, loraFile, seconds: (Date.now() - started) / 1000, stepSeconds: ran.seconds, batch: graph.batch, optimizer, evaluation };
   } finally {
     store.close();
     await session?.release();
@@ -234,18 +241,20 @@ export interface EvaluateOptions {
   session?: SessionTuning;
   /** only the instance records */
   instanceOnly?: boolean;
+  /** Which step graph computes the loss (default as train's: grads.onnx when there is one). */
+  optimizer?: OptimizerMode;
 }
 
 /**
  * The loss of a LoRA on the store without training: train.onnx with lr = 0 (AdamW then leaves
- * every parameter as it is), over the first `batches` batches in store order.
+ * every parameter as it is) or grads.onnx, over the first `batches` batches in store order.
  */
 export async function evaluateLoss(options: EvaluateOptions): Promise<number> {
   const manifest = loadManifest(options.out);
     const { store } = Store.open(options.storeDir ?? path.join(options.out, 'store'), { readOnly: true });
   let session: ort.InferenceSession | undefined;
   try {
-    const graph = describeTrainGraph(options.out, manifest, store);
+    const graph = describeTrainGraph(options.out, manifest, store, chooseOptimizer(options.out, manifest, options.optimizer));
     const params = initialParams(options.out, manifest, graph);
     if (options.params) for (const p of params) p.value = Float32Array.from(options.params.get(p.name) ?? p.value);
     session = await createSession(graph.file, trainingSession(options));

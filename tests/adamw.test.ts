@@ -11,6 +11,7 @@ import { Graph, Model } from '../compiler/ir';
 import { saveModel } from '../compiler/serde';
 import { assertValidGraph } from '../compiler/verify';
 import { addAdamW, AdamWOptions } from '../passes/add-adamw';
+import { HostAdamW } from '../runtime/host-adamw';
 import { addLoss } from '../passes/add-loss';
 import { differentiate } from '../passes/differentiate';
 import { addGradientOutputs } from '../passes/expose-gradients';
@@ -178,5 +179,71 @@ describe('addAdamW errors', () => {
     expect(() => addAdamW(model, [p], new Map())).toThrow('addAdamW: no gradient for parameter p');
     g.addInput('p.updated', { elemType: DataType.FLOAT, shape: [2] });
     expect(() => addAdamW(model, [p], new Map([[p, p]]))).toThrow('addAdamW: the graph already has a value named "p.updated"');
+  });
+});
+
+describe('host-side AdamW (runtime/host-adamw.ts) against the in-graph step', () => {
+  it.each([
+    ['torch defaults', { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 1e-2 }],
+    ['no weight decay, other betas', { beta1: 0.8, beta2: 0.99, eps: 1e-6, weightDecay: 0 }],
+  ])('%s: moments bit for bit, values within two ulps, at steps 1..300 and far ones', async (_name, options) => {
+    const model = buildTrainModel({ dtype: 'float32', options, tolerance: 0 });
+    const file = path.join(tempDir(), 'train.onnx');
+    saveModel(model, file);
+    const session = await ort.InferenceSession.create(file, { executionProviders: ['cpu'] });
+    const gauss = normal(rng(77));
+    const draw = (n: number, scale = 1) => Float32Array.from({ length: n }, () => scale * gauss());
+    const shapes: Record<string, number[]> = { 'linear.weight': [OUT, IN], 'linear.bias': [OUT] };
+    const adamw = new HostAdamW({ betas: [options.beta1, options.beta2], eps: options.eps, weightDecay: options.weightDecay });
+    const x = draw(B * IN);
+    const target = draw(B * OUT);
+    // Moments as after some training (exp_avg_sq > 0), so the step is not the first-step special case.
+    const state = Object.fromEntries(
+      Object.entries(shapes).map(([name, shape]) => {
+        const n = shape.reduce((a, b) => a * b, 1);
+        return [name, { name, shape, value: draw(n), expAvg: draw(n, 0.01), expAvgSq: Float32Array.from(draw(n, 0.01), (v) => v * v) }];
+      }),
+    );
+    const steps = [...Array.from({ length: 300 }, (_, i) => i + 1), 517, 1000, 2047, 5000, 10000];
+    let mismatches = 0;
+    for (const t of steps) {
+      const lr = [1e-4, 1e-2, 0.05][t % 3];
+      const feeds: Record<string, ort.Tensor> = {
+        x: new ort.Tensor('float32', x, [B, IN]),
+        target: new ort.Tensor('float32', target, [B, OUT]),
+        loss_weight: new ort.Tensor('float32', Float32Array.of(1, 0.5, 2, 1, 0.25), [B]),
+        lr: new ort.Tensor('float32', Float32Array.of(lr), [1]),
+        step: new ort.Tensor('int64', BigInt64Array.of(BigInt(t)), [1]),
+      };
+      for (const p of Object.values(state)) {
+        feeds[p.name] = new ort.Tensor('float32', p.value, p.shape);
+        feeds[`${p.name}.exp_avg`] = new ort.Tensor('float32', p.expAvg, p.shape);
+        feeds[`${p.name}.exp_avg_sq`] = new ort.Tensor('float32', p.expAvgSq, p.shape);
+      }
+      const out = await session.run(feeds);
+      const params = Object.values(state).map((p) => ({ ...p, value: Float32Array.from(p.value), expAvg: Float32Array.from(p.expAvg), expAvgSq: Float32Array.from(p.expAvgSq) }));
+      adamw.step(params, params.map((p) => out[`${p.name}.grad`].data as Float32Array), lr, t);
+      for (const p of params) {
+        const same = (a: Float32Array, name: string) => Buffer.from(a.buffer).equals(Buffer.from((out[name].data as Float32Array).buffer));
+        expect(same(p.expAvg, `${p.name}.exp_avg.updated`)).toBe(true);
+        expect(same(p.expAvgSq, `${p.name}.exp_avg_sq.updated`)).toBe(true);
+        if (!same(p.value, `${p.name}.updated`)) mismatches++;
+        // β^t = exp(t·ln β) is onnxruntime's float32 exp in the graph (not always correctly rounded)
+        // and the correctly rounded one here: an update may differ in its last two bits, no more.
+        const want = out[`${p.name}.updated`].data as Float32Array;
+        p.value.forEach((v, i) => expect(Math.abs(v - want[i])).toBeLessThanOrEqual(Math.abs(want[i]) * 2 ** -21));
+      }
+    }
+    await session.release();
+    // eslint-disable-next-line no-console
+    console.log(`host AdamW vs graph: ${mismatches} of ${steps.length * 2} parameter updates differ in any bit`);
+    expect(mismatches).toBeLessThanOrEqual(Math.ceil(0.02 * steps.length * 2));
+  });
+
+  it('refuses gradients that do not match the parameters', () => {
+    const adamw = new HostAdamW({ betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0.01 });
+    const p = { name: 'p', shape: [2], value: new Float32Array(2), expAvg: new Float32Array(2), expAvgSq: new Float32Array(2) };
+    expect(() => adamw.step([p], [], 1e-3, 1)).toThrow('AdamW: 0 gradients for 1 parameters');
+    expect(() => adamw.step([p], [new Float32Array(3)], 1e-3, 1)).toThrow('AdamW: gradient of p has 3 values, the parameter 2');
   });
 });

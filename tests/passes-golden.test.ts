@@ -48,8 +48,10 @@ const CASES: [string, ArtifactName, number, boolean][] = [
   ['specialize-shapes', 'train', 3, true],
   ['add-loss', 'train', 4, true],
   ['differentiate', 'train', 5, true],
-  ['add-adamw', 'train', 6, true],
-  ['expose-gradients', 'grads', 6, true],
+  ['rematerialize', 'train', 6, true],
+  ['add-adamw', 'train', 7, true],
+  ['order-sinks', 'train', 8, true],
+  ['expose-gradients', 'grads', 7, true],
 ];
 
 test('every pipeline is covered: each pass of PIPELINES has a golden case', () => {

@@ -107,6 +107,10 @@ test('train through the CLI (stand-in train.onnx): progress, checkpoints, resume
   expect(a.stderr).toMatch(/step 6\/6  \[=+\]  loss \d\.\d{5}  [\d.]+ it\/s  ETA 0:00\n$/);
   expect(a.stdout).toMatch(/^trained steps 1\.\.6 \(batch 2\) in 0:\d\d \([\d.]+ it\/s\): loss \d\.\d{5} -> \d\.\d{5}\n/);
   expect(a.stdout).toContain(`LoRA (peft): ${path.join(f.out, 'lora.safetensors')}`);
+  // the stand-in folder has no grads.onnx: the in-graph optimizer, reported; host mode asks for grads.onnx
+  expect(a.stdout).toContain('  optimizer: graph (train.onnx, AdamW in the graph)\n');
+  const host = await cli('train', f.out, '--steps', '7', '--resume', '--optimizer', 'host');
+  expect([host.code, host.stderr]).toEqual([1, `hollowc: error: ${f.out}: this folder has no grads.onnx, which the host-side optimizer (--optimizer host) needs (add \`grads\` to the spec's emit line and compile again)\n`]);
   const again = await cli('train', f.out, '--steps', '6');
   expect([again.code, again.stderr]).toEqual([1, `hollowc: error: ${path.join(f.out, 'train')}: a training run is checkpointed here at step 6: pass --resume to continue it or --restart to discard it\n`]);
   const b = await cli('train', f.out, '--steps', '9', '--resume');

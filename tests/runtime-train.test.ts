@@ -391,3 +391,81 @@ describe("on the compiler's own train.onnx (passes/training-graphs.ts)", () => {
     expect(fs.readFileSync(path.join(killed, 'lora.safetensors')).equals(fs.readFileSync(path.join(straight, 'lora.safetensors')))).toBe(true);
   });
 });
+
+describe('host-side optimizer (grads.onnx + runtime/host-adamw.ts) on a real compile', () => {
+  test('the same loss log and LoRA as the in-graph optimizer; kill and resume in host mode bit for bit', async () => {
+    const dir = tempDir('hollowc-host-train-');
+    const v = FAMILIES.sd15.tiny;
+    const { file } = await buildUNet(v.config, { outDir: path.join(dir, 'model'), seed: 5 });
+    const spec = path.join(dir, 'spec.hollow');
+    fs.writeFileSync(
+      spec,
+      [
+        'model sd15',
+        'hollow preset "39.2%"',
+        'shape sample [2, 4, 16, 16]',
+        'shape timestep [2]',
+        'shape encoder_hidden_states [2, 7, 32]',
+        'lora rank 4',
+        'lora targets "attn1.to_q" "attn2.to_v"',
+        'loss prior_weight 0.5',
+        'optimizer adamw lr 1e-2 weight_decay 0.05',
+        'emit precompute train grads',
+        '',
+      ].join('\n'),
+    );
+    const graphRun = path.join(dir, 'graph');
+    compileFromSpec(file, spec, { out: graphRun });
+    await precompute({ out: graphRun, data: loadTrainingData(writeData(path.join(dir, 'samples'), 'sd15', { instances: 2, classes: 2 })), count: 6 });
+    const [hostRun, killed] = ['host', 'killed'].map((n) => {
+      fs.cpSync(graphRun, path.join(dir, n), { recursive: true });
+      return path.join(dir, n);
+    });
+    const session = { optimization: 'basic' } as const;
+
+    const g = await train({ out: graphRun, steps: 12, checkpointEvery: 4, session, optimizer: 'graph' });
+    // grads.onnx is there, so host is the default
+    const h = await train({ out: hostRun, steps: 12, checkpointEvery: 4, session });
+    expect([g.optimizer, h.optimizer]).toEqual(['graph', 'host']);
+    expect(h.losses.map((l) => l.step)).toEqual(g.losses.map((l) => l.step));
+    const lossDiff = Math.max(...h.losses.map((l, i) => Math.abs(l.loss - g.losses[i].loss) / Math.abs(g.losses[i].loss)));
+    expect(lossDiff).toBeLessThan(1e-5);
+    // the loss moved: the optimizer did something in both modes
+    expect(h.losses[11].loss).not.toBe(h.losses[0].loss);
+    const cpG = readCheckpoint(g.checkpointFile);
+    const cpH = readCheckpoint(h.checkpointFile);
+    let paramDiff = 0;
+    let bitsDiffer = 0;
+    for (const [name, p] of cpG.params) {
+      const q = cpH.params.get(name)!;
+      for (const [a, b] of [[p.value, q.value], [p.expAvg, q.expAvg], [p.expAvgSq, q.expAvgSq]] as const) {
+        if (!Buffer.from(a.buffer).equals(Buffer.from(b.buffer))) bitsDiffer++;
+        const scale = Math.max(...Array.from(a, Math.abs), 1e-12);
+        a.forEach((x, i) => (paramDiff = Math.max(paramDiff, Math.abs(x - b[i]) / scale)));
+      }
+    }
+    expect(paramDiff).toBeLessThan(1e-4);
+    // eslint-disable-next-line no-console
+    console.log(`host vs graph optimizer, 12 steps: loss max relative difference ${lossDiff.toExponential(2)}, LoRA/moments ${paramDiff.toExponential(2)}, ${bitsDiffer} of ${cpG.params.size * 3} tensors differ in any bit`);
+
+    // kill after step 7, resume from the step-4 checkpoint: the host run's bytes exactly
+    await expect(train({ out: killed, steps: 12, checkpointEvery: 4, session, onStep: ({ step }) => { if (step === 7) throw new Error('killed'); } })).rejects.toThrow('killed');
+    const k = await train({ out: killed, steps: 12, checkpointEvery: 4, resume: true, session });
+    expect([k.optimizer, k.startStep]).toEqual(['host', 4]);
+    expect(k.losses).toEqual(h.losses.slice(4));
+    for (const f of ['lora.safetensors', path.join('train', CHECKPOINT_FILE)]) {
+      expect(fs.readFileSync(path.join(killed, f)).equals(fs.readFileSync(path.join(hostRun, f)))).toBe(true);
+    }
+    const log = (d: string) => fs.readFileSync(path.join(d, 'train', 'loss.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).map((l) => [l.step, l.loss]);
+    expect(log(killed)).toEqual(log(hostRun));
+  });
+
+  test('asking for a mode whose artifact is missing names the emit line to change', async () => {
+    const dir = tempDir('hollowc-host-missing-');
+    const f = await tinyCompiled(dir, 'sd15', { batch: 2, preset: '39.2%', extraSpec: SPEC });
+    await precompute({ out: f.out, data: loadTrainingData(writeData(path.join(dir, 'samples'), 'sd15', { instances: 2, classes: 0 })), count: 2 });
+    await expect(train({ out: f.out, steps: 2, optimizer: 'host' })).rejects.toThrow('this folder has no grads.onnx, which the host-side optimizer (--optimizer host) needs (add `grads` to the spec\'s emit line and compile again)');
+    // without grads.onnx the default is the in-graph optimizer
+    expect((await train({ out: f.out, steps: 2 })).optimizer).toBe('graph');
+  });
+});

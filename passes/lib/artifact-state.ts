@@ -39,6 +39,8 @@ export interface ArtifactState {
   loss?: Value;
   /** differentiate: d loss / d each LoRA parameter. */
   gradients?: Map<Value, Value>;
+  /** differentiate: the seed d loss / d loss (the nodes that depend on it carry gradients). */
+  gradientSeed?: Value;
 }
 
 /** The graph values of the LoRA parameters insert-lora added. */

@@ -1,16 +1,25 @@
 /**
- * Issue 5's measurement: on a full-size SD 2.1 (builder, CPU EP, latents 32x32, batch 1, LoRA
- * r128 on attn1/attn2 q,k,v,out.0), peak RSS and step time of one train.onnx step at the 39.2%
- * cut vs `hollow none` (plain LoRA fine-tuning) vs plain UNet inference. Each configuration runs
- * in its own process (its peak RSS is its own), with onnxruntime's CPU arena and prepacking off
- * as hollowc's runtime runs them. Not run by jest.
+ * Issue 5's and issue 12's measurement: on a full-size SD 2.1 (builder, CPU EP, latents 32x32,
+ * batch 1, LoRA r128 on attn1/attn2 q,k,v,out.0), peak RSS and step time of one training step at
+ * the 39.2% cut vs `hollow none` (plain LoRA fine-tuning) vs plain UNet inference, with the
+ * optimizer in the graph (train.onnx) and on the host (grads.onnx + runtime/host-adamw.ts). Each
+ * configuration runs in its own process (its peak RSS is its own), with the session options
+ * hollowc's runtime uses. A sampler thread reads RssFile / RssAnon from /proc/self/status every
+ * 20 ms: file-backed pages are the mmapped external-data weights (reclaimable), anonymous pages
+ * are what the graph and the runtime allocate. Not run by jest.
  *
  *   npx tsc -p . && node dist/tests/bench/train-step.js [--dir /tmp/x] [--keep] [--steps 3] [--threads 2]
+ *       [--only hollowed-host,inference] [--config '{"session.key":"value"}'] [--dump-optimized] [--malloc default]
  */
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { Worker } from 'worker_threads';
+import { ENCODER_HIDDEN_STATES, LEARNING_RATE, LOSS_WEIGHT, SAMPLE, STEP, TIMESTEP, isLoraParam, optimizerStateOwner, readManifest } from '../../compiler/manifest';
+import { MALLOC_ENV } from '../../cli/allocator';
+import type { ParamState } from '../../runtime/checkpoint';
+import { OptimizerMode, StepRunner, describeTrainGraph, trainingSession } from '../../runtime/train-graph';
 
 const MiB = 2 ** 20;
 const CLI = path.join(__dirname, '..', '..', 'cli', 'main.js');
@@ -22,97 +31,224 @@ shape timestep [1]
 shape encoder_hidden_states [1, 77, 1024]
 lora rank 128 alpha 128
 lora targets "attn1.*" "attn2.*"
-emit train
+emit train grads
 `;
 
-function peakMiB(): number {
-  return Math.round((process.resourceUsage().maxRSS * 1024) / MiB);
+/** Peak memory seen by a sampler thread (the main thread is blocked inside session.run). */
+interface Peaks {
+  /** Highest RssAnon + RssFile + RssShmem sample, and its split. */
+  totalMiB: number;
+  anonAtTotalMiB: number;
+  fileAtTotalMiB: number;
+  /** Highest RssAnon and RssFile samples (not necessarily at the same moment). */
+  anonMiB: number;
+  fileMiB: number;
+  /** When the highest total was sampled, in ms since the phase began. */
+  atMs: number;
 }
 
-async function child(kind: string, file: string, steps: number, threads: number): Promise<void> {
+const SAMPLER = `
+const { parentPort, workerData } = require('worker_threads');
+const fs = require('fs');
+const phase = new Int32Array(workerData);
+const peaks = {};
+const field = (s, k) => Number(new RegExp(k + ':\\\\s+(\\\\d+)').exec(s)[1]) / 1024;
+function tick() {
+  const s = fs.readFileSync('/proc/self/status', 'utf8');
+  const anon = field(s, 'RssAnon'), file = field(s, 'RssFile'), total = anon + file + field(s, 'RssShmem');
+  const p = (peaks[Atomics.load(phase, 0)] ??= { totalMiB: 0, anonAtTotalMiB: 0, fileAtTotalMiB: 0, anonMiB: 0, fileMiB: 0, atMs: 0, since: Date.now() });
+  if (total > p.totalMiB) Object.assign(p, { totalMiB: total, anonAtTotalMiB: anon, fileAtTotalMiB: file, atMs: Date.now() - p.since });
+  p.anonMiB = Math.max(p.anonMiB, anon);
+  p.fileMiB = Math.max(p.fileMiB, file);
+}
+const timer = setInterval(tick, 20);
+parentPort.on('message', () => { tick(); clearInterval(timer); parentPort.postMessage(peaks); });
+`;
+
+const PHASES = ['start', 'load', 'step'] as const;
+
+class Sampler {
+  private readonly phase = new Int32Array(new SharedArrayBuffer(4));
+  private readonly worker = new Worker(SAMPLER, { eval: true, workerData: this.phase.buffer });
+  enter(phase: (typeof PHASES)[number]): void {
+    Atomics.store(this.phase, 0, PHASES.indexOf(phase));
+  }
+  async stop(): Promise<Record<string, Peaks>> {
+    const done = new Promise<Record<number, Peaks>>((resolve) => this.worker.once('message', resolve));
+    this.worker.postMessage('stop');
+    const raw = await done;
+    await this.worker.terminate();
+    const round = (p: Peaks) => Object.fromEntries(Object.entries(p).filter(([k]) => k !== 'since').map(([k, v]) => [k, Math.round(v)])) as unknown as Peaks;
+    return Object.fromEntries(Object.entries(raw).map(([i, p]) => [PHASES[Number(i)], round(p)]));
+  }
+}
+
+function vmHwmMiB(): number {
+  return Math.round(Number(/VmHWM:\s+(\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))![1]) / 1024);
+}
+
+interface ChildArgs {
+  kind: 'inference' | 'train';
+  /** The UNet (inference) or the compiled folder (train). */
+  file: string;
+  mode: OptimizerMode;
+  steps: number;
+  threads: number;
+  config: Record<string, string>;
+  dump: boolean;
+}
+
+function syntheticValue(name: string, i: number): number {
+  return name === TIMESTEP ? 500 : name === LOSS_WEIGHT ? 1 : isLoraParam(name) ? 0.01 * Math.sin(i) : Math.sin(i * 0.37);
+}
+
+async function child(a: ChildArgs): Promise<void> {
+  const sampler = new Sampler();
+  await new Promise((r) => setTimeout(r, 50));
   const ort = await import('onnxruntime-node');
   const { createSession } = await import('../../runtime/session');
   const t0 = Date.now();
-  // The runtime's defaults: 'basic' graph optimization and no memory pattern for training
-  // graphs (runtime/train.ts), 'all' for inference.
-  const training = kind !== 'inference';
-  const session = await createSession(file, { intraOpThreads: threads, optimization: training ? 'basic' : 'all', memPattern: !training });
+  sampler.enter('load');
+  const manifest = a.kind === 'train' ? readManifest(a.file) : undefined;
+  const graph = manifest ? describeTrainGraph(a.file, manifest, undefined, a.mode) : undefined;
+  const file = graph?.file ?? a.file;
+  // The runtime's options: training graphs as runtime/train-graph.ts trainingSession sets them.
+  const base = graph ? trainingSession({ session: { intraOpThreads: a.threads } }) : { intraOpThreads: a.threads, optimization: 'all' as const };
+  const session = await createSession(file, { ...base, config: { ...('config' in base ? base.config : {}), ...a.config }, ...(a.dump ? { optimizedModelFile: `${file}.optimized.onnx` } : {}) });
   const loadSeconds = (Date.now() - t0) / 1000;
-  const rssAfterLoad = peakMiB();
-  const metaFile = path.join(path.dirname(file), 'manifest.json');
-  const described = fs.existsSync(metaFile) && kind !== 'inference' ? JSON.parse(fs.readFileSync(metaFile, 'utf8')).artifacts.train.inputs : undefined;
   const dims: Record<string, number> = { batch: 1, height: 32, width: 32, sequence: 77 };
-  const inputs: { name: string; shape: (number | string)[]; dtype: string }[] =
-    described ?? [
-      { name: 'sample', shape: ['batch', 4, 'height', 'width'], dtype: 'float32' },
-      { name: 'timestep', shape: ['batch'], dtype: 'float32' },
-      { name: 'encoder_hidden_states', shape: ['batch', 'sequence', 1024], dtype: 'float32' },
-    ];
+  const inputs: { name: string; shape: (number | string | null)[]; dtype: string }[] = graph
+    ? [...graph.inputs.values()].filter((i) => !isLoraParam(i.name))
+    : [
+        { name: SAMPLE, shape: ['batch', 4, 'height', 'width'], dtype: 'float32' },
+        { name: TIMESTEP, shape: ['batch'], dtype: 'float32' },
+        { name: ENCODER_HIDDEN_STATES, shape: ['batch', 'sequence', 1024], dtype: 'float32' },
+      ];
   const feeds: Record<string, import('onnxruntime-node').Tensor> = {};
   for (const input of inputs) {
-    const shape = input.shape.map((d) => (typeof d === 'string' ? dims[d] : d));
-    const n = shape.reduce((a, b) => a * b, 1);
-    if (input.dtype === 'int64') {
-      feeds[input.name] = new ort.Tensor('int64', BigInt64Array.from({ length: n }, () => 1n), shape);
-      continue;
-    }
-    const data = new Float32Array(n);
-    const value = (i: number) =>
-      input.name === 'timestep' ? 500 : input.name === 'lr' ? 1e-4 : input.name === 'loss_weight' ? 1 : input.name.endsWith('exp_avg_sq') ? 1e-8 : input.name.endsWith('.exp_avg') ? 0 : input.name.includes('lora_') ? 0.01 * Math.sin(i) : Math.sin(i * 0.37);
-    for (let i = 0; i < n; i++) data[i] = value(i);
+    if (graph && (input.name === LEARNING_RATE || input.name === STEP || optimizerStateOwner(input.name, new Set(graph.params.map((p) => p.name))))) continue;
+    const shape = input.shape.map((d) => (typeof d === 'number' ? d : dims[String(d)]));
+    const data = Float32Array.from({ length: shape.reduce((x, y) => x * y, 1) }, (_, i) => syntheticValue(input.name, i));
     feeds[input.name] = new ort.Tensor('float32', data, shape);
   }
+  const params: ParamState[] = (graph?.params ?? []).map((p) => {
+    const n = p.shape.reduce((x, y) => x * y, 1);
+    return { name: p.name, shape: p.shape, value: Float32Array.from({ length: n }, (_, i) => syntheticValue(p.name, i)), expAvg: new Float32Array(n), expAvgSq: new Float32Array(n) };
+  });
+  const runner = graph ? new StepRunner(session, graph, manifest!.training.optimizer) : undefined;
+  sampler.enter('step');
   const times: number[] = [];
   let loss = NaN;
-  for (let s = 0; s < steps; s++) {
+  for (let s = 0; s < a.steps; s++) {
     const t = Date.now();
-    const r = await session.run(feeds);
+    if (runner) loss = await runner.step(feeds, params, 1e-4, s + 1);
+    else await session.run(feeds);
     times.push((Date.now() - t) / 1000);
-    if (r.loss) loss = (r.loss.data as Float32Array)[0];
   }
-  const sorted = [...times].sort((a, b) => a - b);
+  const peaks = await sampler.stop();
+  const sorted = [...times].sort((x, y) => x - y);
   console.log(
-    JSON.stringify({ kind, loadSeconds, rssAfterLoadMiB: rssAfterLoad, stepSeconds: times, medianStepSeconds: sorted[Math.floor(sorted.length / 2)], peakRssMiB: peakMiB(), ...(Number.isNaN(loss) ? {} : { loss }) }),
+    JSON.stringify({
+      loadSeconds,
+      stepSeconds: times,
+      medianStepSeconds: sorted[Math.floor(sorted.length / 2)],
+      vmHwmMiB: vmHwmMiB(),
+      maxRssMiB: Math.round((process.resourceUsage().maxRSS * 1024) / MiB),
+      peaks,
+      ...(Number.isNaN(loss) ? {} : { loss }),
+    }),
   );
 }
 
-function spawnJson(args: string[]): Record<string, unknown> {
-  const r = spawnSync(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8', maxBuffer: 2 ** 26 });
+/** Each row's process starts as `hollowc train` starts itself (cli/allocator.ts), unless --malloc default. */
+function spawnJson(args: string[], env: NodeJS.ProcessEnv): Record<string, unknown> {
+  const r = spawnSync(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8', maxBuffer: 2 ** 26, env });
   if (r.status !== 0) throw new Error(`${args.join(' ')} failed with exit ${r.status}`);
   const line = r.stdout.trim().split('\n').pop()!;
   return JSON.parse(line);
 }
 
+interface Row {
+  id: string;
+  label: string;
+  kind: ChildArgs['kind'];
+  hollow?: string;
+  mode: OptimizerMode;
+}
+
+const ROWS: Row[] = [
+  { id: 'inference', label: 'UNet inference (`model.onnx`)', kind: 'inference', mode: 'graph' },
+  { id: 'lora-graph', label: 'LoRA FT, `hollow none`, AdamW in graph (`train.onnx`)', kind: 'train', hollow: 'none', mode: 'graph' },
+  { id: 'lora-host', label: 'LoRA FT, `hollow none`, AdamW on host (`grads.onnx`)', kind: 'train', hollow: 'none', mode: 'host' },
+  { id: 'hollowed-graph', label: 'Hollowed 39.2%, AdamW in graph (`train.onnx`)', kind: 'train', hollow: 'preset "39.2%"', mode: 'graph' },
+  { id: 'hollowed-host', label: 'Hollowed 39.2%, AdamW on host (`grads.onnx`)', kind: 'train', hollow: 'preset "39.2%"', mode: 'host' },
+];
+
 async function main(argv: string[]): Promise<void> {
   const at = argv.indexOf('--child');
-  if (at >= 0) return child(argv[at + 1], argv[at + 2], Number(argv[at + 3]), Number(argv[at + 4]));
+  if (at >= 0) return child(JSON.parse(argv[at + 1]) as ChildArgs);
   const opt = (name: string, fallback: string) => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : fallback);
   const dir = opt('--dir', fs.mkdtempSync(path.join(os.tmpdir(), 'hollowc-train-bench-')));
-  const steps = opt('--steps', '3');
-  const threads = opt('--threads', '2');
+  const steps = Number(opt('--steps', '3'));
+  const threads = Number(opt('--threads', '2'));
+  const config = JSON.parse(opt('--config', '{}')) as Record<string, string>;
+  const only = opt('--only', '').split(',').filter(Boolean);
+  const rows = ROWS.filter((r) => !only.length || only.includes(r.id));
+  const env = opt('--malloc', 'hollowc') === 'default' ? process.env : { ...process.env, ...MALLOC_ENV };
   const unet = path.join(dir, 'unet', 'model.onnx');
   if (!fs.existsSync(unet)) {
     const b = spawnSync(process.execPath, [CLI, 'model', 'build', 'sd21', '--full', '-o', path.dirname(unet)], { stdio: 'inherit' });
     if (b.status !== 0) throw new Error('model build failed');
   }
-  const results: Record<string, unknown>[] = [];
-  for (const [name, hollow] of [['hollowed 39.2%', 'preset "39.2%"'], ['LoRA FT (hollow none)', 'none']]) {
-    const out = path.join(dir, name.startsWith('hollowed') ? 'out-392' : 'out-none');
+  const compiled = new Map<string, { out: string; compileSeconds?: number; compilePeakRssMiB?: number }>();
+  const compile = (hollow: string) => {
+    const out = path.join(dir, hollow === 'none' ? 'out-none' : 'out-392');
+    if (compiled.has(out)) return compiled.get(out)!;
+    const text = SPEC(hollow);
+    const manifestFile = path.join(out, 'manifest.json');
+    // A folder compiled from the same spec (--dir reused) is not compiled again.
+    if (fs.existsSync(manifestFile) && JSON.parse(fs.readFileSync(manifestFile, 'utf8')).spec?.text === text) {
+      compiled.set(out, { out });
+      return compiled.get(out)!;
+    }
     const spec = path.join(dir, `${path.basename(out)}.hollow`);
-    fs.writeFileSync(spec, SPEC(hollow));
+    fs.writeFileSync(spec, text);
     const t = Date.now();
     const c = spawnSync('/usr/bin/time', ['-f', '%M', process.execPath, CLI, 'compile', unet, spec, '-o', out], { encoding: 'utf8' });
-    if (c.status !== 0) throw new Error(`compile ${name} failed: ${c.stderr}`);
-    const compileRss = Number(c.stderr.trim().split('\n').pop()) / 1024;
-    const step = spawnJson([__filename, '--child', name, path.join(out, 'train.onnx'), steps, threads]);
-    results.push({ config: name, compileSeconds: (Date.now() - t) / 1000, compilePeakRssMiB: Math.round(compileRss), ...step });
+    if (c.status !== 0) throw new Error(`compile ${hollow} failed: ${c.stderr}`);
+    compiled.set(out, { out, compileSeconds: (Date.now() - t) / 1000, compilePeakRssMiB: Math.round(Number(c.stderr.trim().split('\n').pop()) / 1024) });
+    return compiled.get(out)!;
+  };
+  const results: (Row & { medianStepSeconds: number; vmHwmMiB: number; peaks: Record<string, Peaks> })[] = [];
+  for (const row of rows) {
+    const target = row.kind === 'inference' ? { out: unet } : compile(row.hollow!);
+    const args: ChildArgs = { kind: row.kind, file: target.out, mode: row.mode, steps, threads, config, dump: argv.includes('--dump-optimized') };
+    const r = { ...row, ...target, ...spawnJson([__filename, '--child', JSON.stringify(args)], env) } as unknown as (typeof results)[number];
+    console.log(JSON.stringify(r));
+    results.push(r);
   }
-  results.push({ config: 'UNet inference', ...spawnJson([__filename, '--child', 'inference', unet, steps, threads]) });
-  for (const r of results) console.log(JSON.stringify(r));
-  const [h, f, i] = results as { peakRssMiB: number; medianStepSeconds: number }[];
-  console.log(`peak RSS: hollowed/LoRA-FT ${(h.peakRssMiB / f.peakRssMiB).toFixed(3)}, hollowed/inference ${(h.peakRssMiB / i.peakRssMiB).toFixed(3)}, LoRA-FT/inference ${(f.peakRssMiB / i.peakRssMiB).toFixed(3)}`);
-  console.log(`step time: hollowed/LoRA-FT ${(h.medianStepSeconds / f.medianStepSeconds).toFixed(3)}, hollowed/inference ${(h.medianStepSeconds / i.medianStepSeconds).toFixed(3)}`);
-  if (!argv.includes('--keep')) fs.rmSync(dir, { recursive: true, force: true });
+  const date = new Date().toISOString().slice(0, 10);
+  console.log(`\n${date}, ${threads} threads, ${steps} steps per row (median), one process per row, malloc ${env === process.env ? 'as started' : JSON.stringify(MALLOC_ENV)}${Object.keys(config).length ? `, session config ${JSON.stringify(config)}` : ''}\n`);
+  console.log('| configuration | peak RSS (step) | file-backed | anonymous | peak anonymous | VmHWM | step |');
+  console.log('|---|---|---|---|---|---|---|');
+  for (const r of results) {
+    const p = r.peaks.step;
+    console.log(`| ${r.label} | ${p.totalMiB} MiB | ${p.fileAtTotalMiB} MiB | ${p.anonAtTotalMiB} MiB | ${p.anonMiB} MiB | ${r.vmHwmMiB} MiB | ${r.medianStepSeconds.toFixed(2)} s |`);
+  }
+  const by = (id: string) => results.find((r) => r.id === id);
+  const ratio = (a: string, b: string) => {
+    const x = by(a);
+    const y = by(b);
+    if (!x || !y) return;
+    const pr = (x.peaks.step.totalMiB / y.peaks.step.totalMiB).toFixed(3);
+    const ar = (x.peaks.step.anonAtTotalMiB / y.peaks.step.anonAtTotalMiB).toFixed(3);
+    console.log(`${a}/${b}: peak RSS ${pr} (VmHWM ${(x.vmHwmMiB / y.vmHwmMiB).toFixed(3)}, anonymous ${ar}), step time ${(x.medianStepSeconds / y.medianStepSeconds).toFixed(3)}`);
+  };
+  console.log('');
+  for (const h of ['hollowed-graph', 'hollowed-host']) for (const b of ['inference', 'lora-graph', 'lora-host']) ratio(h, b);
+  ratio('lora-host', 'lora-graph');
+  ratio('hollowed-host', 'hollowed-graph');
+  if (!argv.includes('--keep') && !argv.includes('--dir')) fs.rmSync(dir, { recursive: true, force: true });
 }
 
 main(process.argv.slice(2)).catch((e) => {

@@ -1,0 +1,207 @@
+/**
+ * Recomputes cheap forward values in the backward instead of keeping them from forward to
+ * backward (activation rematerialization), for the training graphs.
+ *
+ * After differentiation, every forward value a backward node reads stays alive from its forward
+ * producer until that backward read: the saved activations. Many of them are cheap functions of
+ * tensors that are saved anyway. On SD's blocks:
+ *
+ *   GEGLU (ff.net.0)  x/√2, 1 + erf(x/√2) and x·(1 + erf(x/√2))·0.5 are saved next to the two
+ *                     halves x and a they come from (three of five saved tensors)
+ *   attention         softmax(q·kᵀ·s) is saved next to q and kᵀ (the largest tensors at 64x64)
+ *   SiLU              sigmoid(x) is saved next to x
+ *   LoRA inputs       LayerNorm(x) (read by the LoRA gradients) is saved next to x (read by its backward)
+ *
+ * For each such value the pass clones its producer chain (at most MAX_CHAIN nodes, ops in
+ * RECOMPUTABLE) into the backward, rooted only at values the backward keeps anyway (saved values it
+ * does not recompute, weights, graph inputs, constants, or other recomputed values), and points the
+ * backward's reads at the clone. The forward value then dies at its last forward read. A clone runs
+ * the same kernel on the same inputs, so every value, the loss and every gradient are bit for bit
+ * what they were: only the lifetimes change (and a few recomputations per step).
+ *
+ * The clones are identical to their originals, so a runtime's common-subexpression elimination
+ * would merge them back: training sessions disable onnxruntime's CommonSubexpressionElimination
+ * (runtime/train-graph.ts trainingSession).
+ */
+import { Graph, Node, Value } from '../compiler/ir';
+import { Pass } from '../compiler/pass';
+import { ArtifactState } from './lib/artifact-state';
+
+/** Elementwise ops, Softmax, LayerNormalization and layout ops: O(n) to recompute. */
+const CHEAP = new Set(['Add', 'Sub', 'Mul', 'Div', 'Neg', 'Sigmoid', 'Erf', 'Tanh', 'Exp', 'Sqrt', 'Reciprocal', 'Relu', 'Softmax', 'LayerNormalization', 'Transpose', 'Reshape']);
+/** Nodes cloned to recompute one value at most (softmax(q·kᵀ·s) from q and k: Softmax, Mul, MatMul, Transpose). */
+export const MAX_CHAIN = 4;
+
+function recomputable(n: Node): boolean {
+  if (n.outputs.length !== 1 || n.domain !== '') return false;
+  if (CHEAP.has(n.opType)) return true;
+  // Activation × activation products (attention scores): one batched matmul, no weight read.
+  return n.opType === 'MatMul' && n.inputs.every((v) => !!v && !v.initializer && !!v.producer && v.producer.opType !== 'Constant');
+}
+
+export interface RematerializeResult {
+  /** Forward values the backward now recomputes. */
+  recomputed: Value[];
+  nodesAdded: number;
+  /** Bytes of float tensors no longer kept from forward to backward (static shapes). */
+  bytesFreed: number;
+  /** Nodes whose position changed when the backward was ordered (scheduleBackward). */
+  moved: number;
+}
+
+function forwardNodes(loss: Value): Set<Node> {
+  const nodes = new Set<Node>();
+  const stack = [loss];
+  const seen = new Set<Value>([loss]);
+  while (stack.length) {
+    const v = stack.pop()!;
+    const p = v.producer;
+    if (!p || nodes.has(p)) continue;
+    nodes.add(p);
+    for (const i of p.inputs) {
+      if (i && !seen.has(i)) {
+        seen.add(i);
+        stack.push(i);
+      }
+    }
+  }
+  return nodes;
+}
+
+function bytesOf(v: Value): number {
+  const shape = v.type?.shape;
+  if (!shape || !shape.every((d) => typeof d === 'number')) return 0;
+  return (shape as number[]).reduce((a, b) => a * b, 1) * 4;
+}
+
+export function rematerialize(g: Graph, loss: Value, seed: Value): RematerializeResult {
+  const forward = forwardNodes(loss);
+  const outputs = new Set(g.outputs);
+  const isBackward = (n: Node) => !forward.has(n);
+  // Saved values: forward values that some backward node reads, in forward order.
+  const saved = g.nodes.filter((n) => forward.has(n)).flatMap((n) => n.outputs).filter((v) => !outputs.has(v) && v.uses.some((u) => isBackward(u.node)));
+  const savedSet = new Set(saved);
+  const clones = new Map<Value, Value>();
+  const kept = new Set<Value>();
+  const free = (v: Value) => !!v.initializer || !v.producer || v.producer.opType === 'Constant' || g.inputs.includes(v);
+
+  /** The nodes to clone (roots first) to recompute `v` from kept values, or undefined. */
+  function plan(v: Value, top: boolean, budget: { left: number }, order: Node[]): boolean {
+    if (!top && (free(v) || clones.has(v) || kept.has(v))) return true;
+    const p = v.producer;
+    if (!p || !forward.has(p) || !recomputable(p) || budget.left === 0) return false;
+    // Not yet decided (a later saved value): only values decided before can be roots.
+    if (!top && savedSet.has(v)) return false;
+    budget.left--;
+    for (const i of p.inputs) if (i && !plan(i, false, budget, order)) return false;
+    if (!order.includes(p)) order.push(p);
+    return true;
+  }
+
+  let nodesAdded = 0;
+  let bytesFreed = 0;
+  const recomputed: Value[] = [];
+  for (const v of saved) {
+    const order: Node[] = [];
+    if (!plan(v, true, { left: MAX_CHAIN }, order)) {
+      kept.add(v);
+      continue;
+    }
+    const readers = v.uses.filter((u) => isBackward(u.node));
+    const first = g.nodes.find((n) => readers.some((u) => u.node === n))!;
+    const local = new Map<Value, Value>();
+    const mapped = (x: Value | null) => (x ? (local.get(x) ?? clones.get(x) ?? x) : null);
+    for (const n of order) {
+      const c = g.addNode({ opType: n.opType, domain: n.domain, name: `${n.name}/recompute`, inputs: n.inputs.map(mapped), outputs: 1, attributes: n.attributes.map((a) => ({ ...a })) }, first);
+      const out = c.outputs[0];
+      out.type = n.outputs[0].type ? { elemType: n.outputs[0].type.elemType, shape: n.outputs[0].type.shape ? [...n.outputs[0].type.shape] : undefined } : undefined;
+      local.set(n.outputs[0], out);
+      nodesAdded++;
+    }
+    const clone = local.get(v)!;
+    for (const u of readers) g.setInput(u.node, u.index, clone);
+    clones.set(v, clone);
+    recomputed.push(v);
+    bytesFreed += bytesOf(v);
+  }
+  const moved = scheduleBackward(g, forward, seed);
+  return { recomputed, nodesAdded, bytesFreed, moved };
+}
+
+/**
+ * Orders the graph as forward, then the backward nodes that carry no gradient (they read only
+ * forward values: clones, `1 − σ`, transposed activations...), then the gradient-carrying ones (those
+ * that depend on the seed). onnxruntime's default execution order is a depth-first walk from the
+ * graph's sinks that visits a node's inputs highest node index first; with this order it reaches
+ * a node's gradient input before its gradient-free input, so a gradient-free chain runs right
+ * before the backward node that reads it instead of as soon as its forward inputs exist (which
+ * kept its outputs alive from forward to backward). Returns how many nodes moved.
+ */
+function scheduleBackward(g: Graph, forward: ReadonlySet<Node>, seed: Value): number {
+  const late = new Set<Node>();
+  const stack = [seed];
+  const seen = new Set<Value>(stack);
+  while (stack.length) {
+    const v = stack.pop()!;
+    for (const u of v.uses) {
+      if (forward.has(u.node) || late.has(u.node)) continue;
+      late.add(u.node);
+      for (const o of u.node.outputs) if (!seen.has(o)) (seen.add(o), stack.push(o));
+    }
+  }
+  const before = g.nodes;
+  const order = [...before.filter((n) => forward.has(n)), ...before.filter((n) => !forward.has(n) && !late.has(n)), ...before.filter((n) => late.has(n))];
+  g.reorderNodes(order);
+  return g.nodes.filter((n, i) => n !== before[i]).length;
+}
+
+/** grads.onnx and train.onnx: recompute cheap saved activations in the backward. */
+export const rematerializePass: Pass<ArtifactState> = {
+  name: 'rematerialize',
+  requires: ['loss', 'gradients', 'gradientSeed'],
+  run(model, state) {
+    const r = rematerialize(model.graph, state.loss!, state.gradientSeed!);
+    return { changed: r.nodesAdded + r.moved > 0, summary: `${r.recomputed.length} saved values recomputed (${(r.bytesFreed / 2 ** 20).toFixed(1)} MiB), ${r.nodesAdded} nodes added, ${r.moved} moved` };
+  },
+};
+
+/**
+ * Orders the graph's sinks (the nodes that produce graph outputs and feed nothing) so the
+ * outputs of the last LoRA parameters come first: onnxruntime's depth-first order starts from the
+ * sinks in node order, and a parameter's gradient branch (its dA/dB products, its AdamW update)
+ * runs when the walk first reaches it. Started from the first parameter's gradient, the walk ran
+ * the whole backward first and every later parameter's branch at the end, keeping its inputs (the
+ * LoRA inputs of every layer) alive through the backward. Started from the last parameter, each
+ * branch runs as soon as the backward reaches its layer. Graph outputs keep their order.
+ */
+export function orderSinks(g: Graph, params: readonly string[]): number {
+  const outputs = new Set(g.outputs);
+  const isSink = (n: Node) => n.outputs.every((o) => o.uses.length === 0) && n.outputs.some((o) => outputs.has(o));
+  const rank = (n: Node) => {
+    const name = n.outputs[0].name;
+    const i = params.findIndex((p) => name.startsWith(`${p}.`));
+    return i < 0 ? Infinity : i;
+  };
+  const before = g.nodes;
+  const sinks = before.filter(isSink);
+  // Sinks of no parameter (the loss) first, then the parameters' from the last to the first.
+  const sorted = [...sinks].sort((a, b) => {
+    const [ra, rb] = [rank(a), rank(b)];
+    if (ra === rb) return 0;
+    if (ra === Infinity) return -1;
+    if (rb === Infinity) return 1;
+    return rb - ra;
+  });
+  g.reorderNodes([...before.filter((n) => !isSink(n)), ...sorted]);
+  return g.nodes.filter((n, i) => n !== before[i]).length;
+}
+
+/** grads.onnx and train.onnx, last: the parameters' output branches in backward order (orderSinks). */
+export const orderSinksPass: Pass<ArtifactState> = {
+  name: 'order-sinks',
+  requires: ['loraParams'],
+  run(model, state) {
+    const moved = orderSinks(model.graph, state.loraParams!.map((p) => p.name));
+    return { changed: moved > 0, summary: `${moved} nodes moved` };
+  },
+};
