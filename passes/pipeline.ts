@@ -20,7 +20,8 @@ import { exposeGradientsPass } from './expose-gradients';
 import { extractPrecomputePass } from './extract-precompute';
 import { hollowOutPass } from './hollow-out';
 import { insertLoraPass } from './insert-lora';
-import { orderSinksPass, rematerializePass } from './rematerialize';
+import { orderSinksPass } from './order-sinks';
+import { rematerializePass } from './rematerialize';
 import { ArtifactState } from './lib/artifact-state';
 import { specializeShapesPass } from './specialize-shapes';
 

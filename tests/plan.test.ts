@@ -45,6 +45,21 @@ test("full SD 2.1 at 64x64 against the paper's Table 3", () => {
   expect(hollowed.storeBytesPerSample).toBe(1441820);
 });
 
+test('predicted training peaks of full SD 2.1 (32x32, r128) within 10% of the measured ones', () => {
+  const model = describeUNet(FAMILIES.sd21.full.config).model;
+  const unet = { file: 'sd21-full', model, analysis: analyzeUNet(model.graph, 'sd21-full') };
+  const targets = findLoraSites(model.graph).map((s) => s.module).filter((m) => ATTENTION.test(m));
+  const req: PlanRequest = { unet, targets, lora: { rank: 128, alpha: 128 }, training: { ...defaultTrainingSettings('sd21'), shapes: { sample: [1, 4, 32, 32], timestep: [1], encoder_hidden_states: [1, 77, 1024] } }, samples: 200, steps: 1000 };
+  // Peak RSS of one host-AdamW step, tests/bench/train-step.ts, 2026-12-01 (README table).
+  const measuredMiB: Record<string, number> = { none: 4406, '4-2': 3978, '3-2': 3066, '2-3': 1693 };
+  const plan = planUNet(req, undefined, Object.keys(measuredMiB));
+  for (const r of plan.rows) {
+    const predicted = r.memory.predictedPeakBytes / 2 ** 20;
+    expect(Math.abs(predicted / measuredMiB[r.cut] - 1)).toBeLessThan(0.1);
+  }
+  expect(plan.rows.map((r) => r.cut)).toEqual(['none', '4-2', '3-2', '2-3']);
+});
+
 describe('on a tiny sd15', () => {
   let dir: string;
   let modelFile: string;

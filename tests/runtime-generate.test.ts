@@ -190,7 +190,7 @@ describe('export-lora', () => {
 
   test('missing source is named', () => {
     expect(() => exportLora({ out: f.out, format: 'peft', output: path.join(f.dir, 'x.safetensors'), from: path.join(f.dir, 'none.safetensors') })).toThrow(`${path.join(f.dir, 'none.safetensors')}: no such file`);
-    expect(() => exportLora({ out: f.out, format: 'onnx' as never, output: 'x' })).toThrow('--format must be peft or kohya, got onnx');
+    expect(() => exportLora({ out: f.out, format: 'onnx' as never, output: 'x' })).toThrow('--format must be one of diffusers, peft, kohya, got onnx');
   });
 });
 

@@ -24,9 +24,9 @@ import { OptimizerMode, StepRunner, describeTrainGraph, trainingSession } from '
 const MiB = 2 ** 20;
 const CLI = path.join(__dirname, '..', '..', 'cli', 'main.js');
 
-const SPEC = (hollow: string) => `model sd21
+const SPEC = (hollow: string, latent = 32) => `model sd21
 hollow ${hollow}
-shape sample [1, 4, 32, 32]
+shape sample [1, 4, ${latent}, ${latent}]
 shape timestep [1]
 shape encoder_hidden_states [1, 77, 1024]
 lora rank 128 alpha 128
@@ -96,6 +96,8 @@ interface ChildArgs {
   threads: number;
   config: Record<string, string>;
   dump: boolean;
+  /** Latent side (default 32). */
+  latent?: number;
 }
 
 function syntheticValue(name: string, i: number): number {
@@ -116,7 +118,7 @@ async function child(a: ChildArgs): Promise<void> {
   const base = graph ? trainingSession({ session: { intraOpThreads: a.threads } }) : { intraOpThreads: a.threads, optimization: 'all' as const };
   const session = await createSession(file, { ...base, config: { ...('config' in base ? base.config : {}), ...a.config }, ...(a.dump ? { optimizedModelFile: `${file}.optimized.onnx` } : {}) });
   const loadSeconds = (Date.now() - t0) / 1000;
-  const dims: Record<string, number> = { batch: 1, height: 32, width: 32, sequence: 77 };
+  const dims: Record<string, number> = { batch: 1, height: a.latent ?? 32, width: a.latent ?? 32, sequence: 77 };
   const inputs: { name: string; shape: (number | string | null)[]; dtype: string }[] = graph
     ? [...graph.inputs.values()].filter((i) => !isLoraParam(i.name))
     : [
@@ -174,6 +176,8 @@ interface Row {
   kind: ChildArgs['kind'];
   hollow?: string;
   mode: OptimizerMode;
+  /** Only with --only. */
+  extra?: boolean;
 }
 
 const ROWS: Row[] = [
@@ -182,6 +186,9 @@ const ROWS: Row[] = [
   { id: 'lora-host', label: 'LoRA FT, `hollow none`, AdamW on host (`grads.onnx`)', kind: 'train', hollow: 'none', mode: 'host' },
   { id: 'hollowed-graph', label: 'Hollowed 39.2%, AdamW in graph (`train.onnx`)', kind: 'train', hollow: 'preset "39.2%"', mode: 'graph' },
   { id: 'hollowed-host', label: 'Hollowed 39.2%, AdamW on host (`grads.onnx`)', kind: 'train', hollow: 'preset "39.2%"', mode: 'host' },
+  // For hollowc plan's predicted-vs-measured table (not run by default: --only).
+  { id: 'h115-host', label: 'Hollowed 11.5%, AdamW on host', kind: 'train', hollow: 'preset "11.5%"', mode: 'host', extra: true },
+  { id: 'h733-host', label: 'Hollowed 73.3%, AdamW on host', kind: 'train', hollow: 'preset "73.3%"', mode: 'host', extra: true },
 ];
 
 async function main(argv: string[]): Promise<void> {
@@ -190,10 +197,12 @@ async function main(argv: string[]): Promise<void> {
   const opt = (name: string, fallback: string) => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : fallback);
   const dir = opt('--dir', fs.mkdtempSync(path.join(os.tmpdir(), 'hollowc-train-bench-')));
   const steps = Number(opt('--steps', '3'));
+  // Latent side of the training shapes (32 = 256x256 images; 64 = 512x512).
+  const latent = Number(opt('--latent', '32'));
   const threads = Number(opt('--threads', '2'));
   const config = JSON.parse(opt('--config', '{}')) as Record<string, string>;
   const only = opt('--only', '').split(',').filter(Boolean);
-  const rows = ROWS.filter((r) => !only.length || only.includes(r.id));
+  const rows = ROWS.filter((r) => (only.length ? only.includes(r.id) : !r.extra));
   const env = opt('--malloc', 'hollowc') === 'default' ? process.env : { ...process.env, ...MALLOC_ENV };
   const unet = path.join(dir, 'unet', 'model.onnx');
   if (!fs.existsSync(unet)) {
@@ -202,9 +211,9 @@ async function main(argv: string[]): Promise<void> {
   }
   const compiled = new Map<string, { out: string; compileSeconds?: number; compilePeakRssMiB?: number }>();
   const compile = (hollow: string) => {
-    const out = path.join(dir, hollow === 'none' ? 'out-none' : 'out-392');
+    const out = path.join(dir, `${hollow === 'none' ? 'out-none' : `out-${hollow.replace(/\D/g, '')}`}${latent === 32 ? '' : `-${latent}`}`);
     if (compiled.has(out)) return compiled.get(out)!;
-    const text = SPEC(hollow);
+    const text = SPEC(hollow, latent);
     const manifestFile = path.join(out, 'manifest.json');
     // A folder compiled from the same spec (--dir reused) is not compiled again.
     if (fs.existsSync(manifestFile) && JSON.parse(fs.readFileSync(manifestFile, 'utf8')).spec?.text === text) {
@@ -222,7 +231,7 @@ async function main(argv: string[]): Promise<void> {
   const results: (Row & { medianStepSeconds: number; vmHwmMiB: number; peaks: Record<string, Peaks> })[] = [];
   for (const row of rows) {
     const target = row.kind === 'inference' ? { out: unet } : compile(row.hollow!);
-    const args: ChildArgs = { kind: row.kind, file: target.out, mode: row.mode, steps, threads, config, dump: argv.includes('--dump-optimized') };
+    const args: ChildArgs = { kind: row.kind, file: target.out, mode: row.mode, steps, threads, config, dump: argv.includes('--dump-optimized'), latent };
     const r = { ...row, ...target, ...spawnJson([__filename, '--child', JSON.stringify(args)], env) } as unknown as (typeof results)[number];
     console.log(JSON.stringify(r));
     results.push(r);
