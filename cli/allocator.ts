@@ -25,7 +25,10 @@ export function rerunWithAllocatorSettings(argv: readonly string[]): number | un
   const command = argv.slice(2).find((a) => !a.startsWith('-'));
   if (process.platform !== 'linux' || !command || !HEAVY.has(command)) return undefined;
   if (process.env.HOLLOWC_MALLOC === 'default' || Object.keys(MALLOC_ENV).every((k) => process.env[k] !== undefined)) return undefined;
-  const r = spawnSync(process.execPath, [...process.execArgv, ...argv.slice(1)], { stdio: 'inherit', env: { ...process.env, ...MALLOC_ENV } });
+  const r = spawnSync(process.execPath, [...process.execArgv, ...argv.slice(1)], {
+    stdio: 'inherit',
+    env: { ...process.env, ...MALLOC_ENV },
+  });
   if (r.error) return undefined;
   if (r.signal) process.kill(process.pid, r.signal);
   return r.status ?? 1;

@@ -59,7 +59,9 @@ export function checkSpecFile(unet: LoadedUNet, specFile: string): CheckedSpec {
 function loraInitOf(spec: CheckedSpec, overrideFile?: string): LoraInit {
   if (overrideFile) return { kind: 'file', file: overrideFile };
   const init = spec.resolved.lora.init;
-  return init.kind === 'file' ? { kind: 'file', file: path.resolve(path.dirname(spec.file), init.path) } : { kind: 'gaussian', std: init.std, seed: spec.resolved.seed };
+  return init.kind === 'file'
+    ? { kind: 'file', file: path.resolve(path.dirname(spec.file), init.path) }
+    : { kind: 'gaussian', std: init.std, seed: spec.resolved.seed };
 }
 
 /** Compiles a loaded UNet with a checked spec into `options.out`; the library's compile entry. */
@@ -95,7 +97,7 @@ export function registerCompile(program: Command): void {
     .argument('<unet>', 'UNet exported to ONNX')
     .argument('<spec>', '.hollow spec')
     .requiredOption('-o, --out <dir>', 'output folder')
-    .option('--lora-init <file>', 'initial LoRA weights (safetensors, peft or kohya keys) instead of the spec\'s init')
+    .option('--lora-init <file>', "initial LoRA weights (safetensors, peft or kohya keys) instead of the spec's init")
     .option('-v, --verbose', 'log each artifact as it is built')
     .action((unet: string, spec: string, opts: CompileCliOptions) => {
       const started = Date.now();
@@ -103,9 +105,13 @@ export function registerCompile(program: Command): void {
       const held = m.parameters.heldDuringTraining;
       const lines = [
         `compiled ${unet} (${m.family}, ${m.parameters.full.toLocaleString('en-US')} parameters) into ${opts.out}/ in ${((Date.now() - started) / 1000).toFixed(1)} s`,
-        m.cut ? `  hollow: ${m.cut.hollowed.join(' ')} (${m.cut.removedParameters.toLocaleString('en-US')} parameters, ${(100 * m.cut.fraction).toFixed(1)}%), activation [${m.cut.hollowActivation.shape.join(', ')}]` : '  hollow: none (plain LoRA on the whole UNet)',
+        m.cut
+          ? `  hollow: ${m.cut.hollowed.join(' ')} (${m.cut.removedParameters.toLocaleString('en-US')} parameters, ${(100 * m.cut.fraction).toFixed(1)}%), activation [${m.cut.hollowActivation.shape.join(', ')}]`
+          : '  hollow: none (plain LoRA on the whole UNet)',
         `  held during training: ${held.toLocaleString('en-US')} base parameters + ${m.parameters.lora.toLocaleString('en-US')} LoRA parameters (rank ${m.lora.rank}, ${m.lora.targets.filter((t) => t.trained).length} layers)`,
-        `  artifacts: ${Object.keys(m.artifacts).map((a) => `${a}.onnx`).join(' ')} + ${m.weights.join(' ')} + manifest.json + lora-init.safetensors`,
+        `  artifacts: ${Object.keys(m.artifacts)
+          .map((a) => `${a}.onnx`)
+          .join(' ')} + ${m.weights.join(' ')} + manifest.json + lora-init.safetensors`,
       ];
       process.stdout.write(lines.join('\n') + '\n');
     });
@@ -118,7 +124,9 @@ export function registerCompile(program: Command): void {
     .option('-o, --output <file>', 'baked model file (default <out>/infer-baked.onnx)')
     .action((out: string, opts: { lora: string; output?: string }) => {
       const result = bakeCompiled(out, opts.lora, opts.output);
-      process.stdout.write(`baked ${opts.lora} into ${result.file}: ${result.folded} layers folded into their weights, ${result.kept} kept as low-rank branches (weights shared with the base path)\n`);
+      process.stdout.write(
+        `baked ${opts.lora} into ${result.file}: ${result.folded} layers folded into their weights, ${result.kept} kept as low-rank branches (weights shared with the base path)\n`,
+      );
     });
 }
 
@@ -128,12 +136,14 @@ export function bakeCompiled(out: string, loraFile: string, output?: string): { 
 
 function bakeUnlocked(out: string, loraFile: string, output?: string): { file: string; folded: number; kept: number } {
   const manifest = readManifest(out);
-  if (!manifest.artifacts.infer) throw new HollowcError('this folder has no infer.onnx to bake into (add `infer` to the spec\'s emit line)', out);
+  if (!manifest.artifacts.infer)
+    throw new HollowcError("this folder has no infer.onnx to bake into (add `infer` to the spec's emit line)", out);
   const values = readLoraForManifest(loraFile, manifest);
   const model = loadModel(path.join(out, manifest.artifacts.infer.file));
   const result = bakeLora(model.graph, values, manifest.lora.rank, manifest.lora.scale);
   const file = output ?? path.join(out, 'infer-baked.onnx');
-  if (path.resolve(path.dirname(file)) !== path.resolve(out)) throw new HollowcError('the baked model must be written into the compiled folder, next to the weights it references', file);
+  if (path.resolve(path.dirname(file)) !== path.resolve(out))
+    throw new HollowcError('the baked model must be written into the compiled folder, next to the weights it references', file);
   saveModel(model, file, { externalData: `${path.basename(file)}_data`, referenceInPlace: true });
   return { file, folded: result.folded.length, kept: result.kept.length };
 }

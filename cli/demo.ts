@@ -86,7 +86,9 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoSummary> {
   const run = path.join(out, 'run');
   const prompt = 'a photo of sks face';
   const classPrompt = 'a photo of a face';
-  log(`hollowc personalize --model ${model} --photos ${path.join(out, 'photos')} --prompt "${prompt}" --class-prompt "${classPrompt}" -o ${run} ...`);
+  log(
+    `hollowc personalize --model ${model} --photos ${path.join(out, 'photos')} --prompt "${prompt}" --class-prompt "${classPrompt}" -o ${run} ...`,
+  );
   const result = await personalize({
     model,
     photos: path.join(out, 'photos'),
@@ -111,14 +113,31 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoSummary> {
   const loss = result.loss!;
   const subject = result.subject!;
   const p = result.manifest.parameters;
-  log(`parameters held during training: ${p.heldDuringTraining.toLocaleString('en-US')} of ${p.full.toLocaleString('en-US')} (${((100 * p.heldDuringTraining) / p.full).toFixed(1)}%), + ${p.lora.toLocaleString('en-US')} LoRA`);
-  log(`training worked: loss on the instance samples ${loss.before.toFixed(5)} before, ${loss.after.toFixed(5)} after (${(100 * (1 - loss.after / loss.before)).toFixed(1)}% lower)`);
-  log(`the personalized samples end ${(100 * (1 - subject.personalized / subject.base)).toFixed(1)}% closer to the subject than the base model's (RMS distance to the photos' mean latent: ${subject.base.toFixed(4)} base, ${subject.personalized.toFixed(4)} personalized, same seed)`);
+  log(
+    `parameters held during training: ${p.heldDuringTraining.toLocaleString('en-US')} of ${p.full.toLocaleString('en-US')} (${((100 * p.heldDuringTraining) / p.full).toFixed(1)}%), + ${p.lora.toLocaleString('en-US')} LoRA`,
+  );
+  log(
+    `training worked: loss on the instance samples ${loss.before.toFixed(5)} before, ${loss.after.toFixed(5)} after (${(100 * (1 - loss.after / loss.before)).toFixed(1)}% lower)`,
+  );
+  log(
+    `the personalized samples end ${(100 * (1 - subject.personalized / subject.base)).toFixed(1)}% closer to the subject than the base model's (RMS distance to the photos' mean latent: ${subject.base.toFixed(4)} base, ${subject.personalized.toFixed(4)} personalized, same seed)`,
+  );
   const seconds = (Date.now() - started) / 1000;
   log(`LoRA: ${result.lora.diffusers} (diffusers), ${result.lora.kohya} (kohya)`);
   log(`peak RSS ${formatBytes(result.peakRssBytes)}, total ${seconds.toFixed(1)} s`);
   log(`report: ${result.report}`);
-  return { out, run, photos, result, lossBefore: loss.before, lossAfter: loss.after, subject, parameters: p, peakRssBytes: result.peakRssBytes, seconds };
+  return {
+    out,
+    run,
+    photos,
+    result,
+    lossBefore: loss.before,
+    lossAfter: loss.after,
+    subject,
+    parameters: p,
+    peakRssBytes: result.peakRssBytes,
+    seconds,
+  };
 }
 
 export function registerDemo(program: Command): void {

@@ -25,12 +25,18 @@ export function textEmbedsFile(file: string): string {
 export function registerEmbed(program: Command): void {
   const command = program
     .command('embed')
-    .description('encode a prompt with a pipeline folder\'s text encoders: encoder_hidden_states .npy [1, 77, D] (SDXL: also <name>.text_embeds.npy [1, P])')
+    .description(
+      "encode a prompt with a pipeline folder's text encoders: encoder_hidden_states .npy [1, 77, D] (SDXL: also <name>.text_embeds.npy [1, P])",
+    )
     .requiredOption('--model <folder>', 'a pipeline folder (optimum ONNX layout)')
     .requiredOption('--prompt <text>', 'the prompt')
     .requiredOption('-o, --output <file.npy>', 'where to write the embedding');
   sessionOptions(command).action(async (o: EmbedCli) => {
-    if (!o.output.endsWith('.npy')) throw new HollowcError('the output must be a .npy file (SDXL\'s pooled embedding goes next to it as <name>.text_embeds.npy)', o.output);
+    if (!o.output.endsWith('.npy'))
+      throw new HollowcError(
+        "the output must be a .npy file (SDXL's pooled embedding goes next to it as <name>.text_embeds.npy)",
+        o.output,
+      );
     const folder = openPipelineFolder(o.model);
     const [c] = await encodePrompts(folder, [o.prompt], { ep: o.ep, fallbackToCpu: o.cpuFallback, ...tuning(o) });
     fs.mkdirSync(path.dirname(path.resolve(o.output)), { recursive: true });
@@ -40,7 +46,9 @@ export function registerEmbed(program: Command): void {
       writeNpy(textEmbedsFile(o.output), { dtype: 'float32', shape: [1, ...c.textEmbeds.shape], data: c.textEmbeds.data });
       files.push(textEmbedsFile(o.output));
     }
-    out(`embedded ${JSON.stringify(o.prompt)} with ${folder.textEncoders.map((t) => t.name).join(' + ')}: encoder_hidden_states [1, ${c.encoderHiddenStates.shape.join(', ')}]${c.textEmbeds ? `, text_embeds [1, ${c.textEmbeds.shape[0]}]` : ''}`);
+    out(
+      `embedded ${JSON.stringify(o.prompt)} with ${folder.textEncoders.map((t) => t.name).join(' + ')}: encoder_hidden_states [1, ${c.encoderHiddenStates.shape.join(', ')}]${c.textEmbeds ? `, text_embeds [1, ${c.textEmbeds.shape[0]}]` : ''}`,
+    );
     out(`  wrote ${files.join(', ')}`);
   });
 }

@@ -30,17 +30,25 @@ export function inspectText(a: UNetAnalysis, file: string): string {
   const lines: string[] = [];
   lines.push(`${file}: ${a.family} UNet, ${fmt(a.totalParams)} parameters, ${a.skips.length} skip connections`);
   lines.push('');
-  const rows = [...a.stem.filter((s) => s.id === 'conv_in' || s.id === 'time_embedding' || s.id === 'add_embedding'), ...a.blocks, ...a.stem.filter((s) => s.id === 'conv_norm_out' || s.id === 'conv_out')];
+  const rows = [
+    ...a.stem.filter((s) => s.id === 'conv_in' || s.id === 'time_embedding' || s.id === 'add_embedding'),
+    ...a.blocks,
+    ...a.stem.filter((s) => s.id === 'conv_norm_out' || s.id === 'conv_out'),
+  ];
   const idWidth = Math.max(...rows.map((r) => r.id.length), 5);
   lines.push(`${'block'.padEnd(idWidth)}  ${'params'.padStart(13)}  ${'share'.padStart(6)}  skip    modules`);
   for (const r of rows) {
     const skip = r.emitsSkip !== undefined ? `->${r.emitsSkip}` : r.consumesSkip !== undefined ? `<-${r.consumesSkip}` : '';
-    lines.push(`${r.id.padEnd(idWidth)}  ${fmt(r.params).padStart(13)}  ${pct(r.params / a.totalParams).padStart(6)}  ${skip.padEnd(6)}  ${r.modules.join(' + ')}`);
+    lines.push(
+      `${r.id.padEnd(idWidth)}  ${fmt(r.params).padStart(13)}  ${pct(r.params / a.totalParams).padStart(6)}  ${skip.padEnd(6)}  ${r.modules.join(' + ')}`,
+    );
   }
   lines.push('');
   const presetOf = new Map(presetsFor(a.family).map((p) => [p.lastKeptDown, p.name]));
   lines.push('valid cuts (keep the down path through "after", hollow the rest of the middle):');
-  lines.push(`${'after'.padEnd(idWidth)}  ${'removed'.padStart(13)}  ${'share'.padStart(6)}  preset    hollowed            hollow activation`);
+  lines.push(
+    `${'after'.padEnd(idWidth)}  ${'removed'.padStart(13)}  ${'share'.padStart(6)}  preset    hollowed            hollow activation`,
+  );
   for (const c of a.cuts) {
     const preset = presetOf.get(c.lastKeptDown) ?? '';
     lines.push(

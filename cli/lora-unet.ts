@@ -49,7 +49,8 @@ export function foldLoraIntoUnet(unetModel: string, loraFile: string): FoldedUne
   const model = loadModel(unetModel);
   const modelDir = fs.realpathSync(path.dirname(path.resolve(unetModel)));
   const dataFiles = new Set<string>();
-  for (const v of model.graph.initializers()) if (v.initializer!.data.kind === 'external') dataFiles.add((v.initializer!.data as { file: string }).file);
+  for (const v of model.graph.initializers())
+    if (v.initializer!.data.kind === 'external') dataFiles.add((v.initializer!.data as { file: string }).file);
 
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'hollowc-lora-unet-'));
   let dir = tmp;
@@ -70,10 +71,14 @@ export function foldLoraIntoUnet(unetModel: string, loraFile: string): FoldedUne
     const writer = new ExternalDataWriter(dataFile);
     let folded: string[];
     try {
-      ({ folded } = foldLoraWeights(model.graph, (m) => lora.lookup(m), (name, dims, bytes) => {
-        const at = writer.appendStream((write) => write(bytes));
-        return { name, dataType: DataType.FLOAT, dims, data: { kind: 'external', file: dataFile, offset: at.offset, length: at.length } };
-      }));
+      ({ folded } = foldLoraWeights(
+        model.graph,
+        (m) => lora.lookup(m),
+        (name, dims, bytes) => {
+          const at = writer.appendStream((write) => write(bytes));
+          return { name, dataType: DataType.FLOAT, dims, data: { kind: 'external', file: dataFile, offset: at.offset, length: at.length } };
+        },
+      ));
       writer.commit();
     } catch (e) {
       writer.abort();
@@ -81,7 +86,10 @@ export function foldLoraIntoUnet(unetModel: string, loraFile: string): FoldedUne
     }
     const unused = lora.unused();
     if (unused.length) {
-      throw new HollowcError(`${unused.length} LoRA layer(s) match no Linear or Conv layer of this UNet, e.g. ${unused.slice(0, 3).join(', ')} (a LoRA for another model?)`, loraFile);
+      throw new HollowcError(
+        `${unused.length} LoRA layer(s) match no Linear or Conv layer of this UNet, e.g. ${unused.slice(0, 3).join(', ')} (a LoRA for another model?)`,
+        loraFile,
+      );
     }
     if (links) {
       for (const v of model.graph.initializers()) {

@@ -51,7 +51,9 @@ export function resolveBuildConfig(family: string | undefined, opts: ModelBuildO
   if (!isFamilyName(family)) throw new HollowcError(`unknown model family "${family}" (expected one of: ${FAMILY_NAMES.join(', ')})`);
   if (opts.tiny === opts.full) {
     throw new HollowcError(
-      opts.tiny ? 'give only one of --tiny and --full' : `say which size: --tiny (test widths, a few MB) or --full (the real ${family} architecture)`,
+      opts.tiny
+        ? 'give only one of --tiny and --full'
+        : `say which size: --tiny (test widths, a few MB) or --full (the real ${family} architecture)`,
     );
   }
   const variant = opts.tiny ? FAMILIES[family].tiny : FAMILIES[family].full;
@@ -61,20 +63,35 @@ export function resolveBuildConfig(family: string | undefined, opts: ModelBuildO
 const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 
 /** `model build <family> --pipeline`: the whole optimum-layout folder around the UNet. */
-export async function runPipelineBuild(family: string | undefined, opts: ModelBuildOptions, log: (line: string) => void = console.log): Promise<void> {
+export async function runPipelineBuild(
+  family: string | undefined,
+  opts: ModelBuildOptions,
+  log: (line: string) => void = console.log,
+): Promise<void> {
   if (family === undefined || !isFamilyName(family)) {
-    throw new HollowcError(`${family === undefined ? 'name a model family' : `unknown model family "${family}"`} (expected one of: ${FAMILY_NAMES.join(', ')})`);
+    throw new HollowcError(
+      `${family === undefined ? 'name a model family' : `unknown model family "${family}"`} (expected one of: ${FAMILY_NAMES.join(', ')})`,
+    );
   }
   if (opts.tiny === opts.full) {
-    throw new HollowcError(opts.tiny ? 'give only one of --tiny and --full' : `say which size: --tiny (test widths, a few MB) or --full (the real ${family} pipeline)`);
+    throw new HollowcError(
+      opts.tiny
+        ? 'give only one of --tiny and --full'
+        : `say which size: --tiny (test widths, a few MB) or --full (the real ${family} pipeline)`,
+    );
   }
   const result = await buildPipeline(family, opts.tiny ? 'tiny' : 'full', opts.out, { seed: opts.seed });
   log(`built ${family}${opts.tiny ? '-tiny' : ''} pipeline (seed ${opts.seed ?? 0}) in ${result.outDir}`);
-  for (const c of result.components) log(`  ${c.name.padEnd(15)} ${c.parameterCount.toLocaleString('en-US').padStart(14)} parameters  ${mib(c.weightBytes)}`);
+  for (const c of result.components)
+    log(`  ${c.name.padEnd(15)} ${c.parameterCount.toLocaleString('en-US').padStart(14)} parameters  ${mib(c.weightBytes)}`);
   log(`  total           ${result.parameterCount.toLocaleString('en-US').padStart(14)} parameters, ${result.seconds.toFixed(1)} s`);
 }
 
-export async function runModelBuild(family: string | undefined, opts: ModelBuildOptions, log: (line: string) => void = console.log): Promise<void> {
+export async function runModelBuild(
+  family: string | undefined,
+  opts: ModelBuildOptions,
+  log: (line: string) => void = console.log,
+): Promise<void> {
   const { config, label } = resolveBuildConfig(family, opts);
   const result = await buildUNet(config, { outDir: opts.out, seed: opts.seed });
   const peakRss = process.resourceUsage().maxRSS * 1024;

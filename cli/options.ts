@@ -2,7 +2,6 @@
 import { InvalidArgumentError, Option } from 'commander';
 import { EXECUTION_PROVIDERS, ExecutionProvider, SessionTuning } from '../runtime/session';
 
-
 export function parseCount(text: string): number {
   const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
   if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError(`expected a positive integer, got ${JSON.stringify(text)}`);
@@ -11,7 +10,8 @@ export function parseCount(text: string): number {
 
 export function parseSeed(text: string): number {
   const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
-  if (!Number.isSafeInteger(n) || n > 0xffffffff) throw new InvalidArgumentError(`expected an integer in 0..4294967295, got ${JSON.stringify(text)}`);
+  if (!Number.isSafeInteger(n) || n > 0xffffffff)
+    throw new InvalidArgumentError(`expected an integer in 0..4294967295, got ${JSON.stringify(text)}`);
   return n;
 }
 
@@ -36,8 +36,15 @@ export function parseSize(text: string): number[] {
 export const epOption = () => new Option('--ep <provider>', 'onnxruntime execution provider').choices(EXECUTION_PROVIDERS).default('cpu');
 export const fallbackOption = () => new Option('--cpu-fallback', 'run on the CPU (with a warning) when the provider cannot start');
 
-export const threadsOption = () => new Option('--threads <n>', 'onnxruntime intra-op threads (default: onnxruntime\'s choice)').argParser(parseCount);
-export const graphOptOption = () => new Option('--graph-opt <level>', 'onnxruntime graph optimization (default: basic for training graphs, all otherwise)').choices(['disabled', 'basic', 'extended', 'all']);
+export const threadsOption = () =>
+  new Option('--threads <n>', "onnxruntime intra-op threads (default: onnxruntime's choice)").argParser(parseCount);
+export const graphOptOption = () =>
+  new Option('--graph-opt <level>', 'onnxruntime graph optimization (default: basic for training graphs, all otherwise)').choices([
+    'disabled',
+    'basic',
+    'extended',
+    'all',
+  ]);
 
 export interface TuningCli {
   threads?: number;
@@ -45,7 +52,12 @@ export interface TuningCli {
 }
 
 /** A command's session settings; each session reports once, on stderr, which provider ran it. */
-export const tuning = (o: TuningCli): SessionTuning => ({ intraOpThreads: o.threads, optimization: o.graphOpt, report: (line) => process.stderr.write(`execution provider: ${line}\n`), log: (line) => process.stderr.write(`${line}\n`) });
+export const tuning = (o: TuningCli): SessionTuning => ({
+  intraOpThreads: o.threads,
+  optimization: o.graphOpt,
+  report: (line) => process.stderr.write(`execution provider: ${line}\n`),
+  log: (line) => process.stderr.write(`${line}\n`),
+});
 
 /** One line of a command's report on stdout. */
 export const out = (line: string) => process.stdout.write(`${line}\n`);

@@ -137,7 +137,11 @@ interface RunState {
   stages: Record<string, StageRecord>;
 }
 
-const sha = (x: unknown) => crypto.createHash('sha256').update(typeof x === 'string' ? x : JSON.stringify(x)).digest('hex');
+const sha = (x: unknown) =>
+  crypto
+    .createHash('sha256')
+    .update(typeof x === 'string' ? x : JSON.stringify(x))
+    .digest('hex');
 const fileSha = (file: string) => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 
 /** A model component's identity: its graph's bytes, and the size and time of its external weights (hashing GBs of weights would take longer than the stage). */
@@ -147,7 +151,13 @@ function componentId(c: ModelComponent): string {
 }
 
 function dirId(dir: string): string {
-  return sha(fs.readdirSync(dir).sort().filter((f) => fs.statSync(path.join(dir, f)).isFile()).map((f) => [f, fileSha(path.join(dir, f))]));
+  return sha(
+    fs
+      .readdirSync(dir)
+      .sort()
+      .filter((f) => fs.statSync(path.join(dir, f)).isFile())
+      .map((f) => [f, fileSha(path.join(dir, f))]),
+  );
 }
 
 function readState(out: string): RunState {
@@ -173,13 +183,20 @@ export function identifierWords(prompt: string, classPrompt: string): string[] {
 }
 
 function slug(text: string): string {
-  return text.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 48) || 'prompt';
+  return (
+    text
+      .toLowerCase()
+      .replace(/[^a-z0-9]+/g, '-')
+      .replace(/^-+|-+$/g, '')
+      .slice(0, 48) || 'prompt'
+  );
 }
 
 function mirror(img: ImageTensor): ImageTensor {
   const [, c, h, w] = img.dims;
   const out = new Float32Array(img.data.length);
-  for (let k = 0; k < c; k++) for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) out[(k * h + y) * w + x] = img.data[(k * h + y) * w + (w - 1 - x)];
+  for (let k = 0; k < c; k++)
+    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) out[(k * h + y) * w + x] = img.data[(k * h + y) * w + (w - 1 - x)];
   return { data: out, dims: img.dims };
 }
 
@@ -202,7 +219,8 @@ function writeLatents(dir: string, latents: { data: Float32Array; shape: number[
   fs.mkdirSync(dir, { recursive: true });
   const [n, ...rest] = latents.shape;
   const size = rest.reduce((a, b) => a * b, 1);
-  for (let i = 0; i < n; i++) writeNpy(path.join(dir, `${start + i}.npy`), { dtype: 'float32', shape: rest, data: latents.data.slice(i * size, (i + 1) * size) });
+  for (let i = 0; i < n; i++)
+    writeNpy(path.join(dir, `${start + i}.npy`), { dtype: 'float32', shape: rest, data: latents.data.slice(i * size, (i + 1) * size) });
 }
 
 function countFiles(dir: string, ext: string): number {
@@ -210,7 +228,10 @@ function countFiles(dir: string, ext: string): number {
 }
 
 /** The spec personalize compiles when no --spec is given. */
-export function personalizeSpec(folder: PipelineFolder, o: { preset: string; rank: number; alpha: number; priorWeight: number; seed: number; latent: number[] }): string {
+export function personalizeSpec(
+  folder: PipelineFolder,
+  o: { preset: string; rank: number; alpha: number; priorWeight: number; seed: number; latent: number[] },
+): string {
   const T = folder.tokenizers[0].maxLength;
   const D = folder.unet.config.cross_attention_dim;
   if (typeof D !== 'number') throw new HollowcError('unet/config.json: cross_attention_dim is not a number', folder.dir);
@@ -225,10 +246,20 @@ export function personalizeSpec(folder: PipelineFolder, o: { preset: string; ran
   if (folder.family === 'sdxl') {
     const cfg = folder.unet.config;
     const pooled = Number(cfg.projection_class_embeddings_input_dim) - 6 * Number(cfg.addition_time_embed_dim);
-    if (!(pooled > 0)) throw new HollowcError('unet/config.json: cannot tell the pooled text embedding size (projection_class_embeddings_input_dim, addition_time_embed_dim)', folder.dir);
+    if (!(pooled > 0))
+      throw new HollowcError(
+        'unet/config.json: cannot tell the pooled text embedding size (projection_class_embeddings_input_dim, addition_time_embed_dim)',
+        folder.dir,
+      );
     lines.push(`shape text_embeds [1, ${pooled}]`, 'shape time_ids [1, 6]');
   }
-  lines.push(`lora rank ${o.rank} alpha ${o.alpha}`, `loss prior_weight ${o.priorWeight}`, `seed ${o.seed}`, 'emit precompute train infer', '');
+  lines.push(
+    `lora rank ${o.rank} alpha ${o.alpha}`,
+    `loss prior_weight ${o.priorWeight}`,
+    `seed ${o.seed}`,
+    'emit precompute train infer',
+    '',
+  );
   return lines.join('\n');
 }
 
@@ -275,14 +306,24 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
   const guidance = options.guidance ?? 7.5;
   const resolution = options.resolution ?? defaultImageSize(folder);
   const factor = vaeScaleFactor(folder);
-  if (!(Number.isInteger(resolution) && resolution >= factor && resolution % factor === 0)) throw new HollowcError(`--resolution must be a positive multiple of ${factor} (the VAE's factor), got ${resolution}`);
-  for (const [flag, v] of [['--steps', steps], ['--samples', samples], ['--rank', rank], ['--class-steps', classSteps], ['--validation-steps', validationSteps]] as const) {
+  if (!(Number.isInteger(resolution) && resolution >= factor && resolution % factor === 0))
+    throw new HollowcError(`--resolution must be a positive multiple of ${factor} (the VAE's factor), got ${resolution}`);
+  for (const [flag, v] of [
+    ['--steps', steps],
+    ['--samples', samples],
+    ['--rank', rank],
+    ['--class-steps', classSteps],
+    ['--validation-steps', validationSteps],
+  ] as const) {
     if (!(Number.isInteger(v) && v > 0)) throw new HollowcError(`${flag} must be a positive integer, got ${v}`);
   }
   if (!(lr > 0 && Number.isFinite(lr))) throw new HollowcError(`--lr must be a finite number > 0, got ${lr}`);
-  if (!(priorWeight >= 0 && Number.isFinite(priorWeight))) throw new HollowcError(`--prior-weight must be a finite number >= 0, got ${priorWeight}`);
-  if (options.classImages !== undefined && options.classDir !== undefined) throw new HollowcError('give --class-images or --class-dir, not both');
-  if (options.spec && (options.preset || options.rank !== undefined || options.alpha !== undefined)) throw new HollowcError('--spec sets the cut and the LoRA: --preset, --rank and --alpha go with the generated spec only');
+  if (!(priorWeight >= 0 && Number.isFinite(priorWeight)))
+    throw new HollowcError(`--prior-weight must be a finite number >= 0, got ${priorWeight}`);
+  if (options.classImages !== undefined && options.classDir !== undefined)
+    throw new HollowcError('give --class-images or --class-dir, not both');
+  if (options.spec && (options.preset || options.rank !== undefined || options.alpha !== undefined))
+    throw new HollowcError('--spec sets the cut and the LoRA: --preset, --rank and --alpha go with the generated spec only');
   const validationPrompts = options.validationPrompts?.length ? options.validationPrompts : [options.prompt];
   const session: SessionOptions = { ep: options.ep, fallbackToCpu: options.fallbackToCpu, intraOpThreads: options.threads };
   const trainTuning = { intraOpThreads: options.threads };
@@ -296,9 +337,13 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
   for (const f of classFiles) classDirImages.push(await loadImage(f, size));
   const latent = [Number(folder.unet.config.in_channels ?? 4), resolution / factor, resolution / factor];
   const preset = options.preset ?? (family === 'sdxl' ? 'sdxl-mid' : '39.2%');
-  const specText = options.spec ? fs.readFileSync(options.spec, 'utf8') : personalizeSpec(folder, { preset, rank, alpha, priorWeight, seed, latent });
+  const specText = options.spec
+    ? fs.readFileSync(options.spec, 'utf8')
+    : personalizeSpec(folder, { preset, rank, alpha, priorWeight, seed, latent });
   if (identifierWords(options.prompt, options.classPrompt).length === 0) {
-    warn(`hollowc: warning: the prompt "${options.prompt}" has no word that the class prompt "${options.classPrompt}" lacks: without an identifier (such as "sks") the LoRA is trained onto the class itself`);
+    warn(
+      `hollowc: warning: the prompt "${options.prompt}" has no word that the class prompt "${options.classPrompt}" lacks: without an identifier (such as "sks") the LoRA is trained onto the class itself`,
+    );
   }
 
   const release = lockFolder(out, 'hollowc personalize', { create: true });
@@ -325,16 +370,46 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
     keys.class = sha({
       stage: 'class',
       classMode,
-      ...(classMode === 'generate' ? { n: options.classImages, classPrompt: options.classPrompt, classSteps, guidance, unetId, textId, vaeDecId, scheduler: folder.scheduler } : {}),
+      ...(classMode === 'generate'
+        ? {
+            n: options.classImages,
+            classPrompt: options.classPrompt,
+            classSteps,
+            guidance,
+            unetId,
+            textId,
+            vaeDecId,
+            scheduler: folder.scheduler,
+          }
+        : {}),
       ...(classMode === 'dir' ? { files: classFiles.map((f) => [path.basename(f), fileSha(f)]) } : {}),
       resolution,
       vaeEncId,
       seed,
     });
-    keys.store = sha({ stage: 'store', compile: keys.compile, prompts: keys.prompts, photos: keys.photos, class: keys.class, samples, seed });
+    keys.store = sha({
+      stage: 'store',
+      compile: keys.compile,
+      prompts: keys.prompts,
+      photos: keys.photos,
+      class: keys.class,
+      samples,
+      seed,
+    });
     keys.train = sha({ stage: 'train', store: keys.store, steps, lr, seed });
     keys.export = sha({ stage: 'export', train: keys.train });
-    keys.validation = sha({ stage: 'validation', export: keys.export, validationPrompts, validationSteps, guidance, seed, resolution, textId, vaeDecId, classPrompt: options.classPrompt });
+    keys.validation = sha({
+      stage: 'validation',
+      export: keys.export,
+      validationPrompts,
+      validationSteps,
+      guidance,
+      seed,
+      resolution,
+      textId,
+      vaeDecId,
+      classPrompt: options.classPrompt,
+    });
 
     let manifest: CompileManifest | undefined;
     const manifestNow = () => (manifest ??= readManifest(compiled));
@@ -359,7 +434,9 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
           manifest = m;
           killPoint('compile');
           const cut = m.cut ? `hollowed ${m.cut.hollowed.join(' ')} (${(100 * m.cut.fraction).toFixed(1)}% of the UNet)` : 'no hollow';
-          return { summary: `${cut}; training holds ${m.parameters.heldDuringTraining.toLocaleString('en-US')} of ${m.parameters.full.toLocaleString('en-US')} parameters + ${m.parameters.lora.toLocaleString('en-US')} LoRA (rank ${m.lora.rank}, alpha ${m.lora.alpha})` };
+          return {
+            summary: `${cut}; training holds ${m.parameters.heldDuringTraining.toLocaleString('en-US')} of ${m.parameters.full.toLocaleString('en-US')} parameters + ${m.parameters.lora.toLocaleString('en-US')} LoRA (rank ${m.lora.rank}, alpha ${m.lora.alpha})`,
+          };
         },
       },
       {
@@ -373,7 +450,9 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
           writeConditioning(path.join(dataDir, 'instance_prompt.safetensors'), inst);
           killPoint('prompts');
           writeConditioning(path.join(dataDir, 'class_prompt.safetensors'), cls);
-          return { summary: `encoded the prompt and the class prompt with ${folder.textEncoders.length} text encoder(s): [${inst.encoderHiddenStates.shape.join(', ')}]${inst.textEmbeds ? ` + pooled [${inst.textEmbeds.shape}]` : ''}` };
+          return {
+            summary: `encoded the prompt and the class prompt with ${folder.textEncoders.length} text encoder(s): [${inst.encoderHiddenStates.shape.join(', ')}]${inst.textEmbeds ? ` + pooled [${inst.textEmbeds.shape}]` : ''}`,
+          };
         },
       },
       {
@@ -386,13 +465,17 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
           const z = await encodeImages(folder, batch, { session, seed });
           writeLatents(path.join(dataDir, 'latents'), z);
           killPoint('photos');
-          return { summary: `VAE-encoded ${photos.length} photo(s)${flip ? ' and their mirror images' : ''} at ${resolution}x${resolution} into ${z.shape[0]} latents [${z.shape.slice(1).join(', ')}]` };
+          return {
+            summary: `VAE-encoded ${photos.length} photo(s)${flip ? ' and their mirror images' : ''} at ${resolution}x${resolution} into ${z.shape[0]} latents [${z.shape.slice(1).join(', ')}]`,
+          };
         },
       },
       {
         name: 'class images',
         key: keys.class,
-        valid: () => countFiles(path.join(dataDir, 'class_latents'), '.npy') === classCount && (classMode !== 'generate' || countFiles(classDir, '.png') === classCount),
+        valid: () =>
+          countFiles(path.join(dataDir, 'class_latents'), '.npy') === classCount &&
+          (classMode !== 'generate' || countFiles(classDir, '.png') === classCount),
         clean: () => rmAll(path.join(dataDir, 'class_latents'), classDir),
         run: async (resuming) => {
           rmAll(path.join(dataDir, 'class_latents'));
@@ -406,7 +489,9 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
             fs.mkdirSync(classDir, { recursive: true });
             // fixed chunks of CLASS_CHUNK images: a chunk is made whole (its batch decides its values), and kept once all its images are on disk
             const per = latent.reduce((a, b) => a * b, 1);
-            const chunks = Array.from({ length: Math.ceil(n / CLASS_CHUNK) }, (_, c) => files.slice(c * CLASS_CHUNK, (c + 1) * CLASS_CHUNK).map((_, k) => c * CLASS_CHUNK + k));
+            const chunks = Array.from({ length: Math.ceil(n / CLASS_CHUNK) }, (_, c) =>
+              files.slice(c * CLASS_CHUNK, (c + 1) * CLASS_CHUNK).map((_, k) => c * CLASS_CHUNK + k),
+            );
             const todo = chunks.filter((chunk) => chunk.some((i) => !fs.existsSync(files[i])));
             const already = n - todo.reduce((a, c) => a + c.length, 0);
             const bar = todo.length ? new ProgressLine('class images', n, progress, undefined, already) : undefined;
@@ -417,7 +502,18 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
                 fillNormal(new Rng(seed, `personalize/class/${i}`), noise, 1);
                 init.set(noise, k * per);
               });
-              const r = await textToImage({ folder, prompt: options.classPrompt, width: resolution, height: resolution, steps: classSteps, guidance, seed, numImages: chunk.length, initLatents: init, session });
+              const r = await textToImage({
+                folder,
+                prompt: options.classPrompt,
+                width: resolution,
+                height: resolution,
+                steps: classSteps,
+                guidance,
+                seed,
+                numImages: chunk.length,
+                initLatents: init,
+                session,
+              });
               for (let k = 0; k < chunk.length; k++) await savePng(files[chunk[k]], r.images!.data, r.images!.dims, k);
               made += chunk.length;
               bar?.update(already + made);
@@ -429,7 +525,10 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
           } else tensors = classDirImages;
           const z = await encodeImages(folder, stack(tensors), { session, seed: seed + 1 });
           writeLatents(path.join(dataDir, 'class_latents'), z);
-          const what = classMode === 'generate' ? `generated ${made} class image(s) with the base pipeline on "${options.classPrompt}" (${tensors.length - made} already there, ${classSteps} steps)` : `read ${tensors.length} class image(s) from ${options.classDir}`;
+          const what =
+            classMode === 'generate'
+              ? `generated ${made} class image(s) with the base pipeline on "${options.classPrompt}" (${tensors.length - made} already there, ${classSteps} steps)`
+              : `read ${tensors.length} class image(s) from ${options.classDir}`;
           return { summary: `${what}; VAE-encoded them into ${z.shape[0]} class latents` };
         },
       },
@@ -449,13 +548,26 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
         run: async () => {
           const data = loadTrainingData(dataDir);
           const bar = new ProgressLine('precompute', samples, progress);
-          const r = await precompute({ out: compiled, data, count: samples, seed, ep: options.ep, fallbackToCpu: options.fallbackToCpu, session: { intraOpThreads: options.threads }, onRecord: (done) => {
-            bar.update(done);
-            if (done === Math.ceil(samples / 2)) killPoint('store');
-          } });
+          const r = await precompute({
+            out: compiled,
+            data,
+            count: samples,
+            seed,
+            ep: options.ep,
+            fallbackToCpu: options.fallbackToCpu,
+            session: { intraOpThreads: options.threads },
+            onRecord: (done) => {
+              bar.update(done);
+              if (done === Math.ceil(samples / 2)) killPoint('store');
+            },
+          });
           bar.finish();
-          const kinds = data.classLatents.length ? `${data.instanceLatents.length} instance and ${data.classLatents.length} class latents, alternating` : `${data.instanceLatents.length} instance latents`;
-          return { summary: `precomputed ${r.added} sample(s) (${r.existing} already there; ${kinds}): ${formatBytes(r.recordBytes)} each, ${formatBytes(r.totalBytes)} in all` };
+          const kinds = data.classLatents.length
+            ? `${data.instanceLatents.length} instance and ${data.classLatents.length} class latents, alternating`
+            : `${data.instanceLatents.length} instance latents`;
+          return {
+            summary: `precomputed ${r.added} sample(s) (${r.existing} already there; ${kinds}): ${formatBytes(r.recordBytes)} each, ${formatBytes(r.totalBytes)} in all`,
+          };
         },
       },
       {
@@ -472,7 +584,8 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
           const batches = Math.min(records, Math.max(2, Math.min(16, Math.floor(steps / 4))));
           // the loss before: on the training session when starting fresh; once more on a resume
           let before = typeof record.data?.lossBefore === 'number' ? (record.data.lossBefore as number) : undefined;
-          if (resume && before === undefined) before = await evaluateLoss({ out: compiled, batches, ep: options.ep, session: trainTuning, instanceOnly: true });
+          if (resume && before === undefined)
+            before = await evaluateLoss({ out: compiled, batches, ep: options.ep, session: trainTuning, instanceOnly: true });
           const bar = new ProgressLine('step', steps, progress, undefined, 0);
           const r = await train({
             out: compiled,
@@ -509,20 +622,36 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
           killPoint('export');
           exportLora({ out: compiled, format: 'kohya', output: path.join(out, KOHYA_LORA) });
           const m = manifestNow();
-          return { summary: `${DIFFUSERS_LORA} (diffusers, scale ${m.lora.alpha}/${m.lora.rank} folded in) and ${KOHYA_LORA} (kohya): ${d.modules} modules, ${d.parameters.toLocaleString('en-US')} parameters` };
+          return {
+            summary: `${DIFFUSERS_LORA} (diffusers, scale ${m.lora.alpha}/${m.lora.rank} folded in) and ${KOHYA_LORA} (kohya): ${d.modules} modules, ${d.parameters.toLocaleString('en-US')} parameters`,
+          };
         },
       },
       {
         name: 'validation',
         key: keys.validation,
-        valid: () => validationPrompts.every((p, i) => fs.existsSync(path.join(imagesDir, `${i}-${slug(p)}.png`))) && fs.existsSync(path.join(imagesDir, `0-${slug(validationPrompts[0])}-base.png`)),
+        valid: () =>
+          validationPrompts.every((p, i) => fs.existsSync(path.join(imagesDir, `${i}-${slug(p)}.png`))) &&
+          fs.existsSync(path.join(imagesDir, `0-${slug(validationPrompts[0])}-base.png`)),
         clean: () => rmAll(imagesDir),
         run: async () => {
           fs.mkdirSync(imagesDir, { recursive: true });
           const classConditioning = readConditioning(path.join(dataDir, 'class_prompt.safetensors'));
           const one = async (prompt: string, lora: string, file: string) => {
             const bar = new ProgressLine('denoise', validationSteps, progress);
-            const r = await textToImage({ folder, prompt, width: resolution, height: resolution, steps: validationSteps, guidance, seed, numImages: 1, run: { out: compiled, lora, classConditioning }, session, onStep: (i) => bar.update(i) });
+            const r = await textToImage({
+              folder,
+              prompt,
+              width: resolution,
+              height: resolution,
+              steps: validationSteps,
+              guidance,
+              seed,
+              numImages: 1,
+              run: { out: compiled, lora, classConditioning },
+              session,
+              onStep: (i) => bar.update(i),
+            });
             bar.finish();
             await savePng(file, r.images!.data, r.images!.dims, 0);
             images.push(file);
@@ -530,8 +659,19 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
             return r.latents.data;
           };
           const personalized: Float32Array[] = [];
-          for (let i = 0; i < validationPrompts.length; i++) personalized.push(await one(validationPrompts[i], path.join(compiled, LORA_FILE), path.join(imagesDir, `${i}-${slug(validationPrompts[i])}.png`)));
-          const base = await one(validationPrompts[0], path.join(compiled, LORA_INIT_FILE), path.join(imagesDir, `0-${slug(validationPrompts[0])}-base.png`));
+          for (let i = 0; i < validationPrompts.length; i++)
+            personalized.push(
+              await one(
+                validationPrompts[i],
+                path.join(compiled, LORA_FILE),
+                path.join(imagesDir, `${i}-${slug(validationPrompts[i])}.png`),
+              ),
+            );
+          const base = await one(
+            validationPrompts[0],
+            path.join(compiled, LORA_INIT_FILE),
+            path.join(imagesDir, `0-${slug(validationPrompts[0])}-base.png`),
+          );
           // the subject: the mean of the photos' latents
           const latentFiles = fs.readdirSync(path.join(dataDir, 'latents')).filter((f) => f.endsWith('.npy'));
           const mean = new Float32Array(base.length);
@@ -554,9 +694,20 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
       const rec = state.stages[s.name];
       const label = `[${i + 1}/${stages.length + 1}] ${s.name}`;
       if (rec && rec.key === s.key && rec.done && s.valid()) {
-        results.push({ name: s.name, status: 'reused', summary: rec.summary ?? '', seconds: rec.seconds ?? 0, peakRssBytes: rec.peakRssBytes ?? 0 });
+        results.push({
+          name: s.name,
+          status: 'reused',
+          summary: rec.summary ?? '',
+          seconds: rec.seconds ?? 0,
+          peakRssBytes: rec.peakRssBytes ?? 0,
+        });
         log(`${label}: reused (inputs unchanged): ${rec.summary ?? ''}`);
-        if (s.name === 'train' && typeof rec.data?.lossBefore === 'number') lossInfo = { before: rec.data.lossBefore as number, after: rec.data.lossAfter as number, records: rec.data.lossRecords as number };
+        if (s.name === 'train' && typeof rec.data?.lossBefore === 'number')
+          lossInfo = {
+            before: rec.data.lossBefore as number,
+            after: rec.data.lossAfter as number,
+            records: rec.data.lossRecords as number,
+          };
         if (s.name === 'validation' && rec.data?.subject) subject = rec.data.subject as PersonalizeResult['subject'];
         continue;
       }
@@ -575,7 +726,14 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
       }
       const seconds = (Date.now() - started) / 1000;
       const peak = sampler.peak;
-      state.stages[s.name] = { key: s.key, done: true, summary: r.summary, seconds, peakRssBytes: peak, data: { ...record.data, ...r.data } };
+      state.stages[s.name] = {
+        key: s.key,
+        done: true,
+        summary: r.summary,
+        seconds,
+        peakRssBytes: peak,
+        data: { ...record.data, ...r.data },
+      };
       saveState();
       results.push({ name: s.name, status: resuming ? 'resumed' : 'ran', summary: r.summary, seconds, peakRssBytes: peak });
       log(`${label}: ${r.summary}  (${seconds.toFixed(1)} s, peak RSS ${formatBytes(peak)})`);
@@ -591,7 +749,8 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
       .filter((l) => l.trim())
       .map((l) => JSON.parse(l) as LossPoint);
     writeLossSvg(path.join(out, LOSS_SVG), lossPoints, `training loss, ${lossPoints.length} steps`);
-    const thumb = async (file: string) => `data:image/png;base64,${(await sharp(file).resize(256, 256, { fit: 'inside' }).png().toBuffer()).toString('base64')}`;
+    const thumb = async (file: string) =>
+      `data:image/png;base64,${(await sharp(file).resize(256, 256, { fit: 'inside' }).png().toBuffer()).toString('base64')}`;
     const photoImages: ReportImage[] = [];
     for (const f of photoFiles) photoImages.push({ src: await thumb(f), caption: path.basename(f) });
     const rel = (f: string) => path.relative(out, f).split(path.sep).join('/');
@@ -603,10 +762,24 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
       ],
     }));
     images.splice(0, images.length, ...validation.flatMap((v) => v.images.map((im) => path.join(out, im.src))));
-    const classImages: ReportImage[] = classMode === 'generate' ? fs.readdirSync(classDir).filter((f) => f.endsWith('.png')).sort().slice(0, 8).map((f) => ({ src: rel(path.join(classDir, f)), caption: f })) : [];
+    const classImages: ReportImage[] =
+      classMode === 'generate'
+        ? fs
+            .readdirSync(classDir)
+            .filter((f) => f.endsWith('.png'))
+            .sort()
+            .slice(0, 8)
+            .map((f) => ({ src: rel(path.join(classDir, f)), caption: f }))
+        : [];
     const notes: string[] = [];
-    if (lossInfo) notes.push(`Loss on ${lossInfo.records} precomputed instance samples (the photos), same noise and timesteps: ${lossInfo.before.toFixed(5)} with the initial LoRA (B = 0, the base model), ${lossInfo.after.toFixed(5)} after training (${(100 * (1 - lossInfo.after / lossInfo.before)).toFixed(1)}% lower).`);
-    if (subject) notes.push(`RMS distance of the first validation prompt's final latents to the subject (the mean latent of the photos), same seed: base model ${subject.base.toFixed(4)}, personalized ${subject.personalized.toFixed(4)} (${(100 * (1 - subject.personalized / subject.base)).toFixed(1)}% closer).`);
+    if (lossInfo)
+      notes.push(
+        `Loss on ${lossInfo.records} precomputed instance samples (the photos), same noise and timesteps: ${lossInfo.before.toFixed(5)} with the initial LoRA (B = 0, the base model), ${lossInfo.after.toFixed(5)} after training (${(100 * (1 - lossInfo.after / lossInfo.before)).toFixed(1)}% lower).`,
+      );
+    if (subject)
+      notes.push(
+        `RMS distance of the first validation prompt's final latents to the subject (the mean latent of the photos), same seed: base model ${subject.base.toFixed(4)}, personalized ${subject.personalized.toFixed(4)} (${(100 * (1 - subject.personalized / subject.base)).toFixed(1)}% closer).`,
+      );
     const reportStage: ReportStage = { name: 'report', status: 'ran', summary: `${LOSS_SVG} and ${REPORT_FILE}` };
     const allStages: ReportStage[] = [...results, reportStage];
     const writeIt = () =>
@@ -619,11 +792,21 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
           ['class prompt', options.classPrompt],
           ['cut', options.spec ? `--spec ${options.spec}` : `preset ${preset}`],
           ['hollowed', m.cut ? `${m.cut.hollowed.join(' ')} (${(100 * m.cut.fraction).toFixed(1)}%)` : 'none'],
-          ['held during training', `${m.parameters.heldDuringTraining.toLocaleString('en-US')} base + ${m.parameters.lora.toLocaleString('en-US')} LoRA parameters`],
+          [
+            'held during training',
+            `${m.parameters.heldDuringTraining.toLocaleString('en-US')} base + ${m.parameters.lora.toLocaleString('en-US')} LoRA parameters`,
+          ],
           ['LoRA', `rank ${m.lora.rank}, alpha ${m.lora.alpha}, ${m.lora.targets.filter((t) => t.trained).length} trained layers`],
           ['steps / lr', `${steps} / ${lr}`],
           ['samples', String(samples)],
-          ['class images', classMode === 'generate' ? `${classCount} generated (${classSteps} steps)` : classMode === 'dir' ? `${classCount} from ${options.classDir}` : 'none'],
+          [
+            'class images',
+            classMode === 'generate'
+              ? `${classCount} generated (${classSteps} steps)`
+              : classMode === 'dir'
+                ? `${classCount} from ${options.classDir}`
+                : 'none',
+          ],
           ['prior weight', String(m.training.priorWeight)],
           ['resolution', `${resolution}x${resolution} (latents ${latent.slice(1).join('x')})`],
           ['validation', `${validationPrompts.length} prompt(s), ${validationSteps} steps, guidance ${guidance}`],
@@ -647,12 +830,32 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
     reportStage.seconds = (Date.now() - reportStarted) / 1000;
     reportStage.peakRssBytes = reportSampler.stop();
     writeIt();
-    results.push({ name: 'report', status: 'ran', summary: reportStage.summary, seconds: reportStage.seconds, peakRssBytes: reportStage.peakRssBytes });
+    results.push({
+      name: 'report',
+      status: 'ran',
+      summary: reportStage.summary,
+      seconds: reportStage.seconds,
+      peakRssBytes: reportStage.peakRssBytes,
+    });
     log(`[${stages.length + 1}/${stages.length + 1}] report: ${path.join(out, REPORT_FILE)}  (${reportStage.seconds.toFixed(1)} s)`);
     const peak = Math.max(processPeak, reportStage.peakRssBytes);
-    const top = results.filter((r) => r.status !== 'reused').reduce<StageResult | undefined>((a, r) => (!a || r.peakRssBytes > a.peakRssBytes ? r : a), undefined);
-    log(`done in ${((Date.now() - runStarted) / 1000).toFixed(1)} s, peak RSS ${formatBytes(peak)}${top ? ` (in ${top.name})` : ''}; open ${path.join(out, REPORT_FILE)}`);
-    return { out, report: path.join(out, REPORT_FILE), lora: { diffusers: path.join(out, DIFFUSERS_LORA), kohya: path.join(out, KOHYA_LORA) }, images, stages: results, peakRssBytes: peak, loss: lossInfo, subject, manifest: m };
+    const top = results
+      .filter((r) => r.status !== 'reused')
+      .reduce<StageResult | undefined>((a, r) => (!a || r.peakRssBytes > a.peakRssBytes ? r : a), undefined);
+    log(
+      `done in ${((Date.now() - runStarted) / 1000).toFixed(1)} s, peak RSS ${formatBytes(peak)}${top ? ` (in ${top.name})` : ''}; open ${path.join(out, REPORT_FILE)}`,
+    );
+    return {
+      out,
+      report: path.join(out, REPORT_FILE),
+      lora: { diffusers: path.join(out, DIFFUSERS_LORA), kohya: path.join(out, KOHYA_LORA) },
+      images,
+      stages: results,
+      peakRssBytes: peak,
+      loss: lossInfo,
+      subject,
+      manifest: m,
+    };
   } finally {
     release();
   }
@@ -678,7 +881,7 @@ export function registerPersonalize(program: Command): void {
     .option('--samples <n>', 'precomputed samples (paper: 200)', parseCount, 200)
     .option('--class-images <n>', 'prior-preservation images to generate with the base pipeline (cached in the run folder)', parseCount)
     .option('--class-dir <dir>', 'prior-preservation images to use instead')
-    .option('--prior-weight <x>', 'weight of the class samples\' loss', parseNumber, 1)
+    .option('--prior-weight <x>', "weight of the class samples' loss", parseNumber, 1)
     .option('--resolution <px>', 'training and image size (default: the UNet sample_size times the VAE factor)', parseCount)
     .option('--flip', 'also train on the mirror image of each photo')
     .option('--validation-prompt <text>', 'a prompt for the validation images (repeatable; default: --prompt)', collect)

@@ -120,7 +120,10 @@ export function activationPeakBytes(g: Graph): number {
   const lastUse = new Map<unknown, number>();
   g.nodes.forEach((n, i) => n.inputs.forEach((v) => v && lastUse.set(v, i)));
   const outputs = new Set(g.outputs);
-  const bytes = (v: { type?: { elemType: number; shape?: unknown[] } }) => (v.type?.shape?.every((d) => typeof d === 'number') ? (v.type.shape as number[]).reduce((a, b) => a * b, 1) * (elementSize(v.type.elemType) ?? 4) : 0);
+  const bytes = (v: { type?: { elemType: number; shape?: unknown[] } }) =>
+    v.type?.shape?.every((d) => typeof d === 'number')
+      ? (v.type.shape as number[]).reduce((a, b) => a * b, 1) * (elementSize(v.type.elemType) ?? 4)
+      : 0;
   let live = g.inputs.reduce((a, v) => a + bytes(v), 0);
   let peak = live;
   const dying: number[][] = g.nodes.map(() => []);
@@ -149,14 +152,15 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number): PlanRow {
   const infer = flopsOf(specialized(build('infer').model, req));
   const loraParameters = train.state.loraParams!.reduce((a, p) => a + p.shape.reduce((x, y) => x * y, 1), 0);
   const latent = req.training.shapes.sample.slice(1);
-  const activation = cut ? trainingShapes(train.model, analysis.family, req.training).hollow_activation?.slice(1) ?? [] : [];
+  const activation = cut ? (trainingShapes(train.model, analysis.family, req.training).hollow_activation?.slice(1) ?? []) : [];
   const memory = {
     weightBytes: weightBytes(grads.model.graph),
     activationPeakBytes: activationPeakBytes(grads.model.graph),
     loraStateBytes: LORA_COPIES * 4 * loraParameters,
     predictedPeakBytes: 0,
   };
-  memory.predictedPeakBytes = memory.weightBytes + FILE_BYTES + ACTIVATION_FACTOR * memory.activationPeakBytes + memory.loraStateBytes + RUNTIME_BYTES;
+  memory.predictedPeakBytes =
+    memory.weightBytes + FILE_BYTES + ACTIVATION_FACTOR * memory.activationPeakBytes + memory.loraStateBytes + RUNTIME_BYTES;
   const trainStepPaper = 3 * forward;
   const preset = cut ? presetsFor(analysis.family).find((p) => p.lastKeptDown === cut.lastKeptDown)?.name : undefined;
   return {
@@ -167,8 +171,19 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number): PlanRow {
     baseParameters: analysis.totalParams - (cut?.removedParams ?? 0),
     loraParameters,
     storeBytesPerSample: cut ? recordLayout(latent, activation).recordBytes : 0,
-    flops: { plainForward: plain, precompute, hollowedForward: forward, trainStepPaper, trainStepCounted: flopsOf(train.model), inferTwoPath: infer },
-    totals: { precompute: precompute * req.samples, train: trainStepPaper * req.steps, all: precompute * req.samples + trainStepPaper * req.steps },
+    flops: {
+      plainForward: plain,
+      precompute,
+      hollowedForward: forward,
+      trainStepPaper,
+      trainStepCounted: flopsOf(train.model),
+      inferTwoPath: infer,
+    },
+    totals: {
+      precompute: precompute * req.samples,
+      train: trainStepPaper * req.steps,
+      all: precompute * req.samples + trainStepPaper * req.steps,
+    },
     inferenceOverhead: infer / plain - 1,
     memory,
   };
@@ -176,11 +191,15 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number): PlanRow {
 
 export function planUNet(req: PlanRequest, budgetBytes?: number, only?: readonly string[]): Plan {
   const { analysis } = req.unet;
-  if (!req.training.shapes.sample) throw new HollowcError('give the training latent shape (--shape sample=1,4,64,64 or a spec with a `shape sample` line)');
+  if (!req.training.shapes.sample)
+    throw new HollowcError('give the training latent shape (--shape sample=1,4,64,64 or a spec with a `shape sample` line)');
   const plain = flopsOf(specialized(req.unet.model, req));
   const wanted = (cut: string) => !only || only.includes(cut);
   // Smallest hollow first, as the paper's tables go; `hollow none` is the LoRA-FT baseline.
-  const rows = [...(wanted('none') ? [row(req, null, plain)] : []), ...analysis.cuts.filter((c) => wanted(c.lastKeptDown)).map((c) => row(req, c, plain))];
+  const rows = [
+    ...(wanted('none') ? [row(req, null, plain)] : []),
+    ...analysis.cuts.filter((c) => wanted(c.lastKeptDown)).map((c) => row(req, c, plain)),
+  ];
   const plan: Plan = {
     family: analysis.family,
     model: req.unet.file,
@@ -189,7 +208,8 @@ export function planUNet(req: PlanRequest, budgetBytes?: number, only?: readonly
     samples: req.samples,
     steps: req.steps,
     conventions: {
-      flops: 'FLOPs = 2 x multiply-adds of the layers with weights (Conv, Linear as MatMul/Gemm) on the emitted graphs at the training shapes, attention products left out as in the paper; training "paper" = 3 x the trained net\'s forward, "counted" = train.onnx as emitted',
+      flops:
+        'FLOPs = 2 x multiply-adds of the layers with weights (Conv, Linear as MatMul/Gemm) on the emitted graphs at the training shapes, attention products left out as in the paper; training "paper" = 3 x the trained net\'s forward, "counted" = train.onnx as emitted',
       memory: `predicted CPU peak (host AdamW) = weights held + ${FILE_BYTES / MiB} MiB + ${ACTIVATION_FACTOR} x activations live at the peak + ${LORA_COPIES} x LoRA bytes + ${RUNTIME_BYTES / MiB} MiB runtime`,
     },
     rows,
@@ -212,7 +232,22 @@ export function planText(p: Plan): string {
   const lines = [
     `${p.family} UNet ${p.model}: sample [${p.shapes.sample.join(', ')}], LoRA rank ${p.rank}, ${p.samples} samples, ${p.steps} steps`,
     '',
-    ['cut', 'preset', 'hollowed', 'share', 'base held', 'LoRA', 'peak (pred.)', 'store/sample', 'precompute', 'train step', 'train.onnx', 'infer 2-path', 'overhead', 'total'].join('  '),
+    [
+      'cut',
+      'preset',
+      'hollowed',
+      'share',
+      'base held',
+      'LoRA',
+      'peak (pred.)',
+      'store/sample',
+      'precompute',
+      'train step',
+      'train.onnx',
+      'infer 2-path',
+      'overhead',
+      'total',
+    ].join('  '),
   ];
   for (const r of p.rows) {
     lines.push(
@@ -235,7 +270,10 @@ export function planText(p: Plan): string {
     );
   }
   lines.push('', p.conventions.flops, p.conventions.memory);
-  if (p.budgetBytes !== undefined) lines.push(p.chosen ? `* fits the ${mib(p.budgetBytes)} budget with the fewest hollowed layers` : `no configuration fits ${mib(p.budgetBytes)}`);
+  if (p.budgetBytes !== undefined)
+    lines.push(
+      p.chosen ? `* fits the ${mib(p.budgetBytes)} budget with the fewest hollowed layers` : `no configuration fits ${mib(p.budgetBytes)}`,
+    );
   return lines.join('\n') + '\n';
 }
 
@@ -252,9 +290,11 @@ export function planSvg(p: Plan): string {
   const xMax = Math.max(1, ...xs);
   const scale = (v: number, max: number) => m.t + (H - m.t - m.b) * (1 - v / (max * 1.1 || 1));
   const X = (x: number) => m.l + ((W - m.l - m.r) * x) / xMax;
-  const path = (ys: number[], max: number) => xs.map((x, i) => `${i ? 'L' : 'M'}${X(x).toFixed(1)},${scale(ys[i], max).toFixed(1)}`).join(' ');
+  const path = (ys: number[], max: number) =>
+    xs.map((x, i) => `${i ? 'L' : 'M'}${X(x).toFixed(1)},${scale(ys[i], max).toFixed(1)}`).join(' ');
   const [memMax, flMax] = [Math.max(...mem), Math.max(...fl)];
-  const dots = (ys: number[], max: number, color: string) => xs.map((x, i) => `<circle cx="${X(x).toFixed(1)}" cy="${scale(ys[i], max).toFixed(1)}" r="3" fill="${color}"/>`).join('');
+  const dots = (ys: number[], max: number, color: string) =>
+    xs.map((x, i) => `<circle cx="${X(x).toFixed(1)}" cy="${scale(ys[i], max).toFixed(1)}" r="3" fill="${color}"/>`).join('');
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">
 <rect width="${W}" height="${H}" fill="white"/>
 <text x="${W / 2}" y="20" text-anchor="middle" font-size="14">${p.family}: training memory and FLOPs vs hollowed fraction (rank ${p.rank}, sample ${p.shapes.sample.join('x')})</text>
@@ -296,14 +336,22 @@ interface PlanCli {
 }
 
 function parseShape(text: string, previous: string[] = []): string[] {
-  if (!/^[\w.]+=\d+(,\d+)*$/.test(text.trim())) throw new HollowcError(`--shape takes name=d0,d1,... (e.g. sample=1,4,64,64), got ${JSON.stringify(text)}`);
+  if (!/^[\w.]+=\d+(,\d+)*$/.test(text.trim()))
+    throw new HollowcError(`--shape takes name=d0,d1,... (e.g. sample=1,4,64,64), got ${JSON.stringify(text)}`);
   return [...previous, text.trim()];
 }
 
 function requestOf(unet: LoadedUNet, o: PlanCli): PlanRequest {
   if (o.spec) {
     const spec = checkSpecFile(unet, o.spec).resolved;
-    return { unet, targets: spec.lora.targets.map((t) => t.module), lora: { rank: spec.lora.rank, alpha: spec.lora.alpha }, training: trainingSettingsOf(spec), samples: o.samples, steps: o.steps };
+    return {
+      unet,
+      targets: spec.lora.targets.map((t) => t.module),
+      lora: { rank: spec.lora.rank, alpha: spec.lora.alpha },
+      training: trainingSettingsOf(spec),
+      samples: o.samples,
+      steps: o.steps,
+    };
   }
   const family = unet.analysis.family;
   const shapes: Record<string, number[]> = {};
@@ -314,11 +362,20 @@ function requestOf(unet: LoadedUNet, o: PlanCli): PlanRequest {
   if (!shapes.sample) shapes.sample = [1, 4, 64, 64];
   if (!shapes.timestep) shapes.timestep = [shapes.sample[0]];
   const globs = o.targets ?? DEFAULT_TARGETS;
-  const targets = findLoraSites(unet.model.graph).map((s) => s.module).filter((m) => globs.some((g) => matchesGlob(g, m)));
+  const targets = findLoraSites(unet.model.graph)
+    .map((s) => s.module)
+    .filter((m) => globs.some((g) => matchesGlob(g, m)));
   if (!targets.length) throw new HollowcError(`no layer matches --targets ${globs.join(' ')}`);
   const site = findLoraSites(unet.model.graph).find((s) => s.module === targets[0])!;
   if (o.rank > Math.min(site.inFeatures, site.outFeatures)) throw new HollowcError(`rank ${o.rank} exceeds the width of ${site.module}`);
-  return { unet, targets, lora: { rank: o.rank, alpha: o.alpha ?? o.rank }, training: { ...defaultTrainingSettings(family), shapes, batch: shapes.sample[0] }, samples: o.samples, steps: o.steps };
+  return {
+    unet,
+    targets,
+    lora: { rank: o.rank, alpha: o.alpha ?? o.rank },
+    training: { ...defaultTrainingSettings(family), shapes, batch: shapes.sample[0] },
+    samples: o.samples,
+    steps: o.steps,
+  };
 }
 
 /** The UNet of a pipeline folder, or a UNet file. */

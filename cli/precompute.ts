@@ -24,7 +24,10 @@ export function registerPrecompute(program: Command): void {
     .command('precompute')
     .description('run precompute.onnx (base UNet up to the hollow activation) over latents into the training store')
     .argument('<out>', 'a compiled folder')
-    .requiredOption('--data <path>', 'data folder (latents/*.npy, instance_prompt.npy, class_prompt.npy, optional class_latents/) or one latents batch file')
+    .requiredOption(
+      '--data <path>',
+      'data folder (latents/*.npy, instance_prompt.npy, class_prompt.npy, optional class_latents/) or one latents batch file',
+    )
     .option('--count <n>', 'records the store should hold (instance and class samples together)', parseCount, 200)
     .option('--instance-prompt <file>', 'instance prompt embeddings (.npy [T, D] or .safetensors)')
     .option('--class-prompt <file>', 'class prompt embeddings (.npy [T, D] or .safetensors)')
@@ -33,30 +36,39 @@ export function registerPrecompute(program: Command): void {
     .option('--seed <n>', "noise and timestep seed (default: the spec's seed)", parseSeed)
     .option('--store <dir>', 'store folder (default <out>/store)');
   sessionOptions(command).action(async (dir: string, o: PrecomputeCli) => {
-      const data = loadTrainingData(o.data, { instancePrompt: o.instancePrompt, classPrompt: o.classPrompt, classLatents: o.classLatents, timeIds: o.timeIds });
-      let progress: ProgressLine | undefined;
-      const r = await precompute({
-        out: dir,
-        data,
-        count: o.count,
-        seed: o.seed,
-        storeDir: o.store,
-        ep: o.ep,
-        fallbackToCpu: o.cpuFallback,
-        session: tuning(o),
-        onRecord: (done) => {
-          progress ??= new ProgressLine('precompute', o.count, process.stderr, undefined, done - 1);
-          progress.update(done);
-        },
-      }).finally(() => progress?.finish());
-      if (r.repaired.bytes) out(`repaired the store: dropped ${formatBytes(r.repaired.bytes)} of a torn last record`);
-      out(
-        r.added
-          ? `precomputed ${r.added} sample${r.added === 1 ? '' : 's'} in ${r.seconds.toFixed(1)} s${r.existing ? ` (continuing from ${r.existing} on disk)` : ''}`
-          : `the store already holds ${r.records} samples (>= --count ${o.count}); nothing to do`,
-      );
-      out(`  data: ${data.instanceLatents.length} instance + ${data.classLatents.length} class latents [${data.instanceLatents[0].shape.join(', ')}]`);
-      out(`  store: ${r.storeDir}`);
-      out(`  ${r.records} records x ${formatBytes(r.recordBytes)} per sample = ${formatBytes(r.records * r.recordBytes)} (${formatBytes(r.totalBytes)} with header and conditioning)`);
+    const data = loadTrainingData(o.data, {
+      instancePrompt: o.instancePrompt,
+      classPrompt: o.classPrompt,
+      classLatents: o.classLatents,
+      timeIds: o.timeIds,
     });
+    let progress: ProgressLine | undefined;
+    const r = await precompute({
+      out: dir,
+      data,
+      count: o.count,
+      seed: o.seed,
+      storeDir: o.store,
+      ep: o.ep,
+      fallbackToCpu: o.cpuFallback,
+      session: tuning(o),
+      onRecord: (done) => {
+        progress ??= new ProgressLine('precompute', o.count, process.stderr, undefined, done - 1);
+        progress.update(done);
+      },
+    }).finally(() => progress?.finish());
+    if (r.repaired.bytes) out(`repaired the store: dropped ${formatBytes(r.repaired.bytes)} of a torn last record`);
+    out(
+      r.added
+        ? `precomputed ${r.added} sample${r.added === 1 ? '' : 's'} in ${r.seconds.toFixed(1)} s${r.existing ? ` (continuing from ${r.existing} on disk)` : ''}`
+        : `the store already holds ${r.records} samples (>= --count ${o.count}); nothing to do`,
+    );
+    out(
+      `  data: ${data.instanceLatents.length} instance + ${data.classLatents.length} class latents [${data.instanceLatents[0].shape.join(', ')}]`,
+    );
+    out(`  store: ${r.storeDir}`);
+    out(
+      `  ${r.records} records x ${formatBytes(r.recordBytes)} per sample = ${formatBytes(r.records * r.recordBytes)} (${formatBytes(r.totalBytes)} with header and conditioning)`,
+    );
+  });
 }

@@ -15,12 +15,15 @@ export function modelFacts(g: Graph, analysis: UNetAnalysis): ModelFacts {
   const layout = analysis.layout;
   const cutKeeping = (id: string) => {
     const cut = analysis.cuts.find((c) => c.lastKeptDown === id);
-    if (!cut) throw new Error(`no valid cut keeps the down path through ${id} (valid: ${analysis.cuts.map((c) => c.lastKeptDown).join(' ')})`);
+    if (!cut)
+      throw new Error(`no valid cut keeps the down path through ${id} (valid: ${analysis.cuts.map((c) => c.lastKeptDown).join(' ')})`);
     return cut;
   };
   return {
     family: analysis.family,
-    layers: analysis.blocks.filter((b) => b.stage !== 'stem').map((b) => ({ id: b.id, stage: b.stage as 'down' | 'mid' | 'up', modules: b.modules })),
+    layers: analysis.blocks
+      .filter((b) => b.stage !== 'stem')
+      .map((b) => ({ id: b.id, stage: b.stage as 'down' | 'mid' | 'up', modules: b.modules })),
     resolveHollow(request: HollowRequest) {
       if ('none' in request) return { hollowed: [] };
       if ('preset' in request) return { hollowed: [...cutKeeping(findPreset(analysis.family, request.preset).lastKeptDown).hollowed] };
@@ -28,7 +31,11 @@ export function modelFacts(g: Graph, analysis: UNetAnalysis): ModelFacts {
       return { hollowed: [...cutFromHollowedIds(layout, request.blocks).hollowed] };
     },
     loraCandidates: findLoraSites(g).map((s) => ({ module: s.module, in: s.inFeatures, out: s.outFeatures, kind: s.kind })),
-    inputs: g.inputs.map((v) => ({ name: v.name, rank: v.type?.shape?.length ?? 0, dims: v.type?.shape?.map((d) => (typeof d === 'number' ? d : null)) })),
+    inputs: g.inputs.map((v) => ({
+      name: v.name,
+      rank: v.type?.shape?.length ?? 0,
+      dims: v.type?.shape?.map((d) => (typeof d === 'number' ? d : null)),
+    })),
   };
 }
 
@@ -52,6 +59,10 @@ export function trainingSettingsOf(spec: ResolvedSpec): TrainingSettings {
     batch: spec.train.batch,
     checkpointEvery: spec.train.checkpointEvery,
     shapes: Object.fromEntries(Object.entries(spec.shapes).map(([k, v]) => [k, [...v]])),
-    optimizer: { betas: [spec.optimizer.betas[0], spec.optimizer.betas[1]], eps: spec.optimizer.eps, weightDecay: spec.optimizer.weightDecay },
+    optimizer: {
+      betas: [spec.optimizer.betas[0], spec.optimizer.betas[1]],
+      eps: spec.optimizer.eps,
+      weightDecay: spec.optimizer.weightDecay,
+    },
   };
 }

@@ -2,7 +2,12 @@
 import { Command } from 'commander';
 import { loadTokenizer } from '../runtime/tokenizer';
 
-export function runTokenize(dir: string, text: string, opts: { json?: boolean }, write: (line: string) => void = (l) => process.stdout.write(`${l}\n`)): void {
+export function runTokenize(
+  dir: string,
+  text: string,
+  opts: { json?: boolean },
+  write: (line: string) => void = (l) => process.stdout.write(`${l}\n`),
+): void {
   const tokenizer = loadTokenizer(dir);
   const encoded = tokenizer.encode(text);
   if (opts.json) {

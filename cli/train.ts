@@ -33,35 +33,43 @@ export function registerTrain(program: Command): void {
     .option('--lr <x>', "learning rate (default: the spec's; on --resume the checkpoint's)", parseNumber)
     .option('--seed <n>', "sample-order seed (default: the spec's)", parseSeed)
     .option('--store <dir>', 'store folder (default <out>/store)')
-    .addOption(new Option('--optimizer <where>', 'AdamW in train.onnx (graph) or on the host after grads.onnx (host: less memory); default host when the folder has grads.onnx').choices([...OPTIMIZER_MODES]));
+    .addOption(
+      new Option(
+        '--optimizer <where>',
+        'AdamW in train.onnx (graph) or on the host after grads.onnx (host: less memory); default host when the folder has grads.onnx',
+      ).choices([...OPTIMIZER_MODES]),
+    );
   sessionOptions(command).action(async (dir: string, o: TrainCli) => {
-      if (o.resume && o.restart) throw new HollowcError('give --resume or --restart, not both');
-      let progress: ProgressLine | undefined;
-      const r = await train({
-        out: dir,
-        steps: o.steps,
-        resume: o.resume,
-        restart: o.restart,
-        checkpointEvery: o.checkpointEvery,
-        lr: o.lr,
-        seed: o.seed,
-        storeDir: o.store,
-        optimizer: o.optimizer,
-        ep: o.ep,
-        fallbackToCpu: o.cpuFallback,
-        session: tuning(o),
-        onStep: (s) => {
-          progress ??= new ProgressLine('step', s.steps, process.stderr, undefined, s.step - 1);
-          progress.update(s.step, { loss: s.loss.toFixed(5) });
-        },
-      }).finally(() => progress?.finish());
-      const first = r.losses[0];
-      const last = r.losses[r.losses.length - 1];
-      if (!r.losses.length) out(`already at step ${r.step}; nothing to train`);
-      else out(`trained steps ${first.step}..${last.step} (batch ${r.batch}) in ${formatDuration(r.seconds)} (${(r.losses.length / r.stepSeconds).toFixed(1)} it/s): loss ${first.loss.toFixed(5)} -> ${last.loss.toFixed(5)}`);
-      out(`  optimizer: ${r.optimizer === 'host' ? 'host (grads.onnx, AdamW on the host)' : 'graph (train.onnx, AdamW in the graph)'}`);
-      out(`  loss log: ${path.join(dir, 'train', 'loss.jsonl')}`);
-      out(`  checkpoint: ${r.checkpointFile}`);
-      out(`  LoRA (peft): ${r.loraFile}`);
-    });
+    if (o.resume && o.restart) throw new HollowcError('give --resume or --restart, not both');
+    let progress: ProgressLine | undefined;
+    const r = await train({
+      out: dir,
+      steps: o.steps,
+      resume: o.resume,
+      restart: o.restart,
+      checkpointEvery: o.checkpointEvery,
+      lr: o.lr,
+      seed: o.seed,
+      storeDir: o.store,
+      optimizer: o.optimizer,
+      ep: o.ep,
+      fallbackToCpu: o.cpuFallback,
+      session: tuning(o),
+      onStep: (s) => {
+        progress ??= new ProgressLine('step', s.steps, process.stderr, undefined, s.step - 1);
+        progress.update(s.step, { loss: s.loss.toFixed(5) });
+      },
+    }).finally(() => progress?.finish());
+    const first = r.losses[0];
+    const last = r.losses[r.losses.length - 1];
+    if (!r.losses.length) out(`already at step ${r.step}; nothing to train`);
+    else
+      out(
+        `trained steps ${first.step}..${last.step} (batch ${r.batch}) in ${formatDuration(r.seconds)} (${(r.losses.length / r.stepSeconds).toFixed(1)} it/s): loss ${first.loss.toFixed(5)} -> ${last.loss.toFixed(5)}`,
+      );
+    out(`  optimizer: ${r.optimizer === 'host' ? 'host (grads.onnx, AdamW on the host)' : 'graph (train.onnx, AdamW in the graph)'}`);
+    out(`  loss log: ${path.join(dir, 'train', 'loss.jsonl')}`);
+    out(`  checkpoint: ${r.checkpointFile}`);
+    out(`  LoRA (peft): ${r.loraFile}`);
+  });
 }

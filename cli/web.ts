@@ -13,7 +13,8 @@ export function registerWeb(program: Command): void {
     .option('--store <dir>', 'store folder (default <out>/store)')
     .action(async (dir: string, o: { port: number; host: string; store?: string }) => {
       const server = await startWebServer({ out: dir, port: o.port, host: o.host, storeDir: o.store });
-      if (!['127.0.0.1', 'localhost', '::1'].includes(o.host)) process.stderr.write(`hollowc: warning: listening on ${o.host}: other machines can fetch the folder's weights and store\n`);
+      if (!['127.0.0.1', 'localhost', '::1'].includes(o.host))
+        process.stderr.write(`hollowc: warning: listening on ${o.host}: other machines can fetch the folder's weights and store\n`);
       out(`serving ${dir} at ${server.url}  (the page trains in the browser; Ctrl-C stops the server)`);
       out(`  static files only: the page takes ?folder=<URL of a compiled folder>, ?ep=webgpu|wasm, ?steps=N, ?autorun=1`);
       await new Promise<void>((resolve) => {

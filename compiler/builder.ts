@@ -71,7 +71,12 @@ export class GraphBuilder {
   }
 
   /** Adds a node and returns all its outputs. */
-  node(opType: string, inputs: (Value | null)[], attrs?: Attrs, options: { outputs?: number; name?: string; domain?: string; before?: Node } = {}): Value[] {
+  node(
+    opType: string,
+    inputs: (Value | null)[],
+    attrs?: Attrs,
+    options: { outputs?: number; name?: string; domain?: string; before?: Node } = {},
+  ): Value[] {
     const name = this.nodeName(opType, options.name);
     const count = options.outputs ?? 1;
     const node = this.graph.addNode(
@@ -97,7 +102,13 @@ export class GraphBuilder {
   constant(data: TypedData, dims: number[], dataType?: DataTypeCode): Value {
     const name = this.nodeName('Constant');
     const tensor = tensorFromTyped('', data, dims, dataType);
-    const node = this.graph.addNode({ opType: 'Constant', inputs: [], name, attributes: [{ name: 'value', type: 'tensor', value: tensor }], outputs: [this.graph.freshName(`${name}_output_0`)] });
+    const node = this.graph.addNode({
+      opType: 'Constant',
+      inputs: [],
+      name,
+      attributes: [{ name: 'value', type: 'tensor', value: tensor }],
+      outputs: [this.graph.freshName(`${name}_output_0`)],
+    });
     const out = node.outputs[0];
     out.type = { elemType: tensor.dataType, shape: dims };
     return out;

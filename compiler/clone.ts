@@ -31,7 +31,7 @@ export function copyNodes(g: Graph, nodes: readonly Node[], prefix: string, subs
       domain: n.domain,
       name: `${prefix}${n.name}`,
       attributes: n.attributes,
-      inputs: n.inputs.map((v) => (v ? map.get(v) ?? v : null)),
+      inputs: n.inputs.map((v) => (v ? (map.get(v) ?? v) : null)),
       outputs: n.outputs.map((o) => g.freshName(`${prefix}${o.name}`)),
     });
     n.outputs.forEach((o, i) => {
@@ -69,7 +69,7 @@ export function cloneModel(m: Model): Model {
       domain: n.domain,
       name: n.name,
       attributes: n.attributes,
-      inputs: n.inputs.map((v) => (v ? map.get(v) ?? take(v) : null)),
+      inputs: n.inputs.map((v) => (v ? (map.get(v) ?? take(v)) : null)),
       outputs: n.outputs.map((o) => o.name),
     });
     copy.docString = n.docString;

@@ -35,7 +35,16 @@ export function isFloatType(t: DataTypeCode): boolean {
 }
 
 export function isIntegerType(t: DataTypeCode): boolean {
-  return [DataType.INT64, DataType.INT32, DataType.INT16, DataType.INT8, DataType.UINT8, DataType.UINT16, DataType.UINT32, DataType.UINT64].includes(t as 7);
+  return [
+    DataType.INT64,
+    DataType.INT32,
+    DataType.INT16,
+    DataType.INT8,
+    DataType.UINT8,
+    DataType.UINT16,
+    DataType.UINT32,
+    DataType.UINT64,
+  ].includes(t as 7);
 }
 
 /** Rounds a JS number to what an element of type `t` holds. */
@@ -203,7 +212,14 @@ export interface ResolvedSlice {
 }
 
 /** ONNX Slice semantics (negative indices, clamping, negative steps). */
-export function resolveSlice(shape: readonly number[], starts: number[], ends: number[], axes: number[] | undefined, steps: number[] | undefined, where: string): ResolvedSlice {
+export function resolveSlice(
+  shape: readonly number[],
+  starts: number[],
+  ends: number[],
+  axes: number[] | undefined,
+  steps: number[] | undefined,
+  where: string,
+): ResolvedSlice {
   const rank = shape.length;
   const out: ResolvedSlice = { starts: new Array(rank).fill(0), steps: new Array(rank).fill(1), lengths: [...shape] };
   const ax = axes ?? starts.map((_, i) => i);
@@ -309,18 +325,23 @@ const UNARY: Record<string, (a: number) => number> = {
 function elementwise(inputs: ConstTensor[], out: OutputType, f: (xs: number[]) => number): ConstTensor | undefined {
   // Splats and one-element tensors broadcast to a splat: no data is needed however large the output.
   if (inputs.every((c) => c.data === undefined || c.data.length === 1)) {
-    const result = castScalar(f(inputs.map((c) => (c.data ? c.data[0] : c.splat ?? 0))), out.elemType);
-    if (inputs.some((c) => c.data === undefined) || sizeOf(out.shape) > FOLD_LIMIT) return { dataType: out.elemType, dims: out.shape, splat: result };
+    const result = castScalar(f(inputs.map((c) => (c.data ? c.data[0] : (c.splat ?? 0)))), out.elemType);
+    if (inputs.some((c) => c.data === undefined) || sizeOf(out.shape) > FOLD_LIMIT)
+      return { dataType: out.elemType, dims: out.shape, splat: result };
   }
   if (sizeOf(out.shape) > FOLD_LIMIT) return undefined;
   const data = inputs.map(elements);
   if (data.some((d) => !d)) return undefined;
   const res = new Array<number>(sizeOf(out.shape));
   const xs = new Array<number>(inputs.length);
-  forEachBroadcast(out.shape, inputs.map((c) => c.dims), (o, idx) => {
-    for (let t = 0; t < xs.length; t++) xs[t] = data[t]![idx[t]];
-    res[o] = castScalar(f(xs), out.elemType);
-  });
+  forEachBroadcast(
+    out.shape,
+    inputs.map((c) => c.dims),
+    (o, idx) => {
+      for (let t = 0; t < xs.length; t++) xs[t] = data[t]![idx[t]];
+      res[o] = castScalar(f(xs), out.elemType);
+    },
+  );
   return { dataType: out.elemType, dims: out.shape, data: res };
 }
 
@@ -444,12 +465,22 @@ const EVALUATORS: Record<string, Evaluator> = {
     const r =
       opset < 10
         ? resolveSlice(x.dims, n.attrInts('starts'), n.attrInts('ends'), n.attr('axes') ? n.attrInts('axes') : undefined, undefined, n.name)
-        : resolveSlice(x.dims, intList(inputs[1]!), intList(inputs[2]!), inputs[3] ? intList(inputs[3]) : undefined, inputs[4] ? intList(inputs[4]) : undefined, n.name);
+        : resolveSlice(
+            x.dims,
+            intList(inputs[1]!),
+            intList(inputs[2]!),
+            inputs[3] ? intList(inputs[3]) : undefined,
+            inputs[4] ? intList(inputs[4]) : undefined,
+            n.name,
+          );
     return [sliceData(x, r, out)];
   },
   Transpose: (n, [x], [out]) => {
     const rank = x!.dims.length;
-    const perm = n.attrInts('perm', Array.from({ length: rank }, (_, i) => rank - 1 - i));
+    const perm = n.attrInts(
+      'perm',
+      Array.from({ length: rank }, (_, i) => rank - 1 - i),
+    );
     return [transposeData(x!, perm, out)];
   },
   Expand: (_n, [x], [out]) => {
@@ -478,13 +509,26 @@ for (const [op, f] of Object.entries(UNARY)) {
   };
 }
 
-function reduceData(n: Node, inputs: (ConstTensor | undefined)[], out: OutputType, opset: number, inputSince: number, init: number, f: (a: number, b: number) => number): ConstTensor[] | undefined {
+function reduceData(
+  n: Node,
+  inputs: (ConstTensor | undefined)[],
+  out: OutputType,
+  opset: number,
+  inputSince: number,
+  init: number,
+  f: (a: number, b: number) => number,
+): ConstTensor[] | undefined {
   const x = inputs[0]!;
   const data = elements(x);
   const axes0 = axesOf(n, inputs, opset, inputSince);
   if (!data || axes0 === 'unknown') return undefined;
   const rank = x.dims.length;
-  const axes = axes0 && axes0.length ? axes0.map((a) => normalizeAxis(a, rank, n.name)) : n.attrInt('noop_with_empty_axes', 0) ? [] : x.dims.map((_, i) => i);
+  const axes =
+    axes0 && axes0.length
+      ? axes0.map((a) => normalizeAxis(a, rank, n.name))
+      : n.attrInt('noop_with_empty_axes', 0)
+        ? []
+        : x.dims.map((_, i) => i);
   const keptDims = x.dims.map((d, i) => (axes.includes(i) ? 1 : d));
   const res = new Array<number>(sizeOf(keptDims)).fill(init);
   const keptStrides = strides(keptDims);
@@ -505,7 +549,12 @@ function reduceData(n: Node, inputs: (ConstTensor | undefined)[], out: OutputTyp
  * Computes a node's outputs from constant inputs (`outTypes` from shape inference), or
  * undefined when the op is not folded or an input is unknown. Optional inputs may be absent.
  */
-export function evaluateNode(n: Node, inputs: (ConstTensor | undefined)[], outTypes: OutputType[], opset: number): ConstTensor[] | undefined {
+export function evaluateNode(
+  n: Node,
+  inputs: (ConstTensor | undefined)[],
+  outTypes: OutputType[],
+  opset: number,
+): ConstTensor[] | undefined {
   if (n.domain !== '' && n.domain !== 'ai.onnx') return undefined;
   const f = EVALUATORS[n.opType];
   if (!f) return undefined;

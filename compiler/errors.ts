@@ -3,7 +3,10 @@
  * so a message must name the file, block or spec position it is about.
  */
 export class HollowcError extends Error {
-  constructor(message: string, readonly file?: string) {
+  constructor(
+    message: string,
+    readonly file?: string,
+  ) {
     super(file ? `${file}: ${message}` : message);
     this.name = 'HollowcError';
   }

@@ -45,7 +45,10 @@ export function externalRangeChecker(baseDir: string, label: string) {
     if (!Number.isSafeInteger(offset) || offset < 0) throw new HollowcError(`tensor ${tensor}: bad external data offset ${offset}`, label);
     const len = length ?? size - offset;
     if (!Number.isSafeInteger(len) || len < 0 || offset + len > size) {
-      throw new HollowcError(`tensor ${tensor}: external data range ${offset}+${len} lies beyond the end of ${file} (${size} bytes)`, label);
+      throw new HollowcError(
+        `tensor ${tensor}: external data range ${offset}+${len} lies beyond the end of ${file} (${size} bytes)`,
+        label,
+      );
     }
     return { file, offset, length: len };
   };
@@ -87,7 +90,9 @@ export class ExternalDataWriter {
     const seen = key !== undefined ? this.placedRanges.get(key) : this.placedInline.get((t.data as { bytes: Uint8Array }).bytes);
     if (seen) return { location: this.location, ...seen };
     const data = t.data;
-    const loc = this.appendStream((write) => (data.kind === 'inline' ? write(data.bytes) : this.copyRange(data.file, data.offset, data.length, write)));
+    const loc = this.appendStream((write) =>
+      data.kind === 'inline' ? write(data.bytes) : this.copyRange(data.file, data.offset, data.length, write),
+    );
     const placed = { offset: loc.offset, length: loc.length };
     if (key !== undefined) this.placedRanges.set(key, placed);
     else this.placedInline.set((t.data as { bytes: Uint8Array }).bytes, placed);

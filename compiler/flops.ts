@@ -74,7 +74,22 @@ export function matrixFlops(node: Node): number | undefined {
   }
 }
 
-const FREE = new Set(['Shape', 'Constant', 'Identity', 'Reshape', 'Squeeze', 'Unsqueeze', 'Flatten', 'Cast', 'Gather', 'Slice', 'Concat', 'Split', 'Transpose', 'Expand']);
+const FREE = new Set([
+  'Shape',
+  'Constant',
+  'Identity',
+  'Reshape',
+  'Squeeze',
+  'Unsqueeze',
+  'Flatten',
+  'Cast',
+  'Gather',
+  'Slice',
+  'Concat',
+  'Split',
+  'Transpose',
+  'Expand',
+]);
 
 export function countFlops(g: Graph): FlopCount {
   const count: FlopCount = { matrix: 0, activationMatrix: 0, other: 0, byOp: {} };
@@ -86,7 +101,8 @@ export function countFlops(g: Graph): FlopCount {
       count.byOp[node.opType] = (count.byOp[node.opType] ?? 0) + m;
     } else if (!FREE.has(node.opType)) {
       // Data movement is free; arithmetic costs one FLOP per output element.
-      for (const o of node.outputs) if (o.type?.shape?.every((d) => typeof d === 'number')) count.other += product(o.type.shape as number[]);
+      for (const o of node.outputs)
+        if (o.type?.shape?.every((d) => typeof d === 'number')) count.other += product(o.type.shape as number[]);
     }
   }
   return count;

@@ -56,7 +56,10 @@ export function lockFolder(dir: string, command: string, options: { create?: boo
     }
     const holder = readLock(file);
     if (holder && holder.pid !== process.pid && alive(holder.pid)) {
-      throw new HollowcError(`another hollowc (pid ${holder.pid}, ${holder.command}, since ${holder.started}) is writing this folder: wait for it or stop it`, dir);
+      throw new HollowcError(
+        `another hollowc (pid ${holder.pid}, ${holder.command}, since ${holder.started}) is writing this folder: wait for it or stop it`,
+        dir,
+      );
     }
     // Held by this process already (a command calling a library step that locks too).
     if (holder?.pid === process.pid) return () => {};

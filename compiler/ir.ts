@@ -339,7 +339,8 @@ export class Graph {
    */
   reorderNodes(order: readonly Node[]): void {
     const set = new Set(order);
-    if (set.size !== this._nodes.length || this._nodes.some((n) => !set.has(n))) throw new Error('reorderNodes: not a permutation of the graph\'s nodes');
+    if (set.size !== this._nodes.length || this._nodes.some((n) => !set.has(n)))
+      throw new Error("reorderNodes: not a permutation of the graph's nodes");
     this._nodes = [...order];
     this.topologicalSort();
   }

@@ -167,12 +167,14 @@ function manifestProblem(m: Record<string, unknown>): string | undefined {
     if (p) return p;
   }
   const lora = m.lora as Record<string, unknown>;
-  if (typeof lora.rank !== 'number' || typeof lora.alpha !== 'number' || typeof lora.scale !== 'number' || !Array.isArray(lora.targets)) return 'field "lora" lacks rank, alpha, scale or targets';
+  if (typeof lora.rank !== 'number' || typeof lora.alpha !== 'number' || typeof lora.scale !== 'number' || !Array.isArray(lora.targets))
+    return 'field "lora" lacks rank, alpha, scale or targets';
   if (!Array.isArray(m.weights)) return 'field "weights" is missing';
   for (const [name, a] of Object.entries(m.artifacts as Record<string, unknown>)) {
     if (!(ARTIFACT_NAMES as readonly string[]).includes(name)) return `unknown artifact ${JSON.stringify(name)}`;
     const d = a as Partial<ArtifactDescription>;
-    if (typeof d?.file !== 'string' || !Array.isArray(d.inputs) || !Array.isArray(d.outputs)) return `artifact ${name} lacks file, inputs or outputs`;
+    if (typeof d?.file !== 'string' || !Array.isArray(d.inputs) || !Array.isArray(d.outputs))
+      return `artifact ${name} lacks file, inputs or outputs`;
     if (path.isAbsolute(d.file) || d.file.split(/[\\/]/).includes('..')) return `artifact ${name} points outside the folder (${d.file})`;
   }
   const t = m.training as Record<string, unknown>;
@@ -180,8 +182,10 @@ function manifestProblem(m: Record<string, unknown>): string | undefined {
     if (typeof t[key] !== 'number') return `training setting "${key}" is missing`;
   }
   const o = t.optimizer as Record<string, unknown> | undefined;
-  if (!o || !Array.isArray(o.betas) || typeof o.eps !== 'number' || typeof o.weightDecay !== 'number') return 'training setting "optimizer" is missing';
-  if (t.prediction !== 'epsilon' && t.prediction !== 'v_prediction') return `training prediction ${JSON.stringify(t.prediction)} is neither epsilon nor v_prediction`;
+  if (!o || !Array.isArray(o.betas) || typeof o.eps !== 'number' || typeof o.weightDecay !== 'number')
+    return 'training setting "optimizer" is missing';
+  if (t.prediction !== 'epsilon' && t.prediction !== 'v_prediction')
+    return `training prediction ${JSON.stringify(t.prediction)} is neither epsilon nor v_prediction`;
   if (m.cut !== null && shapeProblem('field "cut"', m.cut)) return 'field "cut" is missing (null for hollow none)';
   return undefined;
 }
@@ -193,7 +197,10 @@ export function readManifest(dir: string): CompileManifest {
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (e) {
-    throw new HollowcError(`not a compiled hollowc folder (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); run hollowc compile first`, file);
+    throw new HollowcError(
+      `not a compiled hollowc folder (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); run hollowc compile first`,
+      file,
+    );
   }
   let parsed: unknown;
   try {

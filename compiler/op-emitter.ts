@@ -48,7 +48,9 @@ export class OpEmitter {
   /** A constant of element type `elemType` (every element `value`). */
   scalar(value: number, elemType: DataTypeCode, dims: number[] = []): Value {
     const count = dims.reduce((a, d) => a * d, 1);
-    const v = this.b.op('Constant', [], { value: tensorFromConst({ dataType: elemType, dims, data: new Array<number>(count).fill(value) }) });
+    const v = this.b.op('Constant', [], {
+      value: tensorFromConst({ dataType: elemType, dims, data: new Array<number>(count).fill(value) }),
+    });
     v.type = { elemType, shape: [...dims] };
     return v;
   }
@@ -158,7 +160,9 @@ export function elemTypeOf(v: Value): DataTypeCode {
 export function staticShapeOf(v: Value): number[] {
   const s = v.type?.shape;
   if (!s || s.some((d) => typeof d !== 'number')) {
-    throw new Error(`value ${v.name} has no static shape ([${s?.map((d) => d ?? '?').join(',') ?? '?'}]); specialize the graph's shapes first`);
+    throw new Error(
+      `value ${v.name} has no static shape ([${s?.map((d) => d ?? '?').join(',') ?? '?'}]); specialize the graph's shapes first`,
+    );
   }
   return s as number[];
 }

@@ -28,7 +28,11 @@ export function loadModel(file: string, options: LoadOptions = {}): Model {
   try {
     // Refused unread: protobuf cannot decode 2 GiB, and reading it would hold it all in memory.
     const size = fs.statSync(file).size;
-    if (size > MAX_GRAPH_FILE_BYTES) throw new HollowcError(`graph file is ${size} bytes, over protobuf's 2 GiB limit: export the model with external data (weights in a separate file)`, file);
+    if (size > MAX_GRAPH_FILE_BYTES)
+      throw new HollowcError(
+        `graph file is ${size} bytes, over protobuf's 2 GiB limit: export the model with external data (weights in a separate file)`,
+        file,
+      );
     bytes = fs.readFileSync(file);
   } catch (e) {
     if (e instanceof HollowcError) throw e;
@@ -48,9 +52,17 @@ export function loadModelFromBytes(bytes: Uint8Array, label: string, baseDir: st
   if (!proto.graph || !proto.opset_import?.length) {
     throw new HollowcError('not a valid ONNX model (no graph or no opset import)', label);
   }
-  if ((proto.ir_version ?? 0) > MAX_IR_VERSION) throw new HollowcError(`ONNX IR version ${proto.ir_version} is newer than onnxruntime 1.30 reads (at most ${MAX_IR_VERSION}): export with an older onnx`, label);
+  if ((proto.ir_version ?? 0) > MAX_IR_VERSION)
+    throw new HollowcError(
+      `ONNX IR version ${proto.ir_version} is newer than onnxruntime 1.30 reads (at most ${MAX_IR_VERSION}): export with an older onnx`,
+      label,
+    );
   const opset = proto.opset_import.find((o) => (o.domain ?? '') === '' || o.domain === 'ai.onnx')?.version ?? 0;
-  if (opset > MAX_OPSET) throw new HollowcError(`opset ${opset} is newer than onnxruntime 1.30 supports (at most ${MAX_OPSET}): export with a lower opset`, label);
+  if (opset > MAX_OPSET)
+    throw new HollowcError(
+      `opset ${opset} is newer than onnxruntime 1.30 supports (at most ${MAX_OPSET}): export with a lower opset`,
+      label,
+    );
   const model = modelFromProto(proto, label, baseDir);
   sortIfNeeded(model.graph, label);
   return model;
@@ -129,7 +141,12 @@ function graphFromProto(pg: PGraph, tensor: (t: PTensor) => Tensor, label: strin
   }
   const getOrCreate = (name: string) => g.tryValue(name) ?? g.createValue(name);
   for (const pn of pg.node ?? []) {
-    const node = new Node(pn.name ?? '', pn.op_type ?? '', pn.domain ?? '', (pn.attribute ?? []).map((a) => attributeFromProto(a, tensor)));
+    const node = new Node(
+      pn.name ?? '',
+      pn.op_type ?? '',
+      pn.domain ?? '',
+      (pn.attribute ?? []).map((a) => attributeFromProto(a, tensor)),
+    );
     node.docString = pn.doc_string || undefined;
     node.overload = pn.overload || undefined;
     node.metadataProps = pairs(pn.metadata_props);
@@ -141,7 +158,13 @@ function graphFromProto(pg: PGraph, tensor: (t: PTensor) => Tensor, label: strin
     });
     node._outputs = (pn.output ?? []).map((name) => {
       const v = getOrCreate(name);
-      const other = v.producer ? `node ${v.producer.name}` : v.initializer ? 'an initializer' : g.inputs.includes(v) ? 'a graph input' : undefined;
+      const other = v.producer
+        ? `node ${v.producer.name}`
+        : v.initializer
+          ? 'an initializer'
+          : g.inputs.includes(v)
+            ? 'a graph input'
+            : undefined;
       if (other) throw new HollowcError(`value ${JSON.stringify(name)} is defined twice: by ${other} and by node ${node.name}`, label);
       v._producer = node;
       return v;
@@ -213,7 +236,7 @@ function tensorFromProto(t: PTensor, checkRange: ReturnType<typeof externalRange
     return { ...base, data: { kind: 'external', ...range } };
   }
   if (base.dataType === DataType.STRING) return { ...base, data: { kind: 'strings', strings: t.string_data ?? [] } };
-  const bytes = t.raw_data?.byteLength ? t.raw_data : typedFieldBytes(t) ?? new Uint8Array(0);
+  const bytes = t.raw_data?.byteLength ? t.raw_data : (typedFieldBytes(t) ?? new Uint8Array(0));
   return { ...base, data: { kind: 'inline', bytes } };
 }
 
@@ -282,7 +305,8 @@ export function saveModel(model: Model, file: string, options: SaveOptions = {})
   try {
     const place = (t: Tensor): PTensor => {
       const inPlace = options.referenceInPlace && t.data.kind === 'external' ? relativeInside(dir, t.data.file) : undefined;
-      if (inPlace !== undefined && t.data.kind === 'external') return externalTensorProto(t, { location: inPlace, offset: t.data.offset, length: t.data.length });
+      if (inPlace !== undefined && t.data.kind === 'external')
+        return externalTensorProto(t, { location: inPlace, offset: t.data.offset, length: t.data.length });
       return tensorToProto(t, writer && tensorBytes(t) >= threshold ? writer : undefined);
     };
     const proto = modelToProto(model, place);
@@ -384,7 +408,9 @@ function typeToProto(t: TensorType | undefined): PValueInfo['type'] {
   return {
     tensor_type: {
       elem_type: t.elemType,
-      shape: t.shape ? { dim: t.shape.map((d) => (typeof d === 'number' ? { dim_value: d } : typeof d === 'string' ? { dim_param: d } : {})) } : undefined,
+      shape: t.shape
+        ? { dim: t.shape.map((d) => (typeof d === 'number' ? { dim_value: d } : typeof d === 'string' ? { dim_param: d } : {})) }
+        : undefined,
     },
   };
 }

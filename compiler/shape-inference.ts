@@ -112,7 +112,11 @@ export function parseEinsum(equation: string, where: string): EinsumTerms {
   if (output === undefined) {
     const counts = new Map<string, number>();
     for (const ch of inputs.join('')) counts.set(ch, (counts.get(ch) ?? 0) + 1);
-    output = [...counts].filter(([, k]) => k === 1).map(([ch]) => ch).sort().join('');
+    output = [...counts]
+      .filter(([, k]) => k === 1)
+      .map(([ch]) => ch)
+      .sort()
+      .join('');
   }
   return { inputs, output };
 }
@@ -176,7 +180,14 @@ export function sliceParams(c: ShapeContext): ReturnType<typeof resolveSlice> {
     const n = c.node;
     return resolveSlice(x, n.attrInts('starts'), n.attrInts('ends'), n.attr('axes') ? n.attrInts('axes') : undefined, undefined, n.name);
   }
-  return resolveSlice(x, c.ints(1, 'starts'), c.ints(2, 'ends'), c.has(3) ? c.ints(3, 'axes') : undefined, c.has(4) ? c.ints(4, 'steps') : undefined, c.node.name);
+  return resolveSlice(
+    x,
+    c.ints(1, 'starts'),
+    c.ints(2, 'ends'),
+    c.has(3) ? c.ints(3, 'axes') : undefined,
+    c.has(4) ? c.ints(4, 'steps') : undefined,
+    c.node.name,
+  );
 }
 
 function resizeRule(c: ShapeContext): StaticType[] {
@@ -184,13 +195,14 @@ function resizeRule(c: ShapeContext): StaticType[] {
   const upsample = c.node.opType === 'Upsample';
   let scales: number[] | undefined;
   let sizes: number[] | undefined;
-  if (upsample) scales = c.opset < 9 ? c.node.attr('scales')?.value as number[] : c.ints(1, 'scales');
+  if (upsample) scales = c.opset < 9 ? (c.node.attr('scales')?.value as number[]) : c.ints(1, 'scales');
   else if (c.opset < 11) scales = c.ints(1, 'scales');
   else {
     if (c.has(3) && sizeOf(c.shape(3)) > 0) sizes = c.ints(3, 'sizes');
     else scales = c.ints(2, 'scales');
   }
-  const axes = c.opset >= 18 && c.node.attr('axes') ? c.node.attrInts('axes').map((a) => normalizeAxis(a, x.length, c.node.name)) : x.map((_, i) => i);
+  const axes =
+    c.opset >= 18 && c.node.attr('axes') ? c.node.attrInts('axes').map((a) => normalizeAxis(a, x.length, c.node.name)) : x.map((_, i) => i);
   const out = [...x];
   axes.forEach((a, k) => {
     out[a] = sizes ? sizes[k] : Math.floor(x[a] * scales![k] + 1e-9);
@@ -252,13 +264,53 @@ function constantRule(c: ShapeContext): StaticType[] {
 }
 
 const UNARY_OPS = [
-  'Identity', 'Neg', 'Abs', 'Sqrt', 'Exp', 'Log', 'Sigmoid', 'Tanh', 'Erf', 'Sin', 'Cos', 'Relu', 'Reciprocal',
-  'Floor', 'Ceil', 'Round', 'Sign', 'Softplus', 'Softmax', 'LogSoftmax', 'Gelu', 'LeakyRelu', 'Elu', 'HardSigmoid',
-  'Clip', 'InstanceNormalization', 'GroupNormalization', 'CumSum', 'Mish', 'HardSwish', 'Selu', 'Celu', 'Trilu',
+  'Identity',
+  'Neg',
+  'Abs',
+  'Sqrt',
+  'Exp',
+  'Log',
+  'Sigmoid',
+  'Tanh',
+  'Erf',
+  'Sin',
+  'Cos',
+  'Relu',
+  'Reciprocal',
+  'Floor',
+  'Ceil',
+  'Round',
+  'Sign',
+  'Softplus',
+  'Softmax',
+  'LogSoftmax',
+  'Gelu',
+  'LeakyRelu',
+  'Elu',
+  'HardSigmoid',
+  'Clip',
+  'InstanceNormalization',
+  'GroupNormalization',
+  'CumSum',
+  'Mish',
+  'HardSwish',
+  'Selu',
+  'Celu',
+  'Trilu',
 ];
 const BINARY_OPS = ['Add', 'Sub', 'Mul', 'Div', 'Pow', 'Max', 'Min', 'Mod', 'Sum', 'Mean', 'PRelu', 'BitShift'];
 const COMPARISON_OPS = ['Equal', 'Less', 'Greater', 'LessOrEqual', 'GreaterOrEqual', 'And', 'Or', 'Xor'];
-const REDUCE_OPS = ['ReduceMean', 'ReduceMax', 'ReduceMin', 'ReduceProd', 'ReduceL1', 'ReduceL2', 'ReduceLogSum', 'ReduceLogSumExp', 'ReduceSumSquare'];
+const REDUCE_OPS = [
+  'ReduceMean',
+  'ReduceMax',
+  'ReduceMin',
+  'ReduceProd',
+  'ReduceL1',
+  'ReduceL2',
+  'ReduceLogSum',
+  'ReduceLogSumExp',
+  'ReduceSumSquare',
+];
 
 export const SHAPE_RULES: Record<string, ShapeRule> = {
   Constant: constantRule,
@@ -300,7 +352,10 @@ export const SHAPE_RULES: Record<string, ShapeRule> = {
   Unsqueeze: unsqueezeRule,
   Transpose: (c) => {
     const x = c.shape(0);
-    const perm = c.node.attrInts('perm', x.map((_, i) => x.length - 1 - i));
+    const perm = c.node.attrInts(
+      'perm',
+      x.map((_, i) => x.length - 1 - i),
+    );
     return [{ elemType: c.elemType(0), shape: perm.map((p) => x[p]) }];
   },
   Expand: (c) => [{ elemType: c.elemType(0), shape: broadcastShapes([c.shape(0), c.ints(1, 'shape')], c.node.name) }],
@@ -315,7 +370,8 @@ export const SHAPE_RULES: Record<string, ShapeRule> = {
     out[axis] = 0;
     c.node.inputs.forEach((_, i) => {
       const s = c.shape(i);
-      if (s.length !== first.length || s.some((d, k) => k !== axis && d !== first[k])) c.fail(`Concat inputs [${first}] and [${s}] differ off axis ${axis}`);
+      if (s.length !== first.length || s.some((d, k) => k !== axis && d !== first[k]))
+        c.fail(`Concat inputs [${first}] and [${s}] differ off axis ${axis}`);
       out[axis] += s[axis];
     });
     return [{ elemType: c.elemType(0), shape: out }];
@@ -341,7 +397,11 @@ export const SHAPE_RULES: Record<string, ShapeRule> = {
     const axis = normalizeAxis(c.node.attrInt('axis', -1), x.length, c.node.name);
     const stash = c.node.attrInt('stash_type', 1) === 1 ? DataType.FLOAT : c.elemType(0);
     const stats = x.map((d, i) => (i < axis ? d : 1));
-    return [{ elemType: c.elemType(0), shape: x }, { elemType: stash, shape: stats }, { elemType: stash, shape: stats }].slice(0, c.node.outputs.length);
+    return [
+      { elemType: c.elemType(0), shape: x },
+      { elemType: stash, shape: stats },
+      { elemType: stash, shape: stats },
+    ].slice(0, c.node.outputs.length);
   },
   Resize: resizeRule,
   Upsample: resizeRule,
@@ -402,7 +462,10 @@ function staticShape(v: Value): number[] | undefined {
 export function knownConstant(v: Value, constants: Map<Value, ConstTensor>): ConstTensor | undefined {
   const known = constants.get(v);
   if (known) return known;
-  if (v.initializer && (isIntegerType(v.initializer.dataType) || v.initializer.dataType === DataType.BOOL || sizeOf(v.initializer.dims) <= TINY_INITIALIZER)) {
+  if (
+    v.initializer &&
+    (isIntegerType(v.initializer.dataType) || v.initializer.dataType === DataType.BOOL || sizeOf(v.initializer.dims) <= TINY_INITIALIZER)
+  ) {
     const c = constFromTensor(v.initializer);
     if (c) constants.set(v, c);
     return c;
@@ -475,7 +538,8 @@ export function inferShapes(model: Model, options: InferOptions = {}): ShapeAnal
   const foldable = new Set<Node>();
   g.topologicalSort();
   for (const v of g.inputs) {
-    if (!v.initializer && !staticShape(v)) throw new HollowcError(`shape inference: graph input ${v.name} has no static shape ([${v.type?.shape?.map(String) ?? '?'}])`);
+    if (!v.initializer && !staticShape(v))
+      throw new HollowcError(`shape inference: graph input ${v.name} has no static shape ([${v.type?.shape?.map(String) ?? '?'}])`);
   }
   const constantOf = (v: Value) => knownConstant(v, constants);
   for (const node of g.nodes) {
@@ -489,11 +553,18 @@ export function inferShapes(model: Model, options: InferOptions = {}): ShapeAnal
       const s = staticShape(node.input(0))!;
       const r = s.length;
       const clamp = (v: number) => Math.min(Math.max(v < 0 ? v + r : v, 0), r);
-      values = [{ dataType: DataType.INT64, dims: types[0].shape, data: s.slice(clamp(node.attrInt('start', 0)), clamp(node.attrInt('end', r))) }];
+      values = [
+        { dataType: DataType.INT64, dims: types[0].shape, data: s.slice(clamp(node.attrInt('start', 0)), clamp(node.attrInt('end', r))) },
+      ];
     } else if (node.opType === 'Size') {
       values = [{ dataType: DataType.INT64, dims: [], data: [sizeOf(staticShape(node.input(0))!)] }];
     } else {
-      values = evaluateNode(node, node.inputs.map((v) => (v ? constantOf(v) : undefined)), types, opset);
+      values = evaluateNode(
+        node,
+        node.inputs.map((v) => (v ? constantOf(v) : undefined)),
+        types,
+        opset,
+      );
     }
     if (!values) continue;
     const fits = values.every((c) => c.data === undefined || c.data.length <= FOLD_LIMIT);

@@ -32,7 +32,8 @@ export function verifyGraph(g: Graph): string[] {
   for (const o of g.outputs) if (!defined.has(o)) problems.push(`graph output ${o.name} is not defined`);
   for (const v of g.values.values()) {
     for (const u of v.uses) {
-      if (u.node.inputs[u.index] !== v) problems.push(`use list of ${v.name} names ${u.node.name} input ${u.index}, which reads something else`);
+      if (u.node.inputs[u.index] !== v)
+        problems.push(`use list of ${v.name} names ${u.node.name} input ${u.index}, which reads something else`);
     }
   }
   return problems;

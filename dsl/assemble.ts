@@ -115,7 +115,8 @@ function loraAlpha(statements: readonly Statement[], rank: Of<'lora rank'> | und
   for (const s of statements) {
     const a = s.kind === 'lora alpha' ? s.alpha : s.kind === 'lora rank' && s === rank ? s.alpha : undefined;
     if (a === undefined) continue;
-    if (found !== undefined) fail(a.pos, `duplicate "lora alpha"; the first is on line ${found.pos!.line}`, 'each statement may appear once');
+    if (found !== undefined)
+      fail(a.pos, `duplicate "lora alpha"; the first is on line ${found.pos!.line}`, 'each statement may appear once');
     else found = a;
   }
   return found;
@@ -184,9 +185,5 @@ function checkPresetFamily(hollow: Hollow, family: FamilyName, fail: Fail): void
   if (valid.includes(hollow.preset.value)) return;
   // Unknown names were already reported by the statement builder.
   if (!presetsFor('sd15').includes(hollow.preset.value) && !presetsFor('sdxl').includes(hollow.preset.value)) return;
-  fail(
-    hollow.preset.pos,
-    `preset "${hollow.preset.value}" is not for ${family} models`,
-    `${family} presets: ${presetListText(valid)}`,
-  );
+  fail(hollow.preset.pos, `preset "${hollow.preset.value}" is not for ${family} models`, `${family} presets: ${presetListText(valid)}`);
 }

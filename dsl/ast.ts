@@ -127,9 +127,7 @@ export type Statement =
   | { readonly kind: 'train'; readonly pos: SourcePos; readonly options: readonly Option[] };
 
 /** `lora init` as written: the gaussian std may be left to the default 1/rank. */
-export type LoraInitStmt =
-  | { readonly kind: 'gaussian'; readonly std?: Num }
-  | { readonly kind: 'file'; readonly path: Valued<string> };
+export type LoraInitStmt = { readonly kind: 'gaussian'; readonly std?: Num } | { readonly kind: 'file'; readonly path: Valued<string> };
 
 /** A `name value...` clause of `optimizer` or `train`. */
 export interface Option {

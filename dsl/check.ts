@@ -35,10 +35,7 @@ export interface InputFacts {
 
 /** `after` is always a layer id: module paths are resolved to ids by checkSpec first. */
 export type HollowRequest =
-  | { readonly preset: string }
-  | { readonly blocks: readonly string[] }
-  | { readonly after: string }
-  | { readonly none: true };
+  { readonly preset: string } | { readonly blocks: readonly string[] } | { readonly after: string } | { readonly none: true };
 
 export interface ModelFacts {
   readonly family: FamilyName;
@@ -95,7 +92,11 @@ export function checkSpec(spec: Spec, facts: ModelFacts): ResolvedSpec {
 
   const family = facts.family;
   if (spec.model.value !== 'auto' && spec.model.value !== family) {
-    fail(spec.model, `"model ${spec.model.value}" does not match the graph, which is an ${family} UNet`, `write "model ${family}" or "model auto"`);
+    fail(
+      spec.model,
+      `"model ${spec.model.value}" does not match the graph, which is an ${family} UNet`,
+      `write "model ${family}" or "model auto"`,
+    );
   }
 
   const hollowed = resolveHollow(spec, facts, fail);
@@ -213,7 +214,13 @@ function unknownBlock(v: Valued<string>, layers: readonly LayerFacts[], fail: Fa
   const ids = layers.map((l) => l.id);
   // Same block number first (4-3 -> 4-1, 4-2), then by edit distance.
   const block = v.value.split('-')[0] + '-';
-  const ordered = [...closestFirst(v.value, ids.filter((id) => id.startsWith(block))), ...closestFirst(v.value, ids)];
+  const ordered = [
+    ...closestFirst(
+      v.value,
+      ids.filter((id) => id.startsWith(block)),
+    ),
+    ...closestFirst(v.value, ids),
+  ];
   fail(v, `unknown block "${v.value}"; this model has no such layer`, `valid blocks, closest first: ${listSome([...new Set(ordered)])}`);
 }
 
@@ -228,9 +235,7 @@ function resolveAfter(ref: Valued<string>, kind: 'id' | 'path', layers: readonly
     }
   } else {
     const path = ref.value;
-    const covering = layers.filter((l) =>
-      l.modules.some((m) => m === path || path.startsWith(m + '.') || m.startsWith(path + '.')),
-    );
+    const covering = layers.filter((l) => l.modules.some((m) => m === path || path.startsWith(m + '.') || m.startsWith(path + '.')));
     if (covering.length === 0) {
       const modules = layers.flatMap((l) => l.modules);
       fail(ref, `unknown module path "${path}"`, `valid here, closest first: ${listSome(pathCompletions(path, modules))}`);
@@ -286,8 +291,7 @@ function resolveTargets(spec: Spec, facts: ModelFacts, hollowed: ReadonlySet<str
     for (const c of matched) if (!globOf.has(c.module)) globOf.set(c.module, glob.value);
   }
 
-  const layerOf = (module: string) =>
-    facts.layers.find((l) => l.modules.some((m) => module === m || module.startsWith(m + '.')));
+  const layerOf = (module: string) => facts.layers.find((l) => l.modules.some((m) => module === m || module.startsWith(m + '.')));
   const targets = candidates
     .filter((c) => globOf.has(c.module))
     .map((c) => ({ ...c, glob: globOf.get(c.module)!, hollowed: hollowed.has(layerOf(c.module)?.id ?? '') }));
@@ -322,7 +326,11 @@ function checkShapes(spec: Spec, facts: ModelFacts, fail: Fail): void {
   for (const s of spec.shapes) {
     const input = facts.inputs.find((i) => i.name === s.input.value);
     if (input === undefined) {
-      fail(s.input, `the model has no input "${s.input.value}"`, `its inputs, closest first: ${closestFirst(s.input.value, names).join(', ')}`);
+      fail(
+        s.input,
+        `the model has no input "${s.input.value}"`,
+        `its inputs, closest first: ${closestFirst(s.input.value, names).join(', ')}`,
+      );
       continue;
     }
     if (s.dims.length !== input.rank) {

@@ -184,9 +184,7 @@ export class StatementBuilder extends BaseVisitor {
   shapeStmt(ctx: CstChildrenDictionary): Statement {
     const head = tokenOf(ctx, 'Kw_shape');
     const nameTok = tokens(ctx, 'Name')[0] ?? tokenOf(ctx, 'StringLit');
-    const input = nameTok.image.startsWith('"')
-      ? this.str(nameTok, 'an input name')
-      : { value: nameTok.image, pos: posOf(nameTok) };
+    const input = nameTok.image.startsWith('"') ? this.str(nameTok, 'an input name') : { value: nameTok.image, pos: posOf(nameTok) };
     const dims = tokens(ctx, 'NumberLit').map((t) => this.positiveInt(t, `dimension ${t.image} of "${input.value}"`));
     const dimsPos = spanOf(tokenOf(ctx, 'LBracket'), tokenOf(ctx, 'RBracket'));
     return { kind: 'shape', pos: posOf(head), shape: { pos: posOf(head), input, dims, dimsPos } };

@@ -86,12 +86,7 @@ export function lineOf(text: string, line: number): string {
  * nothing (a defaulted value) in which case the error belongs to the whole file. This is how the
  * compiler reports semantic errors found after parsing at the spec line that caused them.
  */
-export function specErrorAt(
-  spec: SourceText,
-  at: Located | SourcePos | undefined,
-  message: string,
-  suggestion?: string,
-): SpecError {
+export function specErrorAt(spec: SourceText, at: Located | SourcePos | undefined, message: string, suggestion?: string): SpecError {
   const pos = at === undefined ? undefined : 'line' in at ? at : at.pos;
   if (pos === undefined) return new SpecError(spec.file, 0, 0, message, suggestion);
   return new SpecError(spec.file, pos.line, pos.col, message, suggestion, lineOf(spec.text, pos.line), pos.length);

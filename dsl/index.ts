@@ -13,13 +13,7 @@ export { compareBlockIds } from './cst-to-ast';
 export { SpecError, specErrorAt } from './diagnostics';
 export type { SourcePos, Located, SourceText } from './diagnostics';
 export type { ModelChoice, EmitArtifact } from './presets';
-export {
-  EMIT_ARTIFACTS,
-  SD_PRESETS,
-  SDXL_PRESETS,
-  ALL_PRESETS,
-  presetsFor,
-} from './presets';
+export { EMIT_ARTIFACTS, SD_PRESETS, SDXL_PRESETS, ALL_PRESETS, presetsFor } from './presets';
 export { matchesGlob, globProblem, globRegex } from './glob';
 export { checkSpec } from './check';
 export type { ModelFacts, HollowRequest, LayerFacts, LoraCandidate, InputFacts, ResolvedSpec, ResolvedTarget } from './check';

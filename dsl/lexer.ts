@@ -137,9 +137,7 @@ export const statementHeads: readonly TokenType[] = [Model, Hollow, Shape, Lora,
 
 // The lexer takes the first pattern that matches, so a keyword that is a prefix of another
 // (`eps` / `epsilon`) must come after it: sort longest first.
-const keywordsLongestFirst = [...keywordTokens].sort(
-  (a, b) => (b.LABEL ?? '').length - (a.LABEL ?? '').length,
-);
+const keywordsLongestFirst = [...keywordTokens].sort((a, b) => (b.LABEL ?? '').length - (a.LABEL ?? '').length);
 
 export const allTokens: TokenType[] = [
   WhiteSpace,

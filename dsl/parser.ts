@@ -137,9 +137,7 @@ class HollowParser extends CstParser {
       {
         ALT: () => {
           this.CONSUME(T.Mse);
-          this.OPTION(() =>
-            this.OR2([{ ALT: () => this.CONSUME(T.Epsilon) }, { ALT: () => this.CONSUME(T.VPrediction) }]),
-          );
+          this.OPTION(() => this.OR2([{ ALT: () => this.CONSUME(T.Epsilon) }, { ALT: () => this.CONSUME(T.VPrediction) }]));
         },
       },
       {
@@ -198,11 +196,7 @@ class HollowParser extends CstParser {
   });
 
   private trainOption = this.RULE('trainOption', () => {
-    this.OR([
-      { ALT: () => this.CONSUME(T.Steps) },
-      { ALT: () => this.CONSUME(T.Batch) },
-      { ALT: () => this.CONSUME(T.CheckpointEvery) },
-    ]);
+    this.OR([{ ALT: () => this.CONSUME(T.Steps) }, { ALT: () => this.CONSUME(T.Batch) }, { ALT: () => this.CONSUME(T.CheckpointEvery) }]);
     this.CONSUME(T.NumberLit);
   });
 }

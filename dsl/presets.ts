@@ -6,7 +6,6 @@ import type { ArtifactName, Prediction } from '../compiler/manifest';
 import type { FamilyName } from '../models/families';
 import { PRESETS } from '../models/presets';
 
-
 export type { FamilyName, Prediction };
 export type ModelChoice = FamilyName | 'auto';
 /** What an `emit` line may name: every artifact but the internal `forward`. */
@@ -28,4 +27,3 @@ export function presetsFor(family: FamilyName): readonly string[] {
 export function presetListText(presets: readonly string[]): string {
   return presets.map((p) => `"${p}"`).join(', ');
 }
-

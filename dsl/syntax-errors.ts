@@ -18,7 +18,12 @@ export function lexingError(source: SourceText, err: ILexingError, lineText: str
   const ch = lineText[err.column! - 1] ?? '';
   const at = { line: err.line!, col: err.column!, length: err.length };
   if (ch === '"') {
-    return specErrorAt(source, { ...at, length: lineText.length - err.column! + 1 }, 'unterminated string', 'close it with " on the same line');
+    return specErrorAt(
+      source,
+      { ...at, length: lineText.length - err.column! + 1 },
+      'unterminated string',
+      'close it with " on the same line',
+    );
   }
   const what = err.length > 1 ? `unexpected text "${lineText.substr(err.column! - 1, err.length)}"` : `unexpected character "${ch}"`;
   const hint = ch === "'" ? 'strings use double quotes, as in "39.2%"' : undefined;

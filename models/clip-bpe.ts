@@ -111,7 +111,12 @@ export interface AddedTokenJson {
  * " ", lowercase; Split on CLIP's regex then ByteLevel without prefix space; BPE with `</w>`
  * end-of-word suffix; BOS/EOS around the text.
  */
-export function clipTokenizerJson(vocab: Record<string, number>, merges: readonly string[], bos = BOS_TOKEN, eos = EOS_TOKEN): Record<string, unknown> {
+export function clipTokenizerJson(
+  vocab: Record<string, number>,
+  merges: readonly string[],
+  bos = BOS_TOKEN,
+  eos = EOS_TOKEN,
+): Record<string, unknown> {
   const special = (content: string): AddedTokenJson => {
     const id = vocab[content];
     if (id === undefined) throw new HollowcError(`special token ${JSON.stringify(content)} is not in the vocabulary`);
@@ -134,7 +139,13 @@ export function clipTokenizerJson(vocab: Record<string, number>, merges: readonl
         { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false },
       ],
     },
-    post_processor: { type: 'RobertaProcessing', sep: [eos, vocab[eos]], cls: [bos, vocab[bos]], trim_offsets: false, add_prefix_space: false },
+    post_processor: {
+      type: 'RobertaProcessing',
+      sep: [eos, vocab[eos]],
+      cls: [bos, vocab[bos]],
+      trim_offsets: false,
+      add_prefix_space: false,
+    },
     decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
     model: {
       type: 'BPE',

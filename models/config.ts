@@ -245,8 +245,7 @@ export function parseUNetConfig(json: unknown, source: string): UNetConfig {
     block_out_channels: r.intList('block_out_channels', d.block_out_channels),
     layers_per_block: r.perBlock('layers_per_block', d.layers_per_block),
     transformer_layers_per_block: r.perBlock('transformer_layers_per_block', d.transformer_layers_per_block),
-    attention_head_dim:
-      obj['attention_head_dim'] === null ? d.attention_head_dim : r.perBlock('attention_head_dim', d.attention_head_dim),
+    attention_head_dim: obj['attention_head_dim'] === null ? d.attention_head_dim : r.perBlock('attention_head_dim', d.attention_head_dim),
     num_attention_heads: obj['num_attention_heads'] == null ? null : r.perBlock('num_attention_heads', 1),
     cross_attention_dim: r.perBlock('cross_attention_dim', d.cross_attention_dim),
     use_linear_projection: r.bool('use_linear_projection', d.use_linear_projection, false),
@@ -258,10 +257,7 @@ export function parseUNetConfig(json: unknown, source: string): UNetConfig {
     time_embedding_dim: r.nullableInt('time_embedding_dim', d.time_embedding_dim),
     addition_embed_type: additionEmbedType,
     addition_time_embed_dim: r.nullableInt('addition_time_embed_dim', d.addition_time_embed_dim),
-    projection_class_embeddings_input_dim: r.nullableInt(
-      'projection_class_embeddings_input_dim',
-      d.projection_class_embeddings_input_dim,
-    ),
+    projection_class_embeddings_input_dim: r.nullableInt('projection_class_embeddings_input_dim', d.projection_class_embeddings_input_dim),
     // SDXL's config.json has `upcast_attention: null`, which diffusers treats as false.
     upcast_attention: r.bool('upcast_attention', d.upcast_attention, false),
     conv_in_kernel: r.int('conv_in_kernel', d.conv_in_kernel),

@@ -414,8 +414,7 @@ export function cutFromHollowedIds(layout: UNetLayout, ids: Iterable<string>): C
   if (subset) {
     const remove = asked.filter((id) => !subset.hollowed.includes(id));
     parts.push(
-      `or remove ${remove.join(' ')} ` +
-        `(hollow ${describeIds(layout, subset.hollowed)}, last kept down layer ${subset.lastKeptDown})`,
+      `or remove ${remove.join(' ')} ` + `(hollow ${describeIds(layout, subset.hollowed)}, last kept down layer ${subset.lastKeptDown})`,
     );
   }
   throw new Error(

@@ -47,7 +47,13 @@ export const DIFFUSERS_VERSION = '0.21.4';
 
 function schedule(family: FamilyName) {
   const s = FAMILIES[family].noiseSchedule;
-  return { beta_start: s.beta_start, beta_end: s.beta_end, beta_schedule: s.beta_schedule, num_train_timesteps: s.num_train_timesteps, trained_betas: null };
+  return {
+    beta_start: s.beta_start,
+    beta_end: s.beta_end,
+    beta_schedule: s.beta_schedule,
+    num_train_timesteps: s.num_train_timesteps,
+    trained_betas: null,
+  };
 }
 
 // runwayml/stable-diffusion-v1-5 scheduler/scheduler_config.json (+ its implicit prediction_type)
@@ -92,7 +98,13 @@ const SDXL_SCHEDULER = {
 
 const CLIP_L_REPO = 'openai/clip-vit-large-patch14';
 
-function slot(dir: TextEncoderSlot['dir'], config: ClipTextConfig, padToken: ClipPadToken, hiddenStates: boolean, tokenizerSource: string): TextEncoderSlot {
+function slot(
+  dir: TextEncoderSlot['dir'],
+  config: ClipTextConfig,
+  padToken: ClipPadToken,
+  hiddenStates: boolean,
+  tokenizerSource: string,
+): TextEncoderSlot {
   return { dir, tokenizerDir: dir === 'text_encoder' ? 'tokenizer' : 'tokenizer_2', config, padToken, hiddenStates, tokenizerSource };
 }
 
@@ -102,21 +114,30 @@ function variants(family: FamilyName, size: PipelineSize): PipelineVariant {
   switch (family) {
     case 'sd15':
       return {
-        family, size, pipelineClass: 'StableDiffusionPipeline', unet,
+        family,
+        size,
+        pipelineClass: 'StableDiffusionPipeline',
+        unet,
         textEncoders: [slot('text_encoder', tiny ? CLIP_L_TINY : CLIP_L, '<|endoftext|>', false, CLIP_L_REPO)],
         vae: tiny ? VAE_SD15_TINY : VAE_SD15,
         scheduler: SD15_SCHEDULER,
       };
     case 'sd21':
       return {
-        family, size, pipelineClass: 'StableDiffusionPipeline', unet,
+        family,
+        size,
+        pipelineClass: 'StableDiffusionPipeline',
+        unet,
         textEncoders: [slot('text_encoder', tiny ? OPENCLIP_H_TINY : OPENCLIP_H, '!', false, 'stabilityai/stable-diffusion-2-1')],
         vae: tiny ? VAE_SD21_TINY : VAE_SD21,
         scheduler: SD21_SCHEDULER,
       };
     case 'sdxl':
       return {
-        family, size, pipelineClass: 'StableDiffusionXLPipeline', unet,
+        family,
+        size,
+        pipelineClass: 'StableDiffusionXLPipeline',
+        unet,
         textEncoders: [
           slot('text_encoder', tiny ? SDXL_CLIP_L_TINY : CLIP_L, '<|endoftext|>', true, CLIP_L_REPO),
           slot('text_encoder_2', tiny ? OPENCLIP_BIGG_TINY : OPENCLIP_BIGG, '!', true, 'laion/CLIP-ViT-bigG-14-laion2B-39B-b160k'),

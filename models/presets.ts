@@ -41,17 +41,14 @@ export const PRESETS: readonly Preset[] = [
     name: '84.3%',
     families: SD,
     lastKeptDown: '2-2',
-    hollowed: [
-      '2-3', '3-1', '3-2', '3-3', '4-1', '4-2', '5-1', '5-2',
-      '6-1', '6-2', '6-3', '6-4', '7-1', '7-2', '7-3', '7-4'
-    ],
+    hollowed: ['2-3', '3-1', '3-2', '3-3', '4-1', '4-2', '5-1', '5-2', '6-1', '6-2', '6-3', '6-4', '7-1', '7-2', '7-3', '7-4'],
   },
   {
     name: 'sdxl-mid',
     families: ['sdxl'],
     lastKeptDown: '3-2',
     hollowed: ['4-1', '4-2'],
-    note: 'the whole mid_block (~410M parameters), as in the paper\'s SDXL experiments',
+    note: "the whole mid_block (~410M parameters), as in the paper's SDXL experiments",
   },
 ];
 
@@ -83,11 +80,7 @@ export function findPreset(family: FamilyName, name: string): Preset {
  * The cut of `layout` a preset names. `layout` defaults to the family's full-size layout; tiny
  * variants share its block ids, so their layouts give the same hollowed ids.
  */
-export function presetCut(
-  family: FamilyName,
-  name: string,
-  layout: UNetLayout = buildLayout(FAMILIES[family].full.config),
-): Cut {
+export function presetCut(family: FamilyName, name: string, layout: UNetLayout = buildLayout(FAMILIES[family].full.config)): Cut {
   const preset = findPreset(family, name);
   let cut: Cut;
   try {
@@ -98,8 +91,7 @@ export function presetCut(
   }
   if (cut.lastKeptDown !== preset.lastKeptDown) {
     throw new Error(
-      `preset "${preset.name}": its hollow keeps down layers up to ${cut.lastKeptDown}, ` +
-        `not ${preset.lastKeptDown} as recorded`,
+      `preset "${preset.name}": its hollow keeps down layers up to ${cut.lastKeptDown}, ` + `not ${preset.lastKeptDown} as recorded`,
     );
   }
   return cut;

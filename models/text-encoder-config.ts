@@ -38,7 +38,13 @@ const CLIP_TOKENS = {
   torch_dtype: 'float32',
 } as const;
 
-function clipText(architecture: TextEncoderClass, fields: Pick<ClipTextConfig, 'hidden_size' | 'intermediate_size' | 'num_hidden_layers' | 'num_attention_heads' | 'hidden_act' | 'projection_dim'>): ClipTextConfig {
+function clipText(
+  architecture: TextEncoderClass,
+  fields: Pick<
+    ClipTextConfig,
+    'hidden_size' | 'intermediate_size' | 'num_hidden_layers' | 'num_attention_heads' | 'hidden_act' | 'projection_dim'
+  >,
+): ClipTextConfig {
   return { architectures: [architecture], ...CLIP_TOKENS, ...fields };
 }
 

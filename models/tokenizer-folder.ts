@@ -37,7 +37,8 @@ function sortedJson(obj: Record<string, number>): string {
 export function writeTokenizerFolder(dir: string, options: TokenizerFolderOptions): void {
   const merges = clipMerges();
   const vocab = vocabObject(clipVocabList(merges));
-  if (vocab[options.padToken] === undefined) throw new HollowcError(`pad token ${JSON.stringify(options.padToken)} is not in the CLIP vocabulary`);
+  if (vocab[options.padToken] === undefined)
+    throw new HollowcError(`pad token ${JSON.stringify(options.padToken)} is not in the CLIP vocabulary`);
   fs.mkdirSync(dir, { recursive: true });
   const json = (obj: unknown) => JSON.stringify(obj, null, 2) + '\n';
   writeFileAtomic(path.join(dir, 'vocab.json'), sortedJson(vocab));

@@ -23,7 +23,12 @@ export interface VaeConfig {
 /** Every norm of the VAE uses eps 1e-6 (diffusers Encoder/Decoder, resnets and attention alike). */
 export const VAE_NORM_EPS = 1e-6;
 
-function vae(fields: Pick<VaeConfig, 'block_out_channels' | 'layers_per_block' | 'norm_num_groups' | 'sample_size' | 'scaling_factor' | 'force_upcast'>): VaeConfig {
+function vae(
+  fields: Pick<
+    VaeConfig,
+    'block_out_channels' | 'layers_per_block' | 'norm_num_groups' | 'sample_size' | 'scaling_factor' | 'force_upcast'
+  >,
+): VaeConfig {
   const n = fields.block_out_channels.length;
   return {
     _class_name: 'AutoencoderKL',

@@ -57,13 +57,19 @@ function namedOutput(g: Graph, opType: string, inputs: Value[], name: string, li
   return v;
 }
 
-export function addAdamW(model: Model, params: readonly Value[], gradients: ReadonlyMap<Value, Value>, options: AdamWOptions = {}): AdamWResult {
+export function addAdamW(
+  model: Model,
+  params: readonly Value[],
+  gradients: ReadonlyMap<Value, Value>,
+  options: AdamWOptions = {},
+): AdamWResult {
   const g = model.graph;
   const { beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weightDecay = 1e-2 } = options;
   if (params.length === 0) throw new HollowcError('addAdamW: no parameters to update');
   const elemType = params[0].type!.elemType;
   for (const p of params) {
-    if (p.type?.elemType !== elemType) throw new HollowcError(`addAdamW: parameter ${p.name} has another element type than ${params[0].name}`);
+    if (p.type?.elemType !== elemType)
+      throw new HollowcError(`addAdamW: parameter ${p.name} has another element type than ${params[0].name}`);
     if (!gradients.has(p)) throw new HollowcError(`addAdamW: no gradient for parameter ${p.name}`);
   }
   const lr = g.addInput(options.lrName ?? LEARNING_RATE, { elemType, shape: [...(options.lrShape ?? [1])] });
@@ -114,7 +120,13 @@ export const addAdamWPass: Pass<ArtifactState> = {
     const { betas, eps, weightDecay } = state.training.optimizer;
     // A float32 `step` (exact to 2^24 steps): onnxruntime's WebGPU Cast takes no int64, so an int64
     // step put its Cast on the CPU with a host copy every step. The runtime feeds the declared dtype.
-    const r = addAdamW(model, loraValues(model, state), state.gradients!, { beta1: betas[0], beta2: betas[1], eps, weightDecay, stepType: 'float' });
+    const r = addAdamW(model, loraValues(model, state), state.gradients!, {
+      beta1: betas[0],
+      beta2: betas[1],
+      eps,
+      weightDecay,
+      stepType: 'float',
+    });
     return { changed: true, summary: `AdamW on ${r.states.length} tensors` };
   },
 };

@@ -38,7 +38,12 @@ export function addLoss(model: Model, prediction: Value, options: LossOptions = 
   const lossWeight = g.addInput(names.weight, { elemType, shape: [shape[0]] });
   const e = new OpEmitter(new GraphBuilder(g, '/loss'), model.opsetVersion(''));
   const diff = e.op('Sub', [prediction, target]);
-  const perSample = e.reduce('ReduceMean', e.op('Mul', [diff, diff]), shape.slice(1).map((_, i) => i + 1), false);
+  const perSample = e.reduce(
+    'ReduceMean',
+    e.op('Mul', [diff, diff]),
+    shape.slice(1).map((_, i) => i + 1),
+    false,
+  );
   const weighted = e.op('Mul', [perSample, lossWeight]);
   const mean = e.reduce('ReduceMean', weighted, [0], true);
   const loss = g.addNode({ opType: 'Identity', name: '/loss/Identity', inputs: [mean], outputs: [names.loss] }).outputs[0];

@@ -26,7 +26,14 @@ function float32Of(v: Value): Float32Array {
 }
 
 /** ΔW in the layout the node stores its weight in, times `scale`, added to `w`. */
-export function foldInto(site: Pick<LoraSite, 'node' | 'inFeatures' | 'outFeatures' | 'kernel'>, w: Float32Array, a: Float32Array, b: Float32Array, rank: number, scale: number): Float32Array {
+export function foldInto(
+  site: Pick<LoraSite, 'node' | 'inFeatures' | 'outFeatures' | 'kernel'>,
+  w: Float32Array,
+  a: Float32Array,
+  b: Float32Array,
+  rank: number,
+  scale: number,
+): Float32Array {
   const out = Float32Array.from(w);
   const inF = site.inFeatures;
   const outF = site.outFeatures;
@@ -56,7 +63,7 @@ function branchJoin(site: LoraSite, b: Value): Node | undefined {
   while (stack.length) {
     for (const u of stack.pop()!.uses) {
       if (u.node.opType === 'Add' && u.node.inputs.includes(site.output)) return u.node;
-      for (const out of u.node.outputs) if (!seen.has(out)) seen.add(out), stack.push(out);
+      for (const out of u.node.outputs) if (!seen.has(out)) (seen.add(out), stack.push(out));
     }
   }
   return undefined;
@@ -70,7 +77,8 @@ export function bakeLora(g: Graph, values: Map<string, Float32Array>, rank: numb
   const result: BakeResult = { folded: [], kept: [] };
   const loraInputs = g.inputs.filter((v) => isLoraParam(v.name));
   const missing = loraInputs.filter((v) => !values.has(v.name)).map((v) => v.name);
-  if (missing.length) throw new HollowcError(`the LoRA file lacks ${missing.length} tensor(s) the graph needs, e.g. ${missing.slice(0, 3).join(', ')}`);
+  if (missing.length)
+    throw new HollowcError(`the LoRA file lacks ${missing.length} tensor(s) the graph needs, e.g. ${missing.slice(0, 3).join(', ')}`);
   const sites = findLoraSites(g).filter((s) => !isBasePath(s.node));
   for (const site of sites) {
     const names = loraParamNames(site.module);
@@ -85,7 +93,10 @@ export function bakeLora(g: Graph, values: Map<string, Float32Array>, rank: numb
     const shared = weight.uses.some((u) => isBasePath(u.node));
     if (shared) {
       // The base path reads this weight too: keep the branch, its tensors become constants.
-      for (const [input, data] of [[aIn, a], [bIn, b]] as const) {
+      for (const [input, data] of [
+        [aIn, a],
+        [bIn, b],
+      ] as const) {
         const shape = input.type!.shape as number[];
         g.inputs = g.inputs.filter((v) => v !== input);
         input.initializer = tensorFromTyped(input.name, data, shape);
@@ -94,7 +105,9 @@ export function bakeLora(g: Graph, values: Map<string, Float32Array>, rank: numb
       continue;
     }
     const folded = foldInto(site, float32Of(weight), a, b, rank, scale);
-    const baked = g.addInitializer(inlineTensor(g.freshName(`${weight.name}.baked`), DataType.FLOAT, [...weight.initializer!.dims], new Uint8Array(folded.buffer)));
+    const baked = g.addInitializer(
+      inlineTensor(g.freshName(`${weight.name}.baked`), DataType.FLOAT, [...weight.initializer!.dims], new Uint8Array(folded.buffer)),
+    );
     g.setInput(site.node, 1, baked);
     // The layer's readers read the layer output again; the branch is then dead.
     g.replaceAllUsesWith(join.outputs[0], site.output);

@@ -67,7 +67,7 @@ function sha256File(file: string): string {
   const fd = fs.openSync(file, 'r');
   const buf = Buffer.allocUnsafe(8 * 2 ** 20);
   try {
-    for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0; ) hash.update(buf.subarray(0, n));
+    for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0;) hash.update(buf.subarray(0, n));
   } finally {
     fs.closeSync(fd);
   }
@@ -107,7 +107,11 @@ function linkExternalData(model: Model, dir: string, log?: (m: string) => void):
 function cutOf(analysis: UNetAnalysis, lastKeptDown: string | null, label: string): CutInfo | null {
   if (lastKeptDown === null) return null;
   const cut = analysis.cuts.find((c) => c.lastKeptDown === lastKeptDown);
-  if (!cut) throw new HollowcError(`no valid cut keeps the down path through ${lastKeptDown} (valid: ${analysis.cuts.map((c) => c.lastKeptDown).join(' ')})`, label);
+  if (!cut)
+    throw new HollowcError(
+      `no valid cut keeps the down path through ${lastKeptDown} (valid: ${analysis.cuts.map((c) => c.lastKeptDown).join(' ')})`,
+      label,
+    );
   return cut;
 }
 
@@ -153,11 +157,13 @@ export function compile(request: CompileRequest): CompileManifest {
   const source = request.model ?? loadModel(request.modelFile);
   const analysis = request.analysis ?? analyzeUNet(source.graph, label);
   const cut = cutOf(analysis, request.lastKeptDown, label);
-  if (request.emit.includes('precompute') && !cut) throw new HollowcError('precompute.onnx needs a hollow: with `hollow none` there is no hollow activation to precompute');
+  if (request.emit.includes('precompute') && !cut)
+    throw new HollowcError('precompute.onnx needs a hollow: with `hollow none` there is no hollow activation to precompute');
   const training = request.training ?? defaultTrainingSettings(analysis.family);
   const inputs: ArtifactState = { analysis, cut, targets: request.targets, lora: request.lora, training, label };
 
-  if (fs.existsSync(request.outDir) && !fs.statSync(request.outDir).isDirectory()) throw new HollowcError('the output is a file, not a folder: give -o a folder for the artifacts', request.outDir);
+  if (fs.existsSync(request.outDir) && !fs.statSync(request.outDir).isDirectory())
+    throw new HollowcError('the output is a file, not a folder: give -o a folder for the artifacts', request.outDir);
   const existed = fs.existsSync(request.outDir);
   // One writer per folder (compiler/folder-lock.ts); the lock also creates the folder.
   const release = lockFolder(request.outDir, 'hollowc compile', { create: true });
@@ -193,7 +199,15 @@ export function compile(request: CompileRequest): CompileManifest {
       weights: [WEIGHTS_FILE, ...linked],
       artifacts,
       training,
-      ...(request.spec ? { spec: { file: request.spec.file, sha256: crypto.createHash('sha256').update(request.spec.text).digest('hex'), text: request.spec.text } } : {}),
+      ...(request.spec
+        ? {
+            spec: {
+              file: request.spec.file,
+              sha256: crypto.createHash('sha256').update(request.spec.text).digest('hex'),
+              text: request.spec.text,
+            },
+          }
+        : {}),
     };
     writeFileAtomic(path.join(tmp, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
 

@@ -164,7 +164,8 @@ export function differentiate(model: Model, loss: Value, wrt: readonly Value[], 
       const want = staticShapeOf(v);
       if (!gi.type) gi.type = { elemType: v.type!.elemType, shape: [...want] };
       const got = gi.type.shape;
-      if (!got || got.length !== want.length || got.some((d, k) => d !== want[k])) fail(`the gradient of input ${i} has shape [${got?.join(',')}], expected [${want.join(',')}]`);
+      if (!got || got.length !== want.length || got.some((d, k) => d !== want[k]))
+        fail(`the gradient of input ${i} has shape [${got?.join(',')}], expected [${want.join(',')}]`);
       acc.add(v, gi);
     });
   }

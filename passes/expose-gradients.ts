@@ -13,7 +13,11 @@ import { ArtifactState, loraValues } from './lib/artifact-state';
  * Exposes gradients as graph outputs named `<wrt name><suffix>` (Identity nodes, so the
  * names are exact). Returns the output values by wrt.
  */
-export function addGradientOutputs(graph: Graph, gradients: ReadonlyMap<Value, Value>, nameOf: (wrt: string) => string = gradientName): Map<Value, Value> {
+export function addGradientOutputs(
+  graph: Graph,
+  gradients: ReadonlyMap<Value, Value>,
+  nameOf: (wrt: string) => string = gradientName,
+): Map<Value, Value> {
   const out = new Map<Value, Value>();
   for (const [w, gw] of gradients) {
     const name = nameOf(w.name);

@@ -20,7 +20,8 @@ export function extractPrecompute(g: Graph, activation: string, shape: Dim[]): v
 export const extractPrecomputePass: Pass<ArtifactState> = {
   name: 'extract-precompute',
   run(model, state) {
-    if (!state.cut) throw new HollowcError('precompute.onnx needs a hollow: with `hollow none` there is no hollow activation to precompute');
+    if (!state.cut)
+      throw new HollowcError('precompute.onnx needs a hollow: with `hollow none` there is no hollow activation to precompute');
     const before = model.graph.nodes.length;
     extractPrecompute(model.graph, state.cut.activation.tensor, state.cut.activation.shape);
     return { changed: true, summary: `kept ${model.graph.nodes.length} of ${before} nodes` };

@@ -24,7 +24,11 @@ export type PlaceWeight = (name: string, dims: number[], bytes: Uint8Array) => T
 
 export const inlineWeight: PlaceWeight = (name, dims, bytes) => ({ name, dataType: DataType.FLOAT, dims, data: { kind: 'inline', bytes } });
 
-export function foldLoraWeights(g: Graph, lookup: (module: string) => LoraUpdate | undefined, place: PlaceWeight = inlineWeight): { folded: string[] } {
+export function foldLoraWeights(
+  g: Graph,
+  lookup: (module: string) => LoraUpdate | undefined,
+  place: PlaceWeight = inlineWeight,
+): { folded: string[] } {
   const folded: string[] = [];
   for (const site of findLoraSites(g)) {
     const lora = lookup(site.module);
@@ -34,8 +38,13 @@ export function foldLoraWeights(g: Graph, lookup: (module: string) => LoraUpdate
     const same = (x: number[], y: number[]) => x.length === y.length && x.every((d, i) => d === y[i]);
     // linear LoRA of a 1x1 conv may come as [r, in] / [out, r]
     const flat = (s: number[]) => s.filter((d, i) => i < 2 || d !== 1);
-    if (!(same(lora.a.shape, want.a) || same(flat(lora.a.shape), flat(want.a))) || !(same(lora.b.shape, want.b) || same(flat(lora.b.shape), flat(want.b)))) {
-      throw new HollowcError(`${site.module}: LoRA shapes [${lora.a.shape}] / [${lora.b.shape}] do not fit the layer (expected [${want.a}] / [${want.b}])`);
+    if (
+      !(same(lora.a.shape, want.a) || same(flat(lora.a.shape), flat(want.a))) ||
+      !(same(lora.b.shape, want.b) || same(flat(lora.b.shape), flat(want.b)))
+    ) {
+      throw new HollowcError(
+        `${site.module}: LoRA shapes [${lora.a.shape}] / [${lora.b.shape}] do not fit the layer (expected [${want.a}] / [${want.b}])`,
+      );
     }
     const weight = site.node.inputs[1]!;
     const t = weight.initializer!;

@@ -27,7 +27,9 @@ export function insertLora(g: Graph, sites: readonly LoraSite[], config: LoraCon
   const params: LoraParam[] = [];
   for (const site of sites) {
     if (config.rank > Math.min(site.inFeatures, site.outFeatures)) {
-      throw new HollowcError(`LoRA rank ${config.rank} exceeds the width of ${site.module} (${site.inFeatures} in, ${site.outFeatures} out)`);
+      throw new HollowcError(
+        `LoRA rank ${config.rank} exceeds the width of ${site.module} (${site.inFeatures} in, ${site.outFeatures} out)`,
+      );
     }
     const names = loraParamNames(site.module);
     const shapes = loraShapes(site, config.rank);
@@ -41,7 +43,10 @@ export function insertLora(g: Graph, sites: readonly LoraSite[], config: LoraCon
     const sum = builder.op('Add', [site.output, scaled]);
     for (const u of readers) g.setInput(u.node, u.index, sum);
     if (graphOutput) g.outputs = g.outputs.map((o) => (o === site.output ? sum : o));
-    params.push({ name: names.a, module: site.module, role: 'A', shape: shapes.a }, { name: names.b, module: site.module, role: 'B', shape: shapes.b });
+    params.push(
+      { name: names.a, module: site.module, role: 'A', shape: shapes.a },
+      { name: names.b, module: site.module, role: 'B', shape: shapes.b },
+    );
   }
   g.topologicalSort();
   return params;

@@ -42,7 +42,10 @@ export const orderSinksPass: Pass<ArtifactState> = {
   name: 'order-sinks',
   requires: ['loraParams'],
   run(model, state) {
-    const moved = orderSinks(model.graph, state.loraParams!.map((p) => p.name));
+    const moved = orderSinks(
+      model.graph,
+      state.loraParams!.map((p) => p.name),
+    );
     return { changed: moved > 0, summary: `${moved} nodes moved` };
   },
 };

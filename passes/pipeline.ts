@@ -43,9 +43,20 @@ export interface BuiltArtifact {
 }
 
 /** Builds one artifact from `source` (left untouched), without the passes named in `skip`. */
-export function buildArtifact(name: ArtifactName, source: Model, inputs: ArtifactState, log?: (m: string) => void, skip: readonly string[] = []): BuiltArtifact {
+export function buildArtifact(
+  name: ArtifactName,
+  source: Model,
+  inputs: ArtifactState,
+  log?: (m: string) => void,
+  skip: readonly string[] = [],
+): BuiltArtifact {
   const model = cloneModel(source);
   const state: ArtifactState = { ...inputs };
-  const passes = runPasses(model, PIPELINES[name].filter((p) => !skip.includes(p.name)), state, { label: `building ${name}.onnx`, log });
+  const passes = runPasses(
+    model,
+    PIPELINES[name].filter((p) => !skip.includes(p.name)),
+    state,
+    { label: `building ${name}.onnx`, log },
+  );
   return { model, state, passes };
 }

@@ -28,7 +28,24 @@ import { Pass } from '../compiler/pass';
 import { ArtifactState } from './lib/artifact-state';
 
 /** Elementwise ops, Softmax, LayerNormalization and layout ops: O(n) to recompute. */
-const CHEAP = new Set(['Add', 'Sub', 'Mul', 'Div', 'Neg', 'Sigmoid', 'Erf', 'Tanh', 'Exp', 'Sqrt', 'Reciprocal', 'Relu', 'Softmax', 'LayerNormalization', 'Transpose', 'Reshape']);
+const CHEAP = new Set([
+  'Add',
+  'Sub',
+  'Mul',
+  'Div',
+  'Neg',
+  'Sigmoid',
+  'Erf',
+  'Tanh',
+  'Exp',
+  'Sqrt',
+  'Reciprocal',
+  'Relu',
+  'Softmax',
+  'LayerNormalization',
+  'Transpose',
+  'Reshape',
+]);
 /** Nodes cloned to recompute one value at most (softmax(q·kᵀ·s) from q and k: Softmax, Mul, MatMul, Transpose). */
 export const MAX_CHAIN = 4;
 
@@ -79,7 +96,10 @@ export function rematerialize(g: Graph, loss: Value, seed: Value): Rematerialize
   const outputs = new Set(g.outputs);
   const isBackward = (n: Node) => !forward.has(n);
   // Saved values: forward values that some backward node reads, in forward order.
-  const saved = g.nodes.filter((n) => forward.has(n)).flatMap((n) => n.outputs).filter((v) => !outputs.has(v) && v.uses.some((u) => isBackward(u.node)));
+  const saved = g.nodes
+    .filter((n) => forward.has(n))
+    .flatMap((n) => n.outputs)
+    .filter((v) => !outputs.has(v) && v.uses.some((u) => isBackward(u.node)));
   const savedSet = new Set(saved);
   const clones = new Map<Value, Value>();
   const kept = new Set<Value>();
@@ -112,9 +132,21 @@ export function rematerialize(g: Graph, loss: Value, seed: Value): Rematerialize
     const local = new Map<Value, Value>();
     const mapped = (x: Value | null) => (x ? (local.get(x) ?? clones.get(x) ?? x) : null);
     for (const n of order) {
-      const c = g.addNode({ opType: n.opType, domain: n.domain, name: `${n.name}/recompute`, inputs: n.inputs.map(mapped), outputs: 1, attributes: n.attributes.map((a) => ({ ...a })) }, first);
+      const c = g.addNode(
+        {
+          opType: n.opType,
+          domain: n.domain,
+          name: `${n.name}/recompute`,
+          inputs: n.inputs.map(mapped),
+          outputs: 1,
+          attributes: n.attributes.map((a) => ({ ...a })),
+        },
+        first,
+      );
       const out = c.outputs[0];
-      out.type = n.outputs[0].type ? { elemType: n.outputs[0].type.elemType, shape: n.outputs[0].type.shape ? [...n.outputs[0].type.shape] : undefined } : undefined;
+      out.type = n.outputs[0].type
+        ? { elemType: n.outputs[0].type.elemType, shape: n.outputs[0].type.shape ? [...n.outputs[0].type.shape] : undefined }
+        : undefined;
       local.set(n.outputs[0], out);
       nodesAdded++;
     }
@@ -150,7 +182,11 @@ function scheduleBackward(g: Graph, forward: ReadonlySet<Node>, seed: Value): nu
     }
   }
   const before = g.nodes;
-  const order = [...before.filter((n) => forward.has(n)), ...before.filter((n) => !forward.has(n) && !late.has(n)), ...before.filter((n) => late.has(n))];
+  const order = [
+    ...before.filter((n) => forward.has(n)),
+    ...before.filter((n) => !forward.has(n) && !late.has(n)),
+    ...before.filter((n) => late.has(n)),
+  ];
   g.reorderNodes(order);
   return g.nodes.filter((n, i) => n !== before[i]).length;
 }
@@ -161,6 +197,9 @@ export const rematerializePass: Pass<ArtifactState> = {
   requires: ['loss', 'gradients', 'gradientSeed'],
   run(model, state) {
     const r = rematerialize(model.graph, state.loss!, state.gradientSeed!);
-    return { changed: r.nodesAdded + r.moved > 0, summary: `${r.recomputed.length} saved values recomputed (${(r.bytesFreed / 2 ** 20).toFixed(1)} MiB), ${r.nodesAdded} nodes added, ${r.moved} moved` };
+    return {
+      changed: r.nodesAdded + r.moved > 0,
+      summary: `${r.recomputed.length} saved values recomputed (${(r.bytesFreed / 2 ** 20).toFixed(1)} MiB), ${r.nodesAdded} nodes added, ${r.moved} moved`,
+    };
   },
 };

@@ -38,7 +38,8 @@ const DENSE_SPLAT_LIMIT = 64;
 function fixInputShapes(g: Graph, shapes: Record<string, number[]>): void {
   const names = new Set(g.inputs.map((v) => v.name));
   for (const name of Object.keys(shapes)) {
-    if (!names.has(name)) throw new HollowcError(`specialize: the graph has no input named ${JSON.stringify(name)} (inputs: ${[...names].join(', ')})`);
+    if (!names.has(name))
+      throw new HollowcError(`specialize: the graph has no input named ${JSON.stringify(name)} (inputs: ${[...names].join(', ')})`);
   }
   for (const v of g.inputs) {
     const wanted = shapes[v.name];
@@ -46,15 +47,20 @@ function fixInputShapes(g: Graph, shapes: Record<string, number[]>): void {
     if (!wanted) {
       if (v.initializer) continue;
       if (!declared || declared.some((d) => typeof d !== 'number')) {
-        throw new HollowcError(`specialize: input ${v.name} has dims [${declared?.map((d) => d ?? '?').join(', ') ?? '?'}]; give its shape`);
+        throw new HollowcError(
+          `specialize: input ${v.name} has dims [${declared?.map((d) => d ?? '?').join(', ') ?? '?'}]; give its shape`,
+        );
       }
       continue;
     }
-    if (wanted.some((d) => !Number.isInteger(d) || d < 0)) throw new HollowcError(`specialize: shape [${wanted}] of input ${v.name} is not a list of sizes`);
+    if (wanted.some((d) => !Number.isInteger(d) || d < 0))
+      throw new HollowcError(`specialize: shape [${wanted}] of input ${v.name} is not a list of sizes`);
     if (declared) {
-      if (declared.length !== wanted.length) throw new HollowcError(`specialize: input ${v.name} has rank ${declared.length}, shape [${wanted}] has rank ${wanted.length}`);
+      if (declared.length !== wanted.length)
+        throw new HollowcError(`specialize: input ${v.name} has rank ${declared.length}, shape [${wanted}] has rank ${wanted.length}`);
       declared.forEach((d, i) => {
-        if (typeof d === 'number' && d !== wanted[i]) throw new HollowcError(`specialize: input ${v.name} has fixed dim ${i} = ${d}, shape [${wanted}] asks for ${wanted[i]}`);
+        if (typeof d === 'number' && d !== wanted[i])
+          throw new HollowcError(`specialize: input ${v.name} has fixed dim ${i} = ${d}, shape [${wanted}] asks for ${wanted[i]}`);
       });
     }
     v.type = { elemType: v.type?.elemType ?? DataType.FLOAT, shape: [...wanted] };
@@ -64,7 +70,16 @@ function fixInputShapes(g: Graph, shapes: Record<string, number[]>): void {
 function addConstantNode(g: Graph, before: Node, base: string, c: ConstTensor): Value {
   const name = g.freshName(`${base}_folded`);
   if (c.data !== undefined || sizeOf(c.dims) <= DENSE_SPLAT_LIMIT) {
-    const node = g.addNode({ opType: 'Constant', name: `${before.name}/Constant_folded`, inputs: [], outputs: [name], attributes: [{ name: 'value', type: 'tensor', value: tensorFromConst(c) }] }, before);
+    const node = g.addNode(
+      {
+        opType: 'Constant',
+        name: `${before.name}/Constant_folded`,
+        inputs: [],
+        outputs: [name],
+        attributes: [{ name: 'value', type: 'tensor', value: tensorFromConst(c) }],
+      },
+      before,
+    );
     return node.outputs[0];
   }
   const shape = g.addNode(
@@ -73,13 +88,24 @@ function addConstantNode(g: Graph, before: Node, base: string, c: ConstTensor): 
       name: `${before.name}/Constant_folded_shape`,
       inputs: [],
       outputs: [g.freshName(`${base}_folded_shape`)],
-      attributes: [{ name: 'value', type: 'tensor', value: tensorFromConst({ dataType: DataType.INT64, dims: [c.dims.length], data: c.dims }) }],
+      attributes: [
+        { name: 'value', type: 'tensor', value: tensorFromConst({ dataType: DataType.INT64, dims: [c.dims.length], data: c.dims }) },
+      ],
     },
     before,
   ).outputs[0];
   shape.type = { elemType: DataType.INT64, shape: [c.dims.length] };
   const fill = tensorFromConst({ dataType: c.dataType, dims: [1], data: [c.splat ?? 0] });
-  return g.addNode({ opType: 'ConstantOfShape', name: `${before.name}/ConstantOfShape_folded`, inputs: [shape], outputs: [name], attributes: [{ name: 'value', type: 'tensor', value: fill }] }, before).outputs[0];
+  return g.addNode(
+    {
+      opType: 'ConstantOfShape',
+      name: `${before.name}/ConstantOfShape_folded`,
+      inputs: [shape],
+      outputs: [name],
+      attributes: [{ name: 'value', type: 'tensor', value: fill }],
+    },
+    before,
+  ).outputs[0];
 }
 
 /** Replaces every folded value that a live (non-folded) node reads with a constant. */
@@ -200,11 +226,17 @@ function resolveDim(d: Dim, dims: Record<string, number>, input: string): number
     const m = /^([A-Za-z_]\w*)(?:\/(\d+))?$/.exec(d);
     if (m && dims[m[1]] !== undefined) return m[2] ? dims[m[1]] / Number(m[2]) : dims[m[1]];
   }
-  throw new HollowcError(`no static size for dimension ${JSON.stringify(d)} of ${input}: give it with a "shape ${input} [...]" line in the spec`);
+  throw new HollowcError(
+    `no static size for dimension ${JSON.stringify(d)} of ${input}: give it with a "shape ${input} [...]" line in the spec`,
+  );
 }
 
 /** Static shapes for every input of the hollowed forward graph (LoRA tensors are static already). */
-export function trainingShapes(forward: Model, family: FamilyName, options: { shapes: Readonly<Record<string, readonly number[]>>; batch: number }): Record<string, number[]> {
+export function trainingShapes(
+  forward: Model,
+  family: FamilyName,
+  options: { shapes: Readonly<Record<string, readonly number[]>>; batch: number },
+): Record<string, number[]> {
   const dims = defaultDims(family, options.batch);
   // Dims the spec fixes through the UNet's inputs (e.g. sample [1, 4, 32, 32] -> height 32).
   for (const v of forward.graph.inputs) {
@@ -231,6 +263,9 @@ export const specializeShapesPass: Pass<ArtifactState> = {
   name: 'specialize-shapes',
   run(model, state) {
     const r = specializeShapes(model, trainingShapes(model, state.analysis.family, state.training));
-    return { changed: r.changed, summary: `${r.nodesBefore} -> ${r.nodesAfter} nodes, ${r.folded} folded, ${r.simplified} no-ops bypassed` };
+    return {
+      changed: r.changed,
+      summary: `${r.nodesBefore} -> ${r.nodesAfter} nodes, ${r.folded} folded, ${r.simplified} no-ops bypassed`,
+    };
   },
 };

@@ -7,14 +7,23 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../compiler/errors';
-import { ArtifactDescription, ArtifactName, CompileManifest, MANIFEST_FILE, SAMPLE, TensorDescription, readManifest } from '../compiler/manifest';
+import {
+  ArtifactDescription,
+  ArtifactName,
+  CompileManifest,
+  MANIFEST_FILE,
+  SAMPLE,
+  TensorDescription,
+  readManifest,
+} from '../compiler/manifest';
 import { FAMILIES, FamilyName, isFamilyName } from '../models/families';
 import { fromFloat16, toFloat16 } from './float16';
 
 /** The manifest of a compiled folder, validated, with a family this hollowc knows. */
 export function loadManifest(out: string): CompileManifest {
   const manifest = readManifest(out);
-  if (!isFamilyName(manifest.family)) throw new HollowcError(`unknown model family ${JSON.stringify(manifest.family)} in the manifest`, out);
+  if (!isFamilyName(manifest.family))
+    throw new HollowcError(`unknown model family ${JSON.stringify(manifest.family)} in the manifest`, out);
   return manifest;
 }
 
@@ -30,16 +39,29 @@ export function familyOf(manifest: CompileManifest): FamilyName {
   return manifest.family as FamilyName;
 }
 
-export function requireArtifact(out: string, manifest: CompileManifest, name: ArtifactName, why: string): ArtifactDescription & { path: string } {
+export function requireArtifact(
+  out: string,
+  manifest: CompileManifest,
+  name: ArtifactName,
+  why: string,
+): ArtifactDescription & { path: string } {
   const a = manifest.artifacts[name];
-  if (!a) throw new HollowcError(`this folder has no ${name}.onnx, which ${why} needs (add \`${name}\` to the spec's emit line and compile again)`, out);
+  if (!a)
+    throw new HollowcError(
+      `this folder has no ${name}.onnx, which ${why} needs (add \`${name}\` to the spec's emit line and compile again)`,
+      out,
+    );
   return { ...a, path: path.join(out, a.file) };
 }
 
 export type TensorValues = Float32Array | number[];
 
 /** An onnxruntime tensor of the described input's dtype (float32, float64, float16, int64, int32). */
-export function tensorFor(desc: Pick<Readonly<TensorDescription>, 'name' | 'dtype'> | undefined, values: TensorValues, dims: readonly number[]): ort.Tensor {
+export function tensorFor(
+  desc: Pick<Readonly<TensorDescription>, 'name' | 'dtype'> | undefined,
+  values: TensorValues,
+  dims: readonly number[],
+): ort.Tensor {
   const dtype = desc?.dtype ?? 'float32';
   const count = dims.reduce((a, b) => a * b, 1);
   if (values.length !== count) throw new Error(`${desc?.name ?? 'tensor'}: ${values.length} values for shape [${dims}]`);
@@ -51,9 +73,17 @@ export function tensorFor(desc: Pick<Readonly<TensorDescription>, 'name' | 'dtyp
     case 'float16':
       return new ort.Tensor('float16', toFloat16(values), dims);
     case 'int64':
-      return new ort.Tensor('int64', BigInt64Array.from(values as ArrayLike<number>, (v) => BigInt(Math.round(v))), dims);
+      return new ort.Tensor(
+        'int64',
+        BigInt64Array.from(values as ArrayLike<number>, (v) => BigInt(Math.round(v))),
+        dims,
+      );
     case 'int32':
-      return new ort.Tensor('int32', Int32Array.from(values as ArrayLike<number>, (v) => Math.round(v)), dims);
+      return new ort.Tensor(
+        'int32',
+        Int32Array.from(values as ArrayLike<number>, (v) => Math.round(v)),
+        dims,
+      );
     default:
       throw new HollowcError(`input ${desc?.name} has dtype ${dtype}; hollowc's runtime feeds float32, float64, float16, int32 or int64`);
   }
@@ -68,7 +98,11 @@ export function scalarFor(desc: TensorDescription | undefined, value: number): o
 /** Static dims of a described tensor, or an error naming the dynamic one. */
 export function staticShape(desc: TensorDescription, label: string): number[] {
   const bad = desc.shape.find((d) => typeof d !== 'number');
-  if (bad !== undefined) throw new HollowcError(`${desc.name} has a dynamic dimension (${String(bad)}); train.onnx needs static shapes (spec \`shape\` lines)`, label);
+  if (bad !== undefined)
+    throw new HollowcError(
+      `${desc.name} has a dynamic dimension (${String(bad)}); train.onnx needs static shapes (spec \`shape\` lines)`,
+      label,
+    );
   return desc.shape as number[];
 }
 

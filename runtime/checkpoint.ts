@@ -55,7 +55,10 @@ export function writeCheckpoint(dir: string, state: TrainState, params: readonly
     tensors.set(expAvgSqName(p.name), float32Tensor(p.shape, p.expAvgSq));
   }
   const digest = writeSafetensors(file, tensors, { [STATE_KEY]: JSON.stringify(state), format: 'pt' });
-  writeFileAtomic(path.join(dir, CHECKPOINT_STATE_FILE), JSON.stringify({ ...state, checkpoint: CHECKPOINT_FILE, sha256: digest }, null, 2) + '\n');
+  writeFileAtomic(
+    path.join(dir, CHECKPOINT_STATE_FILE),
+    JSON.stringify({ ...state, checkpoint: CHECKPOINT_FILE, sha256: digest }, null, 2) + '\n',
+  );
   return file;
 }
 
@@ -77,7 +80,12 @@ export function readCheckpoint(file: string): Checkpoint {
       return t;
     };
     const v = get(name);
-    params.set(name, { shape: v.shape, value: toFloat32(v, name), expAvg: toFloat32(get(expAvgName(name))), expAvgSq: toFloat32(get(expAvgSqName(name))) });
+    params.set(name, {
+      shape: v.shape,
+      value: toFloat32(v, name),
+      expAvg: toFloat32(get(expAvgName(name))),
+      expAvgSq: toFloat32(get(expAvgSqName(name))),
+    });
   }
   return { state, params };
 }

@@ -32,11 +32,15 @@ export interface ExportResult {
 }
 
 export function exportLora(options: ExportOptions): ExportResult {
-  if (!LORA_FORMATS.includes(options.format)) throw new HollowcError(`--format must be one of ${LORA_FORMATS.join(', ')}, got ${options.format as string}`);
+  if (!LORA_FORMATS.includes(options.format))
+    throw new HollowcError(`--format must be one of ${LORA_FORMATS.join(', ')}, got ${options.format as string}`);
   const manifest = loadManifest(options.out);
   refuseOverwrite(options.out, manifest, options.output, [LORA_INIT_FILE]);
   const trained = manifest.lora.targets.filter((t) => t.trained);
-  let source = options.from === 'checkpoint' ? path.join(options.out, TRAIN_DIR, CHECKPOINT_FILE) : options.from ?? path.join(options.out, LORA_FILE);
+  let source =
+    options.from === 'checkpoint'
+      ? path.join(options.out, TRAIN_DIR, CHECKPOINT_FILE)
+      : (options.from ?? path.join(options.out, LORA_FILE));
   if (!fs.existsSync(source)) {
     const hint = options.from ? '' : ': train first (hollowc train writes it) or pass --from checkpoint';
     throw new HollowcError(`no such file${hint}`, source);
@@ -45,11 +49,30 @@ export function exportLora(options: ExportOptions): ExportResult {
   let modules: LoraModuleValues[];
   if (readSafetensors(source).metadata.hollowc_checkpoint) {
     modules = loraModules(manifest, paramsFromCheckpoint(source));
-    if (modules.length !== trained.length) throw new HollowcError(`the checkpoint holds ${modules.length} of the ${trained.length} trained modules: it belongs to another compile`, source);
+    if (modules.length !== trained.length)
+      throw new HollowcError(
+        `the checkpoint holds ${modules.length} of the ${trained.length} trained modules: it belongs to another compile`,
+        source,
+      );
   } else {
-    const values = readLoraFile(source, trained.map((t) => t.module), manifest.lora.rank, manifest.lora.alpha);
+    const values = readLoraFile(
+      source,
+      trained.map((t) => t.module),
+      manifest.lora.rank,
+      manifest.lora.alpha,
+    );
     modules = trained.map((t) => values.get(t.module)!);
   }
-  writeLoraFile(options.output, options.format, { rank: manifest.lora.rank, alpha: manifest.lora.alpha, modules }, { hollowc_source: path.basename(source), hollowc_family: manifest.family });
-  return { file: options.output, source, modules: modules.length, parameters: modules.reduce((a, m) => a + m.a.data.length + m.b.data.length, 0) };
+  writeLoraFile(
+    options.output,
+    options.format,
+    { rank: manifest.lora.rank, alpha: manifest.lora.alpha, modules },
+    { hollowc_source: path.basename(source), hollowc_family: manifest.family },
+  );
+  return {
+    file: options.output,
+    source,
+    modules: modules.length,
+    parameters: modules.reduce((a, m) => a + m.a.data.length + m.b.data.length, 0),
+  };
 }

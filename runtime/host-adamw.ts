@@ -61,14 +61,41 @@ export class HostAdamW {
     for (let k = 0; k < params.length; k++) {
       const p = params[k];
       const g = grads[k];
-      if (g.length !== p.value.length) throw new Error(`AdamW: gradient of ${p.name} has ${g.length} values, the parameter ${p.value.length}`);
-      adamwKernel(p.value, p.expAvg, p.expAvgSq, g, this.beta1, this.beta2, this.oneMinusBeta1, this.oneMinusBeta2, this.eps, bc2Sqrt, stepSize, decay);
+      if (g.length !== p.value.length)
+        throw new Error(`AdamW: gradient of ${p.name} has ${g.length} values, the parameter ${p.value.length}`);
+      adamwKernel(
+        p.value,
+        p.expAvg,
+        p.expAvgSq,
+        g,
+        this.beta1,
+        this.beta2,
+        this.oneMinusBeta1,
+        this.oneMinusBeta2,
+        this.eps,
+        bc2Sqrt,
+        stepSize,
+        decay,
+      );
     }
   }
 }
 
 /** One tensor's update; a plain monomorphic loop (it runs over every LoRA value each step). */
-function adamwKernel(value: Float32Array, expAvg: Float32Array, expAvgSq: Float32Array, g: Float32Array, beta1: number, beta2: number, oneMinusBeta1: number, oneMinusBeta2: number, eps: number, bc2Sqrt: number, stepSize: number, decay: number): void {
+function adamwKernel(
+  value: Float32Array,
+  expAvg: Float32Array,
+  expAvgSq: Float32Array,
+  g: Float32Array,
+  beta1: number,
+  beta2: number,
+  oneMinusBeta1: number,
+  oneMinusBeta2: number,
+  eps: number,
+  bc2Sqrt: number,
+  stepSize: number,
+  decay: number,
+): void {
   const n = value.length;
   for (let i = 0; i < n; i++) {
     const gi = g[i];

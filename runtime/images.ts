@@ -63,7 +63,10 @@ async function checkHeader(bytes: Buffer, file: string, maxPixels: number, minSi
   const { width, height } = meta;
   if (!width || !height) throw new HollowcError('image header has no size', file);
   if (width * height > maxPixels) {
-    throw new HollowcError(`image is ${width}x${height} = ${width * height} pixels, over the limit of ${maxPixels}; refusing to decode it`, file);
+    throw new HollowcError(
+      `image is ${width}x${height} = ${width * height} pixels, over the limit of ${maxPixels}; refusing to decode it`,
+      file,
+    );
   }
   if (Math.min(width, height) < minSide) {
     throw new HollowcError(`image is ${width}x${height}, too small (each side must be at least ${minSide} px)`, file);
@@ -72,7 +75,10 @@ async function checkHeader(bytes: Buffer, file: string, maxPixels: number, minSi
 }
 
 function checkSize(width: number, height: number): void {
-  for (const [name, v] of [['width', width], ['height', height]] as const) {
+  for (const [name, v] of [
+    ['width', width],
+    ['height', height],
+  ] as const) {
     if (!Number.isInteger(v) || v < 1 || v > 16384) throw new HollowcError(`image ${name} must be an integer in 1..16384, got ${v}`);
   }
 }
@@ -131,7 +137,8 @@ export async function encodePng(data: Float32Array, dims: readonly number[], ind
   const [n, , h, w] = nchw;
   if (!(index >= 0 && index < n)) throw new HollowcError(`image index ${index} is out of range for a batch of ${n}`);
   const plane = h * w;
-  if (data.length !== n * 3 * plane) throw new HollowcError(`tensor has ${data.length} values, [${dims.join(', ')}] needs ${n * 3 * plane}`);
+  if (data.length !== n * 3 * plane)
+    throw new HollowcError(`tensor has ${data.length} values, [${dims.join(', ')}] needs ${n * 3 * plane}`);
   const base = index * 3 * plane;
   const rgb = Buffer.allocUnsafe(3 * plane);
   const byte = (v: number) => Math.round(Math.min(1, Math.max(0, Number.isNaN(v) ? 0 : v)) * 255);
@@ -140,7 +147,9 @@ export async function encodePng(data: Float32Array, dims: readonly number[], ind
     rgb[3 * i + 1] = byte(data[base + plane + i]);
     rgb[3 * i + 2] = byte(data[base + 2 * plane + i]);
   }
-  return sharp(rgb, { raw: { width: w, height: h, channels: 3 } }).png().toBuffer();
+  return sharp(rgb, { raw: { width: w, height: h, channels: 3 } })
+    .png()
+    .toBuffer();
 }
 
 /** Writes image `index` of a [0, 1] NCHW tensor as a PNG (atomically). */

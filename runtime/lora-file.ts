@@ -16,7 +16,16 @@
  */
 import { HollowcError } from '../compiler/errors';
 import { CompileManifest, loraParamNames } from '../compiler/manifest';
-import { LoraFormat, LoraModuleValues, LoraSet, adapterAlphaOf, kohyaName, loraFileTensors, loraValues, loraValuesForManifest } from './lora-format';
+import {
+  LoraFormat,
+  LoraModuleValues,
+  LoraSet,
+  adapterAlphaOf,
+  kohyaName,
+  loraFileTensors,
+  loraValues,
+  loraValuesForManifest,
+} from './lora-format';
 import { readSafetensors, toFloat32, writeSafetensors } from './safetensors';
 
 export type { LoraFormat, LoraModuleValues, LoraSet } from './lora-format';
@@ -91,10 +100,10 @@ export function readUnetLora(file: string): UnetLora {
   for (const k of keys) {
     let base: string | undefined;
     let up: string | undefined;
-    if (k.endsWith(KOHYA_DOWN)) (base = k.slice(0, -KOHYA_DOWN.length)), (up = `${base}${KOHYA_UP}`);
-    else if (k.endsWith(DIFFUSERS_DOWN)) (base = k.slice(0, -DIFFUSERS_DOWN.length)), (up = `${base}${DIFFUSERS_UP}`);
-    else if (k.endsWith(peftSuffix.a)) (base = k.slice(0, -peftSuffix.a.length)), (up = `${base}${peftSuffix.b}`);
-    else if (/_lora\.down\.weight$/.test(k)) (base = k.replace(/\.down\.weight$/, '')), (up = k.replace(/\.down\.weight$/, '.up.weight'));
+    if (k.endsWith(KOHYA_DOWN)) ((base = k.slice(0, -KOHYA_DOWN.length)), (up = `${base}${KOHYA_UP}`));
+    else if (k.endsWith(DIFFUSERS_DOWN)) ((base = k.slice(0, -DIFFUSERS_DOWN.length)), (up = `${base}${DIFFUSERS_UP}`));
+    else if (k.endsWith(peftSuffix.a)) ((base = k.slice(0, -peftSuffix.a.length)), (up = `${base}${peftSuffix.b}`));
+    else if (/_lora\.down\.weight$/.test(k)) ((base = k.replace(/\.down\.weight$/, '')), (up = k.replace(/\.down\.weight$/, '.up.weight')));
     if (base === undefined) continue;
     if (/^(lora_te\d*_|text_encoder|lora_te_)/.test(base)) {
       ignored++;
@@ -104,11 +113,13 @@ export function readUnetLora(file: string): UnetLora {
     const alpha = [`${base}.alpha`].find((a) => tensors.has(a));
     layers.set(base, { down: k, up: up!, alpha });
   }
-  if (layers.size === 0) throw new HollowcError(`no UNet LoRA tensors found (keys look like ${keys.slice(0, 2).join(', ') || 'nothing'})`, file);
+  if (layers.size === 0)
+    throw new HollowcError(`no UNet LoRA tensors found (keys look like ${keys.slice(0, 2).join(', ') || 'nothing'})`, file);
   // module path -> entry
   const byModule = new Map<string, string>();
   for (const base of layers.keys()) {
-    if (kohya) byModule.set(base, base); // resolved at lookup through kohyaName
+    if (kohya)
+      byModule.set(base, base); // resolved at lookup through kohyaName
     else {
       let m = base;
       const prefix = PREFIXES.find((p) => p && m.startsWith(p));

@@ -20,7 +20,14 @@ const DIFFUSERS_UP_SUFFIX = '.lora.up.weight';
 
 /** The `lora_adapter_metadata` JSON diffusers reads: LoraConfig fields, each prefixed with the component (`unet.`). */
 export function adapterMetadata(rank: number, alpha: number, modules: readonly string[]): string {
-  return JSON.stringify({ 'unet.r': rank, 'unet.lora_alpha': alpha, 'unet.target_modules': [...new Set(modules)], 'unet.init_lora_weights': true, 'unet.use_dora': false, 'unet.lora_bias': false });
+  return JSON.stringify({
+    'unet.r': rank,
+    'unet.lora_alpha': alpha,
+    'unet.target_modules': [...new Set(modules)],
+    'unet.init_lora_weights': true,
+    'unet.use_dora': false,
+    'unet.lora_bias': false,
+  });
 }
 
 /** `lora_alpha` of the `lora_adapter_metadata` JSON (`unet.lora_alpha`, or unprefixed), when there. */
@@ -62,7 +69,10 @@ export function loraFileTensors(format: LoraFormat, set: LoraSet, extraMetadata:
       tensors.set(names.b, float32Tensor(m.b.shape, m.b.data));
     } else if (format === 'diffusers') {
       tensors.set(`unet.${m.module}${DIFFUSERS_DOWN_SUFFIX}`, float32Tensor(m.a.shape, m.a.data));
-      tensors.set(`unet.${m.module}${DIFFUSERS_UP_SUFFIX}`, float32Tensor(m.b.shape, scale === 1 ? m.b.data : m.b.data.map((x) => x * scale)));
+      tensors.set(
+        `unet.${m.module}${DIFFUSERS_UP_SUFFIX}`,
+        float32Tensor(m.b.shape, scale === 1 ? m.b.data : m.b.data.map((x) => x * scale)),
+      );
     } else {
       const base = kohyaName(m.module);
       tensors.set(`${base}.lora_down.weight`, float32Tensor(m.a.shape, m.a.data));
@@ -95,7 +105,13 @@ export function loraFileTensors(format: LoraFormat, set: LoraSet, extraMetadata:
  * `alpha` (the compiled graph's alpha/r is fixed): kohya files may carry another alpha. `file`
  * labels errors.
  */
-export function loraValues(parsed: SafetensorsFile, file: string, modules: readonly string[], rank: number, alpha: number): Map<string, LoraModuleValues> {
+export function loraValues(
+  parsed: SafetensorsFile,
+  file: string,
+  modules: readonly string[],
+  rank: number,
+  alpha: number,
+): Map<string, LoraModuleValues> {
   const { tensors, metadata } = parsed;
   const keys = [...tensors.keys()];
   const kohya = keys.some((k) => k.startsWith('lora_unet_'));
@@ -129,10 +145,12 @@ export function loraValues(parsed: SafetensorsFile, file: string, modules: reado
       missing.push(module);
       continue;
     }
-    if (a.shape[0] !== rank || b.shape[1] !== rank) throw new HollowcError(`${module}: LoRA rank ${a.shape[0]} in the file, the compiled graph has rank ${rank}`, file);
+    if (a.shape[0] !== rank || b.shape[1] !== rank)
+      throw new HollowcError(`${module}: LoRA rank ${a.shape[0]} in the file, the compiled graph has rank ${rank}`, file);
     const aValues = finiteValues(toFloat32(a, aKey), aKey!, file);
     const bValues = finiteValues(toFloat32(b, bKey), bKey!, file);
-    if (!Number.isFinite(fileAlpha) || fileAlpha <= 0) throw new HollowcError(`${module}: LoRA alpha ${fileAlpha} is not a positive number`, file);
+    if (!Number.isFinite(fileAlpha) || fileAlpha <= 0)
+      throw new HollowcError(`${module}: LoRA alpha ${fileAlpha} is not a positive number`, file);
     const ratio = fileAlpha / alpha;
     out.set(module, {
       module,
@@ -141,7 +159,10 @@ export function loraValues(parsed: SafetensorsFile, file: string, modules: reado
     });
   }
   if (missing.length) {
-    throw new HollowcError(`no LoRA tensors for ${missing.length} module(s), e.g. ${missing.slice(0, 3).join(', ')} (file has keys like ${keys.slice(0, 2).join(', ')})`, file);
+    throw new HollowcError(
+      `no LoRA tensors for ${missing.length} module(s), e.g. ${missing.slice(0, 3).join(', ')} (file has keys like ${keys.slice(0, 2).join(', ')})`,
+      file,
+    );
   }
   return out;
 }
@@ -149,7 +170,8 @@ export function loraValues(parsed: SafetensorsFile, file: string, modules: reado
 /** A LoRA with a NaN or an infinity would poison every image it touches: refuse it by name. */
 function finiteValues(values: Float32Array, key: string, file: string): Float32Array {
   const bad = values.findIndex((x) => !Number.isFinite(x));
-  if (bad >= 0) throw new HollowcError(`${key} holds ${values[bad]} at element ${bad}: the LoRA is broken (a diverged training run?)`, file);
+  if (bad >= 0)
+    throw new HollowcError(`${key} holds ${values[bad]} at element ${bad}: the LoRA is broken (a diverged training run?)`, file);
   return values;
 }
 
@@ -159,12 +181,21 @@ function finiteValues(values: Float32Array, key: string, file: string): Float32A
  */
 export function loraValuesForManifest(parsed: SafetensorsFile, file: string, manifest: CompileManifest): Map<string, Float32Array> {
   const trained = manifest.lora.targets.filter((t) => t.trained);
-  const modules = loraValues(parsed, file, trained.map((t) => t.module), manifest.lora.rank, manifest.lora.alpha);
+  const modules = loraValues(
+    parsed,
+    file,
+    trained.map((t) => t.module),
+    manifest.lora.rank,
+    manifest.lora.alpha,
+  );
   const values = new Map<string, Float32Array>();
   for (const t of trained) {
     const m = modules.get(t.module)!;
     if (m.a.shape.join() !== t.lora_A.shape.join() || m.b.shape.join() !== t.lora_B.shape.join()) {
-      throw new HollowcError(`${t.module}: LoRA shapes [${m.a.shape}] / [${m.b.shape}] do not match the compiled [${t.lora_A.shape}] / [${t.lora_B.shape}]`, file);
+      throw new HollowcError(
+        `${t.module}: LoRA shapes [${m.a.shape}] / [${m.b.shape}] do not match the compiled [${t.lora_A.shape}] / [${t.lora_B.shape}]`,
+        file,
+      );
     }
     values.set(t.lora_A.name, m.a.data);
     values.set(t.lora_B.name, m.b.data);

@@ -19,7 +19,11 @@ export function initialLora(manifest: CompileManifest, std: number, seed: number
       const a = new Float32Array(t.lora_A.shape.reduce((x, y) => x * y, 1));
       // One stream per module: a module's init does not depend on which others are targeted.
       fillNormal(new Rng(seed, `${t.module}.lora_A`), a, std);
-      return { module: t.module, a: { shape: t.lora_A.shape, data: a }, b: { shape: t.lora_B.shape, data: new Float32Array(t.lora_B.shape.reduce((x, y) => x * y, 1)) } };
+      return {
+        module: t.module,
+        a: { shape: t.lora_A.shape, data: a },
+        b: { shape: t.lora_B.shape, data: new Float32Array(t.lora_B.shape.reduce((x, y) => x * y, 1)) },
+      };
     });
 }
 
@@ -32,17 +36,30 @@ export function writeInitialLora(outDir: string, manifest: CompileManifest, init
   if (init.kind === 'file') {
     const source = init.file;
     const trained = manifest.lora.targets.filter((t) => t.trained);
-    const read = readLoraFile(source, trained.map((t) => t.module), manifest.lora.rank, manifest.lora.alpha);
+    const read = readLoraFile(
+      source,
+      trained.map((t) => t.module),
+      manifest.lora.rank,
+      manifest.lora.alpha,
+    );
     modules = trained.map((t) => {
       const m = read.get(t.module)!;
       if (m.a.shape.join() !== t.lora_A.shape.join() || m.b.shape.join() !== t.lora_B.shape.join()) {
-        throw new HollowcError(`${t.module}: LoRA shapes [${m.a.shape}] / [${m.b.shape}] do not match the compiled [${t.lora_A.shape}] / [${t.lora_B.shape}]`, source);
+        throw new HollowcError(
+          `${t.module}: LoRA shapes [${m.a.shape}] / [${m.b.shape}] do not match the compiled [${t.lora_A.shape}] / [${t.lora_B.shape}]`,
+          source,
+        );
       }
       return m;
     });
   } else {
     modules = initialLora(manifest, init.std, init.seed);
   }
-  writeLoraFile(file, 'peft', { rank: manifest.lora.rank, alpha: manifest.lora.alpha, modules }, { hollowc_init: init.kind === 'file' ? `from ${init.file}` : `gaussian seed ${init.seed}` });
+  writeLoraFile(
+    file,
+    'peft',
+    { rank: manifest.lora.rank, alpha: manifest.lora.alpha, modules },
+    { hollowc_init: init.kind === 'file' ? `from ${init.file}` : `gaussian seed ${init.seed}` },
+  );
   return file;
 }

@@ -49,7 +49,8 @@ export class NoiseSchedule {
   }
 
   private abar(t: number): number {
-    if (!Number.isInteger(t) || t < 0 || t >= this.alphasCumprod.length) throw new Error(`timestep ${t} is outside 0..${this.alphasCumprod.length - 1}`);
+    if (!Number.isInteger(t) || t < 0 || t >= this.alphasCumprod.length)
+      throw new Error(`timestep ${t} is outside 0..${this.alphasCumprod.length - 1}`);
     return this.alphasCumprod[t];
   }
 

@@ -15,13 +15,30 @@ export interface NpyArray {
 }
 
 const DESCR: Record<string, NpyArray['dtype']> = {
-  '<f4': 'float32', '<f8': 'float64', '<i4': 'int32', '<i8': 'int64', '|u1': 'uint8', '|i1': 'int8',
-  '<i2': 'int16', '<u2': 'uint16', '|b1': 'bool',
+  '<f4': 'float32',
+  '<f8': 'float64',
+  '<i4': 'int32',
+  '<i8': 'int64',
+  '|u1': 'uint8',
+  '|i1': 'int8',
+  '<i2': 'int16',
+  '<u2': 'uint16',
+  '|b1': 'bool',
 };
 
 const MAGIC = Buffer.from([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59]);
 
-const ELEMENT_BYTES: Record<NpyArray['dtype'], number> = { float32: 4, float64: 8, int32: 4, int64: 8, uint8: 1, int8: 1, int16: 2, uint16: 2, bool: 1 };
+const ELEMENT_BYTES: Record<NpyArray['dtype'], number> = {
+  float32: 4,
+  float64: 8,
+  int32: 4,
+  int64: 8,
+  uint8: 1,
+  int8: 1,
+  int16: 2,
+  uint16: 2,
+  bool: 1,
+};
 
 export function parseNpy(bytes: Uint8Array, label: string): NpyArray {
   const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -35,16 +52,23 @@ export function parseNpy(bytes: Uint8Array, label: string): NpyArray {
   const shapeText = /'shape':\s*\(([^)]*)\)/.exec(header)?.[1];
   if (!descr || !fortran || shapeText === undefined) throw new HollowcError(`unreadable .npy header ${JSON.stringify(header)}`, label);
   const dtype = DESCR[descr];
-  if (!dtype) throw new HollowcError(`unsupported .npy dtype ${descr} (expected little-endian float32/64, int8/16/32/64, uint8/16, bool)`, label);
+  if (!dtype)
+    throw new HollowcError(`unsupported .npy dtype ${descr} (expected little-endian float32/64, int8/16/32/64, uint8/16, bool)`, label);
   if (fortran === 'True') throw new HollowcError('Fortran-ordered .npy arrays are not supported', label);
-  const shape = shapeText.split(',').map((s) => s.trim()).filter((s) => s.length > 0).map(Number);
-  if (!shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw new HollowcError(`.npy shape (${shapeText}) is not a list of sizes`, label);
+  const shape = shapeText
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0)
+    .map(Number);
+  if (!shape.every((d) => Number.isSafeInteger(d) && d >= 0))
+    throw new HollowcError(`.npy shape (${shapeText}) is not a list of sizes`, label);
   const count = shape.reduce((a, b) => a * b, 1);
   const start = headerStart + headerLen;
   // Checked before anything is allocated: a header may claim any shape.
   const needed = count * ELEMENT_BYTES[dtype];
   const available = buf.byteLength - start;
-  if (!Number.isSafeInteger(needed) || needed > available) throw new HollowcError(`.npy body is ${Math.max(0, available)} bytes, shape [${shape}] needs ${needed}`, label);
+  if (!Number.isSafeInteger(needed) || needed > available)
+    throw new HollowcError(`.npy body is ${Math.max(0, available)} bytes, shape [${shape}] needs ${needed}`, label);
   // Copy into a fresh, aligned buffer: typed arrays need element alignment.
   const body = new Uint8Array(buf.subarray(start, start + needed));
   return { dtype, shape, data: typedView(dtype, body.buffer, count) };

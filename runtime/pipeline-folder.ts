@@ -80,7 +80,10 @@ function readJson(file: string, dir: string, what: string): Json {
     text = fs.readFileSync(file, 'utf8');
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    throw new HollowcError(code === 'ENOENT' ? `pipeline folder has no ${what}` : `cannot read ${what}: ${code ?? (e as Error).message}`, dir);
+    throw new HollowcError(
+      code === 'ENOENT' ? `pipeline folder has no ${what}` : `cannot read ${what}: ${code ?? (e as Error).message}`,
+      dir,
+    );
   }
   try {
     const v: unknown = JSON.parse(text);
@@ -126,13 +129,18 @@ function tokenizerComponent(root: string, name: string): TokenizerComponent {
   if (!fs.existsSync(path.join(dir, 'tokenizer.json')) && !fs.existsSync(path.join(dir, 'vocab.json'))) {
     throw new HollowcError(`${name}/ has no vocab.json (nor tokenizer.json)`, root);
   }
-  const config = fs.existsSync(path.join(dir, 'tokenizer_config.json')) ? readJson(path.join(dir, 'tokenizer_config.json'), root, `${name}/tokenizer_config.json`) : {};
-  const special = fs.existsSync(path.join(dir, 'special_tokens_map.json')) ? readJson(path.join(dir, 'special_tokens_map.json'), root, `${name}/special_tokens_map.json`) : {};
+  const config = fs.existsSync(path.join(dir, 'tokenizer_config.json'))
+    ? readJson(path.join(dir, 'tokenizer_config.json'), root, `${name}/tokenizer_config.json`)
+    : {};
+  const special = fs.existsSync(path.join(dir, 'special_tokens_map.json'))
+    ? readJson(path.join(dir, 'special_tokens_map.json'), root, `${name}/special_tokens_map.json`)
+    : {};
   const content = (v: unknown) => (typeof v === 'string' ? v : typeof v === 'object' && v !== null ? (v as Json).content : undefined);
   const pad = content(config.pad_token) ?? content(special.pad_token) ?? content(config.eos_token) ?? '<|endoftext|>';
   if (typeof pad !== 'string') throw new HollowcError(`${name}/tokenizer_config.json: pad_token is not a string`, root);
   const maxLength = config.model_max_length ?? 77;
-  if (typeof maxLength !== 'number' || !Number.isInteger(maxLength) || maxLength < 2) throw new HollowcError(`${name}/tokenizer_config.json: bad model_max_length ${JSON.stringify(maxLength)}`, root);
+  if (typeof maxLength !== 'number' || !Number.isInteger(maxLength) || maxLength < 2)
+    throw new HollowcError(`${name}/tokenizer_config.json: bad model_max_length ${JSON.stringify(maxLength)}`, root);
   return { name, dir, padToken: pad, maxLength };
 }
 
@@ -140,14 +148,20 @@ function schedulerOf(root: string): PipelineFolder['scheduler'] {
   const config = readJson(path.join(root, 'scheduler', 'scheduler_config.json'), root, 'scheduler/scheduler_config.json');
   const className = config._class_name;
   if (typeof className !== 'string' || !KNOWN_SCHEDULERS.includes(className)) {
-    throw new HollowcError(`scheduler/scheduler_config.json: unknown scheduler _class_name ${JSON.stringify(className)} (known: ${KNOWN_SCHEDULERS.join(', ')})`, root);
+    throw new HollowcError(
+      `scheduler/scheduler_config.json: unknown scheduler _class_name ${JSON.stringify(className)} (known: ${KNOWN_SCHEDULERS.join(', ')})`,
+      root,
+    );
   }
   const prediction = config.prediction_type ?? 'epsilon';
   if (prediction !== 'epsilon' && prediction !== 'v_prediction' && prediction !== 'sample') {
     throw new HollowcError(`scheduler/scheduler_config.json: unknown prediction_type ${JSON.stringify(prediction)}`, root);
   }
   if (config.beta_schedule !== undefined && config.beta_schedule !== 'scaled_linear') {
-    throw new HollowcError(`scheduler/scheduler_config.json: beta_schedule ${JSON.stringify(config.beta_schedule)} is not SD's scaled_linear`, root);
+    throw new HollowcError(
+      `scheduler/scheduler_config.json: beta_schedule ${JSON.stringify(config.beta_schedule)} is not SD's scaled_linear`,
+      root,
+    );
   }
   return { className, config, predictionType: prediction };
 }
@@ -160,7 +174,11 @@ export function openPipelineFolder(dir: string): PipelineFolder {
   const xl = pipelineClass.includes('XL') || 'text_encoder_2' in modelIndex;
   const scheduler = schedulerOf(root);
 
-  const unet = modelComponent(root, 'unet', xl ? ['sample', 'timestep', 'encoder_hidden_states', 'text_embeds', 'time_ids'] : ['sample', 'timestep', 'encoder_hidden_states']);
+  const unet = modelComponent(
+    root,
+    'unet',
+    xl ? ['sample', 'timestep', 'encoder_hidden_states', 'text_embeds', 'time_ids'] : ['sample', 'timestep', 'encoder_hidden_states'],
+  );
   const encoders = xl ? ['text_encoder', 'text_encoder_2'] : ['text_encoder'];
   const textEncoders = encoders.map((n) => modelComponent(root, n, ['input_ids']));
   const tokenizers = (xl ? ['tokenizer', 'tokenizer_2'] : ['tokenizer']).map((n) => tokenizerComponent(root, n));
@@ -168,14 +186,31 @@ export function openPipelineFolder(dir: string): PipelineFolder {
   const vaeDecoder = modelComponent(root, 'vae_decoder', ['latent_sample']);
 
   const scaling = vaeDecoder.config.scaling_factor ?? vaeEncoder.config.scaling_factor;
-  if (typeof scaling !== 'number' || !(scaling > 0)) throw new HollowcError(`vae_decoder/config.json: scaling_factor ${JSON.stringify(scaling)} is not a positive number`, root);
+  if (typeof scaling !== 'number' || !(scaling > 0))
+    throw new HollowcError(`vae_decoder/config.json: scaling_factor ${JSON.stringify(scaling)} is not a positive number`, root);
   const t = unet.inputs.find((i) => i.name === 'timestep')!;
 
   // hollowc's own folders say what they are; others: XL -> sdxl, v-prediction -> SD 2.x
   const recorded = (modelIndex._hollowc as Json | undefined)?.family;
-  const family: FamilyName = typeof recorded === 'string' && isFamilyName(recorded) ? recorded : xl ? 'sdxl' : scheduler.predictionType === 'v_prediction' ? 'sd21' : 'sd15';
+  const family: FamilyName =
+    typeof recorded === 'string' && isFamilyName(recorded)
+      ? recorded
+      : xl
+        ? 'sdxl'
+        : scheduler.predictionType === 'v_prediction'
+          ? 'sd21'
+          : 'sd15';
   return {
-    dir: root, pipelineClass, family, modelIndex, unet, textEncoders, tokenizers, vaeEncoder, vaeDecoder, scheduler,
+    dir: root,
+    pipelineClass,
+    family,
+    modelIndex,
+    unet,
+    textEncoders,
+    tokenizers,
+    vaeEncoder,
+    vaeDecoder,
+    scheduler,
     scalingFactor: scaling,
     timestep: { dtype: t.dtype, rank: t.shape.length },
   };

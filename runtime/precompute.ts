@@ -91,7 +91,16 @@ export function defaultTimeIds(latentShape: readonly number[]): Float32Array {
 function storeFingerprint(manifest: CompileManifest, data: TrainingData, seed: number, prediction: Prediction): string {
   return crypto
     .createHash('sha256')
-    .update(JSON.stringify({ data: data.fingerprint, seed, prediction, model: manifest.model.sha256, cut: manifest.cut?.lastKeptDown ?? null, family: manifest.family }))
+    .update(
+      JSON.stringify({
+        data: data.fingerprint,
+        seed,
+        prediction,
+        model: manifest.model.sha256,
+        cut: manifest.cut?.lastKeptDown ?? null,
+        family: manifest.family,
+      }),
+    )
     .digest('hex');
 }
 
@@ -102,22 +111,37 @@ function checkAgainstTraining(manifest: CompileManifest, data: TrainingData): vo
   const latent = data.instanceLatents[0].shape;
   const sample = inputs.find((i) => i.name === 'sample');
   if (sample && sample.shape.slice(1).every((d) => typeof d === 'number') && sample.shape.slice(1).join() !== latent.join()) {
-    throw new HollowcError(`latents are [${latent}] but train.onnx was compiled for samples [${sample.shape.slice(1)}] (the spec's \`shape sample\` line)`, data.sources.latents);
+    throw new HollowcError(
+      `latents are [${latent}] but train.onnx was compiled for samples [${sample.shape.slice(1)}] (the spec's \`shape sample\` line)`,
+      data.sources.latents,
+    );
   }
   const ehs = inputs.find((i) => i.name === 'encoder_hidden_states');
   const cond = data.instance.encoderHiddenStates.shape;
   if (ehs && ehs.shape.slice(1).every((d) => typeof d === 'number') && ehs.shape.slice(1).join() !== cond.join()) {
-    throw new HollowcError(`prompt embeddings are [${cond}] but train.onnx was compiled for encoder_hidden_states [${ehs.shape.slice(1)}]`, data.sources.instance);
+    throw new HollowcError(
+      `prompt embeddings are [${cond}] but train.onnx was compiled for encoder_hidden_states [${ehs.shape.slice(1)}]`,
+      data.sources.instance,
+    );
   }
 }
 
 /** precompute.onnx's conditioning inputs (batch 1) for one prompt. */
-function conditioningFeeds(family: string, inputs: readonly TensorDescription[], c: Conditioning, timeIds: Float32Array | undefined): Record<string, ort.Tensor> {
+function conditioningFeeds(
+  family: string,
+  inputs: readonly TensorDescription[],
+  c: Conditioning,
+  timeIds: Float32Array | undefined,
+): Record<string, ort.Tensor> {
   const feeds: Record<string, ort.Tensor> = {};
   for (const input of inputs) {
-    if (input.name === 'encoder_hidden_states') feeds[input.name] = tensorFor(input, c.encoderHiddenStates.data, [1, ...c.encoderHiddenStates.shape]);
+    if (input.name === 'encoder_hidden_states')
+      feeds[input.name] = tensorFor(input, c.encoderHiddenStates.data, [1, ...c.encoderHiddenStates.shape]);
     else if (input.name === 'text_embeds') {
-      if (!c.textEmbeds) throw new HollowcError(`this ${family} UNet needs text_embeds (pooled prompt embeddings): give <prompt>.text_embeds.npy or a .safetensors prompt`);
+      if (!c.textEmbeds)
+        throw new HollowcError(
+          `this ${family} UNet needs text_embeds (pooled prompt embeddings): give <prompt>.text_embeds.npy or a .safetensors prompt`,
+        );
       feeds[input.name] = tensorFor(input, c.textEmbeds.data, [1, ...c.textEmbeds.shape]);
     } else if (input.name === 'time_ids') feeds[input.name] = tensorFor(input, timeIds!, [1, timeIds!.length]);
   }
@@ -136,7 +160,8 @@ async function precomputeUnlocked(options: PrecomputeOptions): Promise<Precomput
   const settings = manifest.training;
   const seed = options.seed ?? settings.seed;
   const data = options.data;
-  if (!(Number.isInteger(options.count) && options.count > 0)) throw new HollowcError(`--count must be a positive integer, got ${options.count}`);
+  if (!(Number.isInteger(options.count) && options.count > 0))
+    throw new HollowcError(`--count must be a positive integer, got ${options.count}`);
   checkAgainstTraining(manifest, data);
   const schedule = NoiseSchedule.forFamily(manifest.family);
   const latentShape = data.instanceLatents[0].shape;
@@ -161,7 +186,10 @@ async function precomputeUnlocked(options: PrecomputeOptions): Promise<Precomput
     }
   }
   const existing = store?.count ?? 0;
-  const session = existing < options.count ? await createSession(artifact.path, { ...options.session, ep: options.ep, fallbackToCpu: options.fallbackToCpu }) : undefined;
+  const session =
+    existing < options.count
+      ? await createSession(artifact.path, { ...options.session, ep: options.ep, fallbackToCpu: options.fallbackToCpu })
+      : undefined;
   const classFeeds = conditioningFeeds(manifest.family, artifact.inputs, data.class, timeIds);
   const sampleDesc = artifact.inputs.find((i) => i.name === 'sample');
   const timestepDesc = artifact.inputs.find((i) => i.name === 'timestep');
@@ -211,7 +239,16 @@ async function precomputeUnlocked(options: PrecomputeOptions): Promise<Precomput
       options.onRecord?.(i + 1, options.count);
     }
     const size = store!.sizeBytes();
-    return { storeDir, existing, added, records: store!.count, repaired, recordBytes: size.perRecord, totalBytes: size.total, seconds: (Date.now() - started) / 1000 };
+    return {
+      storeDir,
+      existing,
+      added,
+      records: store!.count,
+      repaired,
+      recordBytes: size.perRecord,
+      totalBytes: size.total,
+      seconds: (Date.now() - started) / 1000,
+    };
   } finally {
     store?.close();
     await session?.release();

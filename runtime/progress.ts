@@ -49,7 +49,13 @@ export class ProgressLine {
     const filled = Math.round((width * done) / this.total);
     const bar = `[${'='.repeat(Math.max(0, filled - 1))}${filled > 0 ? (done >= this.total ? '=' : '>') : ''}${' '.repeat(width - filled)}]`;
     const extra = Object.entries(fields).map(([k, v]) => `${k} ${v}`);
-    const line = [`${this.label} ${done}/${this.total}`, bar, ...extra, `${rate.toFixed(rate >= 10 ? 1 : 2)} it/s`, `ETA ${formatDuration(eta)}`].join('  ');
+    const line = [
+      `${this.label} ${done}/${this.total}`,
+      bar,
+      ...extra,
+      `${rate.toFixed(rate >= 10 ? 1 : 2)} it/s`,
+      `ETA ${formatDuration(eta)}`,
+    ].join('  ');
     if (this.stream.isTTY) {
       const pad = ' '.repeat(Math.max(0, this.lastLength - line.length));
       this.stream.write(`\r${line}${pad}`);

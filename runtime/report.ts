@@ -26,7 +26,10 @@ export function lossSvg(points: readonly LossPoint[], options: { width?: number;
   const m = { l: 64, r: 16, t: 28, b: 40 };
   const pw = W - m.l - m.r;
   const ph = H - m.t - m.b;
-  const parts: string[] = [`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="11">`, `<rect width="${W}" height="${H}" fill="white"/>`];
+  const parts: string[] = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="11">`,
+    `<rect width="${W}" height="${H}" fill="white"/>`,
+  ];
   parts.push(`<text x="${W / 2}" y="16" text-anchor="middle" font-size="13">${esc(options.title ?? 'training loss')}</text>`);
   if (points.length === 0) {
     parts.push(`<text x="${W / 2}" y="${H / 2}" text-anchor="middle">no steps logged</text></svg>`);
@@ -38,7 +41,7 @@ export function lossSvg(points: readonly LossPoint[], options: { width?: number;
   const x1 = Math.max(...steps, x0 + 1);
   let y0 = Math.min(...losses);
   let y1 = Math.max(...losses);
-  if (y1 - y0 < 1e-12) (y0 -= 0.5 * Math.abs(y0) + 1e-6), (y1 += 0.5 * Math.abs(y1) + 1e-6);
+  if (y1 - y0 < 1e-12) ((y0 -= 0.5 * Math.abs(y0) + 1e-6), (y1 += 0.5 * Math.abs(y1) + 1e-6));
   const X = (s: number) => m.l + ((s - x0) / (x1 - x0)) * pw;
   const Y = (v: number) => m.t + (1 - (v - y0) / (y1 - y0)) * ph;
   parts.push(`<rect x="${m.l}" y="${m.t}" width="${pw}" height="${ph}" fill="none" stroke="#999"/>`);
@@ -100,7 +103,9 @@ function gallery(images: readonly ReportImage[]): string {
 export function reportHtml(r: ReportData): string {
   const fmtS = (s?: number) => (s === undefined ? '' : `${s.toFixed(1)} s`);
   const fmtB = (b?: number) => (b === undefined ? '' : formatBytes(b));
-  const peakStage = r.stages.filter((s) => s.status !== 'reused' && s.peakRssBytes !== undefined).reduce<ReportStage | undefined>((a, s) => (!a || s.peakRssBytes! > a.peakRssBytes! ? s : a), undefined);
+  const peakStage = r.stages
+    .filter((s) => s.status !== 'reused' && s.peakRssBytes !== undefined)
+    .reduce<ReportStage | undefined>((a, s) => (!a || s.peakRssBytes! > a.peakRssBytes! ? s : a), undefined);
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>${esc(r.title)}</title>
 <style>

@@ -70,21 +70,24 @@ const utf8Encoder = new TextEncoder();
 export function parseSafetensors(bytes: Uint8Array, label: string): SafetensorsFile {
   if (bytes.byteLength < 8) throw new HollowcError('not a safetensors file (shorter than its header length)', label);
   const headerLength = Number(new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getBigUint64(0, true));
-  if (headerLength > bytes.byteLength - 8 || headerLength > 100 * 2 ** 20) throw new HollowcError(`not a safetensors file (header length ${headerLength} does not fit the file)`, label);
+  if (headerLength > bytes.byteLength - 8 || headerLength > 100 * 2 ** 20)
+    throw new HollowcError(`not a safetensors file (header length ${headerLength} does not fit the file)`, label);
   let header: Record<string, unknown>;
   try {
     header = JSON.parse(utf8Decoder.decode(bytes.subarray(8, 8 + headerLength)));
   } catch (e) {
     throw new HollowcError(`not a safetensors file (header is not JSON: ${(e as Error).message})`, label);
   }
-  if (header === null || typeof header !== 'object' || Array.isArray(header)) throw new HollowcError('not a safetensors file (header is not a JSON object)', label);
+  if (header === null || typeof header !== 'object' || Array.isArray(header))
+    throw new HollowcError('not a safetensors file (header is not a JSON object)', label);
   const dataStart = 8 + headerLength;
   const tensors = new Map<string, SafeTensor>();
   const ranges: { name: string; begin: number; end: number }[] = [];
   let metadata: Record<string, string> = {};
   for (const [name, entry] of Object.entries(header)) {
     if (name === '__metadata__') {
-      if (entry === null || typeof entry !== 'object' || Object.values(entry).some((v) => typeof v !== 'string')) throw new HollowcError('__metadata__ is not a map of strings', label);
+      if (entry === null || typeof entry !== 'object' || Object.values(entry).some((v) => typeof v !== 'string'))
+        throw new HollowcError('__metadata__ is not a map of strings', label);
       metadata = entry as Record<string, string>;
       continue;
     }
@@ -92,26 +95,42 @@ export function parseSafetensors(bytes: Uint8Array, label: string): SafetensorsF
     const size = typeof e?.dtype === 'string' ? DTYPE_BYTES[e.dtype as SafetensorsDtype] : undefined;
     if (!size) throw new HollowcError(`tensor ${name}: unsupported dtype ${JSON.stringify(e?.dtype)}`, label);
     const shape = e.shape;
-    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw new HollowcError(`tensor ${name}: shape ${JSON.stringify(shape)} is not a list of sizes`, label);
+    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0))
+      throw new HollowcError(`tensor ${name}: shape ${JSON.stringify(shape)} is not a list of sizes`, label);
     const offsets = e.data_offsets;
-    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o))) throw new HollowcError(`tensor ${name}: data_offsets ${JSON.stringify(offsets)} are not two integers`, label);
+    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o)))
+      throw new HollowcError(`tensor ${name}: data_offsets ${JSON.stringify(offsets)} are not two integers`, label);
     const [begin, end] = offsets as [number, number];
     const expected = (shape as number[]).reduce((a, b) => a * b, 1) * size;
     if (!(begin >= 0 && end - begin === expected && dataStart + end <= bytes.byteLength)) {
-      throw new HollowcError(`tensor ${name}: data_offsets [${begin}, ${end}] do not match shape [${shape}] ${e.dtype} or the file size`, label);
+      throw new HollowcError(
+        `tensor ${name}: data_offsets [${begin}, ${end}] do not match shape [${shape}] ${e.dtype} or the file size`,
+        label,
+      );
     }
     ranges.push({ name, begin, end });
-    tensors.set(name, { dtype: e.dtype as SafetensorsDtype, shape: shape as number[], data: bytes.subarray(dataStart + begin, dataStart + end) });
+    tensors.set(name, {
+      dtype: e.dtype as SafetensorsDtype,
+      shape: shape as number[],
+      data: bytes.subarray(dataStart + begin, dataStart + end),
+    });
   }
   ranges.sort((a, b) => a.begin - b.begin);
   for (let i = 1; i < ranges.length; i++) {
-    if (ranges[i].begin < ranges[i - 1].end) throw new HollowcError(`tensors ${ranges[i - 1].name} and ${ranges[i].name} overlap in the data (bytes ${ranges[i].begin}..${ranges[i - 1].end})`, label);
+    if (ranges[i].begin < ranges[i - 1].end)
+      throw new HollowcError(
+        `tensors ${ranges[i - 1].name} and ${ranges[i].name} overlap in the data (bytes ${ranges[i].begin}..${ranges[i - 1].end})`,
+        label,
+      );
   }
   return { tensors, metadata };
 }
 
 /** The 8-byte length and the JSON header (names sorted, padded to 8 bytes) of a file. */
-export function encodeSafetensorsHeader(tensors: Map<string, SafeTensor>, metadata: Record<string, string>): { head: Uint8Array; names: string[] } {
+export function encodeSafetensorsHeader(
+  tensors: Map<string, SafeTensor>,
+  metadata: Record<string, string>,
+): { head: Uint8Array; names: string[] } {
   const header: Record<string, unknown> = {};
   if (Object.keys(metadata).length) header.__metadata__ = metadata;
   let offset = 0;

@@ -84,7 +84,8 @@ function zerosLike(c: Conditioning): Conditioning {
 function rows(get: (c: Conditioning) => Float32Array | undefined, list: Conditioning[], what: string): Float32Array {
   const parts = list.map((c) => {
     const v = get(c);
-    if (!v) throw new HollowcError(`the model needs ${what} for every prompt (SDXL: give <prompt>.text_embeds.npy or a .safetensors prompt)`);
+    if (!v)
+      throw new HollowcError(`the model needs ${what} for every prompt (SDXL: give <prompt>.text_embeds.npy or a .safetensors prompt)`);
     return v;
   });
   const n = parts[0].length;
@@ -96,7 +97,12 @@ function rows(get: (c: Conditioning) => Float32Array | undefined, list: Conditio
 }
 
 /** LoRA input values for infer.onnx, from a file; returns where they came from. */
-function loraFeeds(out: string, manifest: CompileManifest, file: string | undefined, wanted: Set<string>): { feeds: Record<string, ort.Tensor>; source: string } {
+function loraFeeds(
+  out: string,
+  manifest: CompileManifest,
+  file: string | undefined,
+  wanted: Set<string>,
+): { feeds: Record<string, ort.Tensor>; source: string } {
   const feeds: Record<string, ort.Tensor> = {};
   const trained = manifest.lora.targets.filter((t) => t.trained && wanted.has(t.lora_A.name));
   if (!trained.length) return { feeds, source: 'none (the model takes no LoRA inputs)' };
@@ -140,7 +146,9 @@ export class Sampler {
     const modelFile = source.baked ?? infer!.path;
     const session = await createSession(modelFile, { ...source.session, ep: source.ep, fallbackToCpu: source.fallbackToCpu });
     try {
-      const lora = source.baked ? { feeds: {}, source: `baked into ${source.baked}` } : loraFeeds(source.out, manifest, source.lora, new Set(session.inputNames));
+      const lora = source.baked
+        ? { feeds: {}, source: `baked into ${source.baked}` }
+        : loraFeeds(source.out, manifest, source.lora, new Set(session.inputNames));
       return new Sampler(source, manifest, session, infer, lora);
     } catch (e) {
       await session.release();
@@ -164,14 +172,17 @@ export class Sampler {
     const schedule = NoiseSchedule.forFamily(manifest.family);
     const modelFile = this.source.baked ?? this.infer!.file;
     checkGuidance(options.guidance);
-    const scheduler: Scheduler = options.makeScheduler?.() ?? makeScheduler(options.scheduler, schedule, options.steps, { prediction: settings.prediction, spacing: options.spacing });
+    const scheduler: Scheduler =
+      options.makeScheduler?.() ??
+      makeScheduler(options.scheduler, schedule, options.steps, { prediction: settings.prediction, spacing: options.spacing });
     const latentShape = options.latentShape ?? defaultLatentShape(manifest);
     const shape = [1, ...latentShape];
     const size = latentShape.reduce((a, b) => a * b, 1);
 
     let latents: Float32Array;
     if (options.initialNoise) {
-      if (options.initialNoise.length !== size) throw new HollowcError(`initial latents have ${options.initialNoise.length} values, [${shape}] needs ${size}`);
+      if (options.initialNoise.length !== size)
+        throw new HollowcError(`initial latents have ${options.initialNoise.length} values, [${shape}] needs ${size}`);
       latents = options.initialNoise.map((x) => x * scheduler.initNoiseSigma);
     } else {
       latents = new Float32Array(size);
@@ -203,7 +214,8 @@ export class Sampler {
       put('time_ids', () => rows(() => ids, pathTwo, 'time_ids'), [B, ids.length]);
     }
     const missing = [...names].filter((n) => !(n in fixed) && n !== 'sample' && n !== 'timestep');
-    if (missing.length) throw new HollowcError(`cannot feed input${missing.length > 1 ? 's' : ''} ${missing.slice(0, 3).join(', ')}`, modelFile);
+    if (missing.length)
+      throw new HollowcError(`cannot feed input${missing.length > 1 ? 's' : ''} ${missing.slice(0, 3).join(', ')}`, modelFile);
 
     const outputName = session.outputNames.includes(OUT_SAMPLE) ? OUT_SAMPLE : session.outputNames[0];
     for (let i = 0; i < scheduler.timesteps.length; i++) {
@@ -239,7 +251,10 @@ export async function generate(options: GenerateOptions): Promise<GenerateResult
   const started = Date.now();
   // Option errors first: opening the model takes a while.
   checkGuidance(options.guidance);
-  makeScheduler(options.scheduler, NoiseSchedule.forFamily(loadManifest(options.out).family), options.steps, { prediction: 'epsilon', spacing: options.spacing });
+  makeScheduler(options.scheduler, NoiseSchedule.forFamily(loadManifest(options.out).family), options.steps, {
+    prediction: 'epsilon',
+    spacing: options.spacing,
+  });
   const sampler = await Sampler.open(options);
   try {
     const r = await sampler.sample(options);

@@ -38,7 +38,8 @@ const LABEL = 'scheduler/scheduler_config.json';
 
 function number(config: Json, key: string, fallback?: number): number {
   const v = config[key] ?? fallback;
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new HollowcError(`${LABEL}: ${key} ${JSON.stringify(config[key])} is not a number`);
+  if (typeof v !== 'number' || !Number.isFinite(v))
+    throw new HollowcError(`${LABEL}: ${key} ${JSON.stringify(config[key])} is not a number`);
   return v;
 }
 
@@ -51,15 +52,20 @@ function flag(config: Json, key: string, fallback: boolean): boolean {
 /** Refuses a setting whose value changes the math in a way the samplers do not implement. */
 function refuse(config: Json, key: string, supported: unknown, what: string): void {
   if (config[key] !== undefined && config[key] !== null && config[key] !== supported) {
-    throw new HollowcError(`${LABEL}: ${key} ${JSON.stringify(config[key])} is not supported by hollowc's ${what} (only ${JSON.stringify(supported)})`);
+    throw new HollowcError(
+      `${LABEL}: ${key} ${JSON.stringify(config[key])} is not supported by hollowc's ${what} (only ${JSON.stringify(supported)})`,
+    );
   }
 }
 
 export function configureScheduler(config: Json, name: SchedulerName, spacingOverride?: TimestepSpacing): ConfiguredScheduler {
   const prediction = config.prediction_type ?? 'epsilon';
-  if (prediction !== 'epsilon' && prediction !== 'v_prediction') throw new HollowcError(`${LABEL}: prediction_type ${JSON.stringify(prediction)} is not supported (epsilon or v_prediction)`);
-  if (config.trained_betas !== undefined && config.trained_betas !== null) throw new HollowcError(`${LABEL}: trained_betas are not supported (SD's scaled_linear betas only)`);
-  if (config.beta_schedule !== 'scaled_linear') throw new HollowcError(`${LABEL}: beta_schedule ${JSON.stringify(config.beta_schedule)} is not SD's scaled_linear`);
+  if (prediction !== 'epsilon' && prediction !== 'v_prediction')
+    throw new HollowcError(`${LABEL}: prediction_type ${JSON.stringify(prediction)} is not supported (epsilon or v_prediction)`);
+  if (config.trained_betas !== undefined && config.trained_betas !== null)
+    throw new HollowcError(`${LABEL}: trained_betas are not supported (SD's scaled_linear betas only)`);
+  if (config.beta_schedule !== 'scaled_linear')
+    throw new HollowcError(`${LABEL}: beta_schedule ${JSON.stringify(config.beta_schedule)} is not SD's scaled_linear`);
   refuse(config, 'rescale_betas_zero_snr', false, 'samplers');
   refuse(config, 'thresholding', false, 'samplers');
   const schedule = new NoiseSchedule({
@@ -69,7 +75,8 @@ export function configureScheduler(config: Json, name: SchedulerName, spacingOve
     num_train_timesteps: number(config, 'num_train_timesteps', 1000),
   });
   const spacing = spacingOverride ?? config.timestep_spacing ?? (name === 'ddim' ? 'leading' : 'linspace');
-  if (spacing !== 'leading' && spacing !== 'linspace' && spacing !== 'trailing') throw new HollowcError(`${LABEL}: timestep_spacing ${JSON.stringify(spacing)} is not leading, linspace or trailing`);
+  if (spacing !== 'leading' && spacing !== 'linspace' && spacing !== 'trailing')
+    throw new HollowcError(`${LABEL}: timestep_spacing ${JSON.stringify(spacing)} is not leading, linspace or trailing`);
   const stepsOffset = number(config, 'steps_offset', 0);
   const options: SchedulerOptions = { prediction, spacing, stepsOffset };
   if (name === 'ddim') {

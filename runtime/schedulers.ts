@@ -109,7 +109,10 @@ export function dpmTimesteps(T: number, steps: number, spacing: TimestepSpacing 
     const ratio = Math.floor(T / (steps + 1));
     ts = Array.from({ length: steps }, (_, i) => (steps - i) * ratio + offset);
   } else if (spacing === 'linspace') {
-    ts = linspace(0, T - 1, steps + 1).map(roundHalfEven).reverse().slice(0, steps);
+    ts = linspace(0, T - 1, steps + 1)
+      .map(roundHalfEven)
+      .reverse()
+      .slice(0, steps);
   } else {
     const ratio = T / steps;
     ts = Array.from({ length: steps }, (_, i) => roundHalfEven(T - i * ratio) - 1);
@@ -182,7 +185,11 @@ class EulerAncestral implements Scheduler {
     const T = schedule.numTrainTimesteps;
     checkSteps(steps, T);
     const spacing = options.spacing ?? 'leading';
-    this.timesteps = checkTimesteps(spacedTimesteps(T, steps, spacing, options.stepsOffset ?? 1), T, `euler_a with ${steps} steps (${spacing})`).map(fround);
+    this.timesteps = checkTimesteps(
+      spacedTimesteps(T, steps, spacing, options.stepsOffset ?? 1),
+      T,
+      `euler_a with ${steps} steps (${spacing})`,
+    ).map(fround);
     this.sigmas = eulerSigmas(schedule, this.timesteps);
     const max = Math.max(...this.sigmas);
     this.initNoiseSigma = spacing === 'linspace' || spacing === 'trailing' ? max : sqrt(max * max + 1);

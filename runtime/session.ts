@@ -65,7 +65,10 @@ export interface SessionOptions {
 export type SessionTuning = Pick<SessionOptions, 'intraOpThreads' | 'optimization' | 'report' | 'log'>;
 
 export function installedProviders(): string[] {
-  return ort.listSupportedBackends().filter((b) => b.bundled).map((b) => b.name);
+  return ort
+    .listSupportedBackends()
+    .filter((b) => b.bundled)
+    .map((b) => b.name);
 }
 
 const CUDA_INSTALL = 'ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node';
@@ -85,7 +88,9 @@ export function missingProvider(ep: ExecutionProvider): string | undefined {
   if (ep === 'cpu') return undefined;
   const listed = ort.listSupportedBackends().find((b) => b.name === ep);
   if (listed?.bundled) return undefined;
-  const what = listed ? `the ${ep} execution provider is not installed` : `this onnxruntime-node build (${process.platform} ${process.arch}) has no ${ep} execution provider`;
+  const what = listed
+    ? `the ${ep} execution provider is not installed`
+    : `this onnxruntime-node build (${process.platform} ${process.arch}) has no ${ep} execution provider`;
   return `${what}: ${HOW_TO_GET[ep]} (installed: ${installedProviders().join(', ')})`;
 }
 
@@ -103,7 +108,9 @@ export const WEBGPU_CPU_OPS: readonly string[] = [];
 export function nodeNamesOf(modelFile: string, opTypes: readonly string[]): string[] {
   if (!opTypes.length) return [];
   const types = new Set(opTypes);
-  return loadModel(modelFile).graph.nodes.filter((n) => types.has(n.opType) && n.name).map((n) => n.name);
+  return loadModel(modelFile)
+    .graph.nodes.filter((n) => types.has(n.opType) && n.name)
+    .map((n) => n.name);
 }
 
 // onnxruntime's limit on one provider option value (the comma-joined forceCpuNodeNames).
@@ -152,11 +159,16 @@ function baseOptions(options: SessionOptions): ort.InferenceSession.SessionOptio
 async function open(modelFile: string, options: SessionOptions, provider: ExecutionProvider): Promise<ort.InferenceSession> {
   const base = baseOptions(options);
   // GPU providers profile their first run by default, so the placement can be reported.
-  const profilePrefix = options.placement ?? (provider !== 'cpu' && !!options.report) ? path.join(os.tmpdir(), `hollowc-placement-${process.pid}-${++profileCounter}`) : undefined;
+  const profilePrefix =
+    (options.placement ?? (provider !== 'cpu' && !!options.report))
+      ? path.join(os.tmpdir(), `hollowc-placement-${process.pid}-${++profileCounter}`)
+      : undefined;
   let forced = provider === 'webgpu' ? nodeNamesOf(modelFile, options.webgpuCpuOps ?? WEBGPU_CPU_OPS) : [];
   if (forced.join(',').length > FORCE_CPU_LIMIT) {
     // onnxruntime refuses provider option values over 8192 characters.
-    (options.log ?? console.warn)(`warning: ${forced.length} nodes to keep on the CPU is more than onnxruntime's forceCpuNodeNames takes; keeping none`);
+    (options.log ?? console.warn)(
+      `warning: ${forced.length} nodes to keep on the CPU is more than onnxruntime's forceCpuNodeNames takes; keeping none`,
+    );
     forced = [];
   }
   const session = await ort.InferenceSession.create(modelFile, {
@@ -241,7 +253,12 @@ export interface Placement {
 interface ProfileEvent {
   cat?: string;
   name?: string;
-  args?: { op_name?: string; provider?: string; input_type_shape?: Record<string, number[]>[]; output_type_shape?: Record<string, number[]>[] };
+  args?: {
+    op_name?: string;
+    provider?: string;
+    input_type_shape?: Record<string, number[]>[];
+    output_type_shape?: Record<string, number[]>[];
+  };
 }
 
 const SHAPE_TYPES = new Set(['int64', 'int32', 'bool']);
@@ -254,11 +271,20 @@ function isShapeNode(e: ProfileEvent): boolean {
   return tensors.length > 0 && tensors.every(([type, dims]) => SHAPE_TYPES.has(type) && dims.reduce((a, b) => a * b, 1) <= SHAPE_ELEMENTS);
 }
 
-const PROVIDER_NAMES: Record<string, string> = { CPUExecutionProvider: 'cpu', WebGpuExecutionProvider: 'webgpu', CUDAExecutionProvider: 'cuda', TensorrtExecutionProvider: 'tensorrt', DmlExecutionProvider: 'dml', CoreMLExecutionProvider: 'coreml', QNNExecutionProvider: 'qnn' };
+const PROVIDER_NAMES: Record<string, string> = {
+  CPUExecutionProvider: 'cpu',
+  WebGpuExecutionProvider: 'webgpu',
+  CUDAExecutionProvider: 'cuda',
+  TensorrtExecutionProvider: 'tensorrt',
+  DmlExecutionProvider: 'dml',
+  CoreMLExecutionProvider: 'coreml',
+  QNNExecutionProvider: 'qnn',
+};
 
 const count = (m: Record<string, number>, k: string) => (m[k] = (m[k] ?? 0) + 1);
 const total = (m: Record<string, number>) => Object.values(m).reduce((a, b) => a + b, 0);
-const byCount = (m: Record<string, number>) => Object.fromEntries(Object.entries(m).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0])));
+const byCount = (m: Record<string, number>) =>
+  Object.fromEntries(Object.entries(m).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0])));
 
 /** Node counts per provider from one profiled run (onnxruntime's chrome-trace JSON). */
 export function placementFromProfile(events: ProfileEvent[], provider: ExecutionProvider, pinned: readonly string[] = []): Placement {
@@ -282,7 +308,10 @@ export function placementFromProfile(events: ProfileEvent[], provider: Execution
     else count(cpuOps, op);
   }
   const cpuNodes = total(cpuOps);
-  const list = (m: Record<string, number>) => Object.entries(byCount(m)).map(([k, n]) => `${k} ${n}`).join(', ');
+  const list = (m: Record<string, number>) =>
+    Object.entries(byCount(m))
+      .map(([k, n]) => `${k} ${n}`)
+      .join(', ');
   const summary =
     provider === 'cpu'
       ? `cpu: ${total(deviceOps)} nodes`
@@ -315,7 +344,10 @@ export function describePlacement(session: ort.InferenceSession): Placement | un
   info.profilePrefix = undefined;
   session.endProfiling();
   const dir = path.dirname(prefix);
-  const files = fs.readdirSync(dir).filter((f) => f.startsWith(path.basename(prefix) + '_') && f.endsWith('.json')).map((f) => path.join(dir, f));
+  const files = fs
+    .readdirSync(dir)
+    .filter((f) => f.startsWith(path.basename(prefix) + '_') && f.endsWith('.json'))
+    .map((f) => path.join(dir, f));
   try {
     const events = files.flatMap((f) => JSON.parse(fs.readFileSync(f, 'utf8')) as ProfileEvent[]);
     info.placement = placementFromProfile(events, info.provider, info.pinned);

@@ -20,10 +20,17 @@ const FIXED_BYTES = 24;
 const size = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
 
 /** The record layout for a latent and activation shape (per sample, no batch dimension). */
-export function recordLayout(latentShape: readonly number[], activationShape: readonly number[]): { fields: StoreField[]; recordBytes: number } {
+export function recordLayout(
+  latentShape: readonly number[],
+  activationShape: readonly number[],
+): { fields: StoreField[]; recordBytes: number } {
   const fields: StoreField[] = [];
   let offset = FIXED_BYTES;
-  for (const [name, shape] of [[Z_T, latentShape], [TARGET, latentShape], [HOLLOW_ACTIVATION, activationShape]] as const) {
+  for (const [name, shape] of [
+    [Z_T, latentShape],
+    [TARGET, latentShape],
+    [HOLLOW_ACTIVATION, activationShape],
+  ] as const) {
     fields.push({ name, dtype: 'float32', shape: [...shape], offset });
     offset += 4 * size(shape);
   }
@@ -47,7 +54,12 @@ export function crc32Table(data: Uint8Array, value = 0): number {
 }
 
 /** What is wrong with the record bytes `rec` (recordBytes long) at `index`, or undefined. */
-export function recordProblem(rec: Uint8Array, recordBytes: number, index: number, crc: (d: Uint8Array) => number = crc32Table): string | undefined {
+export function recordProblem(
+  rec: Uint8Array,
+  recordBytes: number,
+  index: number,
+  crc: (d: Uint8Array) => number = crc32Table,
+): string | undefined {
   const view = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
   if (view.getUint32(0, true) !== RECORD_MAGIC) return 'bad magic';
   const stored = view.getUint32(recordBytes - 4, true);
@@ -59,7 +71,8 @@ export function recordProblem(rec: Uint8Array, recordBytes: number, index: numbe
 /** Record `index` of a whole records.bin, checked; throws naming the record when it is corrupt. */
 export function decodeRecord(records: Uint8Array, header: StoreHeader, index: number): StoreRecord {
   const n = header.recordBytes;
-  if (!(index >= 0 && (index + 1) * n <= records.byteLength)) throw new Error(`record ${index} is outside the store (${Math.floor(records.byteLength / n)} records)`);
+  if (!(index >= 0 && (index + 1) * n <= records.byteLength))
+    throw new Error(`record ${index} is outside the store (${Math.floor(records.byteLength / n)} records)`);
   const rec = records.subarray(index * n, (index + 1) * n);
   const problem = recordProblem(rec, n, index);
   if (problem) throw new Error(`record ${index} is corrupt (${problem}); rebuild the store with hollowc precompute`);

@@ -131,11 +131,21 @@ export class Store {
   }
 
   /** Creates an empty store; the folder must not hold one already. */
-  static create(dir: string, header: Omit<StoreHeader, 'format' | 'version' | 'recordBytes' | 'fields'>, conditionings: Map<number, Conditioning>): Store {
+  static create(
+    dir: string,
+    header: Omit<StoreHeader, 'format' | 'version' | 'recordBytes' | 'fields'>,
+    conditionings: Map<number, Conditioning>,
+  ): Store {
     if (Store.exists(dir)) throw new HollowcError('a store exists here already', dir);
     fs.mkdirSync(dir, { recursive: true });
     const layout = recordLayout(header.latentShape, header.activationShape);
-    const full: StoreHeader = { format: STORE_FORMAT, version: STORE_VERSION, recordBytes: layout.recordBytes, fields: layout.fields, ...header };
+    const full: StoreHeader = {
+      format: STORE_FORMAT,
+      version: STORE_VERSION,
+      recordBytes: layout.recordBytes,
+      fields: layout.fields,
+      ...header,
+    };
     const tensors = new Map<string, SafeTensor>();
     for (const [id, c] of conditionings) {
       tensors.set(`cond.${id}.encoder_hidden_states`, float32Tensor(c.encoderHiddenStates.shape, c.encoderHiddenStates.data));
@@ -155,16 +165,26 @@ export class Store {
     try {
       header = JSON.parse(fs.readFileSync(headerFile, 'utf8'));
     } catch (e) {
-      throw new HollowcError(`not a hollowc store (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); run hollowc precompute first`, headerFile);
+      throw new HollowcError(
+        `not a hollowc store (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); run hollowc precompute first`,
+        headerFile,
+      );
     }
-    if (header?.format !== STORE_FORMAT || header.version !== STORE_VERSION) throw new HollowcError(`not a ${STORE_FORMAT} v${STORE_VERSION} header`, headerFile);
+    if (header?.format !== STORE_FORMAT || header.version !== STORE_VERSION)
+      throw new HollowcError(`not a ${STORE_FORMAT} v${STORE_VERSION} header`, headerFile);
     const problem = headerProblem(header);
     if (problem) throw new HollowcError(`damaged store header: ${problem}`, headerFile);
     const expected = recordLayout(header.latentShape, header.activationShape);
-    if (expected.recordBytes !== header.recordBytes) throw new HollowcError(`recordBytes ${header.recordBytes} does not match the layout (${expected.recordBytes})`, headerFile);
-    const badField = (header.fields ?? []).find((f, i) => f.dtype !== 'float32' || f.name !== expected.fields[i]?.name || f.offset !== expected.fields[i]?.offset);
+    if (expected.recordBytes !== header.recordBytes)
+      throw new HollowcError(`recordBytes ${header.recordBytes} does not match the layout (${expected.recordBytes})`, headerFile);
+    const badField = (header.fields ?? []).find(
+      (f, i) => f.dtype !== 'float32' || f.name !== expected.fields[i]?.name || f.offset !== expected.fields[i]?.offset,
+    );
     if (badField || header.fields?.length !== expected.fields.length) {
-      throw new HollowcError(`record field ${badField ? `${badField.name} (${badField.dtype})` : 'list'} is not the layout this hollowc writes (float32 z_t, target, hollow_activation)`, headerFile);
+      throw new HollowcError(
+        `record field ${badField ? `${badField.name} (${badField.dtype})` : 'list'} is not the layout this hollowc writes (float32 z_t, target, hollow_activation)`,
+        headerFile,
+      );
     }
 
     const condFile = readSafetensors(path.join(dir, CONDITIONING_FILE));
@@ -188,12 +208,20 @@ export class Store {
       count = Math.floor(bytes / header.recordBytes);
       const tail = bytes - count * header.recordBytes;
       if (tail > 0) {
-        if (options.readOnly) throw new HollowcError(`ends in a partial record (${tail} bytes): open it for writing (hollowc precompute) to repair`, recordsFile);
+        if (options.readOnly)
+          throw new HollowcError(
+            `ends in a partial record (${tail} bytes): open it for writing (hollowc precompute) to repair`,
+            recordsFile,
+          );
         fs.ftruncateSync(fd, count * header.recordBytes);
         repaired.bytes = tail;
       }
       if (count > 0 && !recordIsValid(fd, header, count - 1)) {
-        if (options.readOnly) throw new HollowcError(`record ${count - 1} (the last) fails its checksum: open it for writing (hollowc precompute) to drop it`, recordsFile);
+        if (options.readOnly)
+          throw new HollowcError(
+            `record ${count - 1} (the last) fails its checksum: open it for writing (hollowc precompute) to drop it`,
+            recordsFile,
+          );
         count -= 1;
         fs.ftruncateSync(fd, count * header.recordBytes);
         repaired.records = 1;
@@ -245,7 +273,10 @@ export class Store {
     buf.writeUInt32LE(crc32(buf.subarray(0, h.recordBytes - 4)), h.recordBytes - 4);
     const written = fs.writeSync(this.fd, buf, 0, h.recordBytes, index * h.recordBytes);
     if (written !== h.recordBytes) {
-      throw new HollowcError(`short write (${written} of ${h.recordBytes} bytes): out of space or over the file size limit; the store keeps its ${index} complete records and a rerun continues from there`, path.join(this.dir, RECORDS_FILE));
+      throw new HollowcError(
+        `short write (${written} of ${h.recordBytes} bytes): out of space or over the file size limit; the store keeps its ${index} complete records and a rerun continues from there`,
+        path.join(this.dir, RECORDS_FILE),
+      );
     }
     this._count += 1;
     if (++this.unsynced >= 16) this.sync();
@@ -262,7 +293,11 @@ export class Store {
     for (let i = 0; i < this._count; i++) {
       readExactly(this.fd, buf, i * h.recordBytes);
       const problem = checkRecord(buf, h, i);
-      if (problem) throw new HollowcError(`record ${i} of ${this._count} is corrupt (${problem}); rebuild the store with hollowc precompute`, path.join(this.dir, RECORDS_FILE));
+      if (problem)
+        throw new HollowcError(
+          `record ${i} of ${this._count} is corrupt (${problem}); rebuild the store with hollowc precompute`,
+          path.join(this.dir, RECORDS_FILE),
+        );
     }
   }
 
@@ -273,7 +308,11 @@ export class Store {
     const buf = Buffer.allocUnsafe(h.recordBytes);
     readExactly(this.fd, buf, index * h.recordBytes);
     const problem = checkRecord(buf, h, index);
-    if (problem) throw new HollowcError(`record ${index} is corrupt (${problem}); rebuild the store with hollowc precompute`, path.join(this.dir, RECORDS_FILE));
+    if (problem)
+      throw new HollowcError(
+        `record ${index} is corrupt (${problem}); rebuild the store with hollowc precompute`,
+        path.join(this.dir, RECORDS_FILE),
+      );
     const out: StoreRecord = into ?? {
       index,
       sampleId: 0,
@@ -320,9 +359,14 @@ function headerProblem(h: StoreHeader): string | undefined {
   if (!isShape(h.latentShape) || !isShape(h.activationShape)) return 'latentShape / activationShape are not lists of sizes';
   if (!Number.isSafeInteger(h.recordBytes) || h.recordBytes <= 0) return 'recordBytes is not a positive integer';
   if (!Array.isArray(h.fields)) return 'fields is not a list';
-  if (!Array.isArray(h.conditionings) || !h.conditionings.every((c) => Number.isInteger(c?.id) && (c.role === 'instance' || c.role === 'class'))) return 'conditionings is not a list of {id, role}';
+  if (
+    !Array.isArray(h.conditionings) ||
+    !h.conditionings.every((c) => Number.isInteger(c?.id) && (c.role === 'instance' || c.role === 'class'))
+  )
+    return 'conditionings is not a list of {id, role}';
   if (typeof h.fingerprint !== 'string') return 'fingerprint is missing';
-  if (h.timeIds !== undefined && !(Array.isArray(h.timeIds) && h.timeIds.every((x) => typeof x === 'number'))) return 'timeIds is not a list of numbers';
+  if (h.timeIds !== undefined && !(Array.isArray(h.timeIds) && h.timeIds.every((x) => typeof x === 'number')))
+    return 'timeIds is not a list of numbers';
   return undefined;
 }
 

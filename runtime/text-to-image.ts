@@ -54,8 +54,15 @@ function conditioningOutput(folder: PipelineFolder, index: number): string {
     if (!describe(enc.outputs, LAST_HIDDEN_STATE)) throw new HollowcError(`${enc.name} has no output ${LAST_HIDDEN_STATE}`, enc.model);
     return LAST_HIDDEN_STATE;
   }
-  const layers = enc.outputs.map((o) => HIDDEN_STATE.exec(o.name)).filter((m): m is RegExpExecArray => !!m).map((m) => Number(m[1]));
-  if (layers.length < 2) throw new HollowcError(`${enc.name} exports no hidden_states.* outputs (SDXL conditions on the penultimate one: export with output_hidden_states)`, enc.model);
+  const layers = enc.outputs
+    .map((o) => HIDDEN_STATE.exec(o.name))
+    .filter((m): m is RegExpExecArray => !!m)
+    .map((m) => Number(m[1]));
+  if (layers.length < 2)
+    throw new HollowcError(
+      `${enc.name} exports no hidden_states.* outputs (SDXL conditions on the penultimate one: export with output_hidden_states)`,
+      enc.model,
+    );
   return `hidden_states.${Math.max(...layers) - 1}`;
 }
 
@@ -63,14 +70,19 @@ function conditioningOutput(folder: PipelineFolder, index: number): string {
  * The conditioning of each text (encoder_hidden_states [T, D]; SDXL also text_embeds [P]).
  * Opens each text encoder in turn and releases it before the next.
  */
-export async function encodePrompts(folder: PipelineFolder, texts: readonly string[], session: SessionOptions = {}): Promise<Conditioning[]> {
+export async function encodePrompts(
+  folder: PipelineFolder,
+  texts: readonly string[],
+  session: SessionOptions = {},
+): Promise<Conditioning[]> {
   const perEncoder: { ehs: { shape: number[]; data: Float32Array }[]; pooled?: Float32Array[] }[] = [];
   for (let e = 0; e < folder.textEncoders.length; e++) {
     const enc = folder.textEncoders[e];
     const tokenizer = loadTokenizer(folder.tokenizers[e].dir);
     const hidden = conditioningOutput(folder, e);
     const pooledName = isXl(folder) && e === 1 ? TEXT_EMBEDS : undefined;
-    if (pooledName && !describe(enc.outputs, pooledName)) throw new HollowcError(`${enc.name} has no output ${pooledName} (SDXL's pooled, projected prompt embedding)`, enc.model);
+    if (pooledName && !describe(enc.outputs, pooledName))
+      throw new HollowcError(`${enc.name} has no output ${pooledName} (SDXL's pooled, projected prompt embedding)`, enc.model);
     const ids = describe(enc.inputs, INPUT_IDS);
     const s = await createSession(enc.model, session);
     const result: (typeof perEncoder)[number] = { ehs: [], pooled: pooledName ? [] : undefined };
@@ -89,7 +101,8 @@ export async function encodePrompts(folder: PipelineFolder, texts: readonly stri
   return texts.map((_, i) => {
     const parts = perEncoder.map((p) => p.ehs[i]);
     const T = parts[0].shape[0];
-    if (parts.some((p) => p.shape[0] !== T)) throw new HollowcError(`the text encoders return different sequence lengths (${parts.map((p) => p.shape[0]).join(' vs ')})`);
+    if (parts.some((p) => p.shape[0] !== T))
+      throw new HollowcError(`the text encoders return different sequence lengths (${parts.map((p) => p.shape[0]).join(' vs ')})`);
     const D = parts.reduce((a, p) => a + p.shape[1], 0);
     const data = new Float32Array(T * D);
     for (let t = 0; t < T; t++) {
@@ -175,8 +188,12 @@ export interface TextToImageResult {
 
 export function checkImageSize(folder: PipelineFolder, width: number, height: number): void {
   const f = vaeScaleFactor(folder);
-  for (const [name, v] of [['width', width], ['height', height]] as const) {
-    if (!Number.isInteger(v) || v < f || v % f !== 0 || v > 16384) throw new HollowcError(`--${name} must be a positive multiple of ${f} (the VAE's factor), got ${v}`);
+  for (const [name, v] of [
+    ['width', width],
+    ['height', height],
+  ] as const) {
+    if (!Number.isInteger(v) || v < f || v % f !== 0 || v > 16384)
+      throw new HollowcError(`--${name} must be a positive multiple of ${f} (the VAE's factor), got ${v}`);
   }
 }
 
@@ -193,7 +210,14 @@ function stack(rows: Float32Array[]): Float32Array {
   return out;
 }
 
-async function denoise(o: TextToImageOptions, configured: ConfiguredScheduler, cond: Conditioning, negative: Conditioning, noise: Float32Array, shape: number[]): Promise<{ latents: Float32Array; timesteps: number[] }> {
+async function denoise(
+  o: TextToImageOptions,
+  configured: ConfiguredScheduler,
+  cond: Conditioning,
+  negative: Conditioning,
+  noise: Float32Array,
+  shape: number[],
+): Promise<{ latents: Float32Array; timesteps: number[] }> {
   const folder = o.folder;
   const scheduler = configured.make(o.steps);
   const [N] = shape;
@@ -204,11 +228,18 @@ async function denoise(o: TextToImageOptions, configured: ConfiguredScheduler, c
   const [T, D] = cond.encoderHiddenStates.shape;
   const inputs = folder.unet.inputs;
   const fixed: Record<string, ort.Tensor> = {
-    [ENCODER_HIDDEN_STATES]: tensorFor(describe(inputs, ENCODER_HIDDEN_STATES), stack(rows.map((c) => c.encoderHiddenStates.data)), [B, T, D]),
+    [ENCODER_HIDDEN_STATES]: tensorFor(describe(inputs, ENCODER_HIDDEN_STATES), stack(rows.map((c) => c.encoderHiddenStates.data)), [
+      B,
+      T,
+      D,
+    ]),
   };
   if (describe(inputs, TEXT_EMBEDS)) {
     if (!cond.textEmbeds) throw new HollowcError('the UNet takes text_embeds but the text encoders gave none');
-    fixed[TEXT_EMBEDS] = tensorFor(describe(inputs, TEXT_EMBEDS), stack(rows.map((c) => c.textEmbeds!.data)), [B, cond.textEmbeds.data.length]);
+    fixed[TEXT_EMBEDS] = tensorFor(describe(inputs, TEXT_EMBEDS), stack(rows.map((c) => c.textEmbeds!.data)), [
+      B,
+      cond.textEmbeds.data.length,
+    ]);
   }
   if (describe(inputs, TIME_IDS)) {
     const ids = timeIdsFor(o);
@@ -227,8 +258,11 @@ async function denoise(o: TextToImageOptions, configured: ConfiguredScheduler, c
       const t = scheduler.timesteps[i];
       const input = scheduler.scaleModelInput(latents, i);
       const batch = guided ? stack([input, input]) : input;
-      const timestep = timestepDesc.shape.length === 0 ? tensorFor(timestepDesc, [t], []) : tensorFor(timestepDesc, new Array(B).fill(t), [B]);
-      const r = await session.run({ ...fixed, [SAMPLE]: tensorFor(sampleDesc, batch, [B, ...shape.slice(1)]), [TIMESTEP]: timestep }, [outputName]);
+      const timestep =
+        timestepDesc.shape.length === 0 ? tensorFor(timestepDesc, [t], []) : tensorFor(timestepDesc, new Array(B).fill(t), [B]);
+      const r = await session.run({ ...fixed, [SAMPLE]: tensorFor(sampleDesc, batch, [B, ...shape.slice(1)]), [TIMESTEP]: timestep }, [
+        outputName,
+      ]);
       const pred = floatValues(r[outputName], outputName);
       let out: Float32Array = pred;
       if (guided) {
@@ -250,9 +284,23 @@ async function denoise(o: TextToImageOptions, configured: ConfiguredScheduler, c
 }
 
 /** Two-path sampling with infer.onnx, one image at a time (image k > 0 draws its ancestral noise from seed + k). */
-async function denoiseRun(o: TextToImageOptions, configured: ConfiguredScheduler, cond: Conditioning, negative: Conditioning | undefined, classCond: Conditioning, noise: Float32Array, shape: number[]) {
+async function denoiseRun(
+  o: TextToImageOptions,
+  configured: ConfiguredScheduler,
+  cond: Conditioning,
+  negative: Conditioning | undefined,
+  classCond: Conditioning,
+  noise: Float32Array,
+  shape: number[],
+) {
   const run = o.run!;
-  const sampler = await Sampler.open({ out: run.out, lora: run.lora, ep: o.session?.ep, fallbackToCpu: o.session?.fallbackToCpu, session: { intraOpThreads: o.session?.intraOpThreads, optimization: o.session?.optimization } });
+  const sampler = await Sampler.open({
+    out: run.out,
+    lora: run.lora,
+    ep: o.session?.ep,
+    fallbackToCpu: o.session?.fallbackToCpu,
+    session: { intraOpThreads: o.session?.intraOpThreads, optimization: o.session?.optimization },
+  });
   const [N] = shape;
   const size = noise.length / N;
   const latents = new Float32Array(noise.length);
@@ -287,7 +335,8 @@ export async function textToImage(o: TextToImageOptions): Promise<TextToImageRes
   const folder = o.folder;
   checkImageSize(folder, o.width, o.height);
   if (!(o.guidance >= 1 && Number.isFinite(o.guidance))) throw new HollowcError(`--guidance must be a number >= 1, got ${o.guidance}`);
-  if (!(Number.isInteger(o.numImages) && o.numImages >= 1)) throw new HollowcError(`--num-images must be a positive integer, got ${o.numImages}`);
+  if (!(Number.isInteger(o.numImages) && o.numImages >= 1))
+    throw new HollowcError(`--num-images must be a positive integer, got ${o.numImages}`);
   const name = o.scheduler ?? defaultSchedulerFor(folder.scheduler.className);
   const configured = configureScheduler(folder.scheduler.config, name, o.spacing);
   configured.make(o.steps); // option errors before any model is loaded
@@ -297,7 +346,8 @@ export async function textToImage(o: TextToImageOptions): Promise<TextToImageRes
   const count = shape.reduce((a, b) => a * b, 1);
   let noise: Float32Array;
   if (o.initLatents) {
-    if (o.initLatents.length !== count) throw new HollowcError(`--init-latents has ${o.initLatents.length} values, [${shape.join(', ')}] needs ${count}`);
+    if (o.initLatents.length !== count)
+      throw new HollowcError(`--init-latents has ${o.initLatents.length} values, [${shape.join(', ')}] needs ${count}`);
     noise = o.initLatents;
   } else {
     noise = new Float32Array(count);
@@ -308,8 +358,13 @@ export async function textToImage(o: TextToImageOptions): Promise<TextToImageRes
   o.onStage?.('text', 'start');
   const zeroNegative = o.negativePrompt === undefined && isXl(folder) && folder.modelIndex.force_zeros_for_empty_prompt === true;
   const classText = o.run && !o.run.classConditioning ? o.run.classPrompt : undefined;
-  if (o.run && !o.run.classConditioning && classText === undefined) throw new HollowcError('--run needs the class prompt for the base path: give --class-prompt');
-  const texts = [o.prompt, ...(o.guidance > 1 && !zeroNegative ? [o.negativePrompt ?? ''] : []), ...(classText !== undefined ? [classText] : [])];
+  if (o.run && !o.run.classConditioning && classText === undefined)
+    throw new HollowcError('--run needs the class prompt for the base path: give --class-prompt');
+  const texts = [
+    o.prompt,
+    ...(o.guidance > 1 && !zeroNegative ? [o.negativePrompt ?? ''] : []),
+    ...(classText !== undefined ? [classText] : []),
+  ];
   const encoded = await encodePrompts(folder, texts, o.session);
   const cond = encoded[0];
   const negative = o.guidance > 1 ? (zeroNegative ? zeroConditioning(cond) : encoded[1]) : zeroConditioning(cond);
@@ -320,7 +375,9 @@ export async function textToImage(o: TextToImageOptions): Promise<TextToImageRes
   if (o.run) {
     const classCond = o.run.classConditioning ?? encoded[encoded.length - 1];
     if (classCond.encoderHiddenStates.shape.join() !== cond.encoderHiddenStates.shape.join()) {
-      throw new HollowcError(`the class prompt embedding is [${classCond.encoderHiddenStates.shape}], the prompt's [${cond.encoderHiddenStates.shape}]: they must come from the same text encoders`);
+      throw new HollowcError(
+        `the class prompt embedding is [${classCond.encoderHiddenStates.shape}], the prompt's [${cond.encoderHiddenStates.shape}]: they must come from the same text encoders`,
+      );
     }
     result = await denoiseRun(o, configured, cond, negative, classCond, noise, shape);
   } else {
@@ -335,5 +392,13 @@ export async function textToImage(o: TextToImageOptions): Promise<TextToImageRes
     images = await decodeLatents(folder, latents, o.session);
     o.onStage?.('vae', 'end');
   }
-  return { latents, images, scheduler: name, timesteps: result.timesteps, prediction: configured.prediction, loraSource: result.loraSource, seconds: (Date.now() - started) / 1000 };
+  return {
+    latents,
+    images,
+    scheduler: name,
+    timesteps: result.timesteps,
+    prediction: configured.prediction,
+    loraSource: result.loraSource,
+    seconds: (Date.now() - started) / 1000,
+  };
 }

@@ -27,7 +27,10 @@ function readJson(file: string, dir: string): Json {
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (e) {
-    throw new HollowcError(`tokenizer folder: cannot read ${path.basename(file)} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, dir);
+    throw new HollowcError(
+      `tokenizer folder: cannot read ${path.basename(file)} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+      dir,
+    );
   }
   try {
     const v: unknown = JSON.parse(text);
@@ -62,7 +65,8 @@ function tokenizerObject(dir: string): Json {
   if (fs.existsSync(tokenizerJson)) {
     const obj = readJson(tokenizerJson, dir);
     const model = obj.model as Json | undefined;
-    if (model?.type !== 'BPE') throw new HollowcError(`tokenizer folder: tokenizer.json model is ${JSON.stringify(model?.type)}, expected CLIP's BPE`, dir);
+    if (model?.type !== 'BPE')
+      throw new HollowcError(`tokenizer folder: tokenizer.json model is ${JSON.stringify(model?.type)}, expected CLIP's BPE`, dir);
     return obj;
   }
   const vocabFile = path.join(dir, 'vocab.json');
@@ -71,7 +75,8 @@ function tokenizerObject(dir: string): Json {
   if (!fs.existsSync(mergesFile)) throw new HollowcError('tokenizer folder has vocab.json but no merges.txt', dir);
   const vocab = readJson(vocabFile, dir);
   for (const [token, id] of Object.entries(vocab)) {
-    if (!Number.isInteger(id)) throw new HollowcError(`tokenizer folder: vocab.json id of ${JSON.stringify(token)} is ${JSON.stringify(id)}, not an integer`, dir);
+    if (!Number.isInteger(id))
+      throw new HollowcError(`tokenizer folder: vocab.json id of ${JSON.stringify(token)} is ${JSON.stringify(id)}, not an integer`, dir);
   }
   return clipTokenizerJson(vocab as Record<string, number>, parseMerges(fs.readFileSync(mergesFile, 'utf8'), dir));
 }

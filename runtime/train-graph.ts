@@ -85,20 +85,28 @@ export function describeTrainGraph(out: string, manifest: CompileManifest, store
   const inputs = new Map(artifact.inputs.map((i) => [i.name, i]));
   const params = artifact.inputs.filter((i) => isLoraParam(i.name)).map((i) => ({ name: i.name, shape: staticShape(i, artifact.path) }));
   const paramNames = new Set(params.map((p) => p.name));
-  const optimizerInput = (name: string) => mode === 'graph' && (name === LEARNING_RATE || name === STEP || optimizerStateOwner(name, paramNames) !== undefined);
+  const optimizerInput = (name: string) =>
+    mode === 'graph' && (name === LEARNING_RATE || name === STEP || optimizerStateOwner(name, paramNames) !== undefined);
   for (const i of artifact.inputs) {
     const known = DATA_INPUTS.has(i.name) || paramNames.has(i.name) || optimizerInput(i.name);
     if (!known) throw new HollowcError(`${label} input ${i.name} is not one the trainer knows how to feed`, artifact.path);
   }
   // `hollow none` (plain LoRA fine-tuning, no precompute) has no hollow activation.
-  for (const required of [SAMPLE, ...(manifest.cut ? [HOLLOW_ACTIVATION] : []), TARGET, LOSS_WEIGHT, ...(mode === 'graph' ? [LEARNING_RATE, STEP] : [])]) {
+  for (const required of [
+    SAMPLE,
+    ...(manifest.cut ? [HOLLOW_ACTIVATION] : []),
+    TARGET,
+    LOSS_WEIGHT,
+    ...(mode === 'graph' ? [LEARNING_RATE, STEP] : []),
+  ]) {
     if (!inputs.has(required)) throw new HollowcError(`${label} has no input ${required}`, artifact.path);
   }
   if (!params.length) throw new HollowcError(`${label} has no LoRA inputs`, artifact.path);
   const outputs = [LOSS, ...params.flatMap((p) => (mode === 'graph' ? updatedOutputs(p.name) : [gradientName(p.name)]))];
   const declared = new Set(artifact.outputs.map((o) => o.name));
   const missing = outputs.filter((o) => !declared.has(o));
-  if (missing.length) throw new HollowcError(`${label} lacks output${missing.length > 1 ? 's' : ''} ${missing.slice(0, 3).join(', ')}`, artifact.path);
+  if (missing.length)
+    throw new HollowcError(`${label} lacks output${missing.length > 1 ? 's' : ''} ${missing.slice(0, 3).join(', ')}`, artifact.path);
   const batch = staticShape(inputs.get(SAMPLE)!, artifact.path)[0];
   if (store) {
     checkStoreCompile(manifest, store);
@@ -112,7 +120,10 @@ function checkStoreCompile(manifest: CompileManifest, store: Store): void {
   const stamp = store.header.extra as Partial<ReturnType<typeof storeCompileStamp>> | undefined;
   const want = storeCompileStamp(manifest);
   if (stamp?.model !== undefined && (stamp.model !== want.model || stamp.cut !== want.cut)) {
-    throw new HollowcError(`the store was precomputed for another compile (model ${stamp.model.slice(0, 12)}, cut after ${stamp.cut}; this folder: model ${want.model.slice(0, 12)}, cut after ${want.cut}): precompute a new store`, store.dir);
+    throw new HollowcError(
+      `the store was precomputed for another compile (model ${stamp.model.slice(0, 12)}, cut after ${stamp.cut}; this folder: model ${want.model.slice(0, 12)}, cut after ${want.cut}): precompute a new store`,
+      store.dir,
+    );
   }
 }
 
@@ -121,7 +132,11 @@ function checkStoreShapes(inputs: Map<string, TensorDescription>, batch: number,
     const d = inputs.get(name);
     if (!d) return;
     const s = staticShape(d, label);
-    if (s.join() !== [batch, ...shape].join()) throw new HollowcError(`train.onnx takes ${name} [${s}] but the store holds ${what} [${shape}] per sample: precompute with data of the compiled shapes`, store.dir);
+    if (s.join() !== [batch, ...shape].join())
+      throw new HollowcError(
+        `train.onnx takes ${name} [${s}] but the store holds ${what} [${shape}] per sample: precompute with data of the compiled shapes`,
+        store.dir,
+      );
   };
   expect(SAMPLE, store.header.latentShape, 'latents');
   expect(TARGET, store.header.latentShape, 'targets');
@@ -146,11 +161,22 @@ export function dataFeeds(graph: TrainGraph, store: Store, records: StoreRecord[
   const latentSize = h.latentShape.reduce((a, b) => a * b, 1);
   stack(SAMPLE, latentSize, (r) => r.zt, h.latentShape);
   stack(TARGET, latentSize, (r) => r.target, h.latentShape);
-  stack(HOLLOW_ACTIVATION, h.activationShape.reduce((a, b) => a * b, 1), (r) => r.activation, h.activationShape);
+  stack(
+    HOLLOW_ACTIVATION,
+    h.activationShape.reduce((a, b) => a * b, 1),
+    (r) => r.activation,
+    h.activationShape,
+  );
   const c0 = store.conditioning(0);
-  stack(ENCODER_HIDDEN_STATES, c0.encoderHiddenStates.data.length, (r) => store.conditioning(r.condId).encoderHiddenStates.data, c0.encoderHiddenStates.shape);
+  stack(
+    ENCODER_HIDDEN_STATES,
+    c0.encoderHiddenStates.data.length,
+    (r) => store.conditioning(r.condId).encoderHiddenStates.data,
+    c0.encoderHiddenStates.shape,
+  );
   if (graph.inputs.has(TEXT_EMBEDS)) {
-    if (!c0.textEmbeds) throw new HollowcError('train.onnx takes text_embeds but the store has none (SDXL prompts need pooled embeddings)', store.dir);
+    if (!c0.textEmbeds)
+      throw new HollowcError('train.onnx takes text_embeds but the store has none (SDXL prompts need pooled embeddings)', store.dir);
     stack(TEXT_EMBEDS, c0.textEmbeds.data.length, (r) => store.conditioning(r.condId).textEmbeds!.data, c0.textEmbeds.shape);
   }
   if (graph.inputs.has(TIME_IDS)) {
@@ -159,8 +185,17 @@ export function dataFeeds(graph: TrainGraph, store: Store, records: StoreRecord[
     stack(TIME_IDS, ids.length, () => ids, [ids.length]);
   }
   const ts = graph.inputs.get(TIMESTEP);
-  if (ts) feeds[TIMESTEP] = tensorFor(ts, records.map((r) => r.timestep), [B]);
-  feeds[LOSS_WEIGHT] = tensorFor(graph.inputs.get(LOSS_WEIGHT), records.map((r) => (r.isClass ? priorWeight : 1)), [B]);
+  if (ts)
+    feeds[TIMESTEP] = tensorFor(
+      ts,
+      records.map((r) => r.timestep),
+      [B],
+    );
+  feeds[LOSS_WEIGHT] = tensorFor(
+    graph.inputs.get(LOSS_WEIGHT),
+    records.map((r) => (r.isClass ? priorWeight : 1)),
+    [B],
+  );
   return feeds;
 }
 
@@ -208,7 +243,13 @@ export class StepRunner {
   }
 
   /** One step `step` (1-based) on `data`: updates `params` (values and moments) and returns the loss. */
-  async step(data: Record<string, ort.Tensor>, params: ParamState[], lr: number, step: number, accept: (loss: number) => void = () => {}): Promise<number> {
+  async step(
+    data: Record<string, ort.Tensor>,
+    params: ParamState[],
+    lr: number,
+    step: number,
+    accept: (loss: number) => void = () => {},
+  ): Promise<number> {
     const result = await this.session.run({ ...data, ...paramFeeds(this.graph, params, lr, step) }, this.fetches);
     const loss = readLoss(result);
     // The caller may refuse the step (a NaN loss) before any parameter changes.
@@ -236,7 +277,15 @@ export function readLoss(result: ort.InferenceSession.OnnxValueMapType): number 
 }
 
 /** Mean loss over the first `batches` batches (of `indices`, default every record) in store order, at lr = 0 (in graph mode AdamW then changes nothing; host mode runs no optimizer). */
-export async function lossAtRest(session: ort.InferenceSession, graph: TrainGraph, store: Store, params: readonly ParamState[], batches: number, priorWeight: number, indices?: readonly number[]): Promise<number> {
+export async function lossAtRest(
+  session: ort.InferenceSession,
+  graph: TrainGraph,
+  store: Store,
+  params: readonly ParamState[],
+  batches: number,
+  priorWeight: number,
+  indices?: readonly number[],
+): Promise<number> {
   const pool = indices ?? Array.from({ length: store.count }, (_, i) => i);
   const n = Math.max(1, Math.min(batches, Math.ceil(pool.length / graph.batch)));
   let sum = 0;
@@ -271,7 +320,9 @@ export function initialParams(out: string, manifest: CompileManifest, graph: Tra
  * (passes/rematerialize.ts); onnxruntime's common-subexpression elimination would merge each clone
  * back into its original and keep the activation alive again.
  */
-export const TRAINING_SESSION_CONFIG: Readonly<Record<string, string>> = { 'optimization.disable_specified_optimizers': 'CommonSubexpressionElimination' };
+export const TRAINING_SESSION_CONFIG: Readonly<Record<string, string>> = {
+  'optimization.disable_specified_optimizers': 'CommonSubexpressionElimination',
+};
 
 /**
  * Session options for train.onnx and grads.onnx. Graph optimization defaults to 'basic': at 'all' onnxruntime
@@ -281,5 +332,12 @@ export const TRAINING_SESSION_CONFIG: Readonly<Record<string, string>> = { 'opti
  * (see SessionOptions.memPattern), and CSE (TRAINING_SESSION_CONFIG).
  */
 export function trainingSession(options: { session?: SessionTuning; ep?: ExecutionProvider; fallbackToCpu?: boolean }): SessionOptions {
-  return { ...options.session, optimization: options.session?.optimization ?? 'basic', memPattern: false, config: TRAINING_SESSION_CONFIG, ep: options.ep, fallbackToCpu: options.fallbackToCpu };
+  return {
+    ...options.session,
+    optimization: options.session?.optimization ?? 'basic',
+    memPattern: false,
+    config: TRAINING_SESSION_CONFIG,
+    ep: options.ep,
+    fallbackToCpu: options.fallbackToCpu,
+  };
 }

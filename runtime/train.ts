@@ -13,13 +13,34 @@ import { HollowcError } from '../compiler/errors';
 import { withFolderLockAsync } from '../compiler/folder-lock';
 import type { CompileManifest } from '../compiler/manifest';
 import { loadManifest } from './artifacts';
-import { CHECKPOINT_FILE, CHECKPOINT_STATE_FILE, LOSS_LOG_FILE, ParamState, TRAIN_DIR, TrainState, readCheckpoint, truncateLossLog, writeCheckpoint } from './checkpoint';
+import {
+  CHECKPOINT_FILE,
+  CHECKPOINT_STATE_FILE,
+  LOSS_LOG_FILE,
+  ParamState,
+  TRAIN_DIR,
+  TrainState,
+  readCheckpoint,
+  truncateLossLog,
+  writeCheckpoint,
+} from './checkpoint';
 import { LoraModuleValues, writeLoraFile } from './lora-file';
 import { SampleOrder } from './sample-order';
 import { ExecutionProvider, SessionTuning, createSession } from './session';
 import { planRecord } from './precompute';
 import { Store } from './store';
-import { OptimizerMode, StepRunner, TrainGraph, chooseOptimizer, dataFeeds, describeTrainGraph, evaluationBatches, initialParams, lossAtRest, trainingSession } from './train-graph';
+import {
+  OptimizerMode,
+  StepRunner,
+  TrainGraph,
+  chooseOptimizer,
+  dataFeeds,
+  describeTrainGraph,
+  evaluationBatches,
+  initialParams,
+  lossAtRest,
+  trainingSession,
+} from './train-graph';
 
 export const LORA_FILE = 'lora.safetensors';
 
@@ -85,7 +106,11 @@ export interface TrainResult {
 export function loraModules(manifest: CompileManifest, values: Map<string, Float32Array>): LoraModuleValues[] {
   return manifest.lora.targets
     .filter((t) => t.trained && values.has(t.lora_A.name))
-    .map((t) => ({ module: t.module, a: { shape: t.lora_A.shape, data: values.get(t.lora_A.name)! }, b: { shape: t.lora_B.shape, data: values.get(t.lora_B.name)! } }));
+    .map((t) => ({
+      module: t.module,
+      a: { shape: t.lora_A.shape, data: values.get(t.lora_A.name)! },
+      b: { shape: t.lora_B.shape, data: values.get(t.lora_B.name)! },
+    }));
 }
 
 /** Where a run starts: fresh from lora-init, or from the checkpoint when resuming. */
@@ -104,22 +129,43 @@ function startingPoint(options: TrainOptions, manifest: CompileManifest, graph: 
   if (!options.resume) {
     if (haveCheckpoint && !options.restart) {
       const s = readCheckpoint(checkpointFile).state;
-      throw new HollowcError(`a training run is checkpointed here at step ${s.step}: pass --resume to continue it or --restart to discard it`, trainDir);
+      throw new HollowcError(
+        `a training run is checkpointed here at step ${s.step}: pass --resume to continue it or --restart to discard it`,
+        trainDir,
+      );
     }
     for (const f of [CHECKPOINT_FILE, CHECKPOINT_STATE_FILE, LOSS_LOG_FILE]) fs.rmSync(path.join(trainDir, f), { force: true });
-    return { params: initialParams(options.out, manifest, graph), step: 0, seed: options.seed ?? settings.seed, lr: options.lr ?? settings.lr };
+    return {
+      params: initialParams(options.out, manifest, graph),
+      step: 0,
+      seed: options.seed ?? settings.seed,
+      lr: options.lr ?? settings.lr,
+    };
   }
-  if (!haveCheckpoint) throw new HollowcError(`nothing to resume: no ${CHECKPOINT_FILE} (a run writes one every --checkpoint-every steps)`, trainDir);
+  if (!haveCheckpoint)
+    throw new HollowcError(`nothing to resume: no ${CHECKPOINT_FILE} (a run writes one every --checkpoint-every steps)`, trainDir);
   const cp = readCheckpoint(checkpointFile);
   const s = cp.state;
-  if (options.seed !== undefined && options.seed !== s.seed) throw new HollowcError(`--seed ${options.seed} differs from the checkpoint's seed ${s.seed}: a resumed run keeps its seed`, checkpointFile);
+  if (options.seed !== undefined && options.seed !== s.seed)
+    throw new HollowcError(
+      `--seed ${options.seed} differs from the checkpoint's seed ${s.seed}: a resumed run keeps its seed`,
+      checkpointFile,
+    );
   if (s.storeRecords !== store.count || s.storeFingerprint !== store.header.fingerprint) {
-    throw new HollowcError(`the store changed since this checkpoint (${s.storeRecords} records then, ${store.count} now): resume needs the same store, or start over with --restart`, checkpointFile);
+    throw new HollowcError(
+      `the store changed since this checkpoint (${s.storeRecords} records then, ${store.count} now): resume needs the same store, or start over with --restart`,
+      checkpointFile,
+    );
   }
-  if (s.batch !== graph.batch) throw new HollowcError(`the checkpoint was trained with batch ${s.batch}, ${path.basename(graph.file)} now takes ${graph.batch}`, checkpointFile);
+  if (s.batch !== graph.batch)
+    throw new HollowcError(
+      `the checkpoint was trained with batch ${s.batch}, ${path.basename(graph.file)} now takes ${graph.batch}`,
+      checkpointFile,
+    );
   const params = graph.params.map((p) => {
     const v = cp.params.get(p.name);
-    if (!v || v.shape.join() !== p.shape.join()) throw new HollowcError(`the checkpoint has no ${p.name} of shape [${p.shape}]: it belongs to another compile`, checkpointFile);
+    if (!v || v.shape.join() !== p.shape.join())
+      throw new HollowcError(`the checkpoint has no ${p.name} of shape [${p.shape}]: it belongs to another compile`, checkpointFile);
     return { name: p.name, shape: p.shape, value: v.value, expAvg: v.expAvg, expAvgSq: v.expAvgSq };
   });
   truncateLossLog(path.join(trainDir, LOSS_LOG_FILE), s.step);
@@ -132,7 +178,19 @@ function positiveInteger(value: number, flag: string): number {
 }
 
 /** Steps start.step+1 .. steps on `session`, appending to the loss log and checkpointing every `every` steps. */
-async function runSteps(session: ort.InferenceSession, run: { options: TrainOptions; graph: TrainGraph; store: Store; start: StartingPoint; steps: number; every: number; priorWeight: number; optimizer: CompileManifest['training']['optimizer'] }): Promise<{ losses: TrainResult['losses']; seconds: number }> {
+async function runSteps(
+  session: ort.InferenceSession,
+  run: {
+    options: TrainOptions;
+    graph: TrainGraph;
+    store: Store;
+    start: StartingPoint;
+    steps: number;
+    every: number;
+    priorWeight: number;
+    optimizer: CompileManifest['training']['optimizer'];
+  },
+): Promise<{ losses: TrainResult['losses']; seconds: number }> {
   const { options, graph, store, start, steps, every } = run;
   const runner = new StepRunner(session, graph, run.optimizer);
   const trainDir = path.join(options.out, TRAIN_DIR);
@@ -159,8 +217,13 @@ async function runSteps(session: ort.InferenceSession, run: { options: TrainOpti
       const records = order.batchFor(step).map((i) => store.read(i));
       const loss = await runner.step(dataFeeds(graph, store, records, run.priorWeight), start.params, start.lr, step, (l) => {
         if (Number.isFinite(l)) return;
-        const kept = lastCheckpoint > 0 ? `the last good checkpoint (step ${lastCheckpoint}) is kept in ${checkpointFile}` : 'no checkpoint was written yet';
-        throw new HollowcError(`step ${step}: the loss is ${l} (records ${records.map((r) => r.index).join(', ')}); training stopped and ${kept}. Lower --lr or check the data`);
+        const kept =
+          lastCheckpoint > 0
+            ? `the last good checkpoint (step ${lastCheckpoint}) is kept in ${checkpointFile}`
+            : 'no checkpoint was written yet';
+        throw new HollowcError(
+          `step ${step}: the loss is ${l} (records ${records.map((r) => r.index).join(', ')}); training stopped and ${kept}. Lower --lr or check the data`,
+        );
       });
       losses.push({ step, loss });
       const runSeconds = (Date.now() - runStart) / 1000;
@@ -204,19 +267,59 @@ async function trainUnlocked(options: TrainOptions): Promise<TrainResult> {
 
     if (startStep < steps || options.evaluate) session = await createSession(graph.file, trainingSession(options));
     const indices = options.evaluate?.instanceOnly ? instanceRecords(store) : undefined;
-    const evaluate = async () => (options.evaluate ? lossAtRest(session!, graph, store, start.params, options.evaluate.batches, settings.priorWeight, indices) : undefined);
+    const evaluate = async () =>
+      options.evaluate
+        ? lossAtRest(session!, graph, store, start.params, options.evaluate.batches, settings.priorWeight, indices)
+        : undefined;
     const before = await evaluate();
-    const ran = startStep < steps ? await runSteps(session!, { options, graph, store, start, steps, every, priorWeight: settings.priorWeight, optimizer: settings.optimizer }) : { losses: [], seconds: 0 };
+    const ran =
+      startStep < steps
+        ? await runSteps(session!, {
+            options,
+            graph,
+            store,
+            start,
+            steps,
+            every,
+            priorWeight: settings.priorWeight,
+            optimizer: settings.optimizer,
+          })
+        : { losses: [], seconds: 0 };
     const after = await evaluate();
-    const evaluation = before !== undefined && after !== undefined ? { before, after, batches: indices ? Math.max(1, Math.min(options.evaluate!.batches, Math.ceil(indices.length / graph.batch))) : evaluationBatches(graph, store, options.evaluate!.batches) } : undefined;
+    const evaluation =
+      before !== undefined && after !== undefined
+        ? {
+            before,
+            after,
+            batches: indices
+              ? Math.max(1, Math.min(options.evaluate!.batches, Math.ceil(indices.length / graph.batch)))
+              : evaluationBatches(graph, store, options.evaluate!.batches),
+          }
+        : undefined;
 
     // The LoRA of where the run stands: its last step, or the checkpoint's when it was there already.
     const step = Math.max(steps, startStep);
     const loraFile = path.join(out, LORA_FILE);
     const values = new Map(start.params.map((p) => [p.name, p.value]));
-    writeLoraFile(loraFile, 'peft', { rank: manifest.lora.rank, alpha: manifest.lora.alpha, modules: loraModules(manifest, values) }, { hollowc_steps: String(step), hollowc_seed: String(start.seed) });
+    writeLoraFile(
+      loraFile,
+      'peft',
+      { rank: manifest.lora.rank, alpha: manifest.lora.alpha, modules: loraModules(manifest, values) },
+      { hollowc_steps: String(step), hollowc_seed: String(start.seed) },
+    );
     const checkpointFile = path.join(out, TRAIN_DIR, CHECKPOINT_FILE);
-    return { startStep, step, losses: ran.losses, checkpointFile, loraFile, seconds: (Date.now() - started) / 1000, stepSeconds: ran.seconds, batch: graph.batch, optimizer, evaluation };
+    return {
+      startStep,
+      step,
+      losses: ran.losses,
+      checkpointFile,
+      loraFile,
+      seconds: (Date.now() - started) / 1000,
+      stepSeconds: ran.seconds,
+      batch: graph.batch,
+      optimizer,
+      evaluation,
+    };
   } finally {
     store.close();
     await session?.release();
@@ -251,17 +354,24 @@ export interface EvaluateOptions {
  */
 export async function evaluateLoss(options: EvaluateOptions): Promise<number> {
   const manifest = loadManifest(options.out);
-    const { store } = Store.open(options.storeDir ?? path.join(options.out, 'store'), { readOnly: true });
+  const { store } = Store.open(options.storeDir ?? path.join(options.out, 'store'), { readOnly: true });
   let session: ort.InferenceSession | undefined;
   try {
     const graph = describeTrainGraph(options.out, manifest, store, chooseOptimizer(options.out, manifest, options.optimizer));
     const params = initialParams(options.out, manifest, graph);
     if (options.params) for (const p of params) p.value = Float32Array.from(options.params.get(p.name) ?? p.value);
     session = await createSession(graph.file, trainingSession(options));
-    return await lossAtRest(session, graph, store, params, options.batches ?? Math.ceil(store.count / graph.batch), manifest.training.priorWeight, options.instanceOnly ? instanceRecords(store) : undefined);
+    return await lossAtRest(
+      session,
+      graph,
+      store,
+      params,
+      options.batches ?? Math.ceil(store.count / graph.batch),
+      manifest.training.priorWeight,
+      options.instanceOnly ? instanceRecords(store) : undefined,
+    );
   } finally {
     store.close();
     await session?.release();
   }
 }
-

@@ -61,7 +61,10 @@ function toF32(a: NpyArray, label: string): Float32Array {
 export function readLatents(source: string): Latent[] {
   const stat = statOrThrow(source);
   if (stat.isDirectory()) {
-    const files = fs.readdirSync(source).filter((f) => f.endsWith('.npy')).sort(naturalOrder);
+    const files = fs
+      .readdirSync(source)
+      .filter((f) => f.endsWith('.npy'))
+      .sort(naturalOrder);
     if (!files.length) throw new HollowcError('no .npy latents in this folder', source);
     return files.map((f) => {
       const file = path.join(source, f);
@@ -87,7 +90,11 @@ export function readLatents(source: string): Latent[] {
   if (shape.length === 3) shape = [1, ...shape];
   if (shape.length !== 4) throw new HollowcError(`a latents batch must be [N, C, h, w], found [${shape}]`, source);
   const per = shape[1] * shape[2] * shape[3];
-  return Array.from({ length: shape[0] }, (_, i) => ({ name: `${path.basename(source)}[${i}]`, shape: shape.slice(1), data: data.slice(i * per, (i + 1) * per) }));
+  return Array.from({ length: shape[0] }, (_, i) => ({
+    name: `${path.basename(source)}[${i}]`,
+    shape: shape.slice(1),
+    data: data.slice(i * per, (i + 1) * per),
+  }));
 }
 
 /** A prompt's conditioning: `.npy` (encoder_hidden_states, + sibling `.text_embeds.npy`) or `.safetensors`. */
@@ -97,7 +104,8 @@ export function readConditioning(file: string): Conditioning {
   if (file.endsWith('.safetensors')) {
     const { tensors } = readSafetensors(file);
     const ehs = tensors.get('encoder_hidden_states');
-    if (!ehs) throw new HollowcError(`expected a tensor named "encoder_hidden_states" (found ${[...tensors.keys()].slice(0, 4).join(', ')})`, file);
+    if (!ehs)
+      throw new HollowcError(`expected a tensor named "encoder_hidden_states" (found ${[...tensors.keys()].slice(0, 4).join(', ')})`, file);
     const te = tensors.get('text_embeds');
     const c: Conditioning = { encoderHiddenStates: { shape: squeeze(ehs.shape, 2), data: toFloat32(ehs) } };
     if (te) c.textEmbeds = { shape: squeeze(te.shape, 1), data: toFloat32(te) };
@@ -114,8 +122,10 @@ export function readConditioning(file: string): Conditioning {
 }
 
 function checkConditioning(c: Conditioning, file: string): Conditioning {
-  if (c.encoderHiddenStates.shape.length !== 2) throw new HollowcError(`encoder_hidden_states must be [T, D] or [1, T, D], found [${c.encoderHiddenStates.shape}]`, file);
-  if (c.textEmbeds && c.textEmbeds.shape.length !== 1) throw new HollowcError(`text_embeds must be [P] or [1, P], found [${c.textEmbeds.shape}]`, file);
+  if (c.encoderHiddenStates.shape.length !== 2)
+    throw new HollowcError(`encoder_hidden_states must be [T, D] or [1, T, D], found [${c.encoderHiddenStates.shape}]`, file);
+  if (c.textEmbeds && c.textEmbeds.shape.length !== 1)
+    throw new HollowcError(`text_embeds must be [P] or [1, P], found [${c.textEmbeds.shape}]`, file);
   return c;
 }
 
@@ -138,11 +148,17 @@ export function loadTrainingData(data: string, options: DataOptions = {}): Train
   const isDir = statOrThrow(data).isDirectory();
   const dir = isDir ? data : undefined;
   const latentsSource = isDir ? findIn(dir, 'latents', true) : data;
-  if (!latentsSource) throw new HollowcError('no latents: expected latents/*.npy, latents.npy or latents.safetensors in the data folder', data);
+  if (!latentsSource)
+    throw new HollowcError('no latents: expected latents/*.npy, latents.npy or latents.safetensors in the data folder', data);
   const instanceFile = options.instancePrompt ?? findIn(dir, 'instance_prompt');
-  if (!instanceFile) throw new HollowcError('no instance prompt embedding: put instance_prompt.npy in the data folder or pass --instance-prompt', data);
+  if (!instanceFile)
+    throw new HollowcError('no instance prompt embedding: put instance_prompt.npy in the data folder or pass --instance-prompt', data);
   const classFile = options.classPrompt ?? findIn(dir, 'class_prompt');
-  if (!classFile) throw new HollowcError('no class prompt embedding (precompute runs the base UNet on the class prompt): put class_prompt.npy in the data folder or pass --class-prompt', data);
+  if (!classFile)
+    throw new HollowcError(
+      'no class prompt embedding (precompute runs the base UNet on the class prompt): put class_prompt.npy in the data folder or pass --class-prompt',
+      data,
+    );
   const classLatentsSource = options.classLatents ?? findIn(dir, 'class_latents', true);
   const timeIdsFile = options.timeIds ?? findIn(dir, 'time_ids');
 
@@ -156,9 +172,13 @@ export function loadTrainingData(data: string, options: DataOptions = {}): Train
   const instance = readConditioning(instanceFile);
   const klass = readConditioning(classFile);
   if (instance.encoderHiddenStates.shape.join() !== klass.encoderHiddenStates.shape.join()) {
-    throw new HollowcError(`instance prompt is [${instance.encoderHiddenStates.shape}], class prompt [${klass.encoderHiddenStates.shape}]: they must match`, classFile);
+    throw new HollowcError(
+      `instance prompt is [${instance.encoderHiddenStates.shape}], class prompt [${klass.encoderHiddenStates.shape}]: they must match`,
+      classFile,
+    );
   }
-  if (!!instance.textEmbeds !== !!klass.textEmbeds) throw new HollowcError('only one of the instance and class prompts has text_embeds (SDXL needs both)', classFile);
+  if (!!instance.textEmbeds !== !!klass.textEmbeds)
+    throw new HollowcError('only one of the instance and class prompts has text_embeds (SDXL needs both)', classFile);
   let timeIds: Float32Array | undefined;
   if (timeIdsFile) {
     const a = readNpy(timeIdsFile);
@@ -173,7 +193,10 @@ export function loadTrainingData(data: string, options: DataOptions = {}): Train
   };
   instanceLatents.forEach((l) => add(`instance:${l.name}`, l.shape, l.data));
   classLatents.forEach((l) => add(`class:${l.name}`, l.shape, l.data));
-  for (const [role, c] of [['instance', instance], ['class', klass]] as const) {
+  for (const [role, c] of [
+    ['instance', instance],
+    ['class', klass],
+  ] as const) {
     add(`${role}.ehs`, c.encoderHiddenStates.shape, c.encoderHiddenStates.data);
     if (c.textEmbeds) add(`${role}.te`, c.textEmbeds.shape, c.textEmbeds.data);
   }
@@ -184,7 +207,12 @@ export function loadTrainingData(data: string, options: DataOptions = {}): Train
     instance,
     class: klass,
     timeIds,
-    sources: { instance: instanceFile, class: classFile, latents: latentsSource, ...(classLatentsSource ? { classLatents: classLatentsSource } : {}) },
+    sources: {
+      instance: instanceFile,
+      class: classFile,
+      latents: latentsSource,
+      ...(classLatentsSource ? { classLatents: classLatentsSource } : {}),
+    },
     fingerprint: hash.digest('hex'),
   };
 }

@@ -49,25 +49,40 @@ export interface EncodeOptions {
 }
 
 /** Images [N, 3, H, W] in [-1, 1] -> scaled latents [N, C, H/f, W/f]. */
-export async function encodeImages(folder: PipelineFolder, images: { data: Float32Array; dims: readonly number[] }, options: EncodeOptions = {}): Promise<LatentBatch> {
+export async function encodeImages(
+  folder: PipelineFolder,
+  images: { data: Float32Array; dims: readonly number[] },
+  options: EncodeOptions = {},
+): Promise<LatentBatch> {
   const enc = folder.vaeEncoder;
   const [n, c, h, w] = images.dims;
   if (images.dims.length !== 4 || c !== 3) throw new HollowcError(`expected images [N, 3, H, W], got [${images.dims.join(', ')}]`);
-  const outputName = enc.outputs.some((o) => o.name === LATENT_PARAMETERS) ? LATENT_PARAMETERS : enc.outputs.some((o) => o.name === LATENT_SAMPLE) ? LATENT_SAMPLE : undefined;
-  if (!outputName) throw new HollowcError(`vae_encoder has neither ${LATENT_PARAMETERS} nor ${LATENT_SAMPLE} among its outputs (${enc.outputs.map((o) => o.name).join(', ')})`, enc.model);
+  const outputName = enc.outputs.some((o) => o.name === LATENT_PARAMETERS)
+    ? LATENT_PARAMETERS
+    : enc.outputs.some((o) => o.name === LATENT_SAMPLE)
+      ? LATENT_SAMPLE
+      : undefined;
+  if (!outputName)
+    throw new HollowcError(
+      `vae_encoder has neither ${LATENT_PARAMETERS} nor ${LATENT_SAMPLE} among its outputs (${enc.outputs.map((o) => o.name).join(', ')})`,
+      enc.model,
+    );
   const desc = input(enc, IMAGE);
   const plane = 3 * h * w;
   const parts: Float32Array[] = [];
   let latentShape: number[] = [];
   await withSession(enc, options.session ?? {}, async (session) => {
     for (let i = 0; i < n; i++) {
-      const r = await session.run({ [IMAGE]: tensorFor(desc, images.data.subarray(i * plane, (i + 1) * plane), [1, 3, h, w]) }, [outputName]);
+      const r = await session.run({ [IMAGE]: tensorFor(desc, images.data.subarray(i * plane, (i + 1) * plane), [1, 3, h, w]) }, [
+        outputName,
+      ]);
       parts.push(Float32Array.from(floatValues(r[outputName], outputName)));
       latentShape = [...r[outputName].dims];
     }
   });
   const channels = outputName === LATENT_PARAMETERS ? latentShape[1] / 2 : latentShape[1];
-  if (!Number.isInteger(channels)) throw new HollowcError(`${LATENT_PARAMETERS} has ${latentShape[1]} channels, expected mean and logvar (an even count)`, enc.model);
+  if (!Number.isInteger(channels))
+    throw new HollowcError(`${LATENT_PARAMETERS} has ${latentShape[1]} channels, expected mean and logvar (an even count)`, enc.model);
   const [lh, lw] = latentShape.slice(2);
   const size = channels * lh * lw;
   const out = new Float32Array(n * size);
@@ -89,10 +104,15 @@ export async function encodeImages(folder: PipelineFolder, images: { data: Float
 }
 
 /** Latents [N, C, h, w] (times the scaling factor, as the UNet sees them) -> images [N, 3, H, W] in [0, 1]. */
-export async function decodeLatents(folder: PipelineFolder, latents: LatentBatch, session: SessionOptions = {}): Promise<{ data: Float32Array; dims: number[] }> {
+export async function decodeLatents(
+  folder: PipelineFolder,
+  latents: LatentBatch,
+  session: SessionOptions = {},
+): Promise<{ data: Float32Array; dims: number[] }> {
   const dec = folder.vaeDecoder;
   const desc = input(dec, LATENT_SAMPLE);
-  if (!dec.outputs.some((o) => o.name === IMAGE)) throw new HollowcError(`vae_decoder has no output ${IMAGE} (has ${dec.outputs.map((o) => o.name).join(', ')})`, dec.model);
+  if (!dec.outputs.some((o) => o.name === IMAGE))
+    throw new HollowcError(`vae_decoder has no output ${IMAGE} (has ${dec.outputs.map((o) => o.name).join(', ')})`, dec.model);
   const [n, c, h, w] = latents.shape;
   const size = c * h * w;
   let out: Float32Array | undefined;

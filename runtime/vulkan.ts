@@ -12,7 +12,17 @@ export const CHROMIUM_DIR = '/usr/lib/chromium';
 export const SWIFTSHADER_ICD = path.join(CHROMIUM_DIR, 'vk_swiftshader_icd.json');
 const CHROMIUM_LOADER = path.join(CHROMIUM_DIR, 'libvulkan.so.1');
 const LOADER = 'libvulkan.so.1';
-const SYSTEM_LIB_DIRS = ['/lib/x86_64-linux-gnu', '/usr/lib/x86_64-linux-gnu', '/lib/aarch64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/lib64', '/usr/lib64', '/lib', '/usr/lib', '/usr/local/lib'];
+const SYSTEM_LIB_DIRS = [
+  '/lib/x86_64-linux-gnu',
+  '/usr/lib/x86_64-linux-gnu',
+  '/lib/aarch64-linux-gnu',
+  '/usr/lib/aarch64-linux-gnu',
+  '/lib64',
+  '/usr/lib64',
+  '/lib',
+  '/usr/lib',
+  '/usr/local/lib',
+];
 const ICD_DIRS = ['/etc/vulkan/icd.d', '/usr/share/vulkan/icd.d', '/usr/local/share/vulkan/icd.d'];
 // glibc's dlopen flags: RTLD_NOW | RTLD_GLOBAL | RTLD_NODELETE (the last is not in os.constants).
 const PRELOAD_FLAGS = 0x2 | 0x100 | 0x1000;
@@ -27,7 +37,14 @@ export function findVulkanLoader(): string | undefined {
 export function vulkanDrivers(): string[] {
   const explicit = process.env.VK_DRIVER_FILES ?? process.env.VK_ICD_FILENAMES;
   if (explicit) return explicit.split(':').filter((f) => f && fs.existsSync(f));
-  return ICD_DIRS.flatMap((d) => (fs.existsSync(d) ? fs.readdirSync(d).filter((f) => f.endsWith('.json')).map((f) => path.join(d, f)) : []));
+  return ICD_DIRS.flatMap((d) =>
+    fs.existsSync(d)
+      ? fs
+          .readdirSync(d)
+          .filter((f) => f.endsWith('.json'))
+          .map((f) => path.join(d, f))
+      : [],
+  );
 }
 
 /**
@@ -45,7 +62,9 @@ export function noAdapterMessage(): string {
       );
     }
     const drivers = vulkanDrivers();
-    const swiftshader = fs.existsSync(SWIFTSHADER_ICD) ? `set VK_ICD_FILENAMES=${SWIFTSHADER_ICD}` : 'Debian chromium ships one: apt-get install chromium, then set VK_ICD_FILENAMES=' + SWIFTSHADER_ICD;
+    const swiftshader = fs.existsSync(SWIFTSHADER_ICD)
+      ? `set VK_ICD_FILENAMES=${SWIFTSHADER_ICD}`
+      : 'Debian chromium ships one: apt-get install chromium, then set VK_ICD_FILENAMES=' + SWIFTSHADER_ICD;
     fixes.push(`${drivers.length ? `drivers tried: ${drivers.join(', ')}; ` : ''}install a GPU driver or SwiftShader (${swiftshader})`);
   } else {
     fixes.push('install or update the GPU driver');

@@ -72,19 +72,43 @@ function buildTrainModel(s: Setup): Model {
 }
 
 const SETUPS: [string, Setup][] = [
-  ['float32, int64 step, lr [1], torch defaults', { dtype: 'float32', options: { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 1e-2 }, tolerance: 2e-6 }],
-  ['float64, float step, scalar lr, no weight decay, other betas', { dtype: 'float64', options: { beta1: 0.8, beta2: 0.99, eps: 1e-6, weightDecay: 0, lrShape: [], stepType: 'float' }, tolerance: 1e-12 }],
+  [
+    'float32, int64 step, lr [1], torch defaults',
+    { dtype: 'float32', options: { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 1e-2 }, tolerance: 2e-6 },
+  ],
+  [
+    'float64, float step, scalar lr, no weight decay, other betas',
+    { dtype: 'float64', options: { beta1: 0.8, beta2: 0.99, eps: 1e-6, weightDecay: 0, lrShape: [], stepType: 'float' }, tolerance: 1e-12 },
+  ],
 ];
 
 describe.each(SETUPS)('AdamW step in the graph (%s)', (_name, s) => {
   it('matches a plain TypeScript AdamW (and loss, gradients) over 6 steps', async () => {
     const model = buildTrainModel(s);
     expect(model.graph.nodes.every((n) => n.domain === '')).toBe(true);
-    expect(model.graph.inputs.map((v) => v.name)).toEqual(
-      ['x', 'linear.weight', 'linear.bias', 'target', 'loss_weight', 'lr', 'step', 'linear.weight.exp_avg', 'linear.weight.exp_avg_sq', 'linear.bias.exp_avg', 'linear.bias.exp_avg_sq'],
-    );
+    expect(model.graph.inputs.map((v) => v.name)).toEqual([
+      'x',
+      'linear.weight',
+      'linear.bias',
+      'target',
+      'loss_weight',
+      'lr',
+      'step',
+      'linear.weight.exp_avg',
+      'linear.weight.exp_avg_sq',
+      'linear.bias.exp_avg',
+      'linear.bias.exp_avg_sq',
+    ]);
     expect(model.graph.outputs.map((v) => v.name)).toEqual(
-      expect.arrayContaining(['loss', 'linear.weight.updated', 'linear.weight.exp_avg.updated', 'linear.weight.exp_avg_sq.updated', 'linear.bias.updated', 'linear.bias.exp_avg.updated', 'linear.bias.exp_avg_sq.updated']),
+      expect.arrayContaining([
+        'loss',
+        'linear.weight.updated',
+        'linear.weight.exp_avg.updated',
+        'linear.weight.exp_avg_sq.updated',
+        'linear.bias.updated',
+        'linear.bias.exp_avg.updated',
+        'linear.bias.exp_avg_sq.updated',
+      ]),
     );
     const file = path.join(tempDir(), 'train.onnx');
     saveModel(model, file);
@@ -221,8 +245,18 @@ describe('host-side AdamW (runtime/host-adamw.ts) against the in-graph step', ()
         feeds[`${p.name}.exp_avg_sq`] = new ort.Tensor('float32', p.expAvgSq, p.shape);
       }
       const out = await session.run(feeds);
-      const params = Object.values(state).map((p) => ({ ...p, value: Float32Array.from(p.value), expAvg: Float32Array.from(p.expAvg), expAvgSq: Float32Array.from(p.expAvgSq) }));
-      adamw.step(params, params.map((p) => out[`${p.name}.grad`].data as Float32Array), lr, t);
+      const params = Object.values(state).map((p) => ({
+        ...p,
+        value: Float32Array.from(p.value),
+        expAvg: Float32Array.from(p.expAvg),
+        expAvgSq: Float32Array.from(p.expAvgSq),
+      }));
+      adamw.step(
+        params,
+        params.map((p) => out[`${p.name}.grad`].data as Float32Array),
+        lr,
+        t,
+      );
       for (const p of params) {
         const same = (a: Float32Array, name: string) => Buffer.from(a.buffer).equals(Buffer.from((out[name].data as Float32Array).buffer));
         expect(same(p.expAvg, `${p.name}.exp_avg.updated`)).toBe(true);

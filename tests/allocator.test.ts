@@ -24,14 +24,20 @@ function withEnv<T>(env: Record<string, string | undefined>, f: () => T): T {
 test('train reruns in a child that has the settings and returns its exit code; others run here', () => {
   const script = path.join(tempDir('hollowc-alloc-'), 'main.js');
   // Stands in for the CLI: reports what it was started with.
-  fs.writeFileSync(script, `require('fs').writeFileSync(${JSON.stringify(`${script}.out`)}, JSON.stringify({ argv: process.argv.slice(2), threshold: process.env.MALLOC_MMAP_THRESHOLD_ })); process.exitCode = 7;\n`);
+  fs.writeFileSync(
+    script,
+    `require('fs').writeFileSync(${JSON.stringify(`${script}.out`)}, JSON.stringify({ argv: process.argv.slice(2), threshold: process.env.MALLOC_MMAP_THRESHOLD_ })); process.exitCode = 7;\n`,
+  );
   const argv = [process.execPath, script, 'train', 'out', '--steps', '3'];
   if (process.platform !== 'linux') {
     expect(withEnv({}, () => rerunWithAllocatorSettings(argv))).toBeUndefined();
     return;
   }
   expect(withEnv({}, () => rerunWithAllocatorSettings(argv))).toBe(7);
-  expect(JSON.parse(fs.readFileSync(`${script}.out`, 'utf8'))).toEqual({ argv: ['train', 'out', '--steps', '3'], threshold: MALLOC_ENV.MALLOC_MMAP_THRESHOLD_ });
+  expect(JSON.parse(fs.readFileSync(`${script}.out`, 'utf8'))).toEqual({
+    argv: ['train', 'out', '--steps', '3'],
+    threshold: MALLOC_ENV.MALLOC_MMAP_THRESHOLD_,
+  });
   fs.rmSync(`${script}.out`);
   // already set (the child itself), opted out, or another command: run in this process
   expect(withEnv(MALLOC_ENV, () => rerunWithAllocatorSettings(argv))).toBeUndefined();

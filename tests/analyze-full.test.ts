@@ -22,7 +22,9 @@ test('full SD 2.1: 865,910,724 parameters and every preset row of DESIGN.md', ()
   expect(a.family).toBe('sd21');
   expect(a.totalParams).toBe(865_910_724);
   expect(a.skips).toHaveLength(12);
-  const rows = Object.fromEntries(presetsFor('sd21').map((p) => [p.name, a.cuts.find((c) => c.lastKeptDown === p.lastKeptDown)!.removedParams]));
+  const rows = Object.fromEntries(
+    presetsFor('sd21').map((p) => [p.name, a.cuts.find((c) => c.lastKeptDown === p.lastKeptDown)!.removedParams]),
+  );
   expect(rows).toEqual(SD21_PRESET_ROWS);
 });
 

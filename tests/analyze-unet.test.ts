@@ -7,7 +7,16 @@ import { DataType } from '../compiler/dtype';
 import { analyzeUNet } from '../passes/lib/analyze-unet';
 import { paramCounts } from '../models/param-count';
 import { readNpy } from '../runtime/npy';
-import { FIXTURE_DIR, FIXTURE_MODEL, FIXTURE_MODEL_OPSET14, fixtureInputs, fixtureManifest, maxAbsDiff, runModel, tempDir } from './support/fixture';
+import {
+  FIXTURE_DIR,
+  FIXTURE_MODEL,
+  FIXTURE_MODEL_OPSET14,
+  fixtureInputs,
+  fixtureManifest,
+  maxAbsDiff,
+  runModel,
+  tempDir,
+} from './support/fixture';
 
 const manifest = fixtureManifest();
 const CLI = path.join(__dirname, '..', 'dist', 'cli', 'main.js');
@@ -35,7 +44,20 @@ describe('UNet structure analysis of the real diffusers export', () => {
   test('skip pairs: down layers emit in order, up layers consume last-first', () => {
     expect(analysis.skips[0]).toMatchObject({ index: 0, tensor: '/conv_in/Conv_output_0', producer: 'conv_in', consumer: '9-3' });
     expect(analysis.skips[11]).toMatchObject({ index: 11, producer: '4-2', consumer: '6-1' });
-    expect(analysis.skips.map((s) => s.producer)).toEqual(['conv_in', '1-1', '1-2', '1-3', '2-1', '2-2', '2-3', '3-1', '3-2', '3-3', '4-1', '4-2']);
+    expect(analysis.skips.map((s) => s.producer)).toEqual([
+      'conv_in',
+      '1-1',
+      '1-2',
+      '1-3',
+      '2-1',
+      '2-2',
+      '2-3',
+      '3-1',
+      '3-2',
+      '3-3',
+      '4-1',
+      '4-2',
+    ]);
   });
 
   test("the fixture's 39.2% cut is reported, with its hollowed modules and parameter count", () => {
@@ -110,7 +132,9 @@ describe('hollowc inspect', () => {
   test('the table names blocks, presets and activations', () => {
     const stdout = execFileSync('node', [CLI, 'inspect', FIXTURE_MODEL], { encoding: 'utf8' });
     expect(stdout).toContain('sd15 UNet, 1,390,804 parameters, 12 skip connections');
-    expect(stdout).toMatch(/^3-2 +482,352 +34\.7% +39\.2% +3-3 \.\. 6-4 +\/up_blocks\.0\/upsamplers\.0\/conv\/Conv_output_0 \[batch, 48, height\/4, width\/4\]$/m);
+    expect(stdout).toMatch(
+      /^3-2 +482,352 +34\.7% +39\.2% +3-3 \.\. 6-4 +\/up_blocks\.0\/upsamplers\.0\/conv\/Conv_output_0 \[batch, 48, height\/4, width\/4\]$/m,
+    );
   });
 
   test('a garbage file: one line on stderr, exit code 1, no stack trace', () => {

@@ -23,7 +23,10 @@ function sources(dir: string): string[] {
 function importedLayers(file: string): { layer: string; spec: string }[] {
   const text = fs.readFileSync(path.join(ROOT, file), 'utf8');
   const specs = [...text.matchAll(/(?:from\s+|import\(|require\()['"](\.[^'"]+)['"]/g)].map((m) => m[1]);
-  return specs.map((spec) => ({ spec, layer: path.relative(ROOT, path.resolve(path.dirname(path.join(ROOT, file)), spec)).split(path.sep)[0] }));
+  return specs.map((spec) => ({
+    spec,
+    layer: path.relative(ROOT, path.resolve(path.dirname(path.join(ROOT, file)), spec)).split(path.sep)[0],
+  }));
 }
 
 const FORBIDDEN: Record<Layer, readonly string[]> = {
@@ -36,13 +39,18 @@ const FORBIDDEN: Record<Layer, readonly string[]> = {
 };
 
 test.each(LAYERS.map((l) => [l]))('%s/ imports only the layers below it', (layer) => {
-  const bad = sources(layer).flatMap((file) => importedLayers(file).filter((i) => FORBIDDEN[layer].includes(i.layer)).map((i) => `${file} imports ${i.spec}`));
+  const bad = sources(layer).flatMap((file) =>
+    importedLayers(file)
+      .filter((i) => FORBIDDEN[layer].includes(i.layer))
+      .map((i) => `${file} imports ${i.spec}`),
+  );
   expect(bad).toEqual([]);
 });
 
 test('the artifact contract names are spelled only in compiler/manifest.ts', () => {
   // String literals of the names that cross the compile/run boundary.
-  const NAMES = /['"`](hollow_activation|loss_weight|out_sample|base_encoder_hidden_states|base_text_embeds)['"`]|\.lora_\[AB\]|\.lora_[AB]\.weight|['"`]\.(exp_avg|exp_avg_sq|updated|grad)['"`]|\.exp_avg(_sq)?\.updated|\$\{[^}]+\}\.(exp_avg|updated|grad)\b/;
+  const NAMES =
+    /['"`](hollow_activation|loss_weight|out_sample|base_encoder_hidden_states|base_text_embeds)['"`]|\.lora_\[AB\]|\.lora_[AB]\.weight|['"`]\.(exp_avg|exp_avg_sq|updated|grad)['"`]|\.exp_avg(_sq)?\.updated|\$\{[^}]+\}\.(exp_avg|updated|grad)\b/;
   const bad: string[] = [];
   for (const layer of LAYERS) {
     for (const file of sources(layer)) {
@@ -50,7 +58,10 @@ test('the artifact contract names are spelled only in compiler/manifest.ts', () 
       fs.readFileSync(path.join(ROOT, file), 'utf8')
         .split('\n')
         .forEach((line, i) => {
-          const code = line.replace(/\/\*.*?\*\//g, '').replace(/\/\/.*$/, '').replace(/^\s*\/?\*.*$/, '');
+          const code = line
+            .replace(/\/\*.*?\*\//g, '')
+            .replace(/\/\/.*$/, '')
+            .replace(/^\s*\/?\*.*$/, '');
           if (NAMES.test(code)) bad.push(`${file}:${i + 1}: ${line.trim()}`);
         });
     }

@@ -39,7 +39,15 @@ let root: string;
 let model: string; // tiny sd15 UNet with external data
 let folder: TinyFolder; // compiled tiny sd15 (39.2%, stand-in train.onnx) with a precomputed store
 let data: string;
-const SPEC = ['model sd15', 'hollow preset "39.2%"', 'shape sample [1, 4, 16, 16]', 'lora rank 2', 'lora targets "attn1.to_q"', 'emit precompute infer', ''].join('\n');
+const SPEC = [
+  'model sd15',
+  'hollow preset "39.2%"',
+  'shape sample [1, 4, 16, 16]',
+  'lora rank 2',
+  'lora targets "attn1.to_q"',
+  'emit precompute infer',
+  '',
+].join('\n');
 
 function write(name: string, content: string | Uint8Array): string {
   const file = path.join(root, name);
@@ -74,8 +82,14 @@ function specFile(name: string, text: string): string {
 function loraVariant(name: string, edit: (tensors: Map<string, ReturnType<typeof float32Tensor>>) => void): string {
   const tensors = new Map<string, ReturnType<typeof float32Tensor>>();
   for (const t of folder.manifest.lora.targets.filter((x) => x.trained)) {
-    tensors.set(`unet.${t.lora_A.name}`, float32Tensor(t.lora_A.shape, new Float32Array(t.lora_A.shape.reduce((a, b) => a * b, 1)).fill(0.01)));
-    tensors.set(`unet.${t.lora_B.name}`, float32Tensor(t.lora_B.shape, new Float32Array(t.lora_B.shape.reduce((a, b) => a * b, 1)).fill(0.02)));
+    tensors.set(
+      `unet.${t.lora_A.name}`,
+      float32Tensor(t.lora_A.shape, new Float32Array(t.lora_A.shape.reduce((a, b) => a * b, 1)).fill(0.01)),
+    );
+    tensors.set(
+      `unet.${t.lora_B.name}`,
+      float32Tensor(t.lora_B.shape, new Float32Array(t.lora_B.shape.reduce((a, b) => a * b, 1)).fill(0.02)),
+    );
   }
   edit(tensors);
   const file = path.join(root, 'lora', `${name}.safetensors`);
@@ -113,31 +127,103 @@ interface Case {
 }
 
 const out = () => path.join(root, 'never-written');
-const compileWith = (m: () => string, spec: () => string = () => specFile('good', SPEC)) => () => ['compile', m(), spec(), '-o', out()];
-const compileSpec = (name: string, text: string) => compileWith(() => model, () => specFile(name, text));
+const compileWith =
+  (m: () => string, spec: () => string = () => specFile('good', SPEC)) =>
+  () => ['compile', m(), spec(), '-o', out()];
+const compileSpec = (name: string, text: string) =>
+  compileWith(
+    () => model,
+    () => specFile(name, text),
+  );
 const specWith = (line: string) => SPEC.replace('lora rank 2\n', `lora rank 2\n${line}\n`);
 
 const CASES: Case[] = [
   // ONNX files
-  { name: 'onnx: truncated', args: compileWith(() => write('m/file-29.onnx', fs.readFileSync(model).subarray(0, 5000))), message: 'not a valid ONNX model' },
+  {
+    name: 'onnx: truncated',
+    args: compileWith(() => write('m/file-29.onnx', fs.readFileSync(model).subarray(0, 5000))),
+    message: 'not a valid ONNX model',
+  },
   { name: 'onnx: garbage', args: compileWith(() => write('m/file-30.onnx', crypto.randomBytes(4096))), message: 'not a valid ONNX model' },
   { name: 'onnx: empty file', args: compileWith(() => write('m/file-31.onnx', '')), message: 'not a valid ONNX model' },
-  { name: 'onnx: wrong family for the spec', args: compileSpec('spec-13', SPEC.replace('model sd15', 'model sdxl').replace('hollow preset "39.2%"', 'hollow none').replace('emit precompute infer', 'emit infer')), message: /sdxl.*sd15|sd15.*sdxl/, spec: true },
-  { name: 'onnx: not a UNet', args: compileWith(() => modelVariant('model-1', (m) => { m.graph!.node = m.graph!.node!.filter((n) => !n.name?.includes('up_blocks')); })), message: 'expected an SD-family UNet' },
-  { name: 'onnx: unscoped node names', args: compileWith(() => modelVariant('model-2', (m) => m.graph!.node!.forEach((n, i) => (n.name = `node_${i}`)))), message: 'without such scopes' },
-  { name: 'onnx: missing external data file', args: compileWith(() => modelVariant('model-3', () => {}, (f) => fs.rmSync(f))), message: 'does not exist' },
-  { name: 'onnx: external data shorter than its length', args: compileWith(() => modelVariant('model-4', () => {}, (f) => fs.truncateSync(f, fs.statSync(f).size - 1000))), message: 'lies beyond the end' },
-  { name: 'onnx: offset past EOF', args: compileWith(() => modelVariant('model-5', (m) => (externalOf(m).entry('offset').value = String(1e9)))), message: 'lies beyond the end' },
-  { name: 'onnx: absolute location', args: compileWith(() => modelVariant('model-6', (m) => (externalOf(m).entry('location').value = '/etc/passwd'))), message: 'refusing to read it' },
-  { name: 'onnx: location escaping with ..', args: compileWith(() => modelVariant('model-7', (m) => (externalOf(m).entry('location').value = '../../model.onnx_data'))), message: 'refusing to read it' },
+  {
+    name: 'onnx: wrong family for the spec',
+    args: compileSpec(
+      'spec-13',
+      SPEC.replace('model sd15', 'model sdxl')
+        .replace('hollow preset "39.2%"', 'hollow none')
+        .replace('emit precompute infer', 'emit infer'),
+    ),
+    message: /sdxl.*sd15|sd15.*sdxl/,
+    spec: true,
+  },
+  {
+    name: 'onnx: not a UNet',
+    args: compileWith(() =>
+      modelVariant('model-1', (m) => {
+        m.graph!.node = m.graph!.node!.filter((n) => !n.name?.includes('up_blocks'));
+      }),
+    ),
+    message: 'expected an SD-family UNet',
+  },
+  {
+    name: 'onnx: unscoped node names',
+    args: compileWith(() => modelVariant('model-2', (m) => m.graph!.node!.forEach((n, i) => (n.name = `node_${i}`)))),
+    message: 'without such scopes',
+  },
+  {
+    name: 'onnx: missing external data file',
+    args: compileWith(() =>
+      modelVariant(
+        'model-3',
+        () => {},
+        (f) => fs.rmSync(f),
+      ),
+    ),
+    message: 'does not exist',
+  },
+  {
+    name: 'onnx: external data shorter than its length',
+    args: compileWith(() =>
+      modelVariant(
+        'model-4',
+        () => {},
+        (f) => fs.truncateSync(f, fs.statSync(f).size - 1000),
+      ),
+    ),
+    message: 'lies beyond the end',
+  },
+  {
+    name: 'onnx: offset past EOF',
+    args: compileWith(() => modelVariant('model-5', (m) => (externalOf(m).entry('offset').value = String(1e9)))),
+    message: 'lies beyond the end',
+  },
+  {
+    name: 'onnx: absolute location',
+    args: compileWith(() => modelVariant('model-6', (m) => (externalOf(m).entry('location').value = '/etc/passwd'))),
+    message: 'refusing to read it',
+  },
+  {
+    name: 'onnx: location escaping with ..',
+    args: compileWith(() => modelVariant('model-7', (m) => (externalOf(m).entry('location').value = '../../model.onnx_data'))),
+    message: 'refusing to read it',
+  },
   {
     name: 'onnx: location through a symlink out of the folder',
     args: compileWith(() =>
-      modelVariant('model-8', (m) => (externalOf(m).entry('location').value = 'link.bin'), (f) => fs.symlinkSync(path.resolve(`${model}_data`), path.join(path.dirname(f), 'link.bin'))),
+      modelVariant(
+        'model-8',
+        (m) => (externalOf(m).entry('location').value = 'link.bin'),
+        (f) => fs.symlinkSync(path.resolve(`${model}_data`), path.join(path.dirname(f), 'link.bin')),
+      ),
     ),
     message: 'refusing to read it',
   },
-  { name: 'onnx: duplicate value names', args: compileWith(() => modelVariant('model-9', (m) => (m.graph!.node![5].output = [...m.graph!.node![4].output!]))), message: 'defined twice' },
+  {
+    name: 'onnx: duplicate value names',
+    args: compileWith(() => modelVariant('model-9', (m) => (m.graph!.node![5].output = [...m.graph!.node![4].output!]))),
+    message: 'defined twice',
+  },
   {
     name: 'onnx: a cycle',
     args: compileWith(() =>
@@ -150,8 +236,16 @@ const CASES: Case[] = [
     ),
     message: 'cycle',
   },
-  { name: 'onnx: IR version newer than supported', args: compileWith(() => modelVariant('model-11', (m) => (m.ir_version = 99))), message: 'IR version 99' },
-  { name: 'onnx: opset newer than supported', args: compileWith(() => modelVariant('model-12', (m) => (m.opset_import![0].version = 99))), message: 'opset 99' },
+  {
+    name: 'onnx: IR version newer than supported',
+    args: compileWith(() => modelVariant('model-11', (m) => (m.ir_version = 99))),
+    message: 'IR version 99',
+  },
+  {
+    name: 'onnx: opset newer than supported',
+    args: compileWith(() => modelVariant('model-12', (m) => (m.opset_import![0].version = 99))),
+    message: 'opset 99',
+  },
   {
     name: 'onnx: a graph file over 2 GB (no external data)',
     args: compileWith(() => {
@@ -166,52 +260,207 @@ const CASES: Case[] = [
   { name: 'onnx: file does not exist', args: compileWith(() => path.join(root, 'nowhere.onnx')), message: 'ENOENT' },
 
   // Specs
-  { name: 'spec: rank is not a number', args: compileSpec('spec-14', SPEC.replace('lora rank 2', 'lora rank two')), message: 'expected a number', spec: true },
+  {
+    name: 'spec: rank is not a number',
+    args: compileSpec('spec-14', SPEC.replace('lora rank 2', 'lora rank two')),
+    message: 'expected a number',
+    spec: true,
+  },
   { name: 'spec: lr is not a number', args: compileSpec('spec-15', specWith('optimizer adamw lr fast')), message: 'lr', spec: true },
-  { name: 'spec: shape with a name in it', args: compileSpec('spec-16', SPEC.replace('shape sample [1, 4, 16, 16]', 'shape sample [1, four, 16, 16]')), message: 'shape', spec: true },
+  {
+    name: 'spec: shape with a name in it',
+    args: compileSpec('spec-16', SPEC.replace('shape sample [1, 4, 16, 16]', 'shape sample [1, four, 16, 16]')),
+    message: 'shape',
+    spec: true,
+  },
   { name: 'spec: seed negative', args: compileSpec('spec-17', specWith('seed -3')), message: 'seed', spec: true },
-  { name: 'spec: prior weight negative', args: compileSpec('spec-18', specWith('loss prior_weight -1')), message: 'prior_weight', spec: true },
+  {
+    name: 'spec: prior weight negative',
+    args: compileSpec('spec-18', specWith('loss prior_weight -1')),
+    message: 'prior_weight',
+    spec: true,
+  },
   { name: 'spec: unknown loss prediction', args: compileSpec('spec-19', specWith('loss mse sample')), message: 'epsilon', spec: true },
-  { name: 'spec: unknown artifact in emit', args: compileSpec('spec-20', SPEC.replace('emit precompute infer', 'emit precompute everything')), message: 'everything', spec: true },
+  {
+    name: 'spec: unknown artifact in emit',
+    args: compileSpec('spec-20', SPEC.replace('emit precompute infer', 'emit precompute everything')),
+    message: 'everything',
+    spec: true,
+  },
   { name: 'spec: unknown preset', args: compileSpec('spec-21', SPEC.replace('"39.2%"', '"40%"')), message: 'preset', spec: true },
-  { name: 'spec: unknown block', args: compileSpec('spec-22', SPEC.replace('hollow preset "39.2%"', 'hollow blocks 5-1, 5-9')), message: '5-9', spec: true },
-  { name: 'spec: non-contiguous hollow', args: compileSpec('spec-23', SPEC.replace('hollow preset "39.2%"', 'hollow blocks 4-2, 5-2')), message: '5-1', spec: true },
-  { name: 'spec: duplicate statement', args: compileSpec('spec-24', SPEC.replace('lora rank 2', 'lora rank 2\nlora rank 4')), message: 'once', spec: true },
-  { name: 'spec: rank above a layer width', args: compileSpec('spec-25', SPEC.replace('lora rank 2', 'lora rank 64')), message: 'rank 64', spec: true },
-  { name: 'spec: target glob matching nothing', args: compileSpec('spec-26', SPEC.replace('"attn1.to_q"', '"attn9.*"')), message: 'attn9', spec: true },
+  {
+    name: 'spec: unknown block',
+    args: compileSpec('spec-22', SPEC.replace('hollow preset "39.2%"', 'hollow blocks 5-1, 5-9')),
+    message: '5-9',
+    spec: true,
+  },
+  {
+    name: 'spec: non-contiguous hollow',
+    args: compileSpec('spec-23', SPEC.replace('hollow preset "39.2%"', 'hollow blocks 4-2, 5-2')),
+    message: '5-1',
+    spec: true,
+  },
+  {
+    name: 'spec: duplicate statement',
+    args: compileSpec('spec-24', SPEC.replace('lora rank 2', 'lora rank 2\nlora rank 4')),
+    message: 'once',
+    spec: true,
+  },
+  {
+    name: 'spec: rank above a layer width',
+    args: compileSpec('spec-25', SPEC.replace('lora rank 2', 'lora rank 64')),
+    message: 'rank 64',
+    spec: true,
+  },
+  {
+    name: 'spec: target glob matching nothing',
+    args: compileSpec('spec-26', SPEC.replace('"attn1.to_q"', '"attn9.*"')),
+    message: 'attn9',
+    spec: true,
+  },
   { name: 'spec: unknown family', args: compileSpec('spec-27', SPEC.replace('model sd15', 'model sd3')), message: 'sd3', spec: true },
   { name: 'spec: unknown statement', args: compileSpec('spec-28', specWith('learning rate 3')), message: 'learning', spec: true },
-  { name: 'spec: file does not exist', args: () => ['compile', model, path.join(root, 'missing.hollow'), '-o', out()], message: 'cannot read spec' },
+  {
+    name: 'spec: file does not exist',
+    args: () => ['compile', model, path.join(root, 'missing.hollow'), '-o', out()],
+    message: 'cannot read spec',
+  },
 
   // Pipeline folders and images
-  { name: 'tokenizer: folder without vocab', args: () => ['tokenize', fs.mkdtempSync(path.join(root, 'tok-')), 'a photo'], message: 'no vocab.json' },
+  {
+    name: 'tokenizer: folder without vocab',
+    args: () => ['tokenize', fs.mkdtempSync(path.join(root, 'tok-')), 'a photo'],
+    message: 'no vocab.json',
+  },
 
   // Stores
-  { name: 'store: CRC damage in the middle', args: () => ['train', damagedStore('crc'), '--steps', '6'], message: /record \d+ of \d+ is corrupt/, output: () => path.join(root, 'folders', 'crc') },
-  { name: 'store: from another compile', args: () => ['train', otherCompileStore()], message: 'another compile', output: () => path.join(root, 'folders', 'other') },
-  { name: 'store: wrong dtype', args: () => ['train', damagedStore('dtype')], message: 'float16', output: () => path.join(root, 'folders', 'dtype') },
+  {
+    name: 'store: CRC damage in the middle',
+    args: () => ['train', damagedStore('crc'), '--steps', '6'],
+    message: /record \d+ of \d+ is corrupt/,
+    output: () => path.join(root, 'folders', 'crc'),
+  },
+  {
+    name: 'store: from another compile',
+    args: () => ['train', otherCompileStore()],
+    message: 'another compile',
+    output: () => path.join(root, 'folders', 'other'),
+  },
+  {
+    name: 'store: wrong dtype',
+    args: () => ['train', damagedStore('dtype')],
+    message: 'float16',
+    output: () => path.join(root, 'folders', 'dtype'),
+  },
 
   // LoRA / safetensors
-  { name: 'lora: header length beyond the file', args: () => ['bake', folder.out, '--lora', write('lora/case-f.safetensors', Buffer.concat([Buffer.from([0xff, 0xff, 0xff, 0x0f, 0, 0, 0, 0]), Buffer.from('{}')]))], message: 'header', output: () => folder.out },
-  { name: 'lora: out-of-range offsets', args: () => ['bake', folder.out, '--lora', rawSafetensors('case-a', { x: { dtype: 'F32', shape: [4, 4], data_offsets: [0, 64] } })], message: 'offsets', output: () => folder.out },
-  { name: 'lora: overlapping offsets', args: () => ['bake', folder.out, '--lora', rawSafetensors('case-b', { a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, b: { dtype: 'F32', shape: [2], data_offsets: [4, 12] } })], message: 'overlap', output: () => folder.out },
-  { name: 'lora: wrong shapes', args: () => ['bake', folder.out, '--lora', loraVariant('case-c', (t) => { const [k, v] = [...t][0]; t.set(k, float32Tensor([v.shape[0] + 1, v.shape[1]], new Float32Array((v.shape[0] + 1) * v.shape[1]))); })], message: 'LoRA rank 5 in the file', output: () => folder.out },
-  { name: 'lora: missing modules', args: () => ['bake', folder.out, '--lora', loraVariant('case-d', (t) => t.delete([...t.keys()][0]))], message: 'no LoRA tensors for 1 module', output: () => folder.out },
-  { name: 'lora: NaN values', args: () => ['bake', folder.out, '--lora', loraVariant('case-e', (t) => { const [k, v] = [...t][1]; t.set(k, float32Tensor(v.shape, new Float32Array(v.shape.reduce((a, b) => a * b, 1)).fill(NaN))); })], message: 'NaN', output: () => folder.out },
+  {
+    name: 'lora: header length beyond the file',
+    args: () => [
+      'bake',
+      folder.out,
+      '--lora',
+      write('lora/case-f.safetensors', Buffer.concat([Buffer.from([0xff, 0xff, 0xff, 0x0f, 0, 0, 0, 0]), Buffer.from('{}')])),
+    ],
+    message: 'header',
+    output: () => folder.out,
+  },
+  {
+    name: 'lora: out-of-range offsets',
+    args: () => ['bake', folder.out, '--lora', rawSafetensors('case-a', { x: { dtype: 'F32', shape: [4, 4], data_offsets: [0, 64] } })],
+    message: 'offsets',
+    output: () => folder.out,
+  },
+  {
+    name: 'lora: overlapping offsets',
+    args: () => [
+      'bake',
+      folder.out,
+      '--lora',
+      rawSafetensors('case-b', {
+        a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] },
+        b: { dtype: 'F32', shape: [2], data_offsets: [4, 12] },
+      }),
+    ],
+    message: 'overlap',
+    output: () => folder.out,
+  },
+  {
+    name: 'lora: wrong shapes',
+    args: () => [
+      'bake',
+      folder.out,
+      '--lora',
+      loraVariant('case-c', (t) => {
+        const [k, v] = [...t][0];
+        t.set(k, float32Tensor([v.shape[0] + 1, v.shape[1]], new Float32Array((v.shape[0] + 1) * v.shape[1])));
+      }),
+    ],
+    message: 'LoRA rank 5 in the file',
+    output: () => folder.out,
+  },
+  {
+    name: 'lora: missing modules',
+    args: () => ['bake', folder.out, '--lora', loraVariant('case-d', (t) => t.delete([...t.keys()][0]))],
+    message: 'no LoRA tensors for 1 module',
+    output: () => folder.out,
+  },
+  {
+    name: 'lora: NaN values',
+    args: () => [
+      'bake',
+      folder.out,
+      '--lora',
+      loraVariant('case-e', (t) => {
+        const [k, v] = [...t][1];
+        t.set(k, float32Tensor(v.shape, new Float32Array(v.shape.reduce((a, b) => a * b, 1)).fill(NaN)));
+      }),
+    ],
+    message: 'NaN',
+    output: () => folder.out,
+  },
 
   // Training
   { name: 'train: lr 0', args: () => ['train', folder.out, '--lr', '0'], message: '--lr', output: () => folder.out },
   { name: 'train: lr negative', args: () => ['train', folder.out, '--lr', '-1e-4'], message: '--lr', output: () => folder.out },
   { name: 'train: steps 0', args: () => ['train', folder.out, '--steps', '0'], message: 'positive integer', output: () => folder.out },
-  { name: 'train: resume with nothing to resume', args: () => ['train', folder.out, '--resume'], message: 'nothing to resume', output: () => folder.out },
+  {
+    name: 'train: resume with nothing to resume',
+    args: () => ['train', folder.out, '--resume'],
+    message: 'nothing to resume',
+    output: () => folder.out,
+  },
 
   // CLI
-  { name: 'cli: unknown flag', args: () => ['compile', model, specFile('good', SPEC), '-o', out(), '--frobnicate'], message: "unknown option '--frobnicate'" },
+  {
+    name: 'cli: unknown flag',
+    args: () => ['compile', model, specFile('good', SPEC), '-o', out(), '--frobnicate'],
+    message: "unknown option '--frobnicate'",
+  },
   { name: 'cli: unknown command', args: () => ['compiel', model], message: "unknown command 'compiel'" },
-  { name: 'cli: compiled folder that does not exist', args: () => ['precompute', path.join(root, 'nope'), '--data', data], message: 'not a compiled hollowc folder' },
-  { name: 'cli: data folder that does not exist', args: () => ['precompute', folder.out, '--data', path.join(root, 'no-data')], message: 'no-data', output: () => folder.out },
-  { name: 'cli: compile output is the model file', args: () => ['compile', model, specFile('good', SPEC), '-o', model], message: 'not a folder', output: () => path.dirname(model) },
-  { name: 'cli: export over the compiled folder\'s own manifest', args: () => ['export-lora', folder.out, '-o', path.join(folder.out, MANIFEST_FILE)], message: 'would overwrite', output: () => folder.out },
+  {
+    name: 'cli: compiled folder that does not exist',
+    args: () => ['precompute', path.join(root, 'nope'), '--data', data],
+    message: 'not a compiled hollowc folder',
+  },
+  {
+    name: 'cli: data folder that does not exist',
+    args: () => ['precompute', folder.out, '--data', path.join(root, 'no-data')],
+    message: 'no-data',
+    output: () => folder.out,
+  },
+  {
+    name: 'cli: compile output is the model file',
+    args: () => ['compile', model, specFile('good', SPEC), '-o', model],
+    message: 'not a folder',
+    output: () => path.dirname(model),
+  },
+  {
+    name: "cli: export over the compiled folder's own manifest",
+    args: () => ['export-lora', folder.out, '-o', path.join(folder.out, MANIFEST_FILE)],
+    message: 'would overwrite',
+    output: () => folder.out,
+  },
 ];
 
 function damagedStore(name: 'crc' | 'dtype'): string {
@@ -276,9 +525,33 @@ test.each(CASES.map((c) => [c.name, c] as const))('%s', async (_name, c) => {
 
 describe('images (what personalize and the page read)', () => {
   const cases: [string, () => Promise<string>, string][] = [
-    ['corrupt JPEG', async () => write('img/corrupt.jpg', Buffer.concat([(await sharp({ create: { width: 32, height: 32, channels: 3, background: '#808080' } }).jpeg().toBuffer()).subarray(0, 200)])), 'corrupt.jpg'],
+    [
+      'corrupt JPEG',
+      async () =>
+        write(
+          'img/corrupt.jpg',
+          Buffer.concat([
+            (
+              await sharp({ create: { width: 32, height: 32, channels: 3, background: '#808080' } })
+                .jpeg()
+                .toBuffer()
+            ).subarray(0, 200),
+          ]),
+        ),
+      'corrupt.jpg',
+    ],
     ['zero-byte image', async () => write('img/zero.png', ''), 'zero.png'],
-    ['a 1x1 image', async () => write('img/one.png', await sharp({ create: { width: 1, height: 1, channels: 3, background: '#000' } }).png().toBuffer()), 'one.png'],
+    [
+      'a 1x1 image',
+      async () =>
+        write(
+          'img/one.png',
+          await sharp({ create: { width: 1, height: 1, channels: 3, background: '#000' } })
+            .png()
+            .toBuffer(),
+        ),
+      'one.png',
+    ],
     ['a 20000x20000 PNG header (refused before decoding)', async () => write('img/huge.png', hugePngHeader(20000, 20000)), 'huge.png'],
     ['not an image at all', async () => write('img/notes.png', 'hello'), 'notes.png'],
   ];
@@ -303,7 +576,11 @@ function hugePngHeader(w: number, h: number): Buffer {
     crc.writeUInt32BE(crc32(Buffer.concat([Buffer.from(type), body])) >>> 0);
     return Buffer.concat([len, Buffer.from(type), body, crc]);
   };
-  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk('IHDR', ihdr), chunk('IEND', Buffer.alloc(0))]);
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr),
+    chunk('IEND', Buffer.alloc(0)),
+  ]);
 }
 
 function crc32(b: Buffer): number {

@@ -59,24 +59,27 @@ describe('compile from a spec, then bake', () => {
     expect(fs.readFileSync(path.join(again, 'lora-init.safetensors'))).toEqual(fs.readFileSync(path.join(out, 'lora-init.safetensors')));
   });
 
-  test.each(['peft', 'kohya'] as const)('bake a %s LoRA: same output as infer.onnx with LoRA inputs, no LoRA inputs left', async (format) => {
-    const loraFile = path.join(dir, `fixture-${format}.safetensors`);
-    writeLoraFile(loraFile, format, { rank: 4, alpha: 4, modules: fixtureLora(trained) });
-    const baked = path.join(out, `infer-${format}.onnx`);
-    const result = bakeCompiled(out, loraFile, baked);
-    // Up-path layers belong to path 2 only; kept down layers share their weights with path 1.
-    expect(result.folded).toBeGreaterThan(0);
-    expect(result.kept).toBeGreaterThan(0);
-    expect(result.folded + result.kept).toBe(trained.length);
-    const g = loadModel(baked).graph;
-    expect(g.inputs.map((v) => v.name)).toEqual(['sample', 'timestep', 'encoder_hidden_states', 'base_encoder_hidden_states']);
-    for (const batch of [1, 2] as const) {
-      const inputs = fixtureInputs(batch);
-      const r = await runModel(baked, { ...inputs, base_encoder_hidden_states: inputs.encoder_hidden_states });
-      const ref = readNpy(path.join(FIXTURE_DIR, batch === 1 ? 'ref' : 'ref2', 'hollowed_out.npy')).data as Float32Array;
-      expect(maxAbsDiff(r.out_sample.data as Float32Array, ref)).toBeLessThan(1e-4);
-    }
-  });
+  test.each(['peft', 'kohya'] as const)(
+    'bake a %s LoRA: same output as infer.onnx with LoRA inputs, no LoRA inputs left',
+    async (format) => {
+      const loraFile = path.join(dir, `fixture-${format}.safetensors`);
+      writeLoraFile(loraFile, format, { rank: 4, alpha: 4, modules: fixtureLora(trained) });
+      const baked = path.join(out, `infer-${format}.onnx`);
+      const result = bakeCompiled(out, loraFile, baked);
+      // Up-path layers belong to path 2 only; kept down layers share their weights with path 1.
+      expect(result.folded).toBeGreaterThan(0);
+      expect(result.kept).toBeGreaterThan(0);
+      expect(result.folded + result.kept).toBe(trained.length);
+      const g = loadModel(baked).graph;
+      expect(g.inputs.map((v) => v.name)).toEqual(['sample', 'timestep', 'encoder_hidden_states', 'base_encoder_hidden_states']);
+      for (const batch of [1, 2] as const) {
+        const inputs = fixtureInputs(batch);
+        const r = await runModel(baked, { ...inputs, base_encoder_hidden_states: inputs.encoder_hidden_states });
+        const ref = readNpy(path.join(FIXTURE_DIR, batch === 1 ? 'ref' : 'ref2', 'hollowed_out.npy')).data as Float32Array;
+        expect(maxAbsDiff(r.out_sample.data as Float32Array, ref)).toBeLessThan(1e-4);
+      }
+    },
+  );
 
   test('a kohya file with another alpha is rescaled to the compiled alpha', () => {
     const loraFile = path.join(dir, 'alpha8.safetensors');
@@ -84,7 +87,12 @@ describe('compile from a spec, then bake', () => {
     writeLoraFile(loraFile, 'kohya', { rank: 4, alpha: 8, modules: values });
     const read = readLoraFile(loraFile, trained.slice(0, 1), 4, 4).get(trained[0])!;
     expect(Array.from(read.a.data)).toEqual(Array.from(values[0].a.data));
-    expect(maxAbsDiff(read.b.data, values[0].b.data.map((x) => 2 * x))).toBe(0);
+    expect(
+      maxAbsDiff(
+        read.b.data,
+        values[0].b.data.map((x) => 2 * x),
+      ),
+    ).toBe(0);
   });
 });
 

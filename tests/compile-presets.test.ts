@@ -24,11 +24,20 @@ function unetInputs(family: FamilyName, batch: number, seed: number): Record<str
   const withBatch = (s: readonly number[]) => [batch, ...s.slice(1)];
   const feeds: Record<string, ort.Tensor> = {
     sample: randomTensor(seed, 'sample', withBatch(shapes.sample)),
-    timestep: new ort.Tensor('float32', Float32Array.from({ length: batch }, (_, i) => 211 + 397 * i), [batch]),
+    timestep: new ort.Tensor(
+      'float32',
+      Float32Array.from({ length: batch }, (_, i) => 211 + 397 * i),
+      [batch],
+    ),
     encoder_hidden_states: randomTensor(seed, 'ehs', withBatch(shapes.encoder_hidden_states)),
   };
   if (shapes.text_embeds) feeds.text_embeds = randomTensor(seed, 'text', withBatch(shapes.text_embeds));
-  if (shapes.time_ids) feeds.time_ids = new ort.Tensor('float32', Float32Array.from({ length: batch * 6 }, (_, i) => [128, 128, 0, 0, 128, 128][i % 6]), [batch, 6]);
+  if (shapes.time_ids)
+    feeds.time_ids = new ort.Tensor(
+      'float32',
+      Float32Array.from({ length: batch * 6 }, (_, i) => [128, 128, 0, 0, 128, 128][i % 6]),
+      [batch, 6],
+    );
   return feeds;
 }
 
@@ -55,7 +64,9 @@ describe.each(CASES)('%s tiny', (family, presets) => {
 
   beforeAll(async () => {
     modelFile = (await buildUNet(FAMILIES[family].tiny.config, { outDir: dir, seed: 7 })).file;
-    targets = findLoraSites(loadModel(modelFile).graph).map((s) => s.module).filter((m) => ATTENTION.test(m));
+    targets = findLoraSites(loadModel(modelFile).graph)
+      .map((s) => s.module)
+      .filter((m) => ATTENTION.test(m));
     base = await session(modelFile);
   });
   afterAll(async () => base?.release());
@@ -63,7 +74,14 @@ describe.each(CASES)('%s tiny', (family, presets) => {
   test.each(presets)('preset %s', async (preset) => {
     const lastKept = presetsFor(family).find((p) => p.name === preset)!.lastKeptDown;
     const out = path.join(dir, `out-${preset.replace('%', '')}`);
-    const m = compile({ modelFile, outDir: out, lastKeptDown: lastKept, targets, lora: { rank: 2, alpha: 2 }, emit: ['precompute', 'infer', 'forward'] });
+    const m = compile({
+      modelFile,
+      outDir: out,
+      lastKeptDown: lastKept,
+      targets,
+      lora: { rank: 2, alpha: 2 },
+      emit: ['precompute', 'infer', 'forward'],
+    });
     expect(m.family).toBe(family);
     expect(m.cut!.hollowed).toEqual(presetsFor(family).find((p) => p.name === preset)!.hollowed);
 
@@ -85,7 +103,13 @@ describe.each(CASES)('%s tiny', (family, presets) => {
         if (classInputs.text_embeds) twoPath.base_text_embeds = classInputs.text_embeds;
         const lora = loraFeeds(m, 6, false);
         const merged = (await infer.run({ ...inputs, ...twoPath, ...lora })).out_sample;
-        const activation = (await precompute.run({ ...inputs, encoder_hidden_states: classInputs.encoder_hidden_states, ...(classInputs.text_embeds ? { text_embeds: classInputs.text_embeds } : {}) })).hollow_activation;
+        const activation = (
+          await precompute.run({
+            ...inputs,
+            encoder_hidden_states: classInputs.encoder_hidden_states,
+            ...(classInputs.text_embeds ? { text_embeds: classInputs.text_embeds } : {}),
+          })
+        ).hollow_activation;
         const hollowed = (await forward.run({ ...inputs, hollow_activation: activation, ...lora })).out_sample;
         expect(maxAbsDiff(merged.data as Float32Array, hollowed.data as Float32Array)).toBeLessThan(1e-4);
         // And the LoRA does change the output (the test above could not pass by ignoring it).

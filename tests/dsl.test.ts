@@ -260,7 +260,10 @@ describe('SpecError', () => {
       [1, 'lora rank must be a positive integer, not 0'],
       [2, 'unknown keyword "nope" after "hollow"; expected "preset", "blocks", "after" or "none"'],
       [3, 'lora alpha must be > 0, not -1'],
-      [4, 'unknown statement "bogus"; a statement starts with "model", "hollow", "shape", "lora", "loss", "optimizer", "emit", "seed" or "train"'],
+      [
+        4,
+        'unknown statement "bogus"; a statement starts with "model", "hollow", "shape", "lora", "loss", "optimizer", "emit", "seed" or "train"',
+      ],
     ]);
     expect(e.all[0]).toBe(e);
   });

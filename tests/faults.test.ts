@@ -36,7 +36,10 @@ interface Done {
 }
 
 function start(args: string[], options: { fileSizeLimit?: number } = {}): { child: ChildProcess; done: Promise<Done> } {
-  const [cmd, argv] = options.fileSizeLimit !== undefined ? ['prlimit', [`--fsize=${options.fileSizeLimit}`, process.execPath, CHILD, ...args]] : [process.execPath, [CHILD, ...args]];
+  const [cmd, argv] =
+    options.fileSizeLimit !== undefined
+      ? ['prlimit', [`--fsize=${options.fileSizeLimit}`, process.execPath, CHILD, ...args]]
+      : [process.execPath, [CHILD, ...args]];
   const child = spawn(cmd, argv as string[], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
@@ -103,14 +106,26 @@ let model: string;
 let spec: string;
 let data: string;
 let folder: TinyFolder; // compiled with the stand-in train.onnx: steps take milliseconds
-const SPEC = ['model sd15', 'hollow preset "39.2%"', 'shape sample [1, 4, 16, 16]', 'lora rank 2', 'lora targets "attn1.to_q"', 'emit precompute infer', ''].join('\n');
+const SPEC = [
+  'model sd15',
+  'hollow preset "39.2%"',
+  'shape sample [1, 4, 16, 16]',
+  'lora rank 2',
+  'lora targets "attn1.to_q"',
+  'emit precompute infer',
+  '',
+].join('\n');
 
 beforeAll(async () => {
   root = tempDir('hollowc-faults-');
   model = (await buildUNet(FAMILIES.sd15.tiny.config, { outDir: path.join(root, 'unet'), seed: 6 })).file;
   spec = path.join(root, 'spec.hollow');
   fs.writeFileSync(spec, SPEC);
-  folder = await tinyCompiled(path.join(root, 'tiny'), 'sd15', { batch: 1, preset: '39.2%', extraSpec: 'lora targets "attn1.to_q"\ntrain steps 60 checkpoint_every 10' });
+  folder = await tinyCompiled(path.join(root, 'tiny'), 'sd15', {
+    batch: 1,
+    preset: '39.2%',
+    extraSpec: 'lora targets "attn1.to_q"\ntrain steps 60 checkpoint_every 10',
+  });
   data = writeData(path.join(root, 'data'), 'sd15', { instances: 3, classes: 2 });
 });
 
@@ -261,7 +276,7 @@ describe('kill -9 at seeded random moments, then rerun', () => {
 });
 
 describe('two writers of one folder', () => {
-  test('the second refuses naming the first\'s pid; after a kill the lock is taken over', async () => {
+  test("the second refuses naming the first's pid; after a kill the lock is taken over", async () => {
     const dir = copyOfFolder('locked');
     await precompute({ out: dir, data: loadTrainingData(data), count: 6 });
     const first = start(['train', dir, '--steps', '200000', '--checkpoint-every', '100000']);
@@ -286,20 +301,35 @@ describe('load', () => {
     const dir = copyOfFolder('load');
     await precompute({ out: dir, data: loadTrainingData(data), count: 1000 });
     // In a child with --expose-gc: RSS after a full collection, so garbage not yet collected is not counted as growth.
-    const child = spawn(process.execPath, ['--expose-gc', path.join(__dirname, 'support', 'train-rss-child.js'), dir, '5000', '100', '2500', '5000'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(
+      process.execPath,
+      ['--expose-gc', path.join(__dirname, 'support', 'train-rss-child.js'), dir, '5000', '100', '2500', '5000'],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
     const code = await new Promise((resolve) => child.on('close', resolve));
     expect([code, stderr]).toEqual([0, '']);
-    const rss = Object.fromEntries(stdout.trim().split('\n').map((l) => JSON.parse(l) as { step: number; rss: number }).map((r) => [r.step, r.rss / 2 ** 20]));
-    console.log(`load: RSS after GC at step 100 ${rss[100].toFixed(1)} MiB, 2500 ${rss[2500].toFixed(1)} MiB, 5000 ${rss[5000].toFixed(1)} MiB`);
+    const rss = Object.fromEntries(
+      stdout
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as { step: number; rss: number })
+        .map((r) => [r.step, r.rss / 2 ** 20]),
+    );
+    console.log(
+      `load: RSS after GC at step 100 ${rss[100].toFixed(1)} MiB, 2500 ${rss[2500].toFixed(1)} MiB, 5000 ${rss[5000].toFixed(1)} MiB`,
+    );
     // Measured here: 141 -> 168 -> 170 MiB: the allocator settles in the first thousands of
     // steps, then the second half is flat (a leak of one 64 KiB tensor a step would add 150 MiB).
     expect(rss[5000] - rss[2500]).toBeLessThan(8);
     expect(rss[5000] - rss[100]).toBeLessThan(48);
-    const lines = fs.readFileSync(path.join(dir, 'train', 'loss.jsonl'), 'utf8').trim().split('\n');
+    const lines = fs
+      .readFileSync(path.join(dir, 'train', 'loss.jsonl'), 'utf8')
+      .trim()
+      .split('\n');
     expect(lines).toHaveLength(5000);
   });
 
@@ -316,7 +346,11 @@ describe('load', () => {
     expect(killed.signal).toBe('SIGKILL');
     const resumed = await run(['train', dir, '--steps', '3000', '--resume']);
     expect(resumed.code).toBe(0);
-    const steps = fs.readFileSync(path.join(dir, 'train', 'loss.jsonl'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { step: number }).step);
+    const steps = fs
+      .readFileSync(path.join(dir, 'train', 'loss.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => (JSON.parse(l) as { step: number }).step);
     expect(steps).toEqual(Array.from({ length: 3000 }, (_, i) => i + 1));
   });
 });

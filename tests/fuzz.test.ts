@@ -44,7 +44,74 @@ const VALID_SPEC = [
   '',
 ].join('\n');
 
-const WORDS = ['model', 'sd15', 'sd21', 'sdxl', 'auto', 'hollow', 'preset', 'blocks', 'after', 'none', 'shape', 'sample', 'lora', 'rank', 'alpha', 'targets', 'init', 'gaussian', 'from', 'loss', 'mse', 'epsilon', 'v_prediction', 'prior_weight', 'optimizer', 'adamw', 'lr', 'betas', 'eps', 'weight_decay', 'emit', 'precompute', 'train', 'grads', 'infer', 'seed', 'steps', 'batch', 'checkpoint_every', '"39.2%"', '"attn1.*"', '3-3', '..', '6-4', '5-1', ',', '[', ']', '1', '0', '-1', '1e-4', '64', '1e400', 'NaN', '#', '"', '\\', '%', '\t', ' ', '\n', '\r\n', 'é', '\u0000', '\u202e'];
+const WORDS = [
+  'model',
+  'sd15',
+  'sd21',
+  'sdxl',
+  'auto',
+  'hollow',
+  'preset',
+  'blocks',
+  'after',
+  'none',
+  'shape',
+  'sample',
+  'lora',
+  'rank',
+  'alpha',
+  'targets',
+  'init',
+  'gaussian',
+  'from',
+  'loss',
+  'mse',
+  'epsilon',
+  'v_prediction',
+  'prior_weight',
+  'optimizer',
+  'adamw',
+  'lr',
+  'betas',
+  'eps',
+  'weight_decay',
+  'emit',
+  'precompute',
+  'train',
+  'grads',
+  'infer',
+  'seed',
+  'steps',
+  'batch',
+  'checkpoint_every',
+  '"39.2%"',
+  '"attn1.*"',
+  '3-3',
+  '..',
+  '6-4',
+  '5-1',
+  ',',
+  '[',
+  ']',
+  '1',
+  '0',
+  '-1',
+  '1e-4',
+  '64',
+  '1e400',
+  'NaN',
+  '#',
+  '"',
+  '\\',
+  '%',
+  '\t',
+  ' ',
+  '\n',
+  '\r\n',
+  'é',
+  '\u0000',
+  '\u202e',
+];
 
 /** Runs `fn` and classifies what happened; anything but a result or a HollowcError fails. */
 function answered(fn: () => unknown, what: string): void {
@@ -118,7 +185,9 @@ function fuzzFile(original: Buffer, target: string, read: (file: string) => unkn
 describe(`fuzzing (seed ${SEED}, ${RUNS} runs per property)`, () => {
   test('token soups of .hollow words give a checked spec or a positioned diagnostic', () => {
     fc.assert(
-      fc.property(fc.array(fc.constantFrom(...WORDS), { maxLength: 60 }), (tokens) => specAnswered(tokens.join(' ').replace(/ ?\n ?/g, '\n'))),
+      fc.property(fc.array(fc.constantFrom(...WORDS), { maxLength: 60 }), (tokens) =>
+        specAnswered(tokens.join(' ').replace(/ ?\n ?/g, '\n')),
+      ),
       { seed: SEED, numRuns: RUNS },
     );
   });
@@ -126,7 +195,9 @@ describe(`fuzzing (seed ${SEED}, ${RUNS} runs per property)`, () => {
   test('character mutations of a valid spec give a checked spec or a positioned diagnostic', () => {
     const original = Buffer.from(VALID_SPEC);
     fc.assert(
-      fc.property(fc.array(mutation(original.length), { minLength: 1, maxLength: 4 }), (ms) => specAnswered(mutate(original, ms).toString('utf8'))),
+      fc.property(fc.array(mutation(original.length), { minLength: 1, maxLength: 4 }), (ms) =>
+        specAnswered(mutate(original, ms).toString('utf8')),
+      ),
       { seed: SEED + 1, numRuns: RUNS },
     );
   });
@@ -167,7 +238,14 @@ describe(`fuzzing (seed ${SEED}, ${RUNS} runs per property)`, () => {
 
   test('byte mutations of a .safetensors file', () => {
     const file = path.join(dir, 'lora.safetensors');
-    writeSafetensors(file, new Map([['a.lora_A.weight', float32Tensor([2, 3], Float32Array.of(1, 2, 3, 4, 5, 6))], ['a.lora_B.weight', float32Tensor([3, 2], Float32Array.of(6, 5, 4, 3, 2, 1))]]), { format: 'pt' });
+    writeSafetensors(
+      file,
+      new Map([
+        ['a.lora_A.weight', float32Tensor([2, 3], Float32Array.of(1, 2, 3, 4, 5, 6))],
+        ['a.lora_B.weight', float32Tensor([3, 2], Float32Array.of(6, 5, 4, 3, 2, 1))],
+      ]),
+      { format: 'pt' },
+    );
     fuzzFile(fs.readFileSync(file), path.join(dir, 'mutated.safetensors'), (f) => readSafetensors(f), 'safetensors');
   });
 
@@ -180,8 +258,17 @@ describe(`fuzzing (seed ${SEED}, ${RUNS} runs per property)`, () => {
   describe('store files', () => {
     let store: string;
     beforeAll(async () => {
-      const f = await tinyCompiled(path.join(dir, 'tiny'), 'sd15', { batch: 1, preset: '39.2%', extraSpec: 'lora targets "attn1.to_q"', train: false });
-      await precompute({ out: f.out, data: loadTrainingData(writeData(path.join(dir, 'data'), 'sd15', { instances: 2, classes: 1 })), count: 3 });
+      const f = await tinyCompiled(path.join(dir, 'tiny'), 'sd15', {
+        batch: 1,
+        preset: '39.2%',
+        extraSpec: 'lora targets "attn1.to_q"',
+        train: false,
+      });
+      await precompute({
+        out: f.out,
+        data: loadTrainingData(writeData(path.join(dir, 'data'), 'sd15', { instances: 2, classes: 1 })),
+        count: 3,
+      });
       store = path.join(f.out, 'store');
     });
     const readAll = (dirName: string) => {

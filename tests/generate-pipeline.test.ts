@@ -60,13 +60,18 @@ const noise = (seed: number, n: number) => {
 // ---------------------------------------------------------------------------------------------
 // The independent reference (float64 wherever diffusers' math is ours to do)
 
-async function refEncode(folder: PipelineFolder, text: string): Promise<{ ehs: Float64Array; T: number; D: number; pooled?: Float64Array }> {
+async function refEncode(
+  folder: PipelineFolder,
+  text: string,
+): Promise<{ ehs: Float64Array; T: number; D: number; pooled?: Float64Array }> {
   const xl = folder.textEncoders.length === 2;
   const parts: { data: Float32Array; d: number }[] = [];
   let pooled: Float64Array | undefined;
   for (let e = 0; e < folder.textEncoders.length; e++) {
     const ids = loadTokenizer(folder.tokenizers[e].dir).encode(text).inputIds;
-    const r = await runModel(folder.textEncoders[e].model, { input_ids: new ort.Tensor('int64', BigInt64Array.from(ids.map(BigInt)), [1, 77]) });
+    const r = await runModel(folder.textEncoders[e].model, {
+      input_ids: new ort.Tensor('int64', BigInt64Array.from(ids.map(BigInt)), [1, 77]),
+    });
     // SD: last_hidden_state; SDXL: hidden_states[-2] (hidden_states.0 = embeddings, .L = last layer)
     const layers = Number(folder.textEncoders[e].config.num_hidden_layers);
     const h = xl ? r[`hidden_states.${layers - 1}`] : r.last_hidden_state;
@@ -83,10 +88,17 @@ async function refEncode(folder: PipelineFolder, text: string): Promise<{ ehs: F
 }
 
 /** diffusers DDIM (eta 0) + the SD(XL) pipeline's CFG loop + VAE decode, in float64 around the ONNX calls. */
-async function reference(folder: PipelineFolder, o: { prompt: string; steps: number; guidance: number; width: number; height: number; init: Float32Array; prediction?: string }) {
+async function reference(
+  folder: PipelineFolder,
+  o: { prompt: string; steps: number; guidance: number; width: number; height: number; init: Float32Array; prediction?: string },
+) {
   const cfg = folder.scheduler.config as Record<string, number | boolean | string>;
   const T = Number(cfg.num_train_timesteps);
-  const betas = Array.from({ length: T }, (_, i) => (Math.sqrt(Number(cfg.beta_start)) + ((Math.sqrt(Number(cfg.beta_end)) - Math.sqrt(Number(cfg.beta_start))) * i) / (T - 1)) ** 2);
+  const betas = Array.from(
+    { length: T },
+    (_, i) =>
+      (Math.sqrt(Number(cfg.beta_start)) + ((Math.sqrt(Number(cfg.beta_end)) - Math.sqrt(Number(cfg.beta_start))) * i) / (T - 1)) ** 2,
+  );
   const abar: number[] = [];
   betas.reduce((p, b) => (abar.push(p * (1 - b)), p * (1 - b)), 1);
   const finalAbar = cfg.set_alpha_to_one ? 1 : abar[0];
@@ -96,7 +108,9 @@ async function reference(folder: PipelineFolder, o: { prompt: string; steps: num
   const prediction = o.prediction ?? cfg.prediction_type;
   const xl = folder.textEncoders.length === 2;
   const cond = await refEncode(folder, o.prompt);
-  const uncond = xl ? { ehs: new Float64Array(cond.ehs.length), pooled: new Float64Array(cond.pooled!.length) } : await refEncode(folder, '');
+  const uncond = xl
+    ? { ehs: new Float64Array(cond.ehs.length), pooled: new Float64Array(cond.pooled!.length) }
+    : await refEncode(folder, '');
   const [h, w] = [o.height / 8, o.width / 8];
   const size = 4 * h * w;
   let x = Float64Array.from(o.init); // init_noise_sigma = 1 for DDIM
@@ -144,7 +158,9 @@ async function reference(folder: PipelineFolder, o: { prompt: string; steps: num
     await session.release();
   }
   const scaling = Number(folder.vaeDecoder.config.scaling_factor);
-  const dec = await runModel(folder.vaeDecoder.model, { latent_sample: new ort.Tensor('float32', f32(Array.from(x, (v) => v / scaling)), [1, 4, h, w]) });
+  const dec = await runModel(folder.vaeDecoder.model, {
+    latent_sample: new ort.Tensor('float32', f32(Array.from(x, (v) => v / scaling)), [1, 4, h, w]),
+  });
   const image = Array.from(dec.sample.data as Float32Array, (v) => Math.min(1, Math.max(0, v / 2 + 0.5)));
   return { latents: x, image, timesteps };
 }
@@ -174,26 +190,55 @@ describe('equals diffusers (DDIM, given latents)', () => {
 });
 
 describe('generate --model (CLI)', () => {
-  test.each(['sd15', 'sd21', 'sdxl'] as const)('%s: a PNG of the requested size, the same bytes per seed, others with another seed', async (f) => {
-    const out = path.join(root, `cli-${f}`);
-    const args = ['generate', '--model', dirs[f], '--prompt', 'a photo of a cat', '--width', '128', '--height', '64', '--steps', '2', '--seed', '3'];
-    const a = await cli(...args, '-o', path.join(out, 'a.png'));
-    expect([a.code, a.err.includes('error')]).toEqual([0, false]);
-    expect(a.out).toContain('generated 1 image 128x64');
-    const meta = await sharp(path.join(out, 'a.png')).metadata();
-    expect([meta.format, meta.width, meta.height, meta.channels]).toEqual(['png', 128, 64, 3]);
-    await cli(...args, '-o', path.join(out, 'b.png'));
-    expect(fs.readFileSync(path.join(out, 'b.png')).equals(fs.readFileSync(path.join(out, 'a.png')))).toBe(true);
-    await cli(...args.slice(0, -1), '4', '-o', path.join(out, 'c.png'));
-    expect(fs.readFileSync(path.join(out, 'c.png')).equals(fs.readFileSync(path.join(out, 'a.png')))).toBe(false);
-  });
+  test.each(['sd15', 'sd21', 'sdxl'] as const)(
+    '%s: a PNG of the requested size, the same bytes per seed, others with another seed',
+    async (f) => {
+      const out = path.join(root, `cli-${f}`);
+      const args = [
+        'generate',
+        '--model',
+        dirs[f],
+        '--prompt',
+        'a photo of a cat',
+        '--width',
+        '128',
+        '--height',
+        '64',
+        '--steps',
+        '2',
+        '--seed',
+        '3',
+      ];
+      const a = await cli(...args, '-o', path.join(out, 'a.png'));
+      expect([a.code, a.err.includes('error')]).toEqual([0, false]);
+      expect(a.out).toContain('generated 1 image 128x64');
+      const meta = await sharp(path.join(out, 'a.png')).metadata();
+      expect([meta.format, meta.width, meta.height, meta.channels]).toEqual(['png', 128, 64, 3]);
+      await cli(...args, '-o', path.join(out, 'b.png'));
+      expect(fs.readFileSync(path.join(out, 'b.png')).equals(fs.readFileSync(path.join(out, 'a.png')))).toBe(true);
+      await cli(...args.slice(0, -1), '4', '-o', path.join(out, 'c.png'));
+      expect(fs.readFileSync(path.join(out, 'c.png')).equals(fs.readFileSync(path.join(out, 'a.png')))).toBe(false);
+    },
+  );
 
   test('--init-latents is honoured (the seed then changes nothing under DDIM), --num-images writes image-<i>.png', async () => {
     const out = path.join(root, 'init');
     const init = noise(9, 2 * 4 * 8 * 8);
     fs.mkdirSync(out, { recursive: true });
     writeNpy(path.join(out, 'init.npy'), { dtype: 'float32', shape: [2, 4, 8, 8], data: init });
-    const base = ['generate', '--model', dirs.sd15, '--prompt', 'a dog', '--steps', '2', '--scheduler', 'ddim', '--init-latents', path.join(out, 'init.npy')];
+    const base = [
+      'generate',
+      '--model',
+      dirs.sd15,
+      '--prompt',
+      'a dog',
+      '--steps',
+      '2',
+      '--scheduler',
+      'ddim',
+      '--init-latents',
+      path.join(out, 'init.npy'),
+    ];
     const r = await cli(...base, '--seed', '1', '-o', path.join(out, 'img.png'), '--latents-out', path.join(out, 'l1.npy'));
     expect(r.code).toBe(0);
     expect(r.out).toContain('generated 2 images 64x64');
@@ -202,9 +247,37 @@ describe('generate --model (CLI)', () => {
     const l1 = readNpy(path.join(out, 'l1.npy'));
     expect(l1.shape).toEqual([2, 4, 8, 8]);
     expect(Buffer.from(readNpy(path.join(out, 'l2.npy')).data.buffer).equals(Buffer.from(l1.data.buffer))).toBe(true);
-    const lib = await textToImage({ folder: folders.sd15, prompt: 'a dog', width: 64, height: 64, steps: 2, guidance: 7.5, scheduler: 'ddim', seed: 0, numImages: 2, initLatents: init, decode: false });
+    const lib = await textToImage({
+      folder: folders.sd15,
+      prompt: 'a dog',
+      width: 64,
+      height: 64,
+      steps: 2,
+      guidance: 7.5,
+      scheduler: 'ddim',
+      seed: 0,
+      numImages: 2,
+      initLatents: init,
+      decode: false,
+    });
     expect(maxAbsDiff(lib.latents.data, l1.data as Float32Array)).toBe(0);
-    const seeded = await cli('generate', '--model', dirs.sd15, '--prompt', 'a dog', '--steps', '2', '--num-images', '2', '--width', '64', '--height', '64', '--latents-out', path.join(out, 'l3.npy'));
+    const seeded = await cli(
+      'generate',
+      '--model',
+      dirs.sd15,
+      '--prompt',
+      'a dog',
+      '--steps',
+      '2',
+      '--num-images',
+      '2',
+      '--width',
+      '64',
+      '--height',
+      '64',
+      '--latents-out',
+      path.join(out, 'l3.npy'),
+    );
     expect(seeded.code).toBe(0);
     expect(maxAbsDiff(readNpy(path.join(out, 'l3.npy')).data as Float32Array, l1.data as Float32Array)).toBeGreaterThan(0.01);
   });
@@ -214,8 +287,22 @@ describe('generate --model (CLI)', () => {
     expect(defaultSchedulerFor('EulerAncestralDiscreteScheduler')).toBe('euler_a');
     expect(defaultSchedulerFor('PNDMScheduler')).toBe('ddim');
     for (const scheduler of ['euler_a', 'dpmpp_2m'] as const) {
-      const r = await textToImage({ folder: folders.sd21, prompt: 'x', width: 64, height: 64, steps: 3, guidance: 3, scheduler, seed: 2, numImages: 1 });
-      expect([scheduler, r.latents.data.every(Number.isFinite), r.images!.data.every((v) => v >= 0 && v <= 1)]).toEqual([scheduler, true, true]);
+      const r = await textToImage({
+        folder: folders.sd21,
+        prompt: 'x',
+        width: 64,
+        height: 64,
+        steps: 3,
+        guidance: 3,
+        scheduler,
+        seed: 2,
+        numImages: 1,
+      });
+      expect([scheduler, r.latents.data.every(Number.isFinite), r.images!.data.every((v) => v >= 0 && v <= 1)]).toEqual([
+        scheduler,
+        true,
+        true,
+      ]);
     }
   });
 });
@@ -229,7 +316,13 @@ describe('scheduler config', () => {
     // EulerAncestralDiscreteScheduler's default spacing is linspace when the config does not say
     expect(configureScheduler(sd(), 'euler_a').options.spacing).toBe('linspace');
     const bare = { beta_start: 0.00085, beta_end: 0.012, beta_schedule: 'scaled_linear' };
-    expect(configureScheduler(bare, 'ddim').options).toEqual({ prediction: 'epsilon', spacing: 'leading', stepsOffset: 0, setAlphaToOne: true, clipSampleRange: 1 });
+    expect(configureScheduler(bare, 'ddim').options).toEqual({
+      prediction: 'epsilon',
+      spacing: 'leading',
+      stepsOffset: 0,
+      setAlphaToOne: true,
+      clipSampleRange: 1,
+    });
     expect(configureScheduler(bare, 'ddim').make(4).timesteps).toEqual([750, 500, 250, 0]);
     expect(configureScheduler({ ...sd(), timestep_spacing: 'trailing' }, 'ddim').make(4).timesteps).toEqual([999, 749, 499, 249]);
   });
@@ -250,7 +343,9 @@ describe('scheduler config', () => {
   });
 
   test('unsupported settings are refused by name', () => {
-    expect(() => configureScheduler({ ...sd(), rescale_betas_zero_snr: true }, 'ddim')).toThrow('rescale_betas_zero_snr true is not supported');
+    expect(() => configureScheduler({ ...sd(), rescale_betas_zero_snr: true }, 'ddim')).toThrow(
+      'rescale_betas_zero_snr true is not supported',
+    );
     expect(() => configureScheduler({ ...sd(), use_karras_sigmas: true }, 'dpmpp_2m')).toThrow('use_karras_sigmas');
     expect(() => configureScheduler({ ...sd(), prediction_type: 'sample' }, 'ddim')).toThrow('prediction_type "sample"');
   });
@@ -277,19 +372,27 @@ describe('embed', () => {
 });
 
 describe('VAE encode', () => {
-  const image = (n: number, side: number) => ({ data: noise(3, n * 3 * side * side).map((v) => Math.tanh(v)), dims: [n, 3, side, side] as const });
+  const image = (n: number, side: number) => ({
+    data: noise(3, n * 3 * side * side).map((v) => Math.tanh(v)),
+    dims: [n, 3, side, side] as const,
+  });
 
   test('latent_parameters: mean + exp(logvar/2)·eps with the seeded stream, times the scaling factor, at two sizes', async () => {
     for (const side of [32, 48]) {
       const img = image(2, side);
       const z = await encodeImages(folders.sdxl, img, { seed: 4 });
       expect(z.shape).toEqual([2, 4, side / 8, side / 8]);
-      const params = await runModel(folders.sdxl.vaeEncoder.model, { sample: new ort.Tensor('float32', img.data.slice(0, 3 * side * side), [1, 3, side, side]) });
+      const params = await runModel(folders.sdxl.vaeEncoder.model, {
+        sample: new ort.Tensor('float32', img.data.slice(0, 3 * side * side), [1, 3, side, side]),
+      });
       const p = params.latent_parameters.data as Float32Array;
       const size = 4 * (side / 8) ** 2;
       const eps = new Float32Array(2 * size);
       fillNormal(new Rng(4, 'vae/encode'), eps, 1);
-      const want = Array.from({ length: size }, (_, k) => (p[k] + Math.exp(0.5 * Math.min(20, Math.max(-30, p[size + k]))) * eps[k]) * 0.13025);
+      const want = Array.from(
+        { length: size },
+        (_, k) => (p[k] + Math.exp(0.5 * Math.min(20, Math.max(-30, p[size + k]))) * eps[k]) * 0.13025,
+      );
       expect(maxAbsDiff(z.data.subarray(0, size), want)).toBeLessThan(1e-6);
     }
   });
@@ -301,7 +404,8 @@ describe('VAE encode', () => {
     const m = loadModel(file);
     const g = m.graph;
     const params = g.outputs[0];
-    const c = (name: string, v: number[]) => g.addInitializer(tensorFromTyped(name, BigInt64Array.from(v.map(BigInt)), [v.length], DataType.INT64));
+    const c = (name: string, v: number[]) =>
+      g.addInitializer(tensorFromTyped(name, BigInt64Array.from(v.map(BigInt)), [v.length], DataType.INT64));
     const slice = g.addNode({ opType: 'Slice', inputs: [params, c('s0', [1]), c('s1', [5]), c('s2', [1])], outputs: [LATENT_SAMPLE] });
     slice.outputs[0].type = { elemType: DataType.FLOAT, shape: ['batch', 4, 'h', 'w'] };
     g.outputs = [slice.outputs[0]];
@@ -310,7 +414,8 @@ describe('VAE encode', () => {
     expect(folder.vaeEncoder.outputs.map((o) => o.name)).toEqual([LATENT_SAMPLE]);
     const img = image(1, 32);
     const z = await encodeImages(folder, img, { seed: 4 });
-    const p = (await runModel(folders.sd15.vaeEncoder.model, { sample: new ort.Tensor('float32', img.data, [1, 3, 32, 32]) })).latent_parameters.data as Float32Array;
+    const p = (await runModel(folders.sd15.vaeEncoder.model, { sample: new ort.Tensor('float32', img.data, [1, 3, 32, 32]) }))
+      .latent_parameters.data as Float32Array;
     // channels 1..4 of the parameters (mean channels 1-3, logvar channel 0): no noise, scaled once
     const want = Array.from({ length: 4 * 16 }, (_, k) => p[16 + k] * 0.18215);
     expect(maxAbsDiff(z.data, want)).toBeLessThan(1e-7);
@@ -333,7 +438,27 @@ describe('--lora and --run', () => {
     sites = findLoraSites(loadModel(folders.sd15.unet.model).graph).filter((s) => TARGETS.test(s.module));
   });
 
-  const gen = (extra: string[], file: string) => cli('generate', '--model', dirs.sd15, '--prompt', 'a photo of sks dog', '--steps', '2', '--seed', '1', '--width', '64', '--height', '64', '-o', file, '--latents-out', file.replace('.png', '.npy'), ...extra);
+  const gen = (extra: string[], file: string) =>
+    cli(
+      'generate',
+      '--model',
+      dirs.sd15,
+      '--prompt',
+      'a photo of sks dog',
+      '--steps',
+      '2',
+      '--seed',
+      '1',
+      '--width',
+      '64',
+      '--height',
+      '64',
+      '-o',
+      file,
+      '--latents-out',
+      file.replace('.png', '.npy'),
+      ...extra,
+    );
 
   test('a B = 0 LoRA gives the same bytes as none; a nonzero one changes the image and equals the LoRA run as graph inputs', async () => {
     const out = path.join(root, 'lora');
@@ -355,10 +480,16 @@ describe('--lora and --run', () => {
 
     // Independent route: compile with `hollow none` (LoRA as low-rank branches fed as inputs) and sample through --run.
     const spec = path.join(out, 'none.hollow');
-    fs.writeFileSync(spec, 'model sd15\nhollow none\nshape sample [1, 4, 8, 8]\nshape encoder_hidden_states [1, 77, 32]\nlora rank 2 alpha 2\nlora targets "attn1.to_q" "attn2.to_v"\nemit infer\n');
+    fs.writeFileSync(
+      spec,
+      'model sd15\nhollow none\nshape sample [1, 4, 8, 8]\nshape encoder_hidden_states [1, 77, 32]\nlora rank 2 alpha 2\nlora targets "attn1.to_q" "attn2.to_v"\nemit infer\n',
+    );
     const compiled = path.join(out, 'compiled');
     compileFromSpec(folders.sd15.unet.model, spec, { out: compiled });
-    const viaRun = await gen(['--run', compiled, '--class-prompt', 'a photo of a dog', '--lora', path.join(out, 'lora.safetensors')], path.join(out, 'run.png'));
+    const viaRun = await gen(
+      ['--run', compiled, '--class-prompt', 'a photo of a dog', '--lora', path.join(out, 'lora.safetensors')],
+      path.join(out, 'run.png'),
+    );
     expect(viaRun.code).toBe(0);
     expect(maxAbsDiff(readNpy(path.join(out, 'run.npy')).data as Float32Array, folded)).toBeLessThan(1e-4);
   });
@@ -378,7 +509,11 @@ describe('--lora and --run', () => {
     const W = read(w0);
     const W2 = read(site.node.inputs[1]!.initializer!);
     // MatMul stores [in, out]
-    for (const [i, o] of [[0, 0], [3, 1], [site.inFeatures - 1, site.outFeatures - 1]]) {
+    for (const [i, o] of [
+      [0, 0],
+      [3, 1],
+      [site.inFeatures - 1, site.outFeatures - 1],
+    ]) {
       expect(W2[i * site.outFeatures + o]).toBeCloseTo(W[i * site.outFeatures + o] + 0.25 * b.data[o] * a.data[i], 5);
     }
   });
@@ -387,7 +522,10 @@ describe('--lora and --run', () => {
     const out = path.join(root, 'run39');
     fs.mkdirSync(out, { recursive: true });
     const spec = path.join(out, 'dog.hollow');
-    fs.writeFileSync(spec, 'model sd15\nhollow preset "39.2%"\nshape sample [1, 4, 8, 8]\nshape encoder_hidden_states [1, 77, 32]\nlora rank 2 alpha 2\nlora targets "attn1.to_q" "attn2.to_v"\nemit precompute infer\n');
+    fs.writeFileSync(
+      spec,
+      'model sd15\nhollow preset "39.2%"\nshape sample [1, 4, 8, 8]\nshape encoder_hidden_states [1, 77, 32]\nlora rank 2 alpha 2\nlora targets "attn1.to_q" "attn2.to_v"\nemit precompute infer\n',
+    );
     compileFromSpec(folders.sd15.unet.model, spec, { out: path.join(out, 'c') });
     const r = await gen(['--run', path.join(out, 'c'), '--class-prompt', 'a photo of sks dog'], path.join(out, 'run.png'));
     expect(r.code).toBe(0);
@@ -395,7 +533,9 @@ describe('--lora and --run', () => {
     const meta = await sharp(path.join(out, 'run.png')).metadata();
     expect([meta.width, meta.height]).toEqual([64, 64]);
     await gen([], path.join(out, 'plain.png'));
-    expect(maxAbsDiff(readNpy(path.join(out, 'run.npy')).data as Float32Array, readNpy(path.join(out, 'plain.npy')).data as Float32Array)).toBeLessThan(1e-4);
+    expect(
+      maxAbsDiff(readNpy(path.join(out, 'run.npy')).data as Float32Array, readNpy(path.join(out, 'plain.npy')).data as Float32Array),
+    ).toBeLessThan(1e-4);
     const noClass = await gen(['--run', path.join(out, 'c')], path.join(out, 'x.png'));
     expect([noClass.code, noClass.err.trim().split('\n').length]).toEqual([1, 1]);
     expect(noClass.err).toContain('give --class-prompt');
@@ -426,20 +566,28 @@ describe('bad input: one line, exit 1', () => {
 
   test('incompatible flags', async () => {
     const m = ['generate', '--model', dirs.sd15];
-    oneLine(await cli(...m, '--prompt', 'x', '--prompt-embeds', 'e.npy', '-o', png()), '--prompt-embeds is for generate <out> (embeddings); with --model use --prompt');
+    oneLine(
+      await cli(...m, '--prompt', 'x', '--prompt-embeds', 'e.npy', '-o', png()),
+      '--prompt-embeds is for generate <out> (embeddings); with --model use --prompt',
+    );
     oneLine(await cli(...m, '--prompt', 'x', '--latents-in', 'e.npy', '-o', png()), 'with --model use --init-latents');
     oneLine(await cli(...m, '-o', png()), 'needs --prompt');
     oneLine(await cli(...m, '--prompt', 'x'), 'give -o image.png');
     oneLine(await cli(...m, '--prompt', 'x', '--class-prompt', 'y', '-o', png()), '--class-prompt is the base path');
     oneLine(await cli(...m, '--prompt', 'x', '--width', '60', '-o', png()), '--width must be a positive multiple of 8');
-    oneLine(await cli('generate', root, '--prompt', 'x', '--prompt-embeds', 'e.npy', '--latents-out', 'l.npy'), '--prompt needs --model <pipeline folder>');
+    oneLine(
+      await cli('generate', root, '--prompt', 'x', '--prompt-embeds', 'e.npy', '--latents-out', 'l.npy'),
+      '--prompt needs --model <pipeline folder>',
+    );
     oneLine(await cli('generate', root, '--model', dirs.sd15, '--prompt', 'x', '-o', png()), `give the compiled folder as --run ${root}`);
     oneLine(await cli('generate', '--prompt-embeds', 'e.npy', '--latents-out', 'l.npy'), 'give a compiled folder');
   });
 });
 
 test('float16 conversion rounds to nearest even and round-trips halves', () => {
-  expect([toHalfBits(1), toHalfBits(-2), toHalfBits(65504), toHalfBits(1e6), toHalfBits(2 ** -24), toHalfBits(0)]).toEqual([0x3c00, 0xc000, 0x7bff, 0x7c00, 0x0001, 0]);
+  expect([toHalfBits(1), toHalfBits(-2), toHalfBits(65504), toHalfBits(1e6), toHalfBits(2 ** -24), toHalfBits(0)]).toEqual([
+    0x3c00, 0xc000, 0x7bff, 0x7c00, 0x0001, 0,
+  ]);
   // 1 + 2^-11 lies halfway between 1 and 1 + 2^-10: to even (1)
   expect(toHalfBits(1 + 2 ** -11)).toBe(0x3c00);
   expect(toHalfBits(1 + 3 * 2 ** -11)).toBe(0x3c02);

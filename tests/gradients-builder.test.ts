@@ -37,11 +37,18 @@ describe.each(CASES)('training graph on %s', (_label, family, preset) => {
     const analysis = analyzeUNet(source.graph, modelFile);
     const lastKept = preset ? presetsFor(family).find((p) => p.name === preset)!.lastKeptDown : null;
     const cut = lastKept ? analysis.cuts.find((c) => c.lastKeptDown === lastKept)! : null;
-    const targets = findLoraSites(source.graph).map((s) => s.module).filter((m) => ATTENTION.test(m));
+    const targets = findLoraSites(source.graph)
+      .map((s) => s.module)
+      .filter((m) => ATTENTION.test(m));
     const tiny = FAMILIES[family].tiny.shapes as unknown as Record<string, readonly number[] | undefined>;
     const shapes: Record<string, number[]> = { timestep: [BATCH] };
     for (const [name, s] of Object.entries(tiny)) if (s) shapes[name] = [BATCH, ...s.slice(1)];
-    const training = { ...defaultTrainingSettings(family), batch: BATCH, shapes, optimizer: { betas: [ADAMW.beta1, ADAMW.beta2] as [number, number], eps: ADAMW.eps, weightDecay: ADAMW.weightDecay } };
+    const training = {
+      ...defaultTrainingSettings(family),
+      batch: BATCH,
+      shapes,
+      optimizer: { betas: [ADAMW.beta1, ADAMW.beta2] as [number, number], eps: ADAMW.eps, weightDecay: ADAMW.weightDecay },
+    };
     const inputs: ArtifactState = { analysis, cut, targets, lora: { rank: 2, alpha: 4 }, training, label: modelFile };
     // The gradients come from grads.onnx, the AdamW step from train.onnx: both through their pipelines.
     const grads = buildArtifact('grads', source, inputs);
@@ -58,16 +65,27 @@ describe.each(CASES)('training graph on %s', (_label, family, preset) => {
     saveModel(trainStep.model, trainFile);
 
     const gauss = normal(rng(99));
-    const tensor = (dims: number[], std = 1) => new ort.Tensor('float32', Float32Array.from({ length: dims.reduce((a, b) => a * b, 1) }, () => std * gauss()), dims);
+    const tensor = (dims: number[], std = 1) =>
+      new ort.Tensor(
+        'float32',
+        Float32Array.from({ length: dims.reduce((a, b) => a * b, 1) }, () => std * gauss()),
+        dims,
+      );
     const feeds: Record<string, ort.Tensor> = {};
     for (const v of trainStep.model.graph.inputs) {
       const dims = v.type!.shape as number[];
       if (v.name === 'timestep') feeds[v.name] = new ort.Tensor('float32', Float32Array.of(211, 808), dims);
-      else if (v.name === 'time_ids') feeds[v.name] = new ort.Tensor('float32', Float32Array.from({ length: 12 }, (_, i) => [128, 128, 0, 0, 128, 128][i % 6]), dims);
+      else if (v.name === 'time_ids')
+        feeds[v.name] = new ort.Tensor(
+          'float32',
+          Float32Array.from({ length: 12 }, (_, i) => [128, 128, 0, 0, 128, 128][i % 6]),
+          dims,
+        );
       else if (v.name === 'loss_weight') feeds[v.name] = new ort.Tensor('float32', Float32Array.of(1, 0.5), dims);
       else if (v.name === 'lr') feeds[v.name] = new ort.Tensor('float32', Float32Array.of(1e-3), dims);
       else if (v.name === 'step') feeds[v.name] = new ort.Tensor('float32', Float32Array.of(1), dims);
-      else if (v.name.endsWith('.exp_avg') || v.name.endsWith('.exp_avg_sq')) feeds[v.name] = new ort.Tensor('float32', new Float32Array(dims.reduce((a, b) => a * b, 1)), dims);
+      else if (v.name.endsWith('.exp_avg') || v.name.endsWith('.exp_avg_sq'))
+        feeds[v.name] = new ort.Tensor('float32', new Float32Array(dims.reduce((a, b) => a * b, 1)), dims);
       else feeds[v.name] = tensor(dims, v.name.includes('.lora_') ? 0.1 : 1);
     }
     // 'basic' optimizations: 'all' takes ~2x longer to set up on these 10k-node graphs.
@@ -94,8 +112,16 @@ describe.each(CASES)('training graph on %s', (_label, family, preset) => {
         const g = out[`${p.name}.grad`].data as Float32Array;
         const u = directions[k].map((x) => x / norm);
         for (let i = 0; i < u.length; i++) analytic += g[i] * u[i];
-        plus[p.name] = new ort.Tensor('float32', Float32Array.from(theta, (t, i) => t + h * u[i]), feeds[p.name].dims);
-        minus[p.name] = new ort.Tensor('float32', Float32Array.from(theta, (t, i) => t - h * u[i]), feeds[p.name].dims);
+        plus[p.name] = new ort.Tensor(
+          'float32',
+          Float32Array.from(theta, (t, i) => t + h * u[i]),
+          feeds[p.name].dims,
+        );
+        minus[p.name] = new ort.Tensor(
+          'float32',
+          Float32Array.from(theta, (t, i) => t - h * u[i]),
+          feeds[p.name].dims,
+        );
       });
       const lossAt = async (f: Record<string, ort.Tensor>) => (await session.run(f, ['loss'])).loss.data[0] as number;
       const numeric = ((await lossAt(plus)) - (await lossAt(minus))) / (2 * h);
@@ -110,7 +136,9 @@ describe.each(CASES)('training graph on %s', (_label, family, preset) => {
         for (let i = 0; i < g.length; i++) {
           const m = (1 - ADAMW.beta1) * g[i];
           const v = (1 - ADAMW.beta2) * g[i] * g[i];
-          const want = theta[i] * (1 - 1e-3 * ADAMW.weightDecay) - ((1e-3 / (1 - ADAMW.beta1)) * m) / (Math.sqrt(v) / Math.sqrt(1 - ADAMW.beta2) + ADAMW.eps);
+          const want =
+            theta[i] * (1 - 1e-3 * ADAMW.weightDecay) -
+            ((1e-3 / (1 - ADAMW.beta1)) * m) / (Math.sqrt(v) / Math.sqrt(1 - ADAMW.beta2) + ADAMW.eps);
           adamErr = Math.max(adamErr, Math.abs(updated[i] - want));
         }
       }

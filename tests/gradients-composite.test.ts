@@ -50,7 +50,11 @@ function block(e: OpEmitter, x: Record<string, Value>): Value {
   const ff = e.op('Add', [out, e.op('Mul', [value, gelu])]);
   // Back to an image, nearest x2 upsampling, frozen output conv.
   const image = e.reshape(e.transpose(ff, [0, 2, 1]), [1, 4, 4, 4]);
-  const up = e.op('Resize', [image, null, e.values([1, 1, 2, 2], DataType.FLOAT)], { mode: 'nearest', coordinate_transformation_mode: 'asymmetric', nearest_mode: 'floor' });
+  const up = e.op('Resize', [image, null, e.values([1, 1, 2, 2], DataType.FLOAT)], {
+    mode: 'nearest',
+    coordinate_transformation_mode: 'asymmetric',
+    nearest_mode: 'floor',
+  });
   return e.op('Conv', [up, x.convOut], { pads: [1, 1, 1, 1] });
 }
 
@@ -80,7 +84,9 @@ describe('differentiate on a UNet-like block', () => {
   it('matches central differences for the LoRA tensors and builds no weight gradients', async () => {
     const report = await checkGradient({ name: 'UNet-like block', dtype: 'float32', inputs: INPUTS, build: block, seed: SEED });
     // eslint-disable-next-line no-console
-    console.log(`composite block (seed ${SEED}): max rel err ${report.maxError.toExponential(3)} over ${report.elements} LoRA elements; ${report.nodesAdded} nodes added: ${report.opsAdded.join(' ')}`);
+    console.log(
+      `composite block (seed ${SEED}): max rel err ${report.maxError.toExponential(3)} over ${report.elements} LoRA elements; ${report.nodesAdded} nodes added: ${report.opsAdded.join(' ')}`,
+    );
     // The convolutions are frozen: their backward is input-gradient only (ConvTranspose).
     expect(report.opsAdded).toContain('ConvTranspose');
     expect(report.opsAdded).not.toContain('Conv');
@@ -89,9 +95,17 @@ describe('differentiate on a UNet-like block', () => {
 
   it('also matches with every tensor trainable (weight gradients of Conv, LayerNorm, MatMul)', async () => {
     const all = INPUTS.filter((s) => s.name !== 'x').map((s) => ({ ...s, grad: true }));
-    const report = await checkGradient({ name: 'UNet-like block, all weights', dtype: 'float32', inputs: [INPUTS[0], ...all], build: block, seed: SEED + 1 });
+    const report = await checkGradient({
+      name: 'UNet-like block, all weights',
+      dtype: 'float32',
+      inputs: [INPUTS[0], ...all],
+      build: block,
+      seed: SEED + 1,
+    });
     // eslint-disable-next-line no-console
-    console.log(`composite block, all weights (seed ${SEED + 1}): max rel err ${report.maxError.toExponential(3)} over ${report.elements} elements`);
+    console.log(
+      `composite block, all weights (seed ${SEED + 1}): max rel err ${report.maxError.toExponential(3)} over ${report.elements} elements`,
+    );
     expect(report.opsAdded).toContain('Conv');
   });
 });
@@ -112,17 +126,28 @@ describe('differentiate errors and pruning', () => {
 
   it('names the op and node on the gradient path that has no rule', () => {
     const { model, loss, w } = graphWith((e, x, w) => e.op('Softplus', [e.op('Mul', [x, w])]));
-    expect(() => differentiate(model, loss, [w])).toThrow(new HollowcError('differentiate: no gradient rule for op Softplus (node "/m/Softplus", on the path from w to /m/ReduceSum_output_0)'));
+    expect(() => differentiate(model, loss, [w])).toThrow(
+      new HollowcError('differentiate: no gradient rule for op Softplus (node "/m/Softplus", on the path from w to /m/ReduceSum_output_0)'),
+    );
   });
 
   it('reports a rule that cannot handle a node, naming it', () => {
-    const { model, loss, x } = graphWith((e, x) => e.op('Resize', [e.reshape(x, [1, 1, 2, 3]), null, e.values([1, 1, 2, 2], DataType.FLOAT)], { mode: 'linear' }));
-    expect(() => differentiate(model, loss, [x])).toThrow('differentiate: Resize node "/m/Resize": only mode "nearest" has a gradient rule (got "linear")');
+    const { model, loss, x } = graphWith((e, x) =>
+      e.op('Resize', [e.reshape(x, [1, 1, 2, 3]), null, e.values([1, 1, 2, 2], DataType.FLOAT)], { mode: 'linear' }),
+    );
+    expect(() => differentiate(model, loss, [x])).toThrow(
+      'differentiate: Resize node "/m/Resize": only mode "nearest" has a gradient rule (got "linear")',
+    );
   });
 
   it('ignores ops off the gradient path and stops at ops without gradient', () => {
     // Softplus only sees x (frozen); the comparison on w's path has no gradient by definition.
-    const { model, loss, w } = graphWith((e, x, w) => e.op('Add', [e.op('Softplus', [x]), e.op('Where', [e.op('Greater', [w, e.scalar(0, DataType.FLOAT)]), w, e.scalar(0, DataType.FLOAT)])]));
+    const { model, loss, w } = graphWith((e, x, w) =>
+      e.op('Add', [
+        e.op('Softplus', [x]),
+        e.op('Where', [e.op('Greater', [w, e.scalar(0, DataType.FLOAT)]), w, e.scalar(0, DataType.FLOAT)]),
+      ]),
+    );
     const before = model.graph.nodes.length;
     const softplus = model.graph.nodes.find((n) => n.opType === 'Softplus')!;
     const { gradients, nodesDifferentiated } = differentiate(model, loss, [w]);
@@ -131,13 +156,17 @@ describe('differentiate errors and pruning', () => {
     // The backward reads nothing of the frozen branch: neither x nor the Softplus output.
     const backward = model.graph.nodes.slice(before);
     expect(backward.length).toBeGreaterThan(0);
-    expect(backward.filter((n) => n.inputs.some((v) => v === softplus.inputs[0] || v === softplus.outputs[0])).map((n) => n.opType)).toEqual([]);
+    expect(
+      backward.filter((n) => n.inputs.some((v) => v === softplus.inputs[0] || v === softplus.outputs[0])).map((n) => n.opType),
+    ).toEqual([]);
   });
 
   it('gives zeros (or an error, when asked) for a parameter the loss does not depend on', () => {
     const { model, loss, x } = graphWith((e, x) => e.op('Relu', [x]));
     const unused = model.graph.addInput('unused', { elemType: DataType.FLOAT, shape: [4, 2] });
-    expect(() => differentiate(model, loss, [x, unused], { unreachable: 'error' })).toThrow('differentiate: /m/ReduceSum_output_0 does not depend on unused');
+    expect(() => differentiate(model, loss, [x, unused], { unreachable: 'error' })).toThrow(
+      'differentiate: /m/ReduceSum_output_0 does not depend on unused',
+    );
     const { gradients } = differentiate(model, loss, [x, unused]);
     expect(gradients.get(unused)!.producer!.opType).toBe('ConstantOfShape');
     expect(gradients.get(unused)!.type).toEqual({ elemType: DataType.FLOAT, shape: [4, 2] });

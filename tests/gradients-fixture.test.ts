@@ -10,7 +10,16 @@ import { Model } from '../compiler/ir';
 import { loadModel } from '../compiler/serde';
 import { readNpy } from '../runtime/npy';
 import { compile } from '../passes/compile';
-import { FIXTURE_DIR, FIXTURE_MODEL, FIXTURE_MODEL_OPSET14, fixtureInputs, fixtureManifest, fixtureTensor, tempDir, trainingFor } from './support/fixture';
+import {
+  FIXTURE_DIR,
+  FIXTURE_MODEL,
+  FIXTURE_MODEL_OPSET14,
+  fixtureInputs,
+  fixtureManifest,
+  fixtureTensor,
+  tempDir,
+  trainingFor,
+} from './support/fixture';
 
 const manifest = fixtureManifest();
 const TARGETS: string[] = manifest.lora.targets;
@@ -40,7 +49,13 @@ interface Case {
 
 const CASES: Case[] = [
   { label: 'hollow none, opset 17', file: FIXTURE_MODEL, lastKeptDown: null, grads: 'grads_full', loss: 'ref/full_lora_loss.npy' },
-  { label: 'hollow none, opset 14 (LayerNorm as ReduceMean/Pow/Sqrt)', file: FIXTURE_MODEL_OPSET14, lastKeptDown: null, grads: 'grads_full', loss: 'ref/full_lora_loss.npy' },
+  {
+    label: 'hollow none, opset 14 (LayerNorm as ReduceMean/Pow/Sqrt)',
+    file: FIXTURE_MODEL_OPSET14,
+    lastKeptDown: null,
+    grads: 'grads_full',
+    loss: 'ref/full_lora_loss.npy',
+  },
   { label: '39.2% cut (after 3-2), opset 17', file: FIXTURE_MODEL, lastKeptDown: '3-2', grads: 'grads', loss: 'ref/loss.npy' },
 ];
 
@@ -49,19 +64,33 @@ describe.each(CASES.map((c) => [c.label, c] as const))('LoRA gradients of sd15-t
     // The artifact as `hollowc compile` writes it: forward.onnx and grads.onnx sharing weights.
     const out = tempDir();
     const shapes: Record<string, number[]> = { sample: [1, 4, 16, 16], timestep: [1], encoder_hidden_states: [1, 7, 32] };
-    const m = compile({ modelFile: c.file, outDir: out, lastKeptDown: c.lastKeptDown, targets: TARGETS, lora: LORA, emit: ['forward', 'grads'], training: trainingFor('sd15', shapes) });
+    const m = compile({
+      modelFile: c.file,
+      outDir: out,
+      lastKeptDown: c.lastKeptDown,
+      targets: TARGETS,
+      lora: LORA,
+      emit: ['forward', 'grads'],
+      training: trainingFor('sd15', shapes),
+    });
     const cut = m.cut;
     const grads = loadModel(path.join(out, 'grads.onnx'));
     // Frozen base weights get no gradient: not one weight-gradient convolution is added.
     expect(countOps(grads, 'Conv')).toBe(countOps(loadModel(path.join(out, 'forward.onnx')), 'Conv'));
     expect(grads.graph.nodes.every((n) => n.domain === '')).toBe(true);
-    const params = m.lora.targets.filter((t) => t.trained).flatMap((t) => [
-      { name: t.lora_A.name, module: t.module, role: 'A' },
-      { name: t.lora_B.name, module: t.module, role: 'B' },
-    ]);
+    const params = m.lora.targets
+      .filter((t) => t.trained)
+      .flatMap((t) => [
+        { name: t.lora_A.name, module: t.module, role: 'A' },
+        { name: t.lora_B.name, module: t.module, role: 'B' },
+      ]);
     expect(m.artifacts.grads!.outputs.map((o) => o.name)).toEqual(['loss', ...params.map((p) => `${p.name}.grad`)]);
 
-    const feeds: Record<string, ort.Tensor> = { ...fixtureInputs(1), target: fixtureTensor('ref/target.npy'), loss_weight: new ort.Tensor('float32', Float32Array.of(1), [1]) };
+    const feeds: Record<string, ort.Tensor> = {
+      ...fixtureInputs(1),
+      target: fixtureTensor('ref/target.npy'),
+      loss_weight: new ort.Tensor('float32', Float32Array.of(1), [1]),
+    };
     if (cut) feeds.hollow_activation = fixtureTensor('ref/hollow_activation.npy');
     for (const p of params) feeds[p.name] = fixtureTensor(`lora/${p.module}.lora_${p.role}.npy`);
     const session = await ort.InferenceSession.create(path.join(out, 'grads.onnx'), { executionProviders: ['cpu'] });
@@ -83,7 +112,8 @@ describe.each(CASES.map((c) => [c.label, c] as const))('LoRA gradients of sd15-t
     // The fixture's gradients of the hollowed targets are exactly zero; ours have no parameter there.
     const hollowedTargets = TARGETS.filter((t) => !params.some((p) => p.module === t));
     for (const t of hollowedTargets) {
-      for (const role of ['A', 'B']) expect((readNpy(path.join(FIXTURE_DIR, `${c.grads}/${t}.lora_${role}.npy`)).data as Float32Array).every((x) => x === 0)).toBe(true);
+      for (const role of ['A', 'B'])
+        expect((readNpy(path.join(FIXTURE_DIR, `${c.grads}/${t}.lora_${role}.npy`)).data as Float32Array).every((x) => x === 0)).toBe(true);
     }
     // eslint-disable-next-line no-console
     console.log(

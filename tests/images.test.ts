@@ -65,7 +65,11 @@ function handPng(width: number, height: number, bitDepth: 8 | 16, colourType: 0 
 describe('loading', () => {
   test('JPEG, PNG and WebP give [1, 3, h, w] in [-1, 1]', async () => {
     const src = raw(32, 32, 3, () => [255, 0, 0]);
-    for (const [name, fmt] of [['red.jpg', 'jpeg'], ['red.png', 'png'], ['red.webp', 'webp']] as const) {
+    for (const [name, fmt] of [
+      ['red.jpg', 'jpeg'],
+      ['red.png', 'png'],
+      ['red.webp', 'webp'],
+    ] as const) {
       const file = await write(name, sharp(src, { raw: { width: 32, height: 32, channels: 3 } }).toFormat(fmt));
       const t = await loadImage(file, { width: 16, height: 24 });
       expect(t.dims).toEqual([1, 3, 24, 16]);
@@ -87,7 +91,12 @@ describe('loading', () => {
   test('EXIF orientation is applied', async () => {
     // stored 40x20, left red, right blue, EXIF 6 (display rotated 90 degrees clockwise): shown 20x40, red on top
     const src = raw(40, 20, 3, (x) => (x < 20 ? [255, 0, 0] : [0, 0, 255]));
-    const file = await write('rotated.jpg', sharp(src, { raw: { width: 40, height: 20, channels: 3 } }).jpeg({ quality: 95 }).withMetadata({ orientation: 6 }));
+    const file = await write(
+      'rotated.jpg',
+      sharp(src, { raw: { width: 40, height: 20, channels: 3 } })
+        .jpeg({ quality: 95 })
+        .withMetadata({ orientation: 6 }),
+    );
     const t = await loadImage(file, { width: 20, height: 40 });
     expect(near(pixel(t, 2, 2), [255, 0, 0], 30)).toBe(true);
     expect(near(pixel(t, 2, 37), [0, 0, 255], 30)).toBe(true);
@@ -104,15 +113,34 @@ describe('loading', () => {
   });
 
   test('grayscale, grayscale + alpha, CMYK and 16-bit become 8-bit RGB', async () => {
-    const grey = await write('grey.png', sharp(raw(16, 16, 1, () => [64]), { raw: { width: 16, height: 16, channels: 1 } }).toColourspace('b-w').png());
+    const grey = await write(
+      'grey.png',
+      sharp(
+        raw(16, 16, 1, () => [64]),
+        { raw: { width: 16, height: 16, channels: 1 } },
+      )
+        .toColourspace('b-w')
+        .png(),
+    );
     expect((await sharp(grey).metadata()).channels).toBe(1);
     expect(pixel(await loadImage(grey, { width: 16, height: 16 }), 4, 4)).toEqual([64, 64, 64]);
 
-    const greyAlpha = await write('grey-alpha.png', sharp(raw(16, 16, 2, () => [0, 0]), { raw: { width: 16, height: 16, channels: 2 } }).png());
+    const greyAlpha = await write(
+      'grey-alpha.png',
+      sharp(
+        raw(16, 16, 2, () => [0, 0]),
+        { raw: { width: 16, height: 16, channels: 2 } },
+      ).png(),
+    );
     expect(pixel(await loadImage(greyAlpha, { width: 16, height: 16 }), 4, 4)).toEqual([255, 255, 255]);
 
     const rgb = raw(16, 16, 3, () => [200, 50, 20]);
-    const cmyk = await write('cmyk.jpg', sharp(rgb, { raw: { width: 16, height: 16, channels: 3 } }).toColourspace('cmyk').jpeg({ quality: 100 }));
+    const cmyk = await write(
+      'cmyk.jpg',
+      sharp(rgb, { raw: { width: 16, height: 16, channels: 3 } })
+        .toColourspace('cmyk')
+        .jpeg({ quality: 100 }),
+    );
     expect((await sharp(cmyk).metadata()).space).toBe('cmyk');
     expect(near(pixel(await loadImage(cmyk, { width: 16, height: 16 }), 8, 8), [200, 50, 20], 30)).toBe(true);
 
@@ -129,8 +157,20 @@ describe('loading', () => {
   });
 
   test('a batch stacks images', async () => {
-    const a = await write('a.png', sharp(raw(16, 16, 3, () => [0, 0, 0]), { raw: { width: 16, height: 16, channels: 3 } }).png());
-    const b = await write('b.png', sharp(raw(16, 16, 3, () => [255, 255, 255]), { raw: { width: 16, height: 16, channels: 3 } }).png());
+    const a = await write(
+      'a.png',
+      sharp(
+        raw(16, 16, 3, () => [0, 0, 0]),
+        { raw: { width: 16, height: 16, channels: 3 } },
+      ).png(),
+    );
+    const b = await write(
+      'b.png',
+      sharp(
+        raw(16, 16, 3, () => [255, 255, 255]),
+        { raw: { width: 16, height: 16, channels: 3 } },
+      ).png(),
+    );
     const t = await loadImages([a, b], { width: 8, height: 8 });
     expect(t.dims).toEqual([2, 3, 8, 8]);
     expect(t.data[0]).toBe(-1);
@@ -156,12 +196,24 @@ describe('refusals', () => {
     // 30000 x 30000 claimed, 64 bytes of pixel data: decoding would fail, the header check comes first
     fs.writeFileSync(bomb, handPng(30000, 30000, 8, 2, Buffer.alloc(64)));
     await refuses(loadImage(bomb, { width: 64, height: 64 }), bomb, 'over the limit of 400000000');
-    const big = await write('big.png', sharp(raw(300, 300, 3, () => [9, 9, 9]), { raw: { width: 300, height: 300, channels: 3 } }).png());
+    const big = await write(
+      'big.png',
+      sharp(
+        raw(300, 300, 3, () => [9, 9, 9]),
+        { raw: { width: 300, height: 300, channels: 3 } },
+      ).png(),
+    );
     await refuses(loadImage(big, { width: 64, height: 64, maxPixels: 200 * 200 }), big, '300x300');
   });
 
   test('tiny, empty, broken and unsupported files', async () => {
-    const tiny = await write('tiny.png', sharp(raw(1, 1, 3, () => [1, 2, 3]), { raw: { width: 1, height: 1, channels: 3 } }).png());
+    const tiny = await write(
+      'tiny.png',
+      sharp(
+        raw(1, 1, 3, () => [1, 2, 3]),
+        { raw: { width: 1, height: 1, channels: 3 } },
+      ).png(),
+    );
     await refuses(loadImage(tiny, { width: 64, height: 64 }), tiny, 'too small');
     const empty = path.join(dir, 'empty.jpg');
     fs.writeFileSync(empty, '');
@@ -170,10 +222,21 @@ describe('refusals', () => {
     fs.writeFileSync(broken, 'this is not a picture');
     await refuses(loadImage(broken, { width: 64, height: 64 }), broken, 'not a decodable image');
     const truncated = path.join(dir, 'truncated.jpg');
-    const jpeg = await sharp(raw(64, 64, 3, (x, y) => [x * 4, y * 4, 0]), { raw: { width: 64, height: 64, channels: 3 } }).jpeg().toBuffer();
+    const jpeg = await sharp(
+      raw(64, 64, 3, (x, y) => [x * 4, y * 4, 0]),
+      { raw: { width: 64, height: 64, channels: 3 } },
+    )
+      .jpeg()
+      .toBuffer();
     fs.writeFileSync(truncated, jpeg.subarray(0, jpeg.length >> 1));
     await refuses(loadImage(truncated, { width: 64, height: 64 }), truncated, 'not a decodable image');
-    const tiff = await write('photo.tiff', sharp(raw(16, 16, 3, () => [1, 2, 3]), { raw: { width: 16, height: 16, channels: 3 } }).tiff());
+    const tiff = await write(
+      'photo.tiff',
+      sharp(
+        raw(16, 16, 3, () => [1, 2, 3]),
+        { raw: { width: 16, height: 16, channels: 3 } },
+      ).tiff(),
+    );
     await refuses(loadImage(tiff, { width: 64, height: 64 }), tiff, 'format tiff is not supported');
     const missing = path.join(dir, 'missing.png');
     await refuses(loadImage(missing, { width: 64, height: 64 }), missing, 'ENOENT');
@@ -195,7 +258,9 @@ describe('saving and listing', () => {
     for (let c = 0; c < 3; c++) {
       for (let i = 0; i < h * w; i++) expect(back.data[3 * i + c]).toBe(Math.round(data[3 * h * w + c * h * w + i] * 255));
     }
-    const first = await sharp(await encodePng(data, [2, 3, h, w], 0)).raw().toBuffer();
+    const first = await sharp(await encodePng(data, [2, 3, h, w], 0))
+      .raw()
+      .toBuffer();
     expect([first[0], first[3]]).toEqual([0, 255]);
     await expect(encodePng(data, [2, 4, h, w])).rejects.toThrow('[N, 3, H, W]');
   });

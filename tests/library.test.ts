@@ -14,7 +14,21 @@ test('a library user drives inspect -> compile -> precompute -> train -> export-
   const unet = hollowc.loadUNet(built.file);
   expect(hollowc.inspectJson(unet.analysis).totalParams).toBe(1390804);
   const specFile = path.join(dir, 'spec.hollow');
-  fs.writeFileSync(specFile, ['model sd15', 'hollow preset "39.2%"', 'shape sample [1, 4, 16, 16]', 'shape timestep [1]', 'shape encoder_hidden_states [1, 7, 32]', 'lora rank 2', 'lora targets "attn2.to_q"', 'train steps 3', 'emit precompute train', ''].join('\n'));
+  fs.writeFileSync(
+    specFile,
+    [
+      'model sd15',
+      'hollow preset "39.2%"',
+      'shape sample [1, 4, 16, 16]',
+      'shape timestep [1]',
+      'shape encoder_hidden_states [1, 7, 32]',
+      'lora rank 2',
+      'lora targets "attn2.to_q"',
+      'train steps 3',
+      'emit precompute train',
+      '',
+    ].join('\n'),
+  );
   const out = path.join(dir, 'out');
   const manifest = hollowc.compileSpec(unet, hollowc.checkSpecFile(unet, specFile), { out });
   expect(manifest.hollowc).toBe(hollowc.MANIFEST_FORMAT);

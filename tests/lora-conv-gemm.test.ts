@@ -49,7 +49,14 @@ test('conv and Gemm LoRA: B = 0 is the base UNet; baking equals the low-rank bra
     Object.fromEntries(
       m.lora.targets.flatMap((t) => [
         [t.lora_A.name, new ort.Tensor('float32', random(t.lora_A.name, t.lora_A.shape, 0.3), t.lora_A.shape)],
-        [t.lora_B.name, new ort.Tensor('float32', zeroB ? new Float32Array(t.lora_B.shape.reduce((a, b) => a * b, 1)) : random(t.lora_B.name, t.lora_B.shape, 0.3), t.lora_B.shape)],
+        [
+          t.lora_B.name,
+          new ort.Tensor(
+            'float32',
+            zeroB ? new Float32Array(t.lora_B.shape.reduce((a, b) => a * b, 1)) : random(t.lora_B.name, t.lora_B.shape, 0.3),
+            t.lora_B.shape,
+          ),
+        ],
       ]),
     );
   const base = (await runModel(model, inputs)).out_sample.data as Float32Array;

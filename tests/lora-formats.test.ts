@@ -13,7 +13,10 @@ import { tempDir } from './support/fixture';
 
 const RANK = 4;
 const ALPHA = 8; // scale 2
-const MODULES = ['down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q', 'up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_out.0'];
+const MODULES = [
+  'down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q',
+  'up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_out.0',
+];
 
 function randn(stream: string, n: number): Float32Array {
   const a = new Float32Array(n);
@@ -24,9 +27,18 @@ function randn(stream: string, n: number): Float32Array {
 const set: LoraSet = {
   rank: RANK,
   alpha: ALPHA,
-  modules: MODULES.map((module, i) => ({ module, a: { shape: [RANK, 6 + i], data: randn(`a${i}`, RANK * (6 + i)) }, b: { shape: [5, RANK], data: randn(`b${i}`, 5 * RANK) } })),
+  modules: MODULES.map((module, i) => ({
+    module,
+    a: { shape: [RANK, 6 + i], data: randn(`a${i}`, RANK * (6 + i)) },
+    b: { shape: [5, RANK], data: randn(`b${i}`, 5 * RANK) },
+  })),
 };
-const expected = new Map(set.modules.map((m) => [m.module, effectiveDelta({ a: m.a.data, b: m.b.data, aShape: m.a.shape, bShape: m.b.shape, scale: ALPHA / RANK })]));
+const expected = new Map(
+  set.modules.map((m) => [
+    m.module,
+    effectiveDelta({ a: m.a.data, b: m.b.data, aShape: m.a.shape, bShape: m.b.shape, scale: ALPHA / RANK }),
+  ]),
+);
 const kohyaModule = (base: string) => MODULES.find((m) => kohyaName(m) === base)!;
 
 function expectClose(actual: Float32Array, want: Float32Array) {
@@ -37,20 +49,32 @@ function expectClose(actual: Float32Array, want: Float32Array) {
 }
 
 const dir = tempDir('hollowc-lora-formats-');
-const files = Object.fromEntries((['diffusers', 'peft', 'kohya'] as const).map((f) => {
-  const file = path.join(dir, `${f}.safetensors`);
-  writeLoraFile(file, f, set);
-  return [f, file];
-})) as Record<'diffusers' | 'peft' | 'kohya', string>;
+const files = Object.fromEntries(
+  (['diffusers', 'peft', 'kohya'] as const).map((f) => {
+    const file = path.join(dir, `${f}.safetensors`);
+    writeLoraFile(file, f, set);
+    return [f, file];
+  }),
+) as Record<'diffusers' | 'peft' | 'kohya', string>;
 
 test('diffusers format: unet.<module>.lora.down/up keys, scale folded into up, adapter metadata alpha = r', () => {
   const { tensors, metadata } = readSafetensors(files.diffusers);
   expect([...tensors.keys()].sort()).toEqual(MODULES.flatMap((m) => [`unet.${m}.lora.down.weight`, `unet.${m}.lora.up.weight`]).sort());
-  expect(JSON.parse(metadata.lora_adapter_metadata)).toEqual({ 'unet.r': RANK, 'unet.lora_alpha': RANK, 'unet.target_modules': MODULES, 'unet.init_lora_weights': true, 'unet.use_dora': false, 'unet.lora_bias': false });
+  expect(JSON.parse(metadata.lora_adapter_metadata)).toEqual({
+    'unet.r': RANK,
+    'unet.lora_alpha': RANK,
+    'unet.target_modules': MODULES,
+    'unet.init_lora_weights': true,
+    'unet.use_dora': false,
+    'unet.lora_bias': false,
+  });
   expect(metadata.hollowc_alpha).toBe(String(ALPHA));
 });
 
-test.each([['diffusers 0.21', loadLikeDiffusers021], ['current diffusers', loadLikeDiffusersCurrent]] as const)('%s loads the diffusers and kohya files with scale alpha/rank', (_, load) => {
+test.each([
+  ['diffusers 0.21', loadLikeDiffusers021],
+  ['current diffusers', loadLikeDiffusersCurrent],
+] as const)('%s loads the diffusers and kohya files with scale alpha/rank', (_, load) => {
   for (const file of [files.diffusers, files.kohya]) {
     const layers = load(file, kohyaModule);
     expect(layers.map((l) => l.module).sort()).toEqual([...MODULES].sort());

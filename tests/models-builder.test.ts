@@ -38,7 +38,10 @@ function initializerSize(v: Value): number {
 
 /** Each initializer's consumers, as `node name#input index` (names match between the two graphs). */
 function useKey(v: Value): string {
-  return v.uses.map((u) => `${u.node.name}#${u.index}`).sort().join('|');
+  return v.uses
+    .map((u) => `${u.node.name}#${u.index}`)
+    .sort()
+    .join('|');
 }
 
 function paramsByModule(g: Graph): Map<string, number> {
@@ -87,7 +90,14 @@ function dataOpsByModule(g: Graph, skip: (n: Node, isData: (v: Value | null) => 
     perModule.set(n.opType, (perModule.get(n.opType) ?? 0) + 1);
     ops.set(m, perModule);
   }
-  const flat = new Map([...ops].map(([m, counts]) => [m, sortedEntries(counts).map(([op, k]) => `${op}x${k}`).join(' ')]));
+  const flat = new Map(
+    [...ops].map(([m, counts]) => [
+      m,
+      sortedEntries(counts)
+        .map(([op, k]) => `${op}x${k}`)
+        .join(' '),
+    ]),
+  );
   return { ops: flat, skipped };
 }
 
@@ -105,17 +115,25 @@ function exporterNoOp(n: Node, isData: (v: Value | null) => boolean): string | u
     if (c && c.length === 1 && c[0] === 1) return 'Div by constant 1';
   }
   // baddbmm(empty, q, k^T, beta=0, alpha=scale): scores + 0 * ConstantOfShape(...)
-  const zeroBias = (v: Value | null) => !isData(v) && v?.producer?.opType === 'Mul' && v.producer.inputs.some((w) => w?.producer?.opType === 'ConstantOfShape');
+  const zeroBias = (v: Value | null) =>
+    !isData(v) && v?.producer?.opType === 'Mul' && v.producer.inputs.some((w) => w?.producer?.opType === 'ConstantOfShape');
   if (n.opType === 'Add' && n.inputs.some(zeroBias)) return 'Add of 0 * ConstantOfShape (baddbmm beta=0)';
   // flip_sin_to_cos: cat(sin, cos) then swap halves with two Slices and a Concat; the builder
   // concatenates (cos, sin) directly
-  if (moduleOf(n.name) === 'time_proj' && (n.opType === 'Slice' || (n.opType === 'Concat' && n.inputs.some((v) => v?.producer?.opType === 'Slice')))) {
+  if (
+    moduleOf(n.name) === 'time_proj' &&
+    (n.opType === 'Slice' || (n.opType === 'Concat' && n.inputs.some((v) => v?.producer?.opType === 'Slice')))
+  ) {
     return 'time_proj half swap (Slice, Slice, Concat)';
   }
   return undefined;
 }
 
-function ortFeeds(config: UNetConfig, dims: { batch: number; height: number; width: number; sequence: number }, seed: number): Record<string, ort.Tensor> {
+function ortFeeds(
+  config: UNetConfig,
+  dims: { batch: number; height: number; width: number; sequence: number },
+  seed: number,
+): Record<string, ort.Tensor> {
   const rng = new Rng(seed, 'inputs');
   const feeds: Record<string, ort.Tensor> = {};
   for (const input of unetSignature(config).inputs) {
@@ -216,7 +234,11 @@ describe('sd15-tiny built from the fixture config vs the real torch.onnx.export'
   });
 
   test('skip Concats, upsampler Resizes and the hollow-activation tensor have the export names', () => {
-    const names = (m: Model, op: string) => m.graph.nodes.filter((n) => n.opType === op).map((n) => n.name).sort();
+    const names = (m: Model, op: string) =>
+      m.graph.nodes
+        .filter((n) => n.opType === op)
+        .map((n) => n.name)
+        .sort();
     for (const op of ['Concat', 'Resize', 'Conv', 'Gemm', 'LayerNormalization', 'InstanceNormalization', 'Softmax', 'Erf', 'Sin', 'Cos']) {
       const realNames = names(real, op).filter((n) => op !== 'Concat' || /^\/up_blocks\.\d+\/Concat(_\d+)?$/.test(n));
       const mineNames = names(mine, op).filter((n) => op !== 'Concat' || /^\/up_blocks\.\d+\/Concat(_\d+)?$/.test(n));
@@ -245,7 +267,9 @@ describe('sd15-tiny built from the fixture config vs the real torch.onnx.export'
     expect(renamed).toBe(3); // cuts after 4-2, 4-1, 3-3 (the others end in attentions or upsamplers)
     expect(ours.config).toEqual(theirs.config);
     // skip pairs and their Concat nodes (skip tensors that are resnet outputs differ as above)
-    expect(ours.skips.map((k) => [k.index, k.producer, k.consumer, k.concat])).toEqual(theirs.skips.map((k) => [k.index, k.producer, k.consumer, k.concat]));
+    expect(ours.skips.map((k) => [k.index, k.producer, k.consumer, k.concat])).toEqual(
+      theirs.skips.map((k) => [k.index, k.producer, k.consumer, k.concat]),
+    );
     expect(expected.cuts.length).toBeGreaterThan(5);
   });
 
@@ -345,8 +369,14 @@ describe('weights', () => {
     expect(ga.equals(gc)).toBe(false); // inline small weights and the recorded seed differ too
 
     const model = loadModel(a.file);
-    const valuesA = new Map(model.graph.initializers().map((v) => [v.name, new Float32Array(Uint8Array.from(readTensorBytes(v.initializer!)).buffer)]));
-    const valuesC = new Map(loadModel(c.file).graph.initializers().map((v) => [v.name, new Float32Array(Uint8Array.from(readTensorBytes(v.initializer!)).buffer)]));
+    const valuesA = new Map(
+      model.graph.initializers().map((v) => [v.name, new Float32Array(Uint8Array.from(readTensorBytes(v.initializer!)).buffer)]),
+    );
+    const valuesC = new Map(
+      loadModel(c.file)
+        .graph.initializers()
+        .map((v) => [v.name, new Float32Array(Uint8Array.from(readTensorBytes(v.initializer!)).buffer)]),
+    );
     for (const p of a.parameters) {
       const x = valuesA.get(p.initializer)!;
       expect(x.length).toBe(p.torchShape.reduce((s, d) => s * d, 1));
@@ -372,7 +402,11 @@ describe('weights', () => {
       const p = r.parameters.find((x) => x.torchName === torchName)!;
       return Buffer.from(readTensorBytes(loadModel(r.file).graph.value(p.initializer).initializer!));
     };
-    for (const name of ['conv_in.weight', 'down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight', 'down_blocks.0.resnets.0.norm1.weight']) {
+    for (const name of [
+      'conv_in.weight',
+      'down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight',
+      'down_blocks.0.resnets.0.norm1.weight',
+    ]) {
       expect(read(small, name).equals(read(other, name))).toBe(true);
     }
   });
@@ -403,12 +437,16 @@ describe('full-size graphs (no weights written)', () => {
     const d = describeUNet(config);
     expect(d.parameterCount).toBe(expected);
     expect(verifyGraph(d.model.graph)).toEqual([]);
-    const expectedParams = unetParameters(buildLayout(config)).map((p) => `${p.name} [${p.shape}]`).sort();
+    const expectedParams = unetParameters(buildLayout(config))
+      .map((p) => `${p.name} [${p.shape}]`)
+      .sort();
     expect(d.parameters.map((p) => `${p.torchName} [${p.torchShape}]`).sort()).toEqual(expectedParams);
     // transposed MatMul weights and [C,1,1] GroupNorm affine weights hold the same numbers of values
     for (const p of d.parameters) {
       const v = d.model.graph.value(p.initializer);
-      expect(v.initializer!.dims).toEqual(p.layout === 'transposed' ? [...p.torchShape].reverse() : p.layout === 'channel' ? [p.torchShape[0], 1, 1] : p.torchShape);
+      expect(v.initializer!.dims).toEqual(
+        p.layout === 'transposed' ? [...p.torchShape].reverse() : p.layout === 'channel' ? [p.torchShape[0], 1, 1] : p.torchShape,
+      );
     }
   });
 
@@ -462,7 +500,10 @@ describe('hollowc model build', () => {
   test('--config reads a diffusers config.json; the fixture config gives the fixture architecture', () => {
     const dir = tempDir('hollowc-cfg-');
     const file = path.join(dir, 'config.json');
-    fs.writeFileSync(file, JSON.stringify({ _class_name: 'UNet2DConditionModel', some_unknown_field: 1, ...fixtureManifest().model.config_args }));
+    fs.writeFileSync(
+      file,
+      JSON.stringify({ _class_name: 'UNet2DConditionModel', some_unknown_field: 1, ...fixtureManifest().model.config_args }),
+    );
     const { config } = resolveBuildConfig(undefined, { config: file, out: dir });
     expect(config).toEqual(fixtureConfig());
   });
@@ -474,8 +515,18 @@ describe('hollowc model build', () => {
     expect(() => resolveBuildConfig(undefined, { out: 'x' })).toThrow(/--config/);
     const dir = tempDir('hollowc-cfg-');
     const bad = path.join(dir, 'config.json');
-    fs.writeFileSync(bad, JSON.stringify({ block_out_channels: [32, 64], down_block_types: ['DownBlock2D', 'DownBlock2D'], up_block_types: ['UpBlock2D', 'UpBlock2D'], only_cross_attention: true }));
-    expect(() => resolveBuildConfig(undefined, { out: dir, config: bad })).toThrow(new RegExp(`${bad.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}.*only_cross_attention`));
+    fs.writeFileSync(
+      bad,
+      JSON.stringify({
+        block_out_channels: [32, 64],
+        down_block_types: ['DownBlock2D', 'DownBlock2D'],
+        up_block_types: ['UpBlock2D', 'UpBlock2D'],
+        only_cross_attention: true,
+      }),
+    );
+    expect(() => resolveBuildConfig(undefined, { out: dir, config: bad })).toThrow(
+      new RegExp(`${bad.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}.*only_cross_attention`),
+    );
     fs.writeFileSync(bad, '{ not json');
     expect(() => resolveBuildConfig(undefined, { out: dir, config: bad })).toThrow(/not valid JSON/);
     expect(() => resolveBuildConfig(undefined, { out: dir, config: path.join(dir, 'missing.json') })).toThrow(/missing\.json.*ENOENT/);
@@ -483,6 +534,8 @@ describe('hollowc model build', () => {
   });
 
   test('a bad --seed is a usage error', async () => {
-    await expect(program().parseAsync(['node', 'hollowc', 'model', 'build', 'sd15', '--tiny', '-o', tempDir(), '--seed', '-3'])).rejects.toThrow();
+    await expect(
+      program().parseAsync(['node', 'hollowc', 'model', 'build', 'sd15', '--tiny', '-o', tempDir(), '--seed', '-3']),
+    ).rejects.toThrow();
   });
 });

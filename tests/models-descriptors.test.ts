@@ -20,14 +20,57 @@ import {
 } from '../models';
 
 const SD_IDS = [
-  '1-1', '1-2', '1-3', '2-1', '2-2', '2-3', '3-1', '3-2', '3-3', '4-1', '4-2',
-  '5-1', '5-2',
-  '6-1', '6-2', '6-3', '6-4', '7-1', '7-2', '7-3', '7-4', '8-1', '8-2', '8-3', '8-4', '9-1', '9-2', '9-3',
+  '1-1',
+  '1-2',
+  '1-3',
+  '2-1',
+  '2-2',
+  '2-3',
+  '3-1',
+  '3-2',
+  '3-3',
+  '4-1',
+  '4-2',
+  '5-1',
+  '5-2',
+  '6-1',
+  '6-2',
+  '6-3',
+  '6-4',
+  '7-1',
+  '7-2',
+  '7-3',
+  '7-4',
+  '8-1',
+  '8-2',
+  '8-3',
+  '8-4',
+  '9-1',
+  '9-2',
+  '9-3',
 ];
 const SDXL_IDS = [
-  '1-1', '1-2', '1-3', '2-1', '2-2', '2-3', '3-1', '3-2',
-  '4-1', '4-2',
-  '5-1', '5-2', '5-3', '5-4', '6-1', '6-2', '6-3', '6-4', '7-1', '7-2', '7-3',
+  '1-1',
+  '1-2',
+  '1-3',
+  '2-1',
+  '2-2',
+  '2-3',
+  '3-1',
+  '3-2',
+  '4-1',
+  '4-2',
+  '5-1',
+  '5-2',
+  '5-3',
+  '5-4',
+  '6-1',
+  '6-2',
+  '6-3',
+  '6-4',
+  '7-1',
+  '7-2',
+  '7-3',
 ];
 
 // The sd15-tiny fixture (/work/shared/fixtures/diffusers/sd15-tiny/manifest.json, exported with
@@ -41,11 +84,20 @@ const FIXTURE = {
   hollow_activation_shape: [1, 48, 4, 4],
   sample_shape: [1, 4, 16, 16],
   conv_shortcut_modules: [
-    'down_blocks.1.resnets.0', 'down_blocks.2.resnets.0',
-    'up_blocks.0.resnets.0', 'up_blocks.0.resnets.1', 'up_blocks.0.resnets.2',
-    'up_blocks.1.resnets.0', 'up_blocks.1.resnets.1', 'up_blocks.1.resnets.2',
-    'up_blocks.2.resnets.0', 'up_blocks.2.resnets.1', 'up_blocks.2.resnets.2',
-    'up_blocks.3.resnets.0', 'up_blocks.3.resnets.1', 'up_blocks.3.resnets.2',
+    'down_blocks.1.resnets.0',
+    'down_blocks.2.resnets.0',
+    'up_blocks.0.resnets.0',
+    'up_blocks.0.resnets.1',
+    'up_blocks.0.resnets.2',
+    'up_blocks.1.resnets.0',
+    'up_blocks.1.resnets.1',
+    'up_blocks.1.resnets.2',
+    'up_blocks.2.resnets.0',
+    'up_blocks.2.resnets.1',
+    'up_blocks.2.resnets.2',
+    'up_blocks.3.resnets.0',
+    'up_blocks.3.resnets.1',
+    'up_blocks.3.resnets.2',
   ],
 };
 
@@ -55,36 +107,100 @@ const FIXTURE = {
 const SD_DOWN = ['CrossAttnDownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D', 'DownBlock2D'];
 const SD_UP = ['UpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D'];
 const SD15_JSON = {
-  _class_name: 'UNet2DConditionModel', _diffusers_version: '0.6.0', act_fn: 'silu', attention_head_dim: 8,
-  block_out_channels: [320, 640, 1280, 1280], center_input_sample: false, cross_attention_dim: 768,
-  down_block_types: SD_DOWN, downsample_padding: 1, flip_sin_to_cos: true, freq_shift: 0, in_channels: 4,
-  layers_per_block: 2, mid_block_scale_factor: 1, norm_eps: 1e-5, norm_num_groups: 32, out_channels: 4,
-  sample_size: 64, up_block_types: SD_UP,
+  _class_name: 'UNet2DConditionModel',
+  _diffusers_version: '0.6.0',
+  act_fn: 'silu',
+  attention_head_dim: 8,
+  block_out_channels: [320, 640, 1280, 1280],
+  center_input_sample: false,
+  cross_attention_dim: 768,
+  down_block_types: SD_DOWN,
+  downsample_padding: 1,
+  flip_sin_to_cos: true,
+  freq_shift: 0,
+  in_channels: 4,
+  layers_per_block: 2,
+  mid_block_scale_factor: 1,
+  norm_eps: 1e-5,
+  norm_num_groups: 32,
+  out_channels: 4,
+  sample_size: 64,
+  up_block_types: SD_UP,
 };
 const SD21_JSON = {
-  _class_name: 'UNet2DConditionModel', _diffusers_version: '0.10.0.dev0', act_fn: 'silu',
-  attention_head_dim: [5, 10, 20, 20], block_out_channels: [320, 640, 1280, 1280], center_input_sample: false,
-  cross_attention_dim: 1024, down_block_types: SD_DOWN, downsample_padding: 1, dual_cross_attention: false,
-  flip_sin_to_cos: true, freq_shift: 0, in_channels: 4, layers_per_block: 2, mid_block_scale_factor: 1,
-  norm_eps: 1e-5, norm_num_groups: 32, num_class_embeds: null, only_cross_attention: false, out_channels: 4,
-  sample_size: 96, up_block_types: SD_UP, upcast_attention: true, use_linear_projection: true,
+  _class_name: 'UNet2DConditionModel',
+  _diffusers_version: '0.10.0.dev0',
+  act_fn: 'silu',
+  attention_head_dim: [5, 10, 20, 20],
+  block_out_channels: [320, 640, 1280, 1280],
+  center_input_sample: false,
+  cross_attention_dim: 1024,
+  down_block_types: SD_DOWN,
+  downsample_padding: 1,
+  dual_cross_attention: false,
+  flip_sin_to_cos: true,
+  freq_shift: 0,
+  in_channels: 4,
+  layers_per_block: 2,
+  mid_block_scale_factor: 1,
+  norm_eps: 1e-5,
+  norm_num_groups: 32,
+  num_class_embeds: null,
+  only_cross_attention: false,
+  out_channels: 4,
+  sample_size: 96,
+  up_block_types: SD_UP,
+  upcast_attention: true,
+  use_linear_projection: true,
 };
 const SDXL_JSON = {
-  _class_name: 'UNet2DConditionModel', _diffusers_version: '0.19.0.dev0', act_fn: 'silu',
-  addition_embed_type: 'text_time', addition_embed_type_num_heads: 64, addition_time_embed_dim: 256,
-  attention_head_dim: [5, 10, 20], block_out_channels: [320, 640, 1280], center_input_sample: false,
-  class_embed_type: null, class_embeddings_concat: false, conv_in_kernel: 3, conv_out_kernel: 3,
-  cross_attention_dim: 2048, cross_attention_norm: null,
-  down_block_types: ['DownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'], downsample_padding: 1,
-  dual_cross_attention: false, encoder_hid_dim: null, encoder_hid_dim_type: null, flip_sin_to_cos: true,
-  freq_shift: 0, in_channels: 4, layers_per_block: 2, mid_block_only_cross_attention: null,
-  mid_block_scale_factor: 1, mid_block_type: 'UNetMidBlock2DCrossAttn', norm_eps: 1e-5, norm_num_groups: 32,
-  num_attention_heads: null, num_class_embeds: null, only_cross_attention: false, out_channels: 4,
-  projection_class_embeddings_input_dim: 2816, resnet_out_scale_factor: 1.0, resnet_skip_time_act: false,
-  resnet_time_scale_shift: 'default', sample_size: 128, time_cond_proj_dim: null, time_embedding_act_fn: null,
-  time_embedding_dim: null, time_embedding_type: 'positional', timestep_post_act: null,
-  transformer_layers_per_block: [1, 2, 10], up_block_types: ['CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'UpBlock2D'],
-  upcast_attention: null, use_linear_projection: true,
+  _class_name: 'UNet2DConditionModel',
+  _diffusers_version: '0.19.0.dev0',
+  act_fn: 'silu',
+  addition_embed_type: 'text_time',
+  addition_embed_type_num_heads: 64,
+  addition_time_embed_dim: 256,
+  attention_head_dim: [5, 10, 20],
+  block_out_channels: [320, 640, 1280],
+  center_input_sample: false,
+  class_embed_type: null,
+  class_embeddings_concat: false,
+  conv_in_kernel: 3,
+  conv_out_kernel: 3,
+  cross_attention_dim: 2048,
+  cross_attention_norm: null,
+  down_block_types: ['DownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'],
+  downsample_padding: 1,
+  dual_cross_attention: false,
+  encoder_hid_dim: null,
+  encoder_hid_dim_type: null,
+  flip_sin_to_cos: true,
+  freq_shift: 0,
+  in_channels: 4,
+  layers_per_block: 2,
+  mid_block_only_cross_attention: null,
+  mid_block_scale_factor: 1,
+  mid_block_type: 'UNetMidBlock2DCrossAttn',
+  norm_eps: 1e-5,
+  norm_num_groups: 32,
+  num_attention_heads: null,
+  num_class_embeds: null,
+  only_cross_attention: false,
+  out_channels: 4,
+  projection_class_embeddings_input_dim: 2816,
+  resnet_out_scale_factor: 1.0,
+  resnet_skip_time_act: false,
+  resnet_time_scale_shift: 'default',
+  sample_size: 128,
+  time_cond_proj_dim: null,
+  time_embedding_act_fn: null,
+  time_embedding_dim: null,
+  time_embedding_type: 'positional',
+  timestep_post_act: null,
+  transformer_layers_per_block: [1, 2, 10],
+  up_block_types: ['CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'UpBlock2D'],
+  upcast_attention: null,
+  use_linear_projection: true,
 };
 
 const layoutOf = (cfg: UNetConfig) => buildLayout(cfg);
@@ -219,9 +335,7 @@ describe('layout', () => {
     expect(sd15.skips).toHaveLength(12);
     expect(sd15.skips[0]).toEqual({ index: 0, producer: 'conv_in', consumer: '9-3', channels: 320, scale: 1 });
     expect(sd15.skips[11]).toEqual({ index: 11, producer: '4-2', consumer: '6-1', channels: 1280, scale: 8 });
-    expect(sd15.skips.map((s) => s.consumer)).toEqual(
-      ['9-3', '9-2', '9-1', '8-3', '8-2', '8-1', '7-3', '7-2', '7-1', '6-3', '6-2', '6-1'],
-    );
+    expect(sd15.skips.map((s) => s.consumer)).toEqual(['9-3', '9-2', '9-1', '8-3', '8-2', '8-1', '7-3', '7-2', '7-1', '6-3', '6-2', '6-1']);
     const l33 = sd15.layers.find((l) => l.id === '3-3')!;
     expect(l33).toMatchObject({ stage: 'down', role: 'downsampler', modules: ['down_blocks.2.downsamplers.0'], emitsSkip: 9 });
     expect(sd15.layers.find((l) => l.id === '1-1')!.modules).toEqual(['down_blocks.0.resnets.0', 'down_blocks.0.attentions.0']);
@@ -348,14 +462,18 @@ describe('parseUNetConfig', () => {
     expect(() => parseUNetConfig(bad, 'unet/config.json')).toThrow(
       'unet/config.json: up_block_types[1]: "AttnUpBlock2D" is not supported (expected CrossAttnUpBlock2D or UpBlock2D)',
     );
-    expect(() => parseUNetConfig({ ...SD15_JSON, act_fn: 'gelu' }, 'u.json')).toThrow('u.json: act_fn: "gelu" is not supported (expected silu)');
+    expect(() => parseUNetConfig({ ...SD15_JSON, act_fn: 'gelu' }, 'u.json')).toThrow(
+      'u.json: act_fn: "gelu" is not supported (expected silu)',
+    );
     expect(() => parseUNetConfig({ ...SD15_JSON, resnet_time_scale_shift: 'scale_shift' }, 'u.json')).toThrow(
       'u.json: resnet_time_scale_shift: "scale_shift" is not supported (expected default)',
     );
     expect(() => parseUNetConfig({ ...SD15_JSON, class_embed_type: 'timestep' }, 'u.json')).toThrow(
       'u.json: class_embed_type: "timestep" is not supported (expected null)',
     );
-    expect(() => parseUNetConfig({ ...SD15_JSON, _class_name: 'UNet2DModel' }, 'u.json')).toThrow(/_class_name: "UNet2DModel" is not supported/);
+    expect(() => parseUNetConfig({ ...SD15_JSON, _class_name: 'UNet2DModel' }, 'u.json')).toThrow(
+      /_class_name: "UNet2DModel" is not supported/,
+    );
   });
 
   test('wrong types and inconsistent lengths name the field', () => {
@@ -387,7 +505,9 @@ describe('families', () => {
       0.18215, 0.18215, 0.13025,
     ]);
     expect([FAMILIES.sd15.predictionType, FAMILIES.sd21.predictionType, FAMILIES.sdxl.predictionType]).toEqual([
-      'epsilon', 'v_prediction', 'epsilon',
+      'epsilon',
+      'v_prediction',
+      'epsilon',
     ]);
     for (const f of Object.values(FAMILIES)) {
       expect(f.noiseSchedule).toEqual({ beta_schedule: 'scaled_linear', beta_start: 0.00085, beta_end: 0.012, num_train_timesteps: 1000 });
@@ -415,7 +535,9 @@ describe('families', () => {
 
   test('lookups list the valid names', () => {
     expect(getModelVariant('sdxl-tiny').family.name).toBe('sdxl');
-    expect(() => getModelVariant('sd3')).toThrow('unknown model "sd3" (expected one of: sd15, sd15-tiny, sd21, sd21-tiny, sdxl, sdxl-tiny)');
+    expect(() => getModelVariant('sd3')).toThrow(
+      'unknown model "sd3" (expected one of: sd15, sd15-tiny, sd21, sd21-tiny, sdxl, sdxl-tiny)',
+    );
     expect(presetsFor('sdxl').map((p) => p.name)).toEqual(['sdxl-mid']);
   });
 });

@@ -68,10 +68,18 @@ test.each(CASES)('%s', (name, artifact, count, hollow) => {
 
 test('bake-lora: folds where only path 2 reads the weight, keeps the branch where path 1 shares it', () => {
   const { model, state } = after('infer', 3);
-  const values = new Map(state.loraParams!.map((p, i) => [p.name, Float32Array.from({ length: p.shape.reduce((a, b) => a * b, 1) }, (_, j) => (i + 1) * 0.01 * ((j % 3) - 1))]));
+  const values = new Map(
+    state.loraParams!.map((p, i) => [
+      p.name,
+      Float32Array.from({ length: p.shape.reduce((a, b) => a * b, 1) }, (_, j) => (i + 1) * 0.01 * ((j % 3) - 1)),
+    ]),
+  );
   const result = bakeLora(model.graph, values, state.lora.rank, state.lora.alpha / state.lora.rank);
   // to_q and to_k feed the hollow activation, so the base path shares their weights; to_v is path 2's alone.
-  expect(result).toEqual({ folded: ['up_blocks.0.attentions.0.transformer_blocks.0.attn1.to_v'], kept: ['down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q', 'down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k'] });
+  expect(result).toEqual({
+    folded: ['up_blocks.0.attentions.0.transformer_blocks.0.attn1.to_v'],
+    kept: ['down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q', 'down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k'],
+  });
   expectGolden('bake-lora', printGraph(model.graph, { nodeNames: false }));
 });
 

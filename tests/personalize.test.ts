@@ -45,10 +45,40 @@ const base = (family: string, out: string, extra: Partial<PersonalizeOptions> = 
   ...extra,
 });
 const args = (o: PersonalizeOptions) => [
-  'personalize', '--model', o.model, '--photos', o.photos, '--prompt', o.prompt, '--class-prompt', o.classPrompt, '-o', o.out,
-  '--rank', String(o.rank), '--alpha', String(o.alpha), '--steps', String(o.steps), '--lr', String(o.lr), '--samples', String(o.samples),
-  '--class-images', String(o.classImages), '--class-steps', String(o.classSteps), '--validation-steps', String(o.validationSteps),
-  '--guidance', String(o.guidance), '--resolution', String(o.resolution), '--seed', String(o.seed), '--quiet',
+  'personalize',
+  '--model',
+  o.model,
+  '--photos',
+  o.photos,
+  '--prompt',
+  o.prompt,
+  '--class-prompt',
+  o.classPrompt,
+  '-o',
+  o.out,
+  '--rank',
+  String(o.rank),
+  '--alpha',
+  String(o.alpha),
+  '--steps',
+  String(o.steps),
+  '--lr',
+  String(o.lr),
+  '--samples',
+  String(o.samples),
+  '--class-images',
+  String(o.classImages),
+  '--class-steps',
+  String(o.classSteps),
+  '--validation-steps',
+  String(o.validationSteps),
+  '--guidance',
+  String(o.guidance),
+  '--resolution',
+  String(o.resolution),
+  '--seed',
+  String(o.seed),
+  '--quiet',
 ];
 const lines: string[] = [];
 const quiet = { log: (l: string) => lines.push(l), warn: (l: string) => lines.push(l), progress: { write: () => true } };
@@ -75,7 +105,10 @@ function checkLoraFiles(r: PersonalizeResult) {
   const trained = readSafetensors(path.join(r.out, 'compiled', 'lora.safetensors')).tensors;
   const modules = m.lora.targets.filter((t) => t.trained).map((t) => t.module);
   const kohyaModule = (b: string) => modules.find((x) => kohyaName(x) === b)!;
-  for (const [file, loaders] of [[r.lora.diffusers, [loadLikeDiffusers021, loadLikeDiffusersCurrent]], [r.lora.kohya, [loadLikeDiffusers021, loadLikeDiffusersCurrent]]] as const) {
+  for (const [file, loaders] of [
+    [r.lora.diffusers, [loadLikeDiffusers021, loadLikeDiffusersCurrent]],
+    [r.lora.kohya, [loadLikeDiffusers021, loadLikeDiffusersCurrent]],
+  ] as const) {
     for (const load of loaders) {
       const layers = load(file, kohyaModule);
       expect(layers.length).toBe(modules.length);
@@ -83,7 +116,13 @@ function checkLoraFiles(r: PersonalizeResult) {
         const t = m.lora.targets.find((x) => x.module === l.module)!;
         const a = trained.get(`unet.${t.lora_A.name}`)!;
         const b = trained.get(`unet.${t.lora_B.name}`)!;
-        const want = effectiveDelta({ a: new Float32Array(a.data.buffer.slice(a.data.byteOffset, a.data.byteOffset + a.data.byteLength)), b: new Float32Array(b.data.buffer.slice(b.data.byteOffset, b.data.byteOffset + b.data.byteLength)), aShape: a.shape, bShape: b.shape, scale: 3 });
+        const want = effectiveDelta({
+          a: new Float32Array(a.data.buffer.slice(a.data.byteOffset, a.data.byteOffset + a.data.byteLength)),
+          b: new Float32Array(b.data.buffer.slice(b.data.byteOffset, b.data.byteOffset + b.data.byteLength)),
+          aShape: a.shape,
+          bShape: b.shape,
+          scale: 3,
+        });
         const got = effectiveDelta(l);
         const worst = want.reduce((w, v, i) => Math.max(w, Math.abs(v - got[i])), 0);
         expect(worst).toBeLessThan(1e-6 * (1 + Math.max(...want.map(Math.abs))));
@@ -95,10 +134,32 @@ function checkLoraFiles(r: PersonalizeResult) {
 
 test('sd15 end to end with prior preservation: files, stages, the LoRA at scale alpha/rank in diffusers 0.21, current diffusers and kohya', () => {
   const r = reference;
-  expect(statuses(r)).toEqual({ compile: 'ran', prompts: 'ran', photos: 'ran', 'class images': 'ran', store: 'ran', train: 'ran', export: 'ran', validation: 'ran', report: 'ran' });
-  for (const f of ['lora.safetensors', 'lora-kohya.safetensors', 'loss.svg', 'report.html', 'images/0-a-photo-of-sks-face.png', 'images/0-a-photo-of-sks-face-base.png', 'class-images/0000.png', 'class-images/0001.png']) expect(fs.existsSync(path.join(refOut, f))).toBe(true);
+  expect(statuses(r)).toEqual({
+    compile: 'ran',
+    prompts: 'ran',
+    photos: 'ran',
+    'class images': 'ran',
+    store: 'ran',
+    train: 'ran',
+    export: 'ran',
+    validation: 'ran',
+    report: 'ran',
+  });
+  for (const f of [
+    'lora.safetensors',
+    'lora-kohya.safetensors',
+    'loss.svg',
+    'report.html',
+    'images/0-a-photo-of-sks-face.png',
+    'images/0-a-photo-of-sks-face-base.png',
+    'class-images/0000.png',
+    'class-images/0001.png',
+  ])
+    expect(fs.existsSync(path.join(refOut, f))).toBe(true);
   const text = lines.join('\n');
-  expect(text).toMatch(/\[4\/9\] class images: generated 2 class image\(s\) with the base pipeline on "a photo of a face" \(0 already there, 2 steps\); VAE-encoded them into 2 class latents {2}\(\d+\.\d s, peak RSS \d+\.\d\d MiB\)/);
+  expect(text).toMatch(
+    /\[4\/9\] class images: generated 2 class image\(s\) with the base pipeline on "a photo of a face" \(0 already there, 2 steps\); VAE-encoded them into 2 class latents {2}\(\d+\.\d s, peak RSS \d+\.\d\d MiB\)/,
+  );
   expect(text).toContain('[5/9] store: precomputed 6 sample(s) (0 already there; 3 instance and 2 class latents, alternating)');
   expect(text).toMatch(/\[6\/9\] train: trained to step 6 at lr 0\.001/);
   expect(r.loss!.after).not.toBe(r.loss!.before);
@@ -123,19 +184,47 @@ test('same inputs: everything reused; only --steps changed: store reused, traini
   expect(new Set(again.stages.slice(0, -1).map((s) => s.status))).toEqual(new Set(['reused']));
   const storeBytes = bytes(path.join(out, 'compiled', 'store', 'records.bin'));
   const steps = await personalize({ ...base('sd15', out, { steps: 8 }), ...quiet });
-  expect(statuses(steps)).toMatchObject({ compile: 'reused', prompts: 'reused', photos: 'reused', 'class images': 'reused', store: 'reused', train: 'ran', export: 'ran', validation: 'ran' });
+  expect(statuses(steps)).toMatchObject({
+    compile: 'reused',
+    prompts: 'reused',
+    photos: 'reused',
+    'class images': 'reused',
+    store: 'reused',
+    train: 'ran',
+    export: 'ran',
+    validation: 'ran',
+  });
   expect(bytes(path.join(out, 'compiled', 'store', 'records.bin'))).toBe(storeBytes);
   expect(bytes(steps.lora.diffusers)).not.toBe(bytes(reference.lora.diffusers));
   const morePhotos = path.join(root, 'photos4');
   await drawDemoPhotos(morePhotos, 4, 64);
   const p = await personalize({ ...base('sd15', out, { steps: 8, photos: morePhotos }), ...quiet });
-  expect(statuses(p)).toMatchObject({ compile: 'reused', prompts: 'reused', photos: 'ran', 'class images': 'reused', store: 'ran', train: 'ran', export: 'ran' });
+  expect(statuses(p)).toMatchObject({
+    compile: 'reused',
+    prompts: 'reused',
+    photos: 'ran',
+    'class images': 'reused',
+    store: 'ran',
+    train: 'ran',
+    export: 'ran',
+  });
   const pr = await personalize({ ...base('sd15', out, { steps: 8, photos: morePhotos, preset: '56.6%' }), ...quiet });
-  expect(statuses(pr)).toMatchObject({ compile: 'ran', prompts: 'reused', photos: 'reused', 'class images': 'reused', store: 'ran', train: 'ran', export: 'ran' });
+  expect(statuses(pr)).toMatchObject({
+    compile: 'ran',
+    prompts: 'reused',
+    photos: 'reused',
+    'class images': 'reused',
+    store: 'ran',
+    train: 'ran',
+    export: 'ran',
+  });
   expect(pr.manifest.cut!.hollowed[0]).toBe('3-2');
 });
 
-function child(argv: string[], env: Record<string, string> = {}): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
+function child(
+  argv: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     const c = spawn(process.execPath, [CHILD, ...argv], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
@@ -161,7 +250,8 @@ test('SIGKILL in the middle of each stage, then a rerun: finishes with the LoRA 
   const done = await child(args(o));
   expect(done.code).toBe(0);
   expect(done.stdout).toContain(`open ${path.join(out, 'report.html')}`);
-  for (const f of ['lora.safetensors', 'lora-kohya.safetensors', 'compiled/lora.safetensors', 'images/0-a-photo-of-sks-face.png']) expect([f, bytes(path.join(out, f))]).toEqual([f, bytes(path.join(refOut, f))]);
+  for (const f of ['lora.safetensors', 'lora-kohya.safetensors', 'compiled/lora.safetensors', 'images/0-a-photo-of-sks-face.png'])
+    expect([f, bytes(path.join(out, f))]).toEqual([f, bytes(path.join(refOut, f))]);
   expect(killed.length).toBe(8);
 });
 
@@ -181,7 +271,9 @@ async function cli(...argv: string[]): Promise<{ code: number; stdout: string; s
 test('bad input: one-line errors, nothing in run/ lost', async () => {
   const out = path.join(root, 'bad');
   fs.cpSync(refOut, out, { recursive: true });
-  const before = Object.fromEntries(['personalize.json', 'lora.safetensors', 'report.html', 'compiled/store/records.bin'].map((f) => [f, bytes(path.join(out, f))]));
+  const before = Object.fromEntries(
+    ['personalize.json', 'lora.safetensors', 'report.html', 'compiled/store/records.bin'].map((f) => [f, bytes(path.join(out, f))]),
+  );
   const o = base('sd15', out);
   const empty = path.join(root, 'empty');
   fs.mkdirSync(empty);
@@ -189,8 +281,14 @@ test('bad input: one-line errors, nothing in run/ lost', async () => {
   fs.cpSync(photos, corrupt, { recursive: true });
   fs.writeFileSync(path.join(corrupt, 'subject-1.png'), Buffer.from('\x89PNG\r\n\x1a\nnot really'));
   const cases: [string[], RegExp][] = [
-    [args({ ...o, photos: empty }), new RegExp(`^hollowc: error: ${empty}: no images in the folder \\(looked for .jpg, .jpeg, .png, .webp\\)\\n$`)],
-    [args({ ...o, photos: corrupt }), new RegExp(`^hollowc: error: ${path.join(corrupt, 'subject-1.png')}: not a decodable image \\([^\\n]*\\)\\n$`)],
+    [
+      args({ ...o, photos: empty }),
+      new RegExp(`^hollowc: error: ${empty}: no images in the folder \\(looked for .jpg, .jpeg, .png, .webp\\)\\n$`),
+    ],
+    [
+      args({ ...o, photos: corrupt }),
+      new RegExp(`^hollowc: error: ${path.join(corrupt, 'subject-1.png')}: not a decodable image \\([^\\n]*\\)\\n$`),
+    ],
     [args({ ...o, model: photos }), new RegExp(`^hollowc: error: ${photos}: pipeline folder has no model_index.json\\n$`)],
   ];
   for (const [argv, want] of cases) {
@@ -206,8 +304,15 @@ test('bad input: one-line errors, nothing in run/ lost', async () => {
 test('sdxl end to end with prior preservation; a prompt without an identifier warns', async () => {
   const out = path.join(root, 'xl');
   const warnings: string[] = [];
-  const r = await personalize({ ...base('sdxl', out, { prompt: 'a photo of a face' }), log: () => {}, warn: (l) => warnings.push(l), progress: { write: () => true } });
-  expect(warnings).toEqual(['hollowc: warning: the prompt "a photo of a face" has no word that the class prompt "a photo of a face" lacks: without an identifier (such as "sks") the LoRA is trained onto the class itself']);
+  const r = await personalize({
+    ...base('sdxl', out, { prompt: 'a photo of a face' }),
+    log: () => {},
+    warn: (l) => warnings.push(l),
+    progress: { write: () => true },
+  });
+  expect(warnings).toEqual([
+    'hollowc: warning: the prompt "a photo of a face" has no word that the class prompt "a photo of a face" lacks: without an identifier (such as "sks") the LoRA is trained onto the class itself',
+  ]);
   expect(r.manifest.family).toBe('sdxl');
   expect(r.manifest.cut!.hollowed).toEqual(['4-1', '4-2']); // sdxl-mid, the default for SDXL
   expect(statuses(r).train).toBe('ran');

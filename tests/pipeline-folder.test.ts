@@ -49,7 +49,11 @@ describe('layout and reader', () => {
     expect(p.tokenizers.map((t) => t.padToken)).toEqual({ sd15: ['<|endoftext|>'], sd21: ['!'], sdxl: ['<|endoftext|>', '!'] }[f]);
     expect(p.textEncoders.map((t) => t.inputs.map((i) => `${i.name}:${i.dtype}`))).toEqual(p.textEncoders.map(() => ['input_ids:int64']));
     expect(p.timestep).toEqual({ dtype: 'float32', rank: 1 });
-    expect(p.unet.inputs.map((i) => i.name)).toEqual(f === 'sdxl' ? ['sample', 'timestep', 'encoder_hidden_states', 'text_embeds', 'time_ids'] : ['sample', 'timestep', 'encoder_hidden_states']);
+    expect(p.unet.inputs.map((i) => i.name)).toEqual(
+      f === 'sdxl'
+        ? ['sample', 'timestep', 'encoder_hidden_states', 'text_embeds', 'time_ids']
+        : ['sample', 'timestep', 'encoder_hidden_states'],
+    );
     expect(p.vaeDecoder.outputs.map((o) => o.name)).toEqual(['sample']);
     expect(p.unet.config._class_name).toBe('UNet2DConditionModel');
   });

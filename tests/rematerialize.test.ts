@@ -46,7 +46,12 @@ test('recomputed activations: the same loss and gradients bit for bit, the backw
   for (const n of softmax) expect(n.outputs[0].uses.every((u) => g.nodes.indexOf(u.node) <= lossAt)).toBe(true);
 
   const fixture = fixtureManifest();
-  const feeds: Record<string, ort.Tensor> = { ...fixtureInputs(1), target: fixtureTensor('ref/target.npy'), loss_weight: new ort.Tensor('float32', Float32Array.of(1), [1]), hollow_activation: fixtureTensor('ref/hollow_activation.npy') };
+  const feeds: Record<string, ort.Tensor> = {
+    ...fixtureInputs(1),
+    target: fixtureTensor('ref/target.npy'),
+    loss_weight: new ort.Tensor('float32', Float32Array.of(1), [1]),
+    hollow_activation: fixtureTensor('ref/hollow_activation.npy'),
+  };
   const inputs = new Set(g.inputs.map((v) => v.name));
   for (const t of fixture.lora.targets as string[]) {
     for (const role of ['A', 'B']) {
@@ -65,8 +70,11 @@ test('recomputed activations: the same loss and gradients bit for bit, the backw
   };
   const [a, b] = [await run(withPass), await run(without)];
   expect(Object.keys(a).sort()).toEqual(Object.keys(b).sort());
-  for (const name of Object.keys(a)) expect(Buffer.from((a[name].data as Float32Array).buffer).equals(Buffer.from((b[name].data as Float32Array).buffer))).toBe(true);
+  for (const name of Object.keys(a))
+    expect(Buffer.from((a[name].data as Float32Array).buffer).equals(Buffer.from((b[name].data as Float32Array).buffer))).toBe(true);
   expect((a.loss.data as Float32Array)[0]).toBeGreaterThan(0);
   // eslint-disable-next-line no-console
-  console.log(`rematerialize on the fixture: ${clones.length} clones (${[...kinds].join(', ')}); ${Object.keys(a).length} outputs identical`);
+  console.log(
+    `rematerialize on the fixture: ${clones.length} clones (${[...kinds].join(', ')}); ${Object.keys(a).length} outputs identical`,
+  );
 });

@@ -29,9 +29,13 @@ test('hollowc demo personalizes a tiny pipeline from drawn photos and shows trai
   expect(text).toContain('parameters held during training: 908,452 of 1,390,804 (65.3%), + 30,720 LoRA');
   expect(text).toContain('[4/9] class images: generated 4 class image(s) with the base pipeline on "a photo of a face"');
   // [4,16,16] z_t and target + [48,4,4] activation + 28 bytes of ids, flags and checksum = 11.0 KiB
-  expect(text).toContain('[5/9] store: precomputed 8 sample(s) (0 already there; 4 instance and 4 class latents, alternating): 11.0 KiB each');
+  expect(text).toContain(
+    '[5/9] store: precomputed 8 sample(s) (0 already there; 4 instance and 4 class latents, alternating): 11.0 KiB each',
+  );
   expect(text).toMatch(/\[6\/9\] train: trained to step 12 at lr 0\.001/);
-  expect(text).toContain(`training worked: loss on the instance samples ${demo.lossBefore.toFixed(5)} before, ${demo.lossAfter.toFixed(5)} after`);
+  expect(text).toContain(
+    `training worked: loss on the instance samples ${demo.lossBefore.toFixed(5)} before, ${demo.lossAfter.toFixed(5)} after`,
+  );
   expect(demo.lossAfter).toBeLessThan(demo.lossBefore);
   expect(text).toMatch(/the personalized samples end -?\d+\.\d% closer to the subject than the base model's/);
   expect(demo.subject.base).toBeGreaterThan(0);
@@ -39,11 +43,23 @@ test('hollowc demo personalizes a tiny pipeline from drawn photos and shows trai
   expect(text).toMatch(/peak RSS \d+\.\d\d [MG]iB, total \d+\.\d s/);
   expect(text).toContain(`report: ${path.join(demo.run, 'report.html')}`);
   expect(demo.peakRssBytes).toBeGreaterThan(50 * 2 ** 20);
-  for (const f of ['report.html', 'loss.svg', 'lora.safetensors', 'lora-kohya.safetensors', 'images/0-a-photo-of-sks-face.png', 'images/0-a-photo-of-sks-face-base.png']) expect(fs.existsSync(path.join(demo.run, f))).toBe(true);
+  for (const f of [
+    'report.html',
+    'loss.svg',
+    'lora.safetensors',
+    'lora-kohya.safetensors',
+    'images/0-a-photo-of-sks-face.png',
+    'images/0-a-photo-of-sks-face-base.png',
+  ])
+    expect(fs.existsSync(path.join(demo.run, f))).toBe(true);
   const html = fs.readFileSync(path.join(demo.run, 'report.html'), 'utf8');
   expect(html).toContain('src="images/0-a-photo-of-sks-face.png"');
   expect(html.match(/data:image\/png;base64,/g)?.length).toBe(4); // the 4 photos
-  expect(readSafetensors(path.join(demo.run, 'lora.safetensors')).tensors.has('unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight')).toBe(true);
+  expect(
+    readSafetensors(path.join(demo.run, 'lora.safetensors')).tensors.has(
+      'unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight',
+    ),
+  ).toBe(true);
   expect(demo.parameters).toEqual({ full: 1390804, heldDuringTraining: 908452, lora: 30720 });
 });
 
@@ -62,17 +78,58 @@ describe('CLI', () => {
     expect(again.stdout).toContain('the store already holds 10 samples (>= --count 10); nothing to do');
   });
 
-  test('generate writes latents; the class prompt defaults to the store\'s', async () => {
+  test("generate writes latents; the class prompt defaults to the store's", async () => {
     const file = path.join(demo.out, 'gen', 'a.npy');
-    const r = await cli('generate', compiled(), '--prompt-embeds', path.join(samples(), 'instance_prompt.safetensors'), '--steps', '3', '--scheduler', 'dpmpp_2m', '--seed', '4', '--latents-out', file);
+    const r = await cli(
+      'generate',
+      compiled(),
+      '--prompt-embeds',
+      path.join(samples(), 'instance_prompt.safetensors'),
+      '--steps',
+      '3',
+      '--scheduler',
+      'dpmpp_2m',
+      '--seed',
+      '4',
+      '--latents-out',
+      file,
+    );
     expect(r.code).toBe(0);
     expect(r.stdout).toContain('generated [1, 4, 16, 16] latents with dpmpp_2m, 3 steps, guidance 7.5, seed 4');
     expect(readNpy(file).shape).toEqual([1, 4, 16, 16]);
     const explicit = path.join(demo.out, 'gen', 'b.npy');
-    await cli('generate', compiled(), '--prompt-embeds', path.join(samples(), 'instance_prompt.safetensors'), '--class-embeds', path.join(samples(), 'class_prompt.safetensors'), '--steps', '3', '--scheduler', 'dpmpp_2m', '--seed', '4', '--latents-out', explicit);
+    await cli(
+      'generate',
+      compiled(),
+      '--prompt-embeds',
+      path.join(samples(), 'instance_prompt.safetensors'),
+      '--class-embeds',
+      path.join(samples(), 'class_prompt.safetensors'),
+      '--steps',
+      '3',
+      '--scheduler',
+      'dpmpp_2m',
+      '--seed',
+      '4',
+      '--latents-out',
+      explicit,
+    );
     expect(fs.readFileSync(explicit).equals(fs.readFileSync(file))).toBe(true);
     const otherSeed = path.join(demo.out, 'gen', 'c.npy');
-    await cli('generate', compiled(), '--prompt-embeds', path.join(samples(), 'instance_prompt.safetensors'), '--steps', '3', '--scheduler', 'dpmpp_2m', '--seed', '5', '--latents-out', otherSeed);
+    await cli(
+      'generate',
+      compiled(),
+      '--prompt-embeds',
+      path.join(samples(), 'instance_prompt.safetensors'),
+      '--steps',
+      '3',
+      '--scheduler',
+      'dpmpp_2m',
+      '--seed',
+      '5',
+      '--latents-out',
+      otherSeed,
+    );
     expect(fs.readFileSync(otherSeed).equals(fs.readFileSync(file))).toBe(false);
   });
 
@@ -81,20 +138,39 @@ describe('CLI', () => {
     const r = await cli('export-lora', compiled(), '--format', 'kohya', '-o', file);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^wrote .*kohya\.safetensors \(kohya\): 120 modules, 30,720 parameters/);
-    expect(readSafetensors(file).tensors.has('lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight')).toBe(true);
+    expect(readSafetensors(file).tensors.has('lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight')).toBe(
+      true,
+    );
   });
 
   test('bad input: one line, exit 1', async () => {
-    const r = await cli('generate', compiled(), '--prompt-embeds', path.join(samples(), 'instance_prompt.safetensors'), '--latents-out', 'x.npy', '--lora', 'a', '--baked', 'b');
+    const r = await cli(
+      'generate',
+      compiled(),
+      '--prompt-embeds',
+      path.join(samples(), 'instance_prompt.safetensors'),
+      '--latents-out',
+      'x.npy',
+      '--lora',
+      'a',
+      '--baked',
+      'b',
+    );
     expect([r.code, r.stderr]).toEqual([1, 'hollowc: error: give --lora or --baked, not both (a baked model has its LoRA folded in)\n']);
     const t = await cli('train', path.join(demo.out, 'nowhere'));
-    expect([t.code, t.stderr]).toEqual([1, `hollowc: error: ${path.join(demo.out, 'nowhere', 'manifest.json')}: not a compiled hollowc folder (ENOENT); run hollowc compile first\n`]);
+    expect([t.code, t.stderr]).toEqual([
+      1,
+      `hollowc: error: ${path.join(demo.out, 'nowhere', 'manifest.json')}: not a compiled hollowc folder (ENOENT); run hollowc compile first\n`,
+    ]);
     const c = await cli('precompute', compiled(), '--data', samples(), '--count', '0');
     expect(c.code).toBe(1);
     expect(c.stderr).toContain("error: option '--count <n>' argument '0' is invalid. expected a positive integer, got \"0\"");
     const untrainable = await tinyCompiled(tempDir('hollowc-cli-notrain-'), 'sd15', { batch: 1, preset: '39.2%', train: false });
     const n = await cli('train', untrainable.out);
-    expect([n.code, n.stderr]).toEqual([1, `hollowc: error: ${untrainable.out}: this folder has no train.onnx, which training needs (add \`train\` to the spec's emit line and compile again)\n`]);
+    expect([n.code, n.stderr]).toEqual([
+      1,
+      `hollowc: error: ${untrainable.out}: this folder has no train.onnx, which training needs (add \`train\` to the spec's emit line and compile again)\n`,
+    ]);
   });
 });
 
@@ -110,19 +186,35 @@ test('train through the CLI (stand-in train.onnx): progress, checkpoints, resume
   // the stand-in folder has no grads.onnx: the in-graph optimizer, reported; host mode asks for grads.onnx
   expect(a.stdout).toContain('  optimizer: graph (train.onnx, AdamW in the graph)\n');
   const host = await cli('train', f.out, '--steps', '7', '--resume', '--optimizer', 'host');
-  expect([host.code, host.stderr]).toEqual([1, `hollowc: error: ${f.out}: this folder has no grads.onnx, which the host-side optimizer (--optimizer host) needs (add \`grads\` to the spec's emit line and compile again)\n`]);
+  expect([host.code, host.stderr]).toEqual([
+    1,
+    `hollowc: error: ${f.out}: this folder has no grads.onnx, which the host-side optimizer (--optimizer host) needs (add \`grads\` to the spec's emit line and compile again)\n`,
+  ]);
   const again = await cli('train', f.out, '--steps', '6');
-  expect([again.code, again.stderr]).toEqual([1, `hollowc: error: ${path.join(f.out, 'train')}: a training run is checkpointed here at step 6: pass --resume to continue it or --restart to discard it\n`]);
+  expect([again.code, again.stderr]).toEqual([
+    1,
+    `hollowc: error: ${path.join(f.out, 'train')}: a training run is checkpointed here at step 6: pass --resume to continue it or --restart to discard it\n`,
+  ]);
   const b = await cli('train', f.out, '--steps', '9', '--resume');
   expect(b.stdout).toMatch(/^trained steps 7\.\.9 \(batch 2\)/);
-  const lines = fs.readFileSync(path.join(f.out, 'train', 'loss.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  const lines = fs
+    .readFileSync(path.join(f.out, 'train', 'loss.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
   expect(lines.map((l) => [l.step, l.lr])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9].map((s) => [s, 0.01]));
   const e = await cli('export-lora', f.out, '--format', 'peft', '-o', path.join(dir, 'x.safetensors'), '--from', 'checkpoint');
   expect(e.stdout).toMatch(/^wrote .*x\.safetensors \(peft\): 15 modules, 3,840 parameters, from .*checkpoint\.safetensors\n$/);
 });
 
 test('progress line: in place on a terminal, every 5% otherwise', () => {
-  const tty = { text: '', isTTY: true, write(s: string) { this.text += s; } };
+  const tty = {
+    text: '',
+    isTTY: true,
+    write(s: string) {
+      this.text += s;
+    },
+  };
   const p = new ProgressLine('step', 4, tty);
   p.update(1, { loss: '0.5' });
   p.update(4, { loss: '0.25' });
@@ -130,7 +222,12 @@ test('progress line: in place on a terminal, every 5% otherwise', () => {
   expect(tty.text.startsWith('\rstep 1/4  [=====>                  ]  loss 0.5  ')).toBe(true);
   expect(tty.text).toContain('\rstep 4/4  [========================]  loss 0.25  ');
   expect(tty.text.endsWith('\n')).toBe(true);
-  const log = { text: '', write(s: string) { this.text += s; } };
+  const log = {
+    text: '',
+    write(s: string) {
+      this.text += s;
+    },
+  };
   const q = new ProgressLine('precompute', 100, log);
   for (let i = 1; i <= 100; i++) q.update(i);
   expect(log.text.trim().split('\n')).toHaveLength(20);

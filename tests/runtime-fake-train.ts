@@ -125,7 +125,13 @@ export function fakeTrainModel(forward: readonly TensorDescription[], options: F
 const mean = (a: Float32Array) => a.reduce((x, y) => x + y, 0) / a.length;
 
 /** The stand-in's loss in float64, from store records (the test's reference). */
-export function fakeLoss(records: StoreRecord[], conds: (id: number) => Conditioning, timeIds: number[] | undefined, priorWeight: number, k: number): number {
+export function fakeLoss(
+  records: StoreRecord[],
+  conds: (id: number) => Conditioning,
+  timeIds: number[] | undefined,
+  priorWeight: number,
+  k: number,
+): number {
   let sum = 0;
   for (const r of records) {
     const cd = conds(r.condId);
@@ -152,7 +158,11 @@ export function randomArray(seed: number, stream: string, n: number, std = 1): F
  * A data folder in the documented layout: `instances` latents sharing one pattern (the
  * "subject") plus noise, `classes` random class latents, and prompt embeddings.
  */
-export function writeData(dir: string, family: FamilyName, opts: { instances: number; classes: number; seed?: number; latent?: number }): string {
+export function writeData(
+  dir: string,
+  family: FamilyName,
+  opts: { instances: number; classes: number; seed?: number; latent?: number },
+): string {
   const seed = opts.seed ?? 1;
   const v = FAMILIES[family].tiny.shapes;
   const latent = opts.latent ?? v.sample[2];
@@ -162,17 +172,38 @@ export function writeData(dir: string, family: FamilyName, opts: { instances: nu
   const pattern = randomArray(seed, 'subject', n);
   for (let i = 0; i < opts.instances; i++) {
     const noise = randomArray(seed, `instance/${i}`, n, 0.2);
-    writeNpy(path.join(dir, 'latents', `${i}.npy`), { dtype: 'float32', shape: i % 2 ? [1, 4, latent, latent] : [4, latent, latent], data: pattern.map((x, j) => x + noise[j]) });
+    writeNpy(path.join(dir, 'latents', `${i}.npy`), {
+      dtype: 'float32',
+      shape: i % 2 ? [1, 4, latent, latent] : [4, latent, latent],
+      data: pattern.map((x, j) => x + noise[j]),
+    });
   }
   if (opts.classes) {
     fs.mkdirSync(path.join(dir, 'class_latents'), { recursive: true });
-    for (let i = 0; i < opts.classes; i++) writeNpy(path.join(dir, 'class_latents', `${i}.npy`), { dtype: 'float32', shape: [4, latent, latent], data: randomArray(seed, `class/${i}`, n) });
+    for (let i = 0; i < opts.classes; i++)
+      writeNpy(path.join(dir, 'class_latents', `${i}.npy`), {
+        dtype: 'float32',
+        shape: [4, latent, latent],
+        data: randomArray(seed, `class/${i}`, n),
+      });
   }
-  writeNpy(path.join(dir, 'instance_prompt.npy'), { dtype: 'float32', shape: [tokens, dim], data: randomArray(seed, 'instance_prompt', tokens * dim) });
-  writeNpy(path.join(dir, 'class_prompt.npy'), { dtype: 'float32', shape: [1, tokens, dim], data: randomArray(seed, 'class_prompt', tokens * dim) });
+  writeNpy(path.join(dir, 'instance_prompt.npy'), {
+    dtype: 'float32',
+    shape: [tokens, dim],
+    data: randomArray(seed, 'instance_prompt', tokens * dim),
+  });
+  writeNpy(path.join(dir, 'class_prompt.npy'), {
+    dtype: 'float32',
+    shape: [1, tokens, dim],
+    data: randomArray(seed, 'class_prompt', tokens * dim),
+  });
   if (v.text_embeds) {
     const p = v.text_embeds[1];
-    writeNpy(path.join(dir, 'instance_prompt.text_embeds.npy'), { dtype: 'float32', shape: [p], data: randomArray(seed, 'instance_te', p) });
+    writeNpy(path.join(dir, 'instance_prompt.text_embeds.npy'), {
+      dtype: 'float32',
+      shape: [p],
+      data: randomArray(seed, 'instance_te', p),
+    });
     writeNpy(path.join(dir, 'class_prompt.text_embeds.npy'), { dtype: 'float32', shape: [1, p], data: randomArray(seed, 'class_te', p) });
   }
   return dir;
@@ -189,7 +220,11 @@ export interface TinyFolder {
  * Builds a tiny model of `family`, compiles it with the spec lines given (shapes filled in for
  * batch `batch`) like `hollowc compile`, and puts the stand-in train.onnx in place of the real one.
  */
-export async function tinyCompiled(dir: string, family: FamilyName, opts: { batch: number; preset: string; extraSpec?: string; nanAfterStep?: number; train?: boolean }): Promise<TinyFolder> {
+export async function tinyCompiled(
+  dir: string,
+  family: FamilyName,
+  opts: { batch: number; preset: string; extraSpec?: string; nanAfterStep?: number; train?: boolean },
+): Promise<TinyFolder> {
   const v = FAMILIES[family].tiny;
   const { file } = await buildUNet(v.config, { outDir: path.join(dir, 'model'), seed: 3 });
   const B = opts.batch;
@@ -199,7 +234,15 @@ export async function tinyCompiled(dir: string, family: FamilyName, opts: { batc
     `shape encoder_hidden_states [${B}, ${v.shapes.encoder_hidden_states.slice(1).join(', ')}]`,
     ...(v.shapes.text_embeds ? [`shape text_embeds [${B}, ${v.shapes.text_embeds[1]}]`, `shape time_ids [${B}, 6]`] : []),
   ];
-  const text = [`model ${family}`, `hollow preset "${opts.preset}"`, ...shapeLines, 'lora rank 4', opts.extraSpec ?? '', 'emit precompute infer', ''].join('\n');
+  const text = [
+    `model ${family}`,
+    `hollow preset "${opts.preset}"`,
+    ...shapeLines,
+    'lora rank 4',
+    opts.extraSpec ?? '',
+    'emit precompute infer',
+    '',
+  ].join('\n');
   const specFile = path.join(dir, 'spec.hollow');
   fs.writeFileSync(specFile, text);
   const out = path.join(dir, 'out');
@@ -211,9 +254,14 @@ export async function tinyCompiled(dir: string, family: FamilyName, opts: { batc
     const forward: TensorDescription[] = [
       ...manifest.artifacts.precompute!.inputs,
       { name: 'hollow_activation', dtype: 'float32', shape: manifest.cut!.hollowActivation.shape },
-      ...manifest.lora.targets.filter((t) => t.trained).flatMap((t) => [t.lora_A, t.lora_B].map((p) => ({ name: p.name, dtype: 'float32', shape: p.shape }))),
+      ...manifest.lora.targets
+        .filter((t) => t.trained)
+        .flatMap((t) => [t.lora_A, t.lora_B].map((p) => ({ name: p.name, dtype: 'float32', shape: p.shape }))),
     ];
-    const model = fakeTrainModel(forward, { dims: { batch: B, height: latent, width: latent, sequence: v.shapes.encoder_hidden_states[1] }, nanAfterStep: opts.nanAfterStep });
+    const model = fakeTrainModel(forward, {
+      dims: { batch: B, height: latent, width: latent, sequence: v.shapes.encoder_hidden_states[1] },
+      nanAfterStep: opts.nanAfterStep,
+    });
     saveModel(model, path.join(out, 'train.onnx'));
     manifest = { ...manifest, artifacts: { ...manifest.artifacts, train: describeArtifact('train.onnx', model) } };
     writeFileAtomic(path.join(out, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');

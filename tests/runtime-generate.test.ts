@@ -33,7 +33,10 @@ beforeAll(async () => {
   await train({ out: f.out, steps: 6 });
 });
 
-const prompts = () => ({ prompt: readConditioning(path.join(data, 'instance_prompt.npy')), classPrompt: readConditioning(path.join(data, 'class_prompt.npy')) });
+const prompts = () => ({
+  prompt: readConditioning(path.join(data, 'instance_prompt.npy')),
+  classPrompt: readConditioning(path.join(data, 'class_prompt.npy')),
+});
 
 describe('generate', () => {
   test('finite latents of the training shape, the same per seed, other with another seed; every scheduler', async () => {
@@ -52,7 +55,11 @@ describe('generate', () => {
       for (const scheduler of ['euler_a', 'dpmpp_2m'] as const) {
         const r = await sampler.sample({ ...base, scheduler });
         const again = await sampler.sample({ ...base, scheduler });
-        expect([scheduler, r.latents.every(Number.isFinite), Buffer.from(r.latents.buffer).equals(Buffer.from(again.latents.buffer))]).toEqual([scheduler, true, true]);
+        expect([
+          scheduler,
+          r.latents.every(Number.isFinite),
+          Buffer.from(r.latents.buffer).equals(Buffer.from(again.latents.buffer)),
+        ]).toEqual([scheduler, true, true]);
       }
       // a fresh session gives the same bytes
       const fresh = await generate({ out: f.out, ...base, scheduler: 'ddim' });
@@ -67,10 +74,25 @@ describe('generate', () => {
     const negative = { encoderHiddenStates: { shape: [7, 32], data: randomArray(4, 'neg', 7 * 32) } };
     const noise = randomArray(4, 'noise', 1024);
     const g = 5;
-    const r = await generate({ out: f.out, prompt, classPrompt, negative, steps: 1, guidance: g, scheduler: 'ddim', seed: 0, initialNoise: noise });
+    const r = await generate({
+      out: f.out,
+      prompt,
+      classPrompt,
+      negative,
+      steps: 1,
+      guidance: g,
+      scheduler: 'ddim',
+      seed: 0,
+      initialNoise: noise,
+    });
     expect(r.timesteps).toEqual([1]);
 
-    const lora = readLoraFile(path.join(f.out, 'lora.safetensors'), f.manifest.lora.targets.filter((t) => t.trained).map((t) => t.module), 4, 4);
+    const lora = readLoraFile(
+      path.join(f.out, 'lora.safetensors'),
+      f.manifest.lora.targets.filter((t) => t.trained).map((t) => t.module),
+      4,
+      4,
+    );
     const feeds: Record<string, ort.Tensor> = {};
     for (const t of f.manifest.lora.targets.filter((x) => x.trained)) {
       feeds[t.lora_A.name] = new ort.Tensor('float32', lora.get(t.module)!.a.data, t.lora_A.shape);
@@ -105,11 +127,24 @@ describe('generate', () => {
   test('with the untrained LoRA and prompt = class prompt, sampling equals the original UNet', async () => {
     const { classPrompt } = prompts();
     const noise = randomArray(4, 'noise2', 1024);
-    const r = await generate({ out: f.out, prompt: classPrompt, classPrompt, steps: 2, guidance: 1, scheduler: 'ddim', seed: 0, initialNoise: noise, lora: path.join(f.out, 'lora-init.safetensors') });
+    const r = await generate({
+      out: f.out,
+      prompt: classPrompt,
+      classPrompt,
+      steps: 2,
+      guidance: 1,
+      scheduler: 'ddim',
+      seed: 0,
+      initialNoise: noise,
+      lora: path.join(f.out, 'lora-init.safetensors'),
+    });
     const session = await createSession(f.modelFile);
     const ac = NoiseSchedule.forFamily('sd15').alphasCumprod;
     let x = noise;
-    for (const [t, prev] of [[501, 1], [1, -1]]) {
+    for (const [t, prev] of [
+      [501, 1],
+      [1, -1],
+    ]) {
       const out = (
         await session.run({
           sample: new ort.Tensor('float32', x, [1, 4, 16, 16]),
@@ -138,9 +173,15 @@ describe('generate', () => {
   });
 
   test('bad options are named', async () => {
-    await expect(generate({ out: f.out, ...prompts(), steps: 3, guidance: 0.5, scheduler: 'ddim', seed: 0 })).rejects.toThrow('--guidance must be a number >= 1, got 0.5');
-    await expect(generate({ out: f.out, ...prompts(), steps: 3, guidance: 2, scheduler: 'plms' as never, seed: 0 })).rejects.toThrow('unknown scheduler "plms" (expected one of: ddim, euler_a, dpmpp_2m)');
-    await expect(generate({ out: f.out, ...prompts(), steps: 3, guidance: 2, scheduler: 'ddim', seed: 0, ep: 'cuda' })).rejects.toThrow(/cuda execution provider/);
+    await expect(generate({ out: f.out, ...prompts(), steps: 3, guidance: 0.5, scheduler: 'ddim', seed: 0 })).rejects.toThrow(
+      '--guidance must be a number >= 1, got 0.5',
+    );
+    await expect(generate({ out: f.out, ...prompts(), steps: 3, guidance: 2, scheduler: 'plms' as never, seed: 0 })).rejects.toThrow(
+      'unknown scheduler "plms" (expected one of: ddim, euler_a, dpmpp_2m)',
+    );
+    await expect(generate({ out: f.out, ...prompts(), steps: 3, guidance: 2, scheduler: 'ddim', seed: 0, ep: 'cuda' })).rejects.toThrow(
+      /cuda execution provider/,
+    );
   });
 });
 
@@ -169,7 +210,10 @@ describe('export-lora', () => {
     expect(fs.readFileSync(again).equals(fs.readFileSync(file))).toBe(false); // metadata names the source
     const x = readLoraFile(file, [q], 4, 4).get(q)!;
     const y = readLoraFile(again, [q], 4, 4).get(q)!;
-    expect([Buffer.from(x.a.data.buffer).equals(Buffer.from(y.a.data.buffer)), Buffer.from(x.b.data.buffer).equals(Buffer.from(y.b.data.buffer))]).toEqual([true, true]);
+    expect([
+      Buffer.from(x.a.data.buffer).equals(Buffer.from(y.a.data.buffer)),
+      Buffer.from(x.b.data.buffer).equals(Buffer.from(y.b.data.buffer)),
+    ]).toEqual([true, true]);
   });
 
   test('kohya: lora_unet_<path with _>.lora_down/.lora_up/.alpha, read back to the same values', () => {
@@ -189,8 +233,12 @@ describe('export-lora', () => {
   });
 
   test('missing source is named', () => {
-    expect(() => exportLora({ out: f.out, format: 'peft', output: path.join(f.dir, 'x.safetensors'), from: path.join(f.dir, 'none.safetensors') })).toThrow(`${path.join(f.dir, 'none.safetensors')}: no such file`);
-    expect(() => exportLora({ out: f.out, format: 'onnx' as never, output: 'x' })).toThrow('--format must be one of diffusers, peft, kohya, got onnx');
+    expect(() =>
+      exportLora({ out: f.out, format: 'peft', output: path.join(f.dir, 'x.safetensors'), from: path.join(f.dir, 'none.safetensors') }),
+    ).toThrow(`${path.join(f.dir, 'none.safetensors')}: no such file`);
+    expect(() => exportLora({ out: f.out, format: 'onnx' as never, output: 'x' })).toThrow(
+      '--format must be one of diffusers, peft, kohya, got onnx',
+    );
   });
 });
 

@@ -66,7 +66,9 @@ describe('timesteps and sigmas as diffusers sets them', () => {
   });
 
   test('Euler ancestral', () => {
-    const lead = makeScheduler('euler_a', schedule, 30, { prediction: 'epsilon' }) as ReturnType<typeof makeScheduler> & { sigmas: number[] };
+    const lead = makeScheduler('euler_a', schedule, 30, { prediction: 'epsilon' }) as ReturnType<typeof makeScheduler> & {
+      sigmas: number[];
+    };
     expect(lead.timesteps.slice(0, 3)).toEqual([958, 925, 892]);
     expect(lead.timesteps[29]).toBe(1);
     expect(lead.sigmas).toHaveLength(31);
@@ -87,9 +89,15 @@ describe('timesteps and sigmas as diffusers sets them', () => {
   });
 
   test('DPM-Solver++ 2M', () => {
-    expect(dpmTimesteps(1000, 20)).toEqual([941, 894, 847, 800, 753, 706, 659, 612, 565, 518, 471, 424, 377, 330, 283, 236, 189, 142, 95, 48]);
-    expect(dpmTimesteps(1000, 20, 'linspace')).toEqual([999, 949, 899, 849, 799, 749, 699, 649, 599, 549, 500, 450, 400, 350, 300, 250, 200, 150, 100, 50]);
-    expect(dpmTimesteps(1000, 20, 'trailing')).toEqual([999, 949, 899, 849, 799, 749, 699, 649, 599, 549, 499, 449, 399, 349, 299, 249, 199, 149, 99, 49]);
+    expect(dpmTimesteps(1000, 20)).toEqual([
+      941, 894, 847, 800, 753, 706, 659, 612, 565, 518, 471, 424, 377, 330, 283, 236, 189, 142, 95, 48,
+    ]);
+    expect(dpmTimesteps(1000, 20, 'linspace')).toEqual([
+      999, 949, 899, 849, 799, 749, 699, 649, 599, 549, 500, 450, 400, 350, 300, 250, 200, 150, 100, 50,
+    ]);
+    expect(dpmTimesteps(1000, 20, 'trailing')).toEqual([
+      999, 949, 899, 849, 799, 749, 699, 649, 599, 549, 499, 449, 399, 349, 299, 249, 199, 149, 99, 49,
+    ]);
     const s = makeScheduler('dpmpp_2m', schedule, 20, { prediction: 'epsilon' });
     expect(s.initNoiseSigma).toBe(1);
   });
@@ -113,7 +121,7 @@ describe('sampler math with an oracle model that knows x0', () => {
   function oracle(prediction: 'epsilon' | 'v_prediction', xIn: Float32Array, t: number): Float32Array {
     const abar = t === Math.floor(t) ? schedule.alphasCumprod[t] : undefined;
     // Euler's float timesteps: use the sigma the scheduler used (interpolated) instead
-    const a = abar ?? 1 / (1 + (sigmaAt(t) ** 2));
+    const a = abar ?? 1 / (1 + sigmaAt(t) ** 2);
     const alpha = sqrt(a);
     const sigma = sqrt(1 - a);
     return xIn.map((x, i) => {
@@ -127,7 +135,11 @@ describe('sampler math with an oracle model that knows x0', () => {
     return s[i] + (t - i) * (s[i + 1] - s[i]);
   }
 
-  function run(name: SchedulerName, prediction: 'epsilon' | 'v_prediction', steps: number): { out: Float32Array; start: Float32Array; first: number } {
+  function run(
+    name: SchedulerName,
+    prediction: 'epsilon' | 'v_prediction',
+    steps: number,
+  ): { out: Float32Array; start: Float32Array; first: number } {
     const s = makeScheduler(name, schedule, steps, { prediction });
     const start = new Float32Array(n);
     fillNormal(new Rng(9, 'start'), start, 1);
@@ -145,16 +157,19 @@ describe('sampler math with an oracle model that knows x0', () => {
 
   const maxDiff = (a: ArrayLike<number>, b: ArrayLike<number>) => Array.from(a).reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
 
-  test.each(['epsilon', 'v_prediction'] as const)('DDIM (eta 0, %s) stays on its line and ends at sqrt(abar_0) x0 + sqrt(1 - abar_0) eps', (prediction) => {
-    const { out, start, first } = run('ddim', prediction, 25);
-    const a = schedule.alphasCumprod[first];
-    const a0 = schedule.alphasCumprod[0];
-    const want = start.map((x, i) => {
-      const eps = (x - sqrt(a) * x0[i]) / sqrt(1 - a);
-      return sqrt(a0) * x0[i] + sqrt(1 - a0) * eps;
-    });
-    expect(maxDiff(out, want)).toBeLessThan(2e-4);
-  });
+  test.each(['epsilon', 'v_prediction'] as const)(
+    'DDIM (eta 0, %s) stays on its line and ends at sqrt(abar_0) x0 + sqrt(1 - abar_0) eps',
+    (prediction) => {
+      const { out, start, first } = run('ddim', prediction, 25);
+      const a = schedule.alphasCumprod[first];
+      const a0 = schedule.alphasCumprod[0];
+      const want = start.map((x, i) => {
+        const eps = (x - sqrt(a) * x0[i]) / sqrt(1 - a);
+        return sqrt(a0) * x0[i] + sqrt(1 - a0) * eps;
+      });
+      expect(maxDiff(out, want)).toBeLessThan(2e-4);
+    },
+  );
 
   test.each([
     ['euler_a', 'epsilon'],

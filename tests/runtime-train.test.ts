@@ -123,7 +123,9 @@ describe('precompute', () => {
     const out = copyOut('pc-seed');
     const data = loadTrainingData(dataDir);
     await precompute({ out, data, count: 2 });
-    await expect(precompute({ out, data, count: 4, seed: SEED + 1 })).rejects.toThrow(`this store was made from other data, seed, prediction type or model (store seed ${SEED}, now ${SEED + 1})`);
+    await expect(precompute({ out, data, count: 4, seed: SEED + 1 })).rejects.toThrow(
+      `this store was made from other data, seed, prediction type or model (store seed ${SEED}, now ${SEED + 1})`,
+    );
   });
 
   test('data problems are named', () => {
@@ -172,10 +174,12 @@ describe('train', () => {
     const init = readSafetensors(path.join(dir, 'lora-init.safetensors')).tensors;
     // reference: every LoRA tensor moves by the same AdamW update of the scalar gradient
     const names = [...cp.params.keys()];
-    const values = new Map(names.map((n) => {
-      const t = init.get(`unet.${n}`)!;
-      return [n, Array.from(new Float32Array(new Uint8Array(t.data).buffer))];
-    }));
+    const values = new Map(
+      names.map((n) => {
+        const t = init.get(`unet.${n}`)!;
+        return [n, Array.from(new Float32Array(new Uint8Array(t.data).buffer))];
+      }),
+    );
     const m = new Map(names.map((n) => [n, 0]));
     const v = new Map(names.map((n) => [n, 0]));
     const order = new SampleOrder(SEED, 8, 2);
@@ -188,7 +192,10 @@ describe('train', () => {
         expect(Math.abs(result.losses[step - 1].loss - loss) / loss).toBeLessThan(1e-5);
         // dL/dk by central differences of the float64 loss
         const h = 1e-4;
-        const dk = (fakeLoss(records, (id) => store.conditioning(id), undefined, PRIOR, k + h) - fakeLoss(records, (id) => store.conditioning(id), undefined, PRIOR, k - h)) / (2 * h);
+        const dk =
+          (fakeLoss(records, (id) => store.conditioning(id), undefined, PRIOR, k + h) -
+            fakeLoss(records, (id) => store.conditioning(id), undefined, PRIOR, k - h)) /
+          (2 * h);
         for (const n of names) {
           const vals = values.get(n)!;
           const g = dk / vals.length;
@@ -199,7 +206,10 @@ describe('train', () => {
           const bc1 = 1 - ADAMW.beta1 ** step;
           const bc2 = 1 - ADAMW.beta2 ** step;
           const update = (lr / bc1) * (m1 / (Math.sqrt(v1) / Math.sqrt(bc2) + ADAMW.eps));
-          values.set(n, vals.map((x) => x * (1 - lr * ADAMW.weightDecay) - update));
+          values.set(
+            n,
+            vals.map((x) => x * (1 - lr * ADAMW.weightDecay) - update),
+          );
         }
       }
       let worst = 0;
@@ -209,15 +219,27 @@ describe('train', () => {
       }
       expect(worst).toBeLessThan(1e-5);
       expect(cp.state).toMatchObject({ step: 3, seed: SEED, lr, batch: 2, storeRecords: 8, position: { epoch: 0, offset: 6 } });
-      const lines = fs.readFileSync(path.join(dir, 'train', 'loss.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+      const lines = fs
+        .readFileSync(path.join(dir, 'train', 'loss.jsonl'), 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l));
       expect(lines.map((l) => [l.step, l.loss])).toEqual(result.losses.map((l) => [l.step, l.loss]));
       // lr = 0 evaluation leaves the LoRA as it is: the init loss equals step 1's loss over the same batch
       const atInit = await evaluateLoss({ out: dir, batches: 4 });
       // the same measured by train itself, on its session, before step 1 of a restarted run
       const again = await train({ out: dir, steps: 3, restart: true, evaluate: { batches: 4 } });
       expect(again.evaluation!.before).toBe(atInit);
-      expect(again.evaluation!.after).toBe(await evaluateLoss({ out: dir, batches: 4, params: paramsFromCheckpoint(again.checkpointFile) }));
-      const k0 = names.reduce((a, n) => a + Array.from(new Float32Array(new Uint8Array(init.get(`unet.${n}`)!.data).buffer)).reduce((x, y) => x + y, 0) / values.get(n)!.length, 0);
+      expect(again.evaluation!.after).toBe(
+        await evaluateLoss({ out: dir, batches: 4, params: paramsFromCheckpoint(again.checkpointFile) }),
+      );
+      const k0 = names.reduce(
+        (a, n) =>
+          a +
+          Array.from(new Float32Array(new Uint8Array(init.get(`unet.${n}`)!.data).buffer)).reduce((x, y) => x + y, 0) /
+            values.get(n)!.length,
+        0,
+      );
       const all = Array.from({ length: 8 }, (_, i) => store.read(i));
       const perBatch = [0, 1, 2, 3].map((b) => fakeLoss(all.slice(2 * b, 2 * b + 2), (id) => store.conditioning(id), undefined, PRIOR, k0));
       const want = perBatch.reduce((a, x) => a + x, 0) / 4;
@@ -235,7 +257,9 @@ describe('train', () => {
     const straight = copyWithStore('train-straight-40');
     await train({ out: straight, steps: 40 });
     const killed = copyWithStore('train-sigkill');
-    const child = spawn(process.execPath, [path.join(__dirname, 'runtime-train-child.js'), killed, '40'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [path.join(__dirname, 'runtime-train-child.js'), killed, '40'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stderr = '';
     child.stderr.on('data', (d) => (stderr += d));
     const lastStep = await new Promise<number>((resolve, reject) => {
@@ -253,8 +277,12 @@ describe('train', () => {
     expect(at).toBeGreaterThanOrEqual(10);
     const r = await train({ out: killed, steps: 40, resume: true });
     expect(r.startStep).toBe(at);
-    expect(fs.readFileSync(path.join(killed, 'lora.safetensors')).equals(fs.readFileSync(path.join(straight, 'lora.safetensors')))).toBe(true);
-    expect(fs.readFileSync(path.join(killed, 'train', CHECKPOINT_FILE)).equals(fs.readFileSync(path.join(straight, 'train', CHECKPOINT_FILE)))).toBe(true);
+    expect(fs.readFileSync(path.join(killed, 'lora.safetensors')).equals(fs.readFileSync(path.join(straight, 'lora.safetensors')))).toBe(
+      true,
+    );
+    expect(
+      fs.readFileSync(path.join(killed, 'train', CHECKPOINT_FILE)).equals(fs.readFileSync(path.join(straight, 'train', CHECKPOINT_FILE))),
+    ).toBe(true);
   });
 
   test('kill after step 13, resume: the same LoRA, checkpoint and loss log bytes as a straight run', async () => {
@@ -276,9 +304,16 @@ describe('train', () => {
     ).rejects.toThrow('killed');
     expect(checkpoints).toEqual([5, 10]);
     expect(fs.existsSync(path.join(killed, 'lora.safetensors'))).toBe(false);
-    expect(fs.readFileSync(path.join(killed, 'train', 'loss.jsonl'), 'utf8').trim().split('\n')).toHaveLength(13);
+    expect(
+      fs
+        .readFileSync(path.join(killed, 'train', 'loss.jsonl'), 'utf8')
+        .trim()
+        .split('\n'),
+    ).toHaveLength(13);
     // without --resume the checkpoint is not overwritten
-    await expect(train({ out: killed, steps: 20 })).rejects.toThrow('a training run is checkpointed here at step 10: pass --resume to continue it or --restart to discard it');
+    await expect(train({ out: killed, steps: 20 })).rejects.toThrow(
+      'a training run is checkpointed here at step 10: pass --resume to continue it or --restart to discard it',
+    );
 
     const b = await train({ out: killed, steps: 20, resume: true });
     expect(b.startStep).toBe(10);
@@ -287,8 +322,21 @@ describe('train', () => {
     expect(same('lora.safetensors')).toBe(true);
     expect(same('train/checkpoint.safetensors')).toBe(true);
     const state = JSON.parse(fs.readFileSync(path.join(killed, 'train', 'checkpoint.json'), 'utf8'));
-    expect(state).toMatchObject({ step: 20, seed: SEED, checkpoint: 'checkpoint.safetensors', sha256: createHash('sha256').update(fs.readFileSync(path.join(killed, 'train', CHECKPOINT_FILE))).digest('hex') });
-    const log = (dir: string) => fs.readFileSync(path.join(dir, 'train', 'loss.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).map((l) => [l.step, l.loss]);
+    expect(state).toMatchObject({
+      step: 20,
+      seed: SEED,
+      checkpoint: 'checkpoint.safetensors',
+      sha256: createHash('sha256')
+        .update(fs.readFileSync(path.join(killed, 'train', CHECKPOINT_FILE)))
+        .digest('hex'),
+    });
+    const log = (dir: string) =>
+      fs
+        .readFileSync(path.join(dir, 'train', 'loss.jsonl'), 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l))
+        .map((l) => [l.step, l.loss]);
     expect(log(killed)).toEqual(log(straight));
     // training went somewhere: the last losses are below the first ones
     const mean = (xs: { loss: number }[]) => xs.reduce((s, x) => s + x.loss, 0) / xs.length;
@@ -299,14 +347,20 @@ describe('train', () => {
     expect(c.losses.map((l) => l.step)).toEqual([21, 22]);
     const d = await train({ out: killed, steps: 20, restart: true });
     expect(d.startStep).toBe(0);
-    expect(fs.readFileSync(path.join(killed, 'lora.safetensors')).equals(fs.readFileSync(path.join(straight, 'lora.safetensors')))).toBe(true);
+    expect(fs.readFileSync(path.join(killed, 'lora.safetensors')).equals(fs.readFileSync(path.join(straight, 'lora.safetensors')))).toBe(
+      true,
+    );
   });
 });
 
 test('a NaN loss stops training with the step and keeps the last good checkpoint', async () => {
   const dir = tempDir('hollowc-nan-');
   const f = await tinyCompiled(dir, 'sd15', { batch: 2, preset: '39.2%', extraSpec: SPEC, nanAfterStep: 7 });
-  await precompute({ out: f.out, data: loadTrainingData(writeData(path.join(dir, 'samples'), 'sd15', { instances: 2, classes: 0 })), count: 4 });
+  await precompute({
+    out: f.out,
+    data: loadTrainingData(writeData(path.join(dir, 'samples'), 'sd15', { instances: 2, classes: 0 })),
+    count: 4,
+  });
   await expect(train({ out: f.out, steps: 20 })).rejects.toThrow(
     `step 8: the loss is NaN (records ${new SampleOrder(SEED, 4, 2).batchFor(8).join(', ')}); training stopped and the last good checkpoint (step 5) is kept in ${path.join(f.out, 'train', CHECKPOINT_FILE)}`,
   );
@@ -374,7 +428,11 @@ describe("on the compiler's own train.onnx (passes/training-graphs.ts)", () => {
     const straight = path.join(dir, 'a');
     const manifest = compileFromSpec(file, spec, { out: straight });
     expect(manifest.artifacts.train!.inputs.find((i) => i.name === 'step')).toMatchObject({ dtype: 'float32' });
-    await precompute({ out: straight, data: loadTrainingData(writeData(path.join(dir, 'samples'), 'sd15', { instances: 2, classes: 2 })), count: 6 });
+    await precompute({
+      out: straight,
+      data: loadTrainingData(writeData(path.join(dir, 'samples'), 'sd15', { instances: 2, classes: 2 })),
+      count: 6,
+    });
     const killed = path.join(dir, 'b');
     fs.cpSync(straight, killed, { recursive: true });
     const session = { optimization: 'basic' } as const;
@@ -384,11 +442,23 @@ describe("on the compiler's own train.onnx (passes/training-graphs.ts)", () => {
     expect(a.losses.every((l) => Number.isFinite(l.loss))).toBe(true);
     expect(a.evaluation!.after).toBeLessThan(a.evaluation!.before);
 
-    await expect(train({ out: killed, steps: 12, checkpointEvery: 4, session, onStep: ({ step }) => { if (step === 7) throw new Error('killed'); } })).rejects.toThrow('killed');
+    await expect(
+      train({
+        out: killed,
+        steps: 12,
+        checkpointEvery: 4,
+        session,
+        onStep: ({ step }) => {
+          if (step === 7) throw new Error('killed');
+        },
+      }),
+    ).rejects.toThrow('killed');
     const b = await train({ out: killed, steps: 12, resume: true, session });
     expect(b.startStep).toBe(4);
     expect(b.losses).toEqual(a.losses.slice(4));
-    expect(fs.readFileSync(path.join(killed, 'lora.safetensors')).equals(fs.readFileSync(path.join(straight, 'lora.safetensors')))).toBe(true);
+    expect(fs.readFileSync(path.join(killed, 'lora.safetensors')).equals(fs.readFileSync(path.join(straight, 'lora.safetensors')))).toBe(
+      true,
+    );
   });
 });
 
@@ -416,7 +486,11 @@ describe('host-side optimizer (grads.onnx + runtime/host-adamw.ts) on a real com
     );
     const graphRun = path.join(dir, 'graph');
     compileFromSpec(file, spec, { out: graphRun });
-    await precompute({ out: graphRun, data: loadTrainingData(writeData(path.join(dir, 'samples'), 'sd15', { instances: 2, classes: 2 })), count: 6 });
+    await precompute({
+      out: graphRun,
+      data: loadTrainingData(writeData(path.join(dir, 'samples'), 'sd15', { instances: 2, classes: 2 })),
+      count: 6,
+    });
     const [hostRun, killed] = ['host', 'killed'].map((n) => {
       fs.cpSync(graphRun, path.join(dir, n), { recursive: true });
       return path.join(dir, n);
@@ -438,7 +512,11 @@ describe('host-side optimizer (grads.onnx + runtime/host-adamw.ts) on a real com
     let bitsDiffer = 0;
     for (const [name, p] of cpG.params) {
       const q = cpH.params.get(name)!;
-      for (const [a, b] of [[p.value, q.value], [p.expAvg, q.expAvg], [p.expAvgSq, q.expAvgSq]] as const) {
+      for (const [a, b] of [
+        [p.value, q.value],
+        [p.expAvg, q.expAvg],
+        [p.expAvgSq, q.expAvgSq],
+      ] as const) {
         if (!Buffer.from(a.buffer).equals(Buffer.from(b.buffer))) bitsDiffer++;
         const scale = Math.max(...Array.from(a, Math.abs), 1e-12);
         a.forEach((x, i) => (paramDiff = Math.max(paramDiff, Math.abs(x - b[i]) / scale)));
@@ -446,25 +524,49 @@ describe('host-side optimizer (grads.onnx + runtime/host-adamw.ts) on a real com
     }
     expect(paramDiff).toBeLessThan(1e-4);
     // eslint-disable-next-line no-console
-    console.log(`host vs graph optimizer, 12 steps: loss max relative difference ${lossDiff.toExponential(2)}, LoRA/moments ${paramDiff.toExponential(2)}, ${bitsDiffer} of ${cpG.params.size * 3} tensors differ in any bit`);
+    console.log(
+      `host vs graph optimizer, 12 steps: loss max relative difference ${lossDiff.toExponential(2)}, LoRA/moments ${paramDiff.toExponential(2)}, ${bitsDiffer} of ${cpG.params.size * 3} tensors differ in any bit`,
+    );
 
     // kill after step 7, resume from the step-4 checkpoint: the host run's bytes exactly
-    await expect(train({ out: killed, steps: 12, checkpointEvery: 4, session, onStep: ({ step }) => { if (step === 7) throw new Error('killed'); } })).rejects.toThrow('killed');
+    await expect(
+      train({
+        out: killed,
+        steps: 12,
+        checkpointEvery: 4,
+        session,
+        onStep: ({ step }) => {
+          if (step === 7) throw new Error('killed');
+        },
+      }),
+    ).rejects.toThrow('killed');
     const k = await train({ out: killed, steps: 12, checkpointEvery: 4, resume: true, session });
     expect([k.optimizer, k.startStep]).toEqual(['host', 4]);
     expect(k.losses).toEqual(h.losses.slice(4));
     for (const f of ['lora.safetensors', path.join('train', CHECKPOINT_FILE)]) {
       expect(fs.readFileSync(path.join(killed, f)).equals(fs.readFileSync(path.join(hostRun, f)))).toBe(true);
     }
-    const log = (d: string) => fs.readFileSync(path.join(d, 'train', 'loss.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).map((l) => [l.step, l.loss]);
+    const log = (d: string) =>
+      fs
+        .readFileSync(path.join(d, 'train', 'loss.jsonl'), 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l))
+        .map((l) => [l.step, l.loss]);
     expect(log(killed)).toEqual(log(hostRun));
   });
 
   test('asking for a mode whose artifact is missing names the emit line to change', async () => {
     const dir = tempDir('hollowc-host-missing-');
     const f = await tinyCompiled(dir, 'sd15', { batch: 2, preset: '39.2%', extraSpec: SPEC });
-    await precompute({ out: f.out, data: loadTrainingData(writeData(path.join(dir, 'samples'), 'sd15', { instances: 2, classes: 0 })), count: 2 });
-    await expect(train({ out: f.out, steps: 2, optimizer: 'host' })).rejects.toThrow('this folder has no grads.onnx, which the host-side optimizer (--optimizer host) needs (add `grads` to the spec\'s emit line and compile again)');
+    await precompute({
+      out: f.out,
+      data: loadTrainingData(writeData(path.join(dir, 'samples'), 'sd15', { instances: 2, classes: 0 })),
+      count: 2,
+    });
+    await expect(train({ out: f.out, steps: 2, optimizer: 'host' })).rejects.toThrow(
+      "this folder has no grads.onnx, which the host-side optimizer (--optimizer host) needs (add `grads` to the spec's emit line and compile again)",
+    );
     // without grads.onnx the default is the in-graph optimizer
     expect((await train({ out: f.out, steps: 2 })).optimizer).toBe('graph');
   });

@@ -25,7 +25,10 @@ function opHistogram(m: Model): Record<string, number> {
 }
 
 async function runOnce(file: string, feeds: Record<string, ort.Tensor>[], optimize: boolean): Promise<Float32Array[]> {
-  const session = await ort.InferenceSession.create(file, { executionProviders: ['cpu'], graphOptimizationLevel: optimize ? 'all' : 'disabled' });
+  const session = await ort.InferenceSession.create(file, {
+    executionProviders: ['cpu'],
+    graphOptimizationLevel: optimize ? 'all' : 'disabled',
+  });
   try {
     const out: Float32Array[] = [];
     for (const f of feeds) out.push((await session.run(f)).out_sample.data as Float32Array);
@@ -55,7 +58,9 @@ describe.each([
     assertValidGraph(model.graph, 'specializeShapes');
     const hist = opHistogram(model);
     // eslint-disable-next-line no-console
-    console.log(`${path.basename(file)} batch ${batch}: ${result.nodesBefore} -> ${result.nodesAfter} nodes (${result.folded} values folded, ${result.simplified} no-ops dropped); left: ${JSON.stringify(hist)}`);
+    console.log(
+      `${path.basename(file)} batch ${batch}: ${result.nodesBefore} -> ${result.nodesAfter} nodes (${result.folded} values folded, ${result.simplified} no-ops dropped); left: ${JSON.stringify(hist)}`,
+    );
     expect(result.nodesAfter).toBeLessThan(result.nodesBefore * 0.3);
     for (const op of ['Shape', 'Gather', 'ConstantOfShape', 'Equal', 'Where', 'Expand', 'Cast']) expect(hist[op]).toBeUndefined();
     for (const v of model.graph.values.values()) {
@@ -72,7 +77,9 @@ describe.each([
     const diffPlain = maxAbsDiff(plain, plainReference[batch - 1]);
     const diffOptimized = maxAbsDiff(optimized, optimizedReference[batch - 1]);
     // eslint-disable-next-line no-console
-    console.log(`  max abs diff vs original export: ${diffPlain.toExponential(3)} (both without ORT graph optimizations), ${diffOptimized.toExponential(3)} (both with)`);
+    console.log(
+      `  max abs diff vs original export: ${diffPlain.toExponential(3)} (both without ORT graph optimizations), ${diffOptimized.toExponential(3)} (both with)`,
+    );
     expect(diffPlain).toBe(0);
     expect(diffOptimized).toBeLessThanOrEqual(1e-6);
   });
@@ -92,7 +99,9 @@ describe('specializeShapes errors', () => {
       const x = g.addInput('x', { elemType: DataType.FLOAT, shape: ['n', 3] });
       g.outputs.push(b.within('block').op('Frobnicate', [x]));
     });
-    expect(() => specializeShapes(m, { x: [2, 3] })).toThrow('shape inference: Frobnicate node "/block/Frobnicate": no shape rule for op Frobnicate');
+    expect(() => specializeShapes(m, { x: [2, 3] })).toThrow(
+      'shape inference: Frobnicate node "/block/Frobnicate": no shape rule for op Frobnicate',
+    );
   });
 
   it('refuses a symbolic input without a shape, a wrong rank and an unknown input name', () => {
@@ -133,7 +142,14 @@ describe('specializeShapes errors', () => {
       const s = b.op('Shape', [x]);
       const k = b.op('Gather', [s, b.scalar(1, DataType.INT64)], { axis: 0 });
       const r = b.op('Cast', [b.op('Range', [b.scalar(0, DataType.INT64), k, b.scalar(1, DataType.INT64)])], { to: DataType.FLOAT });
-      const ones = b.op('ConstantOfShape', [b.op('Shape', [x])], { value: { name: '', dataType: DataType.FLOAT, dims: [1], data: { kind: 'inline', bytes: new Uint8Array(Float32Array.of(1).buffer) } } });
+      const ones = b.op('ConstantOfShape', [b.op('Shape', [x])], {
+        value: {
+          name: '',
+          dataType: DataType.FLOAT,
+          dims: [1],
+          data: { kind: 'inline', bytes: new Uint8Array(Float32Array.of(1).buffer) },
+        },
+      });
       const mask = b.op('Equal', [b.op('Shape', [x]), b.int64s([2, 5])]);
       const target = b.op('Where', [mask, b.int64s([1, 1]), b.op('Shape', [x])]);
       const e = b.op('Expand', [r, target]);

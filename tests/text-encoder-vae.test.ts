@@ -18,7 +18,14 @@ import {
   OPENCLIP_H,
   OPENCLIP_H_TINY,
 } from '../models/text-encoder-config';
-import { VAE_SD15, VAE_SD15_TINY, VAE_SDXL, vaeDecoderParameterCount, vaeEncoderParameterCount, vaeParameterCount } from '../models/vae-config';
+import {
+  VAE_SD15,
+  VAE_SD15_TINY,
+  VAE_SDXL,
+  vaeDecoderParameterCount,
+  vaeEncoderParameterCount,
+  vaeParameterCount,
+} from '../models/vae-config';
 import { buildClipText, describeClipText } from '../models/builder/clip-text';
 import { buildVae, describeVae } from '../models/builder/vae';
 import { runModel, tempDir } from './support/fixture';
@@ -90,9 +97,19 @@ describe('text encoder', () => {
     const names = new Set(m.graph.nodes.map((n) => n.name));
     expect(names.has('/text_model/encoder/layers.0/self_attn/q_proj/MatMul')).toBe(true);
     expect(names.has('/text_model/embeddings/token_embedding/Gather')).toBe(true);
-    expect(m.graph.nodes.some((n) => n.name.startsWith('/text_model/encoder/layers.0/mlp/activation_fn/') && n.opType === actOp)).toBe(true);
+    expect(m.graph.nodes.some((n) => n.name.startsWith('/text_model/encoder/layers.0/mlp/activation_fn/') && n.opType === actOp)).toBe(
+      true,
+    );
     expect(m.graph.tryValue('text_model.embeddings.token_embedding.weight')?.initializer?.dims).toEqual([49408, c.hidden_size]);
-    const out = await runModel(file, { input_ids: ids([[320, 1125], [320, 1125, 539, 320, 2368]], EOS) });
+    const out = await runModel(file, {
+      input_ids: ids(
+        [
+          [320, 1125],
+          [320, 1125, 539, 320, 2368],
+        ],
+        EOS,
+      ),
+    });
     expect(out.last_hidden_state.dims).toEqual([2, 77, c.hidden_size]);
     expect(out.pooler_output.dims).toEqual([2, c.hidden_size]);
     expect((out.last_hidden_state.data as Float32Array).every(Number.isFinite)).toBe(true);
@@ -101,7 +118,15 @@ describe('text encoder', () => {
   test('causal: a later token leaves earlier positions unchanged; pooled = state at EOS', async () => {
     const file = model('clip-l', CLIP_L_TINY);
     // the two prompts differ at position 4 only (token 3 of the text)
-    const out = await runModel(file, { input_ids: ids([[320, 1125, 539, 320, 2368], [320, 1125, 539, 1929, 2368]], EOS) });
+    const out = await runModel(file, {
+      input_ids: ids(
+        [
+          [320, 1125, 539, 320, 2368],
+          [320, 1125, 539, 1929, 2368],
+        ],
+        EOS,
+      ),
+    });
     const h = out.last_hidden_state;
     for (let s = 0; s < 4; s++) expect(maxDiff(row(h, 0, s), row(h, 1, s))).toBe(0);
     for (const s of [4, 5, 6, 30]) expect(maxDiff(row(h, 0, s), row(h, 1, s))).toBeGreaterThan(1e-4);
@@ -127,8 +152,15 @@ describe('text encoder', () => {
     const file = model('bigg', c, true);
     const m = loadModel(file);
     const L = c.num_hidden_layers;
-    expect(m.graph.outputs.map((o) => o.name)).toEqual(['text_embeds', 'last_hidden_state', ...Array.from({ length: L + 1 }, (_, i) => `hidden_states.${i}`)]);
-    const rows = [[320, 1125, 539, 320, 2368], [320, 1125, 539, 1929, 2368]];
+    expect(m.graph.outputs.map((o) => o.name)).toEqual([
+      'text_embeds',
+      'last_hidden_state',
+      ...Array.from({ length: L + 1 }, (_, i) => `hidden_states.${i}`),
+    ]);
+    const rows = [
+      [320, 1125, 539, 320, 2368],
+      [320, 1125, 539, 1929, 2368],
+    ];
     const out = await runModel(file, { input_ids: ids(rows, 0n) });
     const d = c.hidden_size;
     const p = c.projection_dim;
@@ -174,10 +206,18 @@ describe('VAE', () => {
     expect(enc.graph.outputs.map((o) => o.name)).toEqual(['latent_parameters']);
     expect(dec.graph.inputs.map((i) => i.name)).toEqual(['latent_sample']);
     expect(dec.graph.outputs.map((o) => o.name)).toEqual(['sample']);
-    for (const name of ['quant_conv.weight', 'encoder.mid_block.attentions.0.to_q.bias', 'encoder.down_blocks.0.downsamplers.0.conv.weight']) {
+    for (const name of [
+      'quant_conv.weight',
+      'encoder.mid_block.attentions.0.to_q.bias',
+      'encoder.down_blocks.0.downsamplers.0.conv.weight',
+    ]) {
       expect(enc.graph.tryValue(name)?.initializer).toBeDefined();
     }
-    for (const name of ['post_quant_conv.weight', 'decoder.up_blocks.0.upsamplers.0.conv.weight', 'decoder.up_blocks.3.resnets.1.conv2.weight']) {
+    for (const name of [
+      'post_quant_conv.weight',
+      'decoder.up_blocks.0.upsamplers.0.conv.weight',
+      'decoder.up_blocks.3.resnets.1.conv2.weight',
+    ]) {
       expect(dec.graph.tryValue(name)?.initializer).toBeDefined();
     }
     expect(dec.graph.nodes.filter((n) => n.opType === 'Resize')).toHaveLength(3);

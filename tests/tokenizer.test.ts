@@ -128,7 +128,14 @@ describe('ids', () => {
 
   test('tokenizer.json folder and vocab.json folder agree', () => {
     const fast = loadTokenizer(fastDir);
-    const prompts = ['a photo of sks dog', 'CAFÉ 東京 🐱!!', "it's 3:45pm, ok?", '  tabs\tand\nnewlines  ', Array(90).fill('x').join(' '), ''];
+    const prompts = [
+      'a photo of sks dog',
+      'CAFÉ 東京 🐱!!',
+      "it's 3:45pm, ok?",
+      '  tabs\tand\nnewlines  ',
+      Array(90).fill('x').join(' '),
+      '',
+    ];
     for (const p of prompts) expect(fast.encode(p).inputIds).toEqual(sd15.encode(p).inputIds);
   });
 

@@ -37,8 +37,16 @@ function adamwStep(p: Float64Array, g: Float32Array, m: Float64Array, v: Float64
   }
 }
 
-function trainFeeds(params: Map<string, ort.Tensor>, moments: Map<string, ort.Tensor>, step: number, lr: number): Record<string, ort.Tensor> {
-  const feeds: Record<string, ort.Tensor> = { lr: new ort.Tensor('float32', Float32Array.of(lr), [1]), step: new ort.Tensor('float32', Float32Array.of(step), [1]) };
+function trainFeeds(
+  params: Map<string, ort.Tensor>,
+  moments: Map<string, ort.Tensor>,
+  step: number,
+  lr: number,
+): Record<string, ort.Tensor> {
+  const feeds: Record<string, ort.Tensor> = {
+    lr: new ort.Tensor('float32', Float32Array.of(lr), [1]),
+    step: new ort.Tensor('float32', Float32Array.of(step), [1]),
+  };
   for (const [name, t] of params) feeds[name] = t;
   for (const [name, t] of moments) feeds[name] = t;
   return feeds;
@@ -58,12 +66,26 @@ describe('fixture (39.2% cut): train.onnx steps = reference AdamW on grads.onnx 
       emit: ['grads', 'train'],
       training,
     });
-    const data = { ...fixtureInputs(1), hollow_activation: fixtureTensor('ref/hollow_activation.npy'), target: fixtureTensor('ref/target.npy'), loss_weight: new ort.Tensor('float32', Float32Array.of(1), [1]) };
+    const data = {
+      ...fixtureInputs(1),
+      hollow_activation: fixtureTensor('ref/hollow_activation.npy'),
+      target: fixtureTensor('ref/target.npy'),
+      loss_weight: new ort.Tensor('float32', Float32Array.of(1), [1]),
+    };
     const names = m.lora.targets.filter((t) => t.trained).flatMap((t) => [t.lora_A, t.lora_B]);
     const params = new Map(names.map((p) => [p.name, fixtureTensor(`lora/${p.name.replace(/\.lora_([AB])\.weight$/, '.lora_$1')}.npy`)]));
     const moments = new Map<string, ort.Tensor>();
     for (const p of names) for (const k of ['exp_avg', 'exp_avg_sq']) moments.set(`${p.name}.${k}`, zeros(p.shape));
-    const ref = new Map(names.map((p) => [p.name, { p: Float64Array.from(params.get(p.name)!.data as Float32Array), m: new Float64Array(p.shape.reduce((a, b) => a * b, 1)), v: new Float64Array(p.shape.reduce((a, b) => a * b, 1)) }]));
+    const ref = new Map(
+      names.map((p) => [
+        p.name,
+        {
+          p: Float64Array.from(params.get(p.name)!.data as Float32Array),
+          m: new Float64Array(p.shape.reduce((a, b) => a * b, 1)),
+          v: new Float64Array(p.shape.reduce((a, b) => a * b, 1)),
+        },
+      ]),
+    );
     const grads = await session(path.join(out, 'grads.onnx'));
     const train = await session(path.join(out, 'train.onnx'));
     const lr = 1e-2;
@@ -95,11 +117,20 @@ function unetFeeds(family: FamilyName, batch: number, seed: number): Record<stri
   const b = (s: readonly number[]) => [batch, ...s.slice(1)];
   const feeds: Record<string, ort.Tensor> = {
     sample: randomTensor(seed, 'sample', b(shapes.sample)),
-    timestep: new ort.Tensor('float32', Float32Array.from({ length: batch }, (_, i) => 300 + 250 * i), [batch]),
+    timestep: new ort.Tensor(
+      'float32',
+      Float32Array.from({ length: batch }, (_, i) => 300 + 250 * i),
+      [batch],
+    ),
     encoder_hidden_states: randomTensor(seed, 'ehs', b(shapes.encoder_hidden_states)),
   };
   if (shapes.text_embeds) feeds.text_embeds = randomTensor(seed, 'text', b(shapes.text_embeds));
-  if (shapes.time_ids) feeds.time_ids = new ort.Tensor('float32', Float32Array.from({ length: batch * 6 }, () => 64), [batch, 6]);
+  if (shapes.time_ids)
+    feeds.time_ids = new ort.Tensor(
+      'float32',
+      Float32Array.from({ length: batch * 6 }, () => 64),
+      [batch, 6],
+    );
   return feeds;
 }
 
@@ -114,7 +145,13 @@ function initialState(m: CompileManifest, seed: number) {
   return { params, moments };
 }
 
-async function trainSteps(m: CompileManifest, file: string, data: Record<string, ort.Tensor>, steps: number, lr: number): Promise<number[]> {
+async function trainSteps(
+  m: CompileManifest,
+  file: string,
+  data: Record<string, ort.Tensor>,
+  steps: number,
+  lr: number,
+): Promise<number[]> {
   const s = await session(file);
   const { params, moments } = initialState(m, 3);
   const losses: number[] = [];
@@ -148,13 +185,23 @@ describe.each(['sd15', 'sd21', 'sdxl'] as FamilyName[])('%s tiny: train.onnx for
 
   beforeAll(async () => {
     modelFile = (await buildUNet(FAMILIES[family].tiny.config, { outDir: dir, seed: 11 })).file;
-    targets = findLoraSites(loadModel(modelFile).graph).map((s) => s.module).filter((m) => ATTENTION.test(m));
+    targets = findLoraSites(loadModel(modelFile).graph)
+      .map((s) => s.module)
+      .filter((m) => ATTENTION.test(m));
   });
 
   const cuts: [string, string | null][] = [...presetsFor(family).map((p) => [p.name, p.lastKeptDown] as [string, string]), ['none', null]];
   test.each(cuts)('%s: one step runs, loss finite, every LoRA tensor moves', async (name, after) => {
     const out = path.join(dir, `out-${name.replace('%', '')}`);
-    const m = compile({ modelFile, outDir: out, lastKeptDown: after, targets, lora: { rank: 2, alpha: 2 }, emit: ['precompute', 'train'].filter((a) => after !== null || a !== 'precompute') as ('precompute' | 'train')[], training: options });
+    const m = compile({
+      modelFile,
+      outDir: out,
+      lastKeptDown: after,
+      targets,
+      lora: { rank: 2, alpha: 2 },
+      emit: ['precompute', 'train'].filter((a) => after !== null || a !== 'precompute') as ('precompute' | 'train')[],
+      training: options,
+    });
     const data = unetFeeds(family, batch, 21);
     if (after !== null) {
       const pre = await session(path.join(out, 'precompute.onnx'));
@@ -185,14 +232,23 @@ describe.each(['sd15', 'sd21', 'sdxl'] as FamilyName[])('%s tiny: train.onnx for
   if (family === 'sd15') {
     test('learning: on a target a LoRA can reach, 200 steps cut the 39.2% hollowed-net loss tenfold', async () => {
       const out = path.join(dir, 'learn');
-      const m = compile({ modelFile, outDir: out, lastKeptDown: '3-2', targets, lora: { rank: 4, alpha: 4 }, emit: ['precompute', 'forward', 'train'], training: options });
+      const m = compile({
+        modelFile,
+        outDir: out,
+        lastKeptDown: '3-2',
+        targets,
+        lora: { rank: 4, alpha: 4 },
+        emit: ['precompute', 'forward', 'train'],
+        training: options,
+      });
       const data = unetFeeds(family, batch, 31);
       const pre = await session(path.join(out, 'precompute.onnx'));
       data.hollow_activation = (await pre.run(unetFeeds(family, batch, 31))).hollow_activation;
       await pre.release();
       // The target is what the hollowed net predicts with another ("teacher") LoRA.
       const teacher: Record<string, ort.Tensor> = {};
-      for (const t of m.lora.targets.filter((x) => x.trained)) for (const p of [t.lora_A, t.lora_B]) teacher[p.name] = randomTensor(77, p.name, p.shape, 0.3);
+      for (const t of m.lora.targets.filter((x) => x.trained))
+        for (const p of [t.lora_A, t.lora_B]) teacher[p.name] = randomTensor(77, p.name, p.shape, 0.3);
       const forward = await session(path.join(out, 'forward.onnx'));
       data.target = (await forward.run({ ...data, ...teacher })).out_sample;
       await forward.release();

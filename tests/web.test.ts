@@ -36,8 +36,21 @@ const CHROMIUM = '/usr/bin/chromium';
 const STEPS = 20;
 const IN_CI = !!process.env.CI;
 const HAVE_CHROMIUM = fs.existsSync(CHROMIUM);
-const COMMON_ARGS = ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'];
-const WEBGPU_ARGS = ['--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vulkan=swiftshader', '--use-webgpu-adapter=swiftshader', '--enable-unsafe-swiftshader'];
+const COMMON_ARGS = [
+  '--no-sandbox',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+  '--disable-quic',
+];
+const WEBGPU_ARGS = [
+  '--enable-unsafe-webgpu',
+  '--enable-features=Vulkan',
+  '--use-vulkan=swiftshader',
+  '--use-webgpu-adapter=swiftshader',
+  '--enable-unsafe-swiftshader',
+];
 
 let dir: string;
 let out: string;
@@ -67,7 +80,11 @@ beforeAll(async () => {
   );
   out = path.join(dir, 'out');
   compileFromSpec(file, spec, { out });
-  await precompute({ out, data: loadTrainingData(writeData(path.join(dir, 'samples'), 'sd15', { instances: 2, classes: 2, latent: 8 })), count: 6 });
+  await precompute({
+    out,
+    data: loadTrainingData(writeData(path.join(dir, 'samples'), 'sd15', { instances: 2, classes: 2, latent: 8 })),
+    count: 6,
+  });
   // The reference: `hollowc train` (onnxruntime-node, CPU) on a copy, 20 steps, the spec's seed.
   const ref = path.join(dir, 'ref');
   fs.mkdirSync(ref);
@@ -76,7 +93,9 @@ beforeAll(async () => {
   reference = { lora: r.loraFile, stepSeconds: r.stepSeconds / r.losses.length, losses: r.losses.map((l) => l.loss) };
 
   // `hollowc web` itself, as a user starts it (from source, any free port).
-  server = spawn(process.execPath, [path.join(__dirname, 'support', 'cli-child.js'), 'web', out, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  server = spawn(process.execPath, [path.join(__dirname, 'support', 'cli-child.js'), 'web', out, '--port', '0'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   url = await new Promise<string>((resolve, reject) => {
     let text = '';
     const timer = setTimeout(() => reject(new Error(`hollowc web printed no URL: ${text}`)), 60000);
@@ -109,10 +128,25 @@ test('hollowc web serves the page, onnxruntime-web and only the folder files the
   expect((await js.text()).length).toBeGreaterThan(1000);
   expect((await get('/ort/ort.webgpu.min.js')).status).toBe(200);
   expect((await get('/ort/ort-wasm-simd-threaded.jsep.wasm')).headers.get('content-type')).toBe('application/wasm');
-  for (const f of ['manifest.json', 'train.onnx', 'infer.onnx', 'model.onnx_data', 'lora-init.safetensors', 'store/store.json', 'store/records.bin', 'store/conditioning.safetensors']) {
+  for (const f of [
+    'manifest.json',
+    'train.onnx',
+    'infer.onnx',
+    'model.onnx_data',
+    'lora-init.safetensors',
+    'store/store.json',
+    'store/records.bin',
+    'store/conditioning.safetensors',
+  ]) {
     expect([f, (await get(`/folder/${f}`)).status]).toEqual([f, 200]);
   }
-  for (const f of ['/folder/../spec.hollow', '/folder/%2e%2e/spec.hollow', '/folder/train/checkpoint.safetensors', '/ort/..%2fpackage.json', '/folder/store/../../spec.hollow']) {
+  for (const f of [
+    '/folder/../spec.hollow',
+    '/folder/%2e%2e/spec.hollow',
+    '/folder/train/checkpoint.safetensors',
+    '/ort/..%2fpackage.json',
+    '/folder/store/../../spec.hollow',
+  ]) {
     expect([f, (await get(f)).status]).toEqual([f, 404]);
   }
   expect((await fetch(new URL('/', url), { method: 'POST' })).status).toBe(405);
@@ -147,7 +181,13 @@ async function launch(backend: 'wasm' | 'webgpu'): Promise<{ browser: Browser; c
   const { chromium } = await import('playwright-core');
   const profile = fs.mkdtempSync(path.join(dir, `profile-${backend}-`));
   const args = [...COMMON_ARGS, ...(backend === 'webgpu' ? WEBGPU_ARGS : ['--disable-gpu'])];
-  const context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args, acceptDownloads: true, viewport: { width: 1100, height: 1000 } });
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args,
+    acceptDownloads: true,
+    viewport: { width: 1100, height: 1000 },
+  });
   return { browser: context.browser()!, context };
 }
 
@@ -193,7 +233,10 @@ async function trainInPage(backend: 'wasm' | 'webgpu', query: string): Promise<v
     }
     const started = Date.now();
     await page.goto(`${url}?ep=${backend}&steps=${STEPS}&autorun=1&${query}`);
-    await page.waitForFunction(() => (globalThis as unknown as { hollowc?: { done: boolean } }).hollowc?.done, null, { timeout: 170000, polling: 500 });
+    await page.waitForFunction(() => (globalThis as unknown as { hollowc?: { done: boolean } }).hollowc?.done, null, {
+      timeout: 170000,
+      polling: 500,
+    });
     const r = (await page.evaluate(() => (globalThis as unknown as { hollowc: unknown }).hollowc)) as PageResult;
     const wall = (Date.now() - started) / 1000;
 
@@ -245,11 +288,11 @@ async function trainInPage(backend: 'wasm' | 'webgpu', query: string): Promise<v
   }
 }
 
-test('the page trains 20 steps on WASM in headless Chromium: loss falls, the LoRA equals hollowc train\'s, no console errors', async () => {
+test("the page trains 20 steps on WASM in headless Chromium: loss falls, the LoRA equals hollowc train's, no console errors", async () => {
   await trainInPage('wasm', 'sample_steps=10');
 }, 180000);
 
-test('the page trains 20 steps on WebGPU (SwiftShader) in headless Chromium: loss falls, the LoRA equals hollowc train\'s, no console errors', async () => {
+test("the page trains 20 steps on WebGPU (SwiftShader) in headless Chromium: loss falls, the LoRA equals hollowc train's, no console errors", async () => {
   // SwiftShader takes seconds per run: the loss at rest on one batch, one sampling step at guidance 1.
   await trainInPage('webgpu', 'eval_batches=1&sample_steps=1&guidance=1');
 }, 180000);

@@ -27,7 +27,9 @@ if (!ADAPTER) {
   // CI installs chromium (.ci/run): there a missing adapter is a failure, not a skip.
   if (process.env.CI) throw new Error(`no Vulkan adapter for the WebGPU tests in CI: ${noAdapterMessage()}`);
   const line = '*'.repeat(100);
-  console.error(`${line}\n*** WEBGPU TESTS SKIPPED: ${noAdapterMessage()}\n*** CI must not skip these: install chromium (SwiftShader) there.\n${line}`);
+  console.error(
+    `${line}\n*** WEBGPU TESTS SKIPPED: ${noAdapterMessage()}\n*** CI must not skip these: install chromium (SwiftShader) there.\n${line}`,
+  );
 }
 const gpuDescribe = ADAPTER ? describe : describe.skip;
 
@@ -96,12 +98,24 @@ async function both(c: Compiled, artifact: string, loraBs: ('zero' | 'random')[]
 
 function expectClose(want: Record<string, ort.Tensor>, got: Record<string, ort.Tensor>, names: string[], label: string) {
   const diffs = compareOutputs(Object.fromEntries(names.map((n) => [n, want[n]])), got);
-  console.log(`${label}: worst ${diffs[0].name} ${diffs[0].rel.toExponential(2)} (max abs ${diffs[0].maxAbs.toExponential(2)}, scale ${diffs[0].scale.toExponential(2)})`);
-  for (const d of diffs) if (!(d.rel <= TOL)) throw new Error(`${label}: ${d.name} differs from the CPU by ${d.rel.toExponential(2)} relative (max abs ${d.maxAbs.toExponential(2)})`);
+  console.log(
+    `${label}: worst ${diffs[0].name} ${diffs[0].rel.toExponential(2)} (max abs ${diffs[0].maxAbs.toExponential(2)}, scale ${diffs[0].scale.toExponential(2)})`,
+  );
+  for (const d of diffs)
+    if (!(d.rel <= TOL))
+      throw new Error(
+        `${label}: ${d.name} differs from the CPU by ${d.rel.toExponential(2)} relative (max abs ${d.maxAbs.toExponential(2)})`,
+      );
 }
 
 /** Worst difference over a group of tensors, against the largest |value| in the group. */
-function expectGroupClose(want: Record<string, ort.Tensor>, got: Record<string, ort.Tensor>, names: string[], label: string, f: (x: number) => number = (x) => x) {
+function expectGroupClose(
+  want: Record<string, ort.Tensor>,
+  got: Record<string, ort.Tensor>,
+  names: string[],
+  label: string,
+  f: (x: number) => number = (x) => x,
+) {
   let scale = 0;
   let maxAbs = 0;
   for (const n of names) {
@@ -113,7 +127,9 @@ function expectGroupClose(want: Record<string, ort.Tensor>, got: Record<string, 
     }
   }
   const perTensor = compareOutputs(Object.fromEntries(names.map((n) => [n, want[n]])), got)[0];
-  console.log(`${label}: ${(maxAbs / scale).toExponential(2)} of the largest (per tensor worst ${perTensor.name} ${perTensor.rel.toExponential(2)})`);
+  console.log(
+    `${label}: ${(maxAbs / scale).toExponential(2)} of the largest (per tensor worst ${perTensor.name} ${perTensor.rel.toExponential(2)})`,
+  );
   expect(maxAbs / scale).toBeLessThanOrEqual(TOL);
 }
 
@@ -144,7 +160,9 @@ function expectUpdatesClose(want: Record<string, ort.Tensor>, got: Record<string
       } else if (d / scale > worst.rel) worst = { name: `${n}[${i}]`, rel: d / scale };
     }
   }
-  console.log(`${label}: worst ${worst.name} ${worst.rel.toExponential(2)} of max |p| (${hinged} of ${total} elements have |g| < ${EPS_DOMINATED}: within 2 lr)`);
+  console.log(
+    `${label}: worst ${worst.name} ${worst.rel.toExponential(2)} of max |p| (${hinged} of ${total} elements have |g| < ${EPS_DOMINATED}: within 2 lr)`,
+  );
   expect(worst.rel).toBeLessThanOrEqual(TOL);
 }
 
@@ -184,9 +202,15 @@ describe('missing providers', () => {
     const code = `
       const { createSession } = require(${JSON.stringify(path.join(__dirname, 'support', 'webgpu-child.js'))});
       createSession(${JSON.stringify(model)}, { ep: 'webgpu' }).then(() => console.log('STARTED'), (e) => console.log('ERROR ' + e.message));`;
-    const r = spawnSync(process.execPath, ['-e', code], { env: { ...process.env, VK_ICD_FILENAMES: '/nonexistent/icd.json', VK_DRIVER_FILES: '' }, encoding: 'utf8', timeout: 60000 });
+    const r = spawnSync(process.execPath, ['-e', code], {
+      env: { ...process.env, VK_ICD_FILENAMES: '/nonexistent/icd.json', VK_DRIVER_FILES: '' },
+      encoding: 'utf8',
+      timeout: 60000,
+    });
     const line = r.stdout.split('\n').find((l) => l.startsWith('ERROR') || l.startsWith('STARTED'));
-    expect(line).toMatch(/^ERROR .*the webgpu execution provider found no adapter: no Vulkan adapter: .*install a GPU driver or SwiftShader \(.*VK_ICD_FILENAMES=/);
+    expect(line).toMatch(
+      /^ERROR .*the webgpu execution provider found no adapter: no Vulkan adapter: .*install a GPU driver or SwiftShader \(.*VK_ICD_FILENAMES=/,
+    );
   });
 });
 
@@ -198,7 +222,10 @@ describe.each(['sd15', 'sdxl'] as FamilyName[])('tiny %s on webgpu (SwiftShader)
 
   gpuDescribe('artifacts', () => {
     test('precompute.onnx', async () => {
-      const { runs: [{ want, got }], placement } = await both(c, 'precompute', ['random']);
+      const {
+        runs: [{ want, got }],
+        placement,
+      } = await both(c, 'precompute', ['random']);
       expectClose(want, got, Object.keys(want), `${family} precompute`);
       expect(placement.cpuOps).toEqual({});
     });
@@ -210,13 +237,32 @@ describe.each(['sd15', 'sdxl'] as FamilyName[])('tiny %s on webgpu (SwiftShader)
     });
 
     test('one train.onnx step: loss, updated LoRA tensors, AdamW moments', async () => {
-      const { runs: [{ want, got }], placement } = await both(c, 'train', ['random']);
+      const {
+        runs: [{ want, got }],
+        placement,
+      } = await both(c, 'train', ['random']);
       const names = Object.keys(want);
       expectClose(want, got, ['loss'], `${family} train loss`);
-      expectGroupClose(want, got, names.filter((n) => n.endsWith('.exp_avg.updated')), `${family} train exp_avg`);
+      expectGroupClose(
+        want,
+        got,
+        names.filter((n) => n.endsWith('.exp_avg.updated')),
+        `${family} train exp_avg`,
+      );
       // sqrt(exp_avg_sq) is what enters the update (and, like exp_avg, is linear in g).
-      expectGroupClose(want, got, names.filter((n) => n.endsWith('.exp_avg_sq.updated')), `${family} train sqrt(exp_avg_sq)`, Math.sqrt);
-      expectUpdatesClose(want, got, names.filter((n) => /\.lora_[AB]\.weight\.updated$/.test(n)), `${family} train updated LoRA`);
+      expectGroupClose(
+        want,
+        got,
+        names.filter((n) => n.endsWith('.exp_avg_sq.updated')),
+        `${family} train sqrt(exp_avg_sq)`,
+        Math.sqrt,
+      );
+      expectUpdatesClose(
+        want,
+        got,
+        names.filter((n) => /\.lora_[AB]\.weight\.updated$/.test(n)),
+        `${family} train updated LoRA`,
+      );
       // `step` is float32 (WebGPU's Cast takes no int64): nothing falls back to the CPU.
       expect(placement.cpuOps).toEqual({});
       expect(placement.copies).toBe(0);
@@ -232,7 +278,25 @@ gpuDescribe('the CLI on --ep webgpu', () => {
     const folder = path.join(dir, 'pipe');
     expect((await cli(['model', 'build', 'sd15', '--tiny', '--pipeline', '-o', folder])).code).toBe(0);
     const png = path.join(dir, 'a.png');
-    const r = await cli(['generate', '--model', folder, '--prompt', 'a photo of a dog', '--width', '64', '--height', '64', '--steps', '2', '--seed', '1', '-o', png, '--ep', 'webgpu']);
+    const r = await cli([
+      'generate',
+      '--model',
+      folder,
+      '--prompt',
+      'a photo of a dog',
+      '--width',
+      '64',
+      '--height',
+      '64',
+      '--steps',
+      '2',
+      '--seed',
+      '1',
+      '-o',
+      png,
+      '--ep',
+      'webgpu',
+    ]);
     expect([r.code, r.stderr.match(/^hollowc: error.*$/m)?.[0]]).toEqual([0, undefined]);
     expect(fs.existsSync(png)).toBe(true);
     // One placement line per session: text encoder, UNet, VAE decoder. The UNet and the VAE run
@@ -248,7 +312,21 @@ gpuDescribe('the CLI on --ep webgpu', () => {
     const dir = tempDir('hollowc-webgpu-cuda-');
     const folder = path.join(dir, 'pipe');
     expect((await cli(['model', 'build', 'sd15', '--tiny', '--pipeline', '-o', folder])).code).toBe(0);
-    const args = ['generate', '--model', folder, '--prompt', 'a dog', '--width', '64', '--height', '64', '--steps', '1', '-o', path.join(dir, 'b.png')];
+    const args = [
+      'generate',
+      '--model',
+      folder,
+      '--prompt',
+      'a dog',
+      '--width',
+      '64',
+      '--height',
+      '64',
+      '--steps',
+      '1',
+      '-o',
+      path.join(dir, 'b.png'),
+    ];
     const refused = await cli([...args, '--ep', 'cuda']);
     expect(refused.code).toBe(1);
     expect(refused.stderr.trim().split('\n')).toHaveLength(1);

@@ -61,13 +61,18 @@ function selfAttention(ctx: BuildContext, path: string, x: Value, mask: Value, c
   const d = c.hidden_size;
   const heads = c.num_attention_heads;
   const headDim = d / heads;
-  const split = (v: Value) => b.op('Transpose', [b.op('Reshape', [v, int64Const(b, [0, 0, heads, headDim])], { allowzero: 0 })], { perm: [0, 2, 1, 3] });
+  const split = (v: Value) =>
+    b.op('Transpose', [b.op('Reshape', [v, int64Const(b, [0, 0, heads, headDim])], { allowzero: 0 })], { perm: [0, 2, 1, 3] });
   const q = b.op('Mul', [linear3d(ctx, `${path}.q_proj`, x, d, d), floatScalar(b, Math.fround(headDim ** -0.5))]);
   const k = linear3d(ctx, `${path}.k_proj`, x, d, d);
   const v = linear3d(ctx, `${path}.v_proj`, x, d, d);
   const scores = b.op('MatMul', [split(q), b.op('Transpose', [split(k)], { perm: [0, 1, 3, 2] })]);
   const probs = b.op('Softmax', [b.op('Add', [scores, mask])], { axis: -1 });
-  const merged = b.op('Reshape', [b.op('Transpose', [b.op('MatMul', [probs, split(v)])], { perm: [0, 2, 1, 3] }), int64Const(b, [0, 0, d])], { allowzero: 0 });
+  const merged = b.op(
+    'Reshape',
+    [b.op('Transpose', [b.op('MatMul', [probs, split(v)])], { perm: [0, 2, 1, 3] }), int64Const(b, [0, 0, d])],
+    { allowzero: 0 },
+  );
   return linear3d(ctx, `${path}.out_proj`, merged, d, d);
 }
 
@@ -98,7 +103,8 @@ function causalMask(b: GraphBuilder, s: number): Value {
  * the EOS position (EOS = 49407 is the largest id).
  */
 export function buildClipTextGraph(c: ClipTextConfig, weights: WeightSink, options: ClipTextBuildOptions = {}): BuiltTextEncoder {
-  if (c.hidden_size % c.num_attention_heads !== 0) throw new Error(`hidden_size ${c.hidden_size} is not a multiple of num_attention_heads ${c.num_attention_heads}`);
+  if (c.hidden_size % c.num_attention_heads !== 0)
+    throw new Error(`hidden_size ${c.hidden_size} is not a multiple of num_attention_heads ${c.num_attention_heads}`);
   const graph = new Graph();
   graph.name = 'main_graph';
   const root = new GraphBuilder(graph);
@@ -109,7 +115,10 @@ export function buildClipTextGraph(c: ClipTextConfig, weights: WeightSink, optio
 
   const emb = moduleBuilder(ctx, 'text_model.embeddings');
   const tokens = embedding(ctx, 'text_model.embeddings.token_embedding', ids, c.vocab_size, d);
-  const positionIds = emb.constant(BigInt64Array.from({ length: s }, (_, i) => BigInt(i)), [1, s]);
+  const positionIds = emb.constant(
+    BigInt64Array.from({ length: s }, (_, i) => BigInt(i)),
+    [1, s],
+  );
   const positions = embedding(ctx, 'text_model.embeddings.position_embedding', positionIds, s, d);
   let h = emb.op('Add', [tokens, positions]);
 
@@ -151,7 +160,8 @@ export function buildClipTextGraph(c: ClipTextConfig, weights: WeightSink, optio
   if (hasProjection(c)) {
     const p = c.projection_dim;
     const proj = ctx.param(ctx.anonymousName('MatMul'), 'text_projection.weight', [p, d], [d, p], 'transposed', fanInUniform(d));
-    const embeds = graph.addNode({ opType: 'MatMul', name: '/text_projection/MatMul', inputs: [pooled, proj], outputs: ['text_embeds'] }).outputs[0];
+    const embeds = graph.addNode({ opType: 'MatMul', name: '/text_projection/MatMul', inputs: [pooled, proj], outputs: ['text_embeds'] })
+      .outputs[0];
     embeds.type = { elemType: DataType.FLOAT, shape: ['batch_size', p] };
     outputs.push(embeds, last);
   } else {
@@ -184,7 +194,8 @@ export function describeClipText(c: ClipTextConfig, options: ClipTextBuildOption
 
 /** Writes `<outDir>/model.onnx` + `model.onnx_data` of the text encoder. */
 export function buildClipText(c: ClipTextConfig, options: ClipTextBuildOptions & { outDir: string; seed?: number }): WrittenModel {
-  return writeBuiltModel({ outDir: options.outDir, seed: options.seed, metadata: { 'hollowc.text_encoder_config': JSON.stringify(c) } }, (sink) =>
-    buildClipTextGraph(c, sink, options),
+  return writeBuiltModel(
+    { outDir: options.outDir, seed: options.seed, metadata: { 'hollowc.text_encoder_config': JSON.stringify(c) } },
+    (sink) => buildClipTextGraph(c, sink, options),
   );
 }

@@ -109,14 +109,27 @@ export function conv2d(
 ): Value {
   const b = moduleBuilder(ctx, modulePath);
   const fanIn = inC * kernel * kernel;
-  const w = ctx.param(`${modulePath}.weight`, `${modulePath}.weight`, [outC, inC, kernel, kernel], [outC, inC, kernel, kernel], 'same', fanInUniform(fanIn));
+  const w = ctx.param(
+    `${modulePath}.weight`,
+    `${modulePath}.weight`,
+    [outC, inC, kernel, kernel],
+    [outC, inC, kernel, kernel],
+    'same',
+    fanInUniform(fanIn),
+  );
   const bias = ctx.param(`${modulePath}.bias`, `${modulePath}.bias`, [outC], [outC], 'same', fanInUniform(fanIn));
   const stride = options.stride ?? 1;
   const pad = options.pad ?? (kernel - 1) / 2;
   const attrs = { dilations: [1, 1], group: 1, kernel_shape: [kernel, kernel], pads: [pad, pad, pad, pad], strides: [stride, stride] };
   if (options.output) {
     // the graph's last node writes the graph output under its own name (`out_sample`)
-    const node = ctx.graph.addNode({ opType: 'Conv', name: `${b.scope}/Conv`, inputs: [x, w, bias], outputs: [options.output], attributes: toAttributes(attrs) });
+    const node = ctx.graph.addNode({
+      opType: 'Conv',
+      name: `${b.scope}/Conv`,
+      inputs: [x, w, bias],
+      outputs: [options.output],
+      attributes: toAttributes(attrs),
+    });
     return node.outputs[0];
   }
   return b.op('Conv', [x, w, bias], attrs);

@@ -101,7 +101,12 @@ function moveIntoPlace(tmp: string, outDir: string): void {
   fs.rmSync(old, { recursive: true, force: true });
 }
 
-export async function buildPipeline(family: FamilyName | string, size: PipelineSize, outDir: string, options: BuildPipelineOptions = {}): Promise<BuildPipelineResult> {
+export async function buildPipeline(
+  family: FamilyName | string,
+  size: PipelineSize,
+  outDir: string,
+  options: BuildPipelineOptions = {},
+): Promise<BuildPipelineResult> {
   if (!isFamilyName(family)) throw new HollowcError(`unknown model family "${family}" (expected one of: ${FAMILY_NAMES.join(', ')})`);
   const started = process.hrtime.bigint();
   const seed = normalizeSeed(options.seed);
@@ -118,7 +123,10 @@ export async function buildPipeline(family: FamilyName | string, size: PipelineS
   try {
     const unetDir = path.join(tmp, 'unet');
     const unet = await buildUNet(v.unet.config, { outDir: unetDir, seed: componentSeed(seed, 'unet') });
-    writeFileAtomic(path.join(unetDir, 'config.json'), json({ _class_name: 'UNet2DConditionModel', _diffusers_version: DIFFUSERS_VERSION, ...v.unet.config }));
+    writeFileAtomic(
+      path.join(unetDir, 'config.json'),
+      json({ _class_name: 'UNet2DConditionModel', _diffusers_version: DIFFUSERS_VERSION, ...v.unet.config }),
+    );
     components.push({ name: 'unet', parameterCount: unet.parameterCount, weightBytes: unet.weightBytes });
 
     for (const t of v.textEncoders) {

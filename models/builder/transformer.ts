@@ -82,12 +82,28 @@ export function feedForward(ctx: BuildContext, path: string, x: Value, dim: numb
   return linear3d(ctx, `${path}.net.2`, gated, inner, dim);
 }
 
-export function basicTransformerBlock(ctx: BuildContext, path: string, x: Value, context: Value, dim: number, spec: TransformerSpec): Value {
+export function basicTransformerBlock(
+  ctx: BuildContext,
+  path: string,
+  x: Value,
+  context: Value,
+  dim: number,
+  spec: TransformerSpec,
+): Value {
   const b = moduleBuilder(ctx, path);
   let h = x;
   const a1 = attention(ctx, `${path}.attn1`, layerNorm(ctx, `${path}.norm1`, h, dim), null, dim, spec.heads, spec.headDim, dim);
   h = b.op('Add', [a1, h]);
-  const a2 = attention(ctx, `${path}.attn2`, layerNorm(ctx, `${path}.norm2`, h, dim), context, dim, spec.heads, spec.headDim, spec.crossAttentionDim);
+  const a2 = attention(
+    ctx,
+    `${path}.attn2`,
+    layerNorm(ctx, `${path}.norm2`, h, dim),
+    context,
+    dim,
+    spec.heads,
+    spec.headDim,
+    spec.crossAttentionDim,
+  );
   h = b.op('Add', [a2, h]);
   const ff = feedForward(ctx, `${path}.ff`, layerNorm(ctx, `${path}.norm3`, h, dim), dim);
   return b.op('Add', [ff, h]);
@@ -100,7 +116,8 @@ export function transformer2d(ctx: BuildContext, spec: TransformerSpec, x: Value
   const residual = x;
   let h = groupNorm(ctx, `${p}.norm`, x, spec.channels, spec.groups, TRANSFORMER_NORM_EPS);
   // [B, C, H, W] -> [B, H*W, C]
-  const toTokens = (v: Value, c: number) => b.op('Reshape', [b.op('Transpose', [v], { perm: [0, 2, 3, 1] }), int64Const(b, [0, -1, c])], { allowzero: 0 });
+  const toTokens = (v: Value, c: number) =>
+    b.op('Reshape', [b.op('Transpose', [v], { perm: [0, 2, 3, 1] }), int64Const(b, [0, -1, c])], { allowzero: 0 });
   if (spec.linearProjection) {
     h = toTokens(h, spec.channels);
     h = linear3d(ctx, `${p}.proj_in`, h, spec.channels, inner);

@@ -194,17 +194,19 @@ export interface BuildUNetResult {
   parameters: readonly ParameterRecord[];
 }
 
-
 /**
  * Writes `<outDir>/model.onnx` + `model.onnx_data`. Weights are generated chunk by chunk into
  * the data file while the graph is built; the graph file then references those ranges in place.
  */
 export async function buildUNet(config: UNetConfig, options: BuildUNetOptions): Promise<BuildUNetResult> {
   let parameters: readonly ParameterRecord[] = [];
-  const written = writeBuiltModel({ outDir: options.outDir, seed: options.seed, fileName: options.fileName, metadata: { 'hollowc.unet_config': JSON.stringify(config) } }, (sink) => {
-    const built = buildUNetGraph(config, sink);
-    parameters = built.parameters;
-    return built;
-  });
+  const written = writeBuiltModel(
+    { outDir: options.outDir, seed: options.seed, fileName: options.fileName, metadata: { 'hollowc.unet_config': JSON.stringify(config) } },
+    (sink) => {
+      const built = buildUNetGraph(config, sink);
+      parameters = built.parameters;
+      return built;
+    },
+  );
   return { ...written, parameters };
 }

@@ -51,7 +51,10 @@ function vaeAttention(ctx: BuildContext, path: string, x: Value, channels: numbe
   const q = linear3d(ctx, `${path}.to_q`, tokens, channels, channels);
   const k = linear3d(ctx, `${path}.to_k`, tokens, channels, channels);
   const v = linear3d(ctx, `${path}.to_v`, tokens, channels, channels);
-  const scores = b.op('Mul', [b.op('MatMul', [q, b.op('Transpose', [k], { perm: [0, 2, 1] })]), floatScalar(b, Math.fround(channels ** -0.5))]);
+  const scores = b.op('Mul', [
+    b.op('MatMul', [q, b.op('Transpose', [k], { perm: [0, 2, 1] })]),
+    floatScalar(b, Math.fround(channels ** -0.5)),
+  ]);
   const attended = b.op('MatMul', [b.op('Softmax', [scores], { axis: -1 }), v]);
   const out = linear3d(ctx, `${path}.to_out.0`, attended, channels, channels);
   const image = b.op('Reshape', [b.op('Transpose', [out], { perm: [0, 2, 1] }), b.op('Shape', [x])], { allowzero: 0 });
@@ -134,13 +137,17 @@ export function buildVaeGraph(c: VaeConfig, part: VaePart, weights: WeightSink):
     out.type = { elemType: DataType.FLOAT, shape: ['batch', 2 * c.latent_channels, 'latent_height', 'latent_width'] };
     graph.outputs = [out];
   } else {
-    const latent = graph.addInput('latent_sample', { elemType: DataType.FLOAT, shape: ['batch', c.latent_channels, 'latent_height', 'latent_width'] });
+    const latent = graph.addInput('latent_sample', {
+      elemType: DataType.FLOAT,
+      shape: ['batch', c.latent_channels, 'latent_height', 'latent_width'],
+    });
     const out = decoderGraph(c, ctx, latent);
     out.type = { elemType: DataType.FLOAT, shape: ['batch', c.out_channels, 'height', 'width'] };
     graph.outputs = [out];
   }
   const expected = part === 'encoder' ? vaeEncoderParameterCount(c) : vaeDecoderParameterCount(c);
-  if (ctx.parameterCount !== expected) throw new Error(`internal: VAE ${part} has ${ctx.parameterCount} parameters, the config says ${expected}`);
+  if (ctx.parameterCount !== expected)
+    throw new Error(`internal: VAE ${part} has ${ctx.parameterCount} parameters, the config says ${expected}`);
   return { model: newModel(graph), parameterCount: ctx.parameterCount };
 }
 
@@ -150,8 +157,9 @@ export function describeVae(c: VaeConfig, part: VaePart): BuiltVae {
 
 /** Writes `<outDir>/model.onnx` + `model.onnx_data` of the VAE encoder or decoder. */
 export function buildVae(c: VaeConfig, part: VaePart, options: { outDir: string; seed?: number }): WrittenModel {
-  return writeBuiltModel({ outDir: options.outDir, seed: options.seed, metadata: { 'hollowc.vae_config': JSON.stringify(c), 'hollowc.vae_part': part } }, (sink) =>
-    buildVaeGraph(c, part, sink),
+  return writeBuiltModel(
+    { outDir: options.outDir, seed: options.seed, metadata: { 'hollowc.vae_config': JSON.stringify(c), 'hollowc.vae_part': part } },
+    (sink) => buildVaeGraph(c, part, sink),
   );
 }
 

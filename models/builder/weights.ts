@@ -79,7 +79,7 @@ export class StreamingWeightSink implements WeightSink {
       return { name, dataType: DataType.FLOAT, dims: [...dims], data: { kind: 'inline', bytes: new Uint8Array(values.buffer) } };
     }
     const placed = this.writer.appendStream((write) => {
-      for (let done = 0; done < n; ) {
+      for (let done = 0; done < n;) {
         const k = Math.min(CHUNK_ELEMENTS, n - done);
         const view = this.chunk.subarray(0, k);
         rng.fillUniform(view, init.center, init.spread);
@@ -87,7 +87,12 @@ export class StreamingWeightSink implements WeightSink {
         done += k;
       }
     });
-    return { name, dataType: DataType.FLOAT, dims: [...dims], data: { kind: 'external', file: this.file, offset: placed.offset, length: placed.length } };
+    return {
+      name,
+      dataType: DataType.FLOAT,
+      dims: [...dims],
+      data: { kind: 'external', file: this.file, offset: placed.offset, length: placed.length },
+    };
   }
 
   /** Moves the data file to its final name (an empty file when every tensor was inline). */
@@ -118,8 +123,14 @@ export class VirtualWeightSink implements WeightSink {
     const length = count(dims) * 4;
     // Small tensors (biases, norms) are zeros in memory: passes that fold constants read them,
     // and a weightless graph still specializes and differentiates (hollowc plan, tests).
-    if (count(dims) <= VIRTUAL_INLINE_LIMIT) return { name, dataType: DataType.FLOAT, dims: [...dims], data: { kind: 'inline', bytes: new Uint8Array(length) } };
-    const t: Tensor = { name, dataType: DataType.FLOAT, dims: [...dims], data: { kind: 'external', file: VIRTUAL_WEIGHTS_FILE, offset: this.offset, length } };
+    if (count(dims) <= VIRTUAL_INLINE_LIMIT)
+      return { name, dataType: DataType.FLOAT, dims: [...dims], data: { kind: 'inline', bytes: new Uint8Array(length) } };
+    const t: Tensor = {
+      name,
+      dataType: DataType.FLOAT,
+      dims: [...dims],
+      data: { kind: 'external', file: VIRTUAL_WEIGHTS_FILE, offset: this.offset, length },
+    };
     this.offset += length;
     return t;
   }

@@ -27,7 +27,10 @@ export interface WriteModelOptions {
   readonly metadata?: Readonly<Record<string, string>>;
 }
 
-export function writeBuiltModel(options: WriteModelOptions, build: (sink: WeightSink) => { model: Model; parameterCount: number }): WrittenModel {
+export function writeBuiltModel(
+  options: WriteModelOptions,
+  build: (sink: WeightSink) => { model: Model; parameterCount: number },
+): WrittenModel {
   const started = process.hrtime.bigint();
   const seed = normalizeSeed(options.seed);
   fs.mkdirSync(options.outDir, { recursive: true });

@@ -93,12 +93,18 @@ function inferConfig(g: Graph, modules: Set<string>, params: Map<string, Paramet
   const down = indices(modules, 'down_blocks');
   const up = indices(modules, 'up_blocks');
   if (down.length < 2 || up.length !== down.length || !modules.has('mid_block')) {
-    fail(label, `expected an SD-family UNet (down_blocks.*, mid_block, up_blocks.* with as many up as down blocks); found ${down.length} down blocks, ${up.length} up blocks${modules.has('mid_block') ? '' : ', no mid_block'}`);
+    fail(
+      label,
+      `expected an SD-family UNet (down_blocks.*, mid_block, up_blocks.* with as many up as down blocks); found ${down.length} down blocks, ${up.length} up blocks${modules.has('mid_block') ? '' : ', no mid_block'}`,
+    );
   }
-  if (!modules.has('mid_block.attentions.0')) fail(label, 'expected mid_block to be UNetMidBlock2DCrossAttn (mid_block.attentions.0); found no attention in mid_block');
+  if (!modules.has('mid_block.attentions.0'))
+    fail(label, 'expected mid_block to be UNetMidBlock2DCrossAttn (mid_block.attentions.0); found no attention in mid_block');
   const nodeOf = (module: string) => g.nodes.find((n) => moduleOfNode(n) === module);
   const blockOut = down.map((i) => weightOf(params, `down_blocks.${i}.resnets.0.conv1`, label)[0]);
-  const downTypes: DownBlockType[] = down.map((i) => (modules.has(`down_blocks.${i}.attentions.0`) ? 'CrossAttnDownBlock2D' : 'DownBlock2D'));
+  const downTypes: DownBlockType[] = down.map((i) =>
+    modules.has(`down_blocks.${i}.attentions.0`) ? 'CrossAttnDownBlock2D' : 'DownBlock2D',
+  );
   const upTypes: UpBlockType[] = up.map((i) => (modules.has(`up_blocks.${i}.attentions.0`) ? 'CrossAttnUpBlock2D' : 'UpBlock2D'));
   const layers = down.map((i) => indices(modules, `down_blocks.${i}.resnets`).length);
   // A block without attention has no transformer depth of its own; diffusers' default is 1.
@@ -186,7 +192,10 @@ function activationShape(g: Graph, channels: number, scale: number): Dim[] {
 export function analyzeUNet(g: Graph, label = 'model'): UNetAnalysis {
   const modules = moduleTree(g);
   if (![...modules].some((m) => m.startsWith('down_blocks.'))) {
-    const sample = g.nodes.filter((n) => n.opType !== 'Constant').slice(0, 3).map((n) => JSON.stringify(n.name || `<unnamed ${n.opType}>`));
+    const sample = g.nodes
+      .filter((n) => n.opType !== 'Constant')
+      .slice(0, 3)
+      .map((n) => JSON.stringify(n.name || `<unnamed ${n.opType}>`));
     fail(label, `expected ${EXPECTED_NAMES}; found ${g.nodes.length} nodes without such scopes (e.g. ${sample.join(', ') || 'none'})`);
   }
   const parameters = findParameters(g);
@@ -198,7 +207,12 @@ export function analyzeUNet(g: Graph, label = 'model'): UNetAnalysis {
 
   // Every module the layout expects must be in the graph, or the structure was misread.
   for (const entry of [...layout.layers, ...layout.stem]) {
-    for (const m of entry.modules) if (!modules.has(m)) fail(label, `expected module ${m} (block ${entry.id}) from the structure of this UNet, but no node is scoped under /${m.replace(/\./g, '/')}/`);
+    for (const m of entry.modules)
+      if (!modules.has(m))
+        fail(
+          label,
+          `expected module ${m} (block ${entry.id}) from the structure of this UNet, but no node is scoped under /${m.replace(/\./g, '/')}/`,
+        );
   }
 
   const paramsByModule = new Map<string, number>();
@@ -210,7 +224,13 @@ export function analyzeUNet(g: Graph, label = 'model'): UNetAnalysis {
     paramsByOwner.set(owner, (paramsByOwner.get(owner) ?? 0) + p.count);
   }
   const totalParams = parameters.reduce((a, p) => a + p.count, 0);
-  const info = (l: { id: string; stage: BlockInfo['stage']; modules: readonly string[]; emitsSkip?: number; consumesSkip?: number }): BlockInfo => ({
+  const info = (l: {
+    id: string;
+    stage: BlockInfo['stage'];
+    modules: readonly string[];
+    emitsSkip?: number;
+    consumesSkip?: number;
+  }): BlockInfo => ({
     id: l.id,
     stage: l.stage,
     modules: [...l.modules],
@@ -230,7 +250,10 @@ export function analyzeUNet(g: Graph, label = 'model'): UNetAnalysis {
     const producerModule = skip.producer ? moduleOfNode(skip.producer) : '';
     const owner = ownerOfModulePath(layout, producerModule);
     if (owner !== s.producer) {
-      fail(label, `skip ${s.index} should come from block ${s.producer}, but ${concat.name} concatenates ${skip.name} from ${owner ?? (producerModule || 'outside any block')}`);
+      fail(
+        label,
+        `skip ${s.index} should come from block ${s.producer}, but ${concat.name} concatenates ${skip.name} from ${owner ?? (producerModule || 'outside any block')}`,
+      );
     }
     return { index: s.index, tensor: skip.name, producer: s.producer, consumer: s.consumer, concat: concat.name };
   });

@@ -36,9 +36,36 @@ export type GradientRule = (c: GradContext) => (Value | null)[];
 
 /** Ops whose outputs carry no gradient to their inputs (integer, boolean or piecewise-constant results). */
 export const NO_GRADIENT_OPS: ReadonlySet<string> = new Set([
-  'Shape', 'Size', 'Constant', 'ConstantOfShape', 'Range', 'EyeLike', 'OneHot', 'NonZero', 'ArgMax', 'ArgMin',
-  'Equal', 'Less', 'Greater', 'LessOrEqual', 'GreaterOrEqual', 'Not', 'And', 'Or', 'Xor', 'IsNaN', 'IsInf',
-  'Floor', 'Ceil', 'Round', 'Sign', 'RandomNormal', 'RandomUniform', 'RandomNormalLike', 'RandomUniformLike', 'Bernoulli',
+  'Shape',
+  'Size',
+  'Constant',
+  'ConstantOfShape',
+  'Range',
+  'EyeLike',
+  'OneHot',
+  'NonZero',
+  'ArgMax',
+  'ArgMin',
+  'Equal',
+  'Less',
+  'Greater',
+  'LessOrEqual',
+  'GreaterOrEqual',
+  'Not',
+  'And',
+  'Or',
+  'Xor',
+  'IsNaN',
+  'IsInf',
+  'Floor',
+  'Ceil',
+  'Round',
+  'Sign',
+  'RandomNormal',
+  'RandomUniform',
+  'RandomNormalLike',
+  'RandomUniformLike',
+  'Bernoulli',
 ]);
 
 // ---------------------------------------------------------------------------------------------
@@ -122,17 +149,39 @@ function convRule(c: GradContext): (Value | null)[] {
   let dX: Value | null = null;
   if (c.needs(0)) {
     // The transposed convolution with the same weight; output_padding restores rows the forward stride skipped.
-    const outputPadding = x.slice(2).map((d, i) => d - (strides[i] * (y[i + 2] - 1) + (w[i + 2] - 1) * dilations[i] + 1 - pads[i] - pads[i + spatial]));
-    dX = c.e.op('ConvTranspose', [c.dY, c.I(1)], { strides, pads, dilations, group, output_padding: outputPadding, kernel_shape: w.slice(2) });
+    const outputPadding = x
+      .slice(2)
+      .map((d, i) => d - (strides[i] * (y[i + 2] - 1) + (w[i + 2] - 1) * dilations[i] + 1 - pads[i] - pads[i + spatial]));
+    dX = c.e.op('ConvTranspose', [c.dY, c.I(1)], {
+      strides,
+      pads,
+      dilations,
+      group,
+      output_padding: outputPadding,
+      kernel_shape: w.slice(2),
+    });
   }
   let dW: Value | null = null;
   if (c.needs(1)) {
     if (group !== 1) c.fail('the weight gradient of a grouped convolution is not supported');
     // dW[m,c] = Σ_n X[n,c] ⋆ dY[n,m]: a convolution over the batch with strides and dilations swapped.
     const batchFirst = [1, 0, ...Array.from({ length: spatial }, (_, i) => i + 2)];
-    const corr = c.e.op('Conv', [c.e.transpose(c.I(0), batchFirst), c.e.transpose(c.dY, batchFirst)], { strides: dilations, dilations: strides, pads });
-    const full = x.slice(2).map((d, i) => Math.floor((d + pads[i] + pads[i + spatial] - ((y[i + 2] - 1) * strides[i] + 1)) / dilations[i]) + 1);
-    const trimmed = full.some((d, i) => d !== w[i + 2]) ? c.e.slice(corr, w.slice(2).map(() => 0), w.slice(2), w.slice(2).map((_, i) => i + 2)) : corr;
+    const corr = c.e.op('Conv', [c.e.transpose(c.I(0), batchFirst), c.e.transpose(c.dY, batchFirst)], {
+      strides: dilations,
+      dilations: strides,
+      pads,
+    });
+    const full = x
+      .slice(2)
+      .map((d, i) => Math.floor((d + pads[i] + pads[i + spatial] - ((y[i + 2] - 1) * strides[i] + 1)) / dilations[i]) + 1);
+    const trimmed = full.some((d, i) => d !== w[i + 2])
+      ? c.e.slice(
+          corr,
+          w.slice(2).map(() => 0),
+          w.slice(2),
+          w.slice(2).map((_, i) => i + 2),
+        )
+      : corr;
     dW = c.e.transpose(trimmed, batchFirst);
   }
   const dB = c.needs(2) ? c.e.reduce('ReduceSum', c.dY, [0, ...Array.from({ length: spatial }, (_, i) => i + 2)], false) : null;
@@ -141,7 +190,8 @@ function convRule(c: GradContext): (Value | null)[] {
 
 function convTransposeRule(c: GradContext): (Value | null)[] {
   if (c.needs(1) || c.needs(2)) c.fail('only the input gradient of ConvTranspose is supported');
-  if (c.node.attr('output_shape') || c.node.attrString('auto_pad', 'NOTSET') !== 'NOTSET') c.fail('output_shape/auto_pad forms are not supported');
+  if (c.node.attr('output_shape') || c.node.attrString('auto_pad', 'NOTSET') !== 'NOTSET')
+    c.fail('output_shape/auto_pad forms are not supported');
   const n = c.node;
   const spatial = c.shape(c.I(0)).length - 2;
   // The adjoint of a transposed convolution is the convolution with the same weight.
@@ -169,13 +219,19 @@ function matmulRule(c: GradContext): (Value | null)[] {
   let dA: Value | null = null;
   if (c.needs(0)) {
     // dA = dY·Bᵀ (a 2-D B goes into Gemm as is: no transposed copy of a frozen weight)
-    const raw = b2.length === 2 ? e.reshape(e.op('Gemm', [e.reshape(dY, [-1, N]), B], { transB: 1 }), [...batch, M, K]) : e.op('MatMul', [dY, e.transpose(B, swapLast(b2.length))]);
+    const raw =
+      b2.length === 2
+        ? e.reshape(e.op('Gemm', [e.reshape(dY, [-1, N]), B], { transB: 1 }), [...batch, M, K])
+        : e.op('MatMul', [dY, e.transpose(B, swapLast(b2.length))]);
     dA = e.reshape(e.sumTo(raw, [...batch, M, K], a2), a);
   }
   let dB: Value | null = null;
   if (c.needs(1)) {
     // dB = Aᵀ·dY, summed over the batch dims B was broadcast along
-    const raw = b2.length === 2 ? e.op('Gemm', [e.reshape(A, [-1, K]), e.reshape(dY, [-1, N])], { transA: 1 }) : e.op('MatMul', [e.transpose(A, swapLast(a2.length)), dY]);
+    const raw =
+      b2.length === 2
+        ? e.op('Gemm', [e.reshape(A, [-1, K]), e.reshape(dY, [-1, N])], { transA: 1 })
+        : e.op('MatMul', [e.transpose(A, swapLast(a2.length)), dY]);
     const rawShape = b2.length === 2 ? [K, N] : [...batch, K, N];
     dB = e.reshape(e.sumTo(raw, rawShape, b2), b);
   }
@@ -276,7 +332,8 @@ function resizeRule(c: GradContext): (Value | null)[] {
     const blocky =
       (coord === 'asymmetric' && rounding === 'floor') ||
       (coord === 'tf_half_pixel_for_nn' && rounding === 'floor') ||
-      ((coord === 'half_pixel' || coord === 'pytorch_half_pixel') && (rounding === 'round_prefer_floor' || rounding === 'round_prefer_ceil'));
+      ((coord === 'half_pixel' || coord === 'pytorch_half_pixel') &&
+        (rounding === 'round_prefer_floor' || rounding === 'round_prefer_ceil'));
     if (!blocky) c.fail(`nearest resize with ${coord}/${rounding} does not copy whole blocks`);
   }
   const [x, y] = [c.shape(c.I(0)), c.shape(c.O(0))];
@@ -354,7 +411,12 @@ function padRule(c: GradContext): (Value | null)[] {
   if (c.opset >= 18 && c.node.inputs[3]) c.fail('Pad with an axes input is not supported');
   if (pads.some((p) => p < 0)) c.fail('negative pads are not supported');
   // dX = dY[begin : begin + shape X]
-  const dX = c.e.slice(c.dY, pads.slice(0, x.length), x.map((d, i) => pads[i] + d), x.map((_, i) => i));
+  const dX = c.e.slice(
+    c.dY,
+    pads.slice(0, x.length),
+    x.map((d, i) => pads[i] + d),
+    x.map((_, i) => i),
+  );
   return [dX, ...c.node.inputs.slice(1).map(() => null)];
 }
 
@@ -371,7 +433,13 @@ function einsumRule(c: GradContext): (Value | null)[] {
     let g = c.e.op('Einsum', inputs, { equation: `${[terms.output, ...others].join(',')}->${kept}` });
     const shape = c.shape(c.I(i));
     if (kept.length !== term.length) {
-      g = c.e.op('Expand', [c.e.reshape(g, [...term].map((ch, k) => (seen.has(ch) ? shape[k] : 1))), c.e.int64s(shape)]);
+      g = c.e.op('Expand', [
+        c.e.reshape(
+          g,
+          [...term].map((ch, k) => (seen.has(ch) ? shape[k] : 1)),
+        ),
+        c.e.int64s(shape),
+      ]);
     }
     return g;
   });
@@ -398,7 +466,9 @@ export const GRADIENT_RULES: Readonly<Record<string, GradientRule>> = {
     c.needs(1) ? unbroadcast(c, c.e.op('Neg', [c.e.op('Div', [mul(c, c.dY, c.O(0)), c.I(1)])]), 1) : null, // dB = −dY·Y/B
   ],
   Pow: (c) => [
-    c.needs(0) ? unbroadcast(c, mul(c, c.dY, mul(c, c.I(1), c.e.op('Pow', [c.I(0), c.e.op('Sub', [c.I(1), c.e.scalarLike(1, c.I(1))])]))), 0) : null, // dA = dY·B·A^(B−1)
+    c.needs(0)
+      ? unbroadcast(c, mul(c, c.dY, mul(c, c.I(1), c.e.op('Pow', [c.I(0), c.e.op('Sub', [c.I(1), c.e.scalarLike(1, c.I(1))])]))), 0)
+      : null, // dA = dY·B·A^(B−1)
     c.needs(1) ? unbroadcast(c, mul(c, c.dY, mul(c, c.O(0), c.e.op('Log', [c.I(0)]))), 1) : null, // dB = dY·Y·ln A
   ],
   Sqrt: (c) => [c.e.op('Div', [c.dY, mul(c, c.O(0), c.e.scalarLike(2, c.O(0)))])], // dX = dY/(2Y)
@@ -409,7 +479,9 @@ export const GRADIENT_RULES: Readonly<Record<string, GradientRule>> = {
   Relu: (c) => [c.e.op('Where', [c.e.op('Greater', [c.I(0), c.e.scalarLike(0, c.I(0))]), c.dY, c.e.scalarLike(0, c.dY)])], // dX = dY·[X > 0]
   Sigmoid: (c) => [mul(c, c.dY, mul(c, c.O(0), c.e.op('Sub', [c.e.scalarLike(1, c.O(0)), c.O(0)])))], // dX = dY·Y·(1−Y)
   Tanh: (c) => [mul(c, c.dY, c.e.op('Sub', [c.e.scalarLike(1, c.O(0)), mul(c, c.O(0), c.O(0))]))], // dX = dY·(1−Y²)
-  Erf: (c) => [mul(c, c.dY, mul(c, c.e.scalarLike(2 / Math.sqrt(Math.PI), c.I(0)), c.e.op('Exp', [c.e.op('Neg', [mul(c, c.I(0), c.I(0))])])))], // dX = dY·(2/√π)·e^(−X²)
+  Erf: (c) => [
+    mul(c, c.dY, mul(c, c.e.scalarLike(2 / Math.sqrt(Math.PI), c.I(0)), c.e.op('Exp', [c.e.op('Neg', [mul(c, c.I(0), c.I(0))])]))),
+  ], // dX = dY·(2/√π)·e^(−X²)
   Sin: (c) => [mul(c, c.dY, c.e.op('Cos', [c.I(0)]))], // dX = dY·cos X
   Cos: (c) => [c.e.op('Neg', [mul(c, c.dY, c.e.op('Sin', [c.I(0)]))])], // dX = −dY·sin X
   Softmax: softmaxRule(false), // dX = Y·(dY − Σ_axis dY·Y)
@@ -434,7 +506,10 @@ export const GRADIENT_RULES: Readonly<Record<string, GradientRule>> = {
   Unsqueeze: sameShapeReshape,
   Transpose: (c) => {
     const rank = c.shape(c.I(0)).length;
-    const perm = c.node.attrInts('perm', Array.from({ length: rank }, (_, i) => rank - 1 - i));
+    const perm = c.node.attrInts(
+      'perm',
+      Array.from({ length: rank }, (_, i) => rank - 1 - i),
+    );
     const inverse = new Array<number>(rank);
     perm.forEach((p, i) => (inverse[p] = i));
     return [c.e.transpose(c.dY, inverse)]; // dX = transpose(dY, perm⁻¹)

@@ -42,14 +42,32 @@ export function findLoraSites(g: Graph): LoraSite[] {
       if (!x || !w?.initializer || w.initializer.dims.length !== 2) continue;
       const [inF, outF] = w.initializer.dims;
       const bias = biasAddAfter(g, n.outputs[0]);
-      sites.push({ module, kind: 'linear', node: n, input: x, output: bias ? bias.outputs[0] : n.outputs[0], inFeatures: inF, outFeatures: outF, kernel: [1, 1] });
+      sites.push({
+        module,
+        kind: 'linear',
+        node: n,
+        input: x,
+        output: bias ? bias.outputs[0] : n.outputs[0],
+        inFeatures: inF,
+        outFeatures: outF,
+        kernel: [1, 1],
+      });
     } else if (n.opType === 'Gemm') {
       const w = n.inputs[1];
       const x = n.inputs[0];
       if (!x || !w?.initializer || n.attrInt('transA', 0) !== 0) continue;
       const [a, b] = w.initializer.dims;
       const transB = n.attrInt('transB', 0) === 1;
-      sites.push({ module, kind: 'linear', node: n, input: x, output: n.outputs[0], inFeatures: transB ? b : a, outFeatures: transB ? a : b, kernel: [1, 1] });
+      sites.push({
+        module,
+        kind: 'linear',
+        node: n,
+        input: x,
+        output: n.outputs[0],
+        inFeatures: transB ? b : a,
+        outFeatures: transB ? a : b,
+        kernel: [1, 1],
+      });
     } else if (n.opType === 'Conv') {
       const w = n.inputs[1];
       const x = n.inputs[0];
@@ -67,13 +85,20 @@ export function selectSites(g: Graph, targets: readonly string[], label: string)
   const sites = findLoraSites(g);
   const byModule = new Map(sites.map((s) => [s.module, s]));
   const missing = targets.filter((t) => !byModule.has(t));
-  if (missing.length) throw new HollowcError(`no Linear or Conv layer for LoRA target${missing.length > 1 ? 's' : ''} ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', ...' : ''}`, label);
+  if (missing.length)
+    throw new HollowcError(
+      `no Linear or Conv layer for LoRA target${missing.length > 1 ? 's' : ''} ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', ...' : ''}`,
+      label,
+    );
   const wanted = new Set(targets);
   return sites.filter((s) => wanted.has(s.module));
 }
 
 /** peft/kohya shapes of a site's LoRA: A [r, in(, kh, kw)], B [out, r(, 1, 1)]. */
-export function loraShapes(site: Pick<LoraSite, 'kind' | 'inFeatures' | 'outFeatures' | 'kernel'>, rank: number): { a: number[]; b: number[] } {
+export function loraShapes(
+  site: Pick<LoraSite, 'kind' | 'inFeatures' | 'outFeatures' | 'kernel'>,
+  rank: number,
+): { a: number[]; b: number[] } {
   return site.kind === 'conv'
     ? { a: [rank, site.inFeatures, ...site.kernel], b: [site.outFeatures, rank, 1, 1] }
     : { a: [rank, site.inFeatures], b: [site.outFeatures, rank] };

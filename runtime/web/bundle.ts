@@ -30,10 +30,15 @@ function nodeStubs(root: string): Plugin {
     setup(build) {
       build.onResolve({ filter: NODE_BUILTINS }, (args) => {
         const importer = path.relative(root, args.importer).split(path.sep).join('/');
-        if (!NODE_ONLY_IMPORTERS.includes(importer)) return { errors: [{ text: `${importer} imports ${args.path}: the page runs in a browser (add a pure module instead)` }] };
+        if (!NODE_ONLY_IMPORTERS.includes(importer))
+          return { errors: [{ text: `${importer} imports ${args.path}: the page runs in a browser (add a pure module instead)` }] };
         return { path: args.path, namespace: 'node-stub' };
       });
-      build.onResolve({ filter: /^onnxruntime-node$/ }, (args) => ({ errors: [{ text: `${path.relative(root, args.importer)} imports onnxruntime-node: the page uses onnxruntime-web (the global ort)` }] }));
+      build.onResolve({ filter: /^onnxruntime-node$/ }, (args) => ({
+        errors: [
+          { text: `${path.relative(root, args.importer)} imports onnxruntime-node: the page uses onnxruntime-web (the global ort)` },
+        ],
+      }));
       build.onLoad({ filter: /.*/, namespace: 'node-stub' }, () => ({ contents: 'export {};', loader: 'js' }));
     },
   };
@@ -55,5 +60,9 @@ export async function bundlePage(): Promise<{ js: string; html: string; warnings
     plugins: [nodeStubs(root)],
     tsconfig: path.join(dir, 'tsconfig.json'),
   });
-  return { js: result.outputFiles[0].text, html: fs.readFileSync(path.join(dir, 'index.html'), 'utf8'), warnings: result.warnings.filter((w) => !w.text.includes('node-stub:')).map((w) => w.text) };
+  return {
+    js: result.outputFiles[0].text,
+    html: fs.readFileSync(path.join(dir, 'index.html'), 'utf8'),
+    warnings: result.warnings.filter((w) => !w.text.includes('node-stub:')).map((w) => w.text),
+  };
 }

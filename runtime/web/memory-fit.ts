@@ -50,8 +50,10 @@ export function gb(bytes: number): string {
 
 function verdictFor(label: string, fits: SessionFit[]): string {
   const [f32, f16] = fits;
-  if (f32.fits) return `${label} fits in wasm32 in float32 (${gb(f32.weightBytes)} of weights, ~${gb(f32.neededBytes)} with headroom, limit 4 GiB)`;
-  if (f16.fits) return `${label} needs a reduced-precision (float16) base in wasm32: ${gb(f32.weightBytes)} of float32 weights (~${gb(f32.neededBytes)} with headroom) exceed 4 GiB, ${gb(f16.weightBytes)} in float16 fit`;
+  if (f32.fits)
+    return `${label} fits in wasm32 in float32 (${gb(f32.weightBytes)} of weights, ~${gb(f32.neededBytes)} with headroom, limit 4 GiB)`;
+  if (f16.fits)
+    return `${label} needs a reduced-precision (float16) base in wasm32: ${gb(f32.weightBytes)} of float32 weights (~${gb(f32.neededBytes)} with headroom) exceed 4 GiB, ${gb(f16.weightBytes)} in float16 fit`;
   return `${label} does not fit in wasm32 even in float16: ${gb(f16.weightBytes)} of float16 weights (~${gb(f16.neededBytes)} with headroom) exceed 4 GiB`;
 }
 
@@ -63,8 +65,14 @@ export function modelFit(label: string, parameters: number): ModelFit {
 /** This folder: infer.onnx holds the whole UNet, train.onnx the parameters kept for training. */
 export function folderFit(manifest: CompileManifest): { infer: ModelFit; train: ModelFit } {
   return {
-    infer: modelFit(`this ${manifest.family} UNet (infer.onnx, ${manifest.parameters.full.toLocaleString('en-US')} parameters)`, manifest.parameters.full),
-    train: modelFit(`its training graph (train.onnx, ${manifest.parameters.heldDuringTraining.toLocaleString('en-US')} parameters held)`, manifest.parameters.heldDuringTraining),
+    infer: modelFit(
+      `this ${manifest.family} UNet (infer.onnx, ${manifest.parameters.full.toLocaleString('en-US')} parameters)`,
+      manifest.parameters.full,
+    ),
+    train: modelFit(
+      `its training graph (train.onnx, ${manifest.parameters.heldDuringTraining.toLocaleString('en-US')} parameters held)`,
+      manifest.parameters.heldDuringTraining,
+    ),
   };
 }
 

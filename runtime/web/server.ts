@@ -65,8 +65,16 @@ function folderFiles(out: string, storeDir: string): Map<string, string> {
   for (const w of manifest.weights) add(w, path.join(out, w));
   add(LORA_INIT_FILE, path.join(out, LORA_INIT_FILE));
   for (const f of [HEADER_FILE, RECORDS_FILE, CONDITIONING_FILE]) add(`store/${f}`, path.join(storeDir, f));
-  if (!files.has(`store/${HEADER_FILE}`)) throw new HollowcError(`no store here (${HEADER_FILE} is missing): run hollowc precompute first, the page trains on the store`, storeDir);
-  if (!manifest.artifacts.train) throw new HollowcError('this folder has no train.onnx, which the page needs (add `train` to the spec\'s emit line and compile again)', out);
+  if (!files.has(`store/${HEADER_FILE}`))
+    throw new HollowcError(
+      `no store here (${HEADER_FILE} is missing): run hollowc precompute first, the page trains on the store`,
+      storeDir,
+    );
+  if (!manifest.artifacts.train)
+    throw new HollowcError(
+      "this folder has no train.onnx, which the page needs (add `train` to the spec's emit line and compile again)",
+      out,
+    );
   return files;
 }
 
@@ -104,7 +112,9 @@ export async function startWebServer(options: WebServerOptions): Promise<WebServ
       const size = fs.statSync(file).size;
       res.writeHead(200, { ...headers, 'Content-Type': TYPES[path.extname(file)] ?? 'application/octet-stream', 'Content-Length': size });
       if (req.method === 'HEAD') return res.end();
-      fs.createReadStream(file).on('error', () => res.destroy()).pipe(res);
+      fs.createReadStream(file)
+        .on('error', () => res.destroy())
+        .pipe(res);
     };
     if (url === '/' || url === '/index.html') return send(page.html, TYPES['.html']);
     if (url === '/page.js') return send(page.js, TYPES['.js']);
@@ -118,7 +128,9 @@ export async function startWebServer(options: WebServerOptions): Promise<WebServ
     return fail(404, 'not found');
   });
   await new Promise<void>((resolve, reject) => {
-    server.once('error', (e: NodeJS.ErrnoException) => reject(e.code === 'EADDRINUSE' ? new HollowcError(`port ${options.port} on ${host} is in use: pick another with --port`) : e));
+    server.once('error', (e: NodeJS.ErrnoException) =>
+      reject(e.code === 'EADDRINUSE' ? new HollowcError(`port ${options.port} on ${host} is in use: pick another with --port`) : e),
+    );
     server.listen(options.port ?? 8080, host, () => resolve());
   });
   const port = (server.address() as AddressInfo).port;
@@ -127,9 +139,10 @@ export async function startWebServer(options: WebServerOptions): Promise<WebServ
     url: `http://${shown}:${port}/`,
     host,
     port,
-    close: () => new Promise<void>((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
-    }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
   };
 }

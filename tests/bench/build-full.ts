@@ -45,7 +45,8 @@ async function runOnce(family: FamilyName, dir: string, run: boolean): Promise<v
     for (const input of unetSignature(config).inputs) {
       const shape = input.shape.map((d) => (typeof d === 'string' ? dims[d] : d));
       const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
-      for (let i = 0; i < data.length; i++) data[i] = input.name === 'timestep' ? 500 : input.name === 'time_ids' ? 1024 : Math.sin(i * 0.37);
+      for (let i = 0; i < data.length; i++)
+        data[i] = input.name === 'timestep' ? 500 : input.name === 'time_ids' ? 1024 : Math.sin(i * 0.37);
       feeds[input.name] = new ort.Tensor('float32', data, shape);
     }
     const t1 = Date.now();
@@ -80,7 +81,10 @@ async function main(argv: string[]): Promise<void> {
   const families = argv.filter((a, i) => isFamilyName(a) && argv[i - 1] !== '--dir');
   for (const family of families.length ? families : (['sd15', 'sd21', 'sdxl'] as FamilyName[])) {
     const dir = path.join(base, family);
-    const child = spawnSync(process.execPath, [__filename, '--one', family, dir, ...(run ? ['--run'] : [])], { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
+    const child = spawnSync(process.execPath, [__filename, '--one', family, dir, ...(run ? ['--run'] : [])], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+      encoding: 'utf8',
+    });
     process.stdout.write(child.stdout);
     if (child.status !== 0) process.stdout.write(`${family}: exit ${child.status}\n`);
     if (!argv.includes('--keep')) fs.rmSync(dir, { recursive: true, force: true });

@@ -38,26 +38,52 @@ async function child(step: string, args: string[]): Promise<void> {
   } else if (step === 'compile') {
     const { compileFromSpec } = await import('../../cli/compile');
     const m = compileFromSpec(args[0], args[1], { out: args[2] });
-    Object.assign(report, { artifacts: Object.keys(m.artifacts), heldDuringTraining: m.parameters.heldDuringTraining, loraParams: m.parameters.lora });
+    Object.assign(report, {
+      artifacts: Object.keys(m.artifacts),
+      heldDuringTraining: m.parameters.heldDuringTraining,
+      loraParams: m.parameters.lora,
+    });
   } else if (step === 'load') {
     const ort = await import('onnxruntime-node');
     const out = args[0];
     const manifest = JSON.parse(fs.readFileSync(path.join(out, 'manifest.json'), 'utf8'));
-    const session = await ort.InferenceSession.create(path.join(out, `${args[1]}.onnx`), { executionProviders: ['cpu'], enableCpuMemArena: false, extra: { session: { disable_prepacking: '1' } } });
+    const session = await ort.InferenceSession.create(path.join(out, `${args[1]}.onnx`), {
+      executionProviders: ['cpu'],
+      enableCpuMemArena: false,
+      extra: { session: { disable_prepacking: '1' } },
+    });
     const loadSeconds = (Date.now() - t0) / 1000;
-    const dims: Record<string, number> = { batch: 1, height: 32, width: 32, sequence: 77, 'height/8': 4, 'width/8': 4, 'height/4': 8, 'width/4': 8, 'height/2': 16, 'width/2': 16 };
+    const dims: Record<string, number> = {
+      batch: 1,
+      height: 32,
+      width: 32,
+      sequence: 77,
+      'height/8': 4,
+      'width/8': 4,
+      'height/4': 8,
+      'width/4': 8,
+      'height/2': 16,
+      'width/2': 16,
+    };
     const feeds: Record<string, import('onnxruntime-node').Tensor> = {};
     for (const input of manifest.artifacts[args[1]].inputs as { name: string; shape: (number | string)[] }[]) {
       const shape = input.shape.map((d) => (typeof d === 'string' ? dims[d] : d));
       const data = new Float32Array(shape.reduce((a: number, b: number) => a * b, 1));
       const isB = input.name.endsWith('.lora_B.weight');
-      for (let i = 0; i < data.length; i++) data[i] = input.name === 'timestep' ? 500 : isB ? 0 : Math.sin(i * 0.37) * (input.name.includes('lora_A') ? 0.02 : 1);
+      for (let i = 0; i < data.length; i++)
+        data[i] = input.name === 'timestep' ? 500 : isB ? 0 : Math.sin(i * 0.37) * (input.name.includes('lora_A') ? 0.02 : 1);
       feeds[input.name] = new ort.Tensor('float32', data, shape);
     }
     const t1 = Date.now();
     const result = await session.run(feeds);
     const out0 = Object.values(result)[0].data as Float32Array;
-    Object.assign(report, { artifact: args[1], loadSeconds, runSeconds: (Date.now() - t1) / 1000, finite: out0.every(Number.isFinite), outputDims: Object.values(result)[0].dims });
+    Object.assign(report, {
+      artifact: args[1],
+      loadSeconds,
+      runSeconds: (Date.now() - t1) / 1000,
+      finite: out0.every(Number.isFinite),
+      outputDims: Object.values(result)[0].dims,
+    });
   }
   Object.assign(report, { seconds: (Date.now() - t0) / 1000, peakRssMiB: peakMiB(), readMiB: Math.round(readChars() / MiB) });
   console.log(JSON.stringify(report));

@@ -35,7 +35,11 @@ function startSampler(): () => { anon: number; file: number; peak: number } {
   return () => {
     read();
     clearInterval(timer);
-    return { anon: Math.round(anon / 1024), file: Math.round(file / 1024), peak: Math.round((process.resourceUsage().maxRSS * 1024) / MiB) };
+    return {
+      anon: Math.round(anon / 1024),
+      file: Math.round(file / 1024),
+      peak: Math.round((process.resourceUsage().maxRSS * 1024) / MiB),
+    };
   };
 }
 
@@ -80,7 +84,9 @@ async function child(kind: string, dir: string, steps: number, threads: number):
     if (!r.images || r.images.dims.join() !== '1,3,512,512') throw new Error(`unexpected image ${r.images?.dims}`);
   }
   const m = stop();
-  process.stdout.write(`${JSON.stringify({ kind, seconds: (Date.now() - t0) / 1000, stages, peakMiB: m.peak, rssAnonMaxMiB: m.anon, rssFileMaxMiB: m.file })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ kind, seconds: (Date.now() - t0) / 1000, stages, peakMiB: m.peak, rssAnonMaxMiB: m.anon, rssFileMaxMiB: m.file })}\n`,
+  );
 }
 
 async function main(): Promise<void> {
@@ -96,7 +102,9 @@ async function main(): Promise<void> {
     process.stdout.write(`built ${dir} in ${((Date.now() - t) / 1000).toFixed(0)} s\n`);
   }
   for (const k of ['unet', 'generate']) {
-    const p = spawn(process.execPath, [__filename, '--child', k, '--dir', dir, '--steps', String(steps), '--threads', String(threads)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(process.execPath, [__filename, '--child', k, '--dir', dir, '--steps', String(steps), '--threads', String(threads)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (d) => (stdout += d));
@@ -117,7 +125,9 @@ async function main(): Promise<void> {
     clearInterval(timer);
     if (code !== 0) throw new Error(`${k} failed: ${stderr}`);
     const r = JSON.parse(stdout.trim().split('\n').pop()!);
-    process.stdout.write(`${JSON.stringify({ ...r, sampledByParent: { rssAnonMaxMiB: Math.round(anon / 1024), rssFileMaxMiB: Math.round(file / 1024) } })}\n`);
+    process.stdout.write(
+      `${JSON.stringify({ ...r, sampledByParent: { rssAnonMaxMiB: Math.round(anon / 1024), rssFileMaxMiB: Math.round(file / 1024) } })}\n`,
+    );
   }
 }
 

@@ -37,7 +37,12 @@ async function main(argv: string[]): Promise<void> {
   process.chdir(dir);
   let profileFile: string;
   try {
-    const session = await createSession(path.resolve(cwd, file), { intraOpThreads: threads, optimization: 'basic', memPattern: false, config: JSON.parse(opt('--config', '{}')) });
+    const session = await createSession(path.resolve(cwd, file), {
+      intraOpThreads: threads,
+      optimization: 'basic',
+      memPattern: false,
+      config: JSON.parse(opt('--config', '{}')),
+    });
     await session.release();
     // Profiling is a session option: a second session with it on.
     const profiled = await ort.InferenceSession.create(path.resolve(cwd, file), {
@@ -53,17 +58,37 @@ async function main(argv: string[]): Promise<void> {
     for (const input of g.inputs) {
       const shape = input.type!.shape as number[];
       const n = shape.reduce((a, b) => a * b, 1);
-      if (input.type!.elemType === 7) feeds[input.name] = new ort.Tensor('int64', BigInt64Array.from({ length: n }, () => 1n), shape);
-      else feeds[input.name] = new ort.Tensor('float32', Float32Array.from({ length: n }, (_, i) => (input.name.includes('lora_') ? 0.01 : 1) * Math.sin(i * 0.37)), shape);
+      if (input.type!.elemType === 7)
+        feeds[input.name] = new ort.Tensor(
+          'int64',
+          BigInt64Array.from({ length: n }, () => 1n),
+          shape,
+        );
+      else
+        feeds[input.name] = new ort.Tensor(
+          'float32',
+          Float32Array.from({ length: n }, (_, i) => (input.name.includes('lora_') ? 0.01 : 1) * Math.sin(i * 0.37)),
+          shape,
+        );
     }
     await profiled.run(feeds);
     profiled.endProfiling();
     await profiled.release();
-    profileFile = path.join(dir, fs.readdirSync(dir).find((f) => f.startsWith('profile'))!);
+    profileFile = path.join(
+      dir,
+      fs.readdirSync(dir).find((f) => f.startsWith('profile'))!,
+    );
   } finally {
     process.chdir(cwd);
   }
-  const events = (JSON.parse(fs.readFileSync(profileFile, 'utf8')) as { cat: string; name: string; ts: number; args?: { op_name?: string; output_size?: string } }[])
+  const events = (
+    JSON.parse(fs.readFileSync(profileFile, 'utf8')) as {
+      cat: string;
+      name: string;
+      ts: number;
+      args?: { op_name?: string; output_size?: string };
+    }[]
+  )
     .filter((e) => e.cat === 'Node' && e.name.endsWith('_kernel_time'))
     .sort((a, b) => a.ts - b.ts);
   const byName = new Map(g.nodes.map((n) => [n.name, n]));
@@ -108,8 +133,12 @@ async function main(argv: string[]): Promise<void> {
     if (live > peak) [peak, peakAt] = [live, i];
   }
   const alive = lives.filter((l) => l.birth <= peakAt && l.death >= peakAt).sort((a, b) => b.bytes - a.bytes);
-  console.log(`${file}: ${order.length} kernels run (${missing} graph nodes not in the profile, ${unknown} profiled nodes not in the graph)`);
-  console.log(`peak of live intermediates: ${(peak / MiB).toFixed(0)} MiB at kernel ${peakAt} (${order[peakAt]?.name}), ${alive.length} tensors`);
+  console.log(
+    `${file}: ${order.length} kernels run (${missing} graph nodes not in the profile, ${unknown} profiled nodes not in the graph)`,
+  );
+  console.log(
+    `peak of live intermediates: ${(peak / MiB).toFixed(0)} MiB at kernel ${peakAt} (${order[peakAt]?.name}), ${alive.length} tensors`,
+  );
   const group = (key: (l: Life) => string) => {
     const m = new Map<string, { bytes: number; n: number }>();
     for (const l of alive) {
@@ -122,8 +151,19 @@ async function main(argv: string[]): Promise<void> {
     return [...m].sort((a, b) => b[1].bytes - a[1].bytes);
   };
   const phase = (l: Life) => (l.node.includes('/grad') ? 'backward' : 'forward');
-  console.log('by phase: ' + group(phase).map(([k, e]) => `${k} ${(e.bytes / MiB).toFixed(0)} MiB (${e.n})`).join(', '));
-  console.log('by producer: ' + group((l) => `${phase(l)} ${l.op}`).slice(0, 16).map(([k, e]) => `${k} ${(e.bytes / MiB).toFixed(0)} MiB (${e.n})`).join(', '));
+  console.log(
+    'by phase: ' +
+      group(phase)
+        .map(([k, e]) => `${k} ${(e.bytes / MiB).toFixed(0)} MiB (${e.n})`)
+        .join(', '),
+  );
+  console.log(
+    'by producer: ' +
+      group((l) => `${phase(l)} ${l.op}`)
+        .slice(0, 16)
+        .map(([k, e]) => `${k} ${(e.bytes / MiB).toFixed(0)} MiB (${e.n})`)
+        .join(', '),
+  );
   for (const l of alive.slice(0, top)) console.log(`  ${(l.bytes / MiB).toFixed(1)} MiB  ${l.op}  ${l.value}  [${l.birth}..${l.death}]`);
   if (process.env.KEEP_PROFILE) console.log(`profile: ${profileFile}`);
   else fs.rmSync(dir, { recursive: true, force: true });

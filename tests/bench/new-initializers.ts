@@ -30,15 +30,26 @@ async function main(argv: string[]): Promise<void> {
       }),
     });
     await session.release();
-    const before = new Set(loadModel(file).graph.initializers().map((v) => v.name));
+    const before = new Set(
+      loadModel(file)
+        .graph.initializers()
+        .map((v) => v.name),
+    );
     const after = loadModel(optimized).graph.initializers();
-    const sizeOf = (v: (typeof after)[number]) => (v.type?.shape ?? []).reduce<number>((a, d) => a * (typeof d === 'number' ? d : 1), 1) * 4;
+    const sizeOf = (v: (typeof after)[number]) =>
+      (v.type?.shape ?? []).reduce<number>((a, d) => a * (typeof d === 'number' ? d : 1), 1) * 4;
     const added = after.filter((v) => !before.has(v.name)).sort((a, b) => sizeOf(b) - sizeOf(a));
     const total = added.reduce((s, v) => s + sizeOf(v), 0);
-    console.log(`${file} at ${level}: ${added.length} new initializers, ${(total / 2 ** 20).toFixed(1)} MiB (as float32); ${before.size - after.filter((v) => before.has(v.name)).length} of the artifact's ${before.size} gone`);
+    console.log(
+      `${file} at ${level}: ${added.length} new initializers, ${(total / 2 ** 20).toFixed(1)} MiB (as float32); ${before.size - after.filter((v) => before.has(v.name)).length} of the artifact's ${before.size} gone`,
+    );
     for (const v of added.slice(0, 25)) {
-      const consumers = loadModel(optimized).graph.nodes.filter((n) => n.inputs.some((i) => i?.name === v.name)).map((n) => n.opType);
-      console.log(`  ${(sizeOf(v) / 2 ** 20).toFixed(2)} MiB  [${v.type?.shape?.join(', ')}] ${v.name}  -> ${[...new Set(consumers)].join(', ')}`);
+      const consumers = loadModel(optimized)
+        .graph.nodes.filter((n) => n.inputs.some((i) => i?.name === v.name))
+        .map((n) => n.opType);
+      console.log(
+        `  ${(sizeOf(v) / 2 ** 20).toFixed(2)} MiB  [${v.type?.shape?.join(', ')}] ${v.name}  -> ${[...new Set(consumers)].join(', ')}`,
+      );
     }
   } finally {
     for (const f of [optimized, `${optimized}_data`]) fs.rmSync(f, { force: true });

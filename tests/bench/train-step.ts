@@ -16,7 +16,17 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
-import { ENCODER_HIDDEN_STATES, LEARNING_RATE, LOSS_WEIGHT, SAMPLE, STEP, TIMESTEP, isLoraParam, optimizerStateOwner, readManifest } from '../../compiler/manifest';
+import {
+  ENCODER_HIDDEN_STATES,
+  LEARNING_RATE,
+  LOSS_WEIGHT,
+  SAMPLE,
+  STEP,
+  TIMESTEP,
+  isLoraParam,
+  optimizerStateOwner,
+  readManifest,
+} from '../../compiler/manifest';
 import { MALLOC_ENV } from '../../cli/allocator';
 import type { ParamState } from '../../runtime/checkpoint';
 import { OptimizerMode, StepRunner, describeTrainGraph, trainingSession } from '../../runtime/train-graph';
@@ -78,7 +88,12 @@ class Sampler {
     this.worker.postMessage('stop');
     const raw = await done;
     await this.worker.terminate();
-    const round = (p: Peaks) => Object.fromEntries(Object.entries(p).filter(([k]) => k !== 'since').map(([k, v]) => [k, Math.round(v)])) as unknown as Peaks;
+    const round = (p: Peaks) =>
+      Object.fromEntries(
+        Object.entries(p)
+          .filter(([k]) => k !== 'since')
+          .map(([k, v]) => [k, Math.round(v)]),
+      ) as unknown as Peaks;
     return Object.fromEntries(Object.entries(raw).map(([i, p]) => [PHASES[Number(i)], round(p)]));
   }
 }
@@ -115,8 +130,14 @@ async function child(a: ChildArgs): Promise<void> {
   const graph = manifest ? describeTrainGraph(a.file, manifest, undefined, a.mode) : undefined;
   const file = graph?.file ?? a.file;
   // The runtime's options: training graphs as runtime/train-graph.ts trainingSession sets them.
-  const base = graph ? trainingSession({ session: { intraOpThreads: a.threads } }) : { intraOpThreads: a.threads, optimization: 'all' as const };
-  const session = await createSession(file, { ...base, config: { ...('config' in base ? base.config : {}), ...a.config }, ...(a.dump ? { optimizedModelFile: `${file}.optimized.onnx` } : {}) });
+  const base = graph
+    ? trainingSession({ session: { intraOpThreads: a.threads } })
+    : { intraOpThreads: a.threads, optimization: 'all' as const };
+  const session = await createSession(file, {
+    ...base,
+    config: { ...('config' in base ? base.config : {}), ...a.config },
+    ...(a.dump ? { optimizedModelFile: `${file}.optimized.onnx` } : {}),
+  });
   const loadSeconds = (Date.now() - t0) / 1000;
   const dims: Record<string, number> = { batch: 1, height: a.latent ?? 32, width: a.latent ?? 32, sequence: 77 };
   const inputs: { name: string; shape: (number | string | null)[]; dtype: string }[] = graph
@@ -128,14 +149,24 @@ async function child(a: ChildArgs): Promise<void> {
       ];
   const feeds: Record<string, import('onnxruntime-node').Tensor> = {};
   for (const input of inputs) {
-    if (graph && (input.name === LEARNING_RATE || input.name === STEP || optimizerStateOwner(input.name, new Set(graph.params.map((p) => p.name))))) continue;
+    if (
+      graph &&
+      (input.name === LEARNING_RATE || input.name === STEP || optimizerStateOwner(input.name, new Set(graph.params.map((p) => p.name))))
+    )
+      continue;
     const shape = input.shape.map((d) => (typeof d === 'number' ? d : dims[String(d)]));
     const data = Float32Array.from({ length: shape.reduce((x, y) => x * y, 1) }, (_, i) => syntheticValue(input.name, i));
     feeds[input.name] = new ort.Tensor('float32', data, shape);
   }
   const params: ParamState[] = (graph?.params ?? []).map((p) => {
     const n = p.shape.reduce((x, y) => x * y, 1);
-    return { name: p.name, shape: p.shape, value: Float32Array.from({ length: n }, (_, i) => syntheticValue(p.name, i)), expAvg: new Float32Array(n), expAvgSq: new Float32Array(n) };
+    return {
+      name: p.name,
+      shape: p.shape,
+      value: Float32Array.from({ length: n }, (_, i) => syntheticValue(p.name, i)),
+      expAvg: new Float32Array(n),
+      expAvgSq: new Float32Array(n),
+    };
   });
   const runner = graph ? new StepRunner(session, graph, manifest!.training.optimizer) : undefined;
   sampler.enter('step');
@@ -211,7 +242,10 @@ async function main(argv: string[]): Promise<void> {
   }
   const compiled = new Map<string, { out: string; compileSeconds?: number; compilePeakRssMiB?: number }>();
   const compile = (hollow: string) => {
-    const out = path.join(dir, `${hollow === 'none' ? 'out-none' : `out-${hollow.replace(/\D/g, '')}`}${latent === 32 ? '' : `-${latent}`}`);
+    const out = path.join(
+      dir,
+      `${hollow === 'none' ? 'out-none' : `out-${hollow.replace(/\D/g, '')}`}${latent === 32 ? '' : `-${latent}`}`,
+    );
     if (compiled.has(out)) return compiled.get(out)!;
     const text = SPEC(hollow, latent);
     const manifestFile = path.join(out, 'manifest.json');
@@ -225,24 +259,45 @@ async function main(argv: string[]): Promise<void> {
     const t = Date.now();
     const c = spawnSync('/usr/bin/time', ['-f', '%M', process.execPath, CLI, 'compile', unet, spec, '-o', out], { encoding: 'utf8' });
     if (c.status !== 0) throw new Error(`compile ${hollow} failed: ${c.stderr}`);
-    compiled.set(out, { out, compileSeconds: (Date.now() - t) / 1000, compilePeakRssMiB: Math.round(Number(c.stderr.trim().split('\n').pop()) / 1024) });
+    compiled.set(out, {
+      out,
+      compileSeconds: (Date.now() - t) / 1000,
+      compilePeakRssMiB: Math.round(Number(c.stderr.trim().split('\n').pop()) / 1024),
+    });
     return compiled.get(out)!;
   };
   const results: (Row & { medianStepSeconds: number; vmHwmMiB: number; peaks: Record<string, Peaks> })[] = [];
   for (const row of rows) {
     const target = row.kind === 'inference' ? { out: unet } : compile(row.hollow!);
-    const args: ChildArgs = { kind: row.kind, file: target.out, mode: row.mode, steps, threads, config, dump: argv.includes('--dump-optimized'), latent };
-    const r = { ...row, ...target, ...spawnJson([__filename, '--child', JSON.stringify(args)], env) } as unknown as (typeof results)[number];
+    const args: ChildArgs = {
+      kind: row.kind,
+      file: target.out,
+      mode: row.mode,
+      steps,
+      threads,
+      config,
+      dump: argv.includes('--dump-optimized'),
+      latent,
+    };
+    const r = {
+      ...row,
+      ...target,
+      ...spawnJson([__filename, '--child', JSON.stringify(args)], env),
+    } as unknown as (typeof results)[number];
     console.log(JSON.stringify(r));
     results.push(r);
   }
   const date = new Date().toISOString().slice(0, 10);
-  console.log(`\n${date}, ${threads} threads, ${steps} steps per row (median), one process per row, malloc ${env === process.env ? 'as started' : JSON.stringify(MALLOC_ENV)}${Object.keys(config).length ? `, session config ${JSON.stringify(config)}` : ''}\n`);
+  console.log(
+    `\n${date}, ${threads} threads, ${steps} steps per row (median), one process per row, malloc ${env === process.env ? 'as started' : JSON.stringify(MALLOC_ENV)}${Object.keys(config).length ? `, session config ${JSON.stringify(config)}` : ''}\n`,
+  );
   console.log('| configuration | peak RSS (step) | file-backed | anonymous | peak anonymous | VmHWM | step |');
   console.log('|---|---|---|---|---|---|---|');
   for (const r of results) {
     const p = r.peaks.step;
-    console.log(`| ${r.label} | ${p.totalMiB} MiB | ${p.fileAtTotalMiB} MiB | ${p.anonAtTotalMiB} MiB | ${p.anonMiB} MiB | ${r.vmHwmMiB} MiB | ${r.medianStepSeconds.toFixed(2)} s |`);
+    console.log(
+      `| ${r.label} | ${p.totalMiB} MiB | ${p.fileAtTotalMiB} MiB | ${p.anonAtTotalMiB} MiB | ${p.anonMiB} MiB | ${r.vmHwmMiB} MiB | ${r.medianStepSeconds.toFixed(2)} s |`,
+    );
   }
   const by = (id: string) => results.find((r) => r.id === id);
   const ratio = (a: string, b: string) => {
@@ -251,7 +306,9 @@ async function main(argv: string[]): Promise<void> {
     if (!x || !y) return;
     const pr = (x.peaks.step.totalMiB / y.peaks.step.totalMiB).toFixed(3);
     const ar = (x.peaks.step.anonAtTotalMiB / y.peaks.step.anonAtTotalMiB).toFixed(3);
-    console.log(`${a}/${b}: peak RSS ${pr} (VmHWM ${(x.vmHwmMiB / y.vmHwmMiB).toFixed(3)}, anonymous ${ar}), step time ${(x.medianStepSeconds / y.medianStepSeconds).toFixed(3)}`);
+    console.log(
+      `${a}/${b}: peak RSS ${pr} (VmHWM ${(x.vmHwmMiB / y.vmHwmMiB).toFixed(3)}, anonymous ${ar}), step time ${(x.medianStepSeconds / y.medianStepSeconds).toFixed(3)}`,
+    );
   };
   console.log('');
   for (const h of ['hollowed-graph', 'hollowed-host']) for (const b of ['inference', 'lora-graph', 'lora-host']) ratio(h, b);

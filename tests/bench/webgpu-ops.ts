@@ -22,8 +22,16 @@ interface Case {
 
 const N = 4096;
 const CASES: Case[] = [
-  { name: 'Sin [0, 1000)', inputs: [{ shape: [N], scale: 0, offset: 0 }], build: (b, [x]) => b.op('Sin', [b.op('Mul', [x, b.scalar(1000)])]) },
-  { name: 'Cos [0, 1000)', inputs: [{ shape: [N], scale: 0, offset: 0 }], build: (b, [x]) => b.op('Cos', [b.op('Mul', [x, b.scalar(1000)])]) },
+  {
+    name: 'Sin [0, 1000)',
+    inputs: [{ shape: [N], scale: 0, offset: 0 }],
+    build: (b, [x]) => b.op('Sin', [b.op('Mul', [x, b.scalar(1000)])]),
+  },
+  {
+    name: 'Cos [0, 1000)',
+    inputs: [{ shape: [N], scale: 0, offset: 0 }],
+    build: (b, [x]) => b.op('Cos', [b.op('Mul', [x, b.scalar(1000)])]),
+  },
   { name: 'Sin [0, 3)', inputs: [{ shape: [N], scale: 0, offset: 0 }], build: (b, [x]) => b.op('Sin', [b.op('Mul', [x, b.scalar(3)])]) },
   { name: 'Exp', inputs: [{ shape: [N], scale: 3 }], build: (b, [x]) => b.op('Exp', [x]) },
   { name: 'Erf', inputs: [{ shape: [N], scale: 2 }], build: (b, [x]) => b.op('Erf', [x]) },
@@ -32,18 +40,66 @@ const CASES: Case[] = [
   { name: 'Sqrt', inputs: [{ shape: [N], positive: true }], build: (b, [x]) => b.op('Sqrt', [x]) },
   { name: 'Reciprocal', inputs: [{ shape: [N], positive: true }], build: (b, [x]) => b.op('Reciprocal', [x]) },
   { name: 'Div', inputs: [{ shape: [N] }, { shape: [N], positive: true }], build: (b, [x, y]) => b.op('Div', [x, y]) },
-  { name: 'Pow 0.999^t', inputs: [{ shape: [N], positive: true }], build: (b, [x]) => b.op('Pow', [b.scalar(0.999), b.op('Mul', [x, b.scalar(1000)])]) },
-  { name: '1 - 0.999^t, t = 1..4096', inputs: [{ shape: [N], scale: 0, offset: 0 }], build: (b, [x]) => b.op('Sub', [b.scalar(1), b.op('Pow', [b.scalar(0.999), b.op('Add', [b.op('Mul', [x, b.scalar(N)]), b.scalar(1)])])]) },
-  { name: '1 - exp(t ln 0.999), t = 1..4096', inputs: [{ shape: [N], scale: 0, offset: 0 }], build: (b, [x]) => b.op('Sub', [b.scalar(1), b.op('Exp', [b.op('Mul', [b.op('Add', [b.op('Mul', [x, b.scalar(N)]), b.scalar(1)]), b.scalar(Math.log(0.999))])])]) },
+  {
+    name: 'Pow 0.999^t',
+    inputs: [{ shape: [N], positive: true }],
+    build: (b, [x]) => b.op('Pow', [b.scalar(0.999), b.op('Mul', [x, b.scalar(1000)])]),
+  },
+  {
+    name: '1 - 0.999^t, t = 1..4096',
+    inputs: [{ shape: [N], scale: 0, offset: 0 }],
+    build: (b, [x]) =>
+      b.op('Sub', [b.scalar(1), b.op('Pow', [b.scalar(0.999), b.op('Add', [b.op('Mul', [x, b.scalar(N)]), b.scalar(1)])])]),
+  },
+  {
+    name: '1 - exp(t ln 0.999), t = 1..4096',
+    inputs: [{ shape: [N], scale: 0, offset: 0 }],
+    build: (b, [x]) =>
+      b.op('Sub', [
+        b.scalar(1),
+        b.op('Exp', [b.op('Mul', [b.op('Add', [b.op('Mul', [x, b.scalar(N)]), b.scalar(1)]), b.scalar(Math.log(0.999))])]),
+      ]),
+  },
   { name: 'Softmax 64', inputs: [{ shape: [64, 64], scale: 3 }], build: (b, [x]) => b.op('Softmax', [x], { axis: -1 }) },
   { name: 'ReduceMean 4096', inputs: [{ shape: [4, N] }], build: (b, [x]) => b.op('ReduceMean', [x], { axes: [1], keepdims: 0 }) },
-  { name: 'ReduceSum 4096', inputs: [{ shape: [4, N] }], build: (b, [x]) => b.op('ReduceSum', [x, b.constant(BigInt64Array.of(1n), [1])], { keepdims: 0 }) },
+  {
+    name: 'ReduceSum 4096',
+    inputs: [{ shape: [4, N] }],
+    build: (b, [x]) => b.op('ReduceSum', [x, b.constant(BigInt64Array.of(1n), [1])], { keepdims: 0 }),
+  },
   { name: 'MatMul 64x512x64', inputs: [{ shape: [64, 512] }, { shape: [512, 64] }], build: (b, [x, y]) => b.op('MatMul', [x, y]) },
-  { name: 'Gemm transB 64x512x64', inputs: [{ shape: [64, 512] }, { shape: [64, 512] }], build: (b, [x, y]) => b.op('Gemm', [x, y], { transB: 1 }) },
-  { name: 'InstanceNormalization 8x256', inputs: [{ shape: [1, 8, 256], scale: 2, offset: 3 }], build: (b, [x]) => b.op('InstanceNormalization', [x, b.constant(new Float32Array(8).fill(1), [8]), b.constant(new Float32Array(8), [8])], { epsilon: { f: 1e-5 } }) },
-  { name: 'LayerNormalization 256', inputs: [{ shape: [16, 256], scale: 2, offset: 3 }], build: (b, [x]) => b.op('LayerNormalization', [x, b.constant(new Float32Array(256).fill(1), [256]), b.constant(new Float32Array(256), [256])], { axis: -1, epsilon: { f: 1e-5 } }) },
-  { name: 'Conv 3x3 16->16 on 8x8', inputs: [{ shape: [1, 16, 8, 8] }, { shape: [16, 16, 3, 3] }], build: (b, [x, w]) => b.op('Conv', [x, w], { pads: [1, 1, 1, 1] }) },
-  { name: 'ConvTranspose 3x3 16->16 on 8x8', inputs: [{ shape: [1, 16, 8, 8] }, { shape: [16, 16, 3, 3] }], build: (b, [x, w]) => b.op('ConvTranspose', [x, w], { pads: [1, 1, 1, 1] }) },
+  {
+    name: 'Gemm transB 64x512x64',
+    inputs: [{ shape: [64, 512] }, { shape: [64, 512] }],
+    build: (b, [x, y]) => b.op('Gemm', [x, y], { transB: 1 }),
+  },
+  {
+    name: 'InstanceNormalization 8x256',
+    inputs: [{ shape: [1, 8, 256], scale: 2, offset: 3 }],
+    build: (b, [x]) =>
+      b.op('InstanceNormalization', [x, b.constant(new Float32Array(8).fill(1), [8]), b.constant(new Float32Array(8), [8])], {
+        epsilon: { f: 1e-5 },
+      }),
+  },
+  {
+    name: 'LayerNormalization 256',
+    inputs: [{ shape: [16, 256], scale: 2, offset: 3 }],
+    build: (b, [x]) =>
+      b.op('LayerNormalization', [x, b.constant(new Float32Array(256).fill(1), [256]), b.constant(new Float32Array(256), [256])], {
+        axis: -1,
+        epsilon: { f: 1e-5 },
+      }),
+  },
+  {
+    name: 'Conv 3x3 16->16 on 8x8',
+    inputs: [{ shape: [1, 16, 8, 8] }, { shape: [16, 16, 3, 3] }],
+    build: (b, [x, w]) => b.op('Conv', [x, w], { pads: [1, 1, 1, 1] }),
+  },
+  {
+    name: 'ConvTranspose 3x3 16->16 on 8x8',
+    inputs: [{ shape: [1, 16, 8, 8] }, { shape: [16, 16, 3, 3] }],
+    build: (b, [x, w]) => b.op('ConvTranspose', [x, w], { pads: [1, 1, 1, 1] }),
+  },
 ];
 
 function modelFor(c: Case, file: string): void {
@@ -91,7 +147,9 @@ async function main() {
       scale = Math.max(scale, Math.abs(want[i]));
       if (Math.abs(want[i]) > 1e-3) worstRelElem = Math.max(worstRelElem, d / Math.abs(want[i]));
     }
-    console.log(`${c.name.padEnd(34)} max abs ${maxAbs.toExponential(2)}  / max|cpu| ${(maxAbs / scale).toExponential(2)}  worst elementwise rel ${worstRelElem.toExponential(2)}`);
+    console.log(
+      `${c.name.padEnd(34)} max abs ${maxAbs.toExponential(2)}  / max|cpu| ${(maxAbs / scale).toExponential(2)}  worst elementwise rel ${worstRelElem.toExponential(2)}`,
+    );
     await cpu.release();
     await gpu.release();
   }

@@ -51,7 +51,13 @@ async function main() {
     const cpu = await createSession(modelFile, { ...tuning, ep: 'cpu' });
     const t0 = Date.now();
     const verbose = process.env.HOLLOWC_ORT_VERBOSE === '1';
-    const gpu = await createSession(modelFile, { ...tuning, ep: 'webgpu', placement: true, ...(process.env.CPU_OPS !== undefined ? { webgpuCpuOps: process.env.CPU_OPS.split(',').filter(Boolean) } : {}), ...(verbose ? { logSeverityLevel: 0 } : {}) });
+    const gpu = await createSession(modelFile, {
+      ...tuning,
+      ep: 'webgpu',
+      placement: true,
+      ...(process.env.CPU_OPS !== undefined ? { webgpuCpuOps: process.env.CPU_OPS.split(',').filter(Boolean) } : {}),
+      ...(verbose ? { logSeverityLevel: 0 } : {}),
+    });
     const created = (Date.now() - t0) / 1000;
     for (const loraB of name === 'infer' ? (['zero', 'random'] as const) : (['random'] as const)) {
       const feeds = feedsFor(cpu, 11, loraB, { batch: 1, height: latent, width: latent, sequence: v.shapes.encoder_hidden_states[1] });
@@ -64,7 +70,9 @@ async function main() {
         const r = worstRelative(want[o].data as Float32Array, got[o].data as Float32Array);
         if (r.rel >= worst.rel) worst = { name: o, ...r };
       }
-      console.log(`${name}${name === 'infer' ? ` (lora_B ${loraB})` : ''}: session ${created.toFixed(1)} s, run ${ran.toFixed(1)} s, ${cpu.outputNames.length} outputs, worst rel ${worst.rel.toExponential(2)} (${worst.name}: max abs ${worst.maxAbs.toExponential(2)}, scale ${worst.scale.toExponential(2)})`);
+      console.log(
+        `${name}${name === 'infer' ? ` (lora_B ${loraB})` : ''}: session ${created.toFixed(1)} s, run ${ran.toFixed(1)} s, ${cpu.outputNames.length} outputs, worst rel ${worst.rel.toExponential(2)} (${worst.name}: max abs ${worst.maxAbs.toExponential(2)}, scale ${worst.scale.toExponential(2)})`,
+      );
     }
     const placement = describePlacement(gpu);
     if (placement) {

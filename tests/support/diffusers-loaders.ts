@@ -39,7 +39,14 @@ function kohyaLayers(file: string, moduleOf: (kohyaBase: string) => string): Loa
     const alphaT = tensors.get(`${base}.alpha`);
     const rank = a.shape[0];
     const alpha = alphaT ? toFloat32(alphaT)[0] : undefined;
-    out.push({ module: moduleOf(base), a: toFloat32(a), b: toFloat32(b), aShape: a.shape, bShape: b.shape, scale: alpha === undefined ? 1 : alpha / rank });
+    out.push({
+      module: moduleOf(base),
+      a: toFloat32(a),
+      b: toFloat32(b),
+      aShape: a.shape,
+      bShape: b.shape,
+      scale: alpha === undefined ? 1 : alpha / rank,
+    });
   }
   return out;
 }
@@ -49,7 +56,9 @@ export function loadLikeDiffusers021(file: string, moduleOf: (kohyaBase: string)
   const { tensors } = readSafetensors(file);
   const keys = [...tensors.keys()];
   if (keys.every((k) => KOHYA.test(k))) return kohyaLayers(file, moduleOf);
-  const unet = keys.every((k) => k.startsWith('unet.') || k.startsWith('text_encoder.')) ? keys.filter((k) => k.startsWith('unet.')).map((k) => k.slice('unet.'.length)) : keys;
+  const unet = keys.every((k) => k.startsWith('unet.') || k.startsWith('text_encoder.'))
+    ? keys.filter((k) => k.startsWith('unet.')).map((k) => k.slice('unet.'.length))
+    : keys;
   // group by the module: everything before the last three dot components
   const groups = new Map<string, Map<string, string>>();
   for (const k of unet) {
@@ -80,7 +89,11 @@ export function loadLikeDiffusersCurrent(file: string, moduleOf: (kohyaBase: str
   const raw = metadata.lora_adapter_metadata;
   if (raw) {
     const all = JSON.parse(raw) as Record<string, unknown>;
-    config = Object.fromEntries(Object.entries(all).filter(([k]) => k.startsWith('unet.')).map(([k, v]) => [k.slice('unet.'.length), v]));
+    config = Object.fromEntries(
+      Object.entries(all)
+        .filter(([k]) => k.startsWith('unet.'))
+        .map(([k, v]) => [k.slice('unet.'.length), v]),
+    );
   }
   const unetKeys = keys.filter((k) => k.startsWith('unet.'));
   const out: LoadedLayer[] = [];
@@ -93,7 +106,12 @@ export function loadLikeDiffusersCurrent(file: string, moduleOf: (kohyaBase: str
     const b = tensors.get(upKey)!;
     const r = config ? Number(config.r) : b.shape[1];
     const alpha = config ? Number(config.lora_alpha) : r;
-    if (config && Array.isArray(config.target_modules) && !(config.target_modules as string[]).some((t) => t === mod || mod.endsWith(`.${t}`))) throw new Error(`${mod} is not among target_modules`);
+    if (
+      config &&
+      Array.isArray(config.target_modules) &&
+      !(config.target_modules as string[]).some((t) => t === mod || mod.endsWith(`.${t}`))
+    )
+      throw new Error(`${mod} is not among target_modules`);
     out.push({ module: mod, a: toFloat32(a), b: toFloat32(b), aShape: a.shape, bShape: b.shape, scale: alpha / r });
   }
   if (!out.length) throw new Error('no unet LoRA keys');
@@ -105,9 +123,10 @@ export function effectiveDelta(l: { a: Float32Array; b: Float32Array; aShape: nu
   const [r, inF] = l.aShape;
   const [outF] = l.bShape;
   const d = new Float32Array(outF * inF);
-  for (let o = 0; o < outF; o++) for (let k = 0; k < r; k++) {
-    const bv = l.b[o * r + k] * l.scale;
-    for (let i = 0; i < inF; i++) d[o * inF + i] += bv * l.a[k * inF + i];
-  }
+  for (let o = 0; o < outF; o++)
+    for (let k = 0; k < r; k++) {
+      const bv = l.b[o * r + k] * l.scale;
+      for (let i = 0; i < inF; i++) d[o * inF + i] += bv * l.a[k * inF + i];
+    }
   return d;
 }

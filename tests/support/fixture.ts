@@ -55,7 +55,19 @@ export async function runModel(file: string, feeds: Record<string, ort.Tensor>, 
 }
 
 /** Training settings for tests: the family defaults with the given static shapes, batch and AdamW constants. */
-export function trainingFor(family: FamilyName, shapes: Record<string, number[]>, batch = 1, optimizer?: { betas: readonly [number, number]; eps: number; weightDecay: number }): TrainingSettings {
+export function trainingFor(
+  family: FamilyName,
+  shapes: Record<string, number[]>,
+  batch = 1,
+  optimizer?: { betas: readonly [number, number]; eps: number; weightDecay: number },
+): TrainingSettings {
   const d = defaultTrainingSettings(family);
-  return { ...d, shapes, batch, optimizer: optimizer ? { betas: [optimizer.betas[0], optimizer.betas[1]], eps: optimizer.eps, weightDecay: optimizer.weightDecay } : d.optimizer };
+  return {
+    ...d,
+    shapes,
+    batch,
+    optimizer: optimizer
+      ? { betas: [optimizer.betas[0], optimizer.betas[1]], eps: optimizer.eps, weightDecay: optimizer.weightDecay }
+      : d.optimizer,
+  };
 }

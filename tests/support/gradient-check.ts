@@ -104,7 +104,12 @@ function buildModel(c: GradientCase, probeShape: number[] | undefined): Built & 
   const outputShape = y.type!.shape as number[];
   const probe = g.addInput('probe', { elemType: y.type!.elemType, shape: [...(probeShape ?? outputShape)] });
   const le = new OpEmitter(new GraphBuilder(g, '/loss'), model.opsetVersion(''));
-  const lossValue = le.reduce('ReduceSum', le.op('Mul', [y, probe]), outputShape.map((_, i) => i), false);
+  const lossValue = le.reduce(
+    'ReduceSum',
+    le.op('Mul', [y, probe]),
+    outputShape.map((_, i) => i),
+    false,
+  );
   const loss = g.addNode({ opType: 'Identity', name: '/loss/Identity', inputs: [lossValue], outputs: ['loss'] }).outputs[0];
   loss.type = { elemType: y.type!.elemType, shape: [] };
   g.outputs.push(loss);
@@ -112,7 +117,11 @@ function buildModel(c: GradientCase, probeShape: number[] | undefined): Built & 
   return { model, loss, wrt, outputShape };
 }
 
-function makeFeeds(c: GradientCase, outputShape: number[], outputType: DataTypeCode): Record<string, { data: number[]; shape: number[]; type: 'float32' | 'float64' | 'int64' | 'bool' }> {
+function makeFeeds(
+  c: GradientCase,
+  outputShape: number[],
+  outputType: DataTypeCode,
+): Record<string, { data: number[]; shape: number[]; type: 'float32' | 'float64' | 'int64' | 'bool' }> {
   const random = rng(c.seed);
   const gauss = normal(random);
   const feeds: Record<string, { data: number[]; shape: number[]; type: 'float32' | 'float64' | 'int64' | 'bool' }> = {};
@@ -120,10 +129,16 @@ function makeFeeds(c: GradientCase, outputShape: number[], outputType: DataTypeC
   for (const s of c.inputs) {
     const kind = s.kind ?? 'float';
     const n = count(s.shape);
-    const data = s.data ?? Array.from({ length: n }, () => (kind === 'bool' ? (random() < 0.5 ? 1 : 0) : (s.transform ?? ((v: number) => v))(gauss())));
+    const data =
+      s.data ??
+      Array.from({ length: n }, () => (kind === 'bool' ? (random() < 0.5 ? 1 : 0) : (s.transform ?? ((v: number) => v))(gauss())));
     feeds[s.name] = { data, shape: s.shape, type: kind === 'float' ? c.dtype : kind };
   }
-  feeds.probe = { data: Array.from({ length: count(outputShape) }, gauss), shape: outputShape, type: outputType === DataType.FLOAT ? 'float32' : 'float64' };
+  feeds.probe = {
+    data: Array.from({ length: count(outputShape) }, gauss),
+    shape: outputShape,
+    type: outputType === DataType.FLOAT ? 'float32' : 'float64',
+  };
   return feeds;
 }
 
@@ -134,7 +149,11 @@ function toOrt(f: { data: number[]; shape: number[]; type: string }): ort.Tensor
     case 'float64':
       return new ort.Tensor('float64', Float64Array.from(f.data), f.shape);
     case 'int64':
-      return new ort.Tensor('int64', BigInt64Array.from(f.data, (v) => BigInt(v)), f.shape);
+      return new ort.Tensor(
+        'int64',
+        BigInt64Array.from(f.data, (v) => BigInt(v)),
+        f.shape,
+      );
     default:
       return new ort.Tensor('bool', Uint8Array.from(f.data), f.shape);
   }
@@ -156,7 +175,8 @@ export async function checkGradient(c: GradientCase): Promise<GradientReport> {
   // Our own shape inference must agree with the shapes the rules promise.
   inferShapes(withGrad.model);
   for (const [w, out] of outputs) {
-    if (JSON.stringify(out.type?.shape) !== JSON.stringify(w.type?.shape)) throw new Error(`${c.name}: gradient of ${w.name} has shape [${out.type?.shape}], expected [${w.type?.shape}]`);
+    if (JSON.stringify(out.type?.shape) !== JSON.stringify(w.type?.shape))
+      throw new Error(`${c.name}: gradient of ${w.name} has shape [${out.type?.shape}], expected [${w.type?.shape}]`);
   }
   saveModel(forward.model, path.join(dir, 'forward.onnx'));
   saveModel(withGrad.model, path.join(dir, 'grad.onnx'));
@@ -195,9 +215,18 @@ export async function checkGradient(c: GradientCase): Promise<GradientReport> {
     }
     const relative = maxError / scale;
     if (!(relative <= tolerance)) {
-      throw new Error(`gradient check "${c.name}" (${c.dtype}, opset ${c.opset ?? 17}) failed with seed ${c.seed}: max |numeric − analytic| / scale = ${relative.toExponential(3)} > ${tolerance} (worst ${worst})`);
+      throw new Error(
+        `gradient check "${c.name}" (${c.dtype}, opset ${c.opset ?? 17}) failed with seed ${c.seed}: max |numeric − analytic| / scale = ${relative.toExponential(3)} > ${tolerance} (worst ${worst})`,
+      );
     }
-    return { maxError: relative, scale, elements, nodesAdded: result.nodesAdded, opsAdded: [...new Set(added.map((n) => n.opType))].sort(), opsDifferentiated: differentiated };
+    return {
+      maxError: relative,
+      scale,
+      elements,
+      nodesAdded: result.nodesAdded,
+      opsAdded: [...new Set(added.map((n) => n.opType))].sort(),
+      opsDifferentiated: differentiated,
+    };
   } finally {
     await fwd.release();
     await grad.release();

@@ -35,10 +35,14 @@ export function toyUNet(): Model {
   const k = b.within(`${block}/attn2/to_k`).op('MatMul', [ehs, weight(b, 'down_blocks.0.attn2.to_k.weight', WIDTH, WIDTH, 2)]);
   const pooled = b.within(`${block}/attn2`).op('ReduceMean', [k], { axes: [1], keepdims: 1 });
   const h = b.within(`${block}`).op('Add', [q, pooled]);
-  const mid = b.within('mid_block/attentions.0/transformer_blocks.0/attn1/to_out.0').op('MatMul', [h, weight(b, 'mid_block.to_out.weight', WIDTH, WIDTH, 3)]);
+  const mid = b
+    .within('mid_block/attentions.0/transformer_blocks.0/attn1/to_out.0')
+    .op('MatMul', [h, weight(b, 'mid_block.to_out.weight', WIDTH, WIDTH, 3)]);
   const m = b.within('mid_block/attentions.0').op('Relu', [mid]);
   const cat = b.within('up_blocks.0/resnets.0').op('Concat', [m, h], { axis: 2 });
-  const up = b.within('up_blocks.0/attentions.0/transformer_blocks.0/attn1/to_v').op('MatMul', [cat, weight(b, 'up_blocks.0.attn1.to_v.weight', 2 * WIDTH, WIDTH, 4)]);
+  const up = b
+    .within('up_blocks.0/attentions.0/transformer_blocks.0/attn1/to_v')
+    .op('MatMul', [cat, weight(b, 'up_blocks.0.attn1.to_v.weight', 2 * WIDTH, WIDTH, 4)]);
   const out = g.addNode({ opType: 'Add', name: '/Add', inputs: [up, sample], outputs: ['out_sample'] }).outputs[0];
   out.type = { elemType: F, shape: ['batch', TOKENS, WIDTH] };
   g.outputs = [out];
@@ -48,14 +52,26 @@ export function toyUNet(): Model {
   return model;
 }
 
-export const TOY_TARGETS = ['down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q', 'down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k', 'mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0', 'up_blocks.0.attentions.0.transformer_blocks.0.attn1.to_v'];
+export const TOY_TARGETS = [
+  'down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q',
+  'down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k',
+  'mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0',
+  'up_blocks.0.attentions.0.transformer_blocks.0.attn1.to_v',
+];
 
 /**
  * The pipeline state for the toy: its cut hollows mid_block. The passes read only the
  * activation and the hollowed modules of a cut, and the family of the analysis.
  */
 export function toyState(hollow: boolean): ArtifactState {
-  const cut = { activation: { tensor: '/mid_block/attentions.0/Relu_output_0', concat: '/up_blocks.0/resnets.0/Concat', shape: ['batch', TOKENS, WIDTH] }, hollowedModules: ['mid_block'] } as unknown as CutInfo;
+  const cut = {
+    activation: {
+      tensor: '/mid_block/attentions.0/Relu_output_0',
+      concat: '/up_blocks.0/resnets.0/Concat',
+      shape: ['batch', TOKENS, WIDTH],
+    },
+    hollowedModules: ['mid_block'],
+  } as unknown as CutInfo;
   return {
     analysis: { family: 'sd15' } as UNetAnalysis,
     cut: hollow ? cut : null,

@@ -7,7 +7,12 @@ import { Rng, fillNormal } from '../../models/random';
  * AdamW moments zero (step 1 of a run), lr 1e-3, loss_weight 1, timestep 501, step 1, the rest
  * N(0, 1). `sizes` gives the symbolic dims (batch, height, width, sequence).
  */
-export function feedsFor(session: ort.InferenceSession, seed: number, loraB: 'zero' | 'random', sizes: Record<string, number>): Record<string, ort.Tensor> {
+export function feedsFor(
+  session: ort.InferenceSession,
+  seed: number,
+  loraB: 'zero' | 'random',
+  sizes: Record<string, number>,
+): Record<string, ort.Tensor> {
   const feeds: Record<string, ort.Tensor> = {};
   session.inputMetadata.forEach((m) => {
     if (!m.isTensor) return;
@@ -18,7 +23,11 @@ export function feedsFor(session: ort.InferenceSession, seed: number, loraB: 'ze
     });
     const n = dims.reduce((a, b) => a * b, 1);
     if (m.type === 'int64') {
-      feeds[m.name] = new ort.Tensor('int64', BigInt64Array.from({ length: n }, () => 1n), dims);
+      feeds[m.name] = new ort.Tensor(
+        'int64',
+        BigInt64Array.from({ length: n }, () => 1n),
+        dims,
+      );
       return;
     }
     const a = new Float32Array(n);
@@ -46,7 +55,10 @@ export function worstRelative(a: ArrayLike<number>, b: ArrayLike<number>): { rel
 }
 
 /** Per output, worst relative difference of `got` from `want`, largest first. */
-export function compareOutputs(want: Record<string, ort.Tensor>, got: Record<string, ort.Tensor>): { name: string; rel: number; maxAbs: number; scale: number }[] {
+export function compareOutputs(
+  want: Record<string, ort.Tensor>,
+  got: Record<string, ort.Tensor>,
+): { name: string; rel: number; maxAbs: number; scale: number }[] {
   return Object.keys(want)
     .map((name) => ({ name, ...worstRelative(got[name].data as Float32Array, want[name].data as Float32Array) }))
     .sort((x, y) => y.rel - x.rel);

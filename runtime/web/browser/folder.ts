@@ -42,7 +42,10 @@ export class WebStore {
       const ehs = cond.tensors.get(`cond.${c.id}.encoder_hidden_states`);
       if (!ehs) throw new Error(`${CONDITIONING_FILE}: conditioning ${c.id} (${c.role}) is missing`);
       const te = cond.tensors.get(`cond.${c.id}.text_embeds`);
-      conds.set(c.id, { encoderHiddenStates: { shape: ehs.shape, data: toFloat32(ehs) }, ...(te ? { textEmbeds: { shape: te.shape, data: toFloat32(te) } } : {}) });
+      conds.set(c.id, {
+        encoderHiddenStates: { shape: ehs.shape, data: toFloat32(ehs) },
+        ...(te ? { textEmbeds: { shape: te.shape, data: toFloat32(te) } } : {}),
+      });
     }
     const store = new WebStore(header, records, conds);
     // As `hollowc train` does before its first step: every record's checksum.
@@ -86,11 +89,18 @@ export async function loadFolder(base: string, onProgress: (what: string) => voi
   if (!base.endsWith('/')) base += '/';
   onProgress(MANIFEST_FILE);
   const manifest = await fetchJson<CompileManifest>(base + MANIFEST_FILE);
-  if (manifest.hollowc !== MANIFEST_FORMAT) throw new Error(`${MANIFEST_FILE}: format ${JSON.stringify(manifest.hollowc)}, this page reads format ${MANIFEST_FORMAT}: compile again`);
+  if (manifest.hollowc !== MANIFEST_FORMAT)
+    throw new Error(
+      `${MANIFEST_FILE}: format ${JSON.stringify(manifest.hollowc)}, this page reads format ${MANIFEST_FORMAT}: compile again`,
+    );
   onProgress('store');
   const store = await WebStore.load(base);
   onProgress(LORA_INIT_FILE);
-  const initialLora = loraValuesForManifest(parseSafetensors(await fetchBytes(base + LORA_INIT_FILE), LORA_INIT_FILE), LORA_INIT_FILE, manifest);
+  const initialLora = loraValuesForManifest(
+    parseSafetensors(await fetchBytes(base + LORA_INIT_FILE), LORA_INIT_FILE),
+    LORA_INIT_FILE,
+    manifest,
+  );
   const weights: WebFolder['weights'] = [];
   for (const w of manifest.weights) {
     onProgress(w);

@@ -55,7 +55,12 @@ async function pickBackend(): Promise<{ backend: Backend; why: string }> {
   const gpu = (navigator as unknown as { gpu?: { requestAdapter(): Promise<unknown | null> } }).gpu;
   const adapter = gpu ? await gpu.requestAdapter().catch(() => null) : null;
   if (asked === 'webgpu') {
-    if (!adapter) throw new Error(gpu ? 'WebGPU was asked for (?ep=webgpu) but the browser gives no adapter' : 'WebGPU was asked for (?ep=webgpu) but this browser has no navigator.gpu');
+    if (!adapter)
+      throw new Error(
+        gpu
+          ? 'WebGPU was asked for (?ep=webgpu) but the browser gives no adapter'
+          : 'WebGPU was asked for (?ep=webgpu) but this browser has no navigator.gpu',
+      );
     return { backend: 'webgpu', why: 'asked for with ?ep=webgpu' };
   }
   if (adapter) return { backend: 'webgpu', why: 'the browser has a WebGPU adapter' };
@@ -85,7 +90,8 @@ function showMemory(folder: WebFolder): void {
   item(fit.infer.verdict, fit.infer.fits[0].fits);
   item(fit.train.verdict, fit.train.fits[0].fits);
   for (const f of familyFits()) item(f.verdict, f.fits[0].fits);
-  $('memory-note').textContent = `onnxruntime-web's WASM build is wasm32: one memory of at most 4 GiB for every session of the page (weights are copied into it; each .onnx file must also stay under 2 GB, weights go as externalData). Rule used: weights + ${25}% headroom. This folder's weights: ${folder.weights.map((w) => `${w.path} ${gb(w.data.byteLength)}`).join(', ')}.`;
+  $('memory-note').textContent =
+    `onnxruntime-web's WASM build is wasm32: one memory of at most 4 GiB for every session of the page (weights are copied into it; each .onnx file must also stay under 2 GB, weights go as externalData). Rule used: weights + ${25}% headroom. This folder's weights: ${folder.weights.map((w) => `${w.path} ${gb(w.data.byteLength)}`).join(', ')}.`;
 }
 
 function drawSample(latents: Float32Array, shape: number[]): void {
@@ -98,7 +104,11 @@ function drawSample(latents: Float32Array, shape: number[]): void {
 
 function offerDownload(trainer: WebTrainer, folder: WebFolder): void {
   const m = folder.manifest;
-  const { tensors, metadata } = loraFileTensors('peft', { rank: m.lora.rank, alpha: m.lora.alpha, modules: trainer.loraModules() }, { hollowc_steps: String(trainer.step), hollowc_seed: String(trainer.seed) });
+  const { tensors, metadata } = loraFileTensors(
+    'peft',
+    { rank: m.lora.rank, alpha: m.lora.alpha, modules: trainer.loraModules() },
+    { hollowc_steps: String(trainer.step), hollowc_seed: String(trainer.seed) },
+  );
   const bytes = encodeSafetensorsBytes(tensors, metadata);
   const link = $<HTMLAnchorElement>('download');
   link.href = URL.createObjectURL(new Blob([bytes as Uint8Array<ArrayBuffer>], { type: 'application/octet-stream' }));
@@ -124,7 +134,8 @@ async function run(): Promise<void> {
   const folder = await loadFolder(base, (what) => status(`loading ${what}`));
   showMemory(folder);
   const m = folder.manifest;
-  $('model').textContent = `${m.family}, cut after ${m.cut?.lastKeptDown ?? 'none'} (${m.cut ? (100 * m.cut.fraction).toFixed(1) : 0}% hollowed), LoRA rank ${m.lora.rank} on ${m.lora.targets.filter((t) => t.trained).length} modules, store ${folder.store.count} records`;
+  $('model').textContent =
+    `${m.family}, cut after ${m.cut?.lastKeptDown ?? 'none'} (${m.cut ? (100 * m.cut.fraction).toFixed(1) : 0}% hollowed), LoRA rank ${m.lora.rank} on ${m.lora.targets.filter((t) => t.trained).length} modules, store ${folder.store.count} records`;
 
   status('creating the train.onnx session');
   let t0 = performance.now();
@@ -141,18 +152,21 @@ async function run(): Promise<void> {
     drawLossCurve($('loss-curve') as unknown as SVGSVGElement, result.losses);
     const later = result.stepSeconds.slice(1);
     const mean = later.length ? later.reduce((a, b) => a + b, 0) / later.length : r.seconds;
-    $('step-time').textContent = `${(1000 * mean).toFixed(1)} ms per step (session.run, mean of steps 2..${r.step}; step 1 ${(1000 * result.stepSeconds[0]).toFixed(1)} ms)`;
+    $('step-time').textContent =
+      `${(1000 * mean).toFixed(1)} ms per step (session.run, mean of steps 2..${r.step}; step 1 ${(1000 * result.stepSeconds[0]).toFixed(1)} ms)`;
     status(`step ${r.step}/${steps}: loss ${r.loss.toFixed(5)}`);
   }
   result.evalAfter = await trainer.lossAtRest(evalBatches);
-  $('eval').textContent = `loss over the store at rest: ${result.evalBefore.toFixed(5)} before, ${result.evalAfter.toFixed(5)} after ${trainer.step} steps`;
+  $('eval').textContent =
+    `loss over the store at rest: ${result.evalBefore.toFixed(5)} before, ${result.evalAfter.toFixed(5)} after ${trainer.step} steps`;
   offerDownload(trainer, folder);
   await trainSession.release();
 
   status('sampling with infer.onnx (two paths, trained LoRA)');
   t0 = performance.now();
   const inferSession = await ort.InferenceSession.create(await folder.artifact('infer'), sessionOptions(backend, folder, false));
-  const latentShape = (m.artifacts.train!.inputs.find((i) => i.name === SAMPLE)?.shape.slice(1) ?? folder.store.header.latentShape) as number[];
+  const latentShape = (m.artifacts.train!.inputs.find((i) => i.name === SAMPLE)?.shape.slice(1) ??
+    folder.store.header.latentShape) as number[];
   const sampleSteps = Number(params.get('sample_steps') ?? 10);
   const latents = await sampleLatents(ort, inferSession, m, {
     prompt: folder.store.conditioningFor('instance'),
@@ -169,7 +183,8 @@ async function run(): Promise<void> {
   await inferSession.release();
   result.sampleSeconds = (performance.now() - t0) / 1000;
   drawSample(latents, latentShape);
-  $('sample-note').textContent = `DDIM, ${sampleSteps} steps, guidance ${params.get('guidance') ?? 3}, latents [${latentShape}] shown with a linear latent-to-RGB preview (a compiled folder has no VAE), ${result.sampleSeconds.toFixed(1)} s`;
+  $('sample-note').textContent =
+    `DDIM, ${sampleSteps} steps, guidance ${params.get('guidance') ?? 3}, latents [${latentShape}] shown with a linear latent-to-RGB preview (a compiled folder has no VAE), ${result.sampleSeconds.toFixed(1)} s`;
   status(`done: ${trainer.step} steps on ${backend === 'webgpu' ? 'WebGPU' : 'WASM'}`);
   result.done = true;
 }

@@ -5,7 +5,16 @@
  * prompts on both paths is the unconditional one. Same schedulers, same seeded noise streams.
  */
 import type * as Ort from 'onnxruntime-web';
-import { CompileManifest, ENCODER_HIDDEN_STATES, OUT_SAMPLE, SAMPLE, TEXT_EMBEDS, TIMESTEP, TIME_IDS, baseInputName } from '../../../compiler/manifest';
+import {
+  CompileManifest,
+  ENCODER_HIDDEN_STATES,
+  OUT_SAMPLE,
+  SAMPLE,
+  TEXT_EMBEDS,
+  TIMESTEP,
+  TIME_IDS,
+  baseInputName,
+} from '../../../compiler/manifest';
 import { Rng, fillNormal } from '../../../models/random';
 import { NoiseSchedule } from '../../noise-schedule';
 import { SchedulerName, makeScheduler } from '../../schedulers';
@@ -40,7 +49,12 @@ function rows(parts: (Float32Array | undefined)[], what: string): Float32Array {
   return out;
 }
 
-export async function sampleLatents(ort: OrtModule, session: Ort.InferenceSession, manifest: CompileManifest, o: SampleRequest): Promise<Float32Array> {
+export async function sampleLatents(
+  ort: OrtModule,
+  session: Ort.InferenceSession,
+  manifest: CompileManifest,
+  o: SampleRequest,
+): Promise<Float32Array> {
   const infer = manifest.artifacts.infer!;
   const describe = (name: string) => infer.inputs.find((i) => i.name === name);
   const schedule = NoiseSchedule.forFamily(manifest.family);
@@ -61,14 +75,54 @@ export async function sampleLatents(ort: OrtModule, session: Ort.InferenceSessio
   const put = (name: string, data: () => Float32Array, dims: number[]) => {
     if (names.has(name)) fixed[name] = webTensor(ort, describe(name), data(), dims);
   };
-  put(ENCODER_HIDDEN_STATES, () => rows(pathTwo.map((c) => c.encoderHiddenStates.data), ENCODER_HIDDEN_STATES), [B, T, D]);
-  put(baseInputName(ENCODER_HIDDEN_STATES), () => rows(pathOne.map((c) => c.encoderHiddenStates.data), ENCODER_HIDDEN_STATES), [B, T, D]);
+  put(
+    ENCODER_HIDDEN_STATES,
+    () =>
+      rows(
+        pathTwo.map((c) => c.encoderHiddenStates.data),
+        ENCODER_HIDDEN_STATES,
+      ),
+    [B, T, D],
+  );
+  put(
+    baseInputName(ENCODER_HIDDEN_STATES),
+    () =>
+      rows(
+        pathOne.map((c) => c.encoderHiddenStates.data),
+        ENCODER_HIDDEN_STATES,
+      ),
+    [B, T, D],
+  );
   const P = o.prompt.textEmbeds?.data.length ?? 0;
-  put(TEXT_EMBEDS, () => rows(pathTwo.map((c) => c.textEmbeds?.data), TEXT_EMBEDS), [B, P]);
-  put(baseInputName(TEXT_EMBEDS), () => rows(pathOne.map((c) => c.textEmbeds?.data), TEXT_EMBEDS), [B, P]);
+  put(
+    TEXT_EMBEDS,
+    () =>
+      rows(
+        pathTwo.map((c) => c.textEmbeds?.data),
+        TEXT_EMBEDS,
+      ),
+    [B, P],
+  );
+  put(
+    baseInputName(TEXT_EMBEDS),
+    () =>
+      rows(
+        pathOne.map((c) => c.textEmbeds?.data),
+        TEXT_EMBEDS,
+      ),
+    [B, P],
+  );
   if (names.has(TIME_IDS)) {
     const ids = o.timeIds ?? Float32Array.of(8 * o.latentShape[1], 8 * o.latentShape[2], 0, 0, 8 * o.latentShape[1], 8 * o.latentShape[2]);
-    put(TIME_IDS, () => rows(pathTwo.map(() => ids), TIME_IDS), [B, ids.length]);
+    put(
+      TIME_IDS,
+      () =>
+        rows(
+          pathTwo.map(() => ids),
+          TIME_IDS,
+        ),
+      [B, ids.length],
+    );
   }
   for (const t of manifest.lora.targets) {
     for (const p of [t.lora_A, t.lora_B]) {
@@ -87,7 +141,11 @@ export async function sampleLatents(ort: OrtModule, session: Ort.InferenceSessio
     const input = scheduler.scaleModelInput(latents, i);
     const batch = new Float32Array(B * size);
     for (let b = 0; b < B; b++) batch.set(input, b * size);
-    const result = await session.run({ ...fixed, [SAMPLE]: webTensor(ort, describe(SAMPLE), batch, [B, ...o.latentShape]), [TIMESTEP]: webTensor(ort, describe(TIMESTEP), new Array(B).fill(t), [B]) });
+    const result = await session.run({
+      ...fixed,
+      [SAMPLE]: webTensor(ort, describe(SAMPLE), batch, [B, ...o.latentShape]),
+      [TIMESTEP]: webTensor(ort, describe(TIMESTEP), new Array(B).fill(t), [B]),
+    });
     const pred = floatOutput(result[outputName], outputName);
     let output: Float32Array;
     if (guided) {

@@ -4,7 +4,12 @@ import type { TensorDescription } from '../../../compiler/manifest';
 
 export type OrtModule = typeof Ort;
 
-export function webTensor(ort: OrtModule, desc: Pick<TensorDescription, 'name' | 'dtype'> | undefined, values: Float32Array | number[], dims: readonly number[]): Ort.Tensor {
+export function webTensor(
+  ort: OrtModule,
+  desc: Pick<TensorDescription, 'name' | 'dtype'> | undefined,
+  values: Float32Array | number[],
+  dims: readonly number[],
+): Ort.Tensor {
   const dtype = desc?.dtype ?? 'float32';
   const count = dims.reduce((a, b) => a * b, 1);
   if (values.length !== count) throw new Error(`${desc?.name ?? 'tensor'}: ${values.length} values for shape [${dims}]`);
@@ -14,9 +19,17 @@ export function webTensor(ort: OrtModule, desc: Pick<TensorDescription, 'name' |
     case 'float64':
       return new ort.Tensor('float64', Float64Array.from(values), dims);
     case 'int64':
-      return new ort.Tensor('int64', BigInt64Array.from(values as ArrayLike<number>, (v) => BigInt(Math.round(v))), dims);
+      return new ort.Tensor(
+        'int64',
+        BigInt64Array.from(values as ArrayLike<number>, (v) => BigInt(Math.round(v))),
+        dims,
+      );
     case 'int32':
-      return new ort.Tensor('int32', Int32Array.from(values as ArrayLike<number>, (v) => Math.round(v)), dims);
+      return new ort.Tensor(
+        'int32',
+        Int32Array.from(values as ArrayLike<number>, (v) => Math.round(v)),
+        dims,
+      );
     default:
       throw new Error(`input ${desc?.name} has dtype ${dtype}; the page feeds float32, float64, int32 or int64`);
   }

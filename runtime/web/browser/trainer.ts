@@ -65,10 +65,19 @@ export class WebTrainer {
         const shape = i.shape as number[];
         const v = initial.get(i.name);
         if (!v || v.length !== size(shape)) throw new Error(`lora-init has no values of shape [${shape}] for ${i.name}`);
-        return { name: i.name, shape, value: Float32Array.from(v), expAvg: new Float32Array(size(shape)), expAvgSq: new Float32Array(size(shape)) };
+        return {
+          name: i.name,
+          shape,
+          value: Float32Array.from(v),
+          expAvg: new Float32Array(size(shape)),
+          expAvgSq: new Float32Array(size(shape)),
+        };
       });
     this.batch = (this.inputs.get(SAMPLE)!.shape as number[])[0];
-    this.outputs = [LOSS, ...this.params.flatMap((p) => [updatedName(p.name), updatedName(expAvgName(p.name)), updatedName(expAvgSqName(p.name))])];
+    this.outputs = [
+      LOSS,
+      ...this.params.flatMap((p) => [updatedName(p.name), updatedName(expAvgName(p.name)), updatedName(expAvgSqName(p.name))]),
+    ];
     this.order = new SampleOrder(seed, store.count, this.batch);
   }
 
@@ -97,8 +106,19 @@ export class WebTrainer {
       stack(TIME_IDS, () => ids, [ids.length]);
     }
     const ts = this.inputs.get(TIMESTEP);
-    if (ts) feeds[TIMESTEP] = webTensor(ort, ts, records.map((r) => r.timestep), [B]);
-    feeds[LOSS_WEIGHT] = webTensor(ort, this.inputs.get(LOSS_WEIGHT), records.map((r) => (r.isClass ? priorWeight : 1)), [B]);
+    if (ts)
+      feeds[TIMESTEP] = webTensor(
+        ort,
+        ts,
+        records.map((r) => r.timestep),
+        [B],
+      );
+    feeds[LOSS_WEIGHT] = webTensor(
+      ort,
+      this.inputs.get(LOSS_WEIGHT),
+      records.map((r) => (r.isClass ? priorWeight : 1)),
+      [B],
+    );
     return feeds;
   }
 
@@ -155,6 +175,10 @@ export class WebTrainer {
     const values = this.values();
     return this.manifest.lora.targets
       .filter((t) => t.trained && values.has(t.lora_A.name))
-      .map((t) => ({ module: t.module, a: { shape: t.lora_A.shape, data: values.get(t.lora_A.name)! }, b: { shape: t.lora_B.shape, data: values.get(t.lora_B.name)! } }));
+      .map((t) => ({
+        module: t.module,
+        a: { shape: t.lora_A.shape, data: values.get(t.lora_A.name)! },
+        b: { shape: t.lora_B.shape, data: values.get(t.lora_B.name)! },
+      }));
   }
 }

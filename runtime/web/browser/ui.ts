@@ -20,7 +20,7 @@ export function drawLossCurve(svg: SVGSVGElement, losses: readonly { step: numbe
   const ys = losses.map((l) => l.loss);
   let lo = Math.min(...ys);
   let hi = Math.max(...ys);
-  if (hi - lo < 1e-9) (lo -= 0.5), (hi += 0.5);
+  if (hi - lo < 1e-9) ((lo -= 0.5), (hi += 0.5));
   const maxStep = Math.max(losses[losses.length - 1].step, 2);
   const x = (s: number) => pad.l + ((s - 1) / (maxStep - 1)) * (W - pad.l - pad.r);
   const y = (v: number) => pad.t + (1 - (v - lo) / (hi - lo)) * (H - pad.t - pad.b);
@@ -30,7 +30,12 @@ export function drawLossCurve(svg: SVGSVGElement, losses: readonly { step: numbe
   }
   el('text', { x: pad.l, y: H - 10, 'font-size': 11, fill: '#555' }, 'step 1');
   el('text', { x: W - pad.r, y: H - 10, 'text-anchor': 'end', 'font-size': 11, fill: '#555' }, `step ${maxStep}`);
-  el('polyline', { points: losses.map((l) => `${x(l.step).toFixed(1)},${y(l.loss).toFixed(1)}`).join(' '), fill: 'none', stroke: '#c2410c', 'stroke-width': 2 });
+  el('polyline', {
+    points: losses.map((l) => `${x(l.step).toFixed(1)},${y(l.loss).toFixed(1)}`).join(' '),
+    fill: 'none',
+    stroke: '#c2410c',
+    'stroke-width': 2,
+  });
   const last = losses[losses.length - 1];
   el('circle', { cx: x(last.step), cy: y(last.loss), r: 3, fill: '#c2410c' });
 }
