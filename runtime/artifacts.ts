@@ -17,7 +17,10 @@ import {
   readManifest,
 } from '../compiler/manifest';
 import { FAMILIES, FamilyName, isFamilyName } from '../models/families';
-import { fromFloat16, toFloat16 } from './float16';
+import { TensorValues, feedData, scalarDims } from './feed-data';
+import { fromFloat16 } from './float16';
+
+export type { TensorValues };
 
 /** The manifest of a compiled folder, validated, with a family this hollowc knows. */
 export function loadManifest(out: string): CompileManifest {
@@ -54,45 +57,19 @@ export function requireArtifact(
   return { ...a, path: path.join(out, a.file) };
 }
 
-export type TensorValues = Float32Array | number[];
-
 /** An onnxruntime tensor of the described input's dtype (float32, float64, float16, int64, int32). */
 export function tensorFor(
   desc: Pick<Readonly<TensorDescription>, 'name' | 'dtype'> | undefined,
   values: TensorValues,
   dims: readonly number[],
 ): ort.Tensor {
-  const dtype = desc?.dtype ?? 'float32';
-  const count = dims.reduce((a, b) => a * b, 1);
-  if (values.length !== count) throw new Error(`${desc?.name ?? 'tensor'}: ${values.length} values for shape [${dims}]`);
-  switch (dtype) {
-    case 'float32':
-      return new ort.Tensor('float32', values instanceof Float32Array ? values : Float32Array.from(values), dims);
-    case 'float64':
-      return new ort.Tensor('float64', Float64Array.from(values), dims);
-    case 'float16':
-      return new ort.Tensor('float16', toFloat16(values), dims);
-    case 'int64':
-      return new ort.Tensor(
-        'int64',
-        BigInt64Array.from(values as ArrayLike<number>, (v) => BigInt(Math.round(v))),
-        dims,
-      );
-    case 'int32':
-      return new ort.Tensor(
-        'int32',
-        Int32Array.from(values as ArrayLike<number>, (v) => Math.round(v)),
-        dims,
-      );
-    default:
-      throw new HollowcError(`input ${desc?.name} has dtype ${dtype}; hollowc's runtime feeds float32, float64, float16, int32 or int64`);
-  }
+  const { type, data } = feedData(desc, values, dims);
+  return new ort.Tensor(type, data, dims);
 }
 
 /** A scalar input (`lr`, `step`) in the rank the graph declares: [] or [1]. */
 export function scalarFor(desc: TensorDescription | undefined, value: number): ort.Tensor {
-  const dims = desc && desc.shape.length === 1 ? [1] : [];
-  return tensorFor(desc, [value], dims);
+  return tensorFor(desc, [value], scalarDims(desc));
 }
 
 /** Static dims of a described tensor, or an error naming the dynamic one. */

@@ -29,7 +29,17 @@ import { defaultTimeIds } from './precompute';
 import { Scheduler, SchedulerName, TimestepSpacing, makeScheduler } from './schedulers';
 import { ExecutionProvider, SessionTuning, createSession } from './session';
 import type { Conditioning } from './store';
-import { ArtifactDescription, CompileManifest, ENCODER_HIDDEN_STATES, OUT_SAMPLE, TEXT_EMBEDS, baseInputName } from '../compiler/manifest';
+import {
+  ArtifactDescription,
+  CompileManifest,
+  ENCODER_HIDDEN_STATES,
+  OUT_SAMPLE,
+  SAMPLE,
+  TEXT_EMBEDS,
+  TIMESTEP,
+  baseInputName,
+} from '../compiler/manifest';
+import { denoise } from './denoise';
 import { LORA_FILE } from './train';
 
 export interface GenerateOptions {
@@ -213,35 +223,27 @@ export class Sampler {
       const ids = options.timeIds ?? defaultTimeIds(latentShape);
       put('time_ids', () => rows(() => ids, pathTwo, 'time_ids'), [B, ids.length]);
     }
-    const missing = [...names].filter((n) => !(n in fixed) && n !== 'sample' && n !== 'timestep');
+    const missing = [...names].filter((n) => !(n in fixed) && n !== SAMPLE && n !== TIMESTEP);
     if (missing.length)
       throw new HollowcError(`cannot feed input${missing.length > 1 ? 's' : ''} ${missing.slice(0, 3).join(', ')}`, modelFile);
 
     const outputName = session.outputNames.includes(OUT_SAMPLE) ? OUT_SAMPLE : session.outputNames[0];
-    for (let i = 0; i < scheduler.timesteps.length; i++) {
-      const t = scheduler.timesteps[i];
-      const input = scheduler.scaleModelInput(latents, i);
-      const batch = new Float32Array(B * size);
-      for (let b = 0; b < B; b++) batch.set(input, b * size);
-      const result = await session.run({
-        ...fixed,
-        sample: tensorFor(describe('sample'), batch, [B, ...latentShape]),
-        timestep: tensorFor(describe('timestep'), new Array(B).fill(t), [B]),
-      });
-      const pred = float32Data(result[outputName], outputName);
-      let output: Float32Array;
-      if (guided) {
-        output = new Float32Array(size);
-        const g = options.guidance;
-        for (let k = 0; k < size; k++) output[k] = pred[k] + g * (pred[size + k] - pred[k]);
-      } else output = pred;
-      latents = scheduler.step(output, i, latents, () => {
-        const n = new Float32Array(size);
-        fillNormal(new Rng(options.seed, `generate/noise/${i}`), n, 1);
-        return n;
-      });
-      options.onStep?.(i + 1, scheduler.timesteps.length, t);
-    }
+    latents = await denoise({
+      scheduler,
+      latents,
+      rows: B,
+      guidance: options.guidance,
+      seed: options.seed,
+      predict: async (batch, t) => {
+        const result = await session.run({
+          ...fixed,
+          [SAMPLE]: tensorFor(describe(SAMPLE), batch, [B, ...latentShape]),
+          [TIMESTEP]: tensorFor(describe(TIMESTEP), new Array(B).fill(t), [B]),
+        });
+        return float32Data(result[outputName], outputName);
+      },
+      onStep: options.onStep,
+    });
     return { latents, shape, timesteps: [...scheduler.timesteps], loraSource: this.lora.source, seconds: (Date.now() - started) / 1000 };
   }
 }

@@ -17,6 +17,7 @@ import {
 } from '../../../compiler/manifest';
 import { Rng, fillNormal } from '../../../models/random';
 import { NoiseSchedule } from '../../noise-schedule';
+import { denoise } from '../../denoise';
 import { SchedulerName, makeScheduler } from '../../schedulers';
 import type { Conditioning } from '../../store';
 import { OrtModule, floatOutput, webTensor } from './tensors';
@@ -136,29 +137,22 @@ export async function sampleLatents(
   if (missing.length) throw new Error(`cannot feed infer.onnx input${missing.length > 1 ? 's' : ''} ${missing.slice(0, 3).join(', ')}`);
 
   const outputName = session.outputNames.includes(OUT_SAMPLE) ? OUT_SAMPLE : session.outputNames[0];
-  for (let i = 0; i < scheduler.timesteps.length; i++) {
-    const t = scheduler.timesteps[i];
-    const input = scheduler.scaleModelInput(latents, i);
-    const batch = new Float32Array(B * size);
-    for (let b = 0; b < B; b++) batch.set(input, b * size);
-    const result = await session.run({
-      ...fixed,
-      [SAMPLE]: webTensor(ort, describe(SAMPLE), batch, [B, ...o.latentShape]),
-      [TIMESTEP]: webTensor(ort, describe(TIMESTEP), new Array(B).fill(t), [B]),
-    });
-    const pred = floatOutput(result[outputName], outputName);
-    let output: Float32Array;
-    if (guided) {
-      output = new Float32Array(size);
-      for (let k = 0; k < size; k++) output[k] = pred[k] + o.guidance * (pred[size + k] - pred[k]);
-    } else output = pred;
-    latents = scheduler.step(output, i, latents, () => {
-      const n = new Float32Array(size);
-      fillNormal(new Rng(o.seed, `generate/noise/${i}`), n, 1);
-      return n;
-    });
-    o.onStep?.(i + 1, scheduler.timesteps.length);
-  }
+  latents = await denoise({
+    scheduler,
+    latents,
+    rows: B,
+    guidance: o.guidance,
+    seed: o.seed,
+    predict: async (batch, t) => {
+      const result = await session.run({
+        ...fixed,
+        [SAMPLE]: webTensor(ort, describe(SAMPLE), batch, [B, ...o.latentShape]),
+        [TIMESTEP]: webTensor(ort, describe(TIMESTEP), new Array(B).fill(t), [B]),
+      });
+      return floatOutput(result[outputName], outputName);
+    },
+    onStep: o.onStep ? (done, total) => o.onStep!(done, total) : undefined,
+  });
   return latents;
 }
 

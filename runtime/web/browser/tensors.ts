@@ -1,6 +1,7 @@
 /** onnxruntime-web tensors in the dtypes the manifest describes (as runtime/artifacts.ts does for onnxruntime-node). */
 import type * as Ort from 'onnxruntime-web';
 import type { TensorDescription } from '../../../compiler/manifest';
+import { feedData, scalarDims } from '../../feed-data';
 
 export type OrtModule = typeof Ort;
 
@@ -10,34 +11,13 @@ export function webTensor(
   values: Float32Array | number[],
   dims: readonly number[],
 ): Ort.Tensor {
-  const dtype = desc?.dtype ?? 'float32';
-  const count = dims.reduce((a, b) => a * b, 1);
-  if (values.length !== count) throw new Error(`${desc?.name ?? 'tensor'}: ${values.length} values for shape [${dims}]`);
-  switch (dtype) {
-    case 'float32':
-      return new ort.Tensor('float32', values instanceof Float32Array ? values : Float32Array.from(values), dims);
-    case 'float64':
-      return new ort.Tensor('float64', Float64Array.from(values), dims);
-    case 'int64':
-      return new ort.Tensor(
-        'int64',
-        BigInt64Array.from(values as ArrayLike<number>, (v) => BigInt(Math.round(v))),
-        dims,
-      );
-    case 'int32':
-      return new ort.Tensor(
-        'int32',
-        Int32Array.from(values as ArrayLike<number>, (v) => Math.round(v)),
-        dims,
-      );
-    default:
-      throw new Error(`input ${desc?.name} has dtype ${dtype}; the page feeds float32, float64, int32 or int64`);
-  }
+  const { type, data } = feedData(desc, values, dims);
+  return new ort.Tensor(type, data, dims);
 }
 
 /** A scalar input (`lr`, `step`) in the rank the graph declares: [] or [1]. */
 export function webScalar(ort: OrtModule, desc: TensorDescription | undefined, value: number): Ort.Tensor {
-  return webTensor(ort, desc, [value], desc && desc.shape.length === 1 ? [1] : []);
+  return webTensor(ort, desc, [value], scalarDims(desc));
 }
 
 export function floatOutput(t: Ort.Tensor | undefined, name: string): Float32Array {
