@@ -24,7 +24,7 @@ interface TrainCli extends TuningCli {
 export function registerTrain(program: Command): void {
   const command = program
     .command('train')
-    .description('run train.onnx over the store: LoRA training with AdamW, checkpoints, resume')
+    .description('LoRA training over the store (grads.onnx + AdamW on the host when compiled, else train.onnx), checkpoints, resume')
     .argument('<out>', 'a compiled folder with a precomputed store')
     .option('--steps <n>', "total steps to reach (default: the spec's train steps)", parseCount)
     .option('--resume', 'continue from <out>/train/checkpoint.safetensors, bit for bit')

@@ -22,23 +22,26 @@ const ATTENTION = /\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$/;
 
 const cli = runCli;
 
-test("full SD 2.1 at 64x64 against the paper's Table 3", () => {
+/** Full SD 2.1 (weightless builder graph), LoRA r128 on the attention projections, latents `side`. */
+function fullSd21Request(side: number): PlanRequest {
   const model = describeUNet(FAMILIES.sd21.full.config).model;
   const unet = { file: 'sd21-full', model, analysis: analyzeUNet(model.graph, 'sd21-full') };
   const targets = findLoraSites(model.graph)
     .map((s) => s.module)
     .filter((m) => ATTENTION.test(m));
-  const req: PlanRequest = {
+  const shapes = { sample: [1, 4, side, side], timestep: [1], encoder_hidden_states: [1, 77, 1024] };
+  return {
     unet,
     targets,
     lora: { rank: 128, alpha: 128 },
-    training: {
-      ...defaultTrainingSettings('sd21'),
-      shapes: { sample: [1, 4, 64, 64], timestep: [1], encoder_hidden_states: [1, 77, 1024] },
-    },
+    training: { ...defaultTrainingSettings('sd21'), shapes },
     samples: 200,
     steps: 1000,
   };
+}
+
+test("full SD 2.1 at 64x64 against the paper's Table 3", () => {
+  const req = fullSd21Request(64);
   const plan = planUNet(req, undefined, ['none', '3-2']);
   const [none, hollowed] = plan.rows;
   const f = hollowed.flops;
@@ -64,22 +67,7 @@ test("full SD 2.1 at 64x64 against the paper's Table 3", () => {
 });
 
 test('predicted training peaks of full SD 2.1 (32x32, r128) within 10% of the measured ones', () => {
-  const model = describeUNet(FAMILIES.sd21.full.config).model;
-  const unet = { file: 'sd21-full', model, analysis: analyzeUNet(model.graph, 'sd21-full') };
-  const targets = findLoraSites(model.graph)
-    .map((s) => s.module)
-    .filter((m) => ATTENTION.test(m));
-  const req: PlanRequest = {
-    unet,
-    targets,
-    lora: { rank: 128, alpha: 128 },
-    training: {
-      ...defaultTrainingSettings('sd21'),
-      shapes: { sample: [1, 4, 32, 32], timestep: [1], encoder_hidden_states: [1, 77, 1024] },
-    },
-    samples: 200,
-    steps: 1000,
-  };
+  const req = fullSd21Request(32);
   // Peak RSS of one host-AdamW step, tests/bench/train-step.ts, 2026-12-01 (README table).
   const measuredMiB: Record<string, number> = { none: 4406, '4-2': 3978, '3-2': 3066, '2-3': 1693 };
   const plan = planUNet(req, undefined, Object.keys(measuredMiB));
