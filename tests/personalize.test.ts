@@ -158,7 +158,7 @@ test('sd15 end to end with prior preservation: files, stages, the LoRA at scale 
     expect(fs.existsSync(path.join(refOut, f))).toBe(true);
   const text = lines.join('\n');
   expect(text).toMatch(
-    /\[4\/9\] class images: generated 2 class image\(s\) with the base pipeline on "a photo of a face" \(0 already there, 2 steps\); VAE-encoded them into 2 class latents {2}\(\d+\.\d s, peak RSS \d+\.\d\d MiB\)/,
+    /\[4\/9\] class images: generated 2 class image\(s\) with the base pipeline on "a photo of a face" \(0 already there, 2 steps\); VAE-encoded them into 2 class latents {2}\(\d+\.\d s, peak RSS \d+\.\d\d [MG]iB\)/,
   );
   expect(text).toContain('[5/9] store: precomputed 6 sample(s) (0 already there; 3 instance and 2 class latents, alternating)');
   expect(text).toMatch(/\[6\/9\] train: trained to step 6 at lr 0\.001/);
