@@ -14,8 +14,8 @@ import { spawnSync } from 'child_process';
 
 export const MALLOC_ENV: Readonly<Record<string, string>> = { MALLOC_MMAP_THRESHOLD_: '131072' };
 
-/** Commands that run training or sampling sessions. */
-const HEAVY = new Set(['train']);
+/** Commands that run training or sampling sessions (personalize and demo train and sample in one process). */
+export const HEAVY_COMMANDS: ReadonlySet<string> = new Set(['train', 'personalize', 'demo', 'generate', 'precompute']);
 
 /**
  * When `argv` runs a heavy command in a process without the settings, runs it again in a child
@@ -23,7 +23,7 @@ const HEAVY = new Set(['train']);
  */
 export function rerunWithAllocatorSettings(argv: readonly string[]): number | undefined {
   const command = argv.slice(2).find((a) => !a.startsWith('-'));
-  if (process.platform !== 'linux' || !command || !HEAVY.has(command)) return undefined;
+  if (process.platform !== 'linux' || !command || !HEAVY_COMMANDS.has(command)) return undefined;
   if (process.env.HOLLOWC_MALLOC === 'default' || Object.keys(MALLOC_ENV).every((k) => process.env[k] !== undefined)) return undefined;
   const r = spawnSync(process.execPath, [...process.execArgv, ...argv.slice(1)], {
     stdio: 'inherit',

@@ -8,7 +8,7 @@
  *   class       prior-preservation images: generated with the base pipeline (cached in
  *               run/class-images/) or read from --class-dir, VAE-encoded -> run/data/class_latents/
  *   store       precompute.onnx over instance and class samples -> run/compiled/store/
- *   train       train.onnx steps with checkpoints -> run/compiled/lora.safetensors
+ *   train       grads.onnx steps (AdamW on the host) with checkpoints -> run/compiled/lora.safetensors
  *   export      run/lora.safetensors (diffusers) and run/lora-kohya.safetensors
  *   validation  the two-path infer.onnx on each validation prompt (and the base model, B = 0,
  *               on the first) -> run/images/*.png
@@ -230,7 +230,7 @@ function countFiles(dir: string, ext: string): number {
 /** The spec personalize compiles when no --spec is given. */
 export function personalizeSpec(
   folder: PipelineFolder,
-  o: { preset: string; rank: number; alpha: number; priorWeight: number; seed: number; latent: number[] },
+  o: { preset: string; rank: number; alpha: number; seed: number; latent: number[] },
 ): string {
   const T = folder.tokenizers[0].maxLength;
   const D = folder.unet.config.cross_attention_dim;
@@ -255,9 +255,9 @@ export function personalizeSpec(
   }
   lines.push(
     `lora rank ${o.rank} alpha ${o.alpha}`,
-    `loss prior_weight ${o.priorWeight}`,
     `seed ${o.seed}`,
-    'emit precompute train infer',
+    // grads.onnx, not train.onnx: hollowc train then runs AdamW on the host, which needs less memory
+    'emit precompute grads infer',
     '',
   );
   return lines.join('\n');
@@ -278,7 +278,13 @@ interface Stage {
   valid(): boolean;
   /** removes what a fresh run of the stage replaces */
   clean(): void;
-  run(resuming: boolean, record: StageRecord): Promise<{ summary: string; data?: Record<string, unknown> }>;
+  /**
+   * Whether a finished record under another key can be carried on instead of starting over
+   * (training to more steps than last time continues from its last checkpoint).
+   */
+  continues?(record: StageRecord): boolean;
+  /** `resumed` in the result: whether it continued earlier work (default: whether it was resuming) */
+  run(resuming: boolean, record: StageRecord): Promise<{ summary: string; data?: Record<string, unknown>; resumed?: boolean }>;
 }
 
 export async function personalize(options: PersonalizeOptions): Promise<PersonalizeResult> {
@@ -299,7 +305,9 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
   const seed = options.seed ?? 0;
   const rank = options.rank ?? 4;
   const alpha = options.alpha ?? rank;
-  const priorWeight = options.priorWeight ?? 1;
+  // The class samples' loss weight is a per-sample input of the step graphs, so it is given to
+  // training and changing it needs no new compile; without the flag, the spec's (default 1).
+  const priorWeight = options.priorWeight;
   const flip = options.flip ?? false;
   const classSteps = options.classSteps ?? 25;
   const validationSteps = options.validationSteps ?? 25;
@@ -318,7 +326,7 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
     if (!(Number.isInteger(v) && v > 0)) throw new HollowcError(`${flag} must be a positive integer, got ${v}`);
   }
   if (!(lr > 0 && Number.isFinite(lr))) throw new HollowcError(`--lr must be a finite number > 0, got ${lr}`);
-  if (!(priorWeight >= 0 && Number.isFinite(priorWeight)))
+  if (priorWeight !== undefined && !(priorWeight >= 0 && Number.isFinite(priorWeight)))
     throw new HollowcError(`--prior-weight must be a finite number >= 0, got ${priorWeight}`);
   if (options.classImages !== undefined && options.classDir !== undefined)
     throw new HollowcError('give --class-images or --class-dir, not both');
@@ -337,9 +345,7 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
   for (const f of classFiles) classDirImages.push(await loadImage(f, size));
   const latent = [Number(folder.unet.config.in_channels ?? 4), resolution / factor, resolution / factor];
   const preset = options.preset ?? (family === 'sdxl' ? 'sdxl-mid' : '39.2%');
-  const specText = options.spec
-    ? fs.readFileSync(options.spec, 'utf8')
-    : personalizeSpec(folder, { preset, rank, alpha, priorWeight, seed, latent });
+  const specText = options.spec ? fs.readFileSync(options.spec, 'utf8') : personalizeSpec(folder, { preset, rank, alpha, seed, latent });
   if (identifierWords(options.prompt, options.classPrompt).length === 0) {
     warn(
       `hollowc: warning: the prompt "${options.prompt}" has no word that the class prompt "${options.classPrompt}" lacks: without an identifier (such as "sks") the LoRA is trained onto the class itself`,
@@ -396,7 +402,9 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
       samples,
       seed,
     });
-    keys.train = sha({ stage: 'train', store: keys.store, steps, lr, seed });
+    // without the steps: a run that trained fewer steps under the same line continues from its checkpoint
+    const trainLine = sha({ stage: 'train', store: keys.store, lr, seed, priorWeight: priorWeight ?? 'spec' });
+    keys.train = sha({ line: trainLine, steps });
     keys.export = sha({ stage: 'export', train: keys.train });
     keys.validation = sha({
       stage: 'validation',
@@ -575,17 +583,27 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
         key: keys.train,
         valid: () => fs.existsSync(path.join(compiled, LORA_FILE)),
         clean: () => rmAll(path.join(compiled, TRAIN_DIR), path.join(compiled, LORA_FILE)),
+        continues: (record) =>
+          record.done &&
+          record.data?.trainLine === trainLine &&
+          typeof record.data?.stepsDone === 'number' &&
+          record.data.stepsDone < steps &&
+          fs.existsSync(path.join(compiled, TRAIN_DIR, CHECKPOINT_FILE)),
         run: async (resuming, record) => {
           const resume = resuming && fs.existsSync(path.join(compiled, TRAIN_DIR, CHECKPOINT_FILE));
           const { store } = Store.open(storeDir, { readOnly: true });
           const records = store.count;
           store.close();
-          // the evaluation costs a training step per batch, twice: about a quarter of the run, at most 16
-          const batches = Math.min(records, Math.max(2, Math.min(16, Math.floor(steps / 4))));
+          // the evaluation costs a training step per batch, twice: about a quarter of the run, at most 16;
+          // a run carried on to more steps keeps the batches its loss before was measured on
+          const batches =
+            typeof record.data?.evalBatches === 'number'
+              ? record.data.evalBatches
+              : Math.min(records, Math.max(2, Math.min(16, Math.floor(steps / 4))));
           // the loss before: on the training session when starting fresh; once more on a resume
           let before = typeof record.data?.lossBefore === 'number' ? (record.data.lossBefore as number) : undefined;
           if (resume && before === undefined)
-            before = await evaluateLoss({ out: compiled, batches, ep: options.ep, session: trainTuning, instanceOnly: true });
+            before = await evaluateLoss({ out: compiled, batches, ep: options.ep, session: trainTuning, instanceOnly: true, priorWeight });
           const bar = new ProgressLine('step', steps, progress, undefined, 0);
           const r = await train({
             out: compiled,
@@ -597,6 +615,7 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
             ep: options.ep,
             fallbackToCpu: options.fallbackToCpu,
             session: trainTuning,
+            priorWeight,
             evaluate: { batches, instanceOnly: true },
             onStep: (s) => {
               bar.update(s.step, { loss: s.loss.toFixed(4) });
@@ -608,7 +627,15 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
           lossInfo = { before, after: r.evaluation!.after, records: r.evaluation!.batches };
           return {
             summary: `${resume ? `resumed at step ${r.startStep}, ` : ''}trained to step ${r.step} at lr ${lr} (${r.stepSeconds > 0 ? ((r.step - r.startStep) / r.stepSeconds).toFixed(2) : '-'} it/s); loss on ${lossInfo.records} instance samples ${before.toFixed(5)} -> ${lossInfo.after.toFixed(5)}`,
-            data: { lossBefore: before, lossAfter: lossInfo.after, lossRecords: lossInfo.records },
+            data: {
+              lossBefore: before,
+              lossAfter: lossInfo.after,
+              lossRecords: lossInfo.records,
+              evalBatches: batches,
+              trainLine,
+              stepsDone: r.step,
+            },
+            resumed: resume,
           };
         },
       },
@@ -712,15 +739,16 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
         continue;
       }
       const resuming = !!rec && rec.key === s.key && !rec.done;
-      if (!resuming) s.clean();
-      const record: StageRecord = resuming ? rec : { key: s.key, done: false };
+      const continuing = !resuming && !!rec && !!s.continues?.(rec);
+      if (!resuming && !continuing) s.clean();
+      const record: StageRecord = resuming ? rec : continuing ? { key: s.key, done: false, data: rec.data } : { key: s.key, done: false };
       state.stages[s.name] = record;
       saveState();
       const sampler = new RssSampler();
       const started = Date.now();
-      let r: { summary: string; data?: Record<string, unknown> };
+      let r: Awaited<ReturnType<Stage['run']>>;
       try {
-        r = await s.run(resuming, record);
+        r = await s.run(resuming || continuing, record);
       } finally {
         processPeak = Math.max(processPeak, sampler.stop());
       }
@@ -735,7 +763,7 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
         data: { ...record.data, ...r.data },
       };
       saveState();
-      results.push({ name: s.name, status: resuming ? 'resumed' : 'ran', summary: r.summary, seconds, peakRssBytes: peak });
+      results.push({ name: s.name, status: (r.resumed ?? resuming) ? 'resumed' : 'ran', summary: r.summary, seconds, peakRssBytes: peak });
       log(`${label}: ${r.summary}  (${seconds.toFixed(1)} s, peak RSS ${formatBytes(peak)})`);
     }
 
@@ -807,7 +835,7 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
                 ? `${classCount} from ${options.classDir}`
                 : 'none',
           ],
-          ['prior weight', String(m.training.priorWeight)],
+          ['prior weight', String(priorWeight ?? m.training.priorWeight)],
           ['resolution', `${resolution}x${resolution} (latents ${latent.slice(1).join('x')})`],
           ['validation', `${validationPrompts.length} prompt(s), ${validationSteps} steps, guidance ${guidance}`],
           ['seed / ep', `${seed} / ${options.ep ?? 'cpu'}`],
@@ -881,7 +909,7 @@ export function registerPersonalize(program: Command): void {
     .option('--samples <n>', 'precomputed samples (paper: 200)', parseCount, 200)
     .option('--class-images <n>', 'prior-preservation images to generate with the base pipeline (cached in the run folder)', parseCount)
     .option('--class-dir <dir>', 'prior-preservation images to use instead')
-    .option('--prior-weight <x>', "weight of the class samples' loss", parseNumber, 1)
+    .option('--prior-weight <x>', "weight of the class samples' loss (default: the spec's loss prior_weight, 1)", parseNumber)
     .option('--resolution <px>', 'training and image size (default: the UNet sample_size times the VAE factor)', parseCount)
     .option('--flip', 'also train on the mirror image of each photo')
     .option('--validation-prompt <text>', 'a prompt for the validation images (repeatable; default: --prompt)', collect)
@@ -909,7 +937,7 @@ export function registerPersonalize(program: Command): void {
         samples: o.samples as number,
         classImages: o.classImages as number | undefined,
         classDir: o.classDir as string | undefined,
-        priorWeight: o.priorWeight as number,
+        priorWeight: o.priorWeight as number | undefined,
         resolution: o.resolution as number | undefined,
         flip: !!o.flip,
         validationPrompts: o.validationPrompt as string[] | undefined,

@@ -14,6 +14,7 @@ interface TrainCli extends TuningCli {
   restart?: boolean;
   checkpointEvery?: number;
   lr?: number;
+  priorWeight?: number;
   seed?: number;
   store?: string;
   optimizer?: OptimizerMode;
@@ -32,6 +33,7 @@ export function registerTrain(program: Command): void {
     .option('--checkpoint-every <n>', "steps between checkpoints (default: the spec's checkpoint_every)", parseCount)
     .option('--lr <x>', "learning rate (default: the spec's; on --resume the checkpoint's)", parseNumber)
     .option('--seed <n>', "sample-order seed (default: the spec's)", parseSeed)
+    .option('--prior-weight <x>', "loss weight of the store's class samples (default: the spec's loss prior_weight)", parseNumber)
     .option('--store <dir>', 'store folder (default <out>/store)')
     .addOption(
       new Option(
@@ -49,6 +51,7 @@ export function registerTrain(program: Command): void {
       restart: o.restart,
       checkpointEvery: o.checkpointEvery,
       lr: o.lr,
+      priorWeight: o.priorWeight,
       seed: o.seed,
       storeDir: o.store,
       optimizer: o.optimizer,

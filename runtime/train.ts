@@ -76,6 +76,11 @@ export interface TrainOptions {
    * before the first step and after the last, on the training session itself.
    */
   evaluate?: { batches: number; instanceOnly?: boolean };
+  /**
+   * The weight of class (prior-preservation) samples in the loss, instead of the spec's: the
+   * graphs take it as a per-sample input, so changing it needs no new compile.
+   */
+  priorWeight?: number;
 }
 
 export interface StepInfo {
@@ -264,13 +269,14 @@ async function trainUnlocked(options: TrainOptions): Promise<TrainResult> {
     const start = startingPoint(options, manifest, graph, store);
     if (!(start.lr > 0 && Number.isFinite(start.lr))) throw new HollowcError(`--lr must be a finite number > 0, got ${start.lr}`);
     const startStep = start.step;
+    const priorWeight = options.priorWeight ?? settings.priorWeight;
+    if (!(priorWeight >= 0 && Number.isFinite(priorWeight)))
+      throw new HollowcError(`--prior-weight must be a finite number >= 0, got ${priorWeight}`);
 
     if (startStep < steps || options.evaluate) session = await createSession(graph.file, trainingSession(options));
     const indices = options.evaluate?.instanceOnly ? instanceRecords(store) : undefined;
     const evaluate = async () =>
-      options.evaluate
-        ? lossAtRest(session!, graph, store, start.params, options.evaluate.batches, settings.priorWeight, indices)
-        : undefined;
+      options.evaluate ? lossAtRest(session!, graph, store, start.params, options.evaluate.batches, priorWeight, indices) : undefined;
     const before = await evaluate();
     const ran =
       startStep < steps
@@ -281,7 +287,7 @@ async function trainUnlocked(options: TrainOptions): Promise<TrainResult> {
             start,
             steps,
             every,
-            priorWeight: settings.priorWeight,
+            priorWeight,
             optimizer: settings.optimizer,
           })
         : { losses: [], seconds: 0 };
@@ -346,6 +352,8 @@ export interface EvaluateOptions {
   instanceOnly?: boolean;
   /** Which step graph computes the loss (default as train's: grads.onnx when there is one). */
   optimizer?: OptimizerMode;
+  /** as TrainOptions.priorWeight */
+  priorWeight?: number;
 }
 
 /**
@@ -367,7 +375,7 @@ export async function evaluateLoss(options: EvaluateOptions): Promise<number> {
       store,
       params,
       options.batches ?? Math.ceil(store.count / graph.batch),
-      manifest.training.priorWeight,
+      options.priorWeight ?? manifest.training.priorWeight,
       options.instanceOnly ? instanceRecords(store) : undefined,
     );
   } finally {

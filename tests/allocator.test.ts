@@ -4,7 +4,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { MALLOC_ENV, rerunWithAllocatorSettings } from '../cli/allocator';
+import { HEAVY_COMMANDS, MALLOC_ENV, rerunWithAllocatorSettings } from '../cli/allocator';
 import { tempDir } from './support/fixture';
 
 const KEYS = [...Object.keys(MALLOC_ENV), 'HOLLOWC_MALLOC'];
@@ -20,6 +20,11 @@ function withEnv<T>(env: Record<string, string | undefined>, f: () => T): T {
     for (const [k, v] of Object.entries(saved)) if (v !== undefined) process.env[k] = v;
   }
 }
+
+test('the training and sampling commands list personalize and demo (training in one process with the other stages)', () => {
+  for (const c of ['train', 'personalize', 'demo', 'generate']) expect(HEAVY_COMMANDS.has(c)).toBe(true);
+  for (const c of ['compile', 'inspect', 'plan']) expect(HEAVY_COMMANDS.has(c)).toBe(false);
+});
 
 test('train reruns in a child that has the settings and returns its exit code; others run here', () => {
   const script = path.join(tempDir('hollowc-alloc-'), 'main.js');

@@ -176,7 +176,7 @@ test('sd15 end to end with prior preservation: files, stages, the LoRA at scale 
   checkLoraFiles(r);
 });
 
-test('same inputs: everything reused; only --steps changed: store reused, training redone; other photos or preset: dependents redone', async () => {
+test('same inputs: everything reused; more --steps: store reused, training continued from its checkpoint (the LoRA of a straight run); --prior-weight: no recompile; other photos or preset: dependents redone', async () => {
   const out = path.join(root, 'reuse');
   fs.cpSync(refOut, out, { recursive: true });
   // the state refers to nothing absolute but the run folder's content: a copy is reusable
@@ -190,12 +190,29 @@ test('same inputs: everything reused; only --steps changed: store reused, traini
     photos: 'reused',
     'class images': 'reused',
     store: 'reused',
-    train: 'ran',
+    train: 'resumed',
     export: 'ran',
     validation: 'ran',
   });
+  const trainRow = steps.stages.find((s) => s.name === 'train')!;
+  expect(trainRow.summary).toMatch(/^resumed at step 6, trained to step 8 /);
   expect(bytes(path.join(out, 'compiled', 'store', 'records.bin'))).toBe(storeBytes);
   expect(bytes(steps.lora.diffusers)).not.toBe(bytes(reference.lora.diffusers));
+  // the same 8 steps from step 0 (no checkpoint to carry on from): the same LoRA, bit for bit
+  const straight = path.join(root, 'straight8');
+  fs.cpSync(refOut, straight, { recursive: true });
+  fs.rmSync(path.join(straight, 'compiled', 'train'), { recursive: true });
+  const s8 = await personalize({ ...base('sd15', straight, { steps: 8 }), ...quiet });
+  expect(statuses(s8)).toMatchObject({ store: 'reused', train: 'ran' });
+  expect(s8.stages.find((s) => s.name === 'train')!.summary).toMatch(/^trained to step 8 /);
+  expect(bytes(path.join(straight, 'compiled', 'lora.safetensors'))).toBe(bytes(path.join(out, 'compiled', 'lora.safetensors')));
+  expect(s8.loss!.before).toBe(steps.loss!.before);
+  expect(s8.loss!.after).toBe(steps.loss!.after);
+  const straightLora = bytes(s8.lora.diffusers);
+  // the class samples' weight is a training input: compile and store stay, training starts over
+  const weighted = await personalize({ ...base('sd15', straight, { steps: 8, priorWeight: 0.25 }), ...quiet });
+  expect(statuses(weighted)).toMatchObject({ compile: 'reused', store: 'reused', train: 'ran', export: 'ran' });
+  expect(bytes(weighted.lora.diffusers)).not.toBe(straightLora);
   const morePhotos = path.join(root, 'photos4');
   await drawDemoPhotos(morePhotos, 4, 64);
   const p = await personalize({ ...base('sd15', out, { steps: 8, photos: morePhotos }), ...quiet });
