@@ -58,6 +58,7 @@ export function trainingSettingsOf(spec: ResolvedSpec): TrainingSettings {
     steps: spec.train.steps,
     batch: spec.train.batch,
     checkpointEvery: spec.train.checkpointEvery,
+    base: spec.base,
     shapes: Object.fromEntries(Object.entries(spec.shapes).map(([k, v]) => [k, [...v]])),
     optimizer: {
       betas: [spec.optimizer.betas[0], spec.optimizer.betas[1]],

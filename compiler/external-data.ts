@@ -5,7 +5,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { HollowcError } from './errors';
-import { Tensor } from './ir';
+import { Tensor, tensorByteLength } from './ir';
 
 export interface ExternalRange {
   file: string;
@@ -86,13 +86,23 @@ export class ExternalDataWriter {
 
   place(t: Tensor): { location: string; offset: number; length: number } {
     if (t.data.kind === 'strings') throw new Error(`tensor ${t.name}: string tensors cannot go to external data`);
-    const key = t.data.kind === 'external' ? `${t.data.file}\0${t.data.offset}\0${t.data.length}` : undefined;
+    const key =
+      t.data.kind === 'external'
+        ? `${t.data.file}\0${t.data.offset}\0${t.data.length}`
+        : t.data.kind === 'computed'
+          ? `computed\0${t.data.key}`
+          : undefined;
     const seen = key !== undefined ? this.placedRanges.get(key) : this.placedInline.get((t.data as { bytes: Uint8Array }).bytes);
     if (seen) return { location: this.location, ...seen };
     const data = t.data;
     const loc = this.appendStream((write) =>
-      data.kind === 'inline' ? write(data.bytes) : this.copyRange(data.file, data.offset, data.length, write),
+      data.kind === 'inline'
+        ? write(data.bytes)
+        : data.kind === 'computed'
+          ? data.produce(write)
+          : this.copyRange(data.file, data.offset, data.length, write),
     );
+    if (loc.length !== tensorByteLength(t)) throw new Error(`tensor ${t.name}: wrote ${loc.length} bytes, expected ${tensorByteLength(t)}`);
     const placed = { offset: loc.offset, length: loc.length };
     if (key !== undefined) this.placedRanges.set(key, placed);
     else this.placedInline.set((t.data as { bytes: Uint8Array }).bytes, placed);

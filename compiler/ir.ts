@@ -23,11 +23,16 @@ export interface StringPair {
   value: string;
 }
 
-/** Where a tensor's bytes live. External ranges are read or copied on demand, never eagerly. */
+/**
+ * Where a tensor's bytes live. External ranges are read or copied on demand, never eagerly.
+ * `computed` bytes (a weight quantized from an external range) are produced chunk by chunk when
+ * the tensor is written; `key` names them, so artifacts sharing the tensor get one copy.
+ */
 export type TensorData =
   | { kind: 'inline'; bytes: Uint8Array }
   | { kind: 'external'; file: string; offset: number; length: number }
-  | { kind: 'strings'; strings: Uint8Array[] };
+  | { kind: 'strings'; strings: Uint8Array[] }
+  | { kind: 'computed'; key: string; length: number; produce(write: (chunk: Uint8Array) => void): void };
 
 export interface Tensor {
   name: string;
@@ -45,6 +50,7 @@ export function tensorElementCount(t: { dims: number[] }): number {
 export function tensorByteLength(t: Tensor): number {
   if (t.data.kind === 'external') return t.data.length;
   if (t.data.kind === 'inline') return t.data.bytes.byteLength;
+  if (t.data.kind === 'computed') return t.data.length;
   return t.data.strings.reduce((a, s) => a + s.byteLength, 0);
 }
 

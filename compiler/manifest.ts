@@ -15,6 +15,9 @@ export const MANIFEST_FILE = 'manifest.json';
 export const WEIGHTS_FILE = 'weights.onnx_data';
 
 export const ARTIFACT_NAMES = ['precompute', 'forward', 'infer', 'grads', 'train'] as const;
+/** How the training graphs hold the frozen base weights (the spec's `base` line). */
+export const BASE_PRECISIONS = ['fp32', 'int8'] as const;
+export type BasePrecision = (typeof BASE_PRECISIONS)[number];
 export type ArtifactName = (typeof ARTIFACT_NAMES)[number];
 
 /** The UNet's own inputs and output (as torch.onnx.export of diffusers names them). */
@@ -116,6 +119,8 @@ export interface TrainingSettings {
   steps: number;
   batch: number;
   checkpointEvery: number;
+  /** How grads.onnx and train.onnx hold the frozen base weights (precompute and infer keep the model's). */
+  base: BasePrecision;
   /** The spec's `shape` lines. */
   shapes: Record<string, number[]>;
   /** AdamW constants (train.onnx has them built in; a host-side optimizer reads them here). */
@@ -184,6 +189,8 @@ function manifestProblem(m: Record<string, unknown>): string | undefined {
   const o = t.optimizer as Record<string, unknown> | undefined;
   if (!o || !Array.isArray(o.betas) || typeof o.eps !== 'number' || typeof o.weightDecay !== 'number')
     return 'training setting "optimizer" is missing';
+  if (t.base !== undefined && !(BASE_PRECISIONS as readonly unknown[]).includes(t.base))
+    return `training setting "base" is ${JSON.stringify(t.base)}, not one of ${BASE_PRECISIONS.join(', ')}`;
   if (t.prediction !== 'epsilon' && t.prediction !== 'v_prediction')
     return `training prediction ${JSON.stringify(t.prediction)} is neither epsilon nor v_prediction`;
   if (m.cut !== null && shapeProblem('field "cut"', m.cut)) return 'field "cut" is missing (null for hollow none)';

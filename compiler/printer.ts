@@ -17,7 +17,7 @@ function typeText(t: TensorType | undefined): string {
 function tensorText(t: Tensor): string {
   const values = tensorElementCount(t) <= SMALL_CONSTANT ? constFromTensor(t)?.data : undefined;
   const shown = values ? ` {${values.map((x) => String(Number.isInteger(x) ? x : Number(x.toPrecision(7)))).join(', ')}}` : '';
-  return `${dataTypeName(t.dataType)}[${t.dims.join(',')}]${shown}${t.data.kind === 'external' ? ' external' : ''}`;
+  return `${dataTypeName(t.dataType)}[${t.dims.join(',')}]${shown}${t.data.kind === 'external' ? ' external' : t.data.kind === 'computed' ? ' computed' : ''}`;
 }
 
 function attrText(a: Attribute): string {

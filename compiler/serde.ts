@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { HollowcError } from './errors';
 import { decodeModelProto, encodeModelProto, PAttribute, PGraph, PModel, PNode, PStringPair, PTensor, PValueInfo, AttrType } from './proto';
-import { Attribute, Dim, Graph, Model, Node, Tensor, TensorType, Value } from './ir';
+import { Attribute, Dim, Graph, Model, Node, Tensor, TensorType, Value, tensorByteLength } from './ir';
 import { DataType } from './dtype';
 import { ExternalDataWriter, externalRangeChecker } from './external-data';
 
@@ -323,7 +323,7 @@ export function saveModel(model: Model, file: string, options: SaveOptions = {})
 }
 
 function tensorBytes(t: Tensor): number {
-  return t.data.kind === 'external' ? t.data.length : t.data.kind === 'inline' ? t.data.bytes.byteLength : 0;
+  return t.data.kind === 'strings' ? 0 : tensorByteLength(t);
 }
 
 function defaultExternalData(model: Model, file: string): 'inline' | string {
@@ -387,6 +387,15 @@ function tensorToProto(t: Tensor, writer: ExternalDataWriter | undefined): PTens
 export function readTensorBytes(t: Tensor): Uint8Array {
   if (t.data.kind === 'inline') return t.data.bytes;
   if (t.data.kind === 'strings') throw new Error(`tensor ${t.name} holds strings, not bytes`);
+  if (t.data.kind === 'computed') {
+    const out = new Uint8Array(t.data.length);
+    let at = 0;
+    t.data.produce((chunk) => {
+      out.set(chunk, at);
+      at += chunk.byteLength;
+    });
+    return out;
+  }
   const { file, offset, length } = t.data;
   const buf = Buffer.allocUnsafe(length);
   const fd = fs.openSync(file, 'r');

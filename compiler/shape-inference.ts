@@ -317,6 +317,7 @@ export const SHAPE_RULES: Record<string, ShapeRule> = {
   Not: (c) => [{ elemType: DataType.BOOL, shape: c.shape(0) }],
   IsNaN: (c) => [{ elemType: DataType.BOOL, shape: c.shape(0) }],
   Cast: (c) => [{ elemType: c.node.attrInt('to'), shape: c.shape(0) }],
+  DequantizeLinear: (c) => [{ elemType: c.elemType(1), shape: c.shape(0) }],
   CastLike: (c) => [{ elemType: c.elemType(1), shape: c.shape(0) }],
   Where: (c) => [{ elemType: c.elemType(1), shape: broadcastShapes([c.shape(0), c.shape(1), c.shape(2)], c.node.name) }],
   Dropout: (c) => {

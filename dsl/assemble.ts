@@ -47,6 +47,7 @@ export function assemble(
   const emit = single('emit');
   const seed = single('seed');
   const train = single('train');
+  const base = single('base');
   const alpha = loraAlpha(statements, rank, fail);
   const shapes = accumulateShapes(statements, fail);
   const targets = accumulateTargets(statements, fail);
@@ -97,6 +98,7 @@ export function assemble(
     },
     emit: emitList(emit, hollow.hollow, fail),
     seed: seed?.seed ?? { value: DEFAULTS.seed },
+    base: base?.precision ?? { value: 'fp32' },
     train: {
       steps,
       batch: trainOpts.get('batch')?.[0] ?? { value: DEFAULTS.batch },

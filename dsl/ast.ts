@@ -32,16 +32,19 @@
  *                                                          precompute under `hollow none`]
  *   seed <int >= 0>                                        [0] LoRA init and noise sampling
  *   train [steps n] [batch n] [checkpoint_every n]         [1000, 1, = steps] any order
+ *   base fp32 | int8                                       [fp32] how the training graphs hold the
+ *                                                          frozen base weights: int8 = per-channel
+ *                                                          symmetric, dequantized at each use
  *
  * Every statement and value keeps its source position (`pos`), absent when it was filled by
  * default, so later passes can point errors at the line that asked for something
  * (diagnostics.ts `specErrorAt`).
  */
 import { Located, SourcePos, SourceText } from './diagnostics';
-import { EmitArtifact, ModelChoice, Prediction } from './presets';
+import { BasePrecision, EmitArtifact, ModelChoice, Prediction } from './presets';
 
 export type { SourcePos, Located } from './diagnostics';
-export type { FamilyName, ModelChoice, Prediction, EmitArtifact } from './presets';
+export type { BasePrecision, FamilyName, ModelChoice, Prediction, EmitArtifact } from './presets';
 
 /** A value with the position of the token(s) it was written as. */
 export interface Valued<T> extends Located {
@@ -107,6 +110,7 @@ export interface Spec extends SourceText {
   readonly emit: Valued<readonly EmitArtifact[]>;
   readonly seed: Num;
   readonly train: { readonly steps: Num; readonly batch: Num; readonly checkpointEvery: Num };
+  readonly base: Valued<BasePrecision>;
 }
 
 /** One parsed line, before statements are merged and defaults filled (assemble.ts). `pos` spans
@@ -124,7 +128,8 @@ export type Statement =
   | { readonly kind: 'optimizer'; readonly pos: SourcePos; readonly options: readonly Option[] }
   | { readonly kind: 'emit'; readonly pos: SourcePos; readonly artifacts: readonly Valued<EmitArtifact>[] }
   | { readonly kind: 'seed'; readonly pos: SourcePos; readonly seed: Num }
-  | { readonly kind: 'train'; readonly pos: SourcePos; readonly options: readonly Option[] };
+  | { readonly kind: 'train'; readonly pos: SourcePos; readonly options: readonly Option[] }
+  | { readonly kind: 'base'; readonly pos: SourcePos; readonly precision: Valued<BasePrecision> };
 
 /** `lora init` as written: the gaussian std may be left to the default 1/rank. */
 export type LoraInitStmt = { readonly kind: 'gaussian'; readonly std?: Num } | { readonly kind: 'file'; readonly path: Valued<string> };

@@ -7,7 +7,7 @@ import { Hollow, Spec, Valued } from './ast';
 import { SourcePos, SpecError, specErrorAt, throwIfAny } from './diagnostics';
 import { matchesGlob } from './glob';
 import { FAMILIES } from '../models/families';
-import { EmitArtifact, FamilyName, Prediction, presetListText, presetsFor } from './presets';
+import { BasePrecision, EmitArtifact, FamilyName, Prediction, presetListText, presetsFor } from './presets';
 import { closestFirst } from './suggest';
 
 /** One paper-numbered layer (`3-2`), in graph order: down layers, then mid, then up. */
@@ -81,6 +81,7 @@ export interface ResolvedSpec {
   readonly emit: readonly EmitArtifact[];
   readonly seed: number;
   readonly train: { readonly steps: number; readonly batch: number; readonly checkpointEvery: number };
+  readonly base: BasePrecision;
 }
 
 /** Checks `spec` against the model and resolves it. Throws a SpecError carrying every problem
@@ -136,6 +137,7 @@ export function checkSpec(spec: Spec, facts: ModelFacts): ResolvedSpec {
       batch: spec.train.batch.value,
       checkpointEvery: spec.train.checkpointEvery.value,
     },
+    base: spec.base.value,
   };
 }
 

@@ -3,7 +3,7 @@
  * the values that need no other statement.
  */
 import { CstChildrenDictionary, CstNode, IToken } from 'chevrotain';
-import { BlockItem, Hollow, LoraInitStmt, Num, Option, ShapeDecl, Statement, Valued } from './ast';
+import { BasePrecision, BlockItem, Hollow, LoraInitStmt, Num, Option, ShapeDecl, Statement, Valued } from './ast';
 import { SourcePos, SourceText, SpecError, specErrorAt } from './diagnostics';
 import { globProblem } from './glob';
 import { parser } from './parser';
@@ -303,6 +303,11 @@ export class StatementBuilder extends BaseVisitor {
       artifacts.push({ value: t.image as EmitArtifact, pos: posOf(t) });
     }
     return { kind: 'emit', pos: posOf(head), artifacts };
+  }
+
+  baseStmt(ctx: CstChildrenDictionary): Statement {
+    const value = (ctx.Kw_fp32 ?? ctx.Kw_int8)![0] as IToken;
+    return { kind: 'base', pos: posOf(tokenOf(ctx, 'Kw_base')), precision: { value: value.image as BasePrecision, pos: posOf(value) } };
   }
 
   seedStmt(ctx: CstChildrenDictionary): Statement {

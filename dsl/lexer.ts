@@ -95,6 +95,7 @@ export const Optimizer = keyword('optimizer');
 export const Emit = keyword('emit');
 export const Seed = keyword('seed');
 export const Train = keyword('train'); // also an artifact name in `emit`
+export const Base = keyword('base');
 // model
 export const Sd15 = keyword('sd15');
 export const Sd21 = keyword('sd21');
@@ -127,13 +128,16 @@ export const WeightDecay = keyword('weight_decay');
 export const Precompute = keyword('precompute');
 export const Grads = keyword('grads');
 export const Infer = keyword('infer');
+// base
+export const Fp32 = keyword('fp32');
+export const Int8 = keyword('int8');
 // train
 export const Steps = keyword('steps');
 export const Batch = keyword('batch');
 export const CheckpointEvery = keyword('checkpoint_every');
 
 /** The words that may start a statement, in the order the docs list them. */
-export const statementHeads: readonly TokenType[] = [Model, Hollow, Shape, Lora, Loss, Optimizer, Emit, Seed, Train];
+export const statementHeads: readonly TokenType[] = [Model, Hollow, Shape, Lora, Loss, Optimizer, Emit, Seed, Train, Base];
 
 // The lexer takes the first pattern that matches, so a keyword that is a prefix of another
 // (`eps` / `epsilon`) must come after it: sort longest first.

@@ -27,7 +27,14 @@ class HollowParser extends CstParser {
       { ALT: () => this.SUBRULE(this.emitStmt) },
       { ALT: () => this.SUBRULE(this.seedStmt) },
       { ALT: () => this.SUBRULE(this.trainStmt) },
+      { ALT: () => this.SUBRULE(this.baseStmt) },
     ]);
+  });
+
+  // base fp32 | int8
+  private baseStmt = this.RULE('baseStmt', () => {
+    this.CONSUME(T.Base);
+    this.OR([{ ALT: () => this.CONSUME(T.Fp32) }, { ALT: () => this.CONSUME(T.Int8) }]);
   });
 
   // model sd15 | sd21 | sdxl | auto

@@ -39,6 +39,7 @@ export function defaultTrainingSettings(family: FamilyName): TrainingSettings {
     steps: DEFAULTS.steps,
     batch: DEFAULTS.batch,
     checkpointEvery: DEFAULTS.steps,
+    base: 'fp32',
     shapes: {},
     optimizer: { betas: [DEFAULTS.beta1, DEFAULTS.beta2], eps: DEFAULTS.eps, weightDecay: DEFAULTS.weightDecay },
   };

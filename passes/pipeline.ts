@@ -5,7 +5,8 @@
  *   precompute  base UNet -> hollow activation
  *   forward     the hollowed net with LoRA (what training differentiates)
  *   infer       path 1 (base, up to the activation) + path 2 (hollowed net with LoRA)
- *   grads       forward + static shapes + loss + d loss / d LoRA (cheap activations recomputed) as outputs
+ *   grads       forward + static shapes + loss + d loss / d LoRA (cheap activations recomputed; under
+ *               `base int8` every base weight read dequantized from int8) as outputs
  *   train       forward + static shapes + loss + gradients (the same) + in-graph AdamW
  */
 import { cloneModel } from '../compiler/clone';
@@ -21,12 +22,13 @@ import { extractPrecomputePass } from './extract-precompute';
 import { hollowOutPass } from './hollow-out';
 import { insertLoraPass } from './insert-lora';
 import { orderSinksPass } from './order-sinks';
+import { quantizeBasePass } from './quantize-base';
 import { rematerializePass } from './rematerialize';
 import { ArtifactState } from './lib/artifact-state';
 import { specializeShapesPass } from './specialize-shapes';
 
 const HOLLOWED_WITH_LORA = [insertLoraPass, hollowOutPass];
-const TRAINING_LOSS = [...HOLLOWED_WITH_LORA, specializeShapesPass, addLossPass, differentiatePass, rematerializePass];
+const TRAINING_LOSS = [...HOLLOWED_WITH_LORA, specializeShapesPass, addLossPass, differentiatePass, rematerializePass, quantizeBasePass];
 
 export const PIPELINES: Readonly<Record<ArtifactName, readonly Pass<ArtifactState>[]>> = {
   precompute: [extractPrecomputePass],

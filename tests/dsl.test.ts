@@ -59,6 +59,7 @@ describe('parseSpec: the issue example', () => {
       emit: { value: ['precompute', 'train', 'grads', 'infer'] },
       seed: { value: 0 },
       train: { steps: { value: 1000 }, batch: { value: 1 }, checkpointEvery: { value: 1000 } },
+      base: { value: 'fp32' },
     });
   });
 
@@ -110,6 +111,7 @@ describe('parseSpec: defaults', () => {
       emit: { value: ['precompute', 'train', 'grads', 'infer'] },
       seed: { value: 0 },
       train: { steps: { value: 1000 }, batch: { value: 1 }, checkpointEvery: { value: 1000 } },
+      base: { value: 'fp32' },
     });
   });
 
@@ -262,7 +264,7 @@ describe('SpecError', () => {
       [3, 'lora alpha must be > 0, not -1'],
       [
         4,
-        'unknown statement "bogus"; a statement starts with "model", "hollow", "shape", "lora", "loss", "optimizer", "emit", "seed" or "train"',
+        'unknown statement "bogus"; a statement starts with "model", "hollow", "shape", "lora", "loss", "optimizer", "emit", "seed", "train" or "base"',
       ],
     ]);
     expect(e.all[0]).toBe(e);
@@ -383,6 +385,11 @@ describe('checkSpec against a hand-made sd15 model', () => {
     const q = r.lora.targets.find((t) => t.module.endsWith('attn1.to_q'))!;
     expect(q.glob).toBe('attn1.*');
     expect(r.lora.targets.find((t) => t.module.endsWith('attn2.to_q'))!.glob).toBe('to_q');
+  });
+
+  test('base int8 passes through to the resolved spec (default fp32)', () => {
+    expect(check('hollow none\nbase int8').base).toBe('int8');
+    expect(check('hollow none').base).toBe('fp32');
   });
 
   test('v_prediction and an explicit model pass through', () => {

@@ -30,6 +30,8 @@ export interface ArtifactState {
   readonly training: TrainingSettings;
   /** Names the model in error messages. */
   readonly label: string;
+  /** quantize-base: the smallest weight (in values) it quantizes; default MIN_QUANTIZED_ELEMENTS (the toy UNet of the golden tests has smaller ones). */
+  readonly quantizeMinElements?: number;
 
   /** add-base-path: path 1's copy of the hollow activation (infer.onnx). */
   baseActivation?: Value;

@@ -34,8 +34,9 @@ import { OptimizerMode, StepRunner, describeTrainGraph, trainingSession } from '
 const MiB = 2 ** 20;
 const CLI = path.join(__dirname, '..', '..', 'cli', 'main.js');
 
-const SPEC = (hollow: string, latent = 32) => `model sd21
+const SPEC = (hollow: string, latent = 32, base: 'fp32' | 'int8' = 'fp32') => `model sd21
 hollow ${hollow}
+base ${base}
 shape sample [1, 4, ${latent}, ${latent}]
 shape timestep [1]
 shape encoder_hidden_states [1, 77, 1024]
@@ -207,6 +208,8 @@ interface Row {
   kind: ChildArgs['kind'];
   hollow?: string;
   mode: OptimizerMode;
+  /** `base int8`: the frozen weights of the training graph stored int8 */
+  base?: 'int8';
   /** Only with --only. */
   extra?: boolean;
 }
@@ -217,6 +220,23 @@ const ROWS: Row[] = [
   { id: 'lora-host', label: 'LoRA FT, `hollow none`, AdamW on host (`grads.onnx`)', kind: 'train', hollow: 'none', mode: 'host' },
   { id: 'hollowed-graph', label: 'Hollowed 39.2%, AdamW in graph (`train.onnx`)', kind: 'train', hollow: 'preset "39.2%"', mode: 'graph' },
   { id: 'hollowed-host', label: 'Hollowed 39.2%, AdamW on host (`grads.onnx`)', kind: 'train', hollow: 'preset "39.2%"', mode: 'host' },
+  {
+    id: 'hollowed-int8',
+    label: 'Hollowed 39.2%, `base int8`, AdamW on host',
+    kind: 'train',
+    hollow: 'preset "39.2%"',
+    mode: 'host',
+    base: 'int8',
+  },
+  {
+    id: 'lora-int8',
+    label: 'LoRA FT, `hollow none`, `base int8`, AdamW on host',
+    kind: 'train',
+    hollow: 'none',
+    mode: 'host',
+    base: 'int8',
+    extra: true,
+  },
   // For hollowc plan's predicted-vs-measured table (not run by default: --only).
   { id: 'h115-host', label: 'Hollowed 11.5%, AdamW on host', kind: 'train', hollow: 'preset "11.5%"', mode: 'host', extra: true },
   { id: 'h733-host', label: 'Hollowed 73.3%, AdamW on host', kind: 'train', hollow: 'preset "73.3%"', mode: 'host', extra: true },
@@ -241,13 +261,13 @@ async function main(argv: string[]): Promise<void> {
     if (b.status !== 0) throw new Error('model build failed');
   }
   const compiled = new Map<string, { out: string; compileSeconds?: number; compilePeakRssMiB?: number }>();
-  const compile = (hollow: string) => {
+  const compile = (hollow: string, base: 'fp32' | 'int8' = 'fp32') => {
     const out = path.join(
       dir,
-      `${hollow === 'none' ? 'out-none' : `out-${hollow.replace(/\D/g, '')}`}${latent === 32 ? '' : `-${latent}`}`,
+      `${hollow === 'none' ? 'out-none' : `out-${hollow.replace(/\D/g, '')}`}${latent === 32 ? '' : `-${latent}`}${base === 'fp32' ? '' : `-${base}`}`,
     );
     if (compiled.has(out)) return compiled.get(out)!;
-    const text = SPEC(hollow, latent);
+    const text = SPEC(hollow, latent, base);
     const manifestFile = path.join(out, 'manifest.json');
     // A folder compiled from the same spec (--dir reused) is not compiled again.
     if (fs.existsSync(manifestFile) && JSON.parse(fs.readFileSync(manifestFile, 'utf8')).spec?.text === text) {
@@ -268,7 +288,7 @@ async function main(argv: string[]): Promise<void> {
   };
   const results: (Row & { medianStepSeconds: number; vmHwmMiB: number; peaks: Record<string, Peaks> })[] = [];
   for (const row of rows) {
-    const target = row.kind === 'inference' ? { out: unet } : compile(row.hollow!);
+    const target = row.kind === 'inference' ? { out: unet } : compile(row.hollow!, row.base);
     const args: ChildArgs = {
       kind: row.kind,
       file: target.out,
@@ -314,6 +334,8 @@ async function main(argv: string[]): Promise<void> {
   for (const h of ['hollowed-graph', 'hollowed-host']) for (const b of ['inference', 'lora-graph', 'lora-host']) ratio(h, b);
   ratio('lora-host', 'lora-graph');
   ratio('hollowed-host', 'hollowed-graph');
+  ratio('hollowed-int8', 'hollowed-host');
+  ratio('hollowed-int8', 'inference');
   if (!argv.includes('--keep') && !argv.includes('--dir')) fs.rmSync(dir, { recursive: true, force: true });
 }
 

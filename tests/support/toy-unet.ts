@@ -63,7 +63,7 @@ export const TOY_TARGETS = [
  * The pipeline state for the toy: its cut hollows mid_block. The passes read only the
  * activation and the hollowed modules of a cut, and the family of the analysis.
  */
-export function toyState(hollow: boolean): ArtifactState {
+export function toyState(hollow: boolean, base: 'fp32' | 'int8' = 'fp32'): ArtifactState {
   const cut = {
     activation: {
       tensor: '/mid_block/attentions.0/Relu_output_0',
@@ -77,7 +77,9 @@ export function toyState(hollow: boolean): ArtifactState {
     cut: hollow ? cut : null,
     targets: TOY_TARGETS,
     lora: { rank: 2, alpha: 4 },
-    training: { ...defaultTrainingSettings('sd15'), shapes: { sample: [1, TOKENS, WIDTH], encoder_hidden_states: [1, 2, WIDTH] } },
+    training: { ...defaultTrainingSettings('sd15'), base, shapes: { sample: [1, TOKENS, WIDTH], encoder_hidden_states: [1, 2, WIDTH] } },
     label: 'toy',
+    // the toy's weights are 4x4 and 4x8: quantize them all under base int8
+    quantizeMinElements: 1,
   };
 }

@@ -1,0 +1,183 @@
+/**
+ * `base int8`: the training graphs hold the frozen base weights as int8 with one fp32 scale per
+ * output channel (symmetric, zero point 0), and dequantize them at each use, as QLoRA does with
+ * its 4-bit base. LoRA parameters, biases, norms and everything small stay fp32, and so does the
+ * arithmetic: only the stored weights lose precision.
+ *
+ * Each use (forward and backward) gets its own DequantizeLinear placed before its reader, so an
+ * fp32 copy of a weight lives only while that one node runs. One DequantizeLinear shared by the
+ * forward and backward reads would keep the copy alive in between; onnxruntime's common
+ * subexpression elimination would merge them the same way and is off for training sessions
+ * (runtime/train-graph.ts). Its constant folding skips DequantizeLinear, so no fp32 copy is made
+ * at session start either.
+ *
+ * The weights are read once here, in bounded chunks, for their scales; the int8 bytes are
+ * produced chunk by chunk again when the artifact is written (TensorData `computed`).
+ */
+import * as fs from 'fs';
+import { HollowcError } from '../compiler/errors';
+import { DataType } from '../compiler/dtype';
+import { Graph, Tensor, Value, inlineTensor, tensorElementCount } from '../compiler/ir';
+import { Pass } from '../compiler/pass';
+import { ArtifactState } from './lib/artifact-state';
+
+/** Smaller weights (16 KiB in fp32) stay as they are: they save little. */
+export const MIN_QUANTIZED_ELEMENTS = 1 << 12;
+const CHUNK_ELEMENTS = 1 << 22;
+
+/** Calls `f` on consecutive runs of the fp32 tensor's values (a bounded buffer, reused). */
+function forEachChunk(t: Tensor, f: (values: Float32Array, first: number) => void): void {
+  const n = tensorElementCount(t);
+  if (t.data.kind === 'inline') {
+    const b = t.data.bytes;
+    const aligned = b.byteOffset % 4 === 0 ? b : new Uint8Array(b); // a copy at offset 0 (Buffer.slice would be a view)
+    f(new Float32Array(aligned.buffer, aligned.byteOffset, n), 0);
+    return;
+  }
+  if (t.data.kind !== 'external') throw new Error(`tensor ${t.name}: cannot read ${t.data.kind} data as fp32`);
+  const { file, offset } = t.data;
+  const buf = Buffer.allocUnsafe(Math.min(n, CHUNK_ELEMENTS) * 4);
+  const fd = fs.openSync(file, 'r');
+  try {
+    for (let first = 0; first < n;) {
+      const count = Math.min(CHUNK_ELEMENTS, n - first);
+      let done = 0;
+      while (done < count * 4) {
+        const r = fs.readSync(fd, buf, done, count * 4 - done, offset + first * 4 + done);
+        if (r === 0) throw new HollowcError(`tensor ${t.name}: external data ends early`, file);
+        done += r;
+      }
+      f(new Float32Array(buf.buffer, buf.byteOffset, count), first);
+      first += count;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Channel of element `i` along `axis`, for a tensor of shape `dims` (row-major). */
+function channelOf(dims: readonly number[], axis: number): (i: number) => number {
+  const inner = dims.slice(axis + 1).reduce((a, b) => a * b, 1);
+  const channels = dims[axis];
+  return (i) => Math.floor(i / inner) % channels;
+}
+
+/** Per-channel scales max|w|/127 (1 for an all-zero channel), read in chunks. */
+function channelScales(t: Tensor, axis: number): Float32Array {
+  const maxAbs = new Float32Array(t.dims[axis]);
+  const channel = channelOf(t.dims, axis);
+  forEachChunk(t, (v, first) => {
+    for (let i = 0; i < v.length; i++) {
+      const a = Math.abs(v[i]);
+      const c = channel(first + i);
+      if (a > maxAbs[c]) maxAbs[c] = a;
+    }
+  });
+  return maxAbs.map((m) => (m > 0 && Number.isFinite(m) ? m / 127 : 1));
+}
+
+/** The int8 bytes of `t` under `scales`, produced chunk by chunk. */
+function quantizedData(t: Tensor, axis: number, scales: Float32Array, key: string): Tensor['data'] {
+  return {
+    kind: 'computed',
+    key,
+    length: tensorElementCount(t),
+    produce: (write) => {
+      const channel = channelOf(t.dims, axis);
+      forEachChunk(t, (v, first) => {
+        const q = new Int8Array(v.length);
+        for (let i = 0; i < v.length; i++) q[i] = Math.max(-127, Math.min(127, Math.round(v[i] / scales[channel(first + i)])));
+        write(new Uint8Array(q.buffer));
+      });
+    },
+  };
+}
+
+/**
+ * The quantization axis: a MatMul's [in, out] weight per output column; a Gemm/Conv weight (and
+ * anything else) per leading (output) channel.
+ */
+function axisFor(w: Value): number {
+  const dims = w.initializer!.dims;
+  if (dims.length === 2 && w.uses.some((u) => u.node.opType === 'MatMul' && u.index === 1)) return 1;
+  return 0;
+}
+
+function quantizable(w: Value, minElements: number): boolean {
+  const t = w.initializer;
+  return (
+    !!t &&
+    t.dataType === DataType.FLOAT &&
+    t.dims.length >= 2 &&
+    tensorElementCount(t) >= minElements &&
+    (t.data.kind === 'external' || t.data.kind === 'inline') &&
+    w.uses.length > 0
+  );
+}
+
+export interface QuantizeResult {
+  weights: number;
+  /** Dequantize nodes added (one per use). */
+  uses: number;
+  fp32Bytes: number;
+  int8Bytes: number;
+}
+
+export function quantizeBase(g: Graph, label: string, opset: number, minElements = MIN_QUANTIZED_ELEMENTS): QuantizeResult {
+  const result: QuantizeResult = { weights: 0, uses: 0, fp32Bytes: 0, int8Bytes: 0 };
+  const weights = g.initializers().filter((w) => quantizable(w, minElements));
+  if (weights.length && opset < 13)
+    throw new HollowcError(`base int8 needs opset 13 or later (per-channel DequantizeLinear); the model is opset ${opset}`, label);
+  for (const w of weights) {
+    const t = w.initializer!;
+    const axis = axisFor(w);
+    const scales = channelScales(t, axis);
+    const base = w.name;
+    const q = g.addInitializer({
+      name: g.freshName(`${base}.int8`),
+      dataType: DataType.INT8,
+      dims: [...t.dims],
+      data: quantizedData(t, axis, scales, `${t.data.kind === 'external' ? `${t.data.file}:${t.data.offset}` : base}:int8:${axis}`),
+    });
+    const scale = g.addInitializer(
+      inlineTensor(g.freshName(`${base}.scale`), DataType.FLOAT, [scales.length], new Uint8Array(scales.buffer)),
+    );
+    const zero = g.addInitializer(
+      inlineTensor(g.freshName(`${base}.zero_point`), DataType.INT8, [scales.length], new Uint8Array(scales.length)),
+    );
+    for (const use of [...w.uses]) {
+      const dq = g.addNode(
+        {
+          name: `${base}/dequantize`,
+          opType: 'DequantizeLinear',
+          inputs: [q, scale, zero],
+          outputs: 1,
+          attributes: [{ name: 'axis', type: 'int', value: axis }],
+        },
+        use.node,
+      );
+      dq.outputs[0].type = { elemType: DataType.FLOAT, shape: [...t.dims] };
+      g.setInput(use.node, use.index, dq.outputs[0]);
+      result.uses++;
+    }
+    g.deleteValue(w);
+    result.weights++;
+    result.fp32Bytes += tensorElementCount(t) * 4;
+    result.int8Bytes += tensorElementCount(t) + scales.length * 5;
+  }
+  return result;
+}
+
+/** grads.onnx and train.onnx under `base int8`, after differentiation: every weight read dequantized. */
+export const quantizeBasePass: Pass<ArtifactState> = {
+  name: 'quantize-base',
+  requires: ['gradients'],
+  run(model, state) {
+    if (state.training.base !== 'int8') return { changed: false, summary: 'base fp32: weights as they are' };
+    const r = quantizeBase(model.graph, state.label, model.opsetVersion(), state.quantizeMinElements);
+    return {
+      changed: r.weights > 0,
+      summary: `${r.weights} weights, ${(r.fp32Bytes / 2 ** 20).toFixed(1)} MiB fp32 -> ${(r.int8Bytes / 2 ** 20).toFixed(1)} MiB int8, ${r.uses} dequantize nodes`,
+    };
+  },
+};
