@@ -93,6 +93,8 @@ test('grads.onnx holds every large base weight as int8 with one DequantizeLinear
   // one per read of a weight in the fp32 graph (forward and backward), each read by one node
   expect(dq.length).toBe(fpWeights.reduce((s, v) => s + v.uses.length, 0));
   expect(dq.every((n) => n.outputs[0].uses.length === 1)).toBe(true);
+  // first in node order, so onnxruntime's depth-first order runs each right before its reader
+  expect(q.nodes.slice(0, dq.length).every((n) => n.opType === 'DequantizeLinear')).toBe(true);
   const bytes = (dir: string) =>
     fs
       .readdirSync(dir)
