@@ -8,11 +8,12 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { DataType } from '../compiler/dtype';
-import { tensorElementCount } from '../compiler/ir';
+import { Graph, tensorElementCount } from '../compiler/ir';
 import { CompileManifest } from '../compiler/manifest';
 import { loadModel } from '../compiler/serde';
 import { compile } from '../passes/compile';
-import { MIN_QUANTIZED_ELEMENTS } from '../passes/quantize-base';
+import { MIN_QUANTIZED_ELEMENTS, quantizeBase } from '../passes/quantize-base';
+import { readTensorBytes } from '../compiler/serde';
 import { readNpy } from '../runtime/npy';
 import { createSession } from '../runtime/session';
 import { trainingSession } from '../runtime/train-graph';
@@ -159,3 +160,50 @@ test('loss and LoRA gradients with the int8 base against PyTorch fp32 and our fp
 const LOSS_BOUND = 1e-3;
 const GRAD_BOUND = 0.1;
 const MEAN_GRAD_BOUND = 0.04;
+
+test('quantizeBase on external weights: per-channel scales max|w|/127 along the output axis, every value within half a step', () => {
+  const dir = tempDir('hollowc-quantize-');
+  const file = path.join(dir, 'w.bin');
+  // a MatMul weight [in 6, out 5] (channels: columns) and a Conv weight [out 4, in 3, 2, 2] (channels: rows), at offsets 0 and 120
+  const mm = Float32Array.from({ length: 30 }, (_, i) => Math.sin(i * 1.7) * (1 + (i % 5)));
+  const conv = Float32Array.from({ length: 48 }, (_, i) => Math.cos(i * 0.9) * (1 + Math.floor(i / 12)));
+  conv.fill(0, 12, 24); // an all-zero channel
+  fs.writeFileSync(file, Buffer.concat([Buffer.from(mm.buffer), Buffer.from(conv.buffer)]));
+  const g = new Graph();
+  const x = g.addInput('x', { elemType: DataType.FLOAT, shape: [2, 6] });
+  const img = g.addInput('img', { elemType: DataType.FLOAT, shape: [1, 3, 4, 4] });
+  const wm = g.addInitializer({
+    name: 'wm',
+    dataType: DataType.FLOAT,
+    dims: [6, 5],
+    data: { kind: 'external', file, offset: 0, length: 120 },
+  });
+  const wc = g.addInitializer({
+    name: 'wc',
+    dataType: DataType.FLOAT,
+    dims: [4, 3, 2, 2],
+    data: { kind: 'external', file, offset: 120, length: 192 },
+  });
+  const y = g.addNode({ opType: 'MatMul', inputs: [x, wm], outputs: 1 }).outputs[0];
+  const z = g.addNode({ opType: 'Conv', inputs: [img, wc], outputs: 1 }).outputs[0];
+  g.outputs.push(y, z);
+  const r = quantizeBase(g, 'test', 17, 1);
+  expect([r.weights, r.uses]).toEqual([2, 2]);
+  expect(g.nodes.slice(0, 2).map((n) => n.opType)).toEqual(['DequantizeLinear', 'DequantizeLinear']);
+  for (const [name, values, dims, axis] of [
+    ['wm', mm, [6, 5], 1],
+    ['wc', conv, [4, 3, 2, 2], 0],
+  ] as const) {
+    const dq = g.nodes.find((n) => n.opType === 'DequantizeLinear' && n.inputs[0]!.name.startsWith(`${name}.`))!;
+    expect(dq.attrInt('axis')).toBe(axis);
+    const q = new Int8Array(readTensorBytes(dq.inputs[0]!.initializer!).slice().buffer);
+    const scales = new Float32Array(readTensorBytes(dq.inputs[1]!.initializer!).slice().buffer);
+    const inner = dims.slice(axis + 1).reduce((a, b) => a * b, 1);
+    const channelOf = (i: number) => Math.floor(i / inner) % dims[axis];
+    const maxAbs = new Array(dims[axis]).fill(0);
+    values.forEach((v, i) => (maxAbs[channelOf(i)] = Math.max(maxAbs[channelOf(i)], Math.abs(v))));
+    maxAbs.forEach((m, c) => expect(scales[c]).toBeCloseTo(m > 0 ? m / 127 : 1, 7));
+    values.forEach((v, i) => expect(Math.abs(q[i] * scales[channelOf(i)] - v)).toBeLessThanOrEqual(scales[channelOf(i)] / 2 + 1e-7));
+    expect(Math.max(...Array.from(q, Math.abs))).toBe(127);
+  }
+});

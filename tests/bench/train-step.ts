@@ -6,7 +6,10 @@
  * configuration runs in its own process (its peak RSS is its own), with the session options
  * hollowc's runtime uses. A sampler thread reads RssFile / RssAnon from /proc/self/status every
  * 20 ms: file-backed pages are the mmapped external-data weights (reclaimable), anonymous pages
- * are what the graph and the runtime allocate. Not run by jest.
+ * are what the graph and the runtime allocate. Rows `two-path` and `baked` (with --only) run one
+ * UNet evaluation of the 39.2% compile's infer.onnx (path 1 and path 2 sharing the base weights,
+ * LoRA as inputs) and of `hollowc bake`'s infer-baked.onnx, next to `inference` (model.onnx), with
+ * the same session options (issue 12 part 3). Not run by jest.
  *
  *   npx tsc -p . && node dist/tests/bench/train-step.js [--dir /tmp/x] [--keep] [--steps 3] [--threads 2]
  *       [--only hollowed-host,inference] [--config '{"session.key":"value"}'] [--dump-optimized] [--malloc default]
@@ -16,17 +19,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
-import {
-  ENCODER_HIDDEN_STATES,
-  LEARNING_RATE,
-  LOSS_WEIGHT,
-  SAMPLE,
-  STEP,
-  TIMESTEP,
-  isLoraParam,
-  optimizerStateOwner,
-  readManifest,
-} from '../../compiler/manifest';
+import { LEARNING_RATE, LOSS_WEIGHT, STEP, TIMESTEP, isLoraParam, optimizerStateOwner, readManifest } from '../../compiler/manifest';
 import { MALLOC_ENV } from '../../cli/allocator';
 import type { ParamState } from '../../runtime/checkpoint';
 import { OptimizerMode, StepRunner, describeTrainGraph, trainingSession } from '../../runtime/train-graph';
@@ -34,7 +27,7 @@ import { OptimizerMode, StepRunner, describeTrainGraph, trainingSession } from '
 const MiB = 2 ** 20;
 const CLI = path.join(__dirname, '..', '..', 'cli', 'main.js');
 
-const SPEC = (hollow: string, latent = 32, base: 'fp32' | 'int8' = 'fp32') => `model sd21
+const SPEC = (hollow: string, latent = 32, base: 'fp32' | 'int8' = 'fp32', emit = 'train grads') => `model sd21
 hollow ${hollow}
 base ${base}
 shape sample [1, 4, ${latent}, ${latent}]
@@ -42,7 +35,7 @@ shape timestep [1]
 shape encoder_hidden_states [1, 77, 1024]
 lora rank 128 alpha 128
 lora targets "attn1.*" "attn2.*"
-emit train grads
+emit ${emit}
 `;
 
 /** Peak memory seen by a sampler thread (the main thread is blocked inside session.run). */
@@ -105,7 +98,7 @@ function vmHwmMiB(): number {
 
 interface ChildArgs {
   kind: 'inference' | 'train';
-  /** The UNet (inference) or the compiled folder (train). */
+  /** The UNet, infer.onnx or infer-baked.onnx (inference), or the compiled folder (train). */
   file: string;
   mode: OptimizerMode;
   steps: number;
@@ -141,13 +134,15 @@ async function child(a: ChildArgs): Promise<void> {
   });
   const loadSeconds = (Date.now() - t0) / 1000;
   const dims: Record<string, number> = { batch: 1, height: a.latent ?? 32, width: a.latent ?? 32, sequence: 77 };
+  // Inference feeds follow the model's inputs: model.onnx's three, or infer.onnx's with
+  // base_encoder_hidden_states and the LoRA tensors (synthetic, nonzero B).
   const inputs: { name: string; shape: (number | string | null)[]; dtype: string }[] = graph
     ? [...graph.inputs.values()].filter((i) => !isLoraParam(i.name))
-    : [
-        { name: SAMPLE, shape: ['batch', 4, 'height', 'width'], dtype: 'float32' },
-        { name: TIMESTEP, shape: ['batch'], dtype: 'float32' },
-        { name: ENCODER_HIDDEN_STATES, shape: ['batch', 'sequence', 1024], dtype: 'float32' },
-      ];
+    : session.inputMetadata.map((m) => ({
+        name: m.name,
+        shape: m.isTensor ? [...m.shape] : [],
+        dtype: m.isTensor ? m.type : 'float32',
+      }));
   const feeds: Record<string, import('onnxruntime-node').Tensor> = {};
   for (const input of inputs) {
     if (
@@ -215,6 +210,23 @@ interface Row {
 }
 
 const ROWS: Row[] = [
+  // Issue 12 part 3 (with --only): one UNet evaluation of the two-path infer.onnx and of the baked one.
+  {
+    id: 'two-path',
+    label: 'two-path `infer.onnx` (39.2%, LoRA as inputs)',
+    kind: 'inference',
+    hollow: 'preset "39.2%"',
+    mode: 'graph',
+    extra: true,
+  },
+  {
+    id: 'baked',
+    label: 'baked `infer-baked.onnx` (39.2%, LoRA folded in)',
+    kind: 'inference',
+    hollow: 'preset "39.2%"',
+    mode: 'graph',
+    extra: true,
+  },
   { id: 'inference', label: 'UNet inference (`model.onnx`)', kind: 'inference', mode: 'graph' },
   { id: 'lora-graph', label: 'LoRA FT, `hollow none`, AdamW in graph (`train.onnx`)', kind: 'train', hollow: 'none', mode: 'graph' },
   { id: 'lora-host', label: 'LoRA FT, `hollow none`, AdamW on host (`grads.onnx`)', kind: 'train', hollow: 'none', mode: 'host' },
@@ -261,13 +273,13 @@ async function main(argv: string[]): Promise<void> {
     if (b.status !== 0) throw new Error('model build failed');
   }
   const compiled = new Map<string, { out: string; compileSeconds?: number; compilePeakRssMiB?: number }>();
-  const compile = (hollow: string, base: 'fp32' | 'int8' = 'fp32') => {
+  const compile = (hollow: string, base: 'fp32' | 'int8' = 'fp32', emit = 'train grads') => {
     const out = path.join(
       dir,
-      `${hollow === 'none' ? 'out-none' : `out-${hollow.replace(/\D/g, '')}`}${latent === 32 ? '' : `-${latent}`}${base === 'fp32' ? '' : `-${base}`}`,
+      `${hollow === 'none' ? 'out-none' : `out-${hollow.replace(/\D/g, '')}`}${latent === 32 ? '' : `-${latent}`}${base === 'fp32' ? '' : `-${base}`}${emit.includes('infer') ? '-infer' : ''}`,
     );
     if (compiled.has(out)) return compiled.get(out)!;
-    const text = SPEC(hollow, latent, base);
+    const text = SPEC(hollow, latent, base, emit);
     const manifestFile = path.join(out, 'manifest.json');
     // A folder compiled from the same spec (--dir reused) is not compiled again.
     if (fs.existsSync(manifestFile) && JSON.parse(fs.readFileSync(manifestFile, 'utf8')).spec?.text === text) {
@@ -286,9 +298,20 @@ async function main(argv: string[]): Promise<void> {
     });
     return compiled.get(out)!;
   };
+  const inferModel = (which: 'two-path' | 'baked') => {
+    const { out } = compile('preset "39.2%"', 'fp32', 'train grads infer');
+    if (which === 'two-path') return { out: path.join(out, 'infer.onnx') };
+    const baked = path.join(out, 'infer-baked.onnx');
+    if (!fs.existsSync(baked)) {
+      const b = spawnSync(process.execPath, [CLI, 'bake', out, '-o', baked], { stdio: 'inherit' });
+      if (b.status !== 0) throw new Error('bake failed');
+    }
+    return { out: baked };
+  };
   const results: (Row & { medianStepSeconds: number; vmHwmMiB: number; peaks: Record<string, Peaks> })[] = [];
   for (const row of rows) {
-    const target = row.kind === 'inference' ? { out: unet } : compile(row.hollow!, row.base);
+    const target =
+      row.kind === 'train' ? compile(row.hollow!, row.base) : row.hollow ? inferModel(row.id as 'two-path' | 'baked') : { out: unet };
     const args: ChildArgs = {
       kind: row.kind,
       file: target.out,
@@ -336,6 +359,8 @@ async function main(argv: string[]): Promise<void> {
   ratio('hollowed-host', 'hollowed-graph');
   ratio('hollowed-int8', 'hollowed-host');
   ratio('hollowed-int8', 'inference');
+  ratio('two-path', 'inference');
+  ratio('two-path', 'baked');
   if (!argv.includes('--keep') && !argv.includes('--dir')) fs.rmSync(dir, { recursive: true, force: true });
 }
 
