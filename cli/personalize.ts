@@ -256,8 +256,9 @@ export function personalizeSpec(
   lines.push(
     `lora rank ${o.rank} alpha ${o.alpha}`,
     `seed ${o.seed}`,
-    // grads.onnx, not train.onnx: hollowc train then runs AdamW on the host, which needs less memory
-    'emit precompute grads infer',
+    // hollowc train runs grads.onnx with AdamW on the host (less memory); train.onnx (AdamW in the
+    // graph, one session.run per step) is there for the browser page (hollowc web run/compiled)
+    'emit precompute train grads infer',
     '',
   );
   return lines.join('\n');
