@@ -303,7 +303,9 @@ async function main(argv: string[]): Promise<void> {
     if (which === 'two-path') return { out: path.join(out, 'infer.onnx') };
     const baked = path.join(out, 'infer-baked.onnx');
     if (!fs.existsSync(baked)) {
-      const b = spawnSync(process.execPath, [CLI, 'bake', out, '-o', baked], { stdio: 'inherit' });
+      const b = spawnSync(process.execPath, [CLI, 'bake', out, '--lora', path.join(out, 'lora-init.safetensors'), '-o', baked], {
+        stdio: 'inherit',
+      });
       if (b.status !== 0) throw new Error('bake failed');
     }
     return { out: baked };
