@@ -3,6 +3,9 @@
  * bake) holds `<dir>/.hollowc.lock` while it runs: a second command refuses with the holder's pid,
  * and a lock left by a process that no longer exists (killed, crashed) is taken over. Taking a
  * lock this process already holds is a no-op, so a command may lock around library calls that lock.
+ * Taking a lock also removes the temporary files of atomic writes (`<name>.tmp-<pid>-<time>`)
+ * that a writer which no longer runs left behind: a kill in the middle of a checkpoint write
+ * would otherwise leave one for good.
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -48,6 +51,7 @@ export function lockFolder(dir: string, command: string, options: { create?: boo
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
       fs.writeFileSync(file, JSON.stringify(mine), { flag: 'wx' });
+      removeDeadWritersTemps(dir);
       return () => {
         if (readLock(file)?.pid === process.pid) fs.rmSync(file, { force: true });
       };
@@ -67,6 +71,27 @@ export function lockFolder(dir: string, command: string, options: { create?: boo
     fs.rmSync(file, { force: true });
   }
   throw new HollowcError('could not take the folder lock (another process keeps taking it)', dir);
+}
+
+/** What writeFileAtomic and ExternalDataWriter name their temporary files. */
+const TEMP_FILE = /\.tmp-(\d+)-\d+$/;
+
+function removeDeadWritersTemps(dir: string, depth = 4): void {
+  let entries: fs.Dirent[];
+  try {
+    entries = fs.readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return;
+  }
+  for (const e of entries) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) {
+      if (depth > 0) removeDeadWritersTemps(p, depth - 1);
+      continue;
+    }
+    const m = TEMP_FILE.exec(e.name);
+    if (m && e.isFile() && !alive(Number(m[1]))) fs.rmSync(p, { force: true });
+  }
 }
 
 export function withFolderLock<T>(dir: string, command: string, fn: () => T): T {

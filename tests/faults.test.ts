@@ -290,9 +290,19 @@ describe('two writers of one folder', () => {
     first.child.kill('SIGKILL');
     await first.done;
     expect(fs.existsSync(lock)).toBe(true); // left behind by the killed process
+    // as a kill in the middle of an atomic write leaves them: the dead writer's temporary files go
+    // when the lock is taken over, a live process's stay
+    fs.mkdirSync(path.join(dir, 'train'), { recursive: true });
+    const deadTemp = path.join(dir, 'train', `checkpoint.safetensors.tmp-${first.child.pid}-1796125289338`);
+    const liveTemp = path.join(dir, `manifest.json.tmp-${process.pid}-1796125289338`);
+    fs.writeFileSync(deadTemp, 'half a checkpoint');
+    fs.writeFileSync(liveTemp, 'being written');
     const after = await run(['train', dir, '--steps', '3', '--restart']);
     expect(after.code).toBe(0);
     expect(fs.existsSync(lock)).toBe(false);
+    expect(fs.existsSync(deadTemp)).toBe(false);
+    expect(fs.existsSync(liveTemp)).toBe(true);
+    fs.rmSync(liveTemp);
   });
 });
 
