@@ -15,7 +15,7 @@ import { spawnSync } from 'child_process';
 export const MALLOC_ENV: Readonly<Record<string, string>> = { MALLOC_MMAP_THRESHOLD_: '131072' };
 
 /** Commands that run training or sampling sessions (personalize and demo train and sample in one process). */
-export const HEAVY_COMMANDS: ReadonlySet<string> = new Set(['train', 'personalize', 'demo', 'generate', 'precompute']);
+const HEAVY_COMMANDS: ReadonlySet<string> = new Set(['train', 'personalize', 'demo', 'generate', 'precompute']);
 
 /**
  * When `argv` runs a heavy command in a process without the settings, runs it again in a child

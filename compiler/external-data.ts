@@ -55,6 +55,36 @@ export function externalRangeChecker(baseDir: string, label: string) {
 }
 
 const CHUNK = 16 * 2 ** 20;
+
+/**
+ * Reads `length` bytes of `file` from `offset` in chunks of at most `chunkBytes` (one buffer,
+ * reused: `f` must not keep a chunk).
+ */
+export function readRangeInChunks(
+  file: string,
+  offset: number,
+  length: number,
+  f: (chunk: Uint8Array, at: number) => void,
+  chunkBytes = CHUNK,
+): void {
+  const buffer = Buffer.allocUnsafe(Math.max(1, Math.min(chunkBytes, length)));
+  const fd = fs.openSync(file, 'r');
+  try {
+    for (let done = 0; done < length;) {
+      const want = Math.min(buffer.length, length - done);
+      let got = 0;
+      while (got < want) {
+        const n = fs.readSync(fd, buffer, got, want - got, offset + done + got);
+        if (n === 0) throw new HollowcError(`external data ends early (wanted ${offset}+${length})`, file);
+        got += n;
+      }
+      f(buffer.subarray(0, want), done);
+      done += want;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
 /** Tensor offsets are aligned so that runtimes can memory-map them. */
 const ALIGN = 64;
 
@@ -71,7 +101,6 @@ export class ExternalDataWriter {
   private offset = 0;
   private readonly placedRanges = new Map<string, { offset: number; length: number }>();
   private readonly placedInline = new Map<Uint8Array, { offset: number; length: number }>();
-  private buffer: Buffer | undefined;
 
   constructor(readonly file: string) {
     this.dir = path.dirname(path.resolve(file));
@@ -129,19 +158,7 @@ export class ExternalDataWriter {
   }
 
   private copyRange(file: string, offset: number, length: number, write: (chunk: Uint8Array) => void): void {
-    this.buffer ??= Buffer.allocUnsafe(CHUNK);
-    const src = fs.openSync(file, 'r');
-    try {
-      let done = 0;
-      while (done < length) {
-        const n = fs.readSync(src, this.buffer, 0, Math.min(CHUNK, length - done), offset + done);
-        if (n === 0) throw new HollowcError(`external data ends early (wanted ${offset}+${length})`, file);
-        write(this.buffer.subarray(0, n));
-        done += n;
-      }
-    } finally {
-      fs.closeSync(src);
-    }
+    readRangeInChunks(file, offset, length, (chunk) => write(chunk));
   }
 
   commit(): void {

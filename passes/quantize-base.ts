@@ -21,6 +21,7 @@
  */
 import * as fs from 'fs';
 import { HollowcError } from '../compiler/errors';
+import { readRangeInChunks } from '../compiler/external-data';
 import { DataType } from '../compiler/dtype';
 import { Graph, Node, Tensor, Value, inlineTensor, tensorElementCount } from '../compiler/ir';
 import { Pass } from '../compiler/pass';
@@ -28,64 +29,40 @@ import { ArtifactState } from './lib/artifact-state';
 
 /** Smaller weights (16 KiB in fp32) stay as they are: they save little. */
 export const MIN_QUANTIZED_ELEMENTS = 1 << 12;
-const CHUNK_ELEMENTS = 1 << 22;
 
-/** Calls `f` on consecutive runs of the fp32 tensor's values (a bounded buffer, reused). */
-function forEachChunk(t: Tensor, f: (values: Float32Array, first: number) => void): void {
-  const n = tensorElementCount(t);
+/**
+ * Calls `f` on consecutive runs of the fp32 tensor's values with each value's channel along
+ * `axis` (row-major: element i is in channel floor(i / inner) mod channels). Buffers are reused.
+ */
+function forEachChunk(t: Tensor, axis: number, f: (values: Float32Array, channels: Int32Array) => void): void {
+  const inner = t.dims.slice(axis + 1).reduce((a, b) => a * b, 1);
+  const count = t.dims[axis];
+  let channels = new Int32Array(0);
+  const visit = (values: Float32Array, first: number) => {
+    if (channels.length < values.length) channels = new Int32Array(values.length);
+    for (let i = 0; i < values.length; i++) channels[i] = Math.floor((first + i) / inner) % count;
+    f(values, channels.subarray(0, values.length));
+  };
   if (t.data.kind === 'inline') {
     const b = t.data.bytes;
     const aligned = b.byteOffset % 4 === 0 ? b : new Uint8Array(b); // a copy at offset 0 (Buffer.slice would be a view)
-    f(new Float32Array(aligned.buffer, aligned.byteOffset, n), 0);
+    visit(new Float32Array(aligned.buffer, aligned.byteOffset, tensorElementCount(t)), 0);
     return;
   }
   if (t.data.kind !== 'external') throw new Error(`tensor ${t.name}: cannot read ${t.data.kind} data as fp32`);
-  const { file, offset } = t.data;
-  const buf = Buffer.allocUnsafe(Math.min(n, CHUNK_ELEMENTS) * 4);
-  const fd = fs.openSync(file, 'r');
-  try {
-    for (let first = 0; first < n;) {
-      const count = Math.min(CHUNK_ELEMENTS, n - first);
-      let done = 0;
-      while (done < count * 4) {
-        const r = fs.readSync(fd, buf, done, count * 4 - done, offset + first * 4 + done);
-        if (r === 0) throw new HollowcError(`tensor ${t.name}: external data ends early`, file);
-        done += r;
-      }
-      f(new Float32Array(buf.buffer, buf.byteOffset, count), first);
-      first += count;
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-/**
- * Calls `f(value, channel)` for every value of `t` in order, with its channel along `axis`: the
- * element at flat index i is in channel floor(i / inner) mod channels (row-major).
- */
-function forEachValue(t: Tensor, axis: number, f: (values: Float32Array, i: number, channel: number) => void): void {
-  const inner = t.dims.slice(axis + 1).reduce((a, b) => a * b, 1);
-  const channels = t.dims[axis];
-  forEachChunk(t, (v, first) => {
-    let c = Math.floor(first / inner) % channels;
-    let left = inner - (first % inner);
-    for (let i = 0; i < v.length; i++) {
-      f(v, i, c);
-      if (--left === 0) {
-        left = inner;
-        if (++c === channels) c = 0;
-      }
-    }
-  });
+  readRangeInChunks(t.data.file, t.data.offset, t.data.length, (chunk, at) =>
+    visit(new Float32Array(chunk.buffer, chunk.byteOffset, chunk.byteLength / 4), at / 4),
+  );
 }
 
 /** Per-channel scales max|w|/127 (1 for an all-zero channel), read in chunks. */
 function channelScales(t: Tensor, axis: number): Float32Array {
   const maxAbs = new Float32Array(t.dims[axis]);
-  forEachValue(t, axis, (v, i, c) => {
-    const a = Math.abs(v[i]);
-    if (a > maxAbs[c]) maxAbs[c] = a;
+  forEachChunk(t, axis, (v, c) => {
+    for (let i = 0; i < v.length; i++) {
+      const a = Math.abs(v[i]);
+      if (a > maxAbs[c[i]]) maxAbs[c[i]] = a;
+    }
   });
   return maxAbs.map((m) => (m > 0 && Number.isFinite(m) ? m / 127 : 1));
 }
@@ -96,19 +73,12 @@ function quantizedData(t: Tensor, axis: number, scales: Float32Array, key: strin
     kind: 'computed',
     key,
     length: tensorElementCount(t),
-    produce: (write) => {
-      let q: Int8Array | undefined;
-      let at = 0;
-      forEachValue(t, axis, (v, i, c) => {
-        if (i === 0) {
-          if (q && at) write(new Uint8Array(q.buffer, 0, at));
-          if (!q || q.length < v.length) q = new Int8Array(v.length);
-          at = 0;
-        }
-        q![at++] = Math.max(-127, Math.min(127, Math.round(v[i] / scales[c])));
-      });
-      if (q && at) write(new Uint8Array(q.buffer, 0, at));
-    },
+    produce: (write) =>
+      forEachChunk(t, axis, (v, c) => {
+        const q = new Int8Array(v.length);
+        for (let i = 0; i < v.length; i++) q[i] = Math.max(-127, Math.min(127, Math.round(v[i] / scales[c[i]])));
+        write(new Uint8Array(q.buffer));
+      }),
   };
 }
 

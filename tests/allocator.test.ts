@@ -4,7 +4,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { HEAVY_COMMANDS, MALLOC_ENV, rerunWithAllocatorSettings } from '../cli/allocator';
+import { MALLOC_ENV, rerunWithAllocatorSettings } from '../cli/allocator';
 import { tempDir } from './support/fixture';
 
 const KEYS = [...Object.keys(MALLOC_ENV), 'HOLLOWC_MALLOC'];
@@ -21,12 +21,7 @@ function withEnv<T>(env: Record<string, string | undefined>, f: () => T): T {
   }
 }
 
-test('the training and sampling commands list personalize and demo (training in one process with the other stages)', () => {
-  for (const c of ['train', 'personalize', 'demo', 'generate']) expect(HEAVY_COMMANDS.has(c)).toBe(true);
-  for (const c of ['compile', 'inspect', 'plan']) expect(HEAVY_COMMANDS.has(c)).toBe(false);
-});
-
-test('train reruns in a child that has the settings and returns its exit code; others run here', () => {
+test('train, personalize and demo rerun in a child that has the settings and returns its exit code; others run here', () => {
   const script = path.join(tempDir('hollowc-alloc-'), 'main.js');
   // Stands in for the CLI: reports what it was started with.
   fs.writeFileSync(
@@ -44,6 +39,12 @@ test('train reruns in a child that has the settings and returns its exit code; o
     threshold: MALLOC_ENV.MALLOC_MMAP_THRESHOLD_,
   });
   fs.rmSync(`${script}.out`);
+  // personalize and demo train in the same process as their other stages: they rerun too
+  for (const command of ['personalize', 'demo']) {
+    expect(withEnv({}, () => rerunWithAllocatorSettings([process.execPath, script, command, '--quiet']))).toBe(7);
+    expect(JSON.parse(fs.readFileSync(`${script}.out`, 'utf8')).threshold).toBe(MALLOC_ENV.MALLOC_MMAP_THRESHOLD_);
+    fs.rmSync(`${script}.out`);
+  }
   // already set (the child itself), opted out, or another command: run in this process
   expect(withEnv(MALLOC_ENV, () => rerunWithAllocatorSettings(argv))).toBeUndefined();
   expect(withEnv({ HOLLOWC_MALLOC: 'default' }, () => rerunWithAllocatorSettings(argv))).toBeUndefined();

@@ -17,7 +17,16 @@ import { readTensorBytes } from '../compiler/serde';
 import { readNpy } from '../runtime/npy';
 import { createSession } from '../runtime/session';
 import { trainingSession } from '../runtime/train-graph';
-import { FIXTURE_DIR, FIXTURE_MODEL, fixtureInputs, fixtureManifest, fixtureTensor, tempDir, trainingFor } from './support/fixture';
+import {
+  FIXTURE_DIR,
+  FIXTURE_MODEL,
+  fixtureInputs,
+  fixtureManifest,
+  fixtureTensor,
+  relativeError,
+  tempDir,
+  trainingFor,
+} from './support/fixture';
 
 const fixture = fixtureManifest();
 const SHAPES: Record<string, number[]> = { sample: [1, 4, 16, 16], timestep: [1], encoder_hidden_states: [1, 7, 32] };
@@ -34,16 +43,6 @@ function compileWith(base: 'fp32' | 'int8'): { out: string; m: CompileManifest }
     training: { ...trainingFor('sd15', SHAPES), base },
   });
   return { out, m };
-}
-
-function relativeError(got: Float32Array, want: Float32Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < want.length; i++) {
-    num += (got[i] - want[i]) ** 2;
-    den += want[i] ** 2;
-  }
-  return Math.sqrt(num / den);
 }
 
 async function runGrads(out: string, m: CompileManifest, optimizedModelFile?: string): Promise<Record<string, ort.Tensor>> {

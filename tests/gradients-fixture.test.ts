@@ -17,6 +17,7 @@ import {
   fixtureInputs,
   fixtureManifest,
   fixtureTensor,
+  relativeError,
   tempDir,
   trainingFor,
 } from './support/fixture';
@@ -24,16 +25,6 @@ import {
 const manifest = fixtureManifest();
 const TARGETS: string[] = manifest.lora.targets;
 const LORA = { rank: manifest.lora.rank as number, alpha: manifest.lora.alpha as number };
-
-function relativeError(got: Float32Array, want: Float32Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < want.length; i++) {
-    num += (got[i] - want[i]) ** 2;
-    den += want[i] ** 2;
-  }
-  return Math.sqrt(num) / Math.sqrt(den);
-}
 
 function countOps(m: Model, op: string): number {
   return m.graph.nodes.filter((n) => n.opType === op).length;

@@ -7,15 +7,11 @@
  *   npx tsc -p . && node dist/tests/bench/int8-error.js <fp32 folder> <int8 folder> [--threads 2]
  */
 import * as ort from 'onnxruntime-node';
-import { LOSS, LOSS_WEIGHT, TIMESTEP, isLoraParam, readManifest } from '../../compiler/manifest';
+import { LOSS, readManifest } from '../../compiler/manifest';
 import { createSession } from '../../runtime/session';
 import { describeTrainGraph, trainingSession } from '../../runtime/train-graph';
-
-function synthetic(name: string, i: number): number {
-  if (name === TIMESTEP) return 500;
-  if (name === LOSS_WEIGHT) return 1;
-  return isLoraParam(name) ? 0.01 * Math.sin(i * 0.61 + name.length) : Math.sin(i * 0.37);
-}
+import { relativeError } from '../support/fixture';
+import { syntheticValue } from './synthetic';
 
 async function gradsOf(folder: string, threads: number): Promise<Record<string, Float32Array>> {
   const manifest = readManifest(folder);
@@ -27,7 +23,7 @@ async function gradsOf(folder: string, threads: number): Promise<Record<string, 
       const shape = input.shape.map((d) => (typeof d === 'number' ? d : 1));
       feeds[input.name] = new ort.Tensor(
         'float32',
-        Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, (_, i) => synthetic(input.name, i)),
+        Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, (_, i) => syntheticValue(input.name, i)),
         shape,
       );
     }
@@ -38,23 +34,13 @@ async function gradsOf(folder: string, threads: number): Promise<Record<string, 
   }
 }
 
-function relative(got: Float32Array, want: Float32Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < want.length; i++) {
-    num += (got[i] - want[i]) ** 2;
-    den += want[i] ** 2;
-  }
-  return Math.sqrt(num / den);
-}
-
 async function main(argv: string[]): Promise<void> {
   const [fp32, int8] = argv;
   const threads = argv.includes('--threads') ? Number(argv[argv.indexOf('--threads') + 1]) : 2;
   const a = await gradsOf(fp32, threads);
   const b = await gradsOf(int8, threads);
   const names = Object.keys(a).filter((k) => k !== LOSS);
-  const errors = names.map((k) => ({ k, e: relative(b[k], a[k]) })).sort((x, y) => y.e - x.e);
+  const errors = names.map((k) => ({ k, e: relativeError(b[k], a[k]) })).sort((x, y) => y.e - x.e);
   const mean = errors.reduce((s, x) => s + x.e, 0) / errors.length;
   const median = errors[Math.floor(errors.length / 2)].e;
   console.log(

@@ -21,6 +21,7 @@ import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { LEARNING_RATE, LOSS_WEIGHT, STEP, TIMESTEP, isLoraParam, optimizerStateOwner, readManifest } from '../../compiler/manifest';
 import { MALLOC_ENV } from '../../cli/allocator';
+import { syntheticValue } from './synthetic';
 import type { ParamState } from '../../runtime/checkpoint';
 import { OptimizerMode, StepRunner, describeTrainGraph, trainingSession } from '../../runtime/train-graph';
 
@@ -107,10 +108,6 @@ interface ChildArgs {
   dump: boolean;
   /** Latent side (default 32). */
   latent?: number;
-}
-
-function syntheticValue(name: string, i: number): number {
-  return name === TIMESTEP ? 500 : name === LOSS_WEIGHT ? 1 : isLoraParam(name) ? 0.01 * Math.sin(i) : Math.sin(i * 0.37);
 }
 
 async function child(a: ChildArgs): Promise<void> {
