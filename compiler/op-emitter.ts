@@ -5,7 +5,7 @@
  */
 import { DataType, DataTypeCode } from './dtype';
 import { Attrs, GraphBuilder } from './builder';
-import { Value } from './ir';
+import { Node, Value } from './ir';
 import { sizeOf, tensorFromConst } from './constant-eval';
 import { constantOfValue, inferNodeTypes } from './shape-inference';
 
@@ -22,13 +22,15 @@ const AXES_INPUT_SINCE: Record<string, number> = {
 };
 
 export class OpEmitter {
+  /** `before`: every node goes just before that node instead of at the end of the node list. */
   constructor(
     readonly b: GraphBuilder,
     readonly opset: number,
+    readonly before?: Node,
   ) {}
 
   within(...segments: string[]): OpEmitter {
-    return new OpEmitter(this.b.within(...segments), this.opset);
+    return new OpEmitter(this.b.within(...segments), this.opset, this.before);
   }
 
   /**
@@ -36,7 +38,7 @@ export class OpEmitter {
    * a rule that builds an ill-shaped node fails here, naming the node.
    */
   op(opType: string, inputs: (Value | null)[], attrs?: Attrs): Value {
-    const out = this.b.op(opType, inputs, attrs);
+    const out = this.b.op(opType, inputs, attrs, { before: this.before });
     const node = out.producer!;
     if (inputs.every((v) => !v || v.type?.shape?.every((d) => typeof d === 'number'))) {
       const types = inferNodeTypes(node, this.opset, constantOfValue);
@@ -48,16 +50,19 @@ export class OpEmitter {
   /** A constant of element type `elemType` (every element `value`). */
   scalar(value: number, elemType: DataTypeCode, dims: number[] = []): Value {
     const count = dims.reduce((a, d) => a * d, 1);
-    const v = this.b.op('Constant', [], {
-      value: tensorFromConst({ dataType: elemType, dims, data: new Array<number>(count).fill(value) }),
-    });
+    const v = this.b.op(
+      'Constant',
+      [],
+      { value: tensorFromConst({ dataType: elemType, dims, data: new Array<number>(count).fill(value) }) },
+      { before: this.before },
+    );
     v.type = { elemType, shape: [...dims] };
     return v;
   }
 
   /** A constant tensor of element type `elemType`. */
   values(data: readonly number[], elemType: DataTypeCode, dims: number[] = [data.length]): Value {
-    const v = this.b.op('Constant', [], { value: tensorFromConst({ dataType: elemType, dims, data: [...data] }) });
+    const v = this.b.op('Constant', [], { value: tensorFromConst({ dataType: elemType, dims, data: [...data] }) }, { before: this.before });
     v.type = { elemType, shape: [...dims] };
     return v;
   }
@@ -68,7 +73,12 @@ export class OpEmitter {
   }
 
   int64s(values: readonly number[]): Value {
-    const v = this.b.op('Constant', [], { value: tensorFromConst({ dataType: DataType.INT64, dims: [values.length], data: [...values] }) });
+    const v = this.b.op(
+      'Constant',
+      [],
+      { value: tensorFromConst({ dataType: DataType.INT64, dims: [values.length], data: [...values] }) },
+      { before: this.before },
+    );
     v.type = { elemType: DataType.INT64, shape: [values.length] };
     return v;
   }

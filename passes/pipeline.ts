@@ -8,6 +8,9 @@
  *   grads       forward + static shapes + loss + d loss / d LoRA (cheap activations recomputed; under
  *               `base int8` every base weight read dequantized from int8) as outputs
  *   train       forward + static shapes + loss + gradients (the same) + in-graph AdamW
+ *
+ * Every artifact ends with precise-normalization and precise-trigonometry (rewrites that make
+ * GPU kernels compute those ops as precisely as the CPU: see each pass).
  */
 import { cloneModel } from '../compiler/clone';
 import { Model } from '../compiler/ir';
@@ -16,6 +19,8 @@ import { Pass, PassRecord, runPasses } from '../compiler/pass';
 import { addAdamWPass } from './add-adamw';
 import { addBasePathPass } from './add-base-path';
 import { addLossPass } from './add-loss';
+import { preciseNormalizationPass } from './precise-normalization';
+import { preciseTrigonometryPass } from './precise-trigonometry';
 import { differentiatePass } from './differentiate';
 import { exposeGradientsPass } from './expose-gradients';
 import { extractPrecomputePass } from './extract-precompute';
@@ -28,12 +33,23 @@ import { ArtifactState } from './lib/artifact-state';
 import { specializeShapesPass } from './specialize-shapes';
 
 const HOLLOWED_WITH_LORA = [insertLoraPass, hollowOutPass];
-const TRAINING_LOSS = [...HOLLOWED_WITH_LORA, specializeShapesPass, addLossPass, differentiatePass, rematerializePass, quantizeBasePass];
+/** Last in every artifact: the rewrites that make GPU kernels as precise as the CPU's. */
+const PRECISE_ON_GPUS = [preciseNormalizationPass, preciseTrigonometryPass];
+
+const TRAINING_LOSS = [
+  ...HOLLOWED_WITH_LORA,
+  specializeShapesPass,
+  addLossPass,
+  differentiatePass,
+  rematerializePass,
+  quantizeBasePass,
+  ...PRECISE_ON_GPUS,
+];
 
 export const PIPELINES: Readonly<Record<ArtifactName, readonly Pass<ArtifactState>[]>> = {
-  precompute: [extractPrecomputePass],
-  forward: HOLLOWED_WITH_LORA,
-  infer: [addBasePathPass, ...HOLLOWED_WITH_LORA],
+  precompute: [extractPrecomputePass, ...PRECISE_ON_GPUS],
+  forward: [...HOLLOWED_WITH_LORA, ...PRECISE_ON_GPUS],
+  infer: [addBasePathPass, ...HOLLOWED_WITH_LORA, ...PRECISE_ON_GPUS],
   grads: [...TRAINING_LOSS, exposeGradientsPass, orderSinksPass],
   train: [...TRAINING_LOSS, addAdamWPass, orderSinksPass],
 };
