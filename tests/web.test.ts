@@ -258,11 +258,7 @@ async function trainInPage(backend: 'wasm' | 'webgpu', query: string): Promise<v
     const file = path.join(dir, `lora-${backend}.safetensors`);
     await download.saveAs(file);
     const cmp = compareLora(file);
-    // WASM meets 1e-4. WebGPU over SwiftShader does not: its kernels differ more from the CPU's
-    // and one element of up_blocks.3.attentions.0 attn1.to_q's B (the one where two CPU runs with 1
-    // and 2 threads differ most, 1.3e-5) ends 7e-4 off after 20 steps; every step's loss matches
-    // to 1e-4 (checked above). The WebGPU bound is 1e-3 until that is understood.
-    expect(cmp.worst).toBeLessThan(backend === 'wasm' ? 1e-4 : 1e-3);
+    expect(cmp.worst).toBeLessThan(1e-4);
 
     // Layout: the loss curve (with its line) and the sample are on screen with a size.
     for (const sel of ['#loss-curve', '#sample', '#download', '#memory-list']) {

@@ -82,6 +82,50 @@ const CASES: Case[] = [
       }),
   },
   {
+    // Per-instance mean 20 times the deviation: what a GroupNorm sees after a few residual adds.
+    name: 'InstanceNormalization 8x256, mean 20 sd',
+    inputs: [{ shape: [1, 8, 256], scale: 1, offset: 20 }],
+    build: (b, [x]) =>
+      b.op('InstanceNormalization', [x, b.constant(new Float32Array(8).fill(1), [8]), b.constant(new Float32Array(8), [8])], {
+        epsilon: { f: 1e-6 },
+      }),
+  },
+  {
+    name: 'same, mean subtracted first',
+    inputs: [{ shape: [1, 8, 256], scale: 1, offset: 20 }],
+    build: (b, [x]) =>
+      b.op(
+        'InstanceNormalization',
+        [
+          b.op('Sub', [x, b.op('ReduceMean', [x], { axes: [2], keepdims: 1 })]),
+          b.constant(new Float32Array(8).fill(1), [8]),
+          b.constant(new Float32Array(8), [8]),
+        ],
+        { epsilon: { f: 1e-6 } },
+      ),
+  },
+  {
+    // Two nodes on one input shape: the WebGPU provider runs both with one epsilon (one shader per shape).
+    name: 'InstanceNormalization eps 1e-5 - eps 1e-6',
+    inputs: [{ shape: [1, 8, 96], scale: 0.4 }],
+    build: (b, [x]) => {
+      const norm = (epsilon: number) =>
+        b.op('InstanceNormalization', [x, b.constant(new Float32Array(8).fill(1), [8]), b.constant(new Float32Array(8), [8])], {
+          epsilon: { f: epsilon },
+        });
+      return b.op('Sub', [norm(1e-5), norm(1e-6)]);
+    },
+  },
+  {
+    name: 'LayerNormalization 256, mean 20 sd',
+    inputs: [{ shape: [16, 256], scale: 1, offset: 20 }],
+    build: (b, [x]) =>
+      b.op('LayerNormalization', [x, b.constant(new Float32Array(256).fill(1), [256]), b.constant(new Float32Array(256), [256])], {
+        axis: -1,
+        epsilon: { f: 1e-5 },
+      }),
+  },
+  {
     name: 'LayerNormalization 256',
     inputs: [{ shape: [16, 256], scale: 2, offset: 3 }],
     build: (b, [x]) =>

@@ -3,7 +3,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
-import type { TrainingSettings } from '../../compiler/manifest';
+import type { CompileManifest, TrainingSettings } from '../../compiler/manifest';
 import type { FamilyName } from '../../models/families';
 import { defaultTrainingSettings } from '../../models/training-defaults';
 import { readNpy } from '../../runtime/npy';
@@ -28,6 +28,43 @@ export function fixtureInputs(batch: 1 | 2 = 1): Record<string, ort.Tensor> {
     sample: fixtureTensor(`${dir}/sample.npy`),
     timestep: fixtureTensor(`${dir}/timestep.npy`),
     encoder_hidden_states: fixtureTensor(`${dir}/encoder_hidden_states.npy`),
+  };
+}
+
+export interface FixtureParam {
+  name: string;
+  module: string;
+  role: 'A' | 'B';
+}
+
+/**
+ * One grads.onnx step of a compile of the fixture (case 1): the trained LoRA parameters, the feeds
+ * (the fixture's LoRA values; the hollow activation when `manifest` has a cut) and PyTorch's
+ * gradient of each parameter (`grads/` for the 39.2% cut, `grads_full/` without one).
+ */
+export function fixtureGradientStep(manifest: CompileManifest): {
+  params: FixtureParam[];
+  feeds: Record<string, ort.Tensor>;
+  torchGradient: (p: FixtureParam) => Float32Array;
+} {
+  const params = manifest.lora.targets
+    .filter((t) => t.trained)
+    .flatMap((t) => [
+      { name: t.lora_A.name, module: t.module, role: 'A' as const },
+      { name: t.lora_B.name, module: t.module, role: 'B' as const },
+    ]);
+  const feeds: Record<string, ort.Tensor> = {
+    ...fixtureInputs(1),
+    target: fixtureTensor('ref/target.npy'),
+    loss_weight: new ort.Tensor('float32', Float32Array.of(1), [1]),
+  };
+  if (manifest.cut) feeds.hollow_activation = fixtureTensor('ref/hollow_activation.npy');
+  for (const p of params) feeds[p.name] = fixtureTensor(`lora/${p.module}.lora_${p.role}.npy`);
+  const dir = manifest.cut ? 'grads' : 'grads_full';
+  return {
+    params,
+    feeds,
+    torchGradient: (p) => readNpy(path.join(FIXTURE_DIR, `${dir}/${p.module}.lora_${p.role}.npy`)).data as Float32Array,
   };
 }
 
