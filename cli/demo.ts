@@ -24,6 +24,8 @@ export interface DemoOptions {
   out?: string;
   steps?: number;
   samples?: number;
+  /** Denoising steps of the class and the validation images (default CLASS_STEPS, VALIDATION_STEPS). */
+  sampleSteps?: number;
   /** Execution provider for every session (default cpu). */
   ep?: ExecutionProvider;
   fallbackToCpu?: boolean;
@@ -47,6 +49,8 @@ export interface DemoSummary {
 // 150 steps at lr 1e-3 on a rank-4 LoRA: 10-20 s of training on 2 cores, the whole demo under a minute.
 const DEFAULT_STEPS = 150;
 const DEFAULT_SAMPLES = 32;
+const CLASS_STEPS = 10;
+const VALIDATION_STEPS = 15;
 const PHOTOS = 4;
 const RESOLUTION = 128; // latents 16x16
 
@@ -100,8 +104,8 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoSummary> {
     lr: 1e-3,
     samples: options.samples ?? DEFAULT_SAMPLES,
     classImages: 4,
-    classSteps: 10,
-    validationSteps: 15,
+    classSteps: options.sampleSteps ?? CLASS_STEPS,
+    validationSteps: options.sampleSteps ?? VALIDATION_STEPS,
     guidance: 5,
     resolution: RESOLUTION,
     seed: 0,
@@ -147,9 +151,23 @@ export function registerDemo(program: Command): void {
     .option('--out <dir>', 'folder to work in (default: a new temporary folder)')
     .option('--steps <n>', 'training steps', parseCount, DEFAULT_STEPS)
     .option('--samples <n>', 'precomputed samples', parseCount, DEFAULT_SAMPLES)
+    .option(
+      '--sample-steps <n>',
+      `denoising steps of the class and validation images (default: ${CLASS_STEPS} and ${VALIDATION_STEPS})`,
+      parseCount,
+    )
     .addOption(epOption())
     .addOption(fallbackOption())
-    .action(async (o: { out?: string; steps: number; samples: number; ep: ExecutionProvider; cpuFallback?: boolean }) => {
-      await runDemo({ out: o.out, steps: o.steps, samples: o.samples, ep: o.ep, fallbackToCpu: o.cpuFallback });
-    });
+    .action(
+      async (o: { out?: string; steps: number; samples: number; sampleSteps?: number; ep: ExecutionProvider; cpuFallback?: boolean }) => {
+        await runDemo({
+          out: o.out,
+          steps: o.steps,
+          samples: o.samples,
+          sampleSteps: o.sampleSteps,
+          ep: o.ep,
+          fallbackToCpu: o.cpuFallback,
+        });
+      },
+    );
 }

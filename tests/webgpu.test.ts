@@ -291,6 +291,22 @@ gpuDescribe('the CLI on --ep webgpu', () => {
     for (const l of lines.slice(1)) expect(l).toMatch(/: webgpu: \d+ nodes, cpu fallback: 0/);
   });
 
+  test('demo --ep webgpu: the whole personalize workflow on the GPU provider, every session placed there', async () => {
+    const out = path.join(tempDir('hollowc-webgpu-demo-'), 'demo');
+    const r = await cli(['demo', '--ep', 'webgpu', '--steps', '2', '--samples', '2', '--sample-steps', '1', '--out', out]);
+    expect([r.code, r.stderr.match(/^hollowc: error.*$/m)?.[0]]).toEqual([0, undefined]);
+    const run = r.stdout.match(/report: (.*)report\.html/)?.[1];
+    expect(run).toBeDefined();
+    for (const f of ['report.html', 'lora.safetensors', 'images/0-a-photo-of-sks-face.png'])
+      expect(fs.existsSync(path.join(run!, f))).toBe(true);
+    const lines = r.stderr.split('\n').filter((l) => l.startsWith('execution provider: '));
+    console.log(`demo --ep webgpu:\n${lines.join('\n')}`);
+    expect(lines.length).toBeGreaterThan(3);
+    expect(lines.every((l) => /: webgpu: \d+ nodes/.test(l))).toBe(true);
+    // The compiled artifacts (precompute, train/grads, infer) have no CPU fallback at all.
+    for (const l of lines.filter((x) => /(precompute|grads|train|infer)\.onnx/.test(x))) expect(l).toMatch(/cpu fallback: 0/);
+  }, 600000);
+
   test('the missing-provider line for --ep cuda on this machine, and --cpu-fallback runs anyway', async () => {
     const dir = tempDir('hollowc-webgpu-cuda-');
     const folder = path.join(dir, 'pipe');
