@@ -16,7 +16,7 @@ import sharp from 'sharp';
 import { buildPipeline } from '../models/builder/pipeline';
 import { formatBytes } from '../runtime/progress';
 import { ExecutionProvider } from '../runtime/session';
-import { epOption, fallbackOption, parseCount } from './options';
+import { epOption, fallbackOption, parseCount, reportProvider } from './options';
 import { PersonalizeResult, personalize } from './personalize';
 
 export interface DemoOptions {
@@ -29,6 +29,7 @@ export interface DemoOptions {
   /** Execution provider for every session (default cpu). */
   ep?: ExecutionProvider;
   fallbackToCpu?: boolean;
+  reportProvider?: (line: string) => void;
   log?: (line: string) => void;
 }
 
@@ -111,6 +112,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoSummary> {
     seed: 0,
     ep: options.ep,
     fallbackToCpu: options.fallbackToCpu,
+    reportProvider: options.reportProvider,
     log: (l) => log(`  ${l}`),
     progress: { write: () => true },
   });
@@ -167,6 +169,7 @@ export function registerDemo(program: Command): void {
           sampleSteps: o.sampleSteps,
           ep: o.ep,
           fallbackToCpu: o.cpuFallback,
+          reportProvider,
         });
       },
     );

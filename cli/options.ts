@@ -51,11 +51,14 @@ export interface TuningCli {
   graphOpt?: SessionTuning['optimization'];
 }
 
+/** The line each session of a command writes once, on stderr: which provider ran it. */
+export const reportProvider = (line: string) => process.stderr.write(`execution provider: ${line}\n`);
+
 /** A command's session settings; each session reports once, on stderr, which provider ran it. */
 export const tuning = (o: TuningCli): SessionTuning => ({
   intraOpThreads: o.threads,
   optimization: o.graphOpt,
-  report: (line) => process.stderr.write(`execution provider: ${line}\n`),
+  report: reportProvider,
   log: (line) => process.stderr.write(`${line}\n`),
 });
 

@@ -53,7 +53,7 @@ import { LORA_FILE, evaluateLoss, train } from '../runtime/train';
 import { loadTrainingData, readConditioning } from '../runtime/training-data';
 import { encodeImages } from '../runtime/vae';
 import { checkSpecFile, compileSpec, loadUNet } from './compile';
-import { epOption, fallbackOption, parseCount, parseNumber, parseSeed, threadsOption } from './options';
+import { epOption, fallbackOption, parseCount, parseNumber, parseSeed, reportProvider, threadsOption } from './options';
 
 export const STATE_FILE = 'personalize.json';
 export const DIFFUSERS_LORA = 'lora.safetensors';
@@ -94,6 +94,8 @@ export interface PersonalizeOptions {
   ep?: ExecutionProvider;
   fallbackToCpu?: boolean;
   threads?: number;
+  /** Hears once per session, after its first run, which provider ran it (SessionTuning.report). */
+  reportProvider?: (line: string) => void;
   /** stage lines (default stdout) */
   log?: (line: string) => void;
   /** warnings (default stderr) */
@@ -334,8 +336,8 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
   if (options.spec && (options.preset || options.rank !== undefined || options.alpha !== undefined))
     throw new HollowcError('--spec sets the cut and the LoRA: --preset, --rank and --alpha go with the generated spec only');
   const validationPrompts = options.validationPrompts?.length ? options.validationPrompts : [options.prompt];
-  const session: SessionOptions = { ep: options.ep, fallbackToCpu: options.fallbackToCpu, intraOpThreads: options.threads };
-  const trainTuning = { intraOpThreads: options.threads };
+  const trainTuning = { intraOpThreads: options.threads, report: options.reportProvider };
+  const session: SessionOptions = { ...trainTuning, ep: options.ep, fallbackToCpu: options.fallbackToCpu };
 
   const photoFiles = listImages(options.photos);
   const size = { width: resolution, height: resolution };
@@ -564,7 +566,7 @@ export async function personalize(options: PersonalizeOptions): Promise<Personal
             seed,
             ep: options.ep,
             fallbackToCpu: options.fallbackToCpu,
-            session: { intraOpThreads: options.threads },
+            session: trainTuning,
             onRecord: (done) => {
               bar.update(done);
               if (done === Math.ceil(samples / 2)) killPoint('store');
@@ -949,6 +951,7 @@ export function registerPersonalize(program: Command): void {
         ep: o.ep as ExecutionProvider,
         fallbackToCpu: !!o.cpuFallback,
         threads: o.threads as number | undefined,
+        reportProvider,
         progress: o.quiet ? { write: () => true } : undefined,
       });
     });

@@ -190,7 +190,8 @@ function reportAfterFirstRun(session: ort.InferenceSession, report: (line: strin
     if (!reported) {
       reported = true;
       const info = INFO.get(session)!;
-      const name = path.basename(info.modelFile);
+      // A pipeline's components are all model.onnx: name the folder too (unet/model.onnx).
+      const name = path.join(path.basename(path.dirname(info.modelFile)), path.basename(info.modelFile));
       report(info.provider === 'cpu' ? `${name}: cpu` : `${name}: ${describePlacement(session)?.summary ?? info.provider}`);
     }
     return result;

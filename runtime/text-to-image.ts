@@ -299,7 +299,12 @@ async function denoiseRun(
     lora: run.lora,
     ep: o.session?.ep,
     fallbackToCpu: o.session?.fallbackToCpu,
-    session: { intraOpThreads: o.session?.intraOpThreads, optimization: o.session?.optimization },
+    session: {
+      intraOpThreads: o.session?.intraOpThreads,
+      optimization: o.session?.optimization,
+      report: o.session?.report,
+      log: o.session?.log,
+    },
   });
   const [N] = shape;
   const size = noise.length / N;
