@@ -12,7 +12,7 @@ import { Graph, Node, Value } from './ir';
 export interface FlopCount {
   /** 2 × multiply-adds of Conv/ConvTranspose/MatMul/Gemm/Einsum. */
   matrix: number;
-  /** The part of `matrix` whose operands are all activations (attention's QKᵀ and AV). */
+  /** The part of `matrix` with no weight among its operands (attention's QKᵀ and AV). */
   activationMatrix: number;
   /** One per output element of every other op. */
   other: number;
@@ -91,13 +91,28 @@ const FREE = new Set([
   'Expand',
 ]);
 
-export function countFlops(g: Graph): FlopCount {
+/** Ops that pass a weight on unchanged in value (layout, dtype, dequantization). */
+const WEIGHT_VIEWS = new Set(['Transpose', 'Reshape', 'Identity', 'Cast', 'Squeeze', 'Unsqueeze', 'DequantizeLinear']);
+
+/**
+ * `weightInputs`: graph inputs that are weights too (the LoRA tensors fed to infer.onnx and the
+ * training graphs): a product with one of them, or with an initializer, through layout ops or a
+ * DequantizeLinear, is a layer with weights, not an activation product.
+ */
+export function countFlops(g: Graph, weightInputs: ReadonlySet<string> = new Set()): FlopCount {
   const count: FlopCount = { matrix: 0, activationMatrix: 0, other: 0, byOp: {} };
+  const inputs = new Set(g.inputs);
+  const holdsWeights = (v: Value | null | undefined): boolean => {
+    if (!v) return false;
+    if (v.initializer || (weightInputs.has(v.name) && inputs.has(v))) return true;
+    const p = v.producer;
+    return !!p && WEIGHT_VIEWS.has(p.opType) && holdsWeights(p.inputs[0]);
+  };
   for (const node of g.nodes) {
     const m = matrixFlops(node);
     if (m !== undefined) {
       count.matrix += m;
-      if (!node.inputs.some((v) => v?.initializer)) count.activationMatrix += m;
+      if (!node.inputs.some(holdsWeights)) count.activationMatrix += m;
       count.byOp[node.opType] = (count.byOp[node.opType] ?? 0) + m;
     } else if (!FREE.has(node.opType)) {
       // Data movement is free; arithmetic costs one FLOP per output element.
