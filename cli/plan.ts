@@ -253,6 +253,11 @@ export function planText(p: Plan): string {
   const flop = p.rows.some((r) => r.flops.plainForward >= 1e11) ? T : G;
   const lines = [
     `${p.family} UNet ${p.model}: sample [${p.shapes.sample.join(', ')}], LoRA rank ${p.rank}, ${p.samples} samples, ${p.steps} steps`,
+    ...(p.rows.length
+      ? [
+          `one inference step: ${flop(p.rows[0].flops.plainForward)} the UNet alone (LoRA merged), ${flop(p.rows[0].flops.loraFtForward)} with the LoRA branches unmerged (LoRA FT)`,
+        ]
+      : []),
     '',
     [
       'cut',

@@ -143,6 +143,12 @@ describe('on a tiny sd15', () => {
     expect(
       picked.rows.filter((x: { hollowed: string[]; fitsBudget: boolean }) => x.hollowed.length < chosen.hollowed.length && x.fitsBudget),
     ).toEqual([]);
+    // The text table marks the pick and states the inference baselines.
+    const text = (await cli([...base(), '--budget', String(budget)])).stdout;
+    expect(text).toMatch(
+      /^one inference step: \d+\.\d\dG the UNet alone \(LoRA merged\), \d+\.\d\dG with the LoRA branches unmerged \(LoRA FT\)$/m,
+    );
+    expect(text).toMatch(new RegExp(`^\\*${picked.chosen} `, 'm'));
     expect(parseBytes('4GB')).toBe(4 * 2 ** 30);
     expect(parseBytes('3500MiB')).toBe(3500 * 2 ** 20);
   });
