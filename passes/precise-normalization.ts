@@ -43,7 +43,7 @@ export interface PreciseNormalizationResult {
   centered: number;
   /** InstanceNormalizations given the graph's largest epsilon (their input rescaled). */
   epsilonMoved: number;
-  /** Normalizations left as they were: rank unknown, or the Mean/InvStdDev outputs are read. */
+  /** Normalizations left as they were: rank unknown, not float32, or the Mean/InvStdDev outputs are read. */
   left: number;
 }
 
@@ -57,8 +57,10 @@ export function makeNormalizationsPrecise(model: Model): PreciseNormalizationRes
   for (const n of norms) {
     const x = n.inputs[0];
     const axes = x && normalizedAxes(n, (x.type?.shape ?? n.outputs[0].type?.shape)?.length);
-    // LayerNormalization's Mean output would change (to ~0); its InvStdDev would not.
-    if (!x || !axes || n.outputs.slice(1).some((o) => o.uses.length > 0 || g.outputs.includes(o))) {
+    // LayerNormalization's Mean output would change (to ~0); its InvStdDev would not. Float32
+    // only: the rescaling constant is float32 (float16 graphs are left as exported).
+    const float32 = (x?.type?.elemType ?? DataType.FLOAT) === DataType.FLOAT;
+    if (!x || !axes || !float32 || n.outputs.slice(1).some((o) => o.uses.length > 0 || g.outputs.includes(o))) {
       result.left++;
       continue;
     }
@@ -67,7 +69,7 @@ export function makeNormalizationsPrecise(model: Model): PreciseNormalizationRes
     result.centered++;
     const epsilon = epsilonOf(n);
     if (n.opType === 'InstanceNormalization' && epsilon !== instanceEpsilon) {
-      input = e.op('Mul', [input, e.scalar(Math.sqrt(instanceEpsilon / epsilon), x.type?.elemType ?? DataType.FLOAT)]);
+      input = e.op('Mul', [input, e.scalar(Math.sqrt(instanceEpsilon / epsilon), DataType.FLOAT)]);
       n.attributes = [...n.attributes.filter((a) => a.name !== 'epsilon'), { name: 'epsilon', type: 'float', value: instanceEpsilon }];
       result.epsilonMoved++;
     }
@@ -81,7 +83,7 @@ export const preciseNormalizationPass: Pass<ArtifactState> = {
   name: 'precise-normalization',
   run(model) {
     const r = makeNormalizationsPrecise(model);
-    const left = r.left ? `, ${r.left} left (rank unknown or statistics read)` : '';
+    const left = r.left ? `, ${r.left} left (rank unknown, not float32 or statistics read)` : '';
     return { changed: r.centered > 0, summary: `${r.centered} normalizations centered, ${r.epsilonMoved} given one epsilon${left}` };
   },
 };
