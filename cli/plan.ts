@@ -155,7 +155,8 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
   const train = build('train');
   // hollowc train's default step: grads.onnx with AdamW on the host.
   const grads = build('grads');
-  const forward = flopsOf(specialized(build('forward').model, req));
+  // Without a cut the trained net is the UNet with the LoRA branches: LoRA FT's forward, built once.
+  const forward = cut ? flopsOf(specialized(build('forward').model, req)) : loraFt;
   const precompute = cut ? flopsOf(specialized(build('precompute').model, req)) : 0;
   const infer = flopsOf(specialized(build('infer').model, req));
   const loraParameters = train.state.loraParams!.reduce((a, p) => a + p.shape.reduce((x, y) => x * y, 1), 0);
@@ -231,7 +232,7 @@ export function planUNet(req: PlanRequest, budgetBytes?: number, only?: readonly
     steps: req.steps,
     conventions: {
       flops:
-        'FLOPs = 2 x multiply-adds of the layers with weights (Conv, Linear as MatMul/Gemm, the LoRA branches unmerged) on the emitted graphs at the training shapes, attention products left out as in the paper; training "paper" = 3 x the trained net\'s forward, "counted" = train.onnx as emitted; overhead = two-path inference against LoRA FT\'s (UNet + unmerged LoRA)',
+        'FLOPs = 2 x multiply-adds of the layers with weights (Conv, Linear as MatMul/Gemm, the LoRA branches unmerged) on the emitted graphs at the training shapes, attention products left out as in the paper; training "paper" = 3 x the trained net\'s forward, "counted" = train.onnx as emitted (its LoRA weight gradients, products of two activations, left out like attention); overhead = two-path inference against LoRA FT\'s (UNet + unmerged LoRA)',
       memory: `predicted CPU peak (host AdamW) = weights held + ${FILE_BYTES / MiB} MiB + ${ACTIVATION_FACTOR} x activations live at the peak + ${LORA_COPIES} x LoRA bytes + ${RUNTIME_BYTES / MiB} MiB runtime`,
     },
     rows,

@@ -24,7 +24,7 @@
  */
 import { GraphBuilder } from '../compiler/builder';
 import { DataType } from '../compiler/dtype';
-import { Model, Node } from '../compiler/ir';
+import { Model, Node, Value } from '../compiler/ir';
 import { OpEmitter } from '../compiler/op-emitter';
 import { Pass } from '../compiler/pass';
 import { ArtifactState } from './lib/artifact-state';
@@ -43,7 +43,7 @@ export interface PreciseNormalizationResult {
   centered: number;
   /** InstanceNormalizations given the graph's largest epsilon (their input rescaled). */
   epsilonMoved: number;
-  /** Normalizations left as they were: rank unknown, not float32, or the Mean/InvStdDev outputs are read. */
+  /** Normalizations not centered: not float32, rank unknown, or the Mean/InvStdDev outputs are read. */
   left: number;
 }
 
@@ -51,30 +51,44 @@ export function makeNormalizationsPrecise(model: Model): PreciseNormalizationRes
   const g = model.graph;
   const opset = model.opsetVersion('');
   const result: PreciseNormalizationResult = { centered: 0, epsilonMoved: 0, left: 0 };
-  const norms = g.nodes.filter((n) => n.domain === '' && (n.opType === 'InstanceNormalization' || n.opType === 'LayerNormalization'));
+  // Float32 only (the rescaling constant is float32; float16 graphs stay as exported), typed
+  // on the input or, failing that, on the output.
+  const float32 = (n: Node) => (n.inputs[0]?.type ?? n.outputs[0].type)?.elemType === DataType.FLOAT;
+  const norms = g.nodes.filter(
+    (n) => n.domain === '' && (n.opType === 'InstanceNormalization' || n.opType === 'LayerNormalization') && float32(n),
+  );
+  result.left = g.nodes.filter(
+    (n) => (n.opType === 'InstanceNormalization' || n.opType === 'LayerNormalization') && !norms.includes(n),
+  ).length;
   const epsilonOf = (n: Node) => n.attrFloat('epsilon', EPSILON_DEFAULT);
   const instanceEpsilon = Math.max(...norms.filter((n) => n.opType === 'InstanceNormalization').map(epsilonOf));
   for (const n of norms) {
     const x = n.inputs[0];
-    const axes = x && normalizedAxes(n, (x.type?.shape ?? n.outputs[0].type?.shape)?.length);
-    // LayerNormalization's Mean output would change (to ~0); its InvStdDev would not. Float32
-    // only: the rescaling constant is float32 (float16 graphs are left as exported).
-    const float32 = (x?.type?.elemType ?? DataType.FLOAT) === DataType.FLOAT;
-    if (!x || !axes || !float32 || n.outputs.slice(1).some((o) => o.uses.length > 0 || g.outputs.includes(o))) {
-      result.left++;
-      continue;
-    }
+    if (!x) continue;
+    const type = x.type ?? n.outputs[0].type!;
+    const typed = (v: Value, shape = type.shape) => {
+      if (!v.type) v.type = { elemType: DataType.FLOAT, shape: shape && [...shape] };
+      return v;
+    };
     const e = new OpEmitter(new GraphBuilder(g, `${n.name}/precise`), opset, n);
-    let input = e.op('Sub', [x, e.reduce('ReduceMean', x, axes, true)]);
-    result.centered++;
+    let input = x;
+    // LayerNormalization's Mean output would change (to ~0) when centered; its InvStdDev would not.
+    const axes = normalizedAxes(n, type.shape?.length);
+    if (axes && !n.outputs.slice(1).some((o) => o.uses.length > 0 || g.outputs.includes(o))) {
+      const rank = type.shape?.length;
+      const reducedShape = type.shape?.map((d, i) => (axes.some((a) => (a + (rank ?? 0)) % (rank ?? 1) === i) ? 1 : d));
+      input = typed(e.op('Sub', [x, typed(e.reduce('ReduceMean', x, axes, true), reducedShape)]));
+      result.centered++;
+    } else result.left++;
+    // The shader-sharing problem needs no axes: every float32 InstanceNormalization moves. An
+    // epsilon of 0 cannot be reached by scaling (it would take an infinite factor).
     const epsilon = epsilonOf(n);
-    if (n.opType === 'InstanceNormalization' && epsilon !== instanceEpsilon) {
-      input = e.op('Mul', [input, e.scalar(Math.sqrt(instanceEpsilon / epsilon), DataType.FLOAT)]);
+    if (n.opType === 'InstanceNormalization' && epsilon !== instanceEpsilon && epsilon > 0) {
+      input = typed(e.op('Mul', [input, e.scalar(Math.sqrt(instanceEpsilon / epsilon), DataType.FLOAT)]));
       n.attributes = [...n.attributes.filter((a) => a.name !== 'epsilon'), { name: 'epsilon', type: 'float', value: instanceEpsilon }];
       result.epsilonMoved++;
     }
-    if (!input.type && x.type) input.type = { elemType: x.type.elemType, shape: x.type.shape && [...x.type.shape] };
-    g.setInput(n, 0, input);
+    if (input !== x) g.setInput(n, 0, input);
   }
   return result;
 }
@@ -83,7 +97,7 @@ export const preciseNormalizationPass: Pass<ArtifactState> = {
   name: 'precise-normalization',
   run(model) {
     const r = makeNormalizationsPrecise(model);
-    const left = r.left ? `, ${r.left} left (rank unknown, not float32 or statistics read)` : '';
+    const left = r.left ? `, ${r.left} left (not float32, rank unknown or statistics read)` : '';
     return { changed: r.centered > 0, summary: `${r.centered} normalizations centered, ${r.epsilonMoved} given one epsilon${left}` };
   },
 };

@@ -8,7 +8,7 @@
  * fixture's LoRA gradients 8e-5 off PyTorch's on WebGPU (1e-5 with Sin and Cos on the CPU).
  *
  * How: q = ⌊x·2/π + ½⌋ quarter turns, r = x − q·π/2 with π/2 split in three (Cody–Waite: the first
- * two parts have 12 significant bits, so q·C1 and q·C2 are exact for |x| < 6400; each product and
+ * two parts have 8 and 11 significant bits, so q·C1 and q·C2 are exact for |x| < 6400; each product and
  * difference is its own node, rounded to float32, so no device fuses them differently), then sin r
  * and cos r by Taylor polynomials on |r| ≤ π/4 (truncation below 3e-9), and the quadrant q mod 4
  * picks ±sin r or ±cos r by arithmetic on small integers (exact in float32). Sin and Cos of the
@@ -21,7 +21,7 @@ import { OpEmitter } from '../compiler/op-emitter';
 import { Pass } from '../compiler/pass';
 import { ArtifactState } from './lib/artifact-state';
 
-// π/2 = C1 + C2 + C3 (C1, C2: 12 significant bits; C3: float32 of the rest).
+// π/2 = C1 + C2 + C3 (C1, C2: 8 and 11 significant bits, at most 12; C3: float32 of the rest).
 const C1 = 1.5703125;
 const C2 = 0.0004837512969970703;
 const C3 = 7.549790126404332e-8;
@@ -88,8 +88,10 @@ function fromQuadrant(w: Elementwise, turns: Value, { sinR, cosR }: Reduced): Va
   const m = w.sub(turns, w.mul(w.floor(w.mul(turns, 0.25)), 4)); // 0..3
   const half = w.floor(w.mul(m, 0.5)); // 0 for m = 0, 1; 1 for m = 2, 3
   const odd = w.sub(m, w.mul(half, 2)); // picks cos r
+  const even = w.add(w.mul(odd, -1), 1); // picks sin r
   const sign = w.add(w.mul(half, -2), 1);
-  return w.mul(w.add(sinR, w.mul(odd, w.sub(cosR, sinR))), sign);
+  // (1 − odd)·sin r + odd·cos r selects exactly (each product is x·0 or x·1).
+  return w.mul(w.add(w.mul(sinR, even), w.mul(cosR, odd)), sign);
 }
 
 export function makeTrigonometryPrecise(model: Model): { replaced: number } {

@@ -191,7 +191,7 @@ function reportAfterFirstRun(session: ort.InferenceSession, report: (line: strin
       reported = true;
       const info = INFO.get(session)!;
       // A pipeline's components are all model.onnx: name the folder too (unet/model.onnx).
-      const name = path.join(path.basename(path.dirname(info.modelFile)), path.basename(info.modelFile));
+      const name = `${path.basename(path.dirname(info.modelFile))}/${path.basename(info.modelFile)}`;
       report(info.provider === 'cpu' ? `${name}: cpu` : `${name}: ${describePlacement(session)?.summary ?? info.provider}`);
     }
     return result;

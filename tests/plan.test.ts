@@ -63,7 +63,6 @@ test("full SD 2.1 at 64x64 against the paper's Table 3", () => {
   expect(Math.abs(ratios.precomputeOverPlain / 0.332 - 1)).toBeLessThan(0.05);
   expect(Math.abs(ratios.twoPathOverPlain / 1.285 - 1)).toBeLessThan(0.05);
   expect(Math.abs(ratios.hollowedOverLoraFt / 0.933 - 1)).toBeLessThan(0.05);
-  expect(hollowed.inferenceOverhead).toBeCloseTo(ratios.twoPathOverPlain - 1, 12);
   // train.onnx differentiates only towards the LoRA tensors: less than 3 x its forward.
   expect(f.trainStepCounted).toBeLessThan(f.trainStepPaper);
   expect(f.trainStepCounted).toBeGreaterThan(f.hollowedForward);

@@ -305,11 +305,14 @@ gpuDescribe('the CLI on --ep webgpu', () => {
     expect(lines.every((l) => /: webgpu: \d+ nodes/.test(l))).toBe(true);
     // The compiled artifacts personalize runs (precompute, grads with AdamW on the host, the
     // two-path infer for the validation images) have no CPU fallback at all.
-    for (const artifact of ['precompute', 'grads', 'infer'])
-      expect([
+    for (const artifact of ['precompute', 'grads', 'infer']) {
+      const mine = lines.filter((l) => l.includes(`compiled/${artifact}.onnx: `));
+      expect([artifact, mine.length > 0, mine.every((l) => /: webgpu: \d+ nodes, cpu fallback: 0,/.test(l))]).toEqual([
         artifact,
-        lines.some((l) => new RegExp(`compiled/${artifact}\\.onnx: webgpu: \\d+ nodes, cpu fallback: 0,`).test(l)),
-      ]).toEqual([artifact, true]);
+        true,
+        true,
+      ]);
+    }
   }, 600000);
 
   test('the missing-provider line for --ep cuda on this machine, and --cpu-fallback runs anyway', async () => {
