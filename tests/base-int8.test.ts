@@ -11,38 +11,15 @@ import { DataType } from '../compiler/dtype';
 import { Graph, tensorElementCount } from '../compiler/ir';
 import { CompileManifest } from '../compiler/manifest';
 import { loadModel } from '../compiler/serde';
-import { compile } from '../passes/compile';
 import { MIN_QUANTIZED_ELEMENTS, quantizeBase } from '../passes/quantize-base';
 import { readTensorBytes } from '../compiler/serde';
 import { readNpy } from '../runtime/npy';
 import { createSession } from '../runtime/session';
 import { trainingSession } from '../runtime/train-graph';
-import {
-  FIXTURE_DIR,
-  FIXTURE_MODEL,
-  fixtureInputs,
-  fixtureManifest,
-  fixtureTensor,
-  relativeError,
-  tempDir,
-  trainingFor,
-} from './support/fixture';
-
-const fixture = fixtureManifest();
-const SHAPES: Record<string, number[]> = { sample: [1, 4, 16, 16], timestep: [1], encoder_hidden_states: [1, 7, 32] };
+import { FIXTURE_DIR, compileFixtureGrads, fixtureInputs, fixtureTensor, relativeError, tempDir } from './support/fixture';
 
 function compileWith(base: 'fp32' | 'int8'): { out: string; m: CompileManifest } {
-  const out = tempDir(`hollowc-base-${base}-`);
-  const m = compile({
-    modelFile: FIXTURE_MODEL,
-    outDir: out,
-    lastKeptDown: '3-2',
-    targets: fixture.lora.targets,
-    lora: { rank: fixture.lora.rank, alpha: fixture.lora.alpha },
-    emit: ['grads'],
-    training: { ...trainingFor('sd15', SHAPES), base },
-  });
-  return { out, m };
+  return compileFixtureGrads(base, `hollowc-base-${base}-`);
 }
 
 async function runGrads(out: string, m: CompileManifest, optimizedModelFile?: string): Promise<Record<string, ort.Tensor>> {

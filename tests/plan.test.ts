@@ -58,7 +58,6 @@ test("full SD 2.1 at 64x64 against the paper's Table 3", () => {
   expect(Math.abs(f.precompute / 0.238e12 - 1)).toBeLessThan(0.01);
   expect(Math.abs(f.loraFtForward / 0.716e12 - 1)).toBeLessThan(0.01);
   expect(Math.abs(f.hollowedForward / (2.004e12 / 3) - 1)).toBeLessThan(0.01);
-  expect(none.flops.hollowedForward).toBe(f.loraFtForward);
   expect(f.loraFtForward).toBeGreaterThan(f.plainForward);
   expect(Math.abs(ratios.precomputeOverPlain / 0.332 - 1)).toBeLessThan(0.05);
   expect(Math.abs(ratios.twoPathOverPlain / 1.285 - 1)).toBeLessThan(0.05);

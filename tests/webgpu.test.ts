@@ -24,7 +24,7 @@ import { FAMILIES, FamilyName } from '../models/families';
 import { createSession, describePlacement, missingProvider, sessionProvider, SessionOptions } from '../runtime/session';
 import { findVulkanLoader, noAdapterMessage, useSoftwareVulkan, vulkanDrivers } from '../runtime/vulkan';
 import { runCli } from './support/cli';
-import { FIXTURE_MODEL, fixtureGradientStep, fixtureManifest, tempDir, trainingFor } from './support/fixture';
+import { compileFixtureGrads, fixtureGradientStep, tempDir } from './support/fixture';
 import { precisionErrors, precisionFeeds, precisionGraph, PRECISION_SIZE } from './support/precision-graphs';
 import { compareOutputs, feedsFor } from './support/webgpu';
 
@@ -226,17 +226,7 @@ gpuDescribe('precision on webgpu (SwiftShader)', () => {
   });
 
   test('sd15-tiny fixture: grads.onnx (39.2% cut) on webgpu = PyTorch autograd, every LoRA gradient', async () => {
-    const out = tempDir('hollowc-webgpu-fixture-');
-    const manifest = fixtureManifest();
-    const m = compile({
-      modelFile: FIXTURE_MODEL,
-      outDir: out,
-      lastKeptDown: '3-2',
-      targets: manifest.lora.targets,
-      lora: { rank: manifest.lora.rank, alpha: manifest.lora.alpha },
-      emit: ['grads'],
-      training: trainingFor('sd15', { sample: [1, 4, 16, 16], timestep: [1], encoder_hidden_states: [1, 7, 32] }),
-    });
+    const { out, m } = compileFixtureGrads('fp32', 'hollowc-webgpu-fixture-');
     const { params, feeds, torchGradient } = fixtureGradientStep(m);
     const session = await createSession(path.join(out, 'grads.onnx'), { ...SESSIONS.train, ep: 'webgpu' });
     let got: Record<string, ort.Tensor>;

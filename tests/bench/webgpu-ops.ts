@@ -21,6 +21,12 @@ interface Case {
 }
 
 const N = 4096;
+
+/** InstanceNormalization over 8 channels, unit scale, zero bias. */
+const instanceNorm = (b: GraphBuilder, x: Value, epsilon: number) =>
+  b.op('InstanceNormalization', [x, b.constant(new Float32Array(8).fill(1), [8]), b.constant(new Float32Array(8), [8])], {
+    epsilon: { f: epsilon },
+  });
 const CASES: Case[] = [
   {
     name: 'Sin [0, 1000)',
@@ -76,45 +82,24 @@ const CASES: Case[] = [
   {
     name: 'InstanceNormalization 8x256',
     inputs: [{ shape: [1, 8, 256], scale: 2, offset: 3 }],
-    build: (b, [x]) =>
-      b.op('InstanceNormalization', [x, b.constant(new Float32Array(8).fill(1), [8]), b.constant(new Float32Array(8), [8])], {
-        epsilon: { f: 1e-5 },
-      }),
+    build: (b, [x]) => instanceNorm(b, x, 1e-5),
   },
   {
     // Per-instance mean 20 times the deviation: what a GroupNorm sees after a few residual adds.
     name: 'InstanceNormalization 8x256, mean 20 sd',
     inputs: [{ shape: [1, 8, 256], scale: 1, offset: 20 }],
-    build: (b, [x]) =>
-      b.op('InstanceNormalization', [x, b.constant(new Float32Array(8).fill(1), [8]), b.constant(new Float32Array(8), [8])], {
-        epsilon: { f: 1e-6 },
-      }),
+    build: (b, [x]) => instanceNorm(b, x, 1e-6),
   },
   {
     name: 'same, mean subtracted first',
     inputs: [{ shape: [1, 8, 256], scale: 1, offset: 20 }],
-    build: (b, [x]) =>
-      b.op(
-        'InstanceNormalization',
-        [
-          b.op('Sub', [x, b.op('ReduceMean', [x], { axes: [2], keepdims: 1 })]),
-          b.constant(new Float32Array(8).fill(1), [8]),
-          b.constant(new Float32Array(8), [8]),
-        ],
-        { epsilon: { f: 1e-6 } },
-      ),
+    build: (b, [x]) => instanceNorm(b, b.op('Sub', [x, b.op('ReduceMean', [x], { axes: [2], keepdims: 1 })]), 1e-6),
   },
   {
     // Two nodes on one input shape: the WebGPU provider runs both with one epsilon (one shader per shape).
     name: 'InstanceNormalization eps 1e-5 - eps 1e-6',
     inputs: [{ shape: [1, 8, 96], scale: 0.4 }],
-    build: (b, [x]) => {
-      const norm = (epsilon: number) =>
-        b.op('InstanceNormalization', [x, b.constant(new Float32Array(8).fill(1), [8]), b.constant(new Float32Array(8), [8])], {
-          epsilon: { f: epsilon },
-        });
-      return b.op('Sub', [norm(1e-5), norm(1e-6)]);
-    },
+    build: (b, [x]) => b.op('Sub', [instanceNorm(b, x, 1e-5), instanceNorm(b, x, 1e-6)]),
   },
   {
     name: 'LayerNormalization 256, mean 20 sd',

@@ -7,6 +7,7 @@ import type { CompileManifest, TrainingSettings } from '../../compiler/manifest'
 import type { FamilyName } from '../../models/families';
 import { defaultTrainingSettings } from '../../models/training-defaults';
 import { readNpy } from '../../runtime/npy';
+import { compile } from '../../passes/compile';
 
 export const FIXTURE_DIR = path.join(__dirname, '..', 'fixtures', 'diffusers', 'sd15-tiny');
 export const FIXTURE_MODEL = path.join(FIXTURE_DIR, 'model.onnx');
@@ -29,6 +30,25 @@ export function fixtureInputs(batch: 1 | 2 = 1): Record<string, ort.Tensor> {
     timestep: fixtureTensor(`${dir}/timestep.npy`),
     encoder_hidden_states: fixtureTensor(`${dir}/encoder_hidden_states.npy`),
   };
+}
+
+/** The fixture's input shapes (case 1). */
+export const FIXTURE_SHAPES: Record<string, number[]> = { sample: [1, 4, 16, 16], timestep: [1], encoder_hidden_states: [1, 7, 32] };
+
+/** `compile` of the fixture's 39.2% cut with its LoRA targets, emitting `grads.onnx`, into a new folder. */
+export function compileFixtureGrads(base: 'fp32' | 'int8' = 'fp32', prefix = 'hollowc-fixture-'): { out: string; m: CompileManifest } {
+  const fixture = fixtureManifest();
+  const out = tempDir(prefix);
+  const m = compile({
+    modelFile: FIXTURE_MODEL,
+    outDir: out,
+    lastKeptDown: '3-2',
+    targets: fixture.lora.targets,
+    lora: { rank: fixture.lora.rank, alpha: fixture.lora.alpha },
+    emit: ['grads'],
+    training: { ...trainingFor('sd15', FIXTURE_SHAPES), base },
+  });
+  return { out, m };
 }
 
 export interface FixtureParam {
