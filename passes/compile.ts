@@ -50,6 +50,8 @@ export interface CompileRequest {
   log?: (message: string) => void;
   /** Passes (by name) to leave out of every pipeline: for measuring what a pass buys, and tests. */
   skipPasses?: readonly string[];
+  /** split-attention's threshold (ArtifactState.splitAttentionAboveBytes): for tests on small models. */
+  splitAttentionAboveBytes?: number;
 }
 
 function describeValues(values: readonly Value[]): TensorDescription[] {
@@ -160,7 +162,15 @@ export function compile(request: CompileRequest): CompileManifest {
   if (request.emit.includes('precompute') && !cut)
     throw new HollowcError('precompute.onnx needs a hollow: with `hollow none` there is no hollow activation to precompute');
   const training = request.training ?? defaultTrainingSettings(analysis.family);
-  const inputs: ArtifactState = { analysis, cut, targets: request.targets, lora: request.lora, training, label };
+  const inputs: ArtifactState = {
+    analysis,
+    cut,
+    targets: request.targets,
+    lora: request.lora,
+    training,
+    label,
+    splitAttentionAboveBytes: request.splitAttentionAboveBytes,
+  };
 
   if (fs.existsSync(request.outDir) && !fs.statSync(request.outDir).isDirectory())
     throw new HollowcError('the output is a file, not a folder: give -o a folder for the artifacts', request.outDir);

@@ -31,6 +31,8 @@ import { quantizeBasePass } from './quantize-base';
 import { rematerializePass } from './rematerialize';
 import { ArtifactState } from './lib/artifact-state';
 import { specializeShapesPass } from './specialize-shapes';
+import { slicesToSplitPass } from './slices-to-split';
+import { splitAttentionPass } from './split-attention';
 
 const HOLLOWED_WITH_LORA = [insertLoraPass, hollowOutPass];
 /** Last in every artifact: the rewrites that make GPU kernels as precise as the CPU's. */
@@ -39,6 +41,8 @@ const PRECISE_ON_GPUS = [preciseNormalizationPass, preciseTrigonometryPass];
 const TRAINING_LOSS = [
   ...HOLLOWED_WITH_LORA,
   specializeShapesPass,
+  splitAttentionPass,
+  slicesToSplitPass,
   addLossPass,
   differentiatePass,
   rematerializePass,

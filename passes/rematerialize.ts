@@ -11,6 +11,9 @@
  *   attention         softmax(q·kᵀ·s) is saved next to q and kᵀ (the largest tensors at 64x64)
  *   SiLU              sigmoid(x) is saved next to x
  *   LoRA inputs       LayerNorm(x) (read by the LoRA gradients) is saved next to x (read by its backward)
+ *   GEGLU halves      x and a, the two halves of ff.net.0.proj(LayerNorm(h)), are 8x wider than h
+ *                     (the residual stream, saved anyway): recomputing the projection costs one
+ *                     matmul per transformer block and frees the largest saved tensors after softmax
  *
  * For each such value the pass clones its producer chain (at most MAX_CHAIN nodes, ops in
  * RECOMPUTABLE) into the backward, rooted only at values the backward keeps anyway (saved values it
@@ -45,13 +48,38 @@ const CHEAP = new Set([
   'LayerNormalization',
   'Transpose',
   'Reshape',
+  'Slice',
+  'Split',
 ]);
-/** Nodes cloned to recompute one value at most (softmax(q·kᵀ·s) from q and k: Softmax, Mul, MatMul, Transpose). */
+/**
+ * Nodes cloned to recompute one value at most (softmax(q·kᵀ·s) from q and k: Softmax, Mul, MatMul,
+ * Transpose; a GEGLU half: LayerNormalization, MatMul, Add, Slice).
+ */
 export const MAX_CHAIN = 4;
+/**
+ * A product with a weight is recomputed only when its output has at least this many times the
+ * elements of its input: then keeping its input instead saves that factor in memory for one matmul.
+ */
+export const EXPANSION = 4;
+
+function elements(v: Value): number | undefined {
+  const shape = v.type?.shape;
+  if (!shape || !shape.every((d) => typeof d === 'number')) return undefined;
+  return (shape as number[]).reduce((a, b) => a * b, 1);
+}
+
+/** x·W with W a weight and an output EXPANSION times larger than x (SD: the GEGLU projection). */
+function expandingProjection(n: Node): boolean {
+  const [x, w] = n.inputs;
+  if (n.opType !== 'MatMul' || !x || !w?.initializer) return false;
+  const [inN, outN] = [elements(x), elements(n.outputs[0])];
+  return inN !== undefined && outN !== undefined && inN > 0 && outN >= EXPANSION * inN;
+}
 
 function recomputable(n: Node): boolean {
-  if (n.outputs.length !== 1 || n.domain !== '') return false;
+  if (n.domain !== '' || (n.outputs.length !== 1 && n.opType !== 'Split')) return false;
   if (CHEAP.has(n.opType)) return true;
+  if (expandingProjection(n)) return true;
   // Activation × activation products (attention scores): one batched matmul, no weight read.
   return n.opType === 'MatMul' && n.inputs.every((v) => !!v && !v.initializer && !!v.producer && v.producer.opType !== 'Constant');
 }
@@ -122,6 +150,14 @@ export function rematerialize(g: Graph, loss: Value, seed: Value): Rematerialize
   let bytesFreed = 0;
   const recomputed: Value[] = [];
   for (const v of saved) {
+    const shared = clones.get(v);
+    if (shared) {
+      // Cut from a projection recomputed for an earlier value (the other GEGLU half).
+      for (const u of v.uses.filter((u) => isBackward(u.node) && u.node !== shared.producer)) g.setInput(u.node, u.index, shared);
+      recomputed.push(v);
+      bytesFreed += bytesOf(v);
+      continue;
+    }
     const order: Node[] = [];
     if (!plan(v, true, { left: MAX_CHAIN }, order)) {
       kept.add(v);
@@ -138,21 +174,25 @@ export function rematerialize(g: Graph, loss: Value, seed: Value): Rematerialize
           domain: n.domain,
           name: `${n.name}/recompute`,
           inputs: n.inputs.map(mapped),
-          outputs: 1,
+          outputs: n.outputs.length,
           attributes: n.attributes.map((a) => ({ ...a })),
         },
         first,
       );
-      const out = c.outputs[0];
-      out.type = n.outputs[0].type
-        ? { elemType: n.outputs[0].type.elemType, shape: n.outputs[0].type.shape ? [...n.outputs[0].type.shape] : undefined }
-        : undefined;
-      local.set(n.outputs[0], out);
+      n.outputs.forEach((o, k) => {
+        const out = c.outputs[k];
+        out.type = o.type ? { elemType: o.type.elemType, shape: o.type.shape ? [...o.type.shape] : undefined } : undefined;
+        local.set(o, out);
+      });
       nodesAdded++;
     }
     const clone = local.get(v)!;
     for (const u of readers) g.setInput(u.node, u.index, clone);
     clones.set(v, clone);
+    // A recomputed projection serves every value cut from it (both GEGLU halves): later chains
+    // root at its clone instead of repeating the matmul (the final topological sort places it
+    // before whichever reader comes first).
+    if (order.some(expandingProjection)) for (const [original, c] of local) clones.set(original, c);
     recomputed.push(v);
     bytesFreed += bytesOf(v);
   }

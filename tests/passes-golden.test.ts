@@ -8,13 +8,18 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { cloneModel } from '../compiler/clone';
 import { ArtifactName } from '../compiler/manifest';
-import { runPasses } from '../compiler/pass';
+import { Model } from '../compiler/ir';
+import { Pass, runPasses } from '../compiler/pass';
 import { printGraph } from '../compiler/printer';
 import { bakeLora } from '../passes/bake-lora';
 import { foldLoraWeights } from '../passes/fold-lora';
 import { PIPELINES } from '../passes/pipeline';
 import { preciseNormalizationPass } from '../passes/precise-normalization';
 import { preciseTrigonometryPass } from '../passes/precise-trigonometry';
+import { slicesToSplitPass } from '../passes/slices-to-split';
+import { splitAttentionPass } from '../passes/split-attention';
+import { ArtifactState } from '../passes/lib/artifact-state';
+import { attentionGraph } from './support/attention-graph';
 import { precisionGraph } from './support/precision-graphs';
 import { TOY_TARGETS, toyState, toyUNet } from './support/toy-unet';
 
@@ -49,22 +54,31 @@ const CASES: [string, ArtifactName, number, boolean, ('fp32' | 'int8')?][] = [
   ['add-base-path', 'infer', 1, true],
   ['infer', 'infer', 3, true],
   ['specialize-shapes', 'train', 3, true],
-  ['add-loss', 'train', 4, true],
-  ['differentiate', 'train', 5, true],
-  ['rematerialize', 'train', 6, true],
-  ['quantize-base', 'train', 7, true, 'int8'],
-  ['add-adamw', 'train', 10, true],
-  ['order-sinks', 'train', 11, true],
-  ['expose-gradients', 'grads', 10, true],
+  ['add-loss', 'train', 6, true],
+  ['differentiate', 'train', 7, true],
+  ['rematerialize', 'train', 8, true],
+  ['quantize-base', 'train', 9, true, 'int8'],
+  ['add-adamw', 'train', 12, true],
+  ['order-sinks', 'train', 13, true],
+  ['expose-gradients', 'grads', 12, true],
 ];
 
-/** Rewrites of ops the toy does not have (normalizations, Sin/Cos): golden on tests/support/precision-graphs.ts. */
-const OWN_GRAPH_CASES = [preciseNormalizationPass, preciseTrigonometryPass];
+/**
+ * Rewrites of ops the toy does not have, golden on their own graphs: normalizations and Sin/Cos
+ * (tests/support/precision-graphs.ts), attention and GEGLU (tests/support/attention-graph.ts).
+ */
+const precisionCase = () => precisionGraph({ groups: 2, spatial: 6, frequencies: [1, 0.1, 0.01] });
+const OWN_GRAPH_CASES: [Pass<ArtifactState>, () => Model][] = [
+  [preciseNormalizationPass, precisionCase],
+  [preciseTrigonometryPass, precisionCase],
+  [splitAttentionPass, attentionGraph],
+  [slicesToSplitPass, attentionGraph],
+];
 
 test('every pipeline is covered: each pass of PIPELINES has a golden case', () => {
   const covered = new Set([
     ...CASES.map(([, artifact, count]) => PIPELINES[artifact][count - 1].name),
-    ...OWN_GRAPH_CASES.map((p) => p.name),
+    ...OWN_GRAPH_CASES.map(([p]) => p.name),
   ]);
   const all = new Set(Object.values(PIPELINES).flatMap((ps) => ps.map((p) => p.name)));
   expect([...all].filter((p) => !covered.has(p))).toEqual([]);
@@ -77,9 +91,10 @@ test.each(CASES)('%s', (...[name, artifact, count, hollow, base]) => {
   expectGolden(name, printGraph(model.graph, { nodeNames: false }));
 });
 
-test.each(OWN_GRAPH_CASES.map((p) => [p.name, p] as const))('%s (on its own graph)', (name, pass) => {
-  const model = precisionGraph({ groups: 2, spatial: 6, frequencies: [1, 0.1, 0.01] });
-  const [record] = runPasses(model, [pass], toyState(true));
+test.each(OWN_GRAPH_CASES.map(([p, graph]) => [p.name, p, graph] as const))('%s (on its own graph)', (name, pass, graph) => {
+  const model = graph();
+  // split-attention at a threshold of 0: the graph's maps are a few bytes
+  const [record] = runPasses(model, [pass], { ...toyState(true), splitAttentionAboveBytes: 0 });
   expect(record.changed).toBe(true);
   expectGolden(name, printGraph(model.graph, { nodeNames: false }));
 });

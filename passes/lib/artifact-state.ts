@@ -32,6 +32,8 @@ export interface ArtifactState {
   readonly label: string;
   /** quantize-base: the smallest weight (in values) it quantizes; default MIN_QUANTIZED_ELEMENTS (the toy UNet of the golden tests has smaller ones). */
   readonly quantizeMinElements?: number;
+  /** split-attention: the attention map size, in bytes, above which it is split per head; default SPLIT_ABOVE_BYTES (the tests' small models have small maps). */
+  readonly splitAttentionAboveBytes?: number;
 
   /** add-base-path: path 1's copy of the hollow activation (infer.onnx). */
   baseActivation?: Value;

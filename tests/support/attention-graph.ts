@@ -1,0 +1,44 @@
+/**
+ * A transformer block's two rewritten patterns in miniature, for the golden tests of
+ * passes/split-attention.ts and passes/slices-to-split.ts: attention softmax(q·kᵀ·s)·v over
+ * [heads, tokens, head dim] and a GEGLU that cuts its input into two halves with two Slices.
+ */
+import { GraphBuilder } from '../../compiler/builder';
+import { DataType } from '../../compiler/dtype';
+import { Graph, Model, Value } from '../../compiler/ir';
+
+const F = DataType.FLOAT;
+
+export function attentionGraph(): Model {
+  const g = new Graph();
+  g.name = 'attention_and_geglu';
+  const [heads, tokens, dim] = [2, 3, 2];
+  const q = g.addInput('q', { elemType: F, shape: [heads, tokens, dim] });
+  const k = g.addInput('k', { elemType: F, shape: [heads, tokens, dim] });
+  const v = g.addInput('v', { elemType: F, shape: [heads, tokens, dim] });
+  const proj = g.addInput('proj', { elemType: F, shape: [1, tokens, 8] });
+  const b = new GraphBuilder(g);
+  const typed = (x: Value, shape: number[]) => ((x.type = { elemType: F, shape }), x);
+  const attn = b.within('attn1');
+  const kT = typed(attn.op('Transpose', [k], { perm: [0, 2, 1] }), [heads, dim, tokens]);
+  const scores = typed(attn.op('MatMul', [q, kT]), [heads, tokens, tokens]);
+  const scaled = typed(attn.op('Mul', [scores, attn.constant(Float32Array.of(0.5), [])]), [heads, tokens, tokens]);
+  const probs = typed(attn.op('Softmax', [scaled], { axis: -1 }), [heads, tokens, tokens]);
+  const attended = typed(attn.op('MatMul', [probs, v]), [heads, tokens, dim]);
+  const ff = b.within('ff/net.0');
+  const bound = (x: number) => ff.constant(BigInt64Array.of(BigInt(x)), [1]);
+  const half = (start: number, end: number) => typed(ff.op('Slice', [proj, bound(start), bound(end), bound(-1)]), [1, tokens, 4]);
+  const [x, gate] = [half(0, 4), half(4, 8)];
+  const geglu = typed(ff.op('Mul', [x, typed(ff.op('Sigmoid', [gate]), [1, tokens, 4])]), [1, tokens, 4]);
+  const output = (name: string, y: Value) => {
+    const node = g.addNode({ opType: 'Identity', inputs: [y], outputs: [name], name: `/${name}` });
+    node.outputs[0].type = y.type;
+    g.outputs.push(node.outputs[0]);
+  };
+  output('attention', attended);
+  output('geglu', geglu);
+  const model = new Model(g);
+  model.irVersion = 8;
+  model.opsetImports = [{ domain: '', version: 17 }];
+  return model;
+}
