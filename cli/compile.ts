@@ -74,7 +74,7 @@ export function compileSpec(unet: LoadedUNet, spec: CheckedSpec, options: Compil
     outDir: options.out,
     lastKeptDown: lastKeptDownFor(unet.analysis, r.hollow.hollowed),
     targets: r.lora.targets.map((t) => t.module),
-    lora: { rank: r.lora.rank, alpha: r.lora.alpha },
+    lora: { rank: r.lora.rank, alpha: r.lora.alpha, inferPrecision: r.lora.infer },
     emit: [...r.emit],
     spec: { file: spec.file, text: spec.text },
     training: trainingSettingsOf(r),

@@ -18,6 +18,9 @@ export const ARTIFACT_NAMES = ['precompute', 'forward', 'infer', 'grads', 'train
 /** How the training graphs hold the frozen base weights (the spec's `base` line). */
 export const BASE_PRECISIONS = ['fp32', 'int8'] as const;
 export type BasePrecision = (typeof BASE_PRECISIONS)[number];
+/** How infer.onnx takes the LoRA tensors (the spec's `lora infer` line); training keeps them fp32. */
+export const INFER_LORA_PRECISIONS = ['fp32', 'fp16'] as const;
+export type InferLoraPrecision = (typeof INFER_LORA_PRECISIONS)[number];
 export type ArtifactName = (typeof ARTIFACT_NAMES)[number];
 
 /** The UNet's own inputs and output (as torch.onnx.export of diffusers names them). */

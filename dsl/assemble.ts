@@ -41,6 +41,7 @@ export function assemble(
   const hollow = single('hollow');
   const rank = single('lora rank');
   const init = single('lora init');
+  const loraInfer = single('lora infer');
   const lossMse = single('loss mse');
   const prior = single('loss prior_weight');
   const optimizer = single('optimizer');
@@ -82,6 +83,7 @@ export function assemble(
       alpha: alpha ?? { value: rankValue.value },
       targets: targets.length > 0 ? targets : DEFAULT_TARGETS.map((value) => ({ value })),
       init: loraInit(init, rankValue.value),
+      infer: loraInfer?.precision ?? { value: 'fp32' },
     },
     loss: {
       kind: 'mse',

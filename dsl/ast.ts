@@ -24,6 +24,8 @@
  *                                                          to_out.0]; globs: see glob.ts
  *   lora init gaussian [<std>]                             A ~ N(0, std), B = 0  [std = 1/rank]
  *   lora init from "<file.safetensors>"                    start from saved LoRA weights
+ *   lora infer fp32 | fp16                                 [fp32] how infer.onnx takes the LoRA
+ *                                                          tensors (training keeps them fp32)
  *   loss mse [epsilon | v_prediction]                      [mse, prediction from the family]
  *   loss prior_weight <num >= 0>                           [1.0] weight of prior-preservation samples
  *   optimizer adamw [lr x] [betas b1 b2] [eps e] [weight_decay w]
@@ -41,10 +43,10 @@
  * (diagnostics.ts `specErrorAt`).
  */
 import { Located, SourcePos, SourceText } from './diagnostics';
-import { BasePrecision, EmitArtifact, ModelChoice, Prediction } from './presets';
+import { BasePrecision, EmitArtifact, InferLoraPrecision, ModelChoice, Prediction } from './presets';
 
 export type { SourcePos, Located } from './diagnostics';
-export type { BasePrecision, FamilyName, ModelChoice, Prediction, EmitArtifact } from './presets';
+export type { BasePrecision, FamilyName, InferLoraPrecision, ModelChoice, Prediction, EmitArtifact } from './presets';
 
 /** A value with the position of the token(s) it was written as. */
 export interface Valued<T> extends Located {
@@ -91,6 +93,7 @@ export interface Spec extends SourceText {
     /** In the order written; the defaults (no pos) when no `lora targets` line is given. */
     readonly targets: readonly Valued<string>[];
     readonly init: LoraInit;
+    readonly infer: Valued<InferLoraPrecision>;
   };
   readonly loss: {
     readonly kind: 'mse';
@@ -123,6 +126,7 @@ export type Statement =
   | { readonly kind: 'lora alpha'; readonly pos: SourcePos; readonly alpha: Num }
   | { readonly kind: 'lora targets'; readonly pos: SourcePos; readonly globs: readonly Valued<string>[] }
   | { readonly kind: 'lora init'; readonly pos: SourcePos; readonly init: LoraInitStmt }
+  | { readonly kind: 'lora infer'; readonly pos: SourcePos; readonly precision: Valued<InferLoraPrecision> }
   | { readonly kind: 'loss mse'; readonly pos: SourcePos; readonly prediction?: Valued<Prediction> }
   | { readonly kind: 'loss prior_weight'; readonly pos: SourcePos; readonly priorWeight: Num }
   | { readonly kind: 'optimizer'; readonly pos: SourcePos; readonly options: readonly Option[] }

@@ -7,7 +7,7 @@ import { Hollow, Spec, Valued } from './ast';
 import { SourcePos, SpecError, specErrorAt, throwIfAny } from './diagnostics';
 import { matchesGlob } from './glob';
 import { FAMILIES } from '../models/families';
-import { BasePrecision, EmitArtifact, FamilyName, Prediction, presetListText, presetsFor } from './presets';
+import { BasePrecision, EmitArtifact, FamilyName, InferLoraPrecision, Prediction, presetListText, presetsFor } from './presets';
 import { closestFirst } from './suggest';
 
 /** One paper-numbered layer (`3-2`), in graph order: down layers, then mid, then up. */
@@ -67,6 +67,8 @@ export interface ResolvedSpec {
     /** alpha / rank, the factor on the LoRA branch. */
     readonly scale: number;
     readonly init: { readonly kind: 'gaussian'; readonly std: number } | { readonly kind: 'file'; readonly path: string };
+    /** How infer.onnx takes the LoRA tensors. */
+    readonly infer: InferLoraPrecision;
     /** Every matched candidate, in the model's candidate order. */
     readonly targets: readonly ResolvedTarget[];
   };
@@ -116,6 +118,7 @@ export function checkSpec(spec: Spec, facts: ModelFacts): ResolvedSpec {
       alpha: spec.lora.alpha.value,
       scale: spec.lora.alpha.value / spec.lora.rank.value,
       init: init.kind === 'file' ? { kind: 'file', path: init.path.value } : { kind: 'gaussian', std: init.std.value },
+      infer: spec.lora.infer.value,
       targets,
     },
     loss: {

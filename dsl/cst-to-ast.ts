@@ -3,7 +3,7 @@
  * the values that need no other statement.
  */
 import { CstChildrenDictionary, CstNode, IToken } from 'chevrotain';
-import { BasePrecision, BlockItem, Hollow, LoraInitStmt, Num, Option, ShapeDecl, Statement, Valued } from './ast';
+import { BasePrecision, BlockItem, Hollow, InferLoraPrecision, LoraInitStmt, Num, Option, ShapeDecl, Statement, Valued } from './ast';
 import { SourcePos, SourceText, SpecError, specErrorAt } from './diagnostics';
 import { globProblem } from './glob';
 import { parser } from './parser';
@@ -207,6 +207,10 @@ export class StatementBuilder extends BaseVisitor {
         return { kind: 'lora alpha', pos, alpha: this.alpha(c) };
       case 'loraTargets':
         return { kind: 'lora targets', pos, globs: tokens(c, 'StringLit').map((t) => this.glob(t)) };
+      case 'loraInfer': {
+        const value = (c.Kw_fp32 ?? c.Kw_fp16)![0] as IToken;
+        return { kind: 'lora infer', pos, precision: { value: value.image as InferLoraPrecision, pos: posOf(value) } };
+      }
       default:
         return { kind: 'lora init', pos, init: this.init(c) };
     }
@@ -237,6 +241,7 @@ export class StatementBuilder extends BaseVisitor {
   loraAlpha(): void {}
   loraTargets(): void {}
   loraInit(): void {}
+  loraInfer(): void {}
   optimizerOption(): void {}
   trainOption(): void {}
 

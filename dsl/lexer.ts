@@ -130,6 +130,7 @@ export const Grads = keyword('grads');
 export const Infer = keyword('infer');
 // base
 export const Fp32 = keyword('fp32');
+export const Fp16 = keyword('fp16'); // lora infer
 export const Int8 = keyword('int8');
 // train
 export const Steps = keyword('steps');

@@ -98,7 +98,14 @@ class HollowParser extends CstParser {
       { ALT: () => this.SUBRULE(this.loraAlpha) },
       { ALT: () => this.SUBRULE(this.loraTargets) },
       { ALT: () => this.SUBRULE(this.loraInit) },
+      { ALT: () => this.SUBRULE(this.loraInfer) },
     ]);
+  });
+
+  // infer fp32 | fp16
+  private loraInfer = this.RULE('loraInfer', () => {
+    this.CONSUME(T.Infer);
+    this.OR([{ ALT: () => this.CONSUME(T.Fp32) }, { ALT: () => this.CONSUME(T.Fp16) }]);
   });
 
   // rank 128 [alpha 128]

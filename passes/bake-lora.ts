@@ -99,6 +99,13 @@ export function bakeLora(g: Graph, values: Map<string, Float32Array>, rank: numb
       ] as const) {
         const shape = input.type!.shape as number[];
         g.inputs = g.inputs.filter((v) => v !== input);
+        // Under `lora infer fp16` the input is cast where it is read: the baked values stay fp32.
+        for (const u of [...input.uses])
+          if (u.node.opType === 'Cast' && u.node.attrInt('to', 0) === DataType.FLOAT) {
+            g.replaceAllUsesWith(u.node.outputs[0], input);
+            g.removeNode(u.node);
+          }
+        input.type = { elemType: DataType.FLOAT, shape };
         input.initializer = tensorFromTyped(input.name, data, shape);
       }
       result.kept.push(site.module);

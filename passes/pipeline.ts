@@ -31,6 +31,7 @@ import { quantizeBasePass } from './quantize-base';
 import { rematerializePass } from './rematerialize';
 import { ArtifactState } from './lib/artifact-state';
 import { specializeShapesPass } from './specialize-shapes';
+import { float16LoraInputsPass } from './float16-lora-inputs';
 import { slicesToSplitPass } from './slices-to-split';
 import { splitAttentionPass } from './split-attention';
 
@@ -53,7 +54,7 @@ const TRAINING_LOSS = [
 export const PIPELINES: Readonly<Record<ArtifactName, readonly Pass<ArtifactState>[]>> = {
   precompute: [extractPrecomputePass, ...PRECISE_ON_GPUS],
   forward: [...HOLLOWED_WITH_LORA, ...PRECISE_ON_GPUS],
-  infer: [addBasePathPass, ...HOLLOWED_WITH_LORA, ...PRECISE_ON_GPUS],
+  infer: [addBasePathPass, ...HOLLOWED_WITH_LORA, float16LoraInputsPass, ...PRECISE_ON_GPUS],
   grads: [...TRAINING_LOSS, exposeGradientsPass, orderSinksPass],
   train: [...TRAINING_LOSS, addAdamWPass, orderSinksPass],
 };

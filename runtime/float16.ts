@@ -58,3 +58,18 @@ export function fromFloat16(bits: ArrayLike<number>): Float32Array {
   for (let i = 0; i < bits.length; i++) out[i] = fromHalfBits(bits[i]);
   return out;
 }
+
+/**
+ * float32 values as an input of element type `dtype` takes them: as they are for float32, rounded
+ * to float16 bit patterns for float16 (infer.onnx's LoRA inputs under `lora infer fp16`). Node and
+ * the page build their tensors from this.
+ */
+export function inputValues(
+  dtype: string,
+  values: Float32Array,
+  name: string,
+): { type: 'float32'; data: Float32Array } | { type: 'float16'; data: Uint16Array } {
+  if (dtype === 'float32') return { type: 'float32', data: values };
+  if (dtype === 'float16') return { type: 'float16', data: toFloat16(values) };
+  throw new Error(`input ${name} takes ${dtype}; LoRA values can be fed as float32 or float16`);
+}

@@ -22,6 +22,7 @@ import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../compiler/errors';
 import { Rng, fillNormal } from '../models/random';
 import { defaultLatentShape, float32Data, loadManifest, requireArtifact, tensorFor } from './artifacts';
+import { inputValues } from './float16';
 import { readLoraForManifest } from './lora-file';
 import { LORA_INIT_FILE } from './lora-init';
 import { NoiseSchedule } from './noise-schedule';
@@ -119,10 +120,13 @@ function loraFeeds(
   let source = file;
   if (!source) source = fs.existsSync(path.join(out, LORA_FILE)) ? path.join(out, LORA_FILE) : path.join(out, LORA_INIT_FILE);
   const values = readLoraForManifest(source, manifest);
-  for (const t of trained) {
-    feeds[t.lora_A.name] = new ort.Tensor('float32', values.get(t.lora_A.name)!, t.lora_A.shape);
-    feeds[t.lora_B.name] = new ort.Tensor('float32', values.get(t.lora_B.name)!, t.lora_B.shape);
-  }
+  // Under `lora infer fp16` infer.onnx declares its LoRA inputs float16.
+  const declared = new Map((manifest.artifacts.infer?.inputs ?? []).map((i) => [i.name, i.dtype]));
+  for (const t of trained)
+    for (const p of [t.lora_A, t.lora_B]) {
+      const v = inputValues(declared.get(p.name) ?? 'float32', values.get(p.name)!, p.name);
+      feeds[p.name] = new ort.Tensor(v.type, v.data, p.shape);
+    }
   return { feeds, source };
 }
 

@@ -47,6 +47,7 @@ describe('parseSpec: the issue example', () => {
         alpha: { value: 128 },
         targets: ['attn1.to_q', 'attn1.to_k', 'attn1.to_v', 'attn1.to_out.0', 'attn2.*'].map((value) => ({ value })),
         init: { kind: 'gaussian', std: { value: 0.02 } },
+        infer: { value: 'fp32' },
       },
       loss: { kind: 'mse', prediction: { value: 'epsilon' }, priorWeight: { value: 1 } },
       optimizer: {
@@ -99,6 +100,7 @@ describe('parseSpec: defaults', () => {
           'attn2.to_out.0',
         ].map((value) => ({ value })),
         init: { kind: 'gaussian', std: { value: 1 / 16 } },
+        infer: { value: 'fp32' },
       },
       loss: { kind: 'mse', prediction: { value: undefined }, priorWeight: { value: 1 } },
       optimizer: {
@@ -245,10 +247,10 @@ describe('SpecError', () => {
     const e = parseError('hollow none\n\tlora rnak 3\n');
     expect(e).toBeInstanceOf(SpecError);
     expect([e.file, e.line, e.col, e.suggestion]).toEqual(['test.hollow', 2, 7, 'did you mean "rank"?']);
-    expect(e.message).toBe('unknown keyword "rnak" after "lora"; expected "rank", "alpha", "targets" or "init"');
+    expect(e.message).toBe('unknown keyword "rnak" after "lora"; expected "rank", "alpha", "targets", "init" or "infer"');
     expect(e.format()).toBe(
       [
-        'test.hollow:2:7: error: unknown keyword "rnak" after "lora"; expected "rank", "alpha", "targets" or "init"',
+        'test.hollow:2:7: error: unknown keyword "rnak" after "lora"; expected "rank", "alpha", "targets", "init" or "infer"',
         '\tlora rnak 3',
         '\t     ^~~~',
         '  hint: did you mean "rank"?',

@@ -75,10 +75,14 @@ const OWN_GRAPH_CASES: [Pass<ArtifactState>, () => Model][] = [
   [slicesToSplitPass, attentionGraph],
 ];
 
+/** Passes that change the toy only under a spec option: golden in their own tests below. */
+const OPTION_CASES = ['float16-lora-inputs'];
+
 test('every pipeline is covered: each pass of PIPELINES has a golden case', () => {
   const covered = new Set([
     ...CASES.map(([, artifact, count]) => PIPELINES[artifact][count - 1].name),
     ...OWN_GRAPH_CASES.map(([p]) => p.name),
+    ...OPTION_CASES,
   ]);
   const all = new Set(Object.values(PIPELINES).flatMap((ps) => ps.map((p) => p.name)));
   expect([...all].filter((p) => !covered.has(p))).toEqual([]);
@@ -97,6 +101,16 @@ test.each(OWN_GRAPH_CASES.map(([p, graph]) => [p.name, p, graph] as const))('%s 
   const [record] = runPasses(model, [pass], { ...toyState(true), splitAttentionAboveBytes: 0 });
   expect(record.changed).toBe(true);
   expectGolden(name, printGraph(model.graph, { nodeNames: false }));
+});
+
+test('float16-lora-inputs (lora infer fp16): infer.onnx takes its LoRA tensors as float16, cast where read', () => {
+  const model = cloneModel(toyUNet());
+  const state = toyState(true);
+  const passes = PIPELINES.infer.slice(0, 4);
+  expect(passes[3].name).toBe('float16-lora-inputs');
+  const [, , , record] = runPasses(model, passes, { ...state, lora: { ...state.lora, inferPrecision: 'fp16' } });
+  expect(record.changed).toBe(true);
+  expectGolden('float16-lora-inputs', printGraph(model.graph, { nodeNames: false }));
 });
 
 test('bake-lora: folds where only path 2 reads the weight, keeps the branch where path 1 shares it', () => {

@@ -7,7 +7,8 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
-import { bakeCompiled } from '../cli/compile';
+import { bakeCompiled, compileFromSpec } from '../cli/compile';
+import { isLoraParam } from '../compiler/manifest';
 import { exportLora } from '../runtime/export-lora';
 import { readLoraFile } from '../runtime/lora-file';
 import { NoiseSchedule } from '../runtime/noise-schedule';
@@ -170,6 +171,25 @@ describe('generate', () => {
     const b = await generate({ ...base, baked: baked.file });
     expect(b.loraSource).toBe(`baked into ${baked.file}`);
     expect(maxAbsDiff(a.latents, b.latents)).toBeLessThan(1e-3);
+  });
+
+  test('lora infer fp16: the sampler feeds the trained LoRA as float16, close to the fp32 folder', async () => {
+    const dir = path.join(f.dir, 'fp16');
+    fs.mkdirSync(dir, { recursive: true });
+    const spec = path.join(dir, 'spec.hollow');
+    fs.writeFileSync(spec, `${fs.readFileSync(path.join(f.dir, 'spec.hollow'), 'utf8')}lora infer fp16\n`);
+    const out = path.join(dir, 'out');
+    const m = compileFromSpec(f.modelFile, spec, { out });
+    const lora = m.artifacts.infer!.inputs.filter((i) => isLoraParam(i.name));
+    expect(lora.length).toBeGreaterThan(0);
+    expect(lora.every((i) => i.dtype === 'float16')).toBe(true);
+    const base = { ...prompts(), steps: 3, guidance: 3, scheduler: 'ddim' as const, seed: 5, lora: path.join(f.out, 'lora.safetensors') };
+    const a = await generate({ out: f.out, ...base });
+    const b = await generate({ out, ...base });
+    expect(b.loraSource).toBe(base.lora);
+    const d = maxAbsDiff(a.latents, b.latents);
+    expect(d).toBeGreaterThan(0);
+    expect(d).toBeLessThan(1e-2);
   });
 
   test('bad options are named', async () => {

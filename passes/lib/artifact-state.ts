@@ -3,12 +3,14 @@
  * earlier passes produce for later ones (each pass names the fields it requires and ensures).
  */
 import { Model, Value } from '../../compiler/ir';
-import type { TrainingSettings } from '../../compiler/manifest';
+import type { InferLoraPrecision, TrainingSettings } from '../../compiler/manifest';
 import { CutInfo, UNetAnalysis } from './analyze-unet';
 
 export interface LoraConfig {
   rank: number;
   alpha: number;
+  /** infer.onnx's LoRA inputs (the spec's `lora infer`); fp32 when absent. */
+  inferPrecision?: InferLoraPrecision;
 }
 
 export interface LoraParam {

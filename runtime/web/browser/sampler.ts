@@ -18,6 +18,7 @@ import {
 import { Rng, fillNormal } from '../../../models/random';
 import { NoiseSchedule } from '../../noise-schedule';
 import { denoise } from '../../denoise';
+import { inputValues } from '../../float16';
 import { SchedulerName, makeScheduler } from '../../schedulers';
 import type { Conditioning } from '../../store';
 import { OrtModule, floatOutput, webTensor } from './tensors';
@@ -130,7 +131,9 @@ export async function sampleLatents(
       if (!names.has(p.name)) continue;
       const v = o.lora.get(p.name);
       if (!v) throw new Error(`no LoRA values for ${p.name}`);
-      fixed[p.name] = new ort.Tensor('float32', v, p.shape);
+      // Under `lora infer fp16` infer.onnx declares its LoRA inputs float16.
+      const fed = inputValues(describe(p.name)?.dtype ?? 'float32', v, p.name);
+      fixed[p.name] = new ort.Tensor(fed.type, fed.data, p.shape);
     }
   }
   const missing = [...names].filter((n) => !(n in fixed) && n !== SAMPLE && n !== TIMESTEP);
