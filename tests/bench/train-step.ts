@@ -21,6 +21,7 @@ import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { LEARNING_RATE, LOSS_WEIGHT, STEP, TIMESTEP, isLoraParam, optimizerStateOwner, readManifest } from '../../compiler/manifest';
 import { MALLOC_ENV } from '../../cli/allocator';
+import { toHalfBits } from '../../runtime/float16';
 import { syntheticValue } from './synthetic';
 import type { ParamState } from '../../runtime/checkpoint';
 import { OptimizerMode, StepRunner, describeTrainGraph, trainingSession } from '../../runtime/train-graph';
@@ -28,7 +29,13 @@ import { OptimizerMode, StepRunner, describeTrainGraph, trainingSession } from '
 const MiB = 2 ** 20;
 const CLI = path.join(__dirname, '..', '..', 'cli', 'main.js');
 
-const SPEC = (hollow: string, latent = 32, base: 'fp32' | 'int8' = 'fp32', emit = 'train grads') => `model sd21
+const SPEC = (
+  hollow: string,
+  latent = 32,
+  base: 'fp32' | 'int8' = 'fp32',
+  emit = 'train grads',
+  loraInfer: 'fp32' | 'fp16' = 'fp32',
+) => `model sd21
 hollow ${hollow}
 base ${base}
 shape sample [1, 4, ${latent}, ${latent}]
@@ -37,7 +44,7 @@ shape encoder_hidden_states [1, 77, 1024]
 lora rank 128 alpha 128
 lora targets "attn1.*" "attn2.*"
 emit ${emit}
-`;
+${loraInfer === 'fp16' ? 'lora infer fp16\n' : ''}`;
 
 /** Peak memory seen by a sampler thread (the main thread is blocked inside session.run). */
 interface Peaks {
@@ -148,8 +155,21 @@ async function child(a: ChildArgs): Promise<void> {
     )
       continue;
     const shape = input.shape.map((d) => (typeof d === 'number' ? d : dims[String(d)]));
-    const data = Float32Array.from({ length: shape.reduce((x, y) => x * y, 1) }, (_, i) => syntheticValue(input.name, i));
-    feeds[input.name] = new ort.Tensor('float32', data, shape);
+    const length = shape.reduce((x, y) => x * y, 1);
+    // Under `lora infer fp16` the two-path LoRA inputs are float16: made as such, so that no float32
+    // copy waits for a garbage collection during the measured runs.
+    feeds[input.name] =
+      input.dtype === 'float16'
+        ? new ort.Tensor(
+            'float16',
+            Uint16Array.from({ length }, (_, i) => toHalfBits(syntheticValue(input.name, i))),
+            shape,
+          )
+        : new ort.Tensor(
+            'float32',
+            Float32Array.from({ length }, (_, i) => syntheticValue(input.name, i)),
+            shape,
+          );
   }
   const params: ParamState[] = (graph?.params ?? []).map((p) => {
     const n = p.shape.reduce((x, y) => x * y, 1);
@@ -217,6 +237,14 @@ const ROWS: Row[] = [
     extra: true,
   },
   {
+    id: 'two-path-fp16',
+    label: 'two-path `infer.onnx`, `lora infer fp16` (39.2%, LoRA as float16 inputs)',
+    kind: 'inference',
+    hollow: 'preset "39.2%"',
+    mode: 'graph',
+    extra: true,
+  },
+  {
     id: 'baked',
     label: 'baked `infer-baked.onnx` (39.2%, LoRA folded in)',
     kind: 'inference',
@@ -270,13 +298,13 @@ async function main(argv: string[]): Promise<void> {
     if (b.status !== 0) throw new Error('model build failed');
   }
   const compiled = new Map<string, { out: string; compileSeconds?: number; compilePeakRssMiB?: number }>();
-  const compile = (hollow: string, base: 'fp32' | 'int8' = 'fp32', emit = 'train grads') => {
+  const compile = (hollow: string, base: 'fp32' | 'int8' = 'fp32', emit = 'train grads', loraInfer: 'fp32' | 'fp16' = 'fp32') => {
     const out = path.join(
       dir,
-      `${hollow === 'none' ? 'out-none' : `out-${hollow.replace(/\D/g, '')}`}${latent === 32 ? '' : `-${latent}`}${base === 'fp32' ? '' : `-${base}`}${emit.includes('infer') ? '-infer' : ''}`,
+      `${hollow === 'none' ? 'out-none' : `out-${hollow.replace(/\D/g, '')}`}${latent === 32 ? '' : `-${latent}`}${base === 'fp32' ? '' : `-${base}`}${emit.includes('infer') ? '-infer' : ''}${loraInfer === 'fp16' ? '-fp16lora' : ''}`,
     );
     if (compiled.has(out)) return compiled.get(out)!;
-    const text = SPEC(hollow, latent, base, emit);
+    const text = SPEC(hollow, latent, base, emit, loraInfer);
     const manifestFile = path.join(out, 'manifest.json');
     // A folder compiled from the same spec (--dir reused) is not compiled again.
     if (fs.existsSync(manifestFile) && JSON.parse(fs.readFileSync(manifestFile, 'utf8')).spec?.text === text) {
@@ -295,7 +323,8 @@ async function main(argv: string[]): Promise<void> {
     });
     return compiled.get(out)!;
   };
-  const inferModel = (which: 'two-path' | 'baked') => {
+  const inferModel = (which: 'two-path' | 'two-path-fp16' | 'baked') => {
+    if (which === 'two-path-fp16') return { out: path.join(compile('preset "39.2%"', 'fp32', 'infer', 'fp16').out, 'infer.onnx') };
     const { out } = compile('preset "39.2%"', 'fp32', 'train grads infer');
     if (which === 'two-path') return { out: path.join(out, 'infer.onnx') };
     const baked = path.join(out, 'infer-baked.onnx');
@@ -310,7 +339,11 @@ async function main(argv: string[]): Promise<void> {
   const results: (Row & { medianStepSeconds: number; vmHwmMiB: number; peaks: Record<string, Peaks> })[] = [];
   for (const row of rows) {
     const target =
-      row.kind === 'train' ? compile(row.hollow!, row.base) : row.hollow ? inferModel(row.id as 'two-path' | 'baked') : { out: unet };
+      row.kind === 'train'
+        ? compile(row.hollow!, row.base)
+        : row.hollow
+          ? inferModel(row.id as 'two-path' | 'two-path-fp16' | 'baked')
+          : { out: unet };
     const args: ChildArgs = {
       kind: row.kind,
       file: target.out,
@@ -360,6 +393,8 @@ async function main(argv: string[]): Promise<void> {
   ratio('hollowed-int8', 'inference');
   ratio('two-path', 'inference');
   ratio('two-path', 'baked');
+  ratio('two-path-fp16', 'inference');
+  ratio('two-path-fp16', 'baked');
   if (!argv.includes('--keep') && !argv.includes('--dir')) fs.rmSync(dir, { recursive: true, force: true });
 }
 
