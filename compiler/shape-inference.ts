@@ -455,7 +455,8 @@ export interface InferOptions {
   evaluate?: boolean;
 }
 
-function staticShape(v: Value): number[] | undefined {
+/** The static shape of `v`, or undefined when it has none (op-emitter's staticShapeOf throws instead). */
+export function staticShape(v: Value): number[] | undefined {
   const s = v.type?.shape;
   return s && s.every((d): d is number => typeof d === 'number') ? (s as number[]) : undefined;
 }

@@ -28,6 +28,7 @@
  */
 import { Graph, Node, Value } from '../compiler/ir';
 import { Pass } from '../compiler/pass';
+import { staticShape } from '../compiler/shape-inference';
 import { ArtifactState } from './lib/artifact-state';
 
 /** Elementwise ops, Softmax, LayerNormalization and layout ops: O(n) to recompute. */
@@ -63,9 +64,7 @@ export const MAX_CHAIN = 4;
 export const EXPANSION = 4;
 
 function elements(v: Value): number | undefined {
-  const shape = v.type?.shape;
-  if (!shape || !shape.every((d) => typeof d === 'number')) return undefined;
-  return (shape as number[]).reduce((a, b) => a * b, 1);
+  return staticShape(v)?.reduce((a, b) => a * b, 1);
 }
 
 /** x·W with W a weight and an output EXPANSION times larger than x (SD: the GEGLU projection). */
@@ -114,9 +113,7 @@ function forwardNodes(loss: Value): Set<Node> {
 }
 
 function bytesOf(v: Value): number {
-  const shape = v.type?.shape;
-  if (!shape || !shape.every((d) => typeof d === 'number')) return 0;
-  return (shape as number[]).reduce((a, b) => a * b, 1) * 4;
+  return (elements(v) ?? 0) * 4;
 }
 
 export function rematerialize(g: Graph, loss: Value, seed: Value): RematerializeResult {

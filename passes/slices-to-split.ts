@@ -9,12 +9,11 @@
  * 10 MiB each in the outer blocks). The values are the same either way (a Split copies the same
  * elements the Slices copy; the Concat puts each gradient where the padding and the sum put it).
  */
-import { ConstTensor } from '../compiler/constant-eval';
 import { GraphBuilder } from '../compiler/builder';
 import { Graph, Model, Node, Value } from '../compiler/ir';
 import { OpEmitter } from '../compiler/op-emitter';
 import { Pass } from '../compiler/pass';
-import { constantOfValue } from '../compiler/shape-inference';
+import { constantInts } from './lib/gradient-rules';
 import { ArtifactState } from './lib/artifact-state';
 
 interface Piece {
@@ -22,12 +21,6 @@ interface Piece {
   axis: number;
   start: number;
   end: number;
-}
-
-function ints(c: ConstTensor | undefined): number[] | undefined {
-  if (!c) return undefined;
-  const n = c.dims.reduce((a, b) => a * b, 1);
-  return c.data ? c.data.map(Number) : c.splat !== undefined ? new Array<number>(n).fill(c.splat) : undefined;
 }
 
 /** A Slice of one axis with step 1 and constant bounds, as [start, end) clamped to the axis. */
@@ -43,7 +36,7 @@ function pieceOf(n: Node, opset: number): Piece | undefined {
     [starts, ends] = [n.attrInts('starts'), n.attrInts('ends')];
     axes = n.attr('axes') ? n.attrInts('axes') : starts.map((_, i) => i);
   } else {
-    const constant = (i: number) => (n.inputs[i] ? ints(constantOfValue(n.inputs[i]!)) : undefined);
+    const constant = (i: number) => constantInts(n, i);
     [starts, ends] = [constant(1), constant(2)];
     axes = n.inputs[3] ? constant(3) : starts?.map((_, i) => i);
     steps = n.inputs[4] ? constant(4) : undefined;

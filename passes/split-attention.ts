@@ -20,6 +20,7 @@ import { elementSize } from '../compiler/dtype';
 import { Graph, Model, Node, TensorType, Value } from '../compiler/ir';
 import { OpEmitter } from '../compiler/op-emitter';
 import { Pass } from '../compiler/pass';
+import { staticShape } from '../compiler/shape-inference';
 import { ArtifactState } from './lib/artifact-state';
 
 /** Attention maps larger than this are split (SD at 32x32 latents: the 20 MiB outer self-attentions, not the 2.5 MiB ones). */
@@ -33,11 +34,6 @@ interface AttentionChain {
   /** The axis the heads run along (the last batch axis) and how many there are. */
   axis: number;
   heads: number;
-}
-
-function staticShape(v: Value | null | undefined): number[] | undefined {
-  const s = v?.type?.shape;
-  return s && s.every((d) => typeof d === 'number') ? (s as number[]) : undefined;
 }
 
 function onlyReader(v: Value, graph: Graph): Node | undefined {
@@ -76,7 +72,7 @@ function matchChain(graph: Graph, softmax: Node, aboveBytes: number): AttentionC
     return undefined;
   const [q, kT] = scores.inputs;
   const v = output.inputs[1];
-  const shapes = [q, kT, v, scoresValue].map(staticShape);
+  const shapes = [q, kT, v, scoresValue].map((x) => (x ? staticShape(x) : undefined));
   if (shapes.some((s) => !s)) return undefined;
   const [qs, ks, vs, ss] = shapes as number[][];
   const rank = ss.length;
