@@ -8,94 +8,53 @@
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { Graph } from '../compiler/ir';
+import { CompileManifest } from '../compiler/manifest';
 import { loadModel } from '../compiler/serde';
-import { compile } from '../passes/compile';
 import { createSession } from '../runtime/session';
 import { trainingSession } from '../runtime/train-graph';
-import { FIXTURE_MODEL, fixtureInputs, fixtureManifest, fixtureTensor, tempDir, trainingFor } from './support/fixture';
+import { compileFixtureGrads, fixtureGradientStep, identicalOutputs } from './support/fixture';
 
-function compileGrads(options: { skipPasses?: string[]; splitAttentionAboveBytes?: number }): string {
-  const fixture = fixtureManifest();
-  const out = tempDir('hollowc-memory-');
-  compile({
-    modelFile: FIXTURE_MODEL,
-    outDir: out,
-    lastKeptDown: '3-2',
-    targets: fixture.lora.targets,
-    lora: { rank: 4, alpha: 4 },
-    emit: ['grads'],
-    training: trainingFor('sd15', { sample: [1, 4, 16, 16], timestep: [1], encoder_hidden_states: [1, 7, 32] }),
-    ...options,
-  });
-  return path.join(out, 'grads.onnx');
-}
-
-async function runGrads(file: string, g: Graph): Promise<ort.InferenceSession.OnnxValueMapType> {
-  const fixture = fixtureManifest();
-  const feeds: Record<string, ort.Tensor> = {
-    ...fixtureInputs(1),
-    target: fixtureTensor('ref/target.npy'),
-    loss_weight: new ort.Tensor('float32', Float32Array.of(1), [1]),
-    hollow_activation: fixtureTensor('ref/hollow_activation.npy'),
-  };
-  const inputs = new Set(g.inputs.map((v) => v.name));
-  for (const t of fixture.lora.targets as string[])
-    for (const role of ['A', 'B']) {
-      const name = `${t}.lora_${role}.weight`;
-      // gaussian B too, so every gradient is non-trivial
-      if (inputs.has(name)) feeds[name] = fixtureTensor(`lora/${t}.lora_${role}.npy`);
-    }
+/** grads.onnx of a fixture compile: its graph and one step's outputs on the fixture's LoRA. */
+async function gradsOf(c: { out: string; m: CompileManifest }): Promise<{ g: Graph; result: ort.InferenceSession.OnnxValueMapType }> {
+  const file = path.join(c.out, 'grads.onnx');
   const s = await createSession(file, trainingSession({ session: { intraOpThreads: 1 } }));
   try {
-    return await s.run(feeds);
+    return { g: loadModel(file).graph, result: await s.run(fixtureGradientStep(c.m).feeds) };
   } finally {
     await s.release();
   }
 }
 
-/** Outputs of `a` equal to those of `b` bit for bit. */
-function identicalOutputs(a: ort.InferenceSession.OnnxValueMapType, b: ort.InferenceSession.OnnxValueMapType): string[] {
-  expect(Object.keys(a).sort()).toEqual(Object.keys(b).sort());
-  return Object.keys(a).filter((name) => {
-    const [x, y] = [a[name].data as Float32Array, b[name].data as Float32Array];
-    return Buffer.from(x.buffer, x.byteOffset, x.byteLength).equals(Buffer.from(y.buffer, y.byteOffset, y.byteLength));
-  });
-}
-
 test('attention per head: the same loss and gradients as over all heads at once', async () => {
-  const split = compileGrads({ splitAttentionAboveBytes: 0 });
-  const whole = compileGrads({ skipPasses: ['split-attention'] });
-  const g = loadModel(split).graph;
-  const wholeGraph = loadModel(whole).graph;
+  const split = await gradsOf(compileFixtureGrads('fp32', 'hollowc-memory-', { splitAttentionAboveBytes: 0 }));
+  const whole = await gradsOf(compileFixtureGrads('fp32', 'hollowc-memory-', { skipPasses: ['split-attention'] }));
   const forwardSoftmax = (graph: Graph) => graph.nodes.filter((n) => n.opType === 'Softmax' && !n.name.endsWith('/recompute'));
   // One softmax per head of each map ([batch·heads, tokens, keys] at batch 1).
-  const heads = forwardSoftmax(wholeGraph).map((n) => n.outputs[0].type!.shape![0] as number);
+  const heads = forwardSoftmax(whole.g).map((n) => n.outputs[0].type!.shape![0] as number);
   expect(heads.length).toBeGreaterThan(0);
   expect(heads.every((h) => h > 1)).toBe(true);
-  expect(forwardSoftmax(g).length).toBe(heads.reduce((a, h) => a + h, 0));
-  for (const n of forwardSoftmax(g)) expect(n.name).toContain('/heads/');
+  expect(forwardSoftmax(split.g).length).toBe(heads.reduce((a, h) => a + h, 0));
+  for (const n of forwardSoftmax(split.g)) expect(n.name).toContain('/heads/');
 
-  const [a, b] = [await runGrads(split, g), await runGrads(whole, wholeGraph)];
-  const identical = identicalOutputs(a, b);
+  const identical = identicalOutputs(split.result, whole.result);
   // eslint-disable-next-line no-console
-  console.log(`split-attention on the fixture: ${identical.length} of ${Object.keys(a).length} outputs bit for bit`);
-  expect(identical.length).toBe(Object.keys(a).length);
-  expect((a.loss.data as Float32Array)[0]).toBeGreaterThan(0);
+  console.log(`split-attention on the fixture: ${identical.length} of ${Object.keys(split.result).length} outputs bit for bit`);
+  expect(identical.length).toBe(Object.keys(split.result).length);
+  expect((split.result.loss.data as Float32Array)[0]).toBeGreaterThan(0);
 });
 
 test('GEGLU halves by one Split: one Concat in the backward instead of padded halves, the same gradients', async () => {
-  const split = compileGrads({});
-  const sliced = compileGrads({ skipPasses: ['slices-to-split'] });
-  const [g, slicedGraph] = [loadModel(split).graph, loadModel(sliced).graph];
+  const split = await gradsOf(compileFixtureGrads('fp32', 'hollowc-memory-'));
+  const sliced = await gradsOf(compileFixtureGrads('fp32', 'hollowc-memory-', { skipPasses: ['slices-to-split'] }));
   const gegluPads = (graph: Graph) => graph.nodes.filter((n) => n.opType === 'Pad' && n.name.includes('ff/net.0')).length;
-  expect(gegluPads(slicedGraph)).toBeGreaterThan(0);
-  expect(gegluPads(g)).toBe(0);
-  const gegluSplits = g.nodes.filter((n) => n.opType === 'Split' && n.name.includes('ff/net.0') && !n.name.endsWith('/recompute'));
-  expect(gegluSplits.length).toBe(gegluPads(slicedGraph) / 2);
+  expect(gegluPads(sliced.g)).toBeGreaterThan(0);
+  expect(gegluPads(split.g)).toBe(0);
+  const gegluSplits = split.g.nodes.filter((n) => n.opType === 'Split' && n.name.includes('ff/net.0') && !n.name.endsWith('/recompute'));
+  expect(gegluSplits.length).toBe(gegluPads(sliced.g) / 2);
   // The projection is recomputed once per GEGLU for both halves (rematerialize shares its clone).
-  const projections = g.nodes.filter((n) => n.opType === 'MatMul' && n.name.includes('ff/net.0/proj') && n.name.endsWith('/recompute'));
+  const projections = split.g.nodes.filter(
+    (n) => n.opType === 'MatMul' && n.name.includes('ff/net.0/proj') && n.name.endsWith('/recompute'),
+  );
   expect(projections.length).toBe(gegluSplits.length);
-
-  const [a, b] = [await runGrads(split, g), await runGrads(sliced, slicedGraph)];
-  expect(identicalOutputs(a, b).length).toBe(Object.keys(a).length);
+  expect(identicalOutputs(split.result, sliced.result).length).toBe(Object.keys(split.result).length);
 });

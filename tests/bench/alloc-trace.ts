@@ -19,10 +19,9 @@ import * as path from 'path';
 import type * as Ort from 'onnxruntime-node';
 import { MALLOC_ENV } from '../../cli/allocator';
 import { LEARNING_RATE, STEP, isLoraParam, optimizerStateOwner, readManifest } from '../../compiler/manifest';
-import type { ParamState } from '../../runtime/checkpoint';
 import { sessionExtra } from '../../runtime/session';
 import { OptimizerMode, StepRunner, TRAINING_SESSION_CONFIG, describeTrainGraph } from '../../runtime/train-graph';
-import { syntheticValue } from './synthetic';
+import { syntheticParams, syntheticValue } from './synthetic';
 
 const MiB = 2 ** 20;
 const SHIM = path.join(__dirname, '..', '..', '..', 'tests', 'bench', 'alloc-trace.c');
@@ -72,16 +71,7 @@ async function child(a: ChildArgs): Promise<void> {
     const data = Float32Array.from({ length: shape.reduce((x, y) => x * y, 1) }, (_, i) => syntheticValue(input.name, i));
     feeds[input.name] = new ort.Tensor('float32', data, shape);
   }
-  const params: ParamState[] = graph.params.map((p) => {
-    const n = p.shape.reduce((x, y) => x * y, 1);
-    return {
-      name: p.name,
-      shape: p.shape,
-      value: Float32Array.from({ length: n }, (_, i) => syntheticValue(p.name, i)),
-      expAvg: new Float32Array(n),
-      expAvgSq: new Float32Array(n),
-    };
-  });
+  const params = syntheticParams(graph.params);
   const runner = new StepRunner(session, graph, manifest.training.optimizer);
   const runStartsNs: string[] = [];
   for (let s = 0; s < a.steps; s++) {

@@ -22,8 +22,7 @@ import { Worker } from 'worker_threads';
 import { LEARNING_RATE, LOSS_WEIGHT, STEP, TIMESTEP, isLoraParam, optimizerStateOwner, readManifest } from '../../compiler/manifest';
 import { MALLOC_ENV } from '../../cli/allocator';
 import { toHalfBits } from '../../runtime/float16';
-import { syntheticValue } from './synthetic';
-import type { ParamState } from '../../runtime/checkpoint';
+import { syntheticParams, syntheticValue } from './synthetic';
 import { OptimizerMode, StepRunner, describeTrainGraph, trainingSession } from '../../runtime/train-graph';
 
 const MiB = 2 ** 20;
@@ -171,16 +170,7 @@ async function child(a: ChildArgs): Promise<void> {
             shape,
           );
   }
-  const params: ParamState[] = (graph?.params ?? []).map((p) => {
-    const n = p.shape.reduce((x, y) => x * y, 1);
-    return {
-      name: p.name,
-      shape: p.shape,
-      value: Float32Array.from({ length: n }, (_, i) => syntheticValue(p.name, i)),
-      expAvg: new Float32Array(n),
-      expAvgSq: new Float32Array(n),
-    };
-  });
+  const params = syntheticParams(graph?.params ?? []);
   const runner = graph ? new StepRunner(session, graph, manifest!.training.optimizer) : undefined;
   sampler.enter('step');
   const times: number[] = [];

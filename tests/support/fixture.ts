@@ -7,7 +7,7 @@ import type { CompileManifest, TrainingSettings } from '../../compiler/manifest'
 import type { FamilyName } from '../../models/families';
 import { defaultTrainingSettings } from '../../models/training-defaults';
 import { readNpy } from '../../runtime/npy';
-import { compile } from '../../passes/compile';
+import { CompileRequest, compile } from '../../passes/compile';
 
 export const FIXTURE_DIR = path.join(__dirname, '..', 'fixtures', 'diffusers', 'sd15-tiny');
 export const FIXTURE_MODEL = path.join(FIXTURE_DIR, 'model.onnx');
@@ -35,8 +35,15 @@ export function fixtureInputs(batch: 1 | 2 = 1): Record<string, ort.Tensor> {
 /** The fixture's input shapes (case 1). */
 export const FIXTURE_SHAPES: Record<string, number[]> = { sample: [1, 4, 16, 16], timestep: [1], encoder_hidden_states: [1, 7, 32] };
 
-/** `compile` of the fixture's 39.2% cut with its LoRA targets, emitting `grads.onnx`, into a new folder. */
-export function compileFixtureGrads(base: 'fp32' | 'int8' = 'fp32', prefix = 'hollowc-fixture-'): { out: string; m: CompileManifest } {
+/**
+ * `compile` of the fixture's 39.2% cut with its LoRA targets, emitting `grads.onnx`, into a new
+ * folder; `passes` leaves passes out or sets split-attention's threshold (tests of one rewrite).
+ */
+export function compileFixtureGrads(
+  base: 'fp32' | 'int8' = 'fp32',
+  prefix = 'hollowc-fixture-',
+  passes: Pick<CompileRequest, 'skipPasses' | 'splitAttentionAboveBytes'> = {},
+): { out: string; m: CompileManifest } {
   const fixture = fixtureManifest();
   const out = tempDir(prefix);
   const m = compile({
@@ -47,6 +54,7 @@ export function compileFixtureGrads(base: 'fp32' | 'int8' = 'fp32', prefix = 'ho
     lora: { rank: fixture.lora.rank, alpha: fixture.lora.alpha },
     emit: ['grads'],
     training: { ...trainingFor('sd15', FIXTURE_SHAPES), base },
+    ...passes,
   });
   return { out, m };
 }
@@ -86,6 +94,15 @@ export function fixtureGradientStep(manifest: CompileManifest): {
     feeds,
     torchGradient: (p) => readNpy(path.join(FIXTURE_DIR, `${dir}/${p.module}.lora_${p.role}.npy`)).data as Float32Array,
   };
+}
+
+/** Outputs of `a` equal to those of `b` bit for bit. */
+export function identicalOutputs(a: ort.InferenceSession.OnnxValueMapType, b: ort.InferenceSession.OnnxValueMapType): string[] {
+  if (Object.keys(a).sort().join() !== Object.keys(b).sort().join()) throw new Error('the two runs have different outputs');
+  return Object.keys(a).filter((name) => {
+    const [x, y] = [a[name].data as Float32Array, b[name].data as Float32Array];
+    return Buffer.from(x.buffer, x.byteOffset, x.byteLength).equals(Buffer.from(y.buffer, y.byteOffset, y.byteLength));
+  });
 }
 
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
