@@ -69,14 +69,15 @@ test("full SD 2.1 at 64x64 against the paper's Table 3", () => {
   expect(hollowed.storeBytesPerSample).toBe(1441820);
 });
 
-test('predicted training peaks of full SD 2.1 (32x32, r128) within 10% of the measured ones', () => {
+test('predicted training peaks of full SD 2.1 (32x32, r128) within 1% of the measured ones', () => {
   const req = fullSd21Request(32);
   // Peak RSS of one host-AdamW step, tests/bench/train-step.ts, 2026-12-01 (README table).
   const measuredMiB: Record<string, number> = { none: 4241, '4-2': 3827, '3-2': 2910, '2-3': 1592 };
   const plan = planUNet(req, undefined, Object.keys(measuredMiB));
   for (const r of plan.rows) {
     const predicted = r.memory.predictedPeakBytes / 2 ** 20;
-    expect(Math.abs(predicted / measuredMiB[r.cut] - 1)).toBeLessThan(0.1);
+    // The model's three constants were fitted on `none` and 3-2; 4-2 and 2-3 were predicted first.
+    expect(Math.abs(predicted / measuredMiB[r.cut] - 1)).toBeLessThan(0.01);
   }
   expect(plan.rows.map((r) => r.cut)).toEqual(['none', '4-2', '3-2', '2-3']);
 });

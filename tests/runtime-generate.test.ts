@@ -188,8 +188,13 @@ describe('generate', () => {
     const b = await generate({ out, ...base });
     expect(b.loraSource).toBe(base.lora);
     const d = maxAbsDiff(a.latents, b.latents);
+    const scale = a.latents.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+    // eslint-disable-next-line no-console
+    console.log(
+      `lora infer fp16, 3 DDIM steps of the tiny SD 1.5: max |fp16 - fp32| latents ${d.toExponential(2)} (max |latent| ${scale.toFixed(2)})`,
+    );
     expect(d).toBeGreaterThan(0);
-    expect(d).toBeLessThan(1e-2);
+    expect(d).toBeLessThan(1e-4);
   });
 
   test('bad options are named', async () => {
