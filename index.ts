@@ -10,7 +10,7 @@ export { analyzeUNet } from './passes/lib/analyze-unet';
 export type { UNetAnalysis, CutInfo } from './passes/lib/analyze-unet';
 export { compile } from './passes/compile';
 export type { CompileRequest } from './passes/compile';
-export { PIPELINES, buildArtifact } from './passes/pipeline';
+export { PIPELINES, buildArtifact } from './passes/artifact-passes';
 export { parseSpec, checkSpec } from './dsl';
 
 // The artifact contract
@@ -18,21 +18,21 @@ export * from './compiler/manifest';
 export { loadModel, saveModel } from './compiler/serde';
 
 // Run what compile wrote
-export { precompute } from './runtime/precompute';
-export type { PrecomputeOptions, PrecomputeResult } from './runtime/precompute';
-export { loadTrainingData, readConditioning } from './runtime/training-data';
-export { train, evaluateLoss } from './runtime/train';
-export type { TrainOptions, TrainResult } from './runtime/train';
-export { generate, Sampler } from './runtime/sample';
-export type { GenerateOptions, GenerateResult } from './runtime/sample';
-export { exportLora } from './runtime/export-lora';
-export { readLoraFile, writeLoraFile } from './runtime/lora-file';
-export { createSession, installedProviders } from './runtime/session';
+export { precompute } from './runtime/store/precompute';
+export type { PrecomputeOptions, PrecomputeResult } from './runtime/store/precompute';
+export { loadTrainingData, readConditioning } from './runtime/store/training-data';
+export { train, evaluateLoss } from './runtime/train/train';
+export type { TrainOptions, TrainResult } from './runtime/train/train';
+export { generate, Sampler } from './runtime/sampling/two-path';
+export type { GenerateOptions, GenerateResult } from './runtime/sampling/two-path';
+export { exportLora } from './runtime/train/export-lora';
+export { readLoraFile, writeLoraFile } from './runtime/formats/lora-file';
+export { createSession, installedProviders } from './runtime/ort/session';
 
 // Pipeline folders, tokenizer, images
-export { openPipelineFolder } from './runtime/pipeline-folder';
-export { loadTokenizer } from './runtime/tokenizer';
-export { loadImage, savePng, listImages } from './runtime/images';
+export { openPipelineFolder } from './runtime/text-to-image/pipeline-folder';
+export { loadTokenizer } from './runtime/text-to-image/tokenizer';
+export { loadImage, savePng, listImages } from './runtime/formats/images';
 
 // SD-shaped models for tests and demos
 export { buildUNet } from './models/builder/unet';

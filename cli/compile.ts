@@ -14,8 +14,8 @@ import { checkSpec, parseSpec, ResolvedSpec } from '../dsl';
 import { bakeLora } from '../passes/bake-lora';
 import { compile } from '../passes/compile';
 import { UNetAnalysis, analyzeUNet } from '../passes/lib/analyze-unet';
-import { readLoraForManifest } from '../runtime/lora-file';
-import { LoraInit, writeInitialLora } from '../runtime/lora-init';
+import { readLoraForManifest } from '../runtime/formats/lora-file';
+import { LoraInit, writeInitialLora } from '../runtime/train/lora-init';
 import { lastKeptDownFor, modelFacts, trainingSettingsOf } from './spec-facts';
 
 export interface CompileCliOptions {

@@ -15,7 +15,7 @@ import { Command } from 'commander';
 import sharp from 'sharp';
 import { buildPipeline } from '../models/builder/pipeline';
 import { formatBytes } from '../runtime/progress';
-import { ExecutionProvider } from '../runtime/session';
+import { ExecutionProvider } from '../runtime/ort/session';
 import { epOption, fallbackOption, parseCount, reportProvider } from './options';
 import { PersonalizeResult, personalize } from './personalize';
 

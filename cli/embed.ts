@@ -3,11 +3,11 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Command } from 'commander';
 import { HollowcError } from '../compiler/errors';
-import { writeNpy } from '../runtime/npy';
-import { openPipelineFolder } from '../runtime/pipeline-folder';
-import { encodePrompts } from '../runtime/text-to-image';
+import { writeNpy } from '../runtime/formats/npy';
+import { openPipelineFolder } from '../runtime/text-to-image/pipeline-folder';
+import { encodePrompts } from '../runtime/text-to-image/text-to-image';
 import { TuningCli, out, sessionOptions, tuning } from './options';
-import { ExecutionProvider } from '../runtime/session';
+import { ExecutionProvider } from '../runtime/ort/session';
 
 interface EmbedCli extends TuningCli {
   model: string;

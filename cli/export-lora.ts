@@ -1,7 +1,7 @@
 /** `hollowc export-lora`: the trained LoRA as a diffusers, peft or kohya file for the original UNet. */
 import { Command, Option } from 'commander';
-import { exportLora } from '../runtime/export-lora';
-import { LORA_FORMATS, LoraFormat } from '../runtime/lora-file';
+import { exportLora } from '../runtime/train/export-lora';
+import { LORA_FORMATS, LoraFormat } from '../runtime/formats/lora-file';
 import { out } from './options';
 
 export function registerExportLora(program: Command): void {

@@ -16,7 +16,7 @@ import { ExternalDataWriter } from '../compiler/external-data';
 import { HollowcError } from '../compiler/errors';
 import { loadModel, saveModel } from '../compiler/serde';
 import { foldLoraWeights } from '../passes/fold-lora';
-import { readUnetLora } from '../runtime/lora-file';
+import { readUnetLora } from '../runtime/formats/lora-file';
 
 export interface FoldedUnet {
   model: string;

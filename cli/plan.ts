@@ -32,13 +32,13 @@ import { presetsFor } from '../models/presets';
 import { CutInfo } from '../passes/lib/analyze-unet';
 import { ArtifactState, LoraConfig } from '../passes/lib/artifact-state';
 import { findLoraSites } from '../passes/lib/lora-sites';
-import { buildArtifact } from '../passes/pipeline';
+import { buildArtifact } from '../passes/artifact-passes';
 import { specializeShapes, trainingShapes } from '../passes/specialize-shapes';
-import { recordLayout } from '../runtime/store';
+import { recordLayout } from '../runtime/store/store';
 import { LoadedUNet, checkSpecFile, loadUNet } from './compile';
 import { out, parseCount } from './options';
 import { trainingSettingsOf } from './spec-facts';
-import { openPipelineFolder } from '../runtime/pipeline-folder';
+import { openPipelineFolder } from '../runtime/text-to-image/pipeline-folder';
 import { DEFAULT_TARGETS, defaultTrainingSettings } from '../models/training-defaults';
 import { matchesGlob } from '../dsl';
 

@@ -1,9 +1,9 @@
 /** `hollowc precompute`: precompute.onnx over the training data into the store. */
 import { Command } from 'commander';
-import { ExecutionProvider } from '../runtime/session';
-import { precompute } from '../runtime/precompute';
+import { ExecutionProvider } from '../runtime/ort/session';
+import { precompute } from '../runtime/store/precompute';
 import { ProgressLine, formatBytes } from '../runtime/progress';
-import { loadTrainingData } from '../runtime/training-data';
+import { loadTrainingData } from '../runtime/store/training-data';
 import { TuningCli, out, parseCount, parseSeed, sessionOptions, tuning } from './options';
 
 interface PrecomputeCli extends TuningCli {

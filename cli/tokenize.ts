@@ -1,6 +1,6 @@
 /** `hollowc tokenize <tokenizer dir> "<text>" [--json]`: CLIP token ids as the text encoder gets them. */
 import { Command } from 'commander';
-import { loadTokenizer } from '../runtime/tokenizer';
+import { loadTokenizer } from '../runtime/text-to-image/tokenizer';
 
 export function runTokenize(
   dir: string,

@@ -2,10 +2,10 @@
 import * as path from 'path';
 import { Command, Option } from 'commander';
 import { HollowcError } from '../compiler/errors';
-import { ExecutionProvider } from '../runtime/session';
+import { ExecutionProvider } from '../runtime/ort/session';
 import { ProgressLine, formatDuration } from '../runtime/progress';
-import { train } from '../runtime/train';
-import { OPTIMIZER_MODES, OptimizerMode } from '../runtime/train-graph';
+import { train } from '../runtime/train/train';
+import { OPTIMIZER_MODES, OptimizerMode } from '../runtime/train/step-graph';
 import { TuningCli, out, parseCount, parseNumber, parseSeed, sessionOptions, tuning } from './options';
 
 interface TrainCli extends TuningCli {

@@ -29,7 +29,7 @@ import { defaultTrainingSettings } from '../models/training-defaults';
 import { CutInfo, UNetAnalysis, analyzeUNet } from './lib/analyze-unet';
 import { ArtifactState, LoraConfig, LoraParam } from './lib/artifact-state';
 import { loraShapes, selectSites } from './lib/lora-sites';
-import { buildArtifact } from './pipeline';
+import { buildArtifact } from './artifact-passes';
 
 export interface CompileRequest {
   /** The source UNet as loaded from `modelFile` (its weights stay in their files). */

@@ -11,7 +11,7 @@ import { Graph, Model } from '../compiler/ir';
 import { saveModel } from '../compiler/serde';
 import { assertValidGraph } from '../compiler/verify';
 import { addAdamW, AdamWOptions } from '../passes/add-adamw';
-import { HostAdamW } from '../runtime/host-adamw';
+import { HostAdamW } from '../runtime/train/host-adamw';
 import { addLoss } from '../passes/add-loss';
 import { differentiate } from '../passes/differentiate';
 import { addGradientOutputs } from '../passes/expose-gradients';

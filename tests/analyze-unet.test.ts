@@ -6,7 +6,7 @@ import { GraphBuilder } from '../compiler/builder';
 import { DataType } from '../compiler/dtype';
 import { analyzeUNet } from '../passes/lib/analyze-unet';
 import { paramCounts } from '../models/param-count';
-import { readNpy } from '../runtime/npy';
+import { readNpy } from '../runtime/formats/npy';
 import {
   FIXTURE_DIR,
   FIXTURE_MODEL,

@@ -13,9 +13,9 @@ import { CompileManifest } from '../compiler/manifest';
 import { loadModel } from '../compiler/serde';
 import { MIN_QUANTIZED_ELEMENTS, quantizeBase } from '../passes/quantize-base';
 import { readTensorBytes } from '../compiler/serde';
-import { readNpy } from '../runtime/npy';
-import { createSession } from '../runtime/session';
-import { trainingSession } from '../runtime/train-graph';
+import { readNpy } from '../runtime/formats/npy';
+import { createSession } from '../runtime/ort/session';
+import { trainingSession } from '../runtime/train/step-graph';
 import { FIXTURE_DIR, compileFixtureGrads, fixtureInputs, fixtureTensor, relativeError, tempDir } from './support/fixture';
 
 function compileWith(base: 'fp32' | 'int8'): { out: string; m: CompileManifest } {

@@ -3,9 +3,9 @@ import * as path from 'path';
 import { spawnSync } from 'child_process';
 import { bakeCompiled, compileFromSpec } from '../cli/compile';
 import { loadModel } from '../compiler/serde';
-import { LoraModuleValues, readLoraFile, writeLoraFile } from '../runtime/lora-file';
-import { readSafetensors, toFloat32 } from '../runtime/safetensors';
-import { readNpy } from '../runtime/npy';
+import { LoraModuleValues, readLoraFile, writeLoraFile } from '../runtime/formats/lora-file';
+import { readSafetensors, toFloat32 } from '../runtime/formats/safetensors';
+import { readNpy } from '../runtime/formats/npy';
 import { FIXTURE_DIR, FIXTURE_MODEL, fixtureInputs, fixtureManifest, maxAbsDiff, runModel, tempDir } from './support/fixture';
 
 const CLI = path.join(__dirname, '..', 'dist', 'cli', 'main.js');

@@ -4,7 +4,7 @@ import * as ort from 'onnxruntime-node';
 import { CompileManifest } from '../compiler/manifest';
 import { compile } from '../passes/compile';
 import { loadModel } from '../compiler/serde';
-import { readNpy } from '../runtime/npy';
+import { readNpy } from '../runtime/formats/npy';
 import {
   FIXTURE_DIR,
   FIXTURE_MODEL,

@@ -18,9 +18,9 @@ import { LOCK_FILE } from '../compiler/folder-lock';
 import { buildUNet } from '../models/builder';
 import { FAMILIES } from '../models/families';
 import { Rng } from '../models/random';
-import { precompute } from '../runtime/precompute';
-import { loadTrainingData } from '../runtime/training-data';
-import { train } from '../runtime/train';
+import { precompute } from '../runtime/store/precompute';
+import { loadTrainingData } from '../runtime/store/training-data';
+import { train } from '../runtime/train/train';
 import { tempDir } from './support/fixture';
 import { TinyFolder, tinyCompiled, writeData } from './runtime-fake-train';
 

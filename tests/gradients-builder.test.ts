@@ -13,7 +13,7 @@ import { FAMILIES, FamilyName } from '../models/families';
 import { presetsFor } from '../models/presets';
 import { analyzeUNet } from '../passes/lib/analyze-unet';
 import { ArtifactState } from '../passes/lib/artifact-state';
-import { buildArtifact } from '../passes/pipeline';
+import { buildArtifact } from '../passes/artifact-passes';
 import { findLoraSites } from '../passes/lib/lora-sites';
 import { defaultTrainingSettings } from '../models/training-defaults';
 import { normal, rng } from './support/gradient-check';

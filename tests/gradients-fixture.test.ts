@@ -8,7 +8,7 @@ import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { Model } from '../compiler/ir';
 import { loadModel } from '../compiler/serde';
-import { readNpy } from '../runtime/npy';
+import { readNpy } from '../runtime/formats/npy';
 import { compile } from '../passes/compile';
 import {
   FIXTURE_DIR,

@@ -7,8 +7,8 @@ import * as path from 'path';
 import * as zlib from 'zlib';
 import sharp, { type Sharp } from 'sharp';
 import { HollowcError } from '../compiler/errors';
-import { crc32 } from '../runtime/store';
-import { encodePng, listImages, loadImage, loadImages, savePng } from '../runtime/images';
+import { crc32 } from '../runtime/store/store';
+import { encodePng, listImages, loadImage, loadImages, savePng } from '../runtime/formats/images';
 import { tempDir } from './support/fixture';
 
 let dir: string;

@@ -11,7 +11,7 @@ import { compile } from '../passes/compile';
 import { buildUNet } from '../models/builder';
 import { FAMILIES } from '../models/families';
 import { randomTensor } from './support/tensors';
-import { writeLoraFile } from '../runtime/lora-file';
+import { writeLoraFile } from '../runtime/formats/lora-file';
 import { maxAbsDiff, runModel, tempDir } from './support/fixture';
 
 const TARGETS = [

@@ -5,8 +5,8 @@
  * trained values.
  */
 import * as path from 'path';
-import { LoraSet, adapterAlphaOf, kohyaName, readLoraFile, readUnetLora, writeLoraFile } from '../runtime/lora-file';
-import { readSafetensors, writeSafetensors } from '../runtime/safetensors';
+import { LoraSet, adapterAlphaOf, kohyaName, readLoraFile, readUnetLora, writeLoraFile } from '../runtime/formats/lora-file';
+import { readSafetensors, writeSafetensors } from '../runtime/formats/safetensors';
 import { Rng, fillNormal } from '../models/random';
 import { effectiveDelta, loadLikeDiffusers021, loadLikeDiffusersCurrent } from './support/diffusers-loaders';
 import { tempDir } from './support/fixture';

@@ -12,9 +12,9 @@ import * as ort from 'onnxruntime-node';
 import { bakeCompiled, compileFromSpec } from '../cli/compile';
 import { CompileManifest } from '../compiler/manifest';
 import { SpecError, parseSpec } from '../dsl';
-import { fromFloat16, inputValues, toFloat16 } from '../runtime/float16';
-import { LoraModuleValues, writeLoraFile } from '../runtime/lora-file';
-import { readNpy } from '../runtime/npy';
+import { fromFloat16, inputValues, toFloat16 } from '../runtime/formats/float16';
+import { LoraModuleValues, writeLoraFile } from '../runtime/formats/lora-file';
+import { readNpy } from '../runtime/formats/npy';
 import { FIXTURE_DIR, FIXTURE_MODEL, fixtureInputs, fixtureTensor, maxAbsDiff, runModel, tempDir } from './support/fixture';
 
 const SPEC = `model sd15

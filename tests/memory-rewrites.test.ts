@@ -10,8 +10,8 @@ import * as ort from 'onnxruntime-node';
 import { Graph } from '../compiler/ir';
 import { CompileManifest } from '../compiler/manifest';
 import { loadModel } from '../compiler/serde';
-import { createSession } from '../runtime/session';
-import { trainingSession } from '../runtime/train-graph';
+import { createSession } from '../runtime/ort/session';
+import { trainingSession } from '../runtime/train/step-graph';
 import { compileFixtureGrads, fixtureGradientStep, identicalOutputs } from './support/fixture';
 
 /** grads.onnx of a fixture compile: its graph and one step's outputs on the fixture's LoRA. */

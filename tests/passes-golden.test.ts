@@ -13,7 +13,7 @@ import { Pass, runPasses } from '../compiler/pass';
 import { printGraph } from '../compiler/printer';
 import { bakeLora } from '../passes/bake-lora';
 import { foldLoraWeights } from '../passes/fold-lora';
-import { PIPELINES } from '../passes/pipeline';
+import { PIPELINES } from '../passes/artifact-passes';
 import { preciseNormalizationPass } from '../passes/precise-normalization';
 import { preciseTrigonometryPass } from '../passes/precise-trigonometry';
 import { slicesToSplitPass } from '../passes/slices-to-split';

@@ -14,8 +14,8 @@ import { main } from '../cli/main';
 import { PersonalizeOptions, PersonalizeResult, identifierWords, personalize } from '../cli/personalize';
 import { drawDemoPhotos } from '../cli/demo';
 import { buildPipeline } from '../models/builder/pipeline';
-import { kohyaName } from '../runtime/lora-file';
-import { readSafetensors } from '../runtime/safetensors';
+import { kohyaName } from '../runtime/formats/lora-file';
+import { readSafetensors } from '../runtime/formats/safetensors';
 import { effectiveDelta, loadLikeDiffusers021, loadLikeDiffusersCurrent } from './support/diffusers-loaders';
 import { tempDir } from './support/fixture';
 

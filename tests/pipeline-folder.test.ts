@@ -12,8 +12,8 @@ import { buildPipeline } from '../models/builder/pipeline';
 import { pipelineVariant } from '../models/pipeline-families';
 import { textEmbedsDim } from '../models/builder/unet';
 import { buildLayout } from '../models/layout';
-import { openPipelineFolder, PipelineFolder } from '../runtime/pipeline-folder';
-import { loadTokenizer } from '../runtime/tokenizer';
+import { openPipelineFolder, PipelineFolder } from '../runtime/text-to-image/pipeline-folder';
+import { loadTokenizer } from '../runtime/text-to-image/tokenizer';
 import { runModel, tempDir } from './support/fixture';
 import { randomTensor } from './support/tensors';
 

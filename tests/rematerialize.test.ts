@@ -6,8 +6,8 @@
  */
 import * as path from 'path';
 import { loadModel } from '../compiler/serde';
-import { createSession } from '../runtime/session';
-import { trainingSession } from '../runtime/train-graph';
+import { createSession } from '../runtime/ort/session';
+import { trainingSession } from '../runtime/train/step-graph';
 import { compileFixtureGrads, fixtureGradientStep, identicalOutputs } from './support/fixture';
 
 test('recomputed activations: the same loss and gradients bit for bit, the backward reads clones', async () => {

@@ -5,8 +5,8 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { DemoSummary, runDemo } from '../cli/demo';
-import { readNpy } from '../runtime/npy';
-import { readSafetensors } from '../runtime/safetensors';
+import { readNpy } from '../runtime/formats/npy';
+import { readSafetensors } from '../runtime/formats/safetensors';
 import { ProgressLine, formatDuration } from '../runtime/progress';
 import { runCli } from './support/cli';
 import { tempDir } from './support/fixture';

@@ -7,8 +7,8 @@
  * (timestep_spacing "leading", steps_offset 1), e.g. DDIM 50 steps: 981, 961, ..., 1; sigma
  * values are k-diffusion's SD sigma_max 14.6146 and sigma_min 0.0292.
  */
-import { NoiseSchedule } from '../runtime/noise-schedule';
-import { SchedulerName, ddimTimesteps, dpmTimesteps, makeScheduler, roundHalfEven, spacedTimesteps } from '../runtime/schedulers';
+import { NoiseSchedule } from '../runtime/sampling/noise-schedule';
+import { SchedulerName, ddimTimesteps, dpmTimesteps, makeScheduler, roundHalfEven, spacedTimesteps } from '../runtime/sampling/schedulers';
 import { Rng, fillNormal } from '../models/random';
 
 const schedule = NoiseSchedule.forFamily('sd15');

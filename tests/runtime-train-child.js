@@ -2,7 +2,7 @@
 // TypeScript is compiled on load with @swc/core (the transform jest uses). Prints each step.
 require('./support/register-ts');
 
-const { train } = require('../runtime/train.ts');
+const { train } = require('../runtime/train/train.ts');
 const [out, steps] = process.argv.slice(2);
 train({ out, steps: Number(steps), onStep: ({ step }) => process.stdout.write(`step ${step}\n`) }).then(
   () => process.stdout.write('done\n'),

@@ -8,7 +8,7 @@ import * as path from 'path';
 import { HollowcError } from '../compiler/errors';
 import { CLIP_MERGES, CLIP_VOCAB_SIZE } from '../models/clip-bpe';
 import { writeTokenizerFolder } from '../models/tokenizer-folder';
-import { ClipTokenizer, loadTokenizer } from '../runtime/tokenizer';
+import { ClipTokenizer, loadTokenizer } from '../runtime/text-to-image/tokenizer';
 import { tempDir } from './support/fixture';
 
 const BOS = 49406;

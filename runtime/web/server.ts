@@ -18,8 +18,8 @@ import * as path from 'path';
 import { AddressInfo } from 'net';
 import { HollowcError } from '../../compiler/errors';
 import { MANIFEST_FILE, readManifest } from '../../compiler/manifest';
-import { LORA_INIT_FILE } from '../lora-format';
-import { CONDITIONING_FILE, HEADER_FILE, RECORDS_FILE } from '../store-format';
+import { LORA_INIT_FILE } from '../formats/lora-format';
+import { CONDITIONING_FILE, HEADER_FILE, RECORDS_FILE } from '../store/store-format';
 import { bundlePage } from './bundle';
 
 export interface WebServerOptions {

@@ -19,8 +19,8 @@ import * as path from 'path';
 import type * as Ort from 'onnxruntime-node';
 import { MALLOC_ENV } from '../../cli/allocator';
 import { LEARNING_RATE, STEP, isLoraParam, optimizerStateOwner, readManifest } from '../../compiler/manifest';
-import { sessionExtra } from '../../runtime/session';
-import { OptimizerMode, StepRunner, TRAINING_SESSION_CONFIG, describeTrainGraph } from '../../runtime/train-graph';
+import { sessionExtra } from '../../runtime/ort/session';
+import { OptimizerMode, StepRunner, TRAINING_SESSION_CONFIG, describeTrainGraph } from '../../runtime/train/step-graph';
 import { syntheticParams, syntheticValue } from './synthetic';
 
 const MiB = 2 ** 20;

@@ -49,7 +49,7 @@ async function child(kind: string, dir: string, steps: number, threads: number):
   const stages: Record<string, number> = {};
   if (kind === 'unet') {
     const ort = await import('onnxruntime-node');
-    const { createSession } = await import('../../runtime/session');
+    const { createSession } = await import('../../runtime/ort/session');
     const session = await createSession(path.join(dir, 'unet', 'model.onnx'), { intraOpThreads: threads });
     stages.load = (Date.now() - t0) / 1000;
     const t1 = Date.now();
@@ -62,8 +62,8 @@ async function child(kind: string, dir: string, steps: number, threads: number):
     stages.run = (Date.now() - t1) / 1000;
     await session.release();
   } else {
-    const { openPipelineFolder } = await import('../../runtime/pipeline-folder');
-    const { textToImage } = await import('../../runtime/text-to-image');
+    const { openPipelineFolder } = await import('../../runtime/text-to-image/pipeline-folder');
+    const { textToImage } = await import('../../runtime/text-to-image/text-to-image');
     let mark = Date.now();
     const r = await textToImage({
       folder: openPipelineFolder(dir),

@@ -8,8 +8,8 @@
  */
 import * as ort from 'onnxruntime-node';
 import { LOSS, readManifest } from '../../compiler/manifest';
-import { createSession } from '../../runtime/session';
-import { describeTrainGraph, trainingSession } from '../../runtime/train-graph';
+import { createSession } from '../../runtime/ort/session';
+import { describeTrainGraph, trainingSession } from '../../runtime/train/step-graph';
 import { relativeError } from '../support/fixture';
 import { syntheticValue } from './synthetic';
 

@@ -21,7 +21,7 @@ import * as ort from 'onnxruntime-node';
 import { elementSize } from '../../compiler/dtype';
 import { Value } from '../../compiler/ir';
 import { loadModel } from '../../compiler/serde';
-import { createSession, sessionExtra } from '../../runtime/session';
+import { createSession, sessionExtra } from '../../runtime/ort/session';
 
 const MiB = 2 ** 20;
 

@@ -11,7 +11,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { loadModel } from '../../compiler/serde';
-import { sessionExtra } from '../../runtime/session';
+import { sessionExtra } from '../../runtime/ort/session';
 
 async function main(argv: string[]): Promise<void> {
   const [file, level = 'basic', config = '{}'] = argv;

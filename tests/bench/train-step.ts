@@ -21,9 +21,9 @@ import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { LEARNING_RATE, LOSS_WEIGHT, STEP, TIMESTEP, isLoraParam, optimizerStateOwner, readManifest } from '../../compiler/manifest';
 import { MALLOC_ENV } from '../../cli/allocator';
-import { toHalfBits } from '../../runtime/float16';
+import { toHalfBits } from '../../runtime/formats/float16';
 import { syntheticParams, syntheticValue } from './synthetic';
-import { OptimizerMode, StepRunner, describeTrainGraph, trainingSession } from '../../runtime/train-graph';
+import { OptimizerMode, StepRunner, describeTrainGraph, trainingSession } from '../../runtime/train/step-graph';
 
 const MiB = 2 ** 20;
 const CLI = path.join(__dirname, '..', '..', 'cli', 'main.js');
@@ -120,7 +120,7 @@ async function child(a: ChildArgs): Promise<void> {
   const sampler = new Sampler();
   await new Promise((r) => setTimeout(r, 50));
   const ort = await import('onnxruntime-node');
-  const { createSession } = await import('../../runtime/session');
+  const { createSession } = await import('../../runtime/ort/session');
   const t0 = Date.now();
   sampler.enter('load');
   const manifest = a.kind === 'train' ? readManifest(a.file) : undefined;

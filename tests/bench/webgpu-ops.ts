@@ -12,7 +12,7 @@ import { DataType } from '../../compiler/dtype';
 import { Graph, Model, Value } from '../../compiler/ir';
 import { saveModel } from '../../compiler/serde';
 import { Rng, fillNormal } from '../../models/random';
-import { useSoftwareVulkan } from '../../runtime/vulkan';
+import { useSoftwareVulkan } from '../../runtime/ort/vulkan';
 
 interface Case {
   name: string;

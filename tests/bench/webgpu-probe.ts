@@ -16,8 +16,8 @@ import { buildUNet } from '../../models/builder';
 import { FAMILIES, FamilyName } from '../../models/families';
 import { compileFromSpec } from '../../cli/compile';
 import { feedsFor, worstRelative } from '../support/webgpu';
-import { useSoftwareVulkan } from '../../runtime/vulkan';
-import { createSession, describePlacement, SessionOptions } from '../../runtime/session';
+import { useSoftwareVulkan } from '../../runtime/ort/vulkan';
+import { createSession, describePlacement, SessionOptions } from '../../runtime/ort/session';
 
 async function main() {
   useSoftwareVulkan();

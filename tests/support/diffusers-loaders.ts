@@ -15,7 +15,7 @@
  *   LoraConfig when present; `lora.down/up` keys are converted to lora_A/lora_B; without metadata
  *   or alphas, lora_alpha = r. peft scales by lora_alpha / r.
  */
-import { readSafetensors, toFloat32 } from '../../runtime/safetensors';
+import { readSafetensors, toFloat32 } from '../../runtime/formats/safetensors';
 
 export interface LoadedLayer {
   module: string;

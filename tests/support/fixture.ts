@@ -6,7 +6,7 @@ import * as ort from 'onnxruntime-node';
 import type { CompileManifest, TrainingSettings } from '../../compiler/manifest';
 import type { FamilyName } from '../../models/families';
 import { defaultTrainingSettings } from '../../models/training-defaults';
-import { readNpy } from '../../runtime/npy';
+import { readNpy } from '../../runtime/formats/npy';
 import { CompileRequest, compile } from '../../passes/compile';
 
 export const FIXTURE_DIR = path.join(__dirname, '..', 'fixtures', 'diffusers', 'sd15-tiny');

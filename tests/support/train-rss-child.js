@@ -2,7 +2,7 @@
 // steps given, so a test can tell a leak from garbage not yet collected.
 require('./register-ts');
 
-const { train } = require('../../runtime/train.ts');
+const { train } = require('../../runtime/train/train.ts');
 const [out, steps, ...at] = process.argv.slice(2);
 const marks = new Set(at.map(Number));
 train({

@@ -2,4 +2,4 @@
 // @swc/core, the transform jest uses), so that test can start WebGPU with another environment.
 require('./register-ts');
 
-module.exports = require('../../runtime/session.ts');
+module.exports = require('../../runtime/ort/session.ts');

@@ -5,10 +5,10 @@
  */
 import { ArtifactName, CompileManifest, MANIFEST_FILE, MANIFEST_FORMAT } from '../../../compiler/manifest';
 
-import { LORA_INIT_FILE, loraValuesForManifest } from '../../lora-format';
-import { parseSafetensors, toFloat32 } from '../../safetensors-format';
-import type { Conditioning, StoreHeader, StoreRecord } from '../../store';
-import { CONDITIONING_FILE, HEADER_FILE, RECORDS_FILE, decodeRecord } from '../../store-format';
+import { LORA_INIT_FILE, loraValuesForManifest } from '../../formats/lora-format';
+import { parseSafetensors, toFloat32 } from '../../formats/safetensors-format';
+import type { Conditioning, StoreHeader, StoreRecord } from '../../store/store';
+import { CONDITIONING_FILE, HEADER_FILE, RECORDS_FILE, decodeRecord } from '../../store/store-format';
 
 /** Where `hollowc precompute` puts the store by default. */
 export const STORE_DIR = 'store';

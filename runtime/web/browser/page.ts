@@ -12,8 +12,8 @@
  */
 import type * as Ort from 'onnxruntime-web';
 import { SAMPLE } from '../../../compiler/manifest';
-import { encodeSafetensorsBytes } from '../../safetensors-format';
-import { loraFileTensors } from '../../lora-format';
+import { encodeSafetensorsBytes } from '../../formats/safetensors-format';
+import { loraFileTensors } from '../../formats/lora-format';
 import { LORA_FILE_NAME, drawLossCurve } from './ui';
 import { WebFolder, loadFolder } from './folder';
 import { latentPreview, sampleLatents } from './sampler';

@@ -16,11 +16,11 @@ import {
   baseInputName,
 } from '../../../compiler/manifest';
 import { Rng, fillNormal } from '../../../models/random';
-import { NoiseSchedule } from '../../noise-schedule';
-import { denoise } from '../../denoise';
-import { inputValues } from '../../float16';
-import { SchedulerName, makeScheduler } from '../../schedulers';
-import type { Conditioning } from '../../store';
+import { NoiseSchedule } from '../../sampling/noise-schedule';
+import { denoise } from '../../sampling/denoise';
+import { inputValues } from '../../formats/float16';
+import { SchedulerName, makeScheduler } from '../../sampling/schedulers';
+import type { Conditioning } from '../../store/store';
 import { OrtModule, floatOutput, webTensor } from './tensors';
 
 export interface SampleRequest {

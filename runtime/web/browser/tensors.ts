@@ -1,7 +1,7 @@
 /** onnxruntime-web tensors in the dtypes the manifest describes (as runtime/artifacts.ts does for onnxruntime-node). */
 import type * as Ort from 'onnxruntime-web';
 import type { TensorDescription } from '../../../compiler/manifest';
-import { feedData, scalarDims } from '../../feed-data';
+import { feedData, scalarDims } from '../../ort/feed-data';
 
 export type OrtModule = typeof Ort;
 

@@ -24,9 +24,9 @@ import {
   isLoraParam,
   updatedName,
 } from '../../../compiler/manifest';
-import { LoraModuleValues } from '../../lora-format';
-import { SampleOrder } from '../../sample-order';
-import type { StoreRecord } from '../../store';
+import { LoraModuleValues } from '../../formats/lora-format';
+import { SampleOrder } from '../../train/record-order';
+import type { StoreRecord } from '../../store/store';
 import type { WebStore } from './folder';
 import { OrtModule, floatOutput, webScalar, webTensor } from './tensors';
 

@@ -1,0 +1,218 @@
+/**
+ * The inputs of `hollowc precompute`: latents (VAE output times the scaling factor) and text
+ * embeddings, as files. A data folder looks like this:
+ *
+ *   samples/
+ *     latents/*.npy                  one latent per file, [4, h, w] or [1, 4, h, w]   (or:
+ *     latents.npy | latents.safetensors   one batch [N, 4, h, w]; safetensors key `latents`)
+ *     instance_prompt.npy            encoder_hidden_states of the personalized prompt, [T, D] or [1, T, D]
+ *     class_prompt.npy               the same for the class prompt ("a photo of a dog")
+ *     class_latents/*.npy            optional: prior-preservation samples of the class
+ *                                    (or class_latents.npy / .safetensors, a batch)
+ *     time_ids.npy                   SDXL only, optional: [6] (default: 8h, 8w, 0, 0, 8h, 8w)
+ *
+ * SDXL prompts also need the pooled embedding: give `<name>.text_embeds.npy` [P] next to
+ * `<name>.npy`, or one `<name>.safetensors` with keys `encoder_hidden_states` and `text_embeds`.
+ * `--data` may also be a single latents batch file; the prompts then come from the command line.
+ * Files are taken in natural name order (`2.npy` before `10.npy`); a sample's id is its position.
+ */
+import * as crypto from 'crypto';
+import * as fs from 'fs';
+import * as path from 'path';
+import { HollowcError } from '../../compiler/errors';
+import { NpyArray, readNpy } from '../formats/npy';
+import { readSafetensors, toFloat32 } from '../formats/safetensors';
+import type { Conditioning } from './store';
+
+export interface Latent {
+  name: string;
+  shape: number[];
+  data: Float32Array;
+}
+
+export interface TrainingData {
+  instanceLatents: Latent[];
+  classLatents: Latent[];
+  instance: Conditioning;
+  class: Conditioning;
+  timeIds?: Float32Array;
+  /** Where each piece came from, for messages and the store header. */
+  sources: { instance: string; class: string; latents: string; classLatents?: string };
+  /** sha256 over every array read (names, shapes, values). */
+  fingerprint: string;
+}
+
+export interface DataOptions {
+  instancePrompt?: string;
+  classPrompt?: string;
+  classLatents?: string;
+  timeIds?: string;
+}
+
+const naturalOrder = (a: string, b: string) => a.localeCompare(b, 'en', { numeric: true });
+
+function toF32(a: NpyArray, label: string): Float32Array {
+  if (a.data instanceof Float32Array) return a.data;
+  if (a.data instanceof Float64Array) return Float32Array.from(a.data);
+  throw new HollowcError(`expected float32 or float64 values, found ${a.dtype}`, label);
+}
+
+/** Latents from a folder of .npy files or one batch file. */
+export function readLatents(source: string): Latent[] {
+  const stat = statOrThrow(source);
+  if (stat.isDirectory()) {
+    const files = fs
+      .readdirSync(source)
+      .filter((f) => f.endsWith('.npy'))
+      .sort(naturalOrder);
+    if (!files.length) throw new HollowcError('no .npy latents in this folder', source);
+    return files.map((f) => {
+      const file = path.join(source, f);
+      const a = readNpy(file);
+      const shape = a.shape.length === 4 && a.shape[0] === 1 ? a.shape.slice(1) : a.shape;
+      if (shape.length !== 3) throw new HollowcError(`a latent must be [C, h, w] or [1, C, h, w], found [${a.shape}]`, file);
+      return { name: f, shape, data: toF32(a, file) };
+    });
+  }
+  let shape: number[];
+  let data: Float32Array;
+  if (source.endsWith('.safetensors')) {
+    const { tensors } = readSafetensors(source);
+    const t = tensors.get('latents') ?? (tensors.size === 1 ? [...tensors.values()][0] : undefined);
+    if (!t) throw new HollowcError(`expected a tensor named "latents" (found ${[...tensors.keys()].slice(0, 4).join(', ')})`, source);
+    shape = t.shape;
+    data = toFloat32(t, 'latents');
+  } else {
+    const a = readNpy(source);
+    shape = a.shape;
+    data = toF32(a, source);
+  }
+  if (shape.length === 3) shape = [1, ...shape];
+  if (shape.length !== 4) throw new HollowcError(`a latents batch must be [N, C, h, w], found [${shape}]`, source);
+  const per = shape[1] * shape[2] * shape[3];
+  return Array.from({ length: shape[0] }, (_, i) => ({
+    name: `${path.basename(source)}[${i}]`,
+    shape: shape.slice(1),
+    data: data.slice(i * per, (i + 1) * per),
+  }));
+}
+
+/** A prompt's conditioning: `.npy` (encoder_hidden_states, + sibling `.text_embeds.npy`) or `.safetensors`. */
+export function readConditioning(file: string): Conditioning {
+  statOrThrow(file);
+  const squeeze = (shape: number[], rank: number) => (shape.length === rank + 1 && shape[0] === 1 ? shape.slice(1) : shape);
+  if (file.endsWith('.safetensors')) {
+    const { tensors } = readSafetensors(file);
+    const ehs = tensors.get('encoder_hidden_states');
+    if (!ehs)
+      throw new HollowcError(`expected a tensor named "encoder_hidden_states" (found ${[...tensors.keys()].slice(0, 4).join(', ')})`, file);
+    const te = tensors.get('text_embeds');
+    const c: Conditioning = { encoderHiddenStates: { shape: squeeze(ehs.shape, 2), data: toFloat32(ehs) } };
+    if (te) c.textEmbeds = { shape: squeeze(te.shape, 1), data: toFloat32(te) };
+    return checkConditioning(c, file);
+  }
+  const a = readNpy(file);
+  const c: Conditioning = { encoderHiddenStates: { shape: squeeze(a.shape, 2), data: toF32(a, file) } };
+  const sibling = file.replace(/\.npy$/, '.text_embeds.npy');
+  if (sibling !== file && fs.existsSync(sibling)) {
+    const t = readNpy(sibling);
+    c.textEmbeds = { shape: squeeze(t.shape, 1), data: toF32(t, sibling) };
+  }
+  return checkConditioning(c, file);
+}
+
+function checkConditioning(c: Conditioning, file: string): Conditioning {
+  if (c.encoderHiddenStates.shape.length !== 2)
+    throw new HollowcError(`encoder_hidden_states must be [T, D] or [1, T, D], found [${c.encoderHiddenStates.shape}]`, file);
+  if (c.textEmbeds && c.textEmbeds.shape.length !== 1)
+    throw new HollowcError(`text_embeds must be [P] or [1, P], found [${c.textEmbeds.shape}]`, file);
+  return c;
+}
+
+function statOrThrow(file: string): fs.Stats {
+  try {
+    return fs.statSync(file);
+  } catch (e) {
+    throw new HollowcError(`cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, file);
+  }
+}
+
+/** The first of `<dir>/<stem>.npy`, `<dir>/<stem>.safetensors`, `<dir>/<stem>/` that exists. */
+function findIn(dir: string | undefined, stem: string, folder = false): string | undefined {
+  if (!dir) return undefined;
+  const candidates = [...(folder ? [path.join(dir, stem)] : []), path.join(dir, `${stem}.npy`), path.join(dir, `${stem}.safetensors`)];
+  return candidates.find((c) => fs.existsSync(c));
+}
+
+export function loadTrainingData(data: string, options: DataOptions = {}): TrainingData {
+  const isDir = statOrThrow(data).isDirectory();
+  const dir = isDir ? data : undefined;
+  const latentsSource = isDir ? findIn(dir, 'latents', true) : data;
+  if (!latentsSource)
+    throw new HollowcError('no latents: expected latents/*.npy, latents.npy or latents.safetensors in the data folder', data);
+  const instanceFile = options.instancePrompt ?? findIn(dir, 'instance_prompt');
+  if (!instanceFile)
+    throw new HollowcError('no instance prompt embedding: put instance_prompt.npy in the data folder or pass --instance-prompt', data);
+  const classFile = options.classPrompt ?? findIn(dir, 'class_prompt');
+  if (!classFile)
+    throw new HollowcError(
+      'no class prompt embedding (precompute runs the base UNet on the class prompt): put class_prompt.npy in the data folder or pass --class-prompt',
+      data,
+    );
+  const classLatentsSource = options.classLatents ?? findIn(dir, 'class_latents', true);
+  const timeIdsFile = options.timeIds ?? findIn(dir, 'time_ids');
+
+  const instanceLatents = readLatents(latentsSource);
+  const classLatents = classLatentsSource ? readLatents(classLatentsSource) : [];
+  const all = [...instanceLatents, ...classLatents];
+  const shape = instanceLatents[0].shape;
+  const odd = all.find((l) => l.shape.join() !== shape.join());
+  if (odd) throw new HollowcError(`latent ${odd.name} is [${odd.shape}], the others [${shape}]: all samples need one shape`, data);
+
+  const instance = readConditioning(instanceFile);
+  const klass = readConditioning(classFile);
+  if (instance.encoderHiddenStates.shape.join() !== klass.encoderHiddenStates.shape.join()) {
+    throw new HollowcError(
+      `instance prompt is [${instance.encoderHiddenStates.shape}], class prompt [${klass.encoderHiddenStates.shape}]: they must match`,
+      classFile,
+    );
+  }
+  if (!!instance.textEmbeds !== !!klass.textEmbeds)
+    throw new HollowcError('only one of the instance and class prompts has text_embeds (SDXL needs both)', classFile);
+  let timeIds: Float32Array | undefined;
+  if (timeIdsFile) {
+    const a = readNpy(timeIdsFile);
+    timeIds = toF32(a, timeIdsFile);
+    if (timeIds.length !== 6) throw new HollowcError(`time_ids must hold 6 values, found ${timeIds.length}`, timeIdsFile);
+  }
+
+  const hash = crypto.createHash('sha256');
+  const add = (label: string, shape: readonly number[], values: Float32Array) => {
+    hash.update(`${label}[${shape.join(',')}]`);
+    hash.update(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
+  };
+  instanceLatents.forEach((l) => add(`instance:${l.name}`, l.shape, l.data));
+  classLatents.forEach((l) => add(`class:${l.name}`, l.shape, l.data));
+  for (const [role, c] of [
+    ['instance', instance],
+    ['class', klass],
+  ] as const) {
+    add(`${role}.ehs`, c.encoderHiddenStates.shape, c.encoderHiddenStates.data);
+    if (c.textEmbeds) add(`${role}.te`, c.textEmbeds.shape, c.textEmbeds.data);
+  }
+  if (timeIds) add('time_ids', [6], timeIds);
+  return {
+    instanceLatents,
+    classLatents,
+    instance,
+    class: klass,
+    timeIds,
+    sources: {
+      instance: instanceFile,
+      class: classFile,
+      latents: latentsSource,
+      ...(classLatentsSource ? { classLatents: classLatentsSource } : {}),
+    },
+    fingerprint: hash.digest('hex'),
+  };
+}

@@ -1,0 +1,113 @@
+/**
+ * Training checkpoints and the loss log, in `<out>/train/`:
+ *   checkpoint.safetensors  `<param>`, `<param>.exp_avg`, `<param>.exp_avg_sq` (F32) and the state
+ *                           (step, seed, lr, batch, position, store fingerprint) as JSON in the
+ *                           metadata key `hollowc_checkpoint`: one file, streamed to a temporary
+ *                           sibling, fsynced and renamed, so a kill leaves either the old
+ *                           checkpoint or the new one
+ *   checkpoint.json         the same state for people and scripts, plus the checkpoint's sha256
+ *                           (written after it; the safetensors is what --resume reads)
+ *   loss.jsonl              one line per step: {"step", "loss", "lr", "elapsed_s"}; a resume first
+ *                           drops lines after the checkpoint's step
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { HollowcError } from '../../compiler/errors';
+import { expAvgName, expAvgSqName } from '../../compiler/manifest';
+import { writeFileAtomic } from '../../compiler/serde';
+import { float32Tensor, readSafetensors, SafeTensor, toFloat32, writeSafetensors } from '../formats/safetensors';
+
+export const TRAIN_DIR = 'train';
+export const CHECKPOINT_FILE = 'checkpoint.safetensors';
+export const CHECKPOINT_STATE_FILE = 'checkpoint.json';
+export const LOSS_LOG_FILE = 'loss.jsonl';
+const STATE_KEY = 'hollowc_checkpoint';
+
+/** A LoRA tensor being trained, with its AdamW moments. */
+export interface ParamState {
+  name: string;
+  shape: number[];
+  value: Float32Array;
+  expAvg: Float32Array;
+  expAvgSq: Float32Array;
+}
+
+export interface TrainState {
+  version: 1;
+  step: number;
+  seed: number;
+  lr: number;
+  batch: number;
+  storeRecords: number;
+  storeFingerprint: string;
+  /** Where the next step starts in the sample order: epoch and offset in its permutation. */
+  position: { epoch: number; offset: number };
+  params: string[];
+}
+
+export function writeCheckpoint(dir: string, state: TrainState, params: readonly ParamState[]): string {
+  fs.mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, CHECKPOINT_FILE);
+  const tensors = new Map<string, SafeTensor>();
+  for (const p of params) {
+    tensors.set(p.name, float32Tensor(p.shape, p.value));
+    tensors.set(expAvgName(p.name), float32Tensor(p.shape, p.expAvg));
+    tensors.set(expAvgSqName(p.name), float32Tensor(p.shape, p.expAvgSq));
+  }
+  const digest = writeSafetensors(file, tensors, { [STATE_KEY]: JSON.stringify(state), format: 'pt' });
+  writeFileAtomic(
+    path.join(dir, CHECKPOINT_STATE_FILE),
+    JSON.stringify({ ...state, checkpoint: CHECKPOINT_FILE, sha256: digest }, null, 2) + '\n',
+  );
+  return file;
+}
+
+export interface Checkpoint {
+  state: TrainState;
+  params: Map<string, { shape: number[]; value: Float32Array; expAvg: Float32Array; expAvgSq: Float32Array }>;
+}
+
+export function readCheckpoint(file: string): Checkpoint {
+  const { tensors, metadata } = readSafetensors(file);
+  const text = metadata[STATE_KEY];
+  if (!text) throw new HollowcError(`not a hollowc training checkpoint (no ${STATE_KEY} metadata)`, file);
+  const state = JSON.parse(text) as TrainState;
+  const params: Checkpoint['params'] = new Map();
+  for (const name of state.params) {
+    const get = (key: string) => {
+      const t = tensors.get(key);
+      if (!t) throw new HollowcError(`checkpoint lacks ${key}`, file);
+      return t;
+    };
+    const v = get(name);
+    params.set(name, {
+      shape: v.shape,
+      value: toFloat32(v, name),
+      expAvg: toFloat32(get(expAvgName(name))),
+      expAvgSq: toFloat32(get(expAvgSqName(name))),
+    });
+  }
+  return { state, params };
+}
+
+export function truncateLossLog(file: string, lastStep: number): void {
+  if (!fs.existsSync(file)) return;
+  const kept = fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((line) => {
+      if (!line.trim()) return false;
+      try {
+        return (JSON.parse(line) as { step: number }).step <= lastStep;
+      } catch {
+        return false; // a line cut short by the kill
+      }
+    });
+  writeFileAtomic(file, kept.map((l) => `${l}\n`).join(''));
+}
+
+/** LoRA tensors (train.onnx names) of a checkpoint or a LoRA file, for evaluation and export. */
+export function paramsFromCheckpoint(file: string): Map<string, Float32Array> {
+  const cp = readCheckpoint(file);
+  return new Map([...cp.params].map(([name, v]) => [name, v.value]));
+}

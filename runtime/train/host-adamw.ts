@@ -1,0 +1,111 @@
+/**
+ * torch.optim.AdamW (amsgrad off) on the host, in place, for the host-side optimizer mode: the
+ * runtime runs grads.onnx (loss and every LoRA gradient) and updates the LoRA tensors and their
+ * moments here, so a step allocates no new parameter or moment tensors.
+ *
+ * The arithmetic is passes/add-adamw.ts's, op for op and in float32: every intermediate that is a
+ * tensor there is rounded to float32 here (Math.fround of the float64 result, which is the
+ * correctly rounded float32 result for + − × ÷ √), the constants are the float32 values the
+ * graph stores, and the operand order is the graph's:
+ *
+ *   t     = float(step)           β^t  = exp(t · ln β)  (ln β stored as a float32 constant)
+ *   bc1   = 1 − β1^t              bc2√ = √(1 − β2^t)         stepSize = lr / bc1
+ *   decay = 1 − lr·wd
+ *   m ← m·β1 + g·(1 − β1)         v ← v·β2 + (g·g)·(1 − β2)
+ *   p ← p·decay − (m / (√v / bc2√ + ε))·stepSize
+ *
+ * The one op whose float32 result is not fixed by IEEE is Exp: onnxruntime's float32 exp, against
+ * the correctly rounded float32 of Math.exp here. Where the two differ by an ulp for some t, that
+ * step's update differs from train.onnx's in the last bit; elsewhere the two agree bit for bit (tests/runtime-train.test.ts checks both modes' loss logs on a real
+ * compile). Within the host mode a step is a pure function of its inputs, so a killed and resumed
+ * run repeats a straight one bit for bit.
+ */
+import type { TrainingSettings } from '../../compiler/manifest';
+import type { ParamState } from './checkpoint';
+
+const f = Math.fround;
+
+export class HostAdamW {
+  private readonly beta1: number;
+  private readonly beta2: number;
+  private readonly logBeta1: number;
+  private readonly logBeta2: number;
+  private readonly oneMinusBeta1: number;
+  private readonly oneMinusBeta2: number;
+  private readonly eps: number;
+  private readonly weightDecay: number;
+
+  constructor(optimizer: TrainingSettings['optimizer']) {
+    const [beta1, beta2] = optimizer.betas;
+    // The float32 constants add-adamw.ts writes (computed in float64, then stored as float32).
+    this.beta1 = f(beta1);
+    this.beta2 = f(beta2);
+    this.logBeta1 = f(Math.log(beta1));
+    this.logBeta2 = f(Math.log(beta2));
+    this.oneMinusBeta1 = f(1 - beta1);
+    this.oneMinusBeta2 = f(1 - beta2);
+    this.eps = f(optimizer.eps);
+    this.weightDecay = optimizer.weightDecay === 0 ? 0 : f(optimizer.weightDecay);
+  }
+
+  /** One step `t` (1-based) at learning rate `lr`: updates every value and moment in place. */
+  step(params: readonly ParamState[], grads: readonly Float32Array[], lr: number, t: number): void {
+    if (grads.length !== params.length) throw new Error(`AdamW: ${grads.length} gradients for ${params.length} parameters`);
+    const lr32 = f(lr);
+    const t32 = f(t);
+    const power = (logBeta: number) => f(Math.exp(f(t32 * logBeta)));
+    const bc1 = f(1 - power(this.logBeta1));
+    const bc2Sqrt = f(Math.sqrt(f(1 - power(this.logBeta2))));
+    const stepSize = f(lr32 / bc1);
+    const decay = this.weightDecay !== 0 ? f(1 - f(lr32 * this.weightDecay)) : 1;
+    for (let k = 0; k < params.length; k++) {
+      const p = params[k];
+      const g = grads[k];
+      if (g.length !== p.value.length)
+        throw new Error(`AdamW: gradient of ${p.name} has ${g.length} values, the parameter ${p.value.length}`);
+      adamwKernel(
+        p.value,
+        p.expAvg,
+        p.expAvgSq,
+        g,
+        this.beta1,
+        this.beta2,
+        this.oneMinusBeta1,
+        this.oneMinusBeta2,
+        this.eps,
+        bc2Sqrt,
+        stepSize,
+        decay,
+      );
+    }
+  }
+}
+
+/** One tensor's update; a plain monomorphic loop (it runs over every LoRA value each step). */
+function adamwKernel(
+  value: Float32Array,
+  expAvg: Float32Array,
+  expAvgSq: Float32Array,
+  g: Float32Array,
+  beta1: number,
+  beta2: number,
+  oneMinusBeta1: number,
+  oneMinusBeta2: number,
+  eps: number,
+  bc2Sqrt: number,
+  stepSize: number,
+  decay: number,
+): void {
+  const n = value.length;
+  for (let i = 0; i < n; i++) {
+    const gi = g[i];
+    const m = f(f(expAvg[i] * beta1) + f(gi * oneMinusBeta1));
+    const v = f(f(expAvgSq[i] * beta2) + f(f(gi * gi) * oneMinusBeta2));
+    expAvg[i] = m;
+    expAvgSq[i] = v;
+    const denom = f(f(f(Math.sqrt(v)) / bc2Sqrt) + eps);
+    const delta = f(f(m / denom) * stepSize);
+    // decay = 1 when there is no weight decay: p·1 is p exactly, as the graph skips the Mul.
+    value[i] = f(value[i] * decay) - delta;
+  }
+}

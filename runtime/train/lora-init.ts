@@ -1,0 +1,65 @@
+/**
+ * The LoRA a training run starts from, written at compile time as `lora-init.safetensors`
+ * (peft keys): A ~ N(0, std²) from the spec's seed and B = 0 (so step 0 is the base model), or a
+ * user's file, checked against the compiled shapes.
+ */
+import * as path from 'path';
+import { HollowcError } from '../../compiler/errors';
+import type { CompileManifest } from '../../compiler/manifest';
+import { Rng, fillNormal } from '../../models/random';
+import { LoraModuleValues, readLoraFile, writeLoraFile } from '../formats/lora-file';
+import { LORA_INIT_FILE } from '../formats/lora-format';
+
+export { LORA_INIT_FILE } from '../formats/lora-format';
+
+export function initialLora(manifest: CompileManifest, std: number, seed: number): LoraModuleValues[] {
+  return manifest.lora.targets
+    .filter((t) => t.trained)
+    .map((t) => {
+      const a = new Float32Array(t.lora_A.shape.reduce((x, y) => x * y, 1));
+      // One stream per module: a module's init does not depend on which others are targeted.
+      fillNormal(new Rng(seed, `${t.module}.lora_A`), a, std);
+      return {
+        module: t.module,
+        a: { shape: t.lora_A.shape, data: a },
+        b: { shape: t.lora_B.shape, data: new Float32Array(t.lora_B.shape.reduce((x, y) => x * y, 1)) },
+      };
+    });
+}
+
+/** Where training starts: A ~ N(0, std²) from `seed` and B = 0, or a LoRA file. */
+export type LoraInit = { kind: 'gaussian'; std: number; seed: number } | { kind: 'file'; file: string };
+
+export function writeInitialLora(outDir: string, manifest: CompileManifest, init: LoraInit): string {
+  const file = path.join(outDir, LORA_INIT_FILE);
+  let modules: LoraModuleValues[];
+  if (init.kind === 'file') {
+    const source = init.file;
+    const trained = manifest.lora.targets.filter((t) => t.trained);
+    const read = readLoraFile(
+      source,
+      trained.map((t) => t.module),
+      manifest.lora.rank,
+      manifest.lora.alpha,
+    );
+    modules = trained.map((t) => {
+      const m = read.get(t.module)!;
+      if (m.a.shape.join() !== t.lora_A.shape.join() || m.b.shape.join() !== t.lora_B.shape.join()) {
+        throw new HollowcError(
+          `${t.module}: LoRA shapes [${m.a.shape}] / [${m.b.shape}] do not match the compiled [${t.lora_A.shape}] / [${t.lora_B.shape}]`,
+          source,
+        );
+      }
+      return m;
+    });
+  } else {
+    modules = initialLora(manifest, init.std, init.seed);
+  }
+  writeLoraFile(
+    file,
+    'peft',
+    { rank: manifest.lora.rank, alpha: manifest.lora.alpha, modules },
+    { hollowc_init: init.kind === 'file' ? `from ${init.file}` : `gaussian seed ${init.seed}` },
+  );
+  return file;
+}
