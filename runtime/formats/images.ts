@@ -130,6 +130,24 @@ export async function loadImages(files: readonly string[], options: ImageLoadOpt
   return { data: out, dims: [files.length, 3, options.height, options.width] };
 }
 
+/** Images of one size stacked into one [N, C, H, W] batch. */
+export function stackImages(images: readonly ImageTensor[]): ImageTensor {
+  const [, c, h, w] = images[0].dims;
+  const plane = c * h * w;
+  const data = new Float32Array(images.length * plane);
+  images.forEach((im, i) => data.set(im.data, i * plane));
+  return { data, dims: [images.length, c, h, w] };
+}
+
+/** The mirror image (left-right) of a [1, C, H, W] image. */
+export function mirrorImage(img: ImageTensor): ImageTensor {
+  const [, c, h, w] = img.dims;
+  const out = new Float32Array(img.data.length);
+  for (let k = 0; k < c; k++)
+    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) out[(k * h + y) * w + x] = img.data[(k * h + y) * w + (w - 1 - x)];
+  return { data: out, dims: img.dims };
+}
+
 /** PNG bytes of image `index` of a [N, 3, H, W] (or [3, H, W]) tensor with values in [0, 1] (clamped). */
 export async function encodePng(data: Float32Array, dims: readonly number[], index = 0): Promise<Buffer> {
   const nchw = dims.length === 3 ? [1, ...dims] : [...dims];

@@ -24,7 +24,7 @@ import { Rng, fillNormal } from '../../models/random';
 import { defaultLatentShape, float32Data, loadManifest, requireArtifact, tensorFor } from '../ort/artifacts';
 import { inputValues } from '../formats/float16';
 import { readLoraForManifest } from '../formats/lora-file';
-import { LORA_INIT_FILE } from '../train/lora-init';
+import { LORA_INIT_FILE } from '../formats/lora-format';
 import { NoiseSchedule } from './noise-schedule';
 import { defaultTimeIds } from '../store/precompute';
 import { Scheduler, SchedulerName, TimestepSpacing, makeScheduler } from './schedulers';
@@ -41,7 +41,7 @@ import {
   baseInputName,
 } from '../../compiler/manifest';
 import { denoise } from './denoise';
-import { LORA_FILE } from '../train/train';
+import { TRAINED_LORA_FILE } from '../train/train';
 
 export interface GenerateOptions {
   out: string;
@@ -118,7 +118,7 @@ function loraFeeds(
   const trained = manifest.lora.targets.filter((t) => t.trained && wanted.has(t.lora_A.name));
   if (!trained.length) return { feeds, source: 'none (the model takes no LoRA inputs)' };
   let source = file;
-  if (!source) source = fs.existsSync(path.join(out, LORA_FILE)) ? path.join(out, LORA_FILE) : path.join(out, LORA_INIT_FILE);
+  if (!source) source = fs.existsSync(path.join(out, TRAINED_LORA_FILE)) ? path.join(out, TRAINED_LORA_FILE) : path.join(out, LORA_INIT_FILE);
   const values = readLoraForManifest(source, manifest);
   // Under `lora infer fp16` infer.onnx declares its LoRA inputs float16.
   const declared = new Map((manifest.artifacts.infer?.inputs ?? []).map((i) => [i.name, i.dtype]));

@@ -20,8 +20,8 @@ import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { HollowcError } from '../../compiler/errors';
-import { NpyArray, readNpy } from '../formats/npy';
-import { readSafetensors, toFloat32 } from '../formats/safetensors';
+import { NpyArray, readNpy, writeNpy } from '../formats/npy';
+import { float32Tensor, readSafetensors, toFloat32, writeSafetensors } from '../formats/safetensors';
 import type { Conditioning } from './store';
 
 export interface Latent {
@@ -119,6 +119,22 @@ export function readConditioning(file: string): Conditioning {
     c.textEmbeds = { shape: squeeze(t.shape, 1), data: toF32(t, sibling) };
   }
   return checkConditioning(c, file);
+}
+
+/** A prompt's conditioning as the `.safetensors` readConditioning reads. */
+export function writeConditioning(file: string, c: Conditioning): void {
+  const tensors = new Map([['encoder_hidden_states', float32Tensor(c.encoderHiddenStates.shape, c.encoderHiddenStates.data)]]);
+  if (c.textEmbeds) tensors.set('text_embeds', float32Tensor(c.textEmbeds.shape, c.textEmbeds.data));
+  writeSafetensors(file, tensors);
+}
+
+/** Latents [N, C, h, w] as one .npy per sample in `dir`, named by index from `start` (natural order = sample order). */
+export function writeLatents(dir: string, latents: { data: Float32Array; shape: number[] }, start = 0): void {
+  fs.mkdirSync(dir, { recursive: true });
+  const [n, ...rest] = latents.shape;
+  const size = rest.reduce((a, b) => a * b, 1);
+  for (let i = 0; i < n; i++)
+    writeNpy(path.join(dir, `${start + i}.npy`), { dtype: 'float32', shape: rest, data: latents.data.slice(i * size, (i + 1) * size) });
 }
 
 function checkConditioning(c: Conditioning, file: string): Conditioning {

@@ -13,8 +13,8 @@ import { loadManifest, refuseOverwrite } from '../ort/artifacts';
 import { LORA_FORMATS, LoraFormat, LoraModuleValues, readLoraFile, writeLoraFile } from '../formats/lora-file';
 import { readSafetensors } from '../formats/safetensors';
 import { CHECKPOINT_FILE, TRAIN_DIR, paramsFromCheckpoint } from './checkpoint';
-import { LORA_INIT_FILE } from './lora-init';
-import { LORA_FILE, loraModules } from './train';
+import { LORA_INIT_FILE } from '../formats/lora-format';
+import { TRAINED_LORA_FILE, loraModules } from './train';
 
 export interface ExportOptions {
   out: string;
@@ -40,7 +40,7 @@ export function exportLora(options: ExportOptions): ExportResult {
   let source =
     options.from === 'checkpoint'
       ? path.join(options.out, TRAIN_DIR, CHECKPOINT_FILE)
-      : (options.from ?? path.join(options.out, LORA_FILE));
+      : (options.from ?? path.join(options.out, TRAINED_LORA_FILE));
   if (!fs.existsSync(source)) {
     const hint = options.from ? '' : ': train first (hollowc train writes it) or pass --from checkpoint';
     throw new HollowcError(`no such file${hint}`, source);

@@ -40,7 +40,7 @@ import { float32Data, requireArtifact, scalarFor, staticShape, tensorFor } from 
 import type { ParamState } from './checkpoint';
 import { HostAdamW } from './host-adamw';
 import { readLoraForManifest } from '../formats/lora-file';
-import { LORA_INIT_FILE } from './lora-init';
+import { LORA_INIT_FILE } from '../formats/lora-format';
 import { storeCompileStamp } from '../store/precompute';
 import { ExecutionProvider, SessionOptions, SessionTuning } from '../ort/session';
 import { Store, StoreRecord } from '../store/store';

@@ -42,7 +42,7 @@ import {
   trainingSession,
 } from './step-graph';
 
-export const LORA_FILE = 'lora.safetensors';
+export const TRAINED_LORA_FILE = 'lora.safetensors';
 
 export interface TrainOptions {
   out: string;
@@ -305,7 +305,7 @@ async function trainUnlocked(options: TrainOptions): Promise<TrainResult> {
 
     // The LoRA of where the run stands: its last step, or the checkpoint's when it was there already.
     const step = Math.max(steps, startStep);
-    const loraFile = path.join(out, LORA_FILE);
+    const loraFile = path.join(out, TRAINED_LORA_FILE);
     const values = new Map(start.params.map((p) => [p.name, p.value]));
     writeLoraFile(
       loraFile,

@@ -1,0 +1,103 @@
+/**
+ * `hollowc personalize`: photos and a prompt in, a personalized LoRA, images and a report out —
+ * the paper's workflow (4.3, 5.1) as one call on a pipeline folder. The stages, in order, each in
+ * its own file under stages/: compile, prompts, photos, class images, store, train, export,
+ * validation; then the report. Their keys (keys.ts) and the runner (stage-runner.ts) make a rerun
+ * reuse what is done, continue what was killed and redo what depends on a changed input. Every
+ * input is checked (settings.ts) before anything in the run folder is touched; each stage opens
+ * its models, uses them and releases them before the next one starts.
+ */
+import * as path from 'path';
+import { lockFolder } from '../../compiler/folder-lock';
+import { CompileManifest } from '../../compiler/manifest';
+import { formatBytes } from '../progress';
+import { RssSampler } from '../rss';
+import { stageKeys } from './keys';
+import { prepareReport } from './run-report';
+import { DIFFUSERS_LORA_FILE, KOHYA_LORA_FILE, LOSS_SVG, REPORT_FILE, runFolder } from './run-folder';
+import { CompileStage, PersonalizeOptions, resolveSettings } from './settings';
+import { StageResult, runStages } from './stage-runner';
+import { classImagesStage } from './stages/class-images';
+import { compileStage } from './stages/compile';
+import { StageContext, manifestOf } from './stages/context';
+import { exportStage } from './stages/export';
+import { photosStage } from './stages/photos';
+import { promptsStage } from './stages/prompts';
+import { storeStage } from './stages/store';
+import { trainStage } from './stages/train';
+import { validationStage } from './stages/validation';
+
+export interface PersonalizeResult {
+  out: string;
+  report: string;
+  lora: { diffusers: string; kohya: string };
+  images: string[];
+  stages: StageResult[];
+  peakRssBytes: number;
+  loss?: { before: number; after: number; records: number };
+  /** distance of the first validation prompt's latents to the subject (mean photo latent), personalized vs base */
+  subject?: { base: number; personalized: number };
+  manifest: CompileManifest;
+}
+
+const STAGES = [compileStage, promptsStage, photosStage, classImagesStage, storeStage, trainStage, exportStage, validationStage];
+
+/** `compile` builds the artifacts from the spec: the caller hands in the compiler (the runtime never imports it). */
+export async function personalize(options: PersonalizeOptions & { compile: CompileStage }): Promise<PersonalizeResult> {
+  const log = options.log ?? ((l: string) => process.stdout.write(`${l}\n`));
+  const warn = options.warn ?? ((l: string) => process.stderr.write(`${l}\n`));
+  const out = path.resolve(options.out);
+  const runStarted = Date.now();
+  const s = await resolveSettings(options, warn);
+  const release = lockFolder(out, 'hollowc personalize', { create: true });
+  try {
+    const dirs = runFolder(out);
+    const ctx: StageContext = {
+      s,
+      dirs,
+      keys: stageKeys(s),
+      progress: options.progress ?? process.stderr,
+      compile: options.compile,
+      findings: {},
+    };
+    const total = STAGES.length + 1;
+    const { results, peakRssBytes: stagesPeak } = await runStages(
+      out,
+      STAGES.map((make) => make(ctx)),
+      { log, total },
+    );
+
+    const reportSampler = new RssSampler();
+    const reportStarted = Date.now();
+    const m = manifestOf(ctx);
+    const report = await prepareReport(s, dirs, m, ctx.findings);
+    const reportStage: StageResult = { name: 'report', status: 'ran', summary: `${LOSS_SVG} and ${REPORT_FILE}`, seconds: 0, peakRssBytes: 0 };
+    report.write([...results, { name: reportStage.name, status: reportStage.status, summary: reportStage.summary }], Math.max(stagesPeak, reportSampler.peak));
+    reportStage.seconds = (Date.now() - reportStarted) / 1000;
+    reportStage.peakRssBytes = reportSampler.stop();
+    results.push(reportStage);
+    report.write(results, Math.max(stagesPeak, reportSampler.peak));
+    log(`[${total}/${total}] report: ${path.join(out, REPORT_FILE)}  (${reportStage.seconds.toFixed(1)} s)`);
+    const peak = Math.max(stagesPeak, reportStage.peakRssBytes);
+    const top = results
+      .filter((r) => r.status !== 'reused')
+      .reduce<StageResult | undefined>((a, r) => (!a || r.peakRssBytes > a.peakRssBytes ? r : a), undefined);
+    log(
+      `done in ${((Date.now() - runStarted) / 1000).toFixed(1)} s, peak RSS ${formatBytes(peak)}${top ? ` (in ${top.name})` : ''}; open ${path.join(out, REPORT_FILE)}`,
+    );
+    return {
+      out,
+      report: path.join(out, REPORT_FILE),
+      lora: { diffusers: path.join(out, DIFFUSERS_LORA_FILE), kohya: path.join(out, KOHYA_LORA_FILE) },
+      images: report.images,
+      stages: results,
+      peakRssBytes: peak,
+      loss: ctx.findings.loss,
+      subject: ctx.findings.subject,
+      manifest: m,
+    };
+  } finally {
+    release();
+  }
+}
+

@@ -1,0 +1,84 @@
+/**
+ * train: grads.onnx steps (AdamW on the host) with checkpoints -> run/compiled/lora.safetensors,
+ * and the loss on the photos' samples before and after.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { ProgressLine } from '../../progress';
+import { Store } from '../../store/store';
+import { CHECKPOINT_FILE, TRAIN_DIR } from '../../train/checkpoint';
+import { TRAINED_LORA_FILE, evaluateLoss, train } from '../../train/train';
+import { Stage, killPoint } from '../stage-runner';
+import { StageContext } from './context';
+
+export function trainStage(ctx: StageContext): Stage {
+  const { s, dirs, findings } = ctx;
+  const { steps, lr, priorWeight } = s;
+  const checkpoint = path.join(dirs.compiled, TRAIN_DIR, CHECKPOINT_FILE);
+  return {
+    name: 'train',
+    key: ctx.keys.train,
+    valid: () => fs.existsSync(path.join(dirs.compiled, TRAINED_LORA_FILE)),
+    clean: () =>
+      [path.join(dirs.compiled, TRAIN_DIR), path.join(dirs.compiled, TRAINED_LORA_FILE)].forEach((p) => fs.rmSync(p, { recursive: true, force: true })),
+    // more steps than last time on the same line: carry on from the last checkpoint
+    continues: (record) =>
+      record.done &&
+      record.data?.trainLine === ctx.keys.trainLine &&
+      typeof record.data?.stepsDone === 'number' &&
+      record.data.stepsDone < steps &&
+      fs.existsSync(checkpoint),
+    reused: (record) => {
+      if (typeof record.data?.lossBefore === 'number')
+        findings.loss = { before: record.data.lossBefore, after: record.data.lossAfter as number, records: record.data.lossRecords as number };
+    },
+    run: async (resuming, record) => {
+      const resume = resuming && fs.existsSync(checkpoint);
+      const { store } = Store.open(dirs.store, { readOnly: true });
+      const records = store.count;
+      store.close();
+      // the evaluation costs a training step per batch, twice: about a quarter of the run, at most 16;
+      // a run carried on to more steps keeps the batches its loss before was measured on
+      const batches =
+        typeof record.data?.evalBatches === 'number' ? record.data.evalBatches : Math.min(records, Math.max(2, Math.min(16, Math.floor(steps / 4))));
+      // the loss before: on the training session when starting fresh; once more on a resume
+      let before = typeof record.data?.lossBefore === 'number' ? record.data.lossBefore : undefined;
+      if (resume && before === undefined)
+        before = await evaluateLoss({ out: dirs.compiled, batches, ep: s.options.ep, session: s.trainTuning, instanceOnly: true, priorWeight });
+      const bar = new ProgressLine('step', steps, ctx.progress, undefined, 0);
+      const r = await train({
+        out: dirs.compiled,
+        steps,
+        lr,
+        resume,
+        restart: !resume,
+        checkpointEvery: Math.max(1, Math.ceil(steps / 10)),
+        ep: s.options.ep,
+        fallbackToCpu: s.options.fallbackToCpu,
+        session: s.trainTuning,
+        priorWeight,
+        evaluate: { batches, instanceOnly: true },
+        onStep: (st) => {
+          bar.update(st.step, { loss: st.loss.toFixed(4) });
+          if (st.step === Math.ceil(steps / 2) + 1) killPoint('train');
+        },
+      });
+      bar.finish();
+      before = resume ? before! : r.evaluation!.before;
+      const loss = { before, after: r.evaluation!.after, records: r.evaluation!.batches };
+      findings.loss = loss;
+      return {
+        summary: `${resume ? `resumed at step ${r.startStep}, ` : ''}trained to step ${r.step} at lr ${lr} (${r.stepSeconds > 0 ? ((r.step - r.startStep) / r.stepSeconds).toFixed(2) : '-'} it/s); loss on ${loss.records} instance samples ${before.toFixed(5)} -> ${loss.after.toFixed(5)}`,
+        data: {
+          lossBefore: before,
+          lossAfter: loss.after,
+          lossRecords: loss.records,
+          evalBatches: batches,
+          trainLine: ctx.keys.trainLine,
+          stepsDone: r.step,
+        },
+        resumed: resume,
+      };
+    },
+  };
+}
