@@ -10,8 +10,15 @@ export { analyzeUNet } from './passes/lib/analyze-unet';
 export type { UNetAnalysis, CutInfo } from './passes/lib/analyze-unet';
 export { compile } from './passes/compile';
 export type { CompileRequest } from './passes/compile';
-export { PIPELINES, buildArtifact } from './passes/artifact-passes';
+export { ARTIFACT_PASSES, buildArtifact } from './passes/artifact-passes';
 export { parseSpec, checkSpec } from './dsl';
+
+// Plan: the paper's resource tables for a UNet, before anything is trained
+export { planFor as plan, parseBytes } from './cli/plan';
+export type { PlanOptions } from './cli/plan';
+export { planUNet } from './passes/plan/plan';
+export type { Plan, PlanRequest, PlanRow } from './passes/plan/plan';
+export { planText, planSvg } from './passes/plan/render';
 
 // The artifact contract
 export * from './compiler/manifest';
@@ -28,6 +35,10 @@ export type { GenerateOptions, GenerateResult } from './runtime/sampling/two-pat
 export { exportLora } from './runtime/train/export-lora';
 export { readLoraFile, writeLoraFile } from './runtime/formats/lora-file';
 export { createSession, installedProviders } from './runtime/ort/session';
+
+// Photos and a prompt in, a LoRA, images and a report out (the compiler handed in)
+export { personalize } from './cli/personalize';
+export type { PersonalizeOptions, PersonalizeResult } from './cli/personalize';
 
 // Pipeline folders, tokenizer, images
 export { openPipelineFolder } from './runtime/text-to-image/pipeline-folder';

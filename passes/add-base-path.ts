@@ -1,7 +1,7 @@
 /**
  * infer.onnx's path 1: the base UNet (no LoRA) up to the hollow activation, conditioned on the
  * class prompt (`base_encoder_hidden_states`, SDXL also `base_text_embeds`). Path 2 is the rest
- * of the pipeline (LoRA, then hollow-out wires path 1's activation into it). Path 1 is a copy of
+ * of the artifact's passes (LoRA, then hollow-out wires path 1's activation into it). Path 1 is a copy of
  * the nodes that read the same initializers, so every weight is stored once.
  */
 import { copyNodes, nodesFeeding } from '../compiler/clone';

@@ -51,7 +51,7 @@ const TRAINING_LOSS = [
   ...PRECISE_ON_GPUS,
 ];
 
-export const PIPELINES: Readonly<Record<ArtifactName, readonly Pass<ArtifactState>[]>> = {
+export const ARTIFACT_PASSES: Readonly<Record<ArtifactName, readonly Pass<ArtifactState>[]>> = {
   precompute: [extractPrecomputePass, ...PRECISE_ON_GPUS],
   forward: [...HOLLOWED_WITH_LORA, ...PRECISE_ON_GPUS],
   infer: [addBasePathPass, ...HOLLOWED_WITH_LORA, float16LoraInputsPass, ...PRECISE_ON_GPUS],
@@ -77,7 +77,7 @@ export function buildArtifact(
   const state: ArtifactState = { ...inputs };
   const passes = runPasses(
     model,
-    PIPELINES[name].filter((p) => !skip.includes(p.name)),
+    ARTIFACT_PASSES[name].filter((p) => !skip.includes(p.name)),
     state,
     { label: `building ${name}.onnx`, log },
   );

@@ -1,6 +1,6 @@
 /**
  * `hollowc compile`: from a UNet and what the spec resolved to, the artifacts (each built by its
- * pipeline in pipeline.ts), one shared weights file and manifest.json, written atomically:
+ * pass list in artifact-passes.ts), one shared weights file and manifest.json, written atomically:
  * everything goes to a temporary folder inside `outDir` first and is renamed into place only
  * when every artifact was written, so a failed compile leaves what was there before.
  */
@@ -48,7 +48,7 @@ export interface CompileRequest {
   /** Training shapes, optimizer and loop settings; the family's defaults when omitted. */
   training?: TrainingSettings;
   log?: (message: string) => void;
-  /** Passes (by name) to leave out of every pipeline: for measuring what a pass buys, and tests. */
+  /** Passes (by name) to leave out of every artifact's pass list: for measuring what a pass buys, and tests. */
   skipPasses?: readonly string[];
   /** split-attention's threshold (ArtifactState.splitAttentionAboveBytes): for tests on small models. */
   splitAttentionAboveBytes?: number;

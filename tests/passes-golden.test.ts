@@ -13,7 +13,7 @@ import { Pass, runPasses } from '../compiler/pass';
 import { printGraph } from '../compiler/printer';
 import { bakeLora } from '../passes/bake-lora';
 import { foldLoraWeights } from '../passes/fold-lora';
-import { PIPELINES } from '../passes/artifact-passes';
+import { ARTIFACT_PASSES } from '../passes/artifact-passes';
 import { preciseNormalizationPass } from '../passes/precise-normalization';
 import { preciseTrigonometryPass } from '../passes/precise-trigonometry';
 import { slicesToSplitPass } from '../passes/slices-to-split';
@@ -40,7 +40,7 @@ function expectGolden(name: string, text: string): void {
 function after(artifact: ArtifactName, count: number, hollow = true, base: 'fp32' | 'int8' = 'fp32') {
   const model = cloneModel(toyUNet());
   const state = toyState(hollow, base);
-  const passes = PIPELINES[artifact].slice(0, count);
+  const passes = ARTIFACT_PASSES[artifact].slice(0, count);
   runPasses(model, passes, state);
   return { model, state, last: passes[passes.length - 1].name };
 }
@@ -78,13 +78,13 @@ const OWN_GRAPH_CASES: [Pass<ArtifactState>, () => Model][] = [
 /** Passes that change the toy only under a spec option: golden in their own tests below. */
 const OPTION_CASES = ['float16-lora-inputs'];
 
-test('every pipeline is covered: each pass of PIPELINES has a golden case', () => {
+test('every artifact pass list is covered: each pass of ARTIFACT_PASSES has a golden case', () => {
   const covered = new Set([
-    ...CASES.map(([, artifact, count]) => PIPELINES[artifact][count - 1].name),
+    ...CASES.map(([, artifact, count]) => ARTIFACT_PASSES[artifact][count - 1].name),
     ...OWN_GRAPH_CASES.map(([p]) => p.name),
     ...OPTION_CASES,
   ]);
-  const all = new Set(Object.values(PIPELINES).flatMap((ps) => ps.map((p) => p.name)));
+  const all = new Set(Object.values(ARTIFACT_PASSES).flatMap((ps) => ps.map((p) => p.name)));
   expect([...all].filter((p) => !covered.has(p))).toEqual([]);
 });
 
@@ -106,7 +106,7 @@ test.each(OWN_GRAPH_CASES.map(([p, graph]) => [p.name, p, graph] as const))('%s 
 test('float16-lora-inputs (lora infer fp16): infer.onnx takes its LoRA tensors as float16, cast where read', () => {
   const model = cloneModel(toyUNet());
   const state = toyState(true);
-  const passes = PIPELINES.infer.slice(0, 4);
+  const passes = ARTIFACT_PASSES.infer.slice(0, 4);
   expect(passes[3].name).toBe('float16-lora-inputs');
   const [, , , record] = runPasses(model, passes, { ...state, lora: { ...state.lora, inferPrecision: 'fp16' } });
   expect(record.changed).toBe(true);

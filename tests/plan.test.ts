@@ -5,7 +5,10 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import sharp from 'sharp';
-import { PlanRequest, planSvg, planUNet, parseBytes } from '../cli/plan';
+import { parseBytes } from '../cli/plan';
+import { PlanRequest, planUNet } from '../passes/plan/plan';
+import { planSvg } from '../passes/plan/render';
+import { recordLayout } from '../runtime/store/store-format';
 import { describeUNet } from '../models/builder/unet';
 import { FAMILIES } from '../models/families';
 import { defaultTrainingSettings } from '../models/training-defaults';
@@ -37,6 +40,7 @@ function fullSd21Request(side: number): PlanRequest {
     training: { ...defaultTrainingSettings('sd21'), shapes },
     samples: 200,
     steps: 1000,
+    storeRecordBytes: (latent, activation) => recordLayout(latent, activation).recordBytes,
   };
 }
 

@@ -1,5 +1,5 @@
 /**
- * What the passes of one artifact's pipeline share: the compile's fixed inputs, and the facts
+ * What the passes of one artifact share: the compile's fixed inputs, and the facts
  * earlier passes produce for later ones (each pass names the fields it requires and ensures).
  */
 import { Model, Value } from '../../compiler/ir';

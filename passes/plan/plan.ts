@@ -1,0 +1,241 @@
+/**
+ * `hollowc plan`: the paper's resource tables (Tables 1, 3, 6, Fig. 5a) for any UNet, shape, rank
+ * and LoRA targets, before anything is trained: one row per valid cut and `hollow none`. Every
+ * figure comes from the graphs hollowc would emit (built in memory, never written), reading no
+ * weights: parameters, store bytes, FLOPs (compiler/flops.ts; the paper's convention: layers with
+ * weights only), and a predicted training-step peak.
+ *
+ * The memory model (CPU provider, fp32, host-side AdamW over grads.onnx, `hollowc train`'s default):
+ *   peak = weights the training graph holds (all resident: file-backed pages of the mmapped
+ *          external data) + FILE_BYTES (the binaries' own file-backed pages)
+ *        + ACTIVATION_FACTOR × activations live at the peak of the graph's node order
+ *        + LORA_COPIES × LoRA bytes (value and two moments; the step's gradients are returned
+ *          as it ends, after the peak)
+ *        + RUNTIME_BYTES (Node, onnxruntime, the session's graph).
+ * Calibration (tests/bench/train-step.ts, full SD 2.1, 32×32, r128, 2026-12-01, after the per-head
+ * attention, GEGLU and gradient-buffer changes): the file-backed part is the weights + 69 MiB in
+ * every row; LORA_COPIES is counted, RUNTIME_BYTES measured (a loaded session's anonymous memory
+ * without the LoRA values: 80 MiB at 39.2%), ACTIVATION_FACTOR fitted to the anonymous memory of
+ * `hollow none` (869 MiB) and 39.2% (823 MiB), 0.513 and 0.510 each. The two other measured cuts
+ * were predicted before measuring them (README, "plan: predicted vs measured").
+ */
+import { cloneModel } from '../../compiler/clone';
+import { elementSize } from '../../compiler/dtype';
+import { HollowcError } from '../../compiler/errors';
+import { countFlops } from '../../compiler/flops';
+import { Graph, Model, tensorElementCount } from '../../compiler/ir';
+import { ArtifactName, TrainingSettings, isLoraParam } from '../../compiler/manifest';
+import { presetsFor } from '../../models/presets';
+import { CutInfo, UNetAnalysis } from '../lib/analyze-unet';
+import { ArtifactState, LoraConfig } from '../lib/artifact-state';
+import { buildArtifact } from '../artifact-passes';
+import { specializeShapes, trainingShapes } from '../specialize-shapes';
+
+
+export const MiB = 2 ** 20;
+export const ACTIVATION_FACTOR = 0.51;
+export const LORA_COPIES = 3;
+export const FILE_BYTES = 69 * MiB;
+export const RUNTIME_BYTES = 80 * MiB;
+
+export interface PlanRequest {
+  unet: { file: string; model: Model; analysis: UNetAnalysis };
+  targets: readonly string[];
+  lora: LoraConfig;
+  training: TrainingSettings;
+  samples: number;
+  steps: number;
+  /** Bytes of one precompute-store record for these latent and hollow-activation shapes (the store's format is the runtime's). */
+  storeRecordBytes(latent: number[], activation: number[]): number;
+}
+
+export interface PlanRow {
+  /** 'none' or the last kept down layer. */
+  cut: string;
+  preset?: string;
+  hollowed: string[];
+  fraction: number;
+  baseParameters: number;
+  loraParameters: number;
+  storeBytesPerSample: number;
+  flops: {
+    /** The UNet alone (a merged or no LoRA). */
+    plainForward: number;
+    /** The UNet with the LoRA branches unmerged: LoRA fine-tuning's forward, the paper's inference baseline. */
+    loraFtForward: number;
+    precompute: number;
+    hollowedForward: number;
+    /** The paper's convention: forward + backward = 3 × the trained net's forward. */
+    trainStepPaper: number;
+    /** Counted on train.onnx: no weight gradients for frozen layers, so below 3 × forward. */
+    trainStepCounted: number;
+    inferTwoPath: number;
+  };
+  totals: { precompute: number; train: number; all: number };
+  /** Two-path inference against LoRA FT's (the paper's Table 3 comparison). */
+  inferenceOverhead: number;
+  memory: { weightBytes: number; activationPeakBytes: number; loraStateBytes: number; predictedPeakBytes: number };
+  fitsBudget?: boolean;
+}
+
+export interface Plan {
+  family: string;
+  model: string;
+  shapes: Record<string, number[]>;
+  rank: number;
+  samples: number;
+  steps: number;
+  conventions: { flops: string; memory: string };
+  rows: PlanRow[];
+  budgetBytes?: number;
+  /** The row --budget picks: the fewest hollowed layers whose predicted peak fits. */
+  chosen?: string;
+}
+
+/** Static copy of `model` at the training shapes (symbolic dims resolved), for FLOP counting. */
+function specialized(model: Model, req: PlanRequest): Model {
+  const copy = cloneModel(model);
+  specializeShapes(copy, trainingShapes(copy, req.unet.analysis.family, req.training), { recordValueInfo: false });
+  return copy;
+}
+
+/**
+ * The paper's convention: layers with weights (Conv, Linear, and the LoRA branches, run unmerged as
+ * diffusers runs them) at 2 x multiply-adds; attention's activation-by-activation products are not
+ * in it. It reproduces Table 3 on full SD 2.1 at 64x64, r128: precompute 0.237T (paper 0.238T), LoRA
+ * FT forward 0.714T (0.716T; the UNet alone is 0.678T, the r128 branches 0.036T), hollowed forward
+ * 0.667T (2.004T / 3).
+ */
+const flopsOf = (model: Model) => {
+  const lora = new Set(model.graph.inputs.filter((v) => isLoraParam(v.name)).map((v) => v.name));
+  const c = countFlops(model.graph, lora);
+  return c.matrix - c.activationMatrix;
+};
+
+/** Bytes of the weights a graph holds (its initializers, inline or external). */
+function weightBytes(g: Graph): number {
+  return g.initializers().reduce((a, v) => a + tensorElementCount(v.initializer!) * (elementSize(v.initializer!.dataType) ?? 4), 0);
+}
+
+/** Peak bytes of intermediate values alive at once, walking the nodes in graph order. */
+export function activationPeakBytes(g: Graph): number {
+  const lastUse = new Map<unknown, number>();
+  g.nodes.forEach((n, i) => n.inputs.forEach((v) => v && lastUse.set(v, i)));
+  const outputs = new Set(g.outputs);
+  const bytes = (v: { type?: { elemType: number; shape?: unknown[] } }) =>
+    v.type?.shape?.every((d) => typeof d === 'number')
+      ? (v.type.shape as number[]).reduce((a, b) => a * b, 1) * (elementSize(v.type.elemType) ?? 4)
+      : 0;
+  let live = g.inputs.reduce((a, v) => a + bytes(v), 0);
+  let peak = live;
+  const dying: number[][] = g.nodes.map(() => []);
+  g.nodes.forEach((n, i) => {
+    for (const o of n.outputs) {
+      live += bytes(o);
+      const last = lastUse.get(o);
+      if (last !== undefined && !outputs.has(o)) dying[last].push(bytes(o));
+      else if (last === undefined && !outputs.has(o)) dying[i].push(bytes(o));
+    }
+    peak = Math.max(peak, live);
+    for (const b of dying[i]) live -= b;
+  });
+  return peak;
+}
+
+function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: number): PlanRow {
+  const { analysis } = req.unet;
+  const inputs: ArtifactState = { analysis, cut, targets: req.targets, lora: req.lora, training: req.training, label: req.unet.file };
+  const build = (name: ArtifactName) => buildArtifact(name, req.unet.model, inputs);
+  const train = build('train');
+  // hollowc train's default step: grads.onnx with AdamW on the host.
+  const grads = build('grads');
+  // Without a cut the trained net is the UNet with the LoRA branches: LoRA FT's forward, built once.
+  const forward = cut ? flopsOf(specialized(build('forward').model, req)) : loraFt;
+  const precompute = cut ? flopsOf(specialized(build('precompute').model, req)) : 0;
+  const infer = flopsOf(specialized(build('infer').model, req));
+  const loraParameters = train.state.loraParams!.reduce((a, p) => a + p.shape.reduce((x, y) => x * y, 1), 0);
+  const latent = req.training.shapes.sample.slice(1);
+  const activation = cut ? (trainingShapes(train.model, analysis.family, req.training).hollow_activation?.slice(1) ?? []) : [];
+  const memory = {
+    weightBytes: weightBytes(grads.model.graph),
+    activationPeakBytes: activationPeakBytes(grads.model.graph),
+    loraStateBytes: LORA_COPIES * 4 * loraParameters,
+    predictedPeakBytes: 0,
+  };
+  memory.predictedPeakBytes =
+    memory.weightBytes + FILE_BYTES + ACTIVATION_FACTOR * memory.activationPeakBytes + memory.loraStateBytes + RUNTIME_BYTES;
+  const trainStepPaper = 3 * forward;
+  const preset = cut ? presetsFor(analysis.family).find((p) => p.lastKeptDown === cut.lastKeptDown)?.name : undefined;
+  return {
+    cut: cut?.lastKeptDown ?? 'none',
+    ...(preset ? { preset } : {}),
+    hollowed: cut ? [...cut.hollowed] : [],
+    fraction: cut?.fraction ?? 0,
+    baseParameters: analysis.totalParams - (cut?.removedParams ?? 0),
+    loraParameters,
+    storeBytesPerSample: cut ? req.storeRecordBytes(latent, activation) : 0,
+    flops: {
+      plainForward: plain,
+      loraFtForward: loraFt,
+      precompute,
+      hollowedForward: forward,
+      trainStepPaper,
+      trainStepCounted: flopsOf(train.model),
+      inferTwoPath: infer,
+    },
+    totals: {
+      precompute: precompute * req.samples,
+      train: trainStepPaper * req.steps,
+      all: precompute * req.samples + trainStepPaper * req.steps,
+    },
+    inferenceOverhead: infer / loraFt - 1,
+    memory,
+  };
+}
+
+export function planUNet(req: PlanRequest, budgetBytes?: number, only?: readonly string[]): Plan {
+  const { analysis } = req.unet;
+  if (!req.training.shapes.sample)
+    throw new HollowcError('give the training latent shape (--shape sample=1,4,64,64 or a spec with a `shape sample` line)');
+  const plain = flopsOf(specialized(req.unet.model, req));
+  const loraFt = flopsOf(
+    specialized(
+      buildArtifact('forward', req.unet.model, {
+        analysis,
+        cut: null,
+        targets: req.targets,
+        lora: req.lora,
+        training: req.training,
+        label: req.unet.file,
+      }).model,
+      req,
+    ),
+  );
+  const wanted = (cut: string) => !only || only.includes(cut);
+  // Smallest hollow first, as the paper's tables go; `hollow none` is the LoRA-FT baseline.
+  const rows = [
+    ...(wanted('none') ? [row(req, null, plain, loraFt)] : []),
+    ...analysis.cuts.filter((c) => wanted(c.lastKeptDown)).map((c) => row(req, c, plain, loraFt)),
+  ];
+  const plan: Plan = {
+    family: analysis.family,
+    model: req.unet.file,
+    shapes: req.training.shapes,
+    rank: req.lora.rank,
+    samples: req.samples,
+    steps: req.steps,
+    conventions: {
+      flops:
+        'FLOPs = 2 x multiply-adds of the layers with weights (Conv, Linear as MatMul/Gemm, the LoRA branches unmerged) on the emitted graphs at the training shapes, attention products left out as in the paper; training "paper" = 3 x the trained net\'s forward, "counted" = train.onnx as emitted (its LoRA weight gradients, products of two activations, left out like attention); overhead = two-path inference against LoRA FT\'s (UNet + unmerged LoRA)',
+      memory: `predicted CPU peak (host AdamW) = weights held + ${FILE_BYTES / MiB} MiB + ${ACTIVATION_FACTOR} x activations live at the peak + ${LORA_COPIES} x LoRA bytes + ${RUNTIME_BYTES / MiB} MiB runtime`,
+    },
+    rows,
+  };
+  if (budgetBytes !== undefined) {
+    plan.budgetBytes = budgetBytes;
+    for (const r of rows) r.fitsBudget = r.memory.predictedPeakBytes <= budgetBytes;
+    // Fewest hollowed layers that fit: hollow none first, then the cuts from the smallest hollow.
+    plan.chosen = [...rows].sort((a, b) => a.hollowed.length - b.hollowed.length).find((r) => r.fitsBudget)?.cut;
+  }
+  return plan;
+}
