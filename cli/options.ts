@@ -1,6 +1,6 @@
 /** Option parsers and the options every command that runs a session shares. */
 import { InvalidArgumentError, Option } from 'commander';
-import { EXECUTION_PROVIDERS, ExecutionProvider, SessionTuning } from '../runtime/ort/session';
+import { EXECUTION_PROVIDERS, SessionTuning } from '../runtime/ort/session';
 
 export function parseCount(text: string): number {
   const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;

@@ -3,7 +3,7 @@
  * the values that need no other statement.
  */
 import { CstChildrenDictionary, CstNode, IToken } from 'chevrotain';
-import { BasePrecision, BlockItem, Hollow, InferLoraPrecision, LoraInitStmt, Num, Option, ShapeDecl, Statement, Valued } from './ast';
+import { BasePrecision, BlockItem, Hollow, InferLoraPrecision, LoraInitStmt, Num, Option, Statement, Valued } from './ast';
 import { SourcePos, SourceText, SpecError, specErrorAt } from './diagnostics';
 import { globProblem } from './glob';
 import { parser } from './parser';

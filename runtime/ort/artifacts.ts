@@ -3,7 +3,6 @@
  * fixed (prediction type, prior weight, seed, learning rate, steps, checkpoint interval), and
  * onnxruntime tensors built to the dtypes and shapes the manifest describes.
  */
-import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../../compiler/errors';

@@ -26,19 +26,16 @@ import { inputValues } from '../formats/float16';
 import { readLoraForManifest } from '../formats/lora-file';
 import { LORA_INIT_FILE } from '../formats/lora-format';
 import { NoiseSchedule } from './noise-schedule';
-import { defaultTimeIds } from '../store/precompute';
+import { defaultTimeIds, twoPathConditioningFeeds } from './conditioning';
 import { Scheduler, SchedulerName, TimestepSpacing, makeScheduler } from './schedulers';
 import { ExecutionProvider, SessionTuning, createSession } from '../ort/session';
 import type { Conditioning } from '../store/store';
 import {
   ArtifactDescription,
   CompileManifest,
-  ENCODER_HIDDEN_STATES,
   OUT_SAMPLE,
   SAMPLE,
-  TEXT_EMBEDS,
   TIMESTEP,
-  baseInputName,
 } from '../../compiler/manifest';
 import { denoise } from './denoise';
 import { TRAINED_LORA_FILE } from '../train/train';
@@ -83,28 +80,6 @@ export interface GenerateResult {
 
 function checkGuidance(g: number): void {
   if (!(g >= 1 && Number.isFinite(g))) throw new HollowcError(`--guidance must be a number >= 1, got ${g}`);
-}
-
-function zerosLike(c: Conditioning): Conditioning {
-  return {
-    encoderHiddenStates: { shape: c.encoderHiddenStates.shape, data: new Float32Array(c.encoderHiddenStates.data.length) },
-    ...(c.textEmbeds ? { textEmbeds: { shape: c.textEmbeds.shape, data: new Float32Array(c.textEmbeds.data.length) } } : {}),
-  };
-}
-
-function rows(get: (c: Conditioning) => Float32Array | undefined, list: Conditioning[], what: string): Float32Array {
-  const parts = list.map((c) => {
-    const v = get(c);
-    if (!v)
-      throw new HollowcError(`the model needs ${what} for every prompt (SDXL: give <prompt>.text_embeds.npy or a .safetensors prompt)`);
-    return v;
-  });
-  const n = parts[0].length;
-  const bad = parts.find((p) => p.length !== n);
-  if (bad) throw new HollowcError(`prompt embeddings differ in size (${n} vs ${bad.length} values of ${what})`);
-  const out = new Float32Array(parts.length * n);
-  parts.forEach((p, i) => out.set(p, i * n));
-  return out;
 }
 
 /** LoRA input values for infer.onnx, from a file; returns where they came from. */
@@ -207,26 +182,16 @@ export class Sampler {
     const names = new Set(session.inputNames);
     const describe = (name: string) => this.infer?.inputs.find((i) => i.name === name);
     const guided = options.guidance !== 1;
-    const negative = options.negative ?? zerosLike(options.prompt);
-    const pathTwo = guided ? [negative, options.prompt] : [options.prompt];
-    const pathOne = guided ? [negative, options.classPrompt] : [options.classPrompt];
-    const B = pathTwo.length;
-    const [T, D] = options.prompt.encoderHiddenStates.shape;
+    const B = guided ? 2 : 1;
     const fixed: Record<string, ort.Tensor> = { ...this.lora.feeds };
-    const ehs = (list: Conditioning[]) => rows((c) => c.encoderHiddenStates.data, list, 'encoder_hidden_states');
-    const te = (list: Conditioning[]) => rows((c) => c.textEmbeds?.data, list, 'text_embeds');
-    const put = (name: string, data: () => Float32Array, dims: number[]) => {
-      if (names.has(name)) fixed[name] = tensorFor(describe(name), data(), dims);
-    };
-    put(ENCODER_HIDDEN_STATES, () => ehs(pathTwo), [B, T, D]);
-    put(baseInputName(ENCODER_HIDDEN_STATES), () => ehs(pathOne), [B, T, D]);
-    const P = options.prompt.textEmbeds?.data.length ?? 0;
-    put(TEXT_EMBEDS, () => te(pathTwo), [B, P]);
-    put(baseInputName(TEXT_EMBEDS), () => te(pathOne), [B, P]);
-    if (names.has('time_ids')) {
-      const ids = options.timeIds ?? defaultTimeIds(latentShape);
-      put('time_ids', () => rows(() => ids, pathTwo, 'time_ids'), [B, ids.length]);
-    }
+    const conditioning = twoPathConditioningFeeds(names, {
+      prompt: options.prompt,
+      classPrompt: options.classPrompt,
+      negative: options.negative,
+      guided,
+      timeIds: options.timeIds ?? defaultTimeIds(latentShape),
+    });
+    for (const [name, { data, dims }] of conditioning) fixed[name] = tensorFor(describe(name), data, dims);
     const missing = [...names].filter((n) => !(n in fixed) && n !== SAMPLE && n !== TIMESTEP);
     if (missing.length)
       throw new HollowcError(`cannot feed input${missing.length > 1 ? 's' : ''} ${missing.slice(0, 3).join(', ')}`, modelFile);

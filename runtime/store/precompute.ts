@@ -17,9 +17,10 @@ import type * as ort from 'onnxruntime-node';
 import { HollowcError } from '../../compiler/errors';
 import { withFolderLockAsync } from '../../compiler/folder-lock';
 import { Rng, fillNormal, uniformOpen } from '../../models/random';
-import { CompileManifest, HOLLOW_ACTIVATION, TensorDescription } from '../../compiler/manifest';
+import { CompileManifest, HOLLOW_ACTIVATION, TIME_IDS, TensorDescription } from '../../compiler/manifest';
 import { float32Data, loadManifest, requireArtifact, tensorFor } from '../ort/artifacts';
 import { NoiseSchedule, Prediction } from '../sampling/noise-schedule';
+import { defaultTimeIds } from '../sampling/conditioning';
 import { ExecutionProvider, SessionTuning, createSession } from '../ort/session';
 import { Conditioning, Store } from './store';
 import type { TrainingData } from './training-data';
@@ -82,11 +83,6 @@ export function storeCompileStamp(manifest: CompileManifest): { precompute?: str
   return { precompute: manifest.artifacts.precompute?.file, cut: manifest.cut?.lastKeptDown ?? null, model: manifest.model.sha256 };
 }
 
-export function defaultTimeIds(latentShape: readonly number[]): Float32Array {
-  const h = 8 * latentShape[1];
-  const w = 8 * latentShape[2];
-  return Float32Array.of(h, w, 0, 0, h, w);
-}
 
 function storeFingerprint(manifest: CompileManifest, data: TrainingData, seed: number, prediction: Prediction): string {
   return crypto
@@ -143,7 +139,7 @@ function conditioningFeeds(
           `this ${family} UNet needs text_embeds (pooled prompt embeddings): give <prompt>.text_embeds.npy or a .safetensors prompt`,
         );
       feeds[input.name] = tensorFor(input, c.textEmbeds.data, [1, ...c.textEmbeds.shape]);
-    } else if (input.name === 'time_ids') feeds[input.name] = tensorFor(input, timeIds!, [1, timeIds!.length]);
+    } else if (input.name === TIME_IDS) feeds[input.name] = tensorFor(input, timeIds!, [1, timeIds!.length]);
   }
   return feeds;
 }
@@ -166,7 +162,7 @@ async function precomputeUnlocked(options: PrecomputeOptions): Promise<Precomput
   const schedule = NoiseSchedule.forFamily(manifest.family);
   const latentShape = data.instanceLatents[0].shape;
   const latentSize = latentShape.reduce((a, b) => a * b, 1);
-  const sdxl = artifact.inputs.some((i) => i.name === 'time_ids');
+  const sdxl = artifact.inputs.some((i) => i.name === TIME_IDS);
   const timeIds = sdxl ? (data.timeIds ?? defaultTimeIds(latentShape)) : undefined;
   const fingerprint = storeFingerprint(manifest, data, seed, settings.prediction);
   const storeDir = options.storeDir ?? path.join(options.out, 'store');

@@ -32,6 +32,8 @@ import { ConfiguredScheduler, configureScheduler, defaultSchedulerFor } from '..
 import { SchedulerName, TimestepSpacing } from '../sampling/schedulers';
 import { SessionOptions, createSession } from '../ort/session';
 import type { Conditioning } from '../store/store';
+import { stackRows, zeroConditioning } from '../sampling/conditioning';
+import { denoise } from '../sampling/denoise';
 import { loadTokenizer } from './tokenizer';
 import { LatentBatch, decodeLatents } from './vae';
 
@@ -120,13 +122,6 @@ export async function encodePrompts(
   });
 }
 
-export function zeroConditioning(c: Conditioning): Conditioning {
-  return {
-    encoderHiddenStates: { shape: [...c.encoderHiddenStates.shape], data: new Float32Array(c.encoderHiddenStates.data.length) },
-    ...(c.textEmbeds ? { textEmbeds: { shape: [...c.textEmbeds.shape], data: new Float32Array(c.textEmbeds.data.length) } } : {}),
-  };
-}
-
 /** Image side / latent side: 2^(VAE blocks - 1). */
 export function vaeScaleFactor(folder: PipelineFolder): number {
   const blocks = folder.vaeDecoder.config.block_out_channels ?? folder.vaeEncoder.config.block_out_channels;
@@ -202,15 +197,7 @@ function timeIdsFor(o: TextToImageOptions): Float32Array {
   return Float32Array.of(o.height, o.width, 0, 0, o.height, o.width);
 }
 
-/** Stacks rows into one [rows.length, ...] array. */
-function stack(rows: Float32Array[]): Float32Array {
-  const n = rows[0].length;
-  const out = new Float32Array(rows.length * n);
-  rows.forEach((r, i) => out.set(r, i * n));
-  return out;
-}
-
-async function denoise(
+async function denoisePipeline(
   o: TextToImageOptions,
   configured: ConfiguredScheduler,
   cond: Conditioning,
@@ -221,62 +208,68 @@ async function denoise(
   const folder = o.folder;
   const scheduler = configured.make(o.steps);
   const [N] = shape;
-  const size = noise.length / N;
   const guided = o.guidance > 1;
   const rows = guided ? [...new Array(N).fill(negative), ...new Array(N).fill(cond)] : new Array(N).fill(cond);
   const B = rows.length;
   const [T, D] = cond.encoderHiddenStates.shape;
   const inputs = folder.unet.inputs;
   const fixed: Record<string, ort.Tensor> = {
-    [ENCODER_HIDDEN_STATES]: tensorFor(describe(inputs, ENCODER_HIDDEN_STATES), stack(rows.map((c) => c.encoderHiddenStates.data)), [
-      B,
-      T,
-      D,
-    ]),
+    [ENCODER_HIDDEN_STATES]: tensorFor(
+      describe(inputs, ENCODER_HIDDEN_STATES),
+      stackRows(
+        rows.map((c) => c.encoderHiddenStates.data),
+        ENCODER_HIDDEN_STATES,
+      ),
+      [B, T, D],
+    ),
   };
   if (describe(inputs, TEXT_EMBEDS)) {
     if (!cond.textEmbeds) throw new HollowcError('the UNet takes text_embeds but the text encoders gave none');
-    fixed[TEXT_EMBEDS] = tensorFor(describe(inputs, TEXT_EMBEDS), stack(rows.map((c) => c.textEmbeds!.data)), [
-      B,
-      cond.textEmbeds.data.length,
-    ]);
+    fixed[TEXT_EMBEDS] = tensorFor(
+      describe(inputs, TEXT_EMBEDS),
+      stackRows(
+        rows.map((c) => c.textEmbeds?.data),
+        TEXT_EMBEDS,
+      ),
+      [B, cond.textEmbeds.data.length],
+    );
   }
   if (describe(inputs, TIME_IDS)) {
     const ids = timeIdsFor(o);
-    fixed[TIME_IDS] = tensorFor(describe(inputs, TIME_IDS), stack(rows.map(() => ids)), [B, ids.length]);
+    fixed[TIME_IDS] = tensorFor(
+      describe(inputs, TIME_IDS),
+      stackRows(
+        rows.map(() => ids),
+        TIME_IDS,
+      ),
+      [B, ids.length],
+    );
   }
   const unknown = inputs.filter((i) => !(i.name in fixed) && i.name !== SAMPLE && i.name !== TIMESTEP);
   if (unknown.length) throw new HollowcError(`cannot feed the UNet's input(s) ${unknown.map((i) => i.name).join(', ')}`, folder.unet.model);
   const timestepDesc = describe(inputs, TIMESTEP)!;
   const sampleDesc = describe(inputs, SAMPLE);
 
-  let latents: Float32Array = Float32Array.from(noise, (x) => x * scheduler.initNoiseSigma);
   const session = await createSession(o.unetModel ?? folder.unet.model, o.session ?? {});
+  let latents: Float32Array;
   try {
     const outputName = session.outputNames.includes(OUT_SAMPLE) ? OUT_SAMPLE : session.outputNames[0];
-    for (let i = 0; i < scheduler.timesteps.length; i++) {
-      const t = scheduler.timesteps[i];
-      const input = scheduler.scaleModelInput(latents, i);
-      const batch = guided ? stack([input, input]) : input;
-      const timestep =
-        timestepDesc.shape.length === 0 ? tensorFor(timestepDesc, [t], []) : tensorFor(timestepDesc, new Array(B).fill(t), [B]);
-      const r = await session.run({ ...fixed, [SAMPLE]: tensorFor(sampleDesc, batch, [B, ...shape.slice(1)]), [TIMESTEP]: timestep }, [
-        outputName,
-      ]);
-      const pred = floatValues(r[outputName], outputName);
-      let out: Float32Array = pred;
-      if (guided) {
-        const half = N * size;
-        out = new Float32Array(half);
-        for (let k = 0; k < half; k++) out[k] = pred[k] + o.guidance * (pred[half + k] - pred[k]);
-      }
-      latents = scheduler.step(out, i, latents, () => {
-        const n = new Float32Array(latents.length);
-        fillNormal(new Rng(o.seed, `generate/noise/${i}`), n, 1);
-        return n;
-      });
-      o.onStep?.(i + 1, scheduler.timesteps.length);
-    }
+    latents = await denoise({
+      scheduler,
+      latents: Float32Array.from(noise, (x) => x * scheduler.initNoiseSigma),
+      rows: guided ? 2 : 1,
+      guidance: o.guidance,
+      seed: o.seed,
+      predict: async (batch, t) => {
+        const timestep =
+          timestepDesc.shape.length === 0 ? tensorFor(timestepDesc, [t], []) : tensorFor(timestepDesc, new Array(B).fill(t), [B]);
+        const r = await session.run({ ...fixed, [SAMPLE]: tensorFor(sampleDesc, batch, [B, ...shape.slice(1)]), [TIMESTEP]: timestep }, [
+          outputName,
+        ]);
+        return floatValues(r[outputName], outputName);
+      },
+      onStep: o.onStep ? (done, total) => o.onStep!(done, total) : undefined,
+    });
   } finally {
     await session.release();
   }
@@ -386,7 +379,7 @@ export async function textToImage(o: TextToImageOptions): Promise<TextToImageRes
     }
     result = await denoiseRun(o, configured, cond, negative, classCond, noise, shape);
   } else {
-    result = await denoise(o, configured, cond, negative, noise, shape);
+    result = await denoisePipeline(o, configured, cond, negative, noise, shape);
   }
   o.onStage?.('unet', 'end');
 

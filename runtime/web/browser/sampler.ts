@@ -7,13 +7,9 @@
 import type * as Ort from 'onnxruntime-web';
 import {
   CompileManifest,
-  ENCODER_HIDDEN_STATES,
   OUT_SAMPLE,
   SAMPLE,
-  TEXT_EMBEDS,
   TIMESTEP,
-  TIME_IDS,
-  baseInputName,
 } from '../../../compiler/manifest';
 import { Rng, fillNormal } from '../../../models/random';
 import { NoiseSchedule } from '../../sampling/noise-schedule';
@@ -21,6 +17,7 @@ import { denoise } from '../../sampling/denoise';
 import { inputValues } from '../../formats/float16';
 import { SchedulerName, makeScheduler } from '../../sampling/schedulers';
 import type { Conditioning } from '../../store/store';
+import { defaultTimeIds, twoPathConditioningFeeds } from '../../sampling/conditioning';
 import { OrtModule, floatOutput, webTensor } from './tensors';
 
 export interface SampleRequest {
@@ -34,21 +31,6 @@ export interface SampleRequest {
   timeIds?: Float32Array;
   lora: Map<string, Float32Array>;
   onStep?: (i: number, steps: number) => void;
-}
-
-function zerosLike(c: Conditioning): Conditioning {
-  return {
-    encoderHiddenStates: { shape: c.encoderHiddenStates.shape, data: new Float32Array(c.encoderHiddenStates.data.length) },
-    ...(c.textEmbeds ? { textEmbeds: { shape: c.textEmbeds.shape, data: new Float32Array(c.textEmbeds.data.length) } } : {}),
-  };
-}
-
-function rows(parts: (Float32Array | undefined)[], what: string): Float32Array {
-  if (parts.some((p) => !p)) throw new Error(`the model needs ${what} for every prompt`);
-  const n = parts[0]!.length;
-  const out = new Float32Array(parts.length * n);
-  parts.forEach((p, i) => out.set(p!, i * n));
-  return out;
 }
 
 export async function sampleLatents(
@@ -68,64 +50,11 @@ export async function sampleLatents(
 
   const names = new Set(session.inputNames);
   const guided = o.guidance !== 1;
-  const negative = zerosLike(o.prompt);
-  const pathTwo = guided ? [negative, o.prompt] : [o.prompt];
-  const pathOne = guided ? [negative, o.classPrompt] : [o.classPrompt];
-  const B = pathTwo.length;
-  const [T, D] = o.prompt.encoderHiddenStates.shape;
+  const B = guided ? 2 : 1;
   const fixed: Record<string, Ort.Tensor> = {};
-  const put = (name: string, data: () => Float32Array, dims: number[]) => {
-    if (names.has(name)) fixed[name] = webTensor(ort, describe(name), data(), dims);
-  };
-  put(
-    ENCODER_HIDDEN_STATES,
-    () =>
-      rows(
-        pathTwo.map((c) => c.encoderHiddenStates.data),
-        ENCODER_HIDDEN_STATES,
-      ),
-    [B, T, D],
-  );
-  put(
-    baseInputName(ENCODER_HIDDEN_STATES),
-    () =>
-      rows(
-        pathOne.map((c) => c.encoderHiddenStates.data),
-        ENCODER_HIDDEN_STATES,
-      ),
-    [B, T, D],
-  );
-  const P = o.prompt.textEmbeds?.data.length ?? 0;
-  put(
-    TEXT_EMBEDS,
-    () =>
-      rows(
-        pathTwo.map((c) => c.textEmbeds?.data),
-        TEXT_EMBEDS,
-      ),
-    [B, P],
-  );
-  put(
-    baseInputName(TEXT_EMBEDS),
-    () =>
-      rows(
-        pathOne.map((c) => c.textEmbeds?.data),
-        TEXT_EMBEDS,
-      ),
-    [B, P],
-  );
-  if (names.has(TIME_IDS)) {
-    const ids = o.timeIds ?? Float32Array.of(8 * o.latentShape[1], 8 * o.latentShape[2], 0, 0, 8 * o.latentShape[1], 8 * o.latentShape[2]);
-    put(
-      TIME_IDS,
-      () =>
-        rows(
-          pathTwo.map(() => ids),
-          TIME_IDS,
-        ),
-      [B, ids.length],
-    );
-  }
+  const timeIds = o.timeIds ?? defaultTimeIds(o.latentShape);
+  for (const [name, { data, dims }] of twoPathConditioningFeeds(names, { prompt: o.prompt, classPrompt: o.classPrompt, guided, timeIds }))
+    fixed[name] = webTensor(ort, describe(name), data, dims);
   for (const t of manifest.lora.targets) {
     for (const p of [t.lora_A, t.lora_B]) {
       if (!names.has(p.name)) continue;
