@@ -143,7 +143,7 @@ export function registerGenerate(program: Command): void {
       fallbackToCpu: o.cpuFallback,
       session: tuning(o),
       onStep: (i) => {
-        progress ??= new ProgressLine('step', o.steps, process.stderr, undefined, i - 1);
+        progress ??= new ProgressLine('step', o.steps, process.stderr, i - 1);
         progress.update(i);
       },
     }).finally(() => progress?.finish());

@@ -53,7 +53,7 @@ export function registerPrecompute(program: Command): void {
       fallbackToCpu: o.cpuFallback,
       session: tuning(o),
       onRecord: (done) => {
-        progress ??= new ProgressLine('precompute', o.count, process.stderr, undefined, done - 1);
+        progress ??= new ProgressLine('precompute', o.count, process.stderr, done - 1);
         progress.update(done);
       },
     }).finally(() => progress?.finish());

@@ -59,7 +59,7 @@ export function registerTrain(program: Command): void {
       fallbackToCpu: o.cpuFallback,
       session: tuning(o),
       onStep: (s) => {
-        progress ??= new ProgressLine('step', s.steps, process.stderr, undefined, s.step - 1);
+        progress ??= new ProgressLine('step', s.steps, process.stderr, s.step - 1);
         progress.update(s.step, { loss: s.loss.toFixed(5) });
       },
     }).finally(() => progress?.finish());

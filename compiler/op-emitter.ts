@@ -7,7 +7,7 @@ import { DataType, DataTypeCode } from './dtype';
 import { Attrs, GraphBuilder } from './builder';
 import { Node, Value } from './ir';
 import { sizeOf, tensorFromConst } from './constant-eval';
-import { constantOfValue, inferNodeTypes } from './shape-inference';
+import { constantOfValue, inferNodeTypes, staticShape } from './shape-inference';
 
 /** The opset at which each op's `axes` moved from attribute to input. */
 const AXES_INPUT_SINCE: Record<string, number> = {
@@ -168,11 +168,10 @@ export function elemTypeOf(v: Value): DataTypeCode {
 
 /** The static shape of `v`; throws when it has none (run specializeShapes first). */
 export function staticShapeOf(v: Value): number[] {
-  const s = v.type?.shape;
-  if (!s || s.some((d) => typeof d !== 'number')) {
+  const s = staticShape(v);
+  if (!s)
     throw new Error(
-      `value ${v.name} has no static shape ([${s?.map((d) => d ?? '?').join(',') ?? '?'}]); specialize the graph's shapes first`,
+      `value ${v.name} has no static shape ([${v.type?.shape?.map((d) => d ?? '?').join(',') ?? '?'}]); specialize the graph's shapes first`,
     );
-  }
-  return s as number[];
+  return s;
 }

@@ -455,6 +455,13 @@ export interface InferOptions {
   evaluate?: boolean;
 }
 
+/** A constant input of `node` (axes, pads, slice bounds) as an int list, if it is one. */
+export function constantInts(node: Node, i: number): number[] | undefined {
+  const v = node.inputs[i];
+  const c = v ? constantOfValue(v) : undefined;
+  return c ? intList(c) : undefined;
+}
+
 /** The static shape of `v`, or undefined when it has none (op-emitter's staticShapeOf throws instead). */
 export function staticShape(v: Value): number[] | undefined {
   const s = v.type?.shape;

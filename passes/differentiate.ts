@@ -14,9 +14,9 @@ import { Graph, Model, Node, Value } from '../compiler/ir';
 import { Pass } from '../compiler/pass';
 import { ArtifactState, loraValues } from './lib/artifact-state';
 import { isFloatType, mergeEqualConstants } from '../compiler/constant-eval';
-import { GRADIENT_RULES, GradContext, NO_GRADIENT_OPS, constantInts } from './lib/gradient-rules';
+import { GRADIENT_RULES, GradContext, NO_GRADIENT_OPS } from './lib/gradient-rules';
 import { OpEmitter, staticShapeOf } from '../compiler/op-emitter';
-import { inferShapes } from '../compiler/shape-inference';
+import { constantInts, inferShapes, staticShape } from '../compiler/shape-inference';
 
 export interface DifferentiateOptions {
   /** Gradient of the loss itself (default: ones shaped like the loss). */
@@ -67,10 +67,6 @@ function valuesReaching(loss: Value): Set<Value> {
   return seen;
 }
 
-function hasStaticShape(v: Value): boolean {
-  return !!v.type?.shape?.every((d) => typeof d === 'number');
-}
-
 /** Sums gradient contributions lazily, once per value. */
 class Accumulator {
   private readonly parts = new Map<Value, Value[]>();
@@ -108,7 +104,7 @@ export function differentiate(model: Model, loss: Value, wrt: readonly Value[], 
   const toLoss = valuesReaching(loss);
   const active = (v: Value | null): v is Value => !!v && fromWrt.has(v) && toLoss.has(v);
   const path = () => g.nodes.filter((n) => n.outputs.some(active));
-  if (path().some((n) => [...n.inputs, ...n.outputs].some((v) => v && !hasStaticShape(v)))) inferShapes(model);
+  if (path().some((n) => [...n.inputs, ...n.outputs].some((v) => v && !staticShape(v)))) inferShapes(model);
   else g.topologicalSort();
   const nodes = path();
 

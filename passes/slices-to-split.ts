@@ -13,7 +13,7 @@ import { GraphBuilder } from '../compiler/builder';
 import { Graph, Model, Node, Value } from '../compiler/ir';
 import { OpEmitter } from '../compiler/op-emitter';
 import { Pass } from '../compiler/pass';
-import { constantInts } from './lib/gradient-rules';
+import { constantInts } from '../compiler/shape-inference';
 import { ArtifactState } from './lib/artifact-state';
 
 interface Piece {

@@ -25,23 +25,33 @@ export function formatBytes(bytes: number): string {
   return `${bytes} B`;
 }
 
+/** Outside a terminal (a log, CI) a line is printed per tenth of the run, or after this long without one. */
+const LOG_TENTHS = 10;
+const LOG_EVERY_MS = 10_000;
+
 export class ProgressLine {
-  private readonly started = Date.now();
+  private readonly started: number;
   private lastLength = 0;
-  private updates = 0;
+  /** the tenth of the run last logged, and when (outside a terminal) */
+  private loggedTenth: number;
+  private loggedAt: number;
 
   constructor(
     private readonly label: string,
     private readonly total: number,
     private readonly stream: ProgressStream = process.stderr,
-    private readonly every = Math.max(1, Math.ceil(total / 20)),
     private readonly startAt = 0,
-  ) {}
+    private readonly now: () => number = Date.now,
+  ) {
+    this.started = now();
+    this.loggedAt = this.started;
+    this.loggedTenth = Math.floor((LOG_TENTHS * startAt) / total);
+  }
 
   /** `done` counts from the run's start (`startAt`), so it/s and ETA cover this run only. */
   update(done: number, fields: Record<string, string> = {}): void {
-    this.updates++;
-    const seconds = (Date.now() - this.started) / 1000;
+    const now = this.now();
+    const seconds = (now - this.started) / 1000;
     const ran = done - this.startAt;
     const rate = seconds > 0 ? ran / seconds : 0;
     const eta = rate > 0 ? (this.total - done) / rate : NaN;
@@ -60,8 +70,13 @@ export class ProgressLine {
       const pad = ' '.repeat(Math.max(0, this.lastLength - line.length));
       this.stream.write(`\r${line}${pad}`);
       this.lastLength = line.length;
-    } else if (done >= this.total || this.updates % this.every === 0) {
-      this.stream.write(`${line}\n`);
+    } else {
+      const tenth = Math.floor((LOG_TENTHS * done) / this.total);
+      if (done >= this.total || tenth > this.loggedTenth || now - this.loggedAt >= LOG_EVERY_MS) {
+        this.stream.write(`${line}\n`);
+        this.loggedTenth = tenth;
+        this.loggedAt = now;
+      }
     }
   }
 

@@ -207,7 +207,7 @@ test('train through the CLI (stand-in train.onnx): progress, checkpoints, resume
   expect(e.stdout).toMatch(/^wrote .*x\.safetensors \(peft\): 15 modules, 3,840 parameters, from .*checkpoint\.safetensors\n$/);
 });
 
-test('progress line: in place on a terminal, every 5% otherwise', () => {
+test('progress line: in place on a terminal; in a log a line per tenth of the run or per 10 s', () => {
   const tty = {
     text: '',
     isTTY: true,
@@ -230,7 +230,27 @@ test('progress line: in place on a terminal, every 5% otherwise', () => {
   };
   const q = new ProgressLine('precompute', 100, log);
   for (let i = 1; i <= 100; i++) q.update(i);
-  expect(log.text.trim().split('\n')).toHaveLength(20);
+  const lines = log.text.trim().split('\n');
+  expect(lines).toHaveLength(10);
+  expect(lines.map((l) => Number(/precompute (\d+)\//.exec(l)![1]))).toEqual([10, 20, 30, 40, 50, 60, 70, 80, 90, 100]);
+  // a 20-step run in a log: 10 lines, not 20
+  log.text = '';
+  const r = new ProgressLine('step', 20, log);
+  for (let i = 1; i <= 20; i++) r.update(i);
+  expect(log.text.trim().split('\n')).toHaveLength(10);
+  // a slow run: a line once 10 s pass without one, even inside a tenth; a resumed run counts from where it started
+  let clock = 0;
+  log.text = '';
+  const slow = new ProgressLine('step', 1000, log, 500, () => clock);
+  clock = 9_000;
+  slow.update(501);
+  expect(log.text).toBe('');
+  clock = 10_500;
+  slow.update(502);
+  expect(log.text).toMatch(/^step 502\/1000 /);
+  clock = 11_000;
+  slow.update(600);
+  expect(log.text.trim().split('\n')).toHaveLength(2);
   expect(formatDuration(3725)).toBe('1:02:05');
   expect(formatDuration(65)).toBe('1:05');
 });

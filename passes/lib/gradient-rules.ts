@@ -8,9 +8,9 @@
  */
 import { DataType } from '../../compiler/dtype';
 import { Node, Value } from '../../compiler/ir';
-import { intList, isFloatType, normalizeAxis, resolveSlice } from '../../compiler/constant-eval';
+import { isFloatType, normalizeAxis, resolveSlice } from '../../compiler/constant-eval';
 import { OpEmitter, elemTypeOf } from '../../compiler/op-emitter';
-import { constantOfValue, parseEinsum } from '../../compiler/shape-inference';
+import { constantInts, parseEinsum } from '../../compiler/shape-inference';
 
 export interface GradContext {
   readonly node: Node;
@@ -78,13 +78,6 @@ function unbroadcast(c: GradContext, g: Value, i: number): Value | null {
 
 const mul = (c: GradContext, a: Value, b: Value) => c.e.op('Mul', [a, b]);
 const swapLast = (rank: number) => [...Array.from({ length: rank - 2 }, (_, i) => i), rank - 1, rank - 2];
-
-/** A constant input (axes, pads, slice bounds) as an int list, if it is one. */
-export function constantInts(node: Node, i: number): number[] | undefined {
-  const v = node.inputs[i];
-  const c = v ? constantOfValue(v) : undefined;
-  return c ? intList(c) : undefined;
-}
 
 /** Axes of a Reduce* node, normalized (attribute or input form). */
 function reduceAxes(c: GradContext, inputSince: number): number[] {

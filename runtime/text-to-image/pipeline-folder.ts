@@ -74,16 +74,17 @@ export interface PipelineFolder {
   readonly timestep: { readonly dtype: string; readonly rank: number };
 }
 
-function readJson(file: string, dir: string, what: string): Json {
+/**
+ * A JSON object file of a pipeline or tokenizer folder; errors name the folder `dir`, the file as
+ * `what`, and say `missing` when it is absent.
+ */
+export function readJsonObject(file: string, dir: string, what: string, missing = `pipeline folder has no ${what}`): Json {
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    throw new HollowcError(
-      code === 'ENOENT' ? `pipeline folder has no ${what}` : `cannot read ${what}: ${code ?? (e as Error).message}`,
-      dir,
-    );
+    throw new HollowcError(code === 'ENOENT' ? missing : `cannot read ${what}: ${code ?? (e as Error).message}`, dir);
   }
   try {
     const v: unknown = JSON.parse(text);
@@ -111,7 +112,7 @@ function modelComponent(root: string, name: string, expectInputs: readonly strin
   const dir = path.join(root, name);
   const model = path.join(dir, 'model.onnx');
   if (!fs.existsSync(model)) throw new HollowcError(`pipeline folder has no ${name}/model.onnx`, root);
-  const config = readJson(path.join(dir, 'config.json'), root, `${name}/config.json`);
+  const config = readJsonObject(path.join(dir, 'config.json'), root, `${name}/config.json`);
   // the graph only: external weights are range-checked (they must exist), never read
   const m = loadModel(model);
   const inputs = io(m.graph.inputs, model);
@@ -130,10 +131,10 @@ function tokenizerComponent(root: string, name: string): TokenizerComponent {
     throw new HollowcError(`${name}/ has no vocab.json (nor tokenizer.json)`, root);
   }
   const config = fs.existsSync(path.join(dir, 'tokenizer_config.json'))
-    ? readJson(path.join(dir, 'tokenizer_config.json'), root, `${name}/tokenizer_config.json`)
+    ? readJsonObject(path.join(dir, 'tokenizer_config.json'), root, `${name}/tokenizer_config.json`)
     : {};
   const special = fs.existsSync(path.join(dir, 'special_tokens_map.json'))
-    ? readJson(path.join(dir, 'special_tokens_map.json'), root, `${name}/special_tokens_map.json`)
+    ? readJsonObject(path.join(dir, 'special_tokens_map.json'), root, `${name}/special_tokens_map.json`)
     : {};
   const content = (v: unknown) => (typeof v === 'string' ? v : typeof v === 'object' && v !== null ? (v as Json).content : undefined);
   const pad = content(config.pad_token) ?? content(special.pad_token) ?? content(config.eos_token) ?? '<|endoftext|>';
@@ -145,7 +146,7 @@ function tokenizerComponent(root: string, name: string): TokenizerComponent {
 }
 
 function schedulerOf(root: string): PipelineFolder['scheduler'] {
-  const config = readJson(path.join(root, 'scheduler', 'scheduler_config.json'), root, 'scheduler/scheduler_config.json');
+  const config = readJsonObject(path.join(root, 'scheduler', 'scheduler_config.json'), root, 'scheduler/scheduler_config.json');
   const className = config._class_name;
   if (typeof className !== 'string' || !KNOWN_SCHEDULERS.includes(className)) {
     throw new HollowcError(
@@ -169,7 +170,7 @@ function schedulerOf(root: string): PipelineFolder['scheduler'] {
 export function openPipelineFolder(dir: string): PipelineFolder {
   const root = path.resolve(dir);
   if (!fs.existsSync(root) || !fs.statSync(root).isDirectory()) throw new HollowcError('pipeline folder not found (or not a folder)', root);
-  const modelIndex = readJson(path.join(root, 'model_index.json'), root, 'model_index.json');
+  const modelIndex = readJsonObject(path.join(root, 'model_index.json'), root, 'model_index.json');
   const pipelineClass = typeof modelIndex._class_name === 'string' ? modelIndex._class_name : '';
   const xl = pipelineClass.includes('XL') || 'text_encoder_2' in modelIndex;
   const scheduler = schedulerOf(root);

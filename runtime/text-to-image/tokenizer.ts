@@ -10,6 +10,7 @@ import * as path from 'path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { HollowcError } from '../../compiler/errors';
 import { BOS_TOKEN, CLIP_MAX_LENGTH, clipTokenizerJson, EOS_TOKEN } from '../../models/clip-bpe';
+import { readJsonObject } from './pipeline-folder';
 
 export interface TokenizedPrompt {
   /** model_max_length ids: BOS, text, EOS, pad */
@@ -23,22 +24,8 @@ export interface TokenizedPrompt {
 type Json = Record<string, unknown>;
 
 function readJson(file: string, dir: string): Json {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new HollowcError(
-      `tokenizer folder: cannot read ${path.basename(file)} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
-      dir,
-    );
-  }
-  try {
-    const v: unknown = JSON.parse(text);
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not a JSON object');
-    return v as Json;
-  } catch (e) {
-    throw new HollowcError(`tokenizer folder: ${path.basename(file)} is not valid JSON (${(e as Error).message})`, dir);
-  }
+  const what = `tokenizer folder: ${path.basename(file)}`;
+  return readJsonObject(file, dir, what, `${what} is missing`);
 }
 
 function readOptionalJson(file: string, dir: string): Json {

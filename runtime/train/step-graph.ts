@@ -38,6 +38,7 @@ import {
 } from '../../compiler/manifest';
 import { float32Data, requireArtifact, scalarFor, staticShape, tensorFor } from '../ort/artifacts';
 import type { ParamState } from './checkpoint';
+import { stepDataValues } from './step-feeds';
 import { HostAdamW } from './host-adamw';
 import { readLoraForManifest } from '../formats/lora-file';
 import { LORA_INIT_FILE } from '../formats/lora-format';
@@ -148,54 +149,9 @@ function checkStoreShapes(inputs: Map<string, TensorDescription>, batch: number,
 
 /** Feeds for one step's data inputs (everything but parameters, moments, lr and step). */
 export function dataFeeds(graph: TrainGraph, store: Store, records: StoreRecord[], priorWeight: number): Record<string, ort.Tensor> {
-  const B = records.length;
-  const h = store.header;
   const feeds: Record<string, ort.Tensor> = {};
-  const stack = (name: string, per: number, get: (r: StoreRecord) => Float32Array, shape: readonly number[]) => {
-    const d = graph.inputs.get(name);
-    if (!d) return;
-    const data = new Float32Array(B * per);
-    records.forEach((r, b) => data.set(get(r), b * per));
-    feeds[name] = tensorFor(d, data, [B, ...shape]);
-  };
-  const latentSize = h.latentShape.reduce((a, b) => a * b, 1);
-  stack(SAMPLE, latentSize, (r) => r.zt, h.latentShape);
-  stack(TARGET, latentSize, (r) => r.target, h.latentShape);
-  stack(
-    HOLLOW_ACTIVATION,
-    h.activationShape.reduce((a, b) => a * b, 1),
-    (r) => r.activation,
-    h.activationShape,
-  );
-  const c0 = store.conditioning(0);
-  stack(
-    ENCODER_HIDDEN_STATES,
-    c0.encoderHiddenStates.data.length,
-    (r) => store.conditioning(r.condId).encoderHiddenStates.data,
-    c0.encoderHiddenStates.shape,
-  );
-  if (graph.inputs.has(TEXT_EMBEDS)) {
-    if (!c0.textEmbeds)
-      throw new HollowcError('train.onnx takes text_embeds but the store has none (SDXL prompts need pooled embeddings)', store.dir);
-    stack(TEXT_EMBEDS, c0.textEmbeds.data.length, (r) => store.conditioning(r.condId).textEmbeds!.data, c0.textEmbeds.shape);
-  }
-  if (graph.inputs.has(TIME_IDS)) {
-    const ids = Float32Array.from(h.timeIds ?? []);
-    if (ids.length === 0) throw new HollowcError('train.onnx takes time_ids but the store has none', store.dir);
-    stack(TIME_IDS, ids.length, () => ids, [ids.length]);
-  }
-  const ts = graph.inputs.get(TIMESTEP);
-  if (ts)
-    feeds[TIMESTEP] = tensorFor(
-      ts,
-      records.map((r) => r.timestep),
-      [B],
-    );
-  feeds[LOSS_WEIGHT] = tensorFor(
-    graph.inputs.get(LOSS_WEIGHT),
-    records.map((r) => (r.isClass ? priorWeight : 1)),
-    [B],
-  );
+  for (const [name, f] of stepDataValues((n) => graph.inputs.has(n), store, records, priorWeight, store.dir))
+    feeds[name] = tensorFor(graph.inputs.get(name), f.values, f.dims);
   return feeds;
 }
 

@@ -64,7 +64,7 @@ async function generateClassImages(ctx: StageContext, resuming: boolean): Promis
   );
   const todo = chunks.filter((chunk) => chunk.some((i) => !fs.existsSync(files[i])));
   const already = n - todo.reduce((a, c) => a + c.length, 0);
-  const bar = todo.length ? new ProgressLine('class images', n, ctx.progress, undefined, already) : undefined;
+  const bar = todo.length ? new ProgressLine('class images', n, ctx.progress, already) : undefined;
   let made = 0;
   for (const chunk of todo) {
     const init = new Float32Array(chunk.length * per);

@@ -45,7 +45,7 @@ export function trainStage(ctx: StageContext): Stage {
       let before = typeof record.data?.lossBefore === 'number' ? record.data.lossBefore : undefined;
       if (resume && before === undefined)
         before = await evaluateLoss({ out: dirs.compiled, batches, ep: s.options.ep, session: s.trainTuning, instanceOnly: true, priorWeight });
-      const bar = new ProgressLine('step', steps, ctx.progress, undefined, 0);
+      const bar = new ProgressLine('step', steps, ctx.progress);
       const r = await train({
         out: dirs.compiled,
         steps,

@@ -1,24 +1,17 @@
 /**
  * train.onnx in the page: one `session.run` per step (forward, loss, gradients and AdamW are in
- * the graph), over the store in the order `hollowc train` uses (runtime/sample-order.ts), with
- * the same feeds as runtime/train-graph.ts. The LoRA values and both AdamW moments go in and come
+ * the graph), over the store in the order `hollowc train` uses (runtime/train/record-order.ts), with
+ * the same feeds as runtime/train/step-graph.ts (runtime/train/step-feeds.ts). The LoRA values and both AdamW moments go in and come
  * back every step.
  */
 import type * as Ort from 'onnxruntime-web';
 import {
   ArtifactDescription,
   CompileManifest,
-  ENCODER_HIDDEN_STATES,
-  HOLLOW_ACTIVATION,
   LEARNING_RATE,
   LOSS,
-  LOSS_WEIGHT,
   SAMPLE,
   STEP,
-  TARGET,
-  TEXT_EMBEDS,
-  TIMESTEP,
-  TIME_IDS,
   expAvgName,
   expAvgSqName,
   isLoraParam,
@@ -26,6 +19,7 @@ import {
 } from '../../../compiler/manifest';
 import { LoraModuleValues } from '../../formats/lora-format';
 import { SampleOrder } from '../../train/record-order';
+import { stepDataValues } from '../../train/step-feeds';
 import type { StoreRecord } from '../../store/store';
 import type { WebStore } from './folder';
 import { OrtModule, floatOutput, webScalar, webTensor } from './tensors';
@@ -82,43 +76,9 @@ export class WebTrainer {
   }
 
   private dataFeeds(records: StoreRecord[]): Record<string, Ort.Tensor> {
-    const { ort, store } = this;
-    const B = records.length;
-    const h = store.header;
-    const priorWeight = this.manifest.training.priorWeight;
     const feeds: Record<string, Ort.Tensor> = {};
-    const stack = (name: string, get: (r: StoreRecord) => Float32Array, shape: readonly number[]) => {
-      const d = this.inputs.get(name);
-      if (!d) return;
-      const per = size(shape);
-      const data = new Float32Array(B * per);
-      records.forEach((r, b) => data.set(get(r), b * per));
-      feeds[name] = webTensor(ort, d, data, [B, ...shape]);
-    };
-    stack(SAMPLE, (r) => r.zt, h.latentShape);
-    stack(TARGET, (r) => r.target, h.latentShape);
-    stack(HOLLOW_ACTIVATION, (r) => r.activation, h.activationShape);
-    const c0 = store.conditioning(0);
-    stack(ENCODER_HIDDEN_STATES, (r) => store.conditioning(r.condId).encoderHiddenStates.data, c0.encoderHiddenStates.shape);
-    if (this.inputs.has(TEXT_EMBEDS)) stack(TEXT_EMBEDS, (r) => store.conditioning(r.condId).textEmbeds!.data, c0.textEmbeds!.shape);
-    if (this.inputs.has(TIME_IDS)) {
-      const ids = Float32Array.from(h.timeIds ?? []);
-      stack(TIME_IDS, () => ids, [ids.length]);
-    }
-    const ts = this.inputs.get(TIMESTEP);
-    if (ts)
-      feeds[TIMESTEP] = webTensor(
-        ort,
-        ts,
-        records.map((r) => r.timestep),
-        [B],
-      );
-    feeds[LOSS_WEIGHT] = webTensor(
-      ort,
-      this.inputs.get(LOSS_WEIGHT),
-      records.map((r) => (r.isClass ? priorWeight : 1)),
-      [B],
-    );
+    const values = stepDataValues((n) => this.inputs.has(n), this.store, records, this.manifest.training.priorWeight);
+    for (const [name, f] of values) feeds[name] = webTensor(this.ort, this.inputs.get(name), f.values, f.dims);
     return feeds;
   }
 
