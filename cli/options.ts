@@ -69,3 +69,6 @@ export const out = (line: string) => process.stdout.write(`${line}\n`);
 export function sessionOptions(command: import('commander').Command): import('commander').Command {
   return command.addOption(epOption()).addOption(fallbackOption()).addOption(threadsOption()).addOption(graphOptOption());
 }
+
+/** The command-line flag of a commander option key: `numImages` -> `--num-images`. */
+export const flagName = (key: string) => `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;

@@ -68,3 +68,49 @@ test('the artifact contract names are spelled only in compiler/manifest.ts', () 
   }
   expect(bad).toEqual([]);
 });
+
+/** runtime/'s rooms, each with the rooms it may import (a DAG: formats at the bottom, personalize and web at the top). */
+const RUNTIME_ROOMS: Record<string, readonly string[]> = {
+  formats: [],
+  ort: ['formats'],
+  sampling: ['formats', 'ort'],
+  store: ['formats', 'ort', 'sampling'],
+  train: ['formats', 'ort', 'sampling', 'store'],
+  'text-to-image': ['formats', 'ort', 'sampling', 'store'],
+  personalize: ['formats', 'ort', 'sampling', 'store', 'train', 'text-to-image', '.'],
+  web: ['formats', 'ort', 'sampling', 'store', 'train'],
+  // runtime/'s own top level: progress lines and RSS sampling, used by any room
+  '.': [],
+};
+const anyRoomMay = ['.'];
+
+/** The room of a runtime/ file ('.' for runtime/'s top level), or undefined outside runtime/. */
+function roomOf(file: string): string | undefined {
+  const parts = path.normalize(file).split(path.sep);
+  if (parts[0] !== 'runtime') return undefined;
+  return parts.length === 2 ? '.' : parts[1];
+}
+
+test("runtime/'s rooms import only the rooms below them", () => {
+  const bad = sources('runtime').flatMap((file) => {
+    const room = roomOf(file)!;
+    const allowed = RUNTIME_ROOMS[room];
+    if (!allowed) return [`${file}: runtime/${room}/ is not a known room (add it to RUNTIME_ROOMS and the README)`];
+    return importedLayers(file)
+      .map((i) => ({ ...i, room: roomOf(path.relative(ROOT, path.resolve(path.dirname(path.join(ROOT, file)), i.spec))) }))
+      .filter((i) => i.room !== undefined && i.room !== room && !allowed.includes(i.room) && !anyRoomMay.includes(i.room))
+      .map((i) => `${file} (runtime/${room}) imports ${i.spec} (runtime/${i.room})`);
+  });
+  expect(bad).toEqual([]);
+  // every room says what it is for
+  for (const room of Object.keys(RUNTIME_ROOMS).filter((r) => r !== '.'))
+    expect(fs.readFileSync(path.join(ROOT, 'runtime', room, 'README.md'), 'utf8').trim().length).toBeGreaterThan(20);
+});
+
+test('small modules: no source over 600 lines, cli/ files at most 250, runtime/ top level at most 8 files', () => {
+  const lines = (file: string) => fs.readFileSync(path.join(ROOT, file), 'utf8').split('\n').length;
+  const long = LAYERS.flatMap((l) => sources(l)).filter((f) => lines(f) > (f.startsWith(`cli${path.sep}`) ? 250 : 600));
+  expect(long).toEqual([]);
+  const top = fs.readdirSync(path.join(ROOT, 'runtime'), { withFileTypes: true }).filter((e) => e.isFile() && e.name.endsWith('.ts'));
+  expect(top.length).toBeLessThanOrEqual(8);
+});

@@ -30,7 +30,8 @@ import { buildUNet } from '../models/builder';
 import { FAMILIES, FamilyName } from '../models/families';
 import { Rng, fillNormal } from '../models/random';
 import { writeNpy } from '../runtime/formats/npy';
-import type { Conditioning, StoreRecord } from '../runtime/store/store';
+import type { StoreRecord } from '../runtime/store/store';
+import type { Conditioning } from '../runtime/sampling/conditioning';
 
 export const ADAMW = { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 };
 

@@ -10,6 +10,9 @@ import { SafeTensor, SafetensorsFile, float32Tensor, toFloat32 } from './safeten
 /** The LoRA training starts from, written by `hollowc compile` (A gaussian, B zero, peft keys). */
 export const LORA_INIT_FILE = 'lora-init.safetensors';
 
+/** The LoRA `hollowc train` writes into the compiled folder (peft keys; export-lora writes the other layouts). */
+export const TRAINED_LORA_FILE = 'lora.safetensors';
+
 export type LoraFormat = 'diffusers' | 'peft' | 'kohya';
 export const LORA_FORMATS: readonly LoraFormat[] = ['diffusers', 'peft', 'kohya'];
 

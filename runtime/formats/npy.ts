@@ -124,3 +124,13 @@ export function encodeNpy(array: NpyArray): Buffer {
 export function writeNpy(file: string, array: NpyArray): void {
   writeFileAtomic(file, encodeNpy(array));
 }
+
+/** Latents [N, C, h, w] (or one, [C, h, w]) from a float32 or float64 .npy, as float32 [N, C, h, w]. */
+export function readLatentBatch(file: string): { data: Float32Array; shape: number[] } {
+  const a = readNpy(file);
+  const data = a.data instanceof Float32Array ? a.data : a.data instanceof Float64Array ? Float32Array.from(a.data) : undefined;
+  if (!data) throw new HollowcError(`expected float32 or float64 latents, found ${a.dtype}`, file);
+  const shape = a.shape.length === 3 ? [1, ...a.shape] : a.shape;
+  if (shape.length !== 4) throw new HollowcError(`latents must be [N, C, h, w] or [C, h, w], found [${a.shape}]`, file);
+  return { data, shape };
+}

@@ -1,5 +1,6 @@
 /** Where `personalize` keeps each thing in its run folder. */
 import * as path from 'path';
+import { STORE_DIR } from '../store/store-format';
 
 export const DIFFUSERS_LORA_FILE = 'lora.safetensors';
 export const KOHYA_LORA_FILE = 'lora-kohya.safetensors';
@@ -10,7 +11,6 @@ export const COMPILED_DIR = 'compiled';
 const DATA_DIR = 'data';
 const CLASS_IMAGES_DIR = 'class-images';
 const SPEC_FILE = 'spec.hollow';
-const STORE_DIR = 'store';
 
 export interface RunFolder {
   out: string;

@@ -6,7 +6,12 @@
  */
 import { HollowcError } from '../../compiler/errors';
 import { ENCODER_HIDDEN_STATES, TEXT_EMBEDS, TIME_IDS, baseInputName } from '../../compiler/manifest';
-import type { Conditioning } from '../store/store';
+
+/** A prompt's conditioning: the text encoders' hidden states [T, D] and, for SDXL, the pooled embedding [P]. */
+export interface Conditioning {
+  encoderHiddenStates: { shape: number[]; data: Float32Array };
+  textEmbeds?: { shape: number[]; data: Float32Array };
+}
 
 /** The conditioning of an empty prompt as SDXL's force_zeros_for_empty_prompt and the two-path sampler's default negative: zeros of `c`'s shapes. */
 export function zeroConditioning(c: Conditioning): Conditioning {

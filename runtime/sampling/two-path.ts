@@ -24,12 +24,12 @@ import { Rng, fillNormal } from '../../models/random';
 import { defaultLatentShape, float32Data, loadManifest, requireArtifact, tensorFor } from '../ort/artifacts';
 import { inputValues } from '../formats/float16';
 import { readLoraForManifest } from '../formats/lora-file';
-import { LORA_INIT_FILE } from '../formats/lora-format';
+import { LORA_INIT_FILE, TRAINED_LORA_FILE } from '../formats/lora-format';
 import { NoiseSchedule } from './noise-schedule';
 import { defaultTimeIds, twoPathConditioningFeeds } from './conditioning';
 import { Scheduler, SchedulerName, TimestepSpacing, makeScheduler } from './schedulers';
 import { ExecutionProvider, SessionTuning, createSession } from '../ort/session';
-import type { Conditioning } from '../store/store';
+import type { Conditioning } from './conditioning';
 import {
   ArtifactDescription,
   CompileManifest,
@@ -38,7 +38,6 @@ import {
   TIMESTEP,
 } from '../../compiler/manifest';
 import { denoise } from './denoise';
-import { TRAINED_LORA_FILE } from '../train/train';
 
 export interface GenerateOptions {
   out: string;

@@ -22,7 +22,9 @@ import { float32Data, loadManifest, requireArtifact, tensorFor } from '../ort/ar
 import { NoiseSchedule, Prediction } from '../sampling/noise-schedule';
 import { defaultTimeIds } from '../sampling/conditioning';
 import { ExecutionProvider, SessionTuning, createSession } from '../ort/session';
-import { Conditioning, Store } from './store';
+import { Store } from './store';
+import type { Conditioning } from '../sampling/conditioning';
+import { STORE_DIR } from './store-format';
 import type { TrainingData } from './training-data';
 
 export const INSTANCE_COND = 0;
@@ -79,6 +81,18 @@ export function drawNoise(seed: number, i: number, timesteps: number, latentSize
 
 /** SDXL's time_ids when none are given: original size = target size = the image size, no crop. */
 /** What a store remembers of the compile it was precomputed for; training checks it. */
+/** The class prompt's conditioning in the store of compiled folder `out` (the default store), if it has one. */
+export function storedClassConditioning(out: string): Conditioning | undefined {
+  const where = path.join(out, STORE_DIR);
+  if (!Store.exists(where)) return undefined;
+  const { store } = Store.open(where, { readOnly: true });
+  try {
+    return store.conditioning(CLASS_COND);
+  } finally {
+    store.close();
+  }
+}
+
 export function storeCompileStamp(manifest: CompileManifest): { precompute?: string; cut: string | null; model: string } {
   return { precompute: manifest.artifacts.precompute?.file, cut: manifest.cut?.lastKeptDown ?? null, model: manifest.model.sha256 };
 }
@@ -165,7 +179,7 @@ async function precomputeUnlocked(options: PrecomputeOptions): Promise<Precomput
   const sdxl = artifact.inputs.some((i) => i.name === TIME_IDS);
   const timeIds = sdxl ? (data.timeIds ?? defaultTimeIds(latentShape)) : undefined;
   const fingerprint = storeFingerprint(manifest, data, seed, settings.prediction);
-  const storeDir = options.storeDir ?? path.join(options.out, 'store');
+  const storeDir = options.storeDir ?? path.join(options.out, STORE_DIR);
 
   let store: Store | undefined;
   let repaired = { bytes: 0, records: 0 };

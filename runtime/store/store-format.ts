@@ -6,6 +6,8 @@
 import { HOLLOW_ACTIVATION, TARGET } from '../../compiler/manifest';
 import type { StoreField, StoreHeader, StoreRecord } from './store';
 
+/** The store's folder inside a compiled folder, unless another is named. */
+export const STORE_DIR = 'store';
 export const STORE_FORMAT = 'hollowc-store';
 export const STORE_VERSION = 1;
 export const HEADER_FILE = 'store.json';

@@ -37,6 +37,7 @@ import { HollowcError } from '../../compiler/errors';
 import { HOLLOW_ACTIVATION, TARGET } from '../../compiler/manifest';
 import { writeFileAtomic } from '../../compiler/serde';
 import { float32Tensor, readSafetensors, SafeTensor, toFloat32, writeSafetensors } from '../formats/safetensors';
+import type { Conditioning } from '../sampling/conditioning';
 import { RECORD_MAGIC, Z_T, crc32Table, recordLayout, recordProblem } from './store-format';
 
 export { recordLayout } from './store-format';
@@ -75,10 +76,6 @@ export interface StoreHeader {
   extra?: Record<string, unknown>;
 }
 
-export interface Conditioning {
-  encoderHiddenStates: { shape: number[]; data: Float32Array };
-  textEmbeds?: { shape: number[]; data: Float32Array };
-}
 
 export interface StoreRecord {
   index: number;

@@ -22,7 +22,7 @@ import * as path from 'path';
 import { HollowcError } from '../../compiler/errors';
 import { NpyArray, readNpy, writeNpy } from '../formats/npy';
 import { float32Tensor, readSafetensors, toFloat32, writeSafetensors } from '../formats/safetensors';
-import type { Conditioning } from './store';
+import type { Conditioning } from '../sampling/conditioning';
 
 export interface Latent {
   name: string;

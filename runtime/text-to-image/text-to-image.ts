@@ -31,7 +31,7 @@ import { Sampler } from '../sampling/two-path';
 import { ConfiguredScheduler, configureScheduler, defaultSchedulerFor } from '../sampling/scheduler-config';
 import { SchedulerName, TimestepSpacing } from '../sampling/schedulers';
 import { SessionOptions, createSession } from '../ort/session';
-import type { Conditioning } from '../store/store';
+import type { Conditioning } from '../sampling/conditioning';
 import { stackRows, zeroConditioning } from '../sampling/conditioning';
 import { denoise } from '../sampling/denoise';
 import { loadTokenizer } from './tokenizer';

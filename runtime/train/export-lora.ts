@@ -13,8 +13,8 @@ import { loadManifest, refuseOverwrite } from '../ort/artifacts';
 import { LORA_FORMATS, LoraFormat, LoraModuleValues, readLoraFile, writeLoraFile } from '../formats/lora-file';
 import { readSafetensors } from '../formats/safetensors';
 import { CHECKPOINT_FILE, TRAIN_DIR, paramsFromCheckpoint } from './checkpoint';
-import { LORA_INIT_FILE } from '../formats/lora-format';
-import { TRAINED_LORA_FILE, loraModules } from './train';
+import { LORA_INIT_FILE, TRAINED_LORA_FILE } from '../formats/lora-format';
+import { loraModules } from './train';
 
 export interface ExportOptions {
   out: string;

@@ -5,7 +5,8 @@
  */
 import { HollowcError } from '../../compiler/errors';
 import { ENCODER_HIDDEN_STATES, HOLLOW_ACTIVATION, LOSS_WEIGHT, SAMPLE, TARGET, TEXT_EMBEDS, TIMESTEP, TIME_IDS } from '../../compiler/manifest';
-import type { Conditioning, StoreHeader, StoreRecord } from '../store/store';
+import type { StoreHeader, StoreRecord } from '../store/store';
+import type { Conditioning } from '../sampling/conditioning';
 
 /** What the feeds read of a store (the node Store and the page's WebStore both are one). */
 export interface StoreView {

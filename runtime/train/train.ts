@@ -25,10 +25,12 @@ import {
   writeCheckpoint,
 } from './checkpoint';
 import { LoraModuleValues, writeLoraFile } from '../formats/lora-file';
+import { TRAINED_LORA_FILE } from '../formats/lora-format';
 import { SampleOrder } from './record-order';
 import { ExecutionProvider, SessionTuning, createSession } from '../ort/session';
 import { planRecord } from '../store/precompute';
 import { Store } from '../store/store';
+import { STORE_DIR } from '../store/store-format';
 import {
   OptimizerMode,
   StepRunner,
@@ -42,7 +44,6 @@ import {
   trainingSession,
 } from './step-graph';
 
-export const TRAINED_LORA_FILE = 'lora.safetensors';
 
 export interface TrainOptions {
   out: string;
@@ -259,7 +260,7 @@ async function trainUnlocked(options: TrainOptions): Promise<TrainResult> {
   const settings = manifest.training;
   // A folder compiled without train.onnx or grads.onnx needs a new compile before anything else.
   const optimizer = chooseOptimizer(out, manifest, options.optimizer);
-  const { store } = Store.open(options.storeDir ?? path.join(out, 'store'), { readOnly: true });
+  const { store } = Store.open(options.storeDir ?? path.join(out, STORE_DIR), { readOnly: true });
   let session: ort.InferenceSession | undefined;
   try {
     const graph = describeTrainGraph(out, manifest, store, optimizer);
@@ -362,7 +363,7 @@ export interface EvaluateOptions {
  */
 export async function evaluateLoss(options: EvaluateOptions): Promise<number> {
   const manifest = loadManifest(options.out);
-  const { store } = Store.open(options.storeDir ?? path.join(options.out, 'store'), { readOnly: true });
+  const { store } = Store.open(options.storeDir ?? path.join(options.out, STORE_DIR), { readOnly: true });
   let session: ort.InferenceSession | undefined;
   try {
     const graph = describeTrainGraph(options.out, manifest, store, chooseOptimizer(options.out, manifest, options.optimizer));

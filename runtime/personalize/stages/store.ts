@@ -6,7 +6,7 @@ import { precompute } from '../../store/precompute';
 import { Store } from '../../store/store';
 import { loadTrainingData } from '../../store/training-data';
 import { TRAIN_DIR } from '../../train/checkpoint';
-import { TRAINED_LORA_FILE } from '../../train/train';
+import { TRAINED_LORA_FILE } from '../../formats/lora-format';
 import { Stage, killPoint } from '../stage-runner';
 import { StageContext } from './context';
 

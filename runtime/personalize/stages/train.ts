@@ -7,7 +7,8 @@ import * as path from 'path';
 import { ProgressLine } from '../../progress';
 import { Store } from '../../store/store';
 import { CHECKPOINT_FILE, TRAIN_DIR } from '../../train/checkpoint';
-import { TRAINED_LORA_FILE, evaluateLoss, train } from '../../train/train';
+import { evaluateLoss, train } from '../../train/train';
+import { TRAINED_LORA_FILE } from '../../formats/lora-format';
 import { Stage, killPoint } from '../stage-runner';
 import { StageContext } from './context';
 

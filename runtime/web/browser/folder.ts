@@ -7,11 +7,11 @@ import { ArtifactName, CompileManifest, MANIFEST_FILE, MANIFEST_FORMAT } from '.
 
 import { LORA_INIT_FILE, loraValuesForManifest } from '../../formats/lora-format';
 import { parseSafetensors, toFloat32 } from '../../formats/safetensors-format';
-import type { Conditioning, StoreHeader, StoreRecord } from '../../store/store';
-import { CONDITIONING_FILE, HEADER_FILE, RECORDS_FILE, decodeRecord } from '../../store/store-format';
+import type { StoreHeader, StoreRecord } from '../../store/store';
+import type { Conditioning } from '../../sampling/conditioning';
+import { CONDITIONING_FILE, HEADER_FILE, RECORDS_FILE, STORE_DIR, decodeRecord } from '../../store/store-format';
 
 /** Where `hollowc precompute` puts the store by default. */
-export const STORE_DIR = 'store';
 
 export async function fetchBytes(url: string): Promise<Uint8Array> {
   const r = await fetch(url);

@@ -16,7 +16,7 @@ import { NoiseSchedule } from '../../sampling/noise-schedule';
 import { denoise } from '../../sampling/denoise';
 import { inputValues } from '../../formats/float16';
 import { SchedulerName, makeScheduler } from '../../sampling/schedulers';
-import type { Conditioning } from '../../store/store';
+import type { Conditioning } from '../../sampling/conditioning';
 import { defaultTimeIds, twoPathConditioningFeeds } from '../../sampling/conditioning';
 import { OrtModule, floatOutput, webTensor } from './tensors';
 
