@@ -32,7 +32,7 @@ export function registerTrain(program: Command): void {
     .option('--restart', 'discard an existing checkpoint and start over')
     .option('--checkpoint-every <n>', "steps between checkpoints (default: the spec's checkpoint_every)", parseCount)
     .option('--lr <x>', "learning rate (default: the spec's; on --resume the checkpoint's)", parseNumber)
-    .option('--seed <n>', "sample-order seed (default: the spec's)", parseSeed)
+    .option('--seed <n>', "record-order seed (default: the spec's)", parseSeed)
     .option('--prior-weight <x>', "loss weight of the store's class samples (default: the spec's loss prior_weight)", parseNumber)
     .option('--store <dir>', 'store folder (default <out>/store)')
     .addOption(

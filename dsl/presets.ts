@@ -13,7 +13,7 @@ export type EmitArtifact = Exclude<ArtifactName, 'forward'>;
 
 export const EMIT_ARTIFACTS: readonly EmitArtifact[] = ['precompute', 'train', 'grads', 'infer'];
 
-/** The paper's SD 1.x / 2.x presets (Table in DESIGN.md), by share of parameters hollowed. */
+/** The paper's SD 1.x / 2.x presets (paper Table 1 and Appendix B; exact counts in tests/analyze-full.test.ts), by share of parameters hollowed. */
 export const SD_PRESETS: readonly string[] = PRESETS.filter((p) => p.families.includes('sd15')).map((p) => p.name);
 /** SDXL: the paper hollows the whole mid block. */
 export const SDXL_PRESETS: readonly string[] = PRESETS.filter((p) => p.families.includes('sdxl')).map((p) => p.name);

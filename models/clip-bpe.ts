@@ -2,7 +2,7 @@
  * CLIP's byte-level BPE vocabulary, derived from OpenAI's merge list (models/data/clip) the way
  * transformers' CLIPTokenizer derives it, and the tokenizer.json object the fast CLIPTokenizer
  * serialises. Pure data: the writer (tokenizer-folder.ts) and the runtime tokenizer
- * (runtime/tokenizer.ts) both build on this, so the two can never disagree.
+ * (runtime/text-to-image/tokenizer.ts) both build on this, so the two can never disagree.
  */
 import * as fs from 'fs';
 import * as path from 'path';

@@ -193,7 +193,7 @@ export const FAMILIES: Readonly<Record<FamilyName, Family>> = {
     description: 'Stable Diffusion 2.x (OpenCLIP ViT-H/14 text encoder, v-prediction)',
     hubRepo: 'stabilityai/stable-diffusion-2-1',
     // SD 2.1 is the 768-px model (native latents 96x96), but the paper's SD 2.1 experiments and
-    // DESIGN.md's memory figures train at 512 px, so the default training latents are 64x64.
+    // The paper's memory figures train at 512 px, so the default training latents are 64x64.
     full: { name: 'sd21', family: 'sd21', config: SD21, shapes: sdShapes(64, 1024, TEXT_TOKENS) },
     tiny: { name: 'sd21-tiny', family: 'sd21', config: SD21_TINY, shapes: sdShapes(16, 24, TINY_TOKENS) },
     vaeScalingFactor: 0.18215,

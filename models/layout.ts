@@ -1,4 +1,4 @@
-// The paper's block layout (Fig. 7; DESIGN.md "Blocks, skips and cuts") computed from a config,
+// The paper's block layout (Fig. 7 and Appendix B) computed from a config,
 // and the cuts ("hollows") that layout allows.
 //
 // Numbering: down blocks are 1..n, the mid block n+1, up blocks n+2..2n+1 (SD: 1-4 | 5 | 6-9;

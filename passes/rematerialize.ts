@@ -24,7 +24,7 @@
  *
  * The clones are identical to their originals, so a runtime's common-subexpression elimination
  * would merge them back: training sessions disable onnxruntime's CommonSubexpressionElimination
- * (runtime/train-graph.ts trainingSession).
+ * (runtime/train/step-graph.ts trainingSession).
  */
 import { Graph, Node, Value } from '../compiler/ir';
 import { Pass } from '../compiler/pass';

@@ -206,7 +206,7 @@ describe('addAdamW errors', () => {
   });
 });
 
-describe('host-side AdamW (runtime/host-adamw.ts) against the in-graph step', () => {
+describe('host-side AdamW (runtime/train/host-adamw.ts) against the in-graph step', () => {
   it.each([
     ['torch defaults', { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 1e-2 }],
     ['no weight decay, other betas', { beta1: 0.8, beta2: 0.99, eps: 1e-6, weightDecay: 0 }],

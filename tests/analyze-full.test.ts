@@ -1,6 +1,6 @@
 /**
  * Analysis of full-size graphs, built without weights (describeUNet): the parameter totals and
- * DESIGN.md's SD 2.1 preset rows must come out exactly from the graph's initializer shapes.
+ * The paper's SD 2.1 preset rows (Appendix B, as exact counts) must come out exactly from the graph's initializer shapes.
  */
 import { describeUNet } from '../models/builder';
 import { FAMILIES } from '../models/families';
@@ -17,7 +17,7 @@ const SD21_PRESET_ROWS: Record<string, number> = {
   '84.3%': 727_498_880,
 };
 
-test('full SD 2.1: 865,910,724 parameters and every preset row of DESIGN.md', () => {
+test('full SD 2.1: 865,910,724 parameters and every preset row of the paper (exact counts)', () => {
   const a = analyzeUNet(describeUNet(FAMILIES.sd21.full.config).model.graph, 'sd21-full');
   expect(a.family).toBe('sd21');
   expect(a.totalParams).toBe(865_910_724);

@@ -1,7 +1,7 @@
 /**
  * `lora infer fp16` (passes/float16-lora-inputs.ts): the spec line parses, infer.onnx of the
  * PyTorch fixture (39.2%, the fixture LoRA) declares float16 LoRA inputs in its manifest, and the
- * runtime's feeding helper (runtime/float16.ts inputValues, which runtime/sample.ts and the page use)
+ * runtime's feeding helper (runtime/formats/float16.ts inputValues, which runtime/sampling/two-path.ts and the page use)
  * gives exactly what the fp32 infer.onnx gives on the rounded values: with B = 0 the base UNet bit
  * for bit, with the fixture LoRA the fp32 graph's output on fp16-rounded LoRA bit for bit, within
  * 1e-3 of the unrounded output. `hollowc bake` of the fp16 folder folds the exact fp32 values.

@@ -252,7 +252,7 @@ describe('parameter counts', () => {
   });
 });
 
-describe('SD 2.1 presets (DESIGN.md table)', () => {
+describe('SD 2.1 presets (the paper, exact counts)', () => {
   const rows: [string, string, string[], number][] = [
     ['11.5%', '4-2', ['5-1', '5-2'], 97_693_440],
     ['20.8%', '4-1', ['4-2', '5-1', '5-2', '6-1'], 177_996_800],

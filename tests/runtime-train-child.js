@@ -1,4 +1,4 @@
-// Runs runtime/train.ts's train() in a child process, so a test can SIGKILL it mid-run.
+// Runs runtime/train/train.ts's train() in a child process, so a test can SIGKILL it mid-run.
 // TypeScript is compiled on load with @swc/core (the transform jest uses). Prints each step.
 require('./support/register-ts');
 

@@ -462,7 +462,7 @@ describe("on the compiler's own train.onnx (passes/training-graphs.ts)", () => {
   });
 });
 
-describe('host-side optimizer (grads.onnx + runtime/host-adamw.ts) on a real compile', () => {
+describe('host-side optimizer (grads.onnx + runtime/train/host-adamw.ts) on a real compile', () => {
   test('the same loss log and LoRA as the in-graph optimizer; kill and resume in host mode bit for bit', async () => {
     const dir = tempDir('hollowc-host-train-');
     const v = FAMILIES.sd15.tiny;

@@ -1,6 +1,6 @@
 /**
  * The typed data of a graph input in the dtype the manifest describes, for any onnxruntime
- * binding: runtime/artifacts.ts wraps it in onnxruntime-node tensors, the browser page
+ * binding: runtime/ort/artifacts.ts wraps it in onnxruntime-node tensors, the browser page
  * (runtime/web/browser/tensors.ts) in onnxruntime-web ones. Pure: no onnxruntime import.
  */
 import { HollowcError } from '../../compiler/errors';

@@ -1,5 +1,5 @@
 /**
- * The sampling loop both runtimes share (runtime/sample.ts on onnxruntime-node, the browser page's
+ * The sampling loop both runtimes share (runtime/sampling/two-path.ts on onnxruntime-node, the browser page's
  * sampler on onnxruntime-web): each step scales the latents, batches them once per conditioning
  * row, asks the model for its prediction, combines the rows with classifier-free guidance
  * (uncond + g·(cond − uncond)) and lets the scheduler step. Pure: the model call is a callback.

@@ -13,7 +13,7 @@
  *             rows [negative ×N, prompt ×N]; eps = u + g (c − u); scheduler step. g = 1: one row.
  *   decode    latents / scaling_factor -> vae_decoder -> clamp(x / 2 + 0.5).
  *
- * The scheduler comes from scheduler/scheduler_config.json (runtime/scheduler-config.ts). Input
+ * The scheduler comes from scheduler/scheduler_config.json (runtime/sampling/scheduler-config.ts). Input
  * dtypes (int32/int64 input_ids, 0-d float or [B] int64 timesteps, float16) are read off the
  * graphs. Each stage opens its session and releases it before the next heavy one starts:
  * text encoders, then the UNet, then the VAE decoder.

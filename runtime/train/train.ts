@@ -1,7 +1,7 @@
 /**
- * `hollowc train`: runs the training step (train-graph.ts) — train.onnx with AdamW in the graph,
+ * `hollowc train`: runs the training step (step-graph.ts) — train.onnx with AdamW in the graph,
  * or grads.onnx with AdamW on the host (the default when the folder has grads.onnx) — over the
- * precompute store, in the order of sample-order.ts, writing
+ * precompute store, in the order of record-order.ts, writing
  * checkpoints and the loss log (checkpoint.ts) and, at the end, `<out>/lora.safetensors` (peft
  * keys). Class (prior-preservation) records get loss_weight = prior_weight. A checkpoint holds
  * all a resume needs to continue bit for bit.

@@ -2,7 +2,7 @@
  * Issue 5's and issue 12's measurement: on a full-size SD 2.1 (builder, CPU EP, latents 32x32,
  * batch 1, LoRA r128 on attn1/attn2 q,k,v,out.0), peak RSS and step time of one training step at
  * the 39.2% cut vs `hollow none` (plain LoRA fine-tuning) vs plain UNet inference, with the
- * optimizer in the graph (train.onnx) and on the host (grads.onnx + runtime/host-adamw.ts). Each
+ * optimizer in the graph (train.onnx) and on the host (grads.onnx + runtime/train/host-adamw.ts). Each
  * configuration runs in its own process (its peak RSS is its own), with the session options
  * hollowc's runtime uses. A sampler thread reads RssFile / RssAnon from /proc/self/status every
  * 20 ms: file-backed pages are the mmapped external-data weights (reclaimable), anonymous pages
@@ -126,7 +126,7 @@ async function child(a: ChildArgs): Promise<void> {
   const manifest = a.kind === 'train' ? readManifest(a.file) : undefined;
   const graph = manifest ? describeTrainGraph(a.file, manifest, undefined, a.mode) : undefined;
   const file = graph?.file ?? a.file;
-  // The runtime's options: training graphs as runtime/train-graph.ts trainingSession sets them.
+  // The runtime's options: training graphs as runtime/train/step-graph.ts trainingSession sets them.
   const base = graph
     ? trainingSession({ session: { intraOpThreads: a.threads } })
     : { intraOpThreads: a.threads, optimization: 'all' as const };

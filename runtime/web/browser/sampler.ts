@@ -1,5 +1,5 @@
 /**
- * Two-path sampling with infer.onnx in the page, as runtime/sample.ts does it for `hollowc
+ * Two-path sampling with infer.onnx in the page, as runtime/sampling/two-path.ts does it for `hollowc
  * generate`: path 1 (base UNet down to the hollow activation) sees the class prompt, path 2 (the
  * hollowed net with the LoRA) the personalized prompt; with guidance > 1 a second row with zero
  * prompts on both paths is the unconditional one. Same schedulers, same seeded noise streams.

@@ -1,4 +1,4 @@
-/** onnxruntime-web tensors in the dtypes the manifest describes (as runtime/artifacts.ts does for onnxruntime-node). */
+/** onnxruntime-web tensors in the dtypes the manifest describes (as runtime/ort/artifacts.ts does for onnxruntime-node). */
 import type * as Ort from 'onnxruntime-web';
 import type { TensorDescription } from '../../../compiler/manifest';
 import { feedData, scalarDims } from '../../ort/feed-data';

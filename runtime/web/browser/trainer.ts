@@ -130,7 +130,7 @@ export class WebTrainer {
     return new Map(this.params.map((p) => [p.name, p.value]));
   }
 
-  /** The trained modules' LoRA, as runtime/train.ts's loraModules gives it to the file writer. */
+  /** The trained modules' LoRA, as runtime/train/train.ts's loraModules gives it to the file writer. */
   loraModules(): LoraModuleValues[] {
     const values = this.values();
     return this.manifest.lora.targets
