@@ -18,8 +18,6 @@ import { readConditioning } from '../runtime/store/training-data';
 import { GenerateCli, generateFromPipeline, storeClassPrompt } from './generate-model';
 import { flagName, out, parseCount, parseNumber, parseSeed, parseSize, sessionOptions, tuning } from './options';
 
-
-
 export function registerGenerate(program: Command): void {
   const command = program
     .command('generate')

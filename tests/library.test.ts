@@ -42,3 +42,17 @@ test('a library user drives inspect -> compile -> precompute -> train -> export-
   const exported = hollowc.exportLora({ out, format: 'kohya', output: path.join(dir, 'lora.safetensors') });
   expect(exported.modules).toBe(manifest.lora.targets.filter((t) => t.trained).length);
 });
+
+test('a library user plans a UNet and gets the same table as `hollowc plan`', async () => {
+  const dir = tempDir('hollowc-lib-plan-');
+  const built = await hollowc.buildUNet(hollowc.FAMILIES.sd15.tiny.config, { outDir: path.join(dir, 'unet'), seed: 1 });
+  const plan = hollowc.plan(built.file, { rank: 2, samples: 10, steps: 20, shape: ['sample=1,4,16,16'], budget: '1GB' });
+  expect(plan.rows[0].cut).toBe('none');
+  expect(plan.rows.length).toBe(hollowc.loadUNet(built.file).analysis.cuts.length + 1);
+  // hollowing more holds fewer base parameters and stores a hollow activation per sample
+  const cut = plan.rows.find((r) => r.preset === '39.2%')!;
+  expect(cut.baseParameters).toBeLessThan(plan.rows[0].baseParameters);
+  expect(cut.storeBytesPerSample).toBeGreaterThan(0);
+  expect(hollowc.planText(plan)).toContain('39.2%');
+  expect(typeof hollowc.personalize).toBe('function');
+});

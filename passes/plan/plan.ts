@@ -31,7 +31,6 @@ import { ArtifactState, LoraConfig } from '../lib/artifact-state';
 import { buildArtifact } from '../artifact-passes';
 import { specializeShapes, trainingShapes } from '../specialize-shapes';
 
-
 export const MiB = 2 ** 20;
 export const ACTIVATION_FACTOR = 0.51;
 export const LORA_COPIES = 3;

@@ -94,4 +94,3 @@ ${[0, xMax / 2, xMax].map((x) => `<text x="${X(x).toFixed(1)}" y="${H - m.b + 16
 </svg>
 `;
 }
-

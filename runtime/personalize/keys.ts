@@ -52,7 +52,14 @@ export function stageKeys(s: Settings): StageKeys {
   const vaeDecId = componentId(folder.vaeDecoder);
   const compile = sha({ stage: 'compile', specText: s.specText, unetId });
   const prompts = sha({ stage: 'prompts', textId, prompt: options.prompt, classPrompt: options.classPrompt });
-  const photos = sha({ stage: 'photos', photos: s.photoFiles.map((f) => [path.basename(f), fileSha(f)]), resolution, flip: s.flip, vaeEncId, seed });
+  const photos = sha({
+    stage: 'photos',
+    photos: s.photoFiles.map((f) => [path.basename(f), fileSha(f)]),
+    resolution,
+    flip: s.flip,
+    vaeEncId,
+    seed,
+  });
   const cls = sha({
     stage: 'class',
     classMode: s.classMode,

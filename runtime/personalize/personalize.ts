@@ -71,8 +71,17 @@ export async function personalize(options: PersonalizeOptions & { compile: Compi
     const reportStarted = Date.now();
     const m = manifestOf(ctx);
     const report = await prepareReport(s, dirs, m, ctx.findings);
-    const reportStage: StageResult = { name: 'report', status: 'ran', summary: `${LOSS_SVG} and ${REPORT_FILE}`, seconds: 0, peakRssBytes: 0 };
-    report.write([...results, { name: reportStage.name, status: reportStage.status, summary: reportStage.summary }], Math.max(stagesPeak, reportSampler.peak));
+    const reportStage: StageResult = {
+      name: 'report',
+      status: 'ran',
+      summary: `${LOSS_SVG} and ${REPORT_FILE}`,
+      seconds: 0,
+      peakRssBytes: 0,
+    };
+    report.write(
+      [...results, { name: reportStage.name, status: reportStage.status, summary: reportStage.summary }],
+      Math.max(stagesPeak, reportSampler.peak),
+    );
     reportStage.seconds = (Date.now() - reportStarted) / 1000;
     reportStage.peakRssBytes = reportSampler.stop();
     results.push(reportStage);
@@ -100,4 +109,3 @@ export async function personalize(options: PersonalizeOptions & { compile: Compi
     release();
   }
 }
-

@@ -64,13 +64,20 @@ export async function prepareReport(s: Settings, dirs: RunFolder, m: CompileMani
     ['class prompt', o.classPrompt],
     ['cut', o.spec ? `--spec ${o.spec}` : `preset ${s.preset}`],
     ['hollowed', m.cut ? `${m.cut.hollowed.join(' ')} (${(100 * m.cut.fraction).toFixed(1)}%)` : 'none'],
-    ['held during training', `${m.parameters.heldDuringTraining.toLocaleString('en-US')} base + ${m.parameters.lora.toLocaleString('en-US')} LoRA parameters`],
+    [
+      'held during training',
+      `${m.parameters.heldDuringTraining.toLocaleString('en-US')} base + ${m.parameters.lora.toLocaleString('en-US')} LoRA parameters`,
+    ],
     ['LoRA', `rank ${m.lora.rank}, alpha ${m.lora.alpha}, ${m.lora.targets.filter((t) => t.trained).length} trained layers`],
     ['steps / lr', `${s.steps} / ${s.lr}`],
     ['samples', String(s.samples)],
     [
       'class images',
-      s.classMode === 'generate' ? `${s.classCount} generated (${s.classSteps} steps)` : s.classMode === 'dir' ? `${s.classCount} from ${o.classDir}` : 'none',
+      s.classMode === 'generate'
+        ? `${s.classCount} generated (${s.classSteps} steps)`
+        : s.classMode === 'dir'
+          ? `${s.classCount} from ${o.classDir}`
+          : 'none',
     ],
     ['prior weight', String(s.priorWeight ?? m.training.priorWeight)],
     ['resolution', `${s.resolution}x${s.resolution} (latents ${s.latent.slice(1).join('x')})`],

@@ -120,7 +120,8 @@ export async function resolveSettings(options: PersonalizeOptions, warn: (line: 
   if (!(lr > 0 && Number.isFinite(lr))) throw new HollowcError(`--lr must be a finite number > 0, got ${lr}`);
   if (priorWeight !== undefined && !(priorWeight >= 0 && Number.isFinite(priorWeight)))
     throw new HollowcError(`--prior-weight must be a finite number >= 0, got ${priorWeight}`);
-  if (options.classImages !== undefined && options.classDir !== undefined) throw new HollowcError('give --class-images or --class-dir, not both');
+  if (options.classImages !== undefined && options.classDir !== undefined)
+    throw new HollowcError('give --class-images or --class-dir, not both');
   if (options.spec && (options.preset || options.rank !== undefined || options.alpha !== undefined))
     throw new HollowcError('--spec sets the cut and the LoRA: --preset, --rank and --alpha go with the generated spec only');
   const validationPrompts = options.validationPrompts?.length ? options.validationPrompts : [options.prompt];

@@ -97,7 +97,13 @@ export async function runStages(
     const rec = state.stages[s.name];
     const label = `[${i + 1}/${total}] ${s.name}`;
     if (rec && rec.key === s.key && rec.done && s.valid()) {
-      results.push({ name: s.name, status: 'reused', summary: rec.summary ?? '', seconds: rec.seconds ?? 0, peakRssBytes: rec.peakRssBytes ?? 0 });
+      results.push({
+        name: s.name,
+        status: 'reused',
+        summary: rec.summary ?? '',
+        seconds: rec.seconds ?? 0,
+        peakRssBytes: rec.peakRssBytes ?? 0,
+      });
       o.log(`${label}: reused (inputs unchanged): ${rec.summary ?? ''}`);
       s.reused?.(rec);
       continue;

@@ -24,7 +24,8 @@ export function zeroConditioning(c: Conditioning): Conditioning {
 /** Rows of one size stacked into one [rows.length, ...] array; `what` names the input in the error when a row lacks it. */
 export function stackRows(parts: readonly (Float32Array | undefined)[], what: string): Float32Array {
   const present = parts.map((p) => {
-    if (!p) throw new HollowcError(`the model needs ${what} for every prompt (SDXL: give <prompt>.text_embeds.npy or a .safetensors prompt)`);
+    if (!p)
+      throw new HollowcError(`the model needs ${what} for every prompt (SDXL: give <prompt>.text_embeds.npy or a .safetensors prompt)`);
     return p;
   });
   const n = present[0].length;
@@ -69,12 +70,28 @@ export function twoPathConditioningFeeds(
   const put = (name: string, data: () => Float32Array, dims: number[]) => {
     if (inputNames.has(name)) feeds.set(name, { data: data(), dims });
   };
-  const ehs = (list: Conditioning[]) => stackRows(list.map((c) => c.encoderHiddenStates.data), ENCODER_HIDDEN_STATES);
-  const te = (list: Conditioning[]) => stackRows(list.map((c) => c.textEmbeds?.data), TEXT_EMBEDS);
+  const ehs = (list: Conditioning[]) =>
+    stackRows(
+      list.map((c) => c.encoderHiddenStates.data),
+      ENCODER_HIDDEN_STATES,
+    );
+  const te = (list: Conditioning[]) =>
+    stackRows(
+      list.map((c) => c.textEmbeds?.data),
+      TEXT_EMBEDS,
+    );
   put(ENCODER_HIDDEN_STATES, () => ehs(pathTwo), [B, T, D]);
   put(baseInputName(ENCODER_HIDDEN_STATES), () => ehs(pathOne), [B, T, D]);
   put(TEXT_EMBEDS, () => te(pathTwo), [B, P]);
   put(baseInputName(TEXT_EMBEDS), () => te(pathOne), [B, P]);
-  put(TIME_IDS, () => stackRows(pathTwo.map(() => o.timeIds), TIME_IDS), [B, o.timeIds.length]);
+  put(
+    TIME_IDS,
+    () =>
+      stackRows(
+        pathTwo.map(() => o.timeIds),
+        TIME_IDS,
+      ),
+    [B, o.timeIds.length],
+  );
   return feeds;
 }

@@ -30,13 +30,7 @@ import { defaultTimeIds, twoPathConditioningFeeds } from './conditioning';
 import { Scheduler, SchedulerName, TimestepSpacing, makeScheduler } from './schedulers';
 import { ExecutionProvider, SessionTuning, createSession } from '../ort/session';
 import type { Conditioning } from './conditioning';
-import {
-  ArtifactDescription,
-  CompileManifest,
-  OUT_SAMPLE,
-  SAMPLE,
-  TIMESTEP,
-} from '../../compiler/manifest';
+import { ArtifactDescription, CompileManifest, OUT_SAMPLE, SAMPLE, TIMESTEP } from '../../compiler/manifest';
 import { denoise } from './denoise';
 
 export interface GenerateOptions {
@@ -92,7 +86,8 @@ function loraFeeds(
   const trained = manifest.lora.targets.filter((t) => t.trained && wanted.has(t.lora_A.name));
   if (!trained.length) return { feeds, source: 'none (the model takes no LoRA inputs)' };
   let source = file;
-  if (!source) source = fs.existsSync(path.join(out, TRAINED_LORA_FILE)) ? path.join(out, TRAINED_LORA_FILE) : path.join(out, LORA_INIT_FILE);
+  if (!source)
+    source = fs.existsSync(path.join(out, TRAINED_LORA_FILE)) ? path.join(out, TRAINED_LORA_FILE) : path.join(out, LORA_INIT_FILE);
   const values = readLoraForManifest(source, manifest);
   // Under `lora infer fp16` infer.onnx declares its LoRA inputs float16.
   const declared = new Map((manifest.artifacts.infer?.inputs ?? []).map((i) => [i.name, i.dtype]));

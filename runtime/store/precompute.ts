@@ -97,7 +97,6 @@ export function storeCompileStamp(manifest: CompileManifest): { precompute?: str
   return { precompute: manifest.artifacts.precompute?.file, cut: manifest.cut?.lastKeptDown ?? null, model: manifest.model.sha256 };
 }
 
-
 function storeFingerprint(manifest: CompileManifest, data: TrainingData, seed: number, prediction: Prediction): string {
   return crypto
     .createHash('sha256')

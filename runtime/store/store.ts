@@ -76,7 +76,6 @@ export interface StoreHeader {
   extra?: Record<string, unknown>;
 }
 
-
 export interface StoreRecord {
   index: number;
   sampleId: number;

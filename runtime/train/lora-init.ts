@@ -10,7 +10,6 @@ import { Rng, fillNormal } from '../../models/random';
 import { LoraModuleValues, readLoraFile, writeLoraFile } from '../formats/lora-file';
 import { LORA_INIT_FILE } from '../formats/lora-format';
 
-
 export function initialLora(manifest: CompileManifest, std: number, seed: number): LoraModuleValues[] {
   return manifest.lora.targets
     .filter((t) => t.trained)

@@ -4,7 +4,16 @@
  * step graph takes, its records stacked into one batch. Pure: each runtime makes its own tensors.
  */
 import { HollowcError } from '../../compiler/errors';
-import { ENCODER_HIDDEN_STATES, HOLLOW_ACTIVATION, LOSS_WEIGHT, SAMPLE, TARGET, TEXT_EMBEDS, TIMESTEP, TIME_IDS } from '../../compiler/manifest';
+import {
+  ENCODER_HIDDEN_STATES,
+  HOLLOW_ACTIVATION,
+  LOSS_WEIGHT,
+  SAMPLE,
+  TARGET,
+  TEXT_EMBEDS,
+  TIMESTEP,
+  TIME_IDS,
+} from '../../compiler/manifest';
 import type { StoreHeader, StoreRecord } from '../store/store';
 import type { Conditioning } from '../sampling/conditioning';
 
@@ -43,7 +52,8 @@ export function stepDataValues(
   const c0 = store.conditioning(0);
   stack(ENCODER_HIDDEN_STATES, (r) => store.conditioning(r.condId).encoderHiddenStates.data, c0.encoderHiddenStates.shape);
   if (takes(TEXT_EMBEDS)) {
-    if (!c0.textEmbeds) throw new HollowcError('the step graph takes text_embeds but the store has none (SDXL prompts need pooled embeddings)', label);
+    if (!c0.textEmbeds)
+      throw new HollowcError('the step graph takes text_embeds but the store has none (SDXL prompts need pooled embeddings)', label);
     stack(TEXT_EMBEDS, (r) => store.conditioning(r.condId).textEmbeds!.data, c0.textEmbeds.shape);
   }
   if (takes(TIME_IDS)) {

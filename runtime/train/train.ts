@@ -44,7 +44,6 @@ import {
   trainingSession,
 } from './step-graph';
 
-
 export interface TrainOptions {
   out: string;
   /** Total steps the run should reach (default: the spec's `train steps`). */

@@ -23,7 +23,9 @@ export function classImagesStage(ctx: StageContext): Stage {
   return {
     name: 'class images',
     key: ctx.keys.class,
-    valid: () => countFiles(latentsDir, '.npy') === s.classCount && (s.classMode !== 'generate' || countFiles(dirs.classImages, '.png') === s.classCount),
+    valid: () =>
+      countFiles(latentsDir, '.npy') === s.classCount &&
+      (s.classMode !== 'generate' || countFiles(dirs.classImages, '.png') === s.classCount),
     clean: () => [latentsDir, dirs.classImages].forEach(rm),
     run: async (resuming) => {
       rm(latentsDir);

@@ -21,7 +21,9 @@ export function trainStage(ctx: StageContext): Stage {
     key: ctx.keys.train,
     valid: () => fs.existsSync(path.join(dirs.compiled, TRAINED_LORA_FILE)),
     clean: () =>
-      [path.join(dirs.compiled, TRAIN_DIR), path.join(dirs.compiled, TRAINED_LORA_FILE)].forEach((p) => fs.rmSync(p, { recursive: true, force: true })),
+      [path.join(dirs.compiled, TRAIN_DIR), path.join(dirs.compiled, TRAINED_LORA_FILE)].forEach((p) =>
+        fs.rmSync(p, { recursive: true, force: true }),
+      ),
     // more steps than last time on the same line: carry on from the last checkpoint
     continues: (record) =>
       record.done &&
@@ -31,7 +33,11 @@ export function trainStage(ctx: StageContext): Stage {
       fs.existsSync(checkpoint),
     reused: (record) => {
       if (typeof record.data?.lossBefore === 'number')
-        findings.loss = { before: record.data.lossBefore, after: record.data.lossAfter as number, records: record.data.lossRecords as number };
+        findings.loss = {
+          before: record.data.lossBefore,
+          after: record.data.lossAfter as number,
+          records: record.data.lossRecords as number,
+        };
     },
     run: async (resuming, record) => {
       const resume = resuming && fs.existsSync(checkpoint);
@@ -41,11 +47,20 @@ export function trainStage(ctx: StageContext): Stage {
       // the evaluation costs a training step per batch, twice: about a quarter of the run, at most 16;
       // a run carried on to more steps keeps the batches its loss before was measured on
       const batches =
-        typeof record.data?.evalBatches === 'number' ? record.data.evalBatches : Math.min(records, Math.max(2, Math.min(16, Math.floor(steps / 4))));
+        typeof record.data?.evalBatches === 'number'
+          ? record.data.evalBatches
+          : Math.min(records, Math.max(2, Math.min(16, Math.floor(steps / 4))));
       // the loss before: on the training session when starting fresh; once more on a resume
       let before = typeof record.data?.lossBefore === 'number' ? record.data.lossBefore : undefined;
       if (resume && before === undefined)
-        before = await evaluateLoss({ out: dirs.compiled, batches, ep: s.options.ep, session: s.trainTuning, instanceOnly: true, priorWeight });
+        before = await evaluateLoss({
+          out: dirs.compiled,
+          batches,
+          ep: s.options.ep,
+          session: s.trainTuning,
+          instanceOnly: true,
+          priorWeight,
+        });
       const bar = new ProgressLine('step', steps, ctx.progress);
       const r = await train({
         out: dirs.compiled,

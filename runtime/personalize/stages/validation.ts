@@ -36,7 +36,8 @@ export function validationStage(ctx: StageContext): Stage {
     name: 'validation',
     key: ctx.keys.validation,
     valid: () =>
-      prompts.every((p, i) => fs.existsSync(validationImageFile(dirs, i, p))) && fs.existsSync(validationImageFile(dirs, 0, prompts[0], true)),
+      prompts.every((p, i) => fs.existsSync(validationImageFile(dirs, i, p))) &&
+      fs.existsSync(validationImageFile(dirs, 0, prompts[0], true)),
     clean: () => fs.rmSync(dirs.images, { recursive: true, force: true }),
     reused: (record) => {
       if (record.data?.subject) findings.subject = record.data.subject as RunFindings['subject'];

@@ -5,12 +5,7 @@
  * prompts on both paths is the unconditional one. Same schedulers, same seeded noise streams.
  */
 import type * as Ort from 'onnxruntime-web';
-import {
-  CompileManifest,
-  OUT_SAMPLE,
-  SAMPLE,
-  TIMESTEP,
-} from '../../../compiler/manifest';
+import { CompileManifest, OUT_SAMPLE, SAMPLE, TIMESTEP } from '../../../compiler/manifest';
 import { Rng, fillNormal } from '../../../models/random';
 import { NoiseSchedule } from '../../sampling/noise-schedule';
 import { denoise } from '../../sampling/denoise';
