@@ -52,6 +52,12 @@ export interface CompileRequest {
   skipPasses?: readonly string[];
   /** split-attention's threshold (ArtifactState.splitAttentionAboveBytes): for tests on small models. */
   splitAttentionAboveBytes?: number;
+  /**
+   * Files the caller writes beside the artifacts (the CLI's lora-init.safetensors), into the
+   * temporary folder once the manifest is known; returns their names. They move into place with
+   * the artifacts, so a caller's failure here also leaves no folder that looks compiled.
+   */
+  extraFiles?: (dir: string, manifest: CompileManifest) => string[];
 }
 
 function describeValues(values: readonly Value[]): TensorDescription[] {
@@ -219,10 +225,11 @@ export function compile(request: CompileRequest): CompileManifest {
           }
         : {}),
     };
+    const extra = request.extraFiles?.(tmp, manifest) ?? [];
     writeFileAtomic(path.join(tmp, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
 
     // Everything is written: move it into place, manifest last.
-    for (const file of [...manifest.weights, ...Object.values(artifacts).map((a) => a!.file), MANIFEST_FILE]) {
+    for (const file of [...manifest.weights, ...Object.values(artifacts).map((a) => a!.file), ...extra, MANIFEST_FILE]) {
       fs.renameSync(path.join(tmp, file), path.join(request.outDir, file));
     }
     done = true;
