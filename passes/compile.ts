@@ -26,7 +26,7 @@ import {
 import { lockFolder } from '../compiler/folder-lock';
 import { loadModel, saveModel, writeFileAtomic } from '../compiler/serde';
 import { defaultTrainingSettings } from '../models/training-defaults';
-import { CutInfo, UNetAnalysis, analyzeUNet } from './lib/analyze-unet';
+import { CutInfo, UNetAnalysis, analyzeUNet, isStandardDomain } from './lib/analyze-unet';
 import { ArtifactState, LoraConfig, LoraParam } from './lib/artifact-state';
 import { loraShapes, selectSites } from './lib/lora-sites';
 import { buildArtifact } from './pipeline';
@@ -194,6 +194,9 @@ export function compile(request: CompileRequest): CompileManifest {
       request.log?.(`${name}.onnx:`);
       const { model, state } = buildArtifact(name, source, inputs, request.log, request.skipPasses);
       trained ??= state.loraParams;
+      // The source was refused if it had any (analyzeUNet); no pass may add one either.
+      const contrib = model.graph.nodes.find((n) => !isStandardDomain(n.domain));
+      if (contrib) throw new Error(`${name}.onnx: node ${contrib.name} is ${contrib.domain}.${contrib.opType}, not standard ONNX`);
       saveModel(model, path.join(tmp, `${name}.onnx`), { externalData: writer, referenceInPlace: true });
       artifacts[name] = describeArtifact(`${name}.onnx`, model);
     }

@@ -69,6 +69,18 @@ function modelVariant(name: string, edit: (m: PModel) => void, dataEdit?: (dataF
   return file;
 }
 
+/** The tiny model with one GroupNorm fused into com.microsoft's GroupNorm, as Olive writes it. */
+function oliveVariant(): string {
+  const file = path.join(root, 'models', 'olive', 'model.onnx');
+  if (fs.existsSync(file)) return file;
+  return modelVariant('olive', (m) => {
+    const norm = m.graph!.node!.find((n) => n.op_type === 'InstanceNormalization')!;
+    norm.op_type = 'GroupNorm';
+    norm.domain = 'com.microsoft';
+    m.opset_import!.push({ domain: 'com.microsoft', version: 1 });
+  });
+}
+
 function externalOf(m: PModel, i = 0) {
   const t = m.graph!.initializer!.filter((x) => x.data_location === 1)[i]!;
   return { tensor: t, entry: (key: string) => t.external_data!.find((e) => e.key === key)! };
@@ -258,6 +270,16 @@ const CASES: Case[] = [
       return file;
     }),
     message: '2 GiB',
+  },
+  {
+    name: 'onnx: an Olive-optimized graph (com.microsoft GroupNorm), compile',
+    args: compileWith(() => oliveVariant()),
+    message: /op GroupNorm of domain com\.microsoft \(node "[^"]+"; 1 nodes .*\) is not a standard ONNX op.*export a plain graph/,
+  },
+  {
+    name: 'onnx: an Olive-optimized graph (com.microsoft GroupNorm), inspect',
+    args: () => ['inspect', oliveVariant()],
+    message: /op GroupNorm of domain com\.microsoft .*export a plain graph/,
   },
   { name: 'onnx: file does not exist', args: compileWith(() => path.join(root, 'nowhere.onnx')), message: 'ENOENT' },
 

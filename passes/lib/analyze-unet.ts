@@ -189,7 +189,30 @@ function activationShape(g: Graph, channels: number, scale: number): Dim[] {
   return [sample[0] ?? 'batch', channels, spatial(sample[2] ?? null), spatial(sample[3] ?? null)];
 }
 
+/** ONNX's own operator domain, by either of its names. */
+export function isStandardDomain(domain: string): boolean {
+  return domain === '' || domain === 'ai.onnx';
+}
+
+/**
+ * Refuses a graph with ops outside the standard ONNX domain: Olive's fused com.microsoft ops
+ * (GroupNorm, MultiHeadAttention, BiasSplitGelu, SkipLayerNorm) have no gradient rules here, some
+ * providers lack kernels for them (the CPU provider has no GroupNorm), and every artifact would
+ * inherit them.
+ */
+function refuseNonStandardOps(g: Graph, label: string): void {
+  const odd = g.nodes.filter((n) => !isStandardDomain(n.domain));
+  if (odd.length === 0) return;
+  const first = odd[0];
+  const kinds = [...new Set(odd.map((n) => `${n.domain}.${n.opType}`))];
+  fail(
+    label,
+    `op ${first.opType} of domain ${first.domain} (node ${JSON.stringify(first.name)}; ${odd.length} nodes outside the standard ONNX domain: ${kinds.join(', ')}) is not a standard ONNX op, and hollowc emits standard ONNX only: export a plain graph (optimum-cli export onnx or torch.onnx.export of the diffusers UNet), not an Olive-optimized one`,
+  );
+}
+
 export function analyzeUNet(g: Graph, label = 'model'): UNetAnalysis {
+  refuseNonStandardOps(g, label);
   const modules = moduleTree(g);
   if (![...modules].some((m) => m.startsWith('down_blocks.'))) {
     const sample = g.nodes
