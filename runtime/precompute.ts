@@ -18,7 +18,7 @@ import { HollowcError } from '../compiler/errors';
 import { withFolderLockAsync } from '../compiler/folder-lock';
 import { Rng, fillNormal, uniformOpen } from '../models/random';
 import { CompileManifest, HOLLOW_ACTIVATION, TensorDescription } from '../compiler/manifest';
-import { float32Data, loadManifest, requireArtifact, tensorFor } from './artifacts';
+import { float32Data, loadManifest, requireArtifact, tensorFor, timestepFor } from './artifacts';
 import { NoiseSchedule, Prediction } from './noise-schedule';
 import { ExecutionProvider, SessionTuning, createSession } from './session';
 import { Conditioning, Store } from './store';
@@ -204,7 +204,7 @@ async function precomputeUnlocked(options: PrecomputeOptions): Promise<Precomput
       const result = await session!.run({
         ...classFeeds,
         sample: tensorFor(sampleDesc, zt, [1, ...latentShape]),
-        timestep: tensorFor(timestepDesc, [t], timestepDesc?.shape.length === 0 ? [] : [1]),
+        timestep: timestepFor(timestepDesc, [t]),
       });
       const activationTensor = result[HOLLOW_ACTIVATION];
       if (!activationTensor) throw new HollowcError(`precompute.onnx has no output named ${HOLLOW_ACTIVATION}`, artifact.path);

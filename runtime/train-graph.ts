@@ -36,7 +36,7 @@ import {
   optimizerStateOwner,
   updatedName,
 } from '../compiler/manifest';
-import { float32Data, requireArtifact, scalarFor, staticShape, tensorFor } from './artifacts';
+import { float32Data, requireArtifact, scalarFor, staticShape, tensorFor, timestepFor } from './artifacts';
 import type { ParamState } from './checkpoint';
 import { HostAdamW } from './host-adamw';
 import { readLoraForManifest } from './lora-file';
@@ -186,10 +186,9 @@ export function dataFeeds(graph: TrainGraph, store: Store, records: StoreRecord[
   }
   const ts = graph.inputs.get(TIMESTEP);
   if (ts)
-    feeds[TIMESTEP] = tensorFor(
+    feeds[TIMESTEP] = timestepFor(
       ts,
       records.map((r) => r.timestep),
-      [B],
     );
   feeds[LOSS_WEIGHT] = tensorFor(
     graph.inputs.get(LOSS_WEIGHT),
