@@ -15,7 +15,7 @@ import { bakeLora } from '../passes/bake-lora';
 import { compile } from '../passes/compile';
 import { UNetAnalysis, analyzeUNet } from '../passes/lib/analyze-unet';
 import { readLoraForManifest } from '../runtime/formats/lora-file';
-import { LoraInit, writeInitialLora } from '../runtime/train/lora-init';
+import { LoraInit, checkLoraInit, writeInitialLora } from '../runtime/train/lora-init';
 import { lastKeptDownFor, modelFacts, trainingSettingsOf } from './spec-facts';
 
 export interface CompileCliOptions {
@@ -67,7 +67,9 @@ function loraInitOf(spec: CheckedSpec, overrideFile?: string): LoraInit {
 /** Compiles a loaded UNet with a checked spec into `options.out`; the library's compile entry. */
 export function compileSpec(unet: LoadedUNet, spec: CheckedSpec, options: CompileCliOptions): CompileManifest {
   const r = spec.resolved;
-  const manifest = compile({
+  // Every input is checked before anything is written: the model and spec are by now, the LoRA here.
+  const init = checkLoraInit(loraInitOf(spec, options.loraInit));
+  return compile({
     model: unet.model,
     modelFile: unet.file,
     analysis: unet.analysis,
@@ -79,9 +81,9 @@ export function compileSpec(unet: LoadedUNet, spec: CheckedSpec, options: Compil
     spec: { file: spec.file, text: spec.text },
     training: trainingSettingsOf(r),
     log: options.verbose ? (m) => process.stderr.write(`${m}\n`) : undefined,
+    // Written with the artifacts, so a LoRA whose shapes do not fit leaves no compiled-looking folder.
+    extraFiles: (dir, manifest) => [path.basename(writeInitialLora(dir, manifest, init))],
   });
-  writeInitialLora(options.out, manifest, loraInitOf(spec, options.loraInit));
-  return manifest;
 }
 
 /** `hollowc compile <unet> <spec> -o out/` as a function. */

@@ -9,7 +9,8 @@ import { HollowcError } from '../compiler/errors';
 import { parseUNetConfig, UNetConfig } from '../models/config';
 import { FAMILIES, FAMILY_NAMES, isFamilyName } from '../models/families';
 import { buildPipeline } from '../models/builder/pipeline';
-import { buildUNet } from '../models/builder/unet';
+import { Exporter } from '../models/builder/nn';
+import { TIMESTEP_FORMS, TimestepForm, buildUNet } from '../models/builder/unet';
 import { normalizeSeed } from '../models/builder/weights';
 
 export interface ModelBuildOptions {
@@ -19,11 +20,20 @@ export interface ModelBuildOptions {
   out: string;
   seed?: number;
   pipeline?: boolean;
+  exporter?: Exporter;
+  timestep?: TimestepForm;
 }
 
 /** A weight seed as `hollowc model build --seed` takes it. */
 function parseWeightSeed(text: string): number {
   return normalizeSeed(parseSeed(text));
+}
+
+function parseChoice<T extends string>(choices: readonly T[]): (text: string) => T {
+  return (text) => {
+    if (!(choices as readonly string[]).includes(text)) throw new HollowcError(`expected one of ${choices.join(', ')}, got "${text}"`);
+    return text as T;
+  };
 }
 
 /** The config a `model build` invocation names, with a label for messages. */
@@ -93,7 +103,7 @@ export async function runModelBuild(
   log: (line: string) => void = console.log,
 ): Promise<void> {
   const { config, label } = resolveBuildConfig(family, opts);
-  const result = await buildUNet(config, { outDir: opts.out, seed: opts.seed });
+  const result = await buildUNet(config, { outDir: opts.out, seed: opts.seed, form: { exporter: opts.exporter, timestep: opts.timestep } });
   const peakRss = process.resourceUsage().maxRSS * 1024;
   log(`built ${label} UNet (seed ${opts.seed ?? 0})`);
   log(`  ${result.file}  (${mib(fs.statSync(result.file).size)})`);
@@ -116,6 +126,16 @@ export function registerModelBuild(program: Command): Command {
     .requiredOption('-o, --out <dir>', 'output folder (model.onnx + model.onnx_data)')
     .option('--pipeline', 'write a whole pipeline folder (unet, text encoders, VAE, tokenizers, scheduler) in the optimum ONNX layout')
     .option('--seed <n>', 'weight seed (default 0)', parseWeightSeed)
+    .option(
+      '--exporter <name>',
+      'the torch exporter to imitate: torchscript (default) or dynamo (torch >= 2.9, opset 18)',
+      parseChoice(['torchscript', 'dynamo']),
+    )
+    .option(
+      '--timestep <form>',
+      'timestep input: float [batch] (default), int64 [steps] (optimum < 1.24) or scalar (float 0-d, optimum >= 1.24)',
+      parseChoice(TIMESTEP_FORMS),
+    )
     .action(async (family: string | undefined, opts: ModelBuildOptions) => {
       await (opts.pipeline ? runPipelineBuild(family, opts) : runModelBuild(family, opts));
     });

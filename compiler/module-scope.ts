@@ -1,19 +1,69 @@
 /**
  * Module scopes and PyTorch parameters in an exported UNet graph.
  *
- * torch.onnx.export names nodes after the module that ran them (`/down_blocks.2/attentions.1/
- * transformer_blocks.0/attn1/to_q/MatMul`), but gives Linear weights anonymous names
- * (`onnx::MatMul_8619`). So a weight's owner is read off the node that uses it, and whether an
+ * torch.onnx.export (TorchScript) names nodes after the module that ran them (`/down_blocks.2/
+ * attentions.1/transformer_blocks.0/attn1/to_q/MatMul`), but gives Linear weights anonymous names
+ * (`onnx::MatMul_8619`); the dynamo exporter keeps the scopes in node metadata and names every
+ * parameter. So a weight's owner is read off its name or the node that uses it, and whether an
  * initializer is a parameter at all is read off how it is used: exporters also store constants
  * (InstanceNormalization's ones and zeros, folded shapes and scalars) as initializers.
  */
 import { Graph, Node, Value, tensorElementCount } from './ir';
 import { DataType } from './dtype';
 
-/** `/down_blocks.0/resnets.0/conv1/Conv` -> `down_blocks.0.resnets.0.conv1`; `/Shape` -> ''. */
+/** Node metadata where torch's dynamo exporter records scopes (torch/onnx/_internal/exporter/_core.py). */
+export const NAME_SCOPES_KEY = 'pkg.torch.onnx.name_scopes';
+export const NAMESPACE_KEY = 'namespace';
+
+const moduleCache = new WeakMap<Node, { name: string; module: string }>();
+
+/**
+ * The module that ran a node. TorchScript exports scope node names:
+ * `/down_blocks.0/resnets.0/conv1/Conv` -> `down_blocks.0.resnets.0.conv1`; `/Shape` -> ''.
+ * The dynamo exporter names nodes `node_<fx name>` and keeps the scopes in metadata_props:
+ * `pkg.torch.onnx.name_scopes` = `['', 'down_blocks.0', ..., 'down_blocks.0.resnets.0.conv1',
+ * 'conv2d_3']` (the last entry is the fx node itself), or else `namespace` =
+ * `: <class>/down_blocks.0: <class>/.../conv2d_3: aten.convolution.default`.
+ */
 export function moduleOfNode(node: Node): string {
-  const parts = node.name.split('/').filter((p) => p.length > 0);
-  return parts.slice(0, -1).join('.');
+  const cached = moduleCache.get(node);
+  if (cached && cached.name === node.name) return cached.module;
+  const module = node.name.includes('/') ? moduleOfScopedName(node.name) : (moduleOfMetadata(node) ?? '');
+  moduleCache.set(node, { name: node.name, module });
+  return module;
+}
+
+function moduleOfScopedName(name: string): string {
+  return name
+    .split('/')
+    .filter((p) => p.length > 0)
+    .slice(0, -1)
+    .join('.');
+}
+
+/** The strings of a Python list repr: `['', 'a.b']` -> ['', 'a.b']. */
+function pythonStrings(text: string): string[] {
+  const out: string[] = [];
+  for (const m of text.matchAll(/'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)"/g)) out.push((m[1] ?? m[2]).replace(/\\(.)/g, '$1'));
+  return out;
+}
+
+/** A module path as torch records it, without the `@N` it appends to a module's later calls. */
+const modulePath = (p: string) => p.replace(/@\d+$/, '');
+
+function moduleOfMetadata(node: Node): string | undefined {
+  const meta = (key: string) => node.metadataProps?.find((e) => e.key === key)?.value;
+  const scopes = meta(NAME_SCOPES_KEY);
+  if (scopes !== undefined) {
+    const list = pythonStrings(scopes);
+    return list.length >= 2 ? modulePath(list[list.length - 2]) : '';
+  }
+  const namespace = meta(NAMESPACE_KEY);
+  if (namespace !== undefined) {
+    const entries = namespace.split('/');
+    return entries.length >= 2 ? modulePath(entries[entries.length - 2].split(': ')[0].trim()) : '';
+  }
+  return undefined;
 }
 
 /** True when `path` is `module` or lies inside it. */

@@ -34,6 +34,7 @@ import { specializeShapesPass } from './specialize-shapes';
 import { float16LoraInputsPass } from './float16-lora-inputs';
 import { slicesToSplitPass } from './slices-to-split';
 import { splitAttentionPass } from './split-attention';
+import { timestepPerSamplePass } from './timestep-per-sample';
 
 const HOLLOWED_WITH_LORA = [insertLoraPass, hollowOutPass];
 /** Last in every artifact: the rewrites that make GPU kernels as precise as the CPU's. */
@@ -41,6 +42,7 @@ const PRECISE_ON_GPUS = [preciseNormalizationPass, preciseTrigonometryPass];
 
 const TRAINING_LOSS = [
   ...HOLLOWED_WITH_LORA,
+  timestepPerSamplePass,
   specializeShapesPass,
   splitAttentionPass,
   slicesToSplitPass,

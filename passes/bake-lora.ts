@@ -27,7 +27,7 @@ function float32Of(v: Value): Float32Array {
 
 /** ΔW in the layout the node stores its weight in, times `scale`, added to `w`. */
 export function foldInto(
-  site: Pick<LoraSite, 'node' | 'inFeatures' | 'outFeatures' | 'kernel'>,
+  site: Pick<LoraSite, 'weightTransposed' | 'inFeatures' | 'outFeatures' | 'kernel'>,
   w: Float32Array,
   a: Float32Array,
   b: Float32Array,
@@ -38,8 +38,8 @@ export function foldInto(
   const inF = site.inFeatures;
   const outF = site.outFeatures;
   const k = site.kernel[0] * site.kernel[1];
-  // MatMul stores [in, out]; Gemm with transB and Conv store [out, in(, kh, kw)].
-  const transposed = site.node.opType === 'MatMul' || (site.node.opType === 'Gemm' && site.node.attrInt('transB', 0) === 0);
+  // A TorchScript MatMul stores [in, out]; Gemm with transB, Conv and dynamo exports [out, in(, kh, kw)].
+  const transposed = site.weightTransposed;
   for (let o = 0; o < outF; o++) {
     for (let i = 0; i < inF; i++) {
       for (let p = 0; p < k; p++) {
@@ -87,7 +87,7 @@ export function bakeLora(g: Graph, values: Map<string, Float32Array>, rank: numb
     if (!aIn || !bIn || !g.inputs.includes(aIn)) continue;
     const a = values.get(names.a)!;
     const b = values.get(names.b)!;
-    const weight = site.node.inputs[1]!;
+    const weight = site.weight;
     const join = branchJoin(site, bIn);
     if (!join) throw new Error(`internal: no LoRA branch after ${site.module}`);
     const shared = weight.uses.some((u) => isBasePath(u.node));
@@ -115,7 +115,9 @@ export function bakeLora(g: Graph, values: Map<string, Float32Array>, rank: numb
     const baked = g.addInitializer(
       inlineTensor(g.freshName(`${weight.name}.baked`), DataType.FLOAT, [...weight.initializer!.dims], new Uint8Array(folded.buffer)),
     );
-    g.setInput(site.node, 1, baked);
+    // A dynamo export's MatMul reads the weight through a Transpose of its own.
+    const reader = site.node.inputs[1] === weight ? site.node : site.node.inputs[1]!.producer!;
+    g.setInput(reader, reader === site.node ? 1 : 0, baked);
     // The layer's readers read the layer output again; the branch is then dead.
     g.replaceAllUsesWith(join.outputs[0], site.output);
     result.folded.push(site.module);

@@ -26,7 +26,7 @@ import {
 import { lockFolder } from '../compiler/folder-lock';
 import { loadModel, saveModel, writeFileAtomic } from '../compiler/serde';
 import { defaultTrainingSettings } from '../models/training-defaults';
-import { CutInfo, UNetAnalysis, analyzeUNet } from './lib/analyze-unet';
+import { CutInfo, UNetAnalysis, analyzeUNet, isStandardDomain } from './lib/analyze-unet';
 import { ArtifactState, LoraConfig, LoraParam } from './lib/artifact-state';
 import { loraShapes, selectSites } from './lib/lora-sites';
 import { buildArtifact } from './artifact-passes';
@@ -52,6 +52,12 @@ export interface CompileRequest {
   skipPasses?: readonly string[];
   /** split-attention's threshold (ArtifactState.splitAttentionAboveBytes): for tests on small models. */
   splitAttentionAboveBytes?: number;
+  /**
+   * Files the caller writes beside the artifacts (the CLI's lora-init.safetensors), into the
+   * temporary folder once the manifest is known; returns their names. They move into place with
+   * the artifacts, so a caller's failure here also leaves no folder that looks compiled.
+   */
+  extraFiles?: (dir: string, manifest: CompileManifest) => string[];
 }
 
 function describeValues(values: readonly Value[]): TensorDescription[] {
@@ -188,6 +194,9 @@ export function compile(request: CompileRequest): CompileManifest {
       request.log?.(`${name}.onnx:`);
       const { model, state } = buildArtifact(name, source, inputs, request.log, request.skipPasses);
       trained ??= state.loraParams;
+      // The source was refused if it had any (analyzeUNet); no pass may add one either.
+      const contrib = model.graph.nodes.find((n) => !isStandardDomain(n.domain));
+      if (contrib) throw new Error(`${name}.onnx: node ${contrib.name} is ${contrib.domain}.${contrib.opType}, not standard ONNX`);
       saveModel(model, path.join(tmp, `${name}.onnx`), { externalData: writer, referenceInPlace: true });
       artifacts[name] = describeArtifact(`${name}.onnx`, model);
     }
@@ -219,10 +228,11 @@ export function compile(request: CompileRequest): CompileManifest {
           }
         : {}),
     };
+    const extra = request.extraFiles?.(tmp, manifest) ?? [];
     writeFileAtomic(path.join(tmp, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
 
     // Everything is written: move it into place, manifest last.
-    for (const file of [...manifest.weights, ...Object.values(artifacts).map((a) => a!.file), MANIFEST_FILE]) {
+    for (const file of [...manifest.weights, ...Object.values(artifacts).map((a) => a!.file), ...extra, MANIFEST_FILE]) {
       fs.renameSync(path.join(tmp, file), path.join(request.outDir, file));
     }
     done = true;

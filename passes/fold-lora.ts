@@ -46,7 +46,7 @@ export function foldLoraWeights(
         `${site.module}: LoRA shapes [${lora.a.shape}] / [${lora.b.shape}] do not fit the layer (expected [${want.a}] / [${want.b}])`,
       );
     }
-    const weight = site.node.inputs[1]!;
+    const weight = site.weight;
     const t = weight.initializer!;
     if (t.dataType !== DataType.FLOAT) throw new HollowcError(`cannot fold LoRA into ${t.name}: it is not float32`);
     if (weight.uses.length !== 1) throw new HollowcError(`cannot fold LoRA into ${t.name}: ${weight.uses.length} nodes share it`);

@@ -35,7 +35,9 @@ export function insertLora(g: Graph, sites: readonly LoraSite[], config: LoraCon
     const shapes = loraShapes(site, config.rank);
     const a = g.addInput(names.a, { elemType: DataType.FLOAT, shape: shapes.a });
     const b = g.addInput(names.b, { elemType: DataType.FLOAT, shape: shapes.b });
-    const builder = new GraphBuilder(g, `${scopeOf(site.node.name)}/lora`);
+    // In the layer's scope; a dynamo export's node names carry none, so the module path is it.
+    const scope = site.node.name.includes('/') ? scopeOf(site.node.name) : `/${site.module}`;
+    const builder = new GraphBuilder(g, `${scope}/lora`);
     const delta = site.kind === 'conv' ? convDelta(builder, site, a, b) : linearDelta(builder, site, a, b);
     const scaled = builder.op('Mul', [delta, builder.scalar(config.alpha / config.rank)]);
     const readers = [...site.output.uses];

@@ -9,7 +9,7 @@
 import { DataType } from '../compiler/dtype';
 import { HollowcError } from '../compiler/errors';
 import { Dim, Graph, Model, Node, Value } from '../compiler/ir';
-import { HOLLOW_ACTIVATION, isLoraParam } from '../compiler/manifest';
+import { HOLLOW_ACTIVATION, TIMESTEP, isLoraParam } from '../compiler/manifest';
 import { Pass } from '../compiler/pass';
 import { FAMILIES, FamilyName } from '../models/families';
 import { ArtifactState } from './lib/artifact-state';
@@ -216,7 +216,9 @@ export function specializeShapes(model: Model, shapes: Record<string, number[]>,
 /** Family default latent side and text length, used for dims a spec leaves open. */
 function defaultDims(family: FamilyName, batch: number): Record<string, number> {
   const sample = FAMILIES[family].full.shapes.sample;
-  return { batch, height: sample[2], width: sample[3], sequence: FAMILIES[family].full.shapes.encoder_hidden_states[1] };
+  const sequence = FAMILIES[family].full.shapes.encoder_hidden_states[1];
+  // Under the names torch.onnx.export scripts use and those optimum's exporter uses.
+  return { batch, height: sample[2], width: sample[3], sequence, batch_size: batch, sequence_length: sequence };
 }
 
 /** `height/4` with height = 64 -> 16. */
@@ -248,8 +250,11 @@ export function trainingShapes(
   const shapes: Record<string, number[]> = {};
   for (const v of forward.graph.inputs) {
     if (isLoraParam(v.name)) continue;
-    const given = options.shapes[v.name];
-    shapes[v.name] = given ? [...given] : (v.type?.shape ?? []).map((d) => resolveDim(d, dims, v.name));
+    // The spec's timestep shape is the source model's; timestep-per-sample may have made a 0-d one [batch].
+    const given = v.name === TIMESTEP && options.shapes[v.name]?.length !== v.type?.shape?.length ? undefined : options.shapes[v.name];
+    // A [n] timestep carries one t per sample whatever its axis is called (optimum: `steps`).
+    const shape = v.name === TIMESTEP && v.type?.shape?.length === 1 ? ['batch'] : (v.type?.shape ?? []);
+    shapes[v.name] = given ? [...given] : shape.map((d) => resolveDim(d, dims, v.name));
   }
   const h = shapes[HOLLOW_ACTIVATION];
   if (h && !h.every((x) => Number.isInteger(x) && x > 0)) {

@@ -5,6 +5,7 @@ import { Graph, Model } from '../compiler/ir';
 import { GraphBuilder } from '../compiler/builder';
 import { DataType } from '../compiler/dtype';
 import { analyzeUNet } from '../passes/lib/analyze-unet';
+import { NAMESPACE_KEY, NAME_SCOPES_KEY, moduleOfNode } from '../compiler/module-scope';
 import { paramCounts } from '../models/param-count';
 import { readNpy } from '../runtime/formats/npy';
 import {
@@ -98,7 +99,7 @@ describe('graphs that are not SD-family UNet exports', () => {
     const x = g.addInput('x', { elemType: DataType.FLOAT, shape: [1] });
     g.outputs = [new GraphBuilder(g).op('Relu', [x])];
     expect(() => analyzeUNet(g, 'plain.onnx')).toThrow(
-      /^plain\.onnx: expected a torch\.onnx\.export of a diffusers UNet2DConditionModel, whose node names carry module scopes like \/down_blocks\.0\/resnets\.0\/conv1\/Conv; found 1 nodes without such scopes \(e\.g\. "\/Relu"\)$/,
+      /^plain\.onnx: expected a torch\.onnx\.export of a diffusers UNet2DConditionModel, whose node names carry module scopes like \/down_blocks\.0\/resnets\.0\/conv1\/Conv \(TorchScript\) or whose node metadata does \(dynamo: pkg\.torch\.onnx\.name_scopes\); found 1 nodes without such scopes \(e\.g\. "\/Relu"\)$/,
     );
   });
 
@@ -157,5 +158,29 @@ describe('hollowc inspect', () => {
     const r = spawnSync('node', [CLI, 'inspect', file], { encoding: 'utf8' });
     expect(r.status).toBe(1);
     expect(r.stderr).toContain('expected a torch.onnx.export of a diffusers UNet2DConditionModel');
+  });
+});
+
+describe('module scopes of dynamo-exported nodes (node metadata)', () => {
+  const node = (name: string, meta: Record<string, string>) => {
+    const g = new Graph();
+    const x = g.addInput('x', { elemType: DataType.FLOAT, shape: [1] });
+    const n = g.addNode({ opType: 'Relu', inputs: [x], outputs: 1, name });
+    n.metadataProps = Object.entries(meta).map(([key, value]) => ({ key, value }));
+    return n;
+  };
+  test("name_scopes: the deepest module, not the fx node that ends the list; a later call's @N dropped", () => {
+    const scopes = "['', 'down_blocks.0', 'down_blocks.0.resnets.0', 'down_blocks.0.resnets.0.conv1', 'conv2d_3']";
+    expect(moduleOfNode(node('node_conv2d_3', { [NAME_SCOPES_KEY]: scopes }))).toBe('down_blocks.0.resnets.0.conv1');
+    expect(moduleOfNode(node('node_silu_1', { [NAME_SCOPES_KEY]: "['', 'mid_block.resnets.0.nonlinearity@1', 'silu_1']" }))).toBe(
+      'mid_block.resnets.0.nonlinearity',
+    );
+    expect(moduleOfNode(node('node_add', { [NAME_SCOPES_KEY]: "['', 'add']" }))).toBe('');
+  });
+  test('namespace when name_scopes is absent; scoped names win over metadata; nothing gives the root', () => {
+    const namespace = ': diffusers.UNet2DConditionModel/conv_in: torch.nn.modules.conv.Conv2d/convolution: aten.convolution.default';
+    expect(moduleOfNode(node('node_convolution', { [NAMESPACE_KEY]: namespace }))).toBe('conv_in');
+    expect(moduleOfNode(node('/conv_out/Conv', { [NAMESPACE_KEY]: namespace }))).toBe('conv_out');
+    expect(moduleOfNode(node('node_relu', {}))).toBe('');
   });
 });

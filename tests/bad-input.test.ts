@@ -69,6 +69,18 @@ function modelVariant(name: string, edit: (m: PModel) => void, dataEdit?: (dataF
   return file;
 }
 
+/** The tiny model with one GroupNorm fused into com.microsoft's GroupNorm, as Olive writes it. */
+function oliveVariant(): string {
+  const file = path.join(root, 'models', 'olive', 'model.onnx');
+  if (fs.existsSync(file)) return file;
+  return modelVariant('olive', (m) => {
+    const norm = m.graph!.node!.find((n) => n.op_type === 'InstanceNormalization')!;
+    norm.op_type = 'GroupNorm';
+    norm.domain = 'com.microsoft';
+    m.opset_import!.push({ domain: 'com.microsoft', version: 1 });
+  });
+}
+
 function externalOf(m: PModel, i = 0) {
   const t = m.graph!.initializer!.filter((x) => x.data_location === 1)[i]!;
   return { tensor: t, entry: (key: string) => t.external_data!.find((e) => e.key === key)! };
@@ -135,6 +147,8 @@ const compileSpec = (name: string, text: string) =>
     () => model,
     () => specFile(name, text),
   );
+/** `compile` of the tiny model into a folder of its own that does not exist yet. */
+const newFolderCompile = (name: string, spec = SPEC) => ['compile', model, specFile(name, spec), '-o', path.join(root, 'new', name)];
 const specWith = (line: string) => SPEC.replace('lora rank 2\n', `lora rank 2\n${line}\n`);
 
 const CASES: Case[] = [
@@ -256,6 +270,16 @@ const CASES: Case[] = [
       return file;
     }),
     message: '2 GiB',
+  },
+  {
+    name: 'onnx: an Olive-optimized graph (com.microsoft GroupNorm), compile',
+    args: compileWith(() => oliveVariant()),
+    message: /op GroupNorm of domain com\.microsoft \(node "[^"]+"; 1 nodes .*\) is not a standard ONNX op.*export a plain graph/,
+  },
+  {
+    name: 'onnx: an Olive-optimized graph (com.microsoft GroupNorm), inspect',
+    args: () => ['inspect', oliveVariant()],
+    message: /op GroupNorm of domain com\.microsoft .*export a plain graph/,
   },
   { name: 'onnx: file does not exist', args: compileWith(() => path.join(root, 'nowhere.onnx')), message: 'ENOENT' },
 
@@ -418,6 +442,50 @@ const CASES: Case[] = [
     ],
     message: 'NaN',
     output: () => folder.out,
+  },
+
+  // --lora-init: checked before anything is written, and a new output folder (one per case, so
+  // that a folder one case leaves cannot hide another's) stays absent
+  {
+    name: 'lora-init: header claiming 1 TiB',
+    args: () => [
+      ...newFolderCompile('init-huge'),
+      '--lora-init',
+      write('lora/init-huge.safetensors', Buffer.concat([Buffer.from([0, 0, 0, 0, 0, 1, 0, 0]), Buffer.from('{}')])),
+    ],
+    message: 'header length 1099511627776',
+  },
+  {
+    name: 'lora-init: truncated file',
+    args: () => {
+      const file = loraVariant('init-truncated', () => {});
+      fs.truncateSync(file, fs.statSync(file).size - 5);
+      return [...newFolderCompile('init-truncated'), '--lora-init', file];
+    },
+    message: 'init-truncated.safetensors: tensor',
+  },
+  {
+    name: 'lora-init: shapes that do not fit the compiled LoRA',
+    args: () => [
+      ...newFolderCompile('init-rank', SPEC.replace('lora rank 2', 'lora rank 3')),
+      '--lora-init',
+      loraVariant('init-rank', () => {}),
+    ],
+    message: /init-rank\.safetensors.*rank/,
+  },
+
+  {
+    name: 'lora-init: bad shapes, compiling over a compiled folder',
+    args: () => [
+      'compile',
+      model,
+      specFile('rank-3b', SPEC.replace('lora rank 2', 'lora rank 3')),
+      '-o',
+      folderCopy('recompile'),
+      '--lora-init',
+      loraVariant('init-rank-b', () => {}),
+    ],
+    message: /init-rank-b\.safetensors.*rank/,
   },
 
   // Training

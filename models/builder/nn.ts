@@ -17,6 +17,15 @@ import { fanInUniform, NORM_BIAS, NORM_WEIGHT, WeightInit } from '../random';
 import { ParameterLayout, ParameterRecord, WeightSink } from './weights';
 
 /** State shared by every module of one build. */
+/**
+ * Which torch exporter's graph to imitate. 'torchscript' (`dynamo=False`, torch 1.13's and
+ * optimum's default): Linear weights on 3-D inputs pre-transposed as `onnx::MatMul_N`, GroupNorm's
+ * affine as `onnx::Mul_N`/`onnx::Add_N` [C, 1, 1]. 'dynamo' (torch >= 2.9's default): every
+ * initializer named by its parameter in torch's layout, read through Transpose / Unsqueeze nodes
+ * (names and scope metadata are rewritten afterwards by dynamo-form.ts).
+ */
+export type Exporter = 'torchscript' | 'dynamo';
+
 export class BuildContext {
   readonly parameters: ParameterRecord[] = [];
   /** Numbering of `onnx::<Op>_N` initializers, as the exporter names unnamed constants. */
@@ -26,6 +35,7 @@ export class BuildContext {
     readonly graph: Graph,
     readonly root: GraphBuilder,
     readonly weights: WeightSink,
+    readonly exporter: Exporter = 'torchscript',
   ) {}
 
   get parameterCount(): number {
@@ -47,8 +57,9 @@ export class BuildContext {
     dims: readonly number[],
     layout: ParameterLayout,
     init: WeightInit,
+    order?: 'transposed',
   ): Value {
-    const tensor = this.weights.tensor(initializer, dims, init, torchName);
+    const tensor = this.weights.tensor(initializer, dims, init, torchName, order);
     this.parameters.push({ torchName, torchShape: [...torchShape], initializer, dims: [...dims], layout });
     return this.graph.addInitializer(tensor);
   }
@@ -148,6 +159,13 @@ export function linear2d(ctx: BuildContext, modulePath: string, x: Value, inF: n
 export function linear3d(ctx: BuildContext, modulePath: string, x: Value, inF: number, outF: number, bias = true): Value {
   const b = moduleBuilder(ctx, modulePath);
   const init = fanInUniform(inF);
+  if (ctx.exporter === 'dynamo') {
+    // torch's aten linear on a 3-D input: MatMul against a Transpose of the [out, in] parameter.
+    const w = ctx.param(`${modulePath}.weight`, `${modulePath}.weight`, [outF, inF], [outF, inF], 'same', init, 'transposed');
+    const y = b.op('MatMul', [x, b.op('Transpose', [w], { perm: [1, 0] })]);
+    if (!bias) return y;
+    return b.op('Add', [y, ctx.param(`${modulePath}.bias`, `${modulePath}.bias`, [outF], [outF], 'same', init)]);
+  }
   const w = ctx.param(ctx.anonymousName('MatMul'), `${modulePath}.weight`, [outF, inF], [inF, outF], 'transposed', init);
   const y = b.op('MatMul', [x, w]);
   if (!bias) return y;
@@ -163,6 +181,15 @@ export function groupNorm(ctx: BuildContext, modulePath: string, x: Value, chann
   const zeros = b.constant(new Float32Array(groups), [groups]);
   const normed = b.op('InstanceNormalization', [grouped, ones, zeros], { epsilon: { f: eps } });
   const back = b.op('Reshape', [normed, b.op('Shape', [x])], { allowzero: 0 });
+  if (ctx.exporter === 'dynamo') {
+    // The affine parameters stay [C] under their own names, unsqueezed to [C, 1, 1] where used.
+    const affine = (name: 'weight' | 'bias', init: WeightInit) =>
+      b.op('Unsqueeze', [
+        ctx.param(`${modulePath}.${name}`, `${modulePath}.${name}`, [channels], [channels], 'same', init),
+        int64Const(b, [1, 2]),
+      ]);
+    return b.op('Add', [b.op('Mul', [back, affine('weight', NORM_WEIGHT)]), affine('bias', NORM_BIAS)]);
+  }
   const w = ctx.param(ctx.anonymousName('Mul'), `${modulePath}.weight`, [channels], [channels, 1, 1], 'channel', NORM_WEIGHT);
   const scaled = b.op('Mul', [back, w]);
   const bias = ctx.param(ctx.anonymousName('Add'), `${modulePath}.bias`, [channels], [channels, 1, 1], 'channel', NORM_BIAS);

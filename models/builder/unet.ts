@@ -14,7 +14,8 @@ import { Graph, Model, Value } from '../../compiler/ir';
 import { UNetConfig } from '../config';
 import { buildLayout, ModuleSpec, UNetLayout } from '../layout';
 import { textTimeEmbedding, timestepEmbedding, timesteps, TIME_IDS } from './embeddings';
-import { BuildContext, conv2d, groupNorm, moduleBuilder, scopeSegments, silu } from './nn';
+import { rewriteAsDynamo } from './dynamo-form';
+import { BuildContext, Exporter, conv2d, groupNorm, int64Const, moduleBuilder, scopeSegments, silu } from './nn';
 import { downsample, resnetBlock, TembState, upsample } from './resnet';
 import { transformer2d } from './transformer';
 import { ParameterRecord, VirtualWeightSink, WeightSink } from './weights';
@@ -23,6 +24,25 @@ import { writeBuiltModel } from './write-model';
 export const OPSET = 17;
 /** IR version of torch 1.13's opset-17 exports (the fixture's). */
 export const IR_VERSION = 8;
+/** What torch >= 2.9's dynamo exporter writes by default (and optimum-onnx's opset). */
+export const DYNAMO_OPSET = 18;
+export const DYNAMO_IR_VERSION = 10;
+
+/**
+ * The `timestep` input as each exporter of SD UNets declares it: 'float' [batch] (diffusers'
+ * conversion script, the fixture), 'int64' [steps] (optimum before 1.24: its axis is named
+ * `steps`), 'scalar' float 0-d (optimum 1.24 and later: diffusers unsqueezes it to [1]).
+ */
+export type TimestepForm = 'float' | 'int64' | 'scalar';
+export const TIMESTEP_FORMS: readonly TimestepForm[] = ['float', 'int64', 'scalar'];
+
+/** Which export the built graph imitates. */
+export interface ExportForm {
+  /** default 'torchscript' */
+  readonly exporter?: Exporter;
+  /** default 'float' */
+  readonly timestep?: TimestepForm;
+}
 
 /** Names and shapes of the model's inputs, as the diffusers export declares them. */
 export interface UNetSignature {
@@ -60,10 +80,16 @@ export function textEmbedsDim(layout: UNetLayout): number | undefined {
   return dim;
 }
 
-export function unetSignature(config: UNetConfig, layout: UNetLayout = buildLayout(config)): UNetSignature {
+const TIMESTEP_SHAPES: Record<TimestepForm, (number | string)[]> = { float: ['batch'], int64: ['steps'], scalar: [] };
+
+export function unetSignature(
+  config: UNetConfig,
+  layout: UNetLayout = buildLayout(config),
+  timestep: TimestepForm = 'float',
+): UNetSignature {
   const inputs: UNetSignature['inputs'] = [
     { name: 'sample', shape: ['batch', config.in_channels, 'height', 'width'] },
-    { name: 'timestep', shape: ['batch'] },
+    { name: 'timestep', shape: TIMESTEP_SHAPES[timestep] },
     { name: 'encoder_hidden_states', shape: ['batch', 'sequence', uniformCrossAttentionDim(layout)] },
   ];
   const text = textEmbedsDim(layout);
@@ -96,22 +122,29 @@ function stemSpec<K extends ModuleSpec['kind']>(layout: UNetLayout, id: string, 
 }
 
 /** Builds the graph; weights go to `weights` as they are created. */
-export function buildUNetGraph(config: UNetConfig, weights: WeightSink): BuiltGraph {
+export function buildUNetGraph(config: UNetConfig, weights: WeightSink, form: ExportForm = {}): BuiltGraph {
   const layout = buildLayout(config);
   const r = layout.resolved;
-  const signature = unetSignature(config, layout);
+  const timestep = form.timestep ?? 'float';
+  const signature = unetSignature(config, layout, timestep);
   const graph = new Graph();
-  graph.name = 'torch_jit';
+  graph.name = form.exporter === 'dynamo' ? 'main_graph' : 'torch_jit';
   const root = new GraphBuilder(graph);
-  const ctx = new BuildContext(graph, root, weights);
+  const ctx = new BuildContext(graph, root, weights, form.exporter);
 
   const input: Record<string, Value> = {};
-  for (const i of signature.inputs) input[i.name] = graph.addInput(i.name, { elemType: DataType.FLOAT, shape: i.shape });
+  for (const i of signature.inputs) {
+    const elemType = i.name === 'timestep' && timestep === 'int64' ? DataType.INT64 : DataType.FLOAT;
+    input[i.name] = graph.addInput(i.name, { elemType, shape: i.shape });
+  }
 
   // Time embedding. timestep [batch] is expanded to the sample's batch like the export does, so
-  // a single timestep [1] also works with a larger batch.
+  // a single timestep [1] also works with a larger batch; diffusers makes a 0-d one [1] first,
+  // and time_proj casts an integer one to float.
   const batch = root.op('Shape', [input.sample], { start: 0, end: 1 });
-  const t = root.op('Expand', [input.timestep, batch]);
+  const t0 = timestep === 'scalar' ? root.op('Unsqueeze', [input.timestep, int64Const(root, [0])]) : input.timestep;
+  const expanded = root.op('Expand', [t0, batch]);
+  const t = timestep === 'int64' ? root.within('time_proj').op('Cast', [expanded], { to: DataType.FLOAT }) : expanded;
   const cfg = r.config;
   const tFeatures = timesteps(root.within('time_proj'), t, r.timestepInputDim, cfg.flip_sin_to_cos, cfg.freq_shift);
   const te = stemSpec(layout, 'time_embedding', 'timestep_embedding');
@@ -160,8 +193,8 @@ export function buildUNetGraph(config: UNetConfig, weights: WeightSink): BuiltGr
   graph.outputs = [out];
 
   const model = new Model(graph);
-  model.irVersion = IR_VERSION;
-  model.opsetImports = [{ domain: '', version: OPSET }];
+  model.irVersion = form.exporter === 'dynamo' ? DYNAMO_IR_VERSION : IR_VERSION;
+  model.opsetImports = [{ domain: '', version: form.exporter === 'dynamo' ? DYNAMO_OPSET : OPSET }];
   model.producerName = 'hollowc';
   model.producerVersion = 'model build';
   return { model, layout, parameters: ctx.parameters, parameterCount: ctx.parameterCount };
@@ -182,6 +215,8 @@ export interface BuildUNetOptions {
   seed?: number;
   /** graph file name (default `model.onnx`); weights go to `<fileName>_data` next to it */
   fileName?: string;
+  /** the exporter and timestep form to imitate (default: TorchScript, float [batch]) */
+  form?: ExportForm;
 }
 
 export interface BuildUNetResult {
@@ -203,10 +238,11 @@ export async function buildUNet(config: UNetConfig, options: BuildUNetOptions): 
   const written = writeBuiltModel(
     { outDir: options.outDir, seed: options.seed, fileName: options.fileName, metadata: { 'hollowc.unet_config': JSON.stringify(config) } },
     (sink) => {
-      const built = buildUNetGraph(config, sink);
+      const built = buildUNetGraph(config, sink, options.form);
       parameters = built.parameters;
       return built;
     },
   );
+  if (options.form?.exporter === 'dynamo') rewriteAsDynamo(written.file);
   return { ...written, parameters };
 }

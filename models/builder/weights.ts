@@ -33,9 +33,12 @@ export interface ParameterRecord {
 export interface WeightSink {
   /**
    * The float32 tensor `name` with `dims`, filled per `init` from the random stream named
-   * `stream` (the PyTorch parameter name, so values do not depend on ONNX naming).
+   * `stream` (the PyTorch parameter name, so values do not depend on ONNX naming). With `order`
+   * 'transposed' the 2-D `dims` [a, b] hold the transpose of what the stream gives for [b, a]:
+   * a torch-layout Linear weight (the dynamo export's) equal to the pre-transposed [in, out] one
+   * of the TorchScript form built from the same seed.
    */
-  tensor(name: string, dims: readonly number[], init: WeightInit, stream: string): Tensor;
+  tensor(name: string, dims: readonly number[], init: WeightInit, stream: string, order?: 'transposed'): Tensor;
   /** Bytes of weights produced so far. */
   readonly bytes: number;
 }
@@ -69,10 +72,11 @@ export class StreamingWeightSink implements WeightSink {
     return this.written;
   }
 
-  tensor(name: string, dims: readonly number[], init: WeightInit, stream: string): Tensor {
+  tensor(name: string, dims: readonly number[], init: WeightInit, stream: string, order?: 'transposed'): Tensor {
     const n = count(dims);
     const rng = new Rng(this.seed, stream);
     this.written += n * 4;
+    if (order === 'transposed') return this.transposed(name, dims, init, rng);
     if (n * 4 < this.inlineBelow) {
       const values = new Float32Array(n);
       rng.fillUniform(values, init.center, init.spread);
@@ -87,6 +91,25 @@ export class StreamingWeightSink implements WeightSink {
         done += k;
       }
     });
+    return {
+      name,
+      dataType: DataType.FLOAT,
+      dims: [...dims],
+      data: { kind: 'external', file: this.file, offset: placed.offset, length: placed.length },
+    };
+  }
+
+  /** A whole 2-D tensor at once (a Linear weight: 52 MiB at most in full-size SDXL), transposed. */
+  private transposed(name: string, dims: readonly number[], init: WeightInit, rng: Rng): Tensor {
+    if (dims.length !== 2) throw new Error(`internal: transposed weight ${name} is not 2-D`);
+    const [rows, cols] = dims;
+    const drawn = new Float32Array(rows * cols);
+    rng.fillUniform(drawn, init.center, init.spread);
+    const values = new Float32Array(rows * cols);
+    for (let c = 0; c < cols; c++) for (let r = 0; r < rows; r++) values[r * cols + c] = drawn[c * rows + r];
+    const bytes = new Uint8Array(values.buffer);
+    if (bytes.byteLength < this.inlineBelow) return { name, dataType: DataType.FLOAT, dims: [...dims], data: { kind: 'inline', bytes } };
+    const placed = this.writer.appendStream((write) => write(bytes));
     return {
       name,
       dataType: DataType.FLOAT,

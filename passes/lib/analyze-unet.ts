@@ -53,7 +53,7 @@ export interface UNetAnalysis {
 }
 
 const EXPECTED_NAMES =
-  'a torch.onnx.export of a diffusers UNet2DConditionModel, whose node names carry module scopes like /down_blocks.0/resnets.0/conv1/Conv';
+  'a torch.onnx.export of a diffusers UNet2DConditionModel, whose node names carry module scopes like /down_blocks.0/resnets.0/conv1/Conv (TorchScript) or whose node metadata does (dynamo: pkg.torch.onnx.name_scopes)';
 
 function fail(label: string, message: string): never {
   throw new HollowcError(message, label);
@@ -70,23 +70,24 @@ function indices(modules: Set<string>, prefix: string): number[] {
   return [...found].sort((a, b) => a - b);
 }
 
-/** The weight initializer a module's node reads (Conv/MatMul/Gemm input), with its owning parameter info. */
-function weightOf(params: Map<string, ParameterInfo[]>, module: string, label: string): number[] {
-  const list = params.get(module);
-  const w = list?.find((p) => p.value.initializer!.dims.length >= 2);
+/** The weight (2-D or more) of a module. */
+function weightOf(params: Map<string, ParameterInfo[]>, module: string, label: string): ParameterInfo {
+  const w = params.get(module)?.find((p) => p.value.initializer!.dims.length >= 2);
   if (!w) fail(label, `expected a weight for module ${module}, found none (${EXPECTED_NAMES})`);
-  return w.value.initializer!.dims;
+  return w;
 }
 
-function linearOut(dims: number[], node: Node | undefined): number {
-  // MatMul stores the transposed torch weight [in, out]; Gemm keeps [out, in] with transB=1.
-  if (node?.opType === 'Gemm' && node.attrInt('transB', 0) === 1) return dims[0];
-  return dims[dims.length - 1];
-}
-
-function linearIn(dims: number[], node: Node | undefined): number {
-  if (node?.opType === 'Gemm' && node.attrInt('transB', 0) === 1) return dims[1];
-  return dims[0];
+/**
+ * A Linear weight's in/out features, from how the graph reads it: TorchScript exports store it
+ * pre-transposed [in, out] for MatMul; the dynamo exporter keeps torch's [out, in] and reads it
+ * through a Transpose; Gemm says which with transB.
+ */
+export function linearFeatures(w: ParameterInfo): { in: number; out: number } {
+  const [a, b] = w.value.initializer!.dims;
+  const torchLayout = w.value.uses.some(
+    (u) => (u.node.opType === 'Transpose' && u.node.attrInts('perm', []).join() === '1,0') || (u.node.opType === 'Gemm' && u.index === 1 && u.node.attrInt('transB', 0) === 1),
+  );
+  return torchLayout ? { in: b, out: a } : { in: a, out: b };
 }
 
 function inferConfig(g: Graph, modules: Set<string>, params: Map<string, ParameterInfo[]>, label: string): UNetConfig {
@@ -100,8 +101,9 @@ function inferConfig(g: Graph, modules: Set<string>, params: Map<string, Paramet
   }
   if (!modules.has('mid_block.attentions.0'))
     fail(label, 'expected mid_block to be UNetMidBlock2DCrossAttn (mid_block.attentions.0); found no attention in mid_block');
-  const nodeOf = (module: string) => g.nodes.find((n) => moduleOfNode(n) === module);
-  const blockOut = down.map((i) => weightOf(params, `down_blocks.${i}.resnets.0.conv1`, label)[0]);
+  const opsOf = (module: string) => g.nodes.filter((n) => moduleOfNode(n) === module).map((n) => n.opType);
+  const dimsOf = (module: string) => weightOf(params, module, label).value.initializer!.dims;
+  const blockOut = down.map((i) => dimsOf(`down_blocks.${i}.resnets.0.conv1`)[0]);
   const downTypes: DownBlockType[] = down.map((i) =>
     modules.has(`down_blocks.${i}.attentions.0`) ? 'CrossAttnDownBlock2D' : 'DownBlock2D',
   );
@@ -114,19 +116,19 @@ function inferConfig(g: Graph, modules: Set<string>, params: Map<string, Paramet
     return own || mirrored || 1;
   });
   const attnBlock = down.find((i) => downTypes[i] === 'CrossAttnDownBlock2D') ?? 0;
-  const projIn = nodeOf(`down_blocks.${attnBlock}.attentions.0.proj_in`);
+  const projIn = opsOf(`down_blocks.${attnBlock}.attentions.0.proj_in`);
   const toK = `down_blocks.${attnBlock}.attentions.0.transformer_blocks.0.attn2.to_k`;
-  const crossDim = linearIn(weightOf(params, toK, label), nodeOf(toK));
+  const crossDim = linearFeatures(weightOf(params, toK, label)).in;
   const norm = g.nodes.find((n) => n.opType === 'InstanceNormalization' || n.opType === 'GroupNormalization');
   const groups = norm ? groupCount(norm) : DIFFUSERS_DEFAULTS.norm_num_groups;
   const eps = norm ? norm.attrFloat('epsilon', 1e-5) : DIFFUSERS_DEFAULTS.norm_eps;
-  const convIn = weightOf(params, 'conv_in', label);
-  const convOut = weightOf(params, 'conv_out', label);
-  const time1 = weightOf(params, 'time_embedding.linear_1', label);
+  const convIn = dimsOf('conv_in');
+  const convOut = dimsOf('conv_out');
+  const time1 = linearFeatures(weightOf(params, 'time_embedding.linear_1', label));
   const hasAdd = modules.has('add_embedding');
   let addition: Partial<UNetConfig> = {};
   if (hasAdd) {
-    const addIn = linearIn(weightOf(params, 'add_embedding.linear_1', label), nodeOf('add_embedding.linear_1'));
+    const addIn = linearFeatures(weightOf(params, 'add_embedding.linear_1', label)).in;
     const textEmbeds = g.inputs.find((v) => v.name === 'text_embeds')?.type?.shape?.[1];
     const timeIds = g.inputs.find((v) => v.name === 'time_ids')?.type?.shape?.[1];
     const perId = typeof textEmbeds === 'number' ? (addIn - textEmbeds) / (typeof timeIds === 'number' ? timeIds : 6) : 256;
@@ -147,10 +149,11 @@ function inferConfig(g: Graph, modules: Set<string>, params: Map<string, Paramet
     attention_head_dim: 1,
     num_attention_heads: null,
     cross_attention_dim: crossDim,
-    use_linear_projection: projIn?.opType === 'MatMul' || projIn?.opType === 'Gemm',
+    // A convolution or a Linear (MatMul, or Gemm; dynamo exports add a Transpose of the weight)
+    use_linear_projection: projIn.length > 0 && !projIn.includes('Conv'),
     norm_num_groups: groups,
     norm_eps: eps,
-    time_embedding_dim: linearOut(time1, nodeOf('time_embedding.linear_1')),
+    time_embedding_dim: time1.out,
     ...addition,
   };
 }
@@ -189,7 +192,30 @@ function activationShape(g: Graph, channels: number, scale: number): Dim[] {
   return [sample[0] ?? 'batch', channels, spatial(sample[2] ?? null), spatial(sample[3] ?? null)];
 }
 
+/** ONNX's own operator domain, by either of its names. */
+export function isStandardDomain(domain: string): boolean {
+  return domain === '' || domain === 'ai.onnx';
+}
+
+/**
+ * Refuses a graph with ops outside the standard ONNX domain: Olive's fused com.microsoft ops
+ * (GroupNorm, MultiHeadAttention, BiasSplitGelu, SkipLayerNorm) have no gradient rules here, some
+ * providers lack kernels for them (the CPU provider has no GroupNorm), and every artifact would
+ * inherit them.
+ */
+function refuseNonStandardOps(g: Graph, label: string): void {
+  const odd = g.nodes.filter((n) => !isStandardDomain(n.domain));
+  if (odd.length === 0) return;
+  const first = odd[0];
+  const kinds = [...new Set(odd.map((n) => `${n.domain}.${n.opType}`))];
+  fail(
+    label,
+    `op ${first.opType} of domain ${first.domain} (node ${JSON.stringify(first.name)}; ${odd.length} nodes outside the standard ONNX domain: ${kinds.join(', ')}) is not a standard ONNX op, and hollowc emits standard ONNX only: export a plain graph (optimum-cli export onnx or torch.onnx.export of the diffusers UNet), not an Olive-optimized one`,
+  );
+}
+
 export function analyzeUNet(g: Graph, label = 'model'): UNetAnalysis {
+  refuseNonStandardOps(g, label);
   const modules = moduleTree(g);
   if (![...modules].some((m) => m.startsWith('down_blocks.'))) {
     const sample = g.nodes

@@ -12,6 +12,10 @@ export interface LoraSite {
   kind: 'linear' | 'conv';
   /** The node computing the layer (MatMul, Gemm or Conv). */
   node: Node;
+  /** The weight initializer (for a dynamo export's MatMul, the one its Transpose reads). */
+  weight: Value;
+  /** True when the weight is stored [in, out] (a TorchScript MatMul, Gemm without transB). */
+  weightTransposed: boolean;
   /** The layer's input activation. */
   input: Value;
   /** The layer's output (after the bias Add, where the export split it off). */
@@ -37,15 +41,20 @@ export function findLoraSites(g: Graph): LoraSite[] {
     const module = moduleOfNode(n);
     if (!module) continue;
     if (n.opType === 'MatMul') {
-      const w = n.inputs[1];
       const x = n.inputs[0];
+      // TorchScript: MatMul(x, W [in, out]); dynamo: MatMul(x, Transpose(W [out, in])).
+      const read = n.inputs[1];
+      const viaTranspose = read?.producer?.opType === 'Transpose' && read.producer.attrInts('perm', []).join() === '1,0';
+      const w = viaTranspose ? read!.producer!.inputs[0] : read;
       if (!x || !w?.initializer || w.initializer.dims.length !== 2) continue;
-      const [inF, outF] = w.initializer.dims;
+      const [inF, outF] = viaTranspose ? [w.initializer.dims[1], w.initializer.dims[0]] : w.initializer.dims;
       const bias = biasAddAfter(g, n.outputs[0]);
       sites.push({
         module,
         kind: 'linear',
         node: n,
+        weight: w,
+        weightTransposed: !viaTranspose,
         input: x,
         output: bias ? bias.outputs[0] : n.outputs[0],
         inFeatures: inF,
@@ -62,6 +71,8 @@ export function findLoraSites(g: Graph): LoraSite[] {
         module,
         kind: 'linear',
         node: n,
+        weight: w,
+        weightTransposed: !transB,
         input: x,
         output: n.outputs[0],
         inFeatures: transB ? b : a,
@@ -73,7 +84,7 @@ export function findLoraSites(g: Graph): LoraSite[] {
       const x = n.inputs[0];
       if (!x || !w?.initializer || w.initializer.dims.length !== 4 || n.attrInt('group', 1) !== 1) continue;
       const [outC, inC, kh, kw] = w.initializer.dims;
-      sites.push({ module, kind: 'conv', node: n, input: x, output: n.outputs[0], inFeatures: inC, outFeatures: outC, kernel: [kh, kw] });
+      sites.push({ module, kind: 'conv', node: n, weight: w, weightTransposed: false, input: x, output: n.outputs[0], inFeatures: inC, outFeatures: outC, kernel: [kh, kw] });
     }
   }
   const seen = new Set<string>();

@@ -66,6 +66,22 @@ export function tensorFor(
   return new ort.Tensor(type, data, dims);
 }
 
+/**
+ * The timestep feed for one t per row, in the rank the graph declares: [rows], or 0-d (optimum
+ * >= 1.24 exports) when every row has the same t.
+ */
+export function timestepFor(
+  desc: Pick<Readonly<TensorDescription>, 'name' | 'dtype' | 'shape'> | undefined,
+  values: number[],
+): ort.Tensor {
+  if (desc?.shape.length !== 0) return tensorFor(desc, values, [values.length]);
+  if (values.some((t) => t !== values[0]))
+    throw new HollowcError(
+      `this graph takes one 0-d timestep for the whole batch, but the rows have different timesteps (${values.join(', ')})`,
+    );
+  return tensorFor(desc, [values[0]], []);
+}
+
 /** A scalar input (`lr`, `step`) in the rank the graph declares: [] or [1]. */
 export function scalarFor(desc: TensorDescription | undefined, value: number): ort.Tensor {
   return tensorFor(desc, [value], scalarDims(desc));

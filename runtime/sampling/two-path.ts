@@ -21,7 +21,7 @@ import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../../compiler/errors';
 import { Rng, fillNormal } from '../../models/random';
-import { defaultLatentShape, float32Data, loadManifest, requireArtifact, tensorFor } from '../ort/artifacts';
+import { defaultLatentShape, float32Data, loadManifest, requireArtifact, tensorFor, timestepFor } from '../ort/artifacts';
 import { inputValues } from '../formats/float16';
 import { readLoraForManifest } from '../formats/lora-file';
 import { LORA_INIT_FILE, TRAINED_LORA_FILE } from '../formats/lora-format';
@@ -201,7 +201,7 @@ export class Sampler {
         const result = await session.run({
           ...fixed,
           [SAMPLE]: tensorFor(describe(SAMPLE), batch, [B, ...latentShape]),
-          [TIMESTEP]: tensorFor(describe(TIMESTEP), new Array(B).fill(t), [B]),
+          [TIMESTEP]: timestepFor(describe(TIMESTEP), new Array(B).fill(t)),
         });
         return float32Data(result[outputName], outputName);
       },

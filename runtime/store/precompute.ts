@@ -18,7 +18,7 @@ import { HollowcError } from '../../compiler/errors';
 import { withFolderLockAsync } from '../../compiler/folder-lock';
 import { Rng, fillNormal, uniformOpen } from '../../models/random';
 import { CompileManifest, HOLLOW_ACTIVATION, TIME_IDS, TensorDescription } from '../../compiler/manifest';
-import { float32Data, loadManifest, requireArtifact, tensorFor } from '../ort/artifacts';
+import { float32Data, loadManifest, requireArtifact, tensorFor, timestepFor } from '../ort/artifacts';
 import { NoiseSchedule, Prediction } from '../sampling/noise-schedule';
 import { defaultTimeIds } from '../sampling/conditioning';
 import { ExecutionProvider, SessionTuning, createSession } from '../ort/session';
@@ -213,7 +213,7 @@ async function precomputeUnlocked(options: PrecomputeOptions): Promise<Precomput
       const result = await session!.run({
         ...classFeeds,
         sample: tensorFor(sampleDesc, zt, [1, ...latentShape]),
-        timestep: tensorFor(timestepDesc, [t], timestepDesc?.shape.length === 0 ? [] : [1]),
+        timestep: timestepFor(timestepDesc, [t]),
       });
       const activationTensor = result[HOLLOW_ACTIVATION];
       if (!activationTensor) throw new HollowcError(`precompute.onnx has no output named ${HOLLOW_ACTIVATION}`, artifact.path);

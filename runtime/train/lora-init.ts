@@ -7,8 +7,9 @@ import * as path from 'path';
 import { HollowcError } from '../../compiler/errors';
 import type { CompileManifest } from '../../compiler/manifest';
 import { Rng, fillNormal } from '../../models/random';
-import { LoraModuleValues, readLoraFile, writeLoraFile } from '../formats/lora-file';
-import { LORA_INIT_FILE } from '../formats/lora-format';
+import { LoraModuleValues, writeLoraFile } from '../formats/lora-file';
+import { LORA_INIT_FILE, loraValues } from '../formats/lora-format';
+import { SafetensorsFile, readSafetensors } from '../formats/safetensors';
 
 export function initialLora(manifest: CompileManifest, std: number, seed: number): LoraModuleValues[] {
   return manifest.lora.targets
@@ -25,8 +26,16 @@ export function initialLora(manifest: CompileManifest, std: number, seed: number
     });
 }
 
-/** Where training starts: A ~ N(0, std²) from `seed` and B = 0, or a LoRA file. */
-export type LoraInit = { kind: 'gaussian'; std: number; seed: number } | { kind: 'file'; file: string };
+/**
+ * Where training starts: A ~ N(0, std²) from `seed` and B = 0, or a LoRA file (`parsed`: the file
+ * as checkLoraInit read it, so compile refuses a bad file before writing anything).
+ */
+export type LoraInit = { kind: 'gaussian'; std: number; seed: number } | { kind: 'file'; file: string; parsed?: SafetensorsFile };
+
+/** Reads a `--lora-init` file up front: a truncated file or an impossible header fails here, in one line. */
+export function checkLoraInit(init: LoraInit): LoraInit {
+  return init.kind === 'file' && !init.parsed ? { ...init, parsed: readSafetensors(init.file) } : init;
+}
 
 export function writeInitialLora(outDir: string, manifest: CompileManifest, init: LoraInit): string {
   const file = path.join(outDir, LORA_INIT_FILE);
@@ -34,7 +43,8 @@ export function writeInitialLora(outDir: string, manifest: CompileManifest, init
   if (init.kind === 'file') {
     const source = init.file;
     const trained = manifest.lora.targets.filter((t) => t.trained);
-    const read = readLoraFile(
+    const read = loraValues(
+      init.parsed ?? readSafetensors(source),
       source,
       trained.map((t) => t.module),
       manifest.lora.rank,

@@ -36,7 +36,7 @@ import {
   optimizerStateOwner,
   updatedName,
 } from '../../compiler/manifest';
-import { float32Data, requireArtifact, scalarFor, staticShape, tensorFor } from '../ort/artifacts';
+import { float32Data, requireArtifact, scalarFor, staticShape, tensorFor, timestepFor } from '../ort/artifacts';
 import type { ParamState } from './checkpoint';
 import { stepDataValues } from './step-feeds';
 import { HostAdamW } from './host-adamw';
@@ -151,7 +151,8 @@ function checkStoreShapes(inputs: Map<string, TensorDescription>, batch: number,
 export function dataFeeds(graph: TrainGraph, store: Store, records: StoreRecord[], priorWeight: number): Record<string, ort.Tensor> {
   const feeds: Record<string, ort.Tensor> = {};
   for (const [name, f] of stepDataValues((n) => graph.inputs.has(n), store, records, priorWeight, store.dir))
-    feeds[name] = tensorFor(graph.inputs.get(name), f.values, f.dims);
+    feeds[name] =
+      name === TIMESTEP ? timestepFor(graph.inputs.get(name), f.values as number[]) : tensorFor(graph.inputs.get(name), f.values, f.dims);
   return feeds;
 }
 

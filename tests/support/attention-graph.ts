@@ -42,3 +42,21 @@ export function attentionGraph(): Model {
   model.opsetImports = [{ domain: '', version: 17 }];
   return model;
 }
+
+/** A 0-d timestep as optimum >= 1.24 exports it, unsqueezed to [1] and expanded to the batch (timestep-per-sample). */
+export function scalarTimestepGraph(): Model {
+  const g = new Graph();
+  g.name = 'scalar_timestep';
+  const sample = g.addInput('sample', { elemType: F, shape: ['batch', 4] });
+  const t = g.addInput('timestep', { elemType: F, shape: [] });
+  const b = new GraphBuilder(g);
+  const batch = b.op('Shape', [sample], { start: 0, end: 1 });
+  const expanded = b.op('Expand', [b.op('Unsqueeze', [t, b.int64s([0])]), batch]);
+  const column = b.op('Unsqueeze', [expanded, b.int64s([1])]);
+  const node = g.addNode({ opType: 'Mul', inputs: [sample, column], outputs: ['out'], name: '/out' });
+  node.outputs[0].type = { elemType: F, shape: ['batch', 4] };
+  g.outputs.push(node.outputs[0]);
+  const model = new Model(g);
+  model.opsetImports = [{ domain: '', version: 17 }];
+  return model;
+}
