@@ -6,7 +6,8 @@
  *   forward     the hollowed net with LoRA (what training differentiates)
  *   infer       path 1 (base, up to the activation) + path 2 (hollowed net with LoRA)
  *   grads       forward + static shapes + loss + d loss / d LoRA (cheap activations recomputed; under
- *               `base int8` every base weight read dequantized from int8) as outputs
+ *               `base int8` every base weight read dequantized from int8, under `base fp16` cast from
+ *               float16) as outputs
  *   train       forward + static shapes + loss + gradients (the same) + in-graph AdamW
  *
  * Every artifact ends with precise-normalization and precise-trigonometry (rewrites that make
@@ -32,12 +33,16 @@ import { rematerializePass } from './rematerialize';
 import { ArtifactState } from './lib/artifact-state';
 import { specializeShapesPass } from './specialize-shapes';
 import { float16LoraInputsPass } from './float16-lora-inputs';
+import { float16WeightsPass } from './float16-weights';
 import { slicesToSplitPass } from './slices-to-split';
 import { splitAttentionPass } from './split-attention';
 
 const HOLLOWED_WITH_LORA = [insertLoraPass, hollowOutPass];
-/** Last in every artifact: the rewrites that make GPU kernels as precise as the CPU's. */
-const PRECISE_ON_GPUS = [preciseNormalizationPass, preciseTrigonometryPass];
+/**
+ * Last in every artifact: float16 weights stored float16 (a float16 export's, or `base fp16`'s in
+ * the training graphs), then the rewrites that make GPU kernels as precise as the CPU's.
+ */
+const PRECISE_ON_GPUS = [float16WeightsPass, preciseNormalizationPass, preciseTrigonometryPass];
 
 const TRAINING_LOSS = [
   ...HOLLOWED_WITH_LORA,

@@ -20,7 +20,7 @@ import { Rng, fillNormal, uniformOpen } from '../models/random';
 import { CompileManifest, HOLLOW_ACTIVATION, TensorDescription } from '../compiler/manifest';
 import { float32Data, loadManifest, requireArtifact, tensorFor } from './artifacts';
 import { NoiseSchedule, Prediction } from './noise-schedule';
-import { ExecutionProvider, SessionTuning, createSession } from './session';
+import { ExecutionProvider, SessionTuning, createSession, withArtifactConfig } from './session';
 import { Conditioning, Store } from './store';
 import type { TrainingData } from './training-data';
 
@@ -188,7 +188,10 @@ async function precomputeUnlocked(options: PrecomputeOptions): Promise<Precomput
   const existing = store?.count ?? 0;
   const session =
     existing < options.count
-      ? await createSession(artifact.path, { ...options.session, ep: options.ep, fallbackToCpu: options.fallbackToCpu })
+      ? await createSession(
+          artifact.path,
+          withArtifactConfig({ ...options.session, ep: options.ep, fallbackToCpu: options.fallbackToCpu }, artifact),
+        )
       : undefined;
   const classFeeds = conditioningFeeds(manifest.family, artifact.inputs, data.class, timeIds);
   const sampleDesc = artifact.inputs.find((i) => i.name === 'sample');

@@ -21,14 +21,14 @@ import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../compiler/errors';
 import { Rng, fillNormal } from '../models/random';
-import { defaultLatentShape, float32Data, loadManifest, requireArtifact, tensorFor } from './artifacts';
+import { defaultLatentShape, floatValues, loadManifest, requireArtifact, tensorFor } from './artifacts';
 import { inputValues } from './float16';
 import { readLoraForManifest } from './lora-file';
 import { LORA_INIT_FILE } from './lora-init';
 import { NoiseSchedule } from './noise-schedule';
 import { defaultTimeIds } from './precompute';
 import { Scheduler, SchedulerName, TimestepSpacing, makeScheduler } from './schedulers';
-import { ExecutionProvider, SessionTuning, createSession } from './session';
+import { ExecutionProvider, SessionTuning, createSession, withArtifactConfig } from './session';
 import type { Conditioning } from './store';
 import {
   ArtifactDescription,
@@ -158,7 +158,11 @@ export class Sampler {
     const manifest = loadManifest(source.out);
     const infer = source.baked ? undefined : requireArtifact(source.out, manifest, 'infer', 'generate');
     const modelFile = source.baked ?? infer!.path;
-    const session = await createSession(modelFile, { ...source.session, ep: source.ep, fallbackToCpu: source.fallbackToCpu });
+    // a baked infer.onnx keeps infer.onnx's float16 weights and needs its session config too
+    const session = await createSession(
+      modelFile,
+      withArtifactConfig({ ...source.session, ep: source.ep, fallbackToCpu: source.fallbackToCpu }, manifest.artifacts.infer),
+    );
     try {
       const lora = source.baked
         ? { feeds: {}, source: `baked into ${source.baked}` }
@@ -244,7 +248,7 @@ export class Sampler {
           [SAMPLE]: tensorFor(describe(SAMPLE), batch, [B, ...latentShape]),
           [TIMESTEP]: tensorFor(describe(TIMESTEP), new Array(B).fill(t), [B]),
         });
-        return float32Data(result[outputName], outputName);
+        return floatValues(result[outputName], outputName); // float16 for a float16 export
       },
       onStep: options.onStep,
     });
