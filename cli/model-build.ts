@@ -9,6 +9,7 @@ import { HollowcError } from '../compiler/errors';
 import { parseUNetConfig, UNetConfig } from '../models/config';
 import { FAMILIES, FAMILY_NAMES, isFamilyName } from '../models/families';
 import { buildPipeline } from '../models/builder/pipeline';
+import { BUILD_DTYPES, BuildDtype, convertToFloat16InPlace } from '../models/builder/float16';
 import { buildUNet } from '../models/builder/unet';
 import { normalizeSeed } from '../models/builder/weights';
 
@@ -19,11 +20,17 @@ export interface ModelBuildOptions {
   out: string;
   seed?: number;
   pipeline?: boolean;
+  dtype?: BuildDtype;
 }
 
 /** A weight seed as `hollowc model build --seed` takes it. */
 function parseWeightSeed(text: string): number {
   return normalizeSeed(parseSeed(text));
+}
+
+function parseDtype(text: string): BuildDtype {
+  if (!(BUILD_DTYPES as readonly string[]).includes(text)) throw new HollowcError(`--dtype is fp32 or fp16, not ${JSON.stringify(text)}`);
+  return text as BuildDtype;
 }
 
 /** The config a `model build` invocation names, with a label for messages. */
@@ -80,7 +87,7 @@ export async function runPipelineBuild(
         : `say which size: --tiny (test widths, a few MB) or --full (the real ${family} pipeline)`,
     );
   }
-  const result = await buildPipeline(family, opts.tiny ? 'tiny' : 'full', opts.out, { seed: opts.seed });
+  const result = await buildPipeline(family, opts.tiny ? 'tiny' : 'full', opts.out, { seed: opts.seed, dtype: opts.dtype });
   log(`built ${family}${opts.tiny ? '-tiny' : ''} pipeline (seed ${opts.seed ?? 0}) in ${result.outDir}`);
   for (const c of result.components)
     log(`  ${c.name.padEnd(15)} ${c.parameterCount.toLocaleString('en-US').padStart(14)} parameters  ${mib(c.weightBytes)}`);
@@ -94,6 +101,7 @@ export async function runModelBuild(
 ): Promise<void> {
   const { config, label } = resolveBuildConfig(family, opts);
   const result = await buildUNet(config, { outDir: opts.out, seed: opts.seed });
+  if (opts.dtype === 'fp16') convertToFloat16InPlace(result.file);
   const peakRss = process.resourceUsage().maxRSS * 1024;
   log(`built ${label} UNet (seed ${opts.seed ?? 0})`);
   log(`  ${result.file}  (${mib(fs.statSync(result.file).size)})`);
@@ -116,6 +124,7 @@ export function registerModelBuild(program: Command): Command {
     .requiredOption('-o, --out <dir>', 'output folder (model.onnx + model.onnx_data)')
     .option('--pipeline', 'write a whole pipeline folder (unet, text encoders, VAE, tokenizers, scheduler) in the optimum ONNX layout')
     .option('--seed <n>', 'weight seed (default 0)', parseWeightSeed)
+    .option('--dtype <fp32|fp16>', 'fp16: the float16 form optimum-cli export onnx --dtype fp16 writes (default fp32)', parseDtype)
     .action(async (family: string | undefined, opts: ModelBuildOptions) => {
       await (opts.pipeline ? runPipelineBuild(family, opts) : runModelBuild(family, opts));
     });

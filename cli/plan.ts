@@ -27,11 +27,12 @@ import { elementSize } from '../compiler/dtype';
 import { HollowcError } from '../compiler/errors';
 import { countFlops } from '../compiler/flops';
 import { Graph, Model, tensorElementCount } from '../compiler/ir';
-import { ArtifactName, TrainingSettings, isLoraParam } from '../compiler/manifest';
+import { ArtifactName, BASE_PRECISIONS, BasePrecision, TrainingSettings, isLoraParam } from '../compiler/manifest';
 import { presetsFor } from '../models/presets';
 import { CutInfo } from '../passes/lib/analyze-unet';
 import { ArtifactState, LoraConfig } from '../passes/lib/artifact-state';
 import { findLoraSites } from '../passes/lib/lora-sites';
+import { widenFloat16 } from '../passes/float16-weights';
 import { buildArtifact } from '../passes/pipeline';
 import { specializeShapes, trainingShapes } from '../passes/specialize-shapes';
 import { recordLayout } from '../runtime/store';
@@ -201,7 +202,10 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
   };
 }
 
-export function planUNet(req: PlanRequest, budgetBytes?: number, only?: readonly string[]): Plan {
+export function planUNet(request: PlanRequest, budgetBytes?: number, only?: readonly string[]): Plan {
+  // a float16 export is planned as compile builds it: computed in float32, its weights stored float16
+  const widened = widenFloat16(request.unet.model);
+  const req = widened ? { ...request, unet: { ...request.unet, model: widened.model } } : request;
   const { analysis } = req.unet;
   if (!req.training.shapes.sample)
     throw new HollowcError('give the training latent shape (--shape sample=1,4,64,64 or a spec with a `shape sample` line)');
@@ -354,6 +358,7 @@ export function parseBytes(text: string): number {
 
 interface PlanCli {
   spec?: string;
+  base: BasePrecision;
   shape?: string[];
   rank: number;
   alpha?: number;
@@ -402,7 +407,7 @@ function requestOf(unet: LoadedUNet, o: PlanCli): PlanRequest {
     unet,
     targets,
     lora: { rank: o.rank, alpha: o.alpha ?? o.rank },
-    training: { ...defaultTrainingSettings(family), shapes, batch: shapes.sample[0] },
+    training: { ...defaultTrainingSettings(family), shapes, batch: shapes.sample[0], base: o.base },
     samples: o.samples,
     steps: o.steps,
   };
@@ -424,7 +429,11 @@ export function registerPlan(program: Command): void {
     .option('--targets <globs...>', 'LoRA target globs (default: attn1/attn2 to_q to_k to_v to_out.0)')
     .option('--samples <n>', 'precomputed samples', parseCount, 200)
     .option('--steps <n>', 'training steps', parseCount, 1000)
-    .addOption(new Option('--base <dtype>', 'frozen base precision').choices(['fp32']).default('fp32'))
+    .addOption(
+      new Option('--base <dtype>', "frozen base precision of the training graphs (the spec's base line)")
+        .choices([...BASE_PRECISIONS])
+        .default('fp32'),
+    )
     .option('--budget <size>', 'memory budget (e.g. 4GB): marks the cut with the fewest hollowed layers that fits')
     .option('--json', 'print one JSON object')
     .option('--plot <file>', 'draw memory and FLOPs against the hollowed fraction (.svg, or .png)')

@@ -175,7 +175,7 @@ export const FLOAT16_WEIGHTS_SESSION_CONFIG: Readonly<Record<string, string>> = 
   'optimization.disable_specified_optimizers': 'ConstantFolding;FuseFp16InitializerToFp32NodeTransformer',
 };
 
-/** Every artifact, last but the GPU-precision rewrites: float16 weights stored float16 (see above). */
+/** Last in every artifact: float16 weights stored float16 (see above). */
 export const float16WeightsPass: Pass<ArtifactState> = {
   name: 'float16-weights',
   run(model, state) {

@@ -38,11 +38,8 @@ import { slicesToSplitPass } from './slices-to-split';
 import { splitAttentionPass } from './split-attention';
 
 const HOLLOWED_WITH_LORA = [insertLoraPass, hollowOutPass];
-/**
- * Last in every artifact: float16 weights stored float16 (a float16 export's, or `base fp16`'s in
- * the training graphs), then the rewrites that make GPU kernels as precise as the CPU's.
- */
-const PRECISE_ON_GPUS = [float16WeightsPass, preciseNormalizationPass, preciseTrigonometryPass];
+/** Last in every artifact: the rewrites that make GPU kernels as precise as the CPU's. */
+const PRECISE_ON_GPUS = [preciseNormalizationPass, preciseTrigonometryPass];
 
 const TRAINING_LOSS = [
   ...HOLLOWED_WITH_LORA,
@@ -56,12 +53,16 @@ const TRAINING_LOSS = [
   ...PRECISE_ON_GPUS,
 ];
 
+/**
+ * Then, truly last: float16 weights stored float16 (a float16 export's, or `base fp16`'s in the
+ * training graphs), each use cast to float32; a no-op for float32 models.
+ */
 export const PIPELINES: Readonly<Record<ArtifactName, readonly Pass<ArtifactState>[]>> = {
-  precompute: [extractPrecomputePass, ...PRECISE_ON_GPUS],
-  forward: [...HOLLOWED_WITH_LORA, ...PRECISE_ON_GPUS],
-  infer: [addBasePathPass, ...HOLLOWED_WITH_LORA, float16LoraInputsPass, ...PRECISE_ON_GPUS],
-  grads: [...TRAINING_LOSS, exposeGradientsPass, orderSinksPass],
-  train: [...TRAINING_LOSS, addAdamWPass, orderSinksPass],
+  precompute: [extractPrecomputePass, ...PRECISE_ON_GPUS, float16WeightsPass],
+  forward: [...HOLLOWED_WITH_LORA, ...PRECISE_ON_GPUS, float16WeightsPass],
+  infer: [addBasePathPass, ...HOLLOWED_WITH_LORA, float16LoraInputsPass, ...PRECISE_ON_GPUS, float16WeightsPass],
+  grads: [...TRAINING_LOSS, exposeGradientsPass, orderSinksPass, float16WeightsPass],
+  train: [...TRAINING_LOSS, addAdamWPass, orderSinksPass, float16WeightsPass],
 };
 
 export interface BuiltArtifact {

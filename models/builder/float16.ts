@@ -12,6 +12,7 @@ import { DataType } from '../../compiler/dtype';
 import { narrowedData } from '../../compiler/float16-data';
 import { narrowFloat32Bytes } from '../../compiler/float16';
 import { Attribute, Model, Node, Value, tensorElementCount } from '../../compiler/ir';
+import * as fs from 'fs';
 import * as path from 'path';
 import { loadModel, readTensorBytes, saveModel } from '../../compiler/serde';
 
@@ -170,6 +171,28 @@ export function toFloat16Export(model: Model): number {
   }
   g.topologicalSort();
   return weights;
+}
+
+/** Element types a built model can be written in (`hollowc model build --dtype`). */
+export const BUILD_DTYPES = ['fp32', 'fp16'] as const;
+export type BuildDtype = (typeof BUILD_DTYPES)[number];
+
+/**
+ * Replaces the model file `file` (+ `<file>_data`) by its float16 form: written into a folder
+ * beside it, then renamed over it once complete (the weights are read from the float32 data file
+ * while the float16 one is written).
+ */
+export function convertToFloat16InPlace(file: string): { weights: number } {
+  const tmp = fs.mkdtempSync(path.join(path.dirname(file), '.float16-'));
+  try {
+    const dst = path.join(tmp, path.basename(file));
+    const r = writeFloat16Export(file, dst);
+    fs.renameSync(`${dst}_data`, `${file}_data`);
+    fs.renameSync(dst, file);
+    return r;
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
 }
 
 /** Writes the float16 form of the model file `src` as `dst` (+ `<dst>_data`), streaming the weights. */
