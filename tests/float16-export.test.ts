@@ -20,7 +20,11 @@ import { DataType } from '../compiler/dtype';
 import { CompileManifest } from '../compiler/manifest';
 import { tensorElementCount } from '../compiler/ir';
 import { loadModel } from '../compiler/serde';
-import { writeFloat16Export } from '../models/builder/float16';
+import { FAMILIES } from '../models/families';
+import { convertToFloat16InPlace, writeFloat16Export } from '../models/builder/float16';
+import { buildUNet } from '../models/builder/unet';
+import { compileFromSpec } from '../cli/compile';
+import { tensorFor } from '../runtime/artifacts';
 import { compile } from '../passes/compile';
 import { fromFloat16, toFloat16 } from '../runtime/float16';
 import { createSession, withArtifactConfig } from '../runtime/session';
@@ -239,5 +243,81 @@ describe('LoRA gradients against PyTorch', () => {
     expect(e.loss).toBeLessThan(BOUND);
     expect(median(e.errors)).toBeLessThan(4 * median(floor.errors));
     expect(worst(e.errors)).toBeLessThan(4 * worst(floor.errors));
+  });
+});
+
+describe('SDXL tiny from the builder, float16 form (text_embeds and time_ids float16)', () => {
+  const xl = path.join(dir, 'sdxl');
+  const fp32Model = path.join(xl, 'fp32', 'model.onnx');
+  const fp16Model = path.join(xl, 'fp16', 'model.onnx');
+  const spec = path.join(xl, 'spec.hollow');
+  let a: { out: string; m: CompileManifest };
+  let b: { out: string; m: CompileManifest };
+  beforeAll(async () => {
+    await buildUNet(FAMILIES.sdxl.tiny.config, { outDir: path.dirname(fp32Model), seed: 3 });
+    await buildUNet(FAMILIES.sdxl.tiny.config, { outDir: path.dirname(fp16Model), seed: 3 });
+    convertToFloat16InPlace(fp16Model);
+    fs.writeFileSync(
+      spec,
+      'model sdxl\nhollow preset "sdxl-mid"\nlora rank 4 alpha 4\nlora targets "attn1.*" "attn2.*"\nemit precompute infer\n',
+    );
+    a = { out: path.join(xl, 'out32'), m: compileFromSpec(fp32Model, spec, { out: path.join(xl, 'out32') }) };
+    b = { out: path.join(xl, 'out16'), m: compileFromSpec(fp16Model, spec, { out: path.join(xl, 'out16') }) };
+  });
+
+  /** Seeded UNet inputs at 16x16 latents, float32 values. */
+  const inputs = (): Record<string, { data: Float32Array; dims: number[] }> => {
+    let s = 7;
+    const rand = (n: number, scale = 1) =>
+      Float32Array.from({ length: n }, () => ((s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31 - 0.5) * 2 * scale);
+    return {
+      sample: { data: rand(4 * 16 * 16), dims: [1, 4, 16, 16] },
+      timestep: { data: Float32Array.of(421), dims: [1] },
+      encoder_hidden_states: { data: rand(77 * 40), dims: [1, 77, 40] },
+      text_embeds: { data: rand(24), dims: [1, 24] },
+      time_ids: { data: Float32Array.of(64, 64, 0, 0, 64, 64), dims: [1, 6] },
+    };
+  };
+  /** Feeds in the dtypes `c`'s artifact declares (as the runtime makes them), LoRA zero B. */
+  const feeds = (c: { m: CompileManifest }, artifact: 'precompute' | 'infer') => {
+    const x = inputs();
+    const out: Record<string, ort.Tensor> = {};
+    for (const d of c.m.artifacts[artifact]!.inputs) {
+      const v = x[d.name.replace(/^base_/, '')];
+      if (v) out[d.name] = tensorFor(d, v.data, v.dims);
+      else
+        out[d.name] = new ort.Tensor(
+          'float32',
+          new Float32Array(d.shape.reduce<number>((p, q) => p * (q as number), 1)).fill(d.name.includes('lora_B') ? 0 : 0.01),
+          d.shape as number[],
+        );
+    }
+    return out;
+  };
+  const run = async (c: { out: string; m: CompileManifest }, artifact: 'precompute' | 'infer') => {
+    const session = await createSession(path.join(c.out, `${artifact}.onnx`), withArtifactConfig({}, c.m.artifacts[artifact]));
+    try {
+      return await session.run(feeds(c, artifact));
+    } finally {
+      await session.release();
+    }
+  };
+
+  test('every float input float16, the weights float16 on disk', () => {
+    const dtypes = Object.fromEntries(b.m.artifacts.infer!.inputs.filter((d) => !d.name.includes('lora')).map((d) => [d.name, d.dtype]));
+    expect(new Set(Object.values(dtypes))).toEqual(new Set(['float16']));
+    expect(Object.keys(dtypes)).toEqual(expect.arrayContaining(['text_embeds', 'time_ids', 'base_text_embeds']));
+    // float16 weights: half the float32 build's data file
+    const size = (f: string) => fs.statSync(`${f}_data`).size;
+    expect(Math.abs(size(fp16Model) / size(fp32Model) - 0.5)).toBeLessThan(0.01);
+  });
+
+  test.each(['precompute', 'infer'] as const)(`%s.onnx: the float32 build's within ${BOUND}`, async (artifact) => {
+    const name = artifact === 'precompute' ? 'hollow_activation' : 'out_sample';
+    const [x, y] = [await run(a, artifact), await run(b, artifact)];
+    const e = relMax(values(y[name]), values(x[name]));
+    console.log(`SDXL tiny float16 export, ${artifact}: ${e.toExponential(2)} of max|fp32| off the float32 build`);
+    expect(e).toBeGreaterThan(0);
+    expect(e).toBeLessThan(BOUND);
   });
 });
