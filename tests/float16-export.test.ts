@@ -24,6 +24,9 @@ import { FAMILIES } from '../models/families';
 import { convertToFloat16InPlace, writeFloat16Export } from '../models/builder/float16';
 import { buildUNet } from '../models/builder/unet';
 import { compileFromSpec } from '../cli/compile';
+import { drawDemoPhotos } from '../cli/demo';
+import { personalize } from '../cli/personalize';
+import { buildPipeline } from '../models/builder/pipeline';
 import { tensorFor } from '../runtime/artifacts';
 import { compile } from '../passes/compile';
 import { fromFloat16, toFloat16 } from '../runtime/float16';
@@ -320,4 +323,48 @@ describe('SDXL tiny from the builder, float16 form (text_embeds and time_ids flo
     expect(e).toBeGreaterThan(0);
     expect(e).toBeLessThan(BOUND);
   });
+});
+
+test('hollowc personalize on the tiny SD 1.5 pipeline built --dtype fp16: train steps, LoRA files, two-path validation images', async () => {
+  const pipe = path.join(dir, 'pipe16');
+  await buildPipeline('sd15', 'tiny', pipe, { seed: 0, dtype: 'fp16' });
+  expect(
+    loadModel(path.join(pipe, 'text_encoder', 'model.onnx'))
+      .graph.initializers()
+      .some((v) => v.initializer!.dataType === DataType.FLOAT16),
+  ).toBe(true);
+  const photos = path.join(dir, 'photos');
+  await drawDemoPhotos(photos, 2, 64);
+  const lines: string[] = [];
+  const r = await personalize({
+    model: pipe,
+    photos,
+    prompt: 'a photo of sks face',
+    classPrompt: 'a photo of a face',
+    out: path.join(dir, 'run'),
+    rank: 2,
+    alpha: 6,
+    steps: 3,
+    lr: 1e-3,
+    samples: 3,
+    classImages: 0,
+    validationSteps: 1,
+    guidance: 2,
+    resolution: 64,
+    seed: 1,
+    log: (l) => lines.push(l),
+    warn: (l) => lines.push(l),
+    progress: { write: () => true },
+  });
+  const dtypes = (name: 'precompute' | 'grads' | 'infer') => new Map(r.manifest.artifacts[name]!.inputs.map((i) => [i.name, i.dtype]));
+  expect([dtypes('precompute').get('sample'), dtypes('grads').get('sample'), dtypes('infer').get('encoder_hidden_states')]).toEqual([
+    'float16',
+    'float16',
+    'float16',
+  ]);
+  expect(r.manifest.artifacts.grads!.sessionConfig).toBeDefined();
+  expect(Number.isFinite(r.loss!.before) && Number.isFinite(r.loss!.after)).toBe(true);
+  expect(r.loss!.after).not.toBe(r.loss!.before); // it trained
+  for (const f of [r.lora.diffusers, r.lora.kohya, ...r.images]) expect(fs.statSync(f).size).toBeGreaterThan(0);
+  expect(r.images.length).toBeGreaterThanOrEqual(2);
 });
