@@ -153,6 +153,29 @@ export function storeFloat16(g: Graph, options: { float16Io: readonly string[]; 
   return result;
 }
 
+/**
+ * The inverse of storeFloat16's weights, for rewrites of a compiled artifact (bake): every float16
+ * initializer that only feeds Casts to float32 is seen as a float32 weight again (widened on read,
+ * its float16 bytes kept) and the Casts go. Returns how many weights.
+ */
+export function widenStoredFloat16(g: Graph): number {
+  let count = 0;
+  for (const w of g.initializers()) {
+    const t = w.initializer!;
+    const casts = w.uses.map((u) => u.node);
+    if (t.dataType !== DataType.FLOAT16 || !casts.length || !casts.every((n) => n.opType === 'Cast' && n.attrInt('to') === DataType.FLOAT))
+      continue;
+    w.initializer = widenTensor(t);
+    w.type = { elemType: DataType.FLOAT, shape: [...t.dims] };
+    for (const cast of new Set(casts)) {
+      g.replaceAllUsesWith(cast.outputs[0], w);
+      g.removeNode(cast);
+    }
+    count++;
+  }
+  return count;
+}
+
 /** The graph output `v` as float16 under its own name (the float32 value is renamed). */
 function float16Output(g: Graph, v: Value): Value {
   const name = v.name;

@@ -23,7 +23,8 @@ import { loadModel } from '../compiler/serde';
 import { FAMILIES } from '../models/families';
 import { convertToFloat16InPlace, writeFloat16Export } from '../models/builder/float16';
 import { buildUNet } from '../models/builder/unet';
-import { compileFromSpec } from '../cli/compile';
+import { bakeCompiled, compileFromSpec } from '../cli/compile';
+import { LoraModuleValues, writeLoraFile } from '../runtime/lora-file';
 import { drawDemoPhotos } from '../cli/demo';
 import { personalize } from '../cli/personalize';
 import { buildPipeline } from '../models/builder/pipeline';
@@ -194,6 +195,36 @@ test(`infer.onnx with the fixture LoRA: PyTorch hollowed_out within ${BOUND}`, a
   const e = relMax(values(r.out_sample), fixtureTensor('ref/hollowed_out.npy').data as Float32Array);
   console.log(`float16 export, infer with the fixture LoRA: ${e.toExponential(2)} of max|ref| off PyTorch`);
   expect(r.out_sample.type).toBe('float16');
+  expect(e).toBeLessThan(BOUND);
+});
+
+test(`hollowc bake of the float16 folder: the fixture LoRA folded, PyTorch hollowed_out within ${BOUND}, the weights still float16`, async () => {
+  const trained = m.lora.targets.filter((t) => t.trained);
+  const file = path.join(dir, 'fixture-lora.safetensors');
+  const tensor = (rel: string) => fixtureTensor(rel).data as Float32Array;
+  const modules: LoraModuleValues[] = trained.map((t) => ({
+    module: t.module,
+    a: { shape: t.lora_A.shape, data: tensor(`lora/${t.module}.lora_A.npy`) },
+    b: { shape: t.lora_B.shape, data: tensor(`lora/${t.module}.lora_B.npy`) },
+  }));
+  writeLoraFile(file, 'peft', { rank: fixture.lora.rank, alpha: fixture.lora.alpha, modules });
+  const baked = bakeCompiled(out, file);
+  expect([baked.folded, baked.kept].every((n) => n > 0)).toBe(true);
+  const g = loadModel(baked.file).graph;
+  const halves = g.initializers().filter((v) => v.initializer!.dataType === DataType.FLOAT16);
+  expect(halves.length).toBeGreaterThan(100);
+  for (const w of halves) expect(w.uses.every((u) => u.node.opType === 'Cast')).toBe(true);
+  const x = fixtureInputs(1);
+  const session = await createSession(baked.file, withArtifactConfig({}, m.artifacts.infer));
+  const r = await session.run({
+    sample: half(x.sample),
+    timestep: half(x.timestep),
+    encoder_hidden_states: half(x.encoder_hidden_states),
+    base_encoder_hidden_states: half(x.encoder_hidden_states),
+  });
+  await session.release();
+  const e = relMax(values(r.out_sample), fixtureTensor('ref/hollowed_out.npy').data as Float32Array);
+  console.log(`float16 export, bake of the fixture LoRA: ${e.toExponential(2)} of max|ref| off PyTorch`);
   expect(e).toBeLessThan(BOUND);
 });
 
