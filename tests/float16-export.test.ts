@@ -269,6 +269,29 @@ describe('LoRA gradients against PyTorch', () => {
     expect(worst(floor.errors)).toBeLessThan(1e-2);
   });
 
+  test('`base int8` of the float16 export: int8 weights in the training graph, the loss within the bound', async () => {
+    const c = { out: path.join(dir, 'int8'), m: undefined as unknown as CompileManifest };
+    c.m = compile({
+      modelFile: model,
+      outDir: c.out,
+      lastKeptDown: '3-2',
+      targets: fixture.lora.targets,
+      lora: { rank: fixture.lora.rank, alpha: fixture.lora.alpha },
+      emit: ['grads'],
+      training: { ...trainingFor('sd15', FIXTURE_SHAPES), base: 'int8' },
+    });
+    const types = loadModel(path.join(c.out, 'grads.onnx'))
+      .graph.initializers()
+      .map((v) => v.initializer!.dataType);
+    expect(types.filter((t) => t === DataType.INT8).length).toBeGreaterThan(50);
+    const e = await gradientErrors(c);
+    console.log(
+      `float16 export, base int8, grads: loss ${e.loss.toExponential(2)} relative; gradients median ${median(e.errors).toExponential(2)}, worst ${worst(e.errors).toExponential(2)} of max|ref|`,
+    );
+    expect(e.loss).toBeLessThan(BOUND);
+    expect(median(e.errors)).toBeLessThan(5e-2); // int8 of the float32 fixture: 2.1e-2 mean (tests/base-int8.test.ts)
+  });
+
   test('the float16 export: within 4x float16 own error (median and worst)', async () => {
     const e = await gradientErrors({ out, m });
     console.log(
