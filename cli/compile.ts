@@ -12,6 +12,7 @@ import { withFolderLock } from '../compiler/folder-lock';
 import { loadModel, saveModel } from '../compiler/serde';
 import { checkSpec, parseSpec, ResolvedSpec } from '../dsl';
 import { bakeLora } from '../passes/bake-lora';
+import { storeFloat16, widenStoredFloat16 } from '../passes/float16-weights';
 import { compile } from '../passes/compile';
 import { UNetAnalysis, analyzeUNet } from '../passes/lib/analyze-unet';
 import { readLoraForManifest } from '../runtime/formats/lora-file';
@@ -142,7 +143,11 @@ function bakeUnlocked(out: string, loraFile: string, output?: string): { file: s
     throw new HollowcError("this folder has no infer.onnx to bake into (add `infer` to the spec's emit line)", out);
   const values = readLoraForManifest(loraFile, manifest);
   const model = loadModel(path.join(out, manifest.artifacts.infer.file));
+  // float16 weights cast at each use (a float16 export): seen as float32 weights while baking, stored
+  // as they were after; the folded layers' new weights are float32
+  const float16 = widenStoredFloat16(model.graph);
   const result = bakeLora(model.graph, values, manifest.lora.rank, manifest.lora.scale);
+  if (float16) storeFloat16(model.graph, { float16Io: [], round: false });
   const file = output ?? path.join(out, 'infer-baked.onnx');
   if (path.resolve(path.dirname(file)) !== path.resolve(out))
     throw new HollowcError('the baked model must be written into the compiled folder, next to the weights it references', file);

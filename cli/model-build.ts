@@ -10,6 +10,7 @@ import { parseUNetConfig, UNetConfig } from '../models/config';
 import { FAMILIES, FAMILY_NAMES, isFamilyName } from '../models/families';
 import { buildPipeline } from '../models/builder/pipeline';
 import { Exporter } from '../models/builder/nn';
+import { BUILD_DTYPES, BuildDtype, convertToFloat16InPlace } from '../models/builder/float16';
 import { TIMESTEP_FORMS, TimestepForm, buildUNet } from '../models/builder/unet';
 import { normalizeSeed } from '../models/builder/weights';
 
@@ -22,6 +23,7 @@ export interface ModelBuildOptions {
   pipeline?: boolean;
   exporter?: Exporter;
   timestep?: TimestepForm;
+  dtype?: BuildDtype;
 }
 
 /** A weight seed as `hollowc model build --seed` takes it. */
@@ -90,7 +92,7 @@ export async function runPipelineBuild(
         : `say which size: --tiny (test widths, a few MB) or --full (the real ${family} pipeline)`,
     );
   }
-  const result = await buildPipeline(family, opts.tiny ? 'tiny' : 'full', opts.out, { seed: opts.seed });
+  const result = await buildPipeline(family, opts.tiny ? 'tiny' : 'full', opts.out, { seed: opts.seed, dtype: opts.dtype });
   log(`built ${family}${opts.tiny ? '-tiny' : ''} pipeline (seed ${opts.seed ?? 0}) in ${result.outDir}`);
   for (const c of result.components)
     log(`  ${c.name.padEnd(15)} ${c.parameterCount.toLocaleString('en-US').padStart(14)} parameters  ${mib(c.weightBytes)}`);
@@ -104,6 +106,7 @@ export async function runModelBuild(
 ): Promise<void> {
   const { config, label } = resolveBuildConfig(family, opts);
   const result = await buildUNet(config, { outDir: opts.out, seed: opts.seed, form: { exporter: opts.exporter, timestep: opts.timestep } });
+  if (opts.dtype === 'fp16') convertToFloat16InPlace(result.file);
   const peakRss = process.resourceUsage().maxRSS * 1024;
   log(`built ${label} UNet (seed ${opts.seed ?? 0})`);
   log(`  ${result.file}  (${mib(fs.statSync(result.file).size)})`);
@@ -136,6 +139,7 @@ export function registerModelBuild(program: Command): Command {
       'timestep input: float [batch] (default), int64 [steps] (optimum < 1.24) or scalar (float 0-d, optimum >= 1.24)',
       parseChoice(TIMESTEP_FORMS),
     )
+    .option('--dtype <fp32|fp16>', 'fp16: the float16 form optimum-cli export onnx --dtype fp16 writes (default fp32)', parseChoice(BUILD_DTYPES))
     .action(async (family: string | undefined, opts: ModelBuildOptions) => {
       await (opts.pipeline ? runPipelineBuild(family, opts) : runModelBuild(family, opts));
     });

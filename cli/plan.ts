@@ -6,6 +6,7 @@ import * as fs from 'fs';
 import sharp from 'sharp';
 import { Command, Option } from 'commander';
 import { HollowcError } from '../compiler/errors';
+import { BASE_PRECISIONS, BasePrecision } from '../compiler/manifest';
 import { Plan, PlanRequest, planUNet } from '../passes/plan/plan';
 import { planSvg, planText } from '../passes/plan/render';
 import { findLoraSites } from '../passes/lib/lora-sites';
@@ -31,6 +32,7 @@ export function parseBytes(text: string): number {
 
 export interface PlanOptions {
   spec?: string;
+  base?: BasePrecision;
   shape?: string[];
   rank: number;
   alpha?: number;
@@ -80,7 +82,7 @@ function requestOf(unet: LoadedUNet, o: PlanOptions): PlanRequest {
     unet,
     targets,
     lora: { rank: o.rank, alpha: o.alpha ?? o.rank },
-    training: { ...defaultTrainingSettings(family), shapes, batch: shapes.sample[0] },
+    training: { ...defaultTrainingSettings(family), shapes, batch: shapes.sample[0], base: o.base ?? 'fp32' },
     samples: o.samples,
     steps: o.steps,
     storeRecordBytes,
@@ -109,7 +111,11 @@ export function registerPlan(program: Command): void {
     .option('--targets <globs...>', 'LoRA target globs (default: attn1/attn2 to_q to_k to_v to_out.0)')
     .option('--samples <n>', 'precomputed samples', parseCount, 200)
     .option('--steps <n>', 'training steps', parseCount, 1000)
-    .addOption(new Option('--base <dtype>', 'frozen base precision').choices(['fp32']).default('fp32'))
+    .addOption(
+      new Option('--base <dtype>', "frozen base precision of the training graphs (the spec's base line)")
+        .choices([...BASE_PRECISIONS])
+        .default('fp32'),
+    )
     .option('--budget <size>', 'memory budget (e.g. 4GB): marks the cut with the fewest hollowed layers that fits')
     .option('--json', 'print one JSON object')
     .option('--plot <file>', 'draw memory and FLOPs against the hollowed fraction (.svg, or .png)')

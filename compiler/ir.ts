@@ -41,6 +41,11 @@ export interface Tensor {
   data: TensorData;
   docString?: string;
   metadataProps?: StringPair[];
+  /**
+   * The same values as float16 bytes, when `data` holds them widened to float32 (a weight of a
+   * float16 export, which the passes see as float32): the artifacts store these instead.
+   */
+  float16Source?: TensorData;
 }
 
 export function tensorElementCount(t: { dims: number[] }): number {
@@ -258,6 +263,15 @@ export class Graph {
     const v = this.createValue(tensor.name, { elemType: tensor.dataType, shape: [...tensor.dims] });
     v.initializer = tensor;
     return v;
+  }
+
+  /** Gives `v` another name (free in this graph), e.g. to hand a graph output's name to a new producer. */
+  renameValue(v: Value, name: string): void {
+    if (this._values.get(v.name) !== v) throw new Error(`value ${v.name} is not in this graph`);
+    if (this._values.has(name)) throw new Error(`value ${JSON.stringify(name)} already exists`);
+    this._values.delete(v.name);
+    (v as { name: string }).name = name;
+    this._values.set(name, v);
   }
 
   /** Removes a value that nothing produces or uses (an unused initializer or input). */

@@ -16,7 +16,7 @@ export const WEIGHTS_FILE = 'weights.onnx_data';
 
 export const ARTIFACT_NAMES = ['precompute', 'forward', 'infer', 'grads', 'train'] as const;
 /** How the training graphs hold the frozen base weights (the spec's `base` line). */
-export const BASE_PRECISIONS = ['fp32', 'int8'] as const;
+export const BASE_PRECISIONS = ['fp32', 'int8', 'fp16'] as const;
 export type BasePrecision = (typeof BASE_PRECISIONS)[number];
 /** How infer.onnx takes the LoRA tensors (the spec's `lora infer` line); training keeps them fp32. */
 export const INFER_LORA_PRECISIONS = ['fp32', 'fp16'] as const;
@@ -100,6 +100,11 @@ export interface ArtifactDescription {
   inputs: TensorDescription[];
   outputs: TensorDescription[];
   nodes: number;
+  /**
+   * onnxruntime session config entries (full keys) the artifact needs: float16 weights cast at each
+   * use must not be constant-folded into float32 copies (passes/float16-weights.ts).
+   */
+  sessionConfig?: Record<string, string>;
 }
 
 export interface LoraTargetDescription {

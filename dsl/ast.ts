@@ -34,9 +34,10 @@
  *                                                          precompute under `hollow none`]
  *   seed <int >= 0>                                        [0] LoRA init and noise sampling
  *   train [steps n] [batch n] [checkpoint_every n]         [1000, 1, = steps] any order
- *   base fp32 | int8                                       [fp32] how the training graphs hold the
+ *   base fp32 | int8 | fp16                                [fp32] how the training graphs hold the
  *                                                          frozen base weights: int8 = per-channel
- *                                                          symmetric, dequantized at each use
+ *                                                          symmetric, dequantized at each use;
+ *                                                          fp16 = rounded, cast at each use
  *
  * Every statement and value keeps its source position (`pos`), absent when it was filled by
  * default, so later passes can point errors at the line that asked for something

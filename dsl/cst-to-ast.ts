@@ -311,7 +311,7 @@ export class StatementBuilder extends BaseVisitor {
   }
 
   baseStmt(ctx: CstChildrenDictionary): Statement {
-    const value = (ctx.Kw_fp32 ?? ctx.Kw_int8)![0] as IToken;
+    const value = (ctx.Kw_fp32 ?? ctx.Kw_int8 ?? ctx.Kw_fp16)![0] as IToken;
     return { kind: 'base', pos: posOf(tokenOf(ctx, 'Kw_base')), precision: { value: value.image as BasePrecision, pos: posOf(value) } };
   }
 

@@ -31,10 +31,10 @@ class HollowParser extends CstParser {
     ]);
   });
 
-  // base fp32 | int8
+  // base fp32 | int8 | fp16
   private baseStmt = this.RULE('baseStmt', () => {
     this.CONSUME(T.Base);
-    this.OR([{ ALT: () => this.CONSUME(T.Fp32) }, { ALT: () => this.CONSUME(T.Int8) }]);
+    this.OR([{ ALT: () => this.CONSUME(T.Fp32) }, { ALT: () => this.CONSUME(T.Int8) }, { ALT: () => this.CONSUME(T.Fp16) }]);
   });
 
   // model sd15 | sd21 | sdxl | auto

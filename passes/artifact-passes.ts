@@ -6,7 +6,8 @@
  *   forward     the hollowed net with LoRA (what training differentiates)
  *   infer       path 1 (base, up to the activation) + path 2 (hollowed net with LoRA)
  *   grads       forward + static shapes + loss + d loss / d LoRA (cheap activations recomputed; under
- *               `base int8` every base weight read dequantized from int8) as outputs
+ *               `base int8` every base weight read dequantized from int8, under `base fp16` cast from
+ *               float16) as outputs
  *   train       forward + static shapes + loss + gradients (the same) + in-graph AdamW
  *
  * Every artifact ends with precise-normalization and precise-trigonometry (rewrites that make
@@ -32,6 +33,7 @@ import { rematerializePass } from './rematerialize';
 import { ArtifactState } from './lib/artifact-state';
 import { specializeShapesPass } from './specialize-shapes';
 import { float16LoraInputsPass } from './float16-lora-inputs';
+import { float16WeightsPass } from './float16-weights';
 import { slicesToSplitPass } from './slices-to-split';
 import { splitAttentionPass } from './split-attention';
 import { timestepPerSamplePass } from './timestep-per-sample';
@@ -53,12 +55,16 @@ const TRAINING_LOSS = [
   ...PRECISE_ON_GPUS,
 ];
 
+/**
+ * Then, truly last: float16 weights stored float16 (a float16 export's, or `base fp16`'s in the
+ * training graphs), each use cast to float32; a no-op for float32 models.
+ */
 export const ARTIFACT_PASSES: Readonly<Record<ArtifactName, readonly Pass<ArtifactState>[]>> = {
-  precompute: [extractPrecomputePass, ...PRECISE_ON_GPUS],
-  forward: [...HOLLOWED_WITH_LORA, ...PRECISE_ON_GPUS],
-  infer: [addBasePathPass, ...HOLLOWED_WITH_LORA, float16LoraInputsPass, ...PRECISE_ON_GPUS],
-  grads: [...TRAINING_LOSS, exposeGradientsPass, orderSinksPass],
-  train: [...TRAINING_LOSS, addAdamWPass, orderSinksPass],
+  precompute: [extractPrecomputePass, ...PRECISE_ON_GPUS, float16WeightsPass],
+  forward: [...HOLLOWED_WITH_LORA, ...PRECISE_ON_GPUS, float16WeightsPass],
+  infer: [addBasePathPass, ...HOLLOWED_WITH_LORA, float16LoraInputsPass, ...PRECISE_ON_GPUS, float16WeightsPass],
+  grads: [...TRAINING_LOSS, exposeGradientsPass, orderSinksPass, float16WeightsPass],
+  train: [...TRAINING_LOSS, addAdamWPass, orderSinksPass, float16WeightsPass],
 };
 
 export interface BuiltArtifact {

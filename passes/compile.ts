@@ -10,7 +10,7 @@ import * as path from 'path';
 import { ortTypeName } from '../compiler/dtype';
 import { HollowcError } from '../compiler/errors';
 import { ExternalDataWriter } from '../compiler/external-data';
-import { Model, Value } from '../compiler/ir';
+import { Model, TensorData, Value } from '../compiler/ir';
 import {
   ArtifactDescription,
   ArtifactName,
@@ -30,6 +30,7 @@ import { CutInfo, UNetAnalysis, analyzeUNet, isStandardDomain } from './lib/anal
 import { ArtifactState, LoraConfig, LoraParam } from './lib/artifact-state';
 import { loraShapes, selectSites } from './lib/lora-sites';
 import { buildArtifact } from './artifact-passes';
+import { FLOAT16_WEIGHTS_SESSION_CONFIG, widenFloat16 } from './float16-weights';
 
 export interface CompileRequest {
   /** The source UNet as loaded from `modelFile` (its weights stay in their files). */
@@ -90,24 +91,29 @@ function sha256File(file: string): string {
 function linkExternalData(model: Model, dir: string, log?: (m: string) => void): string[] {
   const linked = new Map<string, string>();
   const names = new Set<string>();
-  for (const v of model.graph.initializers()) {
-    const t = v.initializer!;
-    if (t.data.kind !== 'external') continue;
-    let target = linked.get(t.data.file);
+  const relink = (d: TensorData): TensorData => {
+    if (d.kind !== 'external') return d;
+    let target = linked.get(d.file);
     if (target === undefined) {
-      let name = path.basename(t.data.file);
+      let name = path.basename(d.file);
       while (names.has(name) || name === WEIGHTS_FILE) name = `_${name}`;
       target = path.join(dir, name);
       try {
-        fs.linkSync(t.data.file, target);
+        fs.linkSync(d.file, target);
         names.add(name);
       } catch (e) {
-        log?.(`cannot hard-link ${t.data.file} (${(e as NodeJS.ErrnoException).code}); its tensors are copied into ${WEIGHTS_FILE}`);
+        log?.(`cannot hard-link ${d.file} (${(e as NodeJS.ErrnoException).code}); its tensors are copied into ${WEIGHTS_FILE}`);
         target = '';
       }
-      linked.set(t.data.file, target);
+      linked.set(d.file, target);
     }
-    if (target) t.data = { ...t.data, file: target };
+    return target ? { ...d, file: target } : d;
+  };
+  for (const v of model.graph.initializers()) {
+    const t = v.initializer!;
+    t.data = relink(t.data);
+    // a float16 export's weight: the artifacts store its float16 bytes (float16-weights.ts)
+    if (t.float16Source) t.float16Source = relink(t.float16Source);
   }
   return [...names];
 }
@@ -162,7 +168,12 @@ function loraManifest(source: Model, request: CompileRequest, trained: readonly 
 
 export function compile(request: CompileRequest): CompileManifest {
   const label = request.modelFile;
-  const source = request.model ?? loadModel(request.modelFile);
+  const loaded = request.model ?? loadModel(request.modelFile);
+  // A float16 export is compiled as float32 and its weights stored float16 again (float16-weights.ts).
+  const widened = widenFloat16(loaded);
+  if (widened)
+    request.log?.(`float16 export: ${widened.weights} float16 weights computed in float32; float16 I/O: ${widened.float16Io.join(' ')}`);
+  const source = widened?.model ?? loaded;
   const analysis = request.analysis ?? analyzeUNet(source.graph, label);
   const cut = cutOf(analysis, request.lastKeptDown, label);
   if (request.emit.includes('precompute') && !cut)
@@ -176,6 +187,7 @@ export function compile(request: CompileRequest): CompileManifest {
     training,
     label,
     splitAttentionAboveBytes: request.splitAttentionAboveBytes,
+    float16Io: widened?.float16Io,
   };
 
   if (fs.existsSync(request.outDir) && !fs.statSync(request.outDir).isDirectory())
@@ -199,6 +211,7 @@ export function compile(request: CompileRequest): CompileManifest {
       if (contrib) throw new Error(`${name}.onnx: node ${contrib.name} is ${contrib.domain}.${contrib.opType}, not standard ONNX`);
       saveModel(model, path.join(tmp, `${name}.onnx`), { externalData: writer, referenceInPlace: true });
       artifacts[name] = describeArtifact(`${name}.onnx`, model);
+      if (state.float16Weights) artifacts[name]!.sessionConfig = { ...FLOAT16_WEIGHTS_SESSION_CONFIG };
     }
     writer.commit();
     // The LoRA a training run holds: what insert-lora adds outside the hollow.

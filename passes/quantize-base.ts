@@ -49,6 +49,16 @@ function forEachChunk(t: Tensor, axis: number, f: (values: Float32Array, channel
     visit(new Float32Array(aligned.buffer, aligned.byteOffset, tensorElementCount(t)), 0);
     return;
   }
+  if (t.data.kind === 'computed') {
+    // a float16 export's weight, widened as it is read (float16-weights.ts): whole float32 values per chunk
+    let at = 0;
+    t.data.produce((chunk) => {
+      const aligned = chunk.byteOffset % 4 === 0 ? chunk : new Uint8Array(chunk);
+      visit(new Float32Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 4), at / 4);
+      at += chunk.byteLength;
+    });
+    return;
+  }
   if (t.data.kind !== 'external') throw new Error(`tensor ${t.name}: cannot read ${t.data.kind} data as fp32`);
   readRangeInChunks(t.data.file, t.data.offset, t.data.length, (chunk, at) =>
     visit(new Float32Array(chunk.buffer, chunk.byteOffset, chunk.byteLength / 4), at / 4),
@@ -109,7 +119,7 @@ function quantizable(w: Value, minElements: number): boolean {
     t.dataType === DataType.FLOAT &&
     t.dims.length >= 2 &&
     tensorElementCount(t) >= minElements &&
-    (t.data.kind === 'external' || t.data.kind === 'inline') &&
+    (t.data.kind === 'external' || t.data.kind === 'inline' || t.data.kind === 'computed') &&
     w.uses.length > 0
   );
 }
@@ -145,7 +155,12 @@ export function quantizeBase(g: Graph, label: string, opset: number, minElements
       name: g.freshName(`${base}.int8`),
       dataType: DataType.INT8,
       dims: [...t.dims],
-      data: quantizedData(t, axis, scales, source ? `int8:${source}` : `int8:${base}:${g.freshName('inline')}`),
+      data: quantizedData(
+        t,
+        axis,
+        scales,
+        source ? `int8:${source}` : t.data.kind === 'computed' ? `int8:${t.data.key}:${axis}` : `int8:${base}:${g.freshName('inline')}`,
+      ),
     });
     const scale = g.addInitializer(
       inlineTensor(g.freshName(`${base}.scale`), DataType.FLOAT, [scales.length], new Uint8Array(scales.buffer)),

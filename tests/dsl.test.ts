@@ -389,8 +389,9 @@ describe('checkSpec against a hand-made sd15 model', () => {
     expect(r.lora.targets.find((t) => t.module.endsWith('attn2.to_q'))!.glob).toBe('to_q');
   });
 
-  test('base int8 passes through to the resolved spec (default fp32)', () => {
+  test('base int8 and fp16 pass through to the resolved spec (default fp32)', () => {
     expect(check('hollow none\nbase int8').base).toBe('int8');
+    expect(check('hollow none\nbase fp16').base).toBe('fp16');
     expect(check('hollow none').base).toBe('fp32');
   });
 

@@ -7,6 +7,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { cloneModel } from '../compiler/clone';
+import { DataType } from '../compiler/dtype';
 import { ArtifactName } from '../compiler/manifest';
 import { Model } from '../compiler/ir';
 import { Pass, runPasses } from '../compiler/pass';
@@ -78,7 +79,7 @@ const OWN_GRAPH_CASES: [Pass<ArtifactState>, () => Model][] = [
 ];
 
 /** Passes that change the toy only under a spec option: golden in their own tests below. */
-const OPTION_CASES = ['float16-lora-inputs'];
+const OPTION_CASES = ['float16-lora-inputs', 'float16-weights'];
 
 test('every artifact pass list is covered: each pass of ARTIFACT_PASSES has a golden case', () => {
   const covered = new Set([
@@ -113,6 +114,20 @@ test('float16-lora-inputs (lora infer fp16): infer.onnx takes its LoRA tensors a
   const [, , , record] = runPasses(model, passes, { ...state, lora: { ...state.lora, inferPrecision: 'fp16' } });
   expect(record.changed).toBe(true);
   expectGolden('float16-lora-inputs', printGraph(model.graph, { nodeNames: false }));
+});
+
+test('float16-weights (base fp16): grads.onnx stores its base weights as float16, a Cast to float32 per use, first', () => {
+  const model = cloneModel(toyUNet());
+  const records = runPasses(model, ARTIFACT_PASSES.grads, toyState(true, 'fp16'));
+  const last = records[records.length - 1];
+  expect([last.pass, last.changed]).toEqual(['float16-weights', true]);
+  const halves = model.graph.initializers().filter((v) => v.initializer!.dataType === DataType.FLOAT16);
+  expect(halves.length).toBeGreaterThan(0);
+  for (const w of halves) expect(w.uses.every((u) => u.node.opType === 'Cast')).toBe(true);
+  // the casts run first (quantize-base's reasoning): every node before the first non-Cast is a weight cast
+  const firstOther = model.graph.nodes.findIndex((n) => n.opType !== 'Cast');
+  expect(firstOther).toBeGreaterThanOrEqual(halves.reduce((a, w) => a + w.uses.length, 0));
+  expectGolden('float16-weights', printGraph(model.graph, { nodeNames: false }));
 });
 
 test('bake-lora: folds where only path 2 reads the weight, keeps the branch where path 1 shares it', () => {

@@ -21,6 +21,7 @@ import { hashString } from '../random';
 import { writeTokenizerFolder } from '../tokenizer-folder';
 import { buildClipText } from './clip-text';
 import { buildUNet } from './unet';
+import { BuildDtype, convertToFloat16InPlace } from './float16';
 import { normalizeSeed } from './weights';
 import { buildVae } from './vae';
 
@@ -41,6 +42,8 @@ export interface BuildPipelineResult {
 export interface BuildPipelineOptions {
   /** weight seed (default 0); each component draws from its own streams */
   readonly seed?: number;
+  /** fp16: every component in the float16 form optimum's `--dtype fp16` export writes (float16.ts) */
+  readonly dtype?: BuildDtype;
 }
 
 const json = (obj: unknown) => JSON.stringify(obj, null, 2) + '\n';
@@ -144,6 +147,8 @@ export async function buildPipeline(
       writeFileAtomic(path.join(dir, 'config.json'), json({ ...v.vae, _diffusers_version: DIFFUSERS_VERSION }));
       components.push({ name, parameterCount: built.parameterCount, weightBytes: built.weightBytes });
     }
+
+    if (options.dtype === 'fp16') for (const c of components) convertToFloat16InPlace(path.join(tmp, c.name, 'model.onnx'));
 
     fs.mkdirSync(path.join(tmp, 'scheduler'));
     writeFileAtomic(path.join(tmp, 'scheduler', 'scheduler_config.json'), json(v.scheduler));

@@ -37,6 +37,11 @@ export interface ArtifactState {
   /** split-attention: the attention map size, in bytes, above which it is split per head; default SPLIT_ABOVE_BYTES (the tests' small models have small maps). */
   readonly splitAttentionAboveBytes?: number;
 
+  /** The UNet inputs/outputs a float16 export declares float16 (float16-weights.ts); the passes see them float32. */
+  readonly float16Io?: readonly string[];
+
+  /** float16-weights: the artifact holds float16 weights cast at each use (its sessions must not fold them). */
+  float16Weights?: boolean;
   /** add-base-path: path 1's copy of the hollow activation (infer.onnx). */
   baseActivation?: Value;
   /** insert-lora: the LoRA parameter inputs, in site order. */

@@ -29,6 +29,7 @@ import { presetsFor } from '../../models/presets';
 import { CutInfo, UNetAnalysis } from '../lib/analyze-unet';
 import { ArtifactState, LoraConfig } from '../lib/artifact-state';
 import { buildArtifact } from '../artifact-passes';
+import { widenFloat16 } from '../float16-weights';
 import { specializeShapes, trainingShapes } from '../specialize-shapes';
 
 export const MiB = 2 ** 20;
@@ -192,7 +193,10 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
   };
 }
 
-export function planUNet(req: PlanRequest, budgetBytes?: number, only?: readonly string[]): Plan {
+export function planUNet(request: PlanRequest, budgetBytes?: number, only?: readonly string[]): Plan {
+  // a float16 export is planned as compile builds it: computed in float32, its weights stored float16
+  const widened = widenFloat16(request.unet.model);
+  const req = widened ? { ...request, unet: { ...request.unet, model: widened.model } } : request;
   const { analysis } = req.unet;
   if (!req.training.shapes.sample)
     throw new HollowcError('give the training latent shape (--shape sample=1,4,64,64 or a spec with a `shape sample` line)');

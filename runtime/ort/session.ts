@@ -61,6 +61,23 @@ export interface SessionOptions {
   log?: (message: string) => void;
 }
 
+/**
+ * `options` plus the session config entries an artifact's manifest entry asks for (float16 weights
+ * that must not be constant-folded: passes/float16-weights.ts); lists of disabled optimizers join.
+ */
+export function withArtifactConfig(
+  options: SessionOptions,
+  artifact: { sessionConfig?: Record<string, string> } | undefined,
+): SessionOptions {
+  if (!artifact?.sessionConfig) return options;
+  const config: Record<string, string> = { ...options.config };
+  for (const [key, value] of Object.entries(artifact.sessionConfig)) {
+    const listed = key === 'optimization.disable_specified_optimizers' && config[key];
+    config[key] = listed ? [...new Set([...config[key].split(';'), ...value.split(';')])].join(';') : value; // onnxruntime splits on ';'
+  }
+  return { ...options, config };
+}
+
 /** The per-run knobs the runtime commands pass through to their sessions. */
 export type SessionTuning = Pick<SessionOptions, 'intraOpThreads' | 'optimization' | 'report' | 'log'>;
 

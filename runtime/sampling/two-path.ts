@@ -21,14 +21,14 @@ import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../../compiler/errors';
 import { Rng, fillNormal } from '../../models/random';
-import { defaultLatentShape, float32Data, loadManifest, requireArtifact, tensorFor, timestepFor } from '../ort/artifacts';
+import { defaultLatentShape, floatValues, loadManifest, requireArtifact, tensorFor, timestepFor } from '../ort/artifacts';
 import { inputValues } from '../formats/float16';
 import { readLoraForManifest } from '../formats/lora-file';
 import { LORA_INIT_FILE, TRAINED_LORA_FILE } from '../formats/lora-format';
 import { NoiseSchedule } from './noise-schedule';
 import { defaultTimeIds, twoPathConditioningFeeds } from './conditioning';
 import { Scheduler, SchedulerName, TimestepSpacing, makeScheduler } from './schedulers';
-import { ExecutionProvider, SessionTuning, createSession } from '../ort/session';
+import { ExecutionProvider, SessionTuning, createSession, withArtifactConfig } from '../ort/session';
 import type { Conditioning } from './conditioning';
 import { ArtifactDescription, CompileManifest, OUT_SAMPLE, SAMPLE, TIMESTEP } from '../../compiler/manifest';
 import { denoise } from './denoise';
@@ -127,7 +127,11 @@ export class Sampler {
     const manifest = loadManifest(source.out);
     const infer = source.baked ? undefined : requireArtifact(source.out, manifest, 'infer', 'generate');
     const modelFile = source.baked ?? infer!.path;
-    const session = await createSession(modelFile, { ...source.session, ep: source.ep, fallbackToCpu: source.fallbackToCpu });
+    // a baked infer.onnx keeps infer.onnx's float16 weights and needs its session config too
+    const session = await createSession(
+      modelFile,
+      withArtifactConfig({ ...source.session, ep: source.ep, fallbackToCpu: source.fallbackToCpu }, manifest.artifacts.infer),
+    );
     try {
       const lora = source.baked
         ? { feeds: {}, source: `baked into ${source.baked}` }
@@ -203,7 +207,7 @@ export class Sampler {
           [SAMPLE]: tensorFor(describe(SAMPLE), batch, [B, ...latentShape]),
           [TIMESTEP]: timestepFor(describe(TIMESTEP), new Array(B).fill(t)),
         });
-        return float32Data(result[outputName], outputName);
+        return floatValues(result[outputName], outputName); // float16 for a float16 export
       },
       onStep: options.onStep,
     });

@@ -21,7 +21,7 @@ import { CompileManifest, HOLLOW_ACTIVATION, TIME_IDS, TensorDescription } from 
 import { float32Data, loadManifest, requireArtifact, tensorFor, timestepFor } from '../ort/artifacts';
 import { NoiseSchedule, Prediction } from '../sampling/noise-schedule';
 import { defaultTimeIds } from '../sampling/conditioning';
-import { ExecutionProvider, SessionTuning, createSession } from '../ort/session';
+import { ExecutionProvider, SessionTuning, createSession, withArtifactConfig } from '../ort/session';
 import { Store } from './store';
 import type { Conditioning } from '../sampling/conditioning';
 import { STORE_DIR } from './store-format';
@@ -197,7 +197,10 @@ async function precomputeUnlocked(options: PrecomputeOptions): Promise<Precomput
   const existing = store?.count ?? 0;
   const session =
     existing < options.count
-      ? await createSession(artifact.path, { ...options.session, ep: options.ep, fallbackToCpu: options.fallbackToCpu })
+      ? await createSession(
+          artifact.path,
+          withArtifactConfig({ ...options.session, ep: options.ep, fallbackToCpu: options.fallbackToCpu }, artifact),
+        )
       : undefined;
   const classFeeds = conditioningFeeds(manifest.family, artifact.inputs, data.class, timeIds);
   const sampleDesc = artifact.inputs.find((i) => i.name === 'sample');

@@ -59,6 +59,8 @@ export interface TrainGraph {
   inputs: Map<string, TensorDescription>;
   params: { name: string; shape: number[] }[];
   outputs: string[];
+  /** The artifact's session config entries (manifest), e.g. for float16 weights. */
+  sessionConfig?: Record<string, string>;
 }
 
 /** The outputs one step reads back for a parameter: its value and both moments, updated. */
@@ -113,7 +115,7 @@ export function describeTrainGraph(out: string, manifest: CompileManifest, store
     checkStoreCompile(manifest, store);
     checkStoreShapes(inputs, batch, store, artifact.path);
   }
-  return { mode, file: artifact.path, batch, inputs, params, outputs };
+  return { mode, file: artifact.path, batch, inputs, params, outputs, sessionConfig: artifact.sessionConfig };
 }
 
 /** A store precomputed for another compile (model or cut) would train on the wrong activations. */

@@ -27,7 +27,7 @@ import {
 import { LoraModuleValues, writeLoraFile } from '../formats/lora-file';
 import { TRAINED_LORA_FILE } from '../formats/lora-format';
 import { SampleOrder } from './record-order';
-import { ExecutionProvider, SessionTuning, createSession } from '../ort/session';
+import { ExecutionProvider, SessionTuning, createSession, withArtifactConfig } from '../ort/session';
 import { planRecord } from '../store/precompute';
 import { Store } from '../store/store';
 import { STORE_DIR } from '../store/store-format';
@@ -273,7 +273,8 @@ async function trainUnlocked(options: TrainOptions): Promise<TrainResult> {
     if (!(priorWeight >= 0 && Number.isFinite(priorWeight)))
       throw new HollowcError(`--prior-weight must be a finite number >= 0, got ${priorWeight}`);
 
-    if (startStep < steps || options.evaluate) session = await createSession(graph.file, trainingSession(options));
+    if (startStep < steps || options.evaluate)
+      session = await createSession(graph.file, withArtifactConfig(trainingSession(options), graph));
     const indices = options.evaluate?.instanceOnly ? instanceRecords(store) : undefined;
     const evaluate = async () =>
       options.evaluate ? lossAtRest(session!, graph, store, start.params, options.evaluate.batches, priorWeight, indices) : undefined;
@@ -368,7 +369,7 @@ export async function evaluateLoss(options: EvaluateOptions): Promise<number> {
     const graph = describeTrainGraph(options.out, manifest, store, chooseOptimizer(options.out, manifest, options.optimizer));
     const params = initialParams(options.out, manifest, graph);
     if (options.params) for (const p of params) p.value = Float32Array.from(options.params.get(p.name) ?? p.value);
-    session = await createSession(graph.file, trainingSession(options));
+    session = await createSession(graph.file, withArtifactConfig(trainingSession(options), graph));
     return await lossAtRest(
       session,
       graph,

@@ -31,7 +31,7 @@ const CLI = path.join(__dirname, '..', '..', 'cli', 'main.js');
 const SPEC = (
   hollow: string,
   latent = 32,
-  base: 'fp32' | 'int8' = 'fp32',
+  base: 'fp32' | 'int8' | 'fp16' = 'fp32',
   emit = 'train grads',
   loraInfer: 'fp32' | 'fp16' = 'fp32',
 ) => `model sd21
@@ -120,7 +120,7 @@ async function child(a: ChildArgs): Promise<void> {
   const sampler = new Sampler();
   await new Promise((r) => setTimeout(r, 50));
   const ort = await import('onnxruntime-node');
-  const { createSession } = await import('../../runtime/ort/session');
+  const { createSession, withArtifactConfig } = await import('../../runtime/ort/session');
   const t0 = Date.now();
   sampler.enter('load');
   const manifest = a.kind === 'train' ? readManifest(a.file) : undefined;
@@ -130,11 +130,18 @@ async function child(a: ChildArgs): Promise<void> {
   const base = graph
     ? trainingSession({ session: { intraOpThreads: a.threads } })
     : { intraOpThreads: a.threads, optimization: 'all' as const };
-  const session = await createSession(file, {
-    ...base,
-    config: { ...('config' in base ? base.config : {}), ...a.config },
-    ...(a.dump ? { optimizedModelFile: `${file}.optimized.onnx` } : {}),
-  });
+  // and the artifact's own session config (float16 weights: passes/float16-weights.ts)
+  const session = await createSession(
+    file,
+    withArtifactConfig(
+      {
+        ...base,
+        config: { ...('config' in base ? base.config : {}), ...a.config },
+        ...(a.dump ? { optimizedModelFile: `${file}.optimized.onnx` } : {}),
+      },
+      graph,
+    ),
+  );
   const loadSeconds = (Date.now() - t0) / 1000;
   const dims: Record<string, number> = { batch: 1, height: a.latent ?? 32, width: a.latent ?? 32, sequence: 77 };
   // Inference feeds follow the model's inputs: model.onnx's three, or infer.onnx's with
@@ -210,8 +217,8 @@ interface Row {
   kind: ChildArgs['kind'];
   hollow?: string;
   mode: OptimizerMode;
-  /** `base int8`: the frozen weights of the training graph stored int8 */
-  base?: 'int8';
+  /** `base int8` / `base fp16`: the frozen weights of the training graph stored int8 / float16 */
+  base?: 'int8' | 'fp16';
   /** Only with --only. */
   extra?: boolean;
 }
@@ -256,6 +263,14 @@ const ROWS: Row[] = [
     base: 'int8',
   },
   {
+    id: 'hollowed-fp16',
+    label: 'Hollowed 39.2%, `base fp16`, AdamW on host',
+    kind: 'train',
+    hollow: 'preset "39.2%"',
+    mode: 'host',
+    base: 'fp16',
+  },
+  {
     id: 'lora-int8',
     label: 'LoRA FT, `hollow none`, `base int8`, AdamW on host',
     kind: 'train',
@@ -288,7 +303,7 @@ async function main(argv: string[]): Promise<void> {
     if (b.status !== 0) throw new Error('model build failed');
   }
   const compiled = new Map<string, { out: string; compileSeconds?: number; compilePeakRssMiB?: number }>();
-  const compile = (hollow: string, base: 'fp32' | 'int8' = 'fp32', emit = 'train grads', loraInfer: 'fp32' | 'fp16' = 'fp32') => {
+  const compile = (hollow: string, base: 'fp32' | 'int8' | 'fp16' = 'fp32', emit = 'train grads', loraInfer: 'fp32' | 'fp16' = 'fp32') => {
     const out = path.join(
       dir,
       `${hollow === 'none' ? 'out-none' : `out-${hollow.replace(/\D/g, '')}`}${latent === 32 ? '' : `-${latent}`}${base === 'fp32' ? '' : `-${base}`}${emit.includes('infer') ? '-infer' : ''}${loraInfer === 'fp16' ? '-fp16lora' : ''}`,
@@ -381,6 +396,8 @@ async function main(argv: string[]): Promise<void> {
   ratio('hollowed-host', 'hollowed-graph');
   ratio('hollowed-int8', 'hollowed-host');
   ratio('hollowed-int8', 'inference');
+  ratio('hollowed-fp16', 'hollowed-host');
+  ratio('hollowed-fp16', 'hollowed-int8');
   ratio('two-path', 'inference');
   ratio('two-path', 'baked');
   ratio('two-path-fp16', 'inference');

@@ -40,7 +40,7 @@ export const FIXTURE_SHAPES: Record<string, number[]> = { sample: [1, 4, 16, 16]
  * folder; `passes` leaves passes out or sets split-attention's threshold (tests of one rewrite).
  */
 export function compileFixtureGrads(
-  base: 'fp32' | 'int8' = 'fp32',
+  base: 'fp32' | 'int8' | 'fp16' = 'fp32',
   prefix = 'hollowc-fixture-',
   passes: Pick<CompileRequest, 'skipPasses' | 'splitAttentionAboveBytes'> = {},
 ): { out: string; m: CompileManifest } {

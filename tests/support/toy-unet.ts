@@ -63,7 +63,7 @@ export const TOY_TARGETS = [
  * The pipeline state for the toy: its cut hollows mid_block. The passes read only the
  * activation and the hollowed modules of a cut, and the family of the analysis.
  */
-export function toyState(hollow: boolean, base: 'fp32' | 'int8' = 'fp32'): ArtifactState {
+export function toyState(hollow: boolean, base: 'fp32' | 'int8' | 'fp16' = 'fp32'): ArtifactState {
   const cut = {
     activation: {
       tensor: '/mid_block/attentions.0/Relu_output_0',
