@@ -52,6 +52,8 @@ export interface CompileRequest {
   skipPasses?: readonly string[];
   /** split-attention's threshold (ArtifactState.splitAttentionAboveBytes): for tests on small models. */
   splitAttentionAboveBytes?: number;
+  /** split-attention's block size (ArtifactState.attentionChunkBytes): for tests on small models. */
+  attentionChunkBytes?: number;
 }
 
 function describeValues(values: readonly Value[]): TensorDescription[] {
@@ -170,6 +172,7 @@ export function compile(request: CompileRequest): CompileManifest {
     training,
     label,
     splitAttentionAboveBytes: request.splitAttentionAboveBytes,
+    attentionChunkBytes: request.attentionChunkBytes,
   };
 
   if (fs.existsSync(request.outDir) && !fs.statSync(request.outDir).isDirectory())

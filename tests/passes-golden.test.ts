@@ -103,6 +103,13 @@ test.each(OWN_GRAPH_CASES.map(([p, graph]) => [p.name, p, graph] as const))('%s 
   expectGolden(name, printGraph(model.graph, { nodeNames: false }));
 });
 
+test('split-attention in blocks of query rows: 3 queries of 3 keys (12 bytes a row) in blocks of at most 2 rows', () => {
+  const model = attentionGraph();
+  const [record] = runPasses(model, [splitAttentionPass], { ...toyState(true), splitAttentionAboveBytes: 0, attentionChunkBytes: 24 });
+  expect(record.summary).toContain('2 heads) in 4 blocks');
+  expectGolden('split-attention.rows', printGraph(model.graph, { nodeNames: false }));
+});
+
 test('float16-lora-inputs (lora infer fp16): infer.onnx takes its LoRA tensors as float16, cast where read', () => {
   const model = cloneModel(toyUNet());
   const state = toyState(true);

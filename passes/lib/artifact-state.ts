@@ -36,6 +36,8 @@ export interface ArtifactState {
   readonly quantizeMinElements?: number;
   /** split-attention: the attention map size, in bytes, above which it is split per head; default SPLIT_ABOVE_BYTES (the tests' small models have small maps). */
   readonly splitAttentionAboveBytes?: number;
+  /** split-attention: the largest map of one block of query rows, in bytes; default CHUNK_BYTES. */
+  readonly attentionChunkBytes?: number;
 
   /** add-base-path: path 1's copy of the hollow activation (infer.onnx). */
   baseActivation?: Value;
