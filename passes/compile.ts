@@ -54,6 +54,8 @@ export interface CompileRequest {
   splitAttentionAboveBytes?: number;
   /** split-attention's block size (ArtifactState.attentionChunkBytes): for tests on small models. */
   attentionChunkBytes?: number;
+  /** chunk-attention's block size (ArtifactState.inferChunkBytes): for tests on small models. */
+  inferChunkBytes?: number;
 }
 
 function describeValues(values: readonly Value[]): TensorDescription[] {
@@ -173,6 +175,7 @@ export function compile(request: CompileRequest): CompileManifest {
     label,
     splitAttentionAboveBytes: request.splitAttentionAboveBytes,
     attentionChunkBytes: request.attentionChunkBytes,
+    inferChunkBytes: request.inferChunkBytes,
   };
 
   if (fs.existsSync(request.outDir) && !fs.statSync(request.outDir).isDirectory())

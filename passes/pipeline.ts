@@ -2,9 +2,10 @@
  * Which passes make each artifact, in order. Every artifact starts from a fresh copy of the
  * source UNet; `runPasses` checks each pass's requires/ensures and verifies the graph after it.
  *
- *   precompute  base UNet -> hollow activation
+ *   precompute  base UNet -> hollow activation (large attention maps in blocks of query rows)
  *   forward     the hollowed net with LoRA (what training differentiates)
- *   infer       path 1 (base, up to the activation) + path 2 (hollowed net with LoRA)
+ *   infer       path 1 (base, up to the activation) + path 2 (hollowed net with LoRA), large
+ *               attention maps in blocks of query rows
  *   grads       forward + static shapes + loss + d loss / d LoRA (cheap activations recomputed; under
  *               `base int8` every base weight read dequantized from int8) as outputs
  *   train       forward + static shapes + loss + gradients (the same) + in-graph AdamW
@@ -19,6 +20,7 @@ import { Pass, PassRecord, runPasses } from '../compiler/pass';
 import { addAdamWPass } from './add-adamw';
 import { addBasePathPass } from './add-base-path';
 import { addLossPass } from './add-loss';
+import { chunkAttentionPass } from './chunk-attention';
 import { preciseNormalizationPass } from './precise-normalization';
 import { preciseTrigonometryPass } from './precise-trigonometry';
 import { differentiatePass } from './differentiate';
@@ -52,9 +54,9 @@ const TRAINING_LOSS = [
 ];
 
 export const PIPELINES: Readonly<Record<ArtifactName, readonly Pass<ArtifactState>[]>> = {
-  precompute: [extractPrecomputePass, ...PRECISE_ON_GPUS],
+  precompute: [extractPrecomputePass, chunkAttentionPass, ...PRECISE_ON_GPUS],
   forward: [...HOLLOWED_WITH_LORA, ...PRECISE_ON_GPUS],
-  infer: [addBasePathPass, ...HOLLOWED_WITH_LORA, float16LoraInputsPass, ...PRECISE_ON_GPUS],
+  infer: [addBasePathPass, ...HOLLOWED_WITH_LORA, float16LoraInputsPass, chunkAttentionPass, ...PRECISE_ON_GPUS],
   grads: [...TRAINING_LOSS, exposeGradientsPass, orderSinksPass],
   train: [...TRAINING_LOSS, addAdamWPass, orderSinksPass],
 };

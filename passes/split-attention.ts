@@ -29,7 +29,7 @@ import { elementSize } from '../compiler/dtype';
 import { Graph, Model, Node, TensorType, Value } from '../compiler/ir';
 import { OpEmitter } from '../compiler/op-emitter';
 import { Pass } from '../compiler/pass';
-import { staticShape } from '../compiler/shape-inference';
+import { constantOfValue, staticShape } from '../compiler/shape-inference';
 import { ArtifactState } from './lib/artifact-state';
 
 /** Attention maps larger than this are split (SD at 32x32 latents: the 20 MiB outer self-attentions, not the 2.5 MiB ones). */
@@ -40,11 +40,15 @@ export const SPLIT_ABOVE_BYTES = 8 * 2 ** 20;
  */
 export const CHUNK_BYTES = 4 * 2 ** 20;
 
-interface AttentionChain {
+/** softmax(q·kᵀ·s)·v as four nodes (the scale optional), each intermediate read once. */
+export interface AttentionCore {
   scores: Node;
   scale: Node | undefined;
   softmax: Node;
   output: Node;
+}
+
+interface AttentionChain extends AttentionCore {
   /** The axis the heads run along (the last batch axis) and how many there are. */
   axis: number;
   heads: number;
@@ -63,14 +67,18 @@ function onlyReader(v: Value, graph: Graph): Node | undefined {
   return v.uses.length === 1 && !graph.outputs.includes(v) ? v.uses[0].node : undefined;
 }
 
+/** One value, from a Constant node or an initializer (its shape from the type, else from the value: exports leave Constants untyped). */
 function isScalarConstant(v: Value | null): boolean {
-  if (!v) return false;
-  const shape = staticShape(v);
-  const constant = !!v.initializer || v.producer?.opType === 'Constant';
-  return constant && !!shape && shape.reduce((a, b) => a * b, 1) === 1;
+  if (!v || !(v.initializer || v.producer?.opType === 'Constant')) return false;
+  const shape = staticShape(v) ?? v.initializer?.dims ?? constantOfValue(v)?.dims;
+  return !!shape && shape.reduce((a, b) => a * b, 1) === 1;
 }
 
-function matchChain(graph: Graph, softmax: Node, aboveBytes: number, chunkBytes: number): AttentionChain | undefined {
+/**
+ * The attention chain whose Softmax is `softmax`, by structure alone: MatMul(q, kᵀ) → optional Mul
+ * or Div by a scalar constant → Softmax over the last axis → MatMul(·, v), each value read once.
+ */
+export function matchAttention(graph: Graph, softmax: Node): AttentionCore | undefined {
   const probs = softmax.outputs[0];
   const output = onlyReader(probs, graph);
   if (!output || output.opType !== 'MatMul' || output.inputs[0] !== probs || graph.outputs.includes(output.outputs[0])) return undefined;
@@ -93,8 +101,19 @@ function matchChain(graph: Graph, softmax: Node, aboveBytes: number, chunkBytes:
     onlyReader(scoresValue, graph) !== (scale ?? softmax)
   )
     return undefined;
-  const [q, kT] = scores.inputs;
-  const v = output.inputs[1];
+  // The last axis: -1, or a non-negative axis that is the last of a known rank.
+  const softmaxAxis = softmax.attrInt('axis', -1);
+  const rank = scoresValue.type?.shape?.length;
+  if (softmaxAxis !== -1 && softmaxAxis !== (rank ?? 0) - 1) return undefined;
+  return { scores, scale, softmax, output };
+}
+
+function matchChain(graph: Graph, softmax: Node, aboveBytes: number, chunkBytes: number): AttentionChain | undefined {
+  const core = matchAttention(graph, softmax);
+  if (!core) return undefined;
+  const scoresValue = core.scores.outputs[0];
+  const [q, kT] = core.scores.inputs;
+  const v = core.output.inputs[1];
   const shapes = [q, kT, v, scoresValue].map((x) => (x ? staticShape(x) : undefined));
   if (shapes.some((s) => !s)) return undefined;
   const [qs, ks, vs, ss] = shapes as number[][];
@@ -102,15 +121,13 @@ function matchChain(graph: Graph, softmax: Node, aboveBytes: number, chunkBytes:
   if (rank < 3 || [qs, ks, vs].some((s) => s.length !== rank)) return undefined;
   const axis = rank - 3;
   for (let i = 0; i <= axis; i++) if (qs[i] !== ss[i] || ks[i] !== ss[i] || vs[i] !== ss[i]) return undefined;
-  const softmaxAxis = softmax.attrInt('axis', -1);
-  if (softmaxAxis !== -1 && softmaxAxis !== rank - 1) return undefined;
   const bytes = ss.reduce((a, b) => a * b, 1) * (elementSize(scoresValue.type!.elemType) ?? 4);
   const heads = ss[axis];
   const [queries, keys] = ss.slice(rank - 2);
   const rowBytes = bytes / heads / queries;
   const rows = rowBlocks(queries, chunkBytes / rowBytes);
   if ((heads < 2 && rows.length < 2) || bytes <= aboveBytes || keys < 1) return undefined;
-  return { scores, scale, softmax, output, axis, heads, rows };
+  return { ...core, axis, heads, rows };
 }
 
 function typeWith(t: TensorType, axis: number, extent: number): TensorType {

@@ -12,6 +12,7 @@ import { Model } from '../compiler/ir';
 import { Pass, runPasses } from '../compiler/pass';
 import { printGraph } from '../compiler/printer';
 import { bakeLora } from '../passes/bake-lora';
+import { chunkAttentionPass } from '../passes/chunk-attention';
 import { foldLoraWeights } from '../passes/fold-lora';
 import { PIPELINES } from '../passes/pipeline';
 import { preciseNormalizationPass } from '../passes/precise-normalization';
@@ -72,6 +73,7 @@ const OWN_GRAPH_CASES: [Pass<ArtifactState>, () => Model][] = [
   [preciseNormalizationPass, precisionCase],
   [preciseTrigonometryPass, precisionCase],
   [splitAttentionPass, attentionGraph],
+  [chunkAttentionPass, attentionGraph],
   [slicesToSplitPass, attentionGraph],
 ];
 
@@ -97,8 +99,9 @@ test.each(CASES)('%s', (...[name, artifact, count, hollow, base]) => {
 
 test.each(OWN_GRAPH_CASES.map(([p, graph]) => [p.name, p, graph] as const))('%s (on its own graph)', (name, pass, graph) => {
   const model = graph();
-  // split-attention at a threshold of 0: the graph's maps are a few bytes
-  const [record] = runPasses(model, [pass], { ...toyState(true), splitAttentionAboveBytes: 0 });
+  // split-attention at a threshold of 0, chunk-attention in blocks of 24 bytes (its 2-head map of 3
+  // queries by 3 keys one query row at a time): the graph's maps are a few bytes
+  const [record] = runPasses(model, [pass], { ...toyState(true), splitAttentionAboveBytes: 0, inferChunkBytes: 24 });
   expect(record.changed).toBe(true);
   expectGolden(name, printGraph(model.graph, { nodeNames: false }));
 });

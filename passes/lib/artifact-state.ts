@@ -38,6 +38,8 @@ export interface ArtifactState {
   readonly splitAttentionAboveBytes?: number;
   /** split-attention: the largest map of one block of query rows, in bytes; default CHUNK_BYTES. */
   readonly attentionChunkBytes?: number;
+  /** chunk-attention: the largest block of an inference map at the training shapes, in bytes; default INFER_CHUNK_BYTES. */
+  readonly inferChunkBytes?: number;
 
   /** add-base-path: path 1's copy of the hollow activation (infer.onnx). */
   baseActivation?: Value;
