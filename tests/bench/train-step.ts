@@ -281,6 +281,14 @@ const ROWS: Row[] = [
     mode: 'graph',
     extra: true,
   },
+  {
+    id: 'precompute',
+    label: '`precompute.onnx` (39.2%, the base UNet up to the hollow activation)',
+    kind: 'inference',
+    hollow: 'preset "39.2%"',
+    mode: 'graph',
+    extra: true,
+  },
   { id: 'inference', label: 'UNet inference (`model.onnx`)', kind: 'inference', mode: 'graph' },
   { id: 'lora-graph', label: 'LoRA FT, `hollow none`, AdamW in graph (`train.onnx`)', kind: 'train', hollow: 'none', mode: 'graph' },
   { id: 'lora-host', label: 'LoRA FT, `hollow none`, AdamW on host (`grads.onnx`)', kind: 'train', hollow: 'none', mode: 'host' },
@@ -332,7 +340,7 @@ async function main(argv: string[]): Promise<void> {
   const compile = (hollow: string, base: 'fp32' | 'int8' = 'fp32', emit = 'train grads', loraInfer: 'fp32' | 'fp16' = 'fp32') => {
     const out = path.join(
       dir,
-      `${hollow === 'none' ? 'out-none' : `out-${hollow.replace(/\D/g, '')}`}${latent === 32 ? '' : `-${latent}`}${base === 'fp32' ? '' : `-${base}`}${emit.includes('infer') ? '-infer' : ''}${loraInfer === 'fp16' ? '-fp16lora' : ''}`,
+      `${hollow === 'none' ? 'out-none' : `out-${hollow.replace(/\D/g, '')}`}${latent === 32 ? '' : `-${latent}`}${base === 'fp32' ? '' : `-${base}`}${emit.includes('infer') ? '-infer' : ''}${emit === 'precompute' ? '-precompute' : ''}${loraInfer === 'fp16' ? '-fp16lora' : ''}`,
     );
     if (compiled.has(out)) return compiled.get(out)!;
     const text = SPEC(hollow, latent, base, emit, loraInfer);
@@ -354,8 +362,9 @@ async function main(argv: string[]): Promise<void> {
     });
     return compiled.get(out)!;
   };
-  const inferModel = (which: 'two-path' | 'two-path-fp16' | 'baked') => {
+  const inferModel = (which: 'two-path' | 'two-path-fp16' | 'baked' | 'precompute') => {
     if (which === 'two-path-fp16') return { out: path.join(compile('preset "39.2%"', 'fp32', 'infer', 'fp16').out, 'infer.onnx') };
+    if (which === 'precompute') return { out: path.join(compile('preset "39.2%"', 'fp32', 'precompute').out, 'precompute.onnx') };
     const { out } = compile('preset "39.2%"', 'fp32', 'train grads infer');
     if (which === 'two-path') return { out: path.join(out, 'infer.onnx') };
     const baked = path.join(out, 'infer-baked.onnx');
@@ -380,7 +389,7 @@ async function main(argv: string[]): Promise<void> {
       row.kind === 'train'
         ? compile(row.hollow!, row.base)
         : row.hollow
-          ? inferModel(row.id as 'two-path' | 'two-path-fp16' | 'baked')
+          ? inferModel(row.id as 'two-path' | 'two-path-fp16' | 'baked' | 'precompute')
           : { out: unet };
     const args: ChildArgs = {
       kind: row.kind,
