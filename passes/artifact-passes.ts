@@ -2,9 +2,10 @@
  * Which passes make each artifact, in order. Every artifact starts from a fresh copy of the
  * source UNet; `runPasses` checks each pass's requires/ensures and verifies the graph after it.
  *
- *   precompute  base UNet -> hollow activation
+ *   precompute  base UNet -> hollow activation (large attention maps in blocks of query rows)
  *   forward     the hollowed net with LoRA (what training differentiates)
- *   infer       path 1 (base, up to the activation) + path 2 (hollowed net with LoRA)
+ *   infer       path 1 (base, up to the activation) + path 2 (hollowed net with LoRA), large
+ *               attention maps in blocks of query rows
  *   grads       forward + static shapes + loss + d loss / d LoRA (cheap activations recomputed; under
  *               `base int8` every base weight read dequantized from int8, under `base fp16` cast from
  *               float16) as outputs
@@ -20,6 +21,7 @@ import { Pass, PassRecord, runPasses } from '../compiler/pass';
 import { addAdamWPass } from './add-adamw';
 import { addBasePathPass } from './add-base-path';
 import { addLossPass } from './add-loss';
+import { chunkAttentionPass } from './chunk-attention';
 import { preciseNormalizationPass } from './precise-normalization';
 import { preciseTrigonometryPass } from './precise-trigonometry';
 import { differentiatePass } from './differentiate';
@@ -60,9 +62,9 @@ const TRAINING_LOSS = [
  * training graphs), each use cast to float32; a no-op for float32 models.
  */
 export const ARTIFACT_PASSES: Readonly<Record<ArtifactName, readonly Pass<ArtifactState>[]>> = {
-  precompute: [extractPrecomputePass, ...PRECISE_ON_GPUS, float16WeightsPass],
+  precompute: [extractPrecomputePass, chunkAttentionPass, ...PRECISE_ON_GPUS, float16WeightsPass],
   forward: [...HOLLOWED_WITH_LORA, ...PRECISE_ON_GPUS, float16WeightsPass],
-  infer: [addBasePathPass, ...HOLLOWED_WITH_LORA, float16LoraInputsPass, ...PRECISE_ON_GPUS, float16WeightsPass],
+  infer: [addBasePathPass, ...HOLLOWED_WITH_LORA, float16LoraInputsPass, chunkAttentionPass, ...PRECISE_ON_GPUS, float16WeightsPass],
   grads: [...TRAINING_LOSS, exposeGradientsPass, orderSinksPass, float16WeightsPass],
   train: [...TRAINING_LOSS, addAdamWPass, orderSinksPass, float16WeightsPass],
 };

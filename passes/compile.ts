@@ -59,6 +59,10 @@ export interface CompileRequest {
    * the artifacts, so a caller's failure here also leaves no folder that looks compiled.
    */
   extraFiles?: (dir: string, manifest: CompileManifest) => string[];
+  /** split-attention's block size (ArtifactState.attentionChunkBytes): for tests on small models. */
+  attentionChunkBytes?: number;
+  /** chunk-attention's block size (ArtifactState.inferChunkBytes): for tests on small models. */
+  inferChunkBytes?: number;
 }
 
 function describeValues(values: readonly Value[]): TensorDescription[] {
@@ -188,6 +192,8 @@ export function compile(request: CompileRequest): CompileManifest {
     label,
     splitAttentionAboveBytes: request.splitAttentionAboveBytes,
     float16Io: widened?.float16Io,
+    attentionChunkBytes: request.attentionChunkBytes,
+    inferChunkBytes: request.inferChunkBytes,
   };
 
   if (fs.existsSync(request.outDir) && !fs.statSync(request.outDir).isDirectory())

@@ -8,7 +8,8 @@
  *
  *   GEGLU (ff.net.0)  x/√2, 1 + erf(x/√2) and x·(1 + erf(x/√2))·0.5 are saved next to the two
  *                     halves x and a they come from (three of five saved tensors)
- *   attention         softmax(q·kᵀ·s) is saved next to q and kᵀ (the largest tensors at 64x64)
+ *   attention         softmax(q·kᵀ·s) is saved next to q and kᵀ (the largest tensors at 64x64);
+ *                     recomputed once for each gradient rule that reads it
  *   SiLU              sigmoid(x) is saved next to x
  *   LoRA inputs       LayerNorm(x) (read by the LoRA gradients) is saved next to x (read by its backward)
  *   GEGLU halves      x and a, the two halves of ff.net.0.proj(LayerNorm(h)), are 8x wider than h
@@ -161,30 +162,48 @@ export function rematerialize(g: Graph, loss: Value, seed: Value): Rematerialize
       continue;
     }
     const readers = v.uses.filter((u) => isBackward(u.node));
-    const first = g.nodes.find((n) => readers.some((u) => u.node === n))!;
-    const local = new Map<Value, Value>();
-    const mapped = (x: Value | null) => (x ? (local.get(x) ?? clones.get(x) ?? x) : null);
-    for (const n of order) {
-      const c = g.addNode(
-        {
-          opType: n.opType,
-          domain: n.domain,
-          name: `${n.name}/recompute`,
-          inputs: n.inputs.map(mapped),
-          outputs: n.outputs.length,
-          attributes: n.attributes.map((a) => ({ ...a })),
-        },
-        first,
-      );
-      n.outputs.forEach((o, k) => {
-        const out = c.outputs[k];
-        out.type = o.type ? { elemType: o.type.elemType, shape: o.type.shape ? [...o.type.shape] : undefined } : undefined;
-        local.set(o, out);
-      });
-      nodesAdded++;
-    }
+    /** Clones `order` just before `at` (names tagged `tag`); the clone of every value of the chain. */
+    const emit = (at: Node, tag = ''): Map<Value, Value> => {
+      const local = new Map<Value, Value>();
+      const mapped = (x: Value | null) => (x ? (local.get(x) ?? clones.get(x) ?? x) : null);
+      for (const n of order) {
+        const c = g.addNode(
+          {
+            opType: n.opType,
+            domain: n.domain,
+            name: `${n.name}${tag}/recompute`,
+            inputs: n.inputs.map(mapped),
+            outputs: n.outputs.length,
+            attributes: n.attributes.map((a) => ({ ...a })),
+          },
+          at,
+        );
+        n.outputs.forEach((o, k) => {
+          const out = c.outputs[k];
+          out.type = o.type ? { elemType: o.type.elemType, shape: o.type.shape ? [...o.type.shape] : undefined } : undefined;
+          local.set(o, out);
+        });
+        nodesAdded++;
+      }
+      return local;
+    };
+    const firstOf = (us: typeof readers) => g.nodes.find((n) => us.some((u) => u.node === n))!;
+    const local = emit(firstOf(readers));
     const clone = local.get(v)!;
-    for (const u of readers) g.setInput(u.node, u.index, clone);
+    if (v.producer?.opType === 'Softmax') {
+      // Attention probabilities are read by two gradient rules (v's gradient Pᵀ·dO and the
+      // softmax's own), which onnxruntime's depth-first order reaches on different paths: v's
+      // gradient sums over every block of rows first, so one shared clone per block kept all of
+      // them alive at once (at 64x64, ~70 blocks of 4 MiB). One clone per rule (the forward node
+      // a backward node's name says it differentiates) dies at that rule's last read.
+      const rule = (n: Node) => (n.name.includes('/grad/') ? n.name.slice(0, n.name.indexOf('/grad/')) : n.name);
+      const groups = new Map<string, typeof readers>();
+      for (const u of readers) groups.set(rule(u.node), [...(groups.get(rule(u.node)) ?? []), u]);
+      [...groups.values()].forEach((us, i) => {
+        const mine = i === 0 ? clone : emit(firstOf(us), `/again${i}`).get(v)!;
+        for (const u of us) g.setInput(u.node, u.index, mine);
+      });
+    } else for (const u of readers) g.setInput(u.node, u.index, clone);
     clones.set(v, clone);
     // A recomputed projection serves every value cut from it (both GEGLU halves): later chains
     // root at its clone instead of repeating the matmul (the final topological sort places it

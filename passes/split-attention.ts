@@ -1,6 +1,6 @@
 /**
- * Computes each large attention map one head at a time, in the training graphs (before
- * differentiation, so the backward is per head too).
+ * Computes each large attention map one head at a time and, within a head, a block of query rows
+ * at a time, in the training graphs (before differentiation, so the backward is per block too).
  *
  * Why: softmax(q·kᵀ·s)·v over all heads at once makes [heads, tokens, tokens] tensors: at 32x32
  * latents SD's outer self-attentions have 5 heads of 1024x1024 (20 MiB per map), at 64x64 they are
@@ -10,44 +10,75 @@
  * head the maps are 1/heads the size; the products, softmax and the gradients are the same
  * computations on the same values (heads never mix), one head's slice at a time.
  *
+ * At 64x64 latents one head's map is itself 64 MiB (4096 x 4096 tokens). Softmax normalizes each
+ * row on its own, so a block of query rows needs only its rows of q with the whole kᵀ and v: the
+ * chain runs per block of rows, each block's map at most CHUNK_BYTES, and the outputs are
+ * concatenated. The backward of a block reads its probabilities, which passes/rematerialize.ts
+ * recomputes from the block's q rows and kᵀ right before they are read (what FlashAttention's
+ * backward does with the row statistics; here the softmax is simply run again, the same kernel on
+ * the same values), so at most a few block-sized maps are alive at once, forward or backward.
+ *
  * Matched: MatMul(q, kᵀ) → optional Mul or Div by a constant → Softmax over the last axis →
  * MatMul(·, v), each value read once, q, kᵀ, v and the scores of one static rank with equal batch
  * axes, the scores over SPLIT_ABOVE_BYTES. The chain becomes Split of q, kᵀ and v along the heads
- * axis (the last batch axis), the chain per head, and a Concat.
+ * axis (the last batch axis), a Split of each head's q along its rows, the chain per block, and
+ * Concats.
  */
 import { GraphBuilder } from '../compiler/builder';
 import { elementSize } from '../compiler/dtype';
 import { Graph, Model, Node, TensorType, Value } from '../compiler/ir';
 import { OpEmitter } from '../compiler/op-emitter';
 import { Pass } from '../compiler/pass';
-import { staticShape } from '../compiler/shape-inference';
+import { constantOfValue, staticShape } from '../compiler/shape-inference';
 import { ArtifactState } from './lib/artifact-state';
 
 /** Attention maps larger than this are split (SD at 32x32 latents: the 20 MiB outer self-attentions, not the 2.5 MiB ones). */
 export const SPLIT_ABOVE_BYTES = 8 * 2 ** 20;
+/**
+ * The largest map of one block of query rows (one head): SD at 32x32 latents keeps whole heads
+ * (1024 x 1024 = 4 MiB), at 64x64 a head of 4096 x 4096 runs as 16 blocks of 256 rows.
+ */
+export const CHUNK_BYTES = 4 * 2 ** 20;
 
-interface AttentionChain {
+/** softmax(q·kᵀ·s)·v as four nodes (the scale optional), each intermediate read once. */
+export interface AttentionCore {
   scores: Node;
   scale: Node | undefined;
   softmax: Node;
   output: Node;
+}
+
+interface AttentionChain extends AttentionCore {
   /** The axis the heads run along (the last batch axis) and how many there are. */
   axis: number;
   heads: number;
+  /** Query rows of each block, in order (one block: the whole head). */
+  rows: number[];
+}
+
+/** `n` rows in as few near-equal blocks as keep each block at most `limit` rows (at least one row). */
+export function rowBlocks(n: number, limit: number): number[] {
+  const count = Math.ceil(n / Math.max(1, Math.floor(limit)));
+  const size = Math.floor(n / count);
+  return Array.from({ length: count }, (_, i) => size + (i < n % count ? 1 : 0));
 }
 
 function onlyReader(v: Value, graph: Graph): Node | undefined {
   return v.uses.length === 1 && !graph.outputs.includes(v) ? v.uses[0].node : undefined;
 }
 
+/** One value, from a Constant node or an initializer (its shape from the type, else from the value: exports leave Constants untyped). */
 function isScalarConstant(v: Value | null): boolean {
-  if (!v) return false;
-  const shape = staticShape(v);
-  const constant = !!v.initializer || v.producer?.opType === 'Constant';
-  return constant && !!shape && shape.reduce((a, b) => a * b, 1) === 1;
+  if (!v || !(v.initializer || v.producer?.opType === 'Constant')) return false;
+  const shape = staticShape(v) ?? v.initializer?.dims ?? constantOfValue(v)?.dims;
+  return !!shape && shape.reduce((a, b) => a * b, 1) === 1;
 }
 
-function matchChain(graph: Graph, softmax: Node, aboveBytes: number): AttentionChain | undefined {
+/**
+ * The attention chain whose Softmax is `softmax`, by structure alone: MatMul(q, kᵀ) → optional Mul
+ * or Div by a scalar constant → Softmax over the last axis → MatMul(·, v), each value read once.
+ */
+export function matchAttention(graph: Graph, softmax: Node): AttentionCore | undefined {
   const probs = softmax.outputs[0];
   const output = onlyReader(probs, graph);
   if (!output || output.opType !== 'MatMul' || output.inputs[0] !== probs || graph.outputs.includes(output.outputs[0])) return undefined;
@@ -70,8 +101,19 @@ function matchChain(graph: Graph, softmax: Node, aboveBytes: number): AttentionC
     onlyReader(scoresValue, graph) !== (scale ?? softmax)
   )
     return undefined;
-  const [q, kT] = scores.inputs;
-  const v = output.inputs[1];
+  // The last axis: -1, or a non-negative axis that is the last of a known rank.
+  const softmaxAxis = softmax.attrInt('axis', -1);
+  const rank = scoresValue.type?.shape?.length;
+  if (softmaxAxis !== -1 && softmaxAxis !== (rank ?? 0) - 1) return undefined;
+  return { scores, scale, softmax, output };
+}
+
+function matchChain(graph: Graph, softmax: Node, aboveBytes: number, chunkBytes: number): AttentionChain | undefined {
+  const core = matchAttention(graph, softmax);
+  if (!core) return undefined;
+  const scoresValue = core.scores.outputs[0];
+  const [q, kT] = core.scores.inputs;
+  const v = core.output.inputs[1];
   const shapes = [q, kT, v, scoresValue].map((x) => (x ? staticShape(x) : undefined));
   if (shapes.some((s) => !s)) return undefined;
   const [qs, ks, vs, ss] = shapes as number[][];
@@ -79,12 +121,13 @@ function matchChain(graph: Graph, softmax: Node, aboveBytes: number): AttentionC
   if (rank < 3 || [qs, ks, vs].some((s) => s.length !== rank)) return undefined;
   const axis = rank - 3;
   for (let i = 0; i <= axis; i++) if (qs[i] !== ss[i] || ks[i] !== ss[i] || vs[i] !== ss[i]) return undefined;
-  const softmaxAxis = softmax.attrInt('axis', -1);
-  if (softmaxAxis !== -1 && softmaxAxis !== rank - 1) return undefined;
   const bytes = ss.reduce((a, b) => a * b, 1) * (elementSize(scoresValue.type!.elemType) ?? 4);
   const heads = ss[axis];
-  if (heads < 2 || bytes <= aboveBytes) return undefined;
-  return { scores, scale, softmax, output, axis, heads };
+  const [queries, keys] = ss.slice(rank - 2);
+  const rowBytes = bytes / heads / queries;
+  const rows = rowBlocks(queries, chunkBytes / rowBytes);
+  if ((heads < 2 && rows.length < 2) || bytes <= aboveBytes || keys < 1) return undefined;
+  return { ...core, axis, heads, rows };
 }
 
 function typeWith(t: TensorType, axis: number, extent: number): TensorType {
@@ -97,55 +140,78 @@ function splitHeads(graph: Graph, opset: number, c: AttentionChain): void {
   const b = new GraphBuilder(graph, `${c.scores.name}/heads`);
   const before = c.output;
   const e = new OpEmitter(b, opset, before);
-  const ones = new Array<number>(c.heads).fill(1);
-  const split = (x: Value): Value[] => {
+  const split = (x: Value, axis: number, sizes: number[]): Value[] => {
+    if (sizes.length === 1) return [x];
     const parts =
       opset >= 13
-        ? b.node('Split', [x, e.int64s(ones)], { axis: c.axis }, { outputs: c.heads, before })
-        : b.node('Split', [x], { axis: c.axis, split: ones }, { outputs: c.heads, before });
-    for (const part of parts) part.type = typeWith(x.type!, c.axis, 1);
+        ? b.node('Split', [x, e.int64s(sizes)], { axis }, { outputs: sizes.length, before })
+        : b.node('Split', [x], { axis, split: sizes }, { outputs: sizes.length, before });
+    parts.forEach((part, i) => (part.type = typeWith(x.type!, axis, sizes[i])));
     return parts;
   };
+  const rowAxis = c.axis + 1;
+  const ones = new Array<number>(c.heads).fill(1);
   const [q, kT] = c.scores.inputs as Value[];
   const v = c.output.inputs[1]!;
-  const [qs, ks, vs] = [split(q), split(kT), split(v)];
-  const perHead = (node: Node, inputs: Value[], head: number): Value => {
-    const out = b.op(node.opType, inputs, undefined, { name: `${node.opType}_head${head}`, before });
+  const [qs, ks, vs] = [split(q, c.axis, ones), split(kT, c.axis, ones), split(v, c.axis, ones)];
+  const perBlock = (node: Node, inputs: Value[], head: number, block: number): Value => {
+    const suffix = c.rows.length > 1 ? `_rows${block}` : '';
+    const out = b.op(node.opType, inputs, undefined, { name: `${node.opType}_head${head}${suffix}`, before });
     out.producer!.attributes = node.attributes.map((a) => ({ ...a }));
-    out.type = typeWith(node.outputs[0].type!, c.axis, 1);
+    out.type = typeWith(typeWith(node.outputs[0].type!, c.axis, 1), rowAxis, c.rows[block]);
     return out;
   };
-  const outputs = qs.map((_, h) => {
-    let s = perHead(c.scores, [qs[h], ks[h]], h);
-    if (c.scale)
-      s = perHead(
-        c.scale,
-        c.scale.inputs.map((x) => (x === c.scores.outputs[0] ? s : x!)),
-        h,
-      );
-    return perHead(c.output, [perHead(c.softmax, [s], h), vs[h]], h);
+  const join = (parts: Value[], axis: number, type: TensorType): Value => {
+    if (parts.length === 1) return parts[0];
+    const joined = b.op('Concat', parts, { axis }, { before });
+    joined.type = type;
+    return joined;
+  };
+  const outputs = qs.map((qh, h) => {
+    const blocks = split(qh, rowAxis, c.rows).map((qb, r) => {
+      let s = perBlock(c.scores, [qb, ks[h]], h, r);
+      if (c.scale)
+        s = perBlock(
+          c.scale,
+          c.scale.inputs.map((x) => (x === c.scores.outputs[0] ? s : x!)),
+          h,
+          r,
+        );
+      return perBlock(c.output, [perBlock(c.softmax, [s], h, r), vs[h]], h, r);
+    });
+    return join(blocks, rowAxis, typeWith(c.output.outputs[0].type!, c.axis, 1));
   });
-  const joined = b.op('Concat', outputs, { axis: c.axis }, { before });
-  joined.type = c.output.outputs[0].type;
+  const joined = join(outputs, c.axis, c.output.outputs[0].type!);
   graph.replaceAllUsesWith(c.output.outputs[0], joined);
   for (const n of [c.output, c.softmax, ...(c.scale ? [c.scale] : []), c.scores]) graph.removeNode(n);
 }
 
-export function splitAttention(model: Model, aboveBytes = SPLIT_ABOVE_BYTES): { split: number; heads: number } {
+export function splitAttention(
+  model: Model,
+  aboveBytes = SPLIT_ABOVE_BYTES,
+  chunkBytes = CHUNK_BYTES,
+): { split: number; heads: number; blocks: number } {
   const g = model.graph;
   const chains = g.nodes
     .filter((n) => n.opType === 'Softmax' && n.domain === '')
-    .map((n) => matchChain(g, n, aboveBytes))
+    .map((n) => matchChain(g, n, aboveBytes, chunkBytes))
     .filter((c): c is AttentionChain => !!c);
   const opset = model.opsetVersion('');
   for (const c of chains) splitHeads(g, opset, c);
-  return { split: chains.length, heads: chains.reduce((a, c) => a + c.heads, 0) };
+  return {
+    split: chains.length,
+    heads: chains.reduce((a, c) => a + c.heads, 0),
+    blocks: chains.reduce((a, c) => a + c.heads * c.rows.length, 0),
+  };
 }
 
 export const splitAttentionPass: Pass<ArtifactState> = {
   name: 'split-attention',
   run(model, state) {
-    const r = splitAttention(model, state.splitAttentionAboveBytes);
-    return { changed: r.split > 0, summary: `${r.split} attention maps computed per head (${r.heads} heads)` };
+    const r = splitAttention(model, state.splitAttentionAboveBytes, state.attentionChunkBytes);
+    return {
+      changed: r.split > 0,
+      summary: `${r.split} attention maps computed per head (${r.heads} heads) in ${r.blocks} blocks of query rows`,
+    };
   },
 };

@@ -1,7 +1,8 @@
 /**
  * The rewrites that shrink the training step's working memory, on the PyTorch fixture (a real
  * diffusers UNet, 39.2% cut): passes/split-attention.ts (threshold 0, so that every self- and
- * cross-attention is split) and passes/slices-to-split.ts. Each is checked against the same
+ * cross-attention is split; with a small block size, into blocks of query rows too) and
+ * passes/slices-to-split.ts. Each is checked against the same
  * compile without it: grads.onnx gives the same loss and gradients bit for bit (heads never mix,
  * and a Split copies the elements the Slices copy), in sessions as the runtime opens them.
  */
@@ -10,16 +11,21 @@ import * as ort from 'onnxruntime-node';
 import { Graph } from '../compiler/ir';
 import { CompileManifest } from '../compiler/manifest';
 import { loadModel } from '../compiler/serde';
+import { inferShapes, staticShape } from '../compiler/shape-inference';
 import { createSession } from '../runtime/ort/session';
 import { trainingSession } from '../runtime/train/step-graph';
-import { compileFixtureGrads, fixtureGradientStep, identicalOutputs } from './support/fixture';
+import { readNpy } from '../runtime/formats/npy';
+import { FIXTURE_DIR, compileFixtureGrads, fixtureGradientStep, identicalOutputs, relativeError } from './support/fixture';
 
 /** grads.onnx of a fixture compile: its graph and one step's outputs on the fixture's LoRA. */
-async function gradsOf(c: { out: string; m: CompileManifest }): Promise<{ g: Graph; result: ort.InferenceSession.OnnxValueMapType }> {
+async function gradsOf(c: {
+  out: string;
+  m: CompileManifest;
+}): Promise<{ g: Graph; dir: string; m: CompileManifest; result: ort.InferenceSession.OnnxValueMapType }> {
   const file = path.join(c.out, 'grads.onnx');
   const s = await createSession(file, trainingSession({ session: { intraOpThreads: 1 } }));
   try {
-    return { g: loadModel(file).graph, result: await s.run(fixtureGradientStep(c.m).feeds) };
+    return { g: loadModel(file).graph, dir: c.out, m: c.m, result: await s.run(fixtureGradientStep(c.m).feeds) };
   } finally {
     await s.release();
   }
@@ -41,6 +47,52 @@ test('attention per head: the same loss and gradients as over all heads at once'
   console.log(`split-attention on the fixture: ${identical.length} of ${Object.keys(split.result).length} outputs bit for bit`);
   expect(identical.length).toBe(Object.keys(split.result).length);
   expect((split.result.loss.data as Float32Array)[0]).toBeGreaterThan(0);
+});
+
+test('attention in blocks of query rows: no whole map in the forward or the backward, the same loss and gradients', async () => {
+  // The fixture's level-0 self-attention: 256 tokens, one head's map 256 KiB, so 8 blocks of 32 rows.
+  const chunkBytes = 32 * 1024;
+  const blocked = await gradsOf(
+    compileFixtureGrads('fp32', 'hollowc-memory-', { splitAttentionAboveBytes: 0, attentionChunkBytes: chunkBytes }),
+  );
+  const perHead = await gradsOf(compileFixtureGrads('fp32', 'hollowc-memory-', { splitAttentionAboveBytes: 0 }));
+  const softmaxOf = (graph: Graph) => graph.nodes.filter((n) => n.opType === 'Softmax');
+  const model = loadModel(path.join(blocked.dir, 'grads.onnx'));
+  inferShapes(model);
+  const maps = softmaxOf(model.graph).map((n) => staticShape(n.outputs[0])!);
+  expect(maps.length).toBeGreaterThan(softmaxOf(perHead.g).length);
+  for (const shape of maps) expect(shape.reduce((a, b) => a * b, 1) * 4).toBeLessThanOrEqual(chunkBytes);
+  // A whole head's self-attention map is [.., tokens, tokens]; no value of any node, forward,
+  // recomputed or gradient, has that shape.
+  const tokens = 256;
+  expect(maps.some((s) => s[s.length - 1] === tokens)).toBe(true);
+  const whole = model.graph.nodes
+    .flatMap((n) => n.outputs)
+    .filter((v) => {
+      const s = staticShape(v);
+      return !!s && s.length >= 2 && s[s.length - 1] === tokens && s[s.length - 2] === tokens;
+    });
+  expect(whole.map((v) => v.name)).toEqual([]);
+
+  // The forward is the same computation row by row; the gradients of k and v sum over the blocks
+  // (one sum per block instead of one product over all rows), so they differ in float32 rounding.
+  const step = fixtureGradientStep(blocked.m);
+  const lossOf = (r: typeof blocked.result) => (r.loss.data as Float32Array)[0];
+  expect(lossOf(blocked.result)).toBe(lossOf(perHead.result));
+  const want = readNpy(path.join(FIXTURE_DIR, 'ref/loss.npy')).data[0] as number;
+  expect(Math.abs(lossOf(blocked.result) - want) / want).toBeLessThan(1e-5);
+  let [vsTorch, vsPerHead] = [0, 0];
+  for (const p of step.params) {
+    const got = blocked.result[`${p.name}.grad`].data as Float32Array;
+    vsTorch = Math.max(vsTorch, relativeError(got, step.torchGradient(p)));
+    vsPerHead = Math.max(vsPerHead, relativeError(got, perHead.result[`${p.name}.grad`].data as Float32Array));
+  }
+  // eslint-disable-next-line no-console
+  console.log(
+    `attention in blocks on the fixture: ${maps.length} maps of at most ${chunkBytes} bytes; gradients vs torch ${vsTorch.toExponential(2)}, vs per head ${vsPerHead.toExponential(2)} (max relative error per tensor)`,
+  );
+  expect(vsTorch).toBeLessThan(1e-3);
+  expect(vsPerHead).toBeLessThan(1e-5);
 });
 
 test('GEGLU halves by one Split: one Concat in the backward instead of padded halves, the same gradients', async () => {

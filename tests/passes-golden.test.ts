@@ -13,6 +13,7 @@ import { Model } from '../compiler/ir';
 import { Pass, runPasses } from '../compiler/pass';
 import { printGraph } from '../compiler/printer';
 import { bakeLora } from '../passes/bake-lora';
+import { chunkAttentionPass } from '../passes/chunk-attention';
 import { foldLoraWeights } from '../passes/fold-lora';
 import { ARTIFACT_PASSES } from '../passes/artifact-passes';
 import { preciseNormalizationPass } from '../passes/precise-normalization';
@@ -74,6 +75,7 @@ const OWN_GRAPH_CASES: [Pass<ArtifactState>, () => Model][] = [
   [preciseNormalizationPass, precisionCase],
   [preciseTrigonometryPass, precisionCase],
   [splitAttentionPass, attentionGraph],
+  [chunkAttentionPass, attentionGraph],
   [slicesToSplitPass, attentionGraph],
   [timestepPerSamplePass, scalarTimestepGraph],
 ];
@@ -100,10 +102,18 @@ test.each(CASES)('%s', (...[name, artifact, count, hollow, base]) => {
 
 test.each(OWN_GRAPH_CASES.map(([p, graph]) => [p.name, p, graph] as const))('%s (on its own graph)', (name, pass, graph) => {
   const model = graph();
-  // split-attention at a threshold of 0: the graph's maps are a few bytes
-  const [record] = runPasses(model, [pass], { ...toyState(true), splitAttentionAboveBytes: 0 });
+  // split-attention at a threshold of 0, chunk-attention in blocks of 24 bytes (its 2-head map of 3
+  // queries by 3 keys one query row at a time): the graph's maps are a few bytes
+  const [record] = runPasses(model, [pass], { ...toyState(true), splitAttentionAboveBytes: 0, inferChunkBytes: 24 });
   expect(record.changed).toBe(true);
   expectGolden(name, printGraph(model.graph, { nodeNames: false }));
+});
+
+test('split-attention in blocks of query rows: 3 queries of 3 keys (12 bytes a row) in blocks of at most 2 rows', () => {
+  const model = attentionGraph();
+  const [record] = runPasses(model, [splitAttentionPass], { ...toyState(true), splitAttentionAboveBytes: 0, attentionChunkBytes: 24 });
+  expect(record.summary).toContain('2 heads) in 4 blocks');
+  expectGolden('split-attention.rows', printGraph(model.graph, { nodeNames: false }));
 });
 
 test('float16-lora-inputs (lora infer fp16): infer.onnx takes its LoRA tensors as float16, cast where read', () => {

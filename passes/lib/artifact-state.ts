@@ -36,6 +36,10 @@ export interface ArtifactState {
   readonly quantizeMinElements?: number;
   /** split-attention: the attention map size, in bytes, above which it is split per head; default SPLIT_ABOVE_BYTES (the tests' small models have small maps). */
   readonly splitAttentionAboveBytes?: number;
+  /** split-attention: the largest map of one block of query rows, in bytes; default CHUNK_BYTES. */
+  readonly attentionChunkBytes?: number;
+  /** chunk-attention: the largest block of an inference map at the training shapes, in bytes; default INFER_CHUNK_BYTES. */
+  readonly inferChunkBytes?: number;
 
   /** The UNet inputs/outputs a float16 export declares float16 (float16-weights.ts); the passes see them float32. */
   readonly float16Io?: readonly string[];

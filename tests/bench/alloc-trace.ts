@@ -157,6 +157,20 @@ function analyse(dir: string, top: number): void {
         .map(([bytes, n]) => `${n} x ${(bytes / MiB).toFixed(2)} MiB`)
         .join(', '),
   );
+  // Many equal blocks (one per attention block or per layer) hide below --top: the same sums by the
+  // allocating kernel's op (its name without the layer path) and size.
+  const byOp = new Map<string, { n: number; bytes: number }>();
+  for (const b of during) {
+    const op = name(kernelAt(b.bornNs))
+      .replace(/\/(down_blocks|up_blocks|resnets|attentions|transformer_blocks|upsamplers|downsamplers)\.\d+/g, '')
+      .replace(/_(head|rows)\d+/g, '');
+    const key = `${(b.bytes / MiB).toFixed(2)} MiB ${op}`;
+    const e = byOp.get(key) ?? { n: 0, bytes: 0 };
+    byOp.set(key, { n: e.n + 1, bytes: e.bytes + b.bytes });
+  }
+  console.log('  by size and allocating op:');
+  for (const [key, e] of [...byOp].sort((x, y) => y[1].bytes - x[1].bytes).slice(0, top))
+    console.log(`    ${(e.bytes / MiB).toFixed(0).padStart(5)} MiB = ${e.n} x ${key}`);
   console.log(`  largest blocks, with the kernel that allocated them (kernels before the peak):`);
   for (const b of during.slice(0, top)) {
     const k = kernelAt(b.bornNs);

@@ -11,10 +11,17 @@
  * LoRA as inputs) and of `hollowc bake`'s infer-baked.onnx, next to `inference` (model.onnx), with
  * the same session options (issue 12 part 3). Not run by jest.
  *
+ * `--ep webgpu` (or cuda, ...) opens every row's session on that provider (no CPU fallback: a row
+ * that cannot start fails); where `nvidia-smi` answers, the parent samples the device's memory.used
+ * every 100 ms while each row runs and records its peak and its baseline before the row started.
+ * `warmStepSeconds` is the median of the steps after the first (the first run of a session also
+ * pays onnxruntime's one-time work; with --steps 2 `medianStepSeconds` is the slower of the two).
+ *
  *   npx tsc -p . && node dist/tests/bench/train-step.js [--dir /tmp/x] [--keep] [--steps 3] [--threads 2]
  *       [--only hollowed-host,inference] [--config '{"session.key":"value"}'] [--dump-optimized] [--malloc default]
+ *       [--latent 64] [--ep webgpu]
  */
-import { spawnSync } from 'child_process';
+import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -23,6 +30,7 @@ import { LEARNING_RATE, LOSS_WEIGHT, STEP, TIMESTEP, isLoraParam, optimizerState
 import { MALLOC_ENV } from '../../cli/allocator';
 import { toHalfBits } from '../../runtime/formats/float16';
 import { syntheticParams, syntheticValue } from './synthetic';
+import { EXECUTION_PROVIDERS, ExecutionProvider } from '../../runtime/ort/session';
 import { OptimizerMode, StepRunner, describeTrainGraph, trainingSession } from '../../runtime/train/step-graph';
 
 const MiB = 2 ** 20;
@@ -114,6 +122,8 @@ interface ChildArgs {
   dump: boolean;
   /** Latent side (default 32). */
   latent?: number;
+  /** Execution provider (default cpu). */
+  ep?: ExecutionProvider;
 }
 
 async function child(a: ChildArgs): Promise<void> {
@@ -128,8 +138,8 @@ async function child(a: ChildArgs): Promise<void> {
   const file = graph?.file ?? a.file;
   // The runtime's options: training graphs as runtime/train/step-graph.ts trainingSession sets them.
   const base = graph
-    ? trainingSession({ session: { intraOpThreads: a.threads } })
-    : { intraOpThreads: a.threads, optimization: 'all' as const };
+    ? trainingSession({ session: { intraOpThreads: a.threads }, ep: a.ep })
+    : { intraOpThreads: a.threads, optimization: 'all' as const, ep: a.ep };
   // and the artifact's own session config (float16 weights: passes/float16-weights.ts)
   const session = await createSession(
     file,
@@ -189,12 +199,13 @@ async function child(a: ChildArgs): Promise<void> {
     times.push((Date.now() - t) / 1000);
   }
   const peaks = await sampler.stop();
-  const sorted = [...times].sort((x, y) => x - y);
+  const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
   console.log(
     JSON.stringify({
       loadSeconds,
       stepSeconds: times,
-      medianStepSeconds: sorted[Math.floor(sorted.length / 2)],
+      medianStepSeconds: median(times),
+      ...(times.length > 1 ? { warmStepSeconds: median(times.slice(1)) } : {}),
       vmHwmMiB: vmHwmMiB(),
       maxRssMiB: Math.round((process.resourceUsage().maxRSS * 1024) / MiB),
       peaks,
@@ -203,12 +214,40 @@ async function child(a: ChildArgs): Promise<void> {
   );
 }
 
+/**
+ * The device's memory.used (MiB, first GPU) every 100 ms while a row runs, from `nvidia-smi`'s
+ * loop mode; undefined where there is no nvidia-smi (the CPU machines).
+ */
+function nvidiaMemory(): { stop(): Promise<{ deviceBeforeMiB: number; devicePeakMiB: number } | undefined> } {
+  const first = spawnSync('nvidia-smi', ['--query-gpu=memory.used', '--format=csv,noheader,nounits', '-i', '0'], { encoding: 'utf8' });
+  const before = Number(first.stdout?.trim());
+  if (first.status !== 0 || !Number.isFinite(before)) return { stop: async () => undefined };
+  let peak = before;
+  const loop = spawn('nvidia-smi', ['--query-gpu=memory.used', '--format=csv,noheader,nounits', '-i', '0', '-lms', '100'], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  loop.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+    for (const line of chunk.split('\n')) if (Number.isFinite(Number(line.trim())) && line.trim()) peak = Math.max(peak, Number(line));
+  });
+  return {
+    stop: async () => {
+      loop.kill();
+      return { deviceBeforeMiB: before, devicePeakMiB: peak };
+    },
+  };
+}
+
 /** Each row's process starts as `hollowc train` starts itself (cli/allocator.ts), unless --malloc default. */
-function spawnJson(args: string[], env: NodeJS.ProcessEnv): Record<string, unknown> {
-  const r = spawnSync(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8', maxBuffer: 2 ** 26, env });
-  if (r.status !== 0) throw new Error(`${args.join(' ')} failed with exit ${r.status}`);
-  const line = r.stdout.trim().split('\n').pop()!;
-  return JSON.parse(line);
+async function spawnJson(args: string[], env: NodeJS.ProcessEnv): Promise<Record<string, unknown>> {
+  const device = nvidiaMemory();
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'], env });
+  let stdout = '';
+  child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
+  const status = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  const memory = await device.stop();
+  if (status !== 0) throw new Error(`${args.join(' ')} failed with exit ${status}`);
+  const line = stdout.trim().split('\n').pop()!;
+  return { ...JSON.parse(line), ...(memory ?? {}) };
 }
 
 interface Row {
@@ -244,6 +283,14 @@ const ROWS: Row[] = [
   {
     id: 'baked',
     label: 'baked `infer-baked.onnx` (39.2%, LoRA folded in)',
+    kind: 'inference',
+    hollow: 'preset "39.2%"',
+    mode: 'graph',
+    extra: true,
+  },
+  {
+    id: 'precompute',
+    label: '`precompute.onnx` (39.2%, the base UNet up to the hollow activation)',
     kind: 'inference',
     hollow: 'preset "39.2%"',
     mode: 'graph',
@@ -295,6 +342,8 @@ async function main(argv: string[]): Promise<void> {
   const threads = Number(opt('--threads', '2'));
   const config = JSON.parse(opt('--config', '{}')) as Record<string, string>;
   const only = opt('--only', '').split(',').filter(Boolean);
+  const ep = opt('--ep', 'cpu') as ExecutionProvider;
+  if (!EXECUTION_PROVIDERS.includes(ep)) throw new Error(`--ep ${ep}: one of ${EXECUTION_PROVIDERS.join(', ')}`);
   const rows = ROWS.filter((r) => (only.length ? only.includes(r.id) : !r.extra));
   const env = opt('--malloc', 'hollowc') === 'default' ? process.env : { ...process.env, ...MALLOC_ENV };
   const unet = path.join(dir, 'unet', 'model.onnx');
@@ -306,7 +355,7 @@ async function main(argv: string[]): Promise<void> {
   const compile = (hollow: string, base: 'fp32' | 'int8' | 'fp16' = 'fp32', emit = 'train grads', loraInfer: 'fp32' | 'fp16' = 'fp32') => {
     const out = path.join(
       dir,
-      `${hollow === 'none' ? 'out-none' : `out-${hollow.replace(/\D/g, '')}`}${latent === 32 ? '' : `-${latent}`}${base === 'fp32' ? '' : `-${base}`}${emit.includes('infer') ? '-infer' : ''}${loraInfer === 'fp16' ? '-fp16lora' : ''}`,
+      `${hollow === 'none' ? 'out-none' : `out-${hollow.replace(/\D/g, '')}`}${latent === 32 ? '' : `-${latent}`}${base === 'fp32' ? '' : `-${base}`}${emit.includes('infer') ? '-infer' : ''}${emit === 'precompute' ? '-precompute' : ''}${loraInfer === 'fp16' ? '-fp16lora' : ''}`,
     );
     if (compiled.has(out)) return compiled.get(out)!;
     const text = SPEC(hollow, latent, base, emit, loraInfer);
@@ -328,8 +377,9 @@ async function main(argv: string[]): Promise<void> {
     });
     return compiled.get(out)!;
   };
-  const inferModel = (which: 'two-path' | 'two-path-fp16' | 'baked') => {
+  const inferModel = (which: 'two-path' | 'two-path-fp16' | 'baked' | 'precompute') => {
     if (which === 'two-path-fp16') return { out: path.join(compile('preset "39.2%"', 'fp32', 'infer', 'fp16').out, 'infer.onnx') };
+    if (which === 'precompute') return { out: path.join(compile('preset "39.2%"', 'fp32', 'precompute').out, 'precompute.onnx') };
     const { out } = compile('preset "39.2%"', 'fp32', 'train grads infer');
     if (which === 'two-path') return { out: path.join(out, 'infer.onnx') };
     const baked = path.join(out, 'infer-baked.onnx');
@@ -341,13 +391,20 @@ async function main(argv: string[]): Promise<void> {
     }
     return { out: baked };
   };
-  const results: (Row & { medianStepSeconds: number; vmHwmMiB: number; peaks: Record<string, Peaks> })[] = [];
+  const results: (Row & {
+    medianStepSeconds: number;
+    warmStepSeconds?: number;
+    vmHwmMiB: number;
+    peaks: Record<string, Peaks>;
+    devicePeakMiB?: number;
+    deviceBeforeMiB?: number;
+  })[] = [];
   for (const row of rows) {
     const target =
       row.kind === 'train'
         ? compile(row.hollow!, row.base)
         : row.hollow
-          ? inferModel(row.id as 'two-path' | 'two-path-fp16' | 'baked')
+          ? inferModel(row.id as 'two-path' | 'two-path-fp16' | 'baked' | 'precompute')
           : { out: unet };
     const args: ChildArgs = {
       kind: row.kind,
@@ -358,25 +415,31 @@ async function main(argv: string[]): Promise<void> {
       config,
       dump: argv.includes('--dump-optimized'),
       latent,
+      ep,
     };
     const r = {
       ...row,
+      ep,
       ...target,
-      ...spawnJson([__filename, '--child', JSON.stringify(args)], env),
+      ...(await spawnJson([__filename, '--child', JSON.stringify(args)], env)),
     } as unknown as (typeof results)[number];
     console.log(JSON.stringify(r));
     results.push(r);
   }
   const date = new Date().toISOString().slice(0, 10);
   console.log(
-    `\n${date}, ${threads} threads, ${steps} steps per row (median), one process per row, malloc ${env === process.env ? 'as started' : JSON.stringify(MALLOC_ENV)}${Object.keys(config).length ? `, session config ${JSON.stringify(config)}` : ''}\n`,
+    `\n${date}, latents ${latent}x${latent}, ${ep}, ${threads} threads, ${steps} steps per row (median; warm: the steps after the first), one process per row, malloc ${env === process.env ? 'as started' : JSON.stringify(MALLOC_ENV)}${Object.keys(config).length ? `, session config ${JSON.stringify(config)}` : ''}\n`,
   );
-  console.log('| configuration | peak RSS (step) | file-backed | anonymous | peak anonymous | VmHWM | step |');
-  console.log('|---|---|---|---|---|---|---|');
+  const device = results.some((r) => r.devicePeakMiB !== undefined);
+  console.log(
+    `| configuration | peak RSS (step) | file-backed | anonymous | peak anonymous | VmHWM | step | warm step |${device ? ' device memory.used (peak, before) |' : ''}`,
+  );
+  console.log(`|---|---|---|---|---|---|---|---|${device ? '---|' : ''}`);
   for (const r of results) {
     const p = r.peaks.step;
+    const used = device ? ` ${r.devicePeakMiB ?? '?'} MiB (${r.deviceBeforeMiB ?? '?'}) |` : '';
     console.log(
-      `| ${r.label} | ${p.totalMiB} MiB | ${p.fileAtTotalMiB} MiB | ${p.anonAtTotalMiB} MiB | ${p.anonMiB} MiB | ${r.vmHwmMiB} MiB | ${r.medianStepSeconds.toFixed(2)} s |`,
+      `| ${r.label} | ${p.totalMiB} MiB | ${p.fileAtTotalMiB} MiB | ${p.anonAtTotalMiB} MiB | ${p.anonMiB} MiB | ${r.vmHwmMiB} MiB | ${r.medianStepSeconds.toFixed(2)} s | ${r.warmStepSeconds?.toFixed(2) ?? '-'} s |${used}`,
     );
   }
   const by = (id: string) => results.find((r) => r.id === id);
@@ -386,8 +449,9 @@ async function main(argv: string[]): Promise<void> {
     if (!x || !y) return;
     const pr = (x.peaks.step.totalMiB / y.peaks.step.totalMiB).toFixed(3);
     const ar = (x.peaks.step.anonAtTotalMiB / y.peaks.step.anonAtTotalMiB).toFixed(3);
+    const warm = x.warmStepSeconds && y.warmStepSeconds ? `, warm step ${(x.warmStepSeconds / y.warmStepSeconds).toFixed(3)}` : '';
     console.log(
-      `${a}/${b}: peak RSS ${pr} (VmHWM ${(x.vmHwmMiB / y.vmHwmMiB).toFixed(3)}, anonymous ${ar}), step time ${(x.medianStepSeconds / y.medianStepSeconds).toFixed(3)}`,
+      `${a}/${b}: peak RSS ${pr} (VmHWM ${(x.vmHwmMiB / y.vmHwmMiB).toFixed(3)}, anonymous ${ar}), step time ${(x.medianStepSeconds / y.medianStepSeconds).toFixed(3)}${warm}`,
     );
   };
   console.log('');

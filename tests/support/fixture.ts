@@ -37,12 +37,13 @@ export const FIXTURE_SHAPES: Record<string, number[]> = { sample: [1, 4, 16, 16]
 
 /**
  * `compile` of the fixture's 39.2% cut with its LoRA targets, emitting `grads.onnx`, into a new
- * folder; `passes` leaves passes out or sets split-attention's threshold (tests of one rewrite).
+ * folder; `passes` leaves passes out or sets split-attention's threshold and block size (tests of
+ * one rewrite).
  */
 export function compileFixtureGrads(
   base: 'fp32' | 'int8' | 'fp16' = 'fp32',
   prefix = 'hollowc-fixture-',
-  passes: Pick<CompileRequest, 'skipPasses' | 'splitAttentionAboveBytes'> = {},
+  passes: Pick<CompileRequest, 'skipPasses' | 'splitAttentionAboveBytes' | 'attentionChunkBytes'> = {},
 ): { out: string; m: CompileManifest } {
   const fixture = fixtureManifest();
   const out = tempDir(prefix);
