@@ -157,6 +157,21 @@ function conditioningFeeds(
   return feeds;
 }
 
+/** A `hollow none` record's activation: no values (shape [0]). */
+const NO_ACTIVATION = { activation: new Float32Array(0), activationShape: [0] };
+
+/** One precompute.onnx run: the hollow activation of one sample, without its batch dimension. */
+async function hollowActivation(
+  session: ort.InferenceSession,
+  file: string,
+  feeds: Record<string, ort.Tensor>,
+): Promise<{ activation: Float32Array; activationShape: number[] }> {
+  const result = await session.run(feeds);
+  const tensor = result[HOLLOW_ACTIVATION];
+  if (!tensor) throw new HollowcError(`precompute.onnx has no output named ${HOLLOW_ACTIVATION}`, file);
+  return { activation: float32Data(tensor, HOLLOW_ACTIVATION), activationShape: tensor.dims.slice(1) as number[] };
+}
+
 /** Holds the folder's writer lock (compiler/folder-lock.ts) for the whole run. */
 export function precompute(options: PrecomputeOptions): Promise<PrecomputeResult> {
   return withFolderLockAsync(options.out, 'hollowc precompute', () => precomputeUnlocked(options));
@@ -165,7 +180,9 @@ export function precompute(options: PrecomputeOptions): Promise<PrecomputeResult
 async function precomputeUnlocked(options: PrecomputeOptions): Promise<PrecomputeResult> {
   const started = Date.now();
   const manifest = loadManifest(options.out);
-  const artifact = requireArtifact(options.out, manifest, 'precompute', 'precompute');
+  // `hollow none` (plain LoRA fine-tuning) has no hollow activation: its store holds z_t, t, the
+  // targets and the conditioning, and precompute runs no model.
+  const artifact = manifest.cut ? requireArtifact(options.out, manifest, 'precompute', 'precompute') : undefined;
   const settings = manifest.training;
   const seed = options.seed ?? settings.seed;
   const data = options.data;
@@ -175,7 +192,7 @@ async function precomputeUnlocked(options: PrecomputeOptions): Promise<Precomput
   const schedule = NoiseSchedule.forFamily(manifest.family);
   const latentShape = data.instanceLatents[0].shape;
   const latentSize = latentShape.reduce((a, b) => a * b, 1);
-  const sdxl = artifact.inputs.some((i) => i.name === TIME_IDS);
+  const sdxl = Object.values(manifest.artifacts).some((a) => a?.inputs.some((i) => i.name === TIME_IDS));
   const timeIds = sdxl ? (data.timeIds ?? defaultTimeIds(latentShape)) : undefined;
   const fingerprint = storeFingerprint(manifest, data, seed, settings.prediction);
   const storeDir = options.storeDir ?? path.join(options.out, STORE_DIR);
@@ -196,15 +213,15 @@ async function precomputeUnlocked(options: PrecomputeOptions): Promise<Precomput
   }
   const existing = store?.count ?? 0;
   const session =
-    existing < options.count
+    existing < options.count && artifact
       ? await createSession(
           artifact.path,
           withArtifactConfig({ ...options.session, ep: options.ep, fallbackToCpu: options.fallbackToCpu }, artifact),
         )
       : undefined;
-  const classFeeds = conditioningFeeds(manifest.family, artifact.inputs, data.class, timeIds);
-  const sampleDesc = artifact.inputs.find((i) => i.name === 'sample');
-  const timestepDesc = artifact.inputs.find((i) => i.name === 'timestep');
+  const classFeeds = artifact ? conditioningFeeds(manifest.family, artifact.inputs, data.class, timeIds) : {};
+  const sampleDesc = artifact?.inputs.find((i) => i.name === 'sample');
+  const timestepDesc = artifact?.inputs.find((i) => i.name === 'timestep');
   let added = 0;
   try {
     for (let i = existing; i < options.count; i++) {
@@ -213,20 +230,19 @@ async function precomputeUnlocked(options: PrecomputeOptions): Promise<Precomput
       const { t, eps } = drawNoise(seed, i, schedule.numTrainTimesteps, latentSize);
       const zt = schedule.addNoise(z, eps, t);
       const target = schedule.target(settings.prediction, z, eps, t);
-      const result = await session!.run({
-        ...classFeeds,
-        sample: tensorFor(sampleDesc, zt, [1, ...latentShape]),
-        timestep: timestepFor(timestepDesc, [t]),
-      });
-      const activationTensor = result[HOLLOW_ACTIVATION];
-      if (!activationTensor) throw new HollowcError(`precompute.onnx has no output named ${HOLLOW_ACTIVATION}`, artifact.path);
-      const activation = float32Data(activationTensor, HOLLOW_ACTIVATION);
+      const { activation, activationShape } = artifact
+        ? await hollowActivation(session!, artifact.path, {
+            ...classFeeds,
+            sample: tensorFor(sampleDesc, zt, [1, ...latentShape]),
+            timestep: timestepFor(timestepDesc, [t]),
+          })
+        : NO_ACTIVATION;
       if (!store) {
         store = Store.create(
           storeDir,
           {
             latentShape,
-            activationShape: activationTensor.dims.slice(1) as number[],
+            activationShape,
             family: manifest.family,
             prediction: settings.prediction,
             seed,

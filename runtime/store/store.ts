@@ -352,7 +352,10 @@ const isShape = (v: unknown): v is number[] => Array.isArray(v) && v.length > 0 
 
 /** What a hand-edited or damaged store.json gets wrong, checked before anything is sized from it. */
 function headerProblem(h: StoreHeader): string | undefined {
-  if (!isShape(h.latentShape) || !isShape(h.activationShape)) return 'latentShape / activationShape are not lists of sizes';
+  // [0]: a `hollow none` store (plain LoRA) keeps no hollow activation
+  const noActivation = Array.isArray(h.activationShape) && h.activationShape.length === 1 && h.activationShape[0] === 0;
+  if (!isShape(h.latentShape) || !(isShape(h.activationShape) || noActivation))
+    return 'latentShape / activationShape are not lists of sizes';
   if (!Number.isSafeInteger(h.recordBytes) || h.recordBytes <= 0) return 'recordBytes is not a positive integer';
   if (!Array.isArray(h.fields)) return 'fields is not a list';
   if (
