@@ -74,7 +74,11 @@ export async function sampleLatents(
       const result = await session.run({
         ...fixed,
         [SAMPLE]: webTensor(ort, describe(SAMPLE), batch, [B, ...o.latentShape]),
-        [TIMESTEP]: webTensor(ort, describe(TIMESTEP), new Array(B).fill(t), [B]),
+        // a 0-d timestep (optimum >= 1.24's exports) is one t for the batch
+        [TIMESTEP]:
+          describe(TIMESTEP)?.shape.length === 0
+            ? webTensor(ort, describe(TIMESTEP), [t], [])
+            : webTensor(ort, describe(TIMESTEP), new Array(B).fill(t), [B]),
       });
       return floatOutput(result[outputName], outputName);
     },
