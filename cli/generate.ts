@@ -11,7 +11,7 @@ import { Command, Option } from 'commander';
 import { HollowcError } from '../compiler/errors';
 import { loadManifest } from '../runtime/ort/artifacts';
 import { readLatentBatch, writeNpy } from '../runtime/formats/npy';
-import { ProgressLine } from '../runtime/progress';
+import { progressFromFirstUpdate } from '../runtime/progress';
 import { generate } from '../runtime/sampling/two-path';
 import { SCHEDULERS } from '../runtime/sampling/schedulers';
 import { readConditioning } from '../runtime/store/training-data';
@@ -77,7 +77,7 @@ export function registerGenerate(program: Command): void {
     const negative = o.negativeEmbeds ? readConditioning(o.negativeEmbeds) : undefined;
     const latentShape = o.latentSize ? [4, ...o.latentSize] : undefined;
     const initialNoise = o.latentsIn ? readLatentBatch(o.latentsIn).data : undefined;
-    let progress: ProgressLine | undefined;
+    const progress = progressFromFirstUpdate('step');
     const r = await generate({
       out: dir,
       prompt,
@@ -96,10 +96,9 @@ export function registerGenerate(program: Command): void {
       fallbackToCpu: o.cpuFallback,
       session: tuning(o),
       onStep: (i) => {
-        progress ??= new ProgressLine('step', o.steps, process.stderr, i - 1);
-        progress.update(i);
+        progress.update(i, o.steps);
       },
-    }).finally(() => progress?.finish());
+    }).finally(() => progress.finish());
     fs.mkdirSync(path.dirname(path.resolve(latentsOut)), { recursive: true });
     writeNpy(latentsOut, { dtype: 'float32', shape: r.shape, data: r.latents });
     out(

@@ -2,7 +2,7 @@
 import { Command } from 'commander';
 import { ExecutionProvider } from '../runtime/ort/session';
 import { precompute } from '../runtime/store/precompute';
-import { ProgressLine, formatBytes } from '../runtime/progress';
+import { formatBytes, progressFromFirstUpdate } from '../runtime/progress';
 import { loadTrainingData } from '../runtime/store/training-data';
 import { TuningCli, out, parseCount, parseSeed, sessionOptions, tuning } from './options';
 
@@ -42,7 +42,7 @@ export function registerPrecompute(program: Command): void {
       classLatents: o.classLatents,
       timeIds: o.timeIds,
     });
-    let progress: ProgressLine | undefined;
+    const progress = progressFromFirstUpdate('precompute');
     const r = await precompute({
       out: dir,
       data,
@@ -53,10 +53,9 @@ export function registerPrecompute(program: Command): void {
       fallbackToCpu: o.cpuFallback,
       session: tuning(o),
       onRecord: (done) => {
-        progress ??= new ProgressLine('precompute', o.count, process.stderr, done - 1);
-        progress.update(done);
+        progress.update(done, o.count);
       },
-    }).finally(() => progress?.finish());
+    }).finally(() => progress.finish());
     if (r.repaired.bytes) out(`repaired the store: dropped ${formatBytes(r.repaired.bytes)} of a torn last record`);
     out(
       r.added

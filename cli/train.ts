@@ -3,7 +3,7 @@ import * as path from 'path';
 import { Command, Option } from 'commander';
 import { HollowcError } from '../compiler/errors';
 import { ExecutionProvider } from '../runtime/ort/session';
-import { ProgressLine, formatDuration } from '../runtime/progress';
+import { formatDuration, progressFromFirstUpdate } from '../runtime/progress';
 import { train } from '../runtime/train/train';
 import { OPTIMIZER_MODES, OptimizerMode } from '../runtime/train/step-graph';
 import { TuningCli, out, parseCount, parseNumber, parseSeed, sessionOptions, tuning } from './options';
@@ -43,7 +43,7 @@ export function registerTrain(program: Command): void {
     );
   sessionOptions(command).action(async (dir: string, o: TrainCli) => {
     if (o.resume && o.restart) throw new HollowcError('give --resume or --restart, not both');
-    let progress: ProgressLine | undefined;
+    const progress = progressFromFirstUpdate('step');
     const r = await train({
       out: dir,
       steps: o.steps,
@@ -59,10 +59,9 @@ export function registerTrain(program: Command): void {
       fallbackToCpu: o.cpuFallback,
       session: tuning(o),
       onStep: (s) => {
-        progress ??= new ProgressLine('step', s.steps, process.stderr, s.step - 1);
-        progress.update(s.step, { loss: s.loss.toFixed(5) });
+        progress.update(s.step, s.steps, { loss: s.loss.toFixed(5) });
       },
-    }).finally(() => progress?.finish());
+    }).finally(() => progress.finish());
     const first = r.losses[0];
     const last = r.losses[r.losses.length - 1];
     if (!r.losses.length) out(`already at step ${r.step}; nothing to train`);

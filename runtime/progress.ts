@@ -86,3 +86,19 @@ export class ProgressLine {
     this.lastLength = 0;
   }
 }
+
+/**
+ * A progress line made at the first update, where the run starts (a resumed run counts its rate
+ * from there), for callers that learn the starting point only from their first callback.
+ */
+export function progressFromFirstUpdate(label: string, stream: ProgressStream = process.stderr) {
+  let line: ProgressLine | undefined;
+  return {
+    update(done: number, total: number, fields?: Record<string, string>): void {
+      (line ??= new ProgressLine(label, total, stream, done - 1)).update(done, fields);
+    },
+    finish(): void {
+      line?.finish();
+    },
+  };
+}
