@@ -268,6 +268,16 @@ describe.each(['sd15', 'sdxl'] as const)('dynamo exporter form, %s tiny', (famil
     expect(dyn.manifest.lora.targets.length).toBeGreaterThanOrEqual(8);
   });
 
+  test('the training graph does the same work: only the weight Transposes and Unsqueezes differ (rematerialize reads a weight through them)', () => {
+    const ops = (out: string) => {
+      const counts: Record<string, number> = {};
+      for (const n of loadModel(path.join(out, 'grads.onnx')).graph.nodes)
+        if (!['Transpose', 'Unsqueeze', 'Constant'].includes(n.opType)) counts[n.opType] = (counts[n.opType] ?? 0) + 1;
+      return counts;
+    };
+    expect(ops(dyn.out)).toEqual(ops(ts.out));
+  });
+
   test('the base UNet agrees with the TorchScript form; infer.onnx with B = 0 is the base UNet', async () => {
     const inputs = describeInputs(ts.model);
     const base = (await runModel(ts.model, feedsFor(inputs, family))).out_sample.data as Float32Array;
