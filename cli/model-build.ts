@@ -29,9 +29,10 @@ function parseWeightSeed(text: string): number {
   return normalizeSeed(parseSeed(text));
 }
 
-function parseChoice<T extends string>(choices: readonly T[]): (text: string) => T {
+function parseChoice<T extends string>(option: string, choices: readonly T[]): (text: string) => T {
   return (text) => {
-    if (!(choices as readonly string[]).includes(text)) throw new HollowcError(`expected one of ${choices.join(', ')}, got "${text}"`);
+    if (!(choices as readonly string[]).includes(text))
+      throw new HollowcError(`${option} must be one of ${choices.join(', ')}, got "${text}"`);
     return text as T;
   };
 }
@@ -129,12 +130,12 @@ export function registerModelBuild(program: Command): Command {
     .option(
       '--exporter <name>',
       'the torch exporter to imitate: torchscript (default) or dynamo (torch >= 2.9, opset 18)',
-      parseChoice(['torchscript', 'dynamo']),
+      parseChoice('--exporter', ['torchscript', 'dynamo']),
     )
     .option(
       '--timestep <form>',
       'timestep input: float [batch] (default), int64 [steps] (optimum < 1.24) or scalar (float 0-d, optimum >= 1.24)',
-      parseChoice(TIMESTEP_FORMS),
+      parseChoice('--timestep', TIMESTEP_FORMS),
     )
     .action(async (family: string | undefined, opts: ModelBuildOptions) => {
       await (opts.pipeline ? runPipelineBuild(family, opts) : runModelBuild(family, opts));

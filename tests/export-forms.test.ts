@@ -31,6 +31,7 @@ import { Store } from '../runtime/store';
 import { loadTrainingData, readConditioning } from '../runtime/training-data';
 import { train } from '../runtime/train';
 import { writeData } from './runtime-fake-train';
+import { runCli } from './support/cli';
 import { maxAbsDiff, runModel, tempDir } from './support/fixture';
 
 const SEED = 5;
@@ -306,5 +307,29 @@ describe.each(['sd15', 'sdxl'] as const)('dynamo exporter form, %s tiny', (famil
     expect(worst).toBeLessThan(1e-4);
     // B moved off zero: the step trained something
     expect([...dyn.lora].some(([k, v]) => k.includes('lora_B') && v.some((x) => x !== 0))).toBe(true);
+  });
+});
+
+describe('hollowc model build --exporter / --timestep', () => {
+  test('builds the form asked for; inspect reads it', async () => {
+    const out = path.join(root, 'cli-dynamo-int64');
+    const built = await runCli(['model', 'build', 'sd15', '--tiny', '--exporter', 'dynamo', '--timestep', 'int64', '-o', out]);
+    expect(built.code).toBe(0);
+    const g = loadModel(path.join(out, 'model.onnx')).graph;
+    expect(g.inputs.find((v) => v.name === 'timestep')!.type).toEqual({ elemType: 7, shape: ['steps'] });
+    expect(g.nodes.every((n) => n.name.startsWith('node_'))).toBe(true);
+    const inspected = await runCli(['inspect', path.join(out, 'model.onnx'), '--json']);
+    expect(inspected.code).toBe(0);
+    expect(JSON.parse(inspected.stdout).family).toBe('sd15');
+  });
+
+  test.each([
+    ['--exporter', 'onnxscript', '--exporter must be one of torchscript, dynamo, got "onnxscript"'],
+    ['--timestep', 'int32', '--timestep must be one of float, int64, scalar, got "int32"'],
+  ])('%s %s: one line, nothing written', async (flag, value, message) => {
+    const out = path.join(root, `cli-bad-${value}`);
+    const r = await runCli(['model', 'build', 'sd15', '--tiny', flag, value, '-o', out]);
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 1, stderr: `hollowc: error: ${message}\n` });
+    expect(fs.existsSync(out)).toBe(false);
   });
 });
