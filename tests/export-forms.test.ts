@@ -11,7 +11,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { compileFromSpec } from '../cli/compile';
+import { bakeCompiled, compileFromSpec } from '../cli/compile';
 import * as ort from 'onnxruntime-node';
 import { CompileManifest, TensorDescription } from '../compiler/manifest';
 import { NAME_SCOPES_KEY } from '../compiler/module-scope';
@@ -178,6 +178,16 @@ function feedsFor(inputs: readonly TensorDescription[], family: FamilyName): Rec
   return feeds;
 }
 
+/** The feeds with the LoRA inputs replaced by a trained LoRA (peft keys `unet.<input name>`). */
+function withLora(feeds: Record<string, ort.Tensor>, lora: Map<string, Float32Array>): Record<string, ort.Tensor> {
+  const out = { ...feeds };
+  for (const [name, t] of Object.entries(feeds)) {
+    const v = lora.get(`unet.${name}`);
+    if (v) out[name] = new ort.Tensor('float32', v, t.dims);
+  }
+  return out;
+}
+
 function describeInputs(file: string): TensorDescription[] {
   return loadModel(file).graph.inputs.map((v) => ({ name: v.name, dtype: 'float32', shape: v.type?.shape ?? [] }));
 }
@@ -307,6 +317,29 @@ describe.each(['sd15', 'sdxl'] as const)('dynamo exporter form, %s tiny', (famil
     expect(worst).toBeLessThan(1e-4);
     // B moved off zero: the step trained something
     expect([...dyn.lora].some(([k, v]) => k.includes('lora_B') && v.some((x) => x !== 0))).toBe(true);
+  });
+
+  test('bake folds the trained LoRA into the torch-layout weights as into the pre-transposed ones', async () => {
+    const baked = [ts, dyn].map((r) => ({ run: r, result: bakeCompiled(r.out, path.join(r.out, 'lora.safetensors')) }));
+    expect(baked[1].result.folded).toBe(baked[0].result.folded);
+    expect(baked[1].result.folded).toBeGreaterThan(0);
+    const outputs = await Promise.all(
+      baked.map(async ({ result }) => {
+        const inputs = describeInputs(result.file);
+        return (await runModel(result.file, feedsFor(inputs, family))).out_sample.data as Float32Array;
+      }),
+    );
+    const inferWithLora = async (r: ExporterRun) =>
+      (await runModel(path.join(r.out, 'infer.onnx'), withLora(feedsFor(r.manifest.artifacts.infer!.inputs, family), r.lora))).out_sample
+        .data as Float32Array;
+    const lora = await inferWithLora(dyn);
+    // the LoRA on path 2 only, as in the TorchScript form (path 1's copies are told apart by name)
+    expect(relMax(lora, await inferWithLora(ts))).toBeLessThan(1e-5);
+    console.log(
+      `${family} dynamo form: baked vs TorchScript baked ${relMax(outputs[1], outputs[0])}, vs infer.onnx with the LoRA fed ${relMax(outputs[1], lora)}`,
+    );
+    expect(relMax(outputs[1], outputs[0])).toBeLessThan(1e-5);
+    expect(relMax(outputs[1], lora)).toBeLessThan(1e-4);
   });
 });
 
