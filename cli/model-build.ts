@@ -31,9 +31,10 @@ function parseWeightSeed(text: string): number {
   return normalizeSeed(parseSeed(text));
 }
 
-function parseChoice<T extends string>(choices: readonly T[]): (text: string) => T {
+function parseChoice<T extends string>(option: string, choices: readonly T[]): (text: string) => T {
   return (text) => {
-    if (!(choices as readonly string[]).includes(text)) throw new HollowcError(`expected one of ${choices.join(', ')}, got "${text}"`);
+    if (!(choices as readonly string[]).includes(text))
+      throw new HollowcError(`${option} must be one of ${choices.join(', ')}, got "${text}"`);
     return text as T;
   };
 }
@@ -132,12 +133,12 @@ export function registerModelBuild(program: Command): Command {
     .option(
       '--exporter <name>',
       'the torch exporter to imitate: torchscript (default) or dynamo (torch >= 2.9, opset 18)',
-      parseChoice(['torchscript', 'dynamo']),
+      parseChoice('--exporter', ['torchscript', 'dynamo']),
     )
     .option(
       '--timestep <form>',
       'timestep input: float [batch] (default), int64 [steps] (optimum < 1.24) or scalar (float 0-d, optimum >= 1.24)',
-      parseChoice(TIMESTEP_FORMS),
+      parseChoice('--timestep', TIMESTEP_FORMS),
     )
     .option('--dtype <fp32|fp16>', 'fp16: the float16 form optimum-cli export onnx --dtype fp16 writes (default fp32)', parseChoice(BUILD_DTYPES))
     .action(async (family: string | undefined, opts: ModelBuildOptions) => {

@@ -29,7 +29,8 @@ export function copyNodes(g: Graph, nodes: readonly Node[], prefix: string, subs
     const copy = g.addNode({
       opType: n.opType,
       domain: n.domain,
-      name: `${prefix}${n.name}`,
+      // Scoped names (`/down_blocks.0/...`) join as they are; a dynamo export's `node_<fx>` gets a `/`.
+      name: n.name.startsWith('/') ? `${prefix}${n.name}` : `${prefix}/${n.name}`,
       attributes: n.attributes,
       inputs: n.inputs.map((v) => (v ? (map.get(v) ?? v) : null)),
       outputs: n.outputs.map((o) => g.freshName(`${prefix}${o.name}`)),

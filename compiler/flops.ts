@@ -94,6 +94,14 @@ const FREE = new Set([
 /** Ops that pass a weight on unchanged in value (layout, dtype, dequantization). */
 const WEIGHT_VIEWS = new Set(['Transpose', 'Reshape', 'Identity', 'Cast', 'Squeeze', 'Unsqueeze', 'DequantizeLinear']);
 
+/** Whether `v` is an initializer, or one read through layout ops (a dynamo export's Transpose of a Linear weight). */
+export function isWeightView(v: Value | null | undefined): boolean {
+  if (!v) return false;
+  if (v.initializer) return true;
+  const p = v.producer;
+  return !!p && WEIGHT_VIEWS.has(p.opType) && isWeightView(p.inputs[0]);
+}
+
 /**
  * `weightInputs`: graph inputs that are weights too (the LoRA tensors fed to infer.onnx and the
  * training graphs): a product with one of them, or with an initializer, through layout ops or a

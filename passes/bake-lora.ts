@@ -90,7 +90,11 @@ export function bakeLora(g: Graph, values: Map<string, Float32Array>, rank: numb
     const weight = site.weight;
     const join = branchJoin(site, bIn);
     if (!join) throw new Error(`internal: no LoRA branch after ${site.module}`);
-    const shared = weight.uses.some((u) => isBasePath(u.node));
+    // A dynamo export reads the weight through a Transpose, which both paths may share.
+    const readers = weight.uses.flatMap((u) =>
+      u.node.opType === 'Transpose' ? [u.node, ...u.node.outputs[0].uses.map((t) => t.node)] : [u.node],
+    );
+    const shared = readers.some(isBasePath);
     if (shared) {
       // The base path reads this weight too: keep the branch, its tensors become constants.
       for (const [input, data] of [

@@ -27,6 +27,7 @@
  * would merge them back: training sessions disable onnxruntime's CommonSubexpressionElimination
  * (runtime/train/step-graph.ts trainingSession).
  */
+import { isWeightView } from '../compiler/flops';
 import { Graph, Node, Value } from '../compiler/ir';
 import { Pass } from '../compiler/pass';
 import { staticShape } from '../compiler/shape-inference';
@@ -71,7 +72,7 @@ function elements(v: Value): number | undefined {
 /** x·W with W a weight and an output EXPANSION times larger than x (SD: the GEGLU projection). */
 function expandingProjection(n: Node): boolean {
   const [x, w] = n.inputs;
-  if (n.opType !== 'MatMul' || !x || !w?.initializer) return false;
+  if (n.opType !== 'MatMul' || !x || !isWeightView(w)) return false;
   const [inN, outN] = [elements(x), elements(n.outputs[0])];
   return inN !== undefined && outN !== undefined && inN > 0 && outN >= EXPANSION * inN;
 }
@@ -81,7 +82,7 @@ function recomputable(n: Node): boolean {
   if (CHEAP.has(n.opType)) return true;
   if (expandingProjection(n)) return true;
   // Activation × activation products (attention scores): one batched matmul, no weight read.
-  return n.opType === 'MatMul' && n.inputs.every((v) => !!v && !v.initializer && !!v.producer && v.producer.opType !== 'Constant');
+  return n.opType === 'MatMul' && n.inputs.every((v) => !!v && !isWeightView(v) && !!v.producer && v.producer.opType !== 'Constant');
 }
 
 export interface RematerializeResult {
@@ -129,7 +130,8 @@ export function rematerialize(g: Graph, loss: Value, seed: Value): Rematerialize
   const savedSet = new Set(saved);
   const clones = new Map<Value, Value>();
   const kept = new Set<Value>();
-  const free = (v: Value) => !!v.initializer || !v.producer || v.producer.opType === 'Constant' || g.inputs.includes(v);
+  // A weight read through a Transpose (dynamo exports) is a constant too: onnxruntime folds it.
+  const free = (v: Value) => isWeightView(v) || !v.producer || v.producer.opType === 'Constant' || g.inputs.includes(v);
 
   /** The nodes to clone (roots first) to recompute `v` from kept values, or undefined. */
   function plan(v: Value, top: boolean, budget: { left: number }, order: Node[]): boolean {

@@ -11,7 +11,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { compileFromSpec } from '../cli/compile';
+import { bakeCompiled, compileFromSpec } from '../cli/compile';
 import * as ort from 'onnxruntime-node';
 import { CompileManifest, TensorDescription } from '../compiler/manifest';
 import { NAME_SCOPES_KEY } from '../compiler/module-scope';
@@ -31,6 +31,7 @@ import { Store } from '../runtime/store/store';
 import { loadTrainingData, readConditioning } from '../runtime/store/training-data';
 import { train } from '../runtime/train/train';
 import { writeData } from './runtime-fake-train';
+import { runCli } from './support/cli';
 import { maxAbsDiff, runModel, tempDir } from './support/fixture';
 
 const SEED = 5;
@@ -177,6 +178,16 @@ function feedsFor(inputs: readonly TensorDescription[], family: FamilyName): Rec
   return feeds;
 }
 
+/** The feeds with the LoRA inputs replaced by a trained LoRA (peft keys `unet.<input name>`). */
+function withLora(feeds: Record<string, ort.Tensor>, lora: Map<string, Float32Array>): Record<string, ort.Tensor> {
+  const out = { ...feeds };
+  for (const [name, t] of Object.entries(feeds)) {
+    const v = lora.get(`unet.${name}`);
+    if (v) out[name] = new ort.Tensor('float32', v, t.dims);
+  }
+  return out;
+}
+
 function describeInputs(file: string): TensorDescription[] {
   return loadModel(file).graph.inputs.map((v) => ({ name: v.name, dtype: 'float32', shape: v.type?.shape ?? [] }));
 }
@@ -268,6 +279,16 @@ describe.each(['sd15', 'sdxl'] as const)('dynamo exporter form, %s tiny', (famil
     expect(dyn.manifest.lora.targets.length).toBeGreaterThanOrEqual(8);
   });
 
+  test('the training graph does the same work: only the weight Transposes and Unsqueezes differ (rematerialize reads a weight through them)', () => {
+    const ops = (out: string) => {
+      const counts: Record<string, number> = {};
+      for (const n of loadModel(path.join(out, 'grads.onnx')).graph.nodes)
+        if (!['Transpose', 'Unsqueeze', 'Constant'].includes(n.opType)) counts[n.opType] = (counts[n.opType] ?? 0) + 1;
+      return counts;
+    };
+    expect(ops(dyn.out)).toEqual(ops(ts.out));
+  });
+
   test('the base UNet agrees with the TorchScript form; infer.onnx with B = 0 is the base UNet', async () => {
     const inputs = describeInputs(ts.model);
     const base = (await runModel(ts.model, feedsFor(inputs, family))).out_sample.data as Float32Array;
@@ -296,5 +317,52 @@ describe.each(['sd15', 'sdxl'] as const)('dynamo exporter form, %s tiny', (famil
     expect(worst).toBeLessThan(1e-4);
     // B moved off zero: the step trained something
     expect([...dyn.lora].some(([k, v]) => k.includes('lora_B') && v.some((x) => x !== 0))).toBe(true);
+  });
+
+  test('bake folds the trained LoRA into the torch-layout weights as into the pre-transposed ones', async () => {
+    const baked = [ts, dyn].map((r) => ({ run: r, result: bakeCompiled(r.out, path.join(r.out, 'lora.safetensors')) }));
+    expect(baked[1].result.folded).toBe(baked[0].result.folded);
+    expect(baked[1].result.folded).toBeGreaterThan(0);
+    const outputs = await Promise.all(
+      baked.map(async ({ result }) => {
+        const inputs = describeInputs(result.file);
+        return (await runModel(result.file, feedsFor(inputs, family))).out_sample.data as Float32Array;
+      }),
+    );
+    const inferWithLora = async (r: ExporterRun) =>
+      (await runModel(path.join(r.out, 'infer.onnx'), withLora(feedsFor(r.manifest.artifacts.infer!.inputs, family), r.lora))).out_sample
+        .data as Float32Array;
+    const lora = await inferWithLora(dyn);
+    // the LoRA on path 2 only, as in the TorchScript form (path 1's copies are told apart by name)
+    expect(relMax(lora, await inferWithLora(ts))).toBeLessThan(1e-5);
+    console.log(
+      `${family} dynamo form: baked vs TorchScript baked ${relMax(outputs[1], outputs[0])}, vs infer.onnx with the LoRA fed ${relMax(outputs[1], lora)}`,
+    );
+    expect(relMax(outputs[1], outputs[0])).toBeLessThan(1e-5);
+    expect(relMax(outputs[1], lora)).toBeLessThan(1e-4);
+  });
+});
+
+describe('hollowc model build --exporter / --timestep', () => {
+  test('builds the form asked for; inspect reads it', async () => {
+    const out = path.join(root, 'cli-dynamo-int64');
+    const built = await runCli(['model', 'build', 'sd15', '--tiny', '--exporter', 'dynamo', '--timestep', 'int64', '-o', out]);
+    expect(built.code).toBe(0);
+    const g = loadModel(path.join(out, 'model.onnx')).graph;
+    expect(g.inputs.find((v) => v.name === 'timestep')!.type).toEqual({ elemType: 7, shape: ['steps'] });
+    expect(g.nodes.every((n) => n.name.startsWith('node_'))).toBe(true);
+    const inspected = await runCli(['inspect', path.join(out, 'model.onnx'), '--json']);
+    expect(inspected.code).toBe(0);
+    expect(JSON.parse(inspected.stdout).family).toBe('sd15');
+  });
+
+  test.each([
+    ['--exporter', 'onnxscript', '--exporter must be one of torchscript, dynamo, got "onnxscript"'],
+    ['--timestep', 'int32', '--timestep must be one of float, int64, scalar, got "int32"'],
+  ])('%s %s: one line, nothing written', async (flag, value, message) => {
+    const out = path.join(root, `cli-bad-${value}`);
+    const r = await runCli(['model', 'build', 'sd15', '--tiny', flag, value, '-o', out]);
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 1, stderr: `hollowc: error: ${message}\n` });
+    expect(fs.existsSync(out)).toBe(false);
   });
 });
