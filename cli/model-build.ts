@@ -140,7 +140,7 @@ export function registerModelBuild(program: Command): Command {
       'timestep input: float [batch] (default), int64 [steps] (optimum < 1.24) or scalar (float 0-d, optimum >= 1.24)',
       parseChoice('--timestep', TIMESTEP_FORMS),
     )
-    .option('--dtype <fp32|fp16>', 'fp16: the float16 form optimum-cli export onnx --dtype fp16 writes (default fp32)', parseChoice(BUILD_DTYPES))
+    .option('--dtype <fp32|fp16>', 'fp16: the float16 form optimum-cli export onnx --dtype fp16 writes (default fp32)', parseChoice('--dtype', BUILD_DTYPES))
     .action(async (family: string | undefined, opts: ModelBuildOptions) => {
       await (opts.pipeline ? runPipelineBuild(family, opts) : runModelBuild(family, opts));
     });
