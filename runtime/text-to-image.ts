@@ -23,14 +23,22 @@
  */
 import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../compiler/errors';
-import { ENCODER_HIDDEN_STATES, OUT_SAMPLE, SAMPLE, TEXT_EMBEDS, TIMESTEP, TIME_IDS } from '../compiler/manifest';
+import {
+  ENCODER_HIDDEN_STATES,
+  FLOAT16_WEIGHTS_SESSION_CONFIG,
+  OUT_SAMPLE,
+  SAMPLE,
+  TEXT_EMBEDS,
+  TIMESTEP,
+  TIME_IDS,
+} from '../compiler/manifest';
 import { Rng, fillNormal } from '../models/random';
 import { floatValues, tensorFor } from './artifacts';
 import type { GraphIo, PipelineFolder } from './pipeline-folder';
 import { Sampler } from './sample';
 import { ConfiguredScheduler, configureScheduler, defaultSchedulerFor } from './scheduler-config';
 import { SchedulerName, TimestepSpacing } from './schedulers';
-import { SessionOptions, createSession } from './session';
+import { SessionOptions, createSession, withArtifactConfig } from './session';
 import type { Conditioning } from './store';
 import { loadTokenizer } from './tokenizer';
 import { LatentBatch, decodeLatents } from './vae';
@@ -251,7 +259,14 @@ async function denoise(
   const sampleDesc = describe(inputs, SAMPLE);
 
   let latents: Float32Array = Float32Array.from(noise, (x) => x * scheduler.initNoiseSigma);
-  const session = await createSession(o.unetModel ?? folder.unet.model, o.session ?? {});
+  // A float16 UNet: keep its weights float16 in memory (cast at each use) instead of the float32
+  // copies onnxruntime's CPU provider makes at session start. Full SD 2.1 at 32x32: peak 5.96 ->
+  // 3.73 GB, session 13.6 -> 1.0 s, one evaluation 0.63 -> 1.1-1.5 s (the weights cast every run).
+  const half = sampleDesc?.dtype === 'float16';
+  const session = await createSession(
+    o.unetModel ?? folder.unet.model,
+    half ? withArtifactConfig(o.session ?? {}, { sessionConfig: { ...FLOAT16_WEIGHTS_SESSION_CONFIG } }) : (o.session ?? {}),
+  );
   try {
     const outputName = session.outputNames.includes(OUT_SAMPLE) ? OUT_SAMPLE : session.outputNames[0];
     for (let i = 0; i < scheduler.timesteps.length; i++) {

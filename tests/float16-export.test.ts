@@ -17,7 +17,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { DataType } from '../compiler/dtype';
-import { CompileManifest } from '../compiler/manifest';
+import { CompileManifest, FLOAT16_WEIGHTS_SESSION_CONFIG } from '../compiler/manifest';
 import { tensorElementCount } from '../compiler/ir';
 import { loadModel } from '../compiler/serde';
 import { FAMILIES } from '../models/families';
@@ -114,6 +114,13 @@ test('the float16 form: float16 weights and I/O, the timestep features and Resiz
   expect(r.out_sample.type).toBe('float16');
   expect(e).toBeGreaterThan(1e-4); // it is float16
   expect(e).toBeLessThan(BOUND);
+  // as generate opens a float16 pipeline's UNet (runtime/text-to-image.ts): the weights stay float16 in memory
+  const kept = await createSession(model, { config: FLOAT16_WEIGHTS_SESSION_CONFIG });
+  const k = await kept.run({ sample: half(x.sample), timestep: half(x.timestep), encoder_hidden_states: half(x.encoder_hidden_states) });
+  await kept.release();
+  const ek = relMax(values(k.out_sample), fixtureTensor('ref/full_out.npy').data as Float32Array);
+  console.log(`... with the float16 weights kept (FLOAT16_WEIGHTS_SESSION_CONFIG): ${ek.toExponential(2)}`);
+  expect(ek).toBeLessThan(BOUND);
 });
 
 test('compile keeps the weights float16 on disk and casts each use', () => {
