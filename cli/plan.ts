@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import sharp from 'sharp';
 import { Command, Option } from 'commander';
 import { HollowcError } from '../compiler/errors';
-import { BASE_PRECISIONS, BasePrecision } from '../compiler/manifest';
+import { BasePrecision } from '../compiler/manifest';
 import { Plan, PlanRequest, planUNet } from '../passes/plan/plan';
 import { planSvg, planText } from '../passes/plan/render';
 import { findLoraSites } from '../passes/lib/lora-sites';
@@ -112,8 +112,9 @@ export function registerPlan(program: Command): void {
     .option('--samples <n>', 'precomputed samples', parseCount, 200)
     .option('--steps <n>', 'training steps', parseCount, 1000)
     .addOption(
+      // not int8: its scales are read off the weights, which plan never reads
       new Option('--base <dtype>', "frozen base precision of the training graphs (the spec's base line)")
-        .choices([...BASE_PRECISIONS])
+        .choices(['fp32', 'fp16'])
         .default('fp32'),
     )
     .option('--budget <size>', 'memory budget (e.g. 4GB): marks the cut with the fewest hollowed layers that fits')

@@ -95,6 +95,16 @@ export interface TensorDescription {
   shape: Dim[];
 }
 
+/**
+ * Session config entries for a graph holding float16 weights that the CPU provider computes in
+ * float32 (passes/float16-weights.ts): onnxruntime would otherwise turn each weight's Cast into a
+ * float32 copy at session start (ConstantFolding; FuseFp16InitializerToFp32NodeTransformer at
+ * 'all'). onnxruntime splits the list on ';' (a ',' list disables nothing).
+ */
+export const FLOAT16_WEIGHTS_SESSION_CONFIG: Readonly<Record<string, string>> = {
+  'optimization.disable_specified_optimizers': 'ConstantFolding;FuseFp16InitializerToFp32NodeTransformer',
+};
+
 export interface ArtifactDescription {
   file: string;
   inputs: TensorDescription[];

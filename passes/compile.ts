@@ -15,6 +15,7 @@ import {
   ArtifactDescription,
   ArtifactName,
   CompileManifest,
+  FLOAT16_WEIGHTS_SESSION_CONFIG,
   MANIFEST_FILE,
   MANIFEST_FORMAT,
   ManifestCut,
@@ -30,7 +31,7 @@ import { CutInfo, UNetAnalysis, analyzeUNet, isStandardDomain } from './lib/anal
 import { ArtifactState, LoraConfig, LoraParam } from './lib/artifact-state';
 import { loraShapes, selectSites } from './lib/lora-sites';
 import { buildArtifact } from './artifact-passes';
-import { FLOAT16_WEIGHTS_SESSION_CONFIG, widenFloat16 } from './float16-weights';
+import { widenFloat16 } from './float16-weights';
 
 export interface CompileRequest {
   /** The source UNet as loaded from `modelFile` (its weights stay in their files). */

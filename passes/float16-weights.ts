@@ -22,7 +22,7 @@
  * initializer, which is every weight widened in memory: ConstantFolding does (at every level), and
  * at 'all' so does FuseFp16InitializerToFp32NodeTransformer (checked with onnxruntime-node 1.30's
  * optimized-model output: 202 float32 weights on the fixture's precompute.onnx with either on,
- * none with both off). The artifact's manifest entry carries FLOAT16_WEIGHTS_SESSION_CONFIG, which
+ * none with both off). The artifact's manifest entry carries FLOAT16_WEIGHTS_SESSION_CONFIG (compiler/manifest.ts), which
  * turns both off, and the runtime applies it.
  */
 import { GraphBuilder } from '../compiler/builder';
@@ -191,12 +191,6 @@ function float16Output(g: Graph, v: Value): Value {
   out.type = { ...v.type!, elemType: DataType.FLOAT16 };
   return out;
 }
-
-/** Session config entries an artifact holding Casts of float16 weights needs (see the top of this file). */
-export const FLOAT16_WEIGHTS_SESSION_CONFIG: Readonly<Record<string, string>> = {
-  // onnxruntime splits this list on ';' (a ',' list disables nothing)
-  'optimization.disable_specified_optimizers': 'ConstantFolding;FuseFp16InitializerToFp32NodeTransformer',
-};
 
 /** Last in every artifact: float16 weights stored float16 (see above). */
 export const float16WeightsPass: Pass<ArtifactState> = {

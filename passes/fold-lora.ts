@@ -8,6 +8,7 @@
 import { DataType } from '../compiler/dtype';
 import { HollowcError } from '../compiler/errors';
 import { Graph, Tensor } from '../compiler/ir';
+import { narrowFloat32Bytes, widenFloat16Bytes } from '../compiler/float16';
 import { readTensorBytes } from '../compiler/serde';
 import { foldInto } from './bake-lora';
 import { findLoraSites, loraShapes } from './lib/lora-sites';
@@ -48,12 +49,14 @@ export function foldLoraWeights(
     }
     const weight = site.weight;
     const t = weight.initializer!;
-    if (t.dataType !== DataType.FLOAT) throw new HollowcError(`cannot fold LoRA into ${t.name}: it is not float32`);
+    // a float16 export's weight is folded in float32 and stored float16 again, as the export runs it
+    const half = t.dataType === DataType.FLOAT16;
+    if (t.dataType !== DataType.FLOAT && !half) throw new HollowcError(`cannot fold LoRA into ${t.name}: it is not float32 or float16`);
     if (weight.uses.length !== 1) throw new HollowcError(`cannot fold LoRA into ${t.name}: ${weight.uses.length} nodes share it`);
-    const bytes = readTensorBytes(t);
+    const bytes = half ? widenFloat16Bytes(readTensorBytes(t)) : readTensorBytes(t);
     const w = new Float32Array(new Uint8Array(bytes).buffer);
-    const out = foldInto(site, w, lora.a.data, lora.b.data, rank, lora.scale);
-    weight.initializer = place(t.name, [...t.dims], new Uint8Array(out.buffer));
+    const out = new Uint8Array(foldInto(site, w, lora.a.data, lora.b.data, rank, lora.scale).buffer);
+    weight.initializer = { ...place(t.name, [...t.dims], half ? narrowFloat32Bytes(out) : out), dataType: t.dataType };
     folded.push(site.module);
   }
   return { folded };

@@ -17,7 +17,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { DataType } from '../compiler/dtype';
-import { CompileManifest } from '../compiler/manifest';
+import { CompileManifest, FLOAT16_WEIGHTS_SESSION_CONFIG } from '../compiler/manifest';
 import { tensorElementCount } from '../compiler/ir';
 import { loadModel } from '../compiler/serde';
 import { FAMILIES } from '../models/families';
@@ -26,6 +26,7 @@ import { buildUNet } from '../models/builder/unet';
 import { bakeCompiled, compileFromSpec } from '../cli/compile';
 import { LoraModuleValues, writeLoraFile } from '../runtime/formats/lora-file';
 import { drawDemoPhotos } from '../cli/demo';
+import { foldLoraIntoUnet } from '../cli/lora-unet';
 import { personalize } from '../cli/personalize';
 import { buildPipeline } from '../models/builder/pipeline';
 import { tensorFor } from '../runtime/ort/artifacts';
@@ -113,6 +114,13 @@ test('the float16 form: float16 weights and I/O, the timestep features and Resiz
   expect(r.out_sample.type).toBe('float16');
   expect(e).toBeGreaterThan(1e-4); // it is float16
   expect(e).toBeLessThan(BOUND);
+  // as generate opens a float16 pipeline's UNet (runtime/text-to-image.ts): the weights stay float16 in memory
+  const kept = await createSession(model, { config: FLOAT16_WEIGHTS_SESSION_CONFIG });
+  const k = await kept.run({ sample: half(x.sample), timestep: half(x.timestep), encoder_hidden_states: half(x.encoder_hidden_states) });
+  await kept.release();
+  const ek = relMax(values(k.out_sample), fixtureTensor('ref/full_out.npy').data as Float32Array);
+  console.log(`... with the float16 weights kept (FLOAT16_WEIGHTS_SESSION_CONFIG): ${ek.toExponential(2)}`);
+  expect(ek).toBeLessThan(BOUND);
 });
 
 test('compile keeps the weights float16 on disk and casts each use', () => {
@@ -226,6 +234,36 @@ test(`hollowc bake of the float16 folder: the fixture LoRA folded, PyTorch hollo
   const e = relMax(values(r.out_sample), fixtureTensor('ref/hollowed_out.npy').data as Float32Array);
   console.log(`float16 export, bake of the fixture LoRA: ${e.toExponential(2)} of max|ref| off PyTorch`);
   expect(e).toBeLessThan(BOUND);
+});
+
+test(`generate --lora on the float16 UNet: the fixture LoRA folded into its float16 weights, PyTorch full_lora_out within ${BOUND}`, async () => {
+  const file = path.join(dir, 'fixture-lora-all.safetensors');
+  const tensor = (rel: string) => fixtureTensor(rel).data as Float32Array;
+  const modules: LoraModuleValues[] = m.lora.targets.map((t) => ({
+    module: t.module,
+    a: { shape: t.lora_A.shape, data: tensor(`lora/${t.module}.lora_A.npy`) },
+    b: { shape: t.lora_B.shape, data: tensor(`lora/${t.module}.lora_B.npy`) },
+  }));
+  writeLoraFile(file, 'peft', { rank: fixture.lora.rank, alpha: fixture.lora.alpha, modules });
+  const folded = foldLoraIntoUnet(model, file);
+  try {
+    expect(folded.folded.length).toBe(modules.length);
+    const g = loadModel(folded.model).graph;
+    expect(g.initializers().filter((v) => v.initializer!.dataType === DataType.FLOAT)).toEqual([]);
+    const session = await ort.InferenceSession.create(folded.model);
+    const x = fixtureInputs(1);
+    const r = await session.run({
+      sample: half(x.sample),
+      timestep: half(x.timestep),
+      encoder_hidden_states: half(x.encoder_hidden_states),
+    });
+    await session.release();
+    const e = relMax(values(r.out_sample), fixtureTensor('ref/full_lora_out.npy').data as Float32Array);
+    console.log(`float16 UNet with the fixture LoRA folded, run natively: ${e.toExponential(2)} of max|ref| off PyTorch`);
+    expect(e).toBeLessThan(BOUND);
+  } finally {
+    folded.cleanup();
+  }
 });
 
 /** One grads.onnx step of the folder `c` on the fixture (float16 inputs where declared): errors per LoRA gradient. */

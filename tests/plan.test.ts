@@ -86,6 +86,19 @@ test('predicted training peaks of full SD 2.1 (32x32, r128) within 1% of the mea
   expect(plan.rows.map((r) => r.cut)).toEqual(['none', '4-2', '3-2', '2-3']);
 });
 
+test('base fp16: the predicted 39.2% training peak of full SD 2.1 (32x32, r128) within 1% of the measured one', () => {
+  const req = fullSd21Request(32);
+  const [fp32] = planUNet(req, undefined, ['3-2']).rows;
+  const [fp16] = planUNet({ ...req, training: { ...req.training, base: 'fp16' } }, undefined, ['3-2']).rows;
+  // tests/bench/train-step.ts --only hollowed-fp16, 2026-12-04: 2456 MiB (1080 file-backed + 1377 anonymous)
+  const predicted = fp16.memory.predictedPeakBytes / 2 ** 20;
+  expect(Math.abs(predicted / 2456 - 1)).toBeLessThan(0.01);
+  // half the weights held; one float32 buffer per cast weight shape (37 shapes, 573 MiB) comes back
+  expect(Math.abs(fp16.memory.weightBytes / fp32.memory.weightBytes - 0.5)).toBeLessThan(0.01);
+  expect(Math.round(fp16.memory.weightCastBytes / 2 ** 20)).toBe(573);
+  expect(fp32.memory.weightCastBytes).toBe(0);
+});
+
 describe('on a tiny sd15', () => {
   let dir: string;
   let modelFile: string;

@@ -148,7 +148,12 @@ export async function buildPipeline(
       components.push({ name, parameterCount: built.parameterCount, weightBytes: built.weightBytes });
     }
 
-    if (options.dtype === 'fp16') for (const c of components) convertToFloat16InPlace(path.join(tmp, c.name, 'model.onnx'));
+    if (options.dtype === 'fp16')
+      components.forEach((c, i) => {
+        const file = path.join(tmp, c.name, 'model.onnx');
+        convertToFloat16InPlace(file);
+        components[i] = { ...c, weightBytes: fs.statSync(`${file}_data`).size };
+      });
 
     fs.mkdirSync(path.join(tmp, 'scheduler'));
     writeFileAtomic(path.join(tmp, 'scheduler', 'scheduler_config.json'), json(v.scheduler));

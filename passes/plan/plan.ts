@@ -23,7 +23,7 @@ import { cloneModel } from '../../compiler/clone';
 import { elementSize } from '../../compiler/dtype';
 import { HollowcError } from '../../compiler/errors';
 import { countFlops } from '../../compiler/flops';
-import { Graph, Model, tensorElementCount } from '../../compiler/ir';
+import { Graph, Model, Node, tensorElementCount } from '../../compiler/ir';
 import { ArtifactName, TrainingSettings, isLoraParam } from '../../compiler/manifest';
 import { presetsFor } from '../../models/presets';
 import { CutInfo, UNetAnalysis } from '../lib/analyze-unet';
@@ -74,7 +74,14 @@ export interface PlanRow {
   totals: { precompute: number; train: number; all: number };
   /** Two-path inference against LoRA FT's (the paper's Table 3 comparison). */
   inferenceOverhead: number;
-  memory: { weightBytes: number; activationPeakBytes: number; loraStateBytes: number; predictedPeakBytes: number };
+  memory: {
+    weightBytes: number;
+    activationPeakBytes: number;
+    /** `base int8` / `fp16`: one float32 buffer per distinct shape of the weights dequantized or cast at their uses. */
+    weightCastBytes: number;
+    loraStateBytes: number;
+    predictedPeakBytes: number;
+  };
   fitsBudget?: boolean;
 }
 
@@ -117,7 +124,31 @@ function weightBytes(g: Graph): number {
   return g.initializers().reduce((a, v) => a + tensorElementCount(v.initializer!) * (elementSize(v.initializer!.dataType) ?? 4), 0);
 }
 
-/** Peak bytes of intermediate values alive at once, walking the nodes in graph order. */
+/** A weight's float32 view at one use (`base int8`'s DequantizeLinear, a float16 weight's Cast). */
+const isWeightCast = (n: Node) => (n.opType === 'Cast' || n.opType === 'DequantizeLinear') && !!n.inputs[0]?.initializer;
+
+/**
+ * Under `base int8` / `fp16` (or a float16 export) every use of a weight makes a float32 copy, and
+ * onnxruntime's planner keeps one such buffer per weight shape for the next tensor of that shape
+ * (README, issue 12's bench): the sum over distinct shapes. On full SD 2.1's 39.2% grads.onnx at
+ * 64x64 it is 573 MiB (37 shapes), and the bench measured 562 (fp16) / 566 (int8) MiB more
+ * anonymous memory than the float32 base.
+ */
+export function weightCastBytes(g: Graph): number {
+  const shapes = new Map<string, number>();
+  for (const n of g.nodes)
+    if (isWeightCast(n)) {
+      const dims = n.inputs[0]!.initializer!.dims;
+      shapes.set(dims.join('x'), tensorElementCount({ dims }) * 4);
+    }
+  return [...shapes.values()].reduce((a, b) => a + b, 0);
+}
+
+/**
+ * Peak bytes of intermediate values alive at once, walking the nodes in graph order. Weight casts
+ * (first in node order, run right before their readers: passes/quantize-base.ts) are left out:
+ * weightCastBytes counts them.
+ */
 export function activationPeakBytes(g: Graph): number {
   const lastUse = new Map<unknown, number>();
   g.nodes.forEach((n, i) => n.inputs.forEach((v) => v && lastUse.set(v, i)));
@@ -130,6 +161,7 @@ export function activationPeakBytes(g: Graph): number {
   let peak = live;
   const dying: number[][] = g.nodes.map(() => []);
   g.nodes.forEach((n, i) => {
+    if (isWeightCast(n)) return;
     for (const o of n.outputs) {
       live += bytes(o);
       const last = lastUse.get(o);
@@ -159,11 +191,17 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
   const memory = {
     weightBytes: weightBytes(grads.model.graph),
     activationPeakBytes: activationPeakBytes(grads.model.graph),
+    weightCastBytes: weightCastBytes(grads.model.graph),
     loraStateBytes: LORA_COPIES * 4 * loraParameters,
     predictedPeakBytes: 0,
   };
   memory.predictedPeakBytes =
-    memory.weightBytes + FILE_BYTES + ACTIVATION_FACTOR * memory.activationPeakBytes + memory.loraStateBytes + RUNTIME_BYTES;
+    memory.weightBytes +
+    FILE_BYTES +
+    ACTIVATION_FACTOR * memory.activationPeakBytes +
+    memory.weightCastBytes +
+    memory.loraStateBytes +
+    RUNTIME_BYTES;
   const trainStepPaper = 3 * forward;
   const preset = cut ? presetsFor(analysis.family).find((p) => p.lastKeptDown === cut.lastKeptDown)?.name : undefined;
   return {
@@ -230,7 +268,7 @@ export function planUNet(request: PlanRequest, budgetBytes?: number, only?: read
     conventions: {
       flops:
         'FLOPs = 2 x multiply-adds of the layers with weights (Conv, Linear as MatMul/Gemm, the LoRA branches unmerged) on the emitted graphs at the training shapes, attention products left out as in the paper; training "paper" = 3 x the trained net\'s forward, "counted" = train.onnx as emitted (its LoRA weight gradients, products of two activations, left out like attention); overhead = two-path inference against LoRA FT\'s (UNet + unmerged LoRA)',
-      memory: `predicted CPU peak (host AdamW) = weights held + ${FILE_BYTES / MiB} MiB + ${ACTIVATION_FACTOR} x activations live at the peak + ${LORA_COPIES} x LoRA bytes + ${RUNTIME_BYTES / MiB} MiB runtime`,
+      memory: `predicted CPU peak (host AdamW) = weights held + ${FILE_BYTES / MiB} MiB + ${ACTIVATION_FACTOR} x activations live at the peak + ${LORA_COPIES} x LoRA bytes + ${RUNTIME_BYTES / MiB} MiB runtime (+ under base int8/fp16 one float32 buffer per weight shape)`,
     },
     rows,
   };

@@ -2,6 +2,7 @@
 import type * as Ort from 'onnxruntime-web';
 import type { TensorDescription } from '../../../compiler/manifest';
 import { feedData, scalarDims } from '../../ort/feed-data';
+import { fromFloat16 } from '../../formats/float16';
 
 export type OrtModule = typeof Ort;
 
@@ -24,5 +25,7 @@ export function floatOutput(t: Ort.Tensor | undefined, name: string): Float32Arr
   if (!t) throw new Error(`the model returned no ${name}`);
   if (t.type === 'float32') return t.data as Float32Array;
   if (t.type === 'float64') return Float32Array.from(t.data as Float64Array);
+  // a float16 export's out_sample: bit patterns, or a Float16Array where the browser has one
+  if (t.type === 'float16') return t.data instanceof Uint16Array ? fromFloat16(t.data) : Float32Array.from(t.data as ArrayLike<number>);
   throw new Error(`output ${name} is ${t.type}, expected float32`);
 }
