@@ -22,6 +22,7 @@ import * as path from 'path';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { compileFromSpec } from '../cli/compile';
 import { buildUNet } from '../models/builder';
+import { convertToFloat16InPlace } from '../models/builder/float16';
 import { FAMILIES } from '../models/families';
 import { precompute } from '../runtime/store/precompute';
 import { readSafetensors, toFloat32 } from '../runtime/formats/safetensors';
@@ -52,15 +53,26 @@ const WEBGPU_ARGS = [
   '--enable-unsafe-swiftshader',
 ];
 
+/** A compiled folder with a store, `hollowc train`'s LoRA for it, and `hollowc web` serving it. */
+interface Served {
+  dir: string;
+  out: string;
+  reference: { lora: string; stepSeconds: number; losses: number[] };
+  server: ChildProcess;
+  url: string;
+}
+
 let dir: string;
 let out: string;
-let reference: { lora: string; stepSeconds: number; losses: number[] };
-let server: ChildProcess | undefined;
+let reference: Served['reference'];
 let url: string;
+const servers: ChildProcess[] = [];
 
-beforeAll(async () => {
-  dir = tempDir('hollowc-web-');
+/** The tiny sd15 UNet (float16: as optimum's --dtype fp16 export writes it) compiled, precomputed, trained by the CLI and served. */
+async function serveFolder(float16: boolean): Promise<Served> {
+  const dir = tempDir(float16 ? 'hollowc-web-fp16-' : 'hollowc-web-');
   const { file } = await buildUNet(FAMILIES.sd15.tiny.config, { outDir: path.join(dir, 'model'), seed: 5 });
+  if (float16) convertToFloat16InPlace(file);
   const spec = path.join(dir, 'spec.hollow');
   fs.writeFileSync(
     spec,
@@ -78,7 +90,7 @@ beforeAll(async () => {
       '',
     ].join('\n'),
   );
-  out = path.join(dir, 'out');
+  const out = path.join(dir, 'out');
   compileFromSpec(file, spec, { out });
   await precompute({
     out,
@@ -90,16 +102,17 @@ beforeAll(async () => {
   fs.mkdirSync(ref);
   fs.cpSync(out, ref, { recursive: true });
   const r = await train({ out: ref, steps: STEPS });
-  reference = { lora: r.loraFile, stepSeconds: r.stepSeconds / r.losses.length, losses: r.losses.map((l) => l.loss) };
+  const reference = { lora: r.loraFile, stepSeconds: r.stepSeconds / r.losses.length, losses: r.losses.map((l) => l.loss) };
 
   // `hollowc web` itself, as a user starts it (from source, any free port).
-  server = spawn(process.execPath, [path.join(__dirname, 'support', 'cli-child.js'), 'web', out, '--port', '0'], {
+  const server = spawn(process.execPath, [path.join(__dirname, 'support', 'cli-child.js'), 'web', out, '--port', '0'], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  url = await new Promise<string>((resolve, reject) => {
+  servers.push(server);
+  const url = await new Promise<string>((resolve, reject) => {
     let text = '';
     const timer = setTimeout(() => reject(new Error(`hollowc web printed no URL: ${text}`)), 60000);
-    server!.stdout!.on('data', (d) => {
+    server.stdout!.on('data', (d) => {
       text += d;
       const m = /serving .* at (http:\/\/127\.0\.0\.1:\d+\/)/.exec(text);
       if (m) {
@@ -107,13 +120,18 @@ beforeAll(async () => {
         resolve(m[1]);
       }
     });
-    server!.stderr!.on('data', (d) => (text += d));
-    server!.on('exit', (code) => reject(new Error(`hollowc web exited with ${code}: ${text}`)));
+    server.stderr!.on('data', (d) => (text += d));
+    server.on('exit', (code) => reject(new Error(`hollowc web exited with ${code}: ${text}`)));
   });
+  return { dir, out, reference, server, url };
+}
+
+beforeAll(async () => {
+  ({ dir, out, reference, url } = await serveFolder(false));
 }, 120000);
 
 afterAll(() => {
-  server?.kill('SIGTERM');
+  for (const s of servers) s.kill('SIGTERM');
 });
 
 test('hollowc web serves the page, onnxruntime-web and only the folder files the page reads, on 127.0.0.1', async () => {
@@ -198,9 +216,9 @@ async function hasAdapter(page: Page): Promise<boolean> {
   });
 }
 
-function compareLora(file: string): { worst: number; tensor: string; tensors: number } {
+function compareLora(file: string, referenceLora: string): { worst: number; tensor: string; tensors: number } {
   const got = readSafetensors(file);
-  const want = readSafetensors(reference.lora);
+  const want = readSafetensors(referenceLora);
   expect([...got.tensors.keys()].sort()).toEqual([...want.tensors.keys()].sort());
   expect(got.metadata).toEqual(want.metadata);
   let worst = { worst: 0, tensor: '', tensors: want.tensors.size };
@@ -213,7 +231,9 @@ function compareLora(file: string): { worst: number; tensor: string; tensors: nu
   return worst;
 }
 
-async function trainInPage(backend: 'wasm' | 'webgpu', query: string): Promise<void> {
+async function trainInPage(backend: 'wasm' | 'webgpu', query: string, served?: Served): Promise<void> {
+  const ctx = served ?? { dir, url, reference };
+  const tag = served ? `${backend}-fp16` : backend;
   const launched = await launch(backend);
   if (!launched) return console.warn(`skipped: no ${CHROMIUM}`);
   const { context } = launched;
@@ -225,14 +245,14 @@ async function trainInPage(backend: 'wasm' | 'webgpu', query: string): Promise<v
     });
     page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
     if (backend === 'webgpu') {
-      await page.goto(url);
+      await page.goto(ctx.url);
       if (!(await hasAdapter(page))) {
         if (IN_CI) throw new Error('no WebGPU adapter in chromium under CI (SwiftShader flags, libvulkan1?)');
         return console.warn('skipped: chromium gives no WebGPU adapter here');
       }
     }
     const started = Date.now();
-    await page.goto(`${url}?ep=${backend}&steps=${STEPS}&autorun=1&${query}`);
+    await page.goto(`${ctx.url}?ep=${backend}&steps=${STEPS}&autorun=1&${query}`);
     await page.waitForFunction(() => (globalThis as unknown as { hollowc?: { done: boolean } }).hollowc?.done, null, {
       timeout: 170000,
       polling: 500,
@@ -240,9 +260,9 @@ async function trainInPage(backend: 'wasm' | 'webgpu', query: string): Promise<v
     const r = (await page.evaluate(() => (globalThis as unknown as { hollowc: unknown }).hollowc)) as PageResult;
     const wall = (Date.now() - started) / 1000;
 
-    const shot = path.join(dir, `page-${backend}.png`);
+    const shot = path.join(ctx.dir, `page-${tag}.png`);
     await page.screenshot({ path: shot, fullPage: true });
-    console.log(`screenshot after training (${backend}): ${shot}`);
+    console.log(`screenshot after training (${tag}): ${shot}`);
     expect(r.error).toBeUndefined();
     expect(r.backend).toBe(backend);
     expect(await page.textContent('#backend')).toMatch(backend === 'webgpu' ? /^WebGPU/ : /^WASM/);
@@ -250,14 +270,14 @@ async function trainInPage(backend: 'wasm' | 'webgpu', query: string): Promise<v
     // The loss at rest (lr = 0; WASM: the whole store, WebGPU: its first batch) fell, and every step's loss is the CLI's.
     expect(r.losses).toHaveLength(STEPS);
     expect(r.evalAfter).toBeLessThan(r.evalBefore);
-    r.losses.forEach((l, i) => expect(Math.abs(l.loss - reference.losses[i])).toBeLessThan(1e-4 * Math.abs(reference.losses[i])));
+    r.losses.forEach((l, i) => expect(Math.abs(l.loss - ctx.reference.losses[i])).toBeLessThan(1e-4 * Math.abs(ctx.reference.losses[i])));
 
     // The download is the LoRA `hollowc train` wrote, to 1e-4 relative per tensor.
     const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
     expect(download.suggestedFilename()).toBe('lora.safetensors');
-    const file = path.join(dir, `lora-${backend}.safetensors`);
+    const file = path.join(ctx.dir, `lora-${tag}.safetensors`);
     await download.saveAs(file);
-    const cmp = compareLora(file);
+    const cmp = compareLora(file, ctx.reference.lora);
     expect(cmp.worst).toBeLessThan(1e-4);
 
     // Layout: the loss curve (with its line) and the sample are on screen with a size.
@@ -275,8 +295,8 @@ async function trainInPage(backend: 'wasm' | 'webgpu', query: string): Promise<v
     const later = r.stepSeconds.slice(1);
     const mean = later.reduce((a, b) => a + b, 0) / later.length;
     console.log(
-      `${backend}: session ${r.sessionSeconds.toFixed(1)} s, step ${(1000 * mean).toFixed(1)} ms (session.run, mean of steps 2..${STEPS}; step 1 ${(1000 * r.stepSeconds[0]).toFixed(0)} ms) ` +
-        `vs onnxruntime-node CPU ${(1000 * reference.stepSeconds).toFixed(1)} ms per step; sample ${r.sampleSeconds.toFixed(1)} s; ` +
+      `${tag}: session ${r.sessionSeconds.toFixed(1)} s, step ${(1000 * mean).toFixed(1)} ms (session.run, mean of steps 2..${STEPS}; step 1 ${(1000 * r.stepSeconds[0]).toFixed(0)} ms) ` +
+        `vs onnxruntime-node CPU ${(1000 * ctx.reference.stepSeconds).toFixed(1)} ms per step; sample ${r.sampleSeconds.toFixed(1)} s; ` +
         `loss at rest ${r.evalBefore.toFixed(5)} -> ${r.evalAfter.toFixed(5)}; LoRA worst relative ${cmp.worst.toExponential(2)} (${cmp.tensors} tensors); page wall ${wall.toFixed(0)} s`,
     );
   } finally {
@@ -292,3 +312,10 @@ test("the page trains 20 steps on WebGPU (SwiftShader) in headless Chromium: los
   // SwiftShader takes seconds per run: the loss at rest on one batch, one sampling step at guidance 1.
   await trainInPage('webgpu', 'eval_batches=1&sample_steps=1&guidance=1');
 }, 180000);
+
+test("a float16 export's folder (optimum --dtype fp16): the page trains 20 steps on WASM, the LoRA equals hollowc train's on it", async () => {
+  const served = await serveFolder(true);
+  const manifest = JSON.parse(fs.readFileSync(path.join(served.out, 'manifest.json'), 'utf8'));
+  expect(manifest.artifacts.train.inputs.find((i: { name: string }) => i.name === 'sample').dtype).toBe('float16');
+  await trainInPage('wasm', 'sample_steps=10', served);
+}, 300000);

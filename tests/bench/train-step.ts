@@ -19,7 +19,7 @@
  *
  *   npx tsc -p . && node dist/tests/bench/train-step.js [--dir /tmp/x] [--keep] [--steps 3] [--threads 2]
  *       [--only hollowed-host,inference] [--config '{"session.key":"value"}'] [--dump-optimized] [--malloc default]
- *       [--latent 64] [--ep webgpu]
+ *       [--latent 64] [--ep webgpu] [--form '--exporter dynamo --dtype fp16'] (the UNet's export form; use its own --dir)
  */
 import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
@@ -348,7 +348,11 @@ async function main(argv: string[]): Promise<void> {
   const env = opt('--malloc', 'hollowc') === 'default' ? process.env : { ...process.env, ...MALLOC_ENV };
   const unet = path.join(dir, 'unet', 'model.onnx');
   if (!fs.existsSync(unet)) {
-    const b = spawnSync(process.execPath, [CLI, 'model', 'build', 'sd21', '--full', '-o', path.dirname(unet)], { stdio: 'inherit' });
+    // --form '--exporter dynamo' / '--dtype fp16' / '--timestep scalar': the export form the rows run on
+    const form = opt('--form', '').split(' ').filter(Boolean);
+    const b = spawnSync(process.execPath, [CLI, 'model', 'build', 'sd21', '--full', ...form, '-o', path.dirname(unet)], {
+      stdio: 'inherit',
+    });
     if (b.status !== 0) throw new Error('model build failed');
   }
   const compiled = new Map<string, { out: string; compileSeconds?: number; compilePeakRssMiB?: number }>();
