@@ -32,6 +32,7 @@ import { ArtifactState, LoraConfig, LoraParam } from './lib/artifact-state';
 import { loraShapes, selectSites } from './lib/lora-sites';
 import { buildArtifact } from './artifact-passes';
 import { widenFloat16 } from './float16-weights';
+import { pretransposeWeights } from './pretranspose-weights';
 
 export interface CompileRequest {
   /** The source UNet as loaded from `modelFile` (its weights stay in their files). */
@@ -178,7 +179,10 @@ export function compile(request: CompileRequest): CompileManifest {
   const widened = widenFloat16(loaded);
   if (widened)
     request.log?.(`float16 export: ${widened.weights} float16 weights computed in float32; float16 I/O: ${widened.float16Io.join(' ')}`);
-  const source = widened?.model ?? loaded;
+  // A dynamo export's Linear weights are stored as their layers read them (pretranspose-weights.ts).
+  const transposed = pretransposeWeights(widened?.model ?? loaded);
+  if (transposed) request.log?.(`${transposed.weights} weights read through a Transpose stored transposed`);
+  const source = transposed?.model ?? widened?.model ?? loaded;
   const analysis = request.analysis ?? analyzeUNet(source.graph, label);
   const cut = cutOf(analysis, request.lastKeptDown, label);
   if (request.emit.includes('precompute') && !cut)

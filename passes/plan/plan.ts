@@ -30,6 +30,7 @@ import { CutInfo, UNetAnalysis } from '../lib/analyze-unet';
 import { ArtifactState, LoraConfig } from '../lib/artifact-state';
 import { buildArtifact } from '../artifact-passes';
 import { widenFloat16 } from '../float16-weights';
+import { pretransposeWeights } from '../pretranspose-weights';
 import { specializeShapes, trainingShapes } from '../specialize-shapes';
 
 export const MiB = 2 ** 20;
@@ -234,7 +235,10 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
 export function planUNet(request: PlanRequest, budgetBytes?: number, only?: readonly string[]): Plan {
   // a float16 export is planned as compile builds it: computed in float32, its weights stored float16
   const widened = widenFloat16(request.unet.model);
-  const req = widened ? { ...request, unet: { ...request.unet, model: widened.model } } : request;
+  // and a dynamo export's transposed weights as compile stores them
+  const transposed = pretransposeWeights(widened?.model ?? request.unet.model);
+  const model = transposed?.model ?? widened?.model;
+  const req = model ? { ...request, unet: { ...request.unet, model } } : request;
   const { analysis } = req.unet;
   if (!req.training.shapes.sample)
     throw new HollowcError('give the training latent shape (--shape sample=1,4,64,64 or a spec with a `shape sample` line)');
