@@ -29,6 +29,7 @@ import { extractPrecomputePass } from './extract-precompute';
 import { hollowOutPass } from './hollow-out';
 import { insertLoraPass } from './insert-lora';
 import { orderSinksPass } from './order-sinks';
+import { pairAttentionGradientsPass } from './pair-attention-gradients';
 import { quantizeBasePass } from './quantize-base';
 import { rematerializePass } from './rematerialize';
 import { ArtifactState } from './lib/artifact-state';
@@ -48,6 +49,7 @@ const TRAINING_LOSS = [
   slicesToSplitPass,
   addLossPass,
   differentiatePass,
+  pairAttentionGradientsPass,
   rematerializePass,
   quantizeBasePass,
   ...PRECISE_ON_GPUS,

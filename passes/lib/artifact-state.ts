@@ -2,7 +2,7 @@
  * What the passes of one artifact's pipeline share: the compile's fixed inputs, and the facts
  * earlier passes produce for later ones (each pass names the fields it requires and ensures).
  */
-import { Model, Value } from '../../compiler/ir';
+import { Model, Node, Value } from '../../compiler/ir';
 import type { InferLoraPrecision, TrainingSettings } from '../../compiler/manifest';
 import { CutInfo, UNetAnalysis } from './analyze-unet';
 
@@ -41,6 +41,8 @@ export interface ArtifactState {
   /** chunk-attention: the largest block of an inference map at the training shapes, in bytes; default INFER_CHUNK_BYTES. */
   readonly inferChunkBytes?: number;
 
+  /** split-attention: the scores MatMul of every block of rows (pair-attention-gradients joins their gradients). */
+  attentionScores?: Node[];
   /** add-base-path: path 1's copy of the hollow activation (infer.onnx). */
   baseActivation?: Value;
   /** insert-lora: the LoRA parameter inputs, in site order. */
