@@ -6,8 +6,10 @@
  *   forward     the hollowed net with LoRA (what training differentiates)
  *   infer       path 1 (base, up to the activation) + path 2 (hollowed net with LoRA), large
  *               attention maps in blocks of query rows
- *   grads       forward + static shapes + loss + d loss / d LoRA (cheap activations recomputed; under
- *               `base int8` every base weight read dequantized from int8) as outputs
+ *   grads       forward + static shapes + loss + d loss / d LoRA (large attention maps per head in
+ *               blocks of query rows, each block's backward finished before the next; cheap
+ *               activations recomputed; under `base int8` every base weight read dequantized from
+ *               int8) as outputs
  *   train       forward + static shapes + loss + gradients (the same) + in-graph AdamW
  *
  * Every artifact ends with precise-normalization and precise-trigonometry (rewrites that make
