@@ -6,9 +6,10 @@
  *   forward     the hollowed net with LoRA (what training differentiates)
  *   infer       path 1 (base, up to the activation) + path 2 (hollowed net with LoRA), large
  *               attention maps in blocks of query rows
- *   grads       forward + static shapes + loss + d loss / d LoRA (cheap activations recomputed; under
- *               `base int8` every base weight read dequantized from int8, under `base fp16` cast from
- *               float16) as outputs
+ *   grads       forward + static shapes + loss + d loss / d LoRA (large attention maps per head in
+ *               blocks of query rows, each block's backward finished before the next; cheap
+ *               activations recomputed; under `base int8` every base weight read dequantized from
+ *               int8, under `base fp16` cast from float16) as outputs
  *   train       forward + static shapes + loss + gradients (the same) + in-graph AdamW
  *
  * Every artifact ends with precise-normalization and precise-trigonometry (rewrites that make
@@ -30,6 +31,7 @@ import { extractPrecomputePass } from './extract-precompute';
 import { hollowOutPass } from './hollow-out';
 import { insertLoraPass } from './insert-lora';
 import { orderSinksPass } from './order-sinks';
+import { pairAttentionGradientsPass } from './pair-attention-gradients';
 import { quantizeBasePass } from './quantize-base';
 import { rematerializePass } from './rematerialize';
 import { ArtifactState } from './lib/artifact-state';
@@ -52,6 +54,7 @@ const TRAINING_LOSS = [
   slicesToSplitPass,
   addLossPass,
   differentiatePass,
+  pairAttentionGradientsPass,
   rematerializePass,
   quantizeBasePass,
   ...PRECISE_ON_GPUS,

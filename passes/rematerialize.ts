@@ -11,6 +11,9 @@
  *   attention         softmax(q·kᵀ·s) is saved next to q and kᵀ (the largest tensors at 64x64);
  *                     recomputed once for each gradient rule that reads it
  *   SiLU              sigmoid(x) is saved next to x
+ *   GroupNorm + SiLU  the normalized input of a resnet's SiLU (GroupNorm as the exporters write it:
+ *                     Reshape, InstanceNormalization, Reshape, Mul, Add) is saved next to the
+ *                     GroupNorm's input, which its own backward reads: at 64x64 latents ~240 MiB
  *   LoRA inputs       LayerNorm(x) (read by the LoRA gradients) is saved next to x (read by its backward)
  *   GEGLU halves      x and a, the two halves of ff.net.0.proj(LayerNorm(h)), are 8x wider than h
  *                     (the residual stream, saved anyway): recomputing the projection costs one
@@ -33,7 +36,7 @@ import { Pass } from '../compiler/pass';
 import { staticShape } from '../compiler/shape-inference';
 import { ArtifactState } from './lib/artifact-state';
 
-/** Elementwise ops, Softmax, LayerNormalization and layout ops: O(n) to recompute. */
+/** Elementwise ops, Softmax, the normalizations and layout ops: O(n) to recompute. */
 const CHEAP = new Set([
   'Add',
   'Sub',
@@ -49,6 +52,7 @@ const CHEAP = new Set([
   'Relu',
   'Softmax',
   'LayerNormalization',
+  'InstanceNormalization',
   'Transpose',
   'Reshape',
   'Slice',

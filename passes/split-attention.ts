@@ -136,7 +136,9 @@ function typeWith(t: TensorType, axis: number, extent: number): TensorType {
   return { elemType: t.elemType, shape };
 }
 
-function splitHeads(graph: Graph, opset: number, c: AttentionChain): void {
+/** Rewrites one chain; returns the scores MatMul of each block. */
+function splitHeads(graph: Graph, opset: number, c: AttentionChain): Node[] {
+  const scores: Node[] = [];
   const b = new GraphBuilder(graph, `${c.scores.name}/heads`);
   const before = c.output;
   const e = new OpEmitter(b, opset, before);
@@ -170,6 +172,7 @@ function splitHeads(graph: Graph, opset: number, c: AttentionChain): void {
   const outputs = qs.map((qh, h) => {
     const blocks = split(qh, rowAxis, c.rows).map((qb, r) => {
       let s = perBlock(c.scores, [qb, ks[h]], h, r);
+      scores.push(s.producer!);
       if (c.scale)
         s = perBlock(
           c.scale,
@@ -184,21 +187,23 @@ function splitHeads(graph: Graph, opset: number, c: AttentionChain): void {
   const joined = join(outputs, c.axis, c.output.outputs[0].type!);
   graph.replaceAllUsesWith(c.output.outputs[0], joined);
   for (const n of [c.output, c.softmax, ...(c.scale ? [c.scale] : []), c.scores]) graph.removeNode(n);
+  return scores;
 }
 
 export function splitAttention(
   model: Model,
   aboveBytes = SPLIT_ABOVE_BYTES,
   chunkBytes = CHUNK_BYTES,
-): { split: number; heads: number; blocks: number } {
+): { split: number; heads: number; blocks: number; scores: Node[] } {
   const g = model.graph;
   const chains = g.nodes
     .filter((n) => n.opType === 'Softmax' && n.domain === '')
     .map((n) => matchChain(g, n, aboveBytes, chunkBytes))
     .filter((c): c is AttentionChain => !!c);
   const opset = model.opsetVersion('');
-  for (const c of chains) splitHeads(g, opset, c);
+  const scores = chains.flatMap((c) => splitHeads(g, opset, c));
   return {
+    scores,
     split: chains.length,
     heads: chains.reduce((a, c) => a + c.heads, 0),
     blocks: chains.reduce((a, c) => a + c.heads * c.rows.length, 0),
@@ -209,6 +214,7 @@ export const splitAttentionPass: Pass<ArtifactState> = {
   name: 'split-attention',
   run(model, state) {
     const r = splitAttention(model, state.splitAttentionAboveBytes, state.attentionChunkBytes);
+    state.attentionScores = r.scores;
     return {
       changed: r.split > 0,
       summary: `${r.split} attention maps computed per head (${r.heads} heads) in ${r.blocks} blocks of query rows`,

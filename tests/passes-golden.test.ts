@@ -12,7 +12,10 @@ import { ArtifactName } from '../compiler/manifest';
 import { Model } from '../compiler/ir';
 import { Pass, runPasses } from '../compiler/pass';
 import { printGraph } from '../compiler/printer';
+import { GraphBuilder } from '../compiler/builder';
 import { bakeLora } from '../passes/bake-lora';
+import { differentiate } from '../passes/differentiate';
+import { pairAttentionGradientsPass } from '../passes/pair-attention-gradients';
 import { chunkAttentionPass } from '../passes/chunk-attention';
 import { foldLoraWeights } from '../passes/fold-lora';
 import { ARTIFACT_PASSES } from '../passes/artifact-passes';
@@ -59,11 +62,11 @@ const CASES: [string, ArtifactName, number, boolean, ('fp32' | 'int8')?][] = [
   ['specialize-shapes', 'train', 4, true],
   ['add-loss', 'train', 7, true],
   ['differentiate', 'train', 8, true],
-  ['rematerialize', 'train', 9, true],
-  ['quantize-base', 'train', 10, true, 'int8'],
-  ['add-adamw', 'train', 13, true],
-  ['order-sinks', 'train', 14, true],
-  ['expose-gradients', 'grads', 13, true],
+  ['rematerialize', 'train', 10, true],
+  ['quantize-base', 'train', 11, true, 'int8'],
+  ['add-adamw', 'train', 14, true],
+  ['order-sinks', 'train', 15, true],
+  ['expose-gradients', 'grads', 14, true],
 ];
 
 /**
@@ -80,8 +83,11 @@ const OWN_GRAPH_CASES: [Pass<ArtifactState>, () => Model][] = [
   [timestepPerSamplePass, scalarTimestepGraph],
 ];
 
-/** Passes that change the toy only under a spec option: golden in their own tests below. */
-const OPTION_CASES = ['float16-lora-inputs', 'float16-weights'];
+/**
+ * Passes that change the toy only under a spec option, or need attention the toy lacks: golden in
+ * their own tests below.
+ */
+const OPTION_CASES = ['float16-lora-inputs', 'float16-weights', 'pair-attention-gradients'];
 
 test('every artifact pass list is covered: each pass of ARTIFACT_PASSES has a golden case', () => {
   const covered = new Set([
@@ -114,6 +120,25 @@ test('split-attention in blocks of query rows: 3 queries of 3 keys (12 bytes a r
   const [record] = runPasses(model, [splitAttentionPass], { ...toyState(true), splitAttentionAboveBytes: 0, attentionChunkBytes: 24 });
   expect(record.summary).toContain('2 heads) in 4 blocks');
   expectGolden('split-attention.rows', printGraph(model.graph, { nodeNames: false }));
+});
+
+test("pair-attention-gradients: each row block's q gradient joined with kᵀ's running gradient", () => {
+  const model = attentionGraph();
+  const state: ArtifactState = { ...toyState(true), splitAttentionAboveBytes: 0, attentionChunkBytes: 24 };
+  runPasses(model, [splitAttentionPass], state);
+  const g = model.graph;
+  const attention = g.outputs.find((v) => v.name === 'attention')!;
+  const loss = new GraphBuilder(g).op('ReduceSum', [attention], { keepdims: 0 });
+  loss.type = { elemType: attention.type!.elemType, shape: [] };
+  const { gradients } = differentiate(
+    model,
+    loss,
+    ['q', 'k', 'v'].map((n) => g.value(n)),
+  );
+  const [record] = runPasses(model, [pairAttentionGradientsPass], { ...state, gradients });
+  // 2 heads in blocks of 2 and 1 rows: per head, kᵀ's gradient is one Add of the two blocks' terms.
+  expect(record.summary).toBe("2 joins of a block's q gradient with kᵀ's running gradient");
+  expectGolden('pair-attention-gradients', printGraph(g, { nodeNames: false }));
 });
 
 test('float16-lora-inputs (lora infer fp16): infer.onnx takes its LoRA tensors as float16, cast where read', () => {

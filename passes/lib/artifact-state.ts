@@ -2,7 +2,7 @@
  * What the passes of one artifact share: the compile's fixed inputs, and the facts
  * earlier passes produce for later ones (each pass names the fields it requires and ensures).
  */
-import { Model, Value } from '../../compiler/ir';
+import { Model, Node, Value } from '../../compiler/ir';
 import type { InferLoraPrecision, TrainingSettings } from '../../compiler/manifest';
 import { CutInfo, UNetAnalysis } from './analyze-unet';
 
@@ -46,6 +46,9 @@ export interface ArtifactState {
 
   /** float16-weights: the artifact holds float16 weights cast at each use (its sessions must not fold them). */
   float16Weights?: boolean;
+
+  /** split-attention: the scores MatMul of every block of rows (pair-attention-gradients joins their gradients). */
+  attentionScores?: Node[];
   /** add-base-path: path 1's copy of the hollow activation (infer.onnx). */
   baseActivation?: Value;
   /** insert-lora: the LoRA parameter inputs, in site order. */
