@@ -112,9 +112,8 @@ export function registerPlan(program: Command): void {
     .option('--samples <n>', 'precomputed samples', parseCount, 200)
     .option('--steps <n>', 'training steps', parseCount, 1000)
     .addOption(
-      // not int8: its scales are read off the weights, which plan never reads
       new Option('--base <dtype>', "frozen base precision of the training graphs (the spec's base line)")
-        .choices(['fp32', 'fp16'])
+        .choices(['fp32', 'fp16', 'int8'])
         .default('fp32'),
     )
     .option('--budget <size>', 'memory budget (e.g. 4GB): marks the cut with the fewest hollowed layers that fits')

@@ -132,7 +132,14 @@ export interface QuantizeResult {
   int8Bytes: number;
 }
 
-export function quantizeBase(g: Graph, label: string, opset: number, minElements = MIN_QUANTIZED_ELEMENTS): QuantizeResult {
+/** `readScales` false: the graph's structure alone (every scale 1, no weight read), for plan. */
+export function quantizeBase(
+  g: Graph,
+  label: string,
+  opset: number,
+  minElements = MIN_QUANTIZED_ELEMENTS,
+  readScales = true,
+): QuantizeResult {
   const result: QuantizeResult = { weights: 0, uses: 0, fp32Bytes: 0, int8Bytes: 0 };
   const weights = g.initializers().filter((w) => quantizable(w, minElements));
   const dequantizers: Node[] = [];
@@ -141,8 +148,8 @@ export function quantizeBase(g: Graph, label: string, opset: number, minElements
   for (const w of weights) {
     const t = w.initializer!;
     const axis = axisFor(w);
-    const source = sourceKey(t, axis);
-    let scales = source ? scaleCache.get(source) : undefined;
+    const source = readScales ? sourceKey(t, axis) : '';
+    let scales = !readScales ? new Float32Array(t.dims[axis]).fill(1) : source ? scaleCache.get(source) : undefined;
     if (!scales) {
       scales = channelScales(t, axis);
       if (source) {
@@ -198,7 +205,7 @@ export const quantizeBasePass: Pass<ArtifactState> = {
   requires: ['gradients'],
   run(model, state) {
     if (state.training.base !== 'int8') return { changed: false, summary: 'base fp32: weights as they are' };
-    const r = quantizeBase(model.graph, state.label, model.opsetVersion(), state.quantizeMinElements);
+    const r = quantizeBase(model.graph, state.label, model.opsetVersion(), state.quantizeMinElements, !state.structureOnly);
     return {
       changed: r.weights > 0,
       summary: `${r.weights} weights, ${(r.fp32Bytes / 2 ** 20).toFixed(1)} MiB fp32 -> ${(r.int8Bytes / 2 ** 20).toFixed(1)} MiB int8, ${r.uses} dequantize nodes`,

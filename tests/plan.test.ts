@@ -99,6 +99,17 @@ test('base fp16: the predicted 39.2% training peak of full SD 2.1 (32x32, r128) 
   expect(fp32.memory.weightCastBytes).toBe(0);
 });
 
+test('base int8: the predicted 39.2% training peak of full SD 2.1 (32x32, r128) within 1% of the measured one, no weight read', () => {
+  const req = fullSd21Request(32);
+  const [int8] = planUNet({ ...req, training: { ...req.training, base: 'int8' } }, undefined, ['3-2']).rows;
+  // tests/bench/train-step.ts --only hollowed-int8, 2026-12-01 (README): 1955 MiB (577 file-backed + 1378 anonymous)
+  expect(Math.abs(int8.memory.predictedPeakBytes / 2 ** 20 / 1955 - 1)).toBeLessThan(0.01);
+  // int8 weights with per-channel scales: a quarter of the float32 bytes and a little more
+  const [fp32] = planUNet(req, undefined, ['3-2']).rows;
+  expect(int8.memory.weightBytes / fp32.memory.weightBytes).toBeGreaterThan(0.25);
+  expect(int8.memory.weightBytes / fp32.memory.weightBytes).toBeLessThan(0.27);
+});
+
 describe('on a tiny sd15', () => {
   let dir: string;
   let modelFile: string;

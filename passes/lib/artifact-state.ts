@@ -43,6 +43,8 @@ export interface ArtifactState {
 
   /** The UNet inputs/outputs a float16 export declares float16 (float16-weights.ts); the passes see them float32. */
   readonly float16Io?: readonly string[];
+  /** plan: the artifacts' structure only, never their values (base int8 reads no weight for its scales). */
+  readonly structureOnly?: boolean;
 
   /** float16-weights: the artifact holds float16 weights cast at each use (its sessions must not fold them). */
   float16Weights?: boolean;

@@ -177,7 +177,15 @@ export function activationPeakBytes(g: Graph): number {
 
 function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: number): PlanRow {
   const { analysis } = req.unet;
-  const inputs: ArtifactState = { analysis, cut, targets: req.targets, lora: req.lora, training: req.training, label: req.unet.file };
+  const inputs: ArtifactState = {
+    analysis,
+    cut,
+    targets: req.targets,
+    lora: req.lora,
+    training: req.training,
+    label: req.unet.file,
+    structureOnly: true,
+  };
   const build = (name: ArtifactName) => buildArtifact(name, req.unet.model, inputs);
   const train = build('train');
   // hollowc train's default step: grads.onnx with AdamW on the host.
