@@ -84,26 +84,18 @@ function float32Nodes(nodes: readonly Node[]): Set<Node> {
 }
 
 function half(a: Attribute): Attribute {
-  if (a.type === 'float' && a.name === 'value_float')
+  // a Constant's value_float / value_floats: as a float32 tensor value, then narrowed below
+  const floats =
+    a.type === 'float' && a.name === 'value_float' ? [a.value] : a.type === 'floats' && a.name === 'value_floats' ? a.value : undefined;
+  if (floats)
     return half({
       name: 'value',
       type: 'tensor',
       value: {
         name: '',
         dataType: DataType.FLOAT,
-        dims: [],
-        data: { kind: 'inline', bytes: new Uint8Array(Float32Array.of(a.value).buffer) },
-      },
-    });
-  if (a.type === 'floats' && a.name === 'value_floats')
-    return half({
-      name: 'value',
-      type: 'tensor',
-      value: {
-        name: '',
-        dataType: DataType.FLOAT,
-        dims: [a.value.length],
-        data: { kind: 'inline', bytes: new Uint8Array(Float32Array.from(a.value).buffer) },
+        dims: a.type === 'float' ? [] : [floats.length],
+        data: { kind: 'inline', bytes: new Uint8Array(Float32Array.from(floats).buffer) },
       },
     });
   if (a.type === 'tensor' && a.value.dataType === DataType.FLOAT)
