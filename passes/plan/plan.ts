@@ -8,16 +8,18 @@
  * The memory model (CPU provider, fp32, host-side AdamW over grads.onnx, `hollowc train`'s default):
  *   peak = weights the training graph holds (all resident: file-backed pages of the mmapped
  *          external data) + FILE_BYTES (the binaries' own file-backed pages)
- *        + ACTIVATION_FACTOR × activations live at the peak of the graph's node order
+ *        + ACTIVATION_FACTOR × activations live at the peak of onnxruntime's execution order
  *        + LORA_COPIES × LoRA bytes (value and two moments; the step's gradients are returned
  *          as it ends, after the peak)
  *        + RUNTIME_BYTES (Node, onnxruntime, the session's graph).
- * Calibration (tests/bench/train-step.ts, full SD 2.1, 32×32, r128, 2026-12-01, after the per-head
- * attention, GEGLU and gradient-buffer changes): the file-backed part is the weights + 69 MiB in
- * every row; LORA_COPIES is counted, RUNTIME_BYTES measured (a loaded session's anonymous memory
- * without the LoRA values: 80 MiB at 39.2%), ACTIVATION_FACTOR fitted to the anonymous memory of
- * `hollow none` (869 MiB) and 39.2% (823 MiB), 0.513 and 0.510 each. The two other measured cuts
- * were predicted before measuring them (README, "plan: predicted vs measured").
+ * Calibration (tests/bench/train-step.ts, full SD 2.1, r128, 2026-12-04, after issue 21's attention
+ * changes): the file-backed part is the weights + 69 MiB in every row; LORA_COPIES is counted,
+ * RUNTIME_BYTES measured (a loaded session's anonymous memory without the LoRA values: 80 MiB at
+ * 39.2%); ACTIVATION_FACTOR is one number for every shape: the live set of the execution order
+ * grows with the latent area as the measured memory does (165 -> 648 MiB at 39.2% from 32x32 to
+ * 64x64; the node order's grew 826 -> 5788), and the factor (the planner's buffers kept for reuse,
+ * the kernels' scratch) fits `hollow none`, 11.5%, 39.2% and 73.3% at 32x32 and 64x64 to 2.4%
+ * (README, "plan: predicted vs measured").
  */
 import { cloneModel } from '../../compiler/clone';
 import { elementSize } from '../../compiler/dtype';
@@ -34,7 +36,7 @@ import { pretransposeWeights } from '../pretranspose-weights';
 import { specializeShapes, trainingShapes } from '../specialize-shapes';
 
 export const MiB = 2 ** 20;
-export const ACTIVATION_FACTOR = 0.51;
+export const ACTIVATION_FACTOR = 2.3;
 export const LORA_COPIES = 3;
 export const FILE_BYTES = 69 * MiB;
 export const RUNTIME_BYTES = 80 * MiB;
@@ -146,28 +148,58 @@ export function weightCastBytes(g: Graph): number {
 }
 
 /**
- * Peak bytes of intermediate values alive at once, walking the nodes in graph order. Weight casts
- * (first in node order, run right before their readers: passes/quantize-base.ts) are left out:
- * weightCastBytes counts them.
+ * The order onnxruntime's CPU provider runs a graph in: a depth-first walk from the sinks (in node
+ * order) that enters a node's producers from the highest node index down, so the producer with the
+ * lowest index runs last, right before its reader (passes/quantize-base.ts and order-sinks.ts rely
+ * on the same order). The node list itself is a poor proxy: the backward's saved activations and
+ * recomputations interleave differently, and its live set grows 7x from 32x32 to 64x64 latents
+ * where onnxruntime's grows 4x.
+ */
+export function executionOrder(g: Graph): Node[] {
+  const index = new Map(g.nodes.map((n, i) => [n, i]));
+  const visited = new Set<Node>();
+  const order: Node[] = [];
+  for (const sink of g.nodes.filter((n) => n.outputs.every((o) => o.uses.length === 0))) {
+    const stack: [Node, boolean][] = [[sink, false]];
+    while (stack.length) {
+      const [n, entered] = stack.pop()!;
+      if (entered) {
+        order.push(n);
+        continue;
+      }
+      if (visited.has(n)) continue;
+      visited.add(n);
+      stack.push([n, true]);
+      const producers = [...new Set(n.inputs.map((v) => v?.producer).filter((p): p is Node => !!p && !visited.has(p)))];
+      // the highest index is entered first: pushed last
+      producers.sort((x, y) => index.get(x)! - index.get(y)!);
+      for (const p of producers) stack.push([p, false]);
+    }
+  }
+  return order;
+}
+
+/**
+ * Peak bytes of intermediate values alive at once when the graph runs in onnxruntime's order
+ * (executionOrder). Graph inputs (the LoRA values, counted apart) and weight casts (run right
+ * before their readers: weightCastBytes counts them) are left out.
  */
 export function activationPeakBytes(g: Graph): number {
-  const lastUse = new Map<unknown, number>();
-  g.nodes.forEach((n, i) => n.inputs.forEach((v) => v && lastUse.set(v, i)));
+  const order = executionOrder(g).filter((n) => !isWeightCast(n));
+  const at = new Map(order.map((n, i) => [n, i]));
   const outputs = new Set(g.outputs);
   const bytes = (v: { type?: { elemType: number; shape?: unknown[] } }) =>
     v.type?.shape?.every((d) => typeof d === 'number')
       ? (v.type.shape as number[]).reduce((a, b) => a * b, 1) * (elementSize(v.type.elemType) ?? 4)
       : 0;
-  let live = g.inputs.reduce((a, v) => a + bytes(v), 0);
-  let peak = live;
-  const dying: number[][] = g.nodes.map(() => []);
-  g.nodes.forEach((n, i) => {
-    if (isWeightCast(n)) return;
+  let live = 0;
+  let peak = 0;
+  const dying: number[][] = order.map(() => []);
+  order.forEach((n, i) => {
     for (const o of n.outputs) {
       live += bytes(o);
-      const last = lastUse.get(o);
-      if (last !== undefined && !outputs.has(o)) dying[last].push(bytes(o));
-      else if (last === undefined && !outputs.has(o)) dying[i].push(bytes(o));
+      const last = Math.max(i, ...o.uses.map((u) => at.get(u.node) ?? i));
+      if (!outputs.has(o)) dying[last].push(bytes(o));
     }
     peak = Math.max(peak, live);
     for (const b of dying[i]) live -= b;
