@@ -71,7 +71,8 @@ export function pretransposeWeights(model: Model): { model: Model; weights: numb
     });
     g.replaceAllUsesWith(n.outputs[0], transposed);
     g.removeNode(n);
-    if (w.uses.length === 0 && !g.outputs.includes(w)) g.deleteValue(w);
+    // an initializer the graph also lists as an input (IR < 4 exports) stays: the input must keep its value
+    if (w.uses.length === 0 && !g.outputs.includes(w) && !g.inputs.includes(w)) g.deleteValue(w);
     weights++;
   }
   return { model: copy, weights };
