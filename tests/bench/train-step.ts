@@ -17,9 +17,20 @@
  * `warmStepSeconds` is the median of the steps after the first (the first run of a session also
  * pays onnxruntime's one-time work; with --steps 2 `medianStepSeconds` is the slower of the two).
  *
+ * `--family sdxl` (default sd21) builds a full-size SDXL UNet instead (use its own --dir; 10.3 GB of
+ * weights, 5.1 GB with `--form '--dtype fp16'`) and compiles its specs with SDXL's conditioning
+ * (encoder_hidden_states [1, 77, 2048], text_embeds [1, 1280], time_ids [1, 6]); the LoRA is the
+ * same (r128 on attn1/attn2 q,k,v,out.0). Rows whose preset is SD's (`hollowed-*`, `two-path`,
+ * `baked`, `precompute`, `h115-host`, `h733-host`) are SD 2.1 rows, refused under --only; SDXL's
+ * hollowed rows are `sdxl-mid-host`, `sdxl-mid-int8` and `sdxl-mid-fp16` (the paper's SDXL cut,
+ * the whole mid block; host AdamW, base fp32 / int8 / fp16), left out of sd21's defaults. `inference`
+ * and the `lora-*` rows run on either; their JSON lines say `"family":"sdxl"` (sd21's lines are as
+ * before). SDXL at 1024 px: `--family sdxl --latent 128 --steps 2 --only sdxl-mid-int8`.
+ *
  *   npx tsc -p . && node dist/tests/bench/train-step.js [--dir /tmp/x] [--keep] [--steps 3] [--threads 2]
  *       [--only hollowed-host,inference] [--config '{"session.key":"value"}'] [--dump-optimized] [--malloc default]
  *       [--latent 64] [--ep webgpu] [--form '--exporter dynamo --dtype fp16'] (the UNet's export form; use its own --dir)
+ *       [--family sdxl]
  */
 import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
@@ -30,11 +41,21 @@ import { LEARNING_RATE, LOSS_WEIGHT, STEP, TIMESTEP, isLoraParam, optimizerState
 import { MALLOC_ENV } from '../../cli/allocator';
 import { toHalfBits } from '../../runtime/formats/float16';
 import { syntheticParams, syntheticValue } from './synthetic';
+import { presetsFor } from '../../dsl/presets';
 import { EXECUTION_PROVIDERS, ExecutionProvider } from '../../runtime/ort/session';
 import { OptimizerMode, StepRunner, describeTrainGraph, trainingSession } from '../../runtime/train/step-graph';
 
 const MiB = 2 ** 20;
 const CLI = path.join(__dirname, '..', '..', 'cli', 'main.js');
+
+/** What differs between the families the bench builds: the text conditioning's shapes. */
+const FAMILY_SHAPES: Record<BenchFamily, string> = {
+  sd21: 'shape encoder_hidden_states [1, 77, 1024]\n',
+  // SDXL: both text encoders' states (768 + 1280), the pooled text_embeds and the six time_ids
+  sdxl: 'shape encoder_hidden_states [1, 77, 2048]\nshape text_embeds [1, 1280]\nshape time_ids [1, 6]\n',
+};
+type BenchFamily = 'sd21' | 'sdxl';
+const BENCH_FAMILIES: readonly BenchFamily[] = ['sd21', 'sdxl'];
 
 const SPEC = (
   hollow: string,
@@ -42,13 +63,13 @@ const SPEC = (
   base: 'fp32' | 'int8' | 'fp16' = 'fp32',
   emit = 'train grads',
   loraInfer: 'fp32' | 'fp16' = 'fp32',
-) => `model sd21
+  family: BenchFamily = 'sd21',
+) => `model ${family}
 hollow ${hollow}
 base ${base}
 shape sample [1, 4, ${latent}, ${latent}]
 shape timestep [1]
-shape encoder_hidden_states [1, 77, 1024]
-lora rank 128 alpha 128
+${FAMILY_SHAPES[family]}lora rank 128 alpha 128
 lora targets "attn1.*" "attn2.*"
 emit ${emit}
 ${loraInfer === 'fp16' ? 'lora infer fp16\n' : ''}`;
@@ -329,7 +350,37 @@ const ROWS: Row[] = [
   // For hollowc plan's predicted-vs-measured table (not run by default: --only).
   { id: 'h115-host', label: 'Hollowed 11.5%, AdamW on host', kind: 'train', hollow: 'preset "11.5%"', mode: 'host', extra: true },
   { id: 'h733-host', label: 'Hollowed 73.3%, AdamW on host', kind: 'train', hollow: 'preset "73.3%"', mode: 'host', extra: true },
+  // --family sdxl: the paper's SDXL cut (the whole mid block) in the 39.2% rows' three forms.
+  {
+    id: 'sdxl-mid-host',
+    label: 'Hollowed `sdxl-mid`, AdamW on host (`grads.onnx`)',
+    kind: 'train',
+    hollow: 'preset "sdxl-mid"',
+    mode: 'host',
+  },
+  {
+    id: 'sdxl-mid-int8',
+    label: 'Hollowed `sdxl-mid`, `base int8`, AdamW on host',
+    kind: 'train',
+    hollow: 'preset "sdxl-mid"',
+    mode: 'host',
+    base: 'int8',
+  },
+  {
+    id: 'sdxl-mid-fp16',
+    label: 'Hollowed `sdxl-mid`, `base fp16`, AdamW on host',
+    kind: 'train',
+    hollow: 'preset "sdxl-mid"',
+    mode: 'host',
+    base: 'fp16',
+  },
 ];
+
+/** Whether a row runs on `family`: its preset is one of the family's (`hollow none` and the plain UNet run on any). */
+function rowFits(row: Row, family: BenchFamily): boolean {
+  const preset = /^preset "(.*)"$/.exec(row.hollow ?? '');
+  return !preset || presetsFor(family).includes(preset[1]);
+}
 
 async function main(argv: string[]): Promise<void> {
   const at = argv.indexOf('--child');
@@ -344,13 +395,17 @@ async function main(argv: string[]): Promise<void> {
   const only = opt('--only', '').split(',').filter(Boolean);
   const ep = opt('--ep', 'cpu') as ExecutionProvider;
   if (!EXECUTION_PROVIDERS.includes(ep)) throw new Error(`--ep ${ep}: one of ${EXECUTION_PROVIDERS.join(', ')}`);
-  const rows = ROWS.filter((r) => (only.length ? only.includes(r.id) : !r.extra));
+  const family = opt('--family', 'sd21') as BenchFamily;
+  if (!BENCH_FAMILIES.includes(family)) throw new Error(`--family ${family}: one of ${BENCH_FAMILIES.join(', ')}`);
+  const rows = ROWS.filter((r) => (only.length ? only.includes(r.id) : !r.extra && rowFits(r, family)));
+  const unfit = rows.filter((r) => !rowFits(r, family)).map((r) => r.id);
+  if (unfit.length) throw new Error(`--only ${unfit.join(',')}: not a ${family} row (its preset is another family's)`);
   const env = opt('--malloc', 'hollowc') === 'default' ? process.env : { ...process.env, ...MALLOC_ENV };
   const unet = path.join(dir, 'unet', 'model.onnx');
   if (!fs.existsSync(unet)) {
     // --form '--exporter dynamo' / '--dtype fp16' / '--timestep scalar': the export form the rows run on
     const form = opt('--form', '').split(' ').filter(Boolean);
-    const b = spawnSync(process.execPath, [CLI, 'model', 'build', 'sd21', '--full', ...form, '-o', path.dirname(unet)], {
+    const b = spawnSync(process.execPath, [CLI, 'model', 'build', family, '--full', ...form, '-o', path.dirname(unet)], {
       stdio: 'inherit',
     });
     if (b.status !== 0) throw new Error('model build failed');
@@ -359,10 +414,10 @@ async function main(argv: string[]): Promise<void> {
   const compile = (hollow: string, base: 'fp32' | 'int8' | 'fp16' = 'fp32', emit = 'train grads', loraInfer: 'fp32' | 'fp16' = 'fp32') => {
     const out = path.join(
       dir,
-      `${hollow === 'none' ? 'out-none' : `out-${hollow.replace(/\D/g, '')}`}${latent === 32 ? '' : `-${latent}`}${base === 'fp32' ? '' : `-${base}`}${emit.includes('infer') ? '-infer' : ''}${emit === 'precompute' ? '-precompute' : ''}${loraInfer === 'fp16' ? '-fp16lora' : ''}`,
+      `out-${hollow === 'none' ? 'none' : /\d/.test(hollow) ? hollow.replace(/\D/g, '') : hollow.replace(/^preset "(.*)"$/, '$1')}${latent === 32 ? '' : `-${latent}`}${base === 'fp32' ? '' : `-${base}`}${emit.includes('infer') ? '-infer' : ''}${emit === 'precompute' ? '-precompute' : ''}${loraInfer === 'fp16' ? '-fp16lora' : ''}`,
     );
     if (compiled.has(out)) return compiled.get(out)!;
-    const text = SPEC(hollow, latent, base, emit, loraInfer);
+    const text = SPEC(hollow, latent, base, emit, loraInfer, family);
     const manifestFile = path.join(out, 'manifest.json');
     // A folder compiled from the same spec (--dir reused) is not compiled again.
     if (fs.existsSync(manifestFile) && JSON.parse(fs.readFileSync(manifestFile, 'utf8')).spec?.text === text) {
@@ -423,6 +478,7 @@ async function main(argv: string[]): Promise<void> {
     };
     const r = {
       ...row,
+      ...(family === 'sd21' ? {} : { family }),
       ep,
       ...target,
       ...(await spawnJson([__filename, '--child', JSON.stringify(args)], env)),
@@ -432,7 +488,7 @@ async function main(argv: string[]): Promise<void> {
   }
   const date = new Date().toISOString().slice(0, 10);
   console.log(
-    `\n${date}, latents ${latent}x${latent}, ${ep}, ${threads} threads, ${steps} steps per row (median; warm: the steps after the first), one process per row, malloc ${env === process.env ? 'as started' : JSON.stringify(MALLOC_ENV)}${Object.keys(config).length ? `, session config ${JSON.stringify(config)}` : ''}\n`,
+    `\n${date}, ${family === 'sd21' ? '' : `${family}, `}latents ${latent}x${latent}, ${ep}, ${threads} threads, ${steps} steps per row (median; warm: the steps after the first), one process per row, malloc ${env === process.env ? 'as started' : JSON.stringify(MALLOC_ENV)}${Object.keys(config).length ? `, session config ${JSON.stringify(config)}` : ''}\n`,
   );
   const device = results.some((r) => r.devicePeakMiB !== undefined);
   console.log(
@@ -470,6 +526,9 @@ async function main(argv: string[]): Promise<void> {
   ratio('two-path', 'baked');
   ratio('two-path-fp16', 'inference');
   ratio('two-path-fp16', 'baked');
+  for (const x of ['sdxl-mid-host', 'sdxl-mid-int8', 'sdxl-mid-fp16']) for (const b of ['inference', 'lora-host']) ratio(x, b);
+  ratio('sdxl-mid-int8', 'sdxl-mid-host');
+  ratio('sdxl-mid-fp16', 'sdxl-mid-host');
   if (!argv.includes('--keep') && !argv.includes('--dir')) fs.rmSync(dir, { recursive: true, force: true });
 }
 
