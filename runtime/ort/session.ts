@@ -17,6 +17,11 @@ import { noAdapterMessage, softwareVulkanIfNoGpu } from './vulkan';
 export const EXECUTION_PROVIDERS = ['cpu', 'cuda', 'webgpu', 'tensorrt', 'dml', 'coreml', 'qnn'] as const;
 export type ExecutionProvider = (typeof EXECUTION_PROVIDERS)[number];
 
+export const WEBGPU_BUFFER_CACHES = ['bucket', 'simple', 'lazyRelease', 'disabled'] as const;
+export type WebGpuBufferCache = (typeof WEBGPU_BUFFER_CACHES)[number];
+/** hollowc's graphs have static shapes: see SessionOptions.webgpuBufferCache. */
+export const WEBGPU_BUFFER_CACHE: WebGpuBufferCache = 'bucket';
+
 export interface SessionOptions {
   ep?: ExecutionProvider;
   /** On a provider failure, run on the CPU with a warning instead of failing (default false). */
@@ -44,6 +49,12 @@ export interface SessionOptions {
    * (AdamW's bias correction computes beta^t with Exp, not WebGPU's less precise Pow.)
    */
   webgpuCpuOps?: readonly string[];
+  /**
+   * How the webgpu provider caches released storage buffers (onnxruntime's storageBufferCacheMode;
+   * default WEBGPU_BUFFER_CACHE): 'bucket' (onnxruntime's own default) rounds each request up to a
+   * size bucket, 'simple' reuses buffers of the exact size only, 'disabled' destroys them.
+   */
+  webgpuBufferCache?: WebGpuBufferCache;
   /**
    * onnxruntime's log level for this session (default 3, errors only: its placement warnings are
    * replaced by `report`; 0 is verbose and prints node placements to stderr).
@@ -79,7 +90,7 @@ export function withArtifactConfig(
 }
 
 /** The per-run knobs the runtime commands pass through to their sessions. */
-export type SessionTuning = Pick<SessionOptions, 'intraOpThreads' | 'optimization' | 'report' | 'log'>;
+export type SessionTuning = Pick<SessionOptions, 'intraOpThreads' | 'optimization' | 'report' | 'log' | 'webgpuBufferCache'>;
 
 export function installedProviders(): string[] {
   return ort
@@ -190,7 +201,15 @@ async function open(modelFile: string, options: SessionOptions, provider: Execut
   }
   const session = await ort.InferenceSession.create(modelFile, {
     ...base,
-    executionProviders: [forced.length ? { name: 'webgpu', forceCpuNodeNames: forced } : provider],
+    executionProviders: [
+      provider === 'webgpu'
+        ? {
+            name: 'webgpu',
+            storageBufferCacheMode: options.webgpuBufferCache ?? WEBGPU_BUFFER_CACHE,
+            ...(forced.length ? { forceCpuNodeNames: forced } : {}),
+          }
+        : provider,
+    ],
     ...(profilePrefix ? { enableProfiling: true, profileFilePrefix: profilePrefix } : {}),
   });
   INFO.set(session, { provider, modelFile, profilePrefix, pinned: forced });

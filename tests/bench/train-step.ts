@@ -29,7 +29,7 @@
  *
  *   npx tsc -p . && node dist/tests/bench/train-step.js [--dir /tmp/x] [--keep] [--steps 3] [--threads 2]
  *       [--only hollowed-host,inference] [--config '{"session.key":"value"}'] [--dump-optimized] [--malloc default]
- *       [--latent 64] [--ep webgpu] [--form '--exporter dynamo --dtype fp16'] (the UNet's export form; use its own --dir)
+ *       [--latent 64] [--ep webgpu] [--webgpu-cache simple|bucket] [--form '--exporter dynamo --dtype fp16'] (the UNet's export form; use its own --dir)
  *       [--family sdxl]
  */
 import { spawn, spawnSync } from 'child_process';
@@ -42,7 +42,7 @@ import { MALLOC_ENV } from '../../cli/allocator';
 import { toHalfBits } from '../../runtime/formats/float16';
 import { syntheticParams, syntheticValue } from './synthetic';
 import { presetsFor } from '../../dsl/presets';
-import { EXECUTION_PROVIDERS, ExecutionProvider } from '../../runtime/ort/session';
+import { EXECUTION_PROVIDERS, ExecutionProvider, WebGpuBufferCache } from '../../runtime/ort/session';
 import { OptimizerMode, StepRunner, describeTrainGraph, trainingSession } from '../../runtime/train/step-graph';
 
 const MiB = 2 ** 20;
@@ -145,6 +145,8 @@ interface ChildArgs {
   latent?: number;
   /** Execution provider (default cpu). */
   ep?: ExecutionProvider;
+  /** --webgpu-cache: the webgpu provider's storage buffer cache (default the runtime's). */
+  webgpuCache?: WebGpuBufferCache;
 }
 
 async function child(a: ChildArgs): Promise<void> {
@@ -159,8 +161,8 @@ async function child(a: ChildArgs): Promise<void> {
   const file = graph?.file ?? a.file;
   // The runtime's options: training graphs as runtime/train/step-graph.ts trainingSession sets them.
   const base = graph
-    ? trainingSession({ session: { intraOpThreads: a.threads }, ep: a.ep })
-    : { intraOpThreads: a.threads, optimization: 'all' as const, ep: a.ep };
+    ? trainingSession({ session: { intraOpThreads: a.threads, webgpuBufferCache: a.webgpuCache }, ep: a.ep })
+    : { intraOpThreads: a.threads, optimization: 'all' as const, ep: a.ep, webgpuBufferCache: a.webgpuCache };
   // and the artifact's own session config (float16 weights: passes/float16-weights.ts)
   const session = await createSession(
     file,
@@ -394,6 +396,7 @@ async function main(argv: string[]): Promise<void> {
   const config = JSON.parse(opt('--config', '{}')) as Record<string, string>;
   const only = opt('--only', '').split(',').filter(Boolean);
   const ep = opt('--ep', 'cpu') as ExecutionProvider;
+  const webgpuCache = opt('--webgpu-cache', '') as WebGpuBufferCache | '';
   if (!EXECUTION_PROVIDERS.includes(ep)) throw new Error(`--ep ${ep}: one of ${EXECUTION_PROVIDERS.join(', ')}`);
   const family = opt('--family', 'sd21') as BenchFamily;
   if (!BENCH_FAMILIES.includes(family)) throw new Error(`--family ${family}: one of ${BENCH_FAMILIES.join(', ')}`);
@@ -475,6 +478,7 @@ async function main(argv: string[]): Promise<void> {
       dump: argv.includes('--dump-optimized'),
       latent,
       ep,
+      ...(webgpuCache ? { webgpuCache } : {}),
     };
     const r = {
       ...row,
