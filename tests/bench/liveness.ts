@@ -5,14 +5,21 @@
  * last reader (graph inputs and weights excluded). That is what the tensors need, not what the
  * process holds: onnxruntime's planner gives an output the buffer of a dead tensor of the same
  * shape, and such a buffer stays allocated from its first tensor's birth to its last one's death,
- * idle in between (on full SD 2.1 39.2% at the step's peak: 140 MiB of live tensors, 260 MiB of
- * idle buffers, from an allocation trace). Its in-place reuse is ignored too. Names match the
- * profile only for nodes the basic optimizations keep: give it the optimized model
- * (`optimizedModelFilePath`, as train-step's --dump-optimized writes) to count fused nodes.
- * Prints the peak, the tensors alive there grouped by producing op and by forward/backward, and
- * the biggest of them. Not run by jest.
+ * idle in between. So it also replays that planner over the same order ("held with onnxruntime's
+ * buffer reuse": each output takes the most recently freed buffer of its type and shape; Reshape,
+ * Squeeze, Unsqueeze, Flatten and Identity share their input's buffer; in-place outputs and kernel
+ * scratch such as a ConvTranspose's column buffer are not modeled): on full SD 2.1 39.2% at 64x64,
+ * 2026-12-04, 1002 MiB held at the peak against 508 MiB live, next to the allocation trace's 1173
+ * MiB. HELD_DETAIL=1 lists the buffers held there by shape; TAG=phase|blockphase|levelphase
+ * replays a planner that never hands a buffer across forward and backward (and blocks, levels), a
+ * what-if (phase: 1002 -> 738 MiB). Names match the profile only for nodes the basic optimizations
+ * keep (fused nodes are missing; an optimized model from train-step's --dump-optimized names them,
+ * but onnxruntime runs a reloaded optimized model in another order, so its figures are not the
+ * step's). Sessions take the training graphs' config (CSE off: it would merge the recomputed
+ * clones back). Prints the peak, the tensors alive there grouped by producing op and by
+ * forward/backward, and the biggest of them. Not run by jest.
  *
- *   npx tsc -p . && node dist/tests/bench/liveness.js <out>/grads.onnx [--threads 2] [--top 30]
+ *   npx tsc -p . && node dist/tests/bench/liveness.js <out>/grads.onnx [--threads 2] [--top 30] [--config '{}']
  */
 import * as fs from 'fs';
 import * as os from 'os';
@@ -21,9 +28,12 @@ import * as ort from 'onnxruntime-node';
 import { elementSize } from '../../compiler/dtype';
 import { Value } from '../../compiler/ir';
 import { loadModel } from '../../compiler/serde';
+import { inferShapes } from '../../compiler/shape-inference';
 import { createSession, sessionExtra } from '../../runtime/ort/session';
+import { TRAINING_SESSION_CONFIG } from '../../runtime/train/step-graph';
 
 const MiB = 2 ** 20;
+const ALIASING = new Set(['Reshape', 'Squeeze', 'Unsqueeze', 'Flatten', 'Identity']);
 
 function bytesOf(v: Value): number | undefined {
   const shape = v.type?.shape;
@@ -37,6 +47,12 @@ async function main(argv: string[]): Promise<void> {
   const threads = Number(opt('--threads', '2'));
   const top = Number(opt('--top', '30'));
   const model = loadModel(file);
+  // onnxruntime's optimized models keep few value types: the planner's reuse needs every shape.
+  try {
+    inferShapes(model);
+  } catch (e) {
+    console.log(`shape inference failed (${(e as Error).message}): buffers of unknown shape are not reused below`);
+  }
   const g = model.graph;
   const cwd = process.cwd();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hollowc-liveness-'));
@@ -58,7 +74,7 @@ async function main(argv: string[]): Promise<void> {
       intraOpNumThreads: threads,
       enableProfiling: true,
       profileFilePrefix: 'profile',
-      extra: sessionExtra(JSON.parse(opt('--config', '{}'))),
+      extra: sessionExtra({ ...TRAINING_SESSION_CONFIG, ...JSON.parse(opt('--config', '{}')) }),
     });
     const feeds: Record<string, ort.Tensor> = {};
     for (const input of g.inputs) {
@@ -110,12 +126,24 @@ async function main(argv: string[]): Promise<void> {
     bytes: number;
     birth: number;
     death: number;
+    /** Element type and dims: onnxruntime's planner hands a dead tensor's buffer to an output of the same. */
+    shape?: string;
   }
   const lives: Life[] = [];
   const outputs = new Set(g.outputs.map((v) => v.name));
+  // onnxruntime's Reshape, Squeeze, Unsqueeze, Flatten and Identity hand out their input's buffer.
+  const lifeOf = new Map<string, Life>();
   order.forEach((o, i) => {
     const node = byName.get(o.name);
     if (!node) return;
+    const source = ALIASING.has(node.opType) && node.inputs[0] ? lifeOf.get(node.inputs[0].name) : undefined;
+    if (source) {
+      const v = node.outputs[0];
+      const readers = v.uses.map((u) => position.get(u.node.name) ?? -1);
+      source.death = Math.max(source.death, outputs.has(v.name) ? order.length : Math.max(i, ...readers));
+      lifeOf.set(v.name, source);
+      return;
+    }
     const known = node.outputs.map(bytesOf);
     const unknownCount = known.filter((b) => b === undefined).length;
     const rest = Math.max(0, o.outputSize - known.reduce<number>((a, b) => a + (b ?? 0), 0));
@@ -123,7 +151,10 @@ async function main(argv: string[]): Promise<void> {
       const bytes = known[k] ?? rest / Math.max(1, unknownCount);
       const readers = v.uses.map((u) => position.get(u.node.name) ?? -1);
       const death = outputs.has(v.name) ? order.length : Math.max(i, ...readers);
-      lives.push({ value: v.name, op: node.opType, node: node.name, bytes, birth: i, death });
+      const shape = known[k] === undefined ? undefined : `${v.type!.elemType}:${v.type!.shape!.join('x')}${experimentTag(node.name)}`;
+      const life = { value: v.name, op: node.opType, node: node.name, bytes, birth: i, death, shape };
+      lives.push(life);
+      lifeOf.set(v.name, life);
     });
   });
   const delta = new Float64Array(order.length + 2);
@@ -141,6 +172,19 @@ async function main(argv: string[]): Promise<void> {
   const alive = lives.filter((l) => l.birth <= peakAt && l.death >= peakAt).sort((a, b) => b.bytes - a.bytes);
   console.log(
     `${file}: ${order.length} kernels run (${missing} graph nodes not in the profile, ${unknown} profiled nodes not in the graph)`,
+  );
+  const unprofiled = new Map<string, number>();
+  for (const n of g.nodes) if (!position.has(n.name)) unprofiled.set(n.opType, (unprofiled.get(n.opType) ?? 0) + 1);
+  console.log(
+    `not in the profile: ${[...unprofiled]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, 12)
+      .map(([k, n]) => `${k} ${n}`)
+      .join(', ')}`,
+  );
+  const held = heldWithReuse(lives, order.length);
+  console.log(
+    `held with onnxruntime's buffer reuse (a dead tensor's buffer kept for the next output of its shape): peak ${(held.peak / MiB).toFixed(0)} MiB at kernel ${held.at} (${order[held.at]?.name}) in ${held.buffers} buffers`,
   );
   console.log(
     `peak of live intermediates: ${(peak / MiB).toFixed(0)} MiB at kernel ${peakAt} (${order[peakAt]?.name}), ${alive.length} tensors`,
@@ -173,6 +217,74 @@ async function main(argv: string[]): Promise<void> {
   for (const l of alive.slice(0, top)) console.log(`  ${(l.bytes / MiB).toFixed(1)} MiB  ${l.op}  ${l.value}  [${l.birth}..${l.death}]`);
   if (process.env.KEEP_PROFILE) console.log(`profile: ${profileFile}`);
   else fs.rmSync(dir, { recursive: true, force: true });
+}
+
+function experimentTag(name: string): string {
+  const mode = process.env.TAG ?? '';
+  const phase = name.includes('/grad') || name.includes('/recompute') ? 'b' : 'f';
+  const block = /^\/(down_blocks\.\d+|up_blocks\.\d+|mid_block)\/(attentions|resnets|upsamplers|downsamplers)\.\d+/.exec(name)?.[0] ?? '';
+  const level = /^\/(down_blocks\.\d+|up_blocks\.\d+)/.exec(name)?.[0] ?? '';
+  if (mode === 'phase') return phase;
+  if (mode === 'block') return block;
+  if (mode === 'blockphase') return block + phase;
+  if (mode === 'levelphase') return level + phase;
+  return '';
+}
+
+/**
+ * onnxruntime's planner (allocation_planner.cc) walked over the same order: each output takes the
+ * most recently freed buffer of its exact type and shape, else a new one; a buffer is held from its
+ * first tensor's birth to its last tensor's death. In-place outputs and kernel scratch are not modeled.
+ */
+function heldWithReuse(
+  lives: readonly { bytes: number; birth: number; death: number; shape?: string }[],
+  kernels: number,
+): { peak: number; at: number; buffers: number } {
+  const byBirth = new Map<number, (typeof lives)[number][]>();
+  for (const l of lives) byBirth.set(l.birth, [...(byBirth.get(l.birth) ?? []), l]);
+  const dying = new Map<number, number[]>();
+  const chains: { bytes: number; start: number; end: number; shape?: string }[] = [];
+  const free: number[] = [];
+  for (let i = 0; i < kernels; i++) {
+    for (const l of byBirth.get(i) ?? []) {
+      const k = l.shape === undefined ? -1 : free.findIndex((c) => chains[c].shape === l.shape);
+      let c: number;
+      if (k >= 0) {
+        c = free[k];
+        free.splice(k, 1);
+        chains[c].end = Math.max(chains[c].end, l.death);
+      } else {
+        c = chains.push({ bytes: l.bytes, start: i, end: l.death, shape: l.shape }) - 1;
+      }
+      dying.set(l.death, [...(dying.get(l.death) ?? []), c]);
+    }
+    for (const c of dying.get(i) ?? []) free.unshift(c);
+  }
+  const delta = new Float64Array(kernels + 2);
+  for (const c of chains) {
+    delta[c.start] += c.bytes;
+    delta[Math.min(kernels, c.end) + 1] -= c.bytes;
+  }
+  let held = 0;
+  let peak = 0;
+  let at = 0;
+  for (let i = 0; i <= kernels; i++) {
+    held += delta[i];
+    if (held > peak) [peak, at] = [held, i];
+  }
+  if (process.env.HELD_DETAIL) {
+    const live = new Map<string, number>();
+    for (const l of lives) if (l.birth <= at && l.death >= at) live.set(l.shape ?? '?', (live.get(l.shape ?? '?') ?? 0) + 1);
+    const heldBy = new Map<string, { n: number; bytes: number }>();
+    for (const c of chains)
+      if (c.start <= at && c.end >= at) {
+        const e = heldBy.get(c.shape ?? '?') ?? { n: 0, bytes: 0 };
+        heldBy.set(c.shape ?? '?', { n: e.n + 1, bytes: e.bytes + c.bytes });
+      }
+    for (const [k, e] of [...heldBy].sort((a, b) => b[1].bytes - a[1].bytes).slice(0, 25))
+      console.log(`  ${(e.bytes / MiB).toFixed(1)} MiB held in ${e.n} buffers of ${k}, ${live.get(k) ?? 0} live`);
+  }
+  return { peak, at, buffers: chains.length };
 }
 
 main(process.argv.slice(2)).catch((e) => {
