@@ -7,7 +7,8 @@
  *   infer       path 1 (base, up to the activation) + path 2 (hollowed net with LoRA), large
  *               attention maps in blocks of query rows
  *   grads       forward + static shapes + loss + d loss / d LoRA (large attention maps per head in
- *               blocks of query rows, each block's backward finished before the next; cheap
+ *               blocks of query rows, wide feed-forwards in blocks of token rows, large convolution
+ *               gradients in bands of rows, each block's backward finished before the next; cheap
  *               activations recomputed; under `base int8` every base weight read dequantized from
  *               int8, under `base fp16` cast from float16) as outputs
  *   train       forward + static shapes + loss + gradients (the same) + in-graph AdamW
@@ -22,7 +23,9 @@ import { Pass, PassRecord, runPasses } from '../compiler/pass';
 import { addAdamWPass } from './add-adamw';
 import { addBasePathPass } from './add-base-path';
 import { addLossPass } from './add-loss';
+import { bandConvGradientsPass } from './band-conv-gradients';
 import { chunkAttentionPass } from './chunk-attention';
+import { chunkFeedForwardPass } from './chunk-feed-forward';
 import { preciseNormalizationPass } from './precise-normalization';
 import { preciseTrigonometryPass } from './precise-trigonometry';
 import { differentiatePass } from './differentiate';
@@ -52,8 +55,10 @@ const TRAINING_LOSS = [
   specializeShapesPass,
   splitAttentionPass,
   slicesToSplitPass,
+  chunkFeedForwardPass,
   addLossPass,
   differentiatePass,
+  bandConvGradientsPass,
   pairAttentionGradientsPass,
   rematerializePass,
   quantizeBasePass,

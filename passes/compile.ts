@@ -63,6 +63,10 @@ export interface CompileRequest {
   extraFiles?: (dir: string, manifest: CompileManifest) => string[];
   /** split-attention's block size (ArtifactState.attentionChunkBytes): for tests on small models. */
   attentionChunkBytes?: number;
+  /** chunk-feed-forward's block size (ArtifactState.feedForwardChunkBytes): for tests on small models. */
+  feedForwardChunkBytes?: number;
+  /** band-conv-gradients' band size (ArtifactState.convGradientColBytes): for tests on small models. */
+  convGradientColBytes?: number;
   /** chunk-attention's block size (ArtifactState.inferChunkBytes): for tests on small models. */
   inferChunkBytes?: number;
 }
@@ -199,6 +203,8 @@ export function compile(request: CompileRequest): CompileManifest {
     float16Io: widened?.float16Io,
     attentionChunkBytes: request.attentionChunkBytes,
     inferChunkBytes: request.inferChunkBytes,
+    feedForwardChunkBytes: request.feedForwardChunkBytes,
+    convGradientColBytes: request.convGradientColBytes,
   };
 
   if (fs.existsSync(request.outDir) && !fs.statSync(request.outDir).isDirectory())

@@ -60,9 +60,10 @@ const CHEAP = new Set([
 ]);
 /**
  * Nodes cloned to recompute one value at most (softmax(q·kᵀ·s) from q and k: Softmax, Mul, MatMul,
- * Transpose; a GEGLU half: LayerNormalization, MatMul, Add, Slice).
+ * Transpose; a GEGLU half: LayerNormalization, MatMul, Add, Slice, and in blocks of token rows
+ * (chunk-feed-forward) the Split of the rows before the MatMul).
  */
-export const MAX_CHAIN = 4;
+export const MAX_CHAIN = 5;
 /**
  * A product with a weight is recomputed only when its output has at least this many times the
  * elements of its input: then keeping its input instead saves that factor in memory for one matmul.
@@ -74,7 +75,7 @@ function elements(v: Value): number | undefined {
 }
 
 /** x·W with W a weight and an output EXPANSION times larger than x (SD: the GEGLU projection). */
-function expandingProjection(n: Node): boolean {
+export function expandingProjection(n: Node): boolean {
   const [x, w] = n.inputs;
   if (n.opType !== 'MatMul' || !x || !isWeightView(w)) return false;
   const [inN, outN] = [elements(x), elements(n.outputs[0])];

@@ -110,3 +110,66 @@ test('GEGLU halves by one Split: one Concat in the backward instead of padded ha
   expect(projections.length).toBe(gegluSplits.length);
   expect(identicalOutputs(split.result, sliced.result).length).toBe(Object.keys(split.result).length);
 });
+
+test('feed-forwards in blocks of token rows: no full-width tensor left, each block recomputed once, the same loss and gradients', async () => {
+  // The fixture's level-0 GEGLU projection: 256 tokens x 128 channels (128 KiB); blocks of 32 KiB are 64 rows.
+  const chunkBytes = 32 * 1024;
+  const blocked = await gradsOf(compileFixtureGrads('fp32', 'hollowc-memory-', { feedForwardChunkBytes: chunkBytes }));
+  const whole = await gradsOf(compileFixtureGrads('fp32', 'hollowc-memory-', { skipPasses: ['chunk-feed-forward'] }));
+  const projections = (graph: Graph, recomputed: boolean) =>
+    graph.nodes.filter((n) => n.opType === 'MatMul' && n.name.includes('ff/net.0/proj') && n.name.endsWith('/recompute') === recomputed);
+  const model = loadModel(path.join(blocked.dir, 'grads.onnx'));
+  inferShapes(model);
+  const widths = projections(model.graph, false).map((n) => staticShape(n.outputs[0])!);
+  expect(widths.length).toBeGreaterThan(projections(whole.g, false).length);
+  for (const shape of widths) expect(shape.reduce((a, b) => a * b, 1) * 4).toBeLessThanOrEqual(chunkBytes);
+  // Each block's projection is recomputed once in the backward (rematerialize), not kept.
+  expect(projections(blocked.g, true).length).toBe(widths.length);
+  // Every row is computed by the same kernels from the same numbers.
+  const lossOf = (r: typeof blocked.result) => (r.loss.data as Float32Array)[0];
+  expect(lossOf(blocked.result)).toBe(lossOf(whole.result));
+  const step = fixtureGradientStep(blocked.m);
+  let vsWhole = 0;
+  for (const p of step.params)
+    vsWhole = Math.max(
+      vsWhole,
+      relativeError(blocked.result[`${p.name}.grad`].data as Float32Array, whole.result[`${p.name}.grad`].data as Float32Array),
+    );
+  // eslint-disable-next-line no-console
+  console.log(
+    `feed-forward in blocks on the fixture: ${widths.length} projections of at most ${chunkBytes} bytes; gradients vs whole ${vsWhole.toExponential(2)}`,
+  );
+  expect(vsWhole).toBeLessThan(1e-6);
+});
+
+test('convolution input gradients in bands of rows: every column buffer under the limit, the same loss and gradients', async () => {
+  // The fixture's widest input gradient: its last up block's first resnet (96 channels in, 3x3, 16x16);
+  // 8 KiB of column buffer per band is 2 input rows with the halo.
+  const colBytes = 8 * 1024;
+  const banded = await gradsOf(compileFixtureGrads('fp32', 'hollowc-memory-', { convGradientColBytes: colBytes }));
+  const whole = await gradsOf(compileFixtureGrads('fp32', 'hollowc-memory-', { skipPasses: ['band-conv-gradients'] }));
+  const model = loadModel(path.join(banded.dir, 'grads.onnx'));
+  inferShapes(model);
+  const transposed = (graph: Graph) => graph.nodes.filter((n) => n.opType === 'ConvTranspose');
+  expect(transposed(model.graph).length).toBeGreaterThan(transposed(whole.g).length);
+  // Strided ones (the downsamplers' gradients) are left whole.
+  for (const n of transposed(model.graph).filter((t) => t.attrInts('strides', [1, 1]).every((d) => d === 1))) {
+    const [x, w] = [staticShape(n.inputs[0]!)!, staticShape(n.inputs[1]!)!];
+    expect(w[1] * w[2] * w[3] * x[2] * x[3] * 4).toBeLessThanOrEqual(Math.max(colBytes, w[1] * w[2] * w[3] * w[2] * x[3] * 4));
+  }
+  const lossOf = (r: typeof banded.result) => (r.loss.data as Float32Array)[0];
+  expect(lossOf(banded.result)).toBe(lossOf(whole.result));
+  const step = fixtureGradientStep(banded.m);
+  let [vsWhole, vsTorch] = [0, 0];
+  for (const p of step.params) {
+    const got = banded.result[`${p.name}.grad`].data as Float32Array;
+    vsWhole = Math.max(vsWhole, relativeError(got, whole.result[`${p.name}.grad`].data as Float32Array));
+    vsTorch = Math.max(vsTorch, relativeError(got, step.torchGradient(p)));
+  }
+  // eslint-disable-next-line no-console
+  console.log(
+    `convolution gradients in bands on the fixture: ${transposed(model.graph).length} ConvTranspose; gradients vs whole ${vsWhole.toExponential(2)}, vs torch ${vsTorch.toExponential(2)}`,
+  );
+  expect(vsWhole).toBeLessThan(1e-5);
+  expect(vsTorch).toBeLessThan(1e-3);
+});

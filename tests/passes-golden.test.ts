@@ -16,7 +16,9 @@ import { GraphBuilder } from '../compiler/builder';
 import { bakeLora } from '../passes/bake-lora';
 import { differentiate } from '../passes/differentiate';
 import { pairAttentionGradientsPass } from '../passes/pair-attention-gradients';
+import { bandConvGradientsPass } from '../passes/band-conv-gradients';
 import { chunkAttentionPass } from '../passes/chunk-attention';
+import { chunkFeedForwardPass } from '../passes/chunk-feed-forward';
 import { foldLoraWeights } from '../passes/fold-lora';
 import { ARTIFACT_PASSES } from '../passes/artifact-passes';
 import { preciseNormalizationPass } from '../passes/precise-normalization';
@@ -27,6 +29,7 @@ import { timestepPerSamplePass } from '../passes/timestep-per-sample';
 import { ArtifactState } from '../passes/lib/artifact-state';
 import { attentionGraph, scalarTimestepGraph } from './support/attention-graph';
 import { precisionGraph } from './support/precision-graphs';
+import { convGradientGraph, feedForwardGraph } from './support/row-graphs';
 import { TOY_TARGETS, toyState, toyUNet } from './support/toy-unet';
 
 const GOLDEN_DIR = path.join(__dirname, 'golden');
@@ -60,13 +63,13 @@ const CASES: [string, ArtifactName, number, boolean, ('fp32' | 'int8')?][] = [
   ['add-base-path', 'infer', 1, true],
   ['infer', 'infer', 3, true],
   ['specialize-shapes', 'train', 4, true],
-  ['add-loss', 'train', 7, true],
-  ['differentiate', 'train', 8, true],
-  ['rematerialize', 'train', 10, true],
-  ['quantize-base', 'train', 11, true, 'int8'],
-  ['add-adamw', 'train', 14, true],
-  ['order-sinks', 'train', 15, true],
-  ['expose-gradients', 'grads', 14, true],
+  ['add-loss', 'train', 8, true],
+  ['differentiate', 'train', 9, true],
+  ['rematerialize', 'train', 12, true],
+  ['quantize-base', 'train', 13, true, 'int8'],
+  ['add-adamw', 'train', 16, true],
+  ['order-sinks', 'train', 17, true],
+  ['expose-gradients', 'grads', 16, true],
 ];
 
 /**
@@ -81,6 +84,8 @@ const OWN_GRAPH_CASES: [Pass<ArtifactState>, () => Model][] = [
   [chunkAttentionPass, attentionGraph],
   [slicesToSplitPass, attentionGraph],
   [timestepPerSamplePass, scalarTimestepGraph],
+  [chunkFeedForwardPass, feedForwardGraph],
+  [bandConvGradientsPass, convGradientGraph],
 ];
 
 /**
@@ -109,8 +114,16 @@ test.each(CASES)('%s', (...[name, artifact, count, hollow, base]) => {
 test.each(OWN_GRAPH_CASES.map(([p, graph]) => [p.name, p, graph] as const))('%s (on its own graph)', (name, pass, graph) => {
   const model = graph();
   // split-attention at a threshold of 0, chunk-attention in blocks of 24 bytes (its 2-head map of 3
-  // queries by 3 keys one query row at a time): the graph's maps are a few bytes
-  const [record] = runPasses(model, [pass], { ...toyState(true), splitAttentionAboveBytes: 0, inferChunkBytes: 24 });
+  // queries by 3 keys one query row at a time): the graph's maps are a few bytes; the feed-forward's
+  // 192-byte widest tensor in blocks of 64 bytes (3 blocks of 2 tokens), the 540 bytes a row of
+  // column buffer in bands of 2200 bytes (2 output rows with their 2 rows of halo: 3 bands)
+  const [record] = runPasses(model, [pass], {
+    ...toyState(true),
+    splitAttentionAboveBytes: 0,
+    inferChunkBytes: 24,
+    feedForwardChunkBytes: 64,
+    convGradientColBytes: 2200,
+  });
   expect(record.changed).toBe(true);
   expectGolden(name, printGraph(model.graph, { nodeNames: false }));
 });

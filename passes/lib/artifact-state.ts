@@ -38,6 +38,10 @@ export interface ArtifactState {
   readonly splitAttentionAboveBytes?: number;
   /** split-attention: the largest map of one block of query rows, in bytes; default CHUNK_BYTES. */
   readonly attentionChunkBytes?: number;
+  /** chunk-feed-forward: the widest tensor of one block of rows, in bytes; default FF_CHUNK_BYTES. */
+  readonly feedForwardChunkBytes?: number;
+  /** band-conv-gradients: the largest column buffer of one band, in bytes; default CONV_GRADIENT_COL_BYTES. */
+  readonly convGradientColBytes?: number;
   /** chunk-attention: the largest block of an inference map at the training shapes, in bytes; default INFER_CHUNK_BYTES. */
   readonly inferChunkBytes?: number;
 
