@@ -9,7 +9,7 @@ import { openPipelineFolder } from '../runtime/text-to-image/pipeline-folder';
 import { ProgressLine } from '../runtime/progress';
 import type { Conditioning } from '../runtime/sampling/conditioning';
 import { defaultImageSize, textToImage, vaeScaleFactor } from '../runtime/text-to-image/text-to-image';
-import { foldLoraIntoUnet } from './lora-unet';
+import { prepareUnet } from './prepared-unet';
 import { TuningCli, flagName, out, tuning } from './options';
 import { SchedulerName, TimestepSpacing } from '../runtime/sampling/schedulers';
 import { ExecutionProvider } from '../runtime/ort/session';
@@ -104,7 +104,13 @@ export async function generateFromPipeline(dir: string | undefined, o: GenerateC
       classConditioning: o.classPrompt === undefined ? storeClassPrompt(o.run, '--class-prompt') : undefined,
     };
   }
-  const folded = o.lora && !o.run ? foldLoraIntoUnet(folder.unet.model, o.lora) : undefined;
+  // The two-path graphs of a compiled folder (--run) have their attention in blocks already.
+  const prepared = o.run
+    ? undefined
+    : prepareUnet(folder.unet.model, {
+        loraFile: o.lora,
+        run: { batch: (o.guidance > 1 ? 2 : 1) * numImages, height: height / factor, width: width / factor },
+      });
   let progress: ProgressLine | undefined;
   try {
     const r = await textToImage({
@@ -120,7 +126,7 @@ export async function generateFromPipeline(dir: string | undefined, o: GenerateC
       seed: o.seed,
       numImages,
       initLatents: init?.data,
-      unetModel: folded?.model,
+      unetModel: prepared?.model,
       run,
       decode: !!o.output,
       session: { ep: o.ep, fallbackToCpu: o.cpuFallback, ...tuning(o) },
@@ -146,16 +152,18 @@ export async function generateFromPipeline(dir: string | undefined, o: GenerateC
     out(
       `generated ${numImages} image${numImages > 1 ? 's' : ''} ${width}x${height} with ${r.scheduler} (${folder.scheduler.className} config, ${r.prediction}), ${o.steps} steps, guidance ${o.guidance}, seed ${o.seed} in ${r.seconds.toFixed(1)} s (${folder.family})`,
     );
-    if (folded)
+    if (prepared?.lora)
       out(
-        `  LoRA: ${o.lora} (${folded.format}) folded into ${folded.folded.length} layers${folded.ignored ? `, ${folded.ignored} text-encoder layers ignored` : ''}`,
+        `  LoRA: ${o.lora} (${prepared.lora.format}) folded into ${prepared.lora.folded.length} layers${prepared.lora.ignored ? `, ${prepared.lora.ignored} text-encoder layers ignored` : ''}`,
       );
+    if (prepared?.attention.chunked)
+      out(`  UNet: ${prepared.attention.chunked} attention maps computed in ${prepared.attention.blocks} blocks of query rows`);
     if (run)
       out(
         `  UNet: ${o.run} two-path infer.onnx, LoRA ${r.loraSource}; base path: ${o.classPrompt !== undefined ? JSON.stringify(o.classPrompt) : 'the stored class embedding'}`,
       );
     out(`  wrote ${written.join(', ')}`);
   } finally {
-    folded?.cleanup();
+    prepared?.cleanup();
   }
 }

@@ -4,6 +4,7 @@
  * the compile without the pass, bit for bit (the same kernels on the same rows), at the design
  * shape and at one the block count was not chosen for (24x24 latents, batch 2).
  */
+import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { loadModel } from '../compiler/serde';
@@ -12,6 +13,7 @@ import { FAMILIES } from '../models/families';
 import { presetsFor } from '../models/presets';
 import { findLoraSites } from '../passes/lib/lora-sites';
 import { compile } from '../passes/compile';
+import { prepareUnet } from '../cli/prepared-unet';
 import { identicalOutputs, runModel, tempDir, trainingFor } from './support/fixture';
 
 const LATENT = 16;
@@ -95,4 +97,28 @@ test('chunk-attention: precompute.onnx and infer.onnx in blocks of query rows eq
       expect(identicalOutputs(a, b)).toEqual(Object.keys(a));
     }
   }
+});
+
+test('generate --model: the plain UNet prepared at the run shape (prepareUnet) computes its maps in blocks, bit for bit, and its files go with cleanup()', async () => {
+  const dir = tempDir('hollowc-chunk-unet-');
+  const modelFile = (await buildUNet(FAMILIES.sd21.tiny.config, { outDir: path.join(dir, 'unet'), seed: 6 })).file;
+  // The exported UNet has free batch and size axes: shapes come from the run (batch 2 with guidance).
+  expect(prepareUnet(modelFile, { run: { batch: 2, height: LATENT, width: LATENT } })).toBeUndefined();
+  const prepared = prepareUnet(modelFile, { run: { batch: 2, height: LATENT, width: LATENT }, chunkBytes: CHUNK_BYTES })!;
+  try {
+    expect(prepared.lora).toBeUndefined();
+    expect(prepared.attention.chunked).toBeGreaterThan(0);
+    expect(prepared.attention.blocks).toBeGreaterThan(prepared.attention.chunked);
+    const cross = FAMILIES.sd21.tiny.config.cross_attention_dim as number;
+    const feeds = {
+      sample: tensor(11, [2, 4, LATENT, LATENT]),
+      timestep: new ort.Tensor('float32', Float32Array.of(500, 500), [2]),
+      encoder_hidden_states: tensor(12, [2, 77, cross]),
+    };
+    const [whole, blocked] = [await runModel(modelFile, feeds), await runModel(prepared.model, feeds)];
+    expect(identicalOutputs(blocked, whole).length).toBe(Object.keys(whole).length);
+  } finally {
+    prepared.cleanup();
+  }
+  expect(fs.existsSync(path.dirname(prepared.model))).toBe(false);
 });

@@ -26,7 +26,7 @@ import { buildUNet } from '../models/builder/unet';
 import { bakeCompiled, compileFromSpec } from '../cli/compile';
 import { LoraModuleValues, writeLoraFile } from '../runtime/formats/lora-file';
 import { drawDemoPhotos } from '../cli/demo';
-import { foldLoraIntoUnet } from '../cli/lora-unet';
+import { prepareUnet } from '../cli/prepared-unet';
 import { personalize } from '../cli/personalize';
 import { buildPipeline } from '../models/builder/pipeline';
 import { tensorFor } from '../runtime/ort/artifacts';
@@ -245,9 +245,9 @@ test(`generate --lora on the float16 UNet: the fixture LoRA folded into its floa
     b: { shape: t.lora_B.shape, data: tensor(`lora/${t.module}.lora_B.npy`) },
   }));
   writeLoraFile(file, 'peft', { rank: fixture.lora.rank, alpha: fixture.lora.alpha, modules });
-  const folded = foldLoraIntoUnet(model, file);
+  const folded = prepareUnet(model, { loraFile: file })!;
   try {
-    expect(folded.folded.length).toBe(modules.length);
+    expect(folded.lora!.folded.length).toBe(modules.length);
     const g = loadModel(folded.model).graph;
     expect(g.initializers().filter((v) => v.initializer!.dataType === DataType.FLOAT)).toEqual([]);
     const session = await ort.InferenceSession.create(folded.model);

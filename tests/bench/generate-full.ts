@@ -5,7 +5,11 @@
  * process; RSS (peak from process.resourceUsage().maxRSS, and RssAnon / RssFile from
  * /proc/self/status sampled every 50 ms) is the child's own. Not run by jest.
  *
+ * Rows `unet-blocks` and `generate-blocks` run the UNet as `generate --model` prepares it
+ * (cli/prepared-unet.ts: attention maps in blocks of query rows at the run's shape).
+ *
  *   npx tsc -p . && node dist/tests/bench/generate-full.js [--dir /tmp/hollowc-sd21-full] [--steps 2] [--threads 2]
+ *       [--only unet,generate,unet-blocks,generate-blocks]
  *
  * The pipeline is built once into --dir (minutes) and reused by later runs.
  */
@@ -47,10 +51,17 @@ async function child(kind: string, dir: string, steps: number, threads: number):
   const stop = startSampler();
   const t0 = Date.now();
   const stages: Record<string, number> = {};
-  if (kind === 'unet') {
+  // `-blocks`: the UNet as `generate --model` prepares it for this run (cli/prepared-unet.ts: its
+  // large attention maps in blocks of query rows at batch 2, 64x64).
+  const { prepareUnet } = await import('../../cli/prepared-unet');
+  const prepared = kind.endsWith('-blocks')
+    ? prepareUnet(path.join(dir, 'unet', 'model.onnx'), { run: { batch: 2, height: 64, width: 64 } })
+    : undefined;
+  if (prepared) stages.prepare = (Date.now() - t0) / 1000;
+  if (kind.startsWith('unet')) {
     const ort = await import('onnxruntime-node');
     const { createSession } = await import('../../runtime/ort/session');
-    const session = await createSession(path.join(dir, 'unet', 'model.onnx'), { intraOpThreads: threads });
+    const session = await createSession(prepared?.model ?? path.join(dir, 'unet', 'model.onnx'), { intraOpThreads: threads });
     stages.load = (Date.now() - t0) / 1000;
     const t1 = Date.now();
     const fill = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i) * 0.5);
@@ -75,6 +86,7 @@ async function child(kind: string, dir: string, steps: number, threads: number):
       scheduler: 'ddim',
       seed: 1,
       numImages: 1,
+      unetModel: prepared?.model,
       session: { intraOpThreads: threads },
       onStage: (stage, state) => {
         if (state === 'end') stages[stage] = (Date.now() - mark) / 1000;
@@ -83,9 +95,10 @@ async function child(kind: string, dir: string, steps: number, threads: number):
     });
     if (!r.images || r.images.dims.join() !== '1,3,512,512') throw new Error(`unexpected image ${r.images?.dims}`);
   }
+  prepared?.cleanup();
   const m = stop();
   process.stdout.write(
-    `${JSON.stringify({ kind, seconds: (Date.now() - t0) / 1000, stages, peakMiB: m.peak, rssAnonMaxMiB: m.anon, rssFileMaxMiB: m.file })}\n`,
+    `${JSON.stringify({ kind, attention: prepared?.attention, seconds: (Date.now() - t0) / 1000, stages, peakMiB: m.peak, rssAnonMaxMiB: m.anon, rssFileMaxMiB: m.file })}\n`,
   );
 }
 
@@ -101,7 +114,7 @@ async function main(): Promise<void> {
     if (b.status !== 0) throw new Error('build failed');
     process.stdout.write(`built ${dir} in ${((Date.now() - t) / 1000).toFixed(0)} s\n`);
   }
-  for (const k of ['unet', 'generate']) {
+  for (const k of arg('--only', 'unet,generate,unet-blocks,generate-blocks').split(',')) {
     const p = spawn(process.execPath, [__filename, '--child', k, '--dir', dir, '--steps', String(steps), '--threads', String(threads)], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
