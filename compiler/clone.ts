@@ -21,20 +21,30 @@ export function nodesFeeding(g: Graph, outputs: Value[]): Node[] {
 /**
  * Copies `nodes` (in graph order) into the same graph. Inputs found in `substitute` are read
  * from the substitute; inputs produced by copied nodes are read from the copies; anything else
- * (initializers, graph inputs) is shared. Returns the old-to-new value map.
+ * (initializers, graph inputs) is shared. The copies go at the end, or before `before` (a node's
+ * index steers onnxruntime's execution order). Returns the old-to-new value map.
  */
-export function copyNodes(g: Graph, nodes: readonly Node[], prefix: string, substitute: Map<Value, Value> = new Map()): Map<Value, Value> {
+export function copyNodes(
+  g: Graph,
+  nodes: readonly Node[],
+  prefix: string,
+  substitute: Map<Value, Value> = new Map(),
+  before?: Node,
+): Map<Value, Value> {
   const map = new Map(substitute);
   for (const n of nodes) {
-    const copy = g.addNode({
-      opType: n.opType,
-      domain: n.domain,
-      // Scoped names (`/down_blocks.0/...`) join as they are; a dynamo export's `node_<fx>` gets a `/`.
-      name: n.name.startsWith('/') ? `${prefix}${n.name}` : `${prefix}/${n.name}`,
-      attributes: n.attributes,
-      inputs: n.inputs.map((v) => (v ? (map.get(v) ?? v) : null)),
-      outputs: n.outputs.map((o) => g.freshName(`${prefix}${o.name}`)),
-    });
+    const copy = g.addNode(
+      {
+        opType: n.opType,
+        domain: n.domain,
+        // Scoped names (`/down_blocks.0/...`) join as they are; a dynamo export's `node_<fx>` gets a `/`.
+        name: n.name.startsWith('/') ? `${prefix}${n.name}` : `${prefix}/${n.name}`,
+        attributes: n.attributes,
+        inputs: n.inputs.map((v) => (v ? (map.get(v) ?? v) : null)),
+        outputs: n.outputs.map((o) => g.freshName(`${prefix}${o.name}`)),
+      },
+      before,
+    );
     n.outputs.forEach((o, i) => {
       copy.outputs[i].type = o.type;
       map.set(o, copy.outputs[i]);

@@ -18,6 +18,7 @@
  * on the same numbers: Split of x along the tokens, the region per block, Concat.
  */
 import { GraphBuilder } from '../compiler/builder';
+import { copyNodes } from '../compiler/clone';
 import { isWeightView } from '../compiler/flops';
 import { Graph, Model, Node, Value } from '../compiler/ir';
 import { OpEmitter } from '../compiler/op-emitter';
@@ -134,25 +135,9 @@ function chunk(g: Graph, opset: number, f: FeedForward): void {
       : b.node('Split', [f.input], { axis: f.tokenAxis, split: f.rows }, { outputs: f.rows.length, before });
   const outputs = parts.map((part, i) => {
     part.type = withRows(f.input, f.rows[i]);
-    const mapped = new Map<Value, Value>([[f.input, part]]);
-    for (const n of f.nodes) {
-      const clone = g.addNode(
-        {
-          opType: n.opType,
-          domain: n.domain,
-          name: `${n.name}/rows${i}`,
-          inputs: n.inputs.map((v) => (v ? (mapped.get(v) ?? v) : null)),
-          outputs: n.outputs.length,
-          attributes: n.attributes.map((a) => ({ ...a })),
-        },
-        before,
-      );
-      n.outputs.forEach((o, k) => {
-        clone.outputs[k].type = withRows(o, f.rows[i]);
-        mapped.set(o, clone.outputs[k]);
-      });
-    }
-    return mapped.get(f.output)!;
+    const copies = copyNodes(g, f.nodes, `/rows${i}`, new Map([[f.input, part]]), before);
+    for (const o of f.nodes.flatMap((n) => n.outputs)) copies.get(o)!.type = withRows(o, f.rows[i]);
+    return copies.get(f.output)!;
   });
   const joined = b.op('Concat', outputs, { axis: f.tokenAxis }, { before });
   joined.type = { elemType: f.output.type!.elemType, shape: [...staticShape(f.output)!] };

@@ -30,13 +30,16 @@ export function attentionGraph(): Model {
   const half = (start: number, end: number) => typed(ff.op('Slice', [proj, bound(start), bound(end), bound(-1)]), [1, tokens, 4]);
   const [x, gate] = [half(0, 4), half(4, 8)];
   const geglu = typed(ff.op('Mul', [x, typed(ff.op('Sigmoid', [gate]), [1, tokens, 4])]), [1, tokens, 4]);
-  const output = (name: string, y: Value) => {
+  return modelWithOutputs(g, { attention: attended, geglu });
+}
+
+/** `g` as an opset-17 model whose outputs are the named values (each through an Identity, so the names are exact). */
+export function modelWithOutputs(g: Graph, outputs: Record<string, Value>): Model {
+  for (const [name, y] of Object.entries(outputs)) {
     const node = g.addNode({ opType: 'Identity', inputs: [y], outputs: [name], name: `/${name}` });
     node.outputs[0].type = y.type;
     g.outputs.push(node.outputs[0]);
-  };
-  output('attention', attended);
-  output('geglu', geglu);
+  }
   const model = new Model(g);
   model.irVersion = 8;
   model.opsetImports = [{ domain: '', version: 17 }];

@@ -43,7 +43,10 @@ export const FIXTURE_SHAPES: Record<string, number[]> = { sample: [1, 4, 16, 16]
 export function compileFixtureGrads(
   base: 'fp32' | 'int8' | 'fp16' = 'fp32',
   prefix = 'hollowc-fixture-',
-  passes: Pick<CompileRequest, 'skipPasses' | 'splitAttentionAboveBytes' | 'attentionChunkBytes' | 'feedForwardChunkBytes' | 'convGradientColBytes'> = {},
+  passes: Pick<
+    CompileRequest,
+    'skipPasses' | 'splitAttentionAboveBytes' | 'attentionChunkBytes' | 'feedForwardChunkBytes' | 'convGradientColBytes'
+  > = {},
 ): { out: string; m: CompileManifest } {
   const fixture = fixtureManifest();
   const out = tempDir(prefix);

@@ -6,22 +6,13 @@
 import { GraphBuilder } from '../../compiler/builder';
 import { DataType } from '../../compiler/dtype';
 import { Graph, Model, Value, inlineTensor } from '../../compiler/ir';
+import { modelWithOutputs } from './attention-graph';
 
 const F = DataType.FLOAT;
 
 function weight(g: Graph, name: string, dims: number[]): Value {
   const values = Float32Array.from({ length: dims.reduce((a, b) => a * b, 1) }, (_, i) => Math.sin(i + 1));
   return g.addInitializer(inlineTensor(name, F, dims, new Uint8Array(values.buffer)));
-}
-
-function finish(g: Graph, name: string, y: Value): Model {
-  const node = g.addNode({ opType: 'Identity', inputs: [y], outputs: [name], name: `/${name}` });
-  node.outputs[0].type = y.type;
-  g.outputs.push(node.outputs[0]);
-  const model = new Model(g);
-  model.irVersion = 8;
-  model.opsetImports = [{ domain: '', version: 17 }];
-  return model;
 }
 
 /** 6 tokens of 2 channels, widened to 8 (two halves of 4), back to 2: the widest tensor is 192 bytes. */
@@ -38,7 +29,7 @@ export function feedForwardGraph(): Model {
     .map((v) => typed(v, 4));
   const geglu = typed(ff.op('Mul', [a, typed(ff.op('Erf', [gate]), 4)]), 4);
   const y = typed(ff.op('Add', [typed(ff.op('MatMul', [geglu, weight(g, 'w2', [4, 2])]), 2), weight(g, 'b2', [2])]), 2);
-  return finish(g, 'y', y);
+  return modelWithOutputs(g, { y });
 }
 
 /** A 3x3 convolution's input gradient: 2 channels in, 3 out, 6x5 pixels (a column buffer of 540 bytes per row). */
@@ -49,5 +40,5 @@ export function convGradientGraph(): Model {
   const b = new GraphBuilder(g).within('conv/grad');
   const dX = b.op('ConvTranspose', [dY, weight(g, 'w', [2, 3, 3, 3])], { pads: [1, 1, 1, 1], kernel_shape: [3, 3], strides: [1, 1] });
   dX.type = { elemType: F, shape: [1, 3, 6, 5] };
-  return finish(g, 'dX', dX);
+  return modelWithOutputs(g, { dX });
 }
