@@ -115,6 +115,12 @@ export interface ArtifactDescription {
    * use must not be constant-folded into float32 copies (passes/float16-weights.ts).
    */
   sessionConfig?: Record<string, string>;
+  /**
+   * Run with onnxruntime's CPU arena on: the graph hides its static shapes from onnxruntime's buffer
+   * reuse (passes/release-dead-buffers.ts), so each tensor is allocated when produced and freed after
+   * its last reader, and the arena lets the next tensor, of any size, take that memory.
+   */
+  cpuArena?: boolean;
 }
 
 export interface LoraTargetDescription {

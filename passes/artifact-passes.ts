@@ -13,6 +13,9 @@
  *               int8, under `base fp16` cast from float16) as outputs
  *   train       forward + static shapes + loss + gradients (the same) + in-graph AdamW
  *
+ * The training graphs end with release-dead-buffers: their static shapes hidden from onnxruntime's
+ * buffer reuse, so that each tensor is freed when it dies (their manifest entries ask for the arena).
+ *
  * Every artifact ends with precise-normalization and precise-trigonometry (rewrites that make
  * GPU kernels compute those ops as precisely as the CPU: see each pass).
  */
@@ -37,6 +40,7 @@ import { orderSinksPass } from './order-sinks';
 import { pairAttentionGradientsPass } from './pair-attention-gradients';
 import { quantizeBasePass } from './quantize-base';
 import { rematerializePass } from './rematerialize';
+import { releaseDeadBuffersPass } from './release-dead-buffers';
 import { ArtifactState } from './lib/artifact-state';
 import { specializeShapesPass } from './specialize-shapes';
 import { float16LoraInputsPass } from './float16-lora-inputs';
@@ -73,8 +77,8 @@ export const ARTIFACT_PASSES: Readonly<Record<ArtifactName, readonly Pass<Artifa
   precompute: [extractPrecomputePass, chunkAttentionPass, ...PRECISE_ON_GPUS, float16WeightsPass],
   forward: [...HOLLOWED_WITH_LORA, ...PRECISE_ON_GPUS, float16WeightsPass],
   infer: [addBasePathPass, ...HOLLOWED_WITH_LORA, float16LoraInputsPass, chunkAttentionPass, ...PRECISE_ON_GPUS, float16WeightsPass],
-  grads: [...TRAINING_LOSS, exposeGradientsPass, orderSinksPass, float16WeightsPass],
-  train: [...TRAINING_LOSS, addAdamWPass, orderSinksPass, float16WeightsPass],
+  grads: [...TRAINING_LOSS, exposeGradientsPass, orderSinksPass, float16WeightsPass, releaseDeadBuffersPass],
+  train: [...TRAINING_LOSS, addAdamWPass, orderSinksPass, float16WeightsPass, releaseDeadBuffersPass],
 };
 
 export interface BuiltArtifact {

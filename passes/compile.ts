@@ -229,6 +229,7 @@ export function compile(request: CompileRequest): CompileManifest {
       saveModel(model, path.join(tmp, `${name}.onnx`), { externalData: writer, referenceInPlace: true });
       artifacts[name] = describeArtifact(`${name}.onnx`, model);
       if (state.float16Weights) artifacts[name]!.sessionConfig = { ...FLOAT16_WEIGHTS_SESSION_CONFIG };
+      if (state.cpuArena) artifacts[name]!.cpuArena = true;
     }
     writer.commit();
     // The LoRA a training run holds: what insert-lora adds outside the hollow.

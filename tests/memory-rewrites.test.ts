@@ -2,7 +2,7 @@
  * The rewrites that shrink the training step's working memory, on the PyTorch fixture (a real
  * diffusers UNet, 39.2% cut): passes/split-attention.ts (threshold 0, so that every self- and
  * cross-attention is split; with a small block size, into blocks of query rows too) and
- * passes/slices-to-split.ts. Each is checked against the same
+ * passes/slices-to-split.ts, chunk-feed-forward, band-conv-gradients and release-dead-buffers. Each is checked against the same
  * compile without it: grads.onnx gives the same loss and gradients bit for bit (heads never mix,
  * and a Split copies the elements the Slices copy), in sessions as the runtime opens them.
  */
@@ -11,19 +11,28 @@ import * as ort from 'onnxruntime-node';
 import { Graph } from '../compiler/ir';
 import { CompileManifest } from '../compiler/manifest';
 import { loadModel } from '../compiler/serde';
-import { inferShapes, staticShape } from '../compiler/shape-inference';
-import { createSession } from '../runtime/ort/session';
+import { constantOfValue, inferShapes, staticShape } from '../compiler/shape-inference';
+import { revealShapes } from '../passes/release-dead-buffers';
+import { createSession, withArtifactConfig } from '../runtime/ort/session';
 import { trainingSession } from '../runtime/train/step-graph';
 import { readNpy } from '../runtime/formats/npy';
 import { FIXTURE_DIR, compileFixtureGrads, fixtureGradientStep, identicalOutputs, relativeError } from './support/fixture';
 
-/** grads.onnx of a fixture compile: its graph and one step's outputs on the fixture's LoRA. */
+/** grads.onnx as the compiler typed it: the shapes release-dead-buffers hid from onnxruntime, inferred. */
+function shapedGrads(dir: string): Graph {
+  const model = loadModel(path.join(dir, 'grads.onnx'));
+  revealShapes(model.graph);
+  inferShapes(model);
+  return model.graph;
+}
+
+/** grads.onnx of a fixture compile: its graph (as written) and one step's outputs on the fixture's LoRA. */
 async function gradsOf(c: {
   out: string;
   m: CompileManifest;
 }): Promise<{ g: Graph; dir: string; m: CompileManifest; result: ort.InferenceSession.OnnxValueMapType }> {
   const file = path.join(c.out, 'grads.onnx');
-  const s = await createSession(file, trainingSession({ session: { intraOpThreads: 1 } }));
+  const s = await createSession(file, withArtifactConfig(trainingSession({ session: { intraOpThreads: 1 } }), c.m.artifacts.grads));
   try {
     return { g: loadModel(file).graph, dir: c.out, m: c.m, result: await s.run(fixtureGradientStep(c.m).feeds) };
   } finally {
@@ -36,7 +45,7 @@ test('attention per head: the same loss and gradients as over all heads at once'
   const whole = await gradsOf(compileFixtureGrads('fp32', 'hollowc-memory-', { skipPasses: ['split-attention'] }));
   const forwardSoftmax = (graph: Graph) => graph.nodes.filter((n) => n.opType === 'Softmax' && !n.name.endsWith('/recompute'));
   // One softmax per head of each map ([batch·heads, tokens, keys] at batch 1).
-  const heads = forwardSoftmax(whole.g).map((n) => n.outputs[0].type!.shape![0] as number);
+  const heads = forwardSoftmax(shapedGrads(whole.dir)).map((n) => n.outputs[0].type!.shape![0] as number);
   expect(heads.length).toBeGreaterThan(0);
   expect(heads.every((h) => h > 1)).toBe(true);
   expect(forwardSoftmax(split.g).length).toBe(heads.reduce((a, h) => a + h, 0));
@@ -57,16 +66,15 @@ test('attention in blocks of query rows: no whole map in the forward or the back
   );
   const perHead = await gradsOf(compileFixtureGrads('fp32', 'hollowc-memory-', { splitAttentionAboveBytes: 0 }));
   const softmaxOf = (graph: Graph) => graph.nodes.filter((n) => n.opType === 'Softmax');
-  const model = loadModel(path.join(blocked.dir, 'grads.onnx'));
-  inferShapes(model);
-  const maps = softmaxOf(model.graph).map((n) => staticShape(n.outputs[0])!);
+  const graph = shapedGrads(blocked.dir);
+  const maps = softmaxOf(graph).map((n) => staticShape(n.outputs[0])!);
   expect(maps.length).toBeGreaterThan(softmaxOf(perHead.g).length);
   for (const shape of maps) expect(shape.reduce((a, b) => a * b, 1) * 4).toBeLessThanOrEqual(chunkBytes);
   // A whole head's self-attention map is [.., tokens, tokens]; no value of any node, forward,
   // recomputed or gradient, has that shape.
   const tokens = 256;
   expect(maps.some((s) => s[s.length - 1] === tokens)).toBe(true);
-  const whole = model.graph.nodes
+  const whole = graph.nodes
     .flatMap((n) => n.outputs)
     .filter((v) => {
       const s = staticShape(v);
@@ -118,9 +126,8 @@ test('feed-forwards in blocks of token rows: no full-width tensor left, each blo
   const whole = await gradsOf(compileFixtureGrads('fp32', 'hollowc-memory-', { skipPasses: ['chunk-feed-forward'] }));
   const projections = (graph: Graph, recomputed: boolean) =>
     graph.nodes.filter((n) => n.opType === 'MatMul' && n.name.includes('ff/net.0/proj') && n.name.endsWith('/recompute') === recomputed);
-  const model = loadModel(path.join(blocked.dir, 'grads.onnx'));
-  inferShapes(model);
-  const widths = projections(model.graph, false).map((n) => staticShape(n.outputs[0])!);
+  const graph = shapedGrads(blocked.dir);
+  const widths = projections(graph, false).map((n) => staticShape(n.outputs[0])!);
   expect(widths.length).toBeGreaterThan(projections(whole.g, false).length);
   for (const shape of widths) expect(shape.reduce((a, b) => a * b, 1) * 4).toBeLessThanOrEqual(chunkBytes);
   // Each block's projection is recomputed once in the backward (rematerialize), not kept.
@@ -148,12 +155,11 @@ test('convolution input gradients in bands of rows: every column buffer under th
   const colBytes = 8 * 1024;
   const banded = await gradsOf(compileFixtureGrads('fp32', 'hollowc-memory-', { convGradientColBytes: colBytes }));
   const whole = await gradsOf(compileFixtureGrads('fp32', 'hollowc-memory-', { skipPasses: ['band-conv-gradients'] }));
-  const model = loadModel(path.join(banded.dir, 'grads.onnx'));
-  inferShapes(model);
+  const graph = shapedGrads(banded.dir);
   const transposed = (graph: Graph) => graph.nodes.filter((n) => n.opType === 'ConvTranspose');
-  expect(transposed(model.graph).length).toBeGreaterThan(transposed(whole.g).length);
+  expect(transposed(graph).length).toBeGreaterThan(transposed(whole.g).length);
   // Strided ones (the downsamplers' gradients) are left whole.
-  for (const n of transposed(model.graph).filter((t) => t.attrInts('strides', [1, 1]).every((d) => d === 1))) {
+  for (const n of transposed(graph).filter((t) => t.attrInts('strides', [1, 1]).every((d) => d === 1))) {
     const [x, w] = [staticShape(n.inputs[0]!)!, staticShape(n.inputs[1]!)!];
     expect(w[1] * w[2] * w[3] * x[2] * x[3] * 4).toBeLessThanOrEqual(Math.max(colBytes, w[1] * w[2] * w[3] * w[2] * x[3] * 4));
   }
@@ -168,8 +174,31 @@ test('convolution input gradients in bands of rows: every column buffer under th
   }
   // eslint-disable-next-line no-console
   console.log(
-    `convolution gradients in bands on the fixture: ${transposed(model.graph).length} ConvTranspose; gradients vs whole ${vsWhole.toExponential(2)}, vs torch ${vsTorch.toExponential(2)}`,
+    `convolution gradients in bands on the fixture: ${transposed(graph).length} ConvTranspose; gradients vs whole ${vsWhole.toExponential(2)}, vs torch ${vsTorch.toExponential(2)}`,
   );
   expect(vsWhole).toBeLessThan(1e-5);
   expect(vsTorch).toBeLessThan(1e-3);
+});
+
+test('tensors freed as they die (release-dead-buffers): no static shape left for onnxruntime, the arena asked for, the same loss and gradients', async () => {
+  const unplanned = await gradsOf(compileFixtureGrads('fp32', 'hollowc-memory-'));
+  const planned = await gradsOf(compileFixtureGrads('fp32', 'hollowc-memory-', { skipPasses: ['release-dead-buffers'] }));
+  expect(unplanned.m.artifacts.grads!.cpuArena).toBe(true);
+  expect(planned.m.artifacts.grads!.cpuArena).toBeUndefined();
+  const shapeReaders = (graph: Graph) =>
+    graph.nodes.filter((n) => ['Reshape', 'Expand', 'ConstantOfShape'].includes(n.opType) && !n.name.startsWith('/opaque-shape/'));
+  const constantShapes = (graph: Graph) =>
+    shapeReaders(graph).filter((n) => constantOfValue(n.inputs[n.opType === 'ConstantOfShape' ? 0 : 1]!) !== undefined).length;
+  expect(constantShapes(planned.g)).toBeGreaterThan(100);
+  expect(shapeReaders(unplanned.g).length).toBe(shapeReaders(planned.g).length);
+  expect(constantShapes(unplanned.g)).toBe(0);
+  // Nor value infos onnxruntime would merge back; shape inference stops at the first opaque shape.
+  expect([...planned.g.values.values()].some((v) => v.hasValueInfo)).toBe(true);
+  expect([...unplanned.g.values.values()].some((v) => v.hasValueInfo)).toBe(false);
+  const written = loadModel(path.join(unplanned.dir, 'grads.onnx'));
+  expect(() => inferShapes(written)).toThrow('is not a compile-time constant');
+  revealShapes(written.graph);
+  expect(() => inferShapes(written)).not.toThrow();
+  // The kernels see the same shapes and numbers.
+  expect(identicalOutputs(unplanned.result, planned.result).length).toBe(Object.keys(planned.result).length);
 });

@@ -52,6 +52,8 @@ export interface ArtifactState {
 
   /** float16-weights: the artifact holds float16 weights cast at each use (its sessions must not fold them). */
   float16Weights?: boolean;
+  /** release-dead-buffers: the artifact's tensors are unplanned; its CPU sessions need onnxruntime's arena. */
+  cpuArena?: boolean;
 
   /** split-attention: the scores MatMul of every block of rows (pair-attention-gradients joins their gradients). */
   attentionScores?: Node[];

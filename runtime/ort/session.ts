@@ -26,7 +26,10 @@ export interface SessionOptions {
   ep?: ExecutionProvider;
   /** On a provider failure, run on the CPU with a warning instead of failing (default false). */
   fallbackToCpu?: boolean;
-  /** Keep the CPU arena off: peak memory then reflects what the graph needs (default true). */
+  /**
+   * Keep the CPU arena off: peak memory then reflects what the graph needs (default true). Graphs
+   * whose manifest entry says `cpuArena` turn it on (withArtifactConfig).
+   */
   disableArena?: boolean;
   intraOpThreads?: number;
   /** onnxruntime graph optimization level (default 'all'); 'basic' starts big graphs ~2x faster. */
@@ -73,13 +76,15 @@ export interface SessionOptions {
 }
 
 /**
- * `options` plus the session config entries an artifact's manifest entry asks for (float16 weights
- * that must not be constant-folded: passes/float16-weights.ts); lists of disabled optimizers join.
+ * `options` plus what an artifact's manifest entry asks for: session config entries (float16
+ * weights that must not be constant-folded: passes/float16-weights.ts; lists of disabled optimizers
+ * join) and the CPU arena (graphs whose tensors are freed as they die: passes/release-dead-buffers.ts).
  */
 export function withArtifactConfig(
   options: SessionOptions,
-  artifact: { sessionConfig?: Record<string, string> } | undefined,
+  artifact: { sessionConfig?: Record<string, string>; cpuArena?: boolean } | undefined,
 ): SessionOptions {
+  if (artifact?.cpuArena) options = { ...options, disableArena: false };
   if (!artifact?.sessionConfig) return options;
   const config: Record<string, string> = { ...options.config };
   for (const [key, value] of Object.entries(artifact.sessionConfig)) {

@@ -61,6 +61,8 @@ export interface TrainGraph {
   outputs: string[];
   /** The artifact's session config entries (manifest), e.g. for float16 weights. */
   sessionConfig?: Record<string, string>;
+  /** The artifact's sessions need onnxruntime's CPU arena (manifest; passes/release-dead-buffers.ts). */
+  cpuArena?: boolean;
 }
 
 /** The outputs one step reads back for a parameter: its value and both moments, updated. */
@@ -115,7 +117,7 @@ export function describeTrainGraph(out: string, manifest: CompileManifest, store
     checkStoreCompile(manifest, store);
     checkStoreShapes(inputs, batch, store, artifact.path);
   }
-  return { mode, file: artifact.path, batch, inputs, params, outputs, sessionConfig: artifact.sessionConfig };
+  return { mode, file: artifact.path, batch, inputs, params, outputs, sessionConfig: artifact.sessionConfig, cpuArena: artifact.cpuArena };
 }
 
 /** A store precomputed for another compile (model or cut) would train on the wrong activations. */

@@ -29,6 +29,7 @@ import { elementSize } from '../../compiler/dtype';
 import { Value } from '../../compiler/ir';
 import { loadModel } from '../../compiler/serde';
 import { inferShapes } from '../../compiler/shape-inference';
+import { revealShapes } from '../../passes/release-dead-buffers';
 import { createSession, sessionExtra } from '../../runtime/ort/session';
 import { TRAINING_SESSION_CONFIG } from '../../runtime/train/step-graph';
 
@@ -47,6 +48,8 @@ async function main(argv: string[]): Promise<void> {
   const threads = Number(opt('--threads', '2'));
   const top = Number(opt('--top', '30'));
   const model = loadModel(file);
+  // The shapes the compiler hid from onnxruntime's planner (the run itself reads the graph as written).
+  revealShapes(model.graph);
   // onnxruntime's optimized models keep few value types: the planner's reuse needs every shape.
   try {
     inferShapes(model);
