@@ -10,9 +10,12 @@
  * for that reuse (Python's `enable_mem_reuse` is not in it); the planner only leaves alone tensors
  * whose shape it does not know. So this pass hides the static shapes: every Reshape, Expand and
  * ConstantOfShape with a constant shape reads it through a Concat with an empty int64 tensor that
- * onnxruntime cannot fold (a Slice whose start and end are one runtime value of `sample`: always
- * empty, whatever the value). Shape inference then knows neither the length of the shape nor
- * the rank of the output, nor of anything computed from it, which is nearly the whole graph.
+ * onnxruntime cannot fold (a Slice whose start and end are one runtime value of the graph input
+ * `loss_weight`, cast to int64: always empty, whatever the value; under WebGPU the Cast runs on
+ * the device and its 8 bytes are copied to the host once per step for the CPU's shape arithmetic). Shape inference then knows neither the length of the shape nor
+ * the rank of the output, nor of anything computed from it, which is nearly the whole graph. The
+ * stored weights that are widened at each use (`base int8`, float16) are read through such a
+ * Reshape too, so that their float32 copies are unplanned as well.
  *
  * At run time the shapes are what they were: every value, the loss and every gradient are bit for
  * bit the same. Tensors are allocated when produced and freed after their last reader; the manifest
@@ -30,10 +33,10 @@
  */
 import { GraphBuilder, tensorFromTyped } from '../compiler/builder';
 import { DataType } from '../compiler/dtype';
-import { Graph, Value } from '../compiler/ir';
+import { Graph, Node, Value } from '../compiler/ir';
 import { Pass } from '../compiler/pass';
 import { constantOfValue } from '../compiler/shape-inference';
-import { SAMPLE } from '../compiler/manifest';
+import { LOSS_WEIGHT } from '../compiler/manifest';
 import { ArtifactState } from './lib/artifact-state';
 
 /** Node name prefix of the pass's nodes (the liveness bench sees through them: revealShapes). */
@@ -47,45 +50,76 @@ export interface ReleaseDeadBuffersResult {
   hidden: number;
   /** Distinct shape values (one Concat each). */
   shapes: number;
+  /** Weight widenings (DequantizeLinear, Cast) that now read their weight through an opaque Reshape. */
+  weights: number;
+}
+
+
+/** A stored weight widened to float32 at a use (`base int8`'s DequantizeLinear, a float16 weight's Cast). */
+function widenedWeight(n: Node): Value | undefined {
+  const w = n.inputs[0];
+  if (n.domain !== '' || !w?.initializer) return undefined;
+  const widened = n.opType === 'DequantizeLinear' || (n.opType === 'Cast' && w.initializer.dataType === DataType.FLOAT16);
+  return widened ? w : undefined;
 }
 
 export function releaseDeadBuffers(g: Graph): ReleaseDeadBuffersResult {
-  const sample = g.inputs.find((v) => v.name === SAMPLE);
-  if (!sample) throw new Error(`internal: release-dead-buffers needs the graph input ${SAMPLE}`);
+  const source = g.inputs.find((v) => v.name === LOSS_WEIGHT);
+  if (!source) throw new Error(`internal: release-dead-buffers needs the graph input ${LOSS_WEIGHT}`);
   const targets = g.nodes.filter((n) => {
     const i = SHAPE_OPERAND[n.opType];
     const s = i === undefined || n.domain !== '' ? undefined : n.inputs[i];
     return !!s && constantOfValue(s)?.dataType === DataType.INT64;
   });
+  const widening = g.nodes.filter((n) => widenedWeight(n));
   for (const v of g.values.values()) v.hasValueInfo = false;
-  if (!targets.length) return { hidden: 0, shapes: 0 };
+  if (!targets.length && !widening.length) return { hidden: 0, shapes: 0, weights: 0 };
 
   const b = new GraphBuilder(g, OPAQUE_SCOPE);
   const at = { before: g.nodes[0] };
   const int64s = (name: string, values: number[]) =>
     g.addInitializer(tensorFromTyped(g.freshName(`${OPAQUE_SCOPE}/${name}`), BigInt64Array.from(values, BigInt), [values.length]));
-  const flat = b.op('Reshape', [sample, int64s('flat', [-1])], undefined, at);
-  const one = b.op('Slice', [flat, int64s('start', [0]), int64s('end', [1])], undefined, at);
-  const index = b.op('Cast', [one], { to: DataType.INT64 }, at);
+  // From the batch's loss weights ([batch]): a chain of a few elements is shape arithmetic, which GPU
+  // providers leave on the CPU, where the input is fed (a Slice of `sample` ran on WebGPU and cost
+  // a copy to the host).
+  const weights = b.op('Cast', [source], { to: DataType.INT64 }, at);
+  const index = b.op('Slice', [weights, int64s('start', [0]), int64s('end', [1])], undefined, at);
   // Both bounds are the same index, clamped alike: always empty, and onnxruntime cannot know it.
   const empty = b.op('Slice', [int64s('zero', [0]), index, index], undefined, at);
 
   const byValue = new Map<string, Value>();
+  /** The opaque copy of a shape (one per value), made before `before`. */
+  const hiddenShape = (key: string, shape: () => Value, before: Node): Value => {
+    let hidden = byValue.get(key);
+    if (!hidden) {
+      const s = shape();
+      hidden = b.op('Concat', [s, empty], { axis: 0 }, { before });
+      hidden.type = s.type ? { ...s.type } : undefined;
+      byValue.set(key, hidden);
+    }
+    return hidden;
+  };
   for (const n of targets) {
     const i = SHAPE_OPERAND[n.opType];
     const shape = n.inputs[i]!;
     const c = constantOfValue(shape)!;
-    const key = JSON.stringify(c.data ?? { splat: c.splat, dims: c.dims });
-    let hidden = byValue.get(key);
-    if (!hidden) {
-      // Before the first reader (targets are in graph order), after the shape's Constant node.
-      hidden = b.op('Concat', [shape, empty], { axis: 0 }, { before: n });
-      hidden.type = shape.type ? { ...shape.type } : undefined;
-      byValue.set(key, hidden);
-    }
-    g.setInput(n, i, hidden);
+    // Before the first reader (targets are in graph order), after the shape's Constant node.
+    g.setInput(n, i, hiddenShape(JSON.stringify(c.data ?? { splat: c.splat, dims: c.dims }), () => shape, n));
   }
-  return { hidden: targets.length, shapes: byValue.size };
+  // A widened weight's shape is its stored weight's: onnxruntime would plan its float32 copies, and
+  // kept each one's buffer from the forward's use to the backward's copy (+560 MiB under base int8
+  // at 64x64). Read through a Reshape to its own (hidden) shape, the weight has none either.
+  for (const n of widening) {
+    const w = n.inputs[0]!;
+    const dims = w.initializer!.dims;
+    const shape = hiddenShape(JSON.stringify(dims), () => int64s('dims', dims), at.before);
+    const opaque = b.op('Reshape', [w, shape], undefined, { name: 'Reshape_weight', before: n });
+    opaque.type = w.type ? { ...w.type } : undefined;
+    g.setInput(n, 0, opaque);
+  }
+  // The Constant nodes of shapes whose value another Constant also holds are read no more.
+  g.eliminateDeadNodes();
+  return { hidden: targets.length, shapes: byValue.size, weights: widening.length };
 }
 
 /**
@@ -106,6 +140,9 @@ export const releaseDeadBuffersPass: Pass<ArtifactState> = {
   run(model, state) {
     const r = releaseDeadBuffers(model.graph);
     state.cpuArena = true;
-    return { changed: r.hidden > 0, summary: `${r.hidden} constant shapes (${r.shapes} distinct) hidden from onnxruntime's planner` };
+    return {
+      changed: r.hidden + r.weights > 0,
+      summary: `${r.hidden} constant shapes and ${r.weights} widened weights' shapes (${r.shapes} distinct) hidden from onnxruntime's planner`,
+    };
   },
 };

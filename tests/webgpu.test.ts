@@ -191,9 +191,11 @@ describe.each(['sd15', 'sdxl'] as FamilyName[])('tiny %s on webgpu (SwiftShader)
       const names = Object.keys(want);
       expect(names.filter((n) => n.endsWith('.exp_avg_sq.updated')).length).toBeGreaterThan(0);
       expectClose(want, got, names, `${family} train (loss, updated LoRA, both moments)`);
-      // `step` is float32 (WebGPU's Cast takes no int64): nothing falls back to the CPU.
+      // `step` is float32 (WebGPU's Cast takes no int64): nothing falls back to the CPU. One copy to
+      // the host: release-dead-buffers' index (loss_weight cast to int64 on the GPU, 8 bytes), which
+      // the shape arithmetic on the CPU reads.
       expect(placement.cpuOps).toEqual({});
-      expect(placement.copies).toBe(0);
+      expect(placement.copies).toBe(1);
     });
   });
 });
