@@ -9,17 +9,21 @@
  *   peak = weights the training graph holds (all resident: file-backed pages of the mmapped
  *          external data) + FILE_BYTES (the binaries' own file-backed pages)
  *        + ACTIVATION_FACTOR × activations live at the peak of onnxruntime's execution order
+ *          (each tensor from its producer to its last reader: the training graphs hide their
+ *          shapes from onnxruntime's buffer reuse, passes/release-dead-buffers.ts; `base int8` /
+ *          `fp16` weights' float32 copies included, each right before its reader)
+ *        + ARENA_BYTES (onnxruntime's CPU arena, which those graphs run with, beyond the live set)
  *        + LORA_COPIES × LoRA bytes (value and two moments; the step's gradients are returned
  *          as it ends, after the peak)
  *        + RUNTIME_BYTES (Node, onnxruntime, the session's graph).
- * Calibration (tests/bench/train-step.ts, full SD 2.1, r128, 2026-12-04, after issue 21's attention
- * changes): the file-backed part is the weights + 69 MiB in every row; LORA_COPIES is counted,
- * RUNTIME_BYTES measured (a loaded session's anonymous memory without the LoRA values: 80 MiB at
- * 39.2%); ACTIVATION_FACTOR is one number for every shape: the live set of the execution order
- * grows with the latent area as the measured memory does (165 -> 648 MiB at 39.2% from 32x32 to
- * 64x64; the node order's grew 826 -> 5788), and the factor (the planner's buffers kept for reuse,
- * the kernels' scratch) fits `hollow none`, 11.5%, 39.2% and 73.3% at 32x32 and 64x64 to 2.4%
- * (README, "plan: predicted vs measured").
+ * Calibration (tests/bench/train-step.ts, full SD 2.1, r128, 2026-12-05, after release-dead-buffers):
+ * the file-backed part is the weights + 69 MiB in every row; LORA_COPIES is counted, RUNTIME_BYTES
+ * measured (a loaded session's anonymous memory without the LoRA values: 80 MiB at 39.2%). The
+ * live set of the execution order grows with the latent area as the measured memory does (39.2%:
+ * 165 -> 547 MiB from 32x32 to 64x64; the node order's grew 7x); ACTIVATION_FACTOR (the kernels'
+ * scratch and the arena's chunks around the live tensors) and ARENA_BYTES are one pair for every
+ * shape, fitted to `hollow none`, 11.5%, 39.2% and 73.3% at 32x32 and 64x64 and the 39.2% `base
+ * int8`/`fp16` rows at 64x64: all ten within 1.4% (README, "plan: predicted vs measured").
  */
 import { cloneModel } from '../../compiler/clone';
 import { elementSize } from '../../compiler/dtype';
@@ -36,7 +40,8 @@ import { pretransposeWeights } from '../pretranspose-weights';
 import { specializeShapes, trainingShapes } from '../specialize-shapes';
 
 export const MiB = 2 ** 20;
-export const ACTIVATION_FACTOR = 2.3;
+export const ACTIVATION_FACTOR = 1.4;
+export const ARENA_BYTES = 82 * MiB;
 export const LORA_COPIES = 3;
 export const FILE_BYTES = 69 * MiB;
 export const RUNTIME_BYTES = 80 * MiB;
@@ -80,8 +85,6 @@ export interface PlanRow {
   memory: {
     weightBytes: number;
     activationPeakBytes: number;
-    /** `base int8` / `fp16`: one float32 buffer per distinct shape of the weights dequantized or cast at their uses. */
-    weightCastBytes: number;
     loraStateBytes: number;
     predictedPeakBytes: number;
   };
@@ -127,26 +130,6 @@ function weightBytes(g: Graph): number {
   return g.initializers().reduce((a, v) => a + tensorElementCount(v.initializer!) * (elementSize(v.initializer!.dataType) ?? 4), 0);
 }
 
-/** A weight's float32 view at one use (`base int8`'s DequantizeLinear, a float16 weight's Cast). */
-const isWeightCast = (n: Node) => (n.opType === 'Cast' || n.opType === 'DequantizeLinear') && !!n.inputs[0]?.initializer;
-
-/**
- * Under `base int8` / `fp16` (or a float16 export) every use of a weight makes a float32 copy, and
- * onnxruntime's planner keeps one such buffer per weight shape for the next tensor of that shape
- * (README, issue 12's bench): the sum over distinct shapes. On full SD 2.1's 39.2% grads.onnx at
- * 64x64 it is 573 MiB (37 shapes), and the bench measured 562 (fp16) / 566 (int8) MiB more
- * anonymous memory than the float32 base.
- */
-export function weightCastBytes(g: Graph): number {
-  const shapes = new Map<string, number>();
-  for (const n of g.nodes)
-    if (isWeightCast(n)) {
-      const dims = n.inputs[0]!.initializer!.dims;
-      shapes.set(dims.join('x'), tensorElementCount({ dims }) * 4);
-    }
-  return [...shapes.values()].reduce((a, b) => a + b, 0);
-}
-
 /**
  * The order onnxruntime's CPU provider runs a graph in: a depth-first walk from the sinks (in node
  * order) that enters a node's producers from the highest node index down, so the producer with the
@@ -181,11 +164,13 @@ export function executionOrder(g: Graph): Node[] {
 
 /**
  * Peak bytes of intermediate values alive at once when the graph runs in onnxruntime's order
- * (executionOrder). Graph inputs (the LoRA values, counted apart) and weight casts (run right
- * before their readers: weightCastBytes counts them) are left out.
+ * (executionOrder), each from its producer to its last reader: the training graphs hide their
+ * shapes from onnxruntime's buffer reuse (passes/release-dead-buffers.ts), so a dead tensor's
+ * memory is free for the next. Graph inputs (the LoRA values, counted apart) are left out; the
+ * float32 copies of `base int8`/`fp16` weights are in, each right before its reader.
  */
 export function activationPeakBytes(g: Graph): number {
-  const order = executionOrder(g).filter((n) => !isWeightCast(n));
+  const order = executionOrder(g);
   const at = new Map(order.map((n, i) => [n, i]));
   const outputs = new Set(g.outputs);
   const bytes = (v: { type?: { elemType: number; shape?: unknown[] } }) =>
@@ -232,7 +217,6 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
   const memory = {
     weightBytes: weightBytes(grads.model.graph),
     activationPeakBytes: activationPeakBytes(grads.model.graph),
-    weightCastBytes: weightCastBytes(grads.model.graph),
     loraStateBytes: LORA_COPIES * 4 * loraParameters,
     predictedPeakBytes: 0,
   };
@@ -240,7 +224,7 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
     memory.weightBytes +
     FILE_BYTES +
     ACTIVATION_FACTOR * memory.activationPeakBytes +
-    memory.weightCastBytes +
+    ARENA_BYTES +
     memory.loraStateBytes +
     RUNTIME_BYTES;
   const trainStepPaper = 3 * forward;
@@ -312,7 +296,7 @@ export function planUNet(request: PlanRequest, budgetBytes?: number, only?: read
     conventions: {
       flops:
         'FLOPs = 2 x multiply-adds of the layers with weights (Conv, Linear as MatMul/Gemm, the LoRA branches unmerged) on the emitted graphs at the training shapes, attention products left out as in the paper; training "paper" = 3 x the trained net\'s forward, "counted" = train.onnx as emitted (its LoRA weight gradients, products of two activations, left out like attention); overhead = two-path inference against LoRA FT\'s (UNet + unmerged LoRA)',
-      memory: `predicted CPU peak (host AdamW) = weights held + ${FILE_BYTES / MiB} MiB + ${ACTIVATION_FACTOR} x activations live at the peak + ${LORA_COPIES} x LoRA bytes + ${RUNTIME_BYTES / MiB} MiB runtime (+ under base int8/fp16 one float32 buffer per weight shape)`,
+      memory: `predicted CPU peak (host AdamW) = weights held + ${FILE_BYTES / MiB} MiB + ${ACTIVATION_FACTOR} x activations live at the peak + ${ARENA_BYTES / MiB} MiB arena + ${LORA_COPIES} x LoRA bytes + ${RUNTIME_BYTES / MiB} MiB runtime`,
     },
     rows,
   };

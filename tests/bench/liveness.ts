@@ -2,10 +2,12 @@
  * Where a training step's anonymous memory goes: runs one step of an artifact with onnxruntime's
  * profiler on (synthetic inputs; the runtime's session options), takes the execution order from the
  * profile, and replays it on the graph: every intermediate tensor lives from its producer to its
- * last reader (graph inputs and weights excluded). That is what the tensors need, not what the
- * process holds: onnxruntime's planner gives an output the buffer of a dead tensor of the same
- * shape, and such a buffer stays allocated from its first tensor's birth to its last one's death,
- * idle in between. So it also replays that planner over the same order ("held with onnxruntime's
+ * last reader (graph inputs and weights excluded). Since passes/release-dead-buffers.ts hides the
+ * training graphs' shapes from onnxruntime's planner (the tool reveals them: revealShapes), that is
+ * also what the step holds, plus the CPU arena's slack. Before, the planner gave an output the
+ * buffer of a dead tensor of the same shape, and such a buffer stayed allocated from its first
+ * tensor's birth to its last one's death, idle in between; the tool still replays that planner
+ * over the same order, for graphs compiled before it ("held with onnxruntime's
  * buffer reuse": each output takes the most recently freed buffer of its type and shape; Reshape,
  * Squeeze, Unsqueeze, Flatten and Identity share their input's buffer; in-place outputs and kernel
  * scratch such as a ConvTranspose's column buffer are not modeled): on full SD 2.1 39.2% at 64x64,
