@@ -12,8 +12,9 @@
  * ConstantOfShape with a constant shape reads it through a Concat with an empty int64 tensor that
  * onnxruntime cannot fold (a Slice whose start and end are one runtime value of the graph input
  * `loss_weight`, cast to int64: always empty, whatever the value; under WebGPU the Cast runs on
- * the device and its 8 bytes are copied to the host once per step for the CPU's shape arithmetic). Shape inference then knows neither the length of the shape nor
- * the rank of the output, nor of anything computed from it, which is nearly the whole graph. The
+ * the device and its 8 bytes are copied to the host once per step for the CPU's shape
+ * arithmetic). Shape inference then knows neither the length of the shape nor the rank of the
+ * output, nor of anything computed from it, which is nearly the whole graph. The
  * stored weights that are widened at each use (`base int8`, float16) are read through such a
  * Reshape too, so that their float32 copies are unplanned as well.
  *
@@ -53,7 +54,6 @@ export interface ReleaseDeadBuffersResult {
   /** Weight widenings (DequantizeLinear, Cast) that now read their weight through an opaque Reshape. */
   weights: number;
 }
-
 
 /** A stored weight widened to float32 at a use (`base int8`'s DequantizeLinear, a float16 weight's Cast). */
 function widenedWeight(n: Node): Value | undefined {
@@ -104,7 +104,7 @@ export function releaseDeadBuffers(g: Graph): ReleaseDeadBuffersResult {
     const shape = n.inputs[i]!;
     const c = constantOfValue(shape)!;
     // Before the first reader (targets are in graph order), after the shape's Constant node.
-    g.setInput(n, i, hiddenShape(JSON.stringify(c.data ?? { splat: c.splat, dims: c.dims }), () => shape, n));
+    g.setInput(n, i, hiddenShape(`shape ${JSON.stringify(c.data ?? { splat: c.splat, dims: c.dims })}`, () => shape, n));
   }
   // A widened weight's shape is its stored weight's: onnxruntime would plan its float32 copies, and
   // kept each one's buffer from the forward's use to the backward's copy (+560 MiB under base int8
@@ -112,7 +112,8 @@ export function releaseDeadBuffers(g: Graph): ReleaseDeadBuffersResult {
   for (const n of widening) {
     const w = n.inputs[0]!;
     const dims = w.initializer!.dims;
-    const shape = hiddenShape(JSON.stringify(dims), () => int64s('dims', dims), at.before);
+    // Keyed apart from the Reshape targets' shapes: those Concats sit later in the graph, these first.
+    const shape = hiddenShape(`weight ${JSON.stringify(dims)}`, () => int64s('dims', dims), at.before);
     const opaque = b.op('Reshape', [w, shape], undefined, { name: 'Reshape_weight', before: n });
     opaque.type = w.type ? { ...w.type } : undefined;
     g.setInput(n, 0, opaque);
