@@ -1,10 +1,11 @@
 /**
  * passes/rematerialize.ts on the PyTorch fixture (a real diffusers UNet, 39.2% cut): the saved
- * activations it recomputes (GEGLU, softmax, SiLU) are no longer read by the backward, the clones
+ * activations it recomputes (GEGLU, softmax, SiLU, the residual sums) are no longer read by the backward, the clones
  * sit after the forward, and grads.onnx computes the same loss and gradients bit for bit as
  * without the pass, in sessions as the runtime opens them (CSE off, so the clones stay clones).
  */
 import * as path from 'path';
+import { isWeightView } from '../compiler/flops';
 import { loadModel } from '../compiler/serde';
 import { createSession } from '../runtime/ort/session';
 import { trainingSession } from '../runtime/train/step-graph';
@@ -30,6 +31,13 @@ test('recomputed activations: the same loss and gradients bit for bit, the backw
   expect(softmax.length).toBeGreaterThan(0);
   // A forward softmax output is read by the forward only (P·V), the backward reads its clone.
   for (const n of softmax) expect(n.outputs[0].uses.every((u) => g.nodes.indexOf(u.node) <= lossAt)).toBe(true);
+
+  // A transformer block's residual sums h + to_out(attention) are read by the backward through
+  // clones that recompute to_out's projection from the kept attention output.
+  const residualSums = g.nodes.filter((n) => n.opType === 'Add' && /transformer_blocks\.\d+\/Add(_1)?$/.test(n.name));
+  expect(residualSums.length).toBeGreaterThan(0);
+  for (const n of residualSums) expect([n.name, n.outputs[0].uses.every((u) => g.nodes.indexOf(u.node) <= lossAt)]).toEqual([n.name, true]);
+  expect(clones.some((n) => n.opType === 'MatMul' && n.name.includes('/to_out.0/') && isWeightView(n.inputs[1]))).toBe(true);
 
   const feeds = fixtureGradientStep(compiled.m).feeds;
   const run = async (file: string) => {
