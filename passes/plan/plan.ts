@@ -10,8 +10,12 @@
  *          external data) + FILE_BYTES (the binaries' own file-backed pages)
  *        + ACTIVATION_FACTOR × activations live at the peak of onnxruntime's execution order
  *          (each tensor from its producer to its last reader: the training graphs hide their
- *          shapes from onnxruntime's buffer reuse, passes/release-dead-buffers.ts; `base int8` /
- *          `fp16` weights' float32 copies included, each right before its reader)
+ *          shapes from onnxruntime's buffer reuse, passes/release-dead-buffers.ts)
+ *        + the largest float32 copy of a `base int8` / `fp16` weight (each copy is made right
+ *          before its reader and dies after it, so about one is alive at a time, wherever the
+ *          activations peak: counting the copies in the live set instead put one 112 MiB conv
+ *          weight at the 32x32 peak and none at 64x64, where the measured rows hold ~100 MiB over
+ *          fp32's at both sizes)
  *        + ARENA_BYTES (onnxruntime's CPU arena, which those graphs run with, beyond the live set)
  *        + LORA_COPIES × LoRA bytes (value and two moments; the step's gradients are returned
  *          as it ends, after the peak)
@@ -22,14 +26,15 @@
  * live set of the execution order grows with the latent area as the measured memory does (39.2%:
  * 165 -> 547 MiB from 32x32 to 64x64; the node order's grew 7x); ACTIVATION_FACTOR (the kernels'
  * scratch and the arena's chunks around the live tensors) and ARENA_BYTES are one pair for every
- * shape, fitted to `hollow none`, 11.5%, 39.2% and 73.3% at 32x32 and 64x64 and the 39.2% `base
- * int8`/`fp16` rows at 64x64: all ten within 1.4% (README, "plan: predicted vs measured").
+ * shape, fitted to `hollow none`, 11.5%, 39.2% and 73.3% at 32x32 and 64x64 (2026-12-05, first
+ * run) and kept for the second run (rematerialize's residual sums) with the 39.2% `base int8` /
+ * `fp16` rows at both sizes: all twelve within 2% (README, "plan: predicted vs measured").
  */
 import { cloneModel } from '../../compiler/clone';
 import { elementSize } from '../../compiler/dtype';
 import { HollowcError } from '../../compiler/errors';
-import { countFlops } from '../../compiler/flops';
-import { Graph, Model, Node, tensorElementCount } from '../../compiler/ir';
+import { countFlops, isWeightView } from '../../compiler/flops';
+import { Graph, Model, Node, Value, tensorElementCount } from '../../compiler/ir';
 import { ArtifactName, TrainingSettings, isLoraParam } from '../../compiler/manifest';
 import { presetsFor } from '../../models/presets';
 import { CutInfo, UNetAnalysis } from '../lib/analyze-unet';
@@ -85,6 +90,8 @@ export interface PlanRow {
   memory: {
     weightBytes: number;
     activationPeakBytes: number;
+    /** The largest float32 copy of a stored weight (`base int8` / `fp16`), 0 under fp32. */
+    weightCopyBytes: number;
     loraStateBytes: number;
     predictedPeakBytes: number;
   };
@@ -166,17 +173,14 @@ export function executionOrder(g: Graph): Node[] {
  * Peak bytes of intermediate values alive at once when the graph runs in onnxruntime's order
  * (executionOrder), each from its producer to its last reader: the training graphs hide their
  * shapes from onnxruntime's buffer reuse (passes/release-dead-buffers.ts), so a dead tensor's
- * memory is free for the next. Graph inputs (the LoRA values, counted apart) are left out; the
- * float32 copies of `base int8`/`fp16` weights are in, each right before its reader.
+ * memory is free for the next. Graph inputs (the LoRA values, counted apart) and views of the
+ * weights (the float32 copies of `base int8`/`fp16` weights: weightCopyBytes) are left out.
  */
 export function activationPeakBytes(g: Graph): number {
   const order = executionOrder(g);
   const at = new Map(order.map((n, i) => [n, i]));
   const outputs = new Set(g.outputs);
-  const bytes = (v: { type?: { elemType: number; shape?: unknown[] } }) =>
-    v.type?.shape?.every((d) => typeof d === 'number')
-      ? (v.type.shape as number[]).reduce((a, b) => a * b, 1) * (elementSize(v.type.elemType) ?? 4)
-      : 0;
+  const bytes = (v: Value) => (isWeightView(v) ? 0 : staticBytes(v));
   let live = 0;
   let peak = 0;
   const dying: number[][] = order.map(() => []);
@@ -190,6 +194,18 @@ export function activationPeakBytes(g: Graph): number {
     for (const b of dying[i]) live -= b;
   });
   return peak;
+}
+
+function staticBytes(v: Value): number {
+  return v.type?.shape?.every((d) => typeof d === 'number')
+    ? (v.type.shape as number[]).reduce((a, b) => a * b, 1) * (elementSize(v.type.elemType) ?? 4)
+    : 0;
+}
+
+/** The largest float32 copy a training graph makes of a stored weight (DequantizeLinear, Cast). */
+export function weightCopyBytes(g: Graph): number {
+  const copies = g.nodes.filter((n) => (n.opType === 'DequantizeLinear' || n.opType === 'Cast') && isWeightView(n.outputs[0]));
+  return Math.max(0, ...copies.map((n) => staticBytes(n.outputs[0])));
 }
 
 function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: number): PlanRow {
@@ -217,6 +233,7 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
   const memory = {
     weightBytes: weightBytes(grads.model.graph),
     activationPeakBytes: activationPeakBytes(grads.model.graph),
+    weightCopyBytes: weightCopyBytes(grads.model.graph),
     loraStateBytes: LORA_COPIES * 4 * loraParameters,
     predictedPeakBytes: 0,
   };
@@ -224,6 +241,7 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
     memory.weightBytes +
     FILE_BYTES +
     ACTIVATION_FACTOR * memory.activationPeakBytes +
+    memory.weightCopyBytes +
     ARENA_BYTES +
     memory.loraStateBytes +
     RUNTIME_BYTES;
@@ -296,7 +314,7 @@ export function planUNet(request: PlanRequest, budgetBytes?: number, only?: read
     conventions: {
       flops:
         'FLOPs = 2 x multiply-adds of the layers with weights (Conv, Linear as MatMul/Gemm, the LoRA branches unmerged) on the emitted graphs at the training shapes, attention products left out as in the paper; training "paper" = 3 x the trained net\'s forward, "counted" = train.onnx as emitted (its LoRA weight gradients, products of two activations, left out like attention); overhead = two-path inference against LoRA FT\'s (UNet + unmerged LoRA)',
-      memory: `predicted CPU peak (host AdamW) = weights held + ${FILE_BYTES / MiB} MiB + ${ACTIVATION_FACTOR} x activations live at the peak + ${ARENA_BYTES / MiB} MiB arena + ${LORA_COPIES} x LoRA bytes + ${RUNTIME_BYTES / MiB} MiB runtime`,
+      memory: `predicted CPU peak (host AdamW) = weights held + ${FILE_BYTES / MiB} MiB + ${ACTIVATION_FACTOR} x activations live at the peak + the largest float32 weight copy (base int8/fp16) + ${ARENA_BYTES / MiB} MiB arena + ${LORA_COPIES} x LoRA bytes + ${RUNTIME_BYTES / MiB} MiB runtime`,
     },
     rows,
   };
