@@ -33,10 +33,13 @@ test('recomputed activations: the same loss and gradients bit for bit, the backw
   for (const n of softmax) expect(n.outputs[0].uses.every((u) => g.nodes.indexOf(u.node) <= lossAt)).toBe(true);
 
   // A transformer block's residual sums h + to_out(attention) are read by the backward through
-  // clones that recompute to_out's projection from the kept attention output.
+  // clones that recompute to_out's projection from the kept attention output. All but the first
+  // block's first: no gradient flows above the first LoRA layer, so nothing keeps that block's h
+  // (proj_in's output), and recomputing the sum would keep h instead, a tensor of the same size.
   const residualSums = g.nodes.filter((n) => n.opType === 'Add' && /transformer_blocks\.\d+\/Add(_1)?$/.test(n.name));
-  expect(residualSums.length).toBeGreaterThan(0);
-  for (const n of residualSums) expect([n.name, n.outputs[0].uses.every((u) => g.nodes.indexOf(u.node) <= lossAt)]).toEqual([n.name, true]);
+  expect(residualSums.length).toBeGreaterThan(2);
+  const keptSums = residualSums.filter((n) => n.outputs[0].uses.some((u) => g.nodes.indexOf(u.node) > lossAt));
+  expect(keptSums.map((n) => n.name)).toEqual(['/down_blocks.0/attentions.0/transformer_blocks.0/Add']);
   expect(clones.some((n) => n.opType === 'MatMul' && n.name.includes('/to_out.0/') && isWeightView(n.inputs[1]))).toBe(true);
 
   const feeds = fixtureGradientStep(compiled.m).feeds;
