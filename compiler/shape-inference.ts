@@ -7,7 +7,7 @@
  * error that names the op and the node.
  */
 import { HollowcError } from './errors';
-import { DataType, DataTypeCode } from './dtype';
+import { DataType, DataTypeCode, elementSize } from './dtype';
 import { Model, Node, Value } from './ir';
 import {
   ConstTensor,
@@ -466,6 +466,12 @@ export function constantInts(node: Node, i: number): number[] | undefined {
 export function staticShape(v: Value): number[] | undefined {
   const s = v.type?.shape;
   return s && s.every((d): d is number => typeof d === 'number') ? (s as number[]) : undefined;
+}
+
+/** Bytes of `v` when its shape is static (4 per element when its type has no fixed size), or undefined. */
+export function staticBytes(v: Value): number | undefined {
+  const s = staticShape(v);
+  return s && s.reduce((a, b) => a * b, 1) * (elementSize(v.type!.elemType) ?? 4);
 }
 
 export function knownConstant(v: Value, constants: Map<Value, ConstTensor>): ConstTensor | undefined {

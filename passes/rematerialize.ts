@@ -38,7 +38,7 @@
 import { isWeightView } from '../compiler/flops';
 import { Graph, Node, Value } from '../compiler/ir';
 import { Pass } from '../compiler/pass';
-import { staticShape } from '../compiler/shape-inference';
+import { staticBytes, staticShape } from '../compiler/shape-inference';
 import { ArtifactState } from './lib/artifact-state';
 
 /** Elementwise ops, Softmax, the normalizations and layout ops: O(n) to recompute. */
@@ -143,7 +143,7 @@ function forwardNodes(loss: Value): Set<Node> {
 }
 
 function bytesOf(v: Value): number {
-  return (elements(v) ?? 0) * 4;
+  return staticBytes(v) ?? 0;
 }
 
 export function rematerialize(g: Graph, loss: Value, seed: Value): RematerializeResult {
@@ -174,8 +174,7 @@ export function rematerialize(g: Graph, loss: Value, seed: Value): Rematerialize
     if (!top && savedSet.has(v)) return false;
     budget.left--;
     // Below a projection, no other: its input comes from kept values through cheap ops only.
-    const below = projections && !(isProjection(p) && !expandingProjection(p));
-    for (const i of p.inputs) if (i && !plan(i, false, budget, order, below)) return false;
+    for (const i of p.inputs) if (i && !plan(i, false, budget, order, projections && !isProjection(p))) return false;
     if (!order.includes(p)) order.push(p);
     return true;
   }

@@ -25,11 +25,10 @@
  * Concats.
  */
 import { GraphBuilder } from '../compiler/builder';
-import { elementSize } from '../compiler/dtype';
 import { Graph, Model, Node, TensorType, Value } from '../compiler/ir';
 import { OpEmitter } from '../compiler/op-emitter';
 import { Pass } from '../compiler/pass';
-import { constantOfValue, staticShape } from '../compiler/shape-inference';
+import { constantOfValue, staticBytes, staticShape } from '../compiler/shape-inference';
 import { ArtifactState } from './lib/artifact-state';
 
 /** Attention maps larger than this are split (SD at 32x32 latents: the 20 MiB outer self-attentions, not the 2.5 MiB ones). */
@@ -121,7 +120,7 @@ function matchChain(graph: Graph, softmax: Node, aboveBytes: number, chunkBytes:
   if (rank < 3 || [qs, ks, vs].some((s) => s.length !== rank)) return undefined;
   const axis = rank - 3;
   for (let i = 0; i <= axis; i++) if (qs[i] !== ss[i] || ks[i] !== ss[i] || vs[i] !== ss[i]) return undefined;
-  const bytes = ss.reduce((a, b) => a * b, 1) * (elementSize(scoresValue.type!.elemType) ?? 4);
+  const bytes = staticBytes(scoresValue)!;
   const heads = ss[axis];
   const [queries, keys] = ss.slice(rank - 2);
   const rowBytes = bytes / heads / queries;

@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import sharp from 'sharp';
 import { parseBytes } from '../cli/plan';
-import { PlanRequest, planUNet } from '../passes/plan/plan';
+import { PlanRequest, PlanRow, planUNet } from '../passes/plan/plan';
 import { planSvg } from '../passes/plan/render';
 import { recordLayout } from '../runtime/store/store-format';
 import { describeUNet } from '../models/builder/unet';
@@ -101,8 +101,12 @@ const reducedBaseMeasuredMiB = {
 };
 
 describe.each([32, 64])('the 39.2%% training peak of full SD 2.1 (%ix, r128) on a reduced-precision base', (side) => {
-  const req = fullSd21Request(side);
-  const [fp32] = planUNet(req, undefined, ['3-2']).rows;
+  let req: PlanRequest;
+  let fp32: PlanRow;
+  beforeAll(() => {
+    req = fullSd21Request(side);
+    [fp32] = planUNet(req, undefined, ['3-2']).rows;
+  });
   const base = (b: 'int8' | 'fp16') => planUNet({ ...req, training: { ...req.training, base: b } }, undefined, ['3-2']).rows[0];
 
   test('base fp16: within 3% of the measured one', () => {

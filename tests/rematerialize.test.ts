@@ -1,8 +1,9 @@
 /**
  * passes/rematerialize.ts on the PyTorch fixture (a real diffusers UNet, 39.2% cut): the saved
- * activations it recomputes (GEGLU, softmax, SiLU, the residual sums) are no longer read by the backward, the clones
- * sit after the forward, and grads.onnx computes the same loss and gradients bit for bit as
- * without the pass, in sessions as the runtime opens them (CSE off, so the clones stay clones).
+ * activations it recomputes (GEGLU, softmax, SiLU, the residual sums) are no longer read by the
+ * backward, the clones sit after the forward, and grads.onnx computes the same loss and gradients
+ * bit for bit as without the pass, in sessions as the runtime opens them (CSE off, so the clones
+ * stay clones).
  */
 import * as path from 'path';
 import { isWeightView } from '../compiler/flops';

@@ -24,17 +24,18 @@
  * the file-backed part is the weights + 69 MiB in every row; LORA_COPIES is counted, RUNTIME_BYTES
  * measured (a loaded session's anonymous memory without the LoRA values: 80 MiB at 39.2%). The
  * live set of the execution order grows with the latent area as the measured memory does (39.2%:
- * 165 -> 547 MiB from 32x32 to 64x64; the node order's grew 7x); ACTIVATION_FACTOR (the kernels'
+ * 153 -> 490 MiB from 32x32 to 64x64; the node order's grew 7x); ACTIVATION_FACTOR (the kernels'
  * scratch and the arena's chunks around the live tensors) and ARENA_BYTES are one pair for every
  * shape, fitted to `hollow none`, 11.5%, 39.2% and 73.3% at 32x32 and 64x64 (2026-12-05, first
  * run) and kept for the second run (rematerialize's residual sums) with the 39.2% `base int8` /
  * `fp16` rows at both sizes: all twelve within 2% (README, "plan: predicted vs measured").
  */
 import { cloneModel } from '../../compiler/clone';
-import { elementSize } from '../../compiler/dtype';
+import { DataType, elementSize } from '../../compiler/dtype';
 import { HollowcError } from '../../compiler/errors';
 import { countFlops, isWeightView } from '../../compiler/flops';
 import { Graph, Model, Node, Value, tensorElementCount } from '../../compiler/ir';
+import { staticBytes } from '../../compiler/shape-inference';
 import { ArtifactName, TrainingSettings, isLoraParam } from '../../compiler/manifest';
 import { presetsFor } from '../../models/presets';
 import { CutInfo, UNetAnalysis } from '../lib/analyze-unet';
@@ -180,7 +181,7 @@ export function activationPeakBytes(g: Graph): number {
   const order = executionOrder(g);
   const at = new Map(order.map((n, i) => [n, i]));
   const outputs = new Set(g.outputs);
-  const bytes = (v: Value) => (isWeightView(v) ? 0 : staticBytes(v));
+  const bytes = (v: Value) => (isWeightView(v) ? 0 : (staticBytes(v) ?? 0));
   let live = 0;
   let peak = 0;
   const dying: number[][] = order.map(() => []);
@@ -196,16 +197,13 @@ export function activationPeakBytes(g: Graph): number {
   return peak;
 }
 
-function staticBytes(v: Value): number {
-  return v.type?.shape?.every((d) => typeof d === 'number')
-    ? (v.type.shape as number[]).reduce((a, b) => a * b, 1) * (elementSize(v.type.elemType) ?? 4)
-    : 0;
-}
-
 /** The largest float32 copy a training graph makes of a stored weight (DequantizeLinear, Cast). */
 export function weightCopyBytes(g: Graph): number {
-  const copies = g.nodes.filter((n) => (n.opType === 'DequantizeLinear' || n.opType === 'Cast') && isWeightView(n.outputs[0]));
-  return Math.max(0, ...copies.map((n) => staticBytes(n.outputs[0])));
+  const copies = g.nodes
+    .filter((n) => n.opType === 'DequantizeLinear' || n.opType === 'Cast')
+    .map((n) => n.outputs[0])
+    .filter((o) => o.type?.elemType === DataType.FLOAT && isWeightView(o));
+  return Math.max(0, ...copies.map((o) => staticBytes(o) ?? 0));
 }
 
 function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: number): PlanRow {

@@ -27,10 +27,9 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
-import { elementSize } from '../../compiler/dtype';
 import { Value } from '../../compiler/ir';
 import { loadModel } from '../../compiler/serde';
-import { inferShapes } from '../../compiler/shape-inference';
+import { inferShapes, staticBytes } from '../../compiler/shape-inference';
 import { revealShapes } from '../../passes/release-dead-buffers';
 import { createSession, sessionExtra } from '../../runtime/ort/session';
 import { TRAINING_SESSION_CONFIG } from '../../runtime/train/step-graph';
@@ -38,11 +37,6 @@ import { TRAINING_SESSION_CONFIG } from '../../runtime/train/step-graph';
 const MiB = 2 ** 20;
 const ALIASING = new Set(['Reshape', 'Squeeze', 'Unsqueeze', 'Flatten', 'Identity']);
 
-function bytesOf(v: Value): number | undefined {
-  const shape = v.type?.shape;
-  if (!shape || shape.some((d) => typeof d !== 'number')) return undefined;
-  return (shape as number[]).reduce((a, b) => a * b, 1) * (elementSize(v.type!.elemType) ?? 4);
-}
 
 async function main(argv: string[]): Promise<void> {
   const file = argv[0];
@@ -149,7 +143,7 @@ async function main(argv: string[]): Promise<void> {
       lifeOf.set(v.name, source);
       return;
     }
-    const known = node.outputs.map(bytesOf);
+    const known = node.outputs.map((v) => staticBytes(v));
     const unknownCount = known.filter((b) => b === undefined).length;
     const rest = Math.max(0, o.outputSize - known.reduce<number>((a, b) => a + (b ?? 0), 0));
     node.outputs.forEach((v, k) => {
