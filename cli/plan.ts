@@ -6,9 +6,10 @@ import * as fs from 'fs';
 import sharp from 'sharp';
 import { Command, Option } from 'commander';
 import { HollowcError } from '../compiler/errors';
-import { BasePrecision } from '../compiler/manifest';
+import { BasePrecision, RECOMPUTE_MODES, RecomputeMode } from '../compiler/manifest';
 import { Plan, PlanRequest, planUNet } from '../passes/plan/plan';
 import { planSvg, planText } from '../passes/plan/render';
+import { chunkFields } from '../passes/lib/artifact-state';
 import { findLoraSites } from '../passes/lib/lora-sites';
 import { recordLayout } from '../runtime/store/store-format';
 import { openPipelineFolder } from '../runtime/text-to-image/pipeline-folder';
@@ -33,6 +34,7 @@ export function parseBytes(text: string): number {
 export interface PlanOptions {
   spec?: string;
   base?: BasePrecision;
+  recompute?: RecomputeMode;
   shape?: string[];
   rank: number;
   alpha?: number;
@@ -58,6 +60,7 @@ function requestOf(unet: LoadedUNet, o: PlanOptions): PlanRequest {
       targets: spec.lora.targets.map((t) => t.module),
       lora: { rank: spec.lora.rank, alpha: spec.lora.alpha },
       training: trainingSettingsOf(spec),
+      ...chunkFields(spec.chunks),
       samples: o.samples,
       steps: o.steps,
       storeRecordBytes,
@@ -82,7 +85,7 @@ function requestOf(unet: LoadedUNet, o: PlanOptions): PlanRequest {
     unet,
     targets,
     lora: { rank: o.rank, alpha: o.alpha ?? o.rank },
-    training: { ...defaultTrainingSettings(family), shapes, batch: shapes.sample[0], base: o.base ?? 'fp32' },
+    training: { ...defaultTrainingSettings(family), shapes, batch: shapes.sample[0], base: o.base ?? 'fp32', recompute: o.recompute ?? 'cheap' },
     samples: o.samples,
     steps: o.steps,
     storeRecordBytes,
@@ -115,6 +118,11 @@ export function registerPlan(program: Command): void {
       new Option('--base <dtype>', "frozen base precision of the training graphs (the spec's base line)")
         .choices(['fp32', 'fp16', 'int8'])
         .default('fp32'),
+    )
+    .addOption(
+      new Option('--recompute <what>', "what the training graphs' backward recomputes (the spec's recompute line)")
+        .choices([...RECOMPUTE_MODES])
+        .default('cheap'),
     )
     .option('--budget <size>', 'memory budget (e.g. 4GB): marks the cut with the fewest hollowed layers that fits')
     .option('--json', 'print one JSON object')

@@ -59,6 +59,7 @@ export function trainingSettingsOf(spec: ResolvedSpec): TrainingSettings {
     batch: spec.train.batch,
     checkpointEvery: spec.train.checkpointEvery,
     base: spec.base,
+    recompute: spec.recompute,
     shapes: Object.fromEntries(Object.entries(spec.shapes).map(([k, v]) => [k, [...v]])),
     optimizer: {
       betas: [spec.optimizer.betas[0], spec.optimizer.betas[1]],

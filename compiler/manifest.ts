@@ -18,6 +18,22 @@ export const ARTIFACT_NAMES = ['precompute', 'forward', 'infer', 'grads', 'train
 /** How the training graphs hold the frozen base weights (the spec's `base` line). */
 export const BASE_PRECISIONS = ['fp32', 'int8', 'fp16'] as const;
 export type BasePrecision = (typeof BASE_PRECISIONS)[number];
+/**
+ * What the training graphs recompute in the backward instead of keeping from the forward (the
+ * spec's `recompute` line): `cheap` values a few elementwise ops or one matmul from kept ones,
+ * `blocks` also every value inside a transformer block, from the block's input.
+ */
+export const RECOMPUTE_MODES = ['cheap', 'blocks'] as const;
+export type RecomputeMode = (typeof RECOMPUTE_MODES)[number];
+/**
+ * What the spec's `chunks` line sizes, in bytes: a block of an attention map in the training graphs
+ * (split-attention), a feed-forward block's widest tensor (chunk-feed-forward), a convolution
+ * gradient's column buffer (band-conv-gradients), a block of an attention map in precompute.onnx and
+ * infer.onnx (chunk-attention). Absent: the passes' defaults.
+ */
+export const CHUNK_KINDS = ['attention', 'feed_forward', 'conv_gradient', 'infer_attention'] as const;
+export type ChunkKind = (typeof CHUNK_KINDS)[number];
+export type ChunkSizes = Partial<Record<ChunkKind, number>>;
 /** How infer.onnx takes the LoRA tensors (the spec's `lora infer` line); training keeps them fp32. */
 export const INFER_LORA_PRECISIONS = ['fp32', 'fp16'] as const;
 export type InferLoraPrecision = (typeof INFER_LORA_PRECISIONS)[number];
@@ -145,6 +161,8 @@ export interface TrainingSettings {
   checkpointEvery: number;
   /** How grads.onnx and train.onnx hold the frozen base weights (precompute and infer keep the model's). */
   base: BasePrecision;
+  /** What grads.onnx and train.onnx recompute in the backward (absent in manifests before it: `cheap`). */
+  recompute: RecomputeMode;
   /** The spec's `shape` lines. */
   shapes: Record<string, number[]>;
   /** AdamW constants (train.onnx has them built in; a host-side optimizer reads them here). */

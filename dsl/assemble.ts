@@ -49,6 +49,8 @@ export function assemble(
   const seed = single('seed');
   const train = single('train');
   const base = single('base');
+  const recompute = single('recompute');
+  const chunks = single('chunks');
   const alpha = loraAlpha(statements, rank, fail);
   const shapes = accumulateShapes(statements, fail);
   const targets = accumulateTargets(statements, fail);
@@ -101,6 +103,8 @@ export function assemble(
     emit: emitList(emit, hollow.hollow, fail),
     seed: seed?.seed ?? { value: DEFAULTS.seed },
     base: base?.precision ?? { value: 'fp32' },
+    recompute: recompute?.mode ?? { value: 'cheap' },
+    chunks: Object.fromEntries([...options(chunks?.options)].map(([k, [v]]) => [k, v!])),
     train: {
       steps,
       batch: trainOpts.get('batch')?.[0] ?? { value: DEFAULTS.batch },

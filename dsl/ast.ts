@@ -38,16 +38,22 @@
  *                                                          frozen base weights: int8 = per-channel
  *                                                          symmetric, dequantized at each use;
  *                                                          fp16 = rounded, cast at each use
+ *   recompute cheap | blocks                               [cheap] what the training graphs'
+ *                                                          backward recomputes: blocks = every
+ *                                                          transformer block, from its input
+ *   chunks [attention s] [feed_forward s] [conv_gradient s] [infer_attention s]
+ *                                                          sizes such as 4MiB: the largest block
+ *                                                          of each memory rewrite [the passes']
  *
  * Every statement and value keeps its source position (`pos`), absent when it was filled by
  * default, so later passes can point errors at the line that asked for something
  * (diagnostics.ts `specErrorAt`).
  */
 import { Located, SourcePos, SourceText } from './diagnostics';
-import { BasePrecision, EmitArtifact, InferLoraPrecision, ModelChoice, Prediction } from './presets';
+import { BasePrecision, ChunkKind, EmitArtifact, InferLoraPrecision, ModelChoice, Prediction, RecomputeMode } from './presets';
 
 export type { SourcePos, Located } from './diagnostics';
-export type { BasePrecision, FamilyName, InferLoraPrecision, ModelChoice, Prediction, EmitArtifact } from './presets';
+export type { BasePrecision, ChunkKind, ChunkSizes, FamilyName, InferLoraPrecision, ModelChoice, Prediction, EmitArtifact, RecomputeMode } from './presets';
 
 /** A value with the position of the token(s) it was written as. */
 export interface Valued<T> extends Located {
@@ -115,6 +121,9 @@ export interface Spec extends SourceText {
   readonly seed: Num;
   readonly train: { readonly steps: Num; readonly batch: Num; readonly checkpointEvery: Num };
   readonly base: Valued<BasePrecision>;
+  readonly recompute: Valued<RecomputeMode>;
+  /** The `chunks` line's sizes in bytes; a size not given is left to the passes. */
+  readonly chunks: Readonly<Partial<Record<ChunkKind, Num>>>;
 }
 
 /** One parsed line, before statements are merged and defaults filled (assemble.ts). `pos` spans
@@ -134,7 +143,9 @@ export type Statement =
   | { readonly kind: 'emit'; readonly pos: SourcePos; readonly artifacts: readonly Valued<EmitArtifact>[] }
   | { readonly kind: 'seed'; readonly pos: SourcePos; readonly seed: Num }
   | { readonly kind: 'train'; readonly pos: SourcePos; readonly options: readonly Option[] }
-  | { readonly kind: 'base'; readonly pos: SourcePos; readonly precision: Valued<BasePrecision> };
+  | { readonly kind: 'base'; readonly pos: SourcePos; readonly precision: Valued<BasePrecision> }
+  | { readonly kind: 'recompute'; readonly pos: SourcePos; readonly mode: Valued<RecomputeMode> }
+  | { readonly kind: 'chunks'; readonly pos: SourcePos; readonly options: readonly Option[] };
 
 /** `lora init` as written: the gaussian std may be left to the default 1/rank. */
 export type LoraInitStmt = { readonly kind: 'gaussian'; readonly std?: Num } | { readonly kind: 'file'; readonly path: Valued<string> };

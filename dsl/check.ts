@@ -7,7 +7,7 @@ import { Hollow, Spec, Valued } from './ast';
 import { SourcePos, SpecError, specErrorAt, throwIfAny } from './diagnostics';
 import { matchesGlob } from './glob';
 import { FAMILIES } from '../models/families';
-import { BasePrecision, EmitArtifact, FamilyName, InferLoraPrecision, Prediction, presetListText, presetsFor } from './presets';
+import { BasePrecision, ChunkSizes, EmitArtifact, FamilyName, InferLoraPrecision, Prediction, RecomputeMode, presetListText, presetsFor } from './presets';
 import { closestFirst } from './suggest';
 
 /** One paper-numbered layer (`3-2`), in graph order: down layers, then mid, then up. */
@@ -84,6 +84,9 @@ export interface ResolvedSpec {
   readonly seed: number;
   readonly train: { readonly steps: number; readonly batch: number; readonly checkpointEvery: number };
   readonly base: BasePrecision;
+  readonly recompute: RecomputeMode;
+  /** The `chunks` line, in bytes. */
+  readonly chunks: ChunkSizes;
 }
 
 /** Checks `spec` against the model and resolves it. Throws a SpecError carrying every problem
@@ -141,6 +144,8 @@ export function checkSpec(spec: Spec, facts: ModelFacts): ResolvedSpec {
       checkpointEvery: spec.train.checkpointEvery.value,
     },
     base: spec.base.value,
+    recompute: spec.recompute.value,
+    chunks: Object.fromEntries(Object.entries(spec.chunks).map(([k, v]) => [k, v!.value])),
   };
 }
 

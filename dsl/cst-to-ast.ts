@@ -3,7 +3,7 @@
  * the values that need no other statement.
  */
 import { CstChildrenDictionary, CstNode, IToken } from 'chevrotain';
-import { BasePrecision, BlockItem, Hollow, InferLoraPrecision, LoraInitStmt, Num, Option, Statement, Valued } from './ast';
+import { BasePrecision, BlockItem, Hollow, InferLoraPrecision, LoraInitStmt, Num, Option, RecomputeMode, Statement, Valued } from './ast';
 import { SourcePos, SourceText, SpecError, specErrorAt } from './diagnostics';
 import { globProblem } from './glob';
 import { parser } from './parser';
@@ -90,6 +90,13 @@ export class StatementBuilder extends BaseVisitor {
       this.fail(n.pos!, `${what} must be a positive integer, not ${tok.image}`);
     }
     return n;
+  }
+  /** `4MiB` -> bytes, within what a block can sensibly be: below, a rewrite would make millions of nodes. */
+  private size(tok: IToken, what: string): Num {
+    const [, n, unit] = /^([\d.]+)(KiB|MiB|GiB)$/.exec(tok.image)!;
+    const value = Math.round(Number(n) * 2 ** { KiB: 10, MiB: 20, GiB: 30 }[unit as 'KiB' | 'MiB' | 'GiB']);
+    if (!(value >= MIN_CHUNK_BYTES && value <= MAX_CHUNK_BYTES)) this.fail(posOf(tok), `${what} must be between 64KiB and 4GiB, not ${tok.image}`);
+    return { value, pos: posOf(tok) };
   }
   private str(tok: IToken, what: string): Valued<string> {
     const v = { value: unquote(tok.image), pos: posOf(tok) };
@@ -244,6 +251,7 @@ export class StatementBuilder extends BaseVisitor {
   loraInfer(): void {}
   optimizerOption(): void {}
   trainOption(): void {}
+  chunkOption(): void {}
 
   lossStmt(ctx: CstChildrenDictionary): Statement {
     const head = tokenOf(ctx, 'Kw_loss');
@@ -315,6 +323,20 @@ export class StatementBuilder extends BaseVisitor {
     return { kind: 'base', pos: posOf(tokenOf(ctx, 'Kw_base')), precision: { value: value.image as BasePrecision, pos: posOf(value) } };
   }
 
+  chunksStmt(ctx: CstChildrenDictionary): Statement {
+    const options = nodes(ctx, 'chunkOption').map((n) => {
+      const [name, size] = allTokensOf(n);
+      return { name: name!.image, pos: posOf(name!), values: [this.size(size!, `chunks ${name!.image}`)] };
+    });
+    this.checkDuplicateOptions(options);
+    return { kind: 'chunks', pos: posOf(tokenOf(ctx, 'Kw_chunks')), options };
+  }
+
+  recomputeStmt(ctx: CstChildrenDictionary): Statement {
+    const value = (ctx.Kw_cheap ?? ctx.Kw_blocks)![0] as IToken;
+    return { kind: 'recompute', pos: posOf(tokenOf(ctx, 'Kw_recompute')), mode: { value: value.image as RecomputeMode, pos: posOf(value) } };
+  }
+
   seedStmt(ctx: CstChildrenDictionary): Statement {
     const tok = tokenOf(ctx, 'NumberLit');
     const seed = this.num(tok);
@@ -333,6 +355,9 @@ export class StatementBuilder extends BaseVisitor {
     return { kind: 'train', pos: posOf(tokenOf(ctx, 'Kw_train')), options };
   }
 }
+
+const MIN_CHUNK_BYTES = 64 * 2 ** 10;
+const MAX_CHUNK_BYTES = 4 * 2 ** 30;
 
 /** Orders paper ids `b-j` by block, then layer. */
 export function compareBlockIds(a: string, b: string): number {

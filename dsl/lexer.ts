@@ -44,6 +44,12 @@ export const Percent = createToken({
   label: 'a percentage',
   categories: [PresetValue],
 });
+// Before Number: `4MiB` is one size, not the number 4 followed by a word.
+export const SizeLit = createToken({
+  name: 'SizeLit',
+  pattern: /\d+(?:\.\d+)?(?:KiB|MiB|GiB)/,
+  label: 'a size such as 4MiB',
+});
 // Before Number: `3-3` is a paper block id, never "3 minus 3".
 export const BlockId = createToken({
   name: 'BlockId',
@@ -96,6 +102,8 @@ export const Emit = keyword('emit');
 export const Seed = keyword('seed');
 export const Train = keyword('train'); // also an artifact name in `emit`
 export const Base = keyword('base');
+export const Recompute = keyword('recompute');
+export const Chunks = keyword('chunks');
 // model
 export const Sd15 = keyword('sd15');
 export const Sd21 = keyword('sd21');
@@ -136,9 +144,16 @@ export const Int8 = keyword('int8');
 export const Steps = keyword('steps');
 export const Batch = keyword('batch');
 export const CheckpointEvery = keyword('checkpoint_every');
+// recompute (and `blocks` of hollow)
+export const Cheap = keyword('cheap');
+// chunks
+export const Attention = keyword('attention');
+export const FeedForward = keyword('feed_forward');
+export const ConvGradient = keyword('conv_gradient');
+export const InferAttention = keyword('infer_attention');
 
 /** The words that may start a statement, in the order the docs list them. */
-export const statementHeads: readonly TokenType[] = [Model, Hollow, Shape, Lora, Loss, Optimizer, Emit, Seed, Train, Base];
+export const statementHeads: readonly TokenType[] = [Model, Hollow, Shape, Lora, Loss, Optimizer, Emit, Seed, Train, Base, Recompute, Chunks];
 
 // The lexer takes the first pattern that matches, so a keyword that is a prefix of another
 // (`eps` / `epsilon`) must come after it: sort longest first.
@@ -150,6 +165,7 @@ export const allTokens: TokenType[] = [
   Newline,
   StringLit,
   Percent,
+  SizeLit,
   BlockId,
   NumberLit,
   DotDot,

@@ -28,7 +28,31 @@ class HollowParser extends CstParser {
       { ALT: () => this.SUBRULE(this.seedStmt) },
       { ALT: () => this.SUBRULE(this.trainStmt) },
       { ALT: () => this.SUBRULE(this.baseStmt) },
+      { ALT: () => this.SUBRULE(this.recomputeStmt) },
+      { ALT: () => this.SUBRULE(this.chunksStmt) },
     ]);
+  });
+
+  // chunks [attention <size>] [feed_forward <size>] [conv_gradient <size>] [infer_attention <size>]
+  private chunksStmt = this.RULE('chunksStmt', () => {
+    this.CONSUME(T.Chunks);
+    this.AT_LEAST_ONE(() => this.SUBRULE(this.chunkOption));
+  });
+
+  private chunkOption = this.RULE('chunkOption', () => {
+    this.OR([
+      { ALT: () => this.CONSUME(T.Attention) },
+      { ALT: () => this.CONSUME(T.FeedForward) },
+      { ALT: () => this.CONSUME(T.ConvGradient) },
+      { ALT: () => this.CONSUME(T.InferAttention) },
+    ]);
+    this.CONSUME(T.SizeLit);
+  });
+
+  // recompute cheap | blocks
+  private recomputeStmt = this.RULE('recomputeStmt', () => {
+    this.CONSUME(T.Recompute);
+    this.OR([{ ALT: () => this.CONSUME(T.Cheap) }, { ALT: () => this.CONSUME(T.Blocks) }]);
   });
 
   // base fp32 | int8 | fp16

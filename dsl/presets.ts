@@ -2,11 +2,11 @@
 // Which blocks a preset hollows depends on the graph and is answered by ModelFacts.resolveHollow
 // (check.ts); the DSL only needs the names to reject typos early. models/presets.ts is their
 // one source.
-import type { ArtifactName, BasePrecision, InferLoraPrecision, Prediction } from '../compiler/manifest';
+import type { ArtifactName, BasePrecision, ChunkKind, ChunkSizes, InferLoraPrecision, Prediction, RecomputeMode } from '../compiler/manifest';
 import type { FamilyName } from '../models/families';
 import { PRESETS } from '../models/presets';
 
-export type { BasePrecision, FamilyName, InferLoraPrecision, Prediction };
+export type { BasePrecision, ChunkKind, ChunkSizes, FamilyName, InferLoraPrecision, Prediction, RecomputeMode };
 export type ModelChoice = FamilyName | 'auto';
 /** What an `emit` line may name: every artifact but the internal `forward`. */
 export type EmitArtifact = Exclude<ArtifactName, 'forward'>;

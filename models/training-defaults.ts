@@ -40,6 +40,7 @@ export function defaultTrainingSettings(family: FamilyName): TrainingSettings {
     batch: DEFAULTS.batch,
     checkpointEvery: DEFAULTS.steps,
     base: 'fp32',
+    recompute: 'cheap',
     shapes: {},
     optimizer: { betas: [DEFAULTS.beta1, DEFAULTS.beta2], eps: DEFAULTS.eps, weightDecay: DEFAULTS.weightDecay },
   };

@@ -21,11 +21,11 @@ import { DataType } from '../compiler/dtype';
 import { GraphBuilder } from '../compiler/builder';
 import { HollowcError } from '../compiler/errors';
 import { Graph, Model, Node, Value } from '../compiler/ir';
-import { isLoraParam } from '../compiler/manifest';
 import { OpEmitter } from '../compiler/op-emitter';
 import { Pass } from '../compiler/pass';
 import { inferShapes, staticShape } from '../compiler/shape-inference';
 import { ArtifactState } from './lib/artifact-state';
+import { trainingShapes } from './specialize-shapes';
 import { AttentionCore, matchAttention } from './split-attention';
 
 /** The largest block of an inference attention map at the design point (all heads, batch 1). */
@@ -125,15 +125,18 @@ export function chunkAttention(
   return { chunked, blocks };
 }
 
-/** The design point: the spec's training shapes; the LoRA inputs have theirs already. */
-function shapesOf(state: ArtifactState): Record<string, number[]> {
-  return Object.fromEntries(Object.entries(state.training.shapes).filter(([name]) => !isLoraParam(name)));
+/**
+ * The design point: the training shapes of the graph's inputs, those the spec leaves out included
+ * (a `[batch]` timestep, which the spec never needs to give); the LoRA inputs have theirs already.
+ */
+function shapesOf(model: Model, state: ArtifactState): Record<string, number[]> {
+  return trainingShapes(model, state.analysis.family, state.training);
 }
 
 export const chunkAttentionPass: Pass<ArtifactState> = {
   name: 'chunk-attention',
   run(model, state) {
-    const r = chunkAttention(model, shapesOf(state), state.inferChunkBytes);
+    const r = chunkAttention(model, shapesOf(model, state), state.inferChunkBytes);
     return { changed: r.chunked > 0, summary: `${r.chunked} attention maps computed in ${r.blocks} blocks of query rows` };
   },
 };

@@ -28,13 +28,14 @@ import { lockFolder } from '../compiler/folder-lock';
 import { loadModel, saveModel, writeFileAtomic } from '../compiler/serde';
 import { defaultTrainingSettings } from '../models/training-defaults';
 import { CutInfo, UNetAnalysis, analyzeUNet, isStandardDomain } from './lib/analyze-unet';
-import { ArtifactState, LoraConfig, LoraParam } from './lib/artifact-state';
+import { ArtifactState, ChunkFields, LoraConfig, LoraParam } from './lib/artifact-state';
 import { loraShapes, selectSites } from './lib/lora-sites';
 import { buildArtifact } from './artifact-passes';
 import { widenFloat16 } from './float16-weights';
 import { pretransposeWeights } from './pretranspose-weights';
 
-export interface CompileRequest {
+/** With the memory rewrites' block sizes: the spec's `chunks` line (chunkFields), or a test's for its small models. */
+export interface CompileRequest extends ChunkFields {
   /** The source UNet as loaded from `modelFile` (its weights stay in their files). */
   model?: Model;
   modelFile: string;
@@ -53,22 +54,12 @@ export interface CompileRequest {
   log?: (message: string) => void;
   /** Passes (by name) to leave out of every artifact's pass list: for measuring what a pass buys, and tests. */
   skipPasses?: readonly string[];
-  /** split-attention's threshold (ArtifactState.splitAttentionAboveBytes): for tests on small models. */
-  splitAttentionAboveBytes?: number;
   /**
    * Files the caller writes beside the artifacts (the CLI's lora-init.safetensors), into the
    * temporary folder once the manifest is known; returns their names. They move into place with
    * the artifacts, so a caller's failure here also leaves no folder that looks compiled.
    */
   extraFiles?: (dir: string, manifest: CompileManifest) => string[];
-  /** split-attention's block size (ArtifactState.attentionChunkBytes): for tests on small models. */
-  attentionChunkBytes?: number;
-  /** chunk-feed-forward's block size (ArtifactState.feedForwardChunkBytes): for tests on small models. */
-  feedForwardChunkBytes?: number;
-  /** band-conv-gradients' band size (ArtifactState.convGradientColBytes): for tests on small models. */
-  convGradientColBytes?: number;
-  /** chunk-attention's block size (ArtifactState.inferChunkBytes): for tests on small models. */
-  inferChunkBytes?: number;
 }
 
 function describeValues(values: readonly Value[]): TensorDescription[] {

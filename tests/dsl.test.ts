@@ -2,6 +2,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { checkSpec, matchesGlob, globProblem, parseSpec, Spec, SpecError, specErrorAt } from '../dsl';
 import { toySd15 } from './dsl-toy-model';
+import { trainingSettingsOf } from '../cli/spec-facts';
 
 const SPECS = path.join(__dirname, 'fixtures', 'specs');
 
@@ -61,6 +62,8 @@ describe('parseSpec: the issue example', () => {
       seed: { value: 0 },
       train: { steps: { value: 1000 }, batch: { value: 1 }, checkpointEvery: { value: 1000 } },
       base: { value: 'fp32' },
+      recompute: { value: 'cheap' },
+      chunks: {},
     });
   });
 
@@ -114,6 +117,8 @@ describe('parseSpec: defaults', () => {
       seed: { value: 0 },
       train: { steps: { value: 1000 }, batch: { value: 1 }, checkpointEvery: { value: 1000 } },
       base: { value: 'fp32' },
+      recompute: { value: 'cheap' },
+      chunks: {},
     });
   });
 
@@ -266,7 +271,7 @@ describe('SpecError', () => {
       [3, 'lora alpha must be > 0, not -1'],
       [
         4,
-        'unknown statement "bogus"; a statement starts with "model", "hollow", "shape", "lora", "loss", "optimizer", "emit", "seed", "train" or "base"',
+        'unknown statement "bogus"; a statement starts with "model", "hollow", "shape", "lora", "loss", "optimizer", "emit", "seed", "train", "base", "recompute" or "chunks"',
       ],
     ]);
     expect(e.all[0]).toBe(e);
@@ -393,6 +398,22 @@ describe('checkSpec against a hand-made sd15 model', () => {
     expect(check('hollow none\nbase int8').base).toBe('int8');
     expect(check('hollow none\nbase fp16').base).toBe('fp16');
     expect(check('hollow none').base).toBe('fp32');
+  });
+
+  test('chunks sizes pass through in bytes; a size not given stays absent', () => {
+    expect(check('hollow none\nchunks attention 1.5MiB infer_attention 1GiB feed_forward 512KiB').chunks).toEqual({
+      attention: 1.5 * 2 ** 20,
+      infer_attention: 2 ** 30,
+      feed_forward: 512 * 2 ** 10,
+    });
+    expect(check('hollow none').chunks).toEqual({});
+  });
+
+  test('recompute blocks passes through to the resolved spec and the training settings (default cheap)', () => {
+    expect(check('hollow none\nrecompute blocks').recompute).toBe('blocks');
+    expect(check('hollow none\nrecompute cheap').recompute).toBe('cheap');
+    expect(check('hollow none').recompute).toBe('cheap');
+    expect(trainingSettingsOf(check('hollow none\nrecompute blocks')).recompute).toBe('blocks');
   });
 
   test('v_prediction and an explicit model pass through', () => {

@@ -3,7 +3,7 @@
  * earlier passes produce for later ones (each pass names the fields it requires and ensures).
  */
 import { Model, Node, Value } from '../../compiler/ir';
-import type { InferLoraPrecision, TrainingSettings } from '../../compiler/manifest';
+import type { ChunkSizes, InferLoraPrecision, TrainingSettings } from '../../compiler/manifest';
 import { CutInfo, UNetAnalysis } from './analyze-unet';
 
 export interface LoraConfig {
@@ -72,4 +72,24 @@ export interface ArtifactState {
 /** The graph values of the LoRA parameters insert-lora added. */
 export function loraValues(model: Model, state: ArtifactState): Value[] {
   return state.loraParams!.map((p) => model.graph.value(p.name));
+}
+
+/** The memory rewrites' block sizes (each pass's default where absent). */
+export type ChunkFields = Pick<
+  ArtifactState,
+  'splitAttentionAboveBytes' | 'attentionChunkBytes' | 'feedForwardChunkBytes' | 'convGradientColBytes' | 'inferChunkBytes'
+>;
+
+/**
+ * The spec's `chunks` line as the passes' sizes. An attention map no larger than the asked block
+ * stays whole; a larger one is split per head and in blocks of query rows of at most that size.
+ */
+export function chunkFields(c: ChunkSizes): ChunkFields {
+  return {
+    splitAttentionAboveBytes: c.attention,
+    attentionChunkBytes: c.attention,
+    feedForwardChunkBytes: c.feed_forward,
+    convGradientColBytes: c.conv_gradient,
+    inferChunkBytes: c.infer_attention,
+  };
 }

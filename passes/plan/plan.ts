@@ -39,7 +39,7 @@ import { staticBytes } from '../../compiler/shape-inference';
 import { ArtifactName, TrainingSettings, isLoraParam } from '../../compiler/manifest';
 import { presetsFor } from '../../models/presets';
 import { CutInfo, UNetAnalysis } from '../lib/analyze-unet';
-import { ArtifactState, LoraConfig } from '../lib/artifact-state';
+import { ArtifactState, ChunkFields, LoraConfig } from '../lib/artifact-state';
 import { buildArtifact } from '../artifact-passes';
 import { widenFloat16 } from '../float16-weights';
 import { pretransposeWeights } from '../pretranspose-weights';
@@ -52,7 +52,8 @@ export const LORA_COPIES = 3;
 export const FILE_BYTES = 69 * MiB;
 export const RUNTIME_BYTES = 80 * MiB;
 
-export interface PlanRequest {
+/** With the memory rewrites' block sizes (the spec's `chunks` line): the artifacts are built as compile builds them. */
+export interface PlanRequest extends ChunkFields {
   unet: { file: string; model: Model; analysis: UNetAnalysis };
   targets: readonly string[];
   lora: LoraConfig;
@@ -216,6 +217,11 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
     training: req.training,
     label: req.unet.file,
     structureOnly: true,
+    splitAttentionAboveBytes: req.splitAttentionAboveBytes,
+    attentionChunkBytes: req.attentionChunkBytes,
+    feedForwardChunkBytes: req.feedForwardChunkBytes,
+    convGradientColBytes: req.convGradientColBytes,
+    inferChunkBytes: req.inferChunkBytes,
   };
   const build = (name: ArtifactName) => buildArtifact(name, req.unet.model, inputs);
   const train = build('train');
