@@ -31,12 +31,21 @@
  * inputs, so every value, the loss and every gradient are bit for bit what they were: only the
  * lifetimes change (and a few recomputations per step).
  *
+ * `recompute blocks` (the spec's line; gradient checkpointing per transformer block) goes further:
+ * every saved value inside a transformer block is recomputed from the block's input, products with
+ * weights and attention included, so a block keeps only its input and output from forward to
+ * backward. The clones of one block share their values, so the block's forward runs once more,
+ * at the start of its backward. Values the cheap rules recompute (attention probabilities per block
+ * of rows) are cloned again where a block's chain needs them, so each clone still dies at its own
+ * reader. Full SD 2.1, 39.2%, 64x64: live set at the peak 490 -> 274 MiB (liveness.js).
+ *
  * The clones are identical to their originals, so a runtime's common-subexpression elimination
  * would merge them back: training sessions disable onnxruntime's CommonSubexpressionElimination
  * (runtime/train/step-graph.ts trainingSession).
  */
 import { isWeightView } from '../compiler/flops';
 import { Graph, Node, Value } from '../compiler/ir';
+import { moduleOfNode } from '../compiler/module-scope';
 import { Pass } from '../compiler/pass';
 import { staticBytes, staticShape } from '../compiler/shape-inference';
 import { ArtifactState } from './lib/artifact-state';
@@ -146,8 +155,44 @@ function bytesOf(v: Value): number {
   return staticBytes(v) ?? 0;
 }
 
-export function rematerialize(g: Graph, loss: Value, seed: Value): RematerializeResult {
+/** A module path's transformer block (`down_blocks.1.attentions.0.transformer_blocks.2`), if inside one. */
+const TRANSFORMER_BLOCK = /^(?:.*\.)?transformer_blocks\.\d+(?=\.|$)/;
+/** Module paths of the UNet's own layers outside any transformer block (resnets, proj_in, samplers). */
+const UNET_LAYER = /^(down_blocks|mid_block|up_blocks)(\.|$)/;
+
+/**
+ * The transformer block each forward node belongs to (`recompute blocks`), by its module. Nodes
+ * the passes added under an export's anonymous name (torch's dynamo exporter names nodes
+ * `node_<fx name>`, so a split attention's are `node_matmul_3/heads/...`) take their inputs'
+ * block when every computed input comes from the same one.
+ */
+export function transformerBlocks(g: Graph, forward: ReadonlySet<Node>): Map<Node, string> {
+  const blocks = new Map<Node, string>();
+  for (const n of g.nodes) {
+    if (!forward.has(n)) continue;
+    const module = moduleOfNode(n);
+    const own = TRANSFORMER_BLOCK.exec(module)?.[0];
+    if (own !== undefined) blocks.set(n, own);
+    if (own !== undefined || UNET_LAYER.test(module)) continue;
+    const from = new Set(n.inputs.flatMap((v) => (v?.producer && forward.has(v.producer) && v.producer.opType !== 'Constant' ? [blocks.get(v.producer)] : [])));
+    const [only] = from;
+    if (from.size === 1 && only !== undefined) blocks.set(n, only);
+  }
+  return blocks;
+}
+
+export interface RematerializeOptions {
+  /**
+   * Gradient checkpointing by transformer block (the spec's `recompute blocks`): every value inside
+   * a block that the backward reads is recomputed from the block's input, which with the block's
+   * output is all a block keeps from forward to backward. Costs one more forward of each block.
+   */
+  blocks?: boolean;
+}
+
+export function rematerialize(g: Graph, loss: Value, seed: Value, options: RematerializeOptions = {}): RematerializeResult {
   const forward = forwardNodes(loss);
+  const blockOf = options.blocks ? transformerBlocks(g, forward) : new Map<Node, string>();
   const outputs = new Set(g.outputs);
   const isBackward = (n: Node) => !forward.has(n);
   // Saved values: forward values that some backward node reads, in forward order.
@@ -158,6 +203,8 @@ export function rematerialize(g: Graph, loss: Value, seed: Value): Rematerialize
   const savedSet = new Set(saved);
   const clones = new Map<Value, Value>();
   const kept = new Set<Value>();
+  /** Clones of the values inside transformer blocks (`blocks`), shared by every later chain of the block. */
+  const blockClones = new Map<Value, Value>();
   // A weight read through a Transpose (dynamo exports) is a constant too: onnxruntime folds it.
   const free = (v: Value) => isWeightView(v) || !v.producer || v.producer.opType === 'Constant' || g.inputs.includes(v);
 
@@ -179,6 +226,30 @@ export function rematerialize(g: Graph, loss: Value, seed: Value): Rematerialize
     return true;
   }
 
+  /**
+   * Like `plan`, for `v` inside `block`: any node of the block is cloned, rooted at values from
+   * outside it that are kept, free or recomputable the cheap way.
+   */
+  function planInBlock(v: Value, top: boolean, block: string, order: Node[], placed: Set<Node>): boolean {
+    if (!top && (free(v) || blockClones.has(v) || kept.has(v))) return true;
+    const p = v.producer;
+    if (!p || !forward.has(p)) return false;
+    if (blockOf.get(p) !== block) {
+      if (plan(v, false, { left: MAX_CHAIN }, order)) return true;
+      // The block's input: kept as its checkpoint (the first block's has no other reader).
+      kept.add(v);
+      return true;
+    }
+    // A value the cheap way recomputes is recomputed again here rather than shared: its clone
+    // (attention probabilities, per block of rows) is made to die at its own reader.
+    if (!top && savedSet.has(v) && !clones.has(v)) return false;
+    if (placed.has(p)) return true;
+    for (const i of p.inputs) if (i && !planInBlock(i, false, block, order, placed)) return false;
+    placed.add(p);
+    order.push(p);
+    return true;
+  }
+
   let nodesAdded = 0;
   let bytesFreed = 0;
   const recomputed: Value[] = [];
@@ -191,10 +262,21 @@ export function rematerialize(g: Graph, loss: Value, seed: Value): Rematerialize
       bytesFreed += bytesOf(v);
       continue;
     }
+    const block = v.producer ? blockOf.get(v.producer) : undefined;
+    // A block's output is the next block's input: the checkpoint both recompute from.
+    if (block !== undefined && v.uses.some((u) => forward.has(u.node) && blockOf.get(u.node) !== block)) {
+      kept.add(v);
+      continue;
+    }
     let order: Node[] = [];
-    if (!plan(v, true, { left: MAX_CHAIN }, order)) {
+    const cheap = plan(v, true, { left: MAX_CHAIN }, order);
+    if (!cheap) {
       order = [];
-      if (!residualSum(v) || !plan(v, true, { left: MAX_RESIDUAL_CHAIN }, order, true)) {
+      const recomputedAnyway =
+        block !== undefined
+          ? planInBlock(v, true, block, order, new Set())
+          : residualSum(v) && plan(v, true, { left: MAX_RESIDUAL_CHAIN }, order, true);
+      if (!recomputedAnyway) {
         kept.add(v);
         continue;
       }
@@ -246,7 +328,9 @@ export function rematerialize(g: Graph, loss: Value, seed: Value): Rematerialize
     // A recomputed projection serves every value cut from it (both GEGLU halves): later chains
     // root at its clone instead of repeating the matmul (the final topological sort places it
     // before whichever reader comes first).
-    if (order.some(expandingProjection)) for (const [original, c] of local) clones.set(original, c);
+    // In a recomputed block, every value on the way is shared the same way.
+    if (block !== undefined && !cheap) for (const [original, c] of local) (blockClones.set(original, c), clones.set(original, c));
+    else if (order.some(expandingProjection)) for (const [original, c] of local) clones.set(original, c);
     recomputed.push(v);
     bytesFreed += bytesOf(v);
   }
@@ -290,7 +374,7 @@ export const rematerializePass: Pass<ArtifactState> = {
   name: 'rematerialize',
   requires: ['loss', 'gradients', 'gradientSeed'],
   run(model, state) {
-    const r = rematerialize(model.graph, state.loss!, state.gradientSeed!);
+    const r = rematerialize(model.graph, state.loss!, state.gradientSeed!, { blocks: state.training.recompute === 'blocks' });
     return {
       changed: r.nodesAdded + r.moved > 0,
       summary: `${r.recomputed.length} saved values recomputed (${(r.bytesFreed / 2 ** 20).toFixed(1)} MiB), ${r.nodesAdded} nodes added, ${r.moved} moved`,

@@ -289,6 +289,23 @@ describe.each(['sd15', 'sdxl'] as const)('dynamo exporter form, %s tiny', (famil
     expect(ops(dyn.out)).toEqual(ops(ts.out));
   });
 
+  test('recompute blocks finds the same transformer blocks in both forms (scopes from metadata, pass-made nodes by their inputs)', () => {
+    const clones = (run: ExporterRun) => {
+      const spec = path.join(run.out, '..', 'blocks.hollow');
+      fs.writeFileSync(spec, `${fs.readFileSync(path.join(run.out, '..', 'spec.hollow'), 'utf8').replace(/^emit .*$/m, 'emit grads')}recompute blocks\n`);
+      const out = path.join(run.out, '..', 'out-blocks');
+      compileFromSpec(run.model, spec, { out });
+      const counts: Record<string, number> = {};
+      for (const n of loadModel(path.join(out, 'grads.onnx')).graph.nodes)
+        if (n.name.endsWith('/recompute') && !['Transpose', 'Unsqueeze'].includes(n.opType)) counts[n.opType] = (counts[n.opType] ?? 0) + 1;
+      return counts;
+    };
+    const [a, b] = [clones(dyn), clones(ts)];
+    expect(a).toEqual(b);
+    // The block's projections are recomputed: more matmuls than the cheap mode's GEGLU and to_out ones.
+    expect(b.MatMul).toBeGreaterThan(8);
+  });
+
   test('the base UNet agrees with the TorchScript form; infer.onnx with B = 0 is the base UNet', async () => {
     const inputs = describeInputs(ts.model);
     const base = (await runModel(ts.model, feedsFor(inputs, family))).out_sample.data as Float32Array;

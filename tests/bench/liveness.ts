@@ -27,10 +27,12 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
+import { DataType } from '../../compiler/dtype';
 import { Value } from '../../compiler/ir';
 import { loadModel } from '../../compiler/serde';
 import { inferShapes, staticBytes } from '../../compiler/shape-inference';
 import { revealShapes } from '../../passes/release-dead-buffers';
+import { toFloat16 } from '../../runtime/formats/float16';
 import { createSession, sessionExtra } from '../../runtime/ort/session';
 import { TRAINING_SESSION_CONFIG } from '../../runtime/train/step-graph';
 
@@ -85,12 +87,12 @@ async function main(argv: string[]): Promise<void> {
           BigInt64Array.from({ length: n }, () => 1n),
           shape,
         );
-      else
-        feeds[input.name] = new ort.Tensor(
-          'float32',
-          Float32Array.from({ length: n }, (_, i) => (input.name.includes('lora_') ? 0.01 : 1) * Math.sin(i * 0.37)),
-          shape,
-        );
+      else {
+        const values = Float32Array.from({ length: n }, (_, i) => (input.name.includes('lora_') ? 0.01 : 1) * Math.sin(i * 0.37));
+        // A float16 export's training graphs take its float16 inputs (sample, conditioning) as they are.
+        feeds[input.name] =
+          input.type!.elemType === DataType.FLOAT16 ? new ort.Tensor('float16', toFloat16(values), shape) : new ort.Tensor('float32', values, shape);
+      }
     }
     await profiled.run(feeds);
     profiled.endProfiling();

@@ -64,6 +64,7 @@ const SPEC = (
   emit = 'train grads',
   loraInfer: 'fp32' | 'fp16' = 'fp32',
   family: BenchFamily = 'sd21',
+  recompute: 'cheap' | 'blocks' = 'cheap',
 ) => `model ${family}
 hollow ${hollow}
 base ${base}
@@ -72,7 +73,7 @@ shape timestep [1]
 ${FAMILY_SHAPES[family]}lora rank 128 alpha 128
 lora targets "attn1.*" "attn2.*"
 emit ${emit}
-${loraInfer === 'fp16' ? 'lora infer fp16\n' : ''}`;
+${loraInfer === 'fp16' ? 'lora infer fp16\n' : ''}${recompute === 'blocks' ? 'recompute blocks\n' : ''}`;
 
 /** Peak memory seen by a sampler thread (the main thread is blocked inside session.run). */
 interface Peaks {
@@ -281,6 +282,8 @@ interface Row {
   mode: OptimizerMode;
   /** `base int8` / `base fp16`: the frozen weights of the training graph stored int8 / float16 */
   base?: 'int8' | 'fp16';
+  /** `recompute blocks`: every transformer block recomputed in the backward from its input. */
+  recompute?: 'blocks';
   /** Only with --only. */
   extra?: boolean;
 }
@@ -341,6 +344,25 @@ const ROWS: Row[] = [
     base: 'fp16',
   },
   {
+    id: 'hollowed-blocks',
+    label: 'Hollowed 39.2%, `recompute blocks`, AdamW on host',
+    kind: 'train',
+    hollow: 'preset "39.2%"',
+    mode: 'host',
+    recompute: 'blocks',
+    extra: true,
+  },
+  {
+    id: 'hollowed-int8-blocks',
+    label: 'Hollowed 39.2%, `base int8`, `recompute blocks`, AdamW on host',
+    kind: 'train',
+    hollow: 'preset "39.2%"',
+    mode: 'host',
+    base: 'int8',
+    recompute: 'blocks',
+    extra: true,
+  },
+  {
     id: 'lora-int8',
     label: 'LoRA FT, `hollow none`, `base int8`, AdamW on host',
     kind: 'train',
@@ -375,6 +397,16 @@ const ROWS: Row[] = [
     hollow: 'preset "sdxl-mid"',
     mode: 'host',
     base: 'fp16',
+  },
+  {
+    id: 'sdxl-mid-int8-blocks',
+    label: 'Hollowed `sdxl-mid`, `base int8`, `recompute blocks`, AdamW on host',
+    kind: 'train',
+    hollow: 'preset "sdxl-mid"',
+    mode: 'host',
+    base: 'int8',
+    recompute: 'blocks',
+    extra: true,
   },
 ];
 
@@ -414,13 +446,19 @@ async function main(argv: string[]): Promise<void> {
     if (b.status !== 0) throw new Error('model build failed');
   }
   const compiled = new Map<string, { out: string; compileSeconds?: number; compilePeakRssMiB?: number }>();
-  const compile = (hollow: string, base: 'fp32' | 'int8' | 'fp16' = 'fp32', emit = 'train grads', loraInfer: 'fp32' | 'fp16' = 'fp32') => {
+  const compile = (
+    hollow: string,
+    base: 'fp32' | 'int8' | 'fp16' = 'fp32',
+    emit = 'train grads',
+    loraInfer: 'fp32' | 'fp16' = 'fp32',
+    recompute: 'cheap' | 'blocks' = 'cheap',
+  ) => {
     const out = path.join(
       dir,
-      `out-${hollow === 'none' ? 'none' : /\d/.test(hollow) ? hollow.replace(/\D/g, '') : hollow.replace(/^preset "(.*)"$/, '$1')}${latent === 32 ? '' : `-${latent}`}${base === 'fp32' ? '' : `-${base}`}${emit.includes('infer') ? '-infer' : ''}${emit === 'precompute' ? '-precompute' : ''}${loraInfer === 'fp16' ? '-fp16lora' : ''}`,
+      `out-${hollow === 'none' ? 'none' : /\d/.test(hollow) ? hollow.replace(/\D/g, '') : hollow.replace(/^preset "(.*)"$/, '$1')}${latent === 32 ? '' : `-${latent}`}${base === 'fp32' ? '' : `-${base}`}${emit.includes('infer') ? '-infer' : ''}${emit === 'precompute' ? '-precompute' : ''}${loraInfer === 'fp16' ? '-fp16lora' : ''}${recompute === 'blocks' ? '-blocks' : ''}`,
     );
     if (compiled.has(out)) return compiled.get(out)!;
-    const text = SPEC(hollow, latent, base, emit, loraInfer, family);
+    const text = SPEC(hollow, latent, base, emit, loraInfer, family, recompute);
     const manifestFile = path.join(out, 'manifest.json');
     // A folder compiled from the same spec (--dir reused) is not compiled again.
     if (fs.existsSync(manifestFile) && JSON.parse(fs.readFileSync(manifestFile, 'utf8')).spec?.text === text) {
@@ -464,7 +502,7 @@ async function main(argv: string[]): Promise<void> {
   for (const row of rows) {
     const target =
       row.kind === 'train'
-        ? compile(row.hollow!, row.base)
+        ? compile(row.hollow!, row.base, 'train grads', 'fp32', row.recompute)
         : row.hollow
           ? inferModel(row.id as 'two-path' | 'two-path-fp16' | 'baked' | 'precompute')
           : { out: unet };

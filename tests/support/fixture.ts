@@ -3,7 +3,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
-import type { CompileManifest, TrainingSettings } from '../../compiler/manifest';
+import type { CompileManifest, RecomputeMode, TrainingSettings } from '../../compiler/manifest';
 import type { FamilyName } from '../../models/families';
 import { defaultTrainingSettings } from '../../models/training-defaults';
 import { readNpy } from '../../runtime/formats/npy';
@@ -46,8 +46,9 @@ export function compileFixtureGrads(
   passes: Pick<
     CompileRequest,
     'skipPasses' | 'splitAttentionAboveBytes' | 'attentionChunkBytes' | 'feedForwardChunkBytes' | 'convGradientColBytes'
-  > = {},
+  > & { recompute?: RecomputeMode } = {},
 ): { out: string; m: CompileManifest } {
+  const { recompute = 'cheap', ...rest } = passes;
   const fixture = fixtureManifest();
   const out = tempDir(prefix);
   const m = compile({
@@ -57,8 +58,8 @@ export function compileFixtureGrads(
     targets: fixture.lora.targets,
     lora: { rank: fixture.lora.rank, alpha: fixture.lora.alpha },
     emit: ['grads'],
-    training: { ...trainingFor('sd15', FIXTURE_SHAPES), base },
-    ...passes,
+    training: { ...trainingFor('sd15', FIXTURE_SHAPES), base, recompute },
+    ...rest,
   });
   return { out, m };
 }
