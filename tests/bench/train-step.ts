@@ -25,7 +25,9 @@
  * hollowed rows are `sdxl-mid-host`, `sdxl-mid-int8` and `sdxl-mid-fp16` (the paper's SDXL cut,
  * the whole mid block; host AdamW, base fp32 / int8 / fp16), left out of sd21's defaults. `inference`
  * and the `lora-*` rows run on either; their JSON lines say `"family":"sdxl"` (sd21's lines are as
- * before). SDXL at 1024 px: `--family sdxl --latent 128 --steps 2 --only sdxl-mid-int8`.
+ * before). SDXL at 1024 px: `--family sdxl --latent 128 --steps 2 --only sdxl-mid-int8`, and within
+ * 6 GiB `--only sdxl-mid-int8-blocks-a96` (`recompute blocks`, `chunks attention 96MiB`). With --only,
+ * `hollowed-blocks` and `hollowed-int8-blocks` are the 39.2% rows under `recompute blocks`.
  *
  *   npx tsc -p . && node dist/tests/bench/train-step.js [--dir /tmp/x] [--keep] [--steps 3] [--threads 2]
  *       [--only hollowed-host,inference] [--config '{"session.key":"value"}'] [--dump-optimized] [--malloc default]
@@ -64,7 +66,7 @@ const SPEC = (
   emit = 'train grads',
   loraInfer: 'fp32' | 'fp16' = 'fp32',
   family: BenchFamily = 'sd21',
-  recompute: 'cheap' | 'blocks' = 'cheap',
+  lines: readonly string[] = [],
 ) => `model ${family}
 hollow ${hollow}
 base ${base}
@@ -73,7 +75,7 @@ shape timestep [1]
 ${FAMILY_SHAPES[family]}lora rank 128 alpha 128
 lora targets "attn1.*" "attn2.*"
 emit ${emit}
-${loraInfer === 'fp16' ? 'lora infer fp16\n' : ''}${recompute === 'blocks' ? 'recompute blocks\n' : ''}`;
+${loraInfer === 'fp16' ? 'lora infer fp16\n' : ''}${lines.map((l) => `${l}\n`).join('')}`;
 
 /** Peak memory seen by a sampler thread (the main thread is blocked inside session.run). */
 interface Peaks {
@@ -282,8 +284,8 @@ interface Row {
   mode: OptimizerMode;
   /** `base int8` / `base fp16`: the frozen weights of the training graph stored int8 / float16 */
   base?: 'int8' | 'fp16';
-  /** `recompute blocks`: every transformer block recomputed in the backward from its input. */
-  recompute?: 'blocks';
+  /** More spec lines (`recompute blocks`, `chunks ...`); the row's compile gets its own folder, `-<tag>`. */
+  spec?: { tag: string; lines: string[] };
   /** Only with --only. */
   extra?: boolean;
 }
@@ -349,7 +351,7 @@ const ROWS: Row[] = [
     kind: 'train',
     hollow: 'preset "39.2%"',
     mode: 'host',
-    recompute: 'blocks',
+    spec: { tag: 'blocks', lines: ['recompute blocks'] },
     extra: true,
   },
   {
@@ -359,7 +361,7 @@ const ROWS: Row[] = [
     hollow: 'preset "39.2%"',
     mode: 'host',
     base: 'int8',
-    recompute: 'blocks',
+    spec: { tag: 'blocks', lines: ['recompute blocks'] },
     extra: true,
   },
   {
@@ -405,7 +407,19 @@ const ROWS: Row[] = [
     hollow: 'preset "sdxl-mid"',
     mode: 'host',
     base: 'int8',
-    recompute: 'blocks',
+    spec: { tag: 'blocks', lines: ['recompute blocks'] },
+    extra: true,
+  },
+  // SDXL at 1024 px within 6 GiB: level 2's 80 MiB self-attention maps whole (not 20 per-head
+  // chains per map: 55k graph nodes instead of 146k, and onnxruntime holds ~5 KiB per node).
+  {
+    id: 'sdxl-mid-int8-blocks-a96',
+    label: 'Hollowed `sdxl-mid`, `base int8`, `recompute blocks`, `chunks attention 96MiB`, AdamW on host',
+    kind: 'train',
+    hollow: 'preset "sdxl-mid"',
+    mode: 'host',
+    base: 'int8',
+    spec: { tag: 'blocks-a96', lines: ['recompute blocks', 'chunks attention 96MiB'] },
     extra: true,
   },
 ];
@@ -451,14 +465,14 @@ async function main(argv: string[]): Promise<void> {
     base: 'fp32' | 'int8' | 'fp16' = 'fp32',
     emit = 'train grads',
     loraInfer: 'fp32' | 'fp16' = 'fp32',
-    recompute: 'cheap' | 'blocks' = 'cheap',
+    more?: Row['spec'],
   ) => {
     const out = path.join(
       dir,
-      `out-${hollow === 'none' ? 'none' : /\d/.test(hollow) ? hollow.replace(/\D/g, '') : hollow.replace(/^preset "(.*)"$/, '$1')}${latent === 32 ? '' : `-${latent}`}${base === 'fp32' ? '' : `-${base}`}${emit.includes('infer') ? '-infer' : ''}${emit === 'precompute' ? '-precompute' : ''}${loraInfer === 'fp16' ? '-fp16lora' : ''}${recompute === 'blocks' ? '-blocks' : ''}`,
+      `out-${hollow === 'none' ? 'none' : /\d/.test(hollow) ? hollow.replace(/\D/g, '') : hollow.replace(/^preset "(.*)"$/, '$1')}${latent === 32 ? '' : `-${latent}`}${base === 'fp32' ? '' : `-${base}`}${emit.includes('infer') ? '-infer' : ''}${emit === 'precompute' ? '-precompute' : ''}${loraInfer === 'fp16' ? '-fp16lora' : ''}${more ? `-${more.tag}` : ''}`,
     );
     if (compiled.has(out)) return compiled.get(out)!;
-    const text = SPEC(hollow, latent, base, emit, loraInfer, family, recompute);
+    const text = SPEC(hollow, latent, base, emit, loraInfer, family, more?.lines);
     const manifestFile = path.join(out, 'manifest.json');
     // A folder compiled from the same spec (--dir reused) is not compiled again.
     if (fs.existsSync(manifestFile) && JSON.parse(fs.readFileSync(manifestFile, 'utf8')).spec?.text === text) {
@@ -502,7 +516,7 @@ async function main(argv: string[]): Promise<void> {
   for (const row of rows) {
     const target =
       row.kind === 'train'
-        ? compile(row.hollow!, row.base, 'train grads', 'fp32', row.recompute)
+        ? compile(row.hollow!, row.base, 'train grads', 'fp32', row.spec)
         : row.hollow
           ? inferModel(row.id as 'two-path' | 'two-path-fp16' | 'baked' | 'precompute')
           : { out: unet };
