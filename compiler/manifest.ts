@@ -31,8 +31,7 @@ export type RecomputeMode = (typeof RECOMPUTE_MODES)[number];
  * gradient's column buffer (band-conv-gradients), a block of an attention map in precompute.onnx and
  * infer.onnx (chunk-attention). Absent: the passes' defaults.
  */
-export const CHUNK_KINDS = ['attention', 'feed_forward', 'conv_gradient', 'infer_attention'] as const;
-export type ChunkKind = (typeof CHUNK_KINDS)[number];
+export type ChunkKind = 'attention' | 'feed_forward' | 'conv_gradient' | 'infer_attention';
 export type ChunkSizes = Partial<Record<ChunkKind, number>>;
 /** How infer.onnx takes the LoRA tensors (the spec's `lora infer` line); training keeps them fp32. */
 export const INFER_LORA_PRECISIONS = ['fp32', 'fp16'] as const;

@@ -28,7 +28,7 @@ import { ArtifactState } from './lib/artifact-state';
 import { trainingShapes } from './specialize-shapes';
 import { AttentionCore, matchAttention } from './split-attention';
 
-/** The largest block of an inference attention map at the design point (all heads, batch 1). */
+/** The largest block of an inference attention map at the design point (all heads, the training batch). */
 export const INFER_CHUNK_BYTES = 16 * 2 ** 20;
 
 /** A Slice end past any row count (Slice clamps it): the last block takes every remaining row. */
@@ -130,7 +130,14 @@ export function chunkAttention(
  * (a `[batch]` timestep, which the spec never needs to give); the LoRA inputs have theirs already.
  */
 function shapesOf(model: Model, state: ArtifactState): Record<string, number[]> {
-  return trainingShapes(model, state.analysis.family, state.training);
+  try {
+    return trainingShapes(model, state.analysis.family, state.training);
+  } catch (e) {
+    // An axis the spec does not size (an infer-only spec without `shape sample`): the spec's shapes
+    // as they are, and a map whose size they leave open stays whole.
+    if (e instanceof HollowcError) return { ...state.training.shapes };
+    throw e;
+  }
 }
 
 export const chunkAttentionPass: Pass<ArtifactState> = {

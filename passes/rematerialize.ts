@@ -45,6 +45,7 @@
  */
 import { isWeightView } from '../compiler/flops';
 import { Graph, Node, Value } from '../compiler/ir';
+import { HollowcError } from '../compiler/errors';
 import { moduleOfNode } from '../compiler/module-scope';
 import { Pass } from '../compiler/pass';
 import { staticBytes, staticShape } from '../compiler/shape-inference';
@@ -130,6 +131,8 @@ export interface RematerializeResult {
   bytesFreed: number;
   /** Nodes whose position changed when the backward was ordered (scheduleBackward). */
   moved: number;
+  /** Transformer blocks recomputed from their inputs (`blocks`). */
+  blocks: number;
 }
 
 function forwardNodes(loss: Value): Set<Node> {
@@ -193,6 +196,11 @@ export interface RematerializeOptions {
 export function rematerialize(g: Graph, loss: Value, seed: Value, options: RematerializeOptions = {}): RematerializeResult {
   const forward = forwardNodes(loss);
   const blockOf = options.blocks ? transformerBlocks(g, forward) : new Map<Node, string>();
+  const blocks = new Set(blockOf.values()).size;
+  if (options.blocks && blocks === 0)
+    throw new HollowcError(
+      'recompute blocks: the graph names no transformer block (no node scoped `...transformer_blocks.<i>`, by name or dynamo metadata); use recompute cheap',
+    );
   const outputs = new Set(g.outputs);
   const isBackward = (n: Node) => !forward.has(n);
   // Saved values: forward values that some backward node reads, in forward order.
@@ -203,8 +211,8 @@ export function rematerialize(g: Graph, loss: Value, seed: Value, options: Remat
   const savedSet = new Set(saved);
   const clones = new Map<Value, Value>();
   const kept = new Set<Value>();
-  /** Clones of the values inside transformer blocks (`blocks`), shared by every later chain of the block. */
-  const blockClones = new Map<Value, Value>();
+  /** Values inside transformer blocks (`blocks`) whose clone every later chain of the block shares. */
+  const sharedInBlock = new Set<Value>();
   // A weight read through a Transpose (dynamo exports) is a constant too: onnxruntime folds it.
   const free = (v: Value) => isWeightView(v) || !v.producer || v.producer.opType === 'Constant' || g.inputs.includes(v);
 
@@ -231,11 +239,16 @@ export function rematerialize(g: Graph, loss: Value, seed: Value, options: Remat
    * outside it that are kept, free or recomputable the cheap way.
    */
   function planInBlock(v: Value, top: boolean, block: string, order: Node[], placed: Set<Node>): boolean {
-    if (!top && (free(v) || blockClones.has(v) || kept.has(v))) return true;
+    if (!top && (free(v) || sharedInBlock.has(v) || kept.has(v))) return true;
     const p = v.producer;
     if (!p || !forward.has(p)) return false;
     if (blockOf.get(p) !== block) {
-      if (plan(v, false, { left: MAX_CHAIN }, order)) return true;
+      // A failed attempt leaves nothing behind in `order`.
+      const attempt = [...order];
+      if (plan(v, false, { left: MAX_CHAIN }, attempt)) {
+        order.splice(0, order.length, ...attempt);
+        return true;
+      }
       // The block's input: kept as its checkpoint (the first block's has no other reader).
       kept.add(v);
       return true;
@@ -329,13 +342,13 @@ export function rematerialize(g: Graph, loss: Value, seed: Value, options: Remat
     // root at its clone instead of repeating the matmul (the final topological sort places it
     // before whichever reader comes first).
     // In a recomputed block, every value on the way is shared the same way.
-    if (block !== undefined && !cheap) for (const [original, c] of local) (blockClones.set(original, c), clones.set(original, c));
+    if (block !== undefined && !cheap) for (const [original, c] of local) (sharedInBlock.add(original), clones.set(original, c));
     else if (order.some(expandingProjection)) for (const [original, c] of local) clones.set(original, c);
     recomputed.push(v);
     bytesFreed += bytesOf(v);
   }
   const moved = scheduleBackward(g, forward, seed);
-  return { recomputed, nodesAdded, bytesFreed, moved };
+  return { recomputed, nodesAdded, bytesFreed, moved, blocks };
 }
 
 /**
@@ -377,7 +390,7 @@ export const rematerializePass: Pass<ArtifactState> = {
     const r = rematerialize(model.graph, state.loss!, state.gradientSeed!, { blocks: state.training.recompute === 'blocks' });
     return {
       changed: r.nodesAdded + r.moved > 0,
-      summary: `${r.recomputed.length} saved values recomputed (${(r.bytesFreed / 2 ** 20).toFixed(1)} MiB), ${r.nodesAdded} nodes added, ${r.moved} moved`,
+      summary: `${r.recomputed.length} saved values recomputed (${(r.bytesFreed / 2 ** 20).toFixed(1)} MiB)${r.blocks ? `, ${r.blocks} transformer blocks from their inputs` : ''}, ${r.nodesAdded} nodes added, ${r.moved} moved`,
     };
   },
 };

@@ -11,7 +11,7 @@ import { isWeightView } from '../compiler/flops';
 import { Graph, Node, Value } from '../compiler/ir';
 import { NAME_SCOPES_KEY } from '../compiler/module-scope';
 import { loadModel } from '../compiler/serde';
-import { transformerBlocks } from '../passes/rematerialize';
+import { rematerialize, transformerBlocks } from '../passes/rematerialize';
 import { createSession } from '../runtime/ort/session';
 import { trainingSession } from '../runtime/train/step-graph';
 import { compileFixtureGrads, fixtureGradientStep, identicalOutputs } from './support/fixture';
@@ -119,4 +119,12 @@ test("recompute blocks: a node the passes added under a dynamo export's name tak
   const mixed = node('node_add_1/rows/Add', [projIn.outputs[0], head.outputs[0]]);
   const blocks = transformerBlocks(g, new Set(g.nodes));
   expect([projIn, scores, head, joined, projOut, mixed].map((n) => blocks.get(n))).toEqual([undefined, block, block, block, undefined, undefined]);
+});
+
+test('recompute blocks on a graph that names no transformer block is an error, not a silent cheap run', () => {
+  const g = new Graph();
+  const x = g.addInput('x', { elemType: DataType.FLOAT, shape: [4] });
+  const loss = g.addNode({ opType: 'Relu', inputs: [x], outputs: 1, name: 'Relu_1' }).outputs[0];
+  expect(() => rematerialize(g, loss, x, { blocks: true })).toThrow('recompute blocks: the graph names no transformer block');
+  expect(rematerialize(g, loss, x).blocks).toBe(0);
 });
