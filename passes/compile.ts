@@ -28,7 +28,7 @@ import { lockFolder } from '../compiler/folder-lock';
 import { loadModel, saveModel, writeFileAtomic } from '../compiler/serde';
 import { defaultTrainingSettings } from '../models/training-defaults';
 import { CutInfo, UNetAnalysis, analyzeUNet, isStandardDomain } from './lib/analyze-unet';
-import { ArtifactState, ChunkFields, LoraConfig, LoraParam } from './lib/artifact-state';
+import { ArtifactState, ChunkFields, LoraConfig, LoraParam, chunkFieldsOf } from './lib/artifact-state';
 import { loraShapes, selectSites } from './lib/lora-sites';
 import { buildArtifact } from './artifact-passes';
 import { widenFloat16 } from './float16-weights';
@@ -190,12 +190,8 @@ export function compile(request: CompileRequest): CompileManifest {
     lora: request.lora,
     training,
     label,
-    splitAttentionAboveBytes: request.splitAttentionAboveBytes,
     float16Io: widened?.float16Io,
-    attentionChunkBytes: request.attentionChunkBytes,
-    inferChunkBytes: request.inferChunkBytes,
-    feedForwardChunkBytes: request.feedForwardChunkBytes,
-    convGradientColBytes: request.convGradientColBytes,
+    ...chunkFieldsOf(request),
   };
 
   if (fs.existsSync(request.outDir) && !fs.statSync(request.outDir).isDirectory())

@@ -80,6 +80,12 @@ export type ChunkFields = Pick<
   'splitAttentionAboveBytes' | 'attentionChunkBytes' | 'feedForwardChunkBytes' | 'convGradientColBytes' | 'inferChunkBytes'
 >;
 
+/** The block sizes a request carries (CompileRequest, PlanRequest), for the artifact state. */
+export function chunkFieldsOf(r: ChunkFields): ChunkFields {
+  const { splitAttentionAboveBytes, attentionChunkBytes, feedForwardChunkBytes, convGradientColBytes, inferChunkBytes } = r;
+  return { splitAttentionAboveBytes, attentionChunkBytes, feedForwardChunkBytes, convGradientColBytes, inferChunkBytes };
+}
+
 /**
  * The spec's `chunks` line as the passes' sizes. An attention map no larger than the asked block
  * stays whole; a larger one is split per head and in blocks of query rows of at most that size.
