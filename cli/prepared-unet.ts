@@ -1,8 +1,8 @@
 /**
  * `generate --model`: the pipeline's UNet graph as this run executes it, written where onnxruntime
  * can load it without copying the base weights: with a LoRA (`--lora file`) folded into the
- * weights it targets (passes/fold-lora.ts), and its large attention maps computed in blocks of
- * query rows at the run's shapes (passes/chunk-attention.ts, as precompute.onnx and infer.onnx
+ * weights it targets (passes/fold/fold-lora.ts), and its large attention maps computed in blocks of
+ * query rows at the run's shapes (passes/memory/chunk-attention.ts, as precompute.onnx and infer.onnx
  * have them; at 512 px with guidance the outer self-attention maps of full SD are 5 x 4096 x 4096
  * per image, 640 MiB at batch 2).
  *
@@ -20,8 +20,8 @@ import { ExternalDataWriter } from '../compiler/external-data';
 import { HollowcError } from '../compiler/errors';
 import { Model } from '../compiler/ir';
 import { loadModel, saveModel } from '../compiler/serde';
-import { chunkAttention } from '../passes/chunk-attention';
-import { foldLoraWeights } from '../passes/fold-lora';
+import { chunkAttention } from '../passes/memory/chunk-attention';
+import { foldLoraWeights } from '../passes/fold/fold-lora';
 import { readUnetLora } from '../runtime/formats/lora-file';
 
 export interface PreparedUnet {

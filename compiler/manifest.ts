@@ -112,7 +112,7 @@ export interface TensorDescription {
 
 /**
  * Session config entries for a graph holding float16 weights that the CPU provider computes in
- * float32 (passes/float16-weights.ts): onnxruntime would otherwise turn each weight's Cast into a
+ * float32 (passes/precision/float16-weights.ts): onnxruntime would otherwise turn each weight's Cast into a
  * float32 copy at session start (ConstantFolding; FuseFp16InitializerToFp32NodeTransformer at
  * 'all'). onnxruntime splits the list on ';' (a ',' list disables nothing).
  */
@@ -127,12 +127,12 @@ export interface ArtifactDescription {
   nodes: number;
   /**
    * onnxruntime session config entries (full keys) the artifact needs: float16 weights cast at each
-   * use must not be constant-folded into float32 copies (passes/float16-weights.ts).
+   * use must not be constant-folded into float32 copies (passes/precision/float16-weights.ts).
    */
   sessionConfig?: Record<string, string>;
   /**
    * Run with onnxruntime's CPU arena on: the graph hides its static shapes from onnxruntime's buffer
-   * reuse (passes/release-dead-buffers.ts), so each tensor is allocated when produced and freed after
+   * reuse (passes/memory/release-dead-buffers.ts), so each tensor is allocated when produced and freed after
    * its last reader, and the arena lets the next tensor, of any size, take that memory.
    */
   cpuArena?: boolean;

@@ -1,5 +1,5 @@
 /**
- * `base int8` (passes/quantize-base.ts): the frozen base weights of grads.onnx stored int8 per
+ * `base int8` (passes/precision/quantize-base.ts): the frozen base weights of grads.onnx stored int8 per
  * channel and dequantized at each use. Its cost in accuracy is measured on the sd15-tiny fixture
  * (39.2% cut) against PyTorch's fp32 loss and gradients and against our fp32 graph, and bounded;
  * its structure is checked where onnxruntime could undo it (a shared dequantize, a folded copy).
@@ -11,8 +11,8 @@ import { DataType } from '../compiler/dtype';
 import { Graph, tensorElementCount } from '../compiler/ir';
 import { CompileManifest } from '../compiler/manifest';
 import { loadModel } from '../compiler/serde';
-import { MIN_QUANTIZED_ELEMENTS, quantizeBase } from '../passes/quantize-base';
-import { OPAQUE_SCOPE } from '../passes/release-dead-buffers';
+import { MIN_QUANTIZED_ELEMENTS, quantizeBase } from '../passes/precision/quantize-base';
+import { OPAQUE_SCOPE } from '../passes/memory/release-dead-buffers';
 import { readTensorBytes } from '../compiler/serde';
 import { readNpy } from '../runtime/formats/npy';
 import { createSession } from '../runtime/ort/session';

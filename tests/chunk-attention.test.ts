@@ -1,5 +1,5 @@
 /**
- * passes/chunk-attention.ts on a builder-made tiny SD 2.1 (39.2% cut): precompute.onnx and the
+ * passes/memory/chunk-attention.ts on a builder-made tiny SD 2.1 (39.2% cut): precompute.onnx and the
  * two-path infer.onnx with their attention maps in blocks of query rows give the same outputs as
  * the compile without the pass, bit for bit (the same kernels on the same rows), at the design
  * shape and at one the block count was not chosen for (24x24 latents, batch 2).

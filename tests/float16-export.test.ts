@@ -32,7 +32,7 @@ import { buildPipeline } from '../models/builder/pipeline';
 import { tensorFor } from '../runtime/ort/artifacts';
 import { compile } from '../passes/compile';
 import { fromFloat16, toFloat16 } from '../runtime/formats/float16';
-import { OPAQUE_SCOPE } from '../passes/release-dead-buffers';
+import { OPAQUE_SCOPE } from '../passes/memory/release-dead-buffers';
 import { createSession, withArtifactConfig } from '../runtime/ort/session';
 import {
   FIXTURE_MODEL,
@@ -135,7 +135,7 @@ test('compile keeps the weights float16 on disk and casts each use', () => {
     expect([name, floats.map((v) => v.name)]).toEqual([name, []]);
     const halves = g.initializers().filter((v) => v.initializer!.dataType === DataType.FLOAT16);
     expect(halves.length).toBeGreaterThan(100);
-    // (grads.onnx reads each through a Reshape to its own hidden shape first: passes/release-dead-buffers.ts)
+    // (grads.onnx reads each through a Reshape to its own hidden shape first: passes/memory/release-dead-buffers.ts)
     const reads = (w: (typeof halves)[number]) =>
       w.uses.flatMap((u) => (u.node.opType === 'Reshape' && u.node.name.startsWith(`${OPAQUE_SCOPE}/`) ? u.node.outputs[0].uses : [u]));
     for (const w of halves) expect(reads(w).every((u) => u.node.opType === 'Cast' && u.node.attrInt('to') === DataType.FLOAT)).toBe(true);

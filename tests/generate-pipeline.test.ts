@@ -18,7 +18,7 @@ import { tensorFromTyped } from '../compiler/builder';
 import { buildPipeline } from '../models/builder/pipeline';
 import { Rng, fillNormal } from '../models/random';
 import { findLoraSites } from '../passes/lib/lora-sites';
-import { foldLoraWeights } from '../passes/fold-lora';
+import { foldLoraWeights } from '../passes/fold/fold-lora';
 import { fromHalfBits, toHalfBits } from '../runtime/formats/float16';
 import { writeLoraFile, LoraModuleValues } from '../runtime/formats/lora-file';
 import { readNpy, writeNpy } from '../runtime/formats/npy';

@@ -7,7 +7,7 @@ import { DataType } from '../compiler/dtype';
 import { GraphBuilder } from '../compiler/builder';
 import { Graph, Model, Value } from '../compiler/ir';
 import { HollowcError } from '../compiler/errors';
-import { differentiate } from '../passes/differentiate';
+import { differentiate } from '../passes/training/differentiate';
 import { OpEmitter } from '../compiler/op-emitter';
 import { inferShapes } from '../compiler/shape-inference';
 import { InputSpec, checkGradient } from './support/gradient-check';

@@ -1,5 +1,5 @@
 /**
- * `lora infer fp16` (passes/float16-lora-inputs.ts): the spec line parses, infer.onnx of the
+ * `lora infer fp16` (passes/precision/float16-lora-inputs.ts): the spec line parses, infer.onnx of the
  * PyTorch fixture (39.2%, the fixture LoRA) declares float16 LoRA inputs in its manifest, and the
  * runtime's feeding helper (runtime/formats/float16.ts inputValues, which runtime/sampling/two-path.ts and the page use)
  * gives exactly what the fp32 infer.onnx gives on the rounded values: with B = 0 the base UNet bit

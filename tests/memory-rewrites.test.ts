@@ -1,8 +1,8 @@
 /**
  * The rewrites that shrink the training step's working memory, on the PyTorch fixture (a real
- * diffusers UNet, 39.2% cut): passes/split-attention.ts (threshold 0, so that every self- and
+ * diffusers UNet, 39.2% cut): passes/memory/split-attention.ts (threshold 0, so that every self- and
  * cross-attention is split; with a small block size, into blocks of query rows too) and
- * passes/slices-to-split.ts, chunk-feed-forward, band-conv-gradients and release-dead-buffers. Each is checked against the same
+ * passes/memory/slices-to-split.ts, chunk-feed-forward, band-conv-gradients and release-dead-buffers. Each is checked against the same
  * compile without it: grads.onnx gives the same loss and gradients bit for bit (heads never mix,
  * and a Split copies the elements the Slices copy), in sessions as the runtime opens them.
  */
@@ -12,7 +12,7 @@ import { Graph } from '../compiler/ir';
 import { CompileManifest } from '../compiler/manifest';
 import { loadModel } from '../compiler/serde';
 import { constantOfValue, inferShapes, staticShape } from '../compiler/shape-inference';
-import { revealShapes } from '../passes/release-dead-buffers';
+import { revealShapes } from '../passes/memory/release-dead-buffers';
 import { createSession, withArtifactConfig } from '../runtime/ort/session';
 import { trainingSession } from '../runtime/train/step-graph';
 import { readNpy } from '../runtime/formats/npy';

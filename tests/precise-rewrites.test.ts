@@ -1,5 +1,5 @@
 /**
- * passes/precise-normalization.ts and passes/precise-trigonometry.ts on the CPU provider: the
+ * passes/precision/precise-normalization.ts and passes/precision/precise-trigonometry.ts on the CPU provider: the
  * rewritten graph computes what the original computes (float64 references), for SD's shapes of
  * input: groups whose mean is 20 deviations from zero, and Sin/Cos of timestep × frequency up to
  * the 6400 the range reduction is exact for. tests/webgpu.test.ts runs the same graph on WebGPU.
@@ -11,8 +11,8 @@ import { GraphBuilder } from '../compiler/builder';
 import { DataType, DataTypeCode } from '../compiler/dtype';
 import { Graph, Model, Value } from '../compiler/ir';
 import { saveModel } from '../compiler/serde';
-import { makeNormalizationsPrecise } from '../passes/precise-normalization';
-import { makeTrigonometryPrecise } from '../passes/precise-trigonometry';
+import { makeNormalizationsPrecise } from '../passes/precision/precise-normalization';
+import { makeTrigonometryPrecise } from '../passes/precision/precise-trigonometry';
 import { tempDir } from './support/fixture';
 import { precisionErrors, precisionFeeds, precisionGraph, PRECISION_SIZE } from './support/precision-graphs';
 

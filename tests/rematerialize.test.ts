@@ -1,5 +1,5 @@
 /**
- * passes/rematerialize.ts on the PyTorch fixture (a real diffusers UNet, 39.2% cut): the saved
+ * passes/memory/rematerialize.ts on the PyTorch fixture (a real diffusers UNet, 39.2% cut): the saved
  * activations it recomputes (GEGLU, softmax, SiLU, the residual sums) are no longer read by the
  * backward, the clones sit after the forward, and grads.onnx computes the same loss and gradients
  * bit for bit as without the pass, in sessions as the runtime opens them (CSE off, so the clones
@@ -11,7 +11,7 @@ import { isWeightView } from '../compiler/flops';
 import { Graph, Node, Value } from '../compiler/ir';
 import { NAME_SCOPES_KEY } from '../compiler/module-scope';
 import { loadModel } from '../compiler/serde';
-import { rematerialize, transformerBlocks } from '../passes/rematerialize';
+import { rematerialize, transformerBlocks } from '../passes/memory/rematerialize';
 import { createSession } from '../runtime/ort/session';
 import { trainingSession } from '../runtime/train/step-graph';
 import { compileFixtureGrads, fixtureGradientStep, identicalOutputs } from './support/fixture';

@@ -14,7 +14,7 @@
  *
  * followed by torch.optim.AdamW (betas 0.9 0.999, eps 1e-8, weight_decay 0.01, bias correction
  * with the 1-based `step`), written in plain ONNX ops; `lr` is float [1] and `step` int64 [1], the
- * defaults of passes/add-adamw.ts. `nanAfterStep` adds 0·sqrt(n + 0.5 - step)
+ * defaults of passes/training/add-adamw.ts. `nanAfterStep` adds 0·sqrt(n + 0.5 - step)
  * to the loss, which turns it NaN after step n.
  */
 import * as fs from 'fs';
@@ -70,7 +70,7 @@ export function fakeTrainModel(forward: readonly TensorDescription[], options: F
     const weight = input('loss_weight', [B]);
     const loraInputs = forward.filter((v) => isLoraParam(v.name));
     const params = loraInputs.map((v) => ({ name: v.name, shape: v.shape as number[], value: input(v.name, v.shape as number[]) }));
-    // As passes/add-adamw.ts declares them by default: lr float [1], step int64 [1].
+    // As passes/training/add-adamw.ts declares them by default: lr float [1], step int64 [1].
     const lr = input('lr', [1]);
     const stepInt = g.addInput('step', { elemType: DataType.INT64, shape: [1] });
     const moments = params.map((p) => ({ m: input(`${p.name}.exp_avg`, p.shape), v: input(`${p.name}.exp_avg_sq`, p.shape) }));

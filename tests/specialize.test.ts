@@ -9,7 +9,7 @@ import { GraphBuilder } from '../compiler/builder';
 import { Graph, Model } from '../compiler/ir';
 import { loadModel, saveModel } from '../compiler/serde';
 import { assertValidGraph } from '../compiler/verify';
-import { specializeShapes } from '../passes/specialize-shapes';
+import { specializeShapes } from '../passes/structure/specialize-shapes';
 import { inferShapes } from '../compiler/shape-inference';
 import { FIXTURE_MODEL, FIXTURE_MODEL_OPSET14, fixtureInputs, maxAbsDiff, runModel, tempDir } from './support/fixture';
 

@@ -16,8 +16,8 @@ import { cloneModel } from '../compiler/clone';
 import { Model } from '../compiler/ir';
 import { saveModel } from '../compiler/serde';
 import { compile } from '../passes/compile';
-import { makeNormalizationsPrecise } from '../passes/precise-normalization';
-import { makeTrigonometryPrecise } from '../passes/precise-trigonometry';
+import { makeNormalizationsPrecise } from '../passes/precision/precise-normalization';
+import { makeTrigonometryPrecise } from '../passes/precision/precise-trigonometry';
 import { HollowcError } from '../compiler/errors';
 import { buildUNet } from '../models/builder';
 import { FAMILIES, FamilyName } from '../models/families';
@@ -43,7 +43,7 @@ const gpuDescribe = ADAPTER ? describe : describe.skip;
 const LATENT = 8;
 // Per output, max |webgpu - cpu| / max |cpu|: every output of every artifact, gradients and AdamW
 // moments included. That holds because the artifacts compute normalizations and Sin/Cos with
-// GPU-safe rewrites (passes/precise-normalization.ts, passes/precise-trigonometry.ts); before them
+// GPU-safe rewrites (passes/precision/precise-normalization.ts, passes/precision/precise-trigonometry.ts); before them
 // lora_A gradients were 3-5e-4 off on SwiftShader.
 const TOL = 1e-4;
 const SESSIONS: Record<string, SessionOptions> = { precompute: {}, infer: {}, train: { optimization: 'basic', memPattern: false } };

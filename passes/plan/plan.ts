@@ -10,7 +10,7 @@
  *          external data) + FILE_BYTES (the binaries' own file-backed pages)
  *        + ACTIVATION_FACTOR × activations live at the peak of onnxruntime's execution order
  *          (each tensor from its producer to its last reader: the training graphs hide their
- *          shapes from onnxruntime's buffer reuse, passes/release-dead-buffers.ts)
+ *          shapes from onnxruntime's buffer reuse, passes/memory/release-dead-buffers.ts)
  *        + the largest float32 copy of a `base int8` / `fp16` weight (each copy is made right
  *          before its reader and dies after it, so about one is alive at a time, wherever the
  *          activations peak: counting the copies in the live set instead put one 112 MiB conv
@@ -41,9 +41,9 @@ import { presetsFor } from '../../models/presets';
 import { CutInfo, UNetAnalysis } from '../lib/analyze-unet';
 import { ArtifactState, ChunkFields, LoraConfig, chunkFieldsOf } from '../lib/artifact-state';
 import { buildArtifact } from '../artifact-passes';
-import { widenFloat16 } from '../float16-weights';
-import { pretransposeWeights } from '../pretranspose-weights';
-import { specializeShapes, trainingShapes } from '../specialize-shapes';
+import { widenFloat16 } from '../precision/float16-weights';
+import { pretransposeWeights } from '../structure/pretranspose-weights';
+import { specializeShapes, trainingShapes } from '../structure/specialize-shapes';
 
 export const MiB = 2 ** 20;
 export const ACTIVATION_FACTOR = 1.4;
@@ -142,7 +142,7 @@ function weightBytes(g: Graph): number {
 /**
  * The order onnxruntime's CPU provider runs a graph in: a depth-first walk from the sinks (in node
  * order) that enters a node's producers from the highest node index down, so the producer with the
- * lowest index runs last, right before its reader (passes/quantize-base.ts and order-sinks.ts rely
+ * lowest index runs last, right before its reader (passes/precision/quantize-base.ts and order-sinks.ts rely
  * on the same order). The node list itself is a poor proxy: the backward's saved activations and
  * recomputations interleave differently, and its live set grows 7x from 32x32 to 64x64 latents
  * where onnxruntime's grows 4x.
@@ -174,7 +174,7 @@ export function executionOrder(g: Graph): Node[] {
 /**
  * Peak bytes of intermediate values alive at once when the graph runs in onnxruntime's order
  * (executionOrder), each from its producer to its last reader: the training graphs hide their
- * shapes from onnxruntime's buffer reuse (passes/release-dead-buffers.ts), so a dead tensor's
+ * shapes from onnxruntime's buffer reuse (passes/memory/release-dead-buffers.ts), so a dead tensor's
  * memory is free for the next. Graph inputs (the LoRA values, counted apart) and views of the
  * weights (the float32 copies of `base int8`/`fp16` weights: weightCopyBytes) are left out.
  */

@@ -77,8 +77,8 @@ export interface SessionOptions {
 
 /**
  * `options` plus what an artifact's manifest entry asks for: session config entries (float16
- * weights that must not be constant-folded: passes/float16-weights.ts; lists of disabled optimizers
- * join) and the CPU arena (graphs whose tensors are freed as they die: passes/release-dead-buffers.ts).
+ * weights that must not be constant-folded: passes/precision/float16-weights.ts; lists of disabled optimizers
+ * join) and the CPU arena (graphs whose tensors are freed as they die: passes/memory/release-dead-buffers.ts).
  */
 export function withArtifactConfig(
   options: SessionOptions,

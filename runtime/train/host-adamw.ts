@@ -3,7 +3,7 @@
  * runtime runs grads.onnx (loss and every LoRA gradient) and updates the LoRA tensors and their
  * moments here, so a step allocates no new parameter or moment tensors.
  *
- * The arithmetic is passes/add-adamw.ts's, op for op and in float32: every intermediate that is a
+ * The arithmetic is passes/training/add-adamw.ts's, op for op and in float32: every intermediate that is a
  * tensor there is rounded to float32 here (Math.fround of the float64 result, which is the
  * correctly rounded float32 result for + − × ÷ √), the constants are the float32 values the
  * graph stores, and the operand order is the graph's:

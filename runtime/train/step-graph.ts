@@ -63,7 +63,7 @@ export interface TrainGraph {
   outputs: string[];
   /** The artifact's session config entries (manifest), e.g. for float16 weights. */
   sessionConfig?: Record<string, string>;
-  /** The artifact's sessions need onnxruntime's CPU arena (manifest; passes/release-dead-buffers.ts). */
+  /** The artifact's sessions need onnxruntime's CPU arena (manifest; passes/memory/release-dead-buffers.ts). */
   cpuArena?: boolean;
 }
 
@@ -307,7 +307,7 @@ export function initialParams(out: string, manifest: CompileManifest, graph: Tra
 
 /**
  * The compiler recomputes cheap activations in the backward with clones of forward nodes
- * (passes/rematerialize.ts); onnxruntime's common-subexpression elimination would merge each clone
+ * (passes/memory/rematerialize.ts); onnxruntime's common-subexpression elimination would merge each clone
  * back into its original and keep the activation alive again.
  */
 export const TRAINING_SESSION_CONFIG: Readonly<Record<string, string>> = {

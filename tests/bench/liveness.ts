@@ -2,7 +2,7 @@
  * Where a training step's anonymous memory goes: runs one step of an artifact with onnxruntime's
  * profiler on (synthetic inputs; the runtime's session options), takes the execution order from the
  * profile, and replays it on the graph: every intermediate tensor lives from its producer to its
- * last reader (graph inputs and weights excluded). Since passes/release-dead-buffers.ts hides the
+ * last reader (graph inputs and weights excluded). Since passes/memory/release-dead-buffers.ts hides the
  * training graphs' shapes from onnxruntime's planner (the tool reveals them: revealShapes), that is
  * also what the step holds, plus the CPU arena's slack. Before, the planner gave an output the
  * buffer of a dead tensor of the same shape, and such a buffer stayed allocated from its first
@@ -31,7 +31,7 @@ import { DataType } from '../../compiler/dtype';
 import { Value } from '../../compiler/ir';
 import { loadModel } from '../../compiler/serde';
 import { inferShapes, staticBytes } from '../../compiler/shape-inference';
-import { revealShapes } from '../../passes/release-dead-buffers';
+import { revealShapes } from '../../passes/memory/release-dead-buffers';
 import { toFloat16 } from '../../runtime/formats/float16';
 import { createSession, sessionExtra } from '../../runtime/ort/session';
 import { TRAINING_SESSION_CONFIG } from '../../runtime/train/step-graph';

@@ -166,7 +166,7 @@ async function child(a: ChildArgs): Promise<void> {
   const base = graph
     ? trainingSession({ session: { intraOpThreads: a.threads, webgpuBufferCache: a.webgpuCache }, ep: a.ep })
     : { intraOpThreads: a.threads, optimization: 'all' as const, ep: a.ep, webgpuBufferCache: a.webgpuCache };
-  // and the artifact's own session config (float16 weights: passes/float16-weights.ts)
+  // and the artifact's own session config (float16 weights: passes/precision/float16-weights.ts)
   const session = await createSession(
     file,
     withArtifactConfig(

@@ -1,6 +1,6 @@
 /**
  * A transformer block's two rewritten patterns in miniature, for the golden tests of
- * passes/split-attention.ts and passes/slices-to-split.ts: attention softmax(q·kᵀ·s)·v over
+ * passes/memory/split-attention.ts and passes/memory/slices-to-split.ts: attention softmax(q·kᵀ·s)·v over
  * [heads, tokens, head dim] and a GEGLU that cuts its input into two halves with two Slices.
  */
 import { GraphBuilder } from '../../compiler/builder';

@@ -1,5 +1,5 @@
 /**
- * A graph of the ops passes/precise-normalization.ts and passes/precise-trigonometry.ts rewrite,
+ * A graph of the ops passes/precision/precise-normalization.ts and passes/precision/precise-trigonometry.ts rewrite,
  * as SD has them (tests/passes-golden.test.ts, tests/precise-rewrites.test.ts, tests/webgpu.test.ts):
  * a GroupNorm's InstanceNormalization at the resnets' epsilon and one at the transformers' on the
  * same input shape, a LayerNormalization, and a timestep embedding's Sin and Cos of one argument.

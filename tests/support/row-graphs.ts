@@ -1,6 +1,6 @@
 /**
- * Two row-wise patterns in miniature, for the golden tests of passes/chunk-feed-forward.ts and
- * passes/band-conv-gradients.ts: a GEGLU feed-forward (x·W₁ + b₁, halves, a·erf(gate), ·W₂ + b₂)
+ * Two row-wise patterns in miniature, for the golden tests of passes/memory/chunk-feed-forward.ts and
+ * passes/memory/band-conv-gradients.ts: a GEGLU feed-forward (x·W₁ + b₁, halves, a·erf(gate), ·W₂ + b₂)
  * over [1, tokens, channels], and a convolution input gradient (ConvTranspose) over [1, C, H, W].
  */
 import { GraphBuilder } from '../../compiler/builder';

@@ -68,7 +68,7 @@ async function pickBackend(): Promise<{ backend: Backend; why: string }> {
 }
 
 function sessionOptions(backend: Backend, folder: WebFolder, training: boolean): Ort.InferenceSession.SessionOptions {
-  // A float16 export's artifacts carry session config entries (passes/float16-weights.ts: their weight
+  // A float16 export's artifacts carry session config entries (passes/precision/float16-weights.ts: their weight
   // Casts must not be folded into float32 copies); `extra` takes them split at the first dot.
   const config = folder.manifest.artifacts[training ? 'train' : 'infer']?.sessionConfig ?? {};
   const extra: Record<string, Record<string, string>> = {};

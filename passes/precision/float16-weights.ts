@@ -25,16 +25,16 @@
  * none with both off). The artifact's manifest entry carries FLOAT16_WEIGHTS_SESSION_CONFIG (compiler/manifest.ts), which
  * turns both off, and the runtime applies it.
  */
-import { GraphBuilder } from '../compiler/builder';
-import { cloneModel } from '../compiler/clone';
-import { DataType } from '../compiler/dtype';
-import { widenFloat16Bytes } from '../compiler/float16';
-import { narrowedData, widenedData } from '../compiler/float16-data';
-import { Attribute, Graph, Model, Node, Tensor, TensorData, Value, tensorElementCount } from '../compiler/ir';
-import { baseInputName } from '../compiler/manifest';
-import { Pass } from '../compiler/pass';
-import { readTensorBytes } from '../compiler/serde';
-import { ArtifactState } from './lib/artifact-state';
+import { GraphBuilder } from '../../compiler/builder';
+import { cloneModel } from '../../compiler/clone';
+import { DataType } from '../../compiler/dtype';
+import { widenFloat16Bytes } from '../../compiler/float16';
+import { narrowedData, widenedData } from '../../compiler/float16-data';
+import { Attribute, Graph, Model, Node, Tensor, TensorData, Value, tensorElementCount } from '../../compiler/ir';
+import { baseInputName } from '../../compiler/manifest';
+import { Pass } from '../../compiler/pass';
+import { readTensorBytes } from '../../compiler/serde';
+import { ArtifactState } from '../lib/artifact-state';
 import { MIN_QUANTIZED_ELEMENTS } from './quantize-base';
 
 function widenTensor(t: Tensor): Tensor {

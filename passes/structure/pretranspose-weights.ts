@@ -8,10 +8,10 @@
  * are: what the TorchScript exporter writes. The transposed bytes are produced one weight at a time
  * as the artifacts are written (TensorData `computed`), never all at once.
  */
-import { cloneModel } from '../compiler/clone';
-import { DataType } from '../compiler/dtype';
-import { streamBytes } from '../compiler/float16-data';
-import { Model, Tensor, TensorData, tensorElementCount } from '../compiler/ir';
+import { cloneModel } from '../../compiler/clone';
+import { DataType } from '../../compiler/dtype';
+import { streamBytes } from '../../compiler/float16-data';
+import { Model, Tensor, TensorData, tensorElementCount } from '../../compiler/ir';
 
 /** Streams [rows, cols] float32 bytes transposed to [cols, rows]: the source weight is read whole (one weight, tens of MiB at most). */
 function transposedData(t: Tensor, key: string): TensorData {

@@ -17,14 +17,14 @@
  * of the output depends on the same row of x only, so the rows are computed by the same kernels
  * on the same numbers: Split of x along the tokens, the region per block, Concat.
  */
-import { GraphBuilder } from '../compiler/builder';
-import { copyNodes } from '../compiler/clone';
-import { isWeightView } from '../compiler/flops';
-import { Graph, Model, Node, Value } from '../compiler/ir';
-import { OpEmitter } from '../compiler/op-emitter';
-import { Pass } from '../compiler/pass';
-import { constantOfValue, staticShape } from '../compiler/shape-inference';
-import { ArtifactState } from './lib/artifact-state';
+import { GraphBuilder } from '../../compiler/builder';
+import { copyNodes } from '../../compiler/clone';
+import { isWeightView } from '../../compiler/flops';
+import { Graph, Model, Node, Value } from '../../compiler/ir';
+import { OpEmitter } from '../../compiler/op-emitter';
+import { Pass } from '../../compiler/pass';
+import { constantOfValue, staticShape } from '../../compiler/shape-inference';
+import { ArtifactState } from '../lib/artifact-state';
 import { expandingProjection } from './rematerialize';
 import { rowBlocks } from './split-attention';
 

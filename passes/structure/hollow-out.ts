@@ -4,12 +4,12 @@
  * the base path's copy), instead of the hollowed middle; everything only the middle needed then
  * falls away as dead code.
  */
-import { DataType } from '../compiler/dtype';
-import { Dim, Graph, Node, Value } from '../compiler/ir';
-import { HOLLOW_ACTIVATION } from '../compiler/manifest';
-import { Pass } from '../compiler/pass';
-import { CutInfo } from './lib/analyze-unet';
-import { ArtifactState } from './lib/artifact-state';
+import { DataType } from '../../compiler/dtype';
+import { Dim, Graph, Node, Value } from '../../compiler/ir';
+import { HOLLOW_ACTIVATION } from '../../compiler/manifest';
+import { Pass } from '../../compiler/pass';
+import { CutInfo } from '../lib/analyze-unet';
+import { ArtifactState } from '../lib/artifact-state';
 
 export interface HollowPoint {
   /** Name of the first kept up layer's skip Concat node. */

@@ -5,13 +5,13 @@
  * (prior-preservation weight per sample) and the graph output `loss`, shape [1] like the
  * fixture's loss.npy. With loss_weight = 1 it is plain mean((pred − target)²).
  */
-import { GraphBuilder } from '../compiler/builder';
-import { HollowcError } from '../compiler/errors';
-import { Model, Value } from '../compiler/ir';
-import { LOSS, LOSS_WEIGHT, OUT_SAMPLE, TARGET } from '../compiler/manifest';
-import { OpEmitter, staticShapeOf } from '../compiler/op-emitter';
-import { Pass } from '../compiler/pass';
-import { ArtifactState } from './lib/artifact-state';
+import { GraphBuilder } from '../../compiler/builder';
+import { HollowcError } from '../../compiler/errors';
+import { Model, Value } from '../../compiler/ir';
+import { LOSS, LOSS_WEIGHT, OUT_SAMPLE, TARGET } from '../../compiler/manifest';
+import { OpEmitter, staticShapeOf } from '../../compiler/op-emitter';
+import { Pass } from '../../compiler/pass';
+import { ArtifactState } from '../lib/artifact-state';
 
 export interface LossOptions {
   targetName?: string;

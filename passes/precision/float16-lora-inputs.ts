@@ -5,12 +5,12 @@
  * The arithmetic stays float32; only the fed values are rounded (the runtime rounds to nearest
  * even when it feeds them). With B = 0 the branch adds exactly 0, as in float32.
  */
-import { GraphBuilder } from '../compiler/builder';
-import { DataType } from '../compiler/dtype';
-import { Graph } from '../compiler/ir';
-import { isLoraParam } from '../compiler/manifest';
-import { Pass } from '../compiler/pass';
-import { ArtifactState } from './lib/artifact-state';
+import { GraphBuilder } from '../../compiler/builder';
+import { DataType } from '../../compiler/dtype';
+import { Graph } from '../../compiler/ir';
+import { isLoraParam } from '../../compiler/manifest';
+import { Pass } from '../../compiler/pass';
+import { ArtifactState } from '../lib/artifact-state';
 
 export function float16LoraInputs(g: Graph): number {
   let count = 0;

@@ -8,15 +8,15 @@
  * telling it which inputs need one. An op on a gradient path without a rule is an error that
  * names the op and the node. Gradient nodes are appended after the forward graph.
  */
-import { GraphBuilder } from '../compiler/builder';
-import { HollowcError } from '../compiler/errors';
-import { Graph, Model, Node, Value } from '../compiler/ir';
-import { Pass } from '../compiler/pass';
-import { ArtifactState, loraValues } from './lib/artifact-state';
-import { isFloatType, mergeEqualConstants } from '../compiler/constant-eval';
-import { GRADIENT_RULES, GradContext, NO_GRADIENT_OPS } from './lib/gradient-rules';
-import { OpEmitter, staticShapeOf } from '../compiler/op-emitter';
-import { constantInts, inferShapes, staticShape } from '../compiler/shape-inference';
+import { GraphBuilder } from '../../compiler/builder';
+import { HollowcError } from '../../compiler/errors';
+import { Graph, Model, Node, Value } from '../../compiler/ir';
+import { Pass } from '../../compiler/pass';
+import { ArtifactState, loraValues } from '../lib/artifact-state';
+import { isFloatType, mergeEqualConstants } from '../../compiler/constant-eval';
+import { GRADIENT_RULES, GradContext, NO_GRADIENT_OPS } from '../lib/gradient-rules';
+import { OpEmitter, staticShapeOf } from '../../compiler/op-emitter';
+import { constantInts, inferShapes, staticShape } from '../../compiler/shape-inference';
 
 export interface DifferentiateOptions {
   /** Gradient of the loss itself (default: ones shaped like the loss). */

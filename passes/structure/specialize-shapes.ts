@@ -6,15 +6,15 @@
  * a zero splat, ...) and dead nodes, and records the shapes as value_info. The forward stays
  * numerically identical; only the nodes that compute shapes go.
  */
-import { DataType } from '../compiler/dtype';
-import { HollowcError } from '../compiler/errors';
-import { Dim, Graph, Model, Node, Value } from '../compiler/ir';
-import { HOLLOW_ACTIVATION, TIMESTEP, isLoraParam } from '../compiler/manifest';
-import { Pass } from '../compiler/pass';
-import { FAMILIES, FamilyName } from '../models/families';
-import { ArtifactState } from './lib/artifact-state';
-import { ConstTensor, mergeEqualConstants, resolveSlice, sizeOf, tensorFromConst } from '../compiler/constant-eval';
-import { ShapeAnalysis, inferShapes } from '../compiler/shape-inference';
+import { DataType } from '../../compiler/dtype';
+import { HollowcError } from '../../compiler/errors';
+import { Dim, Graph, Model, Node, Value } from '../../compiler/ir';
+import { HOLLOW_ACTIVATION, TIMESTEP, isLoraParam } from '../../compiler/manifest';
+import { Pass } from '../../compiler/pass';
+import { FAMILIES, FamilyName } from '../../models/families';
+import { ArtifactState } from '../lib/artifact-state';
+import { ConstTensor, mergeEqualConstants, resolveSlice, sizeOf, tensorFromConst } from '../../compiler/constant-eval';
+import { ShapeAnalysis, inferShapes } from '../../compiler/shape-inference';
 
 export interface SpecializeOptions {
   /** Write every value's shape into value_info (default true; onnxruntime checks them). */

@@ -20,12 +20,12 @@
  * produced chunk by chunk again when the artifact is written (TensorData `computed`).
  */
 import * as fs from 'fs';
-import { HollowcError } from '../compiler/errors';
-import { readRangeInChunks } from '../compiler/external-data';
-import { DataType } from '../compiler/dtype';
-import { Graph, Node, Tensor, Value, inlineTensor, tensorElementCount } from '../compiler/ir';
-import { Pass } from '../compiler/pass';
-import { ArtifactState } from './lib/artifact-state';
+import { HollowcError } from '../../compiler/errors';
+import { readRangeInChunks } from '../../compiler/external-data';
+import { DataType } from '../../compiler/dtype';
+import { Graph, Node, Tensor, Value, inlineTensor, tensorElementCount } from '../../compiler/ir';
+import { Pass } from '../../compiler/pass';
+import { ArtifactState } from '../lib/artifact-state';
 
 /** Smaller weights (16 KiB in fp32) stay as they are: they save little. */
 export const MIN_QUANTIZED_ELEMENTS = 1 << 12;

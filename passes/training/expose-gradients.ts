@@ -2,12 +2,12 @@
  * grads.onnx's outputs: the loss and the gradient of every LoRA parameter, `<param>.grad`, for
  * runtimes that apply the optimizer themselves.
  */
-import { HollowcError } from '../compiler/errors';
-import { Graph, Node, Value } from '../compiler/ir';
-import { gradientName } from '../compiler/manifest';
-import { staticShapeOf } from '../compiler/op-emitter';
-import { Pass } from '../compiler/pass';
-import { ArtifactState, loraValues } from './lib/artifact-state';
+import { HollowcError } from '../../compiler/errors';
+import { Graph, Node, Value } from '../../compiler/ir';
+import { gradientName } from '../../compiler/manifest';
+import { staticShapeOf } from '../../compiler/op-emitter';
+import { Pass } from '../../compiler/pass';
+import { ArtifactState, loraValues } from '../lib/artifact-state';
 
 /**
  * Exposes gradients as graph outputs named `<wrt name><suffix>` (Identity nodes, so the

@@ -10,14 +10,14 @@
  * `<param>.exp_avg_sq`; outputs `<param>.updated`, `<param>.exp_avg.updated`,
  * `<param>.exp_avg_sq.updated`. β1, β2, ε and the weight decay are constants.
  */
-import { GraphBuilder } from '../compiler/builder';
-import { DataType } from '../compiler/dtype';
-import { HollowcError } from '../compiler/errors';
-import { Graph, Model, Value } from '../compiler/ir';
-import { LEARNING_RATE, STEP, expAvgName, expAvgSqName, updatedName } from '../compiler/manifest';
-import { OpEmitter, staticShapeOf } from '../compiler/op-emitter';
-import { Pass } from '../compiler/pass';
-import { ArtifactState, loraValues } from './lib/artifact-state';
+import { GraphBuilder } from '../../compiler/builder';
+import { DataType } from '../../compiler/dtype';
+import { HollowcError } from '../../compiler/errors';
+import { Graph, Model, Value } from '../../compiler/ir';
+import { LEARNING_RATE, STEP, expAvgName, expAvgSqName, updatedName } from '../../compiler/manifest';
+import { OpEmitter, staticShapeOf } from '../../compiler/op-emitter';
+import { Pass } from '../../compiler/pass';
+import { ArtifactState, loraValues } from '../lib/artifact-state';
 
 export interface AdamWOptions {
   beta1?: number;

@@ -6,11 +6,11 @@
  * already [batch], or whose 0-d timestep is read other than through Unsqueeze(axes [0]), are left
  * as they are (the runtime then feeds one t per step).
  */
-import { Graph, Node } from '../compiler/ir';
-import { TIMESTEP } from '../compiler/manifest';
-import { Pass } from '../compiler/pass';
-import { ArtifactState } from './lib/artifact-state';
-import { constantInts } from '../compiler/shape-inference';
+import { Graph, Node } from '../../compiler/ir';
+import { TIMESTEP } from '../../compiler/manifest';
+import { Pass } from '../../compiler/pass';
+import { ArtifactState } from '../lib/artifact-state';
+import { constantInts } from '../../compiler/shape-inference';
 
 function unsqueezesAxis0(n: Node): boolean {
   if (n.opType !== 'Unsqueeze') return false;

@@ -4,11 +4,11 @@
  * of the artifact's passes (LoRA, then hollow-out wires path 1's activation into it). Path 1 is a copy of
  * the nodes that read the same initializers, so every weight is stored once.
  */
-import { copyNodes, nodesFeeding } from '../compiler/clone';
-import { Graph, Node, Value } from '../compiler/ir';
-import { BASE_CONDITIONING, baseInputName } from '../compiler/manifest';
-import { Pass } from '../compiler/pass';
-import { ArtifactState } from './lib/artifact-state';
+import { copyNodes, nodesFeeding } from '../../compiler/clone';
+import { Graph, Node, Value } from '../../compiler/ir';
+import { BASE_CONDITIONING, baseInputName } from '../../compiler/manifest';
+import { Pass } from '../../compiler/pass';
+import { ArtifactState } from '../lib/artifact-state';
 import { HollowPoint, findNode, hollowPointOf } from './hollow-out';
 
 /** Node-name prefix of path 1's copies: how later passes (LoRA insertion, bake) tell the paths apart. */

@@ -16,16 +16,16 @@
  * MatMul(·, v), each value read once. q's rows are its second-to-last axis (MatMul's), whatever
  * its rank.
  */
-import { cloneModel } from '../compiler/clone';
-import { DataType } from '../compiler/dtype';
-import { GraphBuilder } from '../compiler/builder';
-import { HollowcError } from '../compiler/errors';
-import { Graph, Model, Node, Value } from '../compiler/ir';
-import { OpEmitter } from '../compiler/op-emitter';
-import { Pass } from '../compiler/pass';
-import { inferShapes, staticShape } from '../compiler/shape-inference';
-import { ArtifactState } from './lib/artifact-state';
-import { trainingShapes } from './specialize-shapes';
+import { cloneModel } from '../../compiler/clone';
+import { DataType } from '../../compiler/dtype';
+import { GraphBuilder } from '../../compiler/builder';
+import { HollowcError } from '../../compiler/errors';
+import { Graph, Model, Node, Value } from '../../compiler/ir';
+import { OpEmitter } from '../../compiler/op-emitter';
+import { Pass } from '../../compiler/pass';
+import { inferShapes, staticShape } from '../../compiler/shape-inference';
+import { ArtifactState } from '../lib/artifact-state';
+import { trainingShapes } from '../structure/specialize-shapes';
 import { AttentionCore, matchAttention } from './split-attention';
 
 /** The largest block of an inference attention map at the design point (all heads, the training batch). */

@@ -43,13 +43,13 @@
  * would merge them back: training sessions disable onnxruntime's CommonSubexpressionElimination
  * (runtime/train/step-graph.ts trainingSession).
  */
-import { isWeightView } from '../compiler/flops';
-import { Graph, Node, Value } from '../compiler/ir';
-import { HollowcError } from '../compiler/errors';
-import { moduleOfNode } from '../compiler/module-scope';
-import { Pass } from '../compiler/pass';
-import { staticBytes, staticShape } from '../compiler/shape-inference';
-import { ArtifactState } from './lib/artifact-state';
+import { isWeightView } from '../../compiler/flops';
+import { Graph, Node, Value } from '../../compiler/ir';
+import { HollowcError } from '../../compiler/errors';
+import { moduleOfNode } from '../../compiler/module-scope';
+import { Pass } from '../../compiler/pass';
+import { staticBytes, staticShape } from '../../compiler/shape-inference';
+import { ArtifactState } from '../lib/artifact-state';
 
 /** Elementwise ops, Softmax, the normalizations and layout ops: O(n) to recompute. */
 const CHEAP = new Set([

@@ -4,14 +4,14 @@
  * where path 1 (the base path) shares the weight, the branch stays with A and B as initializers,
  * so the base path keeps computing the base model. Only the weights of folded layers are read.
  */
-import { tensorFromTyped } from '../compiler/builder';
-import { DataType } from '../compiler/dtype';
-import { HollowcError } from '../compiler/errors';
-import { Graph, Node, Value, inlineTensor } from '../compiler/ir';
-import { isLoraParam, loraParamNames } from '../compiler/manifest';
-import { readTensorBytes } from '../compiler/serde';
-import { isBasePath } from './add-base-path';
-import { findLoraSites, LoraSite } from './lib/lora-sites';
+import { tensorFromTyped } from '../../compiler/builder';
+import { DataType } from '../../compiler/dtype';
+import { HollowcError } from '../../compiler/errors';
+import { Graph, Node, Value, inlineTensor } from '../../compiler/ir';
+import { isLoraParam, loraParamNames } from '../../compiler/manifest';
+import { readTensorBytes } from '../../compiler/serde';
+import { isBasePath } from '../structure/add-base-path';
+import { findLoraSites, LoraSite } from '../lib/lora-sites';
 
 export interface BakeResult {
   folded: string[];

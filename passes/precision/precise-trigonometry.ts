@@ -14,12 +14,12 @@
  * picks ±sin r or ±cos r by arithmetic on small integers (exact in float32). Sin and Cos of the
  * same input share the reduction. About 40 elementwise nodes on a [batch, channels/2] tensor.
  */
-import { GraphBuilder } from '../compiler/builder';
-import { DataType } from '../compiler/dtype';
-import { Model, Node, Value } from '../compiler/ir';
-import { OpEmitter } from '../compiler/op-emitter';
-import { Pass } from '../compiler/pass';
-import { ArtifactState } from './lib/artifact-state';
+import { GraphBuilder } from '../../compiler/builder';
+import { DataType } from '../../compiler/dtype';
+import { Model, Node, Value } from '../../compiler/ir';
+import { OpEmitter } from '../../compiler/op-emitter';
+import { Pass } from '../../compiler/pass';
+import { ArtifactState } from '../lib/artifact-state';
 
 // π/2 = C1 + C2 + C3 (C1, C2: 8 and 11 significant bits, at most 12; C3: float32 of the rest).
 const C1 = 1.5703125;

@@ -32,13 +32,13 @@
  * and describeArtifact read them); only the written graph loses them: the pass drops the value
  * infos the source file carried, which onnxruntime would merge back in.
  */
-import { GraphBuilder, tensorFromTyped } from '../compiler/builder';
-import { DataType } from '../compiler/dtype';
-import { Graph, Node, Value } from '../compiler/ir';
-import { Pass } from '../compiler/pass';
-import { constantOfValue } from '../compiler/shape-inference';
-import { LOSS_WEIGHT } from '../compiler/manifest';
-import { ArtifactState } from './lib/artifact-state';
+import { GraphBuilder, tensorFromTyped } from '../../compiler/builder';
+import { DataType } from '../../compiler/dtype';
+import { Graph, Node, Value } from '../../compiler/ir';
+import { Pass } from '../../compiler/pass';
+import { constantOfValue } from '../../compiler/shape-inference';
+import { LOSS_WEIGHT } from '../../compiler/manifest';
+import { ArtifactState } from '../lib/artifact-state';
 
 /** Node name prefix of the pass's nodes (the liveness bench sees through them: revealShapes). */
 export const OPAQUE_SCOPE = '/opaque-shape';

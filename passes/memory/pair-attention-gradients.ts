@@ -15,12 +15,12 @@
  * The values are unchanged (a Concat and a Split copy them, bit for bit); the cost is that copy,
  * small next to the block's products (dq block + kᵀ's gradient: (rows + keys) x head dim values).
  */
-import { GraphBuilder } from '../compiler/builder';
-import { Graph, Model, Node, Value } from '../compiler/ir';
-import { OpEmitter } from '../compiler/op-emitter';
-import { Pass } from '../compiler/pass';
-import { staticShape } from '../compiler/shape-inference';
-import { ArtifactState } from './lib/artifact-state';
+import { GraphBuilder } from '../../compiler/builder';
+import { Graph, Model, Node, Value } from '../../compiler/ir';
+import { OpEmitter } from '../../compiler/op-emitter';
+import { Pass } from '../../compiler/pass';
+import { staticShape } from '../../compiler/shape-inference';
+import { ArtifactState } from '../lib/artifact-state';
 
 function sameShape(v: Value, shape: number[] | undefined): boolean {
   const s = staticShape(v);

@@ -22,12 +22,12 @@
  * unchanged input (passes/lib/gradient-rules.ts normalizeBackward), so only forward normalizations
  * (and their recomputed clones) are rewritten and autodiff never sees the new ops.
  */
-import { GraphBuilder } from '../compiler/builder';
-import { DataType } from '../compiler/dtype';
-import { Model, Node, Value } from '../compiler/ir';
-import { OpEmitter } from '../compiler/op-emitter';
-import { Pass } from '../compiler/pass';
-import { ArtifactState } from './lib/artifact-state';
+import { GraphBuilder } from '../../compiler/builder';
+import { DataType } from '../../compiler/dtype';
+import { Model, Node, Value } from '../../compiler/ir';
+import { OpEmitter } from '../../compiler/op-emitter';
+import { Pass } from '../../compiler/pass';
+import { ArtifactState } from '../lib/artifact-state';
 
 const EPSILON_DEFAULT = 1e-5;
 

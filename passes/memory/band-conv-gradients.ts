@@ -14,13 +14,13 @@
  * rows [r, r + R) is the ConvTranspose of padded rows [r + top, r + top + R + kernel - 1) with
  * kernel-1 rows cropped on each side: the same products summed for every output element.
  */
-import { GraphBuilder } from '../compiler/builder';
-import { isWeightView } from '../compiler/flops';
-import { Graph, Model, Node } from '../compiler/ir';
-import { OpEmitter } from '../compiler/op-emitter';
-import { Pass } from '../compiler/pass';
-import { staticShape } from '../compiler/shape-inference';
-import { ArtifactState } from './lib/artifact-state';
+import { GraphBuilder } from '../../compiler/builder';
+import { isWeightView } from '../../compiler/flops';
+import { Graph, Model, Node } from '../../compiler/ir';
+import { OpEmitter } from '../../compiler/op-emitter';
+import { Pass } from '../../compiler/pass';
+import { staticShape } from '../../compiler/shape-inference';
+import { ArtifactState } from '../lib/artifact-state';
 import { rowBlocks } from './split-attention';
 
 /** The largest column buffer of one band (SD at 64x64: the 960- and 640-channel gradients in 4 and 3 bands; none at 32x32). */

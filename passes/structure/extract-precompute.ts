@@ -2,12 +2,12 @@
  * precompute.onnx: the base UNet (no LoRA) from its inputs up to the hollow activation, and
  * nothing else. Its single output is named `hollow_activation`.
  */
-import { DataType } from '../compiler/dtype';
-import { HollowcError } from '../compiler/errors';
-import { Dim, Graph } from '../compiler/ir';
-import { HOLLOW_ACTIVATION } from '../compiler/manifest';
-import { Pass } from '../compiler/pass';
-import { ArtifactState } from './lib/artifact-state';
+import { DataType } from '../../compiler/dtype';
+import { HollowcError } from '../../compiler/errors';
+import { Dim, Graph } from '../../compiler/ir';
+import { HOLLOW_ACTIVATION } from '../../compiler/manifest';
+import { Pass } from '../../compiler/pass';
+import { ArtifactState } from '../lib/artifact-state';
 
 export function extractPrecompute(g: Graph, activation: string, shape: Dim[]): void {
   const source = g.value(activation);

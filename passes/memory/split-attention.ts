@@ -13,7 +13,7 @@
  * At 64x64 latents one head's map is itself 64 MiB (4096 x 4096 tokens). Softmax normalizes each
  * row on its own, so a block of query rows needs only its rows of q with the whole kᵀ and v: the
  * chain runs per block of rows, each block's map at most CHUNK_BYTES, and the outputs are
- * concatenated. The backward of a block reads its probabilities, which passes/rematerialize.ts
+ * concatenated. The backward of a block reads its probabilities, which passes/memory/rematerialize.ts
  * recomputes from the block's q rows and kᵀ right before they are read (what FlashAttention's
  * backward does with the row statistics; here the softmax is simply run again, the same kernel on
  * the same values), so at most a few block-sized maps are alive at once, forward or backward.
@@ -24,12 +24,12 @@
  * axis (the last batch axis), a Split of each head's q along its rows, the chain per block, and
  * Concats.
  */
-import { GraphBuilder } from '../compiler/builder';
-import { Graph, Model, Node, TensorType, Value } from '../compiler/ir';
-import { OpEmitter } from '../compiler/op-emitter';
-import { Pass } from '../compiler/pass';
-import { constantOfValue, staticBytes, staticShape } from '../compiler/shape-inference';
-import { ArtifactState } from './lib/artifact-state';
+import { GraphBuilder } from '../../compiler/builder';
+import { Graph, Model, Node, TensorType, Value } from '../../compiler/ir';
+import { OpEmitter } from '../../compiler/op-emitter';
+import { Pass } from '../../compiler/pass';
+import { constantOfValue, staticBytes, staticShape } from '../../compiler/shape-inference';
+import { ArtifactState } from '../lib/artifact-state';
 
 /** Attention maps larger than this are split (SD at 32x32 latents: the 20 MiB outer self-attentions, not the 2.5 MiB ones). */
 export const SPLIT_ABOVE_BYTES = 8 * 2 ** 20;

@@ -5,16 +5,16 @@
  * B [out, r, 1, 1]. These are the peft/kohya shapes, so trained tensors export unchanged.
  * A and B become graph inputs named `<module path>.lora_A.weight` / `.lora_B.weight`.
  */
-import { Attrs, GraphBuilder } from '../compiler/builder';
-import { DataType } from '../compiler/dtype';
-import { HollowcError } from '../compiler/errors';
-import { Graph, Value } from '../compiler/ir';
-import { loraParamNames } from '../compiler/manifest';
-import { isWithin } from '../compiler/module-scope';
-import { Pass } from '../compiler/pass';
+import { Attrs, GraphBuilder } from '../../compiler/builder';
+import { DataType } from '../../compiler/dtype';
+import { HollowcError } from '../../compiler/errors';
+import { Graph, Value } from '../../compiler/ir';
+import { loraParamNames } from '../../compiler/manifest';
+import { isWithin } from '../../compiler/module-scope';
+import { Pass } from '../../compiler/pass';
 import { isBasePath } from './add-base-path';
-import { ArtifactState, LoraConfig, LoraParam } from './lib/artifact-state';
-import { LoraSite, loraShapes, selectSites } from './lib/lora-sites';
+import { ArtifactState, LoraConfig, LoraParam } from '../lib/artifact-state';
+import { LoraSite, loraShapes, selectSites } from '../lib/lora-sites';
 
 function scopeOf(nodeName: string): string {
   const cut = nodeName.lastIndexOf('/');

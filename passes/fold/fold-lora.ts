@@ -5,13 +5,13 @@
  * folded weight goes to `place` (which can stream it to a file) before the next is read, so no
  * full weight set is held: the untouched weights stay where they are (external data).
  */
-import { DataType } from '../compiler/dtype';
-import { HollowcError } from '../compiler/errors';
-import { Graph, Tensor } from '../compiler/ir';
-import { narrowFloat32Bytes, widenFloat16Bytes } from '../compiler/float16';
-import { readTensorBytes } from '../compiler/serde';
+import { DataType } from '../../compiler/dtype';
+import { HollowcError } from '../../compiler/errors';
+import { Graph, Tensor } from '../../compiler/ir';
+import { narrowFloat32Bytes, widenFloat16Bytes } from '../../compiler/float16';
+import { readTensorBytes } from '../../compiler/serde';
 import { foldInto } from './bake-lora';
-import { findLoraSites, loraShapes } from './lib/lora-sites';
+import { findLoraSites, loraShapes } from '../lib/lora-sites';
 
 export interface LoraUpdate {
   a: { shape: number[]; data: Float32Array };

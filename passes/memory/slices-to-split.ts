@@ -9,12 +9,12 @@
  * 10 MiB each in the outer blocks). The values are the same either way (a Split copies the same
  * elements the Slices copy; the Concat puts each gradient where the padding and the sum put it).
  */
-import { GraphBuilder } from '../compiler/builder';
-import { Graph, Model, Node, Value } from '../compiler/ir';
-import { OpEmitter } from '../compiler/op-emitter';
-import { Pass } from '../compiler/pass';
-import { constantInts } from '../compiler/shape-inference';
-import { ArtifactState } from './lib/artifact-state';
+import { GraphBuilder } from '../../compiler/builder';
+import { Graph, Model, Node, Value } from '../../compiler/ir';
+import { OpEmitter } from '../../compiler/op-emitter';
+import { Pass } from '../../compiler/pass';
+import { constantInts } from '../../compiler/shape-inference';
+import { ArtifactState } from '../lib/artifact-state';
 
 interface Piece {
   node: Node;

@@ -2,9 +2,9 @@
  * The last pass of the training graphs: their sinks in backward order, so onnxruntime's
  * depth-first walk runs each LoRA parameter's gradient branch as soon as the backward reaches it.
  */
-import { Graph, Node } from '../compiler/ir';
-import { Pass } from '../compiler/pass';
-import { ArtifactState } from './lib/artifact-state';
+import { Graph, Node } from '../../compiler/ir';
+import { Pass } from '../../compiler/pass';
+import { ArtifactState } from '../lib/artifact-state';
 
 /**
  * Orders the graph's sinks (the nodes that produce graph outputs and feed nothing) so the
