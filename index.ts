@@ -8,8 +8,8 @@ export type { LoadedUNet, CheckedSpec, CompileCliOptions } from './cli/compile';
 export { inspectJson, inspectText } from './cli/inspect';
 export { analyzeUNet } from './passes/lib/analyze-unet';
 export type { UNetAnalysis, CutInfo } from './passes/lib/analyze-unet';
-export { compile } from './passes/compile';
-export type { CompileRequest } from './passes/compile';
+export { compile } from './passes/compile-unet';
+export type { CompileRequest } from './passes/compile-unet';
 export { ARTIFACT_PASSES, buildArtifact } from './passes/artifact-passes';
 export { parseSpec, checkSpec } from './dsl';
 

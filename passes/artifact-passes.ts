@@ -16,8 +16,8 @@
  * The training graphs end with release-dead-buffers: their static shapes hidden from onnxruntime's
  * buffer reuse, so that each tensor is freed when it dies (their manifest entries ask for the arena).
  *
- * Every artifact ends with precise-normalization and precise-trigonometry (rewrites that make
- * GPU kernels compute those ops as precisely as the CPU: see each pass).
+ * precise-normalization and precise-trigonometry (rewrites that make GPU kernels compute those ops
+ * as precisely as the CPU: see each pass) follow every rewrite that adds such ops.
  */
 import { cloneModel } from '../compiler/clone';
 import { Model } from '../compiler/ir';
@@ -50,7 +50,7 @@ import { splitAttentionPass } from './memory/split-attention';
 import { timestepPerSamplePass } from './structure/timestep-per-sample';
 
 const HOLLOWED_WITH_LORA = [insertLoraPass, hollowOutPass];
-/** Last in every artifact: the rewrites that make GPU kernels as precise as the CPU's. */
+/** After every structural, memory and training rewrite: the rewrites that make GPU kernels as precise as the CPU's. */
 const PRECISE_ON_GPUS = [preciseNormalizationPass, preciseTrigonometryPass];
 
 const TRAINING_LOSS = [
@@ -70,8 +70,10 @@ const TRAINING_LOSS = [
 ];
 
 /**
- * Then, truly last: float16 weights stored float16 (a float16 export's, or `base fp16`'s in the
- * training graphs), each use cast to float32; a no-op for float32 models.
+ * Each artifact's passes, in order. precompute, forward and infer end with float16-weights (float16
+ * weights stored float16, each use cast to float32; a no-op for float32 models); the training
+ * graphs end with order-sinks, float16-weights and release-dead-buffers, in that order
+ * (tests/pass-order.test.ts holds these claims).
  */
 export const ARTIFACT_PASSES: Readonly<Record<ArtifactName, readonly Pass<ArtifactState>[]>> = {
   precompute: [extractPrecomputePass, chunkAttentionPass, ...PRECISE_ON_GPUS, float16WeightsPass],

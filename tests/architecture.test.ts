@@ -114,3 +114,29 @@ test('small modules: no source over 600 lines, cli/ files at most 250, runtime/ 
   const top = fs.readdirSync(path.join(ROOT, 'runtime'), { withFileTypes: true }).filter((e) => e.isFile() && e.name.endsWith('.ts'));
   expect(top.length).toBeLessThanOrEqual(8);
 });
+
+/**
+ * passes/'s rooms: a rewrite room imports only passes/lib/ and its own room (what rewrites share
+ * lives in lib/, so a rewrite can move or go without breaking another); lib/ imports only lib/;
+ * the pipeline (artifact-passes.ts), compile and plan/ on top import any room.
+ */
+const PASS_ROOMS = ['structure', 'memory', 'precision', 'training', 'fold'];
+const PASS_TOP = ['artifact-passes.ts', 'compile-unet.ts'];
+
+test("passes/'s rewrites live in rooms by concern and borrow only from passes/lib/", () => {
+  const passRoomOf = (file: string) => path.normalize(file).split(path.sep)[1];
+  const top = fs.readdirSync(path.join(ROOT, 'passes'), { withFileTypes: true }).filter((e) => e.isFile());
+  expect(top.map((e) => e.name).sort()).toEqual([...PASS_TOP].sort());
+  const rooms = fs.readdirSync(path.join(ROOT, 'passes'), { withFileTypes: true }).filter((e) => e.isDirectory());
+  expect(rooms.map((e) => e.name).sort()).toEqual([...PASS_ROOMS, 'lib', 'plan'].sort());
+  const bad = sources('passes').flatMap((file) => {
+    const room = passRoomOf(file);
+    if (!PASS_ROOMS.includes(room) && room !== 'lib') return [];
+    return importedLayers(file)
+      .filter((i) => i.layer === 'passes')
+      .map((i) => ({ ...i, room: passRoomOf(path.relative(ROOT, path.resolve(path.dirname(path.join(ROOT, file)), i.spec))) }))
+      .filter((i) => i.room !== room && i.room !== 'lib')
+      .map((i) => `${file} (passes/${room}) imports ${i.spec} (passes/${i.room})`);
+  });
+  expect(bad).toEqual([]);
+});

@@ -12,7 +12,7 @@ import { buildUNet } from '../models/builder';
 import { FAMILIES } from '../models/families';
 import { presetsFor } from '../models/presets';
 import { findLoraSites } from '../passes/lib/lora-sites';
-import { compile } from '../passes/compile';
+import { compile } from '../passes/compile-unet';
 import { prepareUnet } from '../cli/prepared-unet';
 import { identicalOutputs, runModel, tempDir, trainingFor } from './support/fixture';
 

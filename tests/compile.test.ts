@@ -2,7 +2,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { CompileManifest } from '../compiler/manifest';
-import { compile } from '../passes/compile';
+import { compile } from '../passes/compile-unet';
 import { loadModel } from '../compiler/serde';
 import { readNpy } from '../runtime/formats/npy';
 import {

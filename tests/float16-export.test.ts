@@ -30,7 +30,7 @@ import { prepareUnet } from '../cli/prepared-unet';
 import { personalize } from '../cli/personalize';
 import { buildPipeline } from '../models/builder/pipeline';
 import { tensorFor } from '../runtime/ort/artifacts';
-import { compile } from '../passes/compile';
+import { compile } from '../passes/compile-unet';
 import { fromFloat16, toFloat16 } from '../runtime/formats/float16';
 import { OPAQUE_SCOPE } from '../passes/memory/release-dead-buffers';
 import { createSession, withArtifactConfig } from '../runtime/ort/session';

@@ -9,7 +9,7 @@ import * as ort from 'onnxruntime-node';
 import { Model } from '../compiler/ir';
 import { loadModel } from '../compiler/serde';
 import { readNpy } from '../runtime/formats/npy';
-import { compile } from '../passes/compile';
+import { compile } from '../passes/compile-unet';
 import {
   FIXTURE_DIR,
   FIXTURE_MODEL,

@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { bakeCompiled } from '../cli/compile';
-import { compile } from '../passes/compile';
+import { compile } from '../passes/compile-unet';
 import { buildUNet } from '../models/builder';
 import { FAMILIES } from '../models/families';
 import { randomTensor } from './support/tensors';

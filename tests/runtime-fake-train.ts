@@ -25,7 +25,7 @@ import { Graph, Model, Value } from '../compiler/ir';
 import { compileSpec, checkSpecFile, loadUNet } from '../cli/compile';
 import { CompileManifest, MANIFEST_FILE, TensorDescription, isLoraParam, readManifest } from '../compiler/manifest';
 import { saveModel, writeFileAtomic } from '../compiler/serde';
-import { describeArtifact } from '../passes/compile';
+import { describeArtifact } from '../passes/compile-unet';
 import { buildUNet } from '../models/builder';
 import { FAMILIES, FamilyName } from '../models/families';
 import { Rng, fillNormal } from '../models/random';

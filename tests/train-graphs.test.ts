@@ -8,7 +8,7 @@
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { CompileManifest } from '../compiler/manifest';
-import { compile } from '../passes/compile';
+import { compile } from '../passes/compile-unet';
 import type { TrainingSettings } from '../compiler/manifest';
 import { findLoraSites } from '../passes/lib/lora-sites';
 import { loadModel } from '../compiler/serde';

@@ -15,7 +15,7 @@ import { compileFromSpec } from '../cli/compile';
 import { cloneModel } from '../compiler/clone';
 import { Model } from '../compiler/ir';
 import { saveModel } from '../compiler/serde';
-import { compile } from '../passes/compile';
+import { compile } from '../passes/compile-unet';
 import { makeNormalizationsPrecise } from '../passes/precision/precise-normalization';
 import { makeTrigonometryPrecise } from '../passes/precision/precise-trigonometry';
 import { HollowcError } from '../compiler/errors';

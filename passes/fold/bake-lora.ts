@@ -10,7 +10,7 @@ import { HollowcError } from '../../compiler/errors';
 import { Graph, Node, Value, inlineTensor } from '../../compiler/ir';
 import { isLoraParam, loraParamNames } from '../../compiler/manifest';
 import { readTensorBytes } from '../../compiler/serde';
-import { isBasePath } from '../structure/add-base-path';
+import { isBasePath } from '../lib/base-path';
 import { findLoraSites, LoraSite } from '../lib/lora-sites';
 
 export interface BakeResult {

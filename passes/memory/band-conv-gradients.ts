@@ -21,7 +21,7 @@ import { OpEmitter } from '../../compiler/op-emitter';
 import { Pass } from '../../compiler/pass';
 import { staticShape } from '../../compiler/shape-inference';
 import { ArtifactState } from '../lib/artifact-state';
-import { rowBlocks } from './split-attention';
+import { rowBlocks } from '../lib/row-blocks';
 
 /** The largest column buffer of one band (SD at 64x64: the 960- and 640-channel gradients in 4 and 3 bands; none at 32x32). */
 export const CONV_GRADIENT_COL_BYTES = 40 * 2 ** 20;

@@ -25,8 +25,8 @@ import { OpEmitter } from '../../compiler/op-emitter';
 import { Pass } from '../../compiler/pass';
 import { inferShapes, staticShape } from '../../compiler/shape-inference';
 import { ArtifactState } from '../lib/artifact-state';
-import { trainingShapes } from '../structure/specialize-shapes';
-import { AttentionCore, matchAttention } from './split-attention';
+import { trainingShapes } from '../lib/training-shapes';
+import { AttentionCore, matchAttention } from '../lib/attention-match';
 
 /** The largest block of an inference attention map at the design point (all heads, the training batch). */
 export const INFER_CHUNK_BYTES = 16 * 2 ** 20;

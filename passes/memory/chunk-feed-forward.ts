@@ -25,8 +25,8 @@ import { OpEmitter } from '../../compiler/op-emitter';
 import { Pass } from '../../compiler/pass';
 import { constantOfValue, staticShape } from '../../compiler/shape-inference';
 import { ArtifactState } from '../lib/artifact-state';
-import { expandingProjection } from './rematerialize';
-import { rowBlocks } from './split-attention';
+import { expandingProjection } from '../lib/expanding-projection';
+import { rowBlocks } from '../lib/row-blocks';
 
 /** The widest tensor of one block of rows (SD at 64x64: level 0's 40 MiB projection in 4 blocks; level 1's 10 MiB whole). */
 export const FF_CHUNK_BYTES = 10 * 2 ** 20;

@@ -1,5 +1,6 @@
 /**
- * The last pass of the training graphs: their sinks in backward order, so onnxruntime's
+ * Near the end of the training graphs (after the gradients and AdamW, before float16-weights and
+ * release-dead-buffers): their sinks in backward order, so onnxruntime's
  * depth-first walk runs each LoRA parameter's gradient branch as soon as the backward reaches it.
  */
 import { Graph, Node } from '../../compiler/ir';
@@ -37,7 +38,7 @@ export function orderSinks(g: Graph, params: readonly string[]): number {
   return g.nodes.filter((n, i) => n !== before[i]).length;
 }
 
-/** grads.onnx and train.onnx, last: the parameters' output branches in backward order (orderSinks). */
+/** grads.onnx and train.onnx, after the gradients: the parameters' output branches in backward order (orderSinks). */
 export const orderSinksPass: Pass<ArtifactState> = {
   name: 'order-sinks',
   requires: ['loraParams'],

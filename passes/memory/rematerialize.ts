@@ -50,6 +50,7 @@ import { moduleOfNode } from '../../compiler/module-scope';
 import { Pass } from '../../compiler/pass';
 import { staticBytes, staticShape } from '../../compiler/shape-inference';
 import { ArtifactState } from '../lib/artifact-state';
+import { expandingProjection } from '../lib/expanding-projection';
 
 /** Elementwise ops, Softmax, the normalizations and layout ops: O(n) to recompute. */
 const CHEAP = new Set([
@@ -80,29 +81,12 @@ const CHEAP = new Set([
  */
 export const MAX_CHAIN = 5;
 /**
- * A product with a weight is recomputed only when its output has at least this many times the
- * elements of its input: then keeping its input instead saves that factor in memory for one matmul.
- */
-export const EXPANSION = 4;
-/**
  * Nodes cloned to recompute a residual sum h + W·t (+ bias, + the LoRA branch B·A·t) at most: the
  * transformer blocks' h + attn(…) sums, the LayerNorms' inputs, from the block input h and the
  * attention output t, both kept anyway (the LayerNorm's and the LoRA gradients' read). One matmul
  * (and the branch) per sum instead of keeping it: at 64x64 latents 5 MiB per level-0 sum.
  */
 export const MAX_RESIDUAL_CHAIN = 10;
-
-function elements(v: Value): number | undefined {
-  return staticShape(v)?.reduce((a, b) => a * b, 1);
-}
-
-/** x·W with W a weight and an output EXPANSION times larger than x (SD: the GEGLU projection). */
-export function expandingProjection(n: Node): boolean {
-  const [x, w] = n.inputs;
-  if (n.opType !== 'MatMul' || !x || !isWeightView(w)) return false;
-  const [inN, outN] = [elements(x), elements(n.outputs[0])];
-  return inN !== undefined && outN !== undefined && inN > 0 && outN >= EXPANSION * inN;
-}
 
 /** A product with a weight: recomputed in a residual sum's chain only (MAX_RESIDUAL_CHAIN). */
 const isProjection = (n: Node) => n.opType === 'MatMul' && !!n.inputs[0] && isWeightView(n.inputs[1]);

@@ -41,9 +41,10 @@ import { presetsFor } from '../../models/presets';
 import { CutInfo, UNetAnalysis } from '../lib/analyze-unet';
 import { ArtifactState, ChunkFields, LoraConfig, chunkFieldsOf } from '../lib/artifact-state';
 import { buildArtifact } from '../artifact-passes';
-import { widenFloat16 } from '../precision/float16-weights';
+import { widenFloat16 } from '../lib/widen-float16';
 import { pretransposeWeights } from '../structure/pretranspose-weights';
-import { specializeShapes, trainingShapes } from '../structure/specialize-shapes';
+import { specializeShapes } from '../structure/specialize-shapes';
+import { trainingShapes } from '../lib/training-shapes';
 
 export const MiB = 2 ** 20;
 export const ACTIVATION_FACTOR = 1.4;

@@ -5,18 +5,12 @@
  * the nodes that read the same initializers, so every weight is stored once.
  */
 import { copyNodes, nodesFeeding } from '../../compiler/clone';
-import { Graph, Node, Value } from '../../compiler/ir';
+import { Graph, Value } from '../../compiler/ir';
 import { BASE_CONDITIONING, baseInputName } from '../../compiler/manifest';
 import { Pass } from '../../compiler/pass';
 import { ArtifactState } from '../lib/artifact-state';
+import { BASE_PATH_PREFIX } from '../lib/base-path';
 import { HollowPoint, findNode, hollowPointOf } from './hollow-out';
-
-/** Node-name prefix of path 1's copies: how later passes (LoRA insertion, bake) tell the paths apart. */
-export const BASE_PATH_PREFIX = '/base';
-
-export function isBasePath(n: Node): boolean {
-  return n.name.startsWith(`${BASE_PATH_PREFIX}/`);
-}
 
 /** Copies everything feeding the activation at `point` as path 1; returns path 1's activation. */
 export function addBasePath(g: Graph, point: HollowPoint): Value {

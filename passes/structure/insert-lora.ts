@@ -12,7 +12,7 @@ import { Graph, Value } from '../../compiler/ir';
 import { loraParamNames } from '../../compiler/manifest';
 import { isWithin } from '../../compiler/module-scope';
 import { Pass } from '../../compiler/pass';
-import { isBasePath } from './add-base-path';
+import { isBasePath } from '../lib/base-path';
 import { ArtifactState, LoraConfig, LoraParam } from '../lib/artifact-state';
 import { LoraSite, loraShapes, selectSites } from '../lib/lora-sites';
 

@@ -7,7 +7,7 @@ import type { CompileManifest, RecomputeMode, TrainingSettings } from '../../com
 import type { FamilyName } from '../../models/families';
 import { defaultTrainingSettings } from '../../models/training-defaults';
 import { readNpy } from '../../runtime/formats/npy';
-import { CompileRequest, compile } from '../../passes/compile';
+import { CompileRequest, compile } from '../../passes/compile-unet';
 
 export const FIXTURE_DIR = path.join(__dirname, '..', 'fixtures', 'diffusers', 'sd15-tiny');
 export const FIXTURE_MODEL = path.join(FIXTURE_DIR, 'model.onnx');

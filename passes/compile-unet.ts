@@ -31,7 +31,7 @@ import { CutInfo, UNetAnalysis, analyzeUNet, isStandardDomain } from './lib/anal
 import { ArtifactState, ChunkFields, LoraConfig, LoraParam, chunkFieldsOf } from './lib/artifact-state';
 import { loraShapes, selectSites } from './lib/lora-sites';
 import { buildArtifact } from './artifact-passes';
-import { widenFloat16 } from './precision/float16-weights';
+import { widenFloat16 } from './lib/widen-float16';
 import { pretransposeWeights } from './structure/pretranspose-weights';
 
 /** With the memory rewrites' block sizes: the spec's `chunks` line (chunkFields), or a test's for its small models. */
