@@ -16,7 +16,7 @@ import { storeFloat16 } from '../passes/precision/float16-weights';
 import { widenStoredFloat16 } from '../passes/lib/widen-float16';
 import { compile } from '../passes/compile-unet';
 import { UNetAnalysis, analyzeUNet } from '../passes/lib/analyze-unet';
-import { chunkFields } from '../passes/lib/artifact-state';
+import { chunkFieldsFromSpec } from '../passes/lib/artifact-state';
 import { readLoraForManifest } from '../runtime/formats/lora-file';
 import { LoraInit, checkLoraInit, writeInitialLora } from '../runtime/train/lora-init';
 import { lastKeptDownFor, modelFacts, trainingSettingsOf } from './spec-facts';
@@ -83,7 +83,7 @@ export function compileSpec(unet: LoadedUNet, spec: CheckedSpec, options: Compil
     emit: [...r.emit],
     spec: { file: spec.file, text: spec.text },
     training: trainingSettingsOf(r),
-    ...chunkFields(r.chunks),
+    ...chunkFieldsFromSpec(r.chunks),
     log: options.verbose ? (m) => process.stderr.write(`${m}\n`) : undefined,
     // Written with the artifacts, so a LoRA whose shapes do not fit leaves no compiled-looking folder.
     extraFiles: (dir, manifest) => [path.basename(writeInitialLora(dir, manifest, init))],

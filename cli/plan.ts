@@ -9,7 +9,7 @@ import { HollowcError } from '../compiler/errors';
 import { BasePrecision, RECOMPUTE_MODES, RecomputeMode } from '../compiler/manifest';
 import { Plan, PlanRequest, planUNet } from '../passes/plan/plan';
 import { planSvg, planText } from '../passes/plan/render';
-import { chunkFields } from '../passes/lib/artifact-state';
+import { chunkFieldsFromSpec } from '../passes/lib/artifact-state';
 import { findLoraSites } from '../passes/lib/lora-sites';
 import { recordLayout } from '../runtime/store/store-format';
 import { openPipelineFolder } from '../runtime/text-to-image/pipeline-folder';
@@ -60,7 +60,7 @@ function requestOf(unet: LoadedUNet, o: PlanOptions): PlanRequest {
       targets: spec.lora.targets.map((t) => t.module),
       lora: { rank: spec.lora.rank, alpha: spec.lora.alpha },
       training: trainingSettingsOf(spec),
-      ...chunkFields(spec.chunks),
+      ...chunkFieldsFromSpec(spec.chunks),
       samples: o.samples,
       steps: o.steps,
       storeRecordBytes,

@@ -28,13 +28,13 @@ import { lockFolder } from '../compiler/folder-lock';
 import { loadModel, saveModel, writeFileAtomic } from '../compiler/serde';
 import { defaultTrainingSettings } from '../models/training-defaults';
 import { CutInfo, UNetAnalysis, analyzeUNet, isStandardDomain } from './lib/analyze-unet';
-import { ArtifactState, ChunkFields, LoraConfig, LoraParam, chunkFieldsOf } from './lib/artifact-state';
+import { ArtifactState, ChunkFields, LoraConfig, LoraParam, pickChunkFields } from './lib/artifact-state';
 import { loraShapes, selectSites } from './lib/lora-sites';
 import { buildArtifact } from './artifact-passes';
 import { widenFloat16 } from './lib/widen-float16';
 import { pretransposeWeights } from './structure/pretranspose-weights';
 
-/** With the memory rewrites' block sizes: the spec's `chunks` line (chunkFields), or a test's for its small models. */
+/** With the memory rewrites' block sizes: the spec's `chunks` line (chunkFieldsFromSpec), or a test's for its small models. */
 export interface CompileRequest extends ChunkFields {
   /** The source UNet as loaded from `modelFile` (its weights stay in their files). */
   model?: Model;
@@ -191,7 +191,7 @@ export function compile(request: CompileRequest): CompileManifest {
     training,
     label,
     float16Io: widened?.float16Io,
-    ...chunkFieldsOf(request),
+    ...pickChunkFields(request),
   };
 
   if (fs.existsSync(request.outDir) && !fs.statSync(request.outDir).isDirectory())

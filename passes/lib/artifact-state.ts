@@ -81,7 +81,7 @@ export type ChunkFields = Pick<
 >;
 
 /** The block sizes a request carries (CompileRequest, PlanRequest), for the artifact state. */
-export function chunkFieldsOf(r: ChunkFields): ChunkFields {
+export function pickChunkFields(r: ChunkFields): ChunkFields {
   const { splitAttentionAboveBytes, attentionChunkBytes, feedForwardChunkBytes, convGradientColBytes, inferChunkBytes } = r;
   return { splitAttentionAboveBytes, attentionChunkBytes, feedForwardChunkBytes, convGradientColBytes, inferChunkBytes };
 }
@@ -90,7 +90,7 @@ export function chunkFieldsOf(r: ChunkFields): ChunkFields {
  * The spec's `chunks` line as the passes' sizes. An attention map no larger than the asked block
  * stays whole; a larger one is split per head and in blocks of query rows of at most that size.
  */
-export function chunkFields(c: ChunkSizes): ChunkFields {
+export function chunkFieldsFromSpec(c: ChunkSizes): ChunkFields {
   return {
     splitAttentionAboveBytes: c.attention,
     attentionChunkBytes: c.attention,

@@ -39,7 +39,7 @@ import { staticBytes } from '../../compiler/shape-inference';
 import { ArtifactName, TrainingSettings, isLoraParam } from '../../compiler/manifest';
 import { presetsFor } from '../../models/presets';
 import { CutInfo, UNetAnalysis } from '../lib/analyze-unet';
-import { ArtifactState, ChunkFields, LoraConfig, chunkFieldsOf } from '../lib/artifact-state';
+import { ArtifactState, ChunkFields, LoraConfig, pickChunkFields } from '../lib/artifact-state';
 import { buildArtifact } from '../artifact-passes';
 import { widenFloat16 } from '../lib/widen-float16';
 import { pretransposeWeights } from '../structure/pretranspose-weights';
@@ -218,7 +218,7 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
     training: req.training,
     label: req.unet.file,
     structureOnly: true,
-    ...chunkFieldsOf(req),
+    ...pickChunkFields(req),
   };
   const build = (name: ArtifactName) => buildArtifact(name, req.unet.model, inputs);
   const train = build('train');
