@@ -54,5 +54,14 @@ test('a library user plans a UNet and gets the same table as `hollowc plan`', as
   expect(cut.baseParameters).toBeLessThan(plan.rows[0].baseParameters);
   expect(cut.storeBytesPerSample).toBeGreaterThan(0);
   expect(hollowc.planText(plan)).toContain('39.2%');
-  expect(typeof hollowc.personalize).toBe('function');
+});
+
+test("a library user's personalize checks its input before it writes anything", async () => {
+  const dir = tempDir('hollowc-lib-personalize-');
+  const missing = path.join(dir, 'no-pipeline');
+  const out = path.join(dir, 'run');
+  await expect(
+    hollowc.personalize({ model: missing, photos: dir, prompt: 'a photo of sks dog', classPrompt: 'a photo of a dog', out, log: () => {}, warn: () => {} }),
+  ).rejects.toThrow(new RegExp(missing.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+  expect(fs.existsSync(out)).toBe(false);
 });
