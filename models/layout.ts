@@ -111,18 +111,14 @@ export interface UNetLayout {
   readonly skips: readonly Skip[];
 }
 
-export function buildLayout(cfg: UNetConfig): UNetLayout {
-  const r = resolveConfig(cfg);
-  const n = r.numBlocks;
-  const temb = r.timeEmbedDim;
-  const layers: LayoutLayer[] = [];
-
+/** The module specs of a resnet and a transformer under `r`'s settings. */
+function moduleSpecs(r: ResolvedConfig) {
   const resnet = (path: string, inCh: number, outCh: number): ModuleSpec => ({
     kind: 'resnet',
     path,
     inChannels: inCh,
     outChannels: outCh,
-    tembChannels: temb,
+    tembChannels: r.timeEmbedDim,
     groups: r.groups,
     eps: r.eps,
     convShortcut: inCh !== outCh,
@@ -141,13 +137,17 @@ export function buildLayout(cfg: UNetConfig): UNetLayout {
     linearProjection: r.linearProjection,
     groups: r.groups,
   });
+  return { resnet, transformer };
+}
 
-  // Down path: every resnet and downsampler output is a skip; conv_in's output is skip 0.
+/** The down path: every resnet and downsampler output is a skip (conv_in's output is skip 0). */
+function downLayers(r: ResolvedConfig): { layers: LayoutLayer[]; skipCount: number; scale: number } {
+  const { resnet, transformer } = moduleSpecs(r);
+  const layers: LayoutLayer[] = [];
   let skip = 1;
   let scale = 1;
   for (const b of r.down) {
-    const block = b.index + 1;
-    const base = { stage: 'down' as const, block };
+    const base = { stage: 'down' as const, block: b.index + 1 };
     for (let k = 0; k < b.resnets; k++) {
       const inCh = k === 0 ? b.inChannels : b.outChannels;
       const res = resnet(`down_blocks.${b.index}.resnets.${k}`, inCh, b.outChannels);
@@ -173,27 +173,34 @@ export function buildLayout(cfg: UNetConfig): UNetLayout {
       layers.push(layer({ ...base, ...io, index: b.resnets + 1, role: 'downsampler', specs: [spec], emitsSkip: skip++ }));
     }
   }
-  const skipCount = skip;
+  return { layers, skipCount: skip, scale };
+}
 
+function midLayers(r: ResolvedConfig, scale: number): LayoutLayer[] {
+  const { resnet, transformer } = moduleSpecs(r);
   const m = r.mid;
   const mid = {
     stage: 'mid' as const,
-    block: n + 1,
+    block: r.numBlocks + 1,
     role: 'resnet' as const,
     inChannels: m.channels,
     outChannels: m.channels,
     outScale: scale,
   };
   const midAttn = transformer('mid_block.attentions.0', { ...m, outChannels: m.channels });
-  layers.push(
+  return [
     layer({ ...mid, index: 1, specs: [resnet('mid_block.resnets.0', m.channels, m.channels), midAttn] }),
     layer({ ...mid, index: 2, specs: [resnet('mid_block.resnets.1', m.channels, m.channels)] }),
-  );
+  ];
+}
 
-  // Up path: each resnet concatenates the most recent unconsumed skip.
+/** The up path: each resnet concatenates the most recent unconsumed skip (of `skipCount`). */
+function upLayers(r: ResolvedConfig, skipCount: number, scale: number): LayoutLayer[] {
+  const { resnet, transformer } = moduleSpecs(r);
+  const layers: LayoutLayer[] = [];
+  let skip = skipCount;
   for (const b of r.up) {
-    const block = n + 2 + b.index;
-    const base = { stage: 'up' as const, block };
+    const base = { stage: 'up' as const, block: r.numBlocks + 2 + b.index };
     for (let k = 0; k < b.resnets; k++) {
       const inCh = k === 0 ? b.prevOutputChannels : b.outChannels;
       const skipCh = k === b.resnets - 1 ? b.inChannels : b.outChannels;
@@ -224,7 +231,10 @@ export function buildLayout(cfg: UNetConfig): UNetLayout {
     // Only possible if up blocks do not have exactly one resnet more than their down blocks.
     throw new Error(`internal: ${skip} skip tensors left unconsumed by the up path`);
   }
+  return layers;
+}
 
+function stemEntries(r: ResolvedConfig): StemEntry[] {
   const c0 = r.blockOutChannels[0];
   const { in_channels, out_channels, conv_in_kernel, conv_out_kernel } = r.config;
   const stem: StemEntry[] = [
@@ -232,17 +242,21 @@ export function buildLayout(cfg: UNetConfig): UNetLayout {
       ...stemEntry({ kind: 'conv', path: 'conv_in', inChannels: in_channels, outChannels: c0, kernel: conv_in_kernel }),
       emitsSkip: 0,
     },
-    stemEntry({ kind: 'timestep_embedding', path: 'time_embedding', inChannels: r.timestepInputDim, outChannels: temb }),
+    stemEntry({ kind: 'timestep_embedding', path: 'time_embedding', inChannels: r.timestepInputDim, outChannels: r.timeEmbedDim }),
   ];
   if (r.addition) {
     const inChannels = r.addition.inputDim;
-    stem.push(stemEntry({ kind: 'timestep_embedding', path: 'add_embedding', inChannels, outChannels: temb }));
+    stem.push(stemEntry({ kind: 'timestep_embedding', path: 'add_embedding', inChannels, outChannels: r.timeEmbedDim }));
   }
   stem.push(
     stemEntry({ kind: 'groupnorm', path: 'conv_norm_out', channels: c0, groups: r.groups, eps: r.eps }),
     stemEntry({ kind: 'conv', path: 'conv_out', inChannels: c0, outChannels: out_channels, kernel: conv_out_kernel }),
   );
+  return stem;
+}
 
+/** Which layer emits and which consumes each skip (skip 0 is conv_in's output). */
+function skipTable(r: ResolvedConfig, layers: readonly LayoutLayer[], skipCount: number): Skip[] {
   const skips: Skip[] = [];
   for (let i = 0; i < skipCount; i++) {
     const producer = i === 0 ? undefined : layers.find((l) => l.emitsSkip === i);
@@ -252,11 +266,18 @@ export function buildLayout(cfg: UNetConfig): UNetLayout {
       index: i,
       producer: producer ? producer.id : 'conv_in',
       consumer: consumer.id,
-      channels: producer ? producer.outChannels : c0,
+      channels: producer ? producer.outChannels : r.blockOutChannels[0],
       scale: producer ? producer.outScale : 1,
     });
   }
-  return { resolved: r, layers, stem, skips };
+  return skips;
+}
+
+export function buildLayout(cfg: UNetConfig): UNetLayout {
+  const r = resolveConfig(cfg);
+  const down = downLayers(r);
+  const layers = [...down.layers, ...midLayers(r, down.scale), ...upLayers(r, down.skipCount, down.scale)];
+  return { resolved: r, layers, stem: stemEntries(r), skips: skipTable(r, layers, down.skipCount) };
 }
 
 function layer(fields: Omit<LayoutLayer, 'id' | 'modules'>): LayoutLayer {

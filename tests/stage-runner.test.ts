@@ -5,7 +5,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { STATE_FILE, Stage, StageRecord, readRunState, runStages } from '../runtime/personalize/stage-runner';
+import { RunSoFar, STATE_FILE, Stage, StageRecord, readRunState, runStages } from '../runtime/personalize/stage-runner';
 import { tempDir } from './support/fixture';
 
 interface Calls {
@@ -43,12 +43,12 @@ test('stage runner: runs, reuses, resumes a failed stage, starts over on a new k
   const log = (l: string) => lines.push(l);
 
   let calls = fresh();
-  let r = await runStages(dir, [fileStage(dir, 'a', 'k1', calls), fileStage(dir, 'b', 'k1', calls)], { log, total: 3 });
+  let r = await runStages(dir, [fileStage(dir, 'a', 'k1', calls), fileStage(dir, 'b', 'k1', calls)], { log });
   expect(r.results.map((x) => [x.name, x.status])).toEqual([
     ['a', 'ran'],
     ['b', 'ran'],
   ]);
-  expect(lines[0]).toMatch(/^\[1\/3\] a: a made {2}\(\d+\.\d s, peak RSS /);
+  expect(lines[0]).toMatch(/^\[1\/2\] a: a made {2}\(\d+\.\d s, peak RSS /);
   expect(readRunState(dir).stages.b).toMatchObject({ key: 'k1', done: true, summary: 'b made', data: { key: 'k1' } });
 
   // same keys, outputs in place: both reused, nothing cleaned or run
@@ -89,4 +89,33 @@ test('stage runner: runs, reuses, resumes a failed stage, starts over on a new k
   // an unreadable record starts from scratch
   fs.writeFileSync(path.join(dir, STATE_FILE), '{not json');
   expect(readRunState(dir)).toEqual({ version: 1, stages: {} });
+});
+
+test('stage runner: an `always` stage runs on every run, sees the stages before it and keeps no record', async () => {
+  const dir = tempDir('hollowc-stages-always-');
+  const seen: RunSoFar[] = [];
+  const report: Stage = {
+    name: 'report',
+    key: '',
+    always: true,
+    valid: () => true,
+    clean: () => {},
+    run: async (resuming, _record, soFar) => {
+      expect(resuming).toBe(false);
+      seen.push(soFar);
+      return { summary: `reported ${soFar.results.map((r) => `${r.name} ${r.status}`).join(', ')}` };
+    },
+  };
+  const lines: string[] = [];
+  for (let i = 0; i < 2; i++) {
+    const r = await runStages(dir, [fileStage(dir, 'a', 'k1', fresh()), report], { log: (l) => lines.push(l) });
+    expect(r.results.map((x) => [x.name, x.status])).toEqual([
+      ['a', i === 0 ? 'ran' : 'reused'],
+      ['report', 'ran'],
+    ]);
+    expect(r.peakRssBytes).toBe(Math.max(...r.results.filter((x) => x.status !== 'reused').map((x) => x.peakRssBytes)));
+  }
+  expect(seen.map((s) => s.results.map((r) => r.status))).toEqual([['ran'], ['reused']]);
+  expect(lines[1]).toMatch(/^\[2\/2\] report: reported a ran {2}\(\d+\.\d s, peak RSS /);
+  expect(Object.keys(readRunState(dir).stages)).toEqual(['a']);
 });

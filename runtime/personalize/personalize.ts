@@ -2,7 +2,7 @@
  * `hollowc personalize`: photos and a prompt in, a personalized LoRA, images and a report out —
  * the paper's workflow (4.3, 5.1) as one call on a pipeline folder. The stages, in order, each in
  * its own file under stages/: compile, prompts, photos, class images, store, train, export,
- * validation; then the report. Their keys (keys.ts) and the runner (stage-runner.ts) make a rerun
+ * validation, report. Their keys (keys.ts) and the runner (stage-runner.ts) make a rerun
  * reuse what is done, continue what was killed and redo what depends on a changed input. Every
  * input is checked (settings.ts) before anything in the run folder is touched; each stage opens
  * its models, uses them and releases them before the next one starts.
@@ -11,10 +11,9 @@ import * as path from 'path';
 import { lockFolder } from '../../compiler/folder-lock';
 import { CompileManifest } from '../../compiler/manifest';
 import { formatBytes } from '../progress';
-import { RssSampler } from '../rss';
 import { stageKeys } from './keys';
-import { prepareReport } from './run-report';
-import { DIFFUSERS_LORA_FILE, KOHYA_LORA_FILE, LOSS_SVG, REPORT_FILE, runFolder } from './run-folder';
+import { validationGallery } from './run-report';
+import { DIFFUSERS_LORA_FILE, KOHYA_LORA_FILE, REPORT_FILE, runFolder } from './run-folder';
 import { CompileStage, PersonalizeOptions, resolveSettings } from './settings';
 import { StageResult, runStages } from './stage-runner';
 import { classImagesStage } from './stages/class-images';
@@ -22,6 +21,7 @@ import { compileStage } from './stages/compile';
 import { StageContext, manifestOf } from './stages/context';
 import { exportStage } from './stages/export';
 import { photosStage } from './stages/photos';
+import { reportStage } from './stages/report';
 import { promptsStage } from './stages/prompts';
 import { storeStage } from './stages/store';
 import { trainStage } from './stages/train';
@@ -40,7 +40,7 @@ export interface PersonalizeResult {
   manifest: CompileManifest;
 }
 
-const STAGES = [compileStage, promptsStage, photosStage, classImagesStage, storeStage, trainStage, exportStage, validationStage];
+const STAGES = [compileStage, promptsStage, photosStage, classImagesStage, storeStage, trainStage, exportStage, validationStage, reportStage];
 
 /** `compile` builds the artifacts from the spec: the caller hands in the compiler (the runtime never imports it). */
 export async function personalize(options: PersonalizeOptions & { compile: CompileStage }): Promise<PersonalizeResult> {
@@ -60,50 +60,27 @@ export async function personalize(options: PersonalizeOptions & { compile: Compi
       compile: options.compile,
       findings: {},
     };
-    const total = STAGES.length + 1;
-    const { results, peakRssBytes: stagesPeak } = await runStages(
+    const { results, peakRssBytes } = await runStages(
       out,
       STAGES.map((make) => make(ctx)),
-      { log, total },
+      { log },
     );
-
-    const reportSampler = new RssSampler();
-    const reportStarted = Date.now();
-    const m = manifestOf(ctx);
-    const report = await prepareReport(s, dirs, m, ctx.findings);
-    const reportStage: StageResult = {
-      name: 'report',
-      status: 'ran',
-      summary: `${LOSS_SVG} and ${REPORT_FILE}`,
-      seconds: 0,
-      peakRssBytes: 0,
-    };
-    report.write(
-      [...results, { name: reportStage.name, status: reportStage.status, summary: reportStage.summary }],
-      Math.max(stagesPeak, reportSampler.peak),
-    );
-    reportStage.seconds = (Date.now() - reportStarted) / 1000;
-    reportStage.peakRssBytes = reportSampler.stop();
-    results.push(reportStage);
-    report.write(results, Math.max(stagesPeak, reportSampler.peak));
-    log(`[${total}/${total}] report: ${path.join(out, REPORT_FILE)}  (${reportStage.seconds.toFixed(1)} s)`);
-    const peak = Math.max(stagesPeak, reportStage.peakRssBytes);
     const top = results
       .filter((r) => r.status !== 'reused')
       .reduce<StageResult | undefined>((a, r) => (!a || r.peakRssBytes > a.peakRssBytes ? r : a), undefined);
     log(
-      `done in ${((Date.now() - runStarted) / 1000).toFixed(1)} s, peak RSS ${formatBytes(peak)}${top ? ` (in ${top.name})` : ''}; open ${path.join(out, REPORT_FILE)}`,
+      `done in ${((Date.now() - runStarted) / 1000).toFixed(1)} s, peak RSS ${formatBytes(peakRssBytes)}${top ? ` (in ${top.name})` : ''}; open ${path.join(out, REPORT_FILE)}`,
     );
     return {
       out,
       report: path.join(out, REPORT_FILE),
       lora: { diffusers: path.join(out, DIFFUSERS_LORA_FILE), kohya: path.join(out, KOHYA_LORA_FILE) },
-      images: report.images,
+      images: validationGallery(s, dirs).flatMap((v) => v.images.map((im) => path.join(out, im.src))),
       stages: results,
-      peakRssBytes: peak,
+      peakRssBytes,
       loss: ctx.findings.loss,
       subject: ctx.findings.subject,
-      manifest: m,
+      manifest: manifestOf(ctx),
     };
   } finally {
     release();

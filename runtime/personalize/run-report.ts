@@ -1,4 +1,4 @@
-/** The report of a personalize run: run/loss.svg and run/report.html, rewritten on every run (it is cheap). */
+/** The report of a personalize run: run/loss.svg and run/report.html, rewritten on every run (it is cheap: the report stage). */
 import * as fs from 'fs';
 import * as path from 'path';
 import sharp from 'sharp';
@@ -16,38 +16,47 @@ export interface RunReport {
   write(stages: ReportStage[], peakRssBytes: number): void;
 }
 
-/** Reads what the report shows (loss log, photo thumbnails, class images) once; `write` can then be called again cheaply. */
-export async function prepareReport(s: Settings, dirs: RunFolder, m: CompileManifest, findings: RunFindings): Promise<RunReport> {
-  const { out } = dirs;
-  const lossPoints: LossPoint[] = fs
+/** The loss log of the run's training, as loss.svg draws it. */
+function readLossPoints(dirs: RunFolder): LossPoint[] {
+  return fs
     .readFileSync(path.join(dirs.compiled, TRAIN_DIR, LOSS_LOG_FILE), 'utf8')
     .split('\n')
     .filter((l) => l.trim())
     .map((l) => JSON.parse(l) as LossPoint);
-  writeLossSvg(path.join(out, LOSS_SVG), lossPoints, `training loss, ${lossPoints.length} steps`);
+}
+
+async function photoThumbnails(s: Settings): Promise<ReportImage[]> {
   const thumb = async (file: string) =>
     `data:image/png;base64,${(await sharp(file).resize(256, 256, { fit: 'inside' }).png().toBuffer()).toString('base64')}`;
-  const photoImages: ReportImage[] = [];
-  for (const f of s.photoFiles) photoImages.push({ src: await thumb(f), caption: path.basename(f) });
-  const rel = (f: string) => path.relative(out, f).split(path.sep).join('/');
-  const validation = s.validationPrompts.map((p, i) => ({
+  const photos: ReportImage[] = [];
+  for (const f of s.photoFiles) photos.push({ src: await thumb(f), caption: path.basename(f) });
+  return photos;
+}
+
+/** Each validation prompt's images relative to the report: personalized, and for the first prompt the base model's. */
+export function validationGallery(s: Settings, dirs: RunFolder): { prompt: string; images: ReportImage[] }[] {
+  const rel = (f: string) => path.relative(dirs.out, f).split(path.sep).join('/');
+  return s.validationPrompts.map((p, i) => ({
     prompt: p,
     images: [
       { src: rel(validationImageFile(dirs, i, p)), caption: 'personalized' },
       ...(i === 0 ? [{ src: rel(validationImageFile(dirs, 0, p, true)), caption: 'base model (LoRA B = 0), same seed' }] : []),
     ],
   }));
-  const classImages: ReportImage[] =
-    s.classMode === 'generate'
-      ? fs
-          .readdirSync(dirs.classImages)
-          .filter((f) => f.endsWith('.png'))
-          .sort()
-          .slice(0, 8)
-          .map((f) => ({ src: rel(path.join(dirs.classImages, f)), caption: f }))
-      : [];
+}
+
+function classImageGallery(s: Settings, dirs: RunFolder): ReportImage[] {
+  if (s.classMode !== 'generate') return [];
+  return fs
+    .readdirSync(dirs.classImages)
+    .filter((f) => f.endsWith('.png'))
+    .sort()
+    .slice(0, 8)
+    .map((f) => ({ src: path.relative(dirs.out, path.join(dirs.classImages, f)).split(path.sep).join('/'), caption: f }));
+}
+
+function findingNotes({ loss, subject }: RunFindings): string[] {
   const notes: string[] = [];
-  const { loss, subject } = findings;
   if (loss)
     notes.push(
       `Loss on ${loss.records} precomputed instance samples (the photos), same noise and timesteps: ${loss.before.toFixed(5)} with the initial LoRA (B = 0, the base model), ${loss.after.toFixed(5)} after training (${(100 * (1 - loss.after / loss.before)).toFixed(1)}% lower).`,
@@ -56,8 +65,14 @@ export async function prepareReport(s: Settings, dirs: RunFolder, m: CompileMani
     notes.push(
       `RMS distance of the first validation prompt's final latents to the subject (the mean latent of the photos), same seed: base model ${subject.base.toFixed(4)}, personalized ${subject.personalized.toFixed(4)} (${(100 * (1 - subject.personalized / subject.base)).toFixed(1)}% closer).`,
     );
+  return notes;
+}
+
+function settingsTable(s: Settings, m: CompileManifest): [string, string][] {
   const o = s.options;
-  const settings: [string, string][] = [
+  const classImages =
+    s.classMode === 'generate' ? `${s.classCount} generated (${s.classSteps} steps)` : s.classMode === 'dir' ? `${s.classCount} from ${o.classDir}` : 'none';
+  return [
     ['model', `${s.folder.dir} (${s.folder.family}, ${m.parameters.full.toLocaleString('en-US')} UNet parameters)`],
     ['photos', `${s.photoFiles.length} in ${path.resolve(o.photos)}${s.flip ? ', and their mirror images' : ''}`],
     ['prompt', o.prompt],
@@ -71,38 +86,37 @@ export async function prepareReport(s: Settings, dirs: RunFolder, m: CompileMani
     ['LoRA', `rank ${m.lora.rank}, alpha ${m.lora.alpha}, ${m.lora.targets.filter((t) => t.trained).length} trained layers`],
     ['steps / lr', `${s.steps} / ${s.lr}`],
     ['samples', String(s.samples)],
-    [
-      'class images',
-      s.classMode === 'generate'
-        ? `${s.classCount} generated (${s.classSteps} steps)`
-        : s.classMode === 'dir'
-          ? `${s.classCount} from ${o.classDir}`
-          : 'none',
-    ],
+    ['class images', classImages],
     ['prior weight', String(s.priorWeight ?? m.training.priorWeight)],
     ['resolution', `${s.resolution}x${s.resolution} (latents ${s.latent.slice(1).join('x')})`],
     ['validation', `${s.validationPrompts.length} prompt(s), ${s.validationSteps} steps, guidance ${s.guidance}`],
     ['seed / ep', `${s.seed} / ${o.ep ?? 'cpu'}`],
   ];
+}
+
+/** Writes loss.svg and reads what the report shows (photo thumbnails, class images) once; `write` then writes report.html. */
+export async function prepareReport(s: Settings, dirs: RunFolder, m: CompileManifest, findings: RunFindings): Promise<RunReport> {
+  const lossPoints = readLossPoints(dirs);
+  writeLossSvg(path.join(dirs.out, LOSS_SVG), lossPoints, `training loss, ${lossPoints.length} steps`);
+  const photos = await photoThumbnails(s);
+  const validation = validationGallery(s, dirs);
+  const data = {
+    title: `hollowc personalize: "${s.options.prompt}"`,
+    settings: settingsTable(s, m),
+    lossSvgFile: LOSS_SVG,
+    notes: findingNotes(findings),
+    photos,
+    validation,
+    classImages: classImageGallery(s, dirs),
+    files: [
+      [DIFFUSERS_LORA_FILE, 'diffusers: pipe.load_lora_weights (0.21 and current)'],
+      [KOHYA_LORA_FILE, 'kohya: A1111, ComfyUI'],
+      [LOSS_SVG, 'loss per step'],
+      [`${COMPILED_DIR}/`, 'the compiled artifacts, the store, the checkpoints'],
+    ] as [string, string][],
+  };
   return {
-    images: validation.flatMap((v) => v.images.map((im) => path.join(out, im.src))),
-    write: (stages, peakRssBytes) =>
-      writeReport(path.join(out, REPORT_FILE), {
-        title: `hollowc personalize: "${o.prompt}"`,
-        settings,
-        stages,
-        lossSvgFile: LOSS_SVG,
-        notes,
-        photos: photoImages,
-        validation,
-        classImages,
-        files: [
-          [DIFFUSERS_LORA_FILE, 'diffusers: pipe.load_lora_weights (0.21 and current)'],
-          [KOHYA_LORA_FILE, 'kohya: A1111, ComfyUI'],
-          [LOSS_SVG, 'loss per step'],
-          [`${COMPILED_DIR}/`, 'the compiled artifacts, the store, the checkpoints'],
-        ],
-        peakRssBytes,
-      }),
+    images: validation.flatMap((v) => v.images.map((im) => path.join(dirs.out, im.src))),
+    write: (stages, peakRssBytes) => writeReport(path.join(dirs.out, REPORT_FILE), { ...data, stages, peakRssBytes }),
   };
 }

@@ -12,7 +12,17 @@ import { TRAINED_LORA_FILE } from '../../formats/lora-format';
 import { Stage, killPoint } from '../stage-runner';
 import { StageContext } from './context';
 
-export function trainStage(ctx: StageContext): Stage {
+/** What the train stage keeps in its record, to carry a run on to more steps or restore its loss. */
+interface TrainRecord {
+  lossBefore: number;
+  lossAfter: number;
+  lossRecords: number;
+  evalBatches: number;
+  trainLine: string;
+  stepsDone: number;
+}
+
+export function trainStage(ctx: StageContext): Stage<TrainRecord> {
   const { s, dirs, findings } = ctx;
   const { steps, lr, priorWeight } = s;
   const checkpoint = path.join(dirs.compiled, TRAIN_DIR, CHECKPOINT_FILE);
@@ -32,12 +42,9 @@ export function trainStage(ctx: StageContext): Stage {
       record.data.stepsDone < steps &&
       fs.existsSync(checkpoint),
     reused: (record) => {
-      if (typeof record.data?.lossBefore === 'number')
-        findings.loss = {
-          before: record.data.lossBefore,
-          after: record.data.lossAfter as number,
-          records: record.data.lossRecords as number,
-        };
+      const d = record.data;
+      if (typeof d?.lossBefore === 'number' && typeof d.lossAfter === 'number' && typeof d.lossRecords === 'number')
+        findings.loss = { before: d.lossBefore, after: d.lossAfter, records: d.lossRecords };
     },
     run: async (resuming, record) => {
       const resume = resuming && fs.existsSync(checkpoint);
@@ -68,7 +75,6 @@ export function trainStage(ctx: StageContext): Stage {
         lr,
         resume,
         restart: !resume,
-        checkpointEvery: Math.max(1, Math.ceil(steps / 10)),
         ep: s.options.ep,
         fallbackToCpu: s.options.fallbackToCpu,
         session: s.trainTuning,

@@ -29,7 +29,7 @@ export function validationImageFile(dirs: RunFolder, i: number, prompt: string, 
   return path.join(dirs.images, `${i}-${slug(prompt)}${base ? '-base' : ''}.png`);
 }
 
-export function validationStage(ctx: StageContext): Stage {
+export function validationStage(ctx: StageContext): Stage<{ subject: NonNullable<RunFindings['subject']> }> {
   const { s, dirs, findings } = ctx;
   const prompts = s.validationPrompts;
   return {
@@ -40,7 +40,8 @@ export function validationStage(ctx: StageContext): Stage {
       fs.existsSync(validationImageFile(dirs, 0, prompts[0], true)),
     clean: () => fs.rmSync(dirs.images, { recursive: true, force: true }),
     reused: (record) => {
-      if (record.data?.subject) findings.subject = record.data.subject as RunFindings['subject'];
+      const subject = record.data?.subject;
+      if (typeof subject?.base === 'number' && typeof subject.personalized === 'number') findings.subject = subject;
     },
     run: async () => {
       fs.mkdirSync(dirs.images, { recursive: true });
