@@ -3,8 +3,14 @@
  * layer over these; see the README's "Library" section for a worked example.
  */
 // Inspect and compile
-export { loadUNet, checkSpecFile, compileSpec, compileFromSpec, bakeCompiled } from './cli/compile';
-export type { LoadedUNet, CheckedSpec, CompileCliOptions } from './cli/compile';
+export { loadUNet } from './api/unet';
+export type { LoadedUNet } from './api/unet';
+export { checkSpecFile } from './api/spec';
+export type { CheckedSpec } from './api/spec';
+export { compileSpec, compileFromSpec } from './api/compile';
+export type { CompileOptions } from './api/compile';
+export { bakeCompiled } from './api/bake';
+export type { BakeResult } from './api/bake';
 export { inspectJson, inspectText } from './cli/inspect';
 export { analyzeUNet } from './passes/lib/analyze-unet';
 export type { UNetAnalysis, CutInfo } from './passes/lib/analyze-unet';

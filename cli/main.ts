@@ -8,6 +8,7 @@ import * as path from 'path';
 import { Command, CommanderError } from 'commander';
 import { SpecError } from '../dsl/diagnostics';
 import { rerunWithAllocatorSettings } from './allocator';
+import { registerBake } from './bake';
 import { registerCompile } from './compile';
 import { registerInspect } from './inspect';
 import { registerModelBuild } from './model-build';
@@ -42,6 +43,7 @@ export function buildProgram(): Command {
     .exitOverride();
   registerInspect(program);
   registerCompile(program);
+  registerBake(program);
   registerModelBuild(program);
   registerPrecompute(program);
   registerTrain(program);

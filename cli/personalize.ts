@@ -5,7 +5,7 @@
 import { Command, Option } from 'commander';
 import { ExecutionProvider } from '../runtime/ort/session';
 import { PersonalizeOptions, PersonalizeResult, personalize as runPersonalize } from '../runtime/personalize';
-import { compileFromSpec } from './compile';
+import { compileFromSpec } from '../api/compile';
 import { epOption, fallbackOption, parseCount, parseNumber, parseSeed, reportProvider, threadsOption } from './options';
 
 export type { PersonalizeOptions, PersonalizeResult };

@@ -15,9 +15,10 @@ import { recordLayout } from '../runtime/store/store-format';
 import { openPipelineFolder } from '../runtime/text-to-image/pipeline-folder';
 import { DEFAULT_TARGETS, defaultTrainingSettings } from '../models/training-defaults';
 import { matchesGlob } from '../dsl';
-import { LoadedUNet, checkSpecFile, loadUNet } from './compile';
+import { checkSpecFile } from '../api/spec';
+import { LoadedUNet, loadUNet } from '../api/unet';
 import { out, parseCount } from './options';
-import { trainingSettingsOf } from './spec-facts';
+import { trainingSettingsOf } from '../api/spec-facts';
 
 const storeRecordBytes = (latent: number[], activation: number[]) => recordLayout(latent, activation).recordBytes;
 

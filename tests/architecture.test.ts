@@ -8,7 +8,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 
 const ROOT = path.join(__dirname, '..');
-const LAYERS = ['compiler', 'models', 'passes', 'dsl', 'runtime', 'cli'] as const;
+const LAYERS = ['compiler', 'models', 'passes', 'dsl', 'runtime', 'api', 'cli'] as const;
 type Layer = (typeof LAYERS)[number];
 
 function sources(dir: string): string[] {
@@ -29,12 +29,15 @@ function importedLayers(file: string): { layer: string; spec: string }[] {
   }));
 }
 
+// api/ is the library's entries that wire the layers below (what each command does, as a
+// function); cli/ parses options over it.
 const FORBIDDEN: Record<Layer, readonly string[]> = {
-  compiler: ['models', 'passes', 'dsl', 'runtime', 'cli'],
-  models: ['passes', 'dsl', 'runtime', 'cli'],
-  passes: ['dsl', 'runtime', 'cli'],
-  dsl: ['passes', 'runtime', 'cli'],
-  runtime: ['passes', 'dsl', 'cli'],
+  compiler: ['models', 'passes', 'dsl', 'runtime', 'api', 'cli'],
+  models: ['passes', 'dsl', 'runtime', 'api', 'cli'],
+  passes: ['dsl', 'runtime', 'api', 'cli'],
+  dsl: ['passes', 'runtime', 'api', 'cli'],
+  runtime: ['passes', 'dsl', 'api', 'cli'],
+  api: ['cli'],
   cli: [],
 };
 

@@ -1,7 +1,8 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { spawnSync } from 'child_process';
-import { bakeCompiled, compileFromSpec } from '../cli/compile';
+import { bakeCompiled } from '../api/bake';
+import { compileFromSpec } from '../api/compile';
 import { loadModel } from '../compiler/serde';
 import { LoraModuleValues, readLoraFile, writeLoraFile } from '../runtime/formats/lora-file';
 import { readSafetensors, toFloat32 } from '../runtime/formats/safetensors';

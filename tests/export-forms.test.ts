@@ -11,7 +11,8 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { bakeCompiled, compileFromSpec } from '../cli/compile';
+import { bakeCompiled } from '../api/bake';
+import { compileFromSpec } from '../api/compile';
 import * as ort from 'onnxruntime-node';
 import { CompileManifest, TensorDescription } from '../compiler/manifest';
 import { NAME_SCOPES_KEY } from '../compiler/module-scope';

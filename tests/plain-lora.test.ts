@@ -8,7 +8,9 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
-import { checkSpecFile, compileSpec, loadUNet } from '../cli/compile';
+import { checkSpecFile } from '../api/spec';
+import { compileSpec } from '../api/compile';
+import { loadUNet } from '../api/unet';
 import { buildUNet } from '../models/builder/unet';
 import { FAMILIES } from '../models/families';
 import { precompute } from '../runtime/store/precompute';

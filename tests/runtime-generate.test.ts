@@ -7,7 +7,8 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
-import { bakeCompiled, compileFromSpec } from '../cli/compile';
+import { bakeCompiled } from '../api/bake';
+import { compileFromSpec } from '../api/compile';
 import { isLoraParam } from '../compiler/manifest';
 import { exportLora } from '../runtime/train/export-lora';
 import { readLoraFile } from '../runtime/formats/lora-file';
