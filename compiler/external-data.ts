@@ -2,6 +2,7 @@
  * External-data files: checking the ranges a model points at, and writing one data file that
  * one or several models reference. Bytes move in bounded chunks; nothing holds a whole tensor.
  */
+import { tempSibling } from './atomic-files';
 import * as fs from 'fs';
 import * as path from 'path';
 import { HollowcError } from './errors';
@@ -105,7 +106,7 @@ export class ExternalDataWriter {
   constructor(readonly file: string) {
     this.dir = path.dirname(path.resolve(file));
     this.location = path.basename(file);
-    this.tmp = `${path.resolve(file)}.tmp-${process.pid}-${Date.now()}`;
+    this.tmp = tempSibling(file);
   }
 
   /** Bytes written so far. */

@@ -9,6 +9,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
+import { TEMP_FILE_PATTERN } from './atomic-files';
 import { HollowcError } from './errors';
 
 export const LOCK_FILE = '.hollowc.lock';
@@ -73,9 +74,6 @@ export function lockFolder(dir: string, command: string, options: { create?: boo
   throw new HollowcError('could not take the folder lock (another process keeps taking it)', dir);
 }
 
-/** What writeFileAtomic and ExternalDataWriter name their temporary files. */
-const TEMP_FILE = /\.tmp-(\d+)-\d+$/;
-
 function removeDeadWritersTemps(dir: string, depth = 4): void {
   let entries: fs.Dirent[];
   try {
@@ -89,7 +87,7 @@ function removeDeadWritersTemps(dir: string, depth = 4): void {
       if (depth > 0) removeDeadWritersTemps(p, depth - 1);
       continue;
     }
-    const m = TEMP_FILE.exec(e.name);
+    const m = TEMP_FILE_PATTERN.exec(e.name);
     if (m && e.isFile() && !alive(Number(m[1]))) fs.rmSync(p, { force: true });
   }
 }

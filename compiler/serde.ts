@@ -2,6 +2,7 @@
  * Model files <-> IR. Weight bytes are never decoded: external-data tensors stay file ranges,
  * inline ones stay views into the model buffer, and saving copies ranges in bounded chunks.
  */
+import { writeFileAtomic } from './atomic-files';
 import * as fs from 'fs';
 import * as path from 'path';
 import { HollowcError } from './errors';
@@ -334,18 +335,6 @@ function defaultExternalData(model: Model, file: string): 'inline' | string {
     anyExternal ||= v.initializer!.data.kind === 'external';
   }
   return anyExternal || total > 256 * 2 ** 20 ? `${path.basename(file)}_data` : 'inline';
-}
-
-/** Writes to a temporary sibling and renames, so a reader never sees half a file. */
-export function writeFileAtomic(file: string, data: Uint8Array | string): void {
-  const tmp = `${file}.tmp-${process.pid}-${Date.now()}`;
-  try {
-    fs.writeFileSync(tmp, data);
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
 }
 
 function pairsToProto(p?: { key: string; value: string }[]): PStringPair[] | undefined {

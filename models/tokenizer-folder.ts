@@ -7,7 +7,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { HollowcError } from '../compiler/errors';
-import { writeFileAtomic } from '../compiler/serde';
+import { writeFileAtomic } from '../compiler/atomic-files';
 import { BOS_TOKEN, CLIP_MAX_LENGTH, clipMerges, clipTokenizerJson, clipVocabList, EOS_TOKEN, vocabObject } from './clip-bpe';
 
 /** SD 1.x and SDXL's first tokenizer pad with EOS; OpenCLIP ones (SD 2.x, SDXL's tokenizer_2) with `!` (id 0). */

@@ -25,7 +25,8 @@ import {
   loraParamNames,
 } from '../compiler/manifest';
 import { lockFolder } from '../compiler/folder-lock';
-import { loadModel, saveModel, writeFileAtomic } from '../compiler/serde';
+import { loadModel, saveModel } from '../compiler/serde';
+import { writeFileAtomic } from '../compiler/atomic-files';
 import { defaultTrainingSettings } from '../models/training-defaults';
 import { CutInfo, UNetAnalysis, analyzeUNet, isStandardDomain } from './lib/analyze-unet';
 import { ArtifactState, ChunkFields, LoraConfig, LoraParam, pickChunkFields } from './lib/artifact-state';

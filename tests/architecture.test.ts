@@ -50,6 +50,24 @@ test.each(LAYERS.map((l) => [l]))('%s/ imports only the layers below it', (layer
   expect(bad).toEqual([]);
 });
 
+/**
+ * What the runtime may use of compiler/: the artifact contract, errors, files written whole and the
+ * folder lock, and the graph IR and its reader (to read an artifact's inputs). Never the passes'
+ * machinery (pass driver, builders, shape inference, clone).
+ */
+const RUNTIME_MAY_USE_COMPILER = ['manifest', 'errors', 'atomic-files', 'folder-lock', 'dtype', 'float16', 'ir', 'serde'];
+
+test("runtime/ uses only compiler/'s contract, file and IR modules", () => {
+  const bad = sources('runtime').flatMap((file) =>
+    importedLayers(file)
+      .filter((i) => i.layer === 'compiler')
+      .map((i) => path.basename(i.spec))
+      .filter((m) => !RUNTIME_MAY_USE_COMPILER.includes(m))
+      .map((m) => `${file} imports compiler/${m}`),
+  );
+  expect(bad).toEqual([]);
+});
+
 test('the artifact contract names are spelled only in compiler/manifest.ts', () => {
   // String literals of the names that cross the compile/run boundary.
   const NAMES =

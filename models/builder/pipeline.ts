@@ -14,7 +14,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { HollowcError } from '../../compiler/errors';
-import { writeFileAtomic } from '../../compiler/serde';
+import { writeFileAtomic } from '../../compiler/atomic-files';
 import { FamilyName, isFamilyName, FAMILY_NAMES } from '../families';
 import { DIFFUSERS_VERSION, pipelineVariant, PipelineSize, PipelineVariant } from '../pipeline-families';
 import { hashString } from '../random';

@@ -8,7 +8,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import sharp, { type Metadata, type OutputInfo } from 'sharp';
 import { HollowcError } from '../../compiler/errors';
-import { writeFileAtomic } from '../../compiler/serde';
+import { writeFileAtomic } from '../../compiler/atomic-files';
 
 export const IMAGE_EXTENSIONS: readonly string[] = ['.jpg', '.jpeg', '.png', '.webp'];
 const FORMATS: ReadonlySet<string> = new Set(['jpeg', 'png', 'webp']);

@@ -4,7 +4,7 @@
  */
 import * as fs from 'fs';
 import { HollowcError } from '../../compiler/errors';
-import { writeFileAtomic } from '../../compiler/serde';
+import { writeFileAtomic } from '../../compiler/atomic-files';
 
 export type NpyData = Float32Array | Float64Array | Int32Array | BigInt64Array | Uint8Array | Int8Array | Int16Array | Uint16Array;
 

@@ -3,7 +3,7 @@
  * self-contained report.html (settings, stages with their times and peak memory, the loss curve,
  * the input photos next to the validation images). No scripts, no network: it opens from disk.
  */
-import { writeFileAtomic } from '../../compiler/serde';
+import { writeFileAtomic } from '../../compiler/atomic-files';
 import { formatBytes } from '../progress';
 
 export interface LossPoint {

@@ -9,7 +9,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { writeFileAtomic } from '../../compiler/serde';
+import { writeFileAtomic } from '../../compiler/atomic-files';
 import { formatBytes } from '../progress';
 import { RssSampler } from '../rss';
 

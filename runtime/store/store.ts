@@ -35,7 +35,7 @@ import * as path from 'path';
 import * as zlib from 'zlib';
 import { HollowcError } from '../../compiler/errors';
 import { HOLLOW_ACTIVATION, TARGET } from '../../compiler/manifest';
-import { writeFileAtomic } from '../../compiler/serde';
+import { writeFileAtomic } from '../../compiler/atomic-files';
 import { float32Tensor, readSafetensors, SafeTensor, toFloat32, writeSafetensors } from '../formats/safetensors';
 import type { Conditioning } from '../sampling/conditioning';
 import { RECORD_MAGIC, Z_T, crc32Table, recordLayout, recordProblem } from './store-format';

@@ -14,7 +14,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { HollowcError } from '../../compiler/errors';
 import { expAvgName, expAvgSqName } from '../../compiler/manifest';
-import { writeFileAtomic } from '../../compiler/serde';
+import { writeFileAtomic } from '../../compiler/atomic-files';
 import { float32Tensor, readSafetensors, SafeTensor, toFloat32, writeSafetensors } from '../formats/safetensors';
 
 export const TRAIN_DIR = 'train';

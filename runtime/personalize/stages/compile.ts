@@ -2,7 +2,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { MANIFEST_FILE } from '../../../compiler/manifest';
-import { writeFileAtomic } from '../../../compiler/serde';
+import { writeFileAtomic } from '../../../compiler/atomic-files';
 import { LORA_INIT_FILE } from '../../formats/lora-format';
 import { Stage, killPoint } from '../stage-runner';
 import { StageContext } from './context';
