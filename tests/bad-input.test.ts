@@ -13,6 +13,7 @@ import { decodeModelProto, encodeModelProto, PModel } from '../compiler/proto';
 import { buildUNet } from '../models/builder';
 import { FAMILIES } from '../models/families';
 import { loadImage } from '../runtime/formats/images';
+import { writeNpy } from '../runtime/formats/npy';
 import { float32Tensor, writeSafetensors } from '../runtime/formats/safetensors';
 import { runCli } from './support/cli';
 import { tempDir } from './support/fixture';
@@ -377,6 +378,135 @@ const CASES: Case[] = [
     output: () => path.join(root, 'folders', 'dtype'),
   },
 
+  {
+    name: 'store: records file cut back to fewer records than precompute wrote',
+    args: () => ['train', storeVariant('cut', (store) => fs.truncateSync(path.join(store, 'records.bin'), 4 * recordBytes(store)))],
+    message: /records\.bin: holds 4 records but its precompute finished with 6 \(the file was cut short\); run hollowc precompute again/,
+    output: () => path.join(root, 'folders', 'cut'),
+  },
+  {
+    name: 'store: precompute stopped before its count (killed, out of space)',
+    args: () => [
+      'train',
+      storeVariant('unfinished', (store) => fs.writeFileSync(path.join(store, 'progress.json'), '{"count":9,"finished":false}')),
+    ],
+    message: /records\.bin: the store is unfinished: its precompute stopped after 6 of 9 records; run hollowc precompute again/,
+    output: () => path.join(root, 'folders', 'unfinished'),
+  },
+  {
+    name: 'store: no record of what its precompute completed',
+    args: () => ['train', storeVariant('no-progress', (store) => fs.rmSync(path.join(store, 'progress.json')))],
+    message: /progress\.json: missing: no precompute finished this store/,
+    output: () => path.join(root, 'folders', 'no-progress'),
+  },
+
+  // The user's data for precompute: checked before anything is written (a new --store stays
+  // absent, an existing store byte-identical)
+  {
+    name: 'data: latents of another shape than the compiled one',
+    args: () => precomputeInto('latent-shape', dataVariant('latent-shape', allLatents([4, 15, 16]))),
+    message:
+      /latents\/0\.npy: the latent is \[4, 15, 16\], this folder expects \[4, 16, 16\] \(the spec's `shape sample \[1, 4, 16, 16\]` line\)/,
+    output: () => newStore('latent-shape'),
+  },
+  {
+    name: 'data: latents of another shape, over an existing store',
+    args: () => [
+      'precompute',
+      folderCopy('pre-shape'),
+      '--data',
+      dataVariant('all-latents-shape', allLatents([4, 15, 16])),
+      '--count',
+      '8',
+    ],
+    message: 'this folder expects [4, 16, 16]',
+    output: () => path.join(root, 'folders', 'pre-shape'),
+  },
+  {
+    name: 'data: prompt embeddings of another width',
+    args: () =>
+      precomputeInto(
+        'prompt-width',
+        dataVariant('prompt-width', (d) => ['instance_prompt.npy', 'class_prompt.npy'].forEach((f) => latent(d, f, [7, 17]))),
+      ),
+    message: /instance_prompt\.npy: the instance prompt's encoder_hidden_states is \[7, 17\], this folder expects \[7, 32\]/,
+    output: () => newStore('prompt-width'),
+  },
+  {
+    name: 'data: prompt embeddings of another length',
+    args: () =>
+      precomputeInto(
+        'prompt-length',
+        dataVariant('prompt-length', (d) => ['instance_prompt.npy', 'class_prompt.npy'].forEach((f) => latent(d, f, [5, 32]))),
+      ),
+    message: 'encoder_hidden_states is [5, 32], this folder expects [7, 32]',
+    output: () => newStore('prompt-length'),
+  },
+  {
+    name: 'data: an image among the latents',
+    args: () =>
+      precomputeInto(
+        'image',
+        dataVariant('image', (d) => fs.writeFileSync(path.join(d, 'latents', '2.png'), 'png')),
+      ),
+    message: /latents\/2\.png: is an image, not a latent: turn images into latents with hollowc encode/,
+    output: () => newStore('image'),
+  },
+  {
+    name: 'data: a latents folder with a file that is not .npy',
+    args: () =>
+      precomputeInto(
+        'stray',
+        dataVariant('stray', (d) => fs.writeFileSync(path.join(d, 'latents', '2.npz'), 'npz')),
+      ),
+    message: /latents\/2\.npz: is not a \.npy latent/,
+    output: () => newStore('stray'),
+  },
+  {
+    name: 'data: a latents batch that is neither .npy nor .safetensors',
+    args: () =>
+      precomputeInto(
+        'batch-pt',
+        write('data-variants/latents.pt', 'torch'),
+        '--instance-prompt',
+        path.join(data, 'instance_prompt.npy'),
+        '--class-prompt',
+        path.join(data, 'class_prompt.npy'),
+      ),
+    message: /latents\.pt: expected a \.npy or \.safetensors latents batch/,
+    output: () => newStore('batch-pt'),
+  },
+  {
+    name: 'data: a latent that is not a .npy inside',
+    args: () =>
+      precomputeInto(
+        'not-npy',
+        dataVariant('not-npy', (d) => fs.writeFileSync(path.join(d, 'latents', '1.npy'), 'not numpy')),
+      ),
+    message: /latents\/1\.npy: not a \.npy file/,
+    output: () => newStore('not-npy'),
+  },
+  {
+    name: 'data: NaN in a latent',
+    args: () =>
+      precomputeInto(
+        'nan',
+        dataVariant('nan', (d) => latent(d, 'latents/1.npy', [4, 16, 16], NaN)),
+      ),
+    message: /latents\/1\.npy: value 0 is NaN: expected finite numbers/,
+    output: () => newStore('nan'),
+  },
+  {
+    name: 'data: class latents of another shape than the instance latents',
+    args: () =>
+      precomputeInto(
+        'class-shape',
+        dataVariant('class-shape', (d) => latent(d, 'class_latents/0.npy', [4, 8, 8])),
+      ),
+    message: /class_latents\/0\.npy: latent is \[4, 8, 8\], 0\.npy \[4, 16, 16\]: all samples need one shape/,
+    output: () => newStore('class-shape'),
+  },
+
   // LoRA / safetensors
   {
     name: 'lora: header length beyond the file',
@@ -546,6 +676,44 @@ function damagedStore(name: 'crc' | 'dtype'): string {
   }
   return dir;
 }
+
+/** A copy of the compiled folder whose store has one thing changed; the folder. */
+function storeVariant(name: string, edit: (store: string) => void): string {
+  const dir = folderCopy(name);
+  edit(path.join(dir, 'store'));
+  return dir;
+}
+
+const recordBytes = (store: string) => JSON.parse(fs.readFileSync(path.join(store, 'store.json'), 'utf8')).recordBytes as number;
+
+/** A copy of the data folder with one thing changed. */
+function dataVariant(name: string, edit: (dir: string) => void): string {
+  const dir = path.join(root, 'data-variants', name);
+  fs.cpSync(data, dir, { recursive: true });
+  edit(dir);
+  return dir;
+}
+
+/** Writes a float32 .npy of `shape` (zeros, or `fill`) at `rel` inside `dir`. */
+function latent(dir: string, rel: string, shape: number[], fill = 0): void {
+  writeNpy(path.join(dir, rel), { dtype: 'float32', shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(fill) });
+}
+
+/** Every latent of the data folder (instance and class) at `shape`. */
+const allLatents = (shape: number[]) => (dir: string) =>
+  ['latents', 'class_latents'].forEach((sub) => fs.readdirSync(path.join(dir, sub)).forEach((f) => latent(dir, `${sub}/${f}`, shape)));
+
+const newStore = (name: string) => path.join(root, 'new-stores', name);
+/** precompute of the compiled folder into a store of its own that does not exist yet. */
+const precomputeInto = (name: string, dataPath: string, ...extra: string[]) => [
+  'precompute',
+  folder.out,
+  '--data',
+  dataPath,
+  '--store',
+  newStore(name),
+  ...extra,
+];
 
 function otherCompileStore(): string {
   const dir = folderCopy('other');

@@ -19,6 +19,7 @@ import { buildUNet } from '../models/builder';
 import { FAMILIES } from '../models/families';
 import { Rng } from '../models/random';
 import { precompute } from '../runtime/store/precompute';
+import { Store } from '../runtime/store/store';
 import { loadTrainingData } from '../runtime/store/training-data';
 import { train } from '../runtime/train/train';
 import { tempDir } from './support/fixture';
@@ -129,6 +130,22 @@ beforeAll(async () => {
   data = writeData(path.join(root, 'data'), 'sd15', { instances: 3, classes: 2 });
 });
 
+/** The records of the store in `dir` if it passes train's checks (Store.verify), else why not; undefined without a store. */
+function verifiedRecords(dir: string): number | string | undefined {
+  if (!Store.exists(dir)) return undefined;
+  try {
+    const { store } = Store.open(dir, { readOnly: true });
+    try {
+      store.verify();
+      return store.count;
+    } finally {
+      store.close();
+    }
+  } catch (e) {
+    return (e as Error).message;
+  }
+}
+
 /** A fresh copy of the compiled tiny folder (no store, no training). */
 function copyOfFolder(name: string): string {
   const dir = path.join(root, 'copies', name);
@@ -169,6 +186,9 @@ describe('kill -9 at seeded random moments, then rerun', () => {
       const ms = delay(total);
       const killed = await killedAfter(['precompute', out, '--data', data, '--count', '40'], ms);
       points.push(`precompute at ${ms} ms (${killed.signal ?? `exit ${killed.code}`})`);
+      // what the kill left passes train's check only when it holds all 40 records
+      const left = verifiedRecords(path.join(out, 'store'));
+      if (typeof left === 'number') expect(left).toBe(40);
       const again = await run(['precompute', out, '--data', data, '--count', '40']);
       expect(again.code).toBe(0);
       expect(digest(path.join(out, 'store'))).toEqual(want);
@@ -240,6 +260,7 @@ describe('kill -9 at seeded random moments, then rerun', () => {
     const recordBytes = JSON.parse(fs.readFileSync(path.join(straight, 'store', 'store.json'), 'utf8')).recordBytes as number;
     const r = await run(['precompute', out, '--data', data, '--count', '30'], { fileSizeLimit: 12 * recordBytes + recordBytes / 2 });
     expectOneLineError(r, /records\.bin: short write .*out of space/);
+    expectOneLineError(await run(['train', out]), /records\.bin: the store is unfinished: its precompute stopped after 12 of 30 records/);
     const again = await run(['precompute', out, '--data', data, '--count', '30']);
     expect(again.code).toBe(0);
     expect(digest(path.join(out, 'store'))).toEqual(digest(path.join(straight, 'store')));

@@ -10,6 +10,10 @@
  * ones class samples (DreamBooth's instance/class pairs), each list cycled. Its t and eps come from
  * the stream `precompute/<i>` of the seed. So a rerun after a crash, or with a larger --count,
  * appends exactly what one uninterrupted run would have written.
+ *
+ * Before anything is written the data are checked against the folder's compiled shapes
+ * (data-checks.ts) and an existing store against the data (its fingerprint); the store's
+ * progress.json says how many records the run aims at until it has them all.
  */
 import * as crypto from 'crypto';
 import * as path from 'path';
@@ -17,7 +21,16 @@ import type * as ort from 'onnxruntime-node';
 import { HollowcError } from '../../compiler/errors';
 import { withFolderLockAsync } from '../../compiler/folder-lock';
 import { Rng, fillNormal, uniformOpen } from '../../models/random';
-import { CompileManifest, HOLLOW_ACTIVATION, TIME_IDS, TensorDescription } from '../../compiler/manifest';
+import {
+  CompileManifest,
+  ENCODER_HIDDEN_STATES,
+  HOLLOW_ACTIVATION,
+  SAMPLE,
+  TEXT_EMBEDS,
+  TIMESTEP,
+  TIME_IDS,
+  TensorDescription,
+} from '../../compiler/manifest';
 import { float32Data, loadManifest, requireArtifact, tensorFor, timestepFor } from '../ort/artifacts';
 import { NoiseSchedule, Prediction } from '../sampling/noise-schedule';
 import { defaultTimeIds } from '../sampling/conditioning';
@@ -25,6 +38,7 @@ import { ExecutionProvider, SessionTuning, createSession, withArtifactConfig } f
 import { Store } from './store';
 import type { Conditioning } from '../sampling/conditioning';
 import { STORE_DIR } from './store-format';
+import { checkDataFitsFolder } from './data-checks';
 import type { TrainingData } from './training-data';
 
 export const INSTANCE_COND = 0;
@@ -79,8 +93,6 @@ export function drawNoise(seed: number, i: number, timesteps: number, latentSize
   return { t, eps };
 }
 
-/** SDXL's time_ids when none are given: original size = target size = the image size, no crop. */
-/** What a store remembers of the compile it was precomputed for; training checks it. */
 /** The class prompt's conditioning in the store of compiled folder `out` (the default store), if it has one. */
 export function storedClassConditioning(out: string): Conditioning | undefined {
   const where = path.join(out, STORE_DIR);
@@ -93,6 +105,7 @@ export function storedClassConditioning(out: string): Conditioning | undefined {
   }
 }
 
+/** What a store remembers of the compile it was precomputed for; training checks it. */
 export function storeCompileStamp(manifest: CompileManifest): { precompute?: string; cut: string | null; model: string } {
   return { precompute: manifest.artifacts.precompute?.file, cut: manifest.cut?.lastKeptDown ?? null, model: manifest.model.sha256 };
 }
@@ -113,46 +126,19 @@ function storeFingerprint(manifest: CompileManifest, data: TrainingData, seed: n
     .digest('hex');
 }
 
-/** Checks the data against the shapes train.onnx was specialized to, when the folder has it. */
-function checkAgainstTraining(manifest: CompileManifest, data: TrainingData): void {
-  const inputs = manifest.artifacts.train?.inputs;
-  if (!inputs) return;
-  const latent = data.instanceLatents[0].shape;
-  const sample = inputs.find((i) => i.name === 'sample');
-  if (sample && sample.shape.slice(1).every((d) => typeof d === 'number') && sample.shape.slice(1).join() !== latent.join()) {
-    throw new HollowcError(
-      `latents are [${latent}] but train.onnx was compiled for samples [${sample.shape.slice(1)}] (the spec's \`shape sample\` line)`,
-      data.sources.latents,
-    );
-  }
-  const ehs = inputs.find((i) => i.name === 'encoder_hidden_states');
-  const cond = data.instance.encoderHiddenStates.shape;
-  if (ehs && ehs.shape.slice(1).every((d) => typeof d === 'number') && ehs.shape.slice(1).join() !== cond.join()) {
-    throw new HollowcError(
-      `prompt embeddings are [${cond}] but train.onnx was compiled for encoder_hidden_states [${ehs.shape.slice(1)}]`,
-      data.sources.instance,
-    );
-  }
-}
-
 /** precompute.onnx's conditioning inputs (batch 1) for one prompt. */
 function conditioningFeeds(
-  family: string,
   inputs: readonly TensorDescription[],
   c: Conditioning,
   timeIds: Float32Array | undefined,
 ): Record<string, ort.Tensor> {
   const feeds: Record<string, ort.Tensor> = {};
   for (const input of inputs) {
-    if (input.name === 'encoder_hidden_states')
+    if (input.name === ENCODER_HIDDEN_STATES)
       feeds[input.name] = tensorFor(input, c.encoderHiddenStates.data, [1, ...c.encoderHiddenStates.shape]);
-    else if (input.name === 'text_embeds') {
-      if (!c.textEmbeds)
-        throw new HollowcError(
-          `this ${family} UNet needs text_embeds (pooled prompt embeddings): give <prompt>.text_embeds.npy or a .safetensors prompt`,
-        );
-      feeds[input.name] = tensorFor(input, c.textEmbeds.data, [1, ...c.textEmbeds.shape]);
-    } else if (input.name === TIME_IDS) feeds[input.name] = tensorFor(input, timeIds!, [1, timeIds!.length]);
+    // checkDataFitsFolder made sure the prompt has text_embeds when the UNet takes them
+    else if (input.name === TEXT_EMBEDS) feeds[input.name] = tensorFor(input, c.textEmbeds!.data, [1, ...c.textEmbeds!.shape]);
+    else if (input.name === TIME_IDS) feeds[input.name] = tensorFor(input, timeIds!, [1, timeIds!.length]);
   }
   return feeds;
 }
@@ -177,108 +163,150 @@ export function precompute(options: PrecomputeOptions): Promise<PrecomputeResult
   return withFolderLockAsync(options.out, 'hollowc precompute', () => precomputeUnlocked(options));
 }
 
-async function precomputeUnlocked(options: PrecomputeOptions): Promise<PrecomputeResult> {
-  const started = Date.now();
+/** Everything a precompute run needs, read and checked before anything is written. */
+interface PrecomputeJob {
+  manifest: CompileManifest;
+  /** precompute.onnx; none for `hollow none` (plain LoRA fine-tuning), whose store holds no activation */
+  artifact?: ReturnType<typeof requireArtifact>;
+  data: TrainingData;
+  count: number;
+  seed: number;
+  prediction: Prediction;
+  schedule: NoiseSchedule;
+  latentShape: number[];
+  timeIds?: Float32Array;
+  fingerprint: string;
+  storeDir: string;
+}
+
+function preparePrecompute(options: PrecomputeOptions): PrecomputeJob {
   const manifest = loadManifest(options.out);
-  // `hollow none` (plain LoRA fine-tuning) has no hollow activation: its store holds z_t, t, the
-  // targets and the conditioning, and precompute runs no model.
   const artifact = manifest.cut ? requireArtifact(options.out, manifest, 'precompute', 'precompute') : undefined;
-  const settings = manifest.training;
-  const seed = options.seed ?? settings.seed;
+  const seed = options.seed ?? manifest.training.seed;
   const data = options.data;
   if (!(Number.isInteger(options.count) && options.count > 0))
     throw new HollowcError(`--count must be a positive integer, got ${options.count}`);
-  checkAgainstTraining(manifest, data);
-  const schedule = NoiseSchedule.forFamily(manifest.family);
+  checkDataFitsFolder(manifest, data);
   const latentShape = data.instanceLatents[0].shape;
-  const latentSize = latentShape.reduce((a, b) => a * b, 1);
   const sdxl = Object.values(manifest.artifacts).some((a) => a?.inputs.some((i) => i.name === TIME_IDS));
-  const timeIds = sdxl ? (data.timeIds ?? defaultTimeIds(latentShape)) : undefined;
-  const fingerprint = storeFingerprint(manifest, data, seed, settings.prediction);
   const storeDir = options.storeDir ?? path.join(options.out, STORE_DIR);
-
-  let store: Store | undefined;
-  let repaired = { bytes: 0, records: 0 };
+  const fingerprint = storeFingerprint(manifest, data, seed, manifest.training.prediction);
+  // an existing store is checked on its header alone: opening it for writing may repair its end
   if (Store.exists(storeDir)) {
-    const opened = Store.open(storeDir);
-    store = opened.store;
-    repaired = opened.repaired;
-    if (store.header.fingerprint !== fingerprint) {
-      store.close();
+    const header = Store.readHeader(storeDir);
+    if (header.fingerprint !== fingerprint)
       throw new HollowcError(
-        `this store was made from other data, seed, prediction type or model (store seed ${store.header.seed}, now ${seed}); delete it or pass --store <dir> to start another`,
+        `this store was made from other data, seed, prediction type or model (store seed ${header.seed}, now ${seed}); delete it or pass --store <dir> to start another`,
         storeDir,
       );
-    }
   }
-  const existing = store?.count ?? 0;
-  const session =
-    existing < options.count && artifact
-      ? await createSession(
-          artifact.path,
-          withArtifactConfig({ ...options.session, ep: options.ep, fallbackToCpu: options.fallbackToCpu }, artifact),
-        )
-      : undefined;
-  const classFeeds = artifact ? conditioningFeeds(manifest.family, artifact.inputs, data.class, timeIds) : {};
-  const sampleDesc = artifact?.inputs.find((i) => i.name === 'sample');
-  const timestepDesc = artifact?.inputs.find((i) => i.name === 'timestep');
-  let added = 0;
+  return {
+    manifest,
+    artifact,
+    data,
+    count: options.count,
+    seed,
+    prediction: manifest.training.prediction,
+    schedule: NoiseSchedule.forFamily(manifest.family),
+    latentShape,
+    timeIds: sdxl ? (data.timeIds ?? defaultTimeIds(latentShape)) : undefined,
+    fingerprint,
+    storeDir,
+  };
+}
+
+/** A new store for the job, sized by the first record's activation. */
+function createStore(job: PrecomputeJob, activationShape: number[]): Store {
+  const { data, timeIds } = job;
+  return Store.create(
+    job.storeDir,
+    {
+      latentShape: job.latentShape,
+      activationShape,
+      family: job.manifest.family,
+      prediction: job.prediction,
+      seed: job.seed,
+      fingerprint: job.fingerprint,
+      conditionings: [
+        { id: INSTANCE_COND, role: 'instance', source: data.sources.instance },
+        { id: CLASS_COND, role: 'class', source: data.sources.class },
+      ],
+      instanceSamples: data.instanceLatents.map((l) => l.name),
+      classSamples: data.classLatents.map((l) => l.name),
+      ...(timeIds ? { timeIds: [...timeIds] } : {}),
+      extra: storeCompileStamp(job.manifest),
+    },
+    new Map([
+      [INSTANCE_COND, data.instance],
+      [CLASS_COND, data.class],
+    ]),
+    job.count,
+  );
+}
+
+/** Appends records `held.store.count` (0 without a store) .. job.count - 1; the store is created on the first record. */
+async function appendRecords(
+  job: PrecomputeJob,
+  held: { store?: Store },
+  session: ort.InferenceSession | undefined,
+  onRecord: PrecomputeOptions['onRecord'],
+): Promise<void> {
+  const { artifact, data, schedule, latentShape } = job;
+  const latentSize = latentShape.reduce((a, b) => a * b, 1);
+  const classFeeds = artifact ? conditioningFeeds(artifact.inputs, data.class, job.timeIds) : {};
+  const sampleDesc = artifact?.inputs.find((i) => i.name === SAMPLE);
+  const timestepDesc = artifact?.inputs.find((i) => i.name === TIMESTEP);
+  for (let i = held.store?.count ?? 0; i < job.count; i++) {
+    const plan = planRecord(i, data.instanceLatents.length, data.classLatents.length);
+    const z = (plan.isClass ? data.classLatents : data.instanceLatents)[plan.sampleId].data;
+    const { t, eps } = drawNoise(job.seed, i, schedule.numTrainTimesteps, latentSize);
+    const zt = schedule.addNoise(z, eps, t);
+    const target = schedule.target(job.prediction, z, eps, t);
+    const { activation, activationShape } = artifact
+      ? await hollowActivation(session!, artifact.path, {
+          ...classFeeds,
+          sample: tensorFor(sampleDesc, zt, [1, ...latentShape]),
+          timestep: timestepFor(timestepDesc, [t]),
+        })
+      : NO_ACTIVATION;
+    held.store ??= createStore(job, activationShape);
+    held.store.append({ sampleId: plan.sampleId, condId: plan.condId, isClass: plan.isClass, timestep: t, zt, target, activation });
+    onRecord?.(i + 1, job.count);
+  }
+}
+
+async function precomputeUnlocked(options: PrecomputeOptions): Promise<PrecomputeResult> {
+  const started = Date.now();
+  const job = preparePrecompute(options);
+  const opened = Store.exists(job.storeDir) ? Store.open(job.storeDir) : undefined;
+  const held = { store: opened?.store };
+  const existing = held.store?.count ?? 0;
+  let session: ort.InferenceSession | undefined;
   try {
-    for (let i = existing; i < options.count; i++) {
-      const plan = planRecord(i, data.instanceLatents.length, data.classLatents.length);
-      const z = (plan.isClass ? data.classLatents : data.instanceLatents)[plan.sampleId].data;
-      const { t, eps } = drawNoise(seed, i, schedule.numTrainTimesteps, latentSize);
-      const zt = schedule.addNoise(z, eps, t);
-      const target = schedule.target(settings.prediction, z, eps, t);
-      const { activation, activationShape } = artifact
-        ? await hollowActivation(session!, artifact.path, {
-            ...classFeeds,
-            sample: tensorFor(sampleDesc, zt, [1, ...latentShape]),
-            timestep: timestepFor(timestepDesc, [t]),
-          })
-        : NO_ACTIVATION;
-      if (!store) {
-        store = Store.create(
-          storeDir,
-          {
-            latentShape,
-            activationShape,
-            family: manifest.family,
-            prediction: settings.prediction,
-            seed,
-            fingerprint,
-            conditionings: [
-              { id: INSTANCE_COND, role: 'instance', source: data.sources.instance },
-              { id: CLASS_COND, role: 'class', source: data.sources.class },
-            ],
-            instanceSamples: data.instanceLatents.map((l) => l.name),
-            classSamples: data.classLatents.map((l) => l.name),
-            ...(timeIds ? { timeIds: [...timeIds] } : {}),
-            extra: storeCompileStamp(manifest),
-          },
-          new Map([
-            [INSTANCE_COND, data.instance],
-            [CLASS_COND, data.class],
-          ]),
+    if (existing < job.count) {
+      if (job.artifact)
+        session = await createSession(
+          job.artifact.path,
+          withArtifactConfig({ ...options.session, ep: options.ep, fallbackToCpu: options.fallbackToCpu }, job.artifact),
         );
-      }
-      store.append({ sampleId: plan.sampleId, condId: plan.condId, isClass: plan.isClass, timestep: t, zt, target, activation });
-      added++;
-      options.onRecord?.(i + 1, options.count);
+      held.store?.fillTowards(job.count);
+      await appendRecords(job, held, session, options.onRecord);
     }
-    const size = store!.sizeBytes();
+    const store = held.store!;
+    store.finish();
+    const size = store.sizeBytes();
     return {
-      storeDir,
+      storeDir: job.storeDir,
       existing,
-      added,
-      records: store!.count,
-      repaired,
+      added: store.count - existing,
+      records: store.count,
+      repaired: opened?.repaired ?? { bytes: 0, records: 0 },
       recordBytes: size.perRecord,
       totalBytes: size.total,
       seconds: (Date.now() - started) / 1000,
     };
   } finally {
-    store?.close();
+    held.store?.close();
     await session?.release();
   }
 }

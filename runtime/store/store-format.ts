@@ -13,6 +13,8 @@ export const STORE_VERSION = 1;
 export const HEADER_FILE = 'store.json';
 export const CONDITIONING_FILE = 'conditioning.safetensors';
 export const RECORDS_FILE = 'records.bin';
+/** How many records the store's precompute aims at, and whether it got there (store.ts). */
+export const PROGRESS_FILE = 'progress.json';
 
 /** The noised latent a record holds (the store's own field; the others are artifact names). */
 export const Z_T = 'z_t';

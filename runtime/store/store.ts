@@ -1,6 +1,6 @@
 /**
  * The precompute store: what `hollowc precompute` writes and `hollowc train` reads. A folder
- * (default `<out>/store/`) of three files:
+ * (default `<out>/store/`) of four files:
  *
  *   store.json                 header, written once (temp + rename) when the store is created:
  *                              format/version, record layout (every field's name, dtype, shape and
@@ -24,6 +24,12 @@
  *     ..      f32[...]    hollow_activation: precompute.onnx on (z_t, t, class conditioning)
  *     end-4   u32         CRC-32 (IEEE, as zlib) of every byte of the record before it
  *
+ *   progress.json              `{"count": N, "finished": false}` while a precompute fills the store
+ *                              towards N records, `{"count": N, "finished": true}` once it holds
+ *                              them (rewritten atomically). `train` (verify()) refuses a store that
+ *                              is unfinished or holds other than N records: a killed precompute or
+ *                              a records.bin cut back would otherwise train on part of the data.
+ *
  * Crash safety: a record is appended at `count * recordBytes` with one positioned write. On open,
  * a partial record at the end (a write cut short) is cut off, and a complete last record whose
  * checksum or index is wrong (a torn write that extended the file) is dropped; precompute then
@@ -42,9 +48,9 @@ import { RECORD_MAGIC, Z_T, crc32Table, recordLayout, recordProblem } from './st
 
 export { recordLayout } from './store-format';
 
-import { CONDITIONING_FILE, HEADER_FILE, RECORDS_FILE, STORE_FORMAT, STORE_VERSION } from './store-format';
+import { CONDITIONING_FILE, HEADER_FILE, PROGRESS_FILE, RECORDS_FILE, STORE_FORMAT, STORE_VERSION } from './store-format';
 
-export { CONDITIONING_FILE, HEADER_FILE, RECORDS_FILE, STORE_FORMAT, STORE_VERSION } from './store-format';
+export { CONDITIONING_FILE, HEADER_FILE, PROGRESS_FILE, RECORDS_FILE, STORE_FORMAT, STORE_VERSION } from './store-format';
 
 export interface StoreField {
   name: typeof Z_T | typeof TARGET | typeof HOLLOW_ACTIVATION;
@@ -87,6 +93,12 @@ export interface StoreRecord {
   activation: Float32Array;
 }
 
+/** progress.json: the record count a precompute aims at (finished: false) or reached (true). */
+export interface StoreProgress {
+  count: number;
+  finished: boolean;
+}
+
 export interface OpenResult {
   store: Store;
   /** Bytes cut off the end (a partial record) and records dropped for a bad checksum. */
@@ -126,11 +138,12 @@ export class Store {
     return fs.existsSync(path.join(dir, HEADER_FILE));
   }
 
-  /** Creates an empty store; the folder must not hold one already. */
+  /** Creates an empty store that a precompute fills towards `count` records; the folder must not hold one already. */
   static create(
     dir: string,
     header: Omit<StoreHeader, 'format' | 'version' | 'recordBytes' | 'fields'>,
     conditionings: Map<number, Conditioning>,
+    count: number,
   ): Store {
     if (Store.exists(dir)) throw new HollowcError('a store exists here already', dir);
     fs.mkdirSync(dir, { recursive: true });
@@ -149,6 +162,7 @@ export class Store {
     }
     writeSafetensors(path.join(dir, CONDITIONING_FILE), tensors, { format: STORE_FORMAT });
     fs.writeFileSync(path.join(dir, RECORDS_FILE), new Uint8Array(0));
+    writeProgress(dir, { count, finished: false });
     // The header goes last: a folder without it is not a store, whatever else it holds.
     writeFileAtomic(path.join(dir, HEADER_FILE), JSON.stringify(full, null, 2) + '\n');
     return Store.open(dir).store;
@@ -156,44 +170,8 @@ export class Store {
 
   /** Opens a store for reading and appending, repairing a torn end (see the file comment). */
   static open(dir: string, options: { readOnly?: boolean } = {}): OpenResult {
-    const headerFile = path.join(dir, HEADER_FILE);
-    let header: StoreHeader;
-    try {
-      header = JSON.parse(fs.readFileSync(headerFile, 'utf8'));
-    } catch (e) {
-      throw new HollowcError(
-        `not a hollowc store (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); run hollowc precompute first`,
-        headerFile,
-      );
-    }
-    if (header?.format !== STORE_FORMAT || header.version !== STORE_VERSION)
-      throw new HollowcError(`not a ${STORE_FORMAT} v${STORE_VERSION} header`, headerFile);
-    const problem = headerProblem(header);
-    if (problem) throw new HollowcError(`damaged store header: ${problem}`, headerFile);
-    const expected = recordLayout(header.latentShape, header.activationShape);
-    if (expected.recordBytes !== header.recordBytes)
-      throw new HollowcError(`recordBytes ${header.recordBytes} does not match the layout (${expected.recordBytes})`, headerFile);
-    const badField = (header.fields ?? []).find(
-      (f, i) => f.dtype !== 'float32' || f.name !== expected.fields[i]?.name || f.offset !== expected.fields[i]?.offset,
-    );
-    if (badField || header.fields?.length !== expected.fields.length) {
-      throw new HollowcError(
-        `record field ${badField ? `${badField.name} (${badField.dtype})` : 'list'} is not the layout this hollowc writes (float32 z_t, target, hollow_activation)`,
-        headerFile,
-      );
-    }
-
-    const condFile = readSafetensors(path.join(dir, CONDITIONING_FILE));
-    const conds = new Map<number, Conditioning>();
-    for (const c of header.conditionings) {
-      const ehs = condFile.tensors.get(`cond.${c.id}.encoder_hidden_states`);
-      if (!ehs) throw new HollowcError(`conditioning ${c.id} (${c.role}) is missing`, path.join(dir, CONDITIONING_FILE));
-      const te = condFile.tensors.get(`cond.${c.id}.text_embeds`);
-      conds.set(c.id, {
-        encoderHiddenStates: { shape: ehs.shape, data: toFloat32(ehs) },
-        ...(te ? { textEmbeds: { shape: te.shape, data: toFloat32(te) } } : {}),
-      });
-    }
+    const header = Store.readHeader(dir);
+    const conds = readConditionings(dir, header);
 
     const recordsFile = path.join(dir, RECORDS_FILE);
     const fd = fs.openSync(recordsFile, options.readOnly ? 'r' : 'r+');
@@ -228,6 +206,37 @@ export class Store {
       throw e;
     }
     return { store: new Store(dir, header, fd, count, conds), repaired };
+  }
+
+  /** The header of the store in `dir`, checked; reads nothing else and writes nothing. */
+  static readHeader(dir: string): StoreHeader {
+    const headerFile = path.join(dir, HEADER_FILE);
+    let header: StoreHeader;
+    try {
+      header = JSON.parse(fs.readFileSync(headerFile, 'utf8'));
+    } catch (e) {
+      throw new HollowcError(
+        `not a hollowc store (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); run hollowc precompute first`,
+        headerFile,
+      );
+    }
+    if (header?.format !== STORE_FORMAT || header.version !== STORE_VERSION)
+      throw new HollowcError(`not a ${STORE_FORMAT} v${STORE_VERSION} header`, headerFile);
+    const problem = headerProblem(header);
+    if (problem) throw new HollowcError(`damaged store header: ${problem}`, headerFile);
+    const expected = recordLayout(header.latentShape, header.activationShape);
+    if (expected.recordBytes !== header.recordBytes)
+      throw new HollowcError(`recordBytes ${header.recordBytes} does not match the layout (${expected.recordBytes})`, headerFile);
+    const badField = (header.fields ?? []).find(
+      (f, i) => f.dtype !== 'float32' || f.name !== expected.fields[i]?.name || f.offset !== expected.fields[i]?.offset,
+    );
+    if (badField || header.fields?.length !== expected.fields.length) {
+      throw new HollowcError(
+        `record field ${badField ? `${badField.name} (${badField.dtype})` : 'list'} is not the layout this hollowc writes (float32 z_t, target, hollow_activation)`,
+        headerFile,
+      );
+    }
+    return header;
   }
 
   get count(): number {
@@ -269,6 +278,11 @@ export class Store {
     buf.writeUInt32LE(crc32(buf.subarray(0, h.recordBytes - 4)), h.recordBytes - 4);
     const written = fs.writeSync(this.fd, buf, 0, h.recordBytes, index * h.recordBytes);
     if (written !== h.recordBytes) {
+      try {
+        fs.ftruncateSync(this.fd, index * h.recordBytes); // the part that fit is no record
+      } catch {
+        // the next open for writing cuts it off instead
+      }
       throw new HollowcError(
         `short write (${written} of ${h.recordBytes} bytes): out of space or over the file size limit; the store keeps its ${index} complete records and a rerun continues from there`,
         path.join(this.dir, RECORDS_FILE),
@@ -279,11 +293,39 @@ export class Store {
     return index;
   }
 
+  /** The store's progress.json, or undefined when it has none; throws naming the file when it is unreadable. */
+  progress(): StoreProgress | undefined {
+    return readProgress(this.dir);
+  }
+
+  /** Marks the store as being filled towards `count` records (a precompute run that appends). */
+  fillTowards(count: number): void {
+    this.setProgress({ count, finished: false });
+  }
+
+  /** Marks the records on disk as what a precompute completed. */
+  finish(): void {
+    this.setProgress({ count: this._count, finished: true });
+  }
+
+  /** Writes progress.json unless it says `p` already (a damaged one is rewritten). */
+  private setProgress(p: StoreProgress): void {
+    let now: StoreProgress | undefined;
+    try {
+      now = this.progress();
+    } catch {
+      now = undefined;
+    }
+    if (now?.count !== p.count || now.finished !== p.finished) writeProgress(this.dir, p);
+  }
+
   /**
-   * Checks every record's magic, index and checksum (a damaged record in the middle, not only a
-   * torn tail); throws naming the first bad one. Reads the store once.
+   * Checks that a precompute finished the store with the records it holds (progress.json), then
+   * every record's magic, index and checksum (a damaged record in the middle, not only a torn
+   * tail); throws naming the first problem. Reads the store once.
    */
   verify(): void {
+    this.checkFinished();
     const h = this.header;
     const buf = Buffer.allocUnsafe(h.recordBytes);
     for (let i = 0; i < this._count; i++) {
@@ -331,6 +373,26 @@ export class Store {
     return out;
   }
 
+  private checkFinished(): void {
+    const progressFile = path.join(this.dir, PROGRESS_FILE);
+    const p = this.progress();
+    if (!p)
+      throw new HollowcError(
+        'missing: no precompute finished this store; run hollowc precompute again with the same --data and --count to finish it',
+        progressFile,
+      );
+    if (!p.finished)
+      throw new HollowcError(
+        `the store is unfinished: its precompute stopped after ${this._count} of ${p.count} records; run hollowc precompute again with the same --data and --count ${p.count} to finish it`,
+        path.join(this.dir, RECORDS_FILE),
+      );
+    if (p.count !== this._count)
+      throw new HollowcError(
+        `holds ${this._count} records but its precompute finished with ${p.count}${this._count < p.count ? ' (the file was cut short)' : ''}; run hollowc precompute again with the same --data and --count ${p.count} to rewrite them`,
+        path.join(this.dir, RECORDS_FILE),
+      );
+  }
+
   sync(): void {
     if (this.unsynced > 0) fs.fdatasyncSync(this.fd);
     this.unsynced = 0;
@@ -346,6 +408,48 @@ export class Store {
     fs.closeSync(this.fd);
     this.fd = -1;
   }
+}
+
+function readConditionings(dir: string, header: StoreHeader): Map<number, Conditioning> {
+  const condFile = readSafetensors(path.join(dir, CONDITIONING_FILE));
+  const conds = new Map<number, Conditioning>();
+  for (const c of header.conditionings) {
+    const ehs = condFile.tensors.get(`cond.${c.id}.encoder_hidden_states`);
+    if (!ehs) throw new HollowcError(`conditioning ${c.id} (${c.role}) is missing`, path.join(dir, CONDITIONING_FILE));
+    const te = condFile.tensors.get(`cond.${c.id}.text_embeds`);
+    conds.set(c.id, {
+      encoderHiddenStates: { shape: ehs.shape, data: toFloat32(ehs) },
+      ...(te ? { textEmbeds: { shape: te.shape, data: toFloat32(te) } } : {}),
+    });
+  }
+  return conds;
+}
+
+function readProgress(dir: string): StoreProgress | undefined {
+  const file = path.join(dir, PROGRESS_FILE);
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new HollowcError(`cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, file);
+  }
+  let p: Partial<StoreProgress> | undefined;
+  try {
+    p = JSON.parse(text);
+  } catch {
+    p = undefined;
+  }
+  if (!(p && Number.isSafeInteger(p.count) && p.count! >= 0 && typeof p.finished === 'boolean'))
+    throw new HollowcError(
+      'damaged: expected {"count": <records>, "finished": true|false}; run hollowc precompute again to rewrite it',
+      file,
+    );
+  return { count: p.count!, finished: p.finished };
+}
+
+function writeProgress(dir: string, p: StoreProgress): void {
+  writeFileAtomic(path.join(dir, PROGRESS_FILE), JSON.stringify(p) + '\n');
 }
 
 const isShape = (v: unknown): v is number[] => Array.isArray(v) && v.length > 0 && v.every((d) => Number.isSafeInteger(d) && d > 0);

@@ -26,6 +26,8 @@ import type { Conditioning } from '../sampling/conditioning';
 
 export interface Latent {
   name: string;
+  /** The file it was read from (a batch file holds several). */
+  file: string;
   shape: number[];
   data: Float32Array;
 }
@@ -37,7 +39,7 @@ export interface TrainingData {
   class: Conditioning;
   timeIds?: Float32Array;
   /** Where each piece came from, for messages and the store header. */
-  sources: { instance: string; class: string; latents: string; classLatents?: string };
+  sources: { instance: string; class: string; latents: string; classLatents?: string; timeIds?: string };
   /** sha256 over every array read (names, shapes, values). */
   fingerprint: string;
 }
@@ -52,26 +54,48 @@ export interface DataOptions {
 const naturalOrder = (a: string, b: string) => a.localeCompare(b, 'en', { numeric: true });
 
 function toF32(a: NpyArray, label: string): Float32Array {
-  if (a.data instanceof Float32Array) return a.data;
-  if (a.data instanceof Float64Array) return Float32Array.from(a.data);
+  if (a.data instanceof Float32Array) return finite(a.data, label);
+  if (a.data instanceof Float64Array) return finite(Float32Array.from(a.data), label);
   throw new HollowcError(`expected float32 or float64 values, found ${a.dtype}`, label);
 }
 
-/** Latents from a folder of .npy files or one batch file. */
+/** A NaN or an infinity in the data would turn every loss it reaches into NaN, many steps later. */
+function finite(values: Float32Array, label: string): Float32Array {
+  const i = values.findIndex((v) => !Number.isFinite(v));
+  if (i >= 0) throw new HollowcError(`value ${i} is ${values[i]}: expected finite numbers`, label);
+  return values;
+}
+
+const IMAGE_FILE = /\.(jpe?g|png|webp)$/i;
+
+/** A file where latents were expected, with what to do about it (images: `hollowc encode`). */
+function notLatents(file: string, inFolder: boolean): HollowcError {
+  if (IMAGE_FILE.test(file))
+    return new HollowcError('is an image, not a latent: turn images into latents with hollowc encode --model <pipeline folder>', file);
+  return new HollowcError(
+    inFolder
+      ? 'is not a .npy latent (a latents folder holds .npy files only)'
+      : 'expected a .npy or .safetensors latents batch (or a data folder)',
+    file,
+  );
+}
+
+/** Latents from a folder of .npy files (nothing else) or one batch file (.npy or .safetensors). */
 export function readLatents(source: string): Latent[] {
   const stat = statOrThrow(source);
   if (stat.isDirectory()) {
-    const files = fs
-      .readdirSync(source)
-      .filter((f) => f.endsWith('.npy'))
-      .sort(naturalOrder);
+    const entries = fs.readdirSync(source).filter((f) => !f.startsWith('.'));
+    // another file here was meant as a sample too: skipping it would train on less data, silently
+    const stray = entries.find((f) => !f.endsWith('.npy'));
+    if (stray) throw notLatents(path.join(source, stray), true);
+    const files = entries.sort(naturalOrder);
     if (!files.length) throw new HollowcError('no .npy latents in this folder', source);
     return files.map((f) => {
       const file = path.join(source, f);
       const a = readNpy(file);
       const shape = a.shape.length === 4 && a.shape[0] === 1 ? a.shape.slice(1) : a.shape;
       if (shape.length !== 3) throw new HollowcError(`a latent must be [C, h, w] or [1, C, h, w], found [${a.shape}]`, file);
-      return { name: f, shape, data: toF32(a, file) };
+      return { name: f, file, shape, data: toF32(a, file) };
     });
   }
   let shape: number[];
@@ -81,17 +105,18 @@ export function readLatents(source: string): Latent[] {
     const t = tensors.get('latents') ?? (tensors.size === 1 ? [...tensors.values()][0] : undefined);
     if (!t) throw new HollowcError(`expected a tensor named "latents" (found ${[...tensors.keys()].slice(0, 4).join(', ')})`, source);
     shape = t.shape;
-    data = toFloat32(t, 'latents');
-  } else {
+    data = finite(toFloat32(t, 'latents'), source);
+  } else if (source.endsWith('.npy')) {
     const a = readNpy(source);
     shape = a.shape;
     data = toF32(a, source);
-  }
+  } else throw notLatents(source, false);
   if (shape.length === 3) shape = [1, ...shape];
   if (shape.length !== 4) throw new HollowcError(`a latents batch must be [N, C, h, w], found [${shape}]`, source);
   const per = shape[1] * shape[2] * shape[3];
   return Array.from({ length: shape[0] }, (_, i) => ({
     name: `${path.basename(source)}[${i}]`,
+    file: source,
     shape: shape.slice(1),
     data: data.slice(i * per, (i + 1) * per),
   }));
@@ -107,8 +132,8 @@ export function readConditioning(file: string): Conditioning {
     if (!ehs)
       throw new HollowcError(`expected a tensor named "encoder_hidden_states" (found ${[...tensors.keys()].slice(0, 4).join(', ')})`, file);
     const te = tensors.get('text_embeds');
-    const c: Conditioning = { encoderHiddenStates: { shape: squeeze(ehs.shape, 2), data: toFloat32(ehs) } };
-    if (te) c.textEmbeds = { shape: squeeze(te.shape, 1), data: toFloat32(te) };
+    const c: Conditioning = { encoderHiddenStates: { shape: squeeze(ehs.shape, 2), data: finite(toFloat32(ehs), file) } };
+    if (te) c.textEmbeds = { shape: squeeze(te.shape, 1), data: finite(toFloat32(te), file) };
     return checkConditioning(c, file);
   }
   const a = readNpy(file);
@@ -183,7 +208,11 @@ export function loadTrainingData(data: string, options: DataOptions = {}): Train
   const all = [...instanceLatents, ...classLatents];
   const shape = instanceLatents[0].shape;
   const odd = all.find((l) => l.shape.join() !== shape.join());
-  if (odd) throw new HollowcError(`latent ${odd.name} is [${odd.shape}], the others [${shape}]: all samples need one shape`, data);
+  if (odd)
+    throw new HollowcError(
+      `latent is [${odd.shape.join(', ')}], ${instanceLatents[0].name} [${shape.join(', ')}]: all samples need one shape`,
+      odd.file,
+    );
 
   const instance = readConditioning(instanceFile);
   const klass = readConditioning(classFile);
@@ -228,6 +257,7 @@ export function loadTrainingData(data: string, options: DataOptions = {}): Train
       class: classFile,
       latents: latentsSource,
       ...(classLatentsSource ? { classLatents: classLatentsSource } : {}),
+      ...(timeIdsFile ? { timeIds: timeIdsFile } : {}),
     },
     fingerprint: hash.digest('hex'),
   };
