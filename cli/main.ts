@@ -15,7 +15,9 @@ import { registerModelBuild } from './model-build';
 import { registerPlan } from './plan';
 import { registerTokenize } from './tokenize';
 import { registerDemo } from './demo';
+import { registerDecode } from './decode';
 import { registerEmbed } from './embed';
+import { registerEncode } from './encode';
 import { registerExportLora } from './export-lora';
 import { registerGenerate } from './generate';
 import { registerPersonalize } from './personalize';
@@ -54,6 +56,8 @@ export function buildProgram(): Command {
   registerTokenize(program);
   registerPlan(program);
   registerEmbed(program);
+  registerEncode(program);
+  registerDecode(program);
   registerWeb(program);
   return program;
 }
