@@ -1,8 +1,8 @@
 /** photos: decoded, centre-cropped, optionally mirrored, VAE-encoded -> run/data/latents/. */
 import * as fs from 'fs';
 import * as path from 'path';
-import { mirrorImage, stackImages } from '../../formats/images';
 import { writeLatents } from '../../store/training-data';
+import { photoBatch } from '../../text-to-image/image-latents';
 import { encodeImages } from '../../text-to-image/vae';
 import { Stage, killPoint } from '../stage-runner';
 import { StageContext, countFiles } from './context';
@@ -16,7 +16,7 @@ export function photosStage(ctx: StageContext): Stage {
     valid: () => countFiles(latents, '.npy') === s.instanceCount,
     clean: () => fs.rmSync(latents, { recursive: true, force: true }),
     run: async () => {
-      const batch = stackImages(s.flip ? s.photos.flatMap((p) => [p, mirrorImage(p)]) : s.photos);
+      const batch = photoBatch(s.photos, s.flip);
       const z = await encodeImages(s.folder, batch, { session: s.session, seed: s.seed });
       writeLatents(latents, z);
       killPoint('photos');
