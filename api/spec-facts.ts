@@ -9,6 +9,7 @@ import type { HollowRequest, ModelFacts, ResolvedSpec } from '../dsl/check';
 import { cutFromHollowedIds } from '../models/layout';
 import { findPreset } from '../models/presets';
 import { UNetAnalysis } from '../passes/lib/analyze-unet';
+import { findBaseParameters } from '../passes/lib/base-parameters';
 import { findLoraSites } from '../passes/lib/lora-sites';
 
 export function modelFacts(g: Graph, analysis: UNetAnalysis): ModelFacts {
@@ -31,6 +32,7 @@ export function modelFacts(g: Graph, analysis: UNetAnalysis): ModelFacts {
       return { hollowed: [...cutFromHollowedIds(layout, request.blocks).hollowed] };
     },
     loraCandidates: findLoraSites(g).map((s) => ({ module: s.module, in: s.inFeatures, out: s.outFeatures, kind: s.kind })),
+    baseParameters: findBaseParameters(g).map((p) => ({ name: p.name, module: p.module, shape: p.shape })),
     inputs: g.inputs.map((v) => ({
       name: v.name,
       rank: v.type?.shape?.length ?? 0,

@@ -1,7 +1,7 @@
 // Statements -> Spec: rejects duplicates, fills defaults, and checks what involves several
 // statements (a preset against an explicit `model`, `emit precompute` under `hollow none`).
 import { DEFAULTS, DEFAULT_TARGETS } from '../models/training-defaults';
-import { EmitArtifact, EMIT_ARTIFACTS, FamilyName, presetListText, presetsFor } from './presets';
+import { EmitArtifact, EMIT_ARTIFACTS, FamilyName, OptimizerKind, presetListText, presetsFor } from './presets';
 import { Hollow, LoraInit, Num, Option, ShapeDecl, Spec, Statement, Valued } from './ast';
 import { SourcePos, SourceText, SpecError, specErrorAt } from './diagnostics';
 
@@ -53,7 +53,10 @@ export function assemble(
   const chunks = single('chunks');
   const alpha = loraAlpha(statements, rank, fail);
   const shapes = accumulateShapes(statements, fail);
-  const targets = accumulateTargets(statements, fail);
+  const targets = accumulateGlobs(statements, 'lora targets', 'target', fail);
+  const trainBase = accumulateGlobs(statements, 'train base', 'train base glob', fail);
+  if (trainBase.length > 0 && targets.length === 0) loraWithoutTargets(statements, fail);
+  const optimizerKind = optimizer?.optimizer ?? { value: 'adamw' as const };
 
   if (hollow === undefined) {
     if (!hadErrors) {
@@ -83,24 +86,26 @@ export function assemble(
       rank: rankValue,
       // Unset alpha follows rank, making the LoRA scale alpha/rank exactly 1.
       alpha: alpha ?? { value: rankValue.value },
-      targets: targets.length > 0 ? targets : DEFAULT_TARGETS.map((value) => ({ value })),
+      // Beside `train base`, LoRA trains only where a `lora targets` line asks for it.
+      targets: targets.length > 0 || trainBase.length > 0 ? targets : DEFAULT_TARGETS.map((value) => ({ value })),
       init: loraInit(init, rankValue.value),
       infer: loraInfer?.precision ?? { value: 'fp32' },
     },
+    trainBase,
     loss: {
       kind: 'mse',
       prediction: lossMse?.prediction ?? { value: undefined },
       priorWeight: prior?.priorWeight ?? { value: DEFAULTS.priorWeight },
     },
     optimizer: {
-      kind: 'adamw',
+      kind: optimizerKind.value,
       ...(optimizer === undefined ? {} : { pos: optimizer.pos }),
       lr: optOpts.get('lr')?.[0] ?? { value: DEFAULTS.lr },
       betas: betas !== undefined ? [betas[0]!, betas[1]!] : [{ value: DEFAULTS.beta1 }, { value: DEFAULTS.beta2 }],
       eps: optOpts.get('eps')?.[0] ?? { value: DEFAULTS.eps },
       weightDecay: optOpts.get('weight_decay')?.[0] ?? { value: DEFAULTS.weightDecay },
     },
-    emit: emitList(emit, hollow.hollow, fail),
+    emit: emitList(emit, hollow.hollow, optimizerKind, fail),
     seed: seed?.seed ?? { value: DEFAULTS.seed },
     base: base?.precision ?? { value: 'fp32' },
     recompute: recompute?.mode ?? { value: 'cheap' },
@@ -142,17 +147,35 @@ function accumulateShapes(statements: readonly Statement[], fail: Fail): ShapeDe
   return [...byInput.values()];
 }
 
-function accumulateTargets(statements: readonly Statement[], fail: Fail): Valued<string>[] {
+/** The globs of every `lora targets` (or `train base`) line, in order; a glob given twice is an error. */
+function accumulateGlobs(
+  statements: readonly Statement[],
+  kind: 'lora targets' | 'train base',
+  what: string,
+  fail: Fail,
+): Valued<string>[] {
   const byGlob = new Map<string, Valued<string>>();
   for (const s of statements) {
-    if (s.kind !== 'lora targets') continue;
+    if (s.kind !== kind) continue;
     for (const g of s.globs) {
       const prev = byGlob.get(g.value);
-      if (prev !== undefined) fail(g.pos, `duplicate target "${g.value}"; the first is on line ${prev.pos!.line}`);
+      if (prev !== undefined) fail(g.pos, `duplicate ${what} "${g.value}"; the first is on line ${prev.pos!.line}`);
       else byGlob.set(g.value, g);
     }
   }
   return [...byGlob.values()];
+}
+
+/** Beside `train base` without `lora targets` no LoRA trains: a `lora` line would set nothing. */
+function loraWithoutTargets(statements: readonly Statement[], fail: Fail): void {
+  for (const s of statements) {
+    if (!s.kind.startsWith('lora ')) continue;
+    fail(
+      s.pos,
+      `"${s.kind}" sets LoRA, but no LoRA trains: beside "train base", LoRA trains only the layers a "lora targets" line names`,
+      'add a "lora targets" line, or drop this line',
+    );
+  }
 }
 
 function loraInit(init: Of<'lora init'> | undefined, rank: number): LoraInit {
@@ -169,11 +192,26 @@ function options(list: readonly Option[] | undefined): Map<string, readonly Num[
   return out;
 }
 
-function emitList(emit: Of<'emit'> | undefined, hollow: Hollow, fail: Fail): Valued<readonly EmitArtifact[]> {
+function emitList(
+  emit: Of<'emit'> | undefined,
+  hollow: Hollow,
+  optimizer: Valued<OptimizerKind>,
+  fail: Fail,
+): Valued<readonly EmitArtifact[]> {
   if (emit === undefined) {
-    // Without a hollow activation there is nothing to precompute.
-    const value = hollow.kind === 'none' ? EMIT_ARTIFACTS.filter((a) => a !== 'precompute') : EMIT_ARTIFACTS;
+    // Without a hollow activation there is nothing to precompute; 8-bit moments live on the host only.
+    const value = EMIT_ARTIFACTS.filter(
+      (a) => !(a === 'precompute' && hollow.kind === 'none') && !(a === 'train' && optimizer.value === 'adamw8bit'),
+    );
     return { value };
+  }
+  const train = emit.artifacts.find((a) => a.value === 'train');
+  if (train !== undefined && optimizer.value === 'adamw8bit') {
+    fail(
+      train.pos,
+      'cannot emit "train" with "optimizer adamw8bit": train.onnx updates float32 moments in the graph; 8-bit moments are kept by the host optimizer, after grads.onnx',
+      'drop "train" from emit (hollowc train runs grads.onnx), or use "optimizer adamw"',
+    );
   }
   const asked = new Set(emit.artifacts.map((a) => a.value));
   const pre = emit.artifacts.find((a) => a.value === 'precompute');

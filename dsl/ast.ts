@@ -26,10 +26,16 @@
  *   lora init from "<file.safetensors>"                    start from saved LoRA weights
  *   lora infer fp32 | fp16                                 [fp32] how infer.onnx takes the LoRA
  *                                                          tensors (training keeps them fp32)
+ *   train base "<glob>" ...                                repeatable [none] the base weights of the
+ *                                                          matching modules train too ("*": full
+ *                                                          fine-tuning); with it, LoRA trains only
+ *                                                          where a `lora targets` line asks
  *   loss mse [epsilon | v_prediction]                      [mse, prediction from the family]
  *   loss prior_weight <num >= 0>                           [1.0] weight of prior-preservation samples
  *   optimizer adamw [lr x] [betas b1 b2] [eps e] [weight_decay w]
  *                                                          [1e-4, 0.9 0.999, 1e-8, 0.01] any order
+ *   optimizer adamw8bit [...]                              the same with 8-bit moments (blockwise,
+ *                                                          host optimizer only: no train.onnx)
  *   emit precompute train grads infer                      artifacts to write [all four; without
  *                                                          precompute under `hollow none`]
  *   seed <int >= 0>                                        [0] LoRA init and noise sampling
@@ -50,10 +56,30 @@
  * (diagnostics.ts `specErrorAt`).
  */
 import { Located, SourcePos, SourceText } from './diagnostics';
-import { BasePrecision, ChunkKind, EmitArtifact, InferLoraPrecision, ModelChoice, Prediction, RecomputeMode } from './presets';
+import {
+  BasePrecision,
+  ChunkKind,
+  EmitArtifact,
+  InferLoraPrecision,
+  ModelChoice,
+  OptimizerKind,
+  Prediction,
+  RecomputeMode,
+} from './presets';
 
 export type { SourcePos, Located } from './diagnostics';
-export type { BasePrecision, ChunkKind, ChunkSizes, FamilyName, InferLoraPrecision, ModelChoice, Prediction, EmitArtifact, RecomputeMode } from './presets';
+export type {
+  BasePrecision,
+  ChunkKind,
+  ChunkSizes,
+  FamilyName,
+  InferLoraPrecision,
+  ModelChoice,
+  OptimizerKind,
+  Prediction,
+  EmitArtifact,
+  RecomputeMode,
+} from './presets';
 
 /** A value with the position of the token(s) it was written as. */
 export interface Valued<T> extends Located {
@@ -102,6 +128,8 @@ export interface Spec extends SourceText {
     readonly init: LoraInit;
     readonly infer: Valued<InferLoraPrecision>;
   };
+  /** `train base` globs, in the order written; empty without a `train base` line. */
+  readonly trainBase: readonly Valued<string>[];
   readonly loss: {
     readonly kind: 'mse';
     /** undefined: the family's default (FAMILIES[family].predictionType). */
@@ -109,7 +137,7 @@ export interface Spec extends SourceText {
     readonly priorWeight: Num;
   };
   readonly optimizer: {
-    readonly kind: 'adamw';
+    readonly kind: OptimizerKind;
     readonly pos?: SourcePos;
     readonly lr: Num;
     readonly betas: readonly [Num, Num];
@@ -139,10 +167,11 @@ export type Statement =
   | { readonly kind: 'lora infer'; readonly pos: SourcePos; readonly precision: Valued<InferLoraPrecision> }
   | { readonly kind: 'loss mse'; readonly pos: SourcePos; readonly prediction?: Valued<Prediction> }
   | { readonly kind: 'loss prior_weight'; readonly pos: SourcePos; readonly priorWeight: Num }
-  | { readonly kind: 'optimizer'; readonly pos: SourcePos; readonly options: readonly Option[] }
+  | { readonly kind: 'optimizer'; readonly pos: SourcePos; readonly optimizer: Valued<OptimizerKind>; readonly options: readonly Option[] }
   | { readonly kind: 'emit'; readonly pos: SourcePos; readonly artifacts: readonly Valued<EmitArtifact>[] }
   | { readonly kind: 'seed'; readonly pos: SourcePos; readonly seed: Num }
   | { readonly kind: 'train'; readonly pos: SourcePos; readonly options: readonly Option[] }
+  | { readonly kind: 'train base'; readonly pos: SourcePos; readonly globs: readonly Valued<string>[] }
   | { readonly kind: 'base'; readonly pos: SourcePos; readonly precision: Valued<BasePrecision> }
   | { readonly kind: 'recompute'; readonly pos: SourcePos; readonly mode: Valued<RecomputeMode> }
   | { readonly kind: 'chunks'; readonly pos: SourcePos; readonly options: readonly Option[] };

@@ -7,7 +7,18 @@ import { Hollow, Spec, Valued } from './ast';
 import { SourcePos, SpecError, specErrorAt, throwIfAny } from './diagnostics';
 import { matchesGlob } from './glob';
 import { FAMILIES } from '../models/families';
-import { BasePrecision, ChunkSizes, EmitArtifact, FamilyName, InferLoraPrecision, Prediction, RecomputeMode, presetListText, presetsFor } from './presets';
+import {
+  BasePrecision,
+  ChunkSizes,
+  EmitArtifact,
+  FamilyName,
+  InferLoraPrecision,
+  OptimizerKind,
+  Prediction,
+  RecomputeMode,
+  presetListText,
+  presetsFor,
+} from './presets';
 import { closestFirst } from './suggest';
 
 /** One paper-numbered layer (`3-2`), in graph order: down layers, then mid, then up. */
@@ -24,6 +35,16 @@ export interface LoraCandidate {
   readonly in: number;
   readonly out: number;
   readonly kind: 'linear' | 'conv';
+}
+
+/** A weight of the UNet that `train base` can make trainable, named and shaped as torch has it. */
+export interface BaseParameterFacts {
+  /** The diffusers parameter name: `down_blocks.0.resnets.0.conv1.weight`. */
+  readonly name: string;
+  /** Its module: `down_blocks.0.resnets.0.conv1`. */
+  readonly module: string;
+  /** torch's shape ([out, in] for a Linear, [C] for a norm's scale). */
+  readonly shape: readonly number[];
 }
 
 export interface InputFacts {
@@ -44,7 +65,14 @@ export interface ModelFacts {
    * request is invalid (non-contiguous, asymmetric, ...) and which blocks would make it valid. */
   resolveHollow(request: HollowRequest): { hollowed: string[] };
   readonly loraCandidates: readonly LoraCandidate[];
+  /** Every parameter of the UNet, in graph order. */
+  readonly baseParameters: readonly BaseParameterFacts[];
   readonly inputs: readonly InputFacts[];
+}
+
+export interface ResolvedBaseParameter extends BaseParameterFacts {
+  /** The first `train base` glob that matched it. */
+  readonly glob: string;
 }
 
 export interface ResolvedTarget extends LoraCandidate {
@@ -72,9 +100,11 @@ export interface ResolvedSpec {
     /** Every matched candidate, in the model's candidate order. */
     readonly targets: readonly ResolvedTarget[];
   };
+  /** The base weights that train (`train base`): matched and outside the hollow, in the model's order. */
+  readonly trainBase: readonly ResolvedBaseParameter[];
   readonly loss: { readonly kind: 'mse'; readonly prediction: Prediction; readonly priorWeight: number };
   readonly optimizer: {
-    readonly kind: 'adamw';
+    readonly kind: OptimizerKind;
     readonly lr: number;
     readonly betas: readonly [number, number];
     readonly eps: number;
@@ -107,6 +137,7 @@ export function checkSpec(spec: Spec, facts: ModelFacts): ResolvedSpec {
 
   const hollowed = resolveHollow(spec, facts, fail);
   const targets = resolveTargets(spec, facts, new Set(hollowed), fail);
+  const trainBase = resolveTrainBase(spec, facts, hollowed, fail);
   checkShapes(spec, facts, fail);
   throwIfAny(errors);
 
@@ -124,13 +155,14 @@ export function checkSpec(spec: Spec, facts: ModelFacts): ResolvedSpec {
       infer: spec.lora.infer.value,
       targets,
     },
+    trainBase,
     loss: {
       kind: 'mse',
       prediction: spec.loss.prediction.value ?? FAMILIES[family].predictionType,
       priorWeight: spec.loss.priorWeight.value,
     },
     optimizer: {
-      kind: 'adamw',
+      kind: spec.optimizer.kind,
       lr: spec.optimizer.lr.value,
       betas: [spec.optimizer.betas[0].value, spec.optimizer.betas[1].value],
       eps: spec.optimizer.eps.value,
@@ -327,6 +359,53 @@ function checkRank(spec: Spec, targets: readonly ResolvedTarget[], fail: Fail): 
     `lora rank ${rank} is larger than ${narrowest.module} allows: it has in ${narrowest.in}, out ${narrowest.out}${others}`,
     `use lora rank ${limit} or less, or leave the narrow layers out of lora targets`,
   );
+}
+
+// --- train base ------------------------------------------------------------------------------
+
+/**
+ * A parameter trains when a glob matches its name (`*.bias`), its module, or a module containing
+ * it (`up_blocks.1` trains the whole block), each matched as lora target globs match a path.
+ */
+function baseGlobMatches(glob: string, p: BaseParameterFacts): boolean {
+  if (matchesGlob(glob, p.name)) return true;
+  const segments = p.module.split('.');
+  for (let k = segments.length; k >= 1; k--) if (matchesGlob(glob, segments.slice(0, k).join('.'))) return true;
+  return false;
+}
+
+function resolveTrainBase(spec: Spec, facts: ModelFacts, hollowed: readonly string[], fail: Fail): ResolvedBaseParameter[] {
+  const hollowedIds = new Set(hollowed);
+  const hollowedModules = facts.layers.filter((l) => hollowedIds.has(l.id)).flatMap((l) => l.modules);
+  const isHollowed = (module: string) => hollowedModules.some((m) => module === m || module.startsWith(m + '.'));
+  const globOf = new Map<string, string>();
+  for (const glob of spec.trainBase) {
+    const matched = facts.baseParameters.filter((p) => baseGlobMatches(glob.value, p));
+    if (matched.length === 0) {
+      const near = modulePrefixes(facts.baseParameters, glob.value.split('.').length);
+      fail(
+        glob,
+        `train base "${glob.value}" matches no module of this model`,
+        `closest module names: ${listSome(closestFirst(glob.value, near), 5)}`,
+      );
+      continue;
+    }
+    const kept = matched.filter((p) => !isHollowed(p.module));
+    if (kept.length === 0) {
+      fail(
+        glob,
+        `train base "${glob.value}" matches only hollowed modules (the cut hollows ${hollowed[0]} .. ${hollowed[hollowed.length - 1]}): nothing of it trains`,
+        'name modules the hollowed net keeps (the down layers before the cut, the up layers after it), or hollow less',
+      );
+    }
+    for (const p of kept) if (!globOf.has(p.name)) globOf.set(p.name, glob.value);
+  }
+  return facts.baseParameters.filter((p) => globOf.has(p.name)).map((p) => ({ ...p, glob: globOf.get(p.name)! }));
+}
+
+/** The distinct first-`n`-segment paths of the parameters' modules: what a glob of `n` segments names. */
+function modulePrefixes(params: readonly BaseParameterFacts[], n: number): string[] {
+  return [...new Set(params.map((p) => p.module.split('.').slice(0, n).join('.')))];
 }
 
 // --- shapes ----------------------------------------------------------------------------------

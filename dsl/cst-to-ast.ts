@@ -3,7 +3,19 @@
  * the values that need no other statement.
  */
 import { CstChildrenDictionary, CstNode, IToken } from 'chevrotain';
-import { BasePrecision, BlockItem, Hollow, InferLoraPrecision, LoraInitStmt, Num, Option, RecomputeMode, Statement, Valued } from './ast';
+import {
+  BasePrecision,
+  BlockItem,
+  Hollow,
+  InferLoraPrecision,
+  LoraInitStmt,
+  Num,
+  OptimizerKind,
+  Option,
+  RecomputeMode,
+  Statement,
+  Valued,
+} from './ast';
 import { SourcePos, SourceText, SpecError, specErrorAt } from './diagnostics';
 import { globProblem } from './glob';
 import { parser } from './parser';
@@ -95,7 +107,8 @@ export class StatementBuilder extends BaseVisitor {
   private size(tok: IToken, what: string): Num {
     const [, n, unit] = /^([\d.]+)(KiB|MiB|GiB)$/.exec(tok.image)!;
     const value = Math.round(Number(n) * 2 ** { KiB: 10, MiB: 20, GiB: 30 }[unit as 'KiB' | 'MiB' | 'GiB']);
-    if (!(value >= MIN_CHUNK_BYTES && value <= MAX_CHUNK_BYTES)) this.fail(posOf(tok), `${what} must be between 64KiB and 4GiB, not ${tok.image}`);
+    if (!(value >= MIN_CHUNK_BYTES && value <= MAX_CHUNK_BYTES))
+      this.fail(posOf(tok), `${what} must be between 64KiB and 4GiB, not ${tok.image}`);
     return { value, pos: posOf(tok) };
   }
   private str(tok: IToken, what: string): Valued<string> {
@@ -213,7 +226,7 @@ export class StatementBuilder extends BaseVisitor {
       case 'loraAlpha':
         return { kind: 'lora alpha', pos, alpha: this.alpha(c) };
       case 'loraTargets':
-        return { kind: 'lora targets', pos, globs: tokens(c, 'StringLit').map((t) => this.glob(t)) };
+        return { kind: 'lora targets', pos, globs: tokens(c, 'StringLit').map((t) => this.glob(t, 'lora targets')) };
       case 'loraInfer': {
         const value = (c.Kw_fp32 ?? c.Kw_fp16)![0] as IToken;
         return { kind: 'lora infer', pos, precision: { value: value.image as InferLoraPrecision, pos: posOf(value) } };
@@ -227,10 +240,11 @@ export class StatementBuilder extends BaseVisitor {
     return this.positive(tokenOf(c, 'NumberLit'), 'lora alpha');
   }
 
-  private glob(tok: IToken): Valued<string> {
+  private glob(tok: IToken, statement: 'lora targets' | 'train base'): Valued<string> {
     const v = { value: unquote(tok.image), pos: posOf(tok) };
     const problem = globProblem(v.value);
-    if (problem !== undefined) this.fail(v.pos, `invalid target glob "${v.value}": ${problem}`);
+    const what = statement === 'lora targets' ? 'target glob' : 'train base glob';
+    if (problem !== undefined) this.fail(v.pos, `invalid ${what} "${v.value}": ${problem}`);
     return v;
   }
 
@@ -271,7 +285,8 @@ export class StatementBuilder extends BaseVisitor {
   }
 
   optimizerStmt(ctx: CstChildrenDictionary): Statement {
-    const pos = spanOf(tokenOf(ctx, 'Kw_optimizer'), tokenOf(ctx, 'Kw_adamw'));
+    const kind = (ctx.Kw_adamw ?? ctx.Kw_adamw8bit)![0] as IToken;
+    const pos = spanOf(tokenOf(ctx, 'Kw_optimizer'), kind);
     const options = nodes(ctx, 'optimizerOption').map((n) => {
       const [name, ...values] = allTokensOf(n);
       const what = `adamw ${name!.image}`;
@@ -284,7 +299,7 @@ export class StatementBuilder extends BaseVisitor {
       return { name: name!.image, pos: posOf(name!), values: nums };
     });
     this.checkDuplicateOptions(options);
-    return { kind: 'optimizer', pos, options };
+    return { kind: 'optimizer', pos, optimizer: { value: kind.image as OptimizerKind, pos: posOf(kind) }, options };
   }
 
   private beta(tok: IToken, i: number): Num {
@@ -334,7 +349,11 @@ export class StatementBuilder extends BaseVisitor {
 
   recomputeStmt(ctx: CstChildrenDictionary): Statement {
     const value = (ctx.Kw_cheap ?? ctx.Kw_blocks)![0] as IToken;
-    return { kind: 'recompute', pos: posOf(tokenOf(ctx, 'Kw_recompute')), mode: { value: value.image as RecomputeMode, pos: posOf(value) } };
+    return {
+      kind: 'recompute',
+      pos: posOf(tokenOf(ctx, 'Kw_recompute')),
+      mode: { value: value.image as RecomputeMode, pos: posOf(value) },
+    };
   }
 
   seedStmt(ctx: CstChildrenDictionary): Statement {
@@ -347,6 +366,11 @@ export class StatementBuilder extends BaseVisitor {
   }
 
   trainStmt(ctx: CstChildrenDictionary): Statement {
+    const base = tokens(ctx, 'Kw_base')[0];
+    if (base !== undefined) {
+      const globs = tokens(ctx, 'StringLit').map((t) => this.glob(t, 'train base'));
+      return { kind: 'train base', pos: spanOf(tokenOf(ctx, 'Kw_train'), base), globs };
+    }
     const options = nodes(ctx, 'trainOption').map((n) => {
       const [name, value] = allTokensOf(n);
       return { name: name!.image, pos: posOf(name!), values: [this.positiveInt(value!, `train ${name!.image}`)] };

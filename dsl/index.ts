@@ -12,11 +12,21 @@ export type { Spec, Hollow, BlockItem, ShapeDecl, LoraInit, Valued, Num } from '
 export { compareBlockIds } from './cst-to-ast';
 export { SpecError, specErrorAt } from './diagnostics';
 export type { SourcePos, Located, SourceText } from './diagnostics';
-export type { ModelChoice, EmitArtifact } from './presets';
+export type { ModelChoice, EmitArtifact, OptimizerKind } from './presets';
 export { EMIT_ARTIFACTS, SD_PRESETS, SDXL_PRESETS, ALL_PRESETS, presetsFor } from './presets';
 export { matchesGlob, globProblem, globRegex } from './glob';
 export { checkSpec } from './check';
-export type { ModelFacts, HollowRequest, LayerFacts, LoraCandidate, InputFacts, ResolvedSpec, ResolvedTarget } from './check';
+export type {
+  ModelFacts,
+  HollowRequest,
+  LayerFacts,
+  LoraCandidate,
+  BaseParameterFacts,
+  InputFacts,
+  ResolvedSpec,
+  ResolvedTarget,
+  ResolvedBaseParameter,
+} from './check';
 
 /**
  * Parses a `.hollow` spec. Throws a SpecError (the first in source order, with every error found

@@ -128,6 +128,7 @@ export const VPrediction = keyword('v_prediction');
 export const PriorWeight = keyword('prior_weight');
 // optimizer
 export const Adamw = keyword('adamw');
+export const Adamw8bit = keyword('adamw8bit');
 export const Lr = keyword('lr');
 export const Betas = keyword('betas');
 export const Eps = keyword('eps');
@@ -153,7 +154,20 @@ export const ConvGradient = keyword('conv_gradient');
 export const InferAttention = keyword('infer_attention');
 
 /** The words that may start a statement, in the order the docs list them. */
-export const statementHeads: readonly TokenType[] = [Model, Hollow, Shape, Lora, Loss, Optimizer, Emit, Seed, Train, Base, Recompute, Chunks];
+export const statementHeads: readonly TokenType[] = [
+  Model,
+  Hollow,
+  Shape,
+  Lora,
+  Loss,
+  Optimizer,
+  Emit,
+  Seed,
+  Train,
+  Base,
+  Recompute,
+  Chunks,
+];
 
 // The lexer takes the first pattern that matches, so a keyword that is a prefix of another
 // (`eps` / `epsilon`) must come after it: sort longest first.

@@ -187,10 +187,10 @@ class HollowParser extends CstParser {
     ]);
   });
 
-  // optimizer adamw [lr x] [betas b1 b2] [eps e] [weight_decay w]   (any order)
+  // optimizer adamw|adamw8bit [lr x] [betas b1 b2] [eps e] [weight_decay w]   (any order)
   private optimizerStmt = this.RULE('optimizerStmt', () => {
     this.CONSUME(T.Optimizer);
-    this.CONSUME(T.Adamw);
+    this.OR([{ ALT: () => this.CONSUME(T.Adamw) }, { ALT: () => this.CONSUME(T.Adamw8bit) }]);
     this.MANY(() => this.SUBRULE(this.optimizerOption));
   });
 
@@ -228,9 +228,18 @@ class HollowParser extends CstParser {
   });
 
   // train [steps n] [batch n] [checkpoint_every n]   (any order, at least one)
+  // train base "<glob>" ...
   private trainStmt = this.RULE('trainStmt', () => {
     this.CONSUME(T.Train);
-    this.AT_LEAST_ONE(() => this.SUBRULE(this.trainOption));
+    this.OR([
+      { ALT: () => this.AT_LEAST_ONE(() => this.SUBRULE(this.trainOption)) },
+      {
+        ALT: () => {
+          this.CONSUME(T.Base);
+          this.AT_LEAST_ONE2(() => this.CONSUME(T.StringLit));
+        },
+      },
+    ]);
   });
 
   private trainOption = this.RULE('trainOption', () => {

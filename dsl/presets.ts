@@ -2,12 +2,22 @@
 // Which blocks a preset hollows depends on the graph and is answered by ModelFacts.resolveHollow
 // (check.ts); the DSL only needs the names to reject typos early. models/presets.ts is their
 // one source.
-import type { ArtifactName, BasePrecision, ChunkKind, ChunkSizes, InferLoraPrecision, Prediction, RecomputeMode } from '../compiler/manifest';
+import type {
+  ArtifactName,
+  BasePrecision,
+  ChunkKind,
+  ChunkSizes,
+  InferLoraPrecision,
+  Prediction,
+  RecomputeMode,
+} from '../compiler/manifest';
 import type { FamilyName } from '../models/families';
 import { PRESETS } from '../models/presets';
 
 export type { BasePrecision, ChunkKind, ChunkSizes, FamilyName, InferLoraPrecision, Prediction, RecomputeMode };
 export type ModelChoice = FamilyName | 'auto';
+/** The `optimizer` line's kind: AdamW with float32 moments, or with blockwise 8-bit moments (kohya's "AdamW8bit"). */
+export type OptimizerKind = 'adamw' | 'adamw8bit';
 /** What an `emit` line may name: every artifact but the internal `forward`. */
 export type EmitArtifact = Exclude<ArtifactName, 'forward'>;
 

@@ -1,7 +1,7 @@
 // A hand-made ModelFacts with the SD 1.5 block layout (paper Fig. 7) and tiny widths, so the
 // DSL's semantic checks can be tested without any graph code. Its resolveHollow knows the paper
 // presets and accepts any contiguous block set; it is a stand-in, not the real cut logic.
-import { HollowRequest, LayerFacts, LoraCandidate, ModelFacts } from '../dsl';
+import { BaseParameterFacts, HollowRequest, LayerFacts, LoraCandidate, ModelFacts } from '../dsl';
 
 const WIDTH = [32, 64, 64, 64]; // channels of down_blocks.0..3 (up blocks mirror them)
 const CONTEXT = 96; // cross-attention context width
@@ -60,6 +60,29 @@ function candidatesOf(layers: readonly LayerFacts[]): LoraCandidate[] {
   return out;
 }
 
+/** Weights and biases of the LoRA candidates, each resnet's two GroupNorms and the stem, in layer order: enough for `train base`. */
+function baseParametersOf(layers: readonly LayerFacts[], candidates: readonly LoraCandidate[]): BaseParameterFacts[] {
+  const out: BaseParameterFacts[] = [
+    { name: 'conv_in.weight', module: 'conv_in', shape: [WIDTH[0]!, 4, 3, 3] },
+    { name: 'conv_in.bias', module: 'conv_in', shape: [WIDTH[0]!] },
+    { name: 'time_embedding.linear_1.weight', module: 'time_embedding.linear_1', shape: [4 * WIDTH[0]!, WIDTH[0]!] },
+  ];
+  for (const l of layers) {
+    for (const m of l.modules) {
+      if (m.includes('.resnets.')) {
+        for (const norm of ['norm1', 'norm2']) out.push({ name: `${m}.${norm}.weight`, module: `${m}.${norm}`, shape: [widthOf(m)] });
+      }
+      for (const c of candidates.filter((c) => c.module.startsWith(m + '.'))) {
+        const kernel = c.kind === 'conv' ? [3, 3] : [];
+        out.push({ name: `${c.module}.weight`, module: c.module, shape: [c.out, c.in, ...kernel] });
+        out.push({ name: `${c.module}.bias`, module: c.module, shape: [c.out] });
+      }
+    }
+  }
+  out.push({ name: 'conv_out.weight', module: 'conv_out', shape: [4, WIDTH[0]!, 3, 3] });
+  return out;
+}
+
 const PRESETS: Record<string, [string, string]> = {
   '11.5%': ['5-1', '5-2'],
   '20.8%': ['4-2', '6-1'],
@@ -72,12 +95,14 @@ const PRESETS: Record<string, [string, string]> = {
 
 export function toySd15(): ModelFacts {
   const layers = layersOf();
+  const loraCandidates = candidatesOf(layers);
   const ids = layers.map((l) => l.id);
   const span = (a: string, b: string) => ids.slice(ids.indexOf(a), ids.indexOf(b) + 1);
   return {
     family: 'sd15',
     layers,
-    loraCandidates: candidatesOf(layers),
+    loraCandidates,
+    baseParameters: baseParametersOf(layers, loraCandidates),
     inputs: [
       { name: 'sample', rank: 4, dims: [null, 4, null, null] },
       { name: 'timestep', rank: 1 },

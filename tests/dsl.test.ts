@@ -50,6 +50,7 @@ describe('parseSpec: the issue example', () => {
         init: { kind: 'gaussian', std: { value: 0.02 } },
         infer: { value: 'fp32' },
       },
+      trainBase: [],
       loss: { kind: 'mse', prediction: { value: 'epsilon' }, priorWeight: { value: 1 } },
       optimizer: {
         kind: 'adamw',
@@ -105,6 +106,7 @@ describe('parseSpec: defaults', () => {
         init: { kind: 'gaussian', std: { value: 1 / 16 } },
         infer: { value: 'fp32' },
       },
+      trainBase: [],
       loss: { kind: 'mse', prediction: { value: undefined }, priorWeight: { value: 1 } },
       optimizer: {
         kind: 'adamw',
