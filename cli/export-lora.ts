@@ -10,7 +10,7 @@ export function registerExportLora(program: Command): void {
     .description(
       'write the trained LoRA for the original UNet in diffusers (load_lora_weights, any version), peft or kohya (A1111, ComfyUI) layout',
     )
-    .argument('<out>', 'a compiled folder')
+    .argument('<out>', 'a compiled folder (refused while another hollowc, e.g. a train run, writes it)')
     .addOption(new Option('--format <format>', 'key layout').choices([...LORA_FORMATS]).default('peft'))
     .requiredOption('-o, --output <file>', 'LoRA file to write (.safetensors)')
     .option(
@@ -19,6 +19,9 @@ export function registerExportLora(program: Command): void {
     )
     .action((dir: string, o: { format: LoraFormat; output: string; from?: string }) => {
       const r = exportLora({ out: dir, format: o.format, output: o.output, from: o.from });
-      out(`wrote ${r.file} (${o.format}): ${r.modules} modules, ${r.parameters.toLocaleString('en-US')} parameters, from ${r.source}`);
+      out(
+        `wrote ${r.file} (${o.format}): ${r.modules} modules, ${r.parameters.toLocaleString('en-US')} parameters, from ${r.source} (${r.run})`,
+      );
+      if (r.note) process.stderr.write(`hollowc: note: ${r.note}\n`);
     });
 }

@@ -91,10 +91,8 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 if (require.main === module) {
-  const rerun = rerunWithAllocatorSettings(process.argv);
-  if (rerun !== undefined) process.exitCode = rerun;
-  else
-    main(process.argv).then((code) => {
-      process.exitCode = code;
-    });
+  void (async () => {
+    const rerun = await rerunWithAllocatorSettings(process.argv);
+    process.exitCode = rerun ?? (await main(process.argv));
+  })();
 }

@@ -16,7 +16,7 @@ import { OPAQUE_SCOPE } from '../passes/memory/release-dead-buffers';
 import { readTensorBytes } from '../compiler/serde';
 import { readNpy } from '../runtime/formats/npy';
 import { createSession } from '../runtime/ort/session';
-import { trainingSession } from '../runtime/train/step-graph';
+import { trainingSession } from '../runtime/train/step-session';
 import { FIXTURE_DIR, compileFixtureGrads, fixtureInputs, fixtureTensor, relativeError, tempDir } from './support/fixture';
 
 function compileWith(base: 'fp32' | 'int8'): { out: string; m: CompileManifest } {

@@ -14,7 +14,7 @@ import { loadModel } from '../compiler/serde';
 import { constantOfValue, inferShapes, staticShape } from '../compiler/shape-inference';
 import { revealShapes } from '../passes/memory/release-dead-buffers';
 import { createSession, withArtifactConfig } from '../runtime/ort/session';
-import { trainingSession } from '../runtime/train/step-graph';
+import { trainingSession } from '../runtime/train/step-session';
 import { readNpy } from '../runtime/formats/npy';
 import { FIXTURE_DIR, compileFixtureGrads, fixtureGradientStep, identicalOutputs, relativeError } from './support/fixture';
 

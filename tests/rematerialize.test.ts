@@ -13,7 +13,7 @@ import { NAME_SCOPES_KEY } from '../compiler/module-scope';
 import { loadModel } from '../compiler/serde';
 import { rematerialize, transformerBlocks } from '../passes/memory/rematerialize';
 import { createSession } from '../runtime/ort/session';
-import { trainingSession } from '../runtime/train/step-graph';
+import { trainingSession } from '../runtime/train/step-session';
 import { compileFixtureGrads, fixtureGradientStep, identicalOutputs } from './support/fixture';
 
 test('recomputed activations: the same loss and gradients bit for bit, the backward reads clones', async () => {

@@ -204,7 +204,9 @@ test('train through the CLI (stand-in train.onnx): progress, checkpoints, resume
     .map((l) => JSON.parse(l));
   expect(lines.map((l) => [l.step, l.lr])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9].map((s) => [s, 0.01]));
   const e = await cli('export-lora', f.out, '--format', 'peft', '-o', path.join(dir, 'x.safetensors'), '--from', 'checkpoint');
-  expect(e.stdout).toMatch(/^wrote .*x\.safetensors \(peft\): 15 modules, 3,840 parameters, from .*checkpoint\.safetensors\n$/);
+  expect(e.stdout).toMatch(
+    /^wrote .*x\.safetensors \(peft\): 15 modules, 3,840 parameters, from .*checkpoint\.safetensors \(step 9, seed \d+, written [\dT:-]+Z\)\n$/,
+  );
 });
 
 test('progress line: in place on a terminal; in a log a line per tenth of the run or per 10 s', () => {

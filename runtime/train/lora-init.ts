@@ -1,15 +1,18 @@
 /**
  * The LoRA a training run starts from, written at compile time as `lora-init.safetensors`
  * (peft keys): A ~ N(0, std²) from the spec's seed and B = 0 (so step 0 is the base model), or a
- * user's file, checked against the compiled shapes.
+ * user's file, checked against the compiled shapes; and the parameters a fresh run starts from.
  */
+import * as fs from 'fs';
 import * as path from 'path';
 import { HollowcError } from '../../compiler/errors';
 import type { CompileManifest } from '../../compiler/manifest';
 import { Rng, fillNormal } from '../../models/random';
-import { LoraModuleValues, writeLoraFile } from '../formats/lora-file';
+import { LoraModuleValues, readLoraForManifest, writeLoraFile } from '../formats/lora-file';
 import { LORA_INIT_FILE, loraValues } from '../formats/lora-format';
 import { SafetensorsFile, readSafetensors } from '../formats/safetensors';
+import type { ParamState } from './checkpoint';
+import type { TrainGraph } from './step-graph';
 
 export function initialLora(manifest: CompileManifest, std: number, seed: number): LoraModuleValues[] {
   return manifest.lora.targets
@@ -70,4 +73,18 @@ export function writeInitialLora(outDir: string, manifest: CompileManifest, init
     { hollowc_init: init.kind === 'file' ? `from ${init.file}` : `gaussian seed ${init.seed}` },
   );
   return file;
+}
+
+/** The LoRA tensors a fresh run starts from, with zero moments: `<out>/lora-init.safetensors` (written by compile). */
+export function initialParams(out: string, manifest: CompileManifest, graph: TrainGraph): ParamState[] {
+  const file = path.join(out, LORA_INIT_FILE);
+  if (!fs.existsSync(file)) throw new HollowcError(`no ${LORA_INIT_FILE}: compile with hollowc compile (it writes the initial LoRA)`, out);
+  const byName = readLoraForManifest(file, manifest);
+  return graph.params.map((p) => {
+    const v = byName.get(p.name);
+    if (!v) throw new HollowcError(`${LORA_INIT_FILE} has no values for ${p.name}`, file);
+    const n = p.shape.reduce((a, b) => a * b, 1);
+    if (v.length !== n) throw new HollowcError(`${p.name}: ${v.length} values, ${path.basename(graph.file)} expects [${p.shape}]`, file);
+    return { name: p.name, shape: p.shape, value: Float32Array.from(v), expAvg: new Float32Array(n), expAvgSq: new Float32Array(n) };
+  });
 }

@@ -1,17 +1,19 @@
 /**
- * `hollowc train`: runs the training step (step-graph.ts) — train.onnx with AdamW in the graph,
- * or grads.onnx with AdamW on the host (the default when the folder has grads.onnx) — over the
- * precompute store, in the order of record-order.ts, writing
- * checkpoints and the loss log (checkpoint.ts) and, at the end, `<out>/lora.safetensors` (peft
- * keys). Class (prior-preservation) records get loss_weight = prior_weight. A checkpoint holds
- * all a resume needs to continue bit for bit.
+ * `hollowc train`: runs the training step (step-graph.ts) — grads.onnx with AdamW on the host
+ * (the default when the folder has it) or train.onnx with AdamW in the graph — over the
+ * precompute store, in the order of record-order.ts, writing checkpoints and the loss log
+ * (checkpoint.ts) and, at the end, `<out>/lora.safetensors` (peft keys). Class
+ * (prior-preservation) records get loss_weight = prior_weight. A checkpoint holds all a resume
+ * needs to continue bit for bit; one is written every DEFAULT_CHECKPOINT_STEPS steps or
+ * DEFAULT_CHECKPOINT_MINUTES, whichever comes first, unless an interval is asked for, so a crash
+ * loses minutes at most. A run stopped by `signal` (stop-signals.ts) checkpoints its last step.
  */
 import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../../compiler/errors';
 import { withFolderLockAsync } from '../../compiler/folder-lock';
-import type { CompileManifest } from '../../compiler/manifest';
+import type { CompileManifest, TrainingSettings } from '../../compiler/manifest';
 import { loadManifest } from '../ort/artifacts';
 import {
   CHECKPOINT_FILE,
@@ -27,22 +29,18 @@ import {
 import { LoraModuleValues, writeLoraFile } from '../formats/lora-file';
 import { TRAINED_LORA_FILE } from '../formats/lora-format';
 import { SampleOrder } from './record-order';
-import { ExecutionProvider, SessionTuning, createSession, withArtifactConfig } from '../ort/session';
-import { planRecord } from '../store/precompute';
-import { Store } from '../store/store';
-import { STORE_DIR } from '../store/store-format';
-import {
-  OptimizerMode,
-  StepRunner,
-  TrainGraph,
-  chooseOptimizer,
-  dataFeeds,
-  describeTrainGraph,
-  evaluationBatches,
-  initialParams,
-  lossAtRest,
-  trainingSession,
-} from './step-graph';
+import { ExecutionProvider, SessionTuning } from '../ort/session';
+import type { Store } from '../store/store';
+import { evaluationBatches, instanceRecords, lossAtRest } from './evaluation';
+import { initialParams } from './lora-init';
+import { OptimizerMode, TrainGraph, chooseOptimizer } from './step-graph';
+import { StepRunner } from './step-runner';
+import { withStepGraph } from './step-session';
+import { dataFeeds } from './step-tensors';
+
+/** Checkpoint cadence when none is asked for: a checkpoint costs far less than this many steps or minutes of them. */
+export const DEFAULT_CHECKPOINT_STEPS = 100;
+export const DEFAULT_CHECKPOINT_MINUTES = 5;
 
 export interface TrainOptions {
   out: string;
@@ -52,7 +50,11 @@ export interface TrainOptions {
   resume?: boolean;
   /** Discard an existing checkpoint and start over. */
   restart?: boolean;
-  /** Default: the spec's `train checkpoint_every` (= steps: only at the end). */
+  /**
+   * Steps between checkpoints (and one at the last step). Default: the spec's `checkpoint_every`
+   * when it is below its step count, else every DEFAULT_CHECKPOINT_STEPS steps or
+   * DEFAULT_CHECKPOINT_MINUTES minutes, whichever comes first.
+   */
   checkpointEvery?: number;
   /** Default: the spec's optimizer lr (on resume: the checkpoint's). */
   lr?: number;
@@ -71,6 +73,11 @@ export interface TrainOptions {
   onStep?: (info: StepInfo) => void;
   /** After every checkpoint write. */
   onCheckpoint?: (step: number, file: string) => void;
+  /**
+   * Aborted: the run ends the step in progress, checkpoints it and returns `stopped` (no LoRA
+   * file, no evaluation after). stop-signals.ts aborts one on SIGTERM, SIGINT and SIGHUP.
+   */
+  signal?: AbortSignal;
   /**
    * Also measure the loss over the first `batches` batches of the store (in store order, lr = 0)
    * before the first step and after the last, on the training session itself.
@@ -94,10 +101,17 @@ export interface StepInfo {
 
 export interface TrainResult {
   startStep: number;
+  /** The last step done (or the checkpoint's, when there was nothing to do). */
   step: number;
   losses: { step: number; loss: number }[];
   checkpointFile: string;
+  /** Written at the end of a run that was not stopped. */
   loraFile: string;
+  lossLogFile: string;
+  /** The run's checkpoint cadence. */
+  checkpoints: CheckpointCadence;
+  /** Why the run stopped before its last step (the abort reason: a signal's name), if it did. */
+  stopped?: string;
   seconds: number;
   /** Seconds spent in the steps themselves (no session start, no evaluation). */
   stepSeconds: number;
@@ -107,7 +121,7 @@ export interface TrainResult {
   evaluation?: { before: number; after: number; batches: number };
 }
 
-/** LoRA values by module, as lora-file.ts writes them, from train.onnx parameter values. */
+/** LoRA values by module, as lora-file.ts writes them, from the step graph's parameter values. */
 export function loraModules(manifest: CompileManifest, values: Map<string, Float32Array>): LoraModuleValues[] {
   return manifest.lora.targets
     .filter((t) => t.trained && values.has(t.lora_A.name))
@@ -148,7 +162,10 @@ function startingPoint(options: TrainOptions, manifest: CompileManifest, graph: 
     };
   }
   if (!haveCheckpoint)
-    throw new HollowcError(`nothing to resume: no ${CHECKPOINT_FILE} (a run writes one every --checkpoint-every steps)`, trainDir);
+    throw new HollowcError(
+      `nothing to resume: no ${CHECKPOINT_FILE} (a run writes its first after ${DEFAULT_CHECKPOINT_STEPS} steps or ${DEFAULT_CHECKPOINT_MINUTES} minutes, or --checkpoint-every steps)`,
+      trainDir,
+    );
   const cp = readCheckpoint(checkpointFile);
   const s = cp.state;
   if (options.seed !== undefined && options.seed !== s.seed)
@@ -182,7 +199,26 @@ function positiveInteger(value: number, flag: string): number {
   return value;
 }
 
-/** Steps start.step+1 .. steps on `session`, appending to the loss log and checkpointing every `every` steps. */
+/** When a run checkpoints: every `steps` steps, after `minutes` since the last one (when set), and at its last step. */
+export interface CheckpointCadence {
+  steps: number;
+  minutes?: number;
+}
+
+/**
+ * --checkpoint-every, else the spec's checkpoint_every when it is below the spec's steps (the
+ * manifest records checkpoint_every = steps when the spec leaves it out), else the defaults.
+ */
+export function checkpointCadence(asked: number | undefined, settings: TrainingSettings): CheckpointCadence {
+  if (asked !== undefined) return { steps: positiveInteger(asked, '--checkpoint-every') };
+  if (settings.checkpointEvery < settings.steps) return { steps: positiveInteger(settings.checkpointEvery, 'checkpoint_every') };
+  return { steps: DEFAULT_CHECKPOINT_STEPS, minutes: DEFAULT_CHECKPOINT_MINUTES };
+}
+
+/**
+ * Steps start.step+1 .. steps on `session`, appending to the loss log and checkpointing as
+ * `cadence` says; stops early, with a checkpoint, when options.signal is aborted.
+ */
 async function runSteps(
   session: ort.InferenceSession,
   run: {
@@ -191,12 +227,12 @@ async function runSteps(
     store: Store;
     start: StartingPoint;
     steps: number;
-    every: number;
+    cadence: CheckpointCadence;
     priorWeight: number;
     optimizer: CompileManifest['training']['optimizer'];
   },
-): Promise<{ losses: TrainResult['losses']; seconds: number }> {
-  const { options, graph, store, start, steps, every } = run;
+): Promise<{ losses: TrainResult['losses']; seconds: number; stopped?: string }> {
+  const { options, graph, store, start, steps, cadence } = run;
   const runner = new StepRunner(session, graph, run.optimizer);
   const trainDir = path.join(options.out, TRAIN_DIR);
   const checkpointFile = path.join(trainDir, CHECKPOINT_FILE);
@@ -217,8 +253,10 @@ async function runSteps(
   fs.mkdirSync(trainDir, { recursive: true });
   const lossFd = fs.openSync(path.join(trainDir, LOSS_LOG_FILE), 'a');
   const runStart = Date.now();
+  let lastCheckpointAt = runStart;
+  const stopped = () => (options.signal?.aborted ? String(options.signal.reason ?? 'aborted') : undefined);
   try {
-    for (let step = start.step + 1; step <= steps; step++) {
+    for (let step = start.step + 1; step <= steps && !stopped(); step++) {
       const records = order.batchFor(step).map((i) => store.read(i));
       const loss = await runner.step(dataFeeds(graph, store, records, run.priorWeight), start.params, start.lr, step, (l) => {
         if (Number.isFinite(l)) return;
@@ -231,20 +269,28 @@ async function runSteps(
         );
       });
       losses.push({ step, loss });
-      const runSeconds = (Date.now() - runStart) / 1000;
+      const now = Date.now();
+      const runSeconds = (now - runStart) / 1000;
       fs.writeSync(lossFd, JSON.stringify({ step, loss, lr: start.lr, elapsed_s: Number(runSeconds.toFixed(3)) }) + '\n');
-      if (step % every === 0 || step === steps) {
+      const due =
+        step % cadence.steps === 0 ||
+        step === steps ||
+        (cadence.minutes !== undefined && now - lastCheckpointAt >= cadence.minutes * 60_000) ||
+        stopped() !== undefined;
+      if (due) {
         fs.fsyncSync(lossFd);
         const file = writeCheckpoint(trainDir, stateAt(step), start.params);
         options.onCheckpoint?.(step, file);
         lastCheckpoint = step;
+        lastCheckpointAt = Date.now();
       }
       options.onStep?.({ step, steps, loss, runSteps: step - start.step, runSeconds });
     }
   } finally {
     fs.closeSync(lossFd);
   }
-  return { losses, seconds: (Date.now() - runStart) / 1000 };
+  const last = losses.length ? losses[losses.length - 1].step : start.step;
+  return { losses, seconds: (Date.now() - runStart) / 1000, stopped: last < steps ? stopped() : undefined };
 }
 
 /** Holds the folder's writer lock (compiler/folder-lock.ts) for the whole run. */
@@ -259,13 +305,10 @@ async function trainUnlocked(options: TrainOptions): Promise<TrainResult> {
   const settings = manifest.training;
   // A folder compiled without train.onnx or grads.onnx needs a new compile before anything else.
   const optimizer = chooseOptimizer(out, manifest, options.optimizer);
-  const { store } = Store.open(options.storeDir ?? path.join(out, STORE_DIR), { readOnly: true });
-  let session: ort.InferenceSession | undefined;
-  try {
-    const graph = describeTrainGraph(out, manifest, store, optimizer);
+  return withStepGraph(out, manifest, { ...options, optimizer }, async ({ store, graph, session }) => {
     store.verify();
     const steps = positiveInteger(options.steps ?? settings.steps, '--steps');
-    const every = positiveInteger(options.checkpointEvery ?? settings.checkpointEvery, '--checkpoint-every');
+    const cadence = checkpointCadence(options.checkpointEvery, settings);
     const start = startingPoint(options, manifest, graph, store);
     if (!(start.lr > 0 && Number.isFinite(start.lr))) throw new HollowcError(`--lr must be a finite number > 0, got ${start.lr}`);
     const startStep = start.step;
@@ -273,76 +316,50 @@ async function trainUnlocked(options: TrainOptions): Promise<TrainResult> {
     if (!(priorWeight >= 0 && Number.isFinite(priorWeight)))
       throw new HollowcError(`--prior-weight must be a finite number >= 0, got ${priorWeight}`);
 
-    if (startStep < steps || options.evaluate)
-      session = await createSession(graph.file, withArtifactConfig(trainingSession(options), graph));
     const indices = options.evaluate?.instanceOnly ? instanceRecords(store) : undefined;
     const evaluate = async () =>
-      options.evaluate ? lossAtRest(session!, graph, store, start.params, options.evaluate.batches, priorWeight, indices) : undefined;
+      options.evaluate
+        ? lossAtRest(await session(), graph, store, start.params, options.evaluate.batches, priorWeight, indices)
+        : undefined;
     const before = await evaluate();
     const ran =
       startStep < steps
-        ? await runSteps(session!, {
-            options,
-            graph,
-            store,
-            start,
-            steps,
-            every,
-            priorWeight,
-            optimizer: settings.optimizer,
-          })
-        : { losses: [], seconds: 0 };
+        ? await runSteps(await session(), { options, graph, store, start, steps, cadence, priorWeight, optimizer: settings.optimizer })
+        : { losses: [], seconds: 0, stopped: undefined };
+    const step = ran.losses.length ? ran.losses[ran.losses.length - 1].step : startStep;
+    const result = {
+      startStep,
+      step,
+      losses: ran.losses,
+      checkpointFile: path.join(out, TRAIN_DIR, CHECKPOINT_FILE),
+      loraFile: path.join(out, TRAINED_LORA_FILE),
+      lossLogFile: path.join(out, TRAIN_DIR, LOSS_LOG_FILE),
+      checkpoints: cadence,
+      batch: graph.batch,
+      optimizer,
+    };
+    if (ran.stopped) return { ...result, stopped: ran.stopped, seconds: (Date.now() - started) / 1000, stepSeconds: ran.seconds };
     const after = await evaluate();
     const evaluation =
       before !== undefined && after !== undefined
-        ? {
-            before,
-            after,
-            batches: indices
-              ? Math.max(1, Math.min(options.evaluate!.batches, Math.ceil(indices.length / graph.batch)))
-              : evaluationBatches(graph, store, options.evaluate!.batches),
-          }
+        ? { before, after, batches: evaluationBatches(graph.batch, indices?.length ?? store.count, options.evaluate!.batches) }
         : undefined;
 
     // The LoRA of where the run stands: its last step, or the checkpoint's when it was there already.
-    const step = Math.max(steps, startStep);
-    const loraFile = path.join(out, TRAINED_LORA_FILE);
     const values = new Map(start.params.map((p) => [p.name, p.value]));
     writeLoraFile(
-      loraFile,
+      result.loraFile,
       'peft',
       { rank: manifest.lora.rank, alpha: manifest.lora.alpha, modules: loraModules(manifest, values) },
       { hollowc_steps: String(step), hollowc_seed: String(start.seed) },
     );
-    const checkpointFile = path.join(out, TRAIN_DIR, CHECKPOINT_FILE);
-    return {
-      startStep,
-      step,
-      losses: ran.losses,
-      checkpointFile,
-      loraFile,
-      seconds: (Date.now() - started) / 1000,
-      stepSeconds: ran.seconds,
-      batch: graph.batch,
-      optimizer,
-      evaluation,
-    };
-  } finally {
-    store.close();
-    await session?.release();
-  }
-}
-
-/** The store's instance records (not prior-preservation ones), in store order, from precompute's plan. */
-export function instanceRecords(store: Store): number[] {
-  const classes = store.header.classSamples.length;
-  const instances = store.header.instanceSamples.length;
-  return Array.from({ length: store.count }, (_, i) => i).filter((i) => !planRecord(i, instances, classes).isClass);
+    return { ...result, seconds: (Date.now() - started) / 1000, stepSeconds: ran.seconds, evaluation };
+  });
 }
 
 export interface EvaluateOptions {
   out: string;
-  /** LoRA values by train.onnx parameter name; default: lora-init. */
+  /** LoRA values by the step graph's parameter names; default: lora-init. */
   params?: Map<string, Float32Array>;
   /** How many batches (records in store order, from the first) to average over. */
   batches?: number;
@@ -363,15 +380,12 @@ export interface EvaluateOptions {
  */
 export async function evaluateLoss(options: EvaluateOptions): Promise<number> {
   const manifest = loadManifest(options.out);
-  const { store } = Store.open(options.storeDir ?? path.join(options.out, STORE_DIR), { readOnly: true });
-  let session: ort.InferenceSession | undefined;
-  try {
-    const graph = describeTrainGraph(options.out, manifest, store, chooseOptimizer(options.out, manifest, options.optimizer));
+  const optimizer = chooseOptimizer(options.out, manifest, options.optimizer);
+  return withStepGraph(options.out, manifest, { ...options, optimizer }, async ({ store, graph, session }) => {
     const params = initialParams(options.out, manifest, graph);
     if (options.params) for (const p of params) p.value = Float32Array.from(options.params.get(p.name) ?? p.value);
-    session = await createSession(graph.file, withArtifactConfig(trainingSession(options), graph));
-    return await lossAtRest(
-      session,
+    return lossAtRest(
+      await session(),
       graph,
       store,
       params,
@@ -379,8 +393,5 @@ export async function evaluateLoss(options: EvaluateOptions): Promise<number> {
       options.priorWeight ?? manifest.training.priorWeight,
       options.instanceOnly ? instanceRecords(store) : undefined,
     );
-  } finally {
-    store.close();
-    await session?.release();
-  }
+  });
 }

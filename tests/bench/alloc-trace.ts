@@ -20,7 +20,9 @@ import type * as Ort from 'onnxruntime-node';
 import { MALLOC_ENV } from '../../cli/allocator';
 import { LEARNING_RATE, STEP, isLoraParam, optimizerStateOwner, readManifest } from '../../compiler/manifest';
 import { sessionExtra } from '../../runtime/ort/session';
-import { OptimizerMode, StepRunner, TRAINING_SESSION_CONFIG, describeTrainGraph } from '../../runtime/train/step-graph';
+import { OptimizerMode, describeTrainGraph } from '../../runtime/train/step-graph';
+import { StepRunner } from '../../runtime/train/step-runner';
+import { TRAINING_SESSION_CONFIG } from '../../runtime/train/step-session';
 import { syntheticParams, syntheticValue } from './synthetic';
 
 const MiB = 2 ** 20;

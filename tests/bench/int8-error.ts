@@ -9,7 +9,8 @@
 import * as ort from 'onnxruntime-node';
 import { LOSS, readManifest } from '../../compiler/manifest';
 import { createSession } from '../../runtime/ort/session';
-import { describeTrainGraph, trainingSession } from '../../runtime/train/step-graph';
+import { describeTrainGraph } from '../../runtime/train/step-graph';
+import { trainingSession } from '../../runtime/train/step-session';
 import { relativeError } from '../support/fixture';
 import { syntheticValue } from './synthetic';
 

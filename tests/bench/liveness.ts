@@ -34,7 +34,7 @@ import { inferShapes, staticBytes } from '../../compiler/shape-inference';
 import { revealShapes } from '../../passes/memory/release-dead-buffers';
 import { toFloat16 } from '../../runtime/formats/float16';
 import { createSession, sessionExtra } from '../../runtime/ort/session';
-import { TRAINING_SESSION_CONFIG } from '../../runtime/train/step-graph';
+import { TRAINING_SESSION_CONFIG } from '../../runtime/train/step-session';
 
 const MiB = 2 ** 20;
 const ALIASING = new Set(['Reshape', 'Squeeze', 'Unsqueeze', 'Flatten', 'Identity']);

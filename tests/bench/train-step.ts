@@ -45,7 +45,9 @@ import { toHalfBits } from '../../runtime/formats/float16';
 import { syntheticParams, syntheticValue } from './synthetic';
 import { presetsFor } from '../../dsl/presets';
 import { EXECUTION_PROVIDERS, ExecutionProvider, WebGpuBufferCache } from '../../runtime/ort/session';
-import { OptimizerMode, StepRunner, describeTrainGraph, trainingSession } from '../../runtime/train/step-graph';
+import { OptimizerMode, describeTrainGraph } from '../../runtime/train/step-graph';
+import { StepRunner } from '../../runtime/train/step-runner';
+import { trainingSession } from '../../runtime/train/step-session';
 
 const MiB = 2 ** 20;
 const CLI = path.join(__dirname, '..', '..', 'cli', 'main.js');
@@ -162,7 +164,7 @@ async function child(a: ChildArgs): Promise<void> {
   const manifest = a.kind === 'train' ? readManifest(a.file) : undefined;
   const graph = manifest ? describeTrainGraph(a.file, manifest, undefined, a.mode) : undefined;
   const file = graph?.file ?? a.file;
-  // The runtime's options: training graphs as runtime/train/step-graph.ts trainingSession sets them.
+  // The runtime's options: training graphs as runtime/train/step-session.ts trainingSession sets them.
   const base = graph
     ? trainingSession({ session: { intraOpThreads: a.threads, webgpuBufferCache: a.webgpuCache }, ep: a.ep })
     : { intraOpThreads: a.threads, optimization: 'all' as const, ep: a.ep, webgpuBufferCache: a.webgpuCache };

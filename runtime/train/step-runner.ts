@@ -1,0 +1,82 @@
+/** Runs training steps on one session of the step graph (step-graph.ts), in either optimizer mode. */
+import * as ort from 'onnxruntime-node';
+import { CompileManifest, LOSS, gradientName } from '../../compiler/manifest';
+import { HollowcError } from '../../compiler/errors';
+import { float32Data } from '../ort/artifacts';
+import type { ParamState } from './checkpoint';
+import { collectGarbage } from './collect-garbage';
+import { HostAdamW } from './host-adamw';
+import { paramFeeds } from './step-tensors';
+import { TrainGraph, updatedOutputs } from './step-graph';
+
+/**
+ * Runs training steps on one session in either mode. Host mode applies AdamW in place with the
+ * gradients the step returns. They are not pre-allocated fetches: onnxruntime-node 1.30 fills a
+ * pre-allocated output in place but still returns a copy of it, so a persistent set of gradient
+ * buffers only added their size to every step's peak (full SD 2.1 39.2%, r128: 92 MiB held,
+ * peak 82 MiB lower without them). The returned copies are collected after each step
+ * (collectGarbage), before the next one runs.
+ */
+export class StepRunner {
+  private readonly adamw?: HostAdamW;
+
+  constructor(
+    private readonly session: ort.InferenceSession,
+    private readonly graph: TrainGraph,
+    optimizer: CompileManifest['training']['optimizer'],
+  ) {
+    if (graph.mode === 'host') this.adamw = new HostAdamW(optimizer);
+  }
+
+  /** One step `step` (1-based) on `data`: updates `params` (values and moments) and returns the loss. */
+  async step(
+    data: Record<string, ort.Tensor>,
+    params: ParamState[],
+    lr: number,
+    step: number,
+    accept: (loss: number) => void = () => {},
+  ): Promise<number> {
+    const loss = await this.update(data, params, lr, step, accept);
+    // The step's outputs are garbage once applied (update's frame is gone): free them now.
+    collectGarbage();
+    return loss;
+  }
+
+  private async update(
+    data: Record<string, ort.Tensor>,
+    params: ParamState[],
+    lr: number,
+    step: number,
+    accept: (loss: number) => void,
+  ): Promise<number> {
+    const result = await this.session.run({ ...data, ...paramFeeds(this.graph, params, lr, step) }, this.graph.outputs);
+    const loss = readLoss(result);
+    // The caller may refuse the step (a NaN loss) before any parameter changes.
+    accept(loss);
+    if (this.graph.mode === 'graph') applyUpdates(params, result);
+    else
+      this.adamw!.step(
+        params,
+        params.map((p) => float32Data(result[gradientName(p.name)], gradientName(p.name))),
+        lr,
+        step,
+      );
+    return loss;
+  }
+}
+
+/** Takes one step's updated values and moments from its outputs. */
+export function applyUpdates(params: ParamState[], result: ort.InferenceSession.OnnxValueMapType): void {
+  for (const p of params) {
+    const [value, expAvg, expAvgSq] = updatedOutputs(p.name);
+    p.value = float32Data(result[value], value);
+    p.expAvg = float32Data(result[expAvg], expAvg);
+    p.expAvgSq = float32Data(result[expAvgSq], expAvgSq);
+  }
+}
+
+export function readLoss(result: ort.InferenceSession.OnnxValueMapType): number {
+  const t = result[LOSS];
+  if (!t) throw new HollowcError('the training step returned no loss');
+  return Number((t.data as Float32Array | Float64Array)[0]);
+}
