@@ -37,6 +37,7 @@ export function compileSpec(unet: LoadedUNet, spec: CheckedSpec, options: Compil
     outDir: options.out,
     lastKeptDown: lastKeptDownFor(unet.analysis, r.hollow.hollowed),
     targets: r.lora.targets.map((t) => t.module),
+    trainBase: r.trainBase.map((p) => p.name),
     lora: { rank: r.lora.rank, alpha: r.lora.alpha, inferPrecision: r.lora.infer },
     emit: [...r.emit],
     spec: { file: spec.file, text: spec.text },

@@ -67,6 +67,7 @@ export function trainingSettingsOf(spec: ResolvedSpec): TrainingSettings {
       betas: [spec.optimizer.betas[0], spec.optimizer.betas[1]],
       eps: spec.optimizer.eps,
       weightDecay: spec.optimizer.weightDecay,
+      ...(spec.optimizer.kind === 'adamw8bit' ? { state: '8bit' as const } : {}),
     },
   };
 }

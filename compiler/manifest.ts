@@ -88,6 +88,13 @@ export function updatedName(name: string): string {
 export function gradientName(param: string): string {
   return `${param}.grad`;
 }
+/**
+ * How the AdamW moments are kept (the spec's `optimizer adamw` / `adamw8bit`): float32, or one
+ * byte per value in blocks with a float32 scale each (the host optimizer only).
+ */
+export const OPTIMIZER_STATES = ['fp32', '8bit'] as const;
+export type OptimizerState = (typeof OPTIMIZER_STATES)[number];
+
 /** The parameter whose optimizer state `name` is, if it is one of `params`'s states. */
 export function optimizerStateOwner(name: string, params: ReadonlySet<string>): string | undefined {
   for (const suffix of ['.exp_avg', '.exp_avg_sq']) {
@@ -165,7 +172,29 @@ export interface TrainingSettings {
   /** The spec's `shape` lines. */
   shapes: Record<string, number[]>;
   /** AdamW constants (train.onnx has them built in; a host-side optimizer reads them here). */
-  optimizer: { betas: [number, number]; eps: number; weightDecay: number };
+  optimizer: {
+    betas: [number, number];
+    eps: number;
+    weightDecay: number;
+    /** How the host optimizer keeps the moments (absent: fp32). */
+    state?: OptimizerState;
+  };
+}
+
+/**
+ * A base weight the training graphs take as an input (the spec's `train base`): named by its
+ * diffusers parameter name (`down_blocks.0.resnets.0.conv1.weight`) in torch's layout, as its
+ * gradient `<name>.grad`, its checkpoint tensors and the exports name it. A weight the export
+ * stores in another layout (pre-transposed `[in, out]`, a norm's `[C, 1, 1]`) is mapped inside
+ * the graphs.
+ */
+export interface TrainedBaseParameter {
+  name: string;
+  module: string;
+  /** torch's shape. */
+  shape: number[];
+  /** Its value before training: float32 little-endian, torch's layout, a byte range of one of the folder's `weights` files. */
+  init: { file: string; offset: number; length: number };
 }
 
 export interface ManifestCut {
@@ -181,14 +210,33 @@ export interface ManifestCut {
   fraction: number;
 }
 
+/** The UNet a folder was compiled from. */
+export interface ManifestModel {
+  file: string;
+  /** sha256 of the graph file's bytes. */
+  sha256: string;
+  parameters: number;
+  /**
+   * The UNet's identity (compiler/model-identity.ts: the graph's bytes, its weights files' names,
+   * sizes and samples), checked where a folder is paired with a model. Absent in folders compiled
+   * before it was recorded.
+   */
+  identity?: string;
+  /** Every latent side the UNet takes is a multiple of this (2^downsamplers; models/latent-sizes.ts). */
+  latentMultiple?: number;
+}
+
 export interface CompileManifest {
   /** The manifest format, MANIFEST_FORMAT. */
   hollowc: string;
   family: string;
-  model: { file: string; sha256: string; parameters: number };
+  model: ManifestModel;
   cut: ManifestCut | null;
-  parameters: { full: number; heldDuringTraining: number; lora: number };
+  /** `trainedBase`: values of the base weights that train (absent: none). */
+  parameters: { full: number; heldDuringTraining: number; lora: number; trainedBase?: number };
   lora: { rank: number; alpha: number; scale: number; targets: LoraTargetDescription[] };
+  /** The base weights that train, in the training graphs' input order (absent: none, LoRA only). */
+  trainBase?: TrainedBaseParameter[];
   weights: string[];
   artifacts: Partial<Record<ArtifactName, ArtifactDescription>>;
   training: TrainingSettings;
@@ -212,6 +260,10 @@ function manifestProblem(m: Record<string, unknown>): string | undefined {
     const p = shapeProblem(`field "${key}"`, m[key]);
     if (p) return p;
   }
+  const model = m.model as Record<string, unknown>;
+  if (model.identity !== undefined && typeof model.identity !== 'string') return 'field "model.identity" is not a string';
+  if (model.latentMultiple !== undefined && !(Number.isInteger(model.latentMultiple) && (model.latentMultiple as number) > 0))
+    return 'field "model.latentMultiple" is not a positive integer';
   const lora = m.lora as Record<string, unknown>;
   if (typeof lora.rank !== 'number' || typeof lora.alpha !== 'number' || typeof lora.scale !== 'number' || !Array.isArray(lora.targets))
     return 'field "lora" lacks rank, alpha, scale or targets';
@@ -232,6 +284,15 @@ function manifestProblem(m: Record<string, unknown>): string | undefined {
     return 'training setting "optimizer" is missing';
   if (t.base !== undefined && !(BASE_PRECISIONS as readonly unknown[]).includes(t.base))
     return `training setting "base" is ${JSON.stringify(t.base)}, not one of ${BASE_PRECISIONS.join(', ')}`;
+  if (o.state !== undefined && !(OPTIMIZER_STATES as readonly unknown[]).includes(o.state))
+    return `training setting "optimizer.state" is ${JSON.stringify(o.state)}, not one of ${OPTIMIZER_STATES.join(', ')}`;
+  if (m.trainBase !== undefined && !Array.isArray(m.trainBase)) return 'field "trainBase" is not a list';
+  for (const p of (m.trainBase as Partial<TrainedBaseParameter>[] | undefined) ?? []) {
+    if (typeof p?.name !== 'string' || !Array.isArray(p.shape) || typeof p.init?.file !== 'string' || typeof p.init.offset !== 'number')
+      return `trainBase entry ${JSON.stringify(p?.name)} lacks name, shape or init`;
+    if (path.isAbsolute(p.init.file) || p.init.file.split(/[\\/]/).includes('..'))
+      return `trainBase entry ${p.name} points outside the folder (${p.init.file})`;
+  }
   if (t.prediction !== 'epsilon' && t.prediction !== 'v_prediction')
     return `training prediction ${JSON.stringify(t.prediction)} is neither epsilon nor v_prediction`;
   if (m.cut !== null && shapeProblem('field "cut"', m.cut)) return 'field "cut" is missing (null for hollow none)';

@@ -6,7 +6,8 @@
  *   forward     the hollowed net with LoRA (what training differentiates)
  *   infer       path 1 (base, up to the activation) + path 2 (hollowed net with LoRA), large
  *               attention maps in blocks of query rows
- *   grads       forward + static shapes + loss + d loss / d LoRA (large attention maps per head in
+ *   grads       forward (the base weights that train as inputs) + static shapes + loss + d loss / d LoRA
+ *               and those base weights (large attention maps per head in
  *               blocks of query rows, wide feed-forwards in blocks of token rows, large convolution
  *               gradients in bands of rows, each block's backward finished before the next; cheap
  *               activations recomputed; under `base int8` every base weight read dequantized from
@@ -36,6 +37,7 @@ import { exposeGradientsPass } from './training/expose-gradients';
 import { extractPrecomputePass } from './structure/extract-precompute';
 import { hollowOutPass } from './structure/hollow-out';
 import { insertLoraPass } from './structure/insert-lora';
+import { makeBaseTrainablePass } from './structure/make-base-trainable';
 import { orderSinksPass } from './memory/order-sinks';
 import { pairAttentionGradientsPass } from './memory/pair-attention-gradients';
 import { quantizeBasePass } from './precision/quantize-base';
@@ -55,6 +57,7 @@ const PRECISE_ON_GPUS = [preciseNormalizationPass, preciseTrigonometryPass];
 
 const TRAINING_LOSS = [
   ...HOLLOWED_WITH_LORA,
+  makeBaseTrainablePass,
   timestepPerSamplePass,
   specializeShapesPass,
   splitAttentionPass,

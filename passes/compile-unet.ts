@@ -20,6 +20,7 @@ import {
   MANIFEST_FORMAT,
   ManifestCut,
   TensorDescription,
+  TrainedBaseParameter,
   TrainingSettings,
   WEIGHTS_FILE,
   loraParamNames,
@@ -30,6 +31,7 @@ import { writeFileAtomic } from '../compiler/atomic-files';
 import { defaultTrainingSettings } from '../models/training-defaults';
 import { CutInfo, UNetAnalysis, analyzeUNet, isStandardDomain } from './lib/analyze-unet';
 import { ArtifactState, ChunkFields, LoraConfig, LoraParam, pickChunkFields } from './lib/artifact-state';
+import { BaseParameter, selectBaseParameters, torchLayoutData } from './lib/base-parameters';
 import { loraShapes, selectSites } from './lib/lora-sites';
 import { buildArtifact } from './artifact-passes';
 import { widenFloat16 } from './lib/widen-float16';
@@ -47,6 +49,8 @@ export interface CompileRequest extends ChunkFields {
   lastKeptDown: string | null;
   /** Module paths that get LoRA. */
   targets: string[];
+  /** Base weights that train too, by diffusers parameter name (the spec's `train base`); none when absent. */
+  trainBase?: string[];
   lora: LoraConfig;
   emit: ArtifactName[];
   spec?: { file: string; text: string };
@@ -168,6 +172,21 @@ function loraManifest(source: Model, request: CompileRequest, trained: readonly 
   };
 }
 
+/**
+ * A trained base weight for the manifest, with its value before training in torch's layout: where
+ * the source stores it so (a hard-linked external file) that range itself, else written once more
+ * into the shared weights file (pre-transposed or unsqueezed weights, weights held inline).
+ */
+function describeBaseParameter(p: BaseParameter, dir: string, writer: ExternalDataWriter): TrainedBaseParameter {
+  const t = p.value.initializer!;
+  const data = torchLayoutData(p);
+  const inPlace = data.kind === 'external' && path.dirname(data.file) === dir;
+  const at = inPlace
+    ? { location: path.basename(data.file), offset: data.offset, length: data.length }
+    : writer.place({ name: `${p.name}.init`, dataType: t.dataType, dims: [...p.shape], data });
+  return { name: p.name, module: p.module, shape: [...p.shape], init: { file: at.location, offset: at.offset, length: at.length } };
+}
+
 export function compile(request: CompileRequest): CompileManifest {
   const label = request.modelFile;
   const loaded = request.model ?? loadModel(request.modelFile);
@@ -184,10 +203,13 @@ export function compile(request: CompileRequest): CompileManifest {
   if (request.emit.includes('precompute') && !cut)
     throw new HollowcError('precompute.onnx needs a hollow: with `hollow none` there is no hollow activation to precompute');
   const training = request.training ?? defaultTrainingSettings(analysis.family);
+  // Checked before anything is written: a name the model lacks, or one inside the hollow, is refused.
+  const trainedBase = selectBaseParameters(source.graph, request.trainBase ?? [], cut?.hollowedModules ?? [], label);
   const inputs: ArtifactState = {
     analysis,
     cut,
     targets: request.targets,
+    trainBase: trainedBase.map((p) => p.name),
     lora: request.lora,
     training,
     label,
@@ -219,6 +241,7 @@ export function compile(request: CompileRequest): CompileManifest {
       if (state.float16Weights) artifacts[name]!.sessionConfig = { ...FLOAT16_WEIGHTS_SESSION_CONFIG };
       if (state.cpuArena) artifacts[name]!.cpuArena = true;
     }
+    const trainBase = trainedBase.map((p) => describeBaseParameter(p, tmp, writer));
     writer.commit();
     // The LoRA a training run holds: what insert-lora adds outside the hollow.
     trained ??= buildArtifact('forward', source, inputs).state.loraParams!;
@@ -232,8 +255,10 @@ export function compile(request: CompileRequest): CompileManifest {
         full: analysis.totalParams,
         heldDuringTraining: analysis.totalParams - (cut?.removedParams ?? 0),
         lora: trained.reduce((a, p) => a + p.shape.reduce((x, y) => x * y, 1), 0),
+        ...(trainBase.length ? { trainedBase: trainBase.reduce((a, p) => a + p.shape.reduce((x, y) => x * y, 1), 0) } : {}),
       },
       lora: loraManifest(source, request, trained),
+      ...(trainBase.length ? { trainBase } : {}),
       weights: [WEIGHTS_FILE, ...linked],
       artifacts,
       training,

@@ -66,14 +66,14 @@ const CASES: [string, ArtifactName, number, boolean, ('fp32' | 'int8')?][] = [
   ['forward.hollow-none', 'forward', 2, false],
   ['add-base-path', 'infer', 1, true],
   ['infer', 'infer', 3, true],
-  ['specialize-shapes', 'train', 4, true],
-  ['add-loss', 'train', 8, true],
-  ['differentiate', 'train', 9, true],
-  ['rematerialize', 'train', 12, true],
-  ['quantize-base', 'train', 13, true, 'int8'],
-  ['add-adamw', 'train', 16, true],
-  ['order-sinks', 'train', 17, true],
-  ['expose-gradients', 'grads', 16, true],
+  ['specialize-shapes', 'train', 5, true],
+  ['add-loss', 'train', 9, true],
+  ['differentiate', 'train', 10, true],
+  ['rematerialize', 'train', 13, true],
+  ['quantize-base', 'train', 14, true, 'int8'],
+  ['add-adamw', 'train', 17, true],
+  ['order-sinks', 'train', 18, true],
+  ['expose-gradients', 'grads', 17, true],
   ['release-dead-buffers', 'grads', ARTIFACT_PASSES.grads.length, true, 'int8'],
 ];
 
@@ -139,8 +139,27 @@ test("pair-attention-gradients: each row block's q gradient joined with kᵀ's r
   );
   const [record] = runPasses(model, [pairAttentionGradientsPass], { ...state, gradients });
   // 2 heads in blocks of 2 and 1 rows: per head, kᵀ's gradient is one Add of the two blocks' terms.
-  expect(record.summary).toBe("2 joins of a block's q gradient with kᵀ's running gradient");
+  expect(record.summary).toBe("2 joins of a block's q gradient with kᵀ's running gradient (4 of 4 attention blocks)");
   expectGolden('pair-attention-gradients', printGraph(g, { nodeNames: false }));
+});
+
+test('make-base-trainable (train base): the trained weights become inputs by name, in torch layout, and get gradients', () => {
+  const model = cloneModel(toyUNet());
+  // to_q has LoRA too; to_v's weight is stored [in 8, out 4] for its MatMul: torch's [4, 8] comes in through a Transpose
+  const state: ArtifactState = { ...toyState(true), trainBase: ['down_blocks.0.attn1.to_q.weight', 'up_blocks.0.attn1.to_v.weight'] };
+  const through = ARTIFACT_PASSES.grads.findIndex((p) => p.name === 'make-base-trainable') + 1;
+  const records = runPasses(model, ARTIFACT_PASSES.grads.slice(0, through), state);
+  expect(records[records.length - 1].summary).toBe('2 base weights (48 values) are inputs');
+  expect(state.baseParams!.map((p) => [p.name, p.shape])).toEqual([
+    ['down_blocks.0.attn1.to_q.weight', [4, 4]],
+    ['up_blocks.0.attn1.to_v.weight', [4, 8]],
+  ]);
+  expect(model.graph.initializers().map((v) => v.name)).not.toContain('up_blocks.0.attn1.to_v.weight');
+  expectGolden('make-base-trainable', printGraph(model.graph, { nodeNames: false }));
+  // and grads.onnx returns their gradients after the LoRA's
+  const grads = cloneModel(toyUNet());
+  runPasses(grads, ARTIFACT_PASSES.grads, { ...toyState(true), trainBase: state.trainBase });
+  expect(grads.graph.outputs.map((o) => o.name).slice(-2)).toEqual(['down_blocks.0.attn1.to_q.weight.grad', 'up_blocks.0.attn1.to_v.weight.grad']);
 });
 
 test('float16-lora-inputs (lora infer fp16): infer.onnx takes its LoRA tensors as float16, cast where read', () => {

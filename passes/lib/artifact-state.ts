@@ -21,6 +21,15 @@ export interface LoraParam {
   shape: number[];
 }
 
+/** A base weight the training graphs take as an input (make-base-trainable). */
+export interface BaseParam {
+  /** The diffusers parameter name, which the graph input carries. */
+  name: string;
+  module: string;
+  /** torch's shape. */
+  shape: number[];
+}
+
 export interface ArtifactState {
   readonly analysis: UNetAnalysis;
   /** null for `hollow none`. */
@@ -28,6 +37,8 @@ export interface ArtifactState {
   /** Module paths that get LoRA (targets inside the hollow are skipped by the pass). */
   readonly targets: readonly string[];
   readonly lora: LoraConfig;
+  /** The base weights that train, by diffusers parameter name (the spec's `train base`; none when absent). */
+  readonly trainBase?: readonly string[];
   /** Static shapes, batch and optimizer constants for the training graphs. */
   readonly training: TrainingSettings;
   /** Names the model in error messages. */
@@ -61,9 +72,11 @@ export interface ArtifactState {
   baseActivation?: Value;
   /** insert-lora: the LoRA parameter inputs, in site order. */
   loraParams?: LoraParam[];
+  /** make-base-trainable: the base weights the training graphs take as inputs, in graph order. */
+  baseParams?: BaseParam[];
   /** add-loss: the scalar loss. */
   loss?: Value;
-  /** differentiate: d loss / d each LoRA parameter. */
+  /** differentiate: d loss / d each trained parameter (LoRA, then base weights). */
   gradients?: Map<Value, Value>;
   /** differentiate: the seed d loss / d loss (the nodes that depend on it carry gradients). */
   gradientSeed?: Value;
@@ -72,6 +85,11 @@ export interface ArtifactState {
 /** The graph values of the LoRA parameters insert-lora added. */
 export function loraValues(model: Model, state: ArtifactState): Value[] {
   return state.loraParams!.map((p) => model.graph.value(p.name));
+}
+
+/** What training updates: the LoRA parameters, then the base weights make-base-trainable made inputs. */
+export function trainableValues(model: Model, state: ArtifactState): Value[] {
+  return [...state.loraParams!, ...(state.baseParams ?? [])].map((p) => model.graph.value(p.name));
 }
 
 /** The memory rewrites' block sizes (each pass's default where absent). */

@@ -7,8 +7,10 @@
  * here by its module (module-scope.ts) and role, `<module>.weight` or `<module>.bias`, with the
  * layout that maps torch's tensor onto the stored one. No weight bytes are read.
  */
-import { Graph, Node, Value } from '../../compiler/ir';
-import { findParameters } from '../../compiler/module-scope';
+import { HollowcError } from '../../compiler/errors';
+import { Graph, Node, TensorData, Value } from '../../compiler/ir';
+import { findParameters, isWithin } from '../../compiler/module-scope';
+import { transposedData } from './transposed-data';
 
 /**
  * How a parameter is stored against torch's layout: as torch has it; `transposed`, a 2-D weight
@@ -86,4 +88,46 @@ export function findBaseParameters(g: Graph): BaseParameter[] {
     out.push({ name, module: p.module, value: p.value, shape: torchShape(t.dims, layout), layout });
   }
   return out;
+}
+
+/**
+ * The parameters named, in graph order, for `compile`'s `trainBase`: a name the model has no
+ * parameter for, or one inside the hollow (it never enters the training graphs), is an error.
+ */
+export function selectBaseParameters(
+  g: Graph,
+  names: readonly string[],
+  hollowedModules: readonly string[],
+  label: string,
+): BaseParameter[] {
+  const all = findBaseParameters(g);
+  const known = new Set(all.map((p) => p.name));
+  const missing = names.filter((n) => !known.has(n));
+  if (missing.length)
+    throw new HollowcError(
+      `train base: no parameter named ${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ` (and ${missing.length - 3} more)` : ''}; parameters are named as diffusers names them, e.g. ${all[0]?.name ?? '(none)'}`,
+      label,
+    );
+  const wanted = new Set(names);
+  const picked = all.filter((p) => wanted.has(p.name));
+  const hollowed = picked.find((p) => hollowedModules.some((m) => isWithin(p.module, m)));
+  if (hollowed)
+    throw new HollowcError(
+      `train base: ${hollowed.name} is inside the hollow (${hollowedModules.join(', ')}): hollowed weights never train`,
+      label,
+    );
+  return picked;
+}
+
+/** A parameter's float32 bytes in torch's layout: its stored bytes, transposed where stored [in, out]. */
+export function torchLayoutData(p: BaseParameter): TensorData {
+  const t = p.value.initializer!;
+  if (p.layout !== 'transposed') return t.data;
+  const key =
+    t.data.kind === 'external'
+      ? `torch:${t.data.file}:${t.data.offset}`
+      : t.data.kind === 'computed'
+        ? `torch:${t.data.key}`
+        : `torch:${p.name}`;
+  return transposedData(t, key);
 }

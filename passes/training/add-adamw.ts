@@ -17,7 +17,7 @@ import { Graph, Model, Value } from '../../compiler/ir';
 import { LEARNING_RATE, STEP, expAvgName, expAvgSqName, updatedName } from '../../compiler/manifest';
 import { OpEmitter, staticShapeOf } from '../../compiler/op-emitter';
 import { Pass } from '../../compiler/pass';
-import { ArtifactState, loraValues } from '../lib/artifact-state';
+import { ArtifactState, trainableValues } from '../lib/artifact-state';
 
 export interface AdamWOptions {
   beta1?: number;
@@ -112,15 +112,15 @@ export function addAdamW(
   return { lr, step, states };
 }
 
-/** train.onnx: the step updates every LoRA parameter with the spec's AdamW constants. */
+/** train.onnx: the step updates every trained parameter (LoRA, then base weights) with the spec's AdamW constants. */
 export const addAdamWPass: Pass<ArtifactState> = {
   name: 'add-adamw',
-  requires: ['loraParams', 'gradients'],
+  requires: ['loraParams', 'baseParams', 'gradients'],
   run(model, state) {
     const { betas, eps, weightDecay } = state.training.optimizer;
     // A float32 `step` (exact to 2^24 steps): onnxruntime's WebGPU Cast takes no int64, so an int64
     // step put its Cast on the CPU with a host copy every step. The runtime feeds the declared dtype.
-    const r = addAdamW(model, loraValues(model, state), state.gradients!, {
+    const r = addAdamW(model, trainableValues(model, state), state.gradients!, {
       beta1: betas[0],
       beta2: betas[1],
       eps,

@@ -12,7 +12,7 @@ import { GraphBuilder } from '../../compiler/builder';
 import { HollowcError } from '../../compiler/errors';
 import { Graph, Model, Node, Value } from '../../compiler/ir';
 import { Pass } from '../../compiler/pass';
-import { ArtifactState, loraValues } from '../lib/artifact-state';
+import { ArtifactState, trainableValues } from '../lib/artifact-state';
 import { isFloatType, mergeEqualConstants } from '../../compiler/constant-eval';
 import { GRADIENT_RULES, GradContext, NO_GRADIENT_OPS } from '../lib/gradient-rules';
 import { OpEmitter, staticShapeOf } from '../../compiler/op-emitter';
@@ -207,13 +207,13 @@ function removeUnreadNodes(g: Graph, added: readonly Node[], keep: ReadonlySet<V
   }
 }
 
-/** Gradients of the loss w.r.t. the LoRA parameters only: the base stays frozen. */
+/** Gradients of the loss w.r.t. the LoRA parameters and the base weights that train: the rest of the base stays frozen. */
 export const differentiatePass: Pass<ArtifactState> = {
   name: 'differentiate',
-  requires: ['loss', 'loraParams'],
+  requires: ['loss', 'loraParams', 'baseParams'],
   ensures: ['gradients', 'gradientSeed'],
   run(model, state) {
-    const r = differentiate(model, state.loss!, loraValues(model, state));
+    const r = differentiate(model, state.loss!, trainableValues(model, state));
     state.gradients = r.gradients;
     state.gradientSeed = r.seed;
     return { changed: true, summary: `${r.nodesDifferentiated} nodes differentiated, ${r.nodesAdded} added` };

@@ -1,5 +1,5 @@
 /**
- * grads.onnx's outputs: the loss and the gradient of every LoRA parameter, `<param>.grad`, for
+ * grads.onnx's outputs: the loss and the gradient of every trained parameter (LoRA, then the base weights that train), `<param>.grad`, for
  * runtimes that apply the optimizer themselves.
  */
 import { HollowcError } from '../../compiler/errors';
@@ -7,7 +7,7 @@ import { Graph, Node, Value } from '../../compiler/ir';
 import { gradientName } from '../../compiler/manifest';
 import { staticShapeOf } from '../../compiler/op-emitter';
 import { Pass } from '../../compiler/pass';
-import { ArtifactState, loraValues } from '../lib/artifact-state';
+import { ArtifactState, trainableValues } from '../lib/artifact-state';
 
 /**
  * Exposes gradients as graph outputs named `<wrt name><suffix>` (Identity nodes, so the
@@ -31,12 +31,12 @@ export function addGradientOutputs(
   return out;
 }
 
-/** grads.onnx: outputs the loss and `<param>.grad` for every LoRA parameter, in parameter order. */
+/** grads.onnx: outputs the loss and `<param>.grad` for every trained parameter (LoRA, then base weights), in parameter order. */
 export const exposeGradientsPass: Pass<ArtifactState> = {
   name: 'expose-gradients',
-  requires: ['loss', 'loraParams', 'gradients'],
+  requires: ['loss', 'loraParams', 'baseParams', 'gradients'],
   run(model, state) {
-    const params = loraValues(model, state);
+    const params = trainableValues(model, state);
     const outputs = addGradientOutputs(model.graph, state.gradients!);
     model.graph.outputs = [state.loss!, ...params.map((p) => outputs.get(p)!)];
     return { changed: true, summary: `${params.length} gradient outputs` };
