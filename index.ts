@@ -11,7 +11,7 @@ export { compileSpec, compileFromSpec } from './api/compile';
 export type { CompileOptions } from './api/compile';
 export { bakeCompiled } from './api/bake';
 export type { BakeResult } from './api/bake';
-export { inspectJson, inspectText } from './cli/inspect';
+export { inspectJson, inspectText } from './api/inspect';
 export { analyzeUNet } from './passes/lib/analyze-unet';
 export type { UNetAnalysis, CutInfo } from './passes/lib/analyze-unet';
 export { compile } from './passes/compile-unet';
@@ -20,8 +20,8 @@ export { ARTIFACT_PASSES, buildArtifact } from './passes/artifact-passes';
 export { parseSpec, checkSpec } from './dsl';
 
 // Plan: the paper's resource tables for a UNet, before anything is trained
-export { planFor as plan, parseBytes } from './cli/plan';
-export type { PlanOptions } from './cli/plan';
+export { planFor as plan, parseBytes } from './api/plan';
+export type { PlanOptions } from './api/plan';
 export { planUNet } from './passes/plan/plan';
 export type { Plan, PlanRequest, PlanRow } from './passes/plan/plan';
 export { planText, planSvg } from './passes/plan/render';

@@ -40,8 +40,6 @@ export function buildProgram(): Command {
     .name('hollowc')
     .description('Hollowed-Net compiler and runtime: personalize Stable Diffusion UNets (ONNX) with little memory')
     .version(packageVersion())
-    // Usage errors are one line like every other error, with where to look for the usage.
-    .configureOutput({ outputError: (text, write) => write(`hollowc: ${text.trim().replace(/\s*\n\s*/g, ' ')} (see hollowc --help)\n`) })
     .exitOverride();
   registerInspect(program);
   registerCompile(program);
@@ -59,7 +57,17 @@ export function buildProgram(): Command {
   registerEncode(program);
   registerDecode(program);
   registerWeb(program);
+  pointUsageErrorsAtHelp(program, 'hollowc');
   return program;
+}
+
+/**
+ * Usage errors are one line like every other error, with where to look for the usage: the
+ * command's own help (`hollowc generate --help`), each subcommand's its own.
+ */
+function pointUsageErrorsAtHelp(command: Command, name: string): void {
+  command.configureOutput({ outputError: (text, write) => write(`hollowc: ${text.trim().replace(/\s*\n\s*/g, ' ')} (see ${name} --help)\n`) });
+  for (const sub of command.commands) pointUsageErrorsAtHelp(sub, `${name} ${sub.name()}`);
 }
 
 /**

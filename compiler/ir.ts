@@ -201,11 +201,26 @@ export class Graph {
   quantizationAnnotation: unknown[] = [];
 
   private _nodes: Node[] = [];
+  /**
+   * Nodes removed since the list was last rebuilt: removeNode only marks them, and the list is
+   * filtered on its next read, so a pass that removes thousands of nodes does not copy the list
+   * once per node. The list is replaced, never changed in place, when it is rebuilt (a caller
+   * iterating the list it read keeps seeing that list).
+   */
+  private readonly removed = new Set<Node>();
   private readonly _values = new Map<string, Value>();
   private readonly _nodeNames = new Set<string>();
   private nameCounter = 0;
 
   get nodes(): readonly Node[] {
+    return this.liveNodes();
+  }
+
+  private liveNodes(): Node[] {
+    if (this.removed.size) {
+      this._nodes = this._nodes.filter((n) => !this.removed.has(n));
+      this.removed.clear();
+    }
     return this._nodes;
   }
 
@@ -311,12 +326,13 @@ export class Graph {
       if (v) v._uses.push({ node, index: i });
     });
     this._nodeNames.add(name);
+    const nodes = this.liveNodes();
     if (before) {
-      const at = this._nodes.indexOf(before);
+      const at = nodes.indexOf(before);
       if (at < 0) throw new Error(`node ${before.name} is not in the graph`);
-      this._nodes.splice(at, 0, node);
+      nodes.splice(at, 0, node);
     } else {
-      this._nodes.push(node);
+      nodes.push(node);
     }
     return node;
   }
@@ -349,7 +365,7 @@ export class Graph {
       out._producer = null;
       this._values.delete(out.name);
     }
-    this._nodes = this._nodes.filter((n) => n !== node);
+    this.removed.add(node);
     this._nodeNames.delete(node.name);
   }
 
@@ -359,7 +375,8 @@ export class Graph {
    */
   reorderNodes(order: readonly Node[]): void {
     const set = new Set(order);
-    if (set.size !== this._nodes.length || this._nodes.some((n) => !set.has(n)))
+    const nodes = this.liveNodes();
+    if (set.size !== nodes.length || nodes.some((n) => !set.has(n)))
       throw new Error("reorderNodes: not a permutation of the graph's nodes");
     this._nodes = [...order];
     this.topologicalSort();
@@ -367,35 +384,49 @@ export class Graph {
 
   /** Orders nodes so each comes after its producers; keeps the existing order where it can. */
   topologicalSort(): void {
-    const position = new Map(this._nodes.map((n, i) => [n, i]));
-    const pending = new Map<Node, number>();
-    const ready: Node[] = [];
-    for (const n of this._nodes) {
-      const deps = new Set(n._inputs.filter((v): v is Value => !!v && !!v._producer).map((v) => v._producer!));
-      pending.set(n, deps.size);
-      if (deps.size === 0) ready.push(n);
-    }
+    const nodes = this.liveNodes();
+    const at = new Map<Node, number>();
+    nodes.forEach((n, i) => at.set(n, i));
+    // -1 for a node outside the list (a producer removed from the graph)
+    const position = (n: Node) => at.get(n) ?? -1;
+    // Per node (by position): producers not yet placed, and the last node that counted it (so a
+    // node counts each producer once, and each consumer hears once, however many values join them).
+    const pending = new Int32Array(nodes.length);
+    const countedBy = new Int32Array(nodes.length).fill(-1);
+    // The ready nodes' positions in a min-heap: the earliest ready node always goes next.
+    const ready = new PositionHeap(nodes.length);
+    nodes.forEach((n, i) => {
+      let outside: Set<Node> | undefined;
+      for (const v of n._inputs) {
+        const p = v?._producer;
+        if (!p) continue;
+        const j = position(p);
+        if (j < 0) (outside ??= new Set()).add(p); // never placed: reported as a cycle below
+        else if (countedBy[j] !== i) {
+          countedBy[j] = i;
+          pending[i]++;
+        }
+      }
+      pending[i] += outside?.size ?? 0;
+      if (pending[i] === 0) ready.push(i);
+    });
+    countedBy.fill(-1);
     const order: Node[] = [];
-    // A min-heap would be faster; this stays linear enough because ready lists are short.
-    const byPosition = (a: Node, b: Node) => position.get(a)! - position.get(b)!;
-    ready.sort(byPosition);
-    while (ready.length > 0) {
-      const n = ready.shift()!;
+    while (ready.size > 0) {
+      const i = ready.pop();
+      const n = nodes[i];
       order.push(n);
-      const consumers = new Set(n._outputs.flatMap((o) => o._uses.map((u) => u.node)));
-      const newly: Node[] = [];
-      for (const c of consumers) {
-        const left = pending.get(c)! - 1;
-        pending.set(c, left);
-        if (left === 0) newly.push(c);
-      }
-      if (newly.length) {
-        ready.push(...newly);
-        ready.sort(byPosition);
+      for (const o of n._outputs) {
+        for (const u of o._uses) {
+          const k = position(u.node);
+          if (k < 0 || countedBy[k] === i) continue;
+          countedBy[k] = i;
+          if (--pending[k] === 0) ready.push(k);
+        }
       }
     }
-    if (order.length !== this._nodes.length) {
-      const stuck = this._nodes.find((n) => pending.get(n)! > 0)!;
+    if (order.length !== nodes.length) {
+      const stuck = nodes.find((_, i) => pending[i] > 0)!;
       throw new Error(`graph has a cycle through node ${stuck.name}`);
     }
     this._nodes = order;
@@ -414,7 +445,7 @@ export class Graph {
       live.add(n);
       for (const v of n._inputs) if (v?._producer && !live.has(v._producer)) stack.push(v._producer);
     }
-    const dead = this._nodes.filter((n) => !live.has(n));
+    const dead = this.liveNodes().filter((n) => !live.has(n));
     for (const n of dead) {
       n._inputs.forEach((_, i) => this.setInput(n, i, null));
     }
@@ -435,8 +466,47 @@ export class Graph {
   /** Registers a node name read from a file (names need not be unique in ONNX, but we keep them). */
   /** @internal */
   _adoptNode(node: Node): void {
-    this._nodes.push(node);
+    this.liveNodes().push(node);
     this._nodeNames.add(node.name);
+  }
+}
+
+/** A binary min-heap of node positions (topologicalSort's ready list). */
+class PositionHeap {
+  private readonly heap: Int32Array;
+  size = 0;
+
+  constructor(capacity: number) {
+    this.heap = new Int32Array(capacity);
+  }
+
+  push(at: number): void {
+    const h = this.heap;
+    let i = this.size++;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (h[parent] <= at) break;
+      h[i] = h[parent];
+      i = parent;
+    }
+    h[i] = at;
+  }
+
+  pop(): number {
+    const h = this.heap;
+    const top = h[0];
+    const last = h[--this.size];
+    let i = 0;
+    for (;;) {
+      let child = 2 * i + 1;
+      if (child >= this.size) break;
+      if (child + 1 < this.size && h[child + 1] < h[child]) child++;
+      if (h[child] >= last) break;
+      h[i] = h[child];
+      i = child;
+    }
+    h[i] = last;
+    return top;
   }
 }
 

@@ -2,10 +2,30 @@
  * Structural checks run after every pass in tests: a pass that leaves a dangling reference or
  * a cycle is caught where it happened, not when onnxruntime refuses the model later.
  */
-import { Graph, Value } from './ir';
+import { Graph, Node, Value } from './ir';
+
+/**
+ * Whether `v`'s use list names input `index` of `node`: a scan of a short list; a long one (a shared
+ * constant read by thousands of nodes) is indexed once per check, or the check is quadratic.
+ */
+function useListHas(v: Value, node: Node, index: number, indexed: Map<Value, Map<Node, Set<number>>>): boolean {
+  if (v.uses.length <= 16) return v.uses.some((u) => u.node === node && u.index === index);
+  let byNode = indexed.get(v);
+  if (!byNode) {
+    byNode = new Map();
+    for (const u of v.uses) {
+      let slots = byNode.get(u.node);
+      if (!slots) byNode.set(u.node, (slots = new Set()));
+      slots.add(u.index);
+    }
+    indexed.set(v, byNode);
+  }
+  return byNode.get(node)?.has(index) ?? false;
+}
 
 export function verifyGraph(g: Graph): string[] {
   const problems: string[] = [];
+  const indexed = new Map<Value, Map<Node, Set<number>>>();
   const defined = new Set<Value>([...g.inputs, ...g.initializers()]);
   const seenNodes = new Set<string>();
   for (const n of g.nodes) {
@@ -19,7 +39,7 @@ export function verifyGraph(g: Graph): string[] {
             : `node ${n.name} reads ${v.name}, which nothing defines`,
         );
       }
-      if (!v.uses.some((u) => u.node === n && u.index === i)) problems.push(`use list of ${v.name} misses node ${n.name} input ${i}`);
+      if (!useListHas(v, n, i, indexed)) problems.push(`use list of ${v.name} misses node ${n.name} input ${i}`);
     });
     for (const out of n.outputs) {
       if (out.producer !== n) problems.push(`output ${out.name} of ${n.name} names another producer`);

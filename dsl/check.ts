@@ -348,17 +348,29 @@ function suffixes(candidates: readonly LoraCandidate[], n: number): string[] {
 }
 
 function checkRank(spec: Spec, targets: readonly ResolvedTarget[], fail: Fail): void {
-  const rank = spec.lora.rank.value;
+  const problem = rankProblem(spec.lora.rank.value, targets);
+  if (problem) fail(spec.lora.rank, problem.message, problem.hint);
+}
+
+/**
+ * Why a LoRA of `rank` does not fit `targets` (a rank above a layer's narrower side), naming the
+ * narrowest and the largest rank that fits; undefined when it fits. `words` name the rank and the
+ * targets as the user gave them (the spec's lines, or plan's flags).
+ */
+export function rankProblem(
+  rank: number,
+  targets: readonly LoraCandidate[],
+  words = { rank: 'lora rank', targets: 'lora targets' },
+): { message: string; hint: string } | undefined {
   const tooNarrow = targets.filter((t) => rank > Math.min(t.in, t.out));
-  if (tooNarrow.length === 0) return;
+  if (tooNarrow.length === 0) return undefined;
   const narrowest = tooNarrow.reduce((a, b) => (Math.min(b.in, b.out) < Math.min(a.in, a.out) ? b : a));
   const limit = Math.min(narrowest.in, narrowest.out);
   const others = tooNarrow.length > 1 ? ` (and ${tooNarrow.length - 1} more targeted layer${tooNarrow.length > 2 ? 's' : ''})` : '';
-  fail(
-    spec.lora.rank,
-    `lora rank ${rank} is larger than ${narrowest.module} allows: it has in ${narrowest.in}, out ${narrowest.out}${others}`,
-    `use lora rank ${limit} or less, or leave the narrow layers out of lora targets`,
-  );
+  return {
+    message: `${words.rank} ${rank} is larger than ${narrowest.module} allows: it has in ${narrowest.in}, out ${narrowest.out}${others}`,
+    hint: `use ${words.rank} ${limit} or less, or leave the narrow layers out of ${words.targets}`,
+  };
 }
 
 // --- train base ------------------------------------------------------------------------------

@@ -106,7 +106,8 @@ export function buildArtifact(
     model,
     ARTIFACT_PASSES[name].filter((p) => !skip.includes(p.name)),
     state,
-    { label: `building ${name}.onnx`, log },
+    // plan builds graphs only to measure them: verified once, after the last pass
+    { label: `building ${name}.onnx`, log, verify: inputs.structureOnly ? 'last' : 'each' },
   );
   return { model, state, passes };
 }

@@ -63,6 +63,8 @@ export interface PlanRequest extends ChunkFields {
   steps: number;
   /** Bytes of one precompute-store record for these latent and hollow-activation shapes (the store's format is the runtime's). */
   storeRecordBytes(latent: number[], activation: number[]): number;
+  /** Hears after each row: rows done, rows in all, the row's cut ('none' or the last kept down layer). */
+  onRow?: (done: number, total: number, cut: string) => void;
 }
 
 export interface PlanRow {
@@ -83,7 +85,7 @@ export interface PlanRow {
     hollowedForward: number;
     /** The paper's convention: forward + backward = 3 × the trained net's forward. */
     trainStepPaper: number;
-    /** Counted on train.onnx: no weight gradients for frozen layers, so below 3 × forward. */
+    /** Counted on the training graph (train.onnx's are grads.onnx's): no weight gradients for frozen layers, so below 3 × forward. */
     trainStepCounted: number;
     inferTwoPath: number;
   };
@@ -221,16 +223,17 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
     ...pickChunkFields(req),
   };
   const build = (name: ArtifactName) => buildArtifact(name, req.unet.model, inputs);
-  const train = build('train');
-  // hollowc train's default step: grads.onnx with AdamW on the host.
+  // hollowc train's default step: grads.onnx with AdamW on the host. train.onnx is not built: it is
+  // grads.onnx's graph with AdamW in it, which adds no product of a layer with weights, so its
+  // counted FLOPs, its LoRA and its hollow activation are grads.onnx's.
   const grads = build('grads');
   // Without a cut the trained net is the UNet with the LoRA branches: LoRA FT's forward, built once.
   const forward = cut ? flopsOf(specialized(build('forward').model, req)) : loraFt;
   const precompute = cut ? flopsOf(specialized(build('precompute').model, req)) : 0;
   const infer = flopsOf(specialized(build('infer').model, req));
-  const loraParameters = train.state.loraParams!.reduce((a, p) => a + p.shape.reduce((x, y) => x * y, 1), 0);
+  const loraParameters = grads.state.loraParams!.reduce((a, p) => a + p.shape.reduce((x, y) => x * y, 1), 0);
   const latent = req.training.shapes.sample.slice(1);
-  const activation = cut ? (trainingShapes(train.model, analysis.family, req.training).hollow_activation?.slice(1) ?? []) : [];
+  const activation = cut ? (trainingShapes(grads.model, analysis.family, req.training).hollow_activation?.slice(1) ?? []) : [];
   const memory = {
     weightBytes: weightBytes(grads.model.graph),
     activationPeakBytes: activationPeakBytes(grads.model.graph),
@@ -262,7 +265,7 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
       precompute,
       hollowedForward: forward,
       trainStepPaper,
-      trainStepCounted: flopsOf(train.model),
+      trainStepCounted: flopsOf(grads.model),
       inferTwoPath: infer,
     },
     totals: {
@@ -301,10 +304,12 @@ export function planUNet(request: PlanRequest, budgetBytes?: number, only?: read
   );
   const wanted = (cut: string) => !only || only.includes(cut);
   // Smallest hollow first, as the paper's tables go; `hollow none` is the LoRA-FT baseline.
-  const rows = [
-    ...(wanted('none') ? [row(req, null, plain, loraFt)] : []),
-    ...analysis.cuts.filter((c) => wanted(c.lastKeptDown)).map((c) => row(req, c, plain, loraFt)),
-  ];
+  const cuts = [...(wanted('none') ? [null] : []), ...analysis.cuts.filter((c) => wanted(c.lastKeptDown))];
+  const rows = cuts.map((cut, i) => {
+    const r = row(req, cut, plain, loraFt);
+    req.onRow?.(i + 1, cuts.length, r.cut);
+    return r;
+  });
   const plan: Plan = {
     family: analysis.family,
     model: req.unet.file,
