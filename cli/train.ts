@@ -81,8 +81,8 @@ export function registerTrain(program: Command): void {
         },
       }).finally(() => progress.finish());
     } catch (e) {
-      // A failed run reports its own error, whatever signal came meanwhile.
-      if (!stop.signal.aborted) stop.finish();
+      // A failed run reports its own error and exit code, whatever signal came meanwhile.
+      stop.release();
       throw e;
     }
     report(dir, r);

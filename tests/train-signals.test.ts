@@ -9,7 +9,8 @@
  * - a crash (SIGKILL of the process training) with no checkpoint flag: the default cadence left a
  *   checkpoint, and `--resume` ends bit for bit as an uninterrupted run;
  * - export-lora while `train --restart` runs is refused; after it stopped, export-lora says which
- *   run the LoRA comes from and that the checkpoint is newer.
+ *   run the LoRA comes from and that the checkpoint is newer;
+ * - runtime/train/stop-signals.ts: a signal delivered twice is one request, a later one ends at once.
  */
 import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
@@ -172,6 +173,19 @@ async function trainingRun(dir: string, args: string[], steps = 1) {
     await expectAsUninterrupted(dir, last + 15);
   });
 
+  test('Ctrl-C (SIGINT to both processes, as a terminal sends it, and forwarded): a graceful stop as for SIGTERM', async () => {
+    const dir = copyOfFolder();
+    const { child, done, trainer } = await trainingRun(dir, []);
+    process.kill(trainer, 'SIGINT');
+    child.kill('SIGINT');
+    const r = await within(done, 20);
+    expect([r?.code, r?.signal]).toEqual([null, 'SIGINT']);
+    // it finished its step and checkpointed it
+    const last = lossLog(dir).pop()!.step;
+    expect(r!.stdout).toMatch(new RegExp(`^stopped by SIGINT: trained steps 1\\.\\.${last} `));
+    expect(readCheckpoint(path.join(dir, 'train', CHECKPOINT_FILE)).state.step).toBe(last);
+  });
+
   test('SIGKILL of the pid the user sees: the training process stops by itself, checkpointed', async () => {
     const dir = copyOfFolder();
     const { child, done, trainer } = await trainingRun(dir, []);
@@ -228,4 +242,25 @@ async function trainingRun(dir: string, args: string[], steps = 1) {
     expect(fromCheckpoint.stdout).toMatch(new RegExp(`from .*checkpoint\\.safetensors \\(step ${at}, seed \\d+, written `));
     expect(fromCheckpoint.stderr).not.toContain('note:');
   });
+});
+
+(linux ? test : test.skip)('a stop signal twice within a second is one request; one a second later ends the process at once', async () => {
+  const child = spawn(process.execPath, [path.join(__dirname, 'support', 'stop-signals-child.js')], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  started.push(child);
+  let stdout = '';
+  child.stdout!.on('data', (d) => (stdout += d));
+  const ended = new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_, signal) => resolve(signal)));
+  expect(await waitFor(() => stdout.includes('ready'), 30)).toBe(true);
+  child.kill('SIGINT');
+  expect(await waitFor(() => stdout.includes('aborted SIGINT'), 10)).toBe(true);
+  // the forwarded copy of the same request (a separate delivery)
+  child.kill('SIGINT');
+  await sleep(200);
+  expect(child.exitCode === null && child.signalCode === null).toBe(true);
+  await sleep(1000);
+  child.kill('SIGTERM');
+  expect(await within(ended, 10)).toBe('SIGTERM');
+  expect(stdout).toBe('ready\naborted SIGINT\n');
 });

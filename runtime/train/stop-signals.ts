@@ -17,6 +17,8 @@ export interface SignalStop {
   readonly signal: AbortSignal;
   /** Removes the handlers; after a stop signal, ends this process with it (as the default action would have). */
   finish(): void;
+  /** Removes the handlers only (a run that failed reports its error and exit code instead). */
+  release(): void;
 }
 
 /** Handles the stop signals until finish(); `onFirst` is told of the first (to say what happens next). */
@@ -44,5 +46,6 @@ export function stopOnSignals(onFirst: (signal: NodeJS.Signals) => void = () => 
       remove();
       if (first) process.kill(process.pid, first.signal);
     },
+    release: remove,
   };
 }
