@@ -5,6 +5,7 @@
 import { HollowcError } from '../compiler/errors';
 import { BasePrecision, RecomputeMode } from '../compiler/manifest';
 import { matchesGlob, rankProblem } from '../dsl';
+import { latentMultipleOfLayout, sideProblem } from '../models/latent-sizes';
 import { DEFAULT_TARGETS, defaultTrainingSettings } from '../models/training-defaults';
 import { chunkFieldsFromSpec } from '../passes/lib/artifact-state';
 import { findLoraSites } from '../passes/lib/lora-sites';
@@ -66,6 +67,14 @@ function requestOf(unet: LoadedUNet, o: PlanOptions): PlanRequest {
   }
   if (!shapes.sample) shapes.sample = [1, 4, 64, 64];
   if (!shapes.timestep) shapes.timestep = [shapes.sample[0]];
+  const multiple = latentMultipleOfLayout(unet.analysis.layout);
+  for (const [axis, name] of [
+    [2, 'height'],
+    [3, 'width'],
+  ] as const) {
+    const problem = shapes.sample.length === 4 ? sideProblem(`--shape sample ${name}`, shapes.sample[axis], multiple) : undefined;
+    if (problem) throw new HollowcError(problem);
+  }
   const globs = o.targets ?? DEFAULT_TARGETS;
   const sites = findLoraSites(unet.model.graph).filter((s) => globs.some((g) => matchesGlob(g, s.module)));
   if (!sites.length) throw new HollowcError(`no layer matches --targets ${globs.join(' ')}`);

@@ -1,7 +1,9 @@
 /** A `.hollow` spec file parsed and checked against the UNet it is for. */
 import * as fs from 'fs';
 import { HollowcError } from '../compiler/errors';
-import { checkSpec, parseSpec, ResolvedSpec } from '../dsl';
+import { SAMPLE } from '../compiler/manifest';
+import { checkSpec, parseSpec, ResolvedSpec, Spec, specErrorAt } from '../dsl';
+import { latentMultipleOfLayout, sideProblem } from '../models/latent-sizes';
 import { modelFacts } from './spec-facts';
 import { LoadedUNet } from './unet';
 
@@ -19,8 +21,25 @@ function readSpecFile(file: string): string {
   }
 }
 
+/** The `shape sample` line's latent height and width against what the UNet takes, at the line:col of the side it cannot. */
+function checkLatentSides(spec: Spec, unet: LoadedUNet): void {
+  const sample = spec.shapes.find((s) => s.input.value === SAMPLE);
+  if (!sample || sample.dims.length !== 4) return;
+  const multiple = latentMultipleOfLayout(unet.analysis.layout);
+  for (const [axis, name] of [
+    [2, 'latent height'],
+    [3, 'latent width'],
+  ] as const) {
+    const problem = sideProblem(name, sample.dims[axis].value, multiple);
+    if (problem) throw specErrorAt(spec, sample.dims[axis], problem);
+  }
+}
+
 /** Parses a spec file and checks it against the model. */
 export function checkSpecFile(unet: LoadedUNet, specFile: string): CheckedSpec {
   const text = readSpecFile(specFile);
-  return { resolved: checkSpec(parseSpec(text, specFile), modelFacts(unet.model.graph, unet.analysis)), file: specFile, text };
+  const spec = parseSpec(text, specFile);
+  const resolved = checkSpec(spec, modelFacts(unet.model.graph, unet.analysis));
+  checkLatentSides(spec, unet);
+  return { resolved, file: specFile, text };
 }

@@ -2,10 +2,12 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { HollowcError } from '../compiler/errors';
+import { checkCompiledFrom } from '../compiler/model-identity';
+import { latentMultipleOfConfig, latentShapeProblem, sideProblem } from '../models/latent-sizes';
 import { loadManifest } from '../runtime/ort/artifacts';
 import { savePng } from '../runtime/formats/images';
 import { readLatentBatch, writeNpy } from '../runtime/formats/npy';
-import { openPipelineFolder } from '../runtime/text-to-image/pipeline-folder';
+import { PipelineFolder, openPipelineFolder } from '../runtime/text-to-image/pipeline-folder';
 import { ProgressLine } from '../runtime/progress';
 import type { Conditioning } from '../runtime/sampling/conditioning';
 import { defaultImageSize, textToImage, vaeScaleFactor } from '../runtime/text-to-image/text-to-image';
@@ -57,6 +59,18 @@ export function imageFileName(file: string, index: number, count: number): strin
   return `${file.slice(0, file.length - path.extname(file).length)}-${index}${ext}`;
 }
 
+/** The image (or --init-latents) size against what the pipeline's UNet takes, before any work: one line saying which sizes work. */
+function checkUnetSizes(folder: PipelineFolder, o: GenerateCli, initShape: number[] | undefined, size: { width: number; height: number }): void {
+  const multiple = latentMultipleOfConfig(folder.unet.config, path.join(folder.dir, 'unet', 'config.json'));
+  if (multiple === undefined) return;
+  const factor = vaeScaleFactor(folder);
+  const problem = initShape
+    ? latentShapeProblem('--init-latents', initShape, multiple)
+    : (sideProblem(o.height !== undefined ? '--height' : 'height (unet sample_size)', size.height, multiple, factor) ??
+      sideProblem(o.width !== undefined ? '--width' : 'width (unet sample_size)', size.width, multiple, factor));
+  if (problem) throw new HollowcError(problem, initShape ? o.initLatents : undefined);
+}
+
 export async function generateFromPipeline(dir: string | undefined, o: GenerateCli, explicit: (name: string) => boolean): Promise<void> {
   if (dir)
     throw new HollowcError(`with --model, give the compiled folder as --run ${dir} (or drop --model to sample latents from embeddings)`);
@@ -92,11 +106,13 @@ export async function generateFromPipeline(dir: string | undefined, o: GenerateC
       o.initLatents,
     );
   }
+  checkUnetSizes(folder, o, init?.shape, { width, height });
   let run: { out: string; lora?: string; classPrompt?: string; classConditioning?: Conditioning } | undefined;
   if (o.run) {
     const manifest = loadManifest(o.run);
     if (manifest.family !== folder.family)
       throw new HollowcError(`the compiled folder is ${manifest.family}, the pipeline folder ${folder.family}`, o.run);
+    checkCompiledFrom(manifest, folder.unet.model, { folder: `--run ${o.run}`, model: `--model ${o.model}` });
     run = {
       out: o.run,
       lora: o.lora,

@@ -9,6 +9,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Command, Option } from 'commander';
 import { HollowcError } from '../compiler/errors';
+import { CompileManifest } from '../compiler/manifest';
+import { latentShapeProblem } from '../models/latent-sizes';
 import { loadManifest } from '../runtime/ort/artifacts';
 import { readLatentBatch, writeNpy } from '../runtime/formats/npy';
 import { progressFromFirstUpdate } from '../runtime/progress';
@@ -17,6 +19,16 @@ import { SCHEDULERS } from '../runtime/sampling/schedulers';
 import { readConditioning } from '../runtime/store/training-data';
 import { GenerateCli, generateFromPipeline, storeClassPrompt } from './generate-model';
 import { flagName, out, parseCount, parseNumber, parseSeed, parseSize, sessionOptions, tuning } from './options';
+
+/** Before any work (a size the UNet cannot take fails deep in onnxruntime): one line saying which sizes work. */
+function checkLatentSizes(manifest: CompileManifest, shapes: Record<string, number[] | undefined>): void {
+  const multiple = manifest.model.latentMultiple;
+  if (multiple === undefined) return;
+  for (const [flag, shape] of Object.entries(shapes)) {
+    const problem = shape && latentShapeProblem(flag, shape, multiple);
+    if (problem) throw new HollowcError(problem);
+  }
+}
 
 export function registerGenerate(program: Command): void {
   const command = program
@@ -76,7 +88,9 @@ export function registerGenerate(program: Command): void {
     const classPrompt = o.classEmbeds ? readConditioning(o.classEmbeds) : storeClassPrompt(dir);
     const negative = o.negativeEmbeds ? readConditioning(o.negativeEmbeds) : undefined;
     const latentShape = o.latentSize ? [4, ...o.latentSize] : undefined;
-    const initialNoise = o.latentsIn ? readLatentBatch(o.latentsIn).data : undefined;
+    const noise = o.latentsIn ? readLatentBatch(o.latentsIn) : undefined;
+    const initialNoise = noise?.data;
+    checkLatentSizes(manifest, { '--latent-size': latentShape, '--latents-in': noise?.shape });
     const progress = progressFromFirstUpdate('step');
     const r = await generate({
       out: dir,

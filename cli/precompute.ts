@@ -1,5 +1,8 @@
 /** `hollowc precompute`: precompute.onnx over the training data into the store. */
 import { Command } from 'commander';
+import { HollowcError } from '../compiler/errors';
+import { readManifest } from '../compiler/manifest';
+import { latentShapeProblem } from '../models/latent-sizes';
 import { ExecutionProvider } from '../runtime/ort/session';
 import { precompute } from '../runtime/store/precompute';
 import { formatBytes, progressFromFirstUpdate } from '../runtime/progress';
@@ -42,6 +45,15 @@ export function registerPrecompute(program: Command): void {
       classLatents: o.classLatents,
       timeIds: o.timeIds,
     });
+    // before any work: latents of a size the UNet cannot take fail deep in onnxruntime
+    const multiple = readManifest(dir).model.latentMultiple;
+    for (const [latents, file] of [
+      [data.instanceLatents, data.sources.latents],
+      [data.classLatents, data.sources.classLatents],
+    ] as const) {
+      const problem = multiple === undefined || !latents.length ? undefined : latentShapeProblem('latent', latents[0].shape, multiple);
+      if (problem) throw new HollowcError(problem, file);
+    }
     const progress = progressFromFirstUpdate('precompute');
     const r = await precompute({
       out: dir,

@@ -26,9 +26,11 @@ import {
   loraParamNames,
 } from '../compiler/manifest';
 import { lockFolder } from '../compiler/folder-lock';
+import { modelIdentity, sha256File } from '../compiler/model-identity';
 import { loadModel, saveModel } from '../compiler/serde';
 import { writeFileAtomic } from '../compiler/atomic-files';
 import { defaultTrainingSettings } from '../models/training-defaults';
+import { latentMultipleOfLayout } from '../models/latent-sizes';
 import { CutInfo, UNetAnalysis, analyzeUNet, isStandardDomain } from './lib/analyze-unet';
 import { ArtifactState, ChunkFields, LoraConfig, LoraParam, pickChunkFields } from './lib/artifact-state';
 import { BaseParameter, selectBaseParameters, torchLayoutData } from './lib/base-parameters';
@@ -75,18 +77,6 @@ function describeValues(values: readonly Value[]): TensorDescription[] {
 export function describeArtifact(file: string, model: Model): ArtifactDescription {
   const g = model.graph;
   return { file, inputs: describeValues(g.inputs), outputs: describeValues(g.outputs), nodes: g.nodes.length };
-}
-
-function sha256File(file: string): string {
-  const hash = crypto.createHash('sha256');
-  const fd = fs.openSync(file, 'r');
-  const buf = Buffer.allocUnsafe(8 * 2 ** 20);
-  try {
-    for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0;) hash.update(buf.subarray(0, n));
-  } finally {
-    fs.closeSync(fd);
-  }
-  return hash.digest('hex');
 }
 
 /**
@@ -190,6 +180,8 @@ function describeBaseParameter(p: BaseParameter, dir: string, writer: ExternalDa
 export function compile(request: CompileRequest): CompileManifest {
   const label = request.modelFile;
   const loaded = request.model ?? loadModel(request.modelFile);
+  // before anything moves the weights' files: what the folder will record it was made from
+  const identity = modelIdentity(request.modelFile, loaded);
   // A float16 export is compiled as float32 and its weights stored float16 again (float16-weights.ts).
   const widened = widenFloat16(loaded);
   if (widened)
@@ -249,7 +241,13 @@ export function compile(request: CompileRequest): CompileManifest {
     const manifest: CompileManifest = {
       hollowc: MANIFEST_FORMAT,
       family: analysis.family,
-      model: { file: path.resolve(request.modelFile), sha256: sha256File(request.modelFile), parameters: analysis.totalParams },
+      model: {
+        file: path.resolve(request.modelFile),
+        sha256: sha256File(request.modelFile),
+        parameters: analysis.totalParams,
+        identity,
+        latentMultiple: latentMultipleOfLayout(analysis.layout),
+      },
       cut: manifestCut(cut),
       parameters: {
         full: analysis.totalParams,

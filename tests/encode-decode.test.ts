@@ -68,7 +68,7 @@ const files = (dir: string) =>
 
 const encodeCases: [string, string[], { resolution?: number; seed?: number; flip?: boolean }][] = [
   ['defaults', [], {}],
-  ['--resolution 32 --seed 5 --flip', ['--resolution', '32', '--seed', '5', '--flip'], { resolution: 32, seed: 5, flip: true }],
+  ['--resolution 64 --seed 5 --flip', ['--resolution', '64', '--seed', '5', '--flip'], { resolution: 64, seed: 5, flip: true }],
 ];
 test.each(encodeCases)('encode %s: the latents of personalize (photos stage) bit for bit', async (name, flags, settings) => {
   const out = path.join(root, `encoded-${name.replace(/\W+/g, '')}`);
@@ -88,8 +88,8 @@ test.each(encodeCases)('encode %s: the latents of personalize (photos stage) bit
 test('encode to a .npy file: one batch [N, C, h, w] with the same values as the folder', async () => {
   const folder = path.join(root, 'enc-folder');
   const file = path.join(root, 'enc-batch', 'latents.npy');
-  expect((await runCli(['encode', photos, '--model', pipe, '-o', folder, '--resolution', '32'])).code).toBe(0);
-  expect((await runCli(['encode', photos, '--model', pipe, '-o', file, '--resolution', '32'])).code).toBe(0);
+  expect((await runCli(['encode', photos, '--model', pipe, '-o', folder, '--resolution', '64'])).code).toBe(0);
+  expect((await runCli(['encode', photos, '--model', pipe, '-o', file, '--resolution', '64'])).code).toBe(0);
   const batch = readNpy(file);
   expect(batch.shape.slice(0, 2)).toEqual([4, 4]);
   const per = batch.data.length / 4;
@@ -152,7 +152,7 @@ test("decode: the PNG generate writes for the latents it wrote, pixel for pixel,
 
 test('photos -> encode + embed -> a data folder that precompute takes as it is', async () => {
   const data = path.join(root, 'data');
-  expect((await runCli(['encode', photos, '--model', pipe, '-o', path.join(data, 'latents'), '--resolution', '32'])).code).toBe(0);
+  expect((await runCli(['encode', photos, '--model', pipe, '-o', path.join(data, 'latents'), '--resolution', '64'])).code).toBe(0);
   for (const [prompt, file] of [
     ['a photo of sks face', 'instance_prompt.npy'],
     ['a photo of a face', 'class_prompt.npy'],

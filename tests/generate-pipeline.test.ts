@@ -574,7 +574,7 @@ describe('bad input: one line, exit 1', () => {
     oneLine(await cli(...m, '-o', png()), 'needs --prompt');
     oneLine(await cli(...m, '--prompt', 'x'), 'give -o image.png');
     oneLine(await cli(...m, '--prompt', 'x', '--class-prompt', 'y', '-o', png()), '--class-prompt is the base path');
-    oneLine(await cli(...m, '--prompt', 'x', '--width', '60', '-o', png()), '--width must be a positive multiple of 8');
+    oneLine(await cli(...m, '--prompt', 'x', '--width', '60', '-o', png()), '--width 60: the UNet takes latent sides that are multiples of 8 (images: multiples of 64); nearest: 64');
     oneLine(
       await cli('generate', root, '--prompt', 'x', '--prompt-embeds', 'e.npy', '--latents-out', 'l.npy'),
       '--prompt needs --model <pipeline folder>',

@@ -3,7 +3,9 @@
  * checked: all of it happens before anything in the run folder is touched.
  */
 import * as fs from 'fs';
+import * as path from 'path';
 import { HollowcError } from '../../compiler/errors';
+import { latentMultipleOfConfig, sideProblem } from '../../models/latent-sizes';
 import { CompileManifest } from '../../compiler/manifest';
 import { ImageTensor, listImages, loadImage } from '../formats/images';
 import { ProgressStream } from '../progress';
@@ -106,8 +108,10 @@ export async function resolveSettings(options: PersonalizeOptions, warn: (line: 
   const guidance = options.guidance ?? 7.5;
   const resolution = options.resolution ?? defaultImageSize(folder);
   const factor = vaeScaleFactor(folder);
-  if (!(Number.isInteger(resolution) && resolution >= factor && resolution % factor === 0))
-    throw new HollowcError(`--resolution must be a positive multiple of ${factor} (the VAE's factor), got ${resolution}`);
+  // what the UNet takes (a multiple of its downsampling times the VAE's factor), before any stage runs
+  const multiple = latentMultipleOfConfig(folder.unet.config, path.join(folder.dir, 'unet', 'config.json')) ?? 1;
+  const sizeProblem = sideProblem('--resolution', resolution, multiple, factor);
+  if (sizeProblem) throw new HollowcError(sizeProblem);
   for (const [flag, v] of [
     ['--steps', steps],
     ['--samples', samples],
