@@ -4,7 +4,7 @@
  */
 import * as path from 'path';
 import { CompileManifest } from '../compiler/manifest';
-import { compile } from '../passes/compile-unet';
+import { RewriteSites, compile } from '../passes/compile-unet';
 import { chunkFieldsFromSpec } from '../passes/lib/artifact-state';
 import { LoraInit, checkLoraInit, writeInitialLora } from '../runtime/train/lora-init';
 import { CheckedSpec, checkSpecFile } from './spec';
@@ -15,6 +15,8 @@ export interface CompileOptions {
   out: string;
   loraInit?: string;
   verbose?: boolean;
+  /** Hears the sites each memory rewrite matched (compile-unet's rewriteSummary words them). */
+  onRewrites?: (sites: RewriteSites[]) => void;
 }
 
 function loraInitOf(spec: CheckedSpec, overrideFile?: string): LoraInit {
@@ -44,6 +46,7 @@ export function compileSpec(unet: LoadedUNet, spec: CheckedSpec, options: Compil
     training: trainingSettingsOf(r),
     ...chunkFieldsFromSpec(r.chunks),
     log: options.verbose ? (m) => process.stderr.write(`${m}\n`) : undefined,
+    onRewrites: options.onRewrites,
     // Written with the artifacts, so a LoRA whose shapes do not fit leaves no compiled-looking folder.
     extraFiles: (dir, manifest) => [path.basename(writeInitialLora(dir, manifest, init))],
   });

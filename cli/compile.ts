@@ -1,6 +1,7 @@
 /** `hollowc compile`: a UNet and a .hollow spec into a folder of artifacts (api/compile.ts). */
 import { Command } from 'commander';
 import { CompileOptions, compileFromSpec } from '../api/compile';
+import { RewriteSites, rewriteSummary } from '../passes/compile-unet';
 
 export function registerCompile(program: Command): void {
   program
@@ -13,7 +14,8 @@ export function registerCompile(program: Command): void {
     .option('-v, --verbose', 'log each artifact as it is built')
     .action((unet: string, spec: string, opts: CompileOptions) => {
       const started = Date.now();
-      const m = compileFromSpec(unet, spec, opts);
+      let rewrites: RewriteSites[] = [];
+      const m = compileFromSpec(unet, spec, { ...opts, onRewrites: (s) => (rewrites = s) });
       const held = m.parameters.heldDuringTraining;
       const lines = [
         `compiled ${unet} (${m.family}, ${m.parameters.full.toLocaleString('en-US')} parameters) into ${opts.out}/ in ${((Date.now() - started) / 1000).toFixed(1)} s`,
@@ -24,6 +26,7 @@ export function registerCompile(program: Command): void {
         `  artifacts: ${Object.keys(m.artifacts)
           .map((a) => `${a}.onnx`)
           .join(' ')} + ${m.weights.join(' ')} + manifest.json + lora-init.safetensors`,
+        ...rewriteSummary(rewrites),
       ];
       process.stdout.write(lines.join('\n') + '\n');
     });

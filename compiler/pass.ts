@@ -13,6 +13,29 @@ export interface PassResult {
   changed: boolean;
   /** One line for logs: what the pass did (counts). */
   summary?: string;
+  /** A rewrite that looks for sites (attention, feed-forwards): how many it found and matched. */
+  sites?: PassSites;
+}
+
+/**
+ * The sites a rewrite looked at: `found` candidates (e.g. every Softmax), `matched` of them the
+ * form it knows, `rewritten` of those changed (a matched site may be too small to be worth it),
+ * and why the others did not match, with a count for each reason.
+ */
+export interface PassSites {
+  /** What a site is, e.g. "Softmax sites". */
+  what: string;
+  found: number;
+  matched: number;
+  rewritten: number;
+  unmatched: { reason: string; count: number }[];
+}
+
+/** Counts each reason once, in the order first seen. */
+export function countReasons(reasons: readonly string[]): PassSites['unmatched'] {
+  const counts = new Map<string, number>();
+  for (const r of reasons) counts.set(r, (counts.get(r) ?? 0) + 1);
+  return [...counts].map(([reason, count]) => ({ reason, count }));
 }
 
 export interface Pass<S> {
@@ -26,6 +49,7 @@ export interface PassRecord {
   pass: string;
   changed: boolean;
   summary?: string;
+  sites?: PassSites;
   nodes: number;
 }
 
@@ -55,7 +79,13 @@ export function runPasses<S>(model: Model, passes: readonly Pass<S>[], state: S,
     if (after.length) throw new Error(`internal: pass ${pass.name} (${label}) did not provide ${after.join(', ')}`);
     if (options.verify !== 'last') assertValidGraph(model.graph, `pass ${pass.name} (${label})`);
     else if (i === passes.length - 1) assertValidGraph(model.graph, `the passes up to ${pass.name} (${label})`);
-    records.push({ pass: pass.name, changed: result.changed, summary: result.summary, nodes: model.graph.nodes.length });
+    records.push({
+      pass: pass.name,
+      changed: result.changed,
+      summary: result.summary,
+      sites: result.sites,
+      nodes: model.graph.nodes.length,
+    });
     options.log?.(`  ${pass.name}: ${result.summary ?? (result.changed ? 'changed' : 'no change')} (${model.graph.nodes.length} nodes)`);
   }
   return records;

@@ -27,6 +27,7 @@ import {
 } from '../compiler/manifest';
 import { lockFolder } from '../compiler/folder-lock';
 import { modelIdentity, sha256File } from '../compiler/model-identity';
+import { PassSites } from '../compiler/pass';
 import { loadModel, saveModel } from '../compiler/serde';
 import { writeFileAtomic } from '../compiler/atomic-files';
 import { defaultTrainingSettings } from '../models/training-defaults';
@@ -67,6 +68,43 @@ export interface CompileRequest extends ChunkFields {
    * the artifacts, so a caller's failure here also leaves no folder that looks compiled.
    */
   extraFiles?: (dir: string, manifest: CompileManifest) => string[];
+  /**
+   * Called once the artifacts are written, with the sites each rewrite that looks for them found
+   * and matched (rewriteSummary words them), so that a rewrite that missed its sites is seen.
+   */
+  onRewrites?: (sites: RewriteSites[]) => void;
+}
+
+/** One rewrite's sites in one artifact. */
+export interface RewriteSites extends PassSites {
+  artifact: ArtifactName;
+  pass: string;
+}
+
+/**
+ * compile's summary of the rewrites: per artifact, how many sites each matched and rewrote; then
+ * one warning for every rewrite that left sites unmatched (with why), since those are paid for in
+ * memory (an attention map left whole).
+ */
+export function rewriteSummary(sites: readonly RewriteSites[]): string[] {
+  const lines: string[] = [];
+  for (const artifact of [...new Set(sites.map((s) => s.artifact))]) {
+    const parts = sites
+      .filter((s) => s.artifact === artifact && s.found > 0)
+      .map((s) => {
+        const small = s.matched - s.rewritten;
+        return `${s.pass} ${s.matched} of ${s.found} ${s.what} matched, ${s.rewritten} rewritten${small ? ` (${small} small enough to leave)` : ''}`;
+      });
+    if (!parts.length) continue;
+    lines.push(`  rewrites in ${artifact}.onnx: ${parts.join('; ')}`);
+  }
+  for (const s of sites.filter((x) => x.matched < x.found)) {
+    const why = s.unmatched.map((u) => `${u.count}: ${u.reason}`).join('; ');
+    lines.push(
+      `  warning: ${s.pass}: ${s.matched} of ${s.found} ${s.what} matched in ${s.artifact}.onnx, the rest left as they are (${why})`,
+    );
+  }
+  return lines;
 }
 
 function describeValues(values: readonly Value[]): TensorDescription[] {
@@ -221,9 +259,11 @@ export function compile(request: CompileRequest): CompileManifest {
     const linked = linkExternalData(source, tmp, request.log);
     const artifacts: CompileManifest['artifacts'] = {};
     let trained: LoraParam[] | undefined;
+    const rewrites: RewriteSites[] = [];
     for (const name of request.emit) {
       request.log?.(`${name}.onnx:`);
-      const { model, state } = buildArtifact(name, source, inputs, request.log, request.skipPasses);
+      const { model, state, passes } = buildArtifact(name, source, inputs, request.log, request.skipPasses);
+      for (const r of passes) if (r.sites) rewrites.push({ artifact: name, pass: r.pass, ...r.sites });
       trained ??= state.loraParams;
       // The source was refused if it had any (analyzeUNet); no pass may add one either.
       const contrib = model.graph.nodes.find((n) => !isStandardDomain(n.domain));
@@ -278,6 +318,7 @@ export function compile(request: CompileRequest): CompileManifest {
       fs.renameSync(path.join(tmp, file), path.join(request.outDir, file));
     }
     done = true;
+    request.onRewrites?.(rewrites);
     return manifest;
   } catch (e) {
     writer.abort();

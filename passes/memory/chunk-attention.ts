@@ -12,9 +12,10 @@
  * from the map's size at the spec's training shapes (the design point): at most INFER_CHUNK_BYTES
  * a block there, at other resolutions proportionally more or less.
  *
- * Matched: MatMul(q, kᵀ) → optional Mul or Div by a constant → Softmax over the last axis →
- * MatMul(·, v), each value read once. q's rows are its second-to-last axis (MatMul's), whatever
- * its rank.
+ * Matched (passes/lib/attention-match.ts): MatMul(q, kᵀ) → optional Mul or Div by a constant →
+ * optional Add of baddbmm's zeros (torch exports; left out) → Softmax over the last axis →
+ * optional Cast → MatMul(·, v), each value read once. q's rows are its second-to-last axis
+ * (MatMul's), whatever its rank.
  */
 import { cloneModel } from '../../compiler/clone';
 import { DataType } from '../../compiler/dtype';
@@ -22,11 +23,11 @@ import { GraphBuilder } from '../../compiler/builder';
 import { HollowcError } from '../../compiler/errors';
 import { Graph, Model, Node, Value } from '../../compiler/ir';
 import { OpEmitter } from '../../compiler/op-emitter';
-import { Pass } from '../../compiler/pass';
+import { Pass, PassSites, countReasons } from '../../compiler/pass';
 import { inferShapes, staticShape } from '../../compiler/shape-inference';
 import { ArtifactState } from '../lib/artifact-state';
 import { trainingShapes } from '../lib/training-shapes';
-import { AttentionCore, matchAttention } from '../lib/attention-match';
+import { AttentionCore, matchAttention, removeAttentionCore } from '../lib/attention-match';
 
 /** The largest block of an inference attention map at the design point (all heads, the training batch). */
 export const INFER_CHUNK_BYTES = 16 * 2 ** 20;
@@ -87,25 +88,31 @@ function chunkRows(graph: Graph, opset: number, c: AttentionCore, blocks: number
         c.scale,
         c.scale.inputs.map((x) => (x === c.scores.outputs[0] ? s : x!)),
       );
-    outputs.push(again(c.output, [again(c.softmax, [s]), v]));
+    const probs = again(c.softmax, [s]);
+    outputs.push(again(c.output, [c.cast ? again(c.cast, [probs]) : probs, v]));
   }
   const joined = b.op('Concat', outputs, { axis: -2 }, { before });
   joined.type = c.output.outputs[0].type;
   graph.replaceAllUsesWith(c.output.outputs[0], joined);
-  for (const n of [c.output, c.softmax, ...(c.scale ? [c.scale] : []), c.scores]) graph.removeNode(n);
+  removeAttentionCore(graph, c);
 }
 
 export function chunkAttention(
   model: Model,
   shapes: Record<string, number[]>,
   chunkBytes = INFER_CHUNK_BYTES,
-): { chunked: number; blocks: number } {
+): { chunked: number; blocks: number; sites: PassSites } {
   const g = model.graph;
-  const chains = g.nodes
-    .filter((n) => n.opType === 'Softmax' && n.domain === '')
-    .map((n) => matchAttention(g, n))
-    .filter((c): c is AttentionCore => !!c);
-  if (!chains.length) return { chunked: 0, blocks: 0 };
+  const found = g.nodes.filter((n) => n.opType === 'Softmax' && n.domain === '').map((n) => matchAttention(g, n));
+  const chains = found.flatMap((m) => (m.match ? [m.match] : []));
+  const sites = (rewritten: number): PassSites => ({
+    what: 'Softmax sites',
+    found: found.length,
+    matched: chains.length,
+    rewritten,
+    unmatched: countReasons(found.flatMap((m) => (m.reason !== undefined ? [m.reason] : []))),
+  });
+  if (!chains.length) return { chunked: 0, blocks: 0, sites: sites(0) };
   const design = designShapes(
     model,
     shapes,
@@ -122,7 +129,7 @@ export function chunkAttention(
     chunked++;
     blocks += count;
   });
-  return { chunked, blocks };
+  return { chunked, blocks, sites: sites(chunked) };
 }
 
 /**
@@ -144,6 +151,10 @@ export const chunkAttentionPass: Pass<ArtifactState> = {
   name: 'chunk-attention',
   run(model, state) {
     const r = chunkAttention(model, shapesOf(model, state), state.inferChunkBytes);
-    return { changed: r.chunked > 0, summary: `${r.chunked} attention maps computed in ${r.blocks} blocks of query rows` };
+    return {
+      changed: r.chunked > 0,
+      summary: `${r.chunked} attention maps computed in ${r.blocks} blocks of query rows (${r.sites.matched} of ${r.sites.found} Softmax sites matched)`,
+      sites: r.sites,
+    };
   },
 };

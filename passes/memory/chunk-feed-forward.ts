@@ -22,7 +22,7 @@ import { copyNodes } from '../../compiler/clone';
 import { isWeightView } from '../../compiler/flops';
 import { Graph, Model, Node, Value } from '../../compiler/ir';
 import { OpEmitter } from '../../compiler/op-emitter';
-import { Pass } from '../../compiler/pass';
+import { Pass, PassSites, countReasons } from '../../compiler/pass';
 import { constantOfValue, staticShape } from '../../compiler/shape-inference';
 import { ArtifactState } from '../lib/artifact-state';
 import { expandingProjection } from '../lib/expanding-projection';
@@ -76,10 +76,13 @@ function keepsRows(n: Node, rank: number, tokenAxis: number): boolean {
   return true;
 }
 
-function matchFeedForward(g: Graph, proj: Node, chunkBytes: number): FeedForward | undefined {
+/** A feed-forward to run in blocks; or why not: `small` when it is one, but no wider than a block. */
+type FeedForwardMatch = { ff: FeedForward } | { reason: string; small?: boolean };
+
+function matchFeedForward(g: Graph, proj: Node, chunkBytes: number): FeedForwardMatch {
   const input = proj.inputs[0]!;
   const shape = staticShape(input);
-  if (!shape || shape.length < 2) return undefined;
+  if (!shape || shape.length < 2) return { reason: 'its input has no static shape of rank 2 or more' };
   const tokenAxis = shape.length - 2;
   const region = new Set<Node>([proj]);
   const queue = [proj];
@@ -89,7 +92,8 @@ function matchFeedForward(g: Graph, proj: Node, chunkBytes: number): FeedForward
     const n = queue.shift()!;
     for (const o of n.outputs) {
       const s = staticShape(o);
-      if (!s || s.length !== shape.length || s[tokenAxis] !== shape[tokenAxis] || g.outputs.includes(o)) return undefined;
+      if (!s || s.length !== shape.length || s[tokenAxis] !== shape[tokenAxis] || g.outputs.includes(o))
+        return { reason: `${n.opType} ${n.name} changes the token rows or is a graph output` };
       widest = Math.max(widest, s.reduce((a, b) => a * b, 1) * 4);
       if (n !== proj && sameShape(s, shape)) {
         // Back to x's width: the end, with a bias Add if one follows.
@@ -97,27 +101,31 @@ function matchFeedForward(g: Graph, proj: Node, chunkBytes: number): FeedForward
         const end = bias?.opType === 'Add' && bias.inputs.every((v) => v === o || isConstant(v)) ? bias : undefined;
         if (end) region.add(end);
         const out = end ? end.outputs[0] : o;
-        if (output && output !== out) return undefined;
+        if (output && output !== out) return { reason: "it returns to the input's width more than once" };
         output = out;
         continue;
       }
       for (const u of o.uses) {
         const r = u.node;
         if (region.has(r)) continue;
-        if (r.domain !== '' || !ROW_WISE.has(r.opType) || !keepsRows(r, shape.length, tokenAxis)) return undefined;
+        if (r.domain !== '' || !ROW_WISE.has(r.opType) || !keepsRows(r, shape.length, tokenAxis))
+          return { reason: `${r.opType} ${r.name} is not a row-wise op` };
         region.add(r);
         queue.push(r);
       }
     }
   }
-  if (!output || widest <= chunkBytes) return undefined;
+  if (!output) return { reason: "it never returns to the input's width" };
   // Closed: every region node reads only region values, x (the projection) and constants.
   const produced = new Set([...region].flatMap((n) => n.outputs));
   for (const n of region)
-    for (const v of n.inputs) if (v && !produced.has(v) && !(n === proj && v === input) && !isConstant(v)) return undefined;
-  for (const v of produced) if (v !== output && v.uses.some((u) => !region.has(u.node))) return undefined;
+    for (const v of n.inputs)
+      if (v && !produced.has(v) && !(n === proj && v === input) && !isConstant(v))
+        return { reason: `${n.opType} ${n.name} reads ${v.name} from outside` };
+  for (const v of produced) if (v !== output && v.uses.some((u) => !region.has(u.node))) return { reason: `${v.name} is read outside it` };
+  if (widest <= chunkBytes) return { reason: 'small', small: true };
   const limit = Math.floor((shape[tokenAxis] * chunkBytes) / widest);
-  return { input, nodes: g.nodes.filter((n) => region.has(n)), output, tokenAxis, rows: rowBlocks(shape[tokenAxis], limit) };
+  return { ff: { input, nodes: g.nodes.filter((n) => region.has(n)), output, tokenAxis, rows: rowBlocks(shape[tokenAxis], limit) } };
 }
 
 function chunk(g: Graph, opset: number, f: FeedForward): void {
@@ -145,15 +153,24 @@ function chunk(g: Graph, opset: number, f: FeedForward): void {
   for (const n of [...f.nodes].reverse()) g.removeNode(n);
 }
 
-export function chunkFeedForward(model: Model, chunkBytes = FF_CHUNK_BYTES): { chunked: number; blocks: number } {
+export function chunkFeedForward(model: Model, chunkBytes = FF_CHUNK_BYTES): { chunked: number; blocks: number; sites: PassSites } {
   const g = model.graph;
-  const found = g.nodes
-    .filter((n) => n.domain === '' && expandingProjection(n))
-    .map((n) => matchFeedForward(g, n, chunkBytes))
-    .filter((f): f is FeedForward => !!f);
+  const matches = g.nodes.filter((n) => n.domain === '' && expandingProjection(n)).map((n) => matchFeedForward(g, n, chunkBytes));
+  const found = matches.flatMap((m) => ('ff' in m ? [m.ff] : []));
+  const unmatched = matches.flatMap((m) => ('reason' in m && !m.small ? [m.reason] : []));
   const opset = model.opsetVersion('');
   for (const f of found) chunk(g, opset, f);
-  return { chunked: found.length, blocks: found.reduce((a, f) => a + f.rows.length, 0) };
+  return {
+    chunked: found.length,
+    blocks: found.reduce((a, f) => a + f.rows.length, 0),
+    sites: {
+      what: 'expanding projections',
+      found: matches.length,
+      matched: matches.length - unmatched.length,
+      rewritten: found.length,
+      unmatched: countReasons(unmatched),
+    },
+  };
 }
 
 /** grads.onnx and train.onnx: wide feed-forwards in blocks of token rows. */
@@ -161,6 +178,10 @@ export const chunkFeedForwardPass: Pass<ArtifactState> = {
   name: 'chunk-feed-forward',
   run(model, state) {
     const r = chunkFeedForward(model, state.feedForwardChunkBytes ?? FF_CHUNK_BYTES);
-    return { changed: r.chunked > 0, summary: `${r.chunked} feed-forwards in ${r.blocks} blocks of rows` };
+    return {
+      changed: r.chunked > 0,
+      summary: `${r.chunked} feed-forwards in ${r.blocks} blocks of rows (${r.sites.matched} of ${r.sites.found} expanding projections matched)`,
+      sites: r.sites,
+    };
   },
 };

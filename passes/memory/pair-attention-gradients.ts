@@ -18,7 +18,7 @@
 import { GraphBuilder } from '../../compiler/builder';
 import { Graph, Model, Node, Value } from '../../compiler/ir';
 import { OpEmitter } from '../../compiler/op-emitter';
-import { Pass } from '../../compiler/pass';
+import { Pass, PassSites, countReasons } from '../../compiler/pass';
 import { staticShape } from '../../compiler/shape-inference';
 import { ArtifactState } from '../lib/artifact-state';
 
@@ -42,19 +42,35 @@ function redirect(g: Graph, v: Value, by: Value, keep: Node): void {
   for (const u of [...v.uses]) if (u.node !== keep) g.setInput(u.node, u.index, by);
 }
 
-export function pairAttentionGradients(model: Model, scores: readonly Node[]): number {
+/** The joins made, and the sites: the scores MatMul of every block split-attention made. */
+export function pairAttentionGradients(model: Model, scores: readonly Node[]): { joins: number; sites: PassSites } {
   const g = model.graph;
   const opset = model.opsetVersion('');
   // Blocks whose kᵀ-gradient term enters the same Add (the chain's first Add takes two terms) share one join.
   const joins = new Map<Value, Value[]>();
+  const unmatched: string[] = [];
   for (const s of scores) {
     const d = gradientsOf(g, s);
-    if (!d) continue;
+    if (!d) {
+      unmatched.push('no q and kᵀ gradient products of its scores MatMul (not differentiated, or shapes unknown)');
+      continue;
+    }
     const reader = d.dk.uses.length === 1 ? d.dk.uses[0].node : undefined;
     const partner = reader?.opType === 'Add' && !g.outputs.includes(reader.outputs[0]) ? reader.outputs[0] : d.dk;
-    if (!staticShape(partner) || g.outputs.includes(partner)) continue;
+    if (!staticShape(partner) || g.outputs.includes(partner)) {
+      unmatched.push("kᵀ's gradient term has no static shape or is a graph output");
+      continue;
+    }
     joins.set(partner, [...(joins.get(partner) ?? []), d.dq]);
   }
+  const paired = scores.length - unmatched.length;
+  const sites: PassSites = {
+    what: 'attention blocks',
+    found: scores.length,
+    matched: paired,
+    rewritten: paired,
+    unmatched: countReasons(unmatched),
+  };
   for (const [partner, dqs] of joins) {
     const parts = [...dqs, partner];
     // Just before the first read of any of them (a topological sort afterwards moves what must).
@@ -77,14 +93,18 @@ export function pairAttentionGradients(model: Model, scores: readonly Node[]): n
     });
   }
   if (joins.size) g.topologicalSort();
-  return joins.size;
+  return { joins: joins.size, sites };
 }
 
 export const pairAttentionGradientsPass: Pass<ArtifactState> = {
   name: 'pair-attention-gradients',
   requires: ['gradients'],
   run(model, state) {
-    const n = pairAttentionGradients(model, state.attentionScores ?? []);
-    return { changed: n > 0, summary: `${n} joins of a block's q gradient with kᵀ's running gradient` };
+    const r = pairAttentionGradients(model, state.attentionScores ?? []);
+    return {
+      changed: r.joins > 0,
+      summary: `${r.joins} joins of a block's q gradient with kᵀ's running gradient (${r.sites.matched} of ${r.sites.found} attention blocks)`,
+      sites: r.sites,
+    };
   },
 };

@@ -18,7 +18,8 @@
  * backward does with the row statistics; here the softmax is simply run again, the same kernel on
  * the same values), so at most a few block-sized maps are alive at once, forward or backward.
  *
- * Matched: MatMul(q, kᵀ) → optional Mul or Div by a constant → Softmax over the last axis →
+ * Matched (passes/lib/attention-match.ts): MatMul(q, kᵀ) → optional Mul or Div by a constant →
+ * optional Add of baddbmm's zeros (left out) → Softmax over the last axis → optional Cast →
  * MatMul(·, v), each value read once, q, kᵀ, v and the scores of one static rank with equal batch
  * axes, the scores over SPLIT_ABOVE_BYTES. The chain becomes Split of q, kᵀ and v along the heads
  * axis (the last batch axis), a Split of each head's q along its rows, the chain per block, and
@@ -27,10 +28,10 @@
 import { GraphBuilder } from '../../compiler/builder';
 import { Graph, Model, Node, TensorType, Value } from '../../compiler/ir';
 import { OpEmitter } from '../../compiler/op-emitter';
-import { Pass } from '../../compiler/pass';
+import { Pass, PassSites, countReasons } from '../../compiler/pass';
 import { staticBytes, staticShape } from '../../compiler/shape-inference';
 import { ArtifactState } from '../lib/artifact-state';
-import { AttentionCore, matchAttention } from '../lib/attention-match';
+import { AttentionCore, matchAttention, removeAttentionCore } from '../lib/attention-match';
 import { rowBlocks } from '../lib/row-blocks';
 
 /** Attention maps larger than this are split (SD at 32x32 latents: the 20 MiB outer self-attentions, not the 2.5 MiB ones). */
@@ -49,26 +50,32 @@ interface AttentionChain extends AttentionCore {
   rows: number[];
 }
 
-function matchChain(graph: Graph, softmax: Node, aboveBytes: number, chunkBytes: number): AttentionChain | undefined {
-  const core = matchAttention(graph, softmax);
-  if (!core) return undefined;
+/** A chain to split; or why not: `small` when it is one, but its map is not worth splitting. */
+type ChainMatch = { chain: AttentionChain } | { reason: string; small?: boolean };
+
+function matchChain(graph: Graph, softmax: Node, aboveBytes: number, chunkBytes: number): ChainMatch {
+  const m = matchAttention(graph, softmax);
+  if (!m.match) return { reason: m.reason };
+  const core = m.match;
   const scoresValue = core.scores.outputs[0];
   const [q, kT] = core.scores.inputs;
   const v = core.output.inputs[1];
   const shapes = [q, kT, v, scoresValue].map((x) => (x ? staticShape(x) : undefined));
-  if (shapes.some((s) => !s)) return undefined;
+  if (shapes.some((s) => !s)) return { reason: 'q, kᵀ, v or the scores have no static shape' };
   const [qs, ks, vs, ss] = shapes as number[][];
   const rank = ss.length;
-  if (rank < 3 || [qs, ks, vs].some((s) => s.length !== rank)) return undefined;
+  if (rank < 3 || [qs, ks, vs].some((s) => s.length !== rank))
+    return { reason: 'q, kᵀ, v and the scores are not of one rank of at least 3' };
   const axis = rank - 3;
-  for (let i = 0; i <= axis; i++) if (qs[i] !== ss[i] || ks[i] !== ss[i] || vs[i] !== ss[i]) return undefined;
+  for (let i = 0; i <= axis; i++)
+    if (qs[i] !== ss[i] || ks[i] !== ss[i] || vs[i] !== ss[i]) return { reason: 'q, kᵀ and v broadcast along the heads' };
   const bytes = staticBytes(scoresValue)!;
   const heads = ss[axis];
   const [queries, keys] = ss.slice(rank - 2);
   const rowBytes = bytes / heads / queries;
   const rows = rowBlocks(queries, chunkBytes / rowBytes);
-  if ((heads < 2 && rows.length < 2) || bytes <= aboveBytes || keys < 1) return undefined;
-  return { ...core, axis, heads, rows };
+  if ((heads < 2 && rows.length < 2) || bytes <= aboveBytes || keys < 1) return { reason: 'small', small: true };
+  return { chain: { ...core, axis, heads, rows } };
 }
 
 function typeWith(t: TensorType, axis: number, extent: number): TensorType {
@@ -121,13 +128,14 @@ function splitHeads(graph: Graph, opset: number, c: AttentionChain): Node[] {
           h,
           r,
         );
-      return perBlock(c.output, [perBlock(c.softmax, [s], h, r), vs[h]], h, r);
+      const probs = perBlock(c.softmax, [s], h, r);
+      return perBlock(c.output, [c.cast ? perBlock(c.cast, [probs], h, r) : probs, vs[h]], h, r);
     });
     return join(blocks, rowAxis, typeWith(c.output.outputs[0].type!, c.axis, 1));
   });
   const joined = join(outputs, c.axis, c.output.outputs[0].type!);
   graph.replaceAllUsesWith(c.output.outputs[0], joined);
-  for (const n of [c.output, c.softmax, ...(c.scale ? [c.scale] : []), c.scores]) graph.removeNode(n);
+  removeAttentionCore(graph, c);
   return scores;
 }
 
@@ -135,12 +143,11 @@ export function splitAttention(
   model: Model,
   aboveBytes = SPLIT_ABOVE_BYTES,
   chunkBytes = CHUNK_BYTES,
-): { split: number; heads: number; blocks: number; scores: Node[] } {
+): { split: number; heads: number; blocks: number; scores: Node[]; sites: PassSites } {
   const g = model.graph;
-  const chains = g.nodes
-    .filter((n) => n.opType === 'Softmax' && n.domain === '')
-    .map((n) => matchChain(g, n, aboveBytes, chunkBytes))
-    .filter((c): c is AttentionChain => !!c);
+  const found = g.nodes.filter((n) => n.opType === 'Softmax' && n.domain === '').map((n) => matchChain(g, n, aboveBytes, chunkBytes));
+  const chains = found.flatMap((m) => ('chain' in m ? [m.chain] : []));
+  const unmatched = found.flatMap((m) => ('reason' in m && !m.small ? [m.reason] : []));
   const opset = model.opsetVersion('');
   const scores = chains.flatMap((c) => splitHeads(g, opset, c));
   return {
@@ -148,6 +155,13 @@ export function splitAttention(
     split: chains.length,
     heads: chains.reduce((a, c) => a + c.heads, 0),
     blocks: chains.reduce((a, c) => a + c.heads * c.rows.length, 0),
+    sites: {
+      what: 'Softmax sites',
+      found: found.length,
+      matched: found.length - unmatched.length,
+      rewritten: chains.length,
+      unmatched: countReasons(unmatched),
+    },
   };
 }
 
@@ -158,7 +172,8 @@ export const splitAttentionPass: Pass<ArtifactState> = {
     state.attentionScores = r.scores;
     return {
       changed: r.split > 0,
-      summary: `${r.split} attention maps computed per head (${r.heads} heads) in ${r.blocks} blocks of query rows`,
+      summary: `${r.split} attention maps computed per head (${r.heads} heads) in ${r.blocks} blocks of query rows (${r.sites.matched} of ${r.sites.found} Softmax sites matched)`,
+      sites: r.sites,
     };
   },
 };
