@@ -22,6 +22,13 @@
  *                     is saved next to h and the attention output, both kept for other gradients:
  *                     recomputing to_out costs one matmul of the stream's width per sum (at 64x64
  *                     latents −57 MiB of live tensors at the 39.2% peak)
+ *   written-out       below opset 17 torch writes LayerNorm out (ReduceMean, Sub, Pow, ReduceMean,
+ *   LayerNorms        Add, Sqrt, Div, Mul, Add), whose backward reads x − mean(x) where
+ *                     LayerNormalization's reads x: the backward recomputes x − mean(x) from x
+ *                     (one ReduceMean and one Sub), so that x is what it keeps, recomputed by the
+ *                     rules above (a residual sum) as LayerNormalization's input is; and in a
+ *                     recomputed chain such a LayerNorm costs what one LayerNormalization does, so
+ *                     that the GEGLU halves after it are recomputed as they are after one
  *
  * For each such value the pass clones its producer chain (at most MAX_CHAIN nodes, ops in CHEAP
  * and the products above; a residual sum's at most MAX_RESIDUAL_CHAIN) into the backward, rooted
@@ -87,6 +94,96 @@ export const MAX_CHAIN = 5;
  * (and the branch) per sum instead of keeping it: at 64x64 latents 5 MiB per level-0 sum.
  */
 export const MAX_RESIDUAL_CHAIN = 10;
+
+/**
+ * The nodes of every LayerNorm written out as opset 14 exports do, ReduceMean(x) → Sub(x, mean) →
+ * Pow → ReduceMean → Add(eps) → Sqrt → Div(x − mean, ·) → Mul(weight) → Add(bias) (the affine
+ * optional), that a recompute chain may clone from x and the Sqrt's output, each with its cost
+ * in the chain: the Div 1, the mean, the Sub and the affine 0, so that the LayerNorm costs one
+ * node, as LayerNormalization does. Also each one's x − mean(x) and x.
+ */
+function writtenOutLayerNorms(
+  g: Graph,
+  forward: ReadonlySet<Node>,
+): { cost: Map<Node, number>; centered: { x: Value; centered: Value }[] } {
+  const cost = new Map<Node, number>();
+  const centered: { x: Value; centered: Value }[] = [];
+  const op = (v: Value | null | undefined, type: string) =>
+    v?.producer?.opType === type && v.producer.domain === '' ? v.producer : undefined;
+  // The one forward reader (the backward may read it too: a Div's gradient reads its output).
+  const only = (v: Value, type: string) => {
+    const readers = v.uses.filter((u) => forward.has(u.node));
+    return readers.length === 1 ? op(readers[0].node.outputs[0], type) : undefined;
+  };
+  const constant = (v: Value | null) => !!v && (isWeightView(v) || v.producer?.opType === 'Constant');
+  for (const div of g.nodes) {
+    if (div.opType !== 'Div' || div.domain !== '' || !forward.has(div)) continue;
+    const sub = op(div.inputs[0], 'Sub');
+    const mean = op(sub?.inputs[1], 'ReduceMean');
+    const x = sub?.inputs[0];
+    const sqrt = op(div.inputs[1], 'Sqrt');
+    const eps = op(sqrt?.inputs[0], 'Add');
+    const variance = op(eps?.inputs[0], 'ReduceMean');
+    const pow = op(variance?.inputs[0], 'Pow');
+    if (
+      !sub ||
+      !mean ||
+      !x ||
+      mean.inputs[0] !== x ||
+      !sqrt ||
+      !eps ||
+      !constant(eps.inputs[1]) ||
+      !pow ||
+      pow.inputs[0] !== sub.outputs[0]
+    )
+      continue;
+    for (const n of [mean, sub]) cost.set(n, 0);
+    cost.set(div, 1);
+    const scale = only(div.outputs[0], 'Mul');
+    if (scale && constant(scale.inputs[1])) {
+      cost.set(scale, 0);
+      const shift = only(scale.outputs[0], 'Add');
+      if (shift && constant(shift.inputs[1])) cost.set(shift, 0);
+    }
+    centered.push({ x, centered: sub.outputs[0] });
+  }
+  return { cost, centered };
+}
+
+/**
+ * Points the backward's reads of each written-out LayerNorm's x − mean(x) at a clone of its mean
+ * and Sub, so that the backward reads x (then saved, kept or recomputed as any value is) where
+ * it read x − mean(x). The clones run the same kernels on the same x.
+ */
+function recenterInBackward(g: Graph, forward: ReadonlySet<Node>, centered: { x: Value; centered: Value }[]): number {
+  let added = 0;
+  for (const { centered: d } of centered) {
+    const readers = d.uses.filter((u) => !forward.has(u.node));
+    if (!readers.length) continue;
+    const at = g.nodes.find((n) => readers.some((u) => u.node === n))!;
+    const sub = d.producer!;
+    const mean = sub.inputs[1]!.producer!;
+    const copy = (n: Node, inputs: (Value | null)[]): Value => {
+      const c = g.addNode(
+        {
+          opType: n.opType,
+          domain: n.domain,
+          name: `${n.name}/recompute`,
+          inputs,
+          outputs: 1,
+          attributes: n.attributes.map((a) => ({ ...a })),
+        },
+        at,
+      );
+      c.outputs[0].type = n.outputs[0].type && { ...n.outputs[0].type, shape: n.outputs[0].type.shape && [...n.outputs[0].type.shape] };
+      added++;
+      return c.outputs[0];
+    };
+    const again = copy(sub, [sub.inputs[0], copy(mean, [...mean.inputs])]);
+    for (const u of readers) g.setInput(u.node, u.index, again);
+  }
+  return added;
+}
 
 /** A product with a weight: recomputed in a residual sum's chain only (MAX_RESIDUAL_CHAIN). */
 const isProjection = (n: Node) => n.opType === 'MatMul' && !!n.inputs[0] && isWeightView(n.inputs[1]);
@@ -161,7 +258,9 @@ export function transformerBlocks(g: Graph, forward: ReadonlySet<Node>): Map<Nod
     const own = TRANSFORMER_BLOCK.exec(module)?.[0];
     if (own !== undefined) blocks.set(n, own);
     if (own !== undefined || UNET_LAYER.test(module)) continue;
-    const from = new Set(n.inputs.flatMap((v) => (v?.producer && forward.has(v.producer) && v.producer.opType !== 'Constant' ? [blocks.get(v.producer)] : [])));
+    const from = new Set(
+      n.inputs.flatMap((v) => (v?.producer && forward.has(v.producer) && v.producer.opType !== 'Constant' ? [blocks.get(v.producer)] : [])),
+    );
     const [only] = from;
     if (from.size === 1 && only !== undefined) blocks.set(n, only);
   }
@@ -179,6 +278,9 @@ export interface RematerializeOptions {
 
 export function rematerialize(g: Graph, loss: Value, seed: Value, options: RematerializeOptions = {}): RematerializeResult {
   const forward = forwardNodes(loss);
+  const layerNorms = writtenOutLayerNorms(g, forward);
+  let nodesAdded = recenterInBackward(g, forward, layerNorms.centered);
+  const costOf = (n: Node) => layerNorms.cost.get(n) ?? 1;
   const blockOf = options.blocks ? transformerBlocks(g, forward) : new Map<Node, string>();
   const blocks = new Set(blockOf.values()).size;
   if (options.blocks && blocks === 0)
@@ -208,10 +310,10 @@ export function rematerialize(g: Graph, loss: Value, seed: Value, options: Remat
   function plan(v: Value, top: boolean, budget: { left: number }, order: Node[], projections = false): boolean {
     if (!top && (free(v) || clones.has(v) || kept.has(v))) return true;
     const p = v.producer;
-    if (!p || !forward.has(p) || !recomputable(p, projections) || budget.left === 0) return false;
+    if (!p || !forward.has(p) || !(recomputable(p, projections) || layerNorms.cost.has(p)) || budget.left < costOf(p)) return false;
     // Not yet decided (a later saved value): only values decided before can be roots.
     if (!top && savedSet.has(v)) return false;
-    budget.left--;
+    budget.left -= costOf(p);
     // Below a projection, no other: its input comes from kept values through cheap ops only.
     for (const i of p.inputs) if (i && !plan(i, false, budget, order, projections && !isProjection(p))) return false;
     if (!order.includes(p)) order.push(p);
@@ -247,7 +349,6 @@ export function rematerialize(g: Graph, loss: Value, seed: Value, options: Remat
     return true;
   }
 
-  let nodesAdded = 0;
   let bytesFreed = 0;
   const recomputed: Value[] = [];
   for (const v of saved) {
