@@ -1,12 +1,12 @@
 /** `hollowc precompute`: precompute.onnx over the training data into the store. */
 import { Command } from 'commander';
 import { HollowcError } from '../compiler/errors';
-import { readManifest } from '../compiler/manifest';
+import { CompileManifest, SAMPLE, readManifest } from '../compiler/manifest';
 import { latentShapeProblem } from '../models/latent-sizes';
 import { ExecutionProvider } from '../runtime/ort/session';
 import { precompute } from '../runtime/store/precompute';
 import { formatBytes, progressFromFirstUpdate } from '../runtime/progress';
-import { loadTrainingData } from '../runtime/store/training-data';
+import { TrainingData, loadTrainingData } from '../runtime/store/training-data';
 import { TuningCli, out, parseCount, parseSeed, sessionOptions, tuning } from './options';
 
 interface PrecomputeCli extends TuningCli {
@@ -20,6 +20,24 @@ interface PrecomputeCli extends TuningCli {
   store?: string;
   ep: ExecutionProvider;
   cpuFallback?: boolean;
+}
+
+/**
+ * Before any work: latents of a size the UNet cannot take fail deep in onnxruntime (in training:
+ * precompute.onnx is the down path only). Where train.onnx fixes the latent shape, precompute's
+ * own check names the spec line instead.
+ */
+function checkLatentSides(manifest: CompileManifest, data: TrainingData): void {
+  const multiple = manifest.model.latentMultiple;
+  const sample = manifest.artifacts.train?.inputs.find((i) => i.name === SAMPLE);
+  if (multiple === undefined || sample?.shape.every((d) => typeof d === 'number')) return;
+  for (const [latents, file] of [
+    [data.instanceLatents, data.sources.latents],
+    [data.classLatents, data.sources.classLatents],
+  ] as const) {
+    const problem = latents.length ? latentShapeProblem('latent', latents[0].shape, multiple) : undefined;
+    if (problem) throw new HollowcError(problem, file);
+  }
 }
 
 export function registerPrecompute(program: Command): void {
@@ -45,15 +63,7 @@ export function registerPrecompute(program: Command): void {
       classLatents: o.classLatents,
       timeIds: o.timeIds,
     });
-    // before any work: latents of a size the UNet cannot take fail deep in onnxruntime
-    const multiple = readManifest(dir).model.latentMultiple;
-    for (const [latents, file] of [
-      [data.instanceLatents, data.sources.latents],
-      [data.classLatents, data.sources.classLatents],
-    ] as const) {
-      const problem = multiple === undefined || !latents.length ? undefined : latentShapeProblem('latent', latents[0].shape, multiple);
-      if (problem) throw new HollowcError(problem, file);
-    }
+    checkLatentSides(readManifest(dir), data);
     const progress = progressFromFirstUpdate('precompute');
     const r = await precompute({
       out: dir,
