@@ -95,6 +95,14 @@ export function gradientName(param: string): string {
 export const OPTIMIZER_STATES = ['fp32', '8bit'] as const;
 export type OptimizerState = (typeof OPTIMIZER_STATES)[number];
 
+/** An 8-bit moment in a checkpoint: its bytes (U8, one per value) and its per-block float32 scales. */
+export function quantizedCodesName(state: string): string {
+  return `${state}.q8`;
+}
+export function quantizedScalesName(state: string): string {
+  return `${state}.absmax`;
+}
+
 /** The parameter whose optimizer state `name` is, if it is one of `params`'s states. */
 export function optimizerStateOwner(name: string, params: ReadonlySet<string>): string | undefined {
   for (const suffix of ['.exp_avg', '.exp_avg_sq']) {

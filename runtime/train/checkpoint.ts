@@ -1,6 +1,7 @@
 /**
  * Training checkpoints and the loss log, in `<out>/train/`:
- *   checkpoint.safetensors  `<param>`, `<param>.exp_avg`, `<param>.exp_avg_sq` (F32) and the state
+ *   checkpoint.safetensors  `<param>`, `<param>.exp_avg`, `<param>.exp_avg_sq` (F32; 8-bit moments as
+ *                           `<moment>.q8` U8 and `<moment>.absmax` F32 per block) and the state
  *                           (step, seed, lr, batch, position, store fingerprint) as JSON in the
  *                           metadata key `hollowc_checkpoint`: one file, streamed to a temporary
  *                           sibling, fsynced and renamed, so a kill leaves either the old
@@ -13,9 +14,10 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { HollowcError } from '../../compiler/errors';
-import { expAvgName, expAvgSqName } from '../../compiler/manifest';
+import { expAvgName, expAvgSqName, quantizedCodesName, quantizedScalesName } from '../../compiler/manifest';
 import { writeFileAtomic } from '../../compiler/atomic-files';
 import { float32Tensor, readSafetensors, SafeTensor, toFloat32, writeSafetensors } from '../formats/safetensors';
+import { QuantizedMoment, blocksOf } from './adamw8bit';
 
 export const TRAIN_DIR = 'train';
 export const CHECKPOINT_FILE = 'checkpoint.safetensors';
@@ -23,13 +25,17 @@ export const CHECKPOINT_STATE_FILE = 'checkpoint.json';
 export const LOSS_LOG_FILE = 'loss.jsonl';
 const STATE_KEY = 'hollowc_checkpoint';
 
-/** A LoRA tensor being trained, with its AdamW moments. */
+/**
+ * A tensor being trained (LoRA, or a base weight under `train base`), with its AdamW moments:
+ * float32, or 8-bit in `quantized` (adamw8bit.ts; then expAvg and expAvgSq are empty).
+ */
 export interface ParamState {
   name: string;
   shape: number[];
   value: Float32Array;
   expAvg: Float32Array;
   expAvgSq: Float32Array;
+  quantized?: { expAvg: QuantizedMoment; expAvgSq: QuantizedMoment };
 }
 
 export interface TrainState {
@@ -51,6 +57,16 @@ export function writeCheckpoint(dir: string, state: TrainState, params: readonly
   const tensors = new Map<string, SafeTensor>();
   for (const p of params) {
     tensors.set(p.name, float32Tensor(p.shape, p.value));
+    if (p.quantized) {
+      for (const [name, m] of [
+        [expAvgName(p.name), p.quantized.expAvg],
+        [expAvgSqName(p.name), p.quantized.expAvgSq],
+      ] as const) {
+        tensors.set(quantizedCodesName(name), { dtype: 'U8', shape: [...p.shape], data: m.codes });
+        tensors.set(quantizedScalesName(name), float32Tensor([m.absmax.length], m.absmax));
+      }
+      continue;
+    }
     tensors.set(expAvgName(p.name), float32Tensor(p.shape, p.expAvg));
     tensors.set(expAvgSqName(p.name), float32Tensor(p.shape, p.expAvgSq));
   }
@@ -64,7 +80,7 @@ export function writeCheckpoint(dir: string, state: TrainState, params: readonly
 
 export interface Checkpoint {
   state: TrainState;
-  params: Map<string, { shape: number[]; value: Float32Array; expAvg: Float32Array; expAvgSq: Float32Array }>;
+  params: Map<string, Omit<ParamState, 'name'>>;
 }
 
 export function readCheckpoint(file: string): Checkpoint {
@@ -80,9 +96,22 @@ export function readCheckpoint(file: string): Checkpoint {
       return t;
     };
     const v = get(name);
+    const value = toFloat32(v, name);
+    if (tensors.has(quantizedCodesName(expAvgName(name)))) {
+      const moment = (state: string) => {
+        const codes = get(quantizedCodesName(state));
+        const absmax = toFloat32(get(quantizedScalesName(state)), quantizedScalesName(state));
+        if (codes.dtype !== 'U8' || codes.data.length !== value.length || absmax.length !== blocksOf(value.length))
+          throw new HollowcError(`checkpoint's 8-bit ${state} does not fit ${name} [${v.shape}]`, file);
+        return { codes: new Uint8Array(codes.data), absmax };
+      };
+      const quantized = { expAvg: moment(expAvgName(name)), expAvgSq: moment(expAvgSqName(name)) };
+      params.set(name, { shape: v.shape, value, expAvg: new Float32Array(0), expAvgSq: new Float32Array(0), quantized });
+      continue;
+    }
     params.set(name, {
       shape: v.shape,
-      value: toFloat32(v, name),
+      value,
       expAvg: toFloat32(get(expAvgName(name))),
       expAvgSq: toFloat32(get(expAvgSqName(name))),
     });

@@ -19,8 +19,12 @@
  * step's update differs from train.onnx's in the last bit; elsewhere the two agree bit for bit (tests/runtime-train.test.ts checks both modes' loss logs on a real
  * compile). Within the host mode a step is a pure function of its inputs, so a killed and resumed
  * run repeats a straight one bit for bit.
+ *
+ * A tensor with 8-bit moments (`optimizer adamw8bit`, adamw8bit.ts) runs the same arithmetic one
+ * block at a time on its decoded moments and encodes them again after the step.
  */
 import type { TrainingSettings } from '../../compiler/manifest';
+import { BLOCK, decodeBlock, encodeBlock } from './adamw8bit';
 import type { ParamState } from './checkpoint';
 
 const f = Math.fround;
@@ -48,6 +52,38 @@ export class HostAdamW {
     this.weightDecay = optimizer.weightDecay === 0 ? 0 : f(optimizer.weightDecay);
   }
 
+  /**
+   * A tensor whose moments are 8-bit (adamw8bit.ts): block by block, the moments decoded, the
+   * float32 kernel run on the block, the new moments encoded with the block's new scales.
+   */
+  private step8bit(p: ParamState, g: Float32Array, bc2Sqrt: number, stepSize: number, decay: number): void {
+    const { expAvg, expAvgSq } = p.quantized!;
+    for (let b = 0; b < expAvg.absmax.length; b++) {
+      const start = b * BLOCK;
+      const end = Math.min(start + BLOCK, p.value.length);
+      const m = end - start === BLOCK ? blockM : blockM.subarray(0, end - start);
+      const v = end - start === BLOCK ? blockV : blockV.subarray(0, end - start);
+      decodeBlock(expAvg, b, true, m);
+      decodeBlock(expAvgSq, b, false, v);
+      adamwKernel(
+        p.value.subarray(start, end),
+        m,
+        v,
+        g.subarray(start, end),
+        this.beta1,
+        this.beta2,
+        this.oneMinusBeta1,
+        this.oneMinusBeta2,
+        this.eps,
+        bc2Sqrt,
+        stepSize,
+        decay,
+      );
+      encodeBlock(m, expAvg, b, true);
+      encodeBlock(v, expAvgSq, b, false);
+    }
+  }
+
   /** One step `t` (1-based) at learning rate `lr`: updates every value and moment in place. */
   step(params: readonly ParamState[], grads: readonly Float32Array[], lr: number, t: number): void {
     if (grads.length !== params.length) throw new Error(`AdamW: ${grads.length} gradients for ${params.length} parameters`);
@@ -63,6 +99,10 @@ export class HostAdamW {
       const g = grads[k];
       if (g.length !== p.value.length)
         throw new Error(`AdamW: gradient of ${p.name} has ${g.length} values, the parameter ${p.value.length}`);
+      if (p.quantized) {
+        this.step8bit(p, g, bc2Sqrt, stepSize, decay);
+        continue;
+      }
       adamwKernel(
         p.value,
         p.expAvg,
@@ -80,6 +120,10 @@ export class HostAdamW {
     }
   }
 }
+
+/** Scratch for one block of decoded moments (adamw8bit.ts): the 8-bit step updates a block at a time. */
+const blockM = new Float32Array(BLOCK);
+const blockV = new Float32Array(BLOCK);
 
 /** One tensor's update; a plain monomorphic loop (it runs over every LoRA value each step). */
 function adamwKernel(

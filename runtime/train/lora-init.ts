@@ -11,6 +11,8 @@ import { Rng, fillNormal } from '../../models/random';
 import { LoraModuleValues, readLoraForManifest, writeLoraFile } from '../formats/lora-file';
 import { LORA_INIT_FILE, loraValues } from '../formats/lora-format';
 import { SafetensorsFile, readSafetensors } from '../formats/safetensors';
+import { zeroMoments } from './adamw8bit';
+import { initialBaseValues, trainedBaseNames } from './base-weights';
 import type { ParamState } from './checkpoint';
 import type { TrainGraph } from './step-graph';
 
@@ -75,16 +77,26 @@ export function writeInitialLora(outDir: string, manifest: CompileManifest, init
   return file;
 }
 
-/** The LoRA tensors a fresh run starts from, with zero moments: `<out>/lora-init.safetensors` (written by compile). */
+/**
+ * The tensors a fresh run starts from, with zero moments (8-bit ones under `optimizer adamw8bit`):
+ * the LoRA from `<out>/lora-init.safetensors` (written by compile), the base weights that train
+ * from their values in the folder's weight files (base-weights.ts).
+ */
 export function initialParams(out: string, manifest: CompileManifest, graph: TrainGraph): ParamState[] {
   const file = path.join(out, LORA_INIT_FILE);
-  if (!fs.existsSync(file)) throw new HollowcError(`no ${LORA_INIT_FILE}: compile with hollowc compile (it writes the initial LoRA)`, out);
-  const byName = readLoraForManifest(file, manifest);
+  const base = trainedBaseNames(manifest);
+  const needsLora = graph.params.some((p) => !base.has(p.name));
+  if (needsLora && !fs.existsSync(file))
+    throw new HollowcError(`no ${LORA_INIT_FILE}: compile with hollowc compile (it writes the initial LoRA)`, out);
+  const byName = needsLora ? readLoraForManifest(file, manifest) : new Map<string, Float32Array>();
+  const baseValues = base.size ? initialBaseValues(out, manifest) : new Map<string, Float32Array>();
   return graph.params.map((p) => {
-    const v = byName.get(p.name);
-    if (!v) throw new HollowcError(`${LORA_INIT_FILE} has no values for ${p.name}`, file);
+    const isBase = base.has(p.name);
+    const v = isBase ? baseValues.get(p.name) : byName.get(p.name);
+    if (!v) throw new HollowcError(`${isBase ? 'the folder' : LORA_INIT_FILE} has no values for ${p.name}`, isBase ? out : file);
     const n = p.shape.reduce((a, b) => a * b, 1);
     if (v.length !== n) throw new HollowcError(`${p.name}: ${v.length} values, ${path.basename(graph.file)} expects [${p.shape}]`, file);
-    return { name: p.name, shape: p.shape, value: Float32Array.from(v), expAvg: new Float32Array(n), expAvgSq: new Float32Array(n) };
+    // A base weight's array was read for this run alone: no copy of it.
+    return { name: p.name, shape: p.shape, value: isBase ? v : Float32Array.from(v), ...zeroMoments(n, manifest.training.optimizer.state) };
   });
 }

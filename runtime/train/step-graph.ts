@@ -7,7 +7,11 @@
  *   LoRA tensor + `lr` + `step` (1-based) + each LoRA tensor's AdamW moments; outputs `loss` and the
  *   `.updated` value of every LoRA tensor and moment. One `session.run` per step, nothing else.
  * - host: grads.onnx. The same data inputs and LoRA tensors; outputs `loss` and `<param>.grad`;
- *   AdamW then updates the LoRA tensors and moments in place on the host (host-adamw.ts).
+ *   AdamW then updates the LoRA tensors and moments in place on the host (host-adamw.ts); the only
+ *   mode for 8-bit moments (`optimizer adamw8bit`).
+ *
+ * Under `train base` the base weights that train (the manifest's `trainBase`) are parameters too,
+ * after the LoRA tensors, fed and updated as they are.
  *
  * Static input shapes fix the batch. Names come from the artifact contract (compiler/manifest).
  * Feeding a step is step-tensors.ts, running it step-runner.ts, its session step-session.ts.
@@ -68,6 +72,13 @@ export function updatedOutputs(param: string): [string, string, string] {
  * needs less memory per step), else graph.
  */
 export function chooseOptimizer(out: string, manifest: CompileManifest, asked?: OptimizerMode): OptimizerMode {
+  if (manifest.training.optimizer.state === '8bit') {
+    // 8-bit moments are the host optimizer's (adamw8bit.ts): train.onnx keeps float32 ones.
+    if (asked === 'graph')
+      throw new HollowcError('--optimizer graph: this folder was compiled with optimizer adamw8bit, whose 8-bit moments only the host optimizer keeps: use --optimizer host', out);
+    requireArtifact(out, manifest, 'grads', 'the 8-bit optimizer state (optimizer adamw8bit)');
+    return 'host';
+  }
   if (asked === 'host') requireArtifact(out, manifest, 'grads', 'the host-side optimizer (--optimizer host)');
   if (asked === 'graph') requireArtifact(out, manifest, 'train', 'the in-graph optimizer (--optimizer graph)');
   if (asked) return asked;
@@ -81,7 +92,11 @@ export function describeTrainGraph(out: string, manifest: CompileManifest, store
   const artifact = requireArtifact(out, manifest, mode === 'host' ? 'grads' : 'train', 'training');
   const label = path.basename(artifact.path);
   const inputs = new Map(artifact.inputs.map((i) => [i.name, i]));
-  const params = artifact.inputs.filter((i) => isLoraParam(i.name)).map((i) => ({ name: i.name, shape: staticShape(i, artifact.path) }));
+  // LoRA tensors and the base weights that train (`train base`), in the graph's input order.
+  const base = new Set((manifest.trainBase ?? []).map((p) => p.name));
+  const params = artifact.inputs
+    .filter((i) => isLoraParam(i.name) || base.has(i.name))
+    .map((i) => ({ name: i.name, shape: staticShape(i, artifact.path) }));
   const paramNames = new Set(params.map((p) => p.name));
   const optimizerInput = (name: string) =>
     mode === 'graph' && (name === LEARNING_RATE || name === STEP || optimizerStateOwner(name, paramNames) !== undefined);
@@ -99,7 +114,9 @@ export function describeTrainGraph(out: string, manifest: CompileManifest, store
   ]) {
     if (!inputs.has(required)) throw new HollowcError(`${label} has no input ${required}`, artifact.path);
   }
-  if (!params.length) throw new HollowcError(`${label} has no LoRA inputs`, artifact.path);
+  if (!params.length) throw new HollowcError(`${label} has no LoRA or base weight inputs`, artifact.path);
+  const missingBase = [...base].filter((n) => !inputs.has(n));
+  if (missingBase.length) throw new HollowcError(`${label} has no input for the trained base weight ${missingBase[0]}`, artifact.path);
   const outputs = [LOSS, ...params.flatMap((p) => (mode === 'graph' ? updatedOutputs(p.name) : [gradientName(p.name)]))];
   const declared = new Set(artifact.outputs.map((o) => o.name));
   const missing = outputs.filter((o) => !declared.has(o));

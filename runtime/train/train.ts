@@ -2,7 +2,8 @@
  * `hollowc train`: runs the training step (step-graph.ts) — grads.onnx with AdamW on the host
  * (the default when the folder has it) or train.onnx with AdamW in the graph — over the
  * precompute store, in the order of record-order.ts, writing checkpoints and the loss log
- * (checkpoint.ts) and, at the end, `<out>/lora.safetensors` (peft keys). Class
+ * (checkpoint.ts) and, at the end, `<out>/lora.safetensors` (peft keys) and under `train base`
+ * `<out>/trained-base.safetensors` (base-weights.ts). Class
  * (prior-preservation) records get loss_weight = prior_weight. A checkpoint holds all a resume
  * needs to continue bit for bit; one is written every DEFAULT_CHECKPOINT_STEPS steps or
  * DEFAULT_CHECKPOINT_MINUTES, whichever comes first, unless an interval is asked for, so a crash
@@ -32,6 +33,8 @@ import { SampleOrder } from './record-order';
 import { ExecutionProvider, SessionTuning } from '../ort/session';
 import type { Store } from '../store/store';
 import { evaluationBatches, instanceRecords, lossAtRest } from './evaluation';
+import { zeroMoments } from './adamw8bit';
+import { TRAINED_BASE_FILE, writeTrainedBase } from './base-weights';
 import { initialParams } from './lora-init';
 import { OptimizerMode, TrainGraph, chooseOptimizer } from './step-graph';
 import { StepRunner } from './step-runner';
@@ -105,8 +108,10 @@ export interface TrainResult {
   step: number;
   losses: { step: number; loss: number }[];
   checkpointFile: string;
-  /** Written at the end of a run that was not stopped. */
+  /** Written at the end of a run that was not stopped (when the folder trains LoRA). */
   loraFile: string;
+  /** `train base`: the trained base weights (base-weights.ts), written with the LoRA file. */
+  baseFile?: string;
   lossLogFile: string;
   /** The run's checkpoint cadence. */
   checkpoints: CheckpointCadence;
@@ -188,7 +193,13 @@ function startingPoint(options: TrainOptions, manifest: CompileManifest, graph: 
     const v = cp.params.get(p.name);
     if (!v || v.shape.join() !== p.shape.join())
       throw new HollowcError(`the checkpoint has no ${p.name} of shape [${p.shape}]: it belongs to another compile`, checkpointFile);
-    return { name: p.name, shape: p.shape, value: v.value, expAvg: v.expAvg, expAvgSq: v.expAvgSq };
+    const eightBit = zeroMoments(v.value.length, settings.optimizer.state).quantized !== undefined;
+    if (eightBit !== (v.quantized !== undefined))
+      throw new HollowcError(
+        `the checkpoint keeps ${p.name}'s moments in ${v.quantized ? '8 bits' : 'float32'}, this folder's optimizer in ${eightBit ? '8 bits' : 'float32'}: it belongs to another compile`,
+        checkpointFile,
+      );
+    return { name: p.name, shape: p.shape, value: v.value, expAvg: v.expAvg, expAvgSq: v.expAvgSq, ...(v.quantized ? { quantized: v.quantized } : {}) };
   });
   truncateLossLog(path.join(trainDir, LOSS_LOG_FILE), s.step);
   return { params, step: s.step, seed: s.seed, lr: options.lr ?? s.lr };
@@ -347,13 +358,15 @@ async function trainUnlocked(options: TrainOptions): Promise<TrainResult> {
 
     // The LoRA of where the run stands: its last step, or the checkpoint's when it was there already.
     const values = new Map(start.params.map((p) => [p.name, p.value]));
-    writeLoraFile(
-      result.loraFile,
-      'peft',
-      { rank: manifest.lora.rank, alpha: manifest.lora.alpha, modules: loraModules(manifest, values) },
-      { hollowc_steps: String(step), hollowc_seed: String(start.seed) },
-    );
-    return { ...result, seconds: (Date.now() - started) / 1000, stepSeconds: ran.seconds, evaluation };
+    const metadata = { hollowc_steps: String(step), hollowc_seed: String(start.seed) };
+    const modules = loraModules(manifest, values);
+    // A `train base` run without LoRA writes no LoRA file.
+    if (modules.length || !manifest.trainBase?.length)
+      writeLoraFile(result.loraFile, 'peft', { rank: manifest.lora.rank, alpha: manifest.lora.alpha, modules }, metadata);
+    const baseFile = manifest.trainBase?.length
+      ? writeTrainedBase(path.join(out, TRAINED_BASE_FILE), manifest, values, metadata)
+      : undefined;
+    return { ...result, ...(baseFile ? { baseFile } : {}), seconds: (Date.now() - started) / 1000, stepSeconds: ran.seconds, evaluation };
   });
 }
 
