@@ -8,8 +8,14 @@
  * Rows `unet-blocks` and `generate-blocks` run the UNet as `generate --model` prepares it
  * (cli/prepared-unet.ts: attention maps in blocks of query rows at the run's shape).
  *
+ * `--model <model.onnx>` runs the same rows on that UNet instead of the folder's (a user's export,
+ * e.g. torch 1.13's of ../shared/oracle): the UNet row opens it, the generate rows take it as
+ * `generate --model` does, with the folder's text encoder, VAE and scheduler. `--family sd15`
+ * builds SD 1.5's pipeline instead of SD 2.1's; use its own --dir. `--tiny` builds the family's tiny
+ * pipeline (checks the bench itself in seconds: `--family sd15 --tiny --model` the sd15-tiny fixture).
+ *
  *   npx tsc -p . && node dist/tests/bench/generate-full.js [--dir /tmp/hollowc-sd21-full] [--steps 2] [--threads 2]
- *       [--only unet,generate,unet-blocks,generate-blocks]
+ *       [--only unet,generate,unet-blocks,generate-blocks] [--model /tmp/real-sd21/model.onnx] [--family sd15] [--tiny]
  *
  * The pipeline is built once into --dir (minutes) and reused by later runs.
  */
@@ -19,6 +25,9 @@ import * as path from 'path';
 
 const MiB = 2 ** 20;
 const CLI = path.join(__dirname, '..', '..', 'cli', 'main.js');
+
+/** The text encoder's width each family's UNet reads (encoder_hidden_states' last axis). */
+const CROSS_DIM: Record<string, number> = { sd15: 768, sd21: 1024 };
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(name);
@@ -47,28 +56,31 @@ function startSampler(): () => { anon: number; file: number; peak: number } {
   };
 }
 
-async function child(kind: string, dir: string, steps: number, threads: number): Promise<void> {
+async function child(kind: string, dir: string, steps: number, threads: number, model: string | undefined, family: string): Promise<void> {
   const stop = startSampler();
   const t0 = Date.now();
   const stages: Record<string, number> = {};
+  const unet = model ?? path.join(dir, 'unet', 'model.onnx');
   // `-blocks`: the UNet as `generate --model` prepares it for this run (cli/prepared-unet.ts: its
   // large attention maps in blocks of query rows at batch 2, 64x64).
   const { prepareUnet } = await import('../../cli/prepared-unet');
-  const prepared = kind.endsWith('-blocks')
-    ? prepareUnet(path.join(dir, 'unet', 'model.onnx'), { run: { batch: 2, height: 64, width: 64 } })
-    : undefined;
+  const prepared = kind.endsWith('-blocks') ? prepareUnet(unet, { run: { batch: 2, height: 64, width: 64 } }) : undefined;
   if (prepared) stages.prepare = (Date.now() - t0) / 1000;
   if (kind.startsWith('unet')) {
     const ort = await import('onnxruntime-node');
+    const { loadModel } = await import('../../compiler/serde');
+    // As wide as the UNet reads the text states (a tiny pipeline's are narrower than its family's).
+    const declared = loadModel(unet).graph.inputs.find((v) => v.name === 'encoder_hidden_states')?.type?.shape?.[2];
+    const width = typeof declared === 'number' ? declared : CROSS_DIM[family];
     const { createSession } = await import('../../runtime/ort/session');
-    const session = await createSession(prepared?.model ?? path.join(dir, 'unet', 'model.onnx'), { intraOpThreads: threads });
+    const session = await createSession(prepared?.model ?? unet, { intraOpThreads: threads });
     stages.load = (Date.now() - t0) / 1000;
     const t1 = Date.now();
     const fill = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i) * 0.5);
     await session.run({
       sample: new ort.Tensor('float32', fill(2 * 4 * 64 * 64), [2, 4, 64, 64]),
       timestep: new ort.Tensor('float32', Float32Array.of(500, 500), [2]),
-      encoder_hidden_states: new ort.Tensor('float32', fill(2 * 77 * 1024), [2, 77, 1024]),
+      encoder_hidden_states: new ort.Tensor('float32', fill(2 * 77 * width), [2, 77, width]),
     });
     stages.run = (Date.now() - t1) / 1000;
     await session.release();
@@ -86,7 +98,7 @@ async function child(kind: string, dir: string, steps: number, threads: number):
       scheduler: 'ddim',
       seed: 1,
       numImages: 1,
-      unetModel: prepared?.model,
+      unetModel: prepared?.model ?? model,
       session: { intraOpThreads: threads },
       onStage: (stage, state) => {
         if (state === 'end') stages[stage] = (Date.now() - mark) / 1000;
@@ -98,26 +110,40 @@ async function child(kind: string, dir: string, steps: number, threads: number):
   prepared?.cleanup();
   const m = stop();
   process.stdout.write(
-    `${JSON.stringify({ kind, attention: prepared?.attention, seconds: (Date.now() - t0) / 1000, stages, peakMiB: m.peak, rssAnonMaxMiB: m.anon, rssFileMaxMiB: m.file })}\n`,
+    `${JSON.stringify({ kind, ...(model ? { model } : {}), attention: prepared?.attention, seconds: (Date.now() - t0) / 1000, stages, peakMiB: m.peak, rssAnonMaxMiB: m.anon, rssFileMaxMiB: m.file })}\n`,
   );
 }
 
 async function main(): Promise<void> {
   const kind = arg('--child', '');
-  const dir = arg('--dir', '/tmp/hollowc-sd21-full');
+  const family = arg('--family', 'sd21');
+  if (!CROSS_DIM[family]) throw new Error(`--family ${family}: one of ${Object.keys(CROSS_DIM).join(', ')}`);
+  const dir = arg('--dir', `/tmp/hollowc-${family}-full`);
   const steps = Number(arg('--steps', '2'));
   const threads = Number(arg('--threads', '2'));
-  if (kind) return child(kind, dir, steps, threads);
+  const model = arg('--model', '') ? path.resolve(arg('--model', '')) : undefined;
+  if (model && !fs.existsSync(model)) throw new Error(`--model ${model}: no such file`);
+  if (kind) return child(kind, dir, steps, threads, model, family);
   if (!fs.existsSync(path.join(dir, 'model_index.json'))) {
     const t = Date.now();
-    const b = spawnSync(process.execPath, [CLI, 'model', 'build', 'sd21', '--full', '--pipeline', '-o', dir], { stdio: 'inherit' });
+    const size = process.argv.includes('--tiny') ? '--tiny' : '--full';
+    const b = spawnSync(process.execPath, [CLI, 'model', 'build', family, size, '--pipeline', '-o', dir], { stdio: 'inherit' });
     if (b.status !== 0) throw new Error('build failed');
     process.stdout.write(`built ${dir} in ${((Date.now() - t) / 1000).toFixed(0)} s\n`);
   }
   for (const k of arg('--only', 'unet,generate,unet-blocks,generate-blocks').split(',')) {
-    const p = spawn(process.execPath, [__filename, '--child', k, '--dir', dir, '--steps', String(steps), '--threads', String(threads)], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const passOn = [
+      '--dir',
+      dir,
+      '--steps',
+      String(steps),
+      '--threads',
+      String(threads),
+      '--family',
+      family,
+      ...(model ? ['--model', model] : []),
+    ];
+    const p = spawn(process.execPath, [__filename, '--child', k, ...passOn], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (d) => (stdout += d));

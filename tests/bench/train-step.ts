@@ -32,7 +32,12 @@
  *   npx tsc -p . && node dist/tests/bench/train-step.js [--dir /tmp/x] [--keep] [--steps 3] [--threads 2]
  *       [--only hollowed-host,inference] [--config '{"session.key":"value"}'] [--dump-optimized] [--malloc default]
  *       [--latent 64] [--ep webgpu] [--webgpu-cache simple|bucket] [--form '--exporter dynamo --dtype fp16'] (the UNet's export form; use its own --dir)
- *       [--family sdxl]
+ *       [--family sdxl] [--model /tmp/real-sd21/model.onnx] [--rank 128]
+ *
+ * `--model <model.onnx>` runs the same rows on that UNet instead of building one (a user's export,
+ * e.g. torch 1.13's of ../shared/oracle: `export_real.py sd21 OUT`; `--family sd15` for an SD 1.5
+ * one); the rows' JSON lines and the table's heading name it. A --dir holds the folders compiled
+ * from one model: a folder compiled from another model (or spec) is compiled again.
  */
 import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
@@ -41,6 +46,7 @@ import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { LEARNING_RATE, LOSS_WEIGHT, STEP, TIMESTEP, isLoraParam, optimizerStateOwner, readManifest } from '../../compiler/manifest';
 import { MALLOC_ENV } from '../../cli/allocator';
+import { loadModel } from '../../compiler/serde';
 import { toHalfBits } from '../../runtime/formats/float16';
 import { syntheticParams, syntheticValue } from './synthetic';
 import { presetsFor } from '../../dsl/presets';
@@ -54,12 +60,13 @@ const CLI = path.join(__dirname, '..', '..', 'cli', 'main.js');
 
 /** What differs between the families the bench builds: the text conditioning's shapes. */
 const FAMILY_SHAPES: Record<BenchFamily, string> = {
+  sd15: 'shape encoder_hidden_states [1, 77, 768]\n',
   sd21: 'shape encoder_hidden_states [1, 77, 1024]\n',
   // SDXL: both text encoders' states (768 + 1280), the pooled text_embeds and the six time_ids
   sdxl: 'shape encoder_hidden_states [1, 77, 2048]\nshape text_embeds [1, 1280]\nshape time_ids [1, 6]\n',
 };
-type BenchFamily = 'sd21' | 'sdxl';
-const BENCH_FAMILIES: readonly BenchFamily[] = ['sd21', 'sdxl'];
+type BenchFamily = 'sd15' | 'sd21' | 'sdxl';
+const BENCH_FAMILIES: readonly BenchFamily[] = ['sd15', 'sd21', 'sdxl'];
 
 const SPEC = (
   hollow: string,
@@ -69,12 +76,14 @@ const SPEC = (
   loraInfer: 'fp32' | 'fp16' = 'fp32',
   family: BenchFamily = 'sd21',
   lines: readonly string[] = [],
+  conditioning = FAMILY_SHAPES[family],
+  rank = 128,
 ) => `model ${family}
 hollow ${hollow}
 base ${base}
 shape sample [1, 4, ${latent}, ${latent}]
 shape timestep [1]
-${FAMILY_SHAPES[family]}lora rank 128 alpha 128
+${conditioning}lora rank ${rank} alpha ${rank}
 lora targets "attn1.*" "attn2.*"
 emit ${emit}
 ${loraInfer === 'fp16' ? 'lora infer fp16\n' : ''}${lines.map((l) => `${l}\n`).join('')}`;
@@ -181,7 +190,8 @@ async function child(a: ChildArgs): Promise<void> {
     ),
   );
   const loadSeconds = (Date.now() - t0) / 1000;
-  const dims: Record<string, number> = { batch: 1, height: a.latent ?? 32, width: a.latent ?? 32, sequence: 77 };
+  // (torch's exports name the latents' channels too)
+  const dims: Record<string, number> = { batch: 1, channels: 4, height: a.latent ?? 32, width: a.latent ?? 32, sequence: 77 };
   // Inference feeds follow the model's inputs: model.onnx's three, or infer.onnx's with
   // base_encoder_hidden_states and the LoRA tensors (synthetic, nonzero B).
   const inputs: { name: string; shape: (number | string | null)[]; dtype: string }[] = graph
@@ -427,6 +437,12 @@ const ROWS: Row[] = [
 ];
 
 /** Whether a row runs on `family`: its preset is one of the family's (`hollow none` and the plain UNet run on any). */
+/** The last axis of a UNet's encoder_hidden_states input, when the export fixes it. */
+function encoderWidth(file: string): number | undefined {
+  const d = loadModel(file).graph.inputs.find((v) => v.name === 'encoder_hidden_states')?.type?.shape?.[2];
+  return typeof d === 'number' ? d : undefined;
+}
+
 function rowFits(row: Row, family: BenchFamily): boolean {
   const preset = /^preset "(.*)"$/.exec(row.hollow ?? '');
   return !preset || presetsFor(family).includes(preset[1]);
@@ -452,7 +468,12 @@ async function main(argv: string[]): Promise<void> {
   const unfit = rows.filter((r) => !rowFits(r, family)).map((r) => r.id);
   if (unfit.length) throw new Error(`--only ${unfit.join(',')}: not a ${family} row (its preset is another family's)`);
   const env = opt('--malloc', 'hollowc') === 'default' ? process.env : { ...process.env, ...MALLOC_ENV };
-  const unet = path.join(dir, 'unet', 'model.onnx');
+  const model = opt('--model', '');
+  if (model && !fs.existsSync(model)) throw new Error(`--model ${model}: no such file`);
+  if (model && argv.includes('--form'))
+    throw new Error('--model runs the rows on that export: --form (the builder export form) does not apply');
+  const unet = model ? path.resolve(model) : path.join(dir, 'unet', 'model.onnx');
+  fs.mkdirSync(dir, { recursive: true });
   if (!fs.existsSync(unet)) {
     // --form '--exporter dynamo' / '--dtype fp16' / '--timestep scalar': the export form the rows run on
     const form = opt('--form', '').split(' ').filter(Boolean);
@@ -461,6 +482,11 @@ async function main(argv: string[]): Promise<void> {
     });
     if (b.status !== 0) throw new Error('model build failed');
   }
+  // A user's SD UNet: the text states as wide as it reads them.
+  const width = model && family !== 'sdxl' ? encoderWidth(unet) : undefined;
+  const conditioning = width ? `shape encoder_hidden_states [1, 77, ${width}]\n` : FAMILY_SHAPES[family];
+  // (a smaller rank for a small model: a rank above a layer's width is refused)
+  const rank = Number(opt('--rank', '128'));
   const compiled = new Map<string, { out: string; compileSeconds?: number; compilePeakRssMiB?: number }>();
   const compile = (
     hollow: string,
@@ -474,10 +500,11 @@ async function main(argv: string[]): Promise<void> {
       `out-${hollow === 'none' ? 'none' : /\d/.test(hollow) ? hollow.replace(/\D/g, '') : hollow.replace(/^preset "(.*)"$/, '$1')}${latent === 32 ? '' : `-${latent}`}${base === 'fp32' ? '' : `-${base}`}${emit.includes('infer') ? '-infer' : ''}${emit === 'precompute' ? '-precompute' : ''}${loraInfer === 'fp16' ? '-fp16lora' : ''}${more ? `-${more.tag}` : ''}`,
     );
     if (compiled.has(out)) return compiled.get(out)!;
-    const text = SPEC(hollow, latent, base, emit, loraInfer, family, more?.lines);
+    const text = SPEC(hollow, latent, base, emit, loraInfer, family, more?.lines, conditioning, rank);
     const manifestFile = path.join(out, 'manifest.json');
-    // A folder compiled from the same spec (--dir reused) is not compiled again.
-    if (fs.existsSync(manifestFile) && JSON.parse(fs.readFileSync(manifestFile, 'utf8')).spec?.text === text) {
+    // A folder compiled from the same spec and model (--dir reused) is not compiled again.
+    const before = fs.existsSync(manifestFile) ? JSON.parse(fs.readFileSync(manifestFile, 'utf8')) : undefined;
+    if (before?.spec?.text === text && before?.model?.file === path.resolve(unet)) {
       compiled.set(out, { out });
       return compiled.get(out)!;
     }
@@ -537,6 +564,7 @@ async function main(argv: string[]): Promise<void> {
     const r = {
       ...row,
       ...(family === 'sd21' ? {} : { family }),
+      ...(model ? { model: unet } : {}),
       ep,
       ...target,
       ...(await spawnJson([__filename, '--child', JSON.stringify(args)], env)),
@@ -546,7 +574,7 @@ async function main(argv: string[]): Promise<void> {
   }
   const date = new Date().toISOString().slice(0, 10);
   console.log(
-    `\n${date}, ${family === 'sd21' ? '' : `${family}, `}latents ${latent}x${latent}, ${ep}, ${threads} threads, ${steps} steps per row (median; warm: the steps after the first), one process per row, malloc ${env === process.env ? 'as started' : JSON.stringify(MALLOC_ENV)}${Object.keys(config).length ? `, session config ${JSON.stringify(config)}` : ''}\n`,
+    `\n${date}, ${family === 'sd21' ? '' : `${family}, `}${model ? `${unet}, ` : ''}latents ${latent}x${latent}, ${ep}, ${threads} threads, ${steps} steps per row (median; warm: the steps after the first), one process per row, malloc ${env === process.env ? 'as started' : JSON.stringify(MALLOC_ENV)}${Object.keys(config).length ? `, session config ${JSON.stringify(config)}` : ''}\n`,
   );
   const device = results.some((r) => r.devicePeakMiB !== undefined);
   console.log(
