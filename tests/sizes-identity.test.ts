@@ -129,3 +129,30 @@ describe('a compiled folder knows the UNet it was made from', () => {
     expect(() => checkCompiledFrom(manifest, path.join(copy, 'model.onnx'), what)).toThrow('out was compiled from another UNet');
   });
 });
+
+describe('a store knows the UNet it was precomputed with', () => {
+  test('train refuses a store precomputed for the same graph with other weights; its own store trains', async () => {
+    const copy = path.join(root, 'unet-other-weights');
+    fs.cpSync(path.join(pipeA, 'unet'), copy, { recursive: true });
+    const weights = path.join(copy, 'model.onnx_data');
+    const bytes = fs.readFileSync(weights);
+    bytes[0] ^= 0x40;
+    fs.writeFileSync(weights, bytes);
+    const spec = write(
+      'spec-train.hollow',
+      SPEC.replace('emit precompute infer', 'emit precompute grads').replace('lora rank', 'shape encoder_hidden_states [1, 7, 32]\nlora rank'),
+    );
+    const [outA, outC] = [path.join(root, 'train-a'), path.join(root, 'train-c')];
+    expect((await runCli(['compile', pipeA, spec, '-o', outA])).code).toBe(0);
+    expect((await runCli(['compile', path.join(copy, 'model.onnx'), spec, '-o', outC])).code).toBe(0);
+    // the graph files are the same bytes: the graph's hash alone would take the store
+    expect(readManifest(outC).model.sha256).toBe(readManifest(outA).model.sha256);
+    const data = writeData(path.join(root, 'data-train'), 'sd15', { instances: 2, classes: 0 });
+    const pre = await runCli(['precompute', outA, '--data', data, '--count', '2']);
+    expect([pre.code, pre.stderr.includes('error')]).toEqual([0, false]);
+    await refused(['train', outC, '--store', path.join(outA, 'store'), '--steps', '1'], 'the store was precomputed for another compile');
+    expect(fs.existsSync(path.join(outC, 'lora.safetensors'))).toBe(false);
+    const own = await runCli(['train', outA, '--steps', '1']);
+    expect([own.code, own.stderr.split('\n').filter((l) => l.includes('error'))]).toEqual([0, []]);
+  });
+});

@@ -105,9 +105,18 @@ export function storedClassConditioning(out: string): Conditioning | undefined {
   }
 }
 
-/** What a store remembers of the compile it was precomputed for; training checks it. */
-export function storeCompileStamp(manifest: CompileManifest): { precompute?: string; cut: string | null; model: string } {
-  return { precompute: manifest.artifacts.precompute?.file, cut: manifest.cut?.lastKeptDown ?? null, model: manifest.model.sha256 };
+/**
+ * What a store remembers of the compile it was precomputed for; training checks it. `identity` (the
+ * graph and its weights, compiler/model-identity.ts) tells apart UNets whose graph files are the
+ * same bytes with other weights; folders compiled before it was recorded have only `model`.
+ */
+export function storeCompileStamp(manifest: CompileManifest): { precompute?: string; cut: string | null; model: string; identity?: string } {
+  return {
+    precompute: manifest.artifacts.precompute?.file,
+    cut: manifest.cut?.lastKeptDown ?? null,
+    model: manifest.model.sha256,
+    identity: manifest.model.identity,
+  };
 }
 
 function storeFingerprint(manifest: CompileManifest, data: TrainingData, seed: number, prediction: Prediction): string {
@@ -119,6 +128,8 @@ function storeFingerprint(manifest: CompileManifest, data: TrainingData, seed: n
         seed,
         prediction,
         model: manifest.model.sha256,
+        // undefined (left out of the JSON) for folders compiled before identities: their fingerprints stay as they were
+        identity: manifest.model.identity,
         cut: manifest.cut?.lastKeptDown ?? null,
         family: manifest.family,
       }),

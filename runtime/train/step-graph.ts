@@ -134,9 +134,10 @@ export function describeTrainGraph(out: string, manifest: CompileManifest, store
 function checkStoreCompile(manifest: CompileManifest, store: Store): void {
   const stamp = store.header.extra as Partial<ReturnType<typeof storeCompileStamp>> | undefined;
   const want = storeCompileStamp(manifest);
-  if (stamp?.model !== undefined && (stamp.model !== want.model || stamp.cut !== want.cut)) {
+  const otherWeights = stamp?.identity !== undefined && want.identity !== undefined && stamp.identity !== want.identity;
+  if (stamp?.model !== undefined && (stamp.model !== want.model || stamp.cut !== want.cut || otherWeights)) {
     throw new HollowcError(
-      `the store was precomputed for another compile (model ${stamp.model.slice(0, 12)}, cut after ${stamp.cut}; this folder: model ${want.model.slice(0, 12)}, cut after ${want.cut}): precompute a new store`,
+      `the store was precomputed for another compile (model ${(otherWeights ? stamp.identity! : stamp.model).slice(0, 12)}, cut after ${stamp.cut}; this folder: model ${(otherWeights ? want.identity! : want.model).slice(0, 12)}, cut after ${want.cut}): precompute a new store`,
       store.dir,
     );
   }
