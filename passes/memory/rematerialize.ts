@@ -48,7 +48,7 @@
  *
  * The clones are identical to their originals, so a runtime's common-subexpression elimination
  * would merge them back: training sessions disable onnxruntime's CommonSubexpressionElimination
- * (runtime/train/step-graph.ts trainingSession).
+ * (runtime/train/step-session.ts trainingSession).
  */
 import { isWeightView } from '../../compiler/flops';
 import { Graph, Node, Value } from '../../compiler/ir';

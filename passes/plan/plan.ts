@@ -127,9 +127,8 @@ function specialized(model: Model, req: PlanRequest): Model {
 /**
  * The paper's convention: layers with weights (Conv, Linear, and the LoRA branches, run unmerged as
  * diffusers runs them) at 2 x multiply-adds; attention's activation-by-activation products are not
- * in it. It reproduces Table 3 on full SD 2.1 at 64x64, r128: precompute 0.237T (paper 0.238T), LoRA
- * FT forward 0.714T (0.716T; the UNet alone is 0.678T, the r128 branches 0.036T), hollowed forward
- * 0.667T (2.004T / 3).
+ * in it. It reproduces the paper's Table 3 on full SD 2.1 at 64x64, r128: the figures, against the
+ * paper's, are in docs/benchmarks.md (tests/plan.test.ts "Table 3" prints them), quoted once there.
  */
 const flopsOf = (model: Model) => {
   const lora = new Set(model.graph.inputs.filter((v) => isLoraParam(v.name)).map((v) => v.name));

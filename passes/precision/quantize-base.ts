@@ -7,7 +7,7 @@
  * Each use (forward and backward) gets its own DequantizeLinear, so an fp32 copy of a weight
  * lives only while that one node runs. One DequantizeLinear shared by the forward and backward
  * reads would keep the copy alive in between; onnxruntime's common subexpression elimination
- * would merge them the same way and is off for training sessions (runtime/train/step-graph.ts). Its
+ * would merge them the same way and is off for training sessions (runtime/train/step-session.ts). Its
  * constant folding skips DequantizeLinear, so no fp32 copy is made at session start either.
  *
  * The dequantize nodes go first in the node list. onnxruntime orders execution by a depth-first

@@ -79,7 +79,7 @@ function sessionOptions(backend: Backend, folder: WebFolder, training: boolean):
     executionProviders: [backend],
     logSeverityLevel: 3,
     externalData: folder.weights.map((w) => ({ path: w.path, data: w.data })),
-    // As runtime/train/step-graph.ts: 'basic' for the training graph, no memory pattern.
+    // As runtime/train/step-session.ts: 'basic' for the training graph, no memory pattern.
     graphOptimizationLevel: training ? 'basic' : 'all',
     enableMemPattern: !training,
   };
