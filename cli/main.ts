@@ -19,6 +19,7 @@ import { registerDecode } from './decode';
 import { registerEmbed } from './embed';
 import { registerEncode } from './encode';
 import { registerExportLora } from './export-lora';
+import { registerExportUnet } from './export-unet';
 import { registerGenerate } from './generate';
 import { registerPersonalize } from './personalize';
 import { registerPrecompute } from './precompute';
@@ -49,6 +50,7 @@ export function buildProgram(): Command {
   registerTrain(program);
   registerGenerate(program);
   registerExportLora(program);
+  registerExportUnet(program);
   registerPersonalize(program);
   registerDemo(program);
   registerTokenize(program);

@@ -21,6 +21,9 @@ import { TRAINED_BASE_FILE, initialBaseValues } from '../runtime/train/base-weig
 import { CHECKPOINT_FILE, readCheckpoint } from '../runtime/train/checkpoint';
 import { TrainOptions, train } from '../runtime/train/train';
 import { writeData } from './runtime-fake-train';
+import { exportUnet } from '../api/export-unet';
+import { loadModel, readTensorBytes } from '../compiler/serde';
+import { findBaseParameters } from '../passes/lib/base-parameters';
 import { tempDir } from './support/fixture';
 
 const v = FAMILIES.sd15.tiny;
@@ -125,6 +128,17 @@ describe('train base "up_blocks.3.*" "conv_out" beside LoRA, float32 moments', (
       expect({ name: p.name, moved: moved > 1e-4 && moved < 1e-2 }).toEqual({ name: p.name, moved: true });
     }
     expect(fs.existsSync(path.join(run, 'lora.safetensors'))).toBe(true);
+    // the run exports: a stored-transposed weight of the ONNX UNet holds the trained torch-layout value, transposed back
+    const exported = path.join(dir, 'fp32-run-onnx');
+    exportUnet({ out: run, format: 'onnx', output: exported });
+    const toQ = findBaseParameters(loadModel(path.join(exported, 'model.onnx')).graph).find(
+      (p) => p.name === 'up_blocks.3.attentions.0.transformer_blocks.0.attn1.to_q.weight',
+    )!;
+    expect(toQ.layout).toBe('transposed');
+    const stored = new Float32Array(Uint8Array.from(readTensorBytes(toQ.value.initializer!)).buffer);
+    const [outF, inF] = toQ.shape;
+    const want = trained.get(toQ.name)!;
+    for (let o = 0; o < outF; o++) for (let i = 0; i < inF; i++) expect(stored[i * outF + o]).toBe(want[o * inF + i]);
     const cp = readCheckpoint(path.join(run, 'train', CHECKPOINT_FILE));
     expect(cp.state.params).toEqual([
       ...manifest.lora.targets.filter((t) => t.trained).flatMap((t) => [t.lora_A.name, t.lora_B.name]),

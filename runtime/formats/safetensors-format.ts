@@ -131,16 +131,32 @@ export function encodeSafetensorsHeader(
   tensors: Map<string, SafeTensor>,
   metadata: Record<string, string>,
 ): { head: Uint8Array; names: string[] } {
+  for (const [name, t] of tensors) {
+    const expected = t.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
+    if (expected !== t.data.byteLength) throw new Error(`tensor ${name}: ${t.data.byteLength} bytes for shape [${t.shape}] ${t.dtype}`);
+  }
+  return encodeHeaderOf(tensors, metadata);
+}
+
+/** The bytes a tensor of `dtype` and `shape` takes. */
+export function tensorBytes(dtype: SafetensorsDtype, shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[dtype];
+}
+
+/** The header of a file whose tensors are described, not held (a writer that streams their bytes after it). */
+export function encodeHeaderOf(
+  tensors: ReadonlyMap<string, { dtype: SafetensorsDtype; shape: readonly number[] }>,
+  metadata: Record<string, string>,
+): { head: Uint8Array; names: string[] } {
   const header: Record<string, unknown> = {};
   if (Object.keys(metadata).length) header.__metadata__ = metadata;
   let offset = 0;
   const names = [...tensors.keys()].sort();
   for (const name of names) {
     const t = tensors.get(name)!;
-    const expected = t.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
-    if (expected !== t.data.byteLength) throw new Error(`tensor ${name}: ${t.data.byteLength} bytes for shape [${t.shape}] ${t.dtype}`);
-    header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
-    offset += t.data.byteLength;
+    const length = tensorBytes(t.dtype, t.shape);
+    header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + length] };
+    offset += length;
   }
   const raw = utf8Encoder.encode(JSON.stringify(header));
   // The format pads the header with spaces so the data starts 8-byte aligned.
