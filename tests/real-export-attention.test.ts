@@ -9,6 +9,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
+import { GraphBuilder } from '../compiler/builder';
 import { Graph, Model, Node } from '../compiler/ir';
 import { ArtifactName, CompileManifest } from '../compiler/manifest';
 import { loadModel } from '../compiler/serde';
@@ -249,4 +250,19 @@ test('hollowc compile prints, per artifact, how many sites each memory rewrite m
   );
   expect(run.stdout).toMatch(/ {2}rewrites in infer\.onnx: chunk-attention 44 of 44 Softmax sites matched, \d+ rewritten/);
   expect(run.stdout).not.toContain('warning');
+});
+
+test("the zeros' shape may take an axis by Gather(Shape(k), [i]) with no Unsqueeze: k's columns pass, k's batch axis does not", () => {
+  const g = loadModel(FIXTURE_MODEL).graph;
+  const s = softmaxes(g)[0];
+  const concat = s.inputs[0]!.producer!.inputs[1]!.producer!.inputs[0]!.producer!.inputs[0]!.producer!;
+  expect(concat.opType).toBe('Concat');
+  // Unsqueeze(Gather(Shape(k), 1)) -> Gather(Shape(k), [1])
+  const shapeOfK = concat.inputs[2]!.producer!.inputs[0]!.producer!.inputs[0]!;
+  expect(shapeOfK.producer!.opType).toBe('Shape');
+  const b = new GraphBuilder(g);
+  g.setInput(concat, 2, b.op('Gather', [shapeOfK, b.int64s([1])], { axis: 0 }));
+  expect(matchAttention(g, s).match?.zeroBias).toBe(s.inputs[0]!.producer);
+  g.setInput(concat, 2, b.op('Gather', [shapeOfK, b.int64s([0])], { axis: 0 }));
+  expect(matchAttention(g, s).reason).toBe("axis 2 of its added zeros is not shown to be the scores' (it could broadcast them)");
 });

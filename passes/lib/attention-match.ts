@@ -104,6 +104,10 @@ function lengthOf(v: Value, depth = 0): number | undefined {
   if (!p || p.domain !== '' || depth > 12) return undefined;
   if (p.opType === 'Shape' && p.attributes.length === 0 && p.inputs[0]) return rankOf(p.inputs[0], depth + 1);
   if (p.opType === 'Unsqueeze') return unsqueezeAxes(p)?.length === 1 ? 1 : undefined;
+  if (p.opType === 'Gather') {
+    const index = p.inputs[1] ? constantOfValue(p.inputs[1]) : undefined;
+    return index?.dims.length === 1 ? index.dims[0] : undefined;
+  }
   if (p.opType === 'Concat' && p.attrInt('axis', 0) === 0) {
     const parts = p.inputs.map((x) => (x ? lengthOf(x, depth + 1) : undefined));
     return parts.some((n) => n === undefined) ? undefined : (parts as number[]).reduce((a, b) => a + b, 0);
@@ -136,9 +140,12 @@ function dimsOf(v: Value, depth = 0): (Dim | undefined)[] | undefined {
     const parts = p.inputs.map((x) => (x ? dimsOf(x, depth + 1) : undefined));
     return parts.some((d) => !d) ? undefined : (parts as (Dim | undefined)[][]).flat();
   }
-  // One element: Unsqueeze of a scalar, or Gather of a shape at one index.
+  // One element: Unsqueeze of a scalar; or axes of a shape, Gather(Shape(x), [i, ...]).
   if (p.opType === 'Unsqueeze' && unsqueezeAxes(p)?.length === 1 && p.inputs[0]) return [scalarDim(p.inputs[0])];
-  if (p.opType === 'Gather' && lengthOf(v) === 1) return [scalarDim(v)];
+  const shape = producedBy(p.inputs[0], 'Shape');
+  const index = p.opType === 'Gather' && p.inputs[1] ? constantOfValue(p.inputs[1]) : undefined;
+  if (shape && !shape.attributes.length && shape.inputs[0] && index?.dims.length === 1 && p.attrInt('axis', 0) === 0)
+    return intList(index).map((axis) => ({ of: shape.inputs[0]!, axis }));
   return undefined;
 }
 
