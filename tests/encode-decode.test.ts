@@ -251,8 +251,15 @@ describe('bad input: one line naming the file, exit 1, nothing written', () => {
     [
       'encode: a size the VAE cannot take',
       () => ['encode', photos, '--model', pipe, '-o', newOut('size'), '--resolution', '30'],
-      '--resolution must be a positive multiple of',
+      '--resolution 30: the UNet takes latent sides that are multiples of 8 (images: multiples of 64); nearest: 64',
       newOut('size'),
+    ],
+    [
+      // the VAE would take 96 (12x12 latents), the UNet's up path would not: refused before encoding
+      'encode: a size the UNet cannot train on',
+      () => ['encode', photos, '--model', pipe, '-o', newOut('size96'), '--resolution', '96'],
+      '--resolution 96: the UNet takes latent sides that are multiples of 8 (images: multiples of 64); nearest: 64 or 128',
+      newOut('size96'),
     ],
     [
       'encode: a pipeline folder without its VAE encoder',

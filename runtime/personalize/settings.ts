@@ -3,14 +3,13 @@
  * checked: all of it happens before anything in the run folder is touched.
  */
 import * as fs from 'fs';
-import * as path from 'path';
 import { HollowcError } from '../../compiler/errors';
-import { latentMultipleOfConfig, sideProblem } from '../../models/latent-sizes';
 import { CompileManifest } from '../../compiler/manifest';
 import { ImageTensor, listImages, loadImage } from '../formats/images';
 import { ProgressStream } from '../progress';
 import { ExecutionProvider, SessionOptions } from '../ort/session';
 import { PipelineFolder, openPipelineFolder } from '../text-to-image/pipeline-folder';
+import { checkResolution } from '../text-to-image/image-latents';
 import { defaultImageSize, vaeScaleFactor } from '../text-to-image/text-to-image';
 import { identifierWords, personalizeSpec } from './spec';
 
@@ -108,10 +107,8 @@ export async function resolveSettings(options: PersonalizeOptions, warn: (line: 
   const guidance = options.guidance ?? 7.5;
   const resolution = options.resolution ?? defaultImageSize(folder);
   const factor = vaeScaleFactor(folder);
-  // what the UNet takes (a multiple of its downsampling times the VAE's factor), before any stage runs
-  const multiple = latentMultipleOfConfig(folder.unet.config, path.join(folder.dir, 'unet', 'config.json')) ?? 1;
-  const sizeProblem = sideProblem('--resolution', resolution, multiple, factor);
-  if (sizeProblem) throw new HollowcError(sizeProblem);
+  // what the UNet takes, before any stage runs (the check encode makes)
+  checkResolution(folder, resolution);
   for (const [flag, v] of [
     ['--steps', steps],
     ['--samples', samples],

@@ -9,6 +9,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { HollowcError } from '../../compiler/errors';
+import { latentMultipleOfConfig, sideProblem } from '../../models/latent-sizes';
 import { ImageTensor, listImages, loadImage, mirrorImage, stackImages } from '../formats/images';
 import { writeNpy } from '../formats/npy';
 import type { SessionOptions } from '../ort/session';
@@ -51,11 +52,15 @@ export function photoBatch(photos: readonly ImageTensor[], flip: boolean): Image
   return stackImages(flip ? photos.flatMap((p) => [p, mirrorImage(p)]) : photos);
 }
 
-/** Throws unless the VAE can take square images of side `resolution`. */
+/**
+ * Throws unless the pipeline can take square images of side `resolution`: a multiple of the UNet's
+ * downsampling (read off unet/config.json) times the VAE's factor, so that encoded latents are ones
+ * the UNet can train on. One line naming the sizes that work.
+ */
 export function checkResolution(folder: PipelineFolder, resolution: number): void {
-  const factor = vaeScaleFactor(folder);
-  if (!(Number.isInteger(resolution) && resolution >= factor && resolution % factor === 0))
-    throw new HollowcError(`--resolution must be a positive multiple of ${factor} (the VAE's factor), got ${resolution}`);
+  const multiple = latentMultipleOfConfig(folder.unet.config, path.join(folder.dir, 'unet', 'config.json')) ?? 1;
+  const problem = sideProblem('--resolution', resolution, multiple, vaeScaleFactor(folder));
+  if (problem) throw new HollowcError(problem);
 }
 
 /** Where encode may write: a .npy file, or a folder that does not exist yet or is empty. */
