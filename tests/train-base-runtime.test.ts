@@ -22,6 +22,7 @@ import { CHECKPOINT_FILE, readCheckpoint } from '../runtime/train/checkpoint';
 import { TrainOptions, train } from '../runtime/train/train';
 import { writeData } from './runtime-fake-train';
 import { exportUnet } from '../api/export-unet';
+import { generate } from '../runtime/sampling/two-path';
 import { loadModel, readTensorBytes } from '../compiler/serde';
 import { findBaseParameters } from '../passes/lib/base-parameters';
 import { tempDir } from './support/fixture';
@@ -145,6 +146,13 @@ describe('train base "up_blocks.3.*" "conv_out" beside LoRA, float32 moments', (
       ...manifest.trainBase!.map((p) => p.name),
     ]);
   }, 300_000);
+
+  test('the two-path sampler refuses the folder: infer.onnx would sample without the trained base weights', async () => {
+    const c = { encoderHiddenStates: { data: new Float32Array(7 * 32), shape: [7, 32] } };
+    await expect(generate({ out, prompt: c, classPrompt: c, steps: 1, guidance: 1, scheduler: 'ddim', seed: 1 })).rejects.toThrow(
+      /trains base weights \(train base\), which infer.onnx does not take: export the fine-tuned UNet/,
+    );
+  });
 
   test('host AdamW after grads.onnx and train.onnx give the same losses and weights', async () => {
     const host = copyOf(out, 'fp32-host');

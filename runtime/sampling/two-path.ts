@@ -125,6 +125,12 @@ export class Sampler {
 
   static async open(source: SamplerSource): Promise<Sampler> {
     const manifest = loadManifest(source.out);
+    // infer.onnx holds the compiled base weights: it would sample without the fine-tune, silently.
+    if (manifest.trainBase?.length)
+      throw new HollowcError(
+        `this folder trains base weights (train base), which infer.onnx does not take: export the fine-tuned UNet (hollowc export-unet ${source.out} --format onnx --pipeline <pipeline folder> -o <folder>) and run generate --model <folder>`,
+        source.out,
+      );
     const infer = source.baked ? undefined : requireArtifact(source.out, manifest, 'infer', 'generate');
     const modelFile = source.baked ?? infer!.path;
     // a baked infer.onnx keeps infer.onnx's float16 weights and needs its session config too
