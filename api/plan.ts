@@ -3,11 +3,13 @@
  * pipeline folder), from a spec or from flags (passes/plan/ computes them).
  */
 import { HollowcError } from '../compiler/errors';
-import { BasePrecision, RecomputeMode } from '../compiler/manifest';
-import { matchesGlob, rankProblem } from '../dsl';
+import { BasePrecision, OptimizerState, RecomputeMode } from '../compiler/manifest';
+import { isWithin } from '../compiler/module-scope';
+import { baseGlobMatches, matchesGlob, rankProblem } from '../dsl';
 import { latentMultipleOfLayout, sideProblem } from '../models/latent-sizes';
 import { DEFAULT_TARGETS, defaultTrainingSettings } from '../models/training-defaults';
 import { chunkFieldsFromSpec } from '../passes/lib/artifact-state';
+import { findBaseParameters } from '../passes/lib/base-parameters';
 import { findLoraSites } from '../passes/lib/lora-sites';
 import { Plan, PlanRequest, planUNet } from '../passes/plan/plan';
 import { recordLayout } from '../runtime/store/store-format';
@@ -27,6 +29,19 @@ export function parseBytes(text: string): number {
   return Math.round(Number(m[1]) * 1024 ** power);
 }
 
+/**
+ * `train base` for every row of the plan: the parameters the globs match (as the spec's check
+ * matches them), less those a row's cut hollows out.
+ */
+function trainBaseOf(unet: LoadedUNet, globs: readonly string[], flag: string): PlanRequest['trainBase'] {
+  if (!globs.length) return undefined;
+  const params = findBaseParameters(unet.model.graph);
+  for (const g of globs)
+    if (!params.some((p) => baseGlobMatches(g, p))) throw new HollowcError(`${flag} "${g}" matches no module of this model`);
+  const matched = params.filter((p) => globs.some((g) => baseGlobMatches(g, p)));
+  return (hollowed) => matched.filter((p) => !hollowed.some((m) => isWithin(p.module, m))).map((p) => p.name);
+}
+
 export interface PlanOptions {
   spec?: string;
   base?: BasePrecision;
@@ -35,6 +50,10 @@ export interface PlanOptions {
   rank: number;
   alpha?: number;
   targets?: string[];
+  /** `train base` globs: the base weights of the matching modules train too. */
+  trainBase?: string[];
+  /** The AdamW moments' precision (the spec's `optimizer adamw8bit`). */
+  optimizerState?: OptimizerState;
   samples: number;
   steps: number;
   budget?: string;
@@ -52,6 +71,11 @@ function requestOf(unet: LoadedUNet, o: PlanOptions): PlanRequest {
       targets: spec.lora.targets.map((t) => t.module),
       lora: { rank: spec.lora.rank, alpha: spec.lora.alpha },
       training: trainingSettingsOf(spec),
+      trainBase: trainBaseOf(
+        unet,
+        spec.spec.trainBase.map((g) => g.value),
+        'train base',
+      ),
       ...chunkFieldsFromSpec(spec.chunks),
       samples: o.samples,
       steps: o.steps,
@@ -89,7 +113,15 @@ function requestOf(unet: LoadedUNet, o: PlanOptions): PlanRequest {
     unet,
     targets: sites.map((s) => s.module),
     lora: { rank: o.rank, alpha: o.alpha ?? o.rank },
-    training: { ...defaultTrainingSettings(family), shapes, batch: shapes.sample[0], base: o.base ?? 'fp32', recompute: o.recompute ?? 'cheap' },
+    training: {
+      ...defaultTrainingSettings(family),
+      shapes,
+      batch: shapes.sample[0],
+      base: o.base ?? 'fp32',
+      recompute: o.recompute ?? 'cheap',
+      optimizer: { ...defaultTrainingSettings(family).optimizer, ...(o.optimizerState === '8bit' ? { state: '8bit' as const } : {}) },
+    },
+    trainBase: trainBaseOf(unet, o.trainBase ?? [], '--train-base'),
     samples: o.samples,
     steps: o.steps,
     storeRecordBytes,

@@ -41,6 +41,12 @@ export function registerPlan(program: Command): void {
     .option('--shape <name=dims>', 'a static training shape, e.g. sample=1,4,64,64 (repeatable)', parseShape)
     .option('--rank <r>', 'LoRA rank', parseCount, 128)
     .option('--targets <globs...>', 'LoRA target globs (default: attn1/attn2 to_q to_k to_v to_out.0)')
+    .option('--train-base <globs...>', 'the base weights of these modules train too (the spec\'s train base; "*": full fine-tuning)')
+    .addOption(
+      new Option('--optimizer-state <precision>', "the AdamW moments (8bit: the spec's optimizer adamw8bit)")
+        .choices(['fp32', '8bit'])
+        .default('fp32'),
+    )
     .option('--samples <n>', 'precomputed samples', parseCount, 200)
     .option('--steps <n>', 'training steps', parseCount, 1000)
     .addOption(

@@ -95,6 +95,19 @@ export function gradientName(param: string): string {
 export const OPTIMIZER_STATES = ['fp32', '8bit'] as const;
 export type OptimizerState = (typeof OPTIMIZER_STATES)[number];
 
+/**
+ * 8-bit moments (`optimizer adamw8bit`): values per block, each block with one float32 scale, and
+ * the smallest tensor that gets them (smaller ones keep float32 moments), as bitsandbytes does.
+ */
+export const QUANTIZED_STATE_BLOCK = 256;
+export const MIN_QUANTIZED_STATE_VALUES = 4096;
+
+/** Bytes of a tensor's two AdamW moments under `state`. */
+export function momentBytes(values: number, state: OptimizerState | undefined): number {
+  if (state !== '8bit' || values < MIN_QUANTIZED_STATE_VALUES) return 8 * values;
+  return 2 * (values + 4 * Math.ceil(values / QUANTIZED_STATE_BLOCK));
+}
+
 /** An 8-bit moment in a checkpoint: its bytes (U8, one per value) and its per-block float32 scales. */
 export function quantizedCodesName(state: string): string {
   return `${state}.q8`;

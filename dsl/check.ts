@@ -379,7 +379,7 @@ export function rankProblem(
  * A parameter trains when a glob matches its name (`*.bias`), its module, or a module containing
  * it (`up_blocks.1` trains the whole block), each matched as lora target globs match a path.
  */
-function baseGlobMatches(glob: string, p: BaseParameterFacts): boolean {
+export function baseGlobMatches(glob: string, p: Pick<BaseParameterFacts, 'name' | 'module'>): boolean {
   if (matchesGlob(glob, p.name)) return true;
   const segments = p.module.split('.');
   for (let k = segments.length; k >= 1; k--) if (matchesGlob(glob, segments.slice(0, k).join('.'))) return true;

@@ -15,7 +15,7 @@ export type { SourcePos, Located, SourceText } from './diagnostics';
 export type { ModelChoice, EmitArtifact, OptimizerKind } from './presets';
 export { EMIT_ARTIFACTS, SD_PRESETS, SDXL_PRESETS, ALL_PRESETS, presetsFor } from './presets';
 export { matchesGlob, globProblem, globRegex } from './glob';
-export { checkSpec, rankProblem } from './check';
+export { baseGlobMatches, checkSpec, rankProblem } from './check';
 export type {
   ModelFacts,
   HollowRequest,

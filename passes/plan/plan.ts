@@ -18,7 +18,10 @@
  *          fp32's at both sizes)
  *        + ARENA_BYTES (onnxruntime's CPU arena, which those graphs run with, beyond the live set)
  *        + LORA_COPIES × LoRA bytes (value and two moments; the step's gradients are returned
- *          as it ends, after the peak)
+ *          as it ends, after the peak; 8-bit moments under `optimizer adamw8bit`)
+ *        + under `train base`, each trained base weight's value, its gradient (returned all at
+ *          once as the step ends: for full fine-tuning as large as the weights) and its moments
+ *          (not yet measured against a full-size run)
  *        + RUNTIME_BYTES (Node, onnxruntime, the session's graph).
  * Calibration (tests/bench/train-step.ts, full SD 2.1, r128, 2026-12-05, after release-dead-buffers):
  * the file-backed part is the weights + 69 MiB in every row; LORA_COPIES is counted, RUNTIME_BYTES
@@ -36,7 +39,7 @@ import { HollowcError } from '../../compiler/errors';
 import { countFlops, isWeightView } from '../../compiler/flops';
 import { Graph, Model, Node, Value, tensorElementCount } from '../../compiler/ir';
 import { staticBytes } from '../../compiler/shape-inference';
-import { ArtifactName, TrainingSettings, isLoraParam } from '../../compiler/manifest';
+import { ArtifactName, TrainingSettings, isLoraParam, momentBytes } from '../../compiler/manifest';
 import { presetsFor } from '../../models/presets';
 import { CutInfo, UNetAnalysis } from '../lib/analyze-unet';
 import { ArtifactState, ChunkFields, LoraConfig, pickChunkFields } from '../lib/artifact-state';
@@ -63,6 +66,11 @@ export interface PlanRequest extends ChunkFields {
   steps: number;
   /** Bytes of one precompute-store record for these latent and hollow-activation shapes (the store's format is the runtime's). */
   storeRecordBytes(latent: number[], activation: number[]): number;
+  /**
+   * The base weights that train (`train base`) under a cut, given its hollowed modules: the
+   * spec's globs matched against what the cut keeps. None when absent.
+   */
+  trainBase?: (hollowedModules: readonly string[]) => readonly string[];
   /** Hears after each row: rows done, rows in all, the row's cut ('none' or the last kept down layer). */
   onRow?: (done: number, total: number, cut: string) => void;
 }
@@ -75,6 +83,8 @@ export interface PlanRow {
   fraction: number;
   baseParameters: number;
   loraParameters: number;
+  /** Values of the base weights that train (`train base`). */
+  trainedBaseParameters: number;
   storeBytesPerSample: number;
   flops: {
     /** The UNet alone (a merged or no LoRA). */
@@ -98,6 +108,8 @@ export interface PlanRow {
     /** The largest float32 copy of a stored weight (`base int8` / `fp16`), 0 under fp32. */
     weightCopyBytes: number;
     loraStateBytes: number;
+    /** `train base`: the trained weights' values, gradients and moments. */
+    baseStateBytes: number;
     predictedPeakBytes: number;
   };
   fitsBudget?: boolean;
@@ -130,9 +142,10 @@ function specialized(model: Model, req: PlanRequest): Model {
  * in it. It reproduces the paper's Table 3 on full SD 2.1 at 64x64, r128: the figures, against the
  * paper's, are in docs/benchmarks.md (tests/plan.test.ts "Table 3" prints them), quoted once there.
  */
-const flopsOf = (model: Model) => {
-  const lora = new Set(model.graph.inputs.filter((v) => isLoraParam(v.name)).map((v) => v.name));
-  const c = countFlops(model.graph, lora);
+const flopsOf = (model: Model, trainedBase: readonly string[] = []) => {
+  // the LoRA tensors and the trained base weights are weights the graph takes as inputs
+  const weights = new Set([...model.graph.inputs.filter((v) => isLoraParam(v.name)).map((v) => v.name), ...trainedBase]);
+  const c = countFlops(model.graph, weights);
   return c.matrix - c.activationMatrix;
 };
 
@@ -219,6 +232,7 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
     training: req.training,
     label: req.unet.file,
     structureOnly: true,
+    trainBase: req.trainBase?.(cut?.hollowedModules ?? []) ?? [],
     ...pickChunkFields(req),
   };
   const build = (name: ArtifactName) => buildArtifact(name, req.unet.model, inputs);
@@ -230,14 +244,20 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
   const forward = cut ? flopsOf(specialized(build('forward').model, req)) : loraFt;
   const precompute = cut ? flopsOf(specialized(build('precompute').model, req)) : 0;
   const infer = flopsOf(specialized(build('infer').model, req));
-  const loraParameters = grads.state.loraParams!.reduce((a, p) => a + p.shape.reduce((x, y) => x * y, 1), 0);
+  const values = (p: { shape: number[] }) => p.shape.reduce((x, y) => x * y, 1);
+  const loraParameters = grads.state.loraParams!.reduce((a, p) => a + values(p), 0);
+  const trainedBase = grads.state.baseParams ?? [];
+  const state = req.training.optimizer.state;
   const latent = req.training.shapes.sample.slice(1);
   const activation = cut ? (trainingShapes(grads.model, analysis.family, req.training).hollow_activation?.slice(1) ?? []) : [];
   const memory = {
     weightBytes: weightBytes(grads.model.graph),
     activationPeakBytes: activationPeakBytes(grads.model.graph),
     weightCopyBytes: weightCopyBytes(grads.model.graph),
-    loraStateBytes: LORA_COPIES * 4 * loraParameters,
+    // value and moments (float32: LORA_COPIES values' bytes)
+    loraStateBytes: grads.state.loraParams!.reduce((a, p) => a + (LORA_COPIES - 2) * 4 * values(p) + momentBytes(values(p), state), 0),
+    // value, gradient and moments
+    baseStateBytes: trainedBase.reduce((a, p) => a + 8 * values(p) + momentBytes(values(p), state), 0),
     predictedPeakBytes: 0,
   };
   memory.predictedPeakBytes =
@@ -247,6 +267,7 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
     memory.weightCopyBytes +
     ARENA_BYTES +
     memory.loraStateBytes +
+    memory.baseStateBytes +
     RUNTIME_BYTES;
   const trainStepPaper = 3 * forward;
   const preset = cut ? presetsFor(analysis.family).find((p) => p.lastKeptDown === cut.lastKeptDown)?.name : undefined;
@@ -257,6 +278,7 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
     fraction: cut?.fraction ?? 0,
     baseParameters: analysis.totalParams - (cut?.removedParams ?? 0),
     loraParameters,
+    trainedBaseParameters: trainedBase.reduce((a, p) => a + values(p), 0),
     storeBytesPerSample: cut ? req.storeRecordBytes(latent, activation) : 0,
     flops: {
       plainForward: plain,
@@ -264,7 +286,10 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
       precompute,
       hollowedForward: forward,
       trainStepPaper,
-      trainStepCounted: flopsOf(grads.model),
+      trainStepCounted: flopsOf(
+        grads.model,
+        trainedBase.map((p) => p.name),
+      ),
       inferTwoPath: infer,
     },
     totals: {
@@ -319,7 +344,7 @@ export function planUNet(request: PlanRequest, budgetBytes?: number, only?: read
     conventions: {
       flops:
         'FLOPs = 2 x multiply-adds of the layers with weights (Conv, Linear as MatMul/Gemm, the LoRA branches unmerged) on the emitted graphs at the training shapes, attention products left out as in the paper; training "paper" = 3 x the trained net\'s forward, "counted" = train.onnx as emitted (its LoRA weight gradients, products of two activations, left out like attention); overhead = two-path inference against LoRA FT\'s (UNet + unmerged LoRA)',
-      memory: `predicted CPU peak (host AdamW) = weights held + ${FILE_BYTES / MiB} MiB + ${ACTIVATION_FACTOR} x activations live at the peak + the largest float32 weight copy (base int8/fp16) + ${ARENA_BYTES / MiB} MiB arena + ${LORA_COPIES} x LoRA bytes + ${RUNTIME_BYTES / MiB} MiB runtime`,
+      memory: `predicted CPU peak (host AdamW) = weights held + ${FILE_BYTES / MiB} MiB + ${ACTIVATION_FACTOR} x activations live at the peak + the largest float32 weight copy (base int8/fp16) + ${ARENA_BYTES / MiB} MiB arena + ${LORA_COPIES} x LoRA bytes (less under 8-bit moments) + ${RUNTIME_BYTES / MiB} MiB runtime${rows.some((r) => r.trainedBaseParameters) ? '; train base: + the trained weights, their gradients and moments (not yet measured against a full-size run)' : ''}`,
     },
     rows,
   };

@@ -7,6 +7,8 @@ const mib = (x: number) => `${Math.round(x / MiB)} MiB`;
 
 export function planText(p: Plan): string {
   const flop = p.rows.some((r) => r.flops.plainForward >= 1e11) ? T : G;
+  // `train base`: the trained base weights' column, only when some row has them
+  const base = p.rows.some((r) => r.trainedBaseParameters > 0);
   const lines = [
     `${p.family} UNet ${p.model}: sample [${p.shapes.sample.join(', ')}], LoRA rank ${p.rank}, ${p.samples} samples, ${p.steps} steps`,
     ...(p.rows.length
@@ -22,6 +24,7 @@ export function planText(p: Plan): string {
       'share',
       'base held',
       'LoRA',
+      ...(base ? ['base trains'] : []),
       'peak (pred.)',
       'store/sample',
       'precompute',
@@ -41,6 +44,7 @@ export function planText(p: Plan): string {
         `${(100 * r.fraction).toFixed(1)}%`.padStart(6),
         r.baseParameters.toLocaleString('en-US').padStart(12),
         r.loraParameters.toLocaleString('en-US').padStart(11),
+        ...(base ? [r.trainedBaseParameters.toLocaleString('en-US').padStart(12)] : []),
         `${mib(r.memory.predictedPeakBytes)}${r.fitsBudget === false ? ' (over)' : ''}`.padStart(12),
         (r.storeBytesPerSample ? `${(r.storeBytesPerSample / 1024).toFixed(1)} KiB` : '-').padStart(12),
         flop(r.flops.precompute).padStart(10),

@@ -14,13 +14,13 @@
  * encode the new moments with the new scales (each value to its nearest map value). The update
  * itself uses the moments before encoding; only what is carried to the next step is rounded.
  */
-import type { OptimizerState } from '../../compiler/manifest';
+import { MIN_QUANTIZED_STATE_VALUES, OptimizerState, QUANTIZED_STATE_BLOCK } from '../../compiler/manifest';
 import type { ParamState } from './checkpoint';
 
 /** Values per block, each block with its own scale (bitsandbytes' blockwise optimizers use 256). */
-export const BLOCK = 256;
+export const BLOCK = QUANTIZED_STATE_BLOCK;
 /** Smaller tensors keep float32 moments (bitsandbytes' `min_8bit_size`). */
-export const MIN_QUANTIZED_VALUES = 4096;
+export const MIN_QUANTIZED_VALUES = MIN_QUANTIZED_STATE_VALUES;
 
 /** One moment of a tensor: a byte per value, a float32 scale per block of BLOCK values. */
 export interface QuantizedMoment {
