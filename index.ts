@@ -3,15 +3,15 @@
  * layer over these; see the README's "Library" section for a worked example.
  */
 // Inspect and compile
-export { loadUNet } from './api/unet';
-export type { LoadedUNet } from './api/unet';
-export { checkSpecFile } from './api/spec';
-export type { CheckedSpec } from './api/spec';
-export { compileSpec, compileFromSpec } from './api/compile';
-export type { CompileOptions } from './api/compile';
-export { bakeCompiled } from './api/bake';
-export type { BakeResult } from './api/bake';
-export { inspectJson, inspectText } from './api/inspect';
+export { loadUNet } from './cli/api/unet';
+export type { LoadedUNet } from './cli/api/unet';
+export { checkSpecFile } from './cli/api/spec';
+export type { CheckedSpec } from './cli/api/spec';
+export { compileSpec, compileFromSpec } from './cli/api/compile';
+export type { CompileOptions } from './cli/api/compile';
+export { bakeCompiled } from './cli/api/bake';
+export type { BakeResult } from './cli/api/bake';
+export { inspectJson, inspectText } from './cli/api/inspect';
 export { analyzeUNet } from './passes/lib/analyze-unet';
 export type { UNetAnalysis, CutInfo } from './passes/lib/analyze-unet';
 export { compile } from './passes/compile-unet';
@@ -20,8 +20,8 @@ export { ARTIFACT_PASSES, buildArtifact } from './passes/artifact-passes';
 export { parseSpec, checkSpec } from './dsl';
 
 // Plan: the paper's resource tables for a UNet, before anything is trained
-export { planFor as plan, parseBytes } from './api/plan';
-export type { PlanOptions } from './api/plan';
+export { planFor as plan, parseBytes } from './cli/api/plan';
+export type { PlanOptions } from './cli/api/plan';
 export { planUNet } from './passes/plan/plan';
 export type { Plan, PlanRequest, PlanRow } from './passes/plan/plan';
 export { planText, planSvg } from './passes/plan/render';
@@ -43,8 +43,8 @@ export { readLoraFile, writeLoraFile } from './runtime/formats/lora-file';
 export { createSession, installedProviders } from './runtime/ort/session';
 
 // Photos and a prompt in, a LoRA, images and a report out (the compiler handed in)
-export { personalize } from './cli/personalize';
-export type { PersonalizeOptions, PersonalizeResult } from './cli/personalize';
+export { personalize } from './cli/api/personalize';
+export type { PersonalizeOptions, PersonalizeResult } from './cli/api/personalize';
 
 // Pipeline folders, tokenizer, images
 export { openPipelineFolder } from './runtime/text-to-image/pipeline-folder';

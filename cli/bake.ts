@@ -1,6 +1,6 @@
-/** `hollowc bake`: a trained LoRA folded into a compiled folder's infer.onnx (api/bake.ts). */
+/** `hollowc bake`: a trained LoRA folded into a compiled folder's infer.onnx (cli/api/bake.ts). */
 import { Command } from 'commander';
-import { bakeCompiled } from '../api/bake';
+import { bakeCompiled } from './api/bake';
 
 export function registerBake(program: Command): void {
   program

@@ -17,7 +17,7 @@ import { buildPipeline } from '../models/builder/pipeline';
 import { formatBytes } from '../runtime/progress';
 import { ExecutionProvider } from '../runtime/ort/session';
 import { epOption, fallbackOption, parseCount, reportProvider } from './options';
-import { PersonalizeResult, personalize } from './personalize';
+import { PersonalizeResult, personalize } from './api/personalize';
 
 export interface DemoOptions {
   /** Folder to work in (default: a new temporary folder, kept). */

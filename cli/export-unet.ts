@@ -1,6 +1,6 @@
 /** `hollowc export-unet`: a fine-tuned UNet (`train base`, LoRA folded in) as a diffusers UNet folder or an ONNX UNet. */
 import { Command, Option } from 'commander';
-import { UNET_EXPORT_FORMATS, UnetExportFormat, exportUnet } from '../api/export-unet';
+import { UNET_EXPORT_FORMATS, UnetExportFormat, exportUnet } from './api/export-unet';
 import { out } from './options';
 
 export function registerExportUnet(program: Command): void {

@@ -1,7 +1,7 @@
-/** `hollowc inspect`: the block table and valid cuts of a UNet (api/inspect.ts). */
+/** `hollowc inspect`: the block table and valid cuts of a UNet (cli/api/inspect.ts). */
 import { Command } from 'commander';
-import { inspectJson, inspectText } from '../api/inspect';
-import { loadUNet } from '../api/unet';
+import { inspectJson, inspectText } from './api/inspect';
+import { loadUNet } from './api/unet';
 
 export function registerInspect(program: Command): void {
   program

@@ -1,20 +1,10 @@
 /**
- * `hollowc personalize`: the command's options, over the library's personalize
- * (runtime/personalize/), to which it hands the compiler.
+ * `hollowc personalize`: the command's options, over the library's personalize (cli/api/personalize.ts).
  */
 import { Command, Option } from 'commander';
 import { ExecutionProvider } from '../runtime/ort/session';
-import { PersonalizeOptions, PersonalizeResult, personalize as runPersonalize } from '../runtime/personalize';
-import { compileFromSpec } from '../api/compile';
+import { PersonalizeOptions, personalize } from './api/personalize';
 import { epOption, fallbackOption, parseCount, parseNumber, parseSeed, reportProvider, threadsOption } from './options';
-
-export type { PersonalizeOptions, PersonalizeResult };
-export { identifierWords } from '../runtime/personalize';
-
-/** Photos and a prompt in, a personalized LoRA, validation images and report.html out (see runtime/personalize/). */
-export function personalize(options: PersonalizeOptions): Promise<PersonalizeResult> {
-  return runPersonalize({ ...options, compile: (unetModel, specFile, out) => compileFromSpec(unetModel, specFile, { out }) });
-}
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 

@@ -1,4 +1,4 @@
-/** `hollowc plan`: the paper's resource tables for a UNet (api/plan.ts), with progress on stderr when it takes a while. */
+/** `hollowc plan`: the paper's resource tables for a UNet (cli/api/plan.ts), with progress on stderr when it takes a while. */
 import * as fs from 'fs';
 import sharp from 'sharp';
 import { Command, Option } from 'commander';
@@ -6,7 +6,7 @@ import { HollowcError } from '../compiler/errors';
 import { RECOMPUTE_MODES } from '../compiler/manifest';
 import { planSvg, planText } from '../passes/plan/render';
 import { ProgressLine, ProgressStream } from '../runtime/progress';
-import { PlanOptions, planFor } from '../api/plan';
+import { PlanOptions, planFor } from './api/plan';
 import { out, parseCount } from './options';
 
 /** Planning shorter than this shows no progress (a small UNet's plan is done before a line would help). */

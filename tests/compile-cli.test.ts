@@ -1,8 +1,8 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { spawnSync } from 'child_process';
-import { bakeCompiled } from '../api/bake';
-import { compileFromSpec } from '../api/compile';
+import { bakeCompiled } from '../cli/api/bake';
+import { compileFromSpec } from '../cli/api/compile';
 import { loadModel } from '../compiler/serde';
 import { LoraModuleValues, readLoraFile, writeLoraFile } from '../runtime/formats/lora-file';
 import { readSafetensors, toFloat32 } from '../runtime/formats/safetensors';

@@ -4,7 +4,7 @@ import * as path from 'path';
 import { checkSpec, parseSpec, ResolvedSpec } from '../dsl';
 import { loadModel } from '../compiler/serde';
 import { analyzeUNet } from '../passes/lib/analyze-unet';
-import { modelFacts } from '../api/spec-facts';
+import { modelFacts } from '../cli/api/spec-facts';
 import { toySd15 } from './dsl-toy-model';
 import { FIXTURE_MODEL, fixtureManifest } from './support/fixture';
 

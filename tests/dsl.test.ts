@@ -2,7 +2,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { checkSpec, matchesGlob, globProblem, parseSpec, Spec, SpecError, specErrorAt } from '../dsl';
 import { toySd15 } from './dsl-toy-model';
-import { trainingSettingsOf } from '../api/spec-facts';
+import { trainingSettingsOf } from '../cli/api/spec-facts';
 
 const SPECS = path.join(__dirname, 'fixtures', 'specs');
 

@@ -10,7 +10,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
-import { DIFFUSERS_CONFIG_FILE, DIFFUSERS_WEIGHTS_FILE, exportUnet } from '../api/export-unet';
+import { DIFFUSERS_CONFIG_FILE, DIFFUSERS_WEIGHTS_FILE, exportUnet } from '../cli/api/export-unet';
 import { loadModel, readTensorBytes } from '../compiler/serde';
 import { findBaseParameters, torchLayoutData } from '../passes/lib/base-parameters';
 import { streamBytes } from '../compiler/float16-data';

@@ -6,7 +6,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
-import { bakeCompiled } from '../api/bake';
+import { bakeCompiled } from '../cli/api/bake';
 import { compile } from '../passes/compile-unet';
 import { buildUNet } from '../models/builder';
 import { FAMILIES } from '../models/families';

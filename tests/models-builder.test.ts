@@ -21,7 +21,7 @@ import { buildUNet, BuildUNetResult, describeUNet, unetSignature } from '../mode
 import { hashString, Rng } from '../models/random';
 import { timestepFrequencies } from '../models/builder/embeddings';
 import { registerModelBuild, resolveBuildConfig } from '../cli/model-build';
-import { inspectJson } from '../api/inspect';
+import { inspectJson } from '../cli/api/inspect';
 import { analyzeUNet } from '../passes/lib/analyze-unet';
 import { FIXTURE_MODEL, fixtureInputs, fixtureManifest, fixtureTensor, maxAbsDiff, tempDir } from './support/fixture';
 

@@ -11,7 +11,7 @@ import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { main } from '../cli/main';
-import { PersonalizeOptions, PersonalizeResult, identifierWords, personalize } from '../cli/personalize';
+import { PersonalizeOptions, PersonalizeResult, identifierWords, personalize } from '../cli/api/personalize';
 import { drawDemoPhotos } from '../cli/demo';
 import { buildPipeline } from '../models/builder/pipeline';
 import { kohyaName } from '../runtime/formats/lora-file';

@@ -8,9 +8,9 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
-import { checkSpecFile } from '../api/spec';
-import { compileSpec } from '../api/compile';
-import { loadUNet } from '../api/unet';
+import { checkSpecFile } from '../cli/api/spec';
+import { compileSpec } from '../cli/api/compile';
+import { loadUNet } from '../cli/api/unet';
 import { buildUNet } from '../models/builder/unet';
 import { FAMILIES } from '../models/families';
 import { precompute } from '../runtime/store/precompute';

@@ -7,7 +7,7 @@ import * as path from 'path';
 import { buildUNet } from '../models/builder/unet';
 import { FAMILIES } from '../models/families';
 import { defaultTrainingSettings } from '../models/training-defaults';
-import { loadUNet } from '../api/unet';
+import { loadUNet } from '../cli/api/unet';
 import { planUNet } from '../passes/plan/plan';
 import { recordLayout } from '../runtime/store/store-format';
 import { rowProgress } from '../cli/plan';

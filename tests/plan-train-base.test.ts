@@ -12,7 +12,7 @@ import { analyzeUNet } from '../passes/lib/analyze-unet';
 import { findBaseParameters } from '../passes/lib/base-parameters';
 import { PlanRequest, planUNet } from '../passes/plan/plan';
 import { recordLayout } from '../runtime/store/store-format';
-import { planFor } from '../api/plan';
+import { planFor } from '../cli/api/plan';
 import { runCli } from './support/cli';
 import { FIXTURE_MODEL, FIXTURE_SHAPES, fixtureManifest, tempDir } from './support/fixture';
 

@@ -5,7 +5,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import sharp from 'sharp';
-import { parseBytes } from '../api/plan';
+import { parseBytes } from '../cli/api/plan';
 import { PlanRequest, PlanRow, planUNet } from '../passes/plan/plan';
 import { planSvg } from '../passes/plan/render';
 import { recordLayout } from '../runtime/store/store-format';

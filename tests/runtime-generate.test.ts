@@ -7,8 +7,8 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
-import { bakeCompiled } from '../api/bake';
-import { compileFromSpec } from '../api/compile';
+import { bakeCompiled } from '../cli/api/bake';
+import { compileFromSpec } from '../cli/api/compile';
 import { isLoraParam } from '../compiler/manifest';
 import { exportLora } from '../runtime/train/export-lora';
 import { readLoraFile } from '../runtime/formats/lora-file';

@@ -8,9 +8,9 @@
 import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { compileSpec } from '../api/compile';
-import { checkSpecFile } from '../api/spec';
-import { loadUNet } from '../api/unet';
+import { compileSpec } from '../cli/api/compile';
+import { checkSpecFile } from '../cli/api/spec';
+import { loadUNet } from '../cli/api/unet';
 import { CompileManifest, expAvgName, quantizedCodesName, quantizedScalesName } from '../compiler/manifest';
 import { buildUNet } from '../models/builder';
 import { FAMILIES } from '../models/families';
@@ -21,7 +21,7 @@ import { TRAINED_BASE_FILE, initialBaseValues } from '../runtime/train/base-weig
 import { CHECKPOINT_FILE, readCheckpoint } from '../runtime/train/checkpoint';
 import { TrainOptions, train } from '../runtime/train/train';
 import { writeData } from './runtime-fake-train';
-import { exportUnet } from '../api/export-unet';
+import { exportUnet } from '../cli/api/export-unet';
 import { generate } from '../runtime/sampling/two-path';
 import { loadModel, readTensorBytes } from '../compiler/serde';
 import { findBaseParameters } from '../passes/lib/base-parameters';

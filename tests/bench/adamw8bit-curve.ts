@@ -10,9 +10,9 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { compileSpec } from '../../api/compile';
-import { checkSpecFile } from '../../api/spec';
-import { loadUNet } from '../../api/unet';
+import { compileSpec } from '../../cli/api/compile';
+import { checkSpecFile } from '../../cli/api/spec';
+import { loadUNet } from '../../cli/api/unet';
 import { buildUNet } from '../../models/builder';
 import { FAMILIES } from '../../models/families';
 import { precompute } from '../../runtime/store/precompute';

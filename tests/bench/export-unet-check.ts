@@ -8,7 +8,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
-import { exportUnet } from '../../api/export-unet';
+import { exportUnet } from '../../cli/api/export-unet';
 import { writeNpy } from '../../runtime/formats/npy';
 import { fixtureInputs } from '../support/fixture';
 import { fineTunedFixture } from '../support/fine-tuned';

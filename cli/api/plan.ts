@@ -2,17 +2,17 @@
  * `hollowc plan` as a function: the paper's resource tables for a UNet (a file, a UNet folder or a
  * pipeline folder), from a spec or from flags (passes/plan/ computes them).
  */
-import { HollowcError } from '../compiler/errors';
-import { BasePrecision, OptimizerState, RecomputeMode } from '../compiler/manifest';
-import { isWithin } from '../compiler/module-scope';
-import { baseGlobMatches, matchesGlob, rankProblem } from '../dsl';
-import { latentMultipleOfLayout, sideProblem } from '../models/latent-sizes';
-import { DEFAULT_TARGETS, defaultTrainingSettings } from '../models/training-defaults';
-import { chunkFieldsFromSpec } from '../passes/lib/artifact-state';
-import { findBaseParameters } from '../passes/lib/base-parameters';
-import { findLoraSites } from '../passes/lib/lora-sites';
-import { Plan, PlanRequest, planUNet } from '../passes/plan/plan';
-import { recordLayout } from '../runtime/store/store-format';
+import { HollowcError } from '../../compiler/errors';
+import { BasePrecision, OptimizerState, RecomputeMode } from '../../compiler/manifest';
+import { isWithin } from '../../compiler/module-scope';
+import { baseGlobMatches, matchesGlob, rankProblem } from '../../dsl';
+import { latentMultipleOfLayout, sideProblem } from '../../models/latent-sizes';
+import { DEFAULT_TARGETS, defaultTrainingSettings } from '../../models/training-defaults';
+import { chunkFieldsFromSpec } from '../../passes/lib/artifact-state';
+import { findBaseParameters } from '../../passes/lib/base-parameters';
+import { findLoraSites } from '../../passes/lib/lora-sites';
+import { Plan, PlanRequest, planUNet } from '../../passes/plan/plan';
+import { recordLayout } from '../../runtime/store/store-format';
 import { checkSpecFile } from './spec';
 import { trainingSettingsOf } from './spec-facts';
 import { LoadedUNet, loadUNet } from './unet';

@@ -3,10 +3,10 @@
  * into the compiler's request, with the initial LoRA written beside the artifacts.
  */
 import * as path from 'path';
-import { CompileManifest } from '../compiler/manifest';
-import { RewriteSites, compile } from '../passes/compile-unet';
-import { chunkFieldsFromSpec } from '../passes/lib/artifact-state';
-import { LoraInit, checkLoraInit, writeInitialLora } from '../runtime/train/lora-init';
+import { CompileManifest } from '../../compiler/manifest';
+import { RewriteSites, compile } from '../../passes/compile-unet';
+import { chunkFieldsFromSpec } from '../../passes/lib/artifact-state';
+import { LoraInit, checkLoraInit, writeInitialLora } from '../../runtime/train/lora-init';
 import { CheckedSpec, checkSpecFile } from './spec';
 import { lastKeptDownFor, trainingSettingsOf } from './spec-facts';
 import { LoadedUNet, loadUNet } from './unet';

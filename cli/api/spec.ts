@@ -1,9 +1,9 @@
 /** A `.hollow` spec file parsed and checked against the UNet it is for. */
 import * as fs from 'fs';
-import { HollowcError } from '../compiler/errors';
-import { SAMPLE } from '../compiler/manifest';
-import { checkSpec, parseSpec, ResolvedSpec, Spec, specErrorAt } from '../dsl';
-import { latentMultipleOfLayout, sideProblem } from '../models/latent-sizes';
+import { HollowcError } from '../../compiler/errors';
+import { SAMPLE } from '../../compiler/manifest';
+import { checkSpec, parseSpec, ResolvedSpec, Spec, specErrorAt } from '../../dsl';
+import { latentMultipleOfLayout, sideProblem } from '../../models/latent-sizes';
 import { modelFacts } from './spec-facts';
 import { LoadedUNet } from './unet';
 

@@ -17,24 +17,24 @@
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
-import { DataType } from '../compiler/dtype';
-import { HollowcError } from '../compiler/errors';
-import { streamBytes } from '../compiler/float16-data';
-import { Model, TensorData } from '../compiler/ir';
-import { CompileManifest, readManifest } from '../compiler/manifest';
-import { loadModel, saveModel } from '../compiler/serde';
-import { writeFileAtomic } from '../compiler/atomic-files';
-import { BaseParameter, findBaseParameters, torchLayoutData } from '../passes/lib/base-parameters';
-import { readLoraForManifest } from '../runtime/formats/lora-file';
-import { TRAINED_LORA_FILE } from '../runtime/formats/lora-format';
+import { DataType } from '../../compiler/dtype';
+import { HollowcError } from '../../compiler/errors';
+import { streamBytes } from '../../compiler/float16-data';
+import { Model, TensorData } from '../../compiler/ir';
+import { CompileManifest, readManifest } from '../../compiler/manifest';
+import { loadModel, saveModel } from '../../compiler/serde';
+import { writeFileAtomic } from '../../compiler/atomic-files';
+import { BaseParameter, findBaseParameters, torchLayoutData } from '../../passes/lib/base-parameters';
+import { readLoraForManifest } from '../../runtime/formats/lora-file';
+import { TRAINED_LORA_FILE } from '../../runtime/formats/lora-format';
 import {
   IndexedTensor,
   StreamedTensor,
   readIndexedTensor,
   readSafetensorsIndex,
   writeSafetensorsStreamed,
-} from '../runtime/formats/safetensors-stream';
-import { TRAINED_BASE_FILE } from '../runtime/train/base-weights';
+} from '../../runtime/formats/safetensors-stream';
+import { TRAINED_BASE_FILE } from '../../runtime/train/base-weights';
 
 export type UnetExportFormat = 'diffusers' | 'onnx';
 export const UNET_EXPORT_FORMATS: readonly UnetExportFormat[] = ['diffusers', 'onnx'];

@@ -1,13 +1,13 @@
 /** `hollowc bake` as a function: a trained LoRA folded into a compiled folder's infer.onnx. */
 import * as path from 'path';
-import { HollowcError } from '../compiler/errors';
-import { withFolderLock } from '../compiler/folder-lock';
-import { readManifest } from '../compiler/manifest';
-import { loadModel, saveModel } from '../compiler/serde';
-import { bakeLora } from '../passes/fold/bake-lora';
-import { widenStoredFloat16 } from '../passes/lib/widen-float16';
-import { storeFloat16 } from '../passes/precision/float16-weights';
-import { readLoraForManifest } from '../runtime/formats/lora-file';
+import { HollowcError } from '../../compiler/errors';
+import { withFolderLock } from '../../compiler/folder-lock';
+import { readManifest } from '../../compiler/manifest';
+import { loadModel, saveModel } from '../../compiler/serde';
+import { bakeLora } from '../../passes/fold/bake-lora';
+import { widenStoredFloat16 } from '../../passes/lib/widen-float16';
+import { storeFloat16 } from '../../passes/precision/float16-weights';
+import { readLoraForManifest } from '../../runtime/formats/lora-file';
 
 export interface BakeResult {
   file: string;

@@ -1,7 +1,7 @@
 /** `hollowc inspect` as functions: the block table and valid cuts of a UNet graph, as text or as JSON. */
-import { UNetAnalysis } from '../passes/lib/analyze-unet';
-import { describeIds } from '../models/layout';
-import { presetsFor } from '../models/presets';
+import { UNetAnalysis } from '../../passes/lib/analyze-unet';
+import { describeIds } from '../../models/layout';
+import { presetsFor } from '../../models/presets';
 
 /** The `--json` document: one object, stable field names (scripts depend on them). */
 export function inspectJson(a: UNetAnalysis) {

@@ -3,14 +3,14 @@
  * (dsl/check.ts ModelFacts), answered from the graph analysis, and a checked spec turned into
  * what `compile` and the manifest take.
  */
-import { Graph } from '../compiler/ir';
-import type { TrainingSettings } from '../compiler/manifest';
-import type { HollowRequest, ModelFacts, ResolvedSpec } from '../dsl/check';
-import { cutFromHollowedIds } from '../models/layout';
-import { findPreset } from '../models/presets';
-import { UNetAnalysis } from '../passes/lib/analyze-unet';
-import { findBaseParameters } from '../passes/lib/base-parameters';
-import { findLoraSites } from '../passes/lib/lora-sites';
+import { Graph } from '../../compiler/ir';
+import type { TrainingSettings } from '../../compiler/manifest';
+import type { HollowRequest, ModelFacts, ResolvedSpec } from '../../dsl/check';
+import { cutFromHollowedIds } from '../../models/layout';
+import { findPreset } from '../../models/presets';
+import { UNetAnalysis } from '../../passes/lib/analyze-unet';
+import { findBaseParameters } from '../../passes/lib/base-parameters';
+import { findLoraSites } from '../../passes/lib/lora-sites';
 
 export function modelFacts(g: Graph, analysis: UNetAnalysis): ModelFacts {
   const layout = analysis.layout;

@@ -4,10 +4,10 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { HollowcError } from '../compiler/errors';
-import { Model } from '../compiler/ir';
-import { loadModel } from '../compiler/serde';
-import { UNetAnalysis, analyzeUNet } from '../passes/lib/analyze-unet';
+import { HollowcError } from '../../compiler/errors';
+import { Model } from '../../compiler/ir';
+import { loadModel } from '../../compiler/serde';
+import { UNetAnalysis, analyzeUNet } from '../../passes/lib/analyze-unet';
 
 export interface LoadedUNet {
   /** The UNet's .onnx file (a folder given resolved to it). */
