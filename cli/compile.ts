@@ -1,6 +1,6 @@
-/** `hollowc compile`: a UNet and a .hollow spec into a folder of artifacts (cli/api/compile.ts). */
+/** `hollowc compile`: a UNet and a .hollow spec into a folder of artifacts (cli/api/compile-spec.ts). */
 import { Command } from 'commander';
-import { CompileOptions, compileFromSpec } from './api/compile';
+import { CompileOptions, compileFromSpec } from './api/compile-spec';
 import { RewriteSites, rewriteSummary } from '../passes/compile-unet';
 
 export function registerCompile(program: Command): void {

@@ -2,7 +2,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { spawnSync } from 'child_process';
 import { bakeCompiled } from '../cli/api/bake';
-import { compileFromSpec } from '../cli/api/compile';
+import { compileFromSpec } from '../cli/api/compile-spec';
 import { loadModel } from '../compiler/serde';
 import { LoraModuleValues, readLoraFile, writeLoraFile } from '../runtime/formats/lora-file';
 import { readSafetensors, toFloat32 } from '../runtime/formats/safetensors';

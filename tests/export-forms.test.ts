@@ -12,7 +12,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { bakeCompiled } from '../cli/api/bake';
-import { compileFromSpec } from '../cli/api/compile';
+import { compileFromSpec } from '../cli/api/compile-spec';
 import * as ort from 'onnxruntime-node';
 import { CompileManifest, TensorDescription } from '../compiler/manifest';
 import { NAME_SCOPES_KEY } from '../compiler/module-scope';

@@ -24,7 +24,7 @@ import { FAMILIES } from '../models/families';
 import { convertToFloat16InPlace, writeFloat16Export } from '../models/builder/float16';
 import { buildUNet } from '../models/builder/unet';
 import { bakeCompiled } from '../cli/api/bake';
-import { compileFromSpec } from '../cli/api/compile';
+import { compileFromSpec } from '../cli/api/compile-spec';
 import { LoraModuleValues, writeLoraFile } from '../runtime/formats/lora-file';
 import { drawDemoPhotos } from '../cli/demo';
 import { prepareUnet } from '../cli/prepared-unet';

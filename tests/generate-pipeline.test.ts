@@ -28,7 +28,7 @@ import { encodePrompts, textToImage } from '../runtime/text-to-image/text-to-ima
 import { loadTokenizer } from '../runtime/text-to-image/tokenizer';
 import { readConditioning } from '../runtime/store/training-data';
 import { encodeImages, LATENT_SAMPLE } from '../runtime/text-to-image/vae';
-import { compileFromSpec } from '../cli/api/compile';
+import { compileFromSpec } from '../cli/api/compile-spec';
 import { maxAbsDiff, runModel, tempDir } from './support/fixture';
 
 type Family = 'sd15' | 'sd21' | 'sdxl';

@@ -10,7 +10,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { bakeCompiled } from '../cli/api/bake';
-import { compileFromSpec } from '../cli/api/compile';
+import { compileFromSpec } from '../cli/api/compile-spec';
 import { CompileManifest } from '../compiler/manifest';
 import { SpecError, parseSpec } from '../dsl';
 import { fromFloat16, inputValues, toFloat16 } from '../runtime/formats/float16';

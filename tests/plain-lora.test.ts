@@ -9,7 +9,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { checkSpecFile } from '../cli/api/spec';
-import { compileSpec } from '../cli/api/compile';
+import { compileSpec } from '../cli/api/compile-spec';
 import { loadUNet } from '../cli/api/unet';
 import { buildUNet } from '../models/builder/unet';
 import { FAMILIES } from '../models/families';

@@ -22,7 +22,7 @@ import * as path from 'path';
 import { GraphBuilder } from '../compiler/builder';
 import { DataType } from '../compiler/dtype';
 import { Graph, Model, Value } from '../compiler/ir';
-import { compileSpec } from '../cli/api/compile';
+import { compileSpec } from '../cli/api/compile-spec';
 import { checkSpecFile } from '../cli/api/spec';
 import { loadUNet } from '../cli/api/unet';
 import { CompileManifest, MANIFEST_FILE, TensorDescription, isLoraParam, readManifest } from '../compiler/manifest';

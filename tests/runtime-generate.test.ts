@@ -8,7 +8,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { bakeCompiled } from '../cli/api/bake';
-import { compileFromSpec } from '../cli/api/compile';
+import { compileFromSpec } from '../cli/api/compile-spec';
 import { isLoraParam } from '../compiler/manifest';
 import { exportLora } from '../runtime/train/export-lora';
 import { readLoraFile } from '../runtime/formats/lora-file';

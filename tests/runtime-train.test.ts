@@ -21,7 +21,7 @@ import { createHash } from 'crypto';
 import { ADAMW, TinyFolder, fakeLoss, tinyCompiled, writeData } from './runtime-fake-train';
 import { tempDir } from './support/fixture';
 import { presetCut, presetsFor } from '../models/presets';
-import { compileFromSpec } from '../cli/api/compile';
+import { compileFromSpec } from '../cli/api/compile-spec';
 import { buildUNet } from '../models/builder';
 import { FAMILIES } from '../models/families';
 

@@ -6,7 +6,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { compileFromSpec } from '../cli/api/compile';
+import { compileFromSpec } from '../cli/api/compile-spec';
 import { loadModel } from '../compiler/serde';
 import { buildUNet } from '../models/builder';
 import { FAMILIES } from '../models/families';

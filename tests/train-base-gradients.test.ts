@@ -11,7 +11,7 @@ import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { CompileManifest, TrainedBaseParameter } from '../compiler/manifest';
 import { loadModel } from '../compiler/serde';
-import { compileFromSpec } from '../cli/api/compile';
+import { compileFromSpec } from '../cli/api/compile-spec';
 import { compile } from '../passes/compile-unet';
 import { findBaseParameters } from '../passes/lib/base-parameters';
 import { readSafetensors, toFloat32 } from '../runtime/formats/safetensors';

@@ -8,7 +8,7 @@
 import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { compileSpec } from '../cli/api/compile';
+import { compileSpec } from '../cli/api/compile-spec';
 import { checkSpecFile } from '../cli/api/spec';
 import { loadUNet } from '../cli/api/unet';
 import { CompileManifest, expAvgName, quantizedCodesName, quantizedScalesName } from '../compiler/manifest';

@@ -20,7 +20,7 @@ import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
-import { compileFromSpec } from '../cli/api/compile';
+import { compileFromSpec } from '../cli/api/compile-spec';
 import { buildUNet } from '../models/builder';
 import { convertToFloat16InPlace } from '../models/builder/float16';
 import { FAMILIES } from '../models/families';

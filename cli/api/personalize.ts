@@ -1,6 +1,6 @@
 /** personalize as a library function: runtime/personalize/ with the compiler handed in (the runtime never imports it). */
 import { PersonalizeOptions, PersonalizeResult, personalize as runPersonalize } from '../../runtime/personalize';
-import { compileFromSpec } from './compile';
+import { compileFromSpec } from './compile-spec';
 
 export type { PersonalizeOptions, PersonalizeResult };
 export { identifierWords } from '../../runtime/personalize';

@@ -10,7 +10,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { compileSpec } from '../../cli/api/compile';
+import { compileSpec } from '../../cli/api/compile-spec';
 import { checkSpecFile } from '../../cli/api/spec';
 import { loadUNet } from '../../cli/api/unet';
 import { buildUNet } from '../../models/builder';

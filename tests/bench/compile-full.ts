@@ -36,7 +36,7 @@ async function child(step: string, args: string[]): Promise<void> {
     const cut = a.cuts.find((c) => c.lastKeptDown === '3-2')!;
     Object.assign(report, { family: a.family, totalParams: a.totalParams, cut392: cut.removedParams });
   } else if (step === 'compile') {
-    const { compileFromSpec } = await import('../../cli/api/compile');
+    const { compileFromSpec } = await import('../../cli/api/compile-spec');
     const m = compileFromSpec(args[0], args[1], { out: args[2] });
     Object.assign(report, {
       artifacts: Object.keys(m.artifacts),

@@ -14,7 +14,7 @@ import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { buildUNet } from '../../models/builder';
 import { FAMILIES, FamilyName } from '../../models/families';
-import { compileFromSpec } from '../../cli/api/compile';
+import { compileFromSpec } from '../../cli/api/compile-spec';
 import { feedsFor, worstRelative } from '../support/webgpu';
 import { useSoftwareVulkan } from '../../runtime/ort/vulkan';
 import { createSession, describePlacement, SessionOptions } from '../../runtime/ort/session';
