@@ -215,8 +215,11 @@ function describeBaseParameter(p: BaseParameter, dir: string, writer: ExternalDa
   return { name: p.name, module: p.module, shape: [...p.shape], init: { file: at.location, offset: at.offset, length: at.length } };
 }
 
-export function compile(request: CompileRequest): CompileManifest {
-  const label = request.modelFile;
+/**
+ * The source as every pass reads it: a float16 export widened to float32 and a dynamo export's
+ * Linear weights stored transposed, with the identity of the model as loaded.
+ */
+function prepareSource(request: CompileRequest): { source: Model; identity: string; float16Io?: readonly string[] } {
   const loaded = request.model ?? loadModel(request.modelFile);
   // before anything moves the weights' files: what the folder will record it was made from
   const identity = modelIdentity(request.modelFile, loaded);
@@ -227,7 +230,100 @@ export function compile(request: CompileRequest): CompileManifest {
   // A dynamo export's Linear weights are stored as their layers read them (pretranspose-weights.ts).
   const transposed = pretransposeWeights(widened?.model ?? loaded);
   if (transposed) request.log?.(`${transposed.weights} weights read through a Transpose stored transposed`);
-  const source = transposed?.model ?? widened?.model ?? loaded;
+  return { source: transposed?.model ?? widened?.model ?? loaded, identity, float16Io: widened?.float16Io };
+}
+
+/** What writeArtifacts saved into the temporary folder. */
+interface WrittenArtifacts {
+  artifacts: CompileManifest['artifacts'];
+  /** The LoRA the first artifact built holds, if any artifact inserts LoRA. */
+  trained: LoraParam[] | undefined;
+  rewrites: RewriteSites[];
+}
+
+/** Every artifact in `request.emit`, built by its pass list and saved into `dir`, weights through `writer`. */
+function writeArtifacts(
+  request: CompileRequest,
+  source: Model,
+  inputs: ArtifactState,
+  dir: string,
+  writer: ExternalDataWriter,
+): WrittenArtifacts {
+  const artifacts: CompileManifest['artifacts'] = {};
+  let trained: LoraParam[] | undefined;
+  const rewrites: RewriteSites[] = [];
+  for (const name of request.emit) {
+    request.log?.(`${name}.onnx:`);
+    const { model, state, passes } = buildArtifact(name, source, inputs, request.log, request.skipPasses);
+    for (const r of passes) if (r.sites) rewrites.push({ artifact: name, pass: r.pass, ...r.sites });
+    trained ??= state.loraParams;
+    // The source was refused if it had any (analyzeUNet); no pass may add one either.
+    const contrib = model.graph.nodes.find((n) => !isStandardDomain(n.domain));
+    if (contrib) throw new Error(`${name}.onnx: node ${contrib.name} is ${contrib.domain}.${contrib.opType}, not standard ONNX`);
+    saveModel(model, path.join(dir, `${name}.onnx`), { externalData: writer, referenceInPlace: true });
+    artifacts[name] = describeArtifact(`${name}.onnx`, model);
+    if (state.float16Weights) artifacts[name]!.sessionConfig = { ...FLOAT16_WEIGHTS_SESSION_CONFIG };
+    if (state.cpuArena) artifacts[name]!.cpuArena = true;
+  }
+  return { artifacts, trained, rewrites };
+}
+
+/** What buildManifest records beyond the request. */
+interface ManifestParts {
+  source: Model;
+  identity: string;
+  analysis: UNetAnalysis;
+  cut: CutInfo | null;
+  training: TrainingSettings;
+  trained: readonly LoraParam[];
+  trainBase: TrainedBaseParameter[];
+  linked: readonly string[];
+  artifacts: CompileManifest['artifacts'];
+}
+
+function parameterCount(params: readonly { shape: readonly number[] }[]): number {
+  return params.reduce((a, p) => a + p.shape.reduce((x, y) => x * y, 1), 0);
+}
+
+function buildManifest(request: CompileRequest, parts: ManifestParts): CompileManifest {
+  const { source, identity, analysis, cut, training, trained, trainBase, linked, artifacts } = parts;
+  return {
+    hollowc: MANIFEST_FORMAT,
+    family: analysis.family,
+    model: {
+      file: path.resolve(request.modelFile),
+      sha256: sha256File(request.modelFile),
+      parameters: analysis.totalParams,
+      identity,
+      latentMultiple: latentMultipleOfLayout(analysis.layout),
+    },
+    cut: manifestCut(cut),
+    parameters: {
+      full: analysis.totalParams,
+      heldDuringTraining: analysis.totalParams - (cut?.removedParams ?? 0),
+      lora: parameterCount(trained),
+      ...(trainBase.length ? { trainedBase: parameterCount(trainBase) } : {}),
+    },
+    lora: loraManifest(source, request, trained),
+    ...(trainBase.length ? { trainBase } : {}),
+    weights: [WEIGHTS_FILE, ...linked],
+    artifacts,
+    training,
+    ...(request.spec
+      ? {
+          spec: {
+            file: request.spec.file,
+            sha256: crypto.createHash('sha256').update(request.spec.text).digest('hex'),
+            text: request.spec.text,
+          },
+        }
+      : {}),
+  };
+}
+
+export function compile(request: CompileRequest): CompileManifest {
+  const label = request.modelFile;
+  const { source, identity, float16Io } = prepareSource(request);
   const analysis = request.analysis ?? analyzeUNet(source.graph, label);
   const cut = cutOf(analysis, request.lastKeptDown, label);
   if (request.emit.includes('precompute') && !cut)
@@ -243,7 +339,7 @@ export function compile(request: CompileRequest): CompileManifest {
     lora: request.lora,
     training,
     label,
-    float16Io: widened?.float16Io,
+    float16Io,
     ...pickChunkFields(request),
   };
 
@@ -257,59 +353,13 @@ export function compile(request: CompileRequest): CompileManifest {
   const writer = new ExternalDataWriter(path.join(tmp, WEIGHTS_FILE));
   try {
     const linked = linkExternalData(source, tmp, request.log);
-    const artifacts: CompileManifest['artifacts'] = {};
-    let trained: LoraParam[] | undefined;
-    const rewrites: RewriteSites[] = [];
-    for (const name of request.emit) {
-      request.log?.(`${name}.onnx:`);
-      const { model, state, passes } = buildArtifact(name, source, inputs, request.log, request.skipPasses);
-      for (const r of passes) if (r.sites) rewrites.push({ artifact: name, pass: r.pass, ...r.sites });
-      trained ??= state.loraParams;
-      // The source was refused if it had any (analyzeUNet); no pass may add one either.
-      const contrib = model.graph.nodes.find((n) => !isStandardDomain(n.domain));
-      if (contrib) throw new Error(`${name}.onnx: node ${contrib.name} is ${contrib.domain}.${contrib.opType}, not standard ONNX`);
-      saveModel(model, path.join(tmp, `${name}.onnx`), { externalData: writer, referenceInPlace: true });
-      artifacts[name] = describeArtifact(`${name}.onnx`, model);
-      if (state.float16Weights) artifacts[name]!.sessionConfig = { ...FLOAT16_WEIGHTS_SESSION_CONFIG };
-      if (state.cpuArena) artifacts[name]!.cpuArena = true;
-    }
+    const { artifacts, trained: firstTrained, rewrites } = writeArtifacts(request, source, inputs, tmp, writer);
     const trainBase = trainedBase.map((p) => describeBaseParameter(p, tmp, writer));
     writer.commit();
     // The LoRA a training run holds: what insert-lora adds outside the hollow.
-    trained ??= buildArtifact('forward', source, inputs).state.loraParams!;
+    const trained = firstTrained ?? buildArtifact('forward', source, inputs).state.loraParams!;
 
-    const manifest: CompileManifest = {
-      hollowc: MANIFEST_FORMAT,
-      family: analysis.family,
-      model: {
-        file: path.resolve(request.modelFile),
-        sha256: sha256File(request.modelFile),
-        parameters: analysis.totalParams,
-        identity,
-        latentMultiple: latentMultipleOfLayout(analysis.layout),
-      },
-      cut: manifestCut(cut),
-      parameters: {
-        full: analysis.totalParams,
-        heldDuringTraining: analysis.totalParams - (cut?.removedParams ?? 0),
-        lora: trained.reduce((a, p) => a + p.shape.reduce((x, y) => x * y, 1), 0),
-        ...(trainBase.length ? { trainedBase: trainBase.reduce((a, p) => a + p.shape.reduce((x, y) => x * y, 1), 0) } : {}),
-      },
-      lora: loraManifest(source, request, trained),
-      ...(trainBase.length ? { trainBase } : {}),
-      weights: [WEIGHTS_FILE, ...linked],
-      artifacts,
-      training,
-      ...(request.spec
-        ? {
-            spec: {
-              file: request.spec.file,
-              sha256: crypto.createHash('sha256').update(request.spec.text).digest('hex'),
-              text: request.spec.text,
-            },
-          }
-        : {}),
-    };
+    const manifest = buildManifest(request, { source, identity, analysis, cut, training, trained, trainBase, linked, artifacts });
     const extra = request.extraFiles?.(tmp, manifest) ?? [];
     writeFileAtomic(path.join(tmp, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
 
