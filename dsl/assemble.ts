@@ -18,39 +18,8 @@ export function assemble(
   const fail = (at: SourcePos | undefined, message: string, suggestion?: string) =>
     errors.push(specErrorAt(source, at, message, suggestion));
 
-  // The first statement of each kind wins; later ones are reported at their own line.
-  const first = new Map<string, SourcePos>();
-  const once = (key: string, pos: SourcePos): boolean => {
-    const prev = first.get(key);
-    if (prev !== undefined) {
-      fail(pos, `duplicate "${key}" statement; the first is on line ${prev.line}`, 'each statement may appear once');
-      return false;
-    }
-    first.set(key, pos);
-    return true;
-  };
-  const single = <K extends Statement['kind']>(kind: K): Of<K> | undefined => {
-    let found: Of<K> | undefined;
-    for (const s of statements) {
-      if (s.kind === kind && once(kind, s.pos) && found === undefined) found = s as Of<K>;
-    }
-    return found;
-  };
-
-  const model = single('model');
-  const hollow = single('hollow');
-  const rank = single('lora rank');
-  const init = single('lora init');
-  const loraInfer = single('lora infer');
-  const lossMse = single('loss mse');
-  const prior = single('loss prior_weight');
-  const optimizer = single('optimizer');
-  const emit = single('emit');
-  const seed = single('seed');
-  const train = single('train');
-  const base = single('base');
-  const recompute = single('recompute');
-  const chunks = single('chunks');
+  const { model, hollow, rank, init, loraInfer, lossMse, prior, optimizer, emit, seed, train, base, recompute, chunks } =
+    singleStatements(statements, fail);
   const alpha = loraAlpha(statements, rank, fail);
   const shapes = accumulateShapes(statements, fail);
   const targets = accumulateGlobs(statements, 'lora targets', 'target', fail);
@@ -70,57 +39,113 @@ export function assemble(
   }
   if (model !== undefined && model.family.value !== 'auto') checkPresetFamily(hollow.hollow, model.family.value, fail);
 
-  const rankValue: Num = rank?.rank ?? { value: DEFAULTS.rank };
-  const trainOpts = options(train?.options);
-  const steps = trainOpts.get('steps')?.[0] ?? { value: DEFAULTS.steps };
-  const optOpts = options(optimizer?.options);
-  const betas = optOpts.get('betas');
-
   const spec: Spec = {
     file: source.file,
     text: source.text,
     model: model?.family ?? { value: 'auto' },
     hollow: hollow.hollow,
     shapes,
-    lora: {
-      rank: rankValue,
-      // Unset alpha follows rank, making the LoRA scale alpha/rank exactly 1.
-      alpha: alpha ?? { value: rankValue.value },
-      // Beside `train base`, LoRA trains only where a `lora targets` line asks for it.
-      targets: targets.length > 0 || trainBase.length > 0 ? targets : DEFAULT_TARGETS.map((value) => ({ value })),
-      init: loraInit(init, rankValue.value),
-      infer: loraInfer?.precision ?? { value: 'fp32' },
-    },
+    lora: loraSection(rank, alpha, init, loraInfer, targets, trainBase),
     trainBase,
     loss: {
       kind: 'mse',
       prediction: lossMse?.prediction ?? { value: undefined },
       priorWeight: prior?.priorWeight ?? { value: DEFAULTS.priorWeight },
     },
-    optimizer: {
-      kind: optimizerKind.value,
-      ...(optimizer === undefined ? {} : { pos: optimizer.pos }),
-      lr: optOpts.get('lr')?.[0] ?? { value: DEFAULTS.lr },
-      betas: betas !== undefined ? [betas[0]!, betas[1]!] : [{ value: DEFAULTS.beta1 }, { value: DEFAULTS.beta2 }],
-      eps: optOpts.get('eps')?.[0] ?? { value: DEFAULTS.eps },
-      weightDecay: optOpts.get('weight_decay')?.[0] ?? { value: DEFAULTS.weightDecay },
-    },
+    optimizer: optimizerSection(optimizer, optimizerKind),
     emit: emitList(emit, hollow.hollow, optimizerKind, fail),
     seed: seed?.seed ?? { value: DEFAULTS.seed },
     base: base?.precision ?? { value: 'fp32' },
     recompute: recompute?.mode ?? { value: 'cheap' },
     chunks: Object.fromEntries([...options(chunks?.options)].map(([k, [v]]) => [k, v!])),
-    train: {
-      steps,
-      batch: trainOpts.get('batch')?.[0] ?? { value: DEFAULTS.batch },
-      // Unset: one checkpoint, at the end.
-      checkpointEvery: trainOpts.get('checkpoint_every')?.[0] ?? { value: steps.value },
-    },
+    train: trainSection(train),
   };
   return { spec, errors };
 }
 
 type Fail = (at: SourcePos | undefined, message: string, suggestion?: string) => void;
+
+/** The statements each spec holds at most once, by kind (the first of each kind wins; later ones are reported at their own line). */
+function singleStatements(statements: readonly Statement[], fail: Fail) {
+  const first = new Map<string, SourcePos>();
+  const once = (key: string, pos: SourcePos): boolean => {
+    const prev = first.get(key);
+    if (prev !== undefined) {
+      fail(pos, `duplicate "${key}" statement; the first is on line ${prev.line}`, 'each statement may appear once');
+      return false;
+    }
+    first.set(key, pos);
+    return true;
+  };
+  const single = <K extends Statement['kind']>(kind: K): Of<K> | undefined => {
+    let found: Of<K> | undefined;
+    for (const s of statements) {
+      if (s.kind === kind && once(kind, s.pos) && found === undefined) found = s as Of<K>;
+    }
+    return found;
+  };
+  // In this order, so that duplicates are reported in it.
+  return {
+    model: single('model'),
+    hollow: single('hollow'),
+    rank: single('lora rank'),
+    init: single('lora init'),
+    loraInfer: single('lora infer'),
+    lossMse: single('loss mse'),
+    prior: single('loss prior_weight'),
+    optimizer: single('optimizer'),
+    emit: single('emit'),
+    seed: single('seed'),
+    train: single('train'),
+    base: single('base'),
+    recompute: single('recompute'),
+    chunks: single('chunks'),
+  };
+}
+
+function loraSection(
+  rank: Of<'lora rank'> | undefined,
+  alpha: Num | undefined,
+  init: Of<'lora init'> | undefined,
+  infer: Of<'lora infer'> | undefined,
+  targets: readonly Valued<string>[],
+  trainBase: readonly Valued<string>[],
+): Spec['lora'] {
+  const rankValue: Num = rank?.rank ?? { value: DEFAULTS.rank };
+  return {
+    rank: rankValue,
+    // Unset alpha follows rank, making the LoRA scale alpha/rank exactly 1.
+    alpha: alpha ?? { value: rankValue.value },
+    // Beside `train base`, LoRA trains only where a `lora targets` line asks for it.
+    targets: targets.length > 0 || trainBase.length > 0 ? targets : DEFAULT_TARGETS.map((value) => ({ value })),
+    init: loraInit(init, rankValue.value),
+    infer: infer?.precision ?? { value: 'fp32' },
+  };
+}
+
+function optimizerSection(optimizer: Of<'optimizer'> | undefined, kind: Valued<OptimizerKind>): Spec['optimizer'] {
+  const optOpts = options(optimizer?.options);
+  const betas = optOpts.get('betas');
+  return {
+    kind: kind.value,
+    ...(optimizer === undefined ? {} : { pos: optimizer.pos }),
+    lr: optOpts.get('lr')?.[0] ?? { value: DEFAULTS.lr },
+    betas: betas !== undefined ? [betas[0]!, betas[1]!] : [{ value: DEFAULTS.beta1 }, { value: DEFAULTS.beta2 }],
+    eps: optOpts.get('eps')?.[0] ?? { value: DEFAULTS.eps },
+    weightDecay: optOpts.get('weight_decay')?.[0] ?? { value: DEFAULTS.weightDecay },
+  };
+}
+
+function trainSection(train: Of<'train'> | undefined): Spec['train'] {
+  const trainOpts = options(train?.options);
+  const steps = trainOpts.get('steps')?.[0] ?? { value: DEFAULTS.steps };
+  return {
+    steps,
+    batch: trainOpts.get('batch')?.[0] ?? { value: DEFAULTS.batch },
+    // Unset: one checkpoint, at the end.
+    checkpointEvery: trainOpts.get('checkpoint_every')?.[0] ?? { value: steps.value },
+  };
+}
 
 /** Alpha may come from `lora rank r alpha a` or from its own `lora alpha a` line, not both. */
 function loraAlpha(statements: readonly Statement[], rank: Of<'lora rank'> | undefined, fail: Fail): Num | undefined {
