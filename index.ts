@@ -48,6 +48,8 @@ export type { PersonalizeOptions, PersonalizeResult } from './cli/api/personaliz
 
 // Pipeline folders, tokenizer, images
 export { openPipelineFolder } from './runtime/text-to-image/pipeline-folder';
+export { generateFromPipeline } from './cli/api/generate-pipeline';
+export type { PipelineGenerateOptions, PipelineGenerateResult } from './cli/api/generate-pipeline';
 export { loadTokenizer } from './runtime/text-to-image/tokenizer';
 export { loadImage, savePng, listImages } from './runtime/formats/images';
 

@@ -6,7 +6,7 @@ import { HollowcError } from '../compiler/errors';
 import { savePng } from '../runtime/formats/images';
 import { ExecutionProvider } from '../runtime/ort/session';
 import { decodeLatentFiles } from '../runtime/text-to-image/image-latents';
-import { imageFileName } from './generate-model';
+import { imageFileName } from './api/generate-pipeline';
 import { TuningCli, out, sessionOptions, tuning } from './options';
 
 interface DecodeCli extends TuningCli {

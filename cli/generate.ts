@@ -17,7 +17,8 @@ import { progressFromFirstUpdate } from '../runtime/progress';
 import { generate } from '../runtime/sampling/two-path';
 import { SCHEDULERS } from '../runtime/sampling/schedulers';
 import { readConditioning } from '../runtime/store/training-data';
-import { GenerateCli, generateFromPipeline, storeClassPrompt } from './generate-model';
+import { storeClassPrompt } from './api/generate-pipeline';
+import { GenerateCli, generateWithModel } from './generate-model';
 import { flagName, out, parseCount, parseNumber, parseSeed, parseSize, sessionOptions, tuning } from './options';
 
 /** Before any work (a size the UNet cannot take fails deep in onnxruntime): one line saying which sizes work. */
@@ -67,7 +68,7 @@ export function registerGenerate(program: Command): void {
     .option('--baked <file>', 'a baked infer model (hollowc bake) instead of infer.onnx + LoRA');
   sessionOptions(command).action(async (dir: string | undefined, o: GenerateCli) => {
     const explicit = (name: string) => command.getOptionValueSource(name) !== 'default' && command.getOptionValue(name) !== undefined;
-    if (o.model) return generateFromPipeline(dir, o, explicit);
+    if (o.model) return generateWithModel(dir, o, explicit);
     const pipelineOnly = ['prompt', 'negativePrompt', 'width', 'height', 'numImages', 'initLatents', 'output', 'run', 'classPrompt'].filter(
       explicit,
     );

@@ -13,7 +13,7 @@ import { FAMILIES } from '../models/families';
 import { presetsFor } from '../models/presets';
 import { findLoraSites } from '../passes/lib/lora-sites';
 import { compile } from '../passes/compile-unet';
-import { prepareUnet } from '../cli/prepared-unet';
+import { prepareUnet } from '../cli/api/prepared-unet';
 import { identicalOutputs, runModel, tempDir, trainingFor } from './support/fixture';
 
 const LATENT = 16;

@@ -27,7 +27,7 @@ import { bakeCompiled } from '../cli/api/bake';
 import { compileFromSpec } from '../cli/api/compile-spec';
 import { LoraModuleValues, writeLoraFile } from '../runtime/formats/lora-file';
 import { drawDemoPhotos } from '../cli/demo';
-import { prepareUnet } from '../cli/prepared-unet';
+import { prepareUnet } from '../cli/api/prepared-unet';
 import { personalize } from '../cli/api/personalize';
 import { buildPipeline } from '../models/builder/pipeline';
 import { tensorFor } from '../runtime/ort/artifacts';

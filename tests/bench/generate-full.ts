@@ -6,7 +6,7 @@
  * /proc/self/status sampled every 50 ms) is the child's own. Not run by jest.
  *
  * Rows `unet-blocks` and `generate-blocks` run the UNet as `generate --model` prepares it
- * (cli/prepared-unet.ts: attention maps in blocks of query rows at the run's shape).
+ * (cli/api/prepared-unet.ts: attention maps in blocks of query rows at the run's shape).
  *
  * `--model <model.onnx>` runs the same rows on that UNet instead of the folder's (a user's export,
  * e.g. torch 1.13's of ../shared/oracle): the UNet row opens it, the generate rows take it as
@@ -61,9 +61,9 @@ async function child(kind: string, dir: string, steps: number, threads: number, 
   const t0 = Date.now();
   const stages: Record<string, number> = {};
   const unet = model ?? path.join(dir, 'unet', 'model.onnx');
-  // `-blocks`: the UNet as `generate --model` prepares it for this run (cli/prepared-unet.ts: its
+  // `-blocks`: the UNet as `generate --model` prepares it for this run (cli/api/prepared-unet.ts: its
   // large attention maps in blocks of query rows at batch 2, 64x64).
-  const { prepareUnet } = await import('../../cli/prepared-unet');
+  const { prepareUnet } = await import('../../cli/api/prepared-unet');
   const prepared = kind.endsWith('-blocks') ? prepareUnet(unet, { run: { batch: 2, height: 64, width: 64 } }) : undefined;
   if (prepared) stages.prepare = (Date.now() - t0) / 1000;
   if (kind.startsWith('unet')) {

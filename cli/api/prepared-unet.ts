@@ -15,14 +15,14 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { DataType } from '../compiler/dtype';
-import { ExternalDataWriter } from '../compiler/external-data';
-import { HollowcError } from '../compiler/errors';
-import { Model } from '../compiler/ir';
-import { loadModel, saveModel } from '../compiler/serde';
-import { chunkAttention } from '../passes/memory/chunk-attention';
-import { foldLoraWeights } from '../passes/fold/fold-lora';
-import { readUnetLora } from '../runtime/formats/lora-file';
+import { DataType } from '../../compiler/dtype';
+import { ExternalDataWriter } from '../../compiler/external-data';
+import { HollowcError } from '../../compiler/errors';
+import { Model } from '../../compiler/ir';
+import { loadModel, saveModel } from '../../compiler/serde';
+import { chunkAttention } from '../../passes/memory/chunk-attention';
+import { foldLoraWeights } from '../../passes/fold/fold-lora';
+import { readUnetLora } from '../../runtime/formats/lora-file';
 
 export interface PreparedUnet {
   model: string;
