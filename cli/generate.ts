@@ -69,57 +69,62 @@ export function registerGenerate(program: Command): void {
   sessionOptions(command).action(async (dir: string | undefined, o: GenerateCli) => {
     const explicit = (name: string) => command.getOptionValueSource(name) !== 'default' && command.getOptionValue(name) !== undefined;
     if (o.model) return generateWithModel(dir, o, explicit);
-    const pipelineOnly = ['prompt', 'negativePrompt', 'width', 'height', 'numImages', 'initLatents', 'output', 'run', 'classPrompt'].filter(
-      explicit,
-    );
-    if (pipelineOnly.length)
-      throw new HollowcError(
-        `${flagName(pipelineOnly[0])} needs --model <pipeline folder>${pipelineOnly[0] === 'initLatents' ? ' (with <out>, give --latents-in)' : ''}`,
-      );
-    if (!dir)
-      throw new HollowcError(
-        'give a compiled folder (generate <out> --prompt-embeds ...) or a pipeline folder (generate --model <folder> --prompt ...)',
-      );
-    if (!o.promptEmbeds) throw new HollowcError('generate <out> needs --prompt-embeds (or use --model <pipeline folder> --prompt "...")');
-    if (!o.latentsOut) throw new HollowcError('generate <out> needs --latents-out <file.npy>');
-    const latentsOut = o.latentsOut;
-    if (o.lora && o.baked) throw new HollowcError('give --lora or --baked, not both (a baked model has its LoRA folded in)');
-    const manifest = loadManifest(dir);
-    const prompt = readConditioning(o.promptEmbeds);
-    const classPrompt = o.classEmbeds ? readConditioning(o.classEmbeds) : storeClassPrompt(dir);
-    const negative = o.negativeEmbeds ? readConditioning(o.negativeEmbeds) : undefined;
-    const latentShape = o.latentSize ? [4, ...o.latentSize] : undefined;
-    const noise = o.latentsIn ? readLatentBatch(o.latentsIn) : undefined;
-    const initialNoise = noise?.data;
-    checkLatentSizes(manifest, { '--latent-size': latentShape, '--latents-in': noise?.shape });
-    const progress = progressFromFirstUpdate('step');
-    const r = await generate({
-      out: dir,
-      prompt,
-      classPrompt,
-      negative,
-      steps: o.steps,
-      guidance: o.guidance,
-      scheduler: o.scheduler,
-      spacing: o.spacing,
-      seed: o.seed,
-      latentShape,
-      initialNoise: initialNoise && Float32Array.from(initialNoise),
-      lora: o.lora,
-      baked: o.baked,
-      ep: o.ep,
-      fallbackToCpu: o.cpuFallback,
-      session: tuning(o),
-      onStep: (i) => {
-        progress.update(i, o.steps);
-      },
-    }).finally(() => progress.finish());
-    fs.mkdirSync(path.dirname(path.resolve(latentsOut)), { recursive: true });
-    writeNpy(latentsOut, { dtype: 'float32', shape: r.shape, data: r.latents });
-    out(
-      `generated [${r.shape.join(', ')}] latents with ${o.scheduler}, ${o.steps} steps, guidance ${o.guidance}, seed ${o.seed} in ${r.seconds.toFixed(1)} s (${manifest.family}${negative ? '' : ', zero negative embeddings'})`,
-    );
-    out(`  LoRA: ${r.loraSource}`);
-    out(`  latents: ${latentsOut} (decode with the VAE after dividing by its scaling factor)`);
+    return generateFromCompiled(dir, o, explicit);
   });
+}
+
+/** `generate <out>`: embeddings in, latents out through the compiled folder's two-path infer.onnx. */
+async function generateFromCompiled(dir: string | undefined, o: GenerateCli, explicit: (name: string) => boolean): Promise<void> {
+  const pipelineOnly = ['prompt', 'negativePrompt', 'width', 'height', 'numImages', 'initLatents', 'output', 'run', 'classPrompt'].filter(
+    explicit,
+  );
+  if (pipelineOnly.length)
+    throw new HollowcError(
+      `${flagName(pipelineOnly[0])} needs --model <pipeline folder>${pipelineOnly[0] === 'initLatents' ? ' (with <out>, give --latents-in)' : ''}`,
+    );
+  if (!dir)
+    throw new HollowcError(
+      'give a compiled folder (generate <out> --prompt-embeds ...) or a pipeline folder (generate --model <folder> --prompt ...)',
+    );
+  if (!o.promptEmbeds) throw new HollowcError('generate <out> needs --prompt-embeds (or use --model <pipeline folder> --prompt "...")');
+  if (!o.latentsOut) throw new HollowcError('generate <out> needs --latents-out <file.npy>');
+  const latentsOut = o.latentsOut;
+  if (o.lora && o.baked) throw new HollowcError('give --lora or --baked, not both (a baked model has its LoRA folded in)');
+  const manifest = loadManifest(dir);
+  const prompt = readConditioning(o.promptEmbeds);
+  const classPrompt = o.classEmbeds ? readConditioning(o.classEmbeds) : storeClassPrompt(dir);
+  const negative = o.negativeEmbeds ? readConditioning(o.negativeEmbeds) : undefined;
+  const latentShape = o.latentSize ? [4, ...o.latentSize] : undefined;
+  const noise = o.latentsIn ? readLatentBatch(o.latentsIn) : undefined;
+  const initialNoise = noise?.data;
+  checkLatentSizes(manifest, { '--latent-size': latentShape, '--latents-in': noise?.shape });
+  const progress = progressFromFirstUpdate('step');
+  const r = await generate({
+    out: dir,
+    prompt,
+    classPrompt,
+    negative,
+    steps: o.steps,
+    guidance: o.guidance,
+    scheduler: o.scheduler,
+    spacing: o.spacing,
+    seed: o.seed,
+    latentShape,
+    initialNoise: initialNoise && Float32Array.from(initialNoise),
+    lora: o.lora,
+    baked: o.baked,
+    ep: o.ep,
+    fallbackToCpu: o.cpuFallback,
+    session: tuning(o),
+    onStep: (i) => {
+      progress.update(i, o.steps);
+    },
+  }).finally(() => progress.finish());
+  fs.mkdirSync(path.dirname(path.resolve(latentsOut)), { recursive: true });
+  writeNpy(latentsOut, { dtype: 'float32', shape: r.shape, data: r.latents });
+  out(
+    `generated [${r.shape.join(', ')}] latents with ${o.scheduler}, ${o.steps} steps, guidance ${o.guidance}, seed ${o.seed} in ${r.seconds.toFixed(1)} s (${manifest.family}${negative ? '' : ', zero negative embeddings'})`,
+  );
+  out(`  LoRA: ${r.loraSource}`);
+  out(`  latents: ${latentsOut} (decode with the VAE after dividing by its scaling factor)`);
 }
