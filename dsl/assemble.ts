@@ -18,8 +18,10 @@ export function assemble(
   const fail = (at: SourcePos | undefined, message: string, suggestion?: string) =>
     errors.push(specErrorAt(source, at, message, suggestion));
 
-  const { model, hollow, rank, init, loraInfer, lossMse, prior, optimizer, emit, seed, train, base, recompute, chunks } =
-    singleStatements(statements, fail);
+  const { model, hollow, rank, init, loraInfer, lossMse, prior, optimizer, emit, seed, train, base, recompute, chunks } = singleStatements(
+    statements,
+    fail,
+  );
   const alpha = loraAlpha(statements, rank, fail);
   const shapes = accumulateShapes(statements, fail);
   const targets = accumulateGlobs(statements, 'lora targets', 'target', fail);
