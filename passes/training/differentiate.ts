@@ -94,20 +94,26 @@ class Accumulator {
   }
 }
 
-export function differentiate(model: Model, loss: Value, wrt: readonly Value[], options: DifferentiateOptions = {}): DifferentiateResult {
-  const g: Graph = model.graph;
-  const opset = model.opsetVersion('');
-  const before = g.nodes.length;
-  const forwardNodes = new Set(g.nodes);
-  const added = () => g.nodes.filter((n) => !forwardNodes.has(n));
+/** Values on a path from a `wrt` value to the loss. */
+type Active = (v: Value | null) => v is Value;
+
+/**
+ * The nodes on a gradient path, in topological order (shapes inferred where the path lacks
+ * static ones), and which values carry a gradient.
+ */
+function gradientPath(model: Model, loss: Value, wrt: readonly Value[]): { nodes: Node[]; active: Active } {
+  const g = model.graph;
   const fromWrt = valuesFrom(wrt);
   const toLoss = valuesReaching(loss);
   const active = (v: Value | null): v is Value => !!v && fromWrt.has(v) && toLoss.has(v);
   const path = () => g.nodes.filter((n) => n.outputs.some(active));
   if (path().some((n) => [...n.inputs, ...n.outputs].some((v) => v && !staticShape(v)))) inferShapes(model);
   else g.topologicalSort();
-  const nodes = path();
+  return { nodes: path(), active };
+}
 
+/** Every op on the path has a rule (or needs none); the first that has not is named, with the `wrt` it is reached from. */
+function checkGradientRules(nodes: readonly Node[], loss: Value, wrt: readonly Value[], active: Active): void {
   for (const n of nodes) {
     const known = (n.domain === '' || n.domain === 'ai.onnx') && (GRADIENT_RULES[n.opType] || NO_GRADIENT_OPS.has(n.opType));
     if (!known) {
@@ -117,54 +123,66 @@ export function differentiate(model: Model, loss: Value, wrt: readonly Value[], 
       );
     }
   }
+}
+
+/** One node's backward: its rule's gradients for the inputs that need one, checked against their shapes and added to `acc`. */
+function emitBackward(g: Graph, opset: number, node: Node, acc: Accumulator, active: Active): void {
+  if (NO_GRADIENT_OPS.has(node.opType)) return;
+  const outputGrads = node.outputs.map((o) => (active(o) ? acc.total(o) : null));
+  if (outputGrads.every((x) => x === null)) return;
+  const needs = node.inputs.map((v) => active(v) && isFloatType(v.type!.elemType));
+  if (!needs.some(Boolean)) return;
+  const fail = (message: string): never => {
+    throw new HollowcError(`differentiate: ${node.opType} node ${JSON.stringify(node.name)}: ${message}`);
+  };
+  const ctx: GradContext = {
+    node,
+    opset,
+    e: new OpEmitter(new GraphBuilder(g, `${node.name}/grad`), opset),
+    I: (i) => node.input(i),
+    O: (i) => node.outputs[i],
+    GO: (i) => outputGrads[i] ?? null,
+    get dY(): Value {
+      return outputGrads[0] ?? fail('output 0 has no gradient');
+    },
+    needs: (i) => needs[i] ?? false,
+    shape: (v) => staticShapeOf(v),
+    ints: (i) => constantInts(node, i) ?? fail(`input ${i} is not a compile-time constant`),
+    fail,
+  };
+  let grads: (Value | null)[];
+  try {
+    grads = GRADIENT_RULES[node.opType](ctx);
+  } catch (e) {
+    if (e instanceof HollowcError) throw e;
+    return fail((e as Error).message);
+  }
+  node.inputs.forEach((v, i) => {
+    const gi = grads[i];
+    if (!v || !needs[i] || !gi) return;
+    const want = staticShapeOf(v);
+    if (!gi.type) gi.type = { elemType: v.type!.elemType, shape: [...want] };
+    const got = gi.type.shape;
+    if (!got || got.length !== want.length || got.some((d, k) => d !== want[k]))
+      fail(`the gradient of input ${i} has shape [${got?.join(',')}], expected [${want.join(',')}]`);
+    acc.add(v, gi);
+  });
+}
+
+export function differentiate(model: Model, loss: Value, wrt: readonly Value[], options: DifferentiateOptions = {}): DifferentiateResult {
+  const g: Graph = model.graph;
+  const opset = model.opsetVersion('');
+  const before = g.nodes.length;
+  const forwardNodes = new Set(g.nodes);
+  const added = () => g.nodes.filter((n) => !forwardNodes.has(n));
+  const { nodes, active } = gradientPath(model, loss, wrt);
+  checkGradientRules(nodes, loss, wrt, active);
 
   const root = new OpEmitter(new GraphBuilder(g), opset);
   const acc = new Accumulator(root.within('grad_accumulate'));
   const seed = options.seed ?? root.within('grad_seed').scalar(1, loss.type!.elemType, staticShapeOf(loss));
   acc.add(loss, seed);
-
-  for (const node of [...nodes].reverse()) {
-    if (NO_GRADIENT_OPS.has(node.opType)) continue;
-    const outputGrads = node.outputs.map((o) => (active(o) ? acc.total(o) : null));
-    if (outputGrads.every((x) => x === null)) continue;
-    const needs = node.inputs.map((v) => active(v) && isFloatType(v.type!.elemType));
-    if (!needs.some(Boolean)) continue;
-    const fail = (message: string): never => {
-      throw new HollowcError(`differentiate: ${node.opType} node ${JSON.stringify(node.name)}: ${message}`);
-    };
-    const ctx: GradContext = {
-      node,
-      opset,
-      e: new OpEmitter(new GraphBuilder(g, `${node.name}/grad`), opset),
-      I: (i) => node.input(i),
-      O: (i) => node.outputs[i],
-      GO: (i) => outputGrads[i] ?? null,
-      get dY(): Value {
-        return outputGrads[0] ?? fail('output 0 has no gradient');
-      },
-      needs: (i) => needs[i] ?? false,
-      shape: (v) => staticShapeOf(v),
-      ints: (i) => constantInts(node, i) ?? fail(`input ${i} is not a compile-time constant`),
-      fail,
-    };
-    let grads: (Value | null)[];
-    try {
-      grads = GRADIENT_RULES[node.opType](ctx);
-    } catch (e) {
-      if (e instanceof HollowcError) throw e;
-      return fail((e as Error).message);
-    }
-    node.inputs.forEach((v, i) => {
-      const gi = grads[i];
-      if (!v || !needs[i] || !gi) return;
-      const want = staticShapeOf(v);
-      if (!gi.type) gi.type = { elemType: v.type!.elemType, shape: [...want] };
-      const got = gi.type.shape;
-      if (!got || got.length !== want.length || got.some((d, k) => d !== want[k]))
-        fail(`the gradient of input ${i} has shape [${got?.join(',')}], expected [${want.join(',')}]`);
-      acc.add(v, gi);
-    });
-  }
+  for (const node of [...nodes].reverse()) emitBackward(g, opset, node, acc, active);
 
   const gradients = new Map<Value, Value>();
   for (const w of wrt) {
