@@ -28,7 +28,9 @@
  *                     (one ReduceMean and one Sub), so that x is what it keeps, recomputed by the
  *                     rules above (a residual sum) as LayerNormalization's input is; and in a
  *                     recomputed chain such a LayerNorm costs what one LayerNormalization does, so
- *                     that the GEGLU halves after it are recomputed as they are after one
+ *                     that the GEGLU halves after it are recomputed as they are after one (torch
+ *                     1.13's SD 2.1 export, 39.2%, 64x64: live set at the peak 833 -> 495 MiB,
+ *                     the builder form's 490)
  *
  * For each such value the pass clones its producer chain (at most MAX_CHAIN nodes, ops in CHEAP
  * and the products above; a residual sum's at most MAX_RESIDUAL_CHAIN) into the backward, rooted
