@@ -14,7 +14,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { HollowcError } from '../../compiler/errors';
-import { writeFileAtomic } from '../../compiler/atomic-files';
+import { tempSibling, writeFileAtomic } from '../../compiler/atomic-files';
 import { FamilyName, isFamilyName, FAMILY_NAMES } from '../families';
 import { DIFFUSERS_VERSION, pipelineVariant, PipelineSize, PipelineVariant } from '../pipeline-families';
 import { hashString } from '../random';
@@ -120,7 +120,7 @@ export async function buildPipeline(
     throw new HollowcError('output folder exists and is not a pipeline folder (no model_index.json); refusing to replace it', target);
   }
   fs.mkdirSync(path.dirname(target), { recursive: true });
-  const tmp = `${target}.tmp-${process.pid}-${Date.now()}`;
+  const tmp = tempSibling(target);
   fs.mkdirSync(tmp);
   const components: PipelineComponentResult[] = [];
   try {

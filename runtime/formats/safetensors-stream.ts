@@ -5,6 +5,7 @@
  */
 import * as crypto from 'crypto';
 import * as fs from 'fs';
+import { tempSibling } from '../../compiler/atomic-files';
 import { HollowcError } from '../../compiler/errors';
 import { SafetensorsDtype, encodeHeaderOf, tensorBytes } from './safetensors-format';
 
@@ -106,7 +107,7 @@ export function writeSafetensorsStreamed(
 ): string {
   const { head, names } = encodeHeaderOf(tensors, metadata);
   const hash = crypto.createHash('sha256');
-  const tmp = `${file}.tmp-${process.pid}-${Date.now()}`;
+  const tmp = tempSibling(file);
   const fd = fs.openSync(tmp, 'w');
   let open = true;
   try {

@@ -5,10 +5,10 @@
  * The byte-level codec is safetensors-format.ts (pure, shared with the browser page); this file
  * reads and writes files.
  */
-import * as crypto from 'crypto';
 import * as fs from 'fs';
 import { HollowcError } from '../../compiler/errors';
 import { SafeTensor, SafetensorsFile, encodeSafetensorsBytes, encodeSafetensorsHeader, parseSafetensors } from './safetensors-format';
+import { StreamedTensor, writeSafetensorsStreamed } from './safetensors-stream';
 
 export type { SafeTensor, SafetensorsDtype, SafetensorsFile } from './safetensors-format';
 export { float32Tensor, parseSafetensors, toFloat32 } from './safetensors-format';
@@ -31,30 +31,12 @@ export function encodeSafetensors(tensors: Map<string, SafeTensor>, metadata: Re
 /**
  * Writes the file tensor by tensor (no in-memory copy of the whole file: training checkpoints
  * are ~290 MB at rank 128) to a temporary sibling, fsyncs and renames it, so a reader sees the
- * old file or the new one. Returns the file's sha256.
+ * old file or the new one (writeSafetensorsStreamed, with each tensor's bytes at hand). Returns the
+ * file's sha256.
  */
 export function writeSafetensors(file: string, tensors: Map<string, SafeTensor>, metadata: Record<string, string> = {}): string {
-  const { head, names } = encodeSafetensorsHeader(tensors, metadata);
-  const hash = crypto.createHash('sha256');
-  const tmp = `${file}.tmp-${process.pid}-${Date.now()}`;
-  const fd = fs.openSync(tmp, 'w');
-  let open = true;
-  try {
-    const write = (bytes: Uint8Array) => {
-      hash.update(bytes);
-      let done = 0;
-      while (done < bytes.byteLength) done += fs.writeSync(fd, bytes, done, bytes.byteLength - done);
-    };
-    write(head);
-    for (const name of names) write(tensors.get(name)!.data);
-    fs.fsyncSync(fd);
-    fs.closeSync(fd);
-    open = false;
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    if (open) fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-  return hash.digest('hex');
+  encodeSafetensorsHeader(tensors, metadata); // each tensor's byte count against its shape, before any write
+  const streamed = new Map<string, StreamedTensor>();
+  for (const [name, t] of tensors) streamed.set(name, { dtype: t.dtype, shape: t.shape, produce: (write) => write(t.data) });
+  return writeSafetensorsStreamed(file, streamed, metadata);
 }

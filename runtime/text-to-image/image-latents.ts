@@ -8,6 +8,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
+import { tempSibling } from '../../compiler/atomic-files';
 import { HollowcError } from '../../compiler/errors';
 import { latentMultipleOfConfig, sideProblem } from '../../models/latent-sizes';
 import { ImageTensor, listImages, loadImage, mirrorImage, stackImages } from '../formats/images';
@@ -105,7 +106,7 @@ function writeBatch(file: string, z: LatentBatch): string[] {
 
 /** The latents as one .npy per sample, written beside `dir` and renamed into place: all or none. */
 function writeFolder(dir: string, z: LatentBatch): string[] {
-  const tmp = `${path.resolve(dir)}.tmp-${process.pid}-${Date.now()}`;
+  const tmp = tempSibling(dir);
   try {
     writeLatents(tmp, z);
     if (fs.existsSync(dir)) fs.rmdirSync(dir); // empty: checked before encoding
