@@ -14,7 +14,7 @@
  * `trained-base.safetensors`; no form holds the whole model in memory. The output is built beside
  * and renamed into place, so a failed export leaves nothing that looks finished.
  */
-import * as crypto from 'crypto';
+import { sha256File } from '../../compiler/model-identity';
 import * as fs from 'fs';
 import * as path from 'path';
 import { DataType } from '../../compiler/dtype';
@@ -62,18 +62,6 @@ export interface ExportUnetResult {
   /** Parameters that differ from the source: trained base weights, and weights LoRA was folded into. */
   changed: number;
   parameters: number;
-}
-
-function sha256File(file: string): string {
-  const hash = crypto.createHash('sha256');
-  const fd = fs.openSync(file, 'r');
-  const buf = Buffer.allocUnsafe(8 * 2 ** 20);
-  try {
-    for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0;) hash.update(buf.subarray(0, n));
-  } finally {
-    fs.closeSync(fd);
-  }
-  return hash.digest('hex');
 }
 
 function sourceModel(manifest: CompileManifest, asked: string | undefined, out: string): { file: string; model: Model } {
