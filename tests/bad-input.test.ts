@@ -16,7 +16,7 @@ import { loadImage } from '../runtime/formats/images';
 import { writeNpy } from '../runtime/formats/npy';
 import { float32Tensor, writeSafetensors } from '../runtime/formats/safetensors';
 import { runCli } from './support/cli';
-import { tempDir } from './support/fixture';
+import { tempDir, TINY_SD15_SPEC } from './support/fixture';
 import { TinyFolder, tinyCompiled, writeData } from './runtime-fake-train';
 
 const cli = runCli;
@@ -40,15 +40,7 @@ let root: string;
 let model: string; // tiny sd15 UNet with external data
 let folder: TinyFolder; // compiled tiny sd15 (39.2%, stand-in train.onnx) with a precomputed store
 let data: string;
-const SPEC = [
-  'model sd15',
-  'hollow preset "39.2%"',
-  'shape sample [1, 4, 16, 16]',
-  'lora rank 2',
-  'lora targets "attn1.to_q"',
-  'emit precompute infer',
-  '',
-].join('\n');
+const SPEC = TINY_SD15_SPEC;
 
 function write(name: string, content: string | Uint8Array): string {
   const file = path.join(root, name);

@@ -22,7 +22,7 @@ import { precompute } from '../runtime/store/precompute';
 import { Store } from '../runtime/store/store';
 import { loadTrainingData } from '../runtime/store/training-data';
 import { train } from '../runtime/train/train';
-import { tempDir } from './support/fixture';
+import { tempDir, TINY_SD15_SPEC } from './support/fixture';
 import { TinyFolder, tinyCompiled, writeData } from './runtime-fake-train';
 
 const CHILD = path.join(__dirname, 'support', 'cli-child.js');
@@ -107,15 +107,7 @@ let model: string;
 let spec: string;
 let data: string;
 let folder: TinyFolder; // compiled with the stand-in train.onnx: steps take milliseconds
-const SPEC = [
-  'model sd15',
-  'hollow preset "39.2%"',
-  'shape sample [1, 4, 16, 16]',
-  'lora rank 2',
-  'lora targets "attn1.to_q"',
-  'emit precompute infer',
-  '',
-].join('\n');
+const SPEC = TINY_SD15_SPEC;
 
 beforeAll(async () => {
   root = tempDir('hollowc-faults-');

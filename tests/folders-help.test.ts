@@ -6,22 +6,14 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { readManifest } from '../compiler/manifest';
 import { buildPipeline } from '../models/builder/pipeline';
-import { runCli } from './support/cli';
-import { tempDir } from './support/fixture';
+import { runCli, refused } from './support/cli';
+import { tempDir, TINY_SD15_SPEC } from './support/fixture';
 
 let root: string;
 let pipeA: string; // tiny sd15 pipeline
 let out: string; // compiled from pipeA (given as its folder)
 
-const SPEC = [
-  'model sd15',
-  'hollow preset "39.2%"',
-  'shape sample [1, 4, 16, 16]',
-  'lora rank 2',
-  'lora targets "attn1.to_q"',
-  'emit precompute infer',
-  '',
-].join('\n');
+const SPEC = TINY_SD15_SPEC;
 
 function write(name: string, content: string): string {
   const file = path.join(root, name);
@@ -29,12 +21,6 @@ function write(name: string, content: string): string {
   return file;
 }
 
-/** Exit code 1 and one line on stderr holding `text`. */
-async function refused(args: string[], text: string): Promise<string> {
-  const r = await runCli(args);
-  expect([r.code, r.stderr.trim().split('\n').length, r.stderr]).toEqual([1, 1, expect.stringContaining(text)]);
-  return r.stderr;
-}
 
 beforeAll(async () => {
   root = tempDir('hollowc-folders-');

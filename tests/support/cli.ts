@@ -19,3 +19,10 @@ export async function runCli(args: string[]): Promise<CliRun> {
     e.mockRestore();
   }
 }
+
+/** Refused as bad input is: exit code 1 and one line on stderr holding `text`. Returns that stderr. */
+export async function refused(args: string[], text: string): Promise<string> {
+  const r = await runCli(args);
+  expect([r.code, r.stderr.trim().split('\n').length, r.stderr]).toEqual([1, 1, expect.stringContaining(text)]);
+  return r.stderr;
+}

@@ -162,3 +162,14 @@ export function trainingFor(
       : d.optimizer,
   };
 }
+
+/** A small spec for the tiny sd15 builder UNet: 39.2%, rank 2 on one projection, precompute and infer. */
+export const TINY_SD15_SPEC = [
+  'model sd15',
+  'hollow preset "39.2%"',
+  'shape sample [1, 4, 16, 16]',
+  'lora rank 2',
+  'lora targets "attn1.to_q"',
+  'emit precompute infer',
+  '',
+].join('\n');
