@@ -287,7 +287,7 @@ gpuDescribe('the CLI on --ep webgpu', () => {
     const out = path.join(tempDir('hollowc-webgpu-demo-'), 'demo');
     const r = await cli(['demo', '--ep', 'webgpu', '--steps', '2', '--samples', '2', '--sample-steps', '1', '--out', out]);
     expect([r.code, r.stderr.match(/^hollowc: error.*$/m)?.[0]]).toEqual([0, undefined]);
-    const run = r.stdout.match(/report: (.*)report\.html/)?.[1];
+    const run = r.stdout.match(/^report: (.*)report\.html$/m)?.[1];
     expect(run).toBeDefined();
     for (const f of ['report.html', 'lora.safetensors', 'images/0-a-photo-of-sks-face.png'])
       expect(fs.existsSync(path.join(run!, f))).toBe(true);
