@@ -17,6 +17,7 @@
  * defaults of passes/training/add-adamw.ts. `nanAfterStep` adds 0·sqrt(n + 0.5 - step)
  * to the loss, which turns it NaN after step n.
  */
+import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { GraphBuilder } from '../compiler/builder';
@@ -272,4 +273,24 @@ export async function tinyCompiled(
     manifest = readManifest(out);
   }
   return { dir, out, manifest, modelFile: file };
+}
+
+/**
+ * Trains `out` to `steps` in a child process (tests/runtime-train-child.js) and SIGKILLs it once it
+ * has printed step `killAt`: a crash mid-run. Returns the last step it printed.
+ */
+export function trainKilledAt(out: string, steps: number, killAt: number): Promise<number> {
+  const child = spawn(process.execPath, [path.join(__dirname, 'runtime-train-child.js'), out, String(steps)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  return new Promise<number>((resolve, reject) => {
+    let seen = 0;
+    child.stdout.on('data', (d: Buffer) => {
+      for (const m of d.toString().matchAll(/step (\d+)/g)) seen = Number(m[1]);
+      if (seen >= killAt && child.exitCode === null && !child.killed) child.kill('SIGKILL');
+    });
+    child.on('exit', (code, signal) => (signal === 'SIGKILL' ? resolve(seen) : reject(new Error(`child ended with ${code}: ${stderr}`))));
+  });
 }

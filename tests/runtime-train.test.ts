@@ -4,7 +4,6 @@
  * repair, the sample order, loss weights, AdamW bookkeeping, checkpoints, bit-exact resume after
  * a simulated kill, and the NaN stop.
  */
-import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
@@ -18,7 +17,7 @@ import { SampleOrder, epochPermutation } from '../runtime/train/record-order';
 import { evaluateLoss, train } from '../runtime/train/train';
 import { encodeSafetensors, float32Tensor, readSafetensors, writeSafetensors } from '../runtime/formats/safetensors';
 import { createHash } from 'crypto';
-import { ADAMW, TinyFolder, fakeLoss, tinyCompiled, writeData } from './runtime-fake-train';
+import { ADAMW, TinyFolder, fakeLoss, tinyCompiled, trainKilledAt, writeData } from './runtime-fake-train';
 import { tempDir } from './support/fixture';
 import { presetCut, presetsFor } from '../models/presets';
 import { compileFromSpec } from '../cli/api/compile-spec';
@@ -257,19 +256,7 @@ describe('train', () => {
     const straight = copyWithStore('train-straight-40');
     await train({ out: straight, steps: 40 });
     const killed = copyWithStore('train-sigkill');
-    const child = spawn(process.execPath, [path.join(__dirname, 'runtime-train-child.js'), killed, '40'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stderr = '';
-    child.stderr.on('data', (d) => (stderr += d));
-    const lastStep = await new Promise<number>((resolve, reject) => {
-      let seen = 0;
-      child.stdout.on('data', (d: Buffer) => {
-        for (const m of d.toString().matchAll(/step (\d+)/g)) seen = Number(m[1]);
-        if (seen >= 12 && child.exitCode === null && !child.killed) child.kill('SIGKILL');
-      });
-      child.on('exit', (code, signal) => (signal === 'SIGKILL' ? resolve(seen) : reject(new Error(`child ended with ${code}: ${stderr}`))));
-    });
+    const lastStep = await trainKilledAt(killed, 40, 12);
     expect(lastStep).toBeGreaterThanOrEqual(12);
     expect(lastStep).toBeLessThan(40);
     const at = readCheckpoint(path.join(killed, 'train', CHECKPOINT_FILE)).state.step;

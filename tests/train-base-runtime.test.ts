@@ -5,7 +5,6 @@
  * with float32 and with 8-bit moments (`optimizer adamw8bit`), whose checkpoints hold the moments
  * as bytes and block scales.
  */
-import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { compileSpec } from '../cli/api/compile-spec';
@@ -20,7 +19,7 @@ import { precompute } from '../runtime/store/precompute';
 import { TRAINED_BASE_FILE, initialBaseValues } from '../runtime/train/base-weights';
 import { CHECKPOINT_FILE, readCheckpoint } from '../runtime/train/checkpoint';
 import { TrainOptions, train } from '../runtime/train/train';
-import { writeData } from './runtime-fake-train';
+import { trainKilledAt, writeData } from './runtime-fake-train';
 import { exportUnet } from '../cli/api/export-unet';
 import { generate } from '../runtime/sampling/two-path';
 import { loadModel, readTensorBytes } from '../compiler/serde';
@@ -188,19 +187,7 @@ describe('optimizer adamw8bit', () => {
     const straight = copyOf(out, 'q8-straight');
     await train({ out: straight, steps: 16 });
     const killed = copyOf(out, 'q8-killed');
-    const child = spawn(process.execPath, [path.join(__dirname, 'runtime-train-child.js'), killed, '16'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stderr = '';
-    child.stderr.on('data', (d) => (stderr += d));
-    const lastStep = await new Promise<number>((resolve, reject) => {
-      let seen = 0;
-      child.stdout.on('data', (d: Buffer) => {
-        for (const m of d.toString().matchAll(/step (\d+)/g)) seen = Number(m[1]);
-        if (seen >= 5 && child.exitCode === null && !child.killed) child.kill('SIGKILL');
-      });
-      child.on('exit', (code, signal) => (signal === 'SIGKILL' ? resolve(seen) : reject(new Error(`child ended with ${code}: ${stderr}`))));
-    });
+    const lastStep = await trainKilledAt(killed, 16, 5);
     expect(lastStep).toBeLessThan(16);
     expect(fs.existsSync(path.join(killed, TRAINED_BASE_FILE))).toBe(false);
     const r = await train({ out: killed, steps: 16, resume: true });
