@@ -31,11 +31,14 @@ export interface PassSites {
   unmatched: { reason: string; count: number }[];
 }
 
-/** Counts each reason once, in the order first seen. */
-export function countReasons(reasons: readonly string[]): PassSites['unmatched'] {
+/**
+ * What a rewrite found: `found` sites, `reasons` why each unmatched one was refused (the rest
+ * matched), `rewritten` of the matched; each reason counted once, in the order first seen.
+ */
+export function passSites(what: string, found: number, reasons: readonly string[], rewritten: number): PassSites {
   const counts = new Map<string, number>();
   for (const r of reasons) counts.set(r, (counts.get(r) ?? 0) + 1);
-  return [...counts].map(([reason, count]) => ({ reason, count }));
+  return { what, found, matched: found - reasons.length, rewritten, unmatched: [...counts].map(([reason, count]) => ({ reason, count })) };
 }
 
 export interface Pass<S> {

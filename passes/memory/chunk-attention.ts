@@ -23,7 +23,7 @@ import { GraphBuilder } from '../../compiler/builder';
 import { HollowcError } from '../../compiler/errors';
 import { Graph, Model, Node, Value } from '../../compiler/ir';
 import { OpEmitter } from '../../compiler/op-emitter';
-import { Pass, PassSites, countReasons } from '../../compiler/pass';
+import { Pass, PassSites, passSites } from '../../compiler/pass';
 import { inferShapes, staticShape } from '../../compiler/shape-inference';
 import { ArtifactState } from '../lib/artifact-state';
 import { trainingShapes } from '../lib/training-shapes';
@@ -105,13 +105,8 @@ export function chunkAttention(
   const g = model.graph;
   const found = g.nodes.filter((n) => n.opType === 'Softmax' && n.domain === '').map((n) => matchAttention(g, n));
   const chains = found.flatMap((m) => (m.match ? [m.match] : []));
-  const sites = (rewritten: number): PassSites => ({
-    what: 'Softmax sites',
-    found: found.length,
-    matched: chains.length,
-    rewritten,
-    unmatched: countReasons(found.flatMap((m) => (m.reason !== undefined ? [m.reason] : []))),
-  });
+  const reasons = found.flatMap((m) => (m.reason !== undefined ? [m.reason] : []));
+  const sites = (rewritten: number): PassSites => passSites('Softmax sites', found.length, reasons, rewritten);
   if (!chains.length) return { chunked: 0, blocks: 0, sites: sites(0) };
   const design = designShapes(
     model,

@@ -22,7 +22,7 @@ import { copyNodes } from '../../compiler/clone';
 import { isWeightView } from '../../compiler/flops';
 import { Graph, Model, Node, Value } from '../../compiler/ir';
 import { OpEmitter } from '../../compiler/op-emitter';
-import { Pass, PassSites, countReasons } from '../../compiler/pass';
+import { Pass, PassSites, passSites } from '../../compiler/pass';
 import { constantOfValue, staticShape } from '../../compiler/shape-inference';
 import { ArtifactState } from '../lib/artifact-state';
 import { expandingProjection } from '../lib/expanding-projection';
@@ -163,13 +163,7 @@ export function chunkFeedForward(model: Model, chunkBytes = FF_CHUNK_BYTES): { c
   return {
     chunked: found.length,
     blocks: found.reduce((a, f) => a + f.rows.length, 0),
-    sites: {
-      what: 'expanding projections',
-      found: matches.length,
-      matched: matches.length - unmatched.length,
-      rewritten: found.length,
-      unmatched: countReasons(unmatched),
-    },
+    sites: passSites('expanding projections', matches.length, unmatched, found.length),
   };
 }
 

@@ -18,7 +18,7 @@
 import { GraphBuilder } from '../../compiler/builder';
 import { Graph, Model, Node, Value } from '../../compiler/ir';
 import { OpEmitter } from '../../compiler/op-emitter';
-import { Pass, PassSites, countReasons } from '../../compiler/pass';
+import { Pass, PassSites, passSites } from '../../compiler/pass';
 import { staticShape } from '../../compiler/shape-inference';
 import { ArtifactState } from '../lib/artifact-state';
 
@@ -64,13 +64,7 @@ export function pairAttentionGradients(model: Model, scores: readonly Node[]): {
     joins.set(partner, [...(joins.get(partner) ?? []), d.dq]);
   }
   const paired = scores.length - unmatched.length;
-  const sites: PassSites = {
-    what: 'attention blocks',
-    found: scores.length,
-    matched: paired,
-    rewritten: paired,
-    unmatched: countReasons(unmatched),
-  };
+  const sites = passSites('attention blocks', scores.length, unmatched, paired);
   for (const [partner, dqs] of joins) {
     const parts = [...dqs, partner];
     // Just before the first read of any of them (a topological sort afterwards moves what must).

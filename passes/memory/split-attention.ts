@@ -28,7 +28,7 @@
 import { GraphBuilder } from '../../compiler/builder';
 import { Graph, Model, Node, TensorType, Value } from '../../compiler/ir';
 import { OpEmitter } from '../../compiler/op-emitter';
-import { Pass, PassSites, countReasons } from '../../compiler/pass';
+import { Pass, PassSites, passSites } from '../../compiler/pass';
 import { staticBytes, staticShape } from '../../compiler/shape-inference';
 import { ArtifactState } from '../lib/artifact-state';
 import { AttentionCore, matchAttention, removeAttentionCore } from '../lib/attention-match';
@@ -155,13 +155,7 @@ export function splitAttention(
     split: chains.length,
     heads: chains.reduce((a, c) => a + c.heads, 0),
     blocks: chains.reduce((a, c) => a + c.heads * c.rows.length, 0),
-    sites: {
-      what: 'Softmax sites',
-      found: found.length,
-      matched: found.length - unmatched.length,
-      rewritten: chains.length,
-      unmatched: countReasons(unmatched),
-    },
+    sites: passSites('Softmax sites', found.length, unmatched, chains.length),
   };
 }
 
