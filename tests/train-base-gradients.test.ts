@@ -107,7 +107,7 @@ describe.each([
     if (cut) for (const i of inputs.keys()) expect(hollowedModules.some((m) => i.startsWith(m + '.'))).toBe(false);
   });
 
-  test('the loss and every gradient equal PyTorch autograd (relative error < 1e-3 per tensor)', () => {
+  test('the loss and every gradient equal PyTorch autograd (relative error < 5e-5 per tensor)', () => {
     const want = torchGrads(gradsFile);
     const loss = got.loss.data[0] as number;
     expect(Math.abs(loss - reference[lossKey]) / reference[lossKey]).toBeLessThan(1e-5);
@@ -122,7 +122,9 @@ describe.each([
     console.log(
       `${_label}: loss ${loss} vs torch ${reference[lossKey]}; ${c.m.trainBase!.length} gradients, worst relative error ${worst.toExponential(3)} (${worstName})`,
     );
-    expect(worst).toBeLessThan(1e-3);
+    // measured 5.94e-6 (norm2 of an attention block) with or without the cut; float32 sums in
+    // another order on another machine stay well inside 5e-5, a wrong rule does not
+    expect(worst).toBeLessThan(5e-5);
   });
 
   test('central differences of the loss agree with the gradient of each kind of weight', async () => {
