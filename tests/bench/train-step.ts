@@ -46,7 +46,7 @@ import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { LEARNING_RATE, LOSS_WEIGHT, STEP, TIMESTEP, isLoraParam, optimizerStateOwner, readManifest } from '../../compiler/manifest';
 import { MALLOC_ENV } from '../../cli/allocator';
-import { loadModel } from '../../compiler/serde';
+import { BENCH_FAMILIES, BenchFamily, benchSpec, conditioningOf } from './bench-spec';
 import { toHalfBits } from '../../runtime/formats/float16';
 import { syntheticParams, syntheticValue } from './synthetic';
 import { presetsFor } from '../../dsl/presets';
@@ -57,36 +57,6 @@ import { trainingSession } from '../../runtime/train/step-session';
 
 const MiB = 2 ** 20;
 const CLI = path.join(__dirname, '..', '..', 'cli', 'main.js');
-
-/** What differs between the families the bench builds: the text conditioning's shapes. */
-const FAMILY_SHAPES: Record<BenchFamily, string> = {
-  sd15: 'shape encoder_hidden_states [1, 77, 768]\n',
-  sd21: 'shape encoder_hidden_states [1, 77, 1024]\n',
-  // SDXL: both text encoders' states (768 + 1280), the pooled text_embeds and the six time_ids
-  sdxl: 'shape encoder_hidden_states [1, 77, 2048]\nshape text_embeds [1, 1280]\nshape time_ids [1, 6]\n',
-};
-type BenchFamily = 'sd15' | 'sd21' | 'sdxl';
-const BENCH_FAMILIES: readonly BenchFamily[] = ['sd15', 'sd21', 'sdxl'];
-
-const SPEC = (
-  hollow: string,
-  latent = 32,
-  base: 'fp32' | 'int8' | 'fp16' = 'fp32',
-  emit = 'train grads',
-  loraInfer: 'fp32' | 'fp16' = 'fp32',
-  family: BenchFamily = 'sd21',
-  lines: readonly string[] = [],
-  conditioning = FAMILY_SHAPES[family],
-  rank = 128,
-) => `model ${family}
-hollow ${hollow}
-base ${base}
-shape sample [1, 4, ${latent}, ${latent}]
-shape timestep [1]
-${conditioning}lora rank ${rank} alpha ${rank}
-lora targets "attn1.*" "attn2.*"
-emit ${emit}
-${loraInfer === 'fp16' ? 'lora infer fp16\n' : ''}${lines.map((l) => `${l}\n`).join('')}`;
 
 /** Peak memory seen by a sampler thread (the main thread is blocked inside session.run). */
 interface Peaks {
@@ -437,12 +407,6 @@ const ROWS: Row[] = [
 ];
 
 /** Whether a row runs on `family`: its preset is one of the family's (`hollow none` and the plain UNet run on any). */
-/** The last axis of a UNet's encoder_hidden_states input, when the export fixes it. */
-function encoderWidth(file: string): number | undefined {
-  const d = loadModel(file).graph.inputs.find((v) => v.name === 'encoder_hidden_states')?.type?.shape?.[2];
-  return typeof d === 'number' ? d : undefined;
-}
-
 function rowFits(row: Row, family: BenchFamily): boolean {
   const preset = /^preset "(.*)"$/.exec(row.hollow ?? '');
   return !preset || presetsFor(family).includes(preset[1]);
@@ -482,9 +446,7 @@ async function main(argv: string[]): Promise<void> {
     });
     if (b.status !== 0) throw new Error('model build failed');
   }
-  // A user's SD UNet: the text states as wide as it reads them.
-  const width = model && family !== 'sdxl' ? encoderWidth(unet) : undefined;
-  const conditioning = width ? `shape encoder_hidden_states [1, 77, ${width}]\n` : FAMILY_SHAPES[family];
+  const conditioning = conditioningOf(unet, family, !!model);
   // (a smaller rank for a small model: a rank above a layer's width is refused)
   const rank = Number(opt('--rank', '128'));
   const compiled = new Map<string, { out: string; compileSeconds?: number; compilePeakRssMiB?: number }>();
@@ -500,7 +462,7 @@ async function main(argv: string[]): Promise<void> {
       `out-${hollow === 'none' ? 'none' : /\d/.test(hollow) ? hollow.replace(/\D/g, '') : hollow.replace(/^preset "(.*)"$/, '$1')}${latent === 32 ? '' : `-${latent}`}${base === 'fp32' ? '' : `-${base}`}${emit.includes('infer') ? '-infer' : ''}${emit === 'precompute' ? '-precompute' : ''}${loraInfer === 'fp16' ? '-fp16lora' : ''}${more ? `-${more.tag}` : ''}`,
     );
     if (compiled.has(out)) return compiled.get(out)!;
-    const text = SPEC(hollow, latent, base, emit, loraInfer, family, more?.lines, conditioning, rank);
+    const text = benchSpec(hollow, latent, base, emit, loraInfer, family, more?.lines, conditioning, rank);
     const manifestFile = path.join(out, 'manifest.json');
     // A folder compiled from the same spec and model (--dir reused) is not compiled again.
     const before = fs.existsSync(manifestFile) ? JSON.parse(fs.readFileSync(manifestFile, 'utf8')) : undefined;
