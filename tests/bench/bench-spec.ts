@@ -16,6 +16,7 @@ export const FAMILY_SHAPES: Record<BenchFamily, string> = {
   sdxl: 'shape encoder_hidden_states [1, 77, 2048]\nshape text_embeds [1, 1280]\nshape time_ids [1, 6]\n',
 };
 
+/** `rank` 0: no LoRA (a row of `train base` lines alone, full or partial fine-tuning). */
 export const benchSpec = (
   hollow: string,
   latent = 32,
@@ -31,9 +32,7 @@ hollow ${hollow}
 base ${base}
 shape sample [1, 4, ${latent}, ${latent}]
 shape timestep [1]
-${conditioning}lora rank ${rank} alpha ${rank}
-lora targets "attn1.*" "attn2.*"
-emit ${emit}
+${conditioning}${rank ? `lora rank ${rank} alpha ${rank}\nlora targets "attn1.*" "attn2.*"\n` : ''}emit ${emit}
 ${loraInfer === 'fp16' ? 'lora infer fp16\n' : ''}${lines.map((l) => `${l}\n`).join('')}`;
 
 /** The last axis of a UNet's encoder_hidden_states input, when the export fixes it. */

@@ -3,7 +3,9 @@
  * 1024-px image (1024, 1024, 0, 0, 1024, 1024), small nonzero LoRA A and B, the rest sin-shaped.
  */
 import { LOSS_WEIGHT, TIME_IDS, TIMESTEP, isLoraParam } from '../../compiler/manifest';
+import type { OptimizerState } from '../../compiler/manifest';
 import type { ParamState } from '../../runtime/train/checkpoint';
+import { zeroMoments } from '../../runtime/train/adamw8bit';
 
 const TIME_IDS_1024 = [1024, 1024, 0, 0, 1024, 1024];
 
@@ -12,16 +14,14 @@ export function syntheticValue(name: string, i: number): number {
   return name === TIMESTEP ? 500 : name === LOSS_WEIGHT ? 1 : isLoraParam(name) ? 0.01 * Math.sin(i) : Math.sin(i * 0.37);
 }
 
-/** Fresh optimizer state for `params`: synthetic values, zero moments (step 1 of a run). */
-export function syntheticParams(params: readonly { name: string; shape: number[] }[]): ParamState[] {
+/**
+ * Fresh optimizer state for `params`: synthetic values (a trained base weight's small, as a
+ * network's are, so that activations stay finite), zero moments of the run's optimizer state.
+ */
+export function syntheticParams(params: readonly { name: string; shape: number[] }[], state?: OptimizerState): ParamState[] {
   return params.map((p) => {
     const n = p.shape.reduce((x, y) => x * y, 1);
-    return {
-      name: p.name,
-      shape: p.shape,
-      value: Float32Array.from({ length: n }, (_, i) => syntheticValue(p.name, i)),
-      expAvg: new Float32Array(n),
-      expAvgSq: new Float32Array(n),
-    };
+    const value = (i: number) => (isLoraParam(p.name) ? syntheticValue(p.name, i) : 0.02 * Math.sin(i * 0.37));
+    return { name: p.name, shape: p.shape, value: Float32Array.from({ length: n }, (_, i) => value(i)), ...zeroMoments(n, state) };
   });
 }

@@ -165,7 +165,7 @@ async function child(a: ChildArgs): Promise<void> {
   // Inference feeds follow the model's inputs: model.onnx's three, or infer.onnx's with
   // base_encoder_hidden_states and the LoRA tensors (synthetic, nonzero B).
   const inputs: { name: string; shape: (number | string | null)[]; dtype: string }[] = graph
-    ? [...graph.inputs.values()].filter((i) => !isLoraParam(i.name))
+    ? [...graph.inputs.values()].filter((i) => !graph.params.some((p) => p.name === i.name))
     : session.inputMetadata.map((m) => ({
         name: m.name,
         shape: m.isTensor ? [...m.shape] : [],
@@ -195,7 +195,7 @@ async function child(a: ChildArgs): Promise<void> {
             shape,
           );
   }
-  const params = syntheticParams(graph?.params ?? []);
+  const params = syntheticParams(graph?.params ?? [], manifest?.training.optimizer.state);
   const runner = graph ? new StepRunner(session, graph, manifest!.training.optimizer) : undefined;
   sampler.enter('step');
   const times: number[] = [];
@@ -268,6 +268,8 @@ interface Row {
   base?: 'int8' | 'fp16';
   /** More spec lines (`recompute blocks`, `chunks ...`); the row's compile gets its own folder, `-<tag>`. */
   spec?: { tag: string; lines: string[] };
+  /** 0: no LoRA (full fine-tuning rows); default --rank. */
+  rank?: number;
   /** Only with --only. */
   extra?: boolean;
 }
@@ -394,6 +396,32 @@ const ROWS: Row[] = [
   },
   // SDXL at 1024 px within 6 GiB: level 2's 80 MiB self-attention maps whole (not 20 per-head
   // chains per map: 55k graph nodes instead of 146k, and onnxruntime holds ~5 KiB per node).
+  // Issue 31: full fine-tuning (`train base "*"`, no LoRA) with the weights' AdamW state on the host,
+  // float32 or 8-bit moments, without a cut and at 39.2%.
+  ...(['none', 'preset "39.2%"'] as const).flatMap((hollow) =>
+    (['fp32', '8bit'] as const).map(
+      (state): Row => ({
+        id: `full-${hollow === 'none' ? 'none' : 'hollowed'}${state === '8bit' ? '-8bit' : ''}`,
+        label: `full fine-tuning (\`train base "*"\`), \`hollow ${hollow === 'none' ? 'none' : '39.2%'}\`, ${state} moments, AdamW on host`,
+        kind: 'train',
+        hollow,
+        mode: 'host',
+        rank: 0,
+        spec: { tag: `full-${state}`, lines: ['train base "*"', ...(state === '8bit' ? ['optimizer adamw8bit'] : [])] },
+        extra: true,
+      }),
+    ),
+  ),
+  {
+    id: 'sdxl-mid-int8-blocks-a96-8bit',
+    label: 'Hollowed `sdxl-mid`, `base int8`, `recompute blocks`, `chunks attention 96MiB`, `optimizer adamw8bit`, AdamW on host',
+    kind: 'train',
+    hollow: 'preset "sdxl-mid"',
+    mode: 'host',
+    base: 'int8',
+    spec: { tag: 'blocks-a96-8bit', lines: ['recompute blocks', 'chunks attention 96MiB', 'optimizer adamw8bit'] },
+    extra: true,
+  },
   {
     id: 'sdxl-mid-int8-blocks-a96',
     label: 'Hollowed `sdxl-mid`, `base int8`, `recompute blocks`, `chunks attention 96MiB`, AdamW on host',
@@ -456,13 +484,14 @@ async function main(argv: string[]): Promise<void> {
     emit = 'train grads',
     loraInfer: 'fp32' | 'fp16' = 'fp32',
     more?: Row['spec'],
+    loraRank = rank,
   ) => {
     const out = path.join(
       dir,
       `out-${hollow === 'none' ? 'none' : /\d/.test(hollow) ? hollow.replace(/\D/g, '') : hollow.replace(/^preset "(.*)"$/, '$1')}${latent === 32 ? '' : `-${latent}`}${base === 'fp32' ? '' : `-${base}`}${emit.includes('infer') ? '-infer' : ''}${emit === 'precompute' ? '-precompute' : ''}${loraInfer === 'fp16' ? '-fp16lora' : ''}${more ? `-${more.tag}` : ''}`,
     );
     if (compiled.has(out)) return compiled.get(out)!;
-    const text = benchSpec(hollow, latent, base, emit, loraInfer, family, more?.lines, conditioning, rank);
+    const text = benchSpec(hollow, latent, base, emit, loraInfer, family, more?.lines, conditioning, loraRank);
     const manifestFile = path.join(out, 'manifest.json');
     // A folder compiled from the same spec and model (--dir reused) is not compiled again.
     const before = fs.existsSync(manifestFile) ? JSON.parse(fs.readFileSync(manifestFile, 'utf8')) : undefined;
@@ -507,7 +536,7 @@ async function main(argv: string[]): Promise<void> {
   for (const row of rows) {
     const target =
       row.kind === 'train'
-        ? compile(row.hollow!, row.base, 'train grads', 'fp32', row.spec)
+        ? compile(row.hollow!, row.base, row.spec?.lines.includes('optimizer adamw8bit') ? 'grads' : 'train grads', 'fp32', row.spec, row.rank)
         : row.hollow
           ? inferModel(row.id as 'two-path' | 'two-path-fp16' | 'baked' | 'precompute')
           : { out: unet };
