@@ -8,7 +8,7 @@
  * - onnx: the source export's graph with the new weights, `model.onnx` + `model.onnx_data`, each
  *   weight stored as the export stored it (pre-transposed where it was); with a pipeline folder, a
  *   new pipeline folder whose `unet/` is this and whose other components are the given one's
- *   (hard links), for `hollowc generate --model` and any onnxruntime app.
+ *   (hard links; copies across file systems), for `hollowc generate --model` and any onnxruntime app.
  *
  * Weights are streamed one at a time: the frozen ones from the source's files, the trained ones from
  * `trained-base.safetensors`; no form holds the whole model in memory. The output is built beside
@@ -250,7 +250,7 @@ function writeOnnx(
   files.push(`${prefix}model.onnx`, `${prefix}model.onnx_data`);
   const config = pipeline ? path.join(pipeline, 'unet', DIFFUSERS_CONFIG_FILE) : undefined;
   if (config && fs.existsSync(config)) {
-    fs.linkSync(config, path.join(unetDir, DIFFUSERS_CONFIG_FILE));
+    linkOrCopy(config, path.join(unetDir, DIFFUSERS_CONFIG_FILE));
     files.push(`${prefix}${DIFFUSERS_CONFIG_FILE}`);
   }
   return files;
@@ -265,8 +265,18 @@ function linkTree(from: string, to: string, keep: (rel: string) => boolean, file
       fs.mkdirSync(path.join(to, r), { recursive: true });
       linkTree(from, to, keep, files, r);
     } else {
-      fs.linkSync(path.join(from, r), path.join(to, r));
+      linkOrCopy(path.join(from, r), path.join(to, r));
       files.push(r);
     }
+  }
+}
+
+/** A hard link, or a copy where the output is on another file system (a personalize run folder on another disk than the model). */
+function linkOrCopy(from: string, to: string): void {
+  try {
+    fs.linkSync(from, to);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EXDEV') throw e;
+    fs.copyFileSync(from, to);
   }
 }
