@@ -129,7 +129,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoSummary> {
     `the personalized samples end ${(100 * (1 - subject.personalized / subject.base)).toFixed(1)}% closer to the subject than the base model's (RMS distance to the photos' mean latent: ${subject.base.toFixed(4)} base, ${subject.personalized.toFixed(4)} personalized, same seed)`,
   );
   const seconds = (Date.now() - started) / 1000;
-  log(`LoRA: ${result.lora.diffusers} (diffusers), ${result.lora.kohya} (kohya)`);
+  if (result.lora) log(`LoRA: ${result.lora.diffusers} (diffusers), ${result.lora.kohya} (kohya)`);
   log(`peak RSS ${formatBytes(result.peakRssBytes)}, total ${seconds.toFixed(1)} s`);
   log(`report: ${result.report}`);
   return {

@@ -11,7 +11,9 @@ const collect = (value: string, previous: string[] = []) => [...previous, value]
 export function registerPersonalize(program: Command): void {
   program
     .command('personalize')
-    .description('photos and a prompt in, a personalized LoRA (diffusers + kohya), validation images and report.html out')
+    .description(
+      'photos and a prompt in, a personalized LoRA (diffusers + kohya) or a fine-tuned UNet (--train-base: ONNX pipeline folder + diffusers UNet folder), validation images and report.html out',
+    )
     .requiredOption('--model <folder>', 'pipeline folder (optimum ONNX layout, or hollowc model build --pipeline)')
     .requiredOption('--photos <dir>', 'folder of photos of the subject (JPEG, PNG, WebP)')
     .requiredOption('--prompt <text>', 'the personalized prompt, with an identifier (e.g. "a photo of sks dog")')
@@ -19,8 +21,18 @@ export function registerPersonalize(program: Command): void {
     .requiredOption('-o, --out <dir>', 'run folder (reruns reuse what is done there)')
     .option('--preset <name>', 'hollow preset (default "39.2%"; SDXL: "sdxl-mid")')
     .option('--spec <file>', '.hollow spec instead of a preset')
-    .option('--rank <n>', 'LoRA rank', parseCount)
+    .option('--rank <n>', 'LoRA rank (default 4; with --train-base: LoRA beside the base weights only when given)', parseCount)
     .option('--alpha <n>', 'LoRA alpha (default: the rank)', parseNumber)
+    .option(
+      '--train-base <globs...>',
+      'train the base weights of these modules (the spec\'s train base; "*": full fine-tuning, "up_blocks.*": a part; repeatable). The run then exports the fine-tuned UNet to run/pipeline/ (generate --model) and run/unet-diffusers/, and makes its validation images with it; hollowc web cannot open such a run',
+    )
+    .addOption(
+      new Option(
+        '--optimizer-state <precision>',
+        "the AdamW moments (default fp32; 8bit: the spec's optimizer adamw8bit, a quarter of the moments' memory, host optimizer only: no train.onnx, so hollowc web cannot open the run)",
+      ).choices(['fp32', '8bit']),
+    )
     .option('--steps <n>', 'training steps', parseCount, 400)
     .option('--lr <x>', 'learning rate', parseNumber, 1e-4)
     .option('--samples <n>', 'precomputed samples (paper: 200)', parseCount, 200)
@@ -49,6 +61,8 @@ export function registerPersonalize(program: Command): void {
         spec: o.spec as string | undefined,
         rank: o.rank as number | undefined,
         alpha: o.alpha as number | undefined,
+        trainBase: o.trainBase as string[] | undefined,
+        optimizerState: o.optimizerState as PersonalizeOptions['optimizerState'],
         steps: o.steps as number,
         lr: o.lr as number,
         samples: o.samples as number,

@@ -50,6 +50,9 @@ async function personalizeLatents(name: string, o: { resolution?: number; seed?:
     compile: () => {
       throw new Error('not used');
     },
+    exportUnet: () => {
+      throw new Error('not used');
+    },
     findings: {},
   });
   await (stage.run as () => Promise<unknown>)(); // the photos stage reads none of the runner's arguments

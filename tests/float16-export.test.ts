@@ -462,6 +462,6 @@ test('hollowc personalize on the tiny SD 1.5 pipeline built --dtype fp16: train 
   expect(r.manifest.artifacts.grads!.sessionConfig).toBeDefined();
   expect(Number.isFinite(r.loss!.before) && Number.isFinite(r.loss!.after)).toBe(true);
   expect(r.loss!.after).not.toBe(r.loss!.before); // it trained
-  for (const f of [r.lora.diffusers, r.lora.kohya, ...r.images]) expect(fs.statSync(f).size).toBeGreaterThan(0);
+  for (const f of [r.lora!.diffusers, r.lora!.kohya, ...r.images]) expect(fs.statSync(f).size).toBeGreaterThan(0);
   expect(r.images.length).toBeGreaterThanOrEqual(2);
 });

@@ -106,8 +106,8 @@ function checkLoraFiles(r: PersonalizeResult) {
   const modules = m.lora.targets.filter((t) => t.trained).map((t) => t.module);
   const kohyaModule = (b: string) => modules.find((x) => kohyaName(x) === b)!;
   for (const [file, loaders] of [
-    [r.lora.diffusers, [loadLikeDiffusers021, loadLikeDiffusersCurrent]],
-    [r.lora.kohya, [loadLikeDiffusers021, loadLikeDiffusersCurrent]],
+    [r.lora!.diffusers, [loadLikeDiffusers021, loadLikeDiffusersCurrent]],
+    [r.lora!.kohya, [loadLikeDiffusers021, loadLikeDiffusersCurrent]],
   ] as const) {
     for (const load of loaders) {
       const layers = load(file, kohyaModule);
@@ -172,7 +172,7 @@ test('sd15 end to end with prior preservation: files, stages, the LoRA at scale 
   expect(html).toContain('src="images/0-a-photo-of-sks-face-base.png"');
   expect(html).toContain('src="class-images/0000.png"');
   expect(fs.readFileSync(path.join(refOut, 'loss.svg'), 'utf8')).toMatch(/^<svg[^]*<polyline[^]*<\/svg>$/);
-  expect(readSafetensors(r.lora.diffusers).metadata.hollowc_alpha).toBe('6');
+  expect(readSafetensors(r.lora!.diffusers).metadata.hollowc_alpha).toBe('6');
   checkLoraFiles(r);
 });
 
@@ -197,7 +197,7 @@ test('same inputs: everything reused; more --steps: store reused, training conti
   const trainRow = steps.stages.find((s) => s.name === 'train')!;
   expect(trainRow.summary).toMatch(/^resumed at step 6, trained to step 8 /);
   expect(bytes(path.join(out, 'compiled', 'store', 'records.bin'))).toBe(storeBytes);
-  expect(bytes(steps.lora.diffusers)).not.toBe(bytes(reference.lora.diffusers));
+  expect(bytes(steps.lora!.diffusers)).not.toBe(bytes(reference.lora!.diffusers));
   // the same 8 steps from step 0 (no checkpoint to carry on from): the same LoRA, bit for bit
   const straight = path.join(root, 'straight8');
   fs.cpSync(refOut, straight, { recursive: true });
@@ -208,11 +208,11 @@ test('same inputs: everything reused; more --steps: store reused, training conti
   expect(bytes(path.join(straight, 'compiled', 'lora.safetensors'))).toBe(bytes(path.join(out, 'compiled', 'lora.safetensors')));
   expect(s8.loss!.before).toBe(steps.loss!.before);
   expect(s8.loss!.after).toBe(steps.loss!.after);
-  const straightLora = bytes(s8.lora.diffusers);
+  const straightLora = bytes(s8.lora!.diffusers);
   // the class samples' weight is a training input: compile and store stay, training starts over
   const weighted = await personalize({ ...base('sd15', straight, { steps: 8, priorWeight: 0.25 }), ...quiet });
   expect(statuses(weighted)).toMatchObject({ compile: 'reused', store: 'reused', train: 'ran', export: 'ran' });
-  expect(bytes(weighted.lora.diffusers)).not.toBe(straightLora);
+  expect(bytes(weighted.lora!.diffusers)).not.toBe(straightLora);
   const morePhotos = path.join(root, 'photos4');
   await drawDemoPhotos(morePhotos, 4, 64);
   const p = await personalize({ ...base('sd15', out, { steps: 8, photos: morePhotos }), ...quiet });
@@ -334,7 +334,7 @@ test('sdxl end to end with prior preservation; a prompt without an identifier wa
   expect(r.manifest.cut!.hollowed).toEqual(['4-1', '4-2']); // sdxl-mid, the default for SDXL
   expect(statuses(r).train).toBe('ran');
   expect(fs.existsSync(path.join(out, 'images', '0-a-photo-of-a-face.png'))).toBe(true);
-  const keys = [...readSafetensors(r.lora.diffusers).tensors.keys()];
+  const keys = [...readSafetensors(r.lora!.diffusers).tensors.keys()];
   expect(keys.every((k) => /^unet\..+\.lora\.(down|up)\.weight$/.test(k))).toBe(true);
   checkLoraFiles(r);
 });

@@ -50,6 +50,7 @@ export function stageKeys(s: Settings): StageKeys {
   const textId = sha({ encoders: folder.textEncoders.map(componentId), tokenizers: folder.tokenizers.map((t) => dirId(t.dir)) });
   const vaeEncId = componentId(folder.vaeEncoder);
   const vaeDecId = componentId(folder.vaeDecoder);
+  // the spec text carries every training choice: the cut, the LoRA, --train-base, --optimizer-state
   const compile = sha({ stage: 'compile', specText: s.specText, unetId });
   const prompts = sha({ stage: 'prompts', textId, prompt: options.prompt, classPrompt: options.classPrompt });
   const photos = sha({
@@ -83,7 +84,8 @@ export function stageKeys(s: Settings): StageKeys {
   const store = sha({ stage: 'store', compile, prompts, photos, class: cls, samples: s.samples, seed });
   const trainLine = sha({ stage: 'train', store, lr: s.lr, seed, priorWeight: s.priorWeight ?? 'spec' });
   const train = sha({ line: trainLine, steps: s.steps });
-  const exportKey = sha({ stage: 'export', train });
+  // a run that trains base weights exports a pipeline folder holding the source's other components
+  const exportKey = sha({ stage: 'export', train, pipeline: { textId, vaeEncId, vaeDecId, scheduler: folder.scheduler } });
   const validation = sha({
     stage: 'validation',
     export: exportKey,

@@ -1,5 +1,5 @@
 /**
- * `hollowc personalize`: photos and a prompt in, a personalized LoRA, images and a report out —
+ * `hollowc personalize`: photos and a prompt in, a personalized LoRA (or fine-tuned UNet), images and a report out —
  * the paper's workflow (4.3, 5.1) as one call on a pipeline folder. The stages, in order, each in
  * its own file under stages/: compile, prompts, photos, class images, store, train, export,
  * validation, report. Their keys (keys.ts) and the runner (stage-runner.ts) make a rerun
@@ -14,11 +14,11 @@ import { formatBytes } from '../progress';
 import { stageKeys } from './keys';
 import { validationGallery } from './run-report';
 import { DIFFUSERS_LORA_FILE, KOHYA_LORA_FILE, REPORT_FILE, runFolder } from './run-folder';
-import { CompileStage, PersonalizeOptions, resolveSettings } from './settings';
+import { CompileStage, ExportUnetStage, PersonalizeOptions, resolveSettings } from './settings';
 import { StageResult, runStages } from './stage-runner';
 import { classImagesStage } from './stages/class-images';
 import { compileStage } from './stages/compile';
-import { StageContext, manifestOf } from './stages/context';
+import { StageContext, manifestOf, trainedParts } from './stages/context';
 import { exportStage } from './stages/export';
 import { photosStage } from './stages/photos';
 import { reportStage } from './stages/report';
@@ -30,7 +30,10 @@ import { validationStage } from './stages/validation';
 export interface PersonalizeResult {
   out: string;
   report: string;
-  lora: { diffusers: string; kohya: string };
+  /** the LoRA files, when a LoRA trained */
+  lora?: { diffusers: string; kohya: string };
+  /** the fine-tuned UNet, when base weights trained: an ONNX pipeline folder and a diffusers UNet folder */
+  unet?: { pipeline: string; diffusers: string };
   images: string[];
   stages: StageResult[];
   peakRssBytes: number;
@@ -42,8 +45,13 @@ export interface PersonalizeResult {
 
 const STAGES = [compileStage, promptsStage, photosStage, classImagesStage, storeStage, trainStage, exportStage, validationStage, reportStage];
 
-/** `compile` builds the artifacts from the spec: the caller hands in the compiler (the runtime never imports it). */
-export async function personalize(options: PersonalizeOptions & { compile: CompileStage }): Promise<PersonalizeResult> {
+/**
+ * `compile` builds the artifacts from the spec and `exportUnet` writes a fine-tuned UNet: the caller
+ * hands them in (the runtime never imports the compiler's passes).
+ */
+export async function personalize(
+  options: PersonalizeOptions & { compile: CompileStage; exportUnet: ExportUnetStage },
+): Promise<PersonalizeResult> {
   const log = options.log ?? ((l: string) => process.stdout.write(`${l}\n`));
   const warn = options.warn ?? ((l: string) => process.stderr.write(`${l}\n`));
   const out = path.resolve(options.out);
@@ -58,6 +66,7 @@ export async function personalize(options: PersonalizeOptions & { compile: Compi
       keys: stageKeys(s),
       progress: options.progress ?? process.stderr,
       compile: options.compile,
+      exportUnet: options.exportUnet,
       findings: {},
     };
     const { results, peakRssBytes } = await runStages(
@@ -71,10 +80,12 @@ export async function personalize(options: PersonalizeOptions & { compile: Compi
     log(
       `done in ${((Date.now() - runStarted) / 1000).toFixed(1)} s, peak RSS ${formatBytes(peakRssBytes)}${top ? ` (in ${top.name})` : ''}; open ${path.join(out, REPORT_FILE)}`,
     );
+    const parts = trainedParts(manifestOf(ctx));
     return {
       out,
       report: path.join(out, REPORT_FILE),
-      lora: { diffusers: path.join(out, DIFFUSERS_LORA_FILE), kohya: path.join(out, KOHYA_LORA_FILE) },
+      ...(parts.lora ? { lora: { diffusers: path.join(out, DIFFUSERS_LORA_FILE), kohya: path.join(out, KOHYA_LORA_FILE) } } : {}),
+      ...(parts.base ? { unet: { pipeline: dirs.pipeline, diffusers: dirs.diffusersUnet } } : {}),
       images: validationGallery(s, dirs).flatMap((v) => v.images.map((im) => path.join(out, im.src))),
       stages: results,
       peakRssBytes,

@@ -91,6 +91,8 @@ export interface ReportData {
   notes: string[];
   photos: ReportImage[];
   validation: { prompt: string; images: ReportImage[] }[];
+  /** how the validation images were made */
+  validationHow: string;
   classImages: ReportImage[];
   files: [string, string][];
   peakRssBytes: number;
@@ -133,7 +135,7 @@ ${r.stages.map((s, i) => `<tr${s === peakStage ? ' class="peak"' : ''}><td>${i +
 ${r.notes.map((n) => `<p>${esc(n)}</p>`).join('\n')}
 <h2>Input photos</h2>
 ${gallery(r.photos)}
-<h2>Validation images (two-path infer.onnx: base path on the class prompt, LoRA path on the prompt)</h2>
+<h2>Validation images (${esc(r.validationHow)})</h2>
 ${r.validation.map((v) => `<h3>${esc(v.prompt)}</h3>${gallery(v.images)}`).join('\n')}
 ${r.classImages.length ? `<h2>Class images (prior preservation)</h2>\n${gallery(r.classImages)}` : ''}
 <h2>Files</h2>

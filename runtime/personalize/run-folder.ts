@@ -8,6 +8,10 @@ export const REPORT_FILE = 'report.html';
 export const LOSS_SVG = 'loss.svg';
 export const IMAGES_DIR = 'images';
 export const COMPILED_DIR = 'compiled';
+/** A run that trains base weights: the fine-tuned UNet as an ONNX pipeline folder (generate --model) */
+export const PIPELINE_DIR = 'pipeline';
+/** ... and as a diffusers UNet folder (UNet2DConditionModel.from_pretrained) */
+export const DIFFUSERS_UNET_DIR = 'unet-diffusers';
 const DATA_DIR = 'data';
 const CLASS_IMAGES_DIR = 'class-images';
 const SPEC_FILE = 'spec.hollow';
@@ -24,6 +28,10 @@ export interface RunFolder {
   images: string;
   store: string;
   spec: string;
+  /** the fine-tuned pipeline folder (runs that train base weights) */
+  pipeline: string;
+  /** the fine-tuned UNet in diffusers' form (runs that train base weights) */
+  diffusersUnet: string;
 }
 
 export function runFolder(out: string): RunFolder {
@@ -36,5 +44,7 @@ export function runFolder(out: string): RunFolder {
     images: path.join(out, IMAGES_DIR),
     store: path.join(compiled, STORE_DIR),
     spec: path.join(out, SPEC_FILE),
+    pipeline: path.join(out, PIPELINE_DIR),
+    diffusersUnet: path.join(out, DIFFUSERS_UNET_DIR),
   };
 }

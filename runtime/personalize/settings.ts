@@ -4,7 +4,7 @@
  */
 import * as fs from 'fs';
 import { HollowcError } from '../../compiler/errors';
-import { CompileManifest } from '../../compiler/manifest';
+import { CompileManifest, OPTIMIZER_STATES, OptimizerState } from '../../compiler/manifest';
 import { ImageTensor, listImages, loadImage } from '../formats/images';
 import { ProgressStream } from '../progress';
 import { ExecutionProvider, SessionOptions } from '../ort/session';
@@ -19,6 +19,18 @@ import { identifierWords, personalizeSpec } from './spec';
  */
 export type CompileStage = (unetModel: string, specFile: string, out: string) => CompileManifest;
 
+/**
+ * Writes the fine-tuned UNet of the compiled folder `compiled` (a run that trained base weights,
+ * any trained LoRA folded in) as an ONNX pipeline folder at `onnx` (`pipeline`'s other components
+ * beside it) and as a diffusers UNet folder at `diffusers`. The caller hands it in (export-unet
+ * reads the source graph with the compiler's serde and passes).
+ */
+export type ExportUnetStage = (
+  compiled: string,
+  pipeline: string,
+  outputs: { onnx: string; diffusers: string },
+) => { changed: number; parameters: number };
+
 export interface PersonalizeOptions {
   model: string;
   photos: string;
@@ -29,6 +41,10 @@ export interface PersonalizeOptions {
   spec?: string;
   rank?: number;
   alpha?: number;
+  /** `train base` globs ("*": full fine-tuning); with them LoRA trains only when `rank` is given */
+  trainBase?: string[];
+  /** the AdamW moments: '8bit' writes `optimizer adamw8bit` (default 'fp32') */
+  optimizerState?: OptimizerState;
   steps?: number;
   lr?: number;
   samples?: number;
@@ -76,6 +92,7 @@ export interface Settings {
   /** the latent shape of one sample, [C, h, w] */
   latent: number[];
   preset: string;
+  /** the spec it compiles: it carries the cut, the LoRA, --train-base and --optimizer-state */
   specText: string;
   validationPrompts: string[];
   photoFiles: string[];
@@ -125,6 +142,23 @@ export async function resolveSettings(options: PersonalizeOptions, warn: (line: 
     throw new HollowcError('give --class-images or --class-dir, not both');
   if (options.spec && (options.preset || options.rank !== undefined || options.alpha !== undefined))
     throw new HollowcError('--spec sets the cut and the LoRA: --preset, --rank and --alpha go with the generated spec only');
+  const trainBase = options.trainBase ?? [];
+  const optimizerState = options.optimizerState ?? 'fp32';
+  if (options.spec && trainBase.length)
+    throw new HollowcError('--spec says what trains: --train-base goes with the generated spec only (write train base lines in the spec)');
+  if (options.spec && options.optimizerState !== undefined)
+    throw new HollowcError(
+      '--spec says the optimizer: --optimizer-state goes with the generated spec only (write optimizer adamw8bit in the spec)',
+    );
+  if (!(OPTIMIZER_STATES as readonly string[]).includes(optimizerState))
+    throw new HollowcError(`--optimizer-state must be one of ${OPTIMIZER_STATES.join(', ')}, got ${JSON.stringify(optimizerState)}`);
+  const badGlob = trainBase.find((g) => !g.trim() || /[\r\n]/.test(g));
+  if (badGlob !== undefined)
+    throw new HollowcError(`--train-base needs a module glob such as "up_blocks.*", got ${JSON.stringify(badGlob)}`);
+  if (trainBase.length && options.rank === undefined && options.alpha !== undefined)
+    throw new HollowcError('--alpha without --rank beside --train-base: LoRA trains beside the base weights only when --rank is given');
+  // with --train-base, LoRA only when asked for (the spec language's rule for train base)
+  const lora = !trainBase.length || options.rank !== undefined;
   const validationPrompts = options.validationPrompts?.length ? options.validationPrompts : [options.prompt];
   const trainTuning = { intraOpThreads: options.threads, report: options.reportProvider };
   const session: SessionOptions = { ...trainTuning, ep: options.ep, fallbackToCpu: options.fallbackToCpu };
@@ -138,7 +172,9 @@ export async function resolveSettings(options: PersonalizeOptions, warn: (line: 
   for (const f of classFiles) classDirImages.push(await loadImage(f, size));
   const latent = [Number(folder.unet.config.in_channels ?? 4), resolution / factor, resolution / factor];
   const preset = options.preset ?? (folder.family === 'sdxl' ? 'sdxl-mid' : '39.2%');
-  const specText = options.spec ? fs.readFileSync(options.spec, 'utf8') : personalizeSpec(folder, { preset, rank, alpha, seed, latent });
+  const specText = options.spec
+    ? fs.readFileSync(options.spec, 'utf8')
+    : personalizeSpec(folder, { preset, lora: lora ? { rank, alpha } : undefined, trainBase, optimizerState, seed, latent });
   if (identifierWords(options.prompt, options.classPrompt).length === 0) {
     warn(
       `hollowc: warning: the prompt "${options.prompt}" has no word that the class prompt "${options.classPrompt}" lacks: without an identifier (such as "sks") the LoRA is trained onto the class itself`,

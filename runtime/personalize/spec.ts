@@ -1,5 +1,7 @@
 /** The spec `personalize` compiles when it is given no `--spec`, and the prompt check it relies on. */
 import { HollowcError } from '../../compiler/errors';
+import type { OptimizerState } from '../../compiler/manifest';
+import { DEFAULT_TARGETS } from '../../models/training-defaults';
 import { PipelineFolder } from '../text-to-image/pipeline-folder';
 
 function words(text: string): string[] {
@@ -12,10 +14,26 @@ export function identifierWords(prompt: string, classPrompt: string): string[] {
   return words(prompt).filter((w) => !cls.has(w));
 }
 
-export function personalizeSpec(
-  folder: PipelineFolder,
-  o: { preset: string; rank: number; alpha: number; seed: number; latent: number[] },
-): string {
+/** A spec string: double quotes, `\\` and `\"` escaped. */
+const quoted = (s: string) => `"${s.replace(/[\\"]/g, '\\$&')}"`;
+
+export interface PersonalizeSpecChoices {
+  preset: string;
+  /** undefined: no LoRA (a `train base` run without --rank) */
+  lora?: { rank: number; alpha: number };
+  /** `train base` globs */
+  trainBase: readonly string[];
+  optimizerState: OptimizerState;
+  seed: number;
+  latent: number[];
+}
+
+/**
+ * The spec of a run. Without `train base`: LoRA on the default targets, as always. With it, LoRA
+ * trains only where a `lora targets` line asks (the spec language's rule), so a LoRA beside the base
+ * weights gets the default targets written out.
+ */
+export function personalizeSpec(folder: PipelineFolder, o: PersonalizeSpecChoices): string {
   const T = folder.tokenizers[0].maxLength;
   const D = folder.unet.config.cross_attention_dim;
   if (typeof D !== 'number') throw new HollowcError('unet/config.json: cross_attention_dim is not a number', folder.dir);
@@ -37,13 +55,24 @@ export function personalizeSpec(
       );
     lines.push(`shape text_embeds [1, ${pooled}]`, 'shape time_ids [1, 6]');
   }
-  lines.push(
-    `lora rank ${o.rank} alpha ${o.alpha}`,
-    `seed ${o.seed}`,
-    // hollowc train runs grads.onnx with AdamW on the host (less memory); train.onnx (AdamW in the
-    // graph, one session.run per step) is there for the browser page (hollowc web run/compiled)
-    'emit precompute train grads infer',
-    '',
-  );
+  if (o.trainBase.length) lines.push(`train base ${o.trainBase.map(quoted).join(' ')}`);
+  if (o.lora) {
+    if (o.trainBase.length) lines.push(`lora targets ${DEFAULT_TARGETS.map(quoted).join(' ')}`);
+    lines.push(`lora rank ${o.lora.rank} alpha ${o.lora.alpha}`);
+  }
+  if (o.optimizerState === '8bit') lines.push('optimizer adamw8bit');
+  lines.push(`seed ${o.seed}`, `emit ${emitList(o).join(' ')}`, '');
   return lines.join('\n');
+}
+
+/**
+ * hollowc train runs grads.onnx with AdamW on the host (less memory). train.onnx (AdamW in the
+ * graph, one session.run per step) and infer.onnx are for the browser page (hollowc web
+ * run/compiled), which trains LoRA with float32 moments only; infer.onnx also makes the validation
+ * images of a LoRA run. A run that trains base weights samples from its exported UNet instead, and
+ * 8-bit moments live on the host only (the spec refuses `emit train` with them).
+ */
+function emitList(o: PersonalizeSpecChoices): string[] {
+  const web = !o.trainBase.length && o.optimizerState === 'fp32';
+  return ['precompute', ...(web ? ['train'] : []), 'grads', ...(o.trainBase.length ? [] : ['infer'])];
 }

@@ -5,7 +5,7 @@ import { MANIFEST_FILE } from '../../../compiler/manifest';
 import { writeFileAtomic } from '../../../compiler/atomic-files';
 import { LORA_INIT_FILE } from '../../formats/lora-format';
 import { Stage, killPoint } from '../stage-runner';
-import { StageContext } from './context';
+import { StageContext, trainedWords } from './context';
 
 export function compileStage(ctx: StageContext): Stage {
   const { dirs } = ctx;
@@ -20,8 +20,9 @@ export function compileStage(ctx: StageContext): Stage {
       ctx.findings.manifest = m;
       killPoint('compile');
       const cut = m.cut ? `hollowed ${m.cut.hollowed.join(' ')} (${(100 * m.cut.fraction).toFixed(1)}% of the UNet)` : 'no hollow';
+      const what = trainedWords(m);
       return {
-        summary: `${cut}; training holds ${m.parameters.heldDuringTraining.toLocaleString('en-US')} of ${m.parameters.full.toLocaleString('en-US')} parameters + ${m.parameters.lora.toLocaleString('en-US')} LoRA (rank ${m.lora.rank}, alpha ${m.lora.alpha})`,
+        summary: `${cut}; training holds ${m.parameters.heldDuringTraining.toLocaleString('en-US')} of ${m.parameters.full.toLocaleString('en-US')} parameters; trains ${[what.lora, what.base].filter(Boolean).join(' and ')}, ${what.optimizer}`,
       };
     },
   };

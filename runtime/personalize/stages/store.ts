@@ -7,6 +7,7 @@ import { Store } from '../../store/store';
 import { loadTrainingData } from '../../store/training-data';
 import { TRAIN_DIR } from '../../train/checkpoint';
 import { TRAINED_LORA_FILE } from '../../formats/lora-format';
+import { TRAINED_BASE_FILE } from '../../train/base-weights';
 import { Stage, killPoint } from '../stage-runner';
 import { StageContext } from './context';
 
@@ -25,7 +26,7 @@ export function storeStage(ctx: StageContext): Stage {
       }
     },
     clean: () =>
-      [dirs.store, path.join(dirs.compiled, TRAIN_DIR), path.join(dirs.compiled, TRAINED_LORA_FILE)].forEach((p) =>
+      [dirs.store, ...[TRAIN_DIR, TRAINED_LORA_FILE, TRAINED_BASE_FILE].map((f) => path.join(dirs.compiled, f))].forEach((p) =>
         fs.rmSync(p, { recursive: true, force: true }),
       ),
     run: async () => {

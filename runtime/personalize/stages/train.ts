@@ -1,6 +1,6 @@
 /**
- * train: grads.onnx steps (AdamW on the host) with checkpoints -> run/compiled/lora.safetensors,
- * and the loss on the photos' samples before and after.
+ * train: grads.onnx steps (AdamW on the host) with checkpoints -> run/compiled/lora.safetensors
+ * and/or run/compiled/trained-base.safetensors, and the loss on the photos' samples before and after.
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -8,9 +8,10 @@ import { ProgressLine } from '../../progress';
 import { Store } from '../../store/store';
 import { CHECKPOINT_FILE, TRAIN_DIR } from '../../train/checkpoint';
 import { evaluateLoss, train } from '../../train/train';
+import { TRAINED_BASE_FILE } from '../../train/base-weights';
 import { TRAINED_LORA_FILE } from '../../formats/lora-format';
 import { Stage, killPoint } from '../stage-runner';
-import { StageContext } from './context';
+import { StageContext, manifestOf, trainedParts, trainedWords } from './context';
 
 /** What the train stage keeps in its record, to carry a run on to more steps or restore its loss. */
 interface TrainRecord {
@@ -26,14 +27,17 @@ export function trainStage(ctx: StageContext): Stage<TrainRecord> {
   const { s, dirs, findings } = ctx;
   const { steps, lr, priorWeight } = s;
   const checkpoint = path.join(dirs.compiled, TRAIN_DIR, CHECKPOINT_FILE);
+  const [loraFile, baseFile] = [TRAINED_LORA_FILE, TRAINED_BASE_FILE].map((f) => path.join(dirs.compiled, f));
   return {
     name: 'train',
     key: ctx.keys.train,
-    valid: () => fs.existsSync(path.join(dirs.compiled, TRAINED_LORA_FILE)),
-    clean: () =>
-      [path.join(dirs.compiled, TRAIN_DIR), path.join(dirs.compiled, TRAINED_LORA_FILE)].forEach((p) =>
-        fs.rmSync(p, { recursive: true, force: true }),
-      ),
+    valid: () => {
+      const parts = trainedParts(manifestOf(ctx));
+      // a `train base` run without LoRA writes no LoRA file
+      const writesLora = parts.lora || !parts.base;
+      return (!parts.base || fs.existsSync(baseFile)) && (!writesLora || fs.existsSync(loraFile));
+    },
+    clean: () => [path.join(dirs.compiled, TRAIN_DIR), loraFile, baseFile].forEach((p) => fs.rmSync(p, { recursive: true, force: true })),
     // more steps than last time on the same line: carry on from the last checkpoint
     continues: (record) =>
       record.done &&
@@ -89,8 +93,9 @@ export function trainStage(ctx: StageContext): Stage<TrainRecord> {
       before = resume ? before! : r.evaluation!.before;
       const loss = { before, after: r.evaluation!.after, records: r.evaluation!.batches };
       findings.loss = loss;
+      const what = trainedWords(manifestOf(ctx));
       return {
-        summary: `${resume ? `resumed at step ${r.startStep}, ` : ''}trained to step ${r.step} at lr ${lr} (${r.stepSeconds > 0 ? ((r.step - r.startStep) / r.stepSeconds).toFixed(2) : '-'} it/s); loss on ${loss.records} instance samples ${before.toFixed(5)} -> ${loss.after.toFixed(5)}`,
+        summary: `${resume ? `resumed at step ${r.startStep}, ` : ''}trained to step ${r.step} at lr ${lr} (${r.stepSeconds > 0 ? ((r.step - r.startStep) / r.stepSeconds).toFixed(2) : '-'} it/s); loss on ${loss.records} instance samples ${before.toFixed(5)} -> ${loss.after.toFixed(5)}; trained ${[what.lora, what.base].filter(Boolean).join(' and ')} with ${what.optimizer}`,
         data: {
           lossBefore: before,
           lossAfter: loss.after,

@@ -1,6 +1,8 @@
 /**
- * validation: the two-path infer.onnx on each validation prompt, and the base model (LoRA B = 0)
- * on the first with the same seed -> run/images/*.png.
+ * validation: each validation prompt, and the base model on the first with the same seed ->
+ * run/images/*.png. A LoRA run samples with the two-path infer.onnx (the base: LoRA B = 0); a run
+ * that trained base weights with its exported pipeline folder run/pipeline/ (infer.onnx holds the
+ * compiled weights), the base with the source pipeline.
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -9,10 +11,11 @@ import { readNpy } from '../../formats/npy';
 import { ProgressLine } from '../../progress';
 import { readConditioning } from '../../store/training-data';
 import { LORA_INIT_FILE, TRAINED_LORA_FILE } from '../../formats/lora-format';
-import { textToImage } from '../../text-to-image/text-to-image';
+import { openPipelineFolder } from '../../text-to-image/pipeline-folder';
+import { TextToImageOptions, textToImage } from '../../text-to-image/text-to-image';
 import { RunFolder } from '../run-folder';
 import { Stage, killPoint } from '../stage-runner';
-import { RunFindings, StageContext } from './context';
+import { RunFindings, StageContext, manifestOf, trainedParts } from './context';
 
 function slug(text: string): string {
   return (
@@ -46,10 +49,17 @@ export function validationStage(ctx: StageContext): Stage<{ subject: NonNullable
     run: async () => {
       fs.mkdirSync(dirs.images, { recursive: true });
       const classConditioning = readConditioning(path.join(dirs.data, 'class_prompt.safetensors'));
-      const one = async (prompt: string, lora: string, file: string) => {
+      const fineTuned = trainedParts(manifestOf(ctx)).base;
+      const personalizedModel: Pick<TextToImageOptions, 'folder' | 'run'> = fineTuned
+        ? { folder: openPipelineFolder(dirs.pipeline) }
+        : { folder: s.folder, run: { out: dirs.compiled, lora: path.join(dirs.compiled, TRAINED_LORA_FILE), classConditioning } };
+      const baseModel: Pick<TextToImageOptions, 'folder' | 'run'> = fineTuned
+        ? { folder: s.folder }
+        : { folder: s.folder, run: { out: dirs.compiled, lora: path.join(dirs.compiled, LORA_INIT_FILE), classConditioning } };
+      const one = async (prompt: string, model: Pick<TextToImageOptions, 'folder' | 'run'>, file: string) => {
         const bar = new ProgressLine('denoise', s.validationSteps, ctx.progress);
         const r = await textToImage({
-          folder: s.folder,
+          ...model,
           prompt,
           width: s.resolution,
           height: s.resolution,
@@ -57,7 +67,6 @@ export function validationStage(ctx: StageContext): Stage<{ subject: NonNullable
           guidance: s.guidance,
           seed: s.seed,
           numImages: 1,
-          run: { out: dirs.compiled, lora, classConditioning },
           session: s.session,
           onStep: (i) => bar.update(i),
         });
@@ -68,12 +77,12 @@ export function validationStage(ctx: StageContext): Stage<{ subject: NonNullable
       };
       const personalized: Float32Array[] = [];
       for (let i = 0; i < prompts.length; i++)
-        personalized.push(await one(prompts[i], path.join(dirs.compiled, TRAINED_LORA_FILE), validationImageFile(dirs, i, prompts[i])));
-      const base = await one(prompts[0], path.join(dirs.compiled, LORA_INIT_FILE), validationImageFile(dirs, 0, prompts[0], true));
+        personalized.push(await one(prompts[i], personalizedModel, validationImageFile(dirs, i, prompts[i])));
+      const base = await one(prompts[0], baseModel, validationImageFile(dirs, 0, prompts[0], true));
       const subject = { base: subjectDistance(dirs, base), personalized: subjectDistance(dirs, personalized[0]) };
       findings.subject = subject;
       return {
-        summary: `${prompts.length} personalized image(s) and 1 base image (B = 0), ${s.validationSteps} steps, guidance ${s.guidance}; RMS distance of the latents to the subject: base ${subject.base.toFixed(4)}, personalized ${subject.personalized.toFixed(4)}`,
+        summary: `${prompts.length} personalized image(s) ${fineTuned ? `from the fine-tuned pipeline folder and 1 from the source pipeline` : 'with the two-path infer.onnx and 1 base image (B = 0)'}, ${s.validationSteps} steps, guidance ${s.guidance}; RMS distance of the latents to the subject: base ${subject.base.toFixed(4)}, personalized ${subject.personalized.toFixed(4)}`,
         data: { subject },
       };
     },
