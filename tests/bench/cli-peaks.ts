@@ -13,7 +13,7 @@
  * `unet/` links to the export, with the pipeline's text encoder, VAE and tokenizer.
  *
  *   npx tsc -p . && node dist/tests/bench/cli-peaks.js --family sd21 --pipeline /tmp/pipe-sd21 --dir /tmp/cp-sd21
- *       [--model /tmp/real-sd21/model.onnx] [--latent 64] [--steps 2] [--threads 2] [--records 4] [--tiny --rank 4]
+ *       [--model /tmp/real-sd21/model.onnx] [--latent 64] [--steps 2] [--threads 2] [--records 4] [--tiny --rank 4] [--only generate-model]
  *
  * Prints one JSON line per command and a table. Not run by jest.
  */
@@ -72,13 +72,14 @@ function pipelineWithUnet(pipeline: string, model: string, dir: string): string 
     if (entry !== 'unet') fs.symlinkSync(path.resolve(pipeline, entry), path.join(folder, entry));
   }
   // the pipeline's unet/config.json (diffusers' config of the same architecture), the export's
-  // graph as model.onnx and its external data under the names the graph refers to
+  // graph as model.onnx and its external data under the names the graph refers to, hard-linked:
+  // the runtime refuses external data reached through a symbolic link out of the model's folder
   fs.symlinkSync(path.join(pipeline, 'unet', 'config.json'), path.join(folder, 'unet', 'config.json'));
-  fs.symlinkSync(path.resolve(model), path.join(folder, 'unet', 'model.onnx'));
+  fs.linkSync(path.resolve(model), path.join(folder, 'unet', 'model.onnx'));
   const source = path.dirname(path.resolve(model));
   for (const f of fs.readdirSync(source)) {
     if (!f.endsWith('.onnx') && !f.endsWith('.json') && fs.statSync(path.join(source, f)).isFile())
-      fs.symlinkSync(path.join(source, f), path.join(folder, 'unet', f));
+      fs.linkSync(path.join(source, f), path.join(folder, 'unet', f));
   }
   return folder;
 }
@@ -92,6 +93,8 @@ function main(): void {
   const steps = opt('--steps', '2');
   const threads = opt('--threads', '2');
   const records = Number(opt('--records', '4'));
+  // --only generate-model: that command alone (the compiled folder is not needed)
+  const only = opt('--only', '');
   // (a smaller rank for --tiny: a rank above a layer's width is refused)
   const rank = Number(opt('--rank', '128'));
   const model = opt('--model', '') ? path.resolve(opt('--model', '')) : undefined;
@@ -107,14 +110,16 @@ function main(): void {
   const specFile = path.join(dir, 'spec.hollow');
   fs.writeFileSync(specFile, benchSpec('preset "39.2%"', latent, 'fp32', 'precompute train grads infer', 'fp32', family, [], conditioning, rank));
   const out = path.join(dir, 'out');
-  fs.rmSync(out, { recursive: true, force: true });
   const data = writeData(dir, latent, width, records);
   const peaks: CommandPeak[] = [];
-  peaks.push(hollowc(['compile', unet, specFile, '-o', out]));
-  peaks.push(hollowc(['precompute', out, '--data', data, '--count', String(records), '--threads', threads]));
-  peaks.push(hollowc(['train', out, '--steps', steps, '--threads', threads]));
-  const embeds = path.join(data, 'instance_prompt.npy');
-  peaks.push(hollowc(['generate', out, '--prompt-embeds', embeds, '--steps', steps, '--threads', threads, '--latents-out', path.join(dir, 'latents.npy')]));
+  if (only !== 'generate-model') {
+    fs.rmSync(out, { recursive: true, force: true });
+    peaks.push(hollowc(['compile', unet, specFile, '-o', out]));
+    peaks.push(hollowc(['precompute', out, '--data', data, '--count', String(records), '--threads', threads]));
+    peaks.push(hollowc(['train', out, '--steps', steps, '--threads', threads]));
+    const embeds = path.join(data, 'instance_prompt.npy');
+    peaks.push(hollowc(['generate', out, '--prompt-embeds', embeds, '--steps', steps, '--threads', threads, '--latents-out', path.join(dir, 'latents.npy')]));
+  }
   const folder = model ? pipelineWithUnet(pipeline, model, dir) : pipeline;
   const size = String(latent * 8);
   const image = path.join(dir, 'image.png');
