@@ -7,7 +7,7 @@ import * as crypto from 'crypto';
 import * as fs from 'fs';
 import { tempSibling } from '../../compiler/atomic-files';
 import { HollowcError } from '../../compiler/errors';
-import { SafetensorsDtype, encodeHeaderOf, tensorBytes } from './safetensors-format';
+import { SafetensorsDtype, encodeHeaderOf, tensorBytes, toFloat32 } from './safetensors-format';
 
 export interface IndexedTensor {
   dtype: SafetensorsDtype;
@@ -21,12 +21,16 @@ const DTYPES: readonly SafetensorsDtype[] = ['F32', 'F16', 'BF16', 'F64', 'I64',
 
 function readAt(fd: number, length: number, position: number, file: string): Buffer {
   const buf = Buffer.alloc(length);
-  for (let done = 0; done < length;) {
-    const n = fs.readSync(fd, buf, done, length - done, position + done);
-    if (n === 0) throw new HollowcError(`ends at byte ${position + done}, before ${position + length}`, file);
+  readInto(fd, buf, position, file);
+  return buf;
+}
+
+function readInto(fd: number, into: Uint8Array, position: number, file: string): void {
+  for (let done = 0; done < into.byteLength;) {
+    const n = fs.readSync(fd, into, done, into.byteLength - done, position + done);
+    if (n === 0) throw new HollowcError(`ends at byte ${position + done}, before ${position + into.byteLength}`, file);
     done += n;
   }
-  return buf;
 }
 
 /** The tensors of a file and where their bytes lie, from its header (no tensor is read). */
@@ -87,6 +91,19 @@ export function readIndexedTensor(file: string, t: IndexedTensor): Uint8Array {
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/**
+ * One tensor read from the open file `fd` straight into the array it is returned in (F32; U8 as
+ * bytes), or converted from F16/BF16/F64: memory beside the result is at most this tensor's bytes.
+ */
+export function readIndexedValues(fd: number, file: string, name: string, t: IndexedTensor): Float32Array | Uint8Array {
+  if (t.dtype === 'F32' || t.dtype === 'U8') {
+    const values = t.dtype === 'F32' ? new Float32Array(t.length / 4) : new Uint8Array(t.length);
+    readInto(fd, new Uint8Array(values.buffer), t.offset, file);
+    return values;
+  }
+  return toFloat32({ dtype: t.dtype, shape: t.shape, data: readAt(fd, t.length, t.offset, file) }, name);
 }
 
 /** A tensor whose bytes are produced when the file is written (chunks in order, `length` bytes in all). */

@@ -16,7 +16,8 @@ import * as path from 'path';
 import { HollowcError } from '../../compiler/errors';
 import { expAvgName, expAvgSqName, quantizedCodesName, quantizedScalesName } from '../../compiler/manifest';
 import { writeFileAtomic } from '../../compiler/atomic-files';
-import { float32Tensor, readSafetensors, SafeTensor, toFloat32, writeSafetensors } from '../formats/safetensors';
+import { float32Tensor, SafeTensor, writeSafetensors } from '../formats/safetensors';
+import { readIndexedValues, readSafetensorsIndex } from '../formats/safetensors-stream';
 import { QuantizedMoment, blocksOf } from './adamw8bit';
 
 export const TRAIN_DIR = 'train';
@@ -54,6 +55,7 @@ export interface TrainState {
 export function writeCheckpoint(dir: string, state: TrainState, params: readonly ParamState[]): string {
   fs.mkdirSync(dir, { recursive: true });
   const file = path.join(dir, CHECKPOINT_FILE);
+  // views of the training arrays, streamed one by one: no second copy of a full fine-tune's weights
   const tensors = new Map<string, SafeTensor>();
   for (const p of params) {
     tensors.set(p.name, float32Tensor(p.shape, p.value));
@@ -83,38 +85,64 @@ export interface Checkpoint {
   params: Map<string, Omit<ParamState, 'name'>>;
 }
 
-export function readCheckpoint(file: string): Checkpoint {
-  const { tensors, metadata } = readSafetensors(file);
+/** The state of a checkpoint, from its header alone (no tensor is read). */
+export function readCheckpointState(file: string): TrainState {
+  return stateOf(file, readSafetensorsIndex(file).metadata);
+}
+
+function stateOf(file: string, metadata: Record<string, string>): TrainState {
   const text = metadata[STATE_KEY];
   if (!text) throw new HollowcError(`not a hollowc training checkpoint (no ${STATE_KEY} metadata)`, file);
-  const state = JSON.parse(text) as TrainState;
+  return JSON.parse(text) as TrainState;
+}
+
+/**
+ * The state and each parameter with its moments, read tensor by tensor into the arrays training
+ * uses: a full fine-tune's checkpoint (weights and two moments, ~10 GB for SD 2.1) is never held
+ * as bytes beside them, so memory beyond the parameters is at most the largest tensor.
+ * `moments: false` reads the values alone (an export needs no optimizer state).
+ */
+export function readCheckpoint(file: string, options: { moments?: boolean } = {}): Checkpoint {
+  const { tensors, metadata } = readSafetensorsIndex(file);
+  const state = stateOf(file, metadata);
+  const withMoments = options.moments ?? true;
   const params: Checkpoint['params'] = new Map();
-  for (const name of state.params) {
+  const fd = fs.openSync(file, 'r');
+  try {
     const get = (key: string) => {
       const t = tensors.get(key);
       if (!t) throw new HollowcError(`checkpoint lacks ${key}`, file);
       return t;
     };
-    const v = get(name);
-    const value = toFloat32(v, name);
-    if (tensors.has(quantizedCodesName(expAvgName(name)))) {
-      const moment = (state: string) => {
-        const codes = get(quantizedCodesName(state));
-        const absmax = toFloat32(get(quantizedScalesName(state)), quantizedScalesName(state));
-        if (codes.dtype !== 'U8' || codes.data.length !== value.length || absmax.length !== blocksOf(value.length))
-          throw new HollowcError(`checkpoint's 8-bit ${state} does not fit ${name} [${v.shape}]`, file);
-        return { codes: new Uint8Array(codes.data), absmax };
-      };
-      const quantized = { expAvg: moment(expAvgName(name)), expAvgSq: moment(expAvgSqName(name)) };
-      params.set(name, { shape: v.shape, value, expAvg: new Float32Array(0), expAvgSq: new Float32Array(0), quantized });
-      continue;
+    const floats = (key: string) => {
+      const values = readIndexedValues(fd, file, key, get(key));
+      if (!(values instanceof Float32Array)) throw new HollowcError(`${key} has dtype U8; expected a float tensor`, file);
+      return values;
+    };
+    for (const name of state.params) {
+      const shape = get(name).shape;
+      const value = floats(name);
+      const none = new Float32Array(0);
+      if (!withMoments) {
+        params.set(name, { shape, value, expAvg: none, expAvgSq: none });
+        continue;
+      }
+      if (tensors.has(quantizedCodesName(expAvgName(name)))) {
+        const moment = (moment: string) => {
+          const t = get(quantizedCodesName(moment));
+          const absmax = floats(quantizedScalesName(moment));
+          if (t.dtype !== 'U8' || t.length !== value.length || absmax.length !== blocksOf(value.length))
+            throw new HollowcError(`checkpoint's 8-bit ${moment} does not fit ${name} [${shape}]`, file);
+          return { codes: readIndexedValues(fd, file, quantizedCodesName(moment), t) as Uint8Array, absmax };
+        };
+        const quantized = { expAvg: moment(expAvgName(name)), expAvgSq: moment(expAvgSqName(name)) };
+        params.set(name, { shape, value, expAvg: none, expAvgSq: none, quantized });
+        continue;
+      }
+      params.set(name, { shape, value, expAvg: floats(expAvgName(name)), expAvgSq: floats(expAvgSqName(name)) });
     }
-    params.set(name, {
-      shape: v.shape,
-      value,
-      expAvg: toFloat32(get(expAvgName(name))),
-      expAvgSq: toFloat32(get(expAvgSqName(name))),
-    });
+  } finally {
+    fs.closeSync(fd);
   }
   return { state, params };
 }
@@ -137,6 +165,6 @@ export function truncateLossLog(file: string, lastStep: number): void {
 
 /** LoRA tensors (train.onnx names) of a checkpoint or a LoRA file, for evaluation and export. */
 export function paramsFromCheckpoint(file: string): Map<string, Float32Array> {
-  const cp = readCheckpoint(file);
+  const cp = readCheckpoint(file, { moments: false });
   return new Map([...cp.params].map(([name, v]) => [name, v.value]));
 }

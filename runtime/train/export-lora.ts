@@ -17,8 +17,8 @@ import { HollowcError } from '../../compiler/errors';
 import { withFolderLock } from '../../compiler/folder-lock';
 import { loadManifest, refuseOverwrite } from '../ort/artifacts';
 import { LORA_FORMATS, LoraFormat, LoraModuleValues, readLoraFile, writeLoraFile } from '../formats/lora-file';
-import { readSafetensors } from '../formats/safetensors';
-import { CHECKPOINT_FILE, TRAIN_DIR, paramsFromCheckpoint, readCheckpoint } from './checkpoint';
+import { readSafetensorsIndex } from '../formats/safetensors-stream';
+import { CHECKPOINT_FILE, TRAIN_DIR, paramsFromCheckpoint, readCheckpointState } from './checkpoint';
 import { LORA_INIT_FILE, TRAINED_LORA_FILE } from '../formats/lora-format';
 import { loraModules } from './train';
 
@@ -87,11 +87,11 @@ function exportUnlocked(options: ExportOptions): ExportResult {
   source = path.resolve(source);
   const sourceStat = fs.statSync(source);
   const written = sourceStat.mtime;
-  const { metadata } = readSafetensors(source);
+  const { metadata } = readSafetensorsIndex(source);
   let modules: LoraModuleValues[];
   let run: RunOf;
   if (metadata.hollowc_checkpoint) {
-    const { state } = readCheckpoint(source);
+    const state = readCheckpointState(source);
     run = { step: state.step, seed: state.seed, written };
     modules = loraModules(manifest, paramsFromCheckpoint(source));
     if (modules.length !== trained.length)
@@ -113,7 +113,7 @@ function exportUnlocked(options: ExportOptions): ExportResult {
   let note: string | undefined;
   const checkpointStat = source !== checkpoint && fs.existsSync(checkpoint) ? fs.statSync(checkpoint) : undefined;
   if (checkpointStat && checkpointStat.mtimeMs > sourceStat.mtimeMs) {
-    const s = readCheckpoint(checkpoint).state;
+    const s = readCheckpointState(checkpoint);
     if (s.step !== run.step || s.seed !== run.seed)
       note = `${checkpoint} is newer (${describeRun({ step: s.step, seed: s.seed, written: checkpointStat.mtime })}), from a run that has not finished: --from checkpoint exports it`;
   }

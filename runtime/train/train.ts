@@ -24,6 +24,7 @@ import {
   TRAIN_DIR,
   TrainState,
   readCheckpoint,
+  readCheckpointState,
   truncateLossLog,
   writeCheckpoint,
 } from './checkpoint';
@@ -152,7 +153,7 @@ function startingPoint(options: TrainOptions, manifest: CompileManifest, graph: 
   const haveCheckpoint = fs.existsSync(checkpointFile);
   if (!options.resume) {
     if (haveCheckpoint && !options.restart) {
-      const s = readCheckpoint(checkpointFile).state;
+      const s = readCheckpointState(checkpointFile);
       throw new HollowcError(
         `a training run is checkpointed here at step ${s.step}: pass --resume to continue it or --restart to discard it`,
         trainDir,
