@@ -75,6 +75,28 @@ beforeAll(async () => {
   up = await personalize(options(upOut, { trainBase: ['up_blocks.*'] }));
 }, 120_000);
 
+/** The validation images' settings (prompt, steps, guidance, seed, size) on another pipeline folder. */
+const generateAt = (pipeline: string, output: string) =>
+  runCli([
+    'generate',
+    '--model',
+    pipeline,
+    '--prompt',
+    'a photo of sks face',
+    '--steps',
+    '2',
+    '--guidance',
+    '2',
+    '--seed',
+    '1',
+    '--width',
+    '64',
+    '--height',
+    '64',
+    '-o',
+    output,
+  ]);
+
 test('--train-base "up_blocks.*": no LoRA, the pipeline folder differs from the source in exactly the trained tensors, validation images from it', async () => {
   const spec = fs.readFileSync(path.join(upOut, 'spec.hollow'), 'utf8');
   expect(spec).toContain('train base "up_blocks.*"\n');
@@ -113,47 +135,11 @@ test('--train-base "up_blocks.*": no LoRA, the pipeline folder differs from the 
   expect(baseImage).toMatch(/-base\.png$/);
   expect(sha(personalized)).not.toBe(sha(baseImage));
   const again = path.join(root, 'again.png');
-  const g = await runCli([
-    'generate',
-    '--model',
-    up.unet!.pipeline,
-    '--prompt',
-    'a photo of sks face',
-    '--steps',
-    '2',
-    '--guidance',
-    '2',
-    '--seed',
-    '1',
-    '--width',
-    '64',
-    '--height',
-    '64',
-    '-o',
-    again,
-  ]);
+  const g = await generateAt(up.unet!.pipeline, again);
   expect(g.code).toBe(0);
   expect(sha(again)).toBe(sha(personalized));
   const fromSource = path.join(root, 'source.png');
-  await runCli([
-    'generate',
-    '--model',
-    model,
-    '--prompt',
-    'a photo of sks face',
-    '--steps',
-    '2',
-    '--guidance',
-    '2',
-    '--seed',
-    '1',
-    '--width',
-    '64',
-    '--height',
-    '64',
-    '-o',
-    fromSource,
-  ]);
+  await generateAt(model, fromSource);
   expect(sha(fromSource)).toBe(sha(baseImage));
 
   // what trained, in the stage summaries and the report
