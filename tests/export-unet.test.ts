@@ -20,6 +20,15 @@ import { FineTuned, TUNED_BASE, fineTuned, fineTunedFixture, fineTunedLoss } fro
 import { buildPipeline } from '../models/builder/pipeline';
 import { FAMILIES } from '../models/families';
 import { runCli } from './support/cli';
+import { compileSpec } from '../cli/api/compile-spec';
+import { checkSpecFile } from '../cli/api/spec';
+import { loadUNet } from '../cli/api/unet';
+import { fromHalfBits, toHalfBits } from '../compiler/float16';
+import { loadTrainingData } from '../runtime/store/training-data';
+import { precompute } from '../runtime/store/precompute';
+import { TRAINED_BASE_FILE } from '../runtime/train/base-weights';
+import { train } from '../runtime/train/train';
+import { writeData } from './runtime-fake-train';
 
 let dir: string;
 let tuned: FineTuned;
@@ -192,4 +201,109 @@ describe('export-unet --format onnx --pipeline', () => {
     await generate(pipe, path.join(root, 'base.png'));
     expect(fs.readFileSync(path.join(root, 'tuned.png')).equals(fs.readFileSync(path.join(root, 'base.png')))).toBe(false);
   }, 300_000);
+});
+
+describe('export-unet of a float16 source (model build --dtype fp16) trained a few steps', () => {
+  test('onnx: a float16 pipeline, trained weights rounded to float16, frozen ones the source bytes, generate --model runs it; diffusers: float32, the trained values', async () => {
+    const root = tempDir('hollowc-export-fp16-');
+    const pipe = path.join(root, 'pipe16');
+    await buildPipeline('sd15', 'tiny', pipe, { seed: 2, dtype: 'fp16' });
+    const unetFile = path.join(pipe, 'unet', 'model.onnx');
+    const v = FAMILIES.sd15.tiny;
+    const spec = path.join(root, 'fp16.hollow');
+    fs.writeFileSync(
+      spec,
+      [
+        'model sd15',
+        'hollow preset "39.2%"',
+        `shape sample [1, ${v.shapes.sample.slice(1).join(', ')}]`,
+        `shape encoder_hidden_states [1, ${v.shapes.encoder_hidden_states.slice(1).join(', ')}]`,
+        'lora rank 2',
+        'lora targets "attn2.to_q"',
+        'train base "up_blocks.3.*" "conv_out"',
+        'optimizer adamw lr 1e-3',
+        'seed 5',
+        '',
+      ].join('\n'),
+    );
+    const out = path.join(root, 'compiled');
+    const unet = loadUNet(unetFile);
+    const manifest = compileSpec(unet, checkSpecFile(unet, spec), { out });
+    await precompute({ out, data: loadTrainingData(writeData(path.join(root, 'samples'), 'sd15', { instances: 2, classes: 0 })), count: 2 });
+    await train({ out, steps: 3 });
+    const trainedBase = path.join(out, TRAINED_BASE_FILE);
+    const trained = new Map([...readSafetensorsIndex(trainedBase).tensors].map(([n, t]) => [n, floats(readIndexedTensor(trainedBase, t))]));
+    expect(trained.size).toBe(manifest.trainBase!.length);
+    const folded = new Set(manifest.lora.targets.filter((t) => t.trained).map((t) => `${t.module}.weight`));
+    expect(folded.size).toBeGreaterThan(0);
+
+    // diffusers: float32, trained values as trained, frozen ones the float16 source widened
+    const diffusers = path.join(root, 'diffusers');
+    exportUnet({ out, format: 'diffusers', output: diffusers, config: path.join(pipe, 'unet', DIFFUSERS_CONFIG_FILE) });
+    const dIndex = readSafetensorsIndex(path.join(diffusers, DIFFUSERS_WEIGHTS_FILE)).tensors;
+    expect([...dIndex.values()].every((t) => t.dtype === 'F32')).toBe(true);
+    const w = diffusersWeights(diffusers);
+    const source = findBaseParameters(loadModel(unetFile).graph);
+    expect(w.size).toBe(source.length);
+    // (a trained weight that also has a trained LoRA holds both: the LoRA folded into the trained value)
+    for (const [name, value] of trained)
+      if (!folded.has(name)) expect(Buffer.from(w.get(name)!.buffer).equals(Buffer.from(value.buffer))).toBe(true);
+    const halfOf = (bytes: Uint8Array) => new Uint16Array(Uint8Array.from(bytes).buffer);
+    const storedOrder = (p: { layout: string; shape: number[] }, torch: Float32Array) => {
+      if (p.layout !== 'transposed') return torch;
+      const [rows, cols] = p.shape;
+      const t = new Float32Array(rows * cols);
+      for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) t[c * rows + r] = torch[r * cols + c];
+      return t;
+    };
+    for (const p of source) {
+      if (trained.has(p.name) || folded.has(p.name)) continue;
+      const bits = halfOf(readTensorBytes(p.value.initializer!));
+      expect(Array.from(storedOrder(p, w.get(p.name)!)).map(toHalfBits)).toEqual(Array.from(bits));
+    }
+
+    // onnx with the float16 pipeline: every weight float16; frozen ones byte for byte the source's,
+    // changed ones (trained, LoRA folded) the diffusers float32 values rounded to the nearest float16
+    const tunedPipe = path.join(root, 'tuned-pipe16');
+    const r = exportUnet({ out, format: 'onnx', output: tunedPipe, pipeline: pipe });
+    expect(r.changed).toBe(trained.size + [...folded].filter((n) => !trained.has(n)).length);
+    const exported = new Map(findBaseParameters(loadModel(path.join(tunedPipe, 'unet', 'model.onnx')).graph).map((p) => [p.name, p]));
+    expect(exported.size).toBe(source.length);
+    let frozen = 0;
+    let moved = 0;
+    for (const p of source) {
+      const e = exported.get(p.name)!;
+      expect([e.value.initializer!.dataType, e.layout, e.value.initializer!.dims]).toEqual([10, p.layout, p.value.initializer!.dims]); // FLOAT16
+      const [got, was] = [readTensorBytes(e.value.initializer!), readTensorBytes(p.value.initializer!)];
+      if (!trained.has(p.name) && !folded.has(p.name)) {
+        expect(Buffer.from(got).equals(Buffer.from(was))).toBe(true);
+        frozen++;
+        continue;
+      }
+      const want = storedOrder(p, w.get(p.name)!);
+      const bits = halfOf(got);
+      bits.forEach((h, i) => {
+        // the nearest float16: neither neighbour is closer to the float32 value
+        const x = want[i];
+        const d = Math.abs(fromHalfBits(h) - x);
+        const closer = [h - 1, h + 1].some((n) => n >= 0 && n <= 0xffff && Math.abs(fromHalfBits(n) - x) < d);
+        if (closer || toHalfBits(x) !== h)
+          throw new Error(`${p.name}[${i}]: ${x} stored as ${fromHalfBits(h)}`);
+      });
+      if (!Buffer.from(got).equals(Buffer.from(was))) moved++;
+    }
+    // eslint-disable-next-line no-console
+    console.log(`float16 export: ${moved} changed weights rounded to float16 (${trained.size} trained, ${folded.size} with LoRA folded in), ${frozen} frozen ones byte-equal`);
+    expect(frozen).toBeGreaterThan(300);
+    expect(moved).toBe(r.changed);
+
+    const generate = (model: string, file: string) =>
+      runCli(['generate', '--model', model, '--prompt', 'a photo of a dog', '--width', '64', '--height', '64', '--steps', '2', '--seed', '3', '-o', file]);
+    const a = await generate(tunedPipe, path.join(root, 'tuned.png'));
+    expect([a.code, a.stderr.includes('error')]).toEqual([0, false]);
+    expect(a.stderr).toContain('unet/model.onnx: cpu');
+    const b = await generate(pipe, path.join(root, 'base.png'));
+    expect(b.code).toBe(0);
+    expect(fs.readFileSync(path.join(root, 'tuned.png')).equals(fs.readFileSync(path.join(root, 'base.png')))).toBe(false);
+  }, 600_000);
 });

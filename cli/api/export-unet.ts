@@ -10,6 +10,12 @@
  *   new pipeline folder whose `unet/` is this and whose other components are the given one's
  *   (hard links; copies across file systems), for `hollowc generate --model` and any onnxruntime app.
  *
+ * A float16 source (optimum's `--dtype fp16`, `model build --dtype fp16`) trained in float32, as
+ * compile widens it: the onnx form stores the changed weights rounded to float16 in the source's
+ * layout (the frozen ones are its bytes), a float16 export like the user's; the diffusers form is
+ * float32, the trained values exactly (`from_pretrained(..., torch_dtype=torch.float16)` rounds
+ * them on load, as it does any float32 checkpoint, so a float16 file would only lose precision).
+ *
  * Weights are streamed one at a time: the frozen ones from the source's files, the trained ones from
  * `trained-base.safetensors`; no form holds the whole model in memory. The output is built beside
  * and renamed into place, so a failed export leaves nothing that looks finished.
@@ -24,7 +30,9 @@ import { Model, TensorData } from '../../compiler/ir';
 import { CompileManifest, readManifest } from '../../compiler/manifest';
 import { loadModel, saveModel } from '../../compiler/serde';
 import { writeFileAtomic } from '../../compiler/atomic-files';
+import { narrowFloat32Bytes } from '../../compiler/float16';
 import { BaseParameter, findBaseParameters, torchLayoutData } from '../../passes/lib/base-parameters';
+import { widenFloat16 } from '../../passes/lib/widen-float16';
 import { readLoraForManifest } from '../../runtime/formats/lora-file';
 import { TRAINED_LORA_FILE } from '../../runtime/formats/lora-format';
 import {
@@ -176,20 +184,24 @@ export function exportUnet(options: ExportUnetOptions): ExportUnetResult {
   if (!manifest.trainBase?.length && !manifest.lora.targets.some((t) => t.trained))
     throw new HollowcError('this folder trains neither base weights nor LoRA: nothing to export', options.out);
   const { file, model } = sourceModel(manifest, options.model, options.out);
-  const params = findBaseParameters(model.graph);
-  const half = params.find((p) => p.value.initializer!.dataType !== DataType.FLOAT);
-  if (half)
+  // As the source stores them (float32 or float16), and as float32 (a float16 export widened as
+  // compile widens it, no weight read): values are computed on the second, written into the first.
+  const stored = findBaseParameters(model.graph);
+  const other = stored.find((p) => p.value.initializer!.dataType !== DataType.FLOAT && p.value.initializer!.dataType !== DataType.FLOAT16);
+  if (other)
     throw new HollowcError(
-      `${half.name} is stored as type ${half.value.initializer!.dataType}: export-unet writes float32 UNets only`,
+      `${other.name} is stored as type ${other.value.initializer!.dataType}: export-unet writes float32 and float16 UNets only`,
       file,
     );
+  const widened = widenFloat16(model);
+  const params = widened ? findBaseParameters(widened.model.graph) : stored;
   const changed = changedValues(options.out, manifest, params);
   const files =
     options.format === 'diffusers'
       ? writeFolder(options.output, (dir) =>
           writeDiffusers(dir, params, changed, options.config ?? path.join(path.dirname(file), DIFFUSERS_CONFIG_FILE)),
         )
-      : writeFolder(options.output, (dir) => writeOnnx(dir, model, params, changed, options.pipeline));
+      : writeFolder(options.output, (dir) => writeOnnx(dir, model, stored, changed, options.pipeline));
   return { output: options.output, files, changed: changed.size, parameters: params.length };
 }
 
@@ -236,11 +248,13 @@ function writeOnnx(
   for (const p of params) {
     const value = changed.get(p.name);
     if (!value) continue;
+    const half = p.value.initializer!.dataType === DataType.FLOAT16;
     const data: TensorData = {
       kind: 'computed',
       key: `export:${p.name}`,
-      length: 4 * p.shape.reduce((a, b) => a * b, 1),
-      produce: (write) => write(storedBytes(p, value())),
+      length: (half ? 2 : 4) * p.shape.reduce((a, b) => a * b, 1),
+      // float16: rounded to nearest even, as torch's .half() rounds
+      produce: (write) => write(half ? narrowFloat32Bytes(storedBytes(p, value())) : storedBytes(p, value())),
     };
     // a new tensor: the old one's data stays what the values above read
     p.value.initializer = { ...p.value.initializer!, data };
