@@ -13,7 +13,8 @@ import { FAMILIES } from '../models/families';
 import { presetsFor } from '../models/presets';
 import { findLoraSites } from '../passes/lib/lora-sites';
 import { compile } from '../passes/compile-unet';
-import { prepareUnet } from '../cli/api/prepared-unet';
+import { prepareUnet, unetInputShapes } from '../cli/api/prepared-unet';
+import { realExportGraph } from './support/plan-request';
 import { identicalOutputs, runModel, tempDir, trainingFor } from './support/fixture';
 
 const LATENT = 16;
@@ -103,8 +104,8 @@ test('generate --model: the plain UNet prepared at the run shape (prepareUnet) c
   const dir = tempDir('hollowc-chunk-unet-');
   const modelFile = (await buildUNet(FAMILIES.sd21.tiny.config, { outDir: path.join(dir, 'unet'), seed: 6 })).file;
   // The exported UNet has free batch and size axes: shapes come from the run (batch 2 with guidance).
-  expect(prepareUnet(modelFile, { run: { batch: 2, height: LATENT, width: LATENT } })).toBeUndefined();
-  const prepared = prepareUnet(modelFile, { run: { batch: 2, height: LATENT, width: LATENT }, chunkBytes: CHUNK_BYTES })!;
+  expect(prepareUnet(modelFile, { run: { batch: 2, channels: 4, height: LATENT, width: LATENT } })).toBeUndefined();
+  const prepared = prepareUnet(modelFile, { run: { batch: 2, channels: 4, height: LATENT, width: LATENT }, chunkBytes: CHUNK_BYTES })!;
   try {
     expect(prepared.lora).toBeUndefined();
     expect(prepared.attention.chunked).toBeGreaterThan(0);
@@ -121,4 +122,27 @@ test('generate --model: the plain UNet prepared at the run shape (prepareUnet) c
     prepared.cleanup();
   }
   expect(fs.existsSync(path.dirname(prepared.model))).toBe(false);
+});
+
+test("generate --model on a torch export: its free `channels` axis is sized from the run, so the full-size SD 1.5 graph's maps go in blocks", () => {
+  // torch 1.13's export names all four sample axes (tests/fixtures/real-exports): before the channel
+  // count came from the run, no map of a user's export was designed, and every one ran whole.
+  const modelFile = realExportGraph('sd15-opset17');
+  const run = { batch: 2, channels: 4, height: 64, width: 64 };
+  const sized = unetInputShapes(loadModel(modelFile), run);
+  expect(sized).toEqual({ shapes: { sample: [2, 4, 64, 64], timestep: [2], encoder_hidden_states: [2, 77, 768] } });
+  const warnings: string[] = [];
+  const prepared = prepareUnet(modelFile, { run, warn: (l) => warnings.push(l) })!;
+  try {
+    expect(warnings).toEqual([]);
+    // maps over the 8 MiB default at batch 2, 8 heads: the five 64x64 transformer blocks' attn1
+    // (1 GiB) and attn2 (4096 x 77: 19 MiB), and the five 32x32 blocks' attn1 (64 MiB)
+    expect(prepared.attention.chunked).toBe(15);
+  } finally {
+    prepared.cleanup();
+  }
+  // an axis no run names is said, and nothing is chunked
+  const odd = loadModel(modelFile);
+  odd.graph.inputs.find((v) => v.name === 'encoder_hidden_states')!.type!.shape![2] = 'width_of_text';
+  expect(unetInputShapes(odd, run)).toEqual({ reason: 'input encoder_hidden_states has a free axis 2 (width_of_text) hollowc cannot size' });
 });

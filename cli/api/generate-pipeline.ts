@@ -15,7 +15,7 @@ import type { Conditioning } from '../../runtime/sampling/conditioning';
 import { SchedulerName, TimestepSpacing } from '../../runtime/sampling/schedulers';
 import { SessionOptions } from '../../runtime/ort/session';
 import { storedClassConditioning } from '../../runtime/store/precompute';
-import { TextToImageResult, defaultImageSize, textToImage, vaeScaleFactor } from '../../runtime/text-to-image/text-to-image';
+import { TextToImageResult, defaultImageSize, latentChannels, textToImage, vaeScaleFactor } from '../../runtime/text-to-image/text-to-image';
 import { PreparedUnet, prepareUnet } from './prepared-unet';
 
 export interface PipelineGenerateOptions {
@@ -173,11 +173,13 @@ export async function generateFromPipeline(o: PipelineGenerateOptions): Promise<
   const { factor, init, numImages, width, height } = imageSizes(folder, o);
   const run = compiledRun(folder, o);
   // The two-path graphs of a compiled folder (--run) have their attention in blocks already.
+  const warnings: string[] = [];
   const prepared = o.run
     ? undefined
     : prepareUnet(folder.unet.model, {
         loraFile: o.lora,
-        run: { batch: (o.guidance > 1 ? 2 : 1) * numImages, height: height / factor, width: width / factor },
+        run: { batch: (o.guidance > 1 ? 2 : 1) * numImages, channels: latentChannels(folder), height: height / factor, width: width / factor },
+        warn: (line) => warnings.push(`  warning: ${line}`),
       });
   try {
     const r = await textToImage({
@@ -200,7 +202,7 @@ export async function generateFromPipeline(o: PipelineGenerateOptions): Promise<
       onStep: (i, steps) => o.onStep?.(Math.min(i, steps), steps * (run ? numImages : 1)),
     });
     const written = await writeOutputs(o, r, numImages);
-    return { written, summary: summaryLines(o, folder, r, { numImages, width, height }, prepared, written) };
+    return { written, summary: [...summaryLines(o, folder, r, { numImages, width, height }, prepared, written), ...warnings] };
   } finally {
     prepared?.cleanup();
   }

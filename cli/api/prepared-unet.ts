@@ -33,37 +33,39 @@ export interface PreparedUnet {
   cleanup(): void;
 }
 
-/** The run's UNet evaluation: images per call (with guidance, twice the prompts) and latent size. */
+/** The run's UNet evaluation: images per call (with guidance, twice the prompts), latent channels and size. */
 export interface UnetRunShape {
   batch: number;
+  channels: number;
   height: number;
   width: number;
 }
 
 /**
  * The shape of every UNet input at `run`: a declared size stays, a free one is the batch (axis 0),
- * the latent height and width (the sample's axes 2 and 3) or the CLIP sequence (77); undefined when
- * an input has a free axis none of these names (then no map is designed and none is chunked).
+ * the latent channels, height and width (the sample's axes 1 to 3: torch's exports name all four)
+ * or the CLIP sequence (77). An input with a free axis none of these names gives the reason no map
+ * can be designed (then none is chunked, and generate says so).
  */
-export function unetInputShapes(model: Model, run: UnetRunShape): Record<string, number[]> | undefined {
+export function unetInputShapes(model: Model, run: UnetRunShape): { shapes: Record<string, number[]> } | { reason: string } {
   const shapes: Record<string, number[]> = {};
   for (const v of model.graph.inputs) {
     if (v.initializer) continue;
     const dims = v.type?.shape;
-    if (!dims) return undefined;
+    if (!dims) return { reason: `input ${v.name} declares no shape` };
     const spatial = dims.length === 4;
     const shape = dims.map((d, i) => {
       if (typeof d === 'number') return d;
       if (i === 0) return run.batch;
-      if (spatial && i === 2) return run.height;
-      if (spatial && i === 3) return run.width;
+      if (spatial) return [undefined, run.channels, run.height, run.width][i];
       if (dims.length === 3 && i === 1) return 77;
       return undefined;
     });
-    if (shape.some((d) => d === undefined)) return undefined;
+    const free = shape.findIndex((d) => d === undefined);
+    if (free >= 0) return { reason: `input ${v.name} has a free axis ${free} (${String(dims[free])}) hollowc cannot size` };
     shapes[v.name] = shape as number[];
   }
-  return shapes;
+  return { shapes };
 }
 
 function linkDataFiles(files: Set<string>, modelDir: string, into: string): Map<string, string> | undefined {
@@ -91,13 +93,15 @@ function linkDataFiles(files: Set<string>, modelDir: string, into: string): Map<
  */
 export function prepareUnet(
   unetModel: string,
-  options: { loraFile?: string; run?: UnetRunShape; chunkBytes?: number },
+  options: { loraFile?: string; run?: UnetRunShape; chunkBytes?: number; warn?: (line: string) => void },
 ): PreparedUnet | undefined {
   const { loraFile, run } = options;
   const lora = loraFile ? readUnetLora(loraFile) : undefined;
   const model = loadModel(unetModel);
-  const shapes = run ? unetInputShapes(model, run) : undefined;
-  const attention = shapes ? chunkAttention(model, shapes, options.chunkBytes) : { chunked: 0, blocks: 0 };
+  const sized = run ? unetInputShapes(model, run) : undefined;
+  if (sized && 'reason' in sized)
+    options.warn?.(`${unetModel}: ${sized.reason}: its attention maps run whole (more memory)`);
+  const attention = sized && 'shapes' in sized ? chunkAttention(model, sized.shapes, options.chunkBytes) : { chunked: 0, blocks: 0 };
   if (!lora && attention.chunked === 0) return undefined;
   const modelDir = fs.realpathSync(path.dirname(path.resolve(unetModel)));
   const dataFiles = new Set<string>();

@@ -64,7 +64,7 @@ async function child(kind: string, dir: string, steps: number, threads: number, 
   // `-blocks`: the UNet as `generate --model` prepares it for this run (cli/api/prepared-unet.ts: its
   // large attention maps in blocks of query rows at batch 2, 64x64).
   const { prepareUnet } = await import('../../cli/api/prepared-unet');
-  const prepared = kind.endsWith('-blocks') ? prepareUnet(unet, { run: { batch: 2, height: 64, width: 64 } }) : undefined;
+  const prepared = kind.endsWith('-blocks') ? prepareUnet(unet, { run: { batch: 2, channels: 4, height: 64, width: 64 } }) : undefined;
   if (prepared) stages.prepare = (Date.now() - t0) / 1000;
   if (kind.startsWith('unet')) {
     const ort = await import('onnxruntime-node');
