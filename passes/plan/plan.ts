@@ -25,7 +25,7 @@
  *          as it ends, after the peak; 8-bit moments under `optimizer adamw8bit`)
  *        + under `train base`, each trained base weight's value, its gradient (returned all at
  *          once as the step ends: for full fine-tuning as large as the weights) and its moments
- *          (not yet measured against a full-size run)
+ *          (full fine-tuning of full SD 2.1 at 64x64, fp32 and 8-bit moments: held-out rows)
  *        + RUNTIME_BYTES (Node, onnxruntime, the session's graph).
  * Calibration (tests/bench/train-step.ts, full SD 2.1, r128, 2026-12-05, after release-dead-buffers):
  * the file-backed part is the weights + 69 MiB in every row; LORA_COPIES is counted, RUNTIME_BYTES
@@ -351,7 +351,7 @@ export function planUNet(request: PlanRequest, budgetBytes?: number, only?: read
     conventions: {
       flops:
         'FLOPs = 2 x multiply-adds of the layers with weights (Conv, Linear as MatMul/Gemm, the LoRA branches unmerged) on the emitted graphs at the training shapes, attention products left out as in the paper; training "paper" = 3 x the trained net\'s forward, "counted" = train.onnx as emitted (its LoRA weight gradients, products of two activations, left out like attention); overhead = two-path inference against LoRA FT\'s (UNet + unmerged LoRA)',
-      memory: `predicted CPU peak (host AdamW) = weights held + ${FILE_BYTES / MiB} MiB + ${ACTIVATION_FACTOR} x activations live at the peak (${ACTIVATION_FACTOR_BLOCKS} x under recompute blocks) + the largest float32 weight copy (base int8/fp16) + ${ARENA_BYTES / MiB} MiB arena + ${LORA_COPIES} x LoRA bytes (less under 8-bit moments) + ${RUNTIME_BYTES / MiB} MiB runtime${rows.some((r) => r.trainedBaseParameters) ? '; train base: + the trained weights, their gradients and moments (not yet measured against a full-size run)' : ''}`,
+      memory: `predicted CPU peak (host AdamW) = weights held + ${FILE_BYTES / MiB} MiB + ${ACTIVATION_FACTOR} x activations live at the peak (${ACTIVATION_FACTOR_BLOCKS} x under recompute blocks) + the largest float32 weight copy (base int8/fp16) + ${ARENA_BYTES / MiB} MiB arena + ${LORA_COPIES} x LoRA bytes (less under 8-bit moments) + ${RUNTIME_BYTES / MiB} MiB runtime${rows.some((r) => r.trainedBaseParameters) ? '; train base: + the trained weights, their gradients and moments' : ''}`,
     },
     rows,
   };
