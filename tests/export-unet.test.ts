@@ -15,7 +15,7 @@ import { loadModel, readTensorBytes } from '../compiler/serde';
 import { findBaseParameters, torchLayoutData } from '../passes/lib/base-parameters';
 import { streamBytes } from '../compiler/float16-data';
 import { readIndexedTensor, readSafetensorsIndex } from '../runtime/formats/safetensors-stream';
-import { FIXTURE_MODEL, fixtureInputs, fixtureTensor, maxAbsDiff, tempDir } from './support/fixture';
+import { FIXTURE_MODEL, fixtureInputs, fixtureTensor, maxAbsDiff, tempDir, tinyTrainBaseSpec } from './support/fixture';
 import { FineTuned, TUNED_BASE, fineTuned, fineTunedFixture, fineTunedLoss } from './support/fine-tuned';
 import { buildPipeline } from '../models/builder/pipeline';
 import { FAMILIES } from '../models/families';
@@ -52,6 +52,26 @@ function torchValues(model: string): Map<string, Float32Array> {
     }),
   );
 }
+
+/** A 64 x 64 image in 2 steps of a pipeline folder (seed 3): the exported UNet and the source compared. */
+const generate = (model: string, file: string) =>
+  runCli([
+    'generate',
+    '--model',
+    model,
+    '--prompt',
+    'a photo of a dog',
+    '--width',
+    '64',
+    '--height',
+    '64',
+    '--steps',
+    '2',
+    '--seed',
+    '3',
+    '-o',
+    file,
+  ]);
 
 describe('export-unet of a fine-tuned sd15-tiny', () => {
   test('diffusers: every parameter by diffusers name in torch layout; trained ones as trained, LoRA folded in, the rest as the source', () => {
@@ -178,24 +198,6 @@ describe('export-unet --format onnx --pipeline', () => {
       fs.statSync(path.join(pipe, 'text_encoder', 'model.onnx')).ino,
     );
     expect(fs.existsSync(path.join(tunedPipe, 'unet', 'config.json'))).toBe(true);
-    const generate = (model: string, file: string) =>
-      runCli([
-        'generate',
-        '--model',
-        model,
-        '--prompt',
-        'a photo of a dog',
-        '--width',
-        '64',
-        '--height',
-        '64',
-        '--steps',
-        '2',
-        '--seed',
-        '3',
-        '-o',
-        file,
-      ]);
     const a = await generate(tunedPipe, path.join(root, 'tuned.png'));
     expect([a.code, a.stderr.includes('error')]).toEqual([0, false]);
     await generate(pipe, path.join(root, 'base.png'));
@@ -211,25 +213,15 @@ describe('export-unet of a float16 source (model build --dtype fp16) trained a f
     const unetFile = path.join(pipe, 'unet', 'model.onnx');
     const v = FAMILIES.sd15.tiny;
     const spec = path.join(root, 'fp16.hollow');
-    fs.writeFileSync(
-      spec,
-      [
-        'model sd15',
-        'hollow preset "39.2%"',
-        `shape sample [1, ${v.shapes.sample.slice(1).join(', ')}]`,
-        `shape encoder_hidden_states [1, ${v.shapes.encoder_hidden_states.slice(1).join(', ')}]`,
-        'lora rank 2',
-        'lora targets "attn2.to_q"',
-        'train base "up_blocks.3.*" "conv_out"',
-        'optimizer adamw lr 1e-3',
-        'seed 5',
-        '',
-      ].join('\n'),
-    );
+    fs.writeFileSync(spec, tinyTrainBaseSpec(['optimizer adamw lr 1e-3']));
     const out = path.join(root, 'compiled');
     const unet = loadUNet(unetFile);
     const manifest = compileSpec(unet, checkSpecFile(unet, spec), { out });
-    await precompute({ out, data: loadTrainingData(writeData(path.join(root, 'samples'), 'sd15', { instances: 2, classes: 0 })), count: 2 });
+    await precompute({
+      out,
+      data: loadTrainingData(writeData(path.join(root, 'samples'), 'sd15', { instances: 2, classes: 0 })),
+      count: 2,
+    });
     await train({ out, steps: 3 });
     const trainedBase = path.join(out, TRAINED_BASE_FILE);
     const trained = new Map([...readSafetensorsIndex(trainedBase).tensors].map(([n, t]) => [n, floats(readIndexedTensor(trainedBase, t))]));
@@ -287,18 +279,17 @@ describe('export-unet of a float16 source (model build --dtype fp16) trained a f
         const x = want[i];
         const d = Math.abs(fromHalfBits(h) - x);
         const closer = [h - 1, h + 1].some((n) => n >= 0 && n <= 0xffff && Math.abs(fromHalfBits(n) - x) < d);
-        if (closer || toHalfBits(x) !== h)
-          throw new Error(`${p.name}[${i}]: ${x} stored as ${fromHalfBits(h)}`);
+        if (closer || toHalfBits(x) !== h) throw new Error(`${p.name}[${i}]: ${x} stored as ${fromHalfBits(h)}`);
       });
       if (!Buffer.from(got).equals(Buffer.from(was))) moved++;
     }
     // eslint-disable-next-line no-console
-    console.log(`float16 export: ${moved} changed weights rounded to float16 (${trained.size} trained, ${folded.size} with LoRA folded in), ${frozen} frozen ones byte-equal`);
+    console.log(
+      `float16 export: ${moved} changed weights rounded to float16 (${trained.size} trained, ${folded.size} with LoRA folded in), ${frozen} frozen ones byte-equal`,
+    );
     expect(frozen).toBeGreaterThan(300);
     expect(moved).toBe(r.changed);
 
-    const generate = (model: string, file: string) =>
-      runCli(['generate', '--model', model, '--prompt', 'a photo of a dog', '--width', '64', '--height', '64', '--steps', '2', '--seed', '3', '-o', file]);
     const a = await generate(tunedPipe, path.join(root, 'tuned.png'));
     expect([a.code, a.stderr.includes('error')]).toEqual([0, false]);
     expect(a.stderr).toContain('unet/model.onnx: cpu');

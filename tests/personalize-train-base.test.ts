@@ -75,6 +75,21 @@ beforeAll(async () => {
   up = await personalize(options(upOut, { trainBase: ['up_blocks.*'] }));
 }, 120_000);
 
+/** `hollowc personalize` on the tiny pipeline and its photos, into `out`. */
+const personalizeArgs = (out: string) => [
+  'personalize',
+  '--model',
+  model,
+  '--photos',
+  photos,
+  '--prompt',
+  'a photo of sks face',
+  '--class-prompt',
+  'a photo of a face',
+  '-o',
+  out,
+];
+
 /** The validation images' settings (prompt, steps, guidance, seed, size) on another pipeline folder. */
 const generateAt = (pipeline: string, output: string) =>
   runCli([
@@ -175,17 +190,7 @@ test('reruns: the same choices reuse every stage; another --train-base recompile
 test('--optimizer-state 8bit with --train-base and --rank: adamw8bit spec, LoRA on the default targets beside the base weights, both exported', async () => {
   const out = path.join(root, 'eight');
   const r = await runCli([
-    'personalize',
-    '--model',
-    model,
-    '--photos',
-    photos,
-    '--prompt',
-    'a photo of sks face',
-    '--class-prompt',
-    'a photo of a face',
-    '-o',
-    out,
+    ...personalizeArgs(out),
     '--train-base',
     'up_blocks.3',
     '--rank',
@@ -249,19 +254,7 @@ test('bad combinations: one line, nothing written', async () => {
   const spec = path.join(root, 'any.hollow');
   fs.writeFileSync(spec, 'hollow preset "39.2%"\n');
   const out = path.join(root, 'refused');
-  const argv = [
-    'personalize',
-    '--model',
-    model,
-    '--photos',
-    photos,
-    '--prompt',
-    'a photo of sks face',
-    '--class-prompt',
-    'a photo of a face',
-    '-o',
-    out,
-  ];
+  const argv = personalizeArgs(out);
   await refused([...argv, '--spec', spec, '--train-base', '*'], '--train-base goes with the generated spec only');
   await refused([...argv, '--spec', spec, '--optimizer-state', '8bit'], '--optimizer-state goes with the generated spec only');
   await refused([...argv, '--train-base', '*', '--alpha', '4'], '--alpha without --rank beside --train-base');

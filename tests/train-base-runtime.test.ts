@@ -24,7 +24,7 @@ import { exportUnet } from '../cli/api/export-unet';
 import { generate } from '../runtime/sampling/two-path';
 import { loadModel, readTensorBytes } from '../compiler/serde';
 import { findBaseParameters } from '../passes/lib/base-parameters';
-import { tempDir } from './support/fixture';
+import { tempDir, tinyTrainBaseSpec } from './support/fixture';
 
 const v = FAMILIES.sd15.tiny;
 let dir: string;
@@ -40,21 +40,7 @@ beforeAll(async () => {
 /** A compiled folder with a precomputed store of 4 records. */
 async function compiled(name: string, extra: string[]): Promise<{ out: string; manifest: CompileManifest }> {
   const spec = path.join(dir, `${name}.hollow`);
-  fs.writeFileSync(
-    spec,
-    [
-      'model sd15',
-      'hollow preset "39.2%"',
-      `shape sample [1, ${v.shapes.sample.slice(1).join(', ')}]`,
-      `shape encoder_hidden_states [1, ${v.shapes.encoder_hidden_states.slice(1).join(', ')}]`,
-      'lora rank 2',
-      'lora targets "attn2.to_q"',
-      'train base "up_blocks.3.*" "conv_out"',
-      'seed 5',
-      ...extra,
-      '',
-    ].join('\n'),
-  );
+  fs.writeFileSync(spec, tinyTrainBaseSpec(extra));
   const out = path.join(dir, name);
   const unet = loadUNet(unetFile);
   const manifest = compileSpec(unet, checkSpecFile(unet, spec), { out });

@@ -4,7 +4,7 @@ import * as os from 'os';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import type { CompileManifest, RecomputeMode, TrainingSettings } from '../../compiler/manifest';
-import type { FamilyName } from '../../models/families';
+import { FAMILIES, type FamilyName } from '../../models/families';
 import { defaultTrainingSettings } from '../../models/training-defaults';
 import { readNpy } from '../../runtime/formats/npy';
 import { CompileRequest, compile } from '../../passes/compile-unet';
@@ -173,3 +173,23 @@ export const TINY_SD15_SPEC = [
   'emit precompute infer',
   '',
 ].join('\n');
+
+/**
+ * The tiny sd15 builder UNet's partial fine-tuning spec: 39.2%, `train base "up_blocks.3.*"
+ * "conv_out"` beside LoRA rank 2 on attn2.to_q, seed 5, and `lines` after them.
+ */
+export function tinyTrainBaseSpec(lines: readonly string[] = []): string {
+  const v = FAMILIES.sd15.tiny;
+  return [
+    'model sd15',
+    'hollow preset "39.2%"',
+    `shape sample [1, ${v.shapes.sample.slice(1).join(', ')}]`,
+    `shape encoder_hidden_states [1, ${v.shapes.encoder_hidden_states.slice(1).join(', ')}]`,
+    'lora rank 2',
+    'lora targets "attn2.to_q"',
+    'train base "up_blocks.3.*" "conv_out"',
+    'seed 5',
+    ...lines,
+    '',
+  ].join('\n');
+}
