@@ -57,6 +57,19 @@ function table(): Float32Array {
   return widened;
 }
 
+/**
+ * float16 bit patterns widened and multiplied by `scale` into `into` (its first bits.length
+ * values), each product rounded to float32 once.
+ */
+export function widenHalvesInto(bits: ArrayLike<number>, into: Float32Array, scale = 1): Float32Array {
+  const t = table();
+  const n = bits.length;
+  if (into.length < n) throw new Error(`widenHalvesInto: ${n} values do not fit a buffer of ${into.length}`);
+  if (scale === 1) for (let i = 0; i < n; i++) into[i] = t[bits[i]];
+  else for (let i = 0; i < n; i++) into[i] = t[bits[i]] * scale;
+  return n === into.length ? into : into.subarray(0, n);
+}
+
 /** Little-endian float16 bytes as float32 bytes (`bytes` may start at any offset). */
 export function widenFloat16Bytes(bytes: Uint8Array): Uint8Array {
   if (bytes.byteLength % 2) throw new Error(`${bytes.byteLength} bytes are not whole float16 values`);

@@ -36,6 +36,19 @@ export type ChunkSizes = Partial<Record<ChunkKind, number>>;
 /** How infer.onnx takes the LoRA tensors (the spec's `lora infer` line); training keeps them fp32. */
 export const INFER_LORA_PRECISIONS = ['fp32', 'fp16'] as const;
 export type InferLoraPrecision = (typeof INFER_LORA_PRECISIONS)[number];
+/**
+ * How grads.onnx hands each gradient to the host optimizer (the spec's `gradients` line): float32,
+ * or float16 scaled by the tensor's own largest magnitude, which halves the gradients' memory at the
+ * step's end, where onnxruntime's outputs and the copies JavaScript receives both exist.
+ */
+export const GRADIENT_PRECISIONS = ['fp32', 'fp16'] as const;
+export type GradientPrecision = (typeof GRADIENT_PRECISIONS)[number];
+/**
+ * Under `gradients fp16` each gradient is multiplied by FLOAT16_GRADIENT_PEAK / max|g| before the
+ * cast, so its largest magnitude lands on 2^15 (float16 reaches 65504): nothing overflows, and
+ * values down to 2^-29 of the largest stay normal float16 numbers (11 significant bits).
+ */
+export const FLOAT16_GRADIENT_PEAK = 32768;
 export type ArtifactName = (typeof ARTIFACT_NAMES)[number];
 
 /** The UNet's own inputs and output (as torch.onnx.export of diffusers names them). */
@@ -87,6 +100,10 @@ export function updatedName(name: string): string {
 }
 export function gradientName(param: string): string {
   return `${param}.grad`;
+}
+/** Under `gradients fp16`: the float32 scalar that turns `<param>.grad`'s float16 values back into the gradient. */
+export function gradientScaleName(param: string): string {
+  return `${param}.grad_scale`;
 }
 /**
  * How the AdamW moments are kept (the spec's `optimizer adamw` / `adamw8bit`): float32, or one
@@ -199,6 +216,8 @@ export interface TrainingSettings {
     weightDecay: number;
     /** How the host optimizer keeps the moments (absent: fp32). */
     state?: OptimizerState;
+    /** How grads.onnx outputs the gradients (absent: fp32). */
+    gradients?: GradientPrecision;
   };
 }
 

@@ -18,7 +18,7 @@ export function assemble(
   const fail = (at: SourcePos | undefined, message: string, suggestion?: string) =>
     errors.push(specErrorAt(source, at, message, suggestion));
 
-  const { model, hollow, rank, init, loraInfer, lossMse, prior, optimizer, emit, seed, train, base, recompute, chunks } = singleStatements(
+  const { model, hollow, rank, init, loraInfer, lossMse, prior, optimizer, emit, seed, train, base, recompute, chunks, gradients } = singleStatements(
     statements,
     fail,
   );
@@ -59,9 +59,17 @@ export function assemble(
     seed: seed?.seed ?? { value: DEFAULTS.seed },
     base: base?.precision ?? { value: 'fp32' },
     recompute: recompute?.mode ?? { value: 'cheap' },
+    gradients: gradients?.precision ?? { value: 'fp32' },
     chunks: Object.fromEntries([...options(chunks?.options)].map(([k, [v]]) => [k, v!])),
     train: trainSection(train),
   };
+  if (gradients?.precision.value === 'fp16' && !spec.emit.value.includes('grads')) {
+    fail(
+      gradients.precision.pos,
+      '"gradients fp16" sets how grads.onnx outputs the gradients, but this spec does not emit grads',
+      'add "grads" to the emit line, or drop the gradients line (train.onnx keeps its gradients inside the graph)',
+    );
+  }
   return { spec, errors };
 }
 
@@ -102,6 +110,7 @@ function singleStatements(statements: readonly Statement[], fail: Fail) {
     base: single('base'),
     recompute: single('recompute'),
     chunks: single('chunks'),
+    gradients: single('gradients'),
   };
 }
 

@@ -47,6 +47,10 @@
  *   recompute cheap | blocks                               [cheap] what the training graphs'
  *                                                          backward recomputes: blocks = every
  *                                                          transformer block, from its input
+ *   gradients fp32 | fp16                                  [fp32] how grads.onnx hands the gradients
+ *                                                          to the host optimizer: fp16 = each tensor
+ *                                                          scaled by its largest magnitude into
+ *                                                          float16 (halves the step's end)
  *   chunks [attention s] [feed_forward s] [conv_gradient s] [infer_attention s]
  *                                                          sizes such as 4MiB: the largest block
  *                                                          of each memory rewrite [the passes']
@@ -60,6 +64,7 @@ import {
   BasePrecision,
   ChunkKind,
   EmitArtifact,
+  GradientPrecision,
   InferLoraPrecision,
   ModelChoice,
   OptimizerKind,
@@ -73,6 +78,7 @@ export type {
   ChunkKind,
   ChunkSizes,
   FamilyName,
+  GradientPrecision,
   InferLoraPrecision,
   ModelChoice,
   OptimizerKind,
@@ -150,6 +156,7 @@ export interface Spec extends SourceText {
   readonly train: { readonly steps: Num; readonly batch: Num; readonly checkpointEvery: Num };
   readonly base: Valued<BasePrecision>;
   readonly recompute: Valued<RecomputeMode>;
+  readonly gradients: Valued<GradientPrecision>;
   /** The `chunks` line's sizes in bytes; a size not given is left to the passes. */
   readonly chunks: Readonly<Partial<Record<ChunkKind, Num>>>;
 }
@@ -174,6 +181,7 @@ export type Statement =
   | { readonly kind: 'train base'; readonly pos: SourcePos; readonly globs: readonly Valued<string>[] }
   | { readonly kind: 'base'; readonly pos: SourcePos; readonly precision: Valued<BasePrecision> }
   | { readonly kind: 'recompute'; readonly pos: SourcePos; readonly mode: Valued<RecomputeMode> }
+  | { readonly kind: 'gradients'; readonly pos: SourcePos; readonly precision: Valued<GradientPrecision> }
   | { readonly kind: 'chunks'; readonly pos: SourcePos; readonly options: readonly Option[] };
 
 /** `lora init` as written: the gaussian std may be left to the default 1/rank. */

@@ -12,6 +12,7 @@ import {
   ChunkSizes,
   EmitArtifact,
   FamilyName,
+  GradientPrecision,
   InferLoraPrecision,
   OptimizerKind,
   Prediction,
@@ -115,6 +116,7 @@ export interface ResolvedSpec {
   readonly train: { readonly steps: number; readonly batch: number; readonly checkpointEvery: number };
   readonly base: BasePrecision;
   readonly recompute: RecomputeMode;
+  readonly gradients: GradientPrecision;
   /** The `chunks` line, in bytes. */
   readonly chunks: ChunkSizes;
 }
@@ -177,6 +179,7 @@ export function checkSpec(spec: Spec, facts: ModelFacts): ResolvedSpec {
     },
     base: spec.base.value,
     recompute: spec.recompute.value,
+    gradients: spec.gradients.value,
     chunks: Object.fromEntries(Object.entries(spec.chunks).map(([k, v]) => [k, v!.value])),
   };
 }

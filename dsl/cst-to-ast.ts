@@ -7,6 +7,7 @@ import {
   BasePrecision,
   BlockItem,
   Hollow,
+  GradientPrecision,
   InferLoraPrecision,
   LoraInitStmt,
   Num,
@@ -336,6 +337,15 @@ export class StatementBuilder extends BaseVisitor {
   baseStmt(ctx: CstChildrenDictionary): Statement {
     const value = (ctx.Kw_fp32 ?? ctx.Kw_int8 ?? ctx.Kw_fp16)![0] as IToken;
     return { kind: 'base', pos: posOf(tokenOf(ctx, 'Kw_base')), precision: { value: value.image as BasePrecision, pos: posOf(value) } };
+  }
+
+  gradientsStmt(ctx: CstChildrenDictionary): Statement {
+    const value = (ctx.Kw_fp32 ?? ctx.Kw_fp16)![0] as IToken;
+    return {
+      kind: 'gradients',
+      pos: posOf(tokenOf(ctx, 'Kw_gradients')),
+      precision: { value: value.image as GradientPrecision, pos: posOf(value) },
+    };
   }
 
   chunksStmt(ctx: CstChildrenDictionary): Statement {

@@ -104,6 +104,7 @@ export const Train = keyword('train'); // also an artifact name in `emit`
 export const Base = keyword('base');
 export const Recompute = keyword('recompute');
 export const Chunks = keyword('chunks');
+export const Gradients = keyword('gradients');
 // model
 export const Sd15 = keyword('sd15');
 export const Sd21 = keyword('sd21');
@@ -167,6 +168,7 @@ export const statementHeads: readonly TokenType[] = [
   Base,
   Recompute,
   Chunks,
+  Gradients,
 ];
 
 // The lexer takes the first pattern that matches, so a keyword that is a prefix of another

@@ -30,6 +30,7 @@ class HollowParser extends CstParser {
       { ALT: () => this.SUBRULE(this.baseStmt) },
       { ALT: () => this.SUBRULE(this.recomputeStmt) },
       { ALT: () => this.SUBRULE(this.chunksStmt) },
+      { ALT: () => this.SUBRULE(this.gradientsStmt) },
     ]);
   });
 
@@ -53,6 +54,12 @@ class HollowParser extends CstParser {
   private recomputeStmt = this.RULE('recomputeStmt', () => {
     this.CONSUME(T.Recompute);
     this.OR([{ ALT: () => this.CONSUME(T.Cheap) }, { ALT: () => this.CONSUME(T.Blocks) }]);
+  });
+
+  // gradients fp32 | fp16
+  private gradientsStmt = this.RULE('gradientsStmt', () => {
+    this.CONSUME(T.Gradients);
+    this.OR([{ ALT: () => this.CONSUME(T.Fp32) }, { ALT: () => this.CONSUME(T.Fp16) }]);
   });
 
   // base fp32 | int8 | fp16

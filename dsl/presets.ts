@@ -7,6 +7,7 @@ import type {
   BasePrecision,
   ChunkKind,
   ChunkSizes,
+  GradientPrecision,
   InferLoraPrecision,
   Prediction,
   RecomputeMode,
@@ -14,7 +15,7 @@ import type {
 import type { FamilyName } from '../models/families';
 import { PRESETS } from '../models/presets';
 
-export type { BasePrecision, ChunkKind, ChunkSizes, FamilyName, InferLoraPrecision, Prediction, RecomputeMode };
+export type { BasePrecision, ChunkKind, ChunkSizes, FamilyName, GradientPrecision, InferLoraPrecision, Prediction, RecomputeMode };
 export type ModelChoice = FamilyName | 'auto';
 /** The `optimizer` line's kind: AdamW with float32 moments, or with blockwise 8-bit moments (kohya's "AdamW8bit"). */
 export type OptimizerKind = 'adamw' | 'adamw8bit';

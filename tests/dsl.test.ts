@@ -64,6 +64,7 @@ describe('parseSpec: the issue example', () => {
       train: { steps: { value: 1000 }, batch: { value: 1 }, checkpointEvery: { value: 1000 } },
       base: { value: 'fp32' },
       recompute: { value: 'cheap' },
+      gradients: { value: 'fp32' },
       chunks: {},
     });
   });
@@ -120,6 +121,7 @@ describe('parseSpec: defaults', () => {
       train: { steps: { value: 1000 }, batch: { value: 1 }, checkpointEvery: { value: 1000 } },
       base: { value: 'fp32' },
       recompute: { value: 'cheap' },
+      gradients: { value: 'fp32' },
       chunks: {},
     });
   });
@@ -273,7 +275,7 @@ describe('SpecError', () => {
       [3, 'lora alpha must be > 0, not -1'],
       [
         4,
-        'unknown statement "bogus"; a statement starts with "model", "hollow", "shape", "lora", "loss", "optimizer", "emit", "seed", "train", "base", "recompute" or "chunks"',
+        'unknown statement "bogus"; a statement starts with "model", "hollow", "shape", "lora", "loss", "optimizer", "emit", "seed", "train", "base", "recompute", "chunks" or "gradients"',
       ],
     ]);
     expect(e.all[0]).toBe(e);

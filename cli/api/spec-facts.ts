@@ -68,6 +68,7 @@ export function trainingSettingsOf(spec: ResolvedSpec): TrainingSettings {
       eps: spec.optimizer.eps,
       weightDecay: spec.optimizer.weightDecay,
       ...(spec.optimizer.kind === 'adamw8bit' ? { state: '8bit' as const } : {}),
+      ...(spec.gradients === 'fp16' ? { gradients: 'fp16' as const } : {}),
     },
   };
 }

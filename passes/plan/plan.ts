@@ -255,6 +255,7 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
   const loraParameters = grads.state.loraParams!.reduce((a, p) => a + values(p), 0);
   const trainedBase = grads.state.baseParams ?? [];
   const state = req.training.optimizer.state;
+  const gradientBytes = req.training.optimizer.gradients === 'fp16' ? 2 : 4;
   const latent = req.training.shapes.sample.slice(1);
   const activation = cut ? (trainingShapes(grads.model, analysis.family, req.training).hollow_activation?.slice(1) ?? []) : [];
   const memory = {
@@ -263,8 +264,8 @@ function row(req: PlanRequest, cut: CutInfo | null, plain: number, loraFt: numbe
     weightCopyBytes: weightCopyBytes(grads.model.graph),
     // value and moments (float32: LORA_COPIES values' bytes)
     loraStateBytes: grads.state.loraParams!.reduce((a, p) => a + (LORA_COPIES - 2) * 4 * values(p) + momentBytes(values(p), state), 0),
-    // value, gradient and moments
-    baseStateBytes: trainedBase.reduce((a, p) => a + 8 * values(p) + momentBytes(values(p), state), 0),
+    // value, gradient (float16 under `gradients fp16`) and moments
+    baseStateBytes: trainedBase.reduce((a, p) => a + (4 + gradientBytes) * values(p) + momentBytes(values(p), state), 0),
     predictedPeakBytes: 0,
   };
   memory.predictedPeakBytes =

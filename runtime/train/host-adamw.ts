@@ -84,9 +84,15 @@ export class HostAdamW {
     }
   }
 
-  /** One step `t` (1-based) at learning rate `lr`: updates every value and moment in place. */
-  step(params: readonly ParamState[], grads: readonly Float32Array[], lr: number, t: number): void {
-    if (grads.length !== params.length) throw new Error(`AdamW: ${grads.length} gradients for ${params.length} parameters`);
+  /**
+   * One step `t` (1-based) at learning rate `lr`: updates every value and moment in place. The
+   * gradients come as arrays or from a reader asked for one tensor at a time, in parameter order
+   * (a reader may hand out the same buffer each time).
+   */
+  step(params: readonly ParamState[], grads: readonly Float32Array[] | GradientReader, lr: number, t: number): void {
+    const count = isReader(grads) ? grads.count : grads.length;
+    const gradientOf = isReader(grads) ? (k: number) => grads.read(k) : (k: number) => grads[k];
+    if (count !== params.length) throw new Error(`AdamW: ${count} gradients for ${params.length} parameters`);
     const lr32 = f(lr);
     const t32 = f(t);
     const power = (logBeta: number) => f(Math.exp(f(t32 * logBeta)));
@@ -96,7 +102,7 @@ export class HostAdamW {
     const decay = this.weightDecay !== 0 ? f(1 - f(lr32 * this.weightDecay)) : 1;
     for (let k = 0; k < params.length; k++) {
       const p = params[k];
-      const g = grads[k];
+      const g = gradientOf(k);
       if (g.length !== p.value.length)
         throw new Error(`AdamW: gradient of ${p.name} has ${g.length} values, the parameter ${p.value.length}`);
       if (p.quantized) {
@@ -119,6 +125,16 @@ export class HostAdamW {
       );
     }
   }
+}
+
+/** Gradients handed out one tensor at a time (float16 outputs widened into one buffer, step-runner.ts). */
+export interface GradientReader {
+  readonly count: number;
+  read(k: number): Float32Array;
+}
+
+function isReader(g: readonly Float32Array[] | GradientReader): g is GradientReader {
+  return !Array.isArray(g);
 }
 
 /** Scratch for one block of decoded moments (adamw8bit.ts): the 8-bit step updates a block at a time. */

@@ -34,7 +34,9 @@ import {
   TIME_IDS,
   expAvgName,
   expAvgSqName,
+  GradientPrecision,
   gradientName,
+  gradientScaleName,
   isLoraParam,
   optimizerStateOwner,
   updatedName,
@@ -56,6 +58,8 @@ export interface TrainGraph {
   inputs: Map<string, TensorDescription>;
   params: { name: string; shape: number[] }[];
   outputs: string[];
+  /** How grads.onnx hands over the gradients (`gradients fp16`: float16, each with a float32 `<param>.grad_scale`). */
+  gradients: GradientPrecision;
   /** The artifact's session config entries (manifest), e.g. for float16 weights. */
   sessionConfig?: Record<string, string>;
   /** The artifact's sessions need onnxruntime's CPU arena (manifest; passes/memory/release-dead-buffers.ts). */
@@ -117,7 +121,13 @@ export function describeTrainGraph(out: string, manifest: CompileManifest, store
   if (!params.length) throw new HollowcError(`${label} has no LoRA or base weight inputs`, artifact.path);
   const missingBase = [...base].filter((n) => !inputs.has(n));
   if (missingBase.length) throw new HollowcError(`${label} has no input for the trained base weight ${missingBase[0]}`, artifact.path);
-  const outputs = [LOSS, ...params.flatMap((p) => (mode === 'graph' ? updatedOutputs(p.name) : [gradientName(p.name)]))];
+  const gradients = mode === 'host' ? gradientPrecisionOf(artifact, params[0].name) : 'fp32';
+  const outputs = [
+    LOSS,
+    ...params.flatMap((p) =>
+      mode === 'graph' ? updatedOutputs(p.name) : gradients === 'fp16' ? [gradientName(p.name), gradientScaleName(p.name)] : [gradientName(p.name)],
+    ),
+  ];
   const declared = new Set(artifact.outputs.map((o) => o.name));
   const missing = outputs.filter((o) => !declared.has(o));
   if (missing.length)
@@ -127,7 +137,13 @@ export function describeTrainGraph(out: string, manifest: CompileManifest, store
     checkStoreCompile(manifest, store);
     checkStoreShapes(inputs, batch, store, artifact.path);
   }
-  return { mode, file: artifact.path, batch, inputs, params, outputs, sessionConfig: artifact.sessionConfig, cpuArena: artifact.cpuArena };
+  return { mode, file: artifact.path, batch, inputs, params, outputs, gradients, sessionConfig: artifact.sessionConfig, cpuArena: artifact.cpuArena };
+}
+
+/** grads.onnx's gradient outputs are float16 (`gradients fp16`) or float32, as the artifact declares them. */
+function gradientPrecisionOf(artifact: { outputs: readonly TensorDescription[] }, param: string): GradientPrecision {
+  const dtype = artifact.outputs.find((o) => o.name === gradientName(param))?.dtype;
+  return dtype === 'float16' ? 'fp16' : 'fp32';
 }
 
 /** A store precomputed for another compile (model or cut) would train on the wrong activations. */

@@ -1,11 +1,12 @@
 /** Runs training steps on one session of the step graph (step-graph.ts), in either optimizer mode. */
 import * as ort from 'onnxruntime-node';
-import { CompileManifest, LOSS, gradientName } from '../../compiler/manifest';
+import { widenHalvesInto } from '../../compiler/float16';
+import { CompileManifest, LOSS, gradientName, gradientScaleName } from '../../compiler/manifest';
 import { HollowcError } from '../../compiler/errors';
 import { float32Data } from '../ort/artifacts';
 import type { ParamState } from './checkpoint';
 import { collectGarbage } from './collect-garbage';
-import { HostAdamW } from './host-adamw';
+import { GradientReader, HostAdamW } from './host-adamw';
 import { paramFeeds } from './step-tensors';
 import { TrainGraph, updatedOutputs } from './step-graph';
 
@@ -19,6 +20,8 @@ import { TrainGraph, updatedOutputs } from './step-graph';
  */
 export class StepRunner {
   private readonly adamw?: HostAdamW;
+  /** Under `gradients fp16`: the buffer each gradient is widened into, the largest parameter's size. */
+  private widened?: Float32Array;
 
   constructor(
     private readonly session: ort.InferenceSession,
@@ -54,15 +57,39 @@ export class StepRunner {
     // The caller may refuse the step (a NaN loss) before any parameter changes.
     accept(loss);
     if (this.graph.mode === 'graph') applyUpdates(params, result);
-    else
-      this.adamw!.step(
-        params,
-        params.map((p) => float32Data(result[gradientName(p.name)], gradientName(p.name))),
-        lr,
-        step,
-      );
+    else this.adamw!.step(params, this.gradients(params, result), lr, step);
     return loss;
   }
+
+  /**
+   * The step's gradients for the host optimizer: float32 outputs as they are; float16 ones
+   * (`gradients fp16`) widened and scaled one tensor at a time into one buffer, so the float32
+   * gradients never all exist at once.
+   */
+  private gradients(params: readonly ParamState[], result: ort.InferenceSession.OnnxValueMapType): GradientReader {
+    const tensor = (k: number) => result[gradientName(params[k].name)];
+    if (this.graph.gradients !== 'fp16')
+      return { count: params.length, read: (k) => float32Data(tensor(k), gradientName(params[k].name)) };
+    const largest = Math.max(...params.map((p) => p.value.length));
+    if (!this.widened || this.widened.length < largest) this.widened = new Float32Array(largest);
+    const buffer = this.widened;
+    return {
+      count: params.length,
+      read: (k) => {
+        const name = gradientName(params[k].name);
+        const t = tensor(k);
+        if (t.type !== 'float16') throw new HollowcError(`output ${name} is ${t.type}, expected float16 (gradients fp16)`);
+        const scale = readScalar(result, gradientScaleName(params[k].name));
+        return widenHalvesInto(t.data as Uint16Array, buffer, scale);
+      },
+    };
+  }
+}
+
+function readScalar(result: ort.InferenceSession.OnnxValueMapType, name: string): number {
+  const t = result[name];
+  if (!t || t.type !== 'float32') throw new HollowcError(`the training step returned no float32 ${name}`);
+  return (t.data as Float32Array)[0];
 }
 
 /** Takes one step's updated values and moments from its outputs. */

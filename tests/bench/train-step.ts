@@ -423,6 +423,17 @@ const ROWS: Row[] = [
     extra: true,
   },
   {
+    id: 'sdxl-mid-int8-blocks-a96-8bit-g16',
+    label:
+      'Hollowed `sdxl-mid`, `base int8`, `recompute blocks`, `chunks attention 96MiB`, `optimizer adamw8bit`, `gradients fp16`, AdamW on host',
+    kind: 'train',
+    hollow: 'preset "sdxl-mid"',
+    mode: 'host',
+    base: 'int8',
+    spec: { tag: 'blocks-a96-8bit-g16', lines: ['recompute blocks', 'chunks attention 96MiB', 'optimizer adamw8bit', 'gradients fp16'] },
+    extra: true,
+  },
+  {
     id: 'sdxl-mid-int8-blocks-a96',
     label: 'Hollowed `sdxl-mid`, `base int8`, `recompute blocks`, `chunks attention 96MiB`, AdamW on host',
     kind: 'train',
