@@ -33,6 +33,12 @@ export function registerPersonalize(program: Command): void {
         "the AdamW moments (default fp32; 8bit: the spec's optimizer adamw8bit, a quarter of the moments' memory, host optimizer only: no train.onnx, so hollowc web cannot open the run)",
       ).choices(['fp32', '8bit']),
     )
+    .addOption(
+      new Option(
+        '--gradients <precision>',
+        "how grads.onnx hands the gradients to the optimizer (default fp32; fp16: the spec's gradients fp16, each scaled into float16 by its largest value, half the gradients' memory at each step's end)",
+      ).choices(['fp32', 'fp16']),
+    )
     .option('--steps <n>', 'training steps', parseCount, 400)
     .option('--lr <x>', 'learning rate', parseNumber, 1e-4)
     .option('--samples <n>', 'precomputed samples (paper: 200)', parseCount, 200)
@@ -63,6 +69,7 @@ export function registerPersonalize(program: Command): void {
         alpha: o.alpha as number | undefined,
         trainBase: o.trainBase as string[] | undefined,
         optimizerState: o.optimizerState as PersonalizeOptions['optimizerState'],
+        gradients: o.gradients as PersonalizeOptions['gradients'],
         steps: o.steps as number,
         lr: o.lr as number,
         samples: o.samples as number,

@@ -47,6 +47,11 @@ export function registerPlan(program: Command): void {
         .choices(['fp32', '8bit'])
         .default('fp32'),
     )
+    .addOption(
+      new Option('--gradients <precision>', "how grads.onnx hands over the gradients (fp16: the spec's gradients fp16)")
+        .choices(['fp32', 'fp16'])
+        .default('fp32'),
+    )
     .option('--samples <n>', 'precomputed samples', parseCount, 200)
     .option('--steps <n>', 'training steps', parseCount, 1000)
     .addOption(

@@ -17,6 +17,8 @@ import { SpecError, parseSpec } from '../dsl';
 import { buildUNet } from '../models/builder';
 import { FAMILIES } from '../models/families';
 import { compile } from '../passes/compile-unet';
+import { personalizeSpec } from '../runtime/personalize/spec';
+import type { PipelineFolder } from '../runtime/text-to-image/pipeline-folder';
 import { readSafetensors } from '../runtime/formats/safetensors';
 import { loadTrainingData } from '../runtime/store/training-data';
 import { precompute } from '../runtime/store/precompute';
@@ -58,6 +60,15 @@ test('gradients fp32 | fp16 parses, defaults to fp32, and needs grads.onnx', () 
   const bad = error(`${SPEC}gradients int8\n`);
   expect(bad.message).toMatch(/expected "fp32" or "fp16" after "gradients", found "int8"/);
   expect([bad.line, bad.col]).toEqual([4, 11]);
+});
+
+test('personalize --gradients fp16 writes the spec line', () => {
+  const folder = { family: 'sd15', tokenizers: [{ maxLength: 77 }], unet: { config: { cross_attention_dim: 768 } } } as unknown as PipelineFolder;
+  const choices = { preset: '39.2%', lora: { rank: 4, alpha: 4 }, trainBase: [], optimizerState: 'fp32' as const, seed: 0, latent: [4, 64, 64] };
+  const text = personalizeSpec(folder, { ...choices, gradients: 'fp16' });
+  expect(text.split('\n')).toContain('gradients fp16');
+  expect(parseSpec(text, 'run.hollow').gradients.value).toBe('fp16');
+  expect(personalizeSpec(folder, { ...choices, gradients: 'fp32' })).not.toMatch(/gradients/);
 });
 
 describe('grads.onnx of the PyTorch fixture (39.2%) with float16 gradient outputs', () => {

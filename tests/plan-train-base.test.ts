@@ -22,13 +22,13 @@ const params = findBaseParameters(model.graph);
 const hollowed: string[] = fixtureManifest().hollow.hollowed_modules;
 const size = (p: { shape: number[] }) => p.shape.reduce((a, b) => a * b, 1);
 
-function request(trainBase: boolean, state?: '8bit'): PlanRequest {
+function request(trainBase: boolean, state?: '8bit', gradients?: 'fp16'): PlanRequest {
   const d = defaultTrainingSettings('sd15');
   return {
     unet: { file: FIXTURE_MODEL, model, analysis },
     targets: [],
     lora: { rank: 4, alpha: 4 },
-    training: { ...d, shapes: FIXTURE_SHAPES, optimizer: { ...d.optimizer, ...(state ? { state } : {}) } },
+    training: { ...d, shapes: FIXTURE_SHAPES, optimizer: { ...d.optimizer, ...(state ? { state } : {}), ...(gradients ? { gradients } : {}) } },
     ...(trainBase
       ? { trainBase: (h: readonly string[]) => params.filter((p) => !h.some((m) => p.module.startsWith(m + '.'))).map((p) => p.name) }
       : {}),
@@ -51,6 +51,9 @@ test('train base "*": each row counts the kept weights, their state in the peak,
   expect(q8[1].memory.baseStateBytes).toBe(eightBit);
   expect(eightBit).toBe(kept.reduce((a, p) => a + 8 * size(p) + momentBytes(size(p), '8bit'), 0));
   expect(q8[1].memory.baseStateBytes).toBeLessThan(full[1].memory.baseStateBytes);
+  // gradients fp16: each trained weight's gradient in 2 bytes instead of 4
+  const g16 = planUNet(request(true, undefined, 'fp16'), undefined, ['none', '3-2']).rows;
+  expect(full[1].memory.baseStateBytes - g16[1].memory.baseStateBytes).toBe(2 * kept.reduce((a, p) => a + size(p), 0));
   for (const i of [0, 1]) {
     expect(full[i].memory.predictedPeakBytes - frozen[i].memory.predictedPeakBytes).toBeGreaterThanOrEqual(full[i].memory.baseStateBytes);
     // weight gradients: about twice the forward's products more, counted as products with weights

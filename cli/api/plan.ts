@@ -3,7 +3,7 @@
  * pipeline folder), from a spec or from flags (passes/plan/ computes them).
  */
 import { HollowcError } from '../../compiler/errors';
-import { BasePrecision, OptimizerState, RecomputeMode } from '../../compiler/manifest';
+import { BasePrecision, GradientPrecision, OptimizerState, RecomputeMode } from '../../compiler/manifest';
 import { isWithin } from '../../compiler/module-scope';
 import { baseGlobMatches, matchesGlob, rankProblem } from '../../dsl';
 import { latentMultipleOfLayout, sideProblem } from '../../models/latent-sizes';
@@ -54,6 +54,8 @@ export interface PlanOptions {
   trainBase?: string[];
   /** The AdamW moments' precision (the spec's `optimizer adamw8bit`). */
   optimizerState?: OptimizerState;
+  /** how grads.onnx hands over the gradients (the spec's gradients line) */
+  gradients?: GradientPrecision;
   samples: number;
   steps: number;
   budget?: string;
@@ -119,7 +121,11 @@ function requestOf(unet: LoadedUNet, o: PlanOptions): PlanRequest {
       batch: shapes.sample[0],
       base: o.base ?? 'fp32',
       recompute: o.recompute ?? 'cheap',
-      optimizer: { ...defaultTrainingSettings(family).optimizer, ...(o.optimizerState === '8bit' ? { state: '8bit' as const } : {}) },
+      optimizer: {
+        ...defaultTrainingSettings(family).optimizer,
+        ...(o.optimizerState === '8bit' ? { state: '8bit' as const } : {}),
+        ...(o.gradients === 'fp16' ? { gradients: 'fp16' as const } : {}),
+      },
     },
     trainBase: trainBaseOf(unet, o.trainBase ?? [], '--train-base'),
     samples: o.samples,

@@ -4,7 +4,7 @@
  */
 import * as fs from 'fs';
 import { HollowcError } from '../../compiler/errors';
-import { CompileManifest, OPTIMIZER_STATES, OptimizerState } from '../../compiler/manifest';
+import { CompileManifest, GRADIENT_PRECISIONS, GradientPrecision, OPTIMIZER_STATES, OptimizerState } from '../../compiler/manifest';
 import { ImageTensor, listImages, loadImage } from '../formats/images';
 import { ProgressStream } from '../progress';
 import { ExecutionProvider, SessionOptions } from '../ort/session';
@@ -45,6 +45,8 @@ export interface PersonalizeOptions {
   trainBase?: string[];
   /** the AdamW moments: '8bit' writes `optimizer adamw8bit` (default 'fp32') */
   optimizerState?: OptimizerState;
+  /** how grads.onnx hands over the gradients: 'fp16' writes `gradients fp16` (default 'fp32') */
+  gradients?: GradientPrecision;
   steps?: number;
   lr?: number;
   samples?: number;
@@ -92,7 +94,7 @@ export interface Settings {
   /** the latent shape of one sample, [C, h, w] */
   latent: number[];
   preset: string;
-  /** the spec it compiles: it carries the cut, the LoRA, --train-base and --optimizer-state */
+  /** the spec it compiles: it carries the cut, the LoRA, --train-base, --optimizer-state and --gradients */
   specText: string;
   validationPrompts: string[];
   photoFiles: string[];
@@ -150,6 +152,11 @@ export async function resolveSettings(options: PersonalizeOptions, warn: (line: 
     throw new HollowcError(
       '--spec says the optimizer: --optimizer-state goes with the generated spec only (write optimizer adamw8bit in the spec)',
     );
+  const gradients = options.gradients ?? 'fp32';
+  if (options.spec && options.gradients !== undefined)
+    throw new HollowcError('--spec says how gradients are handed over: --gradients goes with the generated spec only (write gradients fp16 in the spec)');
+  if (!(GRADIENT_PRECISIONS as readonly string[]).includes(gradients))
+    throw new HollowcError(`--gradients must be one of ${GRADIENT_PRECISIONS.join(', ')}, got ${JSON.stringify(gradients)}`);
   if (!(OPTIMIZER_STATES as readonly string[]).includes(optimizerState))
     throw new HollowcError(`--optimizer-state must be one of ${OPTIMIZER_STATES.join(', ')}, got ${JSON.stringify(optimizerState)}`);
   const badGlob = trainBase.find((g) => !g.trim() || /[\r\n]/.test(g));
@@ -174,7 +181,7 @@ export async function resolveSettings(options: PersonalizeOptions, warn: (line: 
   const preset = options.preset ?? (folder.family === 'sdxl' ? 'sdxl-mid' : '39.2%');
   const specText = options.spec
     ? fs.readFileSync(options.spec, 'utf8')
-    : personalizeSpec(folder, { preset, lora: lora ? { rank, alpha } : undefined, trainBase, optimizerState, seed, latent });
+    : personalizeSpec(folder, { preset, lora: lora ? { rank, alpha } : undefined, trainBase, optimizerState, gradients, seed, latent });
   if (identifierWords(options.prompt, options.classPrompt).length === 0) {
     warn(
       `hollowc: warning: the prompt "${options.prompt}" has no word that the class prompt "${options.classPrompt}" lacks: without an identifier (such as "sks") the LoRA is trained onto the class itself`,

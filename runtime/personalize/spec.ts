@@ -1,6 +1,6 @@
 /** The spec `personalize` compiles when it is given no `--spec`, and the prompt check it relies on. */
 import { HollowcError } from '../../compiler/errors';
-import type { OptimizerState } from '../../compiler/manifest';
+import type { GradientPrecision, OptimizerState } from '../../compiler/manifest';
 import { DEFAULT_TARGETS } from '../../models/training-defaults';
 import { PipelineFolder } from '../text-to-image/pipeline-folder';
 
@@ -24,6 +24,7 @@ export interface PersonalizeSpecChoices {
   /** `train base` globs */
   trainBase: readonly string[];
   optimizerState: OptimizerState;
+  gradients: GradientPrecision;
   seed: number;
   latent: number[];
 }
@@ -61,6 +62,7 @@ export function personalizeSpec(folder: PipelineFolder, o: PersonalizeSpecChoice
     lines.push(`lora rank ${o.lora.rank} alpha ${o.lora.alpha}`);
   }
   if (o.optimizerState === '8bit') lines.push('optimizer adamw8bit');
+  if (o.gradients === 'fp16') lines.push('gradients fp16');
   lines.push(`seed ${o.seed}`, `emit ${emitList(o).join(' ')}`, '');
   return lines.join('\n');
 }
