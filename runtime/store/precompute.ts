@@ -43,6 +43,8 @@ import type { TrainingData } from './training-data';
 
 export const INSTANCE_COND = 0;
 export const CLASS_COND = 1;
+/** A captioned set's caption k is conditioning FIRST_CAPTION_COND + k. */
+export const FIRST_CAPTION_COND = 2;
 
 export interface PrecomputeOptions {
   /** The compiled folder. */
@@ -82,6 +84,15 @@ export interface PlannedSample {
 export function planRecord(i: number, instanceCount: number, classCount: number): PlannedSample {
   if (classCount > 0 && i % 2 === 1) return { isClass: true, sampleId: (i >> 1) % classCount, condId: CLASS_COND };
   return { isClass: false, sampleId: (classCount > 0 ? i >> 1 : i) % instanceCount, condId: INSTANCE_COND };
+}
+
+/**
+ * The caption record i trains on in a captioned set: its sample's own, or the unconditional one
+ * at the dropout rate (the stream `precompute/<i>/caption` of the seed).
+ */
+export function captionCond(seed: number, i: number, sampleId: number, captions: NonNullable<TrainingData['captions']>): number {
+  const drop = captions.dropout && uniformOpen(new Rng(seed, `precompute/${i}/caption`)) < captions.dropout.rate;
+  return FIRST_CAPTION_COND + (drop ? captions.dropout!.index : captions.ofSample[sampleId]);
 }
 
 /** t and eps of record i: the stream `precompute/<i>` of the seed. */
@@ -241,6 +252,7 @@ function createStore(job: PrecomputeJob, activationShape: number[]): Store {
       conditionings: [
         { id: INSTANCE_COND, role: 'instance', source: data.sources.instance },
         { id: CLASS_COND, role: 'class', source: data.sources.class },
+        ...(data.captions?.texts ?? []).map((text, k) => ({ id: FIRST_CAPTION_COND + k, role: 'caption' as const, source: text })),
       ],
       instanceSamples: data.instanceLatents.map((l) => l.name),
       classSamples: data.classLatents.map((l) => l.name),
@@ -250,6 +262,7 @@ function createStore(job: PrecomputeJob, activationShape: number[]): Store {
     new Map([
       [INSTANCE_COND, data.instance],
       [CLASS_COND, data.class],
+      ...(data.captions?.table ?? []).map((c, k) => [FIRST_CAPTION_COND + k, c] as const),
     ]),
     job.count,
   );
@@ -281,7 +294,8 @@ async function appendRecords(
         })
       : NO_ACTIVATION;
     held.store ??= createStore(job, activationShape);
-    held.store.append({ sampleId: plan.sampleId, condId: plan.condId, isClass: plan.isClass, timestep: t, zt, target, activation });
+    const condId = data.captions ? captionCond(job.seed, i, plan.sampleId, data.captions) : plan.condId;
+    held.store.append({ sampleId: plan.sampleId, condId, isClass: plan.isClass, timestep: t, zt, target, activation });
     onRecord?.(i + 1, job.count);
   }
 }

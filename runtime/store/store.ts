@@ -72,7 +72,8 @@ export interface StoreHeader {
   /** sha256 over the input data (latents, conditionings) and seed: a rerun must match it. */
   fingerprint: string;
   /** Roles of the conditioning ids. */
-  conditionings: { id: number; role: 'instance' | 'class'; source?: string }[];
+  /** `caption`: one caption of a captioned set (precompute.ts FIRST_CAPTION_COND). */
+  conditionings: { id: number; role: 'instance' | 'class' | 'caption'; source?: string }[];
   /** Latent file names by sample id. */
   instanceSamples: string[];
   classSamples: string[];
@@ -464,7 +465,7 @@ function headerProblem(h: StoreHeader): string | undefined {
   if (!Array.isArray(h.fields)) return 'fields is not a list';
   if (
     !Array.isArray(h.conditionings) ||
-    !h.conditionings.every((c) => Number.isInteger(c?.id) && (c.role === 'instance' || c.role === 'class'))
+    !h.conditionings.every((c) => Number.isInteger(c?.id) && (c.role === 'instance' || c.role === 'class' || c.role === 'caption'))
   )
     return 'conditionings is not a list of {id, role}';
   if (typeof h.fingerprint !== 'string') return 'fingerprint is missing';

@@ -32,12 +32,33 @@ export interface Latent {
   data: Float32Array;
 }
 
+/**
+ * A captioned set (training a model from scratch): every instance latent with its own caption.
+ * The store keeps each caption's conditioning once and each record names its caption.
+ */
+export interface Captions {
+  /** One conditioning per distinct caption. */
+  table: Conditioning[];
+  /** The caption texts, in table order (the store header lists them). */
+  texts: string[];
+  /** `ofSample[i]`: the table index of instance latent i's caption. */
+  ofSample: number[];
+  /**
+   * The unconditional caption (the empty prompt) and the share of records that train on it
+   * instead of their own caption, so the model also learns the unconditional prediction that
+   * classifier-free guidance needs.
+   */
+  dropout?: { index: number; rate: number };
+}
+
 export interface TrainingData {
   instanceLatents: Latent[];
   classLatents: Latent[];
   instance: Conditioning;
   class: Conditioning;
   timeIds?: Float32Array;
+  /** A captioned set: then `instance` and `class` are the first caption's conditioning, unused by records. */
+  captions?: Captions;
   /** Where each piece came from, for messages and the store header. */
   sources: { instance: string; class: string; latents: string; classLatents?: string; timeIds?: string };
   /** sha256 over every array read (names, shapes, values). */
@@ -78,6 +99,50 @@ function notLatents(file: string, inFolder: boolean): HollowcError {
       : 'expected a .npy or .safetensors latents batch (or a data folder)',
     file,
   );
+}
+
+/**
+ * A captioned set as training data: `latents[i]` shows `captions.texts[captions.ofSample[i]]`.
+ * Checked here: one latent shape, one conditioning shape, every index in the table.
+ */
+export function captionedTrainingData(latents: Latent[], captions: Captions, source: string): TrainingData {
+  if (!latents.length) throw new HollowcError('a captioned set needs at least one latent', source);
+  if (captions.ofSample.length !== latents.length)
+    throw new HollowcError(`${latents.length} latents but ${captions.ofSample.length} caption indices`, source);
+  if (captions.texts.length !== captions.table.length)
+    throw new HollowcError(`${captions.table.length} caption conditionings but ${captions.texts.length} texts`, source);
+  const shape = latents[0].shape.join();
+  const odd = latents.find((l) => l.shape.join() !== shape);
+  if (odd) throw new HollowcError(`latent ${odd.name} is [${odd.shape}], ${latents[0].name} [${latents[0].shape}]: all samples need one shape`, source);
+  const ehs = captions.table[0].encoderHiddenStates.shape.join();
+  const badCaption = captions.table.findIndex((c) => c.encoderHiddenStates.shape.join() !== ehs || !!c.textEmbeds !== !!captions.table[0].textEmbeds);
+  if (badCaption >= 0) throw new HollowcError(`caption ${JSON.stringify(captions.texts[badCaption])} has another conditioning shape than the first`, source);
+  const badIndex = [...captions.ofSample, ...(captions.dropout ? [captions.dropout.index] : [])].find(
+    (k) => !(Number.isInteger(k) && k >= 0 && k < captions.table.length),
+  );
+  if (badIndex !== undefined) throw new HollowcError(`caption index ${badIndex} is outside the ${captions.table.length} captions`, source);
+  if (captions.dropout && !(captions.dropout.rate >= 0 && captions.dropout.rate < 1))
+    throw new HollowcError(`the caption dropout rate must be in [0, 1), got ${captions.dropout.rate}`, source);
+  const hash = crypto.createHash('sha256');
+  const add = (label: string, values: Float32Array) => {
+    hash.update(label);
+    hash.update(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
+  };
+  latents.forEach((l, i) => add(`latent:${l.name}[${l.shape}]:caption ${captions.ofSample[i]}`, l.data));
+  captions.table.forEach((c, k) => {
+    add(`caption ${k} ${JSON.stringify(captions.texts[k])}[${c.encoderHiddenStates.shape}]`, c.encoderHiddenStates.data);
+    if (c.textEmbeds) add(`caption ${k} te`, c.textEmbeds.data);
+  });
+  hash.update(JSON.stringify(captions.dropout ?? null));
+  return {
+    instanceLatents: latents,
+    classLatents: [],
+    instance: captions.table[0],
+    class: captions.table[0],
+    captions,
+    sources: { instance: source, class: source, latents: source },
+    fingerprint: hash.digest('hex'),
+  };
 }
 
 /** Latents from a folder of .npy files (nothing else) or one batch file (.npy or .safetensors). */
