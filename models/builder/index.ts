@@ -8,7 +8,7 @@ export { Rng, hashString } from '../random';
 export { timestepFrequencies } from './embeddings';
 export { buildClipText, buildClipTextGraph, describeClipText } from './clip-text';
 export type { BuiltTextEncoder, ClipTextBuildOptions } from './clip-text';
-export { buildVae, buildVaeGraph, describeVae, VAE_PARTS } from './vae';
+export { buildAutoencoder, buildAutoencoderGraph, buildVae, buildVaeGraph, describeVae, LATENT_NOISE, RECONSTRUCTION, VAE_PARTS } from './vae';
 export type { BuiltVae, VaePart } from './vae';
 export { writeBuiltModel } from './write-model';
 export type { WriteModelOptions, WrittenModel } from './write-model';

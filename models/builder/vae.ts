@@ -13,7 +13,7 @@
 import { GraphBuilder } from '../../compiler/builder';
 import { DataType } from '../../compiler/dtype';
 import { Graph, Model, Value } from '../../compiler/ir';
-import { VAE_NORM_EPS, VaeConfig, vaeDecoderParameterCount, vaeEncoderParameterCount } from '../vae-config';
+import { VAE_NORM_EPS, VaeConfig, vaeDecoderParameterCount, vaeEncoderParameterCount, vaeScaleFactor } from '../vae-config';
 import { BuildContext, CallCounter, conv2d, floatScalar, groupNorm, int64Const, linear3d, moduleBuilder, silu } from './nn';
 import { downsample, upsample } from './resnet';
 import { IR_VERSION, OPSET } from './unet';
@@ -108,7 +108,7 @@ function encoderGraph(c: VaeConfig, ctx: BuildContext, sample: Value): Value {
   return conv2d(ctx, 'quant_conv', h, 2 * c.latent_channels, 2 * c.latent_channels, 1, { output: 'latent_parameters' });
 }
 
-function decoderGraph(c: VaeConfig, ctx: BuildContext, latent: Value): Value {
+function decoderGraph(c: VaeConfig, ctx: BuildContext, latent: Value, output = 'sample'): Value {
   const rev = [...c.block_out_channels].reverse();
   const g = c.norm_num_groups;
   let h = conv2d(ctx, 'post_quant_conv', latent, c.latent_channels, c.latent_channels, 1);
@@ -122,7 +122,24 @@ function decoderGraph(c: VaeConfig, ctx: BuildContext, latent: Value): Value {
     if (i < rev.length - 1) h = upsample(ctx, `decoder.up_blocks.${i}.upsamplers.0`, h, out);
     prev = out;
   });
-  return head(ctx, 'decoder', h, rev[rev.length - 1], c.out_channels, g, 'sample');
+  return head(ctx, 'decoder', h, rev[rev.length - 1], c.out_channels, g, output);
+}
+
+/** The joined autoencoder's extra input (N(0, 1) noise shaped like the latents) and its output. */
+export const LATENT_NOISE = 'latent_noise';
+export const RECONSTRUCTION = 'reconstruction';
+
+/**
+ * DiagonalGaussianDistribution.sample() in the graph: z = mean + exp(logvar / 2) * noise, with the
+ * noise an input so that a training step is a pure function of its feeds. (diffusers also clamps
+ * logvar to [-30, 20]; training leaves that to the runtime's encode, which does it.)
+ */
+function sampleLatent(ctx: BuildContext, parameters: Value, noise: Value, channels: number): Value {
+  const b = moduleBuilder(ctx, 'latent_dist');
+  const half = (from: number, to: number) =>
+    b.op('Slice', [parameters, int64Const(b, [from]), int64Const(b, [to]), int64Const(b, [1])]);
+  const std = b.op('Exp', [b.op('Mul', [half(channels, 2 * channels), floatScalar(b, 0.5)])]);
+  return b.op('Add', [half(0, channels), b.op('Mul', [std, noise])]);
 }
 
 /** The `vae_encoder` or `vae_decoder` graph; weights go to `weights` as they are made. */
@@ -149,6 +166,38 @@ export function buildVaeGraph(c: VaeConfig, part: VaePart, weights: WeightSink):
   if (ctx.parameterCount !== expected)
     throw new Error(`internal: VAE ${part} has ${ctx.parameterCount} parameters, the config says ${expected}`);
   return { model: newModel(graph), parameterCount: ctx.parameterCount };
+}
+
+/**
+ * Encoder and decoder joined into one autoencoder graph, for training it (compile-graph.ts):
+ * `sample` [B, 3, H, W] and `latent_noise` [B, C, H/f, W/f] in; `latent_parameters` (mean ‖
+ * logvar) and `reconstruction` [B, 3, H, W] out. Parameter names and layouts are those of the two
+ * separate graphs, so trained values go back into them by name.
+ */
+export function buildAutoencoderGraph(c: VaeConfig, weights: WeightSink): BuiltVae {
+  checkConfig(c);
+  const graph = new Graph();
+  graph.name = 'autoencoder';
+  const ctx = new BuildContext(graph, new GraphBuilder(graph), weights);
+  const f = vaeScaleFactor(c);
+  const sample = graph.addInput('sample', { elemType: DataType.FLOAT, shape: ['batch', c.in_channels, 'height', 'width'] });
+  const noise = graph.addInput(LATENT_NOISE, { elemType: DataType.FLOAT, shape: ['batch', c.latent_channels, 'latent_height', 'latent_width'] });
+  const parameters = encoderGraph(c, ctx, sample);
+  parameters.type = { elemType: DataType.FLOAT, shape: ['batch', 2 * c.latent_channels, 'latent_height', 'latent_width'] };
+  const out = decoderGraph(c, ctx, sampleLatent(ctx, parameters, noise, c.latent_channels), RECONSTRUCTION);
+  out.type = { elemType: DataType.FLOAT, shape: ['batch', c.out_channels, `latent_height*${f}`, `latent_width*${f}`] };
+  graph.outputs = [parameters, out];
+  const expected = vaeEncoderParameterCount(c) + vaeDecoderParameterCount(c);
+  if (ctx.parameterCount !== expected) throw new Error(`internal: the autoencoder has ${ctx.parameterCount} parameters, the config says ${expected}`);
+  return { model: newModel(graph), parameterCount: ctx.parameterCount };
+}
+
+/** Writes the joined autoencoder (`<outDir>/model.onnx` + `model.onnx_data`). */
+export function buildAutoencoder(c: VaeConfig, options: { outDir: string; seed?: number }): WrittenModel {
+  return writeBuiltModel(
+    { outDir: options.outDir, seed: options.seed, metadata: { 'hollowc.vae_config': JSON.stringify(c), 'hollowc.vae_part': 'autoencoder' } },
+    (sink) => buildAutoencoderGraph(c, sink),
+  );
 }
 
 export function describeVae(c: VaeConfig, part: VaePart): BuiltVae {

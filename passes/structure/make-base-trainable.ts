@@ -20,8 +20,11 @@ import { Pass } from '../../compiler/pass';
 import { ArtifactState, BaseParam } from '../lib/artifact-state';
 import { BaseParameter, findBaseParameters } from '../lib/base-parameters';
 
-/** Replaces `p`'s initializer by a graph input named `p.name` in torch's layout; returns the input. */
-function makeInput(g: Graph, p: BaseParameter): Value {
+/**
+ * Replaces `p`'s initializer by a graph input named `p.name` in torch's layout; returns the input.
+ * Any graph's parameters (findBaseParameters), not only the UNet's: compile-graph.ts uses it too.
+ */
+export function makeParameterInput(g: Graph, p: BaseParameter): Value {
   const stored = p.value;
   const dims = [...stored.initializer!.dims];
   const readers = [...stored.uses];
@@ -66,7 +69,7 @@ export const makeBaseTrainablePass: Pass<ArtifactState> = {
     });
     let values = 0;
     state.baseParams = params.map((p): BaseParam => {
-      makeInput(g, p);
+      makeParameterInput(g, p);
       values += p.shape.reduce((a, d) => a * d, 1);
       return { name: p.name, module: p.module, shape: [...p.shape] };
     });
