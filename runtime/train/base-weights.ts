@@ -19,8 +19,8 @@ export function trainedBaseNames(manifest: CompileManifest): Set<string> {
   return new Set((manifest.trainBase ?? []).map((p) => p.name));
 }
 
-/** Each trained base weight's value before training (float32, torch layout), by name. */
-export function initialBaseValues(out: string, manifest: CompileManifest): Map<string, Float32Array> {
+/** Each trained base weight's value before training (float32, torch layout), by name (a graph-training folder's parameters too). */
+export function initialBaseValues(out: string, manifest: Pick<CompileManifest, 'trainBase'>): Map<string, Float32Array> {
   const values = new Map<string, Float32Array>();
   const fds = new Map<string, number>();
   try {
