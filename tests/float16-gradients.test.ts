@@ -12,11 +12,10 @@ import { compileSpec } from '../cli/api/compile-spec';
 import { checkSpecFile } from '../cli/api/spec';
 import { loadUNet } from '../cli/api/unet';
 import { widenHalvesInto } from '../compiler/float16';
-import { CompileManifest, FLOAT16_GRADIENT_PEAK, gradientName, gradientScaleName } from '../compiler/manifest';
+import { FLOAT16_GRADIENT_PEAK, gradientName, gradientScaleName } from '../compiler/manifest';
 import { SpecError, parseSpec } from '../dsl';
 import { buildUNet } from '../models/builder';
 import { FAMILIES } from '../models/families';
-import { compile } from '../passes/compile-unet';
 import { personalizeSpec } from '../runtime/personalize/spec';
 import type { PipelineFolder } from '../runtime/text-to-image/pipeline-folder';
 import { readSafetensors } from '../runtime/formats/safetensors';
@@ -26,17 +25,7 @@ import { TRAINED_BASE_FILE } from '../runtime/train/base-weights';
 import { CHECKPOINT_FILE } from '../runtime/train/checkpoint';
 import { train } from '../runtime/train/train';
 import { writeData } from './runtime-fake-train';
-import {
-  FIXTURE_MODEL,
-  FIXTURE_SHAPES,
-  fixtureGradientStep,
-  fixtureManifest,
-  relativeError,
-  runModel,
-  tempDir,
-  tinyTrainBaseSpec,
-  trainingFor,
-} from './support/fixture';
+import { compileFixtureGrads, fixtureGradientStep, relativeError, runModel, tempDir, tinyTrainBaseSpec } from './support/fixture';
 
 const SPEC = `model sd15
 hollow preset "39.2%"
@@ -72,24 +61,14 @@ test('personalize --gradients fp16 writes the spec line', () => {
 });
 
 describe('grads.onnx of the PyTorch fixture (39.2%) with float16 gradient outputs', () => {
-  const fixture = fixtureManifest();
-  const compiled = (gradients: 'fp32' | 'fp16') => {
-    const out = tempDir(`hollowc-grad-${gradients}-`);
-    const training = trainingFor('sd15', FIXTURE_SHAPES);
-    const m = compile({
-      modelFile: FIXTURE_MODEL,
-      outDir: out,
-      lastKeptDown: '3-2',
-      targets: fixture.lora.targets,
-      lora: { rank: fixture.lora.rank, alpha: fixture.lora.alpha },
-      emit: ['grads'],
-      training: { ...training, optimizer: { ...training.optimizer, ...(gradients === 'fp16' ? { gradients } : {}) } },
-    });
-    return { out, m };
-  };
+  const compiled = (gradients: 'fp32' | 'fp16') => compileFixtureGrads('fp32', `hollowc-grad-${gradients}-`, { gradients });
+  let b: ReturnType<typeof compiled>;
+  beforeAll(() => {
+    b = compiled('fp16');
+  }, 300_000);
 
   test('every gradient within float16 rounding of the float32 output and 1e-3 of PyTorch; the manifest says float16', async () => {
-    const [a, b] = [compiled('fp32'), compiled('fp16')];
+    const a = compiled('fp32');
     expect(b.m.training.optimizer.gradients).toBe('fp16');
     const step = fixtureGradientStep(b.m);
     const outputs = new Map(b.m.artifacts.grads!.outputs.map((o) => [o.name, o]));
@@ -113,7 +92,6 @@ describe('grads.onnx of the PyTorch fixture (39.2%) with float16 gradient output
   }, 300_000);
 
   test('a zero gradient (lora_A while every B is zero) comes back as zeros, not NaN', async () => {
-    const b = compiled('fp16');
     const step = fixtureGradientStep(b.m);
     for (const p of step.params.filter((q) => q.role === 'B')) (step.feeds[p.name].data as Float32Array).fill(0);
     const got = await runModel(path.join(b.out, 'grads.onnx'), step.feeds);

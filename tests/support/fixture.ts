@@ -3,7 +3,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
-import type { CompileManifest, RecomputeMode, TrainingSettings } from '../../compiler/manifest';
+import type { CompileManifest, GradientPrecision, RecomputeMode, TrainingSettings } from '../../compiler/manifest';
 import { FAMILIES, type FamilyName } from '../../models/families';
 import { defaultTrainingSettings } from '../../models/training-defaults';
 import { readNpy } from '../../runtime/formats/npy';
@@ -46,9 +46,9 @@ export function compileFixtureGrads(
   passes: Pick<
     CompileRequest,
     'skipPasses' | 'splitAttentionAboveBytes' | 'attentionChunkBytes' | 'feedForwardChunkBytes' | 'convGradientColBytes'
-  > & { recompute?: RecomputeMode } = {},
+  > & { recompute?: RecomputeMode; gradients?: GradientPrecision } = {},
 ): { out: string; m: CompileManifest } {
-  const { recompute = 'cheap', ...rest } = passes;
+  const { recompute = 'cheap', gradients, ...rest } = passes;
   const fixture = fixtureManifest();
   const out = tempDir(prefix);
   const m = compile({
@@ -58,10 +58,14 @@ export function compileFixtureGrads(
     targets: fixture.lora.targets,
     lora: { rank: fixture.lora.rank, alpha: fixture.lora.alpha },
     emit: ['grads'],
-    training: { ...trainingFor('sd15', FIXTURE_SHAPES), base, recompute },
+    training: withGradients({ ...trainingFor('sd15', FIXTURE_SHAPES), base, recompute }, gradients),
     ...rest,
   });
   return { out, m };
+}
+
+function withGradients(t: TrainingSettings, gradients: GradientPrecision | undefined): TrainingSettings {
+  return gradients ? { ...t, optimizer: { ...t.optimizer, gradients } } : t;
 }
 
 export interface FixtureParam {
