@@ -53,6 +53,14 @@ export type { PipelineGenerateOptions, PipelineGenerateResult } from './cli/api/
 export { loadTokenizer } from './runtime/text-to-image/tokenizer';
 export { loadImage, savePng, listImages } from './runtime/formats/images';
 
+// Any builder graph trained by hollowc's own passes: the world's VAE (issue 32)
+export { compileGraph } from './passes/compile-graph';
+export { trainGraph, writeTrainedExport } from './runtime/train/graph-train';
+export { trainVae, WORLD_VAE } from './cli/api/train-vae';
+export type { TrainVaeOptions, TrainVaeResult } from './cli/api/train-vae';
+export { checkVae } from './cli/api/check-vae';
+export type { VaeCheck } from './cli/api/check-vae';
+
 // SD-shaped models for tests and demos
 export { buildUNet } from './models/builder/unet';
 export { buildPipeline } from './models/builder/pipeline';
