@@ -125,6 +125,30 @@ describe('compile-graph on the builder VAE', () => {
   });
 });
 
+test('bad input: a loss on an output the graph lacks, or a folder that is not a graph-training folder, is one line and leaves nothing', async () => {
+  const dir = tempDir('hollowc-vae-bad-');
+  try {
+    const built = buildAutoencoder(TEST_VAE, { outDir: path.join(dir, 'autoencoder'), seed: 3 });
+    const out = path.join(dir, 'graph');
+    expect(() =>
+      compileGraph({
+        model: loadModel(built.file),
+        label: 'test VAE',
+        outDir: out,
+        shapes: { sample: [BATCH, 3, SIZE, SIZE], [LATENT_NOISE]: LATENT },
+        loss: { prediction: 'recon', target: 'sample' },
+        optimizer: { betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0 },
+      }),
+    ).toThrow(/^test VAE: the loss prediction "recon" is not an output of the graph \(outputs: latent_parameters, reconstruction\)$/);
+    expect(fs.existsSync(out)).toBe(false);
+    await expect(trainGraph({ dir: built.file.replace(/model\.onnx$/, ''), steps: 1, lr: 1e-3, feeds: () => ({}) })).rejects.toThrow(
+      /graph-training\.json: not a graph-training folder \(ENOENT\); compile one first$/,
+    );
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('a short training on world scenes halves the loss; the written VAE reconstructs as training measured', async () => {
   const out = tempDir('hollowc-vae-train-');
   try {
