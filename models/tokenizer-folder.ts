@@ -19,6 +19,8 @@ export interface TokenizerFolderOptions {
   tokenizerJson?: boolean;
   /** `name_or_path` recorded in tokenizer_config.json */
   nameOrPath?: string;
+  /** Padded prompt length (default CLIP's 77); the text encoder must be built for it. */
+  maxLength?: number;
 }
 
 /** The AddedToken form transformers serialises for bos/eos/unk. */
@@ -57,7 +59,7 @@ export function writeTokenizerFolder(dir: string, options: TokenizerFolderOption
       do_lower_case: true,
       eos_token: addedToken(EOS_TOKEN),
       errors: 'replace',
-      model_max_length: CLIP_MAX_LENGTH,
+      model_max_length: options.maxLength ?? CLIP_MAX_LENGTH,
       name_or_path: options.nameOrPath ?? 'openai/clip-vit-large-patch14',
       pad_token: options.padToken,
       special_tokens_map_file: './special_tokens_map.json',

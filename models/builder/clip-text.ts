@@ -22,6 +22,13 @@ import { writeBuiltModel, WrittenModel } from './write-model';
 export interface ClipTextBuildOptions {
   /** also output `hidden_states.0` (embeddings) .. `hidden_states.L` (last layer, before the final LayerNorm), as SDXL needs */
   hiddenStates?: boolean;
+  /**
+   * The token and position embeddings' init spread as a multiple of CLIP's N(0, 0.02) (default 1).
+   * Frozen at its random init, a CLIP's two fan-in-scaled layers add O(1) to a residual stream that
+   * starts at 0.02: each word is drowned at its own position. A text encoder that stays random
+   * (cli/api/world-pipeline.ts) draws them larger so every word stays readable.
+   */
+  embeddingScale?: number;
 }
 
 export interface BuiltTextEncoder {
@@ -40,9 +47,10 @@ function namedIdentity(graph: Graph, x: Value, name: string): Value {
   return graph.addNode({ opType: 'Identity', name: `/Identity_${name}`, inputs: [x], outputs: [name] }).outputs[0];
 }
 
-function embedding(ctx: BuildContext, path: string, ids: Value, rows: number, dim: number): Value {
+function embedding(ctx: BuildContext, path: string, ids: Value, rows: number, dim: number, scale = 1): Value {
   const b = moduleBuilder(ctx, path);
-  const w = ctx.param(`${path}.weight`, `${path}.weight`, [rows, dim], [rows, dim], 'same', EMBEDDING_INIT);
+  const init = { ...EMBEDDING_INIT, spread: EMBEDDING_INIT.spread * scale };
+  const w = ctx.param(`${path}.weight`, `${path}.weight`, [rows, dim], [rows, dim], 'same', init);
   return b.op('Gather', [w, ids], { axis: 0 });
 }
 
@@ -114,12 +122,12 @@ export function buildClipTextGraph(c: ClipTextConfig, weights: WeightSink, optio
   const ids = graph.addInput('input_ids', { elemType: DataType.INT64, shape: ['batch_size', s] });
 
   const emb = moduleBuilder(ctx, 'text_model.embeddings');
-  const tokens = embedding(ctx, 'text_model.embeddings.token_embedding', ids, c.vocab_size, d);
+  const tokens = embedding(ctx, 'text_model.embeddings.token_embedding', ids, c.vocab_size, d, options.embeddingScale);
   const positionIds = emb.constant(
     BigInt64Array.from({ length: s }, (_, i) => BigInt(i)),
     [1, s],
   );
-  const positions = embedding(ctx, 'text_model.embeddings.position_embedding', positionIds, s, d);
+  const positions = embedding(ctx, 'text_model.embeddings.position_embedding', positionIds, s, d, options.embeddingScale);
   let h = emb.op('Add', [tokens, positions]);
 
   const mask = causalMask(moduleBuilder(ctx, 'text_model'), s);

@@ -44,6 +44,13 @@ export interface BuildPipelineOptions {
   readonly seed?: number;
   /** fp16: every component in the float16 form optimum's `--dtype fp16` export writes (float16.ts) */
   readonly dtype?: BuildDtype;
+  /**
+   * Prompt length of the tokenizers and text encoders (default CLIP's 77): a small world's short
+   * captions (cli/api/world-pipeline.ts) are not diluted by 60-odd padding positions.
+   */
+  readonly maxTokens?: number;
+  /** The text encoders' embedding init as a multiple of CLIP's (clip-text.ts embeddingScale). */
+  readonly textEmbeddingScale?: number;
 }
 
 const json = (obj: unknown) => JSON.stringify(obj, null, 2) + '\n';
@@ -134,10 +141,20 @@ export async function buildPipeline(
 
     for (const t of v.textEncoders) {
       const dir = path.join(tmp, t.dir);
-      const te = buildClipText(t.config, { outDir: dir, seed: componentSeed(seed, t.dir), hiddenStates: t.hiddenStates });
-      writeFileAtomic(path.join(dir, 'config.json'), json(t.config));
+      const config = options.maxTokens ? { ...t.config, max_position_embeddings: options.maxTokens } : t.config;
+      const te = buildClipText(config, {
+        outDir: dir,
+        seed: componentSeed(seed, t.dir),
+        hiddenStates: t.hiddenStates,
+        embeddingScale: options.textEmbeddingScale,
+      });
+      writeFileAtomic(path.join(dir, 'config.json'), json(config));
       components.push({ name: t.dir, parameterCount: te.parameterCount, weightBytes: te.weightBytes });
-      writeTokenizerFolder(path.join(tmp, t.tokenizerDir), { padToken: t.padToken, nameOrPath: t.tokenizerSource });
+      writeTokenizerFolder(path.join(tmp, t.tokenizerDir), {
+        padToken: t.padToken,
+        nameOrPath: t.tokenizerSource,
+        ...(options.maxTokens ? { maxLength: options.maxTokens } : {}),
+      });
     }
 
     for (const part of ['encoder', 'decoder'] as const) {

@@ -1,0 +1,211 @@
+/**
+ * The small Stable Diffusion hollowc trains itself on models/world (issue 32): a tiny SD 1.5-shaped
+ * pipeline (the builder's layout: the real CLIP BPE tokenizer, a CLIP-shaped text encoder, a VAE,
+ * a UNet with SD's blocks) whose UNet learns from scratch with hollowc's own training: `hollow
+ * none`, `train base "*"`, epsilon prediction on SD's schedule, the world's scenes as a captioned
+ * set (precompute's captions), one caption in ten replaced by the empty prompt so that
+ * classifier-free guidance has an unconditional prediction to push away from.
+ *
+ * The text encoder stays as the builder seeded it (WORLD_TOKENS, WORLD_TEXT_EMBEDDING_SCALE): a
+ * randomly initialized CLIP already tells the world's captions apart (a linear probe on its output
+ * reads size, color, kind and background of held-out captions without error), and the UNet's
+ * cross-attention learns to read it. The VAE
+ * comes trained from its own stage (a folder with vae_encoder/ and vae_decoder/).
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { HollowcError } from '../../compiler/errors';
+import { buildPipeline } from '../../models/builder';
+import { Scene, captionOf, drawScene, expectedOf, pixelsOfTensor, sampleScene, scoreImage } from '../../models/world';
+import { openPipelineFolder } from '../../runtime/text-to-image/pipeline-folder';
+import { encodePrompts, textToImage } from '../../runtime/text-to-image/text-to-image';
+import { encodeImages } from '../../runtime/text-to-image/vae';
+import { Latent, captionedTrainingData } from '../../runtime/store/training-data';
+import { precompute } from '../../runtime/store/precompute';
+import { train } from '../../runtime/train/train';
+import { compileSpec } from './compile-spec';
+import { exportUnet } from './export-unet';
+import { checkSpecFile } from './spec';
+import { loadUNet } from './unet';
+
+export interface WorldPipelineOptions {
+  /** The pipeline folder to write. */
+  out: string;
+  /** A folder with the trained vae_encoder/ and vae_decoder/ (their config.json carries scaling_factor). */
+  vae: string;
+  /** Where the intermediate folders go (kept, so a rerun resumes training). */
+  work: string;
+  seed?: number;
+  /** Image side in pixels (the latent side follows from the VAE). */
+  size?: number;
+  /** Distinct training scenes (each drawn, encoded and captioned once). */
+  scenes?: number;
+  steps?: number;
+  batch?: number;
+  lr?: number;
+  /** Share of records trained on the empty prompt. */
+  captionDropout?: number;
+  threads?: number;
+  log?: (line: string) => void;
+}
+
+/** Training scenes are sampleScene(TRAIN_SCENES + i); scored ones come from HELD_OUT_SCENES + i, never trained on. */
+export const TRAIN_SCENES = 0;
+export const HELD_OUT_SCENES = 1 << 30;
+
+/** A scene's pixels as the VAE takes them: [3, S, S] in [-1, 1]. */
+async function sceneImage(scene: Scene, size: number): Promise<Float32Array> {
+  const rgb = await drawScene(scene, size);
+  const plane = size * size;
+  const x = new Float32Array(3 * plane);
+  for (let p = 0; p < plane; p++) for (let c = 0; c < 3; c++) x[c * plane + p] = rgb[3 * p + c] / 127.5 - 1;
+  return x;
+}
+
+function specText(
+  o: Required<Pick<WorldPipelineOptions, 'seed' | 'steps' | 'batch' | 'lr'>>,
+  latent: readonly number[],
+  tokens: number,
+  width: number,
+): string {
+  return [
+    '# the world pipeline UNet, trained from its random init (cli/api/world-pipeline.ts)',
+    'model sd15',
+    'hollow none',
+    `shape sample [${o.batch}, ${latent.join(', ')}]`,
+    `shape timestep [${o.batch}]`,
+    `shape encoder_hidden_states [${o.batch}, ${tokens}, ${width}]`,
+    'train base "*"',
+    'loss mse epsilon',
+    `optimizer adamw lr ${o.lr} weight_decay 0`,
+    'emit grads',
+    `seed ${o.seed}`,
+    `train steps ${o.steps} batch ${o.batch}`,
+    '',
+  ].join('\n');
+}
+
+/**
+ * The world's captions are at most 11 tokens with BOS and EOS ("a small sks toy on a blue
+ * background" included). At CLIP's 77 positions the UNet's cross-attention starts out averaging 77 positions,
+ * so a caption word is 1/77 of what it reads: after 2000 steps (batch 16) the trained UNet's output
+ * moved 0.0066 rms between "... on a blue background" and "... on a yellow background" (0.86 rms
+ * output) and backgrounds came out right at chance. Tokenizer and text encoder take WORLD_TOKENS.
+ */
+export const WORLD_TOKENS = 16;
+
+/**
+ * The frozen text encoder's embeddings are drawn 50x CLIP's init (about N(0, 1)): at CLIP's own
+ * 0.02 its two random fan-in-scaled layers drown each word, and changing the background word moved
+ * that word's own position by 0.19 rms (of unit-scaled features), the rest by ~0.1. At 50x the
+ * word's position moves by 0.91 and the object's color word by 0.97, so the UNet can read both.
+ */
+export const WORLD_TEXT_EMBEDDING_SCALE = 50;
+
+/** Builds, trains and writes the world pipeline; returns the pipeline folder. */
+export async function trainWorldPipeline(options: WorldPipelineOptions): Promise<{ out: string; losses: number[] }> {
+  const o = { seed: 0, size: 128, scenes: 4096, steps: 2000, batch: 8, lr: 1e-3, captionDropout: 0.1, ...options };
+  const log = o.log ?? (() => {});
+  fs.mkdirSync(o.work, { recursive: true });
+  const base = path.join(o.work, 'base');
+  if (!fs.existsSync(path.join(base, 'model_index.json'))) {
+    log('building the tiny SD 1.5 pipeline (random init)');
+    await buildPipeline('sd15', 'tiny', base, { seed: o.seed, maxTokens: WORLD_TOKENS, textEmbeddingScale: WORLD_TEXT_EMBEDDING_SCALE });
+    for (const part of ['vae_encoder', 'vae_decoder']) {
+      if (!fs.existsSync(path.join(o.vae, part, 'model.onnx'))) throw new HollowcError(`no ${part}/model.onnx`, o.vae);
+      fs.rmSync(path.join(base, part), { recursive: true, force: true });
+      fs.cpSync(path.join(o.vae, part), path.join(base, part), { recursive: true });
+    }
+  }
+  const folder = openPipelineFolder(base);
+  const session = o.threads ? { intraOpThreads: o.threads } : {};
+  const compiled = path.join(o.work, 'compiled');
+  if (!fs.existsSync(path.join(compiled, 'store', 'progress.json'))) {
+    log(`drawing and encoding ${o.scenes} scenes at ${o.size} px`);
+    const scenes = Array.from({ length: o.scenes }, (_, i) => sampleScene(TRAIN_SCENES + i));
+    const latents: Latent[] = [];
+    const chunk = 64;
+    for (let start = 0; start < scenes.length; start += chunk) {
+      const part = scenes.slice(start, start + chunk);
+      const data = new Float32Array(part.length * 3 * o.size * o.size);
+      for (let k = 0; k < part.length; k++) data.set(await sceneImage(part[k], o.size), k * 3 * o.size * o.size);
+      const z = await encodeImages(folder, { data, dims: [part.length, 3, o.size, o.size] }, { seed: o.seed + start, session });
+      const per = z.shape.slice(1);
+      const n = per.reduce((a, b) => a * b, 1);
+      for (let k = 0; k < part.length; k++)
+        latents.push({ name: `scene ${start + k}`, file: 'world', shape: per, data: z.data.slice(k * n, (k + 1) * n) });
+    }
+    const texts = [...new Set(scenes.map(captionOf)), ''];
+    const index = new Map(texts.map((t, k) => [t, k]));
+    log(`encoding ${texts.length} captions`);
+    const table = await encodePrompts(folder, texts, session);
+    const data = captionedTrainingData(
+      latents,
+      { table, texts, ofSample: scenes.map((s) => index.get(captionOf(s))!), dropout: { index: texts.length - 1, rate: o.captionDropout } },
+      'world',
+    );
+    const [tokens, width] = table[0].encoderHiddenStates.shape;
+    const spec = path.join(o.work, 'unet.hollow');
+    fs.writeFileSync(spec, specText(o, latents[0].shape, tokens, width));
+    const unet = loadUNet(path.join(base, 'unet', 'model.onnx'));
+    compileSpec(unet, checkSpecFile(unet, spec), { out: compiled });
+    await precompute({ out: compiled, data, count: o.steps * o.batch, session });
+  }
+  log(`training ${o.steps} steps of batch ${o.batch}`);
+  const r = await train({ out: compiled, steps: o.steps, resume: fs.existsSync(path.join(compiled, 'train')), session });
+  exportUnet({ out: compiled, format: 'onnx', pipeline: base, output: o.out });
+  return { out: o.out, losses: r.losses.map((l) => l.loss) };
+}
+
+export interface WorldScores {
+  samples: number;
+  background: number;
+  objectColor: number;
+  objectKind: number;
+  size: number;
+}
+
+/** Samples held-out captions (DDIM, CFG) and scores each image with the world's pixel scorers: the share right per attribute. */
+export async function scoreWorldPipeline(
+  pipeline: string,
+  o: { samples?: number; steps?: number; guidance?: number; seed?: number; size?: number; threads?: number; save?: string } = {},
+): Promise<WorldScores> {
+  const folder = openPipelineFolder(pipeline);
+  const samples = o.samples ?? 100;
+  const size = o.size ?? 128;
+  const tally = { background: 0, objectColor: 0, objectKind: 0, size: 0 };
+  const sharp = o.save ? (await import('sharp')).default : undefined;
+  if (o.save) fs.mkdirSync(o.save, { recursive: true });
+  for (let i = 0; i < samples; i++) {
+    const scene = sampleScene(HELD_OUT_SCENES + i);
+    const r = await textToImage({
+      folder,
+      prompt: captionOf(scene),
+      width: size,
+      height: size,
+      steps: o.steps ?? 25,
+      guidance: o.guidance ?? 4,
+      scheduler: 'ddim',
+      seed: (o.seed ?? 0) + i,
+      numImages: 1,
+      session: o.threads ? { intraOpThreads: o.threads } : {},
+    });
+    const pixels = pixelsOfTensor(r.images!.data, r.images!.dims, 0);
+    const card = scoreImage(pixels, size, expectedOf(scene));
+    tally.background += Number(card.background);
+    tally.objectColor += Number(!!card.objectColor);
+    tally.objectKind += Number(!!card.objectKind);
+    tally.size += Number(!!card.size);
+    if (sharp && o.save)
+      await sharp(Buffer.from(pixels), { raw: { width: size, height: size, channels: 3 } })
+        .png()
+        .toFile(path.join(o.save, `${i}-${captionOf(scene).replace(/ /g, '_')}.png`));
+  }
+  return {
+    samples,
+    background: tally.background / samples,
+    objectColor: tally.objectColor / samples,
+    objectKind: tally.objectKind / samples,
+    size: tally.size / samples,
+  };
+}
