@@ -62,7 +62,8 @@ function problem(m: Partial<GraphTrainingManifest>): string | undefined {
     if (unknown) return `export ${name} reads parameter ${unknown}, which the folder does not train`;
   }
   const o = m.optimizer;
-  if (!o || !Array.isArray(o.betas) || typeof o.eps !== 'number' || typeof o.weightDecay !== 'number') return 'field "optimizer" is missing';
+  if (!o || !Array.isArray(o.betas) || typeof o.eps !== 'number' || typeof o.weightDecay !== 'number')
+    return 'field "optimizer" is missing';
   return undefined;
 }
 

@@ -90,7 +90,10 @@ export function buildTrainingGraph(source: Model, shapes: Record<string, number[
   const output = (name: string, what: string) =>
     g.outputs.find((o) => o.name === name) ??
     (() => {
-      throw new HollowcError(`${what} ${JSON.stringify(name)} is not an output of the graph (outputs: ${g.outputs.map((o) => o.name).join(', ')})`, label);
+      throw new HollowcError(
+        `${what} ${JSON.stringify(name)} is not an output of the graph (outputs: ${g.outputs.map((o) => o.name).join(', ')})`,
+        label,
+      );
     })();
   const prediction = output(loss.prediction, 'the loss prediction');
   const klSource = loss.kl && output(loss.kl.output, 'the KL term');
@@ -100,7 +103,10 @@ export function buildTrainingGraph(source: Model, shapes: Record<string, number[
     if (!target) throw new HollowcError(`the loss target ${JSON.stringify(loss.target)} is not an input of the graph`, label);
     const want = staticShapeOf(prediction).join(',');
     if (staticShapeOf(target).join(',') !== want)
-      throw new HollowcError(`the loss target ${target.name} is [${staticShapeOf(target)}], the prediction ${prediction.name} [${want}]`, label);
+      throw new HollowcError(
+        `the loss target ${target.name} is [${staticShapeOf(target)}], the prediction ${prediction.name} [${want}]`,
+        label,
+      );
     g.replaceAllUsesWith(added.target, target);
     g.deleteValue(added.target);
   }

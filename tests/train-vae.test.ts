@@ -97,7 +97,11 @@ describe('compile-graph on the builder VAE', () => {
       expect(scale).toBeGreaterThan(1e-5);
       // the largest entry and two more, by a seeded pick
       const pick = new Rng(5, name);
-      const indices = [g.indexOf(g.reduce((a, x) => (Math.abs(x) > Math.abs(a) ? x : a), 0)), pick.next() % g.length, pick.next() % g.length];
+      const indices = [
+        g.indexOf(g.reduce((a, x) => (Math.abs(x) > Math.abs(a) ? x : a), 0)),
+        pick.next() % g.length,
+        pick.next() % g.length,
+      ];
       for (const i of indices) {
         const saved = p.value[i];
         p.value[i] = saved + h;
@@ -153,7 +157,18 @@ test('a short training on world scenes halves the loss; the written VAE reconstr
   const out = tempDir('hollowc-vae-train-');
   try {
     // 16 scenes at 16 px, 200 steps of 4: about 10 s on 2 cores
-    const r = await trainVae({ out, config: TEST_VAE, size: 16, steps: 200, batch: 4, lr: 1e-2, warmup: 10, klWeight: 1e-3, scenes: 16, seed: 1 });
+    const r = await trainVae({
+      out,
+      config: TEST_VAE,
+      size: 16,
+      steps: 200,
+      batch: 4,
+      lr: 1e-2,
+      warmup: 10,
+      klWeight: 1e-3,
+      scenes: 16,
+      seed: 1,
+    });
     const mean = (from: number, to: number) => r.log.slice(from, to).reduce((a, s) => a + s.losses.reconstruction_mse, 0) / (to - from);
     const first = mean(0, 10);
     const last = mean(190, 200);
@@ -163,7 +178,10 @@ test('a short training on world scenes halves the loss; the written VAE reconstr
 
     const folder = openPipelineFolder(out);
     expect(folder.vaeEncoder.config.block_out_channels).toEqual([4, 8]);
-    const images = await drawScenes(Array.from({ length: 4 }, (_, i) => sampleScene(i)), 16);
+    const images = await drawScenes(
+      Array.from({ length: 4 }, (_, i) => sampleScene(i)),
+      16,
+    );
     const dims = [4, 3, 16, 16];
     const decoded = await decodeLatents(folder, await encodeImages(folder, { data: images, dims }));
     let sq = 0;

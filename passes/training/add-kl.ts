@@ -27,8 +27,12 @@ export function addGaussianKl(model: Model, parameters: Value, name = KL_LOSS): 
   const logvar = half(c);
   const one = e.scalarLike(1, parameters);
   const inner = e.op('Sub', [e.op('Add', [e.op('Mul', [mean, mean]), e.op('Exp', [logvar])]), e.op('Add', [one, logvar])]);
-  const perElement = e.reduce('ReduceMean', inner, shape.map((_, i) => i), true);
+  const perElement = e.reduce(
+    'ReduceMean',
+    inner,
+    shape.map((_, i) => i),
+    true,
+  );
   const kl = e.op('Mul', [e.reshape(perElement, [1]), e.scalarLike(0.5, parameters)]);
   return g.addNode({ opType: 'Identity', name: `/kl/${name}`, inputs: [kl], outputs: [name] }).outputs[0];
 }
-

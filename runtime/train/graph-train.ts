@@ -79,7 +79,8 @@ export async function trainGraph(o: GraphTrainOptions): Promise<GraphTrainResult
       for (const p of params) feeds[p.name] = new ort.Tensor('float32', p.value, p.shape);
       const result = await session.run(feeds, fetches);
       const losses = Object.fromEntries(lossNames.map((n) => [n, Number((result[n].data as Float32Array)[0])]));
-      if (!Number.isFinite(losses[lossNames[0]])) throw new HollowcError(`step ${step}: the loss is ${losses[lossNames[0]]}; stopped before updating`, o.dir);
+      if (!Number.isFinite(losses[lossNames[0]]))
+        throw new HollowcError(`step ${step}: the loss is ${losses[lossNames[0]]}; stopped before updating`, o.dir);
       const lr = typeof o.lr === 'number' ? o.lr : o.lr(step);
       adamw.step(
         params,
@@ -103,9 +104,16 @@ export async function trainGraph(o: GraphTrainOptions): Promise<GraphTrainResult
  * `model.onnx_data` (a component folder of the optimum layout). `outDir` must be new or empty:
  * the caller moves the finished folder into place.
  */
-export function writeTrainedExport(dir: string, manifest: GraphTrainingManifest, name: string, params: readonly ParamState[], outDir: string): string {
+export function writeTrainedExport(
+  dir: string,
+  manifest: GraphTrainingManifest,
+  name: string,
+  params: readonly ParamState[],
+  outDir: string,
+): string {
   const e = manifest.exports[name];
-  if (!e) throw new HollowcError(`the folder exports no graph ${name} (it has: ${Object.keys(manifest.exports).join(', ') || 'none'})`, dir);
+  if (!e)
+    throw new HollowcError(`the folder exports no graph ${name} (it has: ${Object.keys(manifest.exports).join(', ') || 'none'})`, dir);
   if (fs.existsSync(outDir) && fs.readdirSync(outDir).length > 0) throw new HollowcError('the export folder is not empty', outDir);
   const model = loadModel(path.join(dir, e.file));
   const g = model.graph;
