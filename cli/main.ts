@@ -25,6 +25,7 @@ import { registerPersonalize } from './personalize';
 import { registerPrecompute } from './precompute';
 import { registerTrain } from './train';
 import { registerWeb } from './web';
+import { registerWorld } from './world';
 
 /** Found upwards from here: the same code runs from dist/cli and from cli/ under jest. */
 function packageVersion(): string {
@@ -59,6 +60,7 @@ export function buildProgram(): Command {
   registerEncode(program);
   registerDecode(program);
   registerWeb(program);
+  registerWorld(program);
   pointUsageErrorsAtHelp(program, 'hollowc');
   return program;
 }

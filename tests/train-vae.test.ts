@@ -110,8 +110,7 @@ describe('compile-graph on the builder VAE', () => {
         const down = await loss();
         p.value[i] = saved;
         const numeric = (up - down) / (2 * h);
-        expect({ name, i, error: Math.abs(numeric - g[i]) / scale }).toEqual({ name, i, error: expect.any(Number) });
-        expect(Math.abs(numeric - g[i])).toBeLessThan(0.03 * scale + 1e-6);
+        expect({ name, i, withinTolerance: Math.abs(numeric - g[i]) < 0.03 * scale + 1e-6 }).toEqual({ name, i, withinTolerance: true });
       }
     }
     await session.release();

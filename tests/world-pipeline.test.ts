@@ -1,10 +1,12 @@
 /**
  * The world pipeline's frozen text encoder (cli/api/world-pipeline.ts, models/builder's maxTokens
  * and textEmbeddingScale): prompts padded to WORLD_TOKENS, and each caption word readable at its
- * own position, which CLIP's own 0.02 embedding init does not give a random encoder.
+ * own position, which CLIP's own 0.02 embedding init does not give a random encoder; and `world
+ * build`'s wiring at a few steps (the quality of a full build is a bench: docs/benchmarks.md).
  */
+import * as fs from 'fs';
 import * as path from 'path';
-import { WORLD_TEXT_EMBEDDING_SCALE, WORLD_TOKENS } from '../cli/api/world-pipeline';
+import { WORLD_TEXT_EMBEDDING_SCALE, WORLD_TOKENS, buildWorldPipeline, scoreWorldPipeline } from '../cli/api/world-pipeline';
 import { buildPipeline } from '../models/builder';
 import { openPipelineFolder } from '../runtime/text-to-image/pipeline-folder';
 import { encodePrompts } from '../runtime/text-to-image/text-to-image';
@@ -38,3 +40,22 @@ test('the world text encoder takes WORLD_TOKENS and keeps the background word re
   const before = (await wordChange(world, a, b)).slice(0, 7);
   expect(before.every((d) => d === 0)).toBe(true); // causal: the positions before the word do not see it
 }, 120_000);
+
+test('world build: VAE then UNet from a seed into a pipeline folder that world score reads; a rerun resumes instead of starting over', async () => {
+  const dir = tempDir('hollowc-world-build-');
+  const out = path.join(dir, 'pipeline');
+  const work = path.join(dir, 'work');
+  const r = await buildWorldPipeline({ out, work, seed: 1, vaeSteps: 4, scenes: 24, steps: 3, batch: 2 });
+  expect(r.losses).toHaveLength(3);
+  const folder = openPipelineFolder(out);
+  expect(folder.tokenizers[0].maxLength).toBe(WORLD_TOKENS);
+  // the UNet is the trained one, not the builder's init the work folder started from
+  const weights = (dir: string) => fs.readFileSync(path.join(dir, 'unet', 'model.onnx_data'));
+  expect(weights(out).equals(weights(path.join(work, 'base')))).toBe(false);
+  const s = await scoreWorldPipeline(out, { samples: 2, steps: 2 });
+  expect(s.samples).toBe(2);
+  for (const share of [s.background, s.objectColor, s.objectKind, s.size]) expect(share).toBeGreaterThanOrEqual(0);
+  // a second call with more steps trains on from the checkpoint: the first 3 losses are not repeated
+  const again = await buildWorldPipeline({ out, work, seed: 1, vaeSteps: 4, scenes: 24, steps: 5, batch: 2 });
+  expect(again.losses).toHaveLength(2);
+}, 300_000);

@@ -60,13 +60,8 @@ export async function checkVae(pipelineDir: string, o: VaeCheckOptions = {}): Pr
   const decoded = await decodeLatents(folder, latents);
   let sq = 0;
   for (let k = 0; k < images.length; k++) sq += (decoded.data[k] * 2 - 1 - images[k]) ** 2;
-  const originals = scenes.map((_, i) =>
-    pixelsOfTensor(
-      images.map((v) => (v + 1) / 2),
-      dims,
-      i,
-    ),
-  );
+  const unit = images.map((v) => (v + 1) / 2);
+  const originals = scenes.map((_, i) => pixelsOfTensor(unit, dims, i));
   const reconstructions = scenes.map((_, i) => pixelsOfTensor(decoded.data, decoded.dims, i));
   const read = reconstructions.map((p) => describeImage(p, size));
   return {

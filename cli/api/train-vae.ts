@@ -132,6 +132,16 @@ export async function trainVae(o: TrainVaeOptions): Promise<TrainVaeResult> {
   const warmup = o.warmup ?? 50;
   const klWeight = o.klWeight ?? 1e-5;
   const log = o.log ?? (() => {});
+  for (const [name, value] of [
+    ['steps', steps],
+    ['batch', batch],
+    ['scenes', o.scenes ?? 1],
+  ] as const)
+    if (!(Number.isInteger(value) && value > 0)) throw new HollowcError(`trainVae: ${name} must be a positive integer, got ${value}`);
+  if (!(peak > 0) || !(klWeight >= 0)) throw new HollowcError(`trainVae: lr must be > 0 and klWeight >= 0, got ${peak} and ${klWeight}`);
+  // refused now rather than after the training: buildPipeline will not replace a folder that is not a pipeline
+  if (fs.existsSync(o.out) && fs.readdirSync(o.out).length > 0 && !fs.existsSync(path.join(o.out, 'model_index.json')))
+    throw new HollowcError('output folder exists and is not a pipeline folder (no model_index.json); refusing to replace it', o.out);
   const latent = [batch, config.latent_channels, size / f, size / f];
 
   let clock = stopwatch();

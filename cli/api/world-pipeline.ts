@@ -16,16 +16,18 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { HollowcError } from '../../compiler/errors';
 import { buildPipeline } from '../../models/builder';
-import { Scene, captionOf, drawScene, expectedOf, pixelsOfTensor, sampleScene, scoreImage } from '../../models/world';
+import { captionOf, expectedOf, pixelsOfTensor, pngOf, sampleScene, scoreImage } from '../../models/world';
 import { openPipelineFolder } from '../../runtime/text-to-image/pipeline-folder';
 import { encodePrompts, textToImage } from '../../runtime/text-to-image/text-to-image';
 import { encodeImages } from '../../runtime/text-to-image/vae';
 import { Latent, captionedTrainingData } from '../../runtime/store/training-data';
 import { precompute } from '../../runtime/store/precompute';
+import { Store } from '../../runtime/store/store';
 import { train } from '../../runtime/train/train';
 import { compileSpec } from './compile-spec';
 import { exportUnet } from './export-unet';
 import { checkSpecFile } from './spec';
+import { HELD_OUT_SEED, drawScenes, trainVae } from './train-vae';
 import { loadUNet } from './unet';
 
 export interface WorldPipelineOptions {
@@ -47,19 +49,6 @@ export interface WorldPipelineOptions {
   captionDropout?: number;
   threads?: number;
   log?: (line: string) => void;
-}
-
-/** Training scenes are sampleScene(TRAIN_SCENES + i); scored ones come from HELD_OUT_SCENES + i, never trained on. */
-export const TRAIN_SCENES = 0;
-export const HELD_OUT_SCENES = 1 << 30;
-
-/** A scene's pixels as the VAE takes them: [3, S, S] in [-1, 1]. */
-async function sceneImage(scene: Scene, size: number): Promise<Float32Array> {
-  const rgb = await drawScene(scene, size);
-  const plane = size * size;
-  const x = new Float32Array(3 * plane);
-  for (let p = 0; p < plane; p++) for (let c = 0; c < 3; c++) x[c * plane + p] = rgb[3 * p + c] / 127.5 - 1;
-  return x;
 }
 
 function specText(
@@ -102,33 +91,49 @@ export const WORLD_TOKENS = 16;
  */
 export const WORLD_TEXT_EMBEDDING_SCALE = 50;
 
+/** Whether precompute filled the store at `dir` (a killed one is resumed by precompute itself). */
+function storeFinished(dir: string): boolean {
+  if (!Store.exists(dir)) return false;
+  const { store } = Store.open(dir, { readOnly: true });
+  try {
+    return store.progress()?.finished === true;
+  } finally {
+    store.close();
+  }
+}
+
 /** Builds, trains and writes the world pipeline; returns the pipeline folder. */
 export async function trainWorldPipeline(options: WorldPipelineOptions): Promise<{ out: string; losses: number[] }> {
-  const o = { seed: 0, size: 128, scenes: 4096, steps: 2000, batch: 8, lr: 1e-3, captionDropout: 0.1, ...options };
+  const o = { seed: 0, size: 32, scenes: 16384, steps: 8000, batch: 16, lr: 1e-3, captionDropout: 0.1, ...options };
   const log = o.log ?? (() => {});
+  for (const part of ['vae_encoder', 'vae_decoder'])
+    if (!fs.existsSync(path.join(o.vae, part, 'model.onnx'))) throw new HollowcError(`no ${part}/model.onnx`, o.vae);
   fs.mkdirSync(o.work, { recursive: true });
   const base = path.join(o.work, 'base');
-  if (!fs.existsSync(path.join(base, 'model_index.json'))) {
+  if (!fs.existsSync(base)) {
     log('building the tiny SD 1.5 pipeline (random init)');
-    await buildPipeline('sd15', 'tiny', base, { seed: o.seed, maxTokens: WORLD_TOKENS, textEmbeddingScale: WORLD_TEXT_EMBEDDING_SCALE });
+    // made whole beside its place and renamed: a kill leaves no base with the builder's random VAE
+    const tmp = `${base}.tmp`;
+    fs.rmSync(tmp, { recursive: true, force: true });
+    await buildPipeline('sd15', 'tiny', tmp, { seed: o.seed, maxTokens: WORLD_TOKENS, textEmbeddingScale: WORLD_TEXT_EMBEDDING_SCALE });
     for (const part of ['vae_encoder', 'vae_decoder']) {
-      if (!fs.existsSync(path.join(o.vae, part, 'model.onnx'))) throw new HollowcError(`no ${part}/model.onnx`, o.vae);
-      fs.rmSync(path.join(base, part), { recursive: true, force: true });
-      fs.cpSync(path.join(o.vae, part), path.join(base, part), { recursive: true });
+      fs.rmSync(path.join(tmp, part), { recursive: true, force: true });
+      fs.cpSync(path.join(o.vae, part), path.join(tmp, part), { recursive: true });
     }
+    fs.renameSync(tmp, base);
   }
   const folder = openPipelineFolder(base);
   const session = o.threads ? { intraOpThreads: o.threads } : {};
   const compiled = path.join(o.work, 'compiled');
-  if (!fs.existsSync(path.join(compiled, 'store', 'progress.json'))) {
+  if (!storeFinished(path.join(compiled, 'store'))) {
     log(`drawing and encoding ${o.scenes} scenes at ${o.size} px`);
-    const scenes = Array.from({ length: o.scenes }, (_, i) => sampleScene(TRAIN_SCENES + i));
+    // the VAE's training scenes are these too (seeds 0, 1, ...); scoring draws from HELD_OUT_SEED on
+    const scenes = Array.from({ length: o.scenes }, (_, i) => sampleScene(i));
     const latents: Latent[] = [];
     const chunk = 64;
     for (let start = 0; start < scenes.length; start += chunk) {
       const part = scenes.slice(start, start + chunk);
-      const data = new Float32Array(part.length * 3 * o.size * o.size);
-      for (let k = 0; k < part.length; k++) data.set(await sceneImage(part[k], o.size), k * 3 * o.size * o.size);
+      const data = await drawScenes(part, o.size);
       const z = await encodeImages(folder, { data, dims: [part.length, 3, o.size, o.size] }, { seed: o.seed + start, session });
       const per = z.shape.slice(1);
       const n = per.reduce((a, b) => a * b, 1);
@@ -148,7 +153,7 @@ export async function trainWorldPipeline(options: WorldPipelineOptions): Promise
     const spec = path.join(o.work, 'unet.hollow');
     fs.writeFileSync(spec, specText(o, latents[0].shape, tokens, width));
     const unet = loadUNet(path.join(base, 'unet', 'model.onnx'));
-    compileSpec(unet, checkSpecFile(unet, spec), { out: compiled });
+    if (!fs.existsSync(path.join(compiled, 'manifest.json'))) compileSpec(unet, checkSpecFile(unet, spec), { out: compiled });
     await precompute({ out: compiled, data, count: o.steps * o.batch, session });
   }
   log(`training ${o.steps} steps of batch ${o.batch}`);
@@ -172,12 +177,11 @@ export async function scoreWorldPipeline(
 ): Promise<WorldScores> {
   const folder = openPipelineFolder(pipeline);
   const samples = o.samples ?? 100;
-  const size = o.size ?? 128;
+  const size = o.size ?? 32;
   const tally = { background: 0, objectColor: 0, objectKind: 0, size: 0 };
-  const sharp = o.save ? (await import('sharp')).default : undefined;
   if (o.save) fs.mkdirSync(o.save, { recursive: true });
   for (let i = 0; i < samples; i++) {
-    const scene = sampleScene(HELD_OUT_SCENES + i);
+    const scene = sampleScene(HELD_OUT_SEED + i);
     const r = await textToImage({
       folder,
       prompt: captionOf(scene),
@@ -196,10 +200,7 @@ export async function scoreWorldPipeline(
     tally.objectColor += Number(!!card.objectColor);
     tally.objectKind += Number(!!card.objectKind);
     tally.size += Number(!!card.size);
-    if (sharp && o.save)
-      await sharp(Buffer.from(pixels), { raw: { width: size, height: size, channels: 3 } })
-        .png()
-        .toFile(path.join(o.save, `${i}-${captionOf(scene).replace(/ /g, '_')}.png`));
+    if (o.save) fs.writeFileSync(path.join(o.save, `${i}-${captionOf(scene).replace(/ /g, '_')}.png`), await pngOf(pixels, size));
   }
   return {
     samples,
@@ -208,4 +209,27 @@ export async function scoreWorldPipeline(
     objectKind: tally.objectKind / samples,
     size: tally.size / samples,
   };
+}
+
+/**
+ * The whole pipeline from a seed, as one call: the VAE (train-vae.ts, in `<work>/vae`), then the
+ * UNet on its latents (trainWorldPipeline). Each stage is skipped when its output is there, so a
+ * rerun after a crash goes on where it stopped.
+ */
+export async function buildWorldPipeline(
+  o: Omit<WorldPipelineOptions, 'vae'> & { vaeSteps?: number },
+): Promise<{ out: string; losses: number[]; seconds: { vae: number; unet: number } }> {
+  const vae = path.join(o.work, 'vae');
+  const started = Date.now();
+  if (!fs.existsSync(vae)) {
+    // trained beside its place and renamed when whole: a kill mid-way leaves no VAE folder that looks done
+    const tmp = `${vae}.tmp`;
+    fs.rmSync(tmp, { recursive: true, force: true });
+    fs.mkdirSync(o.work, { recursive: true });
+    await trainVae({ out: tmp, seed: o.seed, steps: o.vaeSteps, threads: o.threads, log: o.log });
+    fs.renameSync(tmp, vae);
+  }
+  const vaeSeconds = (Date.now() - started) / 1000;
+  const r = await trainWorldPipeline({ ...o, vae });
+  return { ...r, seconds: { vae: vaeSeconds, unet: (Date.now() - started) / 1000 - vaeSeconds } };
 }

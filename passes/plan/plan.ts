@@ -24,7 +24,8 @@
  *        + LORA_COPIES × LoRA bytes (value and two moments; the step's gradients are returned
  *          as it ends, after the peak; 8-bit moments under `optimizer adamw8bit`)
  *        + under `train base`, each trained base weight's value, its gradient (returned all at
- *          once as the step ends: for full fine-tuning as large as the weights) and its moments
+ *          once as the step ends: for full fine-tuning as large as the weights; half that under
+ *          `gradients fp16`) and its moments
  *          (full fine-tuning of full SD 2.1 at 64x64, fp32 and 8-bit moments: held-out rows)
  *        + RUNTIME_BYTES (Node, onnxruntime, the session's graph).
  * Calibration (tests/bench/train-step.ts, full SD 2.1, r128, 2026-12-05, after release-dead-buffers):

@@ -68,8 +68,7 @@ export class StepRunner {
    */
   private gradients(params: readonly ParamState[], result: ort.InferenceSession.OnnxValueMapType): GradientReader {
     const tensor = (k: number) => result[gradientName(params[k].name)];
-    if (this.graph.gradients !== 'fp16')
-      return { count: params.length, read: (k) => float32Data(tensor(k), gradientName(params[k].name)) };
+    if (this.graph.gradients !== 'fp16') return { count: params.length, read: (k) => float32Data(tensor(k), gradientName(params[k].name)) };
     const largest = Math.max(...params.map((p) => p.value.length));
     if (!this.widened || this.widened.length < largest) this.widened = new Float32Array(largest);
     const buffer = this.widened;
@@ -80,10 +79,17 @@ export class StepRunner {
         const t = tensor(k);
         if (t.type !== 'float16') throw new HollowcError(`output ${name} is ${t.type}, expected float16 (gradients fp16)`);
         const scale = readScalar(result, gradientScaleName(params[k].name));
-        return widenHalvesInto(t.data as Uint16Array, buffer, scale);
+        return widenHalvesInto(halfBits(t.data), buffer, scale);
       },
     };
   }
+}
+
+/** float16 data as bit patterns: Node 20 hands Uint16Array over; where Float16Array exists, onnxruntime-common hands that. */
+function halfBits(data: ort.Tensor['data']): Uint16Array {
+  if (data instanceof Uint16Array) return data;
+  const view = data as unknown as ArrayBufferView;
+  return new Uint16Array(view.buffer, view.byteOffset, view.byteLength / 2);
 }
 
 function readScalar(result: ort.InferenceSession.OnnxValueMapType, name: string): number {
