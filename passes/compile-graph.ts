@@ -1,7 +1,7 @@
 /**
  * compile for graphs other than a UNet (compile-unet.ts is the UNet's, with its cuts and LoRA):
  * any model built by models/builder, e.g. the VAE joined into an autoencoder, as a graph-training
- * folder (compiler/graph-training-manifest.ts) that runtime/train/graph-train.ts trains. Its
+ * folder (compiler/manifest.ts) that runtime/train/graph-train.ts trains. Its
  * gradients graph is made by the passes the UNet's grads.onnx is made of:
  *
  *   every parameter an input in torch's layout   make-base-trainable's makeParameterInput
@@ -21,7 +21,7 @@ import * as path from 'path';
 import { HollowcError } from '../compiler/errors';
 import { ExternalDataWriter } from '../compiler/external-data';
 import { lockFolder } from '../compiler/folder-lock';
-import { GRAPH_GRADS_FILE, GRAPH_MANIFEST_FILE, GRAPH_MANIFEST_FORMAT, GraphTrainingManifest } from '../compiler/graph-training-manifest';
+import { GRAPH_GRADS_FILE, GRAPH_MANIFEST_FILE, GRAPH_MANIFEST_FORMAT, GraphTrainingManifest } from '../compiler/manifest';
 import { GraphBuilder } from '../compiler/builder';
 import { cloneModel } from '../compiler/clone';
 import { DataType } from '../compiler/dtype';

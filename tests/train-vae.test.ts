@@ -9,7 +9,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
-import { GRAPH_MANIFEST_FILE, GraphTrainingManifest } from '../compiler/graph-training-manifest';
+import { GRAPH_MANIFEST_FILE, GraphTrainingManifest } from '../compiler/manifest';
 import { gradientName } from '../compiler/manifest';
 import { loadModel } from '../compiler/serde';
 import { drawScenes, trainVae } from '../cli/api/train-vae';

@@ -37,7 +37,7 @@ import { Scene, drawScene, sampleScene } from '../../models/world';
 import { compileGraph } from '../../passes/compile-graph';
 import { GraphStep, trainGraph, writeTrainedExport } from '../../runtime/train/graph-train';
 import type { ParamState } from '../../runtime/train/checkpoint';
-import type { GraphTrainingManifest } from '../../compiler/graph-training-manifest';
+import type { GraphTrainingManifest } from '../../compiler/manifest';
 
 /**
  * The world's VAE: SD's blocks (resnets, mid-block attention, 4 latent channels) at widths that

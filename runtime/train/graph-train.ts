@@ -1,5 +1,5 @@
 /**
- * Trains a graph-training folder (compiler/graph-training-manifest.ts; passes/compile-graph.ts
+ * Trains a graph-training folder (compiler/manifest.ts; passes/compile-graph.ts
  * writes it): grads.onnx gives the loss, its terms and every parameter's gradient, and HostAdamW
  * updates the parameters in place, as `hollowc train` does in host mode. The caller supplies each
  * step's data feeds; a step is a pure function of them, the parameters and the step number, so a
@@ -10,7 +10,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../../compiler/errors';
-import { GraphTrainingManifest, readGraphTrainingManifest } from '../../compiler/graph-training-manifest';
+import { GraphTrainingManifest, readGraphTrainingManifest } from '../../compiler/manifest';
 import { DataType } from '../../compiler/dtype';
 import { inlineTensor } from '../../compiler/ir';
 import { gradientName } from '../../compiler/manifest';
