@@ -27,3 +27,23 @@ export function writeFileAtomic(file: string, data: Uint8Array | string): void {
     throw e;
   }
 }
+
+/**
+ * Puts the finished folder `tmp` at `target`, replacing what is there: the old folder is moved
+ * aside first and put back if the rename fails, so `target` is always the old or the new whole.
+ */
+export function replaceFolder(tmp: string, target: string): void {
+  if (!fs.existsSync(target)) {
+    fs.renameSync(tmp, target);
+    return;
+  }
+  const old = `${target}.old-${process.pid}-${Date.now()}`;
+  fs.renameSync(target, old);
+  try {
+    fs.renameSync(tmp, target);
+  } catch (e) {
+    fs.renameSync(old, target);
+    throw e;
+  }
+  fs.rmSync(old, { recursive: true, force: true });
+}

@@ -24,7 +24,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as ort from 'onnxruntime-node';
-import { writeFileAtomic } from '../../compiler/atomic-files';
+import { replaceFolder, writeFileAtomic } from '../../compiler/atomic-files';
 import { HollowcError } from '../../compiler/errors';
 import { loadModel } from '../../compiler/serde';
 import { buildAutoencoder, buildVaeGraph, LATENT_NOISE, RECONSTRUCTION } from '../../models/builder/vae';
@@ -110,15 +110,6 @@ function stopwatch(): () => number {
 }
 
 const json = (obj: unknown) => JSON.stringify(obj, null, 2) + '\n';
-
-/** Moves the finished component folder `tmp` to `<out>/<name>`, replacing what was there. */
-function swapInto(tmp: string, out: string, name: string): void {
-  const target = path.join(out, name);
-  const old = `${target}.old-${process.pid}`;
-  if (fs.existsSync(target)) fs.renameSync(target, old);
-  fs.renameSync(tmp, target);
-  fs.rmSync(old, { recursive: true, force: true });
-}
 
 export async function trainVae(o: TrainVaeOptions): Promise<TrainVaeResult> {
   const seed = o.seed ?? 0;
@@ -218,7 +209,7 @@ export async function trainVae(o: TrainVaeOptions): Promise<TrainVaeResult> {
       const tmp = fs.mkdtempSync(path.join(o.out, `.${name}-`));
       writeTrainedExport(graph, run.manifest, name, run.params, tmp);
       writeFileAtomic(path.join(tmp, 'config.json'), json(vaeJson));
-      swapInto(tmp, o.out, name);
+      replaceFolder(tmp, path.join(o.out, name));
     }
     const write = clock();
     log(`trained VAE written to ${o.out} (scaling_factor ${vaeJson.scaling_factor})`);

@@ -14,7 +14,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { HollowcError } from '../../compiler/errors';
-import { tempSibling, writeFileAtomic } from '../../compiler/atomic-files';
+import { replaceFolder, tempSibling, writeFileAtomic } from '../../compiler/atomic-files';
 import { FamilyName, isFamilyName, FAMILY_NAMES } from '../families';
 import { DIFFUSERS_VERSION, pipelineVariant, PipelineSize, PipelineVariant } from '../pipeline-families';
 import { hashString } from '../random';
@@ -100,15 +100,7 @@ function moveIntoPlace(tmp: string, outDir: string): void {
   if (!entries.includes('model_index.json')) {
     throw new HollowcError('output folder exists and is not a pipeline folder (no model_index.json); refusing to replace it', outDir);
   }
-  const old = `${outDir}.old-${process.pid}-${Date.now()}`;
-  fs.renameSync(outDir, old);
-  try {
-    fs.renameSync(tmp, outDir);
-  } catch (e) {
-    fs.renameSync(old, outDir);
-    throw e;
-  }
-  fs.rmSync(old, { recursive: true, force: true });
+  replaceFolder(tmp, outDir);
 }
 
 export async function buildPipeline(
