@@ -112,6 +112,8 @@ export async function buildPipeline(
   if (!isFamilyName(family)) throw new HollowcError(`unknown model family "${family}" (expected one of: ${FAMILY_NAMES.join(', ')})`);
   const started = process.hrtime.bigint();
   const seed = normalizeSeed(options.seed);
+  if (options.maxTokens !== undefined && !(Number.isInteger(options.maxTokens) && options.maxTokens >= 2 && options.maxTokens <= 77))
+    throw new HollowcError(`maxTokens must be an integer in 2..77 (BOS and EOS at least; CLIP has 77 positions), got ${options.maxTokens}`);
   const v = pipelineVariant(family, size);
   const target = path.resolve(outDir);
   // refuse before spending minutes on weights

@@ -113,10 +113,16 @@ export function captionedTrainingData(latents: Latent[], captions: Captions, sou
     throw new HollowcError(`${captions.table.length} caption conditionings but ${captions.texts.length} texts`, source);
   const shape = latents[0].shape.join();
   const odd = latents.find((l) => l.shape.join() !== shape);
-  if (odd) throw new HollowcError(`latent ${odd.name} is [${odd.shape}], ${latents[0].name} [${latents[0].shape}]: all samples need one shape`, source);
+  if (odd)
+    throw new HollowcError(
+      `latent ${odd.name} is [${odd.shape}], ${latents[0].name} [${latents[0].shape}]: all samples need one shape`,
+      source,
+    );
   const ehs = captions.table[0].encoderHiddenStates.shape.join();
-  const badCaption = captions.table.findIndex((c) => c.encoderHiddenStates.shape.join() !== ehs || !!c.textEmbeds !== !!captions.table[0].textEmbeds);
-  if (badCaption >= 0) throw new HollowcError(`caption ${JSON.stringify(captions.texts[badCaption])} has another conditioning shape than the first`, source);
+  const te = captions.table[0].textEmbeds?.shape.join();
+  const badCaption = captions.table.findIndex((c) => c.encoderHiddenStates.shape.join() !== ehs || c.textEmbeds?.shape.join() !== te);
+  if (badCaption >= 0)
+    throw new HollowcError(`caption ${JSON.stringify(captions.texts[badCaption])} has another conditioning shape than the first`, source);
   const badIndex = [...captions.ofSample, ...(captions.dropout ? [captions.dropout.index] : [])].find(
     (k) => !(Number.isInteger(k) && k >= 0 && k < captions.table.length),
   );
