@@ -8,8 +8,8 @@
  *
  * The text encoder stays as the builder seeded it (WORLD_TOKENS, WORLD_TEXT_EMBEDDING_SCALE): a
  * randomly initialized CLIP already tells the world's captions apart (a linear probe on its output
- * reads size, color, kind and background of held-out captions without error), and the UNet's
- * cross-attention learns to read it. The VAE
+ * at CLIP's init read size, color, kind and background of held-out captions without error), and
+ * the UNet's cross-attention learns to read it once each word is not drowned (below). The VAE
  * comes trained from its own stage (a folder with vae_encoder/ and vae_decoder/).
  */
 import * as fs from 'fs';
