@@ -9,7 +9,7 @@ import * as path from 'path';
 import { WORLD_TEXT_EMBEDDING_SCALE, WORLD_TOKENS, buildWorldPipeline, scoreWorldPipeline } from '../cli/api/world-pipeline';
 import { buildPipeline } from '../models/builder';
 import { openPipelineFolder } from '../runtime/text-to-image/pipeline-folder';
-import { encodePrompts } from '../runtime/text-to-image/text-to-image';
+import { defaultImageSize, encodePrompts } from '../runtime/text-to-image/text-to-image';
 import { tempDir } from './support/fixture';
 
 /** rms over the feature axis of the difference between two prompts' encodings, at each position. */
@@ -49,6 +49,8 @@ test('world build: VAE then UNet from a seed into a pipeline folder that world s
   expect(r.losses).toHaveLength(3);
   const folder = openPipelineFolder(out);
   expect(folder.tokenizers[0].maxLength).toBe(WORLD_TOKENS);
+  // generate --model's default size is the one trained at: 32 px scenes, 8x8 latents
+  expect(defaultImageSize(folder)).toBe(32);
   // the UNet is the trained one, not the builder's init the work folder started from
   const weights = (dir: string) => fs.readFileSync(path.join(dir, 'unet', 'model.onnx_data'));
   expect(weights(out).equals(weights(path.join(work, 'base')))).toBe(false);

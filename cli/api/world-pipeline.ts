@@ -14,7 +14,9 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
+import { writeFileAtomic } from '../../compiler/atomic-files';
 import { HollowcError } from '../../compiler/errors';
+import { readManifest } from '../../compiler/manifest';
 import { buildPipeline } from '../../models/builder';
 import { captionOf, expectedOf, pixelsOfTensor, pngOf, sampleScene, scoreImage } from '../../models/world';
 import { openPipelineFolder } from '../../runtime/text-to-image/pipeline-folder';
@@ -158,6 +160,13 @@ export async function trainWorldPipeline(options: WorldPipelineOptions): Promise
   }
   log(`training ${o.steps} steps of batch ${o.batch}`);
   const r = await train({ out: compiled, steps: o.steps, resume: fs.existsSync(path.join(compiled, 'train')), session });
+  // generate's default size is the UNet's sample_size times the VAE's factor: make it the latent side trained at
+  const unetConfig = path.join(base, 'unet', 'config.json');
+  const latentSide = readManifest(compiled).training.shapes.sample[2];
+  writeFileAtomic(
+    unetConfig,
+    JSON.stringify({ ...JSON.parse(fs.readFileSync(unetConfig, 'utf8')), sample_size: latentSide }, null, 2) + '\n',
+  );
   exportUnet({ out: compiled, format: 'onnx', pipeline: base, output: o.out });
   return { out: o.out, losses: r.losses.map((l) => l.loss) };
 }
