@@ -25,6 +25,7 @@ import { encodeImages } from '../../runtime/text-to-image/vae';
 import { Latent, captionedTrainingData } from '../../runtime/store/training-data';
 import { precompute } from '../../runtime/store/precompute';
 import { Store } from '../../runtime/store/store';
+import { CHECKPOINT_FILE, TRAIN_DIR } from '../../runtime/train/checkpoint';
 import { train } from '../../runtime/train/train';
 import { compileSpec } from './compile-spec';
 import { exportUnet } from './export-unet';
@@ -159,7 +160,9 @@ export async function trainWorldPipeline(options: WorldPipelineOptions): Promise
     await precompute({ out: compiled, data, count: o.steps * o.batch, session });
   }
   log(`training ${o.steps} steps of batch ${o.batch}`);
-  const r = await train({ out: compiled, steps: o.steps, resume: fs.existsSync(path.join(compiled, 'train')), session });
+  // a run killed before its first checkpoint left train/ without one: that starts over, as train would
+  const resume = fs.existsSync(path.join(compiled, TRAIN_DIR, CHECKPOINT_FILE));
+  const r = await train({ out: compiled, steps: o.steps, resume, session });
   // generate's default size is the UNet's sample_size times the VAE's factor: make it the latent side trained at
   const unetConfig = path.join(base, 'unet', 'config.json');
   const latentSide = readManifest(compiled).training.shapes.sample[2];
