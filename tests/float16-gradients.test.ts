@@ -140,7 +140,8 @@ describe('training with float16 gradients: train base beside LoRA on the tiny SD
     expect(y.length).toBe(8);
     expect(y[0]).toBe(x[0]);
     const worst = Math.max(...y.map((loss, i) => Math.abs(loss - x[i]) / x[i]));
-    expect(worst).toBeLessThan(1e-3);
+    // float16's 2^-11 rounding of each gradient, through AdamW's normalized update: 6.6e-7 measured
+    expect(worst).toBeLessThan(1e-5);
     // the weights moved (the losses change), and the float16 gradients moved them differently
     expect(new Set(y).size).toBeGreaterThan(1);
     expect(y.some((loss, i) => loss !== x[i])).toBe(true);
