@@ -19,10 +19,11 @@ export function registerPersonalize(program: Command): void {
     .requiredOption('--prompt <text>', 'the personalized prompt, with an identifier (e.g. "a photo of sks dog")')
     .requiredOption('--class-prompt <text>', 'the class prompt (e.g. "a photo of a dog"): the base path runs on it')
     .requiredOption('-o, --out <dir>', 'run folder (reruns reuse what is done there)')
-    .option('--preset <name>', 'hollow preset (default "39.2%"; SDXL: "sdxl-mid")')
+    .option('--preset <name>', 'hollow preset (default "39.2%"; SDXL: "sdxl-mid"; "none": nothing hollowed, plain LoRA on the whole UNet)')
     .option('--spec <file>', '.hollow spec instead of a preset')
     .option('--rank <n>', 'LoRA rank (default 4; with --train-base: LoRA beside the base weights only when given)', parseCount)
     .option('--alpha <n>', 'LoRA alpha (default: the rank)', parseNumber)
+    .option('--lora-targets <globs...>', 'LoRA target modules (default: the attention projections; e.g. "conv1" "conv2" for conv LoRA)')
     .option(
       '--train-base <globs...>',
       'train the base weights of these modules (the spec\'s train base; "*": full fine-tuning, "up_blocks.*": a part; repeatable). The run then exports the fine-tuned UNet to run/pipeline/ (generate --model) and run/unet-diffusers/, and makes its validation images with it; hollowc web cannot open such a run',
@@ -67,6 +68,7 @@ export function registerPersonalize(program: Command): void {
         spec: o.spec as string | undefined,
         rank: o.rank as number | undefined,
         alpha: o.alpha as number | undefined,
+        loraTargets: o.loraTargets as string[] | undefined,
         trainBase: o.trainBase as string[] | undefined,
         optimizerState: o.optimizerState as PersonalizeOptions['optimizerState'],
         gradients: o.gradients as PersonalizeOptions['gradients'],

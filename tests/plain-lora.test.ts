@@ -21,6 +21,10 @@ import { evaluateLoss, train } from '../runtime/train/train';
 import { readLoraForManifest } from '../runtime/formats/lora-file';
 import { TRAINED_LORA_FILE } from '../runtime/formats/lora-format';
 import { tempDir } from './support/fixture';
+import { parseSpec } from '../dsl';
+import { DEFAULT_TARGETS } from '../models/training-defaults';
+import { NO_HOLLOW_PRESET, personalizeSpec } from '../runtime/personalize/spec';
+import type { PipelineFolder } from '../runtime/text-to-image/pipeline-folder';
 import { writeData } from './runtime-fake-train';
 
 test('hollow none: a store without activations, trained by train, its first loss the base UNet MSE', async () => {
@@ -80,4 +84,20 @@ test('hollow none: a store without activations, trained by train, its first loss
   const bs = [...trained].filter(([name]) => name.endsWith('lora_B.weight'));
   expect(bs.length).toBe(manifest.lora.targets.filter((t) => t.trained).length);
   expect(bs.every(([, b]) => b.some((x) => x !== 0))).toBe(true);
+});
+
+test('personalize --preset none writes hollow none without precompute; --lora-targets writes its targets', () => {
+  const folder = { family: 'sd15', tokenizers: [{ maxLength: 16 }], unet: { config: { cross_attention_dim: 32 } } } as unknown as PipelineFolder;
+  const choices = { trainBase: [], optimizerState: 'fp32' as const, gradients: 'fp32' as const, seed: 0, latent: [4, 8, 8] };
+  const plain = parseSpec(personalizeSpec(folder, { ...choices, preset: NO_HOLLOW_PRESET, lora: { rank: 8, alpha: 8 } }), 'run.hollow');
+  expect(plain.hollow.kind).toBe('none');
+  expect(plain.emit.value).toEqual(['train', 'grads', 'infer']);
+  expect(plain.lora.targets.map((t) => t.value)).toEqual([...DEFAULT_TARGETS]);
+  const conv = parseSpec(
+    personalizeSpec(folder, { ...choices, preset: '39.2%', lora: { rank: 8, alpha: 8, targets: [...DEFAULT_TARGETS, 'conv1', 'conv2'] } }),
+    'run.hollow',
+  );
+  expect(conv.hollow.kind).toBe('preset');
+  expect(conv.emit.value).toEqual(['precompute', 'train', 'grads', 'infer']);
+  expect(conv.lora.targets.map((t) => t.value)).toEqual([...DEFAULT_TARGETS, 'conv1', 'conv2']);
 });

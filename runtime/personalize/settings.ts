@@ -41,6 +41,8 @@ export interface PersonalizeOptions {
   spec?: string;
   rank?: number;
   alpha?: number;
+  /** LoRA target module globs (default: the paper's attention projections; "conv1" etc. for conv LoRA) */
+  loraTargets?: string[];
   /** `train base` globs ("*": full fine-tuning); with them LoRA trains only when `rank` is given */
   trainBase?: string[];
   /** the AdamW moments: '8bit' writes `optimizer adamw8bit` (default 'fp32') */
@@ -142,8 +144,8 @@ export async function resolveSettings(options: PersonalizeOptions, warn: (line: 
     throw new HollowcError(`--prior-weight must be a finite number >= 0, got ${priorWeight}`);
   if (options.classImages !== undefined && options.classDir !== undefined)
     throw new HollowcError('give --class-images or --class-dir, not both');
-  if (options.spec && (options.preset || options.rank !== undefined || options.alpha !== undefined))
-    throw new HollowcError('--spec sets the cut and the LoRA: --preset, --rank and --alpha go with the generated spec only');
+  if (options.spec && (options.preset || options.rank !== undefined || options.alpha !== undefined || options.loraTargets))
+    throw new HollowcError('--spec sets the cut and the LoRA: --preset, --rank, --alpha and --lora-targets go with the generated spec only');
   const trainBase = options.trainBase ?? [];
   const optimizerState = options.optimizerState ?? 'fp32';
   if (options.spec && trainBase.length)
@@ -181,7 +183,7 @@ export async function resolveSettings(options: PersonalizeOptions, warn: (line: 
   const preset = options.preset ?? (folder.family === 'sdxl' ? 'sdxl-mid' : '39.2%');
   const specText = options.spec
     ? fs.readFileSync(options.spec, 'utf8')
-    : personalizeSpec(folder, { preset, lora: lora ? { rank, alpha } : undefined, trainBase, optimizerState, gradients, seed, latent });
+    : personalizeSpec(folder, { preset, lora: lora ? { rank, alpha, targets: options.loraTargets } : undefined, trainBase, optimizerState, gradients, seed, latent });
   if (identifierWords(options.prompt, options.classPrompt).length === 0) {
     warn(
       `hollowc: warning: the prompt "${options.prompt}" has no word that the class prompt "${options.classPrompt}" lacks: without an identifier (such as "sks") the LoRA is trained onto the class itself`,

@@ -17,10 +17,14 @@ export function identifierWords(prompt: string, classPrompt: string): string[] {
 /** A spec string: double quotes, `\\` and `\"` escaped. */
 const quoted = (s: string) => `"${s.replace(/[\\"]/g, '\\$&')}"`;
 
+/** The preset name that writes `hollow none`: nothing hollowed, the whole UNet trains (the paper's LoRA baseline). */
+export const NO_HOLLOW_PRESET = 'none';
+
 export interface PersonalizeSpecChoices {
+  /** a hollow preset, or NO_HOLLOW_PRESET */
   preset: string;
-  /** undefined: no LoRA (a `train base` run without --rank) */
-  lora?: { rank: number; alpha: number };
+  /** undefined: no LoRA (a `train base` run without --rank); targets: module globs (default: the paper's attention projections) */
+  lora?: { rank: number; alpha: number; targets?: readonly string[] };
   /** `train base` globs */
   trainBase: readonly string[];
   optimizerState: OptimizerState;
@@ -41,7 +45,7 @@ export function personalizeSpec(folder: PipelineFolder, o: PersonalizeSpecChoice
   const lines = [
     '# written by hollowc personalize',
     `model ${folder.family}`,
-    `hollow preset "${o.preset}"`,
+    o.preset === NO_HOLLOW_PRESET ? 'hollow none' : `hollow preset ${quoted(o.preset)}`,
     `shape sample [1, ${o.latent.join(', ')}]`,
     'shape timestep [1]',
     `shape encoder_hidden_states [1, ${T}, ${D}]`,
@@ -58,7 +62,7 @@ export function personalizeSpec(folder: PipelineFolder, o: PersonalizeSpecChoice
   }
   if (o.trainBase.length) lines.push(`train base ${o.trainBase.map(quoted).join(' ')}`);
   if (o.lora) {
-    if (o.trainBase.length) lines.push(`lora targets ${DEFAULT_TARGETS.map(quoted).join(' ')}`);
+    if (o.trainBase.length || o.lora.targets) lines.push(`lora targets ${(o.lora.targets ?? DEFAULT_TARGETS).map(quoted).join(' ')}`);
     lines.push(`lora rank ${o.lora.rank} alpha ${o.lora.alpha}`);
   }
   if (o.optimizerState === '8bit') lines.push('optimizer adamw8bit');
@@ -76,5 +80,7 @@ export function personalizeSpec(folder: PipelineFolder, o: PersonalizeSpecChoice
  */
 function emitList(o: PersonalizeSpecChoices): string[] {
   const web = !o.trainBase.length && o.optimizerState === 'fp32';
-  return ['precompute', ...(web ? ['train'] : []), 'grads', ...(o.trainBase.length ? [] : ['infer'])];
+  // under hollow none nothing is hollowed, so there is no hollow activation to precompute
+  const precompute = o.preset === NO_HOLLOW_PRESET ? [] : ['precompute'];
+  return [...precompute, ...(web ? ['train'] : []), 'grads', ...(o.trainBase.length ? [] : ['infer'])];
 }
