@@ -8,6 +8,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as zlib from 'zlib';
 import { HollowcError } from '../compiler/errors';
+import { modelsDataPath } from './data-files';
 
 export const CLIP_BPE_FILE = 'bpe_simple_vocab_16e6.txt.gz';
 export const BOS_TOKEN = '<|startoftext|>';
@@ -47,14 +48,9 @@ export function byteUnicodeTable(): string[] {
   return chars;
 }
 
-/** The data folder, found upwards from here: the same code runs from models/ and dist/models/. */
+/** The merge list under models/data/clip/. */
 export function clipDataFile(name = CLIP_BPE_FILE): string {
-  for (let dir = __dirname; dir !== path.dirname(dir); dir = path.dirname(dir)) {
-    for (const candidate of [path.join(dir, 'data', 'clip', name), path.join(dir, 'models', 'data', 'clip', name)]) {
-      if (fs.existsSync(candidate)) return candidate;
-    }
-  }
-  throw new HollowcError(`CLIP data file ${name} not found above ${__dirname} (expected models/data/clip/${name})`);
+  return modelsDataPath(path.join('clip', name));
 }
 
 /** Parsed merge lists by file: a pipeline writes two tokenizer folders from one file. */
