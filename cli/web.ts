@@ -11,11 +11,16 @@ export function registerWeb(program: Command): void {
     .option('--port <n>', 'port (0: any free one)', parsePort, 8080)
     .option('--host <address>', 'address to listen on (127.0.0.1: this machine only)', '127.0.0.1')
     .option('--store <dir>', 'store folder (default <out>/store)')
-    .action(async (dir: string, o: { port: number; host: string; store?: string }) => {
-      const server = await startWebServer({ out: dir, port: o.port, host: o.host, storeDir: o.store });
+    .option(
+      '--model <pipeline>',
+      'a pipeline folder: its vae_decoder/ is served so the page shows the sample decoded (else a latent preview)',
+    )
+    .action(async (dir: string, o: { port: number; host: string; store?: string; model?: string }) => {
+      const server = await startWebServer({ out: dir, port: o.port, host: o.host, storeDir: o.store, model: o.model });
       if (!['127.0.0.1', 'localhost', '::1'].includes(o.host))
         process.stderr.write(`hollowc: warning: listening on ${o.host}: other machines can fetch the folder's weights and store\n`);
       out(`serving ${dir} at ${server.url}  (the page trains in the browser; Ctrl-C stops the server)`);
+      if (o.model) out(`  the sample is decoded with ${o.model}/vae_decoder in the page`);
       out(`  static files only: the page takes ?folder=<URL of a compiled folder>, ?ep=webgpu|wasm, ?steps=N, ?autorun=1`);
       await new Promise<void>((resolve) => {
         const stop = () => void server.close().then(resolve);

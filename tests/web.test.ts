@@ -4,7 +4,9 @@
  * trains a tiny sd15 compile with the compiler's own train.onnx on WASM, and on WebGPU over
  * SwiftShader, and must (1) lower the loss over the store, (2) offer a LoRA equal to what
  * `hollowc train` writes for the same 20 steps and seed, to 1e-4 relative, (3) log no console
- * errors; a screenshot after training is saved and its layout checked.
+ * errors; a screenshot after training is saved and its layout checked. Served with --model (the tiny
+ * pipeline the UNet comes from), the page decodes its sample with that pipeline's vae_decoder and
+ * must draw what runtime/text-to-image/vae.ts decodes from the same latents.
  *
  * Without chromium (or, for WebGPU, without an adapter) the browser tests skip, except under CI
  * (env CI set), where they fail: CI installs chromium, which ships SwiftShader.
@@ -21,14 +23,16 @@ import * as fs from 'fs';
 import * as path from 'path';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { compileFromSpec } from '../cli/api/compile-spec';
-import { buildUNet } from '../models/builder';
+import { buildPipeline } from '../models/builder';
 import { convertToFloat16InPlace } from '../models/builder/float16';
-import { FAMILIES } from '../models/families';
 import { precompute } from '../runtime/store/precompute';
 import { readSafetensors, toFloat32 } from '../runtime/formats/safetensors';
 import { loadTrainingData } from '../runtime/store/training-data';
 import { train } from '../runtime/train/train';
 import { familyFits, folderFit } from '../runtime/web/memory-fit';
+import { openPipelineFolder } from '../runtime/text-to-image/pipeline-folder';
+import { decodeLatents } from '../runtime/text-to-image/vae';
+import { refused } from './support/cli';
 import { writeData } from './runtime-fake-train';
 import { tempDir } from './support/fixture';
 import { worstRelative } from './support/webgpu';
@@ -57,21 +61,47 @@ const WEBGPU_ARGS = [
 interface Served {
   dir: string;
   out: string;
+  /** The tiny sd15 pipeline folder whose UNet was compiled. */
+  pipeline: string;
   reference: { lora: string; stepSeconds: number; losses: number[] };
-  server: ChildProcess;
   url: string;
 }
 
 let dir: string;
 let out: string;
+let pipeline: string;
 let reference: Served['reference'];
 let url: string;
 const servers: ChildProcess[] = [];
 
-/** The tiny sd15 UNet (float16: as optimum's --dtype fp16 export writes it) compiled, precomputed, trained by the CLI and served. */
+/** `hollowc web <out> ...args` as a user starts it (from source, any free port); resolves to its URL. */
+async function startServer(out: string, args: string[] = []): Promise<string> {
+  const server = spawn(process.execPath, [path.join(__dirname, 'support', 'cli-child.js'), 'web', out, '--port', '0', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  servers.push(server);
+  return new Promise<string>((resolve, reject) => {
+    let text = '';
+    const timer = setTimeout(() => reject(new Error(`hollowc web printed no URL: ${text}`)), 60000);
+    server.stdout!.on('data', (d) => {
+      text += d;
+      const m = /serving .* at (http:\/\/127\.0\.0\.1:\d+\/)/.exec(text);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[1]);
+      }
+    });
+    server.stderr!.on('data', (d) => (text += d));
+    server.on('exit', (code) => reject(new Error(`hollowc web exited with ${code}: ${text}`)));
+  });
+}
+
+/** The tiny sd15 pipeline's UNet (float16: as optimum's --dtype fp16 export writes it) compiled, precomputed, trained by the CLI and served. */
 async function serveFolder(float16: boolean): Promise<Served> {
   const dir = tempDir(float16 ? 'hollowc-web-fp16-' : 'hollowc-web-');
-  const { file } = await buildUNet(FAMILIES.sd15.tiny.config, { outDir: path.join(dir, 'model'), seed: 5 });
+  const pipeline = path.join(dir, 'pipeline');
+  await buildPipeline('sd15', 'tiny', pipeline, { seed: 5 });
+  const file = path.join(pipeline, 'unet', 'model.onnx');
   if (float16) convertToFloat16InPlace(file);
   const spec = path.join(dir, 'spec.hollow');
   fs.writeFileSync(
@@ -104,30 +134,11 @@ async function serveFolder(float16: boolean): Promise<Served> {
   const r = await train({ out: ref, steps: STEPS });
   const reference = { lora: r.loraFile, stepSeconds: r.stepSeconds / r.losses.length, losses: r.losses.map((l) => l.loss) };
 
-  // `hollowc web` itself, as a user starts it (from source, any free port).
-  const server = spawn(process.execPath, [path.join(__dirname, 'support', 'cli-child.js'), 'web', out, '--port', '0'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  servers.push(server);
-  const url = await new Promise<string>((resolve, reject) => {
-    let text = '';
-    const timer = setTimeout(() => reject(new Error(`hollowc web printed no URL: ${text}`)), 60000);
-    server.stdout!.on('data', (d) => {
-      text += d;
-      const m = /serving .* at (http:\/\/127\.0\.0\.1:\d+\/)/.exec(text);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    });
-    server.stderr!.on('data', (d) => (text += d));
-    server.on('exit', (code) => reject(new Error(`hollowc web exited with ${code}: ${text}`)));
-  });
-  return { dir, out, reference, server, url };
+  return { dir, out, pipeline, reference, url: await startServer(out) };
 }
 
 beforeAll(async () => {
-  ({ dir, out, reference, url } = await serveFolder(false));
+  ({ dir, out, pipeline, reference, url } = await serveFolder(false));
 }, 120000);
 
 afterAll(() => {
@@ -187,6 +198,8 @@ interface PageResult {
   stepSeconds: number[];
   sessionSeconds: number;
   sampleSeconds: number;
+  latents?: { shape: number[]; data: number[] };
+  image?: { width: number; height: number; rgb: number[] };
   done: boolean;
   error?: string;
 }
@@ -266,6 +279,9 @@ async function trainInPage(backend: 'wasm' | 'webgpu', query: string, served?: S
     expect(r.error).toBeUndefined();
     expect(r.backend).toBe(backend);
     expect(await page.textContent('#backend')).toMatch(backend === 'webgpu' ? /^WebGPU/ : /^WASM/);
+    // served without --model: no VAE, the latent preview
+    expect(r.image).toBeUndefined();
+    expect(await page.textContent('#sample-note')).toMatch(/latent-to-RGB preview/);
 
     // The loss at rest (lr = 0; WASM: the whole store, WebGPU: its first batch) fell, and every step's loss is the CLI's.
     expect(r.losses).toHaveLength(STEPS);
@@ -319,3 +335,103 @@ test("a float16 export's folder (optimum --dtype fp16): the page trains 20 steps
   expect(manifest.artifacts.train.inputs.find((i: { name: string }) => i.name === 'sample').dtype).toBe('float16');
   await trainInPage('wasm', 'sample_steps=10', served);
 }, 300000);
+
+describe('hollowc web --model <pipeline folder>: the sample decoded by its VAE', () => {
+  let vaeUrl: string;
+  beforeAll(async () => {
+    vaeUrl = await startServer(out, ['--model', pipeline]);
+  }, 60000);
+
+  test("serves the pipeline's vae_decoder model, weights and config, and nothing else of the pipeline", async () => {
+    const get = (base: string, p: string) => fetch(new URL(p, base));
+    for (const f of ['vae_decoder/model.onnx', 'vae_decoder/model.onnx_data', 'vae_decoder/config.json'])
+      expect([f, (await get(vaeUrl, `/model/${f}`)).status]).toEqual([f, 200]);
+    expect((await get(vaeUrl, '/model/vae_decoder/model.onnx_data')).headers.get('content-length')).toBe(
+      String(fs.statSync(path.join(pipeline, 'vae_decoder', 'model.onnx_data')).size),
+    );
+    for (const f of [
+      '/model/unet/model.onnx',
+      '/model/vae_encoder/model.onnx',
+      '/model/model_index.json',
+      '/model/vae_decoder/../unet/model.onnx',
+      '/model/vae_decoder/%2e%2e/unet/model.onnx',
+      '/model/vae_decoder/',
+    ])
+      expect([f, (await get(vaeUrl, f)).status]).toEqual([f, 404]);
+    expect(await (await get(vaeUrl, '/model.json')).json()).toEqual({ vae_decoder: { weights: ['model.onnx_data'] } });
+    // without --model: nothing under /model/, and the page is told so
+    expect(await (await get(url, '/model.json')).json()).toEqual({});
+    expect((await get(url, '/model/vae_decoder/model.onnx')).status).toBe(404);
+  });
+
+  test('refuses a folder without vae_decoder/model.onnx, naming the folder', async () => {
+    const noVae = path.join(dir, 'no-vae');
+    fs.mkdirSync(path.join(noVae, 'unet'), { recursive: true });
+    fs.copyFileSync(path.join(pipeline, 'model_index.json'), path.join(noVae, 'model_index.json'));
+    const stderr = await refused(['web', out, '--port', '0', '--model', noVae], 'no vae_decoder/model.onnx');
+    expect(stderr).toContain(noVae);
+  });
+
+  test('the page trains on WASM, decodes the sample with vae_decoder and draws what vae.ts decodes from the same latents', async () => {
+    const launched = await launch('wasm');
+    if (!launched) return console.warn(`skipped: no ${CHROMIUM}`);
+    const { context } = launched;
+    try {
+      const page = context.pages()[0] ?? (await context.newPage());
+      const problems: string[] = [];
+      page.on('console', (m) => {
+        if (m.type() === 'error') problems.push(`console.error: ${m.text()}`);
+      });
+      page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+      await page.goto(`${vaeUrl}?ep=wasm&steps=3&autorun=1&sample_steps=2&eval_batches=1`);
+      await page.waitForFunction(() => (globalThis as unknown as { hollowc?: { done: boolean } }).hollowc?.done, null, {
+        timeout: 120000,
+        polling: 500,
+      });
+      const r = (await page.evaluate(() => (globalThis as unknown as { hollowc: unknown }).hollowc)) as PageResult;
+      const shot = path.join(dir, 'page-wasm-vae.png');
+      await page.screenshot({ path: shot, fullPage: true });
+      console.log(`screenshot with the VAE-decoded sample: ${shot}`);
+      expect(r.error).toBeUndefined();
+      expect(r.losses).toHaveLength(3);
+
+      // onnxruntime-node's decode of the page's latents (the UNet's scale) is the page's image.
+      const { shape, data } = r.latents!;
+      const want = await decodeLatents(openPipelineFolder(pipeline), { data: Float32Array.from(data), shape: [1, ...shape] });
+      const image = r.image!;
+      expect([1, 3, image.height, image.width]).toEqual(want.dims);
+      let worst = 0;
+      want.data.forEach((v, i) => (worst = Math.max(worst, Math.abs(v - image.rgb[i]))));
+      expect(worst).toBeLessThan(1e-3);
+      // mostly unclamped values: a flat or saturated image would match too easily
+      const interior = image.rgb.filter((v) => v > 0 && v < 1).length / image.rgb.length;
+      expect(interior).toBeGreaterThan(0.5);
+      expect(await page.textContent('#sample-note')).toMatch(/VAE-decoded to \d+x\d+/);
+
+      // The canvas holds the image at its size (CSS scales it up), byte for byte.
+      const canvas = await page.evaluate(() => {
+        const c = (globalThis as unknown as { document: { getElementById(id: string): unknown } }).document.getElementById('sample') as {
+          width: number;
+          height: number;
+          getContext(k: '2d'): { getImageData(x: number, y: number, w: number, h: number): { data: ArrayLike<number> } };
+        };
+        return { width: c.width, height: c.height, rgba: Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data) };
+      });
+      expect([canvas.width, canvas.height]).toEqual([image.width, image.height]);
+      const plane = image.width * image.height;
+      let off = 0;
+      for (let p = 0; p < plane; p++)
+        for (let k = 0; k < 3; k++) off = Math.max(off, Math.abs(canvas.rgba[4 * p + k] - Math.round(255 * image.rgb[k * plane + p])));
+      expect(off).toBe(0);
+      expect(new Set(canvas.rgba).size).toBeGreaterThan(10);
+      const box = (await page.locator('#sample').boundingBox())!;
+      expect(box.width).toBeGreaterThan(2 * image.width); // scaled up (pixelated), not drawn at 1:1
+      expect(problems).toEqual([]);
+      console.log(
+        `VAE in the page: ${image.width}x${image.height} from latents [${shape}], worst |page - vae.ts| ${worst.toExponential(2)}, ${(100 * interior).toFixed(0)}% of values unclamped`,
+      );
+    } finally {
+      await context.close();
+    }
+  }, 150000);
+});

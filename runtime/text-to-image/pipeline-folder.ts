@@ -12,6 +12,7 @@ import { dataTypeName, ortTypeName } from '../../compiler/dtype';
 import { Dim } from '../../compiler/ir';
 import { loadModel } from '../../compiler/serde';
 import { FamilyName, isFamilyName } from '../../models/families';
+import { vaeScalingFactor } from '../sampling/vae-scaling';
 
 type Json = Record<string, unknown>;
 
@@ -186,9 +187,7 @@ export function openPipelineFolder(dir: string): PipelineFolder {
   const vaeEncoder = modelComponent(root, 'vae_encoder', ['sample']);
   const vaeDecoder = modelComponent(root, 'vae_decoder', ['latent_sample']);
 
-  const scaling = vaeDecoder.config.scaling_factor ?? vaeEncoder.config.scaling_factor;
-  if (typeof scaling !== 'number' || !(scaling > 0))
-    throw new HollowcError(`vae_decoder/config.json: scaling_factor ${JSON.stringify(scaling)} is not a positive number`, root);
+  const scaling = vaeScalingFactor(vaeDecoder.config, vaeEncoder.config, root);
   const t = unet.inputs.find((i) => i.name === 'timestep')!;
 
   // hollowc's own folders say what they are; others: XL -> sdxl, v-prediction -> SD 2.x

@@ -16,9 +16,10 @@ import { Rng, fillNormal } from '../../models/random';
 import { floatValues, tensorFor } from '../ort/artifacts';
 import type { ModelComponent, PipelineFolder } from './pipeline-folder';
 import { SessionOptions, createSession } from '../ort/session';
+import { DECODED_IMAGE, LATENT_SAMPLE, decoderInput, pixelValue } from '../sampling/vae-scaling';
 
+export { LATENT_SAMPLE };
 export const LATENT_PARAMETERS = 'latent_parameters';
-export const LATENT_SAMPLE = 'latent_sample';
 const IMAGE = 'sample';
 
 export interface LatentBatch {
@@ -111,23 +112,22 @@ export async function decodeLatents(
 ): Promise<{ data: Float32Array; dims: number[] }> {
   const dec = folder.vaeDecoder;
   const desc = input(dec, LATENT_SAMPLE);
-  if (!dec.outputs.some((o) => o.name === IMAGE))
-    throw new HollowcError(`vae_decoder has no output ${IMAGE} (has ${dec.outputs.map((o) => o.name).join(', ')})`, dec.model);
+  if (!dec.outputs.some((o) => o.name === DECODED_IMAGE))
+    throw new HollowcError(`vae_decoder has no output ${DECODED_IMAGE} (has ${dec.outputs.map((o) => o.name).join(', ')})`, dec.model);
   const [n, c, h, w] = latents.shape;
   const size = c * h * w;
   let out: Float32Array | undefined;
   let dims: number[] = [];
   await withSession(dec, session, async (s) => {
     for (let i = 0; i < n; i++) {
-      const z = new Float32Array(size);
-      for (let k = 0; k < size; k++) z[k] = latents.data[i * size + k] / folder.scalingFactor;
-      const r = await s.run({ [LATENT_SAMPLE]: tensorFor(desc, z, [1, c, h, w]) }, [IMAGE]);
-      const x = floatValues(r[IMAGE], IMAGE);
+      const z = decoderInput(latents.data.subarray(i * size, (i + 1) * size), folder.scalingFactor);
+      const r = await s.run({ [LATENT_SAMPLE]: tensorFor(desc, z, [1, c, h, w]) }, [DECODED_IMAGE]);
+      const x = floatValues(r[DECODED_IMAGE], DECODED_IMAGE);
       if (!out) {
-        dims = [n, ...r[IMAGE].dims.slice(1)];
+        dims = [n, ...r[DECODED_IMAGE].dims.slice(1)];
         out = new Float32Array(n * x.length);
       }
-      for (let k = 0; k < x.length; k++) out[i * x.length + k] = Math.min(1, Math.max(0, x[k] / 2 + 0.5));
+      for (let k = 0; k < x.length; k++) out[i * x.length + k] = pixelValue(x[k]);
     }
   });
   return { data: out ?? new Float32Array(0), dims };

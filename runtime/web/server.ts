@@ -8,9 +8,13 @@
  *   /ort/<file>        node_modules/onnxruntime-web/dist/<file>
  *   /folder/<file>     the compiled folder: manifest.json, the artifacts, the weights, lora-init;
  *   /folder/store/...  the store's store.json, records.bin, conditioning.safetensors
+ *   /model.json        what --model adds: {"vae_decoder": {"weights": [...]}}, or {} without it
+ *   /model/vae_decoder/<file>  with --model <pipeline folder>: its VAE decoder's model.onnx,
+ *                      model.onnx_data (when there) and config.json, to decode the sample
  *
- * Only those files: not the folder's checkpoints or anything else. Responses carry COOP/COEP so
- * the page is cross-origin isolated and onnxruntime-web may use WASM threads.
+ * Only those files: not the folder's checkpoints, nor the pipeline's other components, nor anything
+ * else. Responses carry COOP/COEP so the page is cross-origin isolated and onnxruntime-web may use
+ * WASM threads.
  */
 import * as fs from 'fs';
 import * as http from 'http';
@@ -20,6 +24,7 @@ import { HollowcError } from '../../compiler/errors';
 import { MANIFEST_FILE, readManifest } from '../../compiler/manifest';
 import { LORA_INIT_FILE } from '../formats/lora-format';
 import { CONDITIONING_FILE, HEADER_FILE, RECORDS_FILE } from '../store/store-format';
+import { vaeScalingFactor } from '../sampling/vae-scaling';
 import { bundlePage } from './bundle';
 
 export interface WebServerOptions {
@@ -30,6 +35,8 @@ export interface WebServerOptions {
   port?: number;
   /** Default 127.0.0.1. */
   host?: string;
+  /** A pipeline folder whose vae_decoder/ the page decodes its sample with (without it: a latent preview). */
+  model?: string;
 }
 
 export interface WebServer {
@@ -78,9 +85,45 @@ function folderFiles(out: string, storeDir: string): Map<string, string> {
   return files;
 }
 
+const VAE_DECODER = 'vae_decoder';
+const VAE_WEIGHTS = ['model.onnx_data'];
+
+/** The pipeline folder's VAE decoder files the page may read, by URL path under /model/; checked before serving. */
+function vaeDecoderFiles(model: string): Map<string, string> {
+  const dir = path.join(model, VAE_DECODER);
+  const onnx = path.join(dir, 'model.onnx');
+  if (!fs.existsSync(onnx) || !fs.statSync(onnx).isFile())
+    throw new HollowcError(`--model: no ${VAE_DECODER}/model.onnx here (expected a pipeline folder with a VAE decoder)`, model);
+  const config = path.join(dir, 'config.json');
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(fs.readFileSync(config, 'utf8'));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new HollowcError(
+      `--model: ${VAE_DECODER}/config.json ${code === 'ENOENT' ? 'is missing' : `is not readable JSON (${(e as Error).message})`}`,
+      model,
+    );
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
+    throw new HollowcError(`--model: ${VAE_DECODER}/config.json is not a JSON object`, model);
+  // the page divides by it: refuse a bad one here rather than in the tab
+  vaeScalingFactor(parsed as Record<string, unknown>, {}, model);
+  const files = new Map([
+    [`${VAE_DECODER}/model.onnx`, onnx],
+    [`${VAE_DECODER}/config.json`, config],
+  ]);
+  for (const w of VAE_WEIGHTS) if (fs.existsSync(path.join(dir, w))) files.set(`${VAE_DECODER}/${w}`, path.join(dir, w));
+  return files;
+}
+
 export async function startWebServer(options: WebServerOptions): Promise<WebServer> {
   const out = path.resolve(options.out);
   const files = folderFiles(out, path.resolve(options.storeDir ?? path.join(out, 'store')));
+  const modelFiles = options.model ? vaeDecoderFiles(path.resolve(options.model)) : new Map<string, string>();
+  const modelJson = JSON.stringify(
+    options.model ? { [VAE_DECODER]: { weights: VAE_WEIGHTS.filter((w) => modelFiles.has(`${VAE_DECODER}/${w}`)) } } : {},
+  );
   const page = await bundlePage();
   const ort = ortDistDir();
   const host = options.host ?? '127.0.0.1';
@@ -118,6 +161,7 @@ export async function startWebServer(options: WebServerOptions): Promise<WebServ
     };
     if (url === '/' || url === '/index.html') return send(page.html, TYPES['.html']);
     if (url === '/page.js') return send(page.js, TYPES['.js']);
+    if (url === '/model.json') return send(modelJson, TYPES['.json']);
     const ortFile = /^\/ort\/([\w.-]+)$/.exec(url)?.[1];
     if (ortFile && !ortFile.startsWith('.')) {
       const file = path.join(ort, ortFile);
@@ -125,6 +169,8 @@ export async function startWebServer(options: WebServerOptions): Promise<WebServ
     }
     const folderFile = url.startsWith('/folder/') ? files.get(url.slice('/folder/'.length)) : undefined;
     if (folderFile) return sendFile(folderFile);
+    const modelFile = url.startsWith('/model/') ? modelFiles.get(url.slice('/model/'.length)) : undefined;
+    if (modelFile) return sendFile(modelFile);
     return fail(404, 'not found');
   });
   await new Promise<void>((resolve, reject) => {

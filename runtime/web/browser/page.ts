@@ -1,7 +1,8 @@
 /**
  * The personalization page: loads a compiled folder (manifest, train.onnx, infer.onnx, weights,
  * store) with onnxruntime-web, trains the LoRA with train.onnx on WebGPU or WASM, draws the loss
- * live, samples with the two-path infer.onnx and offers the LoRA as a peft safetensors download
+ * live, samples with the two-path infer.onnx (decoded by the VAE decoder `hollowc web --model` serves,
+ * else shown as a latent preview) and offers the LoRA as a peft safetensors download
  * (the format `hollowc export-lora --format peft` writes). Everything runs in the tab; the
  * server only serves files.
  *
@@ -18,6 +19,7 @@ import { LORA_FILE_NAME, drawLossCurve } from './ui';
 import { WebFolder, loadFolder } from './folder';
 import { latentPreview, sampleLatents } from './sampler';
 import { WebTrainer } from './trainer';
+import { decodeSample, imageRgba, loadVaeDecoder } from './vae-decoder';
 import { familyFits, folderFit, gb } from '../memory-fit';
 import type { OrtModule } from './tensors';
 
@@ -34,6 +36,10 @@ export interface PageResult {
   stepSeconds: number[];
   sessionSeconds?: number;
   sampleSeconds?: number;
+  /** The sampled latents [C, h, w]. */
+  latents?: { shape: number[]; data: number[] };
+  /** The latents decoded by the served VAE decoder (hollowc web --model): rgb planar [3, height, width] in [0, 1]. */
+  image?: { width: number; height: number; rgb: number[] };
   done: boolean;
   error?: string;
 }
@@ -101,8 +107,8 @@ function showMemory(folder: WebFolder): void {
     `onnxruntime-web's WASM build is wasm32: one memory of at most 4 GiB for every session of the page (weights are copied into it; each .onnx file must also stay under 2 GB, weights go as externalData). Rule used: weights + ${25}% headroom. This folder's weights: ${folder.weights.map((w) => `${w.path} ${gb(w.data.byteLength)}`).join(', ')}.`;
 }
 
-function drawSample(latents: Float32Array, shape: number[]): void {
-  const { rgba, width, height } = latentPreview(latents, shape);
+/** The sample into the canvas (its CSS scales it up, pixelated). */
+function drawSample({ rgba, width, height }: { rgba: Uint8ClampedArray; width: number; height: number }): void {
   const canvas = $<HTMLCanvasElement>('sample');
   canvas.width = width;
   canvas.height = height;
@@ -189,9 +195,28 @@ async function run(): Promise<void> {
   });
   await inferSession.release();
   result.sampleSeconds = (performance.now() - t0) / 1000;
-  drawSample(latents, latentShape);
-  $('sample-note').textContent =
-    `DDIM, ${sampleSteps} steps, guidance ${params.get('guidance') ?? 3}, latents [${latentShape}] shown with a linear latent-to-RGB preview (a compiled folder has no VAE), ${result.sampleSeconds.toFixed(1)} s`;
+  result.latents = { shape: latentShape, data: Array.from(latents) };
+  const sampled = `DDIM, ${sampleSteps} steps, guidance ${params.get('guidance') ?? 3}, latents [${latentShape}]`;
+  const vae = await loadVaeDecoder(location.href, (what) => status(`loading ${what}`));
+  if (vae) {
+    status('decoding the sample with vae_decoder');
+    t0 = performance.now();
+    const vaeSession = await ort.InferenceSession.create(vae.model, {
+      executionProviders: [backend],
+      logSeverityLevel: 3,
+      externalData: vae.weights.map((w) => ({ path: w.path, data: w.data })),
+    });
+    const image = await decodeSample(ort, vaeSession, vae, latents, latentShape);
+    await vaeSession.release();
+    result.image = { width: image.width, height: image.height, rgb: Array.from(image.rgb) };
+    drawSample({ rgba: imageRgba(image), width: image.width, height: image.height });
+    $('sample-note').textContent =
+      `${sampled}, VAE-decoded to ${image.width}x${image.height} with the served vae_decoder (scaling factor ${vae.scalingFactor}); sampling ${result.sampleSeconds.toFixed(1)} s, decoding ${((performance.now() - t0) / 1000).toFixed(1)} s`;
+  } else {
+    drawSample(latentPreview(latents, latentShape));
+    $('sample-note').textContent =
+      `${sampled} shown with a linear latent-to-RGB preview (a compiled folder has no VAE: serve one with hollowc web --model <pipeline folder>), ${result.sampleSeconds.toFixed(1)} s`;
+  }
   status(`done: ${trainer.step} steps on ${backend === 'webgpu' ? 'WebGPU' : 'WASM'}`);
   result.done = true;
 }
