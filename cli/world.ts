@@ -4,6 +4,7 @@
  */
 import * as path from 'path';
 import { Command } from 'commander';
+import { packWorldPipeline } from './api/world-record';
 import { buildWorldPipeline, scoreWorldPipeline } from './api/world-pipeline';
 import { out, parseCount, parseNumber, parseSeed, threadsOption } from './options';
 
@@ -61,4 +62,15 @@ export function registerWorld(program: Command): void {
         );
       },
     );
+  world
+    .command('pack')
+    .description(
+      'copy a built world pipeline into the form the repository keeps (models/data/world-pipeline): everything but the text encoder and tokenizer, which are rebuilt from the recorded seed',
+    )
+    .argument('<pipeline>', 'a folder written by world build')
+    .argument('<dest>', 'where the packed folder goes')
+    .action((pipeline: string, dest: string) => {
+      packWorldPipeline(pipeline, dest);
+      out(`packed ${pipeline} into ${dest}`);
+    });
 }

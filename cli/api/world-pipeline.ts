@@ -25,13 +25,14 @@ import { encodeImages } from '../../runtime/text-to-image/vae';
 import { Latent, captionedTrainingData } from '../../runtime/store/training-data';
 import { precompute } from '../../runtime/store/precompute';
 import { Store } from '../../runtime/store/store';
-import { CHECKPOINT_FILE, TRAIN_DIR } from '../../runtime/train/checkpoint';
+import { CHECKPOINT_FILE, LOSS_LOG_FILE, TRAIN_DIR } from '../../runtime/train/checkpoint';
 import { train } from '../../runtime/train/train';
 import { compileSpec } from './compile-spec';
 import { exportUnet } from './export-unet';
 import { checkSpecFile } from './spec';
 import { HELD_OUT_SEED, drawScenes, trainVae } from './train-vae';
 import { loadUNet } from './unet';
+import { lossCurve, textEncoderSha256, writeWorldRecord } from './world-record';
 
 export interface WorldPipelineOptions {
   /** The pipeline folder to write. */
@@ -223,25 +224,70 @@ export async function scoreWorldPipeline(
   };
 }
 
+/** Where `world build` keeps the VAE stage's loss log (one line per step: step, loss and its terms, seconds). */
+const VAE_LOSS_LOG = 'loss.jsonl';
+
 /**
  * The whole pipeline from a seed, as one call: the VAE (train-vae.ts, in `<work>/vae`), then the
- * UNet on its latents (trainWorldPipeline). Each stage is skipped when its output is there, so a
- * rerun after a crash goes on where it stopped.
+ * UNet on its latents (trainWorldPipeline), then hollowc-world.json (world-record.ts) beside them.
+ * Each stage is skipped when its output is there, so a rerun after a crash goes on where it stopped.
  */
 export async function buildWorldPipeline(
   o: Omit<WorldPipelineOptions, 'vae'> & { vaeSteps?: number },
 ): Promise<{ out: string; losses: number[]; seconds: { vae: number; unet: number } }> {
   const vae = path.join(o.work, 'vae');
-  const started = Date.now();
   if (!fs.existsSync(vae)) {
     // trained beside its place and renamed when whole: a kill mid-way leaves no VAE folder that looks done
     const tmp = `${vae}.tmp`;
     fs.rmSync(tmp, { recursive: true, force: true });
     fs.mkdirSync(o.work, { recursive: true });
-    await trainVae({ out: tmp, seed: o.seed, steps: o.vaeSteps, threads: o.threads, log: o.log });
+    const r = await trainVae({ out: tmp, seed: o.seed, steps: o.vaeSteps, threads: o.threads, log: o.log });
+    fs.writeFileSync(
+      path.join(tmp, VAE_LOSS_LOG),
+      r.log.map((st) => JSON.stringify({ step: st.step, loss: st.losses.loss, ...st.losses, seconds: st.seconds })).join('\n') + '\n',
+    );
     fs.renameSync(tmp, vae);
   }
-  const vaeSeconds = (Date.now() - started) / 1000;
   const r = await trainWorldPipeline({ ...o, vae });
-  return { ...r, seconds: { vae: vaeSeconds, unet: (Date.now() - started) / 1000 - vaeSeconds } };
+  // times and curves from the logs, so a resumed build reports the whole run, not its last piece
+  const unetLog = path.join(o.work, 'compiled', TRAIN_DIR, LOSS_LOG_FILE);
+  const unetLines = fs.readFileSync(unetLog, 'utf8').trim().split('\n');
+  const vaeLog = path.join(vae, VAE_LOSS_LOG);
+  const vaeSteps = fs.existsSync(vaeLog)
+    ? fs
+        .readFileSync(vaeLog, 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as { seconds: number })
+    : [];
+  const seconds = {
+    vae: vaeSteps.reduce((a, st) => a + st.seconds, 0),
+    unet: (JSON.parse(unetLines[unetLines.length - 1]) as { elapsed_s: number }).elapsed_s,
+  };
+  const options = {
+    seed: o.seed ?? 0,
+    steps: o.steps ?? 8000,
+    batch: o.batch ?? 16,
+    scenes: o.scenes ?? 16384,
+    lr: o.lr ?? 1e-3,
+    vaeSteps: o.vaeSteps ?? 12000,
+  };
+  writeWorldRecord(o.out, {
+    command: `hollowc world build -o ${o.out} --seed ${options.seed} --vae-steps ${options.vaeSteps} --steps ${options.steps} --batch ${options.batch} --scenes ${options.scenes} --lr ${options.lr}`,
+    options: {
+      seed: options.seed,
+      vaeSteps: options.vaeSteps,
+      steps: options.steps,
+      batch: options.batch,
+      scenes: options.scenes,
+      lr: options.lr,
+      size: o.size ?? 32,
+    },
+    builder: { family: 'sd15', size: 'tiny', seed: options.seed, maxTokens: WORLD_TOKENS, textEmbeddingScale: WORLD_TEXT_EMBEDDING_SCALE },
+    textEncoderSha256: textEncoderSha256(o.out),
+    seconds,
+    loss: { vae: fs.existsSync(vaeLog) ? lossCurve(vaeLog) : [], unet: lossCurve(unetLog) },
+    date: new Date().toISOString().slice(0, 10),
+  });
+  return { ...r, seconds };
 }
