@@ -18,10 +18,10 @@
  * float32 round-off, and Adam turns that round-off into full-size updates: two CPU runs with 1
  * and 2 threads then differ by 4e-3 after 20 steps; with eps 1e-6 they differ by 1e-5.
  */
-import { ChildProcess, spawn } from 'child_process';
+import type { ChildProcess } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import type { Browser, BrowserContext, Page } from 'playwright-core';
+import type { Page } from 'playwright-core';
 import { compileFromSpec } from '../cli/api/compile-spec';
 import { buildPipeline } from '../models/builder';
 import { convertToFloat16InPlace } from '../models/builder/float16';
@@ -36,26 +36,9 @@ import { refused } from './support/cli';
 import { writeData } from './runtime-fake-train';
 import { tempDir } from './support/fixture';
 import { worstRelative } from './support/webgpu';
+import { CHROMIUM, IN_CI, launchChromium, startWebServer } from './support/browser';
 
-const CHROMIUM = '/usr/bin/chromium';
 const STEPS = 20;
-const IN_CI = !!process.env.CI;
-const HAVE_CHROMIUM = fs.existsSync(CHROMIUM);
-const COMMON_ARGS = [
-  '--no-sandbox',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-];
-const WEBGPU_ARGS = [
-  '--enable-unsafe-webgpu',
-  '--enable-features=Vulkan',
-  '--use-vulkan=swiftshader',
-  '--use-webgpu-adapter=swiftshader',
-  '--enable-unsafe-swiftshader',
-];
 
 /** A compiled folder with a store, `hollowc train`'s LoRA for it, and `hollowc web` serving it. */
 interface Served {
@@ -74,27 +57,7 @@ let reference: Served['reference'];
 let url: string;
 const servers: ChildProcess[] = [];
 
-/** `hollowc web <out> ...args` as a user starts it (from source, any free port); resolves to its URL. */
-async function startServer(out: string, args: string[] = []): Promise<string> {
-  const server = spawn(process.execPath, [path.join(__dirname, 'support', 'cli-child.js'), 'web', out, '--port', '0', ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  servers.push(server);
-  return new Promise<string>((resolve, reject) => {
-    let text = '';
-    const timer = setTimeout(() => reject(new Error(`hollowc web printed no URL: ${text}`)), 60000);
-    server.stdout!.on('data', (d) => {
-      text += d;
-      const m = /serving .* at (http:\/\/127\.0\.0\.1:\d+\/)/.exec(text);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    });
-    server.stderr!.on('data', (d) => (text += d));
-    server.on('exit', (code) => reject(new Error(`hollowc web exited with ${code}: ${text}`)));
-  });
-}
+const startServer = (folder: string, args: string[] = []) => startWebServer(folder, args, servers);
 
 /** The tiny sd15 pipeline's UNet (float16: as optimum's --dtype fp16 export writes it) compiled, precomputed, trained by the CLI and served. */
 async function serveFolder(float16: boolean): Promise<Served> {
@@ -204,23 +167,7 @@ interface PageResult {
   error?: string;
 }
 
-async function launch(backend: 'wasm' | 'webgpu'): Promise<{ browser: Browser; context: BrowserContext } | undefined> {
-  if (!HAVE_CHROMIUM) {
-    if (IN_CI) throw new Error(`${CHROMIUM} is missing under CI (.ci/run installs the chromium package)`);
-    return undefined;
-  }
-  const { chromium } = await import('playwright-core');
-  const profile = fs.mkdtempSync(path.join(dir, `profile-${backend}-`));
-  const args = [...COMMON_ARGS, ...(backend === 'webgpu' ? WEBGPU_ARGS : ['--disable-gpu'])];
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args,
-    acceptDownloads: true,
-    viewport: { width: 1100, height: 1000 },
-  });
-  return { browser: context.browser()!, context };
-}
+const launch = (backend: 'wasm' | 'webgpu') => launchChromium(backend, dir);
 
 async function hasAdapter(page: Page): Promise<boolean> {
   return page.evaluate(async () => {

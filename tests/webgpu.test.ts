@@ -285,12 +285,12 @@ gpuDescribe('the CLI on --ep webgpu', () => {
 
   test('demo --ep webgpu: the whole personalize workflow on the GPU provider, every session placed there', async () => {
     const out = path.join(tempDir('hollowc-webgpu-demo-'), 'demo');
-    const r = await cli(['demo', '--ep', 'webgpu', '--steps', '2', '--samples', '2', '--sample-steps', '1', '--out', out]);
+    const r = await cli(['demo', '--ep', 'webgpu', '--steps', '2', '--seeds', '1', '--sample-steps', '1', '--out', out]);
     expect([r.code, r.stderr.match(/^hollowc: error.*$/m)?.[0]]).toEqual([0, undefined]);
-    const run = r.stdout.match(/^report: (.*)report\.html$/m)?.[1];
-    expect(run).toBeDefined();
-    for (const f of ['report.html', 'lora.safetensors', 'images/0-a-photo-of-sks-face.png'])
-      expect(fs.existsSync(path.join(run!, f))).toBe(true);
+    expect(r.stdout.match(/^report: (.*)$/m)?.[1]).toBe(path.join(out, 'report.html'));
+    const run = path.join(out, 'run');
+    for (const f of ['report.html', 'lora.safetensors']) expect(fs.existsSync(path.join(run, f))).toBe(true);
+    expect(fs.readdirSync(path.join(run, 'images')).filter((f) => f.endsWith('.png')).length).toBeGreaterThan(0);
     const lines = r.stderr.split('\n').filter((l) => l.startsWith('execution provider: '));
     console.log(`demo --ep webgpu:\n${lines.join('\n')}`);
     expect(lines.length).toBeGreaterThan(3);

@@ -154,7 +154,9 @@ async function run(): Promise<void> {
   let t0 = performance.now();
   const trainSession = await ort.InferenceSession.create(await folder.artifact('train'), sessionOptions(backend, folder, true));
   result.sessionSeconds = (performance.now() - t0) / 1000;
-  const trainer = new WebTrainer(ort, trainSession, m, folder.store, folder.initialLora, m.training.seed, m.training.lr);
+  // ?lr= overrides the spec's (personalize passes its --lr to train, not into the spec)
+  const lr = params.get('lr') ? Number(params.get('lr')) : m.training.lr;
+  const trainer = new WebTrainer(ort, trainSession, m, folder.store, folder.initialLora, m.training.seed, lr);
   status('loss before training (lr = 0 over the store)');
   const evalBatches = params.get('eval_batches') ? Number(params.get('eval_batches')) : undefined;
   result.evalBefore = await trainer.lossAtRest(evalBatches);
