@@ -84,7 +84,8 @@ test('the committed pipeline is rebuilt whole, and a text encoder that is not th
 });
 
 // The page trains the demo's compiled run (its store, its lora-init) in the tab at the demo's steps and lr.
-const PAGE_MIN_SUBJECT_FIDELITY = 0.2;
+// measured 0.232 (one image, seed 0, 2026-12-07); the base model on this prompt scores about 0.1
+const PAGE_MIN_SUBJECT_FIDELITY = 0.15;
 
 test("the browser page trains the demo's run in the tab and its VAE-decoded image shows the subject", async () => {
   const dir = tempDir('hollowc-demo-page-');

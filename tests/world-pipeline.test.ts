@@ -6,6 +6,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
+import { materializeWorldPipeline, packWorldPipeline, readWorldRecord, textEncoderSha256 } from '../cli/api/world-record';
 import { WORLD_TEXT_EMBEDDING_SCALE, WORLD_TOKENS, buildWorldPipeline, scoreWorldPipeline } from '../cli/api/world-pipeline';
 import { buildPipeline } from '../models/builder';
 import { CHECKPOINT_FILE, TRAIN_DIR } from '../runtime/train/checkpoint';
@@ -66,4 +67,24 @@ test('world build: VAE then UNet from a seed into a pipeline folder that world s
   fs.rmSync(path.join(work, 'compiled', TRAIN_DIR, CHECKPOINT_FILE));
   const over = await buildWorldPipeline({ out, work, seed: 1, vaeSteps: 4, scenes: 24, steps: 5, batch: 2 });
   expect(over.losses).toHaveLength(5);
+  // the record: the command that remakes it, and the curves from the stages' logs
+  const record = readWorldRecord(out);
+  expect(record.command).toBe(`hollowc world build -o ${out} --seed 1 --vae-steps 4 --steps 5 --batch 2 --scenes 24 --lr 0.001`);
+  expect(record.loss.vae).toHaveLength(4);
+  expect(record.loss.unet.length).toBeGreaterThan(0);
+  expect(record.seconds.vae).toBeGreaterThan(0);
+  // packed without the text encoder and tokenizer, and made whole again from the seed
+  const packed = path.join(path.dirname(out), 'packed');
+  packWorldPipeline(out, packed);
+  expect(fs.readdirSync(packed).sort()).toEqual([
+    'hollowc-world.json',
+    'model_index.json',
+    'scheduler',
+    'unet',
+    'vae_decoder',
+    'vae_encoder',
+  ]);
+  const whole = await materializeWorldPipeline(path.join(path.dirname(out), 'whole'), packed);
+  expect(textEncoderSha256(whole)).toBe(record.textEncoderSha256);
+  expect(weights(whole).equals(weights(out))).toBe(true);
 }, 300_000);
