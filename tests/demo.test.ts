@@ -13,7 +13,7 @@ import { WORLD_RECORD_FILE, committedWorldPipeline, materializeWorldPipeline, re
 import { tempDir } from './support/fixture';
 import type { ChildProcess } from 'child_process';
 import { subjectById, subjectFidelity } from '../models/world';
-import { CHROMIUM, launchChromium, startWebServer } from './support/browser';
+import { CHROMIUM, launchChromium, startWebServer, watchedPage } from './support/browser';
 
 let demo: DemoSummary;
 const lines: string[] = [];
@@ -94,12 +94,7 @@ test("the browser page trains the demo's run in the tab and its VAE-decoded imag
   const url = await startWebServer(path.join(demo.run, 'compiled'), ['--model', path.join(demo.out, 'model')], servers);
   const { context } = launched;
   try {
-    const page = context.pages()[0] ?? (await context.newPage());
-    const problems: string[] = [];
-    page.on('console', (m) => {
-      if (m.type() === 'error') problems.push(`console.error: ${m.text()}`);
-    });
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    const { page, problems } = await watchedPage(context);
     await page.goto(`${url}?ep=wasm&steps=${DEMO_STEPS}&lr=${DEMO_LR}&autorun=1&sample_steps=20&guidance=6&seed=0&eval_batches=1`);
     await page.waitForFunction(
       () =>

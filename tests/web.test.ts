@@ -36,7 +36,7 @@ import { refused } from './support/cli';
 import { writeData } from './runtime-fake-train';
 import { tempDir } from './support/fixture';
 import { worstRelative } from './support/webgpu';
-import { CHROMIUM, IN_CI, launchChromium, startWebServer } from './support/browser';
+import { CHROMIUM, IN_CI, launchChromium, startWebServer, watchedPage } from './support/browser';
 
 const STEPS = 20;
 
@@ -198,12 +198,7 @@ async function trainInPage(backend: 'wasm' | 'webgpu', query: string, served?: S
   if (!launched) return console.warn(`skipped: no ${CHROMIUM}`);
   const { context } = launched;
   try {
-    const page = context.pages()[0] ?? (await context.newPage());
-    const problems: string[] = [];
-    page.on('console', (m) => {
-      if (m.type() === 'error') problems.push(`console.error: ${m.text()}`);
-    });
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    const { page, problems } = await watchedPage(context);
     if (backend === 'webgpu') {
       await page.goto(ctx.url);
       if (!(await hasAdapter(page))) {
@@ -324,12 +319,7 @@ describe('hollowc web --model <pipeline folder>: the sample decoded by its VAE',
     if (!launched) return console.warn(`skipped: no ${CHROMIUM}`);
     const { context } = launched;
     try {
-      const page = context.pages()[0] ?? (await context.newPage());
-      const problems: string[] = [];
-      page.on('console', (m) => {
-        if (m.type() === 'error') problems.push(`console.error: ${m.text()}`);
-      });
-      page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+      const { page, problems } = await watchedPage(context);
       await page.goto(`${vaeUrl}?ep=wasm&steps=3&autorun=1&sample_steps=2&eval_batches=1`);
       await page.waitForFunction(() => (globalThis as unknown as { hollowc?: { done: boolean } }).hollowc?.done, null, {
         timeout: 120000,

@@ -16,6 +16,7 @@ import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { PRESETS } from '../../models/presets';
+import { DEFAULT_TARGETS } from '../../models/training-defaults';
 import { SUBJECTS, subjectById } from '../../models/world';
 import { openPipelineFolder } from '../../runtime/text-to-image/pipeline-folder';
 import {
@@ -45,18 +46,7 @@ const threads = Number(arg('threads', '0')) || undefined;
 const PHOTO_SEED = 0;
 
 // conv LoRA: the paper's attention targets and every ResNet conv beside them
-const CONV_TARGETS = [
-  'attn1.to_q',
-  'attn1.to_k',
-  'attn1.to_v',
-  'attn1.to_out.0',
-  'attn2.to_q',
-  'attn2.to_k',
-  'attn2.to_v',
-  'attn2.to_out.0',
-  'conv1',
-  'conv2',
-];
+const CONV_TARGETS = [...DEFAULT_TARGETS, 'conv1', 'conv2'];
 
 function methods(): QualityMethod[] {
   const presets = PRESETS.filter((p) => p.families.includes('sd15')).map((p) => p.name);

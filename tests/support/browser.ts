@@ -6,7 +6,7 @@
 import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import type { Browser, BrowserContext } from 'playwright-core';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
 
 export const CHROMIUM = '/usr/bin/chromium';
 export const IN_CI = !!process.env.CI;
@@ -69,4 +69,15 @@ export async function startWebServer(out: string, args: string[], servers: Child
     server.stderr!.on('data', (d) => (text += d));
     server.on('exit', (code) => reject(new Error(`hollowc web exited with ${code}: ${text}`)));
   });
+}
+
+/** The context's page, with every console error and page error it logs collected into `problems`. */
+export async function watchedPage(context: BrowserContext): Promise<{ page: Page; problems: string[] }> {
+  const page = context.pages()[0] ?? (await context.newPage());
+  const problems: string[] = [];
+  page.on('console', (m) => {
+    if (m.type() === 'error') problems.push(`console.error: ${m.text()}`);
+  });
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  return { page, problems };
 }
