@@ -2,9 +2,12 @@
  * `hollowc demo` on the committed world pipeline (models/data/world-pipeline), and the learning test
  * of issue 32: a short personalization on fixed seeds must put the subject where its photos never
  * did (subject fidelity, scored from the pixels, well above the base model's) while the 39.2% cut
- * keeps the prompt (background and size right). Gradients can be exact while learning is broken
- * (a wrong noise target, schedule, timestep sampling, LoRA scale at inference, prior weighting);
- * each of those moves these scores, so this test is where such a change fails.
+ * keeps the prompt (background and size right). Gradients can be exact while learning is broken;
+ * breaking one thing on purpose in a copy of the tree (2026-12-07): timesteps drawn from [0, 100)
+ * only gave subject fidelity 0.032 and prompt fidelity 0.625, a v-prediction target for this
+ * epsilon model 0.140 and 0.500: both fail here (bounds 0.15 and 0.75); weighting instance
+ * samples 0.1 and class samples 1 gave 0.230 and passes (not caught: with batch 1 and the two kinds
+ * of sample alternating, AdamW's normalization absorbs a constant per-sample weight).
  */
 import * as fs from 'fs';
 import * as path from 'path';
