@@ -208,15 +208,22 @@ function plotSvg(summary: readonly Summary[]): string {
           `<text x="${W - m.r - 4}" y="${(Y(base.subjectFidelity.mean) - 4).toFixed(1)}" text-anchor="end" fill="#666">base model</text>`,
         ]
       : []),
-    ...pts.flatMap((p) => {
+    ...pts.flatMap((p, k) => {
       const [cx, cy] = [X(p.modelStateMiB!), Y(p.subjectFidelity.mean)];
-      const color = p.method.startsWith('hollowed') ? '#c0392b' : '#2c6fbb';
+      const hollowed = p.method.startsWith('hollowed');
+      const color = hollowed ? '#c0392b' : '#2c6fbb';
+      // the presets sit close together: their labels are the bare fraction, alternately above and below
+      const label = hollowed ? p.method.replace('hollowed ', '') : p.method;
+      const dy = hollowed && k % 2 === 0 ? 16 : -6;
       return [
         `<line x1="${cx.toFixed(1)}" y1="${Y(p.subjectFidelity.mean - p.subjectFidelity.sd).toFixed(1)}" x2="${cx.toFixed(1)}" y2="${Y(p.subjectFidelity.mean + p.subjectFidelity.sd).toFixed(1)}" stroke="${color}"/>`,
         `<circle cx="${cx.toFixed(1)}" cy="${cy.toFixed(1)}" r="4" fill="${color}"/>`,
-        `<text x="${(cx + 6).toFixed(1)}" y="${(cy - 5).toFixed(1)}">${p.method}</text>`,
+        `<text x="${(cx + 5).toFixed(1)}" y="${(cy + dy).toFixed(1)}" fill="${color}">${label}</text>`,
       ];
     }),
+    `<text x="${m.l + 8}" y="${m.t + 12}" fill="#c0392b">red: hollowed LoRA at each preset (% of the UNet hollowed)</text>`,
+    `<text x="${m.l + 8}" y="${m.t + 26}" fill="#2c6fbb">blue: LoRA, conv LoRA, full fine-tuning (nothing hollowed)</text>`,
+    `<text x="${m.l + 8}" y="${m.t + 40}" fill="#666">bars: spread over ${seeds.length} sampling seeds</text>`,
     '</svg>',
   ];
   return parts.join('\n') + '\n';
