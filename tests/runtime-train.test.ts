@@ -329,6 +329,17 @@ describe('train', () => {
     const mean = (xs: { loss: number }[]) => xs.reduce((s, x) => s + x.loss, 0) / xs.length;
     expect(mean(a.losses.slice(-4))).toBeLessThan(mean(a.losses.slice(0, 4)));
 
+    // a kill between checkpoint.safetensors and checkpoint.json leaves the JSON one checkpoint behind
+    // (tests/faults hit it at random); a resume, even one with nothing left to train, rewrites it
+    const stateFile = path.join(killed, 'train', 'checkpoint.json');
+    const whole = fs.readFileSync(stateFile, 'utf8');
+    fs.writeFileSync(stateFile, JSON.stringify({ ...state, step: 10, position: { epoch: 0, offset: 0 } }));
+    expect((await train({ out: killed, steps: 20, resume: true })).losses).toHaveLength(0);
+    expect(fs.readFileSync(stateFile, 'utf8')).toBe(whole);
+    fs.rmSync(stateFile);
+    await train({ out: killed, steps: 20, resume: true });
+    expect(fs.readFileSync(stateFile, 'utf8')).toBe(whole);
+
     // resuming a finished run to more steps continues; --restart starts over
     const c = await train({ out: killed, steps: 22, resume: true });
     expect(c.losses.map((l) => l.step)).toEqual([21, 22]);

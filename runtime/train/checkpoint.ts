@@ -11,6 +11,7 @@
  *   loss.jsonl              one line per step: {"step", "loss", "lr", "elapsed_s"}; a resume first
  *                           drops lines after the checkpoint's step
  */
+import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { HollowcError } from '../../compiler/errors';
@@ -73,11 +74,37 @@ export function writeCheckpoint(dir: string, state: TrainState, params: readonly
     tensors.set(expAvgSqName(p.name), float32Tensor(p.shape, p.expAvgSq));
   }
   const digest = writeSafetensors(file, tensors, { [STATE_KEY]: JSON.stringify(state), format: 'pt' });
-  writeFileAtomic(
-    path.join(dir, CHECKPOINT_STATE_FILE),
-    JSON.stringify({ ...state, checkpoint: CHECKPOINT_FILE, sha256: digest }, null, 2) + '\n',
-  );
+  writeStateFile(dir, state, digest);
   return file;
+}
+
+function writeStateFile(dir: string, state: TrainState, sha256: string): void {
+  writeFileAtomic(path.join(dir, CHECKPOINT_STATE_FILE), JSON.stringify({ ...state, checkpoint: CHECKPOINT_FILE, sha256 }, null, 2) + '\n');
+}
+
+/**
+ * checkpoint.json is written after checkpoint.safetensors: a kill between the two leaves it
+ * describing the checkpoint before. A resume calls this with the state it read from the
+ * safetensors (what --resume trusts) and rewrites the JSON when it says anything else.
+ */
+export function syncCheckpointState(dir: string, state: TrainState): void {
+  const jsonFile = path.join(dir, CHECKPOINT_STATE_FILE);
+  try {
+    const written = JSON.parse(fs.readFileSync(jsonFile, 'utf8')) as Record<string, unknown>;
+    const same = (Object.keys(state) as (keyof TrainState)[]).every((k) => JSON.stringify(written[k]) === JSON.stringify(state[k]));
+    if (same && typeof written.sha256 === 'string') return;
+  } catch {
+    // missing or torn: rewritten below
+  }
+  const hash = crypto.createHash('sha256');
+  const fd = fs.openSync(path.join(dir, CHECKPOINT_FILE), 'r');
+  try {
+    const chunk = Buffer.alloc(1 << 22);
+    for (let n; (n = fs.readSync(fd, chunk, 0, chunk.length, null)) > 0;) hash.update(chunk.subarray(0, n));
+  } finally {
+    fs.closeSync(fd);
+  }
+  writeStateFile(dir, state, hash.digest('hex'));
 }
 
 export interface Checkpoint {

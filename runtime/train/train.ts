@@ -25,6 +25,7 @@ import {
   TrainState,
   readCheckpoint,
   readCheckpointState,
+  syncCheckpointState,
   truncateLossLog,
   writeCheckpoint,
 } from './checkpoint';
@@ -174,6 +175,7 @@ function startingPoint(options: TrainOptions, manifest: CompileManifest, graph: 
     );
   const cp = readCheckpoint(checkpointFile);
   const s = cp.state;
+  syncCheckpointState(trainDir, s);
   if (options.seed !== undefined && options.seed !== s.seed)
     throw new HollowcError(
       `--seed ${options.seed} differs from the checkpoint's seed ${s.seed}: a resumed run keeps its seed`,
@@ -200,7 +202,14 @@ function startingPoint(options: TrainOptions, manifest: CompileManifest, graph: 
         `the checkpoint keeps ${p.name}'s moments in ${v.quantized ? '8 bits' : 'float32'}, this folder's optimizer in ${eightBit ? '8 bits' : 'float32'}: it belongs to another compile`,
         checkpointFile,
       );
-    return { name: p.name, shape: p.shape, value: v.value, expAvg: v.expAvg, expAvgSq: v.expAvgSq, ...(v.quantized ? { quantized: v.quantized } : {}) };
+    return {
+      name: p.name,
+      shape: p.shape,
+      value: v.value,
+      expAvg: v.expAvg,
+      expAvgSq: v.expAvgSq,
+      ...(v.quantized ? { quantized: v.quantized } : {}),
+    };
   });
   truncateLossLog(path.join(trainDir, LOSS_LOG_FILE), s.step);
   return { params, step: s.step, seed: s.seed, lr: options.lr ?? s.lr };
