@@ -33,6 +33,8 @@ export interface DemoOptions {
   sampleSteps?: number;
   /** Seeds of the comparison images, per prompt (default 2). */
   seeds?: number;
+  /** How many of the new-context prompts to compare on (default all 4); every image opens its own sessions, slow on a software GPU. */
+  prompts?: number;
   /** Execution provider for every session (default cpu). */
   ep?: ExecutionProvider;
   fallbackToCpu?: boolean;
@@ -100,7 +102,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoSummary> {
   log(`the world pipeline hollowc trained itself (hollowc world build; models/data/world-pipeline) in ${model}`);
   const subject = subjectById(SUBJECT);
   const sampleSteps = options.sampleSteps ?? SAMPLE_STEPS;
-  const contexts = subjectContexts(subject, 0);
+  const contexts = subjectContexts(subject, 0).slice(0, options.prompts ?? Infinity);
   const session = { ep: options.ep, fallbackToCpu: options.fallbackToCpu, reportProvider: options.reportProvider };
   const trained = await personalizeWorldSubject({
     pipeline: model,
@@ -192,6 +194,7 @@ export function registerDemo(program: Command): void {
     .option('--steps <n>', 'training steps', parseCount, DEMO_STEPS)
     .option('--sample-steps <n>', `denoising steps of every image (default: ${SAMPLE_STEPS})`, parseCount)
     .option('--seeds <n>', 'seeds per prompt of the comparison images', parseCount, 2)
+    .option('--prompts <n>', 'how many new-context prompts to compare on (default: all 4)', parseCount)
     .addOption(epOption())
     .addOption(fallbackOption())
     .action(

@@ -285,7 +285,7 @@ gpuDescribe('the CLI on --ep webgpu', () => {
 
   test('demo --ep webgpu: the whole personalize workflow on the GPU provider, every session placed there', async () => {
     const out = path.join(tempDir('hollowc-webgpu-demo-'), 'demo');
-    const r = await cli(['demo', '--ep', 'webgpu', '--steps', '2', '--seeds', '1', '--sample-steps', '1', '--out', out]);
+    const r = await cli(['demo', '--ep', 'webgpu', '--steps', '2', '--seeds', '1', '--prompts', '1', '--sample-steps', '1', '--out', out]);
     expect([r.code, r.stderr.match(/^hollowc: error.*$/m)?.[0]]).toEqual([0, undefined]);
     expect(r.stdout.match(/^report: (.*)$/m)?.[1]).toBe(path.join(out, 'report.html'));
     const run = path.join(out, 'run');
