@@ -6,6 +6,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { writeFileAtomic } from '../../compiler/atomic-files';
+import { esc } from '../../runtime/personalize/report';
 import type { ScoredImage } from './world-quality';
 
 export interface DemoReportData {
@@ -22,7 +23,6 @@ export interface DemoReportData {
   run: string;
 }
 
-const esc = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
 const dataUri = (file: string) => `data:image/png;base64,${fs.readFileSync(file).toString('base64')}`;
 
 function figure(file: string, caption: string): string {

@@ -108,7 +108,9 @@ function storeFinished(dir: string): boolean {
 
 /** Builds, trains and writes the world pipeline; returns the pipeline folder. */
 export async function trainWorldPipeline(options: WorldPipelineOptions): Promise<{ out: string; losses: number[] }> {
-  const o = { seed: 0, size: 32, scenes: 16384, steps: 8000, batch: 16, lr: 1e-3, captionDropout: 0.1, ...options };
+  // an option given as undefined keeps its default (a spread would overwrite it with undefined)
+  const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as WorldPipelineOptions;
+  const o = { seed: 0, size: 32, scenes: 16384, steps: 8000, batch: 16, lr: 1e-3, captionDropout: 0.1, ...given };
   const log = o.log ?? (() => {});
   for (const part of ['vae_encoder', 'vae_decoder'])
     if (!fs.existsSync(path.join(o.vae, part, 'model.onnx'))) throw new HollowcError(`no ${part}/model.onnx`, o.vae);

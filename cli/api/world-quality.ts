@@ -26,7 +26,7 @@ import {
 } from '../../models/world';
 import { ExecutionProvider } from '../../runtime/ort/session';
 import { openPipelineFolder } from '../../runtime/text-to-image/pipeline-folder';
-import { TextToImageOptions, textToImage } from '../../runtime/text-to-image/text-to-image';
+import { TextToImageOptions, defaultImageSize, textToImage } from '../../runtime/text-to-image/text-to-image';
 import { TRAINED_LORA_FILE } from '../../runtime/formats/lora-format';
 import { runFolder } from '../../runtime/personalize/run-folder';
 import { PersonalizeOptions, PersonalizeResult, personalize } from './personalize';
@@ -204,7 +204,7 @@ export interface WorldPersonalized {
 /** Personalizes the world pipeline on one subject by one method (photos drawn into `<out>/photos`, the run in `<out>/run`). */
 export async function personalizeWorldSubject(o: PersonalizeWorldOptions): Promise<WorldPersonalized> {
   const folder = openPipelineFolder(o.pipeline);
-  const size = Number(folder.unet.config.sample_size) * 4;
+  const size = defaultImageSize(folder);
   const photos = path.join(o.out, 'photos');
   const photoFiles = await writeSubjectPhotos(o.subject, photos, { seed: o.photoSeed, size });
   const m = o.method;

@@ -2,6 +2,7 @@
  * What `hollowc personalize` leaves for a person to look at: the loss curve as an SVG and one
  * self-contained report.html (settings, stages with their times and peak memory, the loss curve,
  * the input photos next to the validation images). No scripts, no network: it opens from disk.
+ * `esc` is the one HTML escape (the demo report uses it too).
  */
 import { writeFileAtomic } from '../../compiler/atomic-files';
 import { formatBytes } from '../progress';
@@ -11,7 +12,7 @@ export interface LossPoint {
   loss: number;
 }
 
-const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
+export const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 
 function niceNumber(x: number): string {
   if (x === 0) return '0';

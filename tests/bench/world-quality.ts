@@ -19,6 +19,7 @@ import { PRESETS } from '../../models/presets';
 import { DEFAULT_TARGETS } from '../../models/training-defaults';
 import { SUBJECTS, subjectById } from '../../models/world';
 import { openPipelineFolder } from '../../runtime/text-to-image/pipeline-folder';
+import { defaultImageSize } from '../../runtime/text-to-image/text-to-image';
 import {
   type QualityMethod,
   type SampleSettings,
@@ -79,7 +80,7 @@ async function runRow(subjectId: string, methodName: string): Promise<void> {
   const method = methods().find((m) => m.name === methodName)!;
   const dir = path.join(out, subject.id, slug(method.name));
   const folder = openPipelineFolder(pipeline);
-  const size = Number(folder.unet.config.sample_size) * 4;
+  const size = defaultImageSize(folder);
   const sampling: SampleSettings = { seeds, size, steps: 25, guidance: 6, threads };
   const settings = {
     steps,
