@@ -28,6 +28,7 @@ import { encodePrompts, textToImage } from '../runtime/text-to-image/text-to-ima
 import { loadTokenizer } from '../runtime/text-to-image/tokenizer';
 import { readConditioning } from '../runtime/store/training-data';
 import { encodeImages, LATENT_SAMPLE } from '../runtime/text-to-image/vae';
+import { SessionPool } from '../runtime/ort/session-pool';
 import { compileFromSpec } from '../cli/api/compile-spec';
 import { maxAbsDiff, runModel, tempDir } from './support/fixture';
 
@@ -518,7 +519,7 @@ describe('--lora and --run', () => {
     }
   });
 
-  test('--run on a 39.2% compiled folder: with its untrained LoRA and the prompt as class prompt it samples the base model', async () => {
+  test('--run on a 39.2% compiled folder: with its untrained LoRA and the prompt as class prompt it samples the base model; a session pool gives the same images, each graph opened once', async () => {
     const out = path.join(root, 'run39');
     fs.mkdirSync(out, { recursive: true });
     const spec = path.join(out, 'dog.hollow');
@@ -539,6 +540,34 @@ describe('--lora and --run', () => {
     const noClass = await gen(['--run', path.join(out, 'c')], path.join(out, 'x.png'));
     expect([noClass.code, noClass.err.trim().split('\n').length]).toEqual([1, 1]);
     expect(noClass.err).toContain('give --class-prompt');
+
+    // a session pool: the same images, each graph opened once across calls, all released at close
+    const pool = new SessionPool();
+    const once = (run: boolean, seed: number, session = {}) =>
+      textToImage({
+        folder: folders.sd15,
+        prompt: 'a photo of sks dog',
+        width: 64,
+        height: 64,
+        steps: 2,
+        guidance: 7.5,
+        scheduler: 'ddim',
+        seed,
+        numImages: 1,
+        session,
+        ...(run && { run: { out: path.join(out, 'c'), classPrompt: 'a photo of a dog' } }),
+      });
+    const alone = [await once(false, 1), await once(true, 2)];
+    const pooled = [await once(false, 1, { pool }), await once(true, 2, { pool }), await once(false, 1, { pool })];
+    // text encoder, unet, vae decoder; infer.onnx
+    expect(pool.size).toBe(4);
+    expect(
+      pooled.map((r) => Buffer.from(r.images!.data.buffer).equals(Buffer.from(alone[r === pooled[1] ? 1 : 0].images!.data.buffer))),
+    ).toEqual([true, true, true]);
+    expect(maxAbsDiff(alone[0].images!.data, alone[1].images!.data)).toBeGreaterThan(0);
+    await pool.close();
+    expect(pool.size).toBe(0);
+    await expect(once(false, 1, { pool })).rejects.toThrow('SessionPool used after close()');
   });
 });
 
@@ -574,7 +603,10 @@ describe('bad input: one line, exit 1', () => {
     oneLine(await cli(...m, '-o', png()), 'needs --prompt');
     oneLine(await cli(...m, '--prompt', 'x'), 'give -o image.png');
     oneLine(await cli(...m, '--prompt', 'x', '--class-prompt', 'y', '-o', png()), '--class-prompt is the base path');
-    oneLine(await cli(...m, '--prompt', 'x', '--width', '60', '-o', png()), '--width 60: the UNet takes latent sides that are multiples of 8 (images: multiples of 64); nearest: 64');
+    oneLine(
+      await cli(...m, '--prompt', 'x', '--width', '60', '-o', png()),
+      '--width 60: the UNet takes latent sides that are multiples of 8 (images: multiples of 64); nearest: 64',
+    );
     oneLine(
       await cli('generate', root, '--prompt', 'x', '--prompt-embeds', 'e.npy', '--latents-out', 'l.npy'),
       '--prompt needs --model <pipeline folder>',

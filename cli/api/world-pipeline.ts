@@ -19,6 +19,7 @@ import { HollowcError } from '../../compiler/errors';
 import { readManifest } from '../../compiler/manifest';
 import { buildPipeline } from '../../models/builder';
 import { captionOf, expectedOf, pixelsOfTensor, pngOf, sampleScene, scoreImage } from '../../models/world';
+import { SessionPool } from '../../runtime/ort/session-pool';
 import { openPipelineFolder } from '../../runtime/text-to-image/pipeline-folder';
 import { encodePrompts, textToImage } from '../../runtime/text-to-image/text-to-image';
 import { encodeImages } from '../../runtime/text-to-image/vae';
@@ -195,7 +196,22 @@ export async function scoreWorldPipeline(
   const size = o.size ?? 32;
   const tally = { background: 0, objectColor: 0, objectKind: 0, size: 0 };
   if (o.save) fs.mkdirSync(o.save, { recursive: true });
-  for (let i = 0; i < samples; i++) {
+  // one caption after another through the same graphs: each opens once (session-pool.ts)
+  const pool = new SessionPool();
+  try {
+    for (let i = 0; i < samples; i++) await scoreOne(i);
+  } finally {
+    await pool.close();
+  }
+  return {
+    samples,
+    background: tally.background / samples,
+    objectColor: tally.objectColor / samples,
+    objectKind: tally.objectKind / samples,
+    size: tally.size / samples,
+  };
+
+  async function scoreOne(i: number): Promise<void> {
     const scene = sampleScene(HELD_OUT_SEED + i);
     const r = await textToImage({
       folder,
@@ -207,7 +223,7 @@ export async function scoreWorldPipeline(
       scheduler: 'ddim',
       seed: (o.seed ?? 0) + i,
       numImages: 1,
-      session: o.threads ? { intraOpThreads: o.threads } : {},
+      session: { ...(o.threads && { intraOpThreads: o.threads }), pool },
     });
     const pixels = pixelsOfTensor(r.images!.data, r.images!.dims, 0);
     const card = scoreImage(pixels, size, expectedOf(scene));
@@ -217,13 +233,6 @@ export async function scoreWorldPipeline(
     tally.size += Number(!!card.size);
     if (o.save) fs.writeFileSync(path.join(o.save, `${i}-${captionOf(scene).replace(/ /g, '_')}.png`), await pngOf(pixels, size));
   }
-  return {
-    samples,
-    background: tally.background / samples,
-    objectColor: tally.objectColor / samples,
-    objectKind: tally.objectKind / samples,
-    size: tally.size / samples,
-  };
 }
 
 /** Where `world build` keeps the VAE stage's loss log (one line per step: step, loss and its terms, seconds). */

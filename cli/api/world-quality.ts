@@ -25,6 +25,7 @@ import {
   subjectPhotos,
 } from '../../models/world';
 import { ExecutionProvider } from '../../runtime/ort/session';
+import { SessionPool } from '../../runtime/ort/session-pool';
 import { openPipelineFolder } from '../../runtime/text-to-image/pipeline-folder';
 import { TextToImageOptions, defaultImageSize, textToImage } from '../../runtime/text-to-image/text-to-image';
 import { TRAINED_LORA_FILE } from '../../runtime/formats/lora-format';
@@ -129,34 +130,40 @@ export async function scoreSubjectImages(
   fs.mkdirSync(dir, { recursive: true });
   const images: ScoredImage[] = [];
   const perPrompt: Uint8Array[][] = [];
-  for (const c of contexts) {
-    const group: Uint8Array[] = [];
-    for (const seed of s.seeds) {
-      const r = await textToImage({
-        ...sampler,
-        prompt: c.prompt,
-        width: s.size,
-        height: s.size,
-        steps: s.steps,
-        guidance: s.guidance,
-        scheduler: 'ddim',
-        seed,
-        numImages: 1,
-        session: { ...(s.threads && { intraOpThreads: s.threads }), ep: s.ep, fallbackToCpu: s.fallbackToCpu },
-      });
-      const pixels = pixelsOfTensor(r.images!.data, r.images!.dims, 0);
-      const file = path.join(dir, `${c.prompt.replace(/ /g, '_')}-seed${seed}.png`);
-      fs.writeFileSync(file, await pngOf(pixels, s.size));
-      group.push(pixels);
-      images.push({
-        prompt: c.prompt,
-        seed,
-        file: path.relative(dir, file),
-        subjectFidelity: subjectFidelity(pixels, s.size, subject),
-        promptFidelity: promptFidelity(pixels, s.size, c.expected),
-      });
+  // every image runs the same few tiny graphs: open each once, not once per image
+  const pool = new SessionPool();
+  try {
+    for (const c of contexts) {
+      const group: Uint8Array[] = [];
+      for (const seed of s.seeds) {
+        const r = await textToImage({
+          ...sampler,
+          prompt: c.prompt,
+          width: s.size,
+          height: s.size,
+          steps: s.steps,
+          guidance: s.guidance,
+          scheduler: 'ddim',
+          seed,
+          numImages: 1,
+          session: { ...(s.threads && { intraOpThreads: s.threads }), ep: s.ep, fallbackToCpu: s.fallbackToCpu, pool },
+        });
+        const pixels = pixelsOfTensor(r.images!.data, r.images!.dims, 0);
+        const file = path.join(dir, `${c.prompt.replace(/ /g, '_')}-seed${seed}.png`);
+        fs.writeFileSync(file, await pngOf(pixels, s.size));
+        group.push(pixels);
+        images.push({
+          prompt: c.prompt,
+          seed,
+          file: path.relative(dir, file),
+          subjectFidelity: subjectFidelity(pixels, s.size, subject),
+          promptFidelity: promptFidelity(pixels, s.size, c.expected),
+        });
+      }
+      perPrompt.push(group);
     }
-    perPrompt.push(group);
+  } finally {
+    await pool.close();
   }
   const div = perPrompt.length && s.seeds.length > 1 ? perPrompt.reduce((a, g) => a + diversity(g, s.size), 0) / perPrompt.length : 0;
   return { images, diversity: div };

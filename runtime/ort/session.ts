@@ -12,6 +12,7 @@ import * as path from 'path';
 import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../../compiler/errors';
 import { loadModel } from '../../compiler/serde';
+import type { SessionPool } from './session-pool';
 import { noAdapterMessage, softwareVulkanIfNoGpu } from './vulkan';
 
 export const EXECUTION_PROVIDERS = ['cpu', 'cuda', 'webgpu', 'tensorrt', 'dml', 'coreml', 'qnn'] as const;
@@ -73,6 +74,8 @@ export interface SessionOptions {
   /** Write the optimized graph here (to look for weight-sized initializers the optimizer made). */
   optimizedModelFile?: string;
   log?: (message: string) => void;
+  /** Keep the session open in this pool for later calls with the same model and options (session-pool.ts). */
+  pool?: SessionPool;
 }
 
 /**
@@ -95,7 +98,7 @@ export function withArtifactConfig(
 }
 
 /** The per-run knobs the runtime commands pass through to their sessions. */
-export type SessionTuning = Pick<SessionOptions, 'intraOpThreads' | 'optimization' | 'report' | 'log' | 'webgpuBufferCache'>;
+export type SessionTuning = Pick<SessionOptions, 'intraOpThreads' | 'optimization' | 'report' | 'log' | 'webgpuBufferCache' | 'pool'>;
 
 export function installedProviders(): string[] {
   return ort
@@ -242,7 +245,14 @@ function reportAfterFirstRun(session: ort.InferenceSession, report: (line: strin
 // The Vulkan driver choice happens once per process, before Dawn loads.
 let softwareChecked = false;
 
+/** A session for `modelFile`; release it with releaseSession (a pooled one stays open until its pool closes). */
 export async function createSession(modelFile: string, options: SessionOptions = {}): Promise<ort.InferenceSession> {
+  const { pool, ...rest } = options;
+  if (pool) {
+    // functions (report, log) are not part of the key: the session keeps its first caller's
+    const key = JSON.stringify([path.resolve(modelFile), rest]);
+    return pool.acquire(key, () => createSession(modelFile, rest));
+  }
   const ep = options.ep ?? 'cpu';
   if (ep === 'cpu') return open(modelFile, options, 'cpu');
   const problem = missingProvider(ep);

@@ -29,6 +29,7 @@ import { NoiseSchedule } from './noise-schedule';
 import { defaultTimeIds, twoPathConditioningFeeds } from './conditioning';
 import { Scheduler, SchedulerName, TimestepSpacing, makeScheduler } from './schedulers';
 import { ExecutionProvider, SessionTuning, createSession, withArtifactConfig } from '../ort/session';
+import { releaseSession } from '../ort/session-pool';
 import type { Conditioning } from './conditioning';
 import { ArtifactDescription, CompileManifest, OUT_SAMPLE, SAMPLE, TIMESTEP } from '../../compiler/manifest';
 import { denoise } from './denoise';
@@ -144,7 +145,7 @@ export class Sampler {
         : loraFeeds(source.out, manifest, source.lora, new Set(session.inputNames));
       return new Sampler(source, manifest, session, infer, lora);
     } catch (e) {
-      await session.release();
+      await releaseSession(session);
       throw e;
     }
   }
@@ -154,7 +155,7 @@ export class Sampler {
   }
 
   async release(): Promise<void> {
-    await this.session.release();
+    await releaseSession(this.session);
   }
 
   async sample(options: SampleRequest): Promise<GenerateResult> {

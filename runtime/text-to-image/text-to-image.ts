@@ -23,7 +23,15 @@
  */
 import * as ort from 'onnxruntime-node';
 import { HollowcError } from '../../compiler/errors';
-import { ENCODER_HIDDEN_STATES, FLOAT16_WEIGHTS_SESSION_CONFIG, OUT_SAMPLE, SAMPLE, TEXT_EMBEDS, TIMESTEP, TIME_IDS } from '../../compiler/manifest';
+import {
+  ENCODER_HIDDEN_STATES,
+  FLOAT16_WEIGHTS_SESSION_CONFIG,
+  OUT_SAMPLE,
+  SAMPLE,
+  TEXT_EMBEDS,
+  TIMESTEP,
+  TIME_IDS,
+} from '../../compiler/manifest';
 import { Rng, fillNormal } from '../../models/random';
 import { floatValues, tensorFor } from '../ort/artifacts';
 import type { GraphIo, PipelineFolder } from './pipeline-folder';
@@ -31,6 +39,7 @@ import { Sampler } from '../sampling/two-path';
 import { ConfiguredScheduler, configureScheduler, defaultSchedulerFor } from '../sampling/scheduler-config';
 import { SchedulerName, TimestepSpacing } from '../sampling/schedulers';
 import { SessionOptions, createSession, withArtifactConfig } from '../ort/session';
+import { releaseSession } from '../ort/session-pool';
 import type { Conditioning } from '../sampling/conditioning';
 import { stackRows, zeroConditioning } from '../sampling/conditioning';
 import { denoise } from '../sampling/denoise';
@@ -96,7 +105,7 @@ export async function encodePrompts(
         if (pooledName) result.pooled!.push(Float32Array.from(floatValues(r[pooledName], pooledName)));
       }
     } finally {
-      await s.release();
+      await releaseSession(s);
     }
     perEncoder.push(result);
   }
@@ -278,7 +287,7 @@ async function denoisePipeline(
       onStep: o.onStep ? (done, total) => o.onStep!(done, total) : undefined,
     });
   } finally {
-    await session.release();
+    await releaseSession(session);
   }
   return { latents, timesteps: [...scheduler.timesteps] };
 }
@@ -304,6 +313,7 @@ async function denoiseRun(
       optimization: o.session?.optimization,
       report: o.session?.report,
       log: o.session?.log,
+      pool: o.session?.pool,
     },
   });
   const [N] = shape;

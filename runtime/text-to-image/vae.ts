@@ -16,6 +16,7 @@ import { Rng, fillNormal } from '../../models/random';
 import { floatValues, tensorFor } from '../ort/artifacts';
 import type { ModelComponent, PipelineFolder } from './pipeline-folder';
 import { SessionOptions, createSession } from '../ort/session';
+import { releaseSession } from '../ort/session-pool';
 import { DECODED_IMAGE, LATENT_SAMPLE, decoderInput, pixelValue } from '../sampling/vae-scaling';
 
 export { LATENT_SAMPLE };
@@ -39,7 +40,7 @@ async function withSession<T>(c: ModelComponent, options: SessionOptions, use: (
   try {
     return await use(session);
   } finally {
-    await session.release();
+    await releaseSession(session);
   }
 }
 
