@@ -104,21 +104,25 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoSummary> {
   const sampleSteps = options.sampleSteps ?? SAMPLE_STEPS;
   const contexts = subjectContexts(subject, 0).slice(0, options.prompts ?? Infinity);
   const session = { ep: options.ep, fallbackToCpu: options.fallbackToCpu, reportProvider: options.reportProvider };
+  const steps = options.steps ?? DEMO_STEPS;
   const trained = await personalizeWorldSubject({
     pipeline: model,
     subject,
     method: { name: 'hollowed 39.2%, conv LoRA', preset: '39.2%', rank: 8, loraTargets: DEMO_TARGETS },
     out,
     photoSeed: 0,
-    steps: options.steps ?? DEMO_STEPS,
+    steps,
     lr: DEMO_LR,
-    classImages: 10,
+    // a step reads one precomputed sample, instance and class in turn: a short run (tests/webgpu's
+    // 2 steps on SwiftShader) makes and precomputes no more than it reads
+    classImages: Math.min(10, steps),
     log: (l) => log(`  ${l}`),
     extra: {
       classSteps: sampleSteps,
       validationSteps: sampleSteps,
       guidance: GUIDANCE,
       validationPrompts: [contexts[0].prompt],
+      samples: Math.min(200, steps),
       ...session,
     },
   });
