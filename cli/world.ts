@@ -58,7 +58,11 @@ export function registerWorld(program: Command): void {
         const s = await scoreWorldPipeline(pipeline, o);
         const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
         out(
-          `${s.samples} held-out captions: background ${pct(s.background)}, object color ${pct(s.objectColor)}, kind ${pct(s.objectKind)}, size ${pct(s.size)}`,
+          `${s.samples} held-out captions: background ${pct(s.background)}, object color ${pct(s.objectColor)}, kind ${pct(s.objectKind)} (${Object.entries(
+            s.objectKindBySize,
+          )
+            .map(([size, x]) => `${size} ${pct(x)}`)
+            .join(', ')}), size ${pct(s.size)}`,
         );
       },
     );

@@ -9,6 +9,8 @@ import * as path from 'path';
 import { materializeWorldPipeline, packWorldPipeline, readWorldRecord, textEncoderSha256 } from '../cli/api/world-record';
 import { WORLD_TEXT_EMBEDDING_SCALE, WORLD_TOKENS, buildWorldPipeline, scoreWorldPipeline } from '../cli/api/world-pipeline';
 import { buildPipeline } from '../models/builder';
+import { sampleScene } from '../models/world';
+import { HELD_OUT_SEED } from '../cli/api/train-vae';
 import { CHECKPOINT_FILE, TRAIN_DIR } from '../runtime/train/checkpoint';
 import { openPipelineFolder } from '../runtime/text-to-image/pipeline-folder';
 import { defaultImageSize, encodePrompts } from '../runtime/text-to-image/text-to-image';
@@ -60,6 +62,11 @@ test('world build: VAE then UNet from a seed into a pipeline folder that world s
   expect(s.samples).toBe(2);
   // each share counts whole images of the 2
   for (const share of [s.background, s.objectColor, s.objectKind, s.size]) expect([0, 0.5, 1]).toContain(share);
+  // the kind split by the captions' sizes adds up to the kind share
+  const sizes = [0, 1].map((i) => sampleScene(HELD_OUT_SEED + i).size);
+  expect(Object.keys(s.objectKindBySize).sort()).toEqual([...new Set(sizes)].sort());
+  const kindsRight = Object.entries(s.objectKindBySize).reduce((a, [size, x]) => a + x! * sizes.filter((z) => z === size).length, 0);
+  expect(kindsRight).toBeCloseTo(2 * s.objectKind, 9);
   // a second call with more steps trains on from the checkpoint: the first 3 losses are not repeated
   const again = await buildWorldPipeline({ out, work, seed: 1, vaeSteps: 4, scenes: 24, steps: 5, batch: 2 });
   expect(again.losses).toHaveLength(2);

@@ -18,7 +18,7 @@ import { writeFileAtomic } from '../../compiler/atomic-files';
 import { HollowcError } from '../../compiler/errors';
 import { readManifest } from '../../compiler/manifest';
 import { buildPipeline } from '../../models/builder';
-import { captionOf, expectedOf, pixelsOfTensor, pngOf, sampleScene, scoreImage } from '../../models/world';
+import { SizeName, captionOf, expectedOf, pixelsOfTensor, pngOf, sampleScene, scoreImage } from '../../models/world';
 import { SessionPool } from '../../runtime/ort/session-pool';
 import { openPipelineFolder } from '../../runtime/text-to-image/pipeline-folder';
 import { encodePrompts, textToImage } from '../../runtime/text-to-image/text-to-image';
@@ -183,6 +183,8 @@ export interface WorldScores {
   background: number;
   objectColor: number;
   objectKind: number;
+  /** The kind's share among the captions of each size (small objects are the hard part at 32 px). */
+  objectKindBySize: Partial<Record<SizeName, number>>;
   size: number;
 }
 
@@ -195,6 +197,7 @@ export async function scoreWorldPipeline(
   const samples = o.samples ?? 100;
   const size = o.size ?? 32;
   const tally = { background: 0, objectColor: 0, objectKind: 0, size: 0 };
+  const bySize: Record<SizeName, { right: number; of: number }> = { small: { right: 0, of: 0 }, large: { right: 0, of: 0 } };
   if (o.save) fs.mkdirSync(o.save, { recursive: true });
   // one caption after another through the same graphs: each opens once (session-pool.ts)
   const pool = new SessionPool();
@@ -208,6 +211,11 @@ export async function scoreWorldPipeline(
     background: tally.background / samples,
     objectColor: tally.objectColor / samples,
     objectKind: tally.objectKind / samples,
+    objectKindBySize: Object.fromEntries(
+      Object.entries(bySize)
+        .filter(([, t]) => t.of > 0)
+        .map(([k, t]) => [k, t.right / t.of]),
+    ),
     size: tally.size / samples,
   };
 
@@ -230,6 +238,8 @@ export async function scoreWorldPipeline(
     tally.background += Number(card.background);
     tally.objectColor += Number(!!card.objectColor);
     tally.objectKind += Number(!!card.objectKind);
+    bySize[scene.size].right += Number(!!card.objectKind);
+    bySize[scene.size].of++;
     tally.size += Number(!!card.size);
     if (o.save) fs.writeFileSync(path.join(o.save, `${i}-${captionOf(scene).replace(/ /g, '_')}.png`), await pngOf(pixels, size));
   }

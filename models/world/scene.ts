@@ -20,8 +20,8 @@ export type SizeName = (typeof SIZE_NAMES)[number];
 
 /** The range of placement scales (an object's extent as a fraction of the image side) each size draws from. */
 export const SIZE_RANGES: Readonly<Record<SizeName, readonly [number, number]>> = {
-  small: [0.25, 0.35],
-  large: [0.5, 0.65],
+  small: [0.35, 0.45],
+  large: [0.6, 0.75],
 };
 /** Where a measured extent stops being small: midway between the ranges. */
 export const SMALL_LARGE_CUT = (SIZE_RANGES.small[1] + SIZE_RANGES.large[0]) / 2;
