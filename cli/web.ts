@@ -15,12 +15,17 @@ export function registerWeb(program: Command): void {
       '--model <pipeline>',
       'a pipeline folder: its vae_decoder/ is served so the page shows the sample decoded (else a latent preview)',
     )
-    .action(async (dir: string, o: { port: number; host: string; store?: string; model?: string }) => {
-      const server = await startWebServer({ out: dir, port: o.port, host: o.host, storeDir: o.store, model: o.model });
+    .option(
+      '--prompt <text>',
+      "what the page samples after training (default: the store's instance prompt); --model's text encoder encodes it when the server starts",
+    )
+    .action(async (dir: string, o: { port: number; host: string; store?: string; model?: string; prompt?: string }) => {
+      const server = await startWebServer({ out: dir, port: o.port, host: o.host, storeDir: o.store, model: o.model, prompt: o.prompt });
       if (!['127.0.0.1', 'localhost', '::1'].includes(o.host))
         process.stderr.write(`hollowc: warning: listening on ${o.host}: other machines can fetch the folder's weights and store\n`);
       out(`serving ${dir} at ${server.url}  (the page trains in the browser; Ctrl-C stops the server)`);
       if (o.model) out(`  the sample is decoded with ${o.model}/vae_decoder in the page`);
+      if (o.prompt !== undefined) out(`  the page samples "${o.prompt}" after training`);
       out(`  static files only: the page takes ?folder=<URL of a compiled folder>, ?ep=webgpu|wasm, ?steps=N, ?autorun=1`);
       await new Promise<void>((resolve) => {
         const stop = () => void server.close().then(resolve);

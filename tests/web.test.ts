@@ -306,6 +306,18 @@ describe('hollowc web --model <pipeline folder>: the sample decoded by its VAE',
     expect((await get(url, '/model/vae_decoder/model.onnx')).status).toBe(404);
   });
 
+  test('--prompt is refused without --model, empty, or encoded to another shape than the folder trains on', async () => {
+    const text = 'a photo of sks dog on a beach';
+    await refused(['web', out, '--port', '0', '--prompt', text], '--prompt needs --model');
+    await refused(['web', out, '--port', '0', '--model', pipeline, '--prompt', ' '], '--prompt is empty');
+    // the folder was compiled for 7 tokens, the pipeline's text encoder pads to 77 (tests/demo serves a matching one)
+    const stderr = await refused(
+      ['web', out, '--port', '0', '--model', pipeline, '--prompt', text],
+      'gives [77,32], the store was precomputed with [7,32]',
+    );
+    expect(stderr).toContain(pipeline);
+  });
+
   test('refuses a folder without vae_decoder/model.onnx, naming the folder', async () => {
     const noVae = path.join(dir, 'no-vae');
     fs.mkdirSync(path.join(noVae, 'unet'), { recursive: true });

@@ -131,6 +131,11 @@ export async function encodePrompts(
   });
 }
 
+/** Whether "no negative prompt" is zeros here (SDXL's force_zeros_for_empty_prompt), not the encoded "". */
+export function zeroEmptyNegative(folder: PipelineFolder): boolean {
+  return isXl(folder) && folder.modelIndex.force_zeros_for_empty_prompt === true;
+}
+
 /** Image side / latent side: 2^(VAE blocks - 1). */
 export function vaeScaleFactor(folder: PipelineFolder): number {
   const blocks = folder.vaeDecoder.config.block_out_channels ?? folder.vaeEncoder.config.block_out_channels;
@@ -371,7 +376,7 @@ export async function textToImage(o: TextToImageOptions): Promise<TextToImageRes
 
   // text encoders (released before the UNet loads)
   o.onStage?.('text', 'start');
-  const zeroNegative = o.negativePrompt === undefined && isXl(folder) && folder.modelIndex.force_zeros_for_empty_prompt === true;
+  const zeroNegative = o.negativePrompt === undefined && zeroEmptyNegative(folder);
   const classText = o.run && !o.run.classConditioning ? o.run.classPrompt : undefined;
   if (o.run && !o.run.classConditioning && classText === undefined)
     throw new HollowcError('--run needs the class prompt for the base path: give --class-prompt');

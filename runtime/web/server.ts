@@ -8,7 +8,11 @@
  *   /ort/<file>        node_modules/onnxruntime-web/dist/<file>
  *   /folder/<file>     the compiled folder: manifest.json, the artifacts, the weights, lora-init;
  *   /folder/store/...  the store's store.json, records.bin, conditioning.safetensors
- *   /model.json        what --model adds: {"vae_decoder": {"weights": [...]}}, or {} without it
+ *   /model.json        what --model adds: {"vae_decoder": {"weights": [...]}}, or {} without it;
+ *                      with --prompt also {"prompt": {"text", "encoder_hidden_states": {shape, data},
+ *                      "negative": {...}}}, the prompt and "" encoded once at start by the pipeline's
+ *                      text encoder(s): the page samples it after training instead of the store's
+ *                      instance prompt, with "" as guidance's negative (else zeros)
  *   /model/vae_decoder/<file>  with --model <pipeline folder>: its VAE decoder's model.onnx,
  *                      model.onnx_data (when there) and config.json, to decode the sample
  *
@@ -21,10 +25,13 @@ import * as http from 'http';
 import * as path from 'path';
 import { AddressInfo } from 'net';
 import { HollowcError } from '../../compiler/errors';
-import { MANIFEST_FILE, readManifest } from '../../compiler/manifest';
+import { ENCODER_HIDDEN_STATES, MANIFEST_FILE, readManifest } from '../../compiler/manifest';
 import { LORA_INIT_FILE } from '../formats/lora-format';
 import { CONDITIONING_FILE, HEADER_FILE, RECORDS_FILE } from '../store/store-format';
 import { vaeScalingFactor } from '../sampling/vae-scaling';
+import { openPipelineFolder } from '../text-to-image/pipeline-folder';
+import { encodePrompts, zeroEmptyNegative } from '../text-to-image/text-to-image';
+import type { Conditioning } from '../sampling/conditioning';
 import { bundlePage } from './bundle';
 
 export interface WebServerOptions {
@@ -37,6 +44,8 @@ export interface WebServerOptions {
   host?: string;
   /** A pipeline folder whose vae_decoder/ the page decodes its sample with (without it: a latent preview). */
   model?: string;
+  /** A prompt the page samples after training (default: the store's instance prompt); needs `model`, whose text encoder encodes it. */
+  prompt?: string;
 }
 
 export interface WebServer {
@@ -117,12 +126,40 @@ function vaeDecoderFiles(model: string): Map<string, string> {
   return files;
 }
 
+/** `text` encoded by the pipeline's text encoder(s), checked against the store's own conditioning shape. */
+async function servedPrompt(model: string, text: string, out: string) {
+  if (!text.trim()) throw new HollowcError('--prompt is empty');
+  const folder = openPipelineFolder(model);
+  // the negative of guidance as textToImage takes it: the encoded "", or zeros (the page's default) where SDXL says so
+  const zero = zeroEmptyNegative(folder);
+  const [c, negative] = await encodePrompts(folder, zero ? [text] : [text, '']);
+  const want = readManifest(out).training?.shapes[ENCODER_HIDDEN_STATES]?.slice(1);
+  if (want && want.join() !== c.encoderHiddenStates.shape.join())
+    throw new HollowcError(
+      `--prompt: this pipeline's text encoder gives [${c.encoderHiddenStates.shape}], the store was precomputed with [${want}] (give the pipeline the folder was compiled from)`,
+      model,
+    );
+  const plain = (t: { shape: number[]; data: Float32Array }) => ({ shape: t.shape, data: Array.from(t.data) });
+  const served = (x: Conditioning) => ({
+    encoder_hidden_states: plain(x.encoderHiddenStates),
+    ...(x.textEmbeds && { text_embeds: plain(x.textEmbeds) }),
+  });
+  return { text, ...served(c), ...(negative && { negative: served(negative) }) };
+}
+
 export async function startWebServer(options: WebServerOptions): Promise<WebServer> {
+  if (options.prompt !== undefined && !options.model)
+    throw new HollowcError("--prompt needs --model: the pipeline's text encoder encodes it");
   const out = path.resolve(options.out);
   const files = folderFiles(out, path.resolve(options.storeDir ?? path.join(out, 'store')));
   const modelFiles = options.model ? vaeDecoderFiles(path.resolve(options.model)) : new Map<string, string>();
   const modelJson = JSON.stringify(
-    options.model ? { [VAE_DECODER]: { weights: VAE_WEIGHTS.filter((w) => modelFiles.has(`${VAE_DECODER}/${w}`)) } } : {},
+    options.model
+      ? {
+          [VAE_DECODER]: { weights: VAE_WEIGHTS.filter((w) => modelFiles.has(`${VAE_DECODER}/${w}`)) },
+          ...(options.prompt !== undefined && { prompt: await servedPrompt(path.resolve(options.model), options.prompt, out) }),
+        }
+      : {},
   );
   const page = await bundlePage();
   const ort = ortDistDir();

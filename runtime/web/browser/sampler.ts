@@ -18,6 +18,8 @@ import { OrtModule, floatOutput, webTensor } from './tensors';
 export interface SampleRequest {
   prompt: Conditioning;
   classPrompt: Conditioning;
+  /** guidance's negative (default zeros) */
+  negative?: Conditioning;
   steps: number;
   guidance: number;
   scheduler: SchedulerName;
@@ -48,7 +50,13 @@ export async function sampleLatents(
   const B = guided ? 2 : 1;
   const fixed: Record<string, Ort.Tensor> = {};
   const timeIds = o.timeIds ?? defaultTimeIds(o.latentShape);
-  for (const [name, { data, dims }] of twoPathConditioningFeeds(names, { prompt: o.prompt, classPrompt: o.classPrompt, guided, timeIds }))
+  for (const [name, { data, dims }] of twoPathConditioningFeeds(names, {
+    prompt: o.prompt,
+    classPrompt: o.classPrompt,
+    negative: o.negative,
+    guided,
+    timeIds,
+  }))
     fixed[name] = webTensor(ort, describe(name), data, dims);
   for (const t of manifest.lora.targets) {
     for (const p of [t.lora_A, t.lora_B]) {
