@@ -202,12 +202,21 @@ export function registerDemo(program: Command): void {
     .addOption(epOption())
     .addOption(fallbackOption())
     .action(
-      async (o: { out?: string; steps: number; sampleSteps?: number; seeds: number; ep: ExecutionProvider; cpuFallback?: boolean }) => {
+      async (o: {
+        out?: string;
+        steps: number;
+        sampleSteps?: number;
+        seeds: number;
+        prompts?: number;
+        ep: ExecutionProvider;
+        cpuFallback?: boolean;
+      }) => {
         await runDemo({
           out: o.out,
           steps: o.steps,
           sampleSteps: o.sampleSteps,
           seeds: o.seeds,
+          prompts: o.prompts,
           ep: o.ep,
           fallbackToCpu: o.cpuFallback,
           reportProvider,

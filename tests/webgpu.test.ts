@@ -288,6 +288,8 @@ gpuDescribe('the CLI on --ep webgpu', () => {
     const r = await cli(['demo', '--ep', 'webgpu', '--steps', '2', '--seeds', '1', '--prompts', '1', '--sample-steps', '1', '--out', out]);
     expect([r.code, r.stderr.match(/^hollowc: error.*$/m)?.[0]]).toEqual([0, undefined]);
     expect(r.stdout.match(/^report: (.*)$/m)?.[1]).toBe(path.join(out, 'report.html'));
+    // --prompts 1 --seeds 1: one comparison image a side
+    expect(r.stdout).toMatch(/^1 prompts the photos never had x 1 seeds: /m);
     const run = path.join(out, 'run');
     for (const f of ['report.html', 'lora.safetensors']) expect(fs.existsSync(path.join(run, f))).toBe(true);
     expect(fs.readdirSync(path.join(run, 'images')).filter((f) => f.endsWith('.png')).length).toBeGreaterThan(0);
@@ -305,7 +307,7 @@ gpuDescribe('the CLI on --ep webgpu', () => {
         true,
       ]);
     }
-  }, 1_200_000); // SwiftShader: every session of the demo compiles its shaders on the CPU; past 600 s beside the rest of the suite (2026-12-07)
+  }, 1_200_000); // SwiftShader: every session of the demo compiles its shaders on the CPU; 703 s beside the rest of the suite (2026-12-07, before --prompts reached the demo and its comparison images shared sessions)
 
   test('the missing-provider line for --ep cuda on this machine, and --cpu-fallback runs anyway', async () => {
     const dir = tempDir('hollowc-webgpu-cuda-');
