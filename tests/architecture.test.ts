@@ -111,7 +111,8 @@ const RUNTIME_ROOMS: Record<string, readonly string[]> = {
   train: ['formats', 'ort', 'sampling', 'store'],
   'text-to-image': ['formats', 'ort', 'sampling', 'store'],
   personalize: ['formats', 'ort', 'sampling', 'store', 'train', 'text-to-image', '.'],
-  web: ['formats', 'ort', 'sampling', 'store', 'train'],
+  // the server encodes `web --prompt` with the pipeline's text encoder at start
+  web: ['formats', 'ort', 'sampling', 'store', 'train', 'text-to-image'],
   // runtime/'s own top level: progress lines and RSS sampling, used by any room
   '.': [],
 };
