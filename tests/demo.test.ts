@@ -21,6 +21,9 @@ import { SUBJECT_NOUNS, parseCaption, scoreImage, subjectById, subjectFidelity }
 import { CHROMIUM, launchChromium, startWebServer, watchedPage } from './support/browser';
 import { openPipelineFolder } from '../runtime/text-to-image/pipeline-folder';
 import { encodePrompts } from '../runtime/text-to-image/text-to-image';
+import { parseSafetensors } from '../runtime/formats/safetensors-format';
+import { conditioningOf } from '../runtime/store/store-format';
+import { SERVED_NEGATIVE_ID, SERVED_PROMPT_FILE, SERVED_PROMPT_ID } from '../runtime/web/served-model';
 
 let demo: DemoSummary;
 const lines: string[] = [];
@@ -134,11 +137,12 @@ test("the browser page trains the demo's run in the tab and its VAE-decoded imag
     expect(r.error).toBeUndefined();
     expect(r.prompt).toBe(prompt);
     // what the page sampled with: the prompt, and "" as guidance's negative, as the pipeline's text encoder encodes them
-    type Served = { encoder_hidden_states: { data: number[] } };
-    const served = (await (await fetch(new URL('/model.json', url))).json()) as { prompt: Served & { negative: Served } };
+    expect(await (await fetch(new URL('/model.json', url))).json()).toMatchObject({ prompt: { text: prompt, negative: true } });
+    const bytes = new Uint8Array(await (await fetch(new URL(`/model/${SERVED_PROMPT_FILE}`, url))).arrayBuffer());
+    const { tensors } = parseSafetensors(bytes, SERVED_PROMPT_FILE);
     const [c, empty] = await encodePrompts(openPipelineFolder(path.join(demo.out, 'model')), [prompt, '']);
-    expect(Float32Array.from(served.prompt.encoder_hidden_states.data)).toEqual(c.encoderHiddenStates.data);
-    expect(Float32Array.from(served.prompt.negative.encoder_hidden_states.data)).toEqual(empty.encoderHiddenStates.data);
+    expect(conditioningOf(tensors, SERVED_PROMPT_ID)).toEqual(c);
+    expect(conditioningOf(tensors, SERVED_NEGATIVE_ID)).toEqual(empty);
     expect(r.losses).toHaveLength(DEMO_STEPS);
     const { width, height, rgb } = r.image!;
     expect([width, height]).toEqual([32, 32]);

@@ -5,6 +5,8 @@
  */
 import { HOLLOW_ACTIVATION, TARGET } from '../../compiler/manifest';
 import type { StoreField, StoreHeader, StoreRecord } from './store';
+import { SafeTensor, float32Tensor, toFloat32 } from '../formats/safetensors-format';
+import type { Conditioning } from '../sampling/conditioning';
 
 /** The store's folder inside a compiled folder, unless another is named. */
 export const STORE_DIR = 'store';
@@ -22,6 +24,27 @@ export const RECORD_MAGIC = 0x31524348;
 const FIXED_BYTES = 24;
 
 const size = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+
+/** Conditionings by id as conditioning.safetensors holds them: `cond.<id>.encoder_hidden_states` and `.text_embeds`. */
+export function conditioningTensors(conditionings: Iterable<readonly [number, Conditioning]>): Map<string, SafeTensor> {
+  const tensors = new Map<string, SafeTensor>();
+  for (const [id, c] of conditionings) {
+    tensors.set(`cond.${id}.encoder_hidden_states`, float32Tensor(c.encoderHiddenStates.shape, c.encoderHiddenStates.data));
+    if (c.textEmbeds) tensors.set(`cond.${id}.text_embeds`, float32Tensor(c.textEmbeds.shape, c.textEmbeds.data));
+  }
+  return tensors;
+}
+
+/** Conditioning `id` of conditioningTensors' layout, or undefined when the tensors lack it. */
+export function conditioningOf(tensors: ReadonlyMap<string, SafeTensor>, id: number): Conditioning | undefined {
+  const ehs = tensors.get(`cond.${id}.encoder_hidden_states`);
+  if (!ehs) return undefined;
+  const te = tensors.get(`cond.${id}.text_embeds`);
+  return {
+    encoderHiddenStates: { shape: ehs.shape, data: toFloat32(ehs) },
+    ...(te ? { textEmbeds: { shape: te.shape, data: toFloat32(te) } } : {}),
+  };
+}
 
 /** The record layout for a latent and activation shape (per sample, no batch dimension). */
 export function recordLayout(

@@ -42,9 +42,9 @@ import * as zlib from 'zlib';
 import { HollowcError } from '../../compiler/errors';
 import { HOLLOW_ACTIVATION, TARGET } from '../../compiler/manifest';
 import { writeFileAtomic } from '../../compiler/atomic-files';
-import { float32Tensor, readSafetensors, SafeTensor, toFloat32, writeSafetensors } from '../formats/safetensors';
+import { readSafetensors, writeSafetensors } from '../formats/safetensors';
 import type { Conditioning } from '../sampling/conditioning';
-import { RECORD_MAGIC, Z_T, crc32Table, recordLayout, recordProblem } from './store-format';
+import { RECORD_MAGIC, Z_T, conditioningOf, conditioningTensors, crc32Table, recordLayout, recordProblem } from './store-format';
 
 export { recordLayout } from './store-format';
 
@@ -156,12 +156,7 @@ export class Store {
       fields: layout.fields,
       ...header,
     };
-    const tensors = new Map<string, SafeTensor>();
-    for (const [id, c] of conditionings) {
-      tensors.set(`cond.${id}.encoder_hidden_states`, float32Tensor(c.encoderHiddenStates.shape, c.encoderHiddenStates.data));
-      if (c.textEmbeds) tensors.set(`cond.${id}.text_embeds`, float32Tensor(c.textEmbeds.shape, c.textEmbeds.data));
-    }
-    writeSafetensors(path.join(dir, CONDITIONING_FILE), tensors, { format: STORE_FORMAT });
+    writeSafetensors(path.join(dir, CONDITIONING_FILE), conditioningTensors(conditionings), { format: STORE_FORMAT });
     fs.writeFileSync(path.join(dir, RECORDS_FILE), new Uint8Array(0));
     writeProgress(dir, { count, finished: false });
     // The header goes last: a folder without it is not a store, whatever else it holds.
@@ -415,13 +410,9 @@ function readConditionings(dir: string, header: StoreHeader): Map<number, Condit
   const condFile = readSafetensors(path.join(dir, CONDITIONING_FILE));
   const conds = new Map<number, Conditioning>();
   for (const c of header.conditionings) {
-    const ehs = condFile.tensors.get(`cond.${c.id}.encoder_hidden_states`);
-    if (!ehs) throw new HollowcError(`conditioning ${c.id} (${c.role}) is missing`, path.join(dir, CONDITIONING_FILE));
-    const te = condFile.tensors.get(`cond.${c.id}.text_embeds`);
-    conds.set(c.id, {
-      encoderHiddenStates: { shape: ehs.shape, data: toFloat32(ehs) },
-      ...(te ? { textEmbeds: { shape: te.shape, data: toFloat32(te) } } : {}),
-    });
+    const cond = conditioningOf(condFile.tensors, c.id);
+    if (!cond) throw new HollowcError(`conditioning ${c.id} (${c.role}) is missing`, path.join(dir, CONDITIONING_FILE));
+    conds.set(c.id, cond);
   }
   return conds;
 }

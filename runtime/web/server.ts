@@ -9,10 +9,11 @@
  *   /folder/<file>     the compiled folder: manifest.json, the artifacts, the weights, lora-init;
  *   /folder/store/...  the store's store.json, records.bin, conditioning.safetensors
  *   /model.json        what --model adds: {"vae_decoder": {"weights": [...]}}, or {} without it;
- *                      with --prompt also {"prompt": {"text", "encoder_hidden_states": {shape, data},
- *                      "negative": {...}}}, the prompt and "" encoded once at start by the pipeline's
- *                      text encoder(s): the page samples it after training instead of the store's
- *                      instance prompt, with "" as guidance's negative (else zeros)
+ *                      with --prompt also {"prompt": {"text", "negative": true|false}}
+ *   /model/prompt.safetensors  with --prompt: the prompt (id 0) and "" (id 1, guidance's negative,
+ *                      unless the pipeline's is zeros) encoded once at start by the pipeline's text
+ *                      encoder(s), in the store's conditioning layout: the page samples it after
+ *                      training instead of the store's instance prompt
  *   /model/vae_decoder/<file>  with --model <pipeline folder>: its VAE decoder's model.onnx,
  *                      model.onnx_data (when there) and config.json, to decode the sample
  *
@@ -27,7 +28,9 @@ import { AddressInfo } from 'net';
 import { HollowcError } from '../../compiler/errors';
 import { ENCODER_HIDDEN_STATES, MANIFEST_FILE, readManifest } from '../../compiler/manifest';
 import { LORA_INIT_FILE } from '../formats/lora-format';
-import { CONDITIONING_FILE, HEADER_FILE, RECORDS_FILE } from '../store/store-format';
+import { CONDITIONING_FILE, HEADER_FILE, RECORDS_FILE, conditioningTensors } from '../store/store-format';
+import { encodeSafetensorsBytes } from '../formats/safetensors-format';
+import { SERVED_NEGATIVE_ID, SERVED_PROMPT_FILE, SERVED_PROMPT_ID } from './served-model';
 import { vaeScalingFactor } from '../sampling/vae-scaling';
 import { openPipelineFolder } from '../text-to-image/pipeline-folder';
 import { encodePrompts, zeroEmptyNegative } from '../text-to-image/text-to-image';
@@ -126,8 +129,8 @@ function vaeDecoderFiles(model: string): Map<string, string> {
   return files;
 }
 
-/** `text` encoded by the pipeline's text encoder(s), checked against the store's own conditioning shape. */
-async function servedPrompt(model: string, text: string, out: string) {
+/** `text` (and "") encoded by the pipeline's text encoder(s), checked against the shape the folder trains on. */
+async function servedPrompt(model: string, text: string, out: string): Promise<{ json: object; bytes: Uint8Array }> {
   if (!text.trim()) throw new HollowcError('--prompt is empty');
   const folder = openPipelineFolder(model);
   // the negative of guidance as textToImage takes it: the encoded "", or zeros (the page's default) where SDXL says so
@@ -139,12 +142,11 @@ async function servedPrompt(model: string, text: string, out: string) {
       `--prompt: this pipeline's text encoder gives [${c.encoderHiddenStates.shape}], the store was precomputed with [${want}] (give the pipeline the folder was compiled from)`,
       model,
     );
-  const plain = (t: { shape: number[]; data: Float32Array }) => ({ shape: t.shape, data: Array.from(t.data) });
-  const served = (x: Conditioning) => ({
-    encoder_hidden_states: plain(x.encoderHiddenStates),
-    ...(x.textEmbeds && { text_embeds: plain(x.textEmbeds) }),
-  });
-  return { text, ...served(c), ...(negative && { negative: served(negative) }) };
+  const conds: [number, Conditioning][] = [
+    [SERVED_PROMPT_ID, c],
+    ...(negative ? [[SERVED_NEGATIVE_ID, negative] as [number, Conditioning]] : []),
+  ];
+  return { json: { text, negative: !!negative }, bytes: encodeSafetensorsBytes(conditioningTensors(conds)) };
 }
 
 export async function startWebServer(options: WebServerOptions): Promise<WebServer> {
@@ -153,11 +155,12 @@ export async function startWebServer(options: WebServerOptions): Promise<WebServ
   const out = path.resolve(options.out);
   const files = folderFiles(out, path.resolve(options.storeDir ?? path.join(out, 'store')));
   const modelFiles = options.model ? vaeDecoderFiles(path.resolve(options.model)) : new Map<string, string>();
+  const prompt = options.prompt !== undefined ? await servedPrompt(path.resolve(options.model!), options.prompt, out) : undefined;
   const modelJson = JSON.stringify(
     options.model
       ? {
           [VAE_DECODER]: { weights: VAE_WEIGHTS.filter((w) => modelFiles.has(`${VAE_DECODER}/${w}`)) },
-          ...(options.prompt !== undefined && { prompt: await servedPrompt(path.resolve(options.model), options.prompt, out) }),
+          ...(prompt && { prompt: prompt.json }),
         }
       : {},
   );
@@ -184,7 +187,7 @@ export async function startWebServer(options: WebServerOptions): Promise<WebServ
     } catch {
       return fail(400, 'bad URL');
     }
-    const send = (body: string, type: string) => {
+    const send = (body: string | Uint8Array, type: string) => {
       res.writeHead(200, { ...headers, 'Content-Type': type, 'Content-Length': Buffer.byteLength(body) });
       res.end(req.method === 'HEAD' ? undefined : body);
     };
@@ -199,6 +202,7 @@ export async function startWebServer(options: WebServerOptions): Promise<WebServ
     if (url === '/' || url === '/index.html') return send(page.html, TYPES['.html']);
     if (url === '/page.js') return send(page.js, TYPES['.js']);
     if (url === '/model.json') return send(modelJson, TYPES['.json']);
+    if (prompt && url === `/model/${SERVED_PROMPT_FILE}`) return send(prompt.bytes, 'application/octet-stream');
     const ortFile = /^\/ort\/([\w.-]+)$/.exec(url)?.[1];
     if (ortFile && !ortFile.startsWith('.')) {
       const file = path.join(ort, ortFile);

@@ -6,10 +6,10 @@
 import { ArtifactName, CompileManifest, MANIFEST_FILE, MANIFEST_FORMAT } from '../../../compiler/manifest';
 
 import { LORA_INIT_FILE, loraValuesForManifest } from '../../formats/lora-format';
-import { parseSafetensors, toFloat32 } from '../../formats/safetensors-format';
+import { parseSafetensors } from '../../formats/safetensors-format';
 import type { StoreHeader, StoreRecord } from '../../store/store';
 import type { Conditioning } from '../../sampling/conditioning';
-import { CONDITIONING_FILE, HEADER_FILE, RECORDS_FILE, STORE_DIR, decodeRecord } from '../../store/store-format';
+import { CONDITIONING_FILE, HEADER_FILE, RECORDS_FILE, STORE_DIR, conditioningOf, decodeRecord } from '../../store/store-format';
 
 /** Where `hollowc precompute` puts the store by default. */
 
@@ -39,13 +39,9 @@ export class WebStore {
     const cond = parseSafetensors(condBytes, CONDITIONING_FILE);
     const conds = new Map<number, Conditioning>();
     for (const c of header.conditionings) {
-      const ehs = cond.tensors.get(`cond.${c.id}.encoder_hidden_states`);
-      if (!ehs) throw new Error(`${CONDITIONING_FILE}: conditioning ${c.id} (${c.role}) is missing`);
-      const te = cond.tensors.get(`cond.${c.id}.text_embeds`);
-      conds.set(c.id, {
-        encoderHiddenStates: { shape: ehs.shape, data: toFloat32(ehs) },
-        ...(te ? { textEmbeds: { shape: te.shape, data: toFloat32(te) } } : {}),
-      });
+      const found = conditioningOf(cond.tensors, c.id);
+      if (!found) throw new Error(`${CONDITIONING_FILE}: conditioning ${c.id} (${c.role}) is missing`);
+      conds.set(c.id, found);
     }
     const store = new WebStore(header, records, conds);
     // As `hollowc train` does before its first step: every record's checksum.

@@ -1,29 +1,17 @@
 /**
- * The prompt `hollowc web --model <pipeline> --prompt <text>` encoded at start (its /model.json):
- * the page has no tokenizer or text encoder, so a prompt other than the store's instance prompt
- * (one that puts the subject in a new context) comes from the server as conditioning.
+ * The prompt `hollowc web --model <pipeline> --prompt <text>` encoded at start: the page has no
+ * tokenizer or text encoder, so a prompt other than the store's instance prompt (one that puts the
+ * subject in a new context) comes from the server, in the store's conditioning layout.
  */
 import type { Conditioning } from '../../sampling/conditioning';
-
-interface Plain {
-  shape: number[];
-  data: number[];
-}
-
-interface PlainConditioning {
-  encoder_hidden_states: Plain;
-  text_embeds?: Plain;
-}
+import { parseSafetensors } from '../../formats/safetensors-format';
+import { conditioningOf } from '../../store/store-format';
+import { SERVED_NEGATIVE_ID, SERVED_PROMPT_FILE, SERVED_PROMPT_ID } from '../served-model';
+import { fetchBytes } from './folder';
 
 interface ModelJson {
-  prompt?: PlainConditioning & { text: string; negative?: PlainConditioning };
+  prompt?: { text: string; negative: boolean };
 }
-
-const floats = (t: Plain) => ({ shape: t.shape, data: Float32Array.from(t.data) });
-const conditioning = (c: PlainConditioning): Conditioning => ({
-  encoderHiddenStates: floats(c.encoder_hidden_states),
-  ...(c.text_embeds && { textEmbeds: floats(c.text_embeds) }),
-});
 
 /**
  * The served prompt and the negative to guide it with (the encoded "", as textToImage does; absent
@@ -37,5 +25,10 @@ export async function loadServedPrompt(
   if (!r.ok) return undefined;
   const p = ((await r.json()) as ModelJson).prompt;
   if (!p) return undefined;
-  return { text: p.text, conditioning: conditioning(p), ...(p.negative && { negative: conditioning(p.negative) }) };
+  const file = new URL(`model/${SERVED_PROMPT_FILE}`, site).href;
+  const { tensors } = parseSafetensors(await fetchBytes(file), SERVED_PROMPT_FILE);
+  const conditioning = conditioningOf(tensors, SERVED_PROMPT_ID);
+  const negative = p.negative ? conditioningOf(tensors, SERVED_NEGATIVE_ID) : undefined;
+  if (!conditioning || (p.negative && !negative)) throw new Error(`${file}: the served prompt's conditioning is missing`);
+  return { text: p.text, conditioning, ...(negative && { negative }) };
 }
