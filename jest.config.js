@@ -10,5 +10,7 @@ module.exports = {
   testMatch: ['<rootDir>/tests/**/*.test.ts'],
   modulePathIgnorePatterns: ['<rootDir>/dist/'],
   testTimeout: 120000,
+  globalSetup: '<rootDir>/tests/support/global-setup.js',
+  globalTeardown: '<rootDir>/tests/support/global-teardown.js',
   reporters: ['default', '<rootDir>/tests/support/summary-reporter.js'],
 };
