@@ -13,14 +13,22 @@ export function registerWeb(program: Command): void {
     .option('--store <dir>', 'store folder (default <out>/store)')
     .option(
       '--model <pipeline>',
-      'a pipeline folder: its vae_decoder/ is served so the page shows the sample decoded (else a latent preview)',
+      'a pipeline folder: its vae_decoder/ is served so the page shows the sample decoded (else a latent preview), and its text encoder encodes "" as guidance\'s negative',
     )
     .option(
       '--prompt <text>',
       "what the page samples after training (default: the store's instance prompt); --model's text encoder encodes it when the server starts",
     )
     .action(async (dir: string, o: { port: number; host: string; store?: string; model?: string; prompt?: string }) => {
-      const server = await startWebServer({ out: dir, port: o.port, host: o.host, storeDir: o.store, model: o.model, prompt: o.prompt });
+      const server = await startWebServer({
+        out: dir,
+        port: o.port,
+        host: o.host,
+        storeDir: o.store,
+        model: o.model,
+        prompt: o.prompt,
+        warn: (line) => process.stderr.write(`hollowc: warning: ${line}\n`),
+      });
       if (!['127.0.0.1', 'localhost', '::1'].includes(o.host))
         process.stderr.write(`hollowc: warning: listening on ${o.host}: other machines can fetch the folder's weights and store\n`);
       out(`serving ${dir} at ${server.url}  (the page trains in the browser; Ctrl-C stops the server)`);

@@ -24,6 +24,7 @@ import { encodePrompts } from '../runtime/text-to-image/text-to-image';
 import { parseSafetensors } from '../runtime/formats/safetensors-format';
 import { conditioningOf } from '../runtime/store/store-format';
 import { SERVED_NEGATIVE_ID, SERVED_PROMPT_FILE, SERVED_PROMPT_ID } from '../runtime/web/served-model';
+import { startWebServer as startLibraryServer } from '../runtime/web/server';
 
 let demo: DemoSummary;
 const lines: string[] = [];
@@ -98,6 +99,23 @@ test('the committed pipeline is rebuilt whole, and a text encoder that is not th
   expect(fs.readdirSync(dir).sort()).toEqual(['packed']);
 });
 
+test('hollowc web --model without --prompt serves "" as the pipeline\'s text encoder encodes it, the page\'s negative', async () => {
+  const warnings: string[] = [];
+  const model = path.join(demo.out, 'model');
+  const server = await startLibraryServer({ out: path.join(demo.run, 'compiled'), port: 0, model, warn: (w) => warnings.push(w) });
+  try {
+    expect(warnings).toEqual([]);
+    expect(await (await fetch(new URL('/model.json', server.url))).json()).toEqual({ vae_decoder: { weights: ['model.onnx_data'] }, negative: true });
+    const bytes = new Uint8Array(await (await fetch(new URL(`/model/${SERVED_PROMPT_FILE}`, server.url))).arrayBuffer());
+    const { tensors } = parseSafetensors(bytes, SERVED_PROMPT_FILE);
+    const [empty] = await encodePrompts(openPipelineFolder(model), ['']);
+    expect(conditioningOf(tensors, SERVED_NEGATIVE_ID)).toEqual(empty);
+    expect(conditioningOf(tensors, SERVED_PROMPT_ID)).toBeUndefined();
+  } finally {
+    await server.close();
+  }
+});
+
 // The page trains the demo's compiled run (its store, its lora-init) in the tab at the demo's steps and lr.
 // measured 0.457 (one image, seed 0, 2026-12-07, run 6); the base model on this prompt scores about 0.1. Guided
 // with zeros as the negative (the page's default, not what the pipeline trained its dropped captions on) it drew
@@ -137,7 +155,7 @@ test("the browser page trains the demo's run in the tab and its VAE-decoded imag
     expect(r.error).toBeUndefined();
     expect(r.prompt).toBe(prompt);
     // what the page sampled with: the prompt, and "" as guidance's negative, as the pipeline's text encoder encodes them
-    expect(await (await fetch(new URL('/model.json', url))).json()).toMatchObject({ prompt: { text: prompt, negative: true } });
+    expect(await (await fetch(new URL('/model.json', url))).json()).toMatchObject({ prompt: { text: prompt }, negative: true });
     const bytes = new Uint8Array(await (await fetch(new URL(`/model/${SERVED_PROMPT_FILE}`, url))).arrayBuffer());
     const { tensors } = parseSafetensors(bytes, SERVED_PROMPT_FILE);
     const [c, empty] = await encodePrompts(openPipelineFolder(path.join(demo.out, 'model')), [prompt, '']);

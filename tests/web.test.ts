@@ -32,6 +32,7 @@ import { train } from '../runtime/train/train';
 import { familyFits, folderFit } from '../runtime/web/memory-fit';
 import { openPipelineFolder } from '../runtime/text-to-image/pipeline-folder';
 import { decodeLatents } from '../runtime/text-to-image/vae';
+import { startWebServer as startLibraryServer } from '../runtime/web/server';
 import { refused } from './support/cli';
 import { writeData } from './runtime-fake-train';
 import { tempDir } from './support/fixture';
@@ -300,7 +301,10 @@ describe('hollowc web --model <pipeline folder>: the sample decoded by its VAE',
       '/model/vae_decoder/',
     ])
       expect([f, (await get(vaeUrl, f)).status]).toEqual([f, 404]);
-    expect(await (await get(vaeUrl, '/model.json')).json()).toEqual({ vae_decoder: { weights: ['model.onnx_data'] } });
+    // this folder's store was precomputed at 7 tokens and the pipeline's text encoder pads to 77, so
+    // no negative can be served: the page guides with zeros (tests/demo serves a matching one)
+    expect(await (await get(vaeUrl, '/model.json')).json()).toEqual({ vae_decoder: { weights: ['model.onnx_data'] }, negative: false });
+    expect((await get(vaeUrl, '/model/prompt.safetensors')).status).toBe(404);
     // without --model: nothing under /model/, and the page is told so
     expect(await (await get(url, '/model.json')).json()).toEqual({});
     expect((await get(url, '/model/vae_decoder/model.onnx')).status).toBe(404);
@@ -316,6 +320,18 @@ describe('hollowc web --model <pipeline folder>: the sample decoded by its VAE',
       'gives [77,32], the store was precomputed with [7,32]',
     );
     expect(stderr).toContain(pipeline);
+  });
+
+  test('--model whose text encoder does not give the store\'s shape: a warning naming the folder and both shapes, and no negative', async () => {
+    const warnings: string[] = [];
+    const server = await startLibraryServer({ out, port: 0, model: pipeline, warn: (w) => warnings.push(w) });
+    try {
+      expect(warnings).toEqual([
+        `${pipeline}: this pipeline's text encoder gives [77,32], the store was precomputed with [7,32]: the page guides with zeros as the negative, not the encoded "" the pipeline trained on`,
+      ]);
+    } finally {
+      await server.close();
+    }
   });
 
   test('refuses a folder without vae_decoder/model.onnx, naming the folder', async () => {

@@ -8,12 +8,12 @@
  *   /ort/<file>        node_modules/onnxruntime-web/dist/<file>
  *   /folder/<file>     the compiled folder: manifest.json, the artifacts, the weights, lora-init;
  *   /folder/store/...  the store's store.json, records.bin, conditioning.safetensors
- *   /model.json        what --model adds: {"vae_decoder": {"weights": [...]}}, or {} without it;
- *                      with --prompt also {"prompt": {"text", "negative": true|false}}
- *   /model/prompt.safetensors  with --prompt: the prompt (id 0) and "" (id 1, guidance's negative,
- *                      unless the pipeline's is zeros) encoded once at start by the pipeline's text
- *                      encoder(s), in the store's conditioning layout: the page samples it after
- *                      training instead of the store's instance prompt
+ *   /model.json        what --model adds (served-model.ts ServedModelJson), or {} without it
+ *   /model/prompt.safetensors  with --model: "" (id 1, guidance's negative, unless the pipeline's is
+ *                      zeros) and with --prompt the prompt (id 0), encoded once at start by the
+ *                      pipeline's text encoder(s), in the store's conditioning layout: the page
+ *                      guides with that negative, and samples the prompt after training instead
+ *                      of the store's instance prompt
  *   /model/vae_decoder/<file>  with --model <pipeline folder>: its VAE decoder's model.onnx,
  *                      model.onnx_data (when there) and config.json, to decode the sample
  *
@@ -30,7 +30,7 @@ import { ENCODER_HIDDEN_STATES, MANIFEST_FILE, readManifest } from '../../compil
 import { LORA_INIT_FILE } from '../formats/lora-format';
 import { CONDITIONING_FILE, HEADER_FILE, RECORDS_FILE, conditioningTensors } from '../store/store-format';
 import { encodeSafetensorsBytes } from '../formats/safetensors-format';
-import { SERVED_NEGATIVE_ID, SERVED_PROMPT_FILE, SERVED_PROMPT_ID } from './served-model';
+import { SERVED_NEGATIVE_ID, SERVED_PROMPT_FILE, SERVED_PROMPT_ID, type ServedModelJson } from './served-model';
 import { vaeScalingFactor } from '../sampling/vae-scaling';
 import { openPipelineFolder } from '../text-to-image/pipeline-folder';
 import { encodePrompts, zeroEmptyNegative } from '../text-to-image/text-to-image';
@@ -49,6 +49,8 @@ export interface WebServerOptions {
   model?: string;
   /** A prompt the page samples after training (default: the store's instance prompt); needs `model`, whose text encoder encodes it. */
   prompt?: string;
+  /** Told when `model` cannot give the page its negative (the page then guides with zeros). */
+  warn?: (line: string) => void;
 }
 
 export interface WebServer {
@@ -129,24 +131,53 @@ function vaeDecoderFiles(model: string): Map<string, string> {
   return files;
 }
 
-/** `text` (and "") encoded by the pipeline's text encoder(s), checked against the shape the folder trains on. */
-async function servedPrompt(model: string, text: string, out: string): Promise<{ json: object; bytes: Uint8Array }> {
-  if (!text.trim()) throw new HollowcError('--prompt is empty');
-  const folder = openPipelineFolder(model);
-  // the negative of guidance as textToImage takes it: the encoded "", or zeros (the page's default) where SDXL says so
+interface ServedConditionings {
+  json: Pick<ServedModelJson, 'prompt' | 'negative'>;
+  bytes?: Uint8Array;
+}
+
+/**
+ * "" (and `text` when given) encoded by the pipeline's text encoder(s), checked against the shape
+ * the folder trains on. A prompt that cannot be served is an error; a negative that cannot is a
+ * warning, since --model alone asks only for the VAE decoder.
+ */
+async function servedConditionings(
+  model: string,
+  text: string | undefined,
+  out: string,
+  warn: (line: string) => void,
+): Promise<ServedConditionings> {
+  if (text !== undefined && !text.trim()) throw new HollowcError('--prompt is empty');
+  const zeros = (why: string): ServedConditionings => {
+    warn(`${model}: ${why}: the page guides with zeros as the negative, not the encoded "" the pipeline trained on`);
+    return { json: { negative: false } };
+  };
+  let folder: ReturnType<typeof openPipelineFolder>;
+  try {
+    folder = openPipelineFolder(model);
+  } catch (e) {
+    if (text !== undefined || !(e instanceof HollowcError)) throw e;
+    return zeros(`not a whole pipeline folder (${e.message})`);
+  }
+  // the negative of guidance as textToImage takes it: the encoded "", or zeros where SDXL says so
   const zero = zeroEmptyNegative(folder);
-  const [c, negative] = await encodePrompts(folder, zero ? [text] : [text, '']);
+  const texts = [...(text !== undefined ? [text] : []), ...(zero ? [] : [''])];
+  if (!texts.length) return { json: { negative: false } };
+  const encoded = await encodePrompts(folder, texts);
+  const got = encoded[0].encoderHiddenStates.shape;
   const want = readManifest(out).training?.shapes[ENCODER_HIDDEN_STATES]?.slice(1);
-  if (want && want.join() !== c.encoderHiddenStates.shape.join())
-    throw new HollowcError(
-      `--prompt: this pipeline's text encoder gives [${c.encoderHiddenStates.shape}], the store was precomputed with [${want}] (give the pipeline the folder was compiled from)`,
-      model,
-    );
-  const conds: [number, Conditioning][] = [
-    [SERVED_PROMPT_ID, c],
-    ...(negative ? [[SERVED_NEGATIVE_ID, negative] as [number, Conditioning]] : []),
-  ];
-  return { json: { text, negative: !!negative }, bytes: encodeSafetensorsBytes(conditioningTensors(conds)) };
+  if (want && want.join() !== got.join()) {
+    const why = `this pipeline's text encoder gives [${got}], the store was precomputed with [${want}]`;
+    if (text === undefined) return zeros(why);
+    throw new HollowcError(`--prompt: ${why} (give the pipeline the folder was compiled from)`, model);
+  }
+  const conds: [number, Conditioning][] = [];
+  if (text !== undefined) conds.push([SERVED_PROMPT_ID, encoded[0]]);
+  if (!zero) conds.push([SERVED_NEGATIVE_ID, encoded[encoded.length - 1]]);
+  return {
+    json: { ...(text !== undefined && { prompt: { text } }), negative: !zero },
+    bytes: encodeSafetensorsBytes(conditioningTensors(conds)),
+  };
 }
 
 export async function startWebServer(options: WebServerOptions): Promise<WebServer> {
@@ -155,13 +186,15 @@ export async function startWebServer(options: WebServerOptions): Promise<WebServ
   const out = path.resolve(options.out);
   const files = folderFiles(out, path.resolve(options.storeDir ?? path.join(out, 'store')));
   const modelFiles = options.model ? vaeDecoderFiles(path.resolve(options.model)) : new Map<string, string>();
-  const prompt = options.prompt !== undefined ? await servedPrompt(path.resolve(options.model!), options.prompt, out) : undefined;
+  const served = options.model
+    ? await servedConditionings(path.resolve(options.model), options.prompt, out, options.warn ?? (() => {}))
+    : undefined;
   const modelJson = JSON.stringify(
-    options.model
-      ? {
+    served
+      ? ({
           [VAE_DECODER]: { weights: VAE_WEIGHTS.filter((w) => modelFiles.has(`${VAE_DECODER}/${w}`)) },
-          ...(prompt && { prompt: prompt.json }),
-        }
+          ...served.json,
+        } satisfies ServedModelJson)
       : {},
   );
   const page = await bundlePage();
@@ -202,7 +235,7 @@ export async function startWebServer(options: WebServerOptions): Promise<WebServ
     if (url === '/' || url === '/index.html') return send(page.html, TYPES['.html']);
     if (url === '/page.js') return send(page.js, TYPES['.js']);
     if (url === '/model.json') return send(modelJson, TYPES['.json']);
-    if (prompt && url === `/model/${SERVED_PROMPT_FILE}`) return send(prompt.bytes, 'application/octet-stream');
+    if (served?.bytes && url === `/model/${SERVED_PROMPT_FILE}`) return send(served.bytes, 'application/octet-stream');
     const ortFile = /^\/ort\/([\w.-]+)$/.exec(url)?.[1];
     if (ortFile && !ortFile.startsWith('.')) {
       const file = path.join(ort, ortFile);

@@ -20,7 +20,7 @@ import { WebFolder, loadFolder } from './folder';
 import { latentPreview, sampleLatents } from './sampler';
 import { WebTrainer } from './trainer';
 import { decodeSample, imageRgba, loadVaeDecoder } from './vae-decoder';
-import { loadServedPrompt } from './served-prompt';
+import { loadServedConditionings } from './served-conditionings';
 import { familyFits, folderFit, gb } from '../memory-fit';
 import type { OrtModule } from './tensors';
 
@@ -186,11 +186,11 @@ async function run(): Promise<void> {
   const latentShape = (m.artifacts.train!.inputs.find((i) => i.name === SAMPLE)?.shape.slice(1) ??
     folder.store.header.latentShape) as number[];
   const sampleSteps = Number(params.get('sample_steps') ?? 10);
-  const served = await loadServedPrompt(location.href);
-  result.prompt = served?.text;
+  const served = await loadServedConditionings(location.href);
+  result.prompt = served.prompt?.text;
   const latents = await sampleLatents(ort, inferSession, m, {
-    prompt: served?.conditioning ?? folder.store.conditioningFor('instance'),
-    negative: served?.negative,
+    prompt: served.prompt?.conditioning ?? folder.store.conditioningFor('instance'),
+    negative: served.negative,
     classPrompt: folder.store.conditioningFor('class'),
     steps: sampleSteps,
     guidance: Number(params.get('guidance') ?? 3),
@@ -204,7 +204,9 @@ async function run(): Promise<void> {
   await inferSession.release();
   result.sampleSeconds = (performance.now() - t0) / 1000;
   result.latents = { shape: latentShape, data: Array.from(latents) };
-  const sampled = `${served ? `"${served.text}" (hollowc web --prompt), ` : "the store's instance prompt, "}DDIM, ${sampleSteps} steps, guidance ${params.get('guidance') ?? 3}, latents [${latentShape}]`;
+  const sampled =
+    `${served.prompt ? `"${served.prompt.text}" (hollowc web --prompt), ` : "the store's instance prompt, "}DDIM, ${sampleSteps} steps, ` +
+    `guidance ${params.get('guidance') ?? 3} against ${served.negative ? 'the encoded ""' : 'zeros'}, latents [${latentShape}]`;
   const vae = await loadVaeDecoder(location.href, (what) => status(`loading ${what}`));
   if (vae) {
     status('decoding the sample with vae_decoder');
