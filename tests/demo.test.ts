@@ -105,7 +105,10 @@ test('hollowc web --model without --prompt serves "" as the pipeline\'s text enc
   const server = await startLibraryServer({ out: path.join(demo.run, 'compiled'), port: 0, model, warn: (w) => warnings.push(w) });
   try {
     expect(warnings).toEqual([]);
-    expect(await (await fetch(new URL('/model.json', server.url))).json()).toEqual({ vae_decoder: { weights: ['model.onnx_data'] }, negative: true });
+    expect(await (await fetch(new URL('/model.json', server.url))).json()).toEqual({
+      vae_decoder: { weights: ['model.onnx_data'] },
+      negative: true,
+    });
     const bytes = new Uint8Array(await (await fetch(new URL(`/model/${SERVED_PROMPT_FILE}`, server.url))).arrayBuffer());
     const { tensors } = parseSafetensors(bytes, SERVED_PROMPT_FILE);
     const [empty] = await encodePrompts(openPipelineFolder(model), ['']);

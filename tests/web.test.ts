@@ -322,7 +322,7 @@ describe('hollowc web --model <pipeline folder>: the sample decoded by its VAE',
     expect(stderr).toContain(pipeline);
   });
 
-  test('--model whose text encoder does not give the store\'s shape: a warning naming the folder and both shapes, and no negative', async () => {
+  test("--model whose text encoder does not give the store's shape: a warning naming the folder and both shapes, and no negative", async () => {
     const warnings: string[] = [];
     const server = await startLibraryServer({ out, port: 0, model: pipeline, warn: (w) => warnings.push(w) });
     try {
