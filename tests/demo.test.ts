@@ -121,8 +121,8 @@ test('hollowc web --model without --prompt serves "" as the pipeline\'s text enc
 
 // The page trains the demo's compiled run (its store, its lora-init) in the tab at the demo's steps and lr.
 // measured 0.457 (one image, seed 0, 2026-12-07, run 6); the base model on this prompt scores about 0.1. Guided
-// with zeros as the negative (the page's default, not what the pipeline trained its dropped captions on) it drew
-// the house on blue (0.333): the background check catches that.
+// with zeros as the negative (the page's default without --model, not what the pipeline trained its dropped
+// captions on) it drew the house on blue (0.333): the background check catches that.
 const PAGE_MIN_SUBJECT_FIDELITY = 0.25;
 
 test("the browser page trains the demo's run in the tab and its VAE-decoded image shows the subject", async () => {
