@@ -131,7 +131,8 @@ function vaeDecoderFiles(model: string): Map<string, string> {
   return files;
 }
 
-interface ServedConditionings {
+/** What servedConditionings gives: /model.json's part and the bytes of /model/prompt.safetensors. */
+interface ServedConditioningFile {
   json: Pick<ServedModelJson, 'prompt' | 'negative'>;
   bytes?: Uint8Array;
 }
@@ -146,9 +147,9 @@ async function servedConditionings(
   text: string | undefined,
   out: string,
   warn: (line: string) => void,
-): Promise<ServedConditionings> {
+): Promise<ServedConditioningFile> {
   if (text !== undefined && !text.trim()) throw new HollowcError('--prompt is empty');
-  const zeros = (why: string): ServedConditionings => {
+  const zeros = (why: string): ServedConditioningFile => {
     warn(`${model}: ${why}: the page guides with zeros as the negative, not the encoded "" the pipeline trained on`);
     return { json: { negative: false } };
   };

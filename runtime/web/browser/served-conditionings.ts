@@ -16,11 +16,15 @@ export interface ServedConditionings {
   negative?: Conditioning;
 }
 
+/** The server's /model.json; {} from a static host without hollowc's server. `site` is the page's own URL. */
+export async function fetchServedModelJson(site: string): Promise<ServedModelJson> {
+  const r = await fetch(new URL('model.json', site));
+  return r.ok ? ((await r.json()) as ServedModelJson) : {};
+}
+
 /** What the server encoded (nothing without --model). `site` is the page's own URL. */
 export async function loadServedConditionings(site: string): Promise<ServedConditionings> {
-  const r = await fetch(new URL('model.json', site));
-  if (!r.ok) return {};
-  const json = (await r.json()) as ServedModelJson;
+  const json = await fetchServedModelJson(site);
   if (!json.prompt && !json.negative) return {};
   const file = new URL(`model/${SERVED_PROMPT_FILE}`, site).href;
   const { tensors } = parseSafetensors(await fetchBytes(file), SERVED_PROMPT_FILE);

@@ -8,6 +8,7 @@ import type * as Ort from 'onnxruntime-web';
 import { DECODED_IMAGE, LATENT_SAMPLE, decoderInput, pixelValue, vaeScalingFactor } from '../../sampling/vae-scaling';
 import { fetchBytes } from './folder';
 import { OrtModule, floatOutput, webTensor } from './tensors';
+import { fetchServedModelJson } from './served-conditionings';
 
 export interface WebVaeDecoder {
   model: Uint8Array;
@@ -23,16 +24,10 @@ export interface DecodedImage {
   rgb: Float32Array;
 }
 
-interface ModelJson {
-  vae_decoder?: { weights: string[] };
-}
-
 /** The served VAE decoder, or undefined when the server has none (no --model). `site` is the page's own URL. */
 export async function loadVaeDecoder(site: string, onProgress: (what: string) => void = () => {}): Promise<WebVaeDecoder | undefined> {
-  const r = await fetch(new URL('model.json', site));
-  // a static host without hollowc's server: no decoder, the page keeps its latent preview
-  if (!r.ok) return undefined;
-  const served = ((await r.json()) as ModelJson).vae_decoder;
+  // a static host without hollowc's server, or no --model: no decoder, the page keeps its latent preview
+  const served = (await fetchServedModelJson(site)).vae_decoder;
   if (!served) return undefined;
   const dir = new URL('model/vae_decoder/', site).href;
   onProgress('vae_decoder/config.json');
